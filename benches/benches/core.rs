@@ -1,0 +1,374 @@
+//! Criterion benchmarks of `deferred-core` against anchor crates.
+//!
+//! Every group is named `core/<workload>`; our cell's function is always `deferred`, the
+//! anchors have short names (`tokio_oncecell`, `oneshot`, ...). `cargo xtask bench` reads
+//! the estimates criterion writes and prints `deferred`'s ratio to each anchor.
+//!
+//! No executor is involved: futures are polled by hand (see `deferred_benches`), with a
+//! no-op waker where they complete at once, and with a counting waker where they must
+//! register and be woken, so the figures are those of the cells and not of a runtime.
+//!
+//! Workloads:
+//!
+//! * `core/read_completed`: read a completed cell (`get`);
+//! * `core/create_complete_await`: make a cell on the stack, complete it, await it once;
+//! * `core/arc_create_complete_await`: the same with the cell behind an `Arc` and an owned
+//!   (`'static`) waiter, against one-shot channels;
+//! * `core/wake_all/<name>/<N>`: one completer wakes N registered waiters; the estimate is
+//!   the time per waiter (whole round divided by N);
+//! * `core/get_or_init`: `get_or_init` with a ready initializer on a fresh cell.
+
+use core::{
+    future::Future,
+    hint::black_box,
+    sync::atomic::{AtomicUsize, Ordering},
+    task::{Context, Poll},
+    time::Duration,
+};
+use std::{sync::Arc, time::Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion};
+use criterion::{measurement::WallTime, Throughput};
+use deferred_benches::{ready_now, PinVec, WakeCounter};
+use deferred_core::{Deferred, Wait};
+use futures::FutureExt as _;
+
+/// The value every cell is completed with.
+const VALUE: u64 = 7;
+
+/// Waiter counts of `core/wake_all`.
+const WAKE_ALL_N: [usize; 4] = [1, 16, 256, 4096];
+
+fn group<'c>(c: &'c mut Criterion, workload: &str) -> BenchmarkGroup<'c, WallTime> {
+    c.benchmark_group(format!("core/{workload}"))
+}
+
+// ---------------------------------------------------------------------------------------
+// core/read_completed
+
+/// The floor for reading a completed cell: one `Acquire` load and a branch.
+struct Flagged {
+    state: AtomicUsize,
+    value: u64,
+}
+
+impl Flagged {
+    const DONE: usize = 1;
+
+    #[inline]
+    fn get(&self) -> Option<&u64> {
+        if self.state.load(Ordering::Acquire) == Self::DONE {
+            Some(&self.value)
+        } else {
+            None
+        }
+    }
+}
+
+fn read_completed(c: &mut Criterion) {
+    let mut g = group(c, "read_completed");
+
+    let cell: Deferred<u64> = Deferred::new();
+    cell.succeed(VALUE).unwrap();
+    g.bench_function("deferred", |b| {
+        b.iter(|| match black_box(&cell).get() {
+            Some(v) => *v,
+            None => 0,
+        })
+    });
+
+    let flagged = Flagged {
+        state: AtomicUsize::new(Flagged::DONE),
+        value: VALUE,
+    };
+    g.bench_function("atomic_load", |b| {
+        b.iter(|| match black_box(&flagged).get() {
+            Some(v) => *v,
+            None => 0,
+        })
+    });
+
+    let once = tokio::sync::OnceCell::new_with(Some(VALUE));
+    g.bench_function("tokio_oncecell", |b| {
+        b.iter(|| match black_box(&once).get() {
+            Some(v) => *v,
+            None => 0,
+        })
+    });
+
+    let set_once = tokio::sync::SetOnce::new_with(Some(VALUE));
+    g.bench_function("tokio_setonce", |b| {
+        b.iter(|| match black_box(&set_once).get() {
+            Some(v) => *v,
+            None => 0,
+        })
+    });
+
+    g.finish();
+}
+
+// ---------------------------------------------------------------------------------------
+// core/create_complete_await
+
+fn create_complete_await(c: &mut Criterion) {
+    let mut g = group(c, "create_complete_await");
+
+    g.bench_function("deferred", |b| {
+        b.iter(|| {
+            let cell: Deferred<u64> = Deferred::new();
+            let cell = black_box(&cell);
+            cell.succeed(black_box(VALUE)).unwrap();
+            *ready_now(cell).unwrap()
+        })
+    });
+
+    g.bench_function("tokio_setonce", |b| {
+        b.iter(|| {
+            let cell = tokio::sync::SetOnce::new();
+            let cell = black_box(&cell);
+            cell.set(black_box(VALUE)).unwrap();
+            *ready_now(cell.wait())
+        })
+    });
+
+    // `OnceCell` has no wait: set, then get.
+    g.bench_function("tokio_oncecell", |b| {
+        b.iter(|| {
+            let cell = tokio::sync::OnceCell::new();
+            let cell = black_box(&cell);
+            cell.set(black_box(VALUE)).unwrap();
+            *cell.get().unwrap()
+        })
+    });
+
+    g.finish();
+}
+
+// ---------------------------------------------------------------------------------------
+// core/arc_create_complete_await
+
+fn arc_create_complete_await(c: &mut Criterion) {
+    let mut g = group(c, "arc_create_complete_await");
+
+    // The `Arc` is the channel; `wait_owned` is the receiver, made before the value is
+    // sent, and the completer's handle is dropped after sending, as a `Sender` is.
+    g.bench_function("deferred", |b| {
+        b.iter(|| {
+            let tx: Arc<Deferred<u64>> = Arc::new(Deferred::new());
+            let rx = Deferred::wait_owned(Arc::clone(&tx));
+            black_box(&*tx).succeed(black_box(VALUE)).unwrap();
+            drop(tx);
+            ready_now(rx).unwrap()
+        })
+    });
+
+    g.bench_function("oneshot", |b| {
+        b.iter(|| {
+            let (tx, rx) = oneshot::channel::<u64>();
+            tx.send(black_box(VALUE)).unwrap();
+            ready_now(rx).unwrap()
+        })
+    });
+
+    g.bench_function("tokio_oneshot", |b| {
+        b.iter(|| {
+            let (tx, rx) = tokio::sync::oneshot::channel::<u64>();
+            tx.send(black_box(VALUE)).unwrap();
+            ready_now(rx).unwrap()
+        })
+    });
+
+    g.bench_function("futures_oneshot", |b| {
+        b.iter(|| {
+            let (tx, rx) = futures::channel::oneshot::channel::<u64>();
+            tx.send(black_box(VALUE)).unwrap();
+            ready_now(rx).unwrap()
+        })
+    });
+
+    g.finish();
+}
+
+// ---------------------------------------------------------------------------------------
+// core/wake_all
+
+/// One round of `core/wake_all`, `iters` times over, for one implementation: make a cell,
+/// push `n` waiters into `futs`, poll each once (each must be pending and registers the
+/// counting waker), complete the cell, poll each again (each must be ready), drop them.
+///
+/// Returns the time per waiter. The storage for the waiters is allocated once, outside
+/// the timed loop, and reused; whatever the implementation allocates itself is timed.
+macro_rules! wake_all_rounds {
+    (
+        iters: $iters:expr,
+        n: $n:expr,
+        storage: $ty:ty,
+        cell: |$cell:ident| $make:expr,
+        waiter: $waiter:expr,
+        complete: $complete:expr,
+        ready: |$out:ident| $check:expr $(,)?
+    ) => {{
+        static WAKES: WakeCounter = WakeCounter::new();
+        let (iters, n): (u64, usize) = ($iters, $n);
+        let waker = WAKES.waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut spare: PinVec<$ty> = PinVec::with_capacity(n);
+        WAKES.take();
+        let start = Instant::now();
+        for _ in 0..iters {
+            let $cell = $make;
+            let $cell = black_box(&$cell);
+            let mut futs = spare.recycle();
+            for _ in 0..n {
+                futs.push($waiter);
+            }
+            for i in 0..n {
+                assert!(futs.get(i).poll(&mut cx).is_pending());
+            }
+            $complete;
+            for i in 0..n {
+                match futs.get(i).poll(&mut cx) {
+                    Poll::Ready($out) => black_box($check),
+                    Poll::Pending => panic!("waiter {i} not woken"),
+                };
+            }
+            spare = futs.recycle();
+        }
+        let elapsed = start.elapsed();
+        // At least one wake per waiter (`Shared` wakes its first waiter twice).
+        let wakes = WAKES.take() as u64;
+        assert!(
+            wakes >= iters * n as u64,
+            "{wakes} wakes for {iters} x {n} waiters"
+        );
+        per_waiter(elapsed, n)
+    }};
+}
+
+fn per_waiter(elapsed: Duration, n: usize) -> Duration {
+    elapsed.div_f64(n as f64)
+}
+
+fn wake_all_deferred(iters: u64, n: usize) -> Duration {
+    wake_all_rounds! {
+        iters: iters,
+        n: n,
+        storage: Wait<'static, u64>,
+        cell: |cell| Deferred::<u64>::new(),
+        waiter: cell.wait(),
+        complete: cell.succeed(VALUE).unwrap(),
+        ready: |out| *out.unwrap(),
+    }
+}
+
+fn wake_all_tokio_notify(iters: u64, n: usize) -> Duration {
+    wake_all_rounds! {
+        iters: iters,
+        n: n,
+        storage: tokio::sync::futures::Notified<'static>,
+        cell: |notify| tokio::sync::Notify::new(),
+        waiter: notify.notified(),
+        complete: notify.notify_waiters(),
+        ready: |out| out,
+    }
+}
+
+fn wake_all_futures_shared(iters: u64, n: usize) -> Duration {
+    type SharedRx = futures::future::Shared<futures::channel::oneshot::Receiver<u64>>;
+    wake_all_rounds! {
+        iters: iters,
+        n: n,
+        storage: SharedRx,
+        cell: |chan| {
+            let (tx, rx) = futures::channel::oneshot::channel::<u64>();
+            (core::cell::Cell::new(Some(tx)), rx.shared())
+        },
+        waiter: chan.1.clone(),
+        complete: chan.0.take().unwrap().send(VALUE).unwrap(),
+        ready: |out| out.unwrap(),
+    }
+}
+
+fn wake_all_event_listener(iters: u64, n: usize) -> Duration {
+    wake_all_rounds! {
+        iters: iters,
+        n: n,
+        storage: event_listener::EventListener,
+        cell: |event| event_listener::Event::new(),
+        waiter: event.listen(),
+        complete: event.notify(usize::MAX),
+        ready: |out| out,
+    }
+}
+
+fn wake_all(c: &mut Criterion) {
+    let mut g = group(c, "wake_all");
+    // The estimate of each benchmark is already per waiter (see `wake_all_rounds!`), so
+    // one "element" per iteration makes criterion's throughput read as waiters/s.
+    g.throughput(Throughput::Elements(1));
+    type Round = fn(u64, usize) -> Duration;
+    let impls: [(&str, Round); 4] = [
+        ("deferred", wake_all_deferred),
+        ("tokio_notify", wake_all_tokio_notify),
+        ("futures_shared", wake_all_futures_shared),
+        ("event_listener", wake_all_event_listener),
+    ];
+    for n in WAKE_ALL_N {
+        for (name, round) in impls {
+            g.bench_with_input(BenchmarkId::new(name, n), &n, |b, &n| {
+                b.iter_custom(|iters| round(iters, n))
+            });
+        }
+    }
+    g.finish();
+}
+
+// ---------------------------------------------------------------------------------------
+// core/get_or_init
+
+fn get_or_init(c: &mut Criterion) {
+    let mut g = group(c, "get_or_init");
+
+    g.bench_function("deferred", |b| {
+        b.iter(|| {
+            let cell: Deferred<u64> = Deferred::new();
+            let cell = black_box(&cell);
+            *ready_now(cell.get_or_init(|| async { black_box(VALUE) })).unwrap()
+        })
+    });
+
+    g.bench_function("tokio_oncecell", |b| {
+        b.iter(|| {
+            let cell = tokio::sync::OnceCell::<u64>::new();
+            let cell = black_box(&cell);
+            *ready_now(cell.get_or_init(|| async { black_box(VALUE) }))
+        })
+    });
+
+    g.bench_function("async_once_cell", |b| {
+        b.iter(|| {
+            let cell = async_once_cell::OnceCell::<u64>::new();
+            let cell = black_box(&cell);
+            *ready_now(cell.get_or_init(async { black_box(VALUE) }))
+        })
+    });
+
+    g.finish();
+}
+
+/// Short runs (1 s warm-up, 2 s measurement, 50 samples) keep the whole suite to a few
+/// minutes; criterion's command line can still override them.
+mod suite {
+    use super::*;
+
+    criterion_group! {
+        name = benches;
+        config = Criterion::default()
+            .warm_up_time(Duration::from_secs(1))
+            .measurement_time(Duration::from_secs(2))
+            .sample_size(50);
+        targets = read_completed, create_complete_await, arc_create_complete_await,
+            wake_all, get_or_init
+    }
+}
+criterion_main!(suite::benches);

@@ -1,0 +1,142 @@
+//! Blocking waits for plain threads (`std` only).
+
+use core::pin::pin;
+
+use crate::{
+    cell::{Polled, Which},
+    list::{Node, Notify},
+    loom::thread,
+    Deferred, Error,
+};
+
+/// Unlinks the stack node on every way out of a blocking wait, unwinding included.
+struct Unlink<'a, T, E> {
+    cell: &'a Deferred<T, E>,
+    node: &'a Node,
+    linked: bool,
+}
+
+impl<T, E> Drop for Unlink<'_, T, E> {
+    fn drop(&mut self) {
+        // SAFETY: the node is pinned on the waiting thread's stack and outlives this guard.
+        unsafe {
+            self.cell
+                .cancel_node(self.node, &mut self.linked, Which::Waiters)
+        };
+    }
+}
+
+#[cfg(not(loom))]
+type Deadline = Option<std::time::Instant>;
+#[cfg(loom)]
+type Deadline = Option<core::convert::Infallible>;
+
+impl<T, E> Deferred<T, E> {
+    /// Blocks the current thread until the cell completes, and returns its outcome.
+    ///
+    /// The thread parks (no spinning) and is unparked by the completion. Do not call this
+    /// from an async task: it blocks the executor's thread.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use deferred_core::Deferred;
+    /// let cell = Arc::new(Deferred::<u32>::new());
+    /// let c = Arc::clone(&cell);
+    /// std::thread::spawn(move || c.succeed(42).unwrap());
+    /// assert_eq!(cell.wait_blocking(), Ok(&42));
+    /// ```
+    pub fn wait_blocking(&self) -> Result<&T, Error<&E>> {
+        loop {
+            // Without a deadline the wait only returns once the cell is complete.
+            if let Some(outcome) = self.block(None) {
+                return outcome;
+            }
+        }
+    }
+
+    /// Blocks until the cell completes or `timeout` passes; `None` on time-out.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use deferred_core::Deferred;
+    /// let cell: Deferred<u32> = Deferred::new();
+    /// assert_eq!(cell.wait_blocking_timeout(Duration::from_millis(1)), None);
+    /// cell.succeed(1).unwrap();
+    /// assert_eq!(cell.wait_blocking_timeout(Duration::from_millis(1)), Some(Ok(&1)));
+    /// ```
+    #[cfg(not(loom))]
+    pub fn wait_blocking_timeout(
+        &self,
+        timeout: core::time::Duration,
+    ) -> Option<Result<&T, Error<&E>>> {
+        match std::time::Instant::now().checked_add(timeout) {
+            Some(deadline) => self.block(Some(deadline)),
+            // A timeout too far out to represent is no timeout.
+            None => Some(self.wait_blocking()),
+        }
+    }
+
+    /// Blocks until the cell completes or `deadline` passes; `None` on time-out.
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// use deferred_core::Deferred;
+    /// let cell: Deferred<u32> = Deferred::new();
+    /// let deadline = Instant::now() + Duration::from_millis(1);
+    /// assert_eq!(cell.wait_blocking_deadline(deadline), None);
+    /// ```
+    #[cfg(not(loom))]
+    pub fn wait_blocking_deadline(
+        &self,
+        deadline: std::time::Instant,
+    ) -> Option<Result<&T, Error<&E>>> {
+        self.block(Some(deadline))
+    }
+
+    fn block(&self, deadline: Deadline) -> Option<Result<&T, Error<&E>>> {
+        if let Some(outcome) = self.try_get() {
+            return Some(outcome);
+        }
+        let node = pin!(Node::new());
+        let mut guard = Unlink {
+            cell: self,
+            node: &node,
+            linked: false,
+        };
+        loop {
+            // SAFETY: the node is pinned on this stack frame and `guard` unlinks it before
+            // the frame goes away.
+            let polled = unsafe {
+                self.poll_node(
+                    guard.node,
+                    &mut guard.linked,
+                    Which::Waiters,
+                    |n| matches!(n, Notify::Thread(_)),
+                    || Notify::Thread(thread::current()),
+                )
+            };
+            if let Polled::Done(state) = polled {
+                // SAFETY: `state` has DONE, loaded with Acquire.
+                return Some(unsafe { self.outcome_of(state) });
+            }
+            // A spurious unpark just loops: the node stays linked and is re-checked.
+            #[cfg(not(loom))]
+            match deadline {
+                None => thread::park(),
+                Some(deadline) => {
+                    let now = std::time::Instant::now();
+                    if now >= deadline {
+                        drop(guard);
+                        return self.try_get();
+                    }
+                    thread::park_timeout(deadline - now);
+                }
+            }
+            #[cfg(loom)]
+            {
+                let _ = deadline;
+                thread::park();
+            }
+        }
+    }
+}

@@ -1,0 +1,887 @@
+//! The cell itself: its state word, its payload, completion, probes, and the wait-list
+//! protocol that the futures, the claim and the blocking waits share.
+
+use core::{
+    convert::Infallible,
+    fmt,
+    mem::{self, ManuallyDrop, MaybeUninit},
+    task::Waker,
+};
+
+use crossbeam_utils::Backoff;
+
+use crate::{
+    list::{List, Node, Notify, Status},
+    loom::{AtomicUsize, Ordering::*, UnsafeCell},
+    Error,
+};
+
+// The state word. Every transition is one atomic read-modify-write on it.
+//
+// WON     a completer has won the race and is writing (or has written) the payload.
+// DONE    the payload and KIND are published; set once, after WON, with Release.
+// KIND    which outcome (valid once DONE): OK, ERR, CANCELLED, PANICKED.
+// LOCKED  the wait lists are being changed. Held for O(1) pointer writes, never across
+//         user code (wakers, initializers, `Drop` of values).
+// WAITERS / CLAIMANTS  the list of plain waiters / of waiting initializers is non-empty.
+//         Changed only by the lock holder, as it unlocks, so a completer that sees both clear
+//         knows there is no one to wake (see `unlock` for the one race this leaves).
+// CLAIMED an initializer holds the right to complete the cell.
+pub(crate) const WON: usize = 1;
+pub(crate) const DONE: usize = 1 << 1;
+const KIND_SHIFT: u32 = 2;
+const KIND_MASK: usize = 0b11 << KIND_SHIFT;
+const LOCKED: usize = 1 << 4;
+const WAITERS: usize = 1 << 5;
+const CLAIMANTS: usize = 1 << 6;
+pub(crate) const CLAIMED: usize = 1 << 7;
+
+const OK: usize = 0;
+const ERR: usize = 1;
+const CANCELLED: usize = 2;
+const PANICKED: usize = 3;
+
+/// How many waiters a completion wakes per lock acquisition. Small under loom so that the
+/// models can span more than one batch with three waiters.
+#[cfg(not(loom))]
+const BATCH: usize = 32;
+#[cfg(loom)]
+const BATCH: usize = 2;
+
+/// Which of the two wait lists a node waits in.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Which {
+    /// Plain waiters: woken only by completion.
+    Waiters,
+    /// Waiting initializers: woken by completion, and one at a time by a released claim.
+    Claimants,
+}
+
+pub(crate) struct Lists {
+    waiters: List,
+    claimants: List,
+}
+
+impl Lists {
+    fn get(&mut self, which: Which) -> &mut List {
+        match which {
+            Which::Waiters => &mut self.waiters,
+            Which::Claimants => &mut self.claimants,
+        }
+    }
+
+    fn bits(&self) -> usize {
+        (if self.waiters.is_empty() { 0 } else { WAITERS })
+            | (if self.claimants.is_empty() {
+                0
+            } else {
+                CLAIMANTS
+            })
+    }
+}
+
+union Payload<T, E> {
+    ok: ManuallyDrop<T>,
+    err: ManuallyDrop<E>,
+}
+
+/// What polling a node found.
+pub(crate) enum Polled {
+    /// The cell is complete; the state word as read with Acquire.
+    Done(usize),
+    /// The node was handed the claim (claimant nodes only).
+    Granted,
+    /// Still waiting; the node is linked with the caller's current waker.
+    Pending,
+}
+
+/// A cell that is completed at most once, with a value, an error, cancellation or a panic,
+/// and that any number of tasks (and, with `std`, threads) can await.
+///
+/// See the [crate documentation](crate) for an overview.
+///
+/// # Examples
+///
+/// ```
+/// use deferred_core::Deferred;
+///
+/// static CONFIG: Deferred<&str> = Deferred::new();
+///
+/// # futures::executor::block_on(async {
+/// assert!(CONFIG.succeed("prod").is_ok());
+/// assert_eq!(CONFIG.succeed("dev"), Err("dev")); // the second completion loses
+/// assert_eq!((&CONFIG).await, Ok(&"prod"));
+/// # });
+/// ```
+pub struct Deferred<T, E = Infallible> {
+    state: AtomicUsize,
+    lists: UnsafeCell<Lists>,
+    slot: UnsafeCell<MaybeUninit<Payload<T, E>>>,
+}
+
+// SAFETY: a `Deferred` owns its `T` or `E` and may drop it on another thread, so it is
+// `Send` when they are. Its wait lists hold raw pointers to nodes whose owners keep them
+// alive while linked; those are only touched under the cell's lock.
+unsafe impl<T: Send, E: Send> Send for Deferred<T, E> {}
+// SAFETY: through `&Deferred` a thread can move a `T`/`E` in (completion: needs `Send`) and
+// read `&T`/`&E` that other threads read too (needs `Sync`). All shared mutation of the
+// state is atomic; the payload is written once before DONE is published with Release and
+// only read after DONE is observed with Acquire; the lists are guarded by LOCKED.
+unsafe impl<T: Send + Sync, E: Send + Sync> Sync for Deferred<T, E> {}
+
+impl<T, E> Deferred<T, E> {
+    /// Creates an empty cell. `const`, so a `static` can hold one; allocates nothing.
+    ///
+    /// ```
+    /// use deferred_core::Deferred;
+    /// static READY: Deferred<()> = Deferred::new();
+    /// assert!(!READY.is_done());
+    /// ```
+    #[cfg(not(loom))]
+    pub const fn new() -> Self {
+        Deferred {
+            state: AtomicUsize::new(0),
+            lists: UnsafeCell::new(Lists {
+                waiters: List::new(),
+                claimants: List::new(),
+            }),
+            slot: UnsafeCell::new(MaybeUninit::uninit()),
+        }
+    }
+
+    /// Creates an empty cell (loom's atomics are not `const`).
+    #[cfg(loom)]
+    pub fn new() -> Self {
+        Deferred {
+            state: AtomicUsize::new(0),
+            lists: UnsafeCell::new(Lists {
+                waiters: List::new(),
+                claimants: List::new(),
+            }),
+            slot: UnsafeCell::new(MaybeUninit::uninit()),
+        }
+    }
+
+    /// Creates a cell that is already completed with `value`.
+    ///
+    /// ```
+    /// use deferred_core::Deferred;
+    /// let cell: Deferred<i32> = Deferred::with_value(5);
+    /// assert_eq!(cell.get(), Some(&5));
+    /// ```
+    pub fn with_value(value: T) -> Self {
+        let cell = Self::new();
+        let _ = cell.succeed(value);
+        cell
+    }
+
+    // ----- completion -------------------------------------------------------------------
+
+    /// Completes the cell with `value`. Returns `Ok(())` if this call won, or gives `value`
+    /// back if the cell was already completed (or is being completed) by someone else.
+    ///
+    /// Wakes every waiter. Completing with nobody waiting is two atomic operations and the
+    /// write of the value: no lock.
+    ///
+    /// ```
+    /// use deferred_core::Deferred;
+    /// let cell: Deferred<String> = Deferred::new();
+    /// assert_eq!(cell.succeed("a".into()), Ok(()));
+    /// assert_eq!(cell.succeed("b".into()), Err("b".to_string()));
+    /// assert_eq!(cell.get().map(String::as_str), Some("a"));
+    /// ```
+    pub fn succeed(&self, value: T) -> Result<(), T> {
+        if !self.win() {
+            return Err(value);
+        }
+        // SAFETY: winning WON gives this thread the only right to write the slot, and no
+        // one reads it before DONE is published below.
+        self.slot.with_mut(|slot| unsafe {
+            (*slot).write(Payload {
+                ok: ManuallyDrop::new(value),
+            });
+        });
+        self.publish(OK);
+        Ok(())
+    }
+
+    /// Completes the cell with the error `error` (Kotlin `completeExceptionally`, Effect
+    /// `fail`). Returns `Ok(())` if this call won, or gives `error` back.
+    ///
+    /// ```
+    /// use deferred_core::{Deferred, Error};
+    /// let cell: Deferred<u8, &str> = Deferred::new();
+    /// assert_eq!(cell.fail("nope"), Ok(()));
+    /// assert_eq!(cell.try_get(), Some(Err(Error::Failed(&"nope"))));
+    /// ```
+    pub fn fail(&self, error: E) -> Result<(), E> {
+        if !self.win() {
+            return Err(error);
+        }
+        // SAFETY: as in `succeed`: the winner alone writes the slot, before DONE.
+        self.slot.with_mut(|slot| unsafe {
+            (*slot).write(Payload {
+                err: ManuallyDrop::new(error),
+            });
+        });
+        self.publish(ERR);
+        Ok(())
+    }
+
+    /// Completes the cell with `result`: `Ok` as [`succeed`](Self::succeed), `Err` as
+    /// [`fail`](Self::fail). Gives `result` back if this call lost.
+    ///
+    /// ```
+    /// use deferred_core::Deferred;
+    /// let cell: Deferred<u8, ()> = Deferred::new();
+    /// assert_eq!(cell.complete(Ok(1)), Ok(()));
+    /// assert_eq!(cell.complete(Err(())), Err(Err(())));
+    /// ```
+    pub fn complete(&self, result: Result<T, E>) -> Result<(), Result<T, E>> {
+        match result {
+            Ok(v) => self.succeed(v).map_err(Ok),
+            Err(e) => self.fail(e).map_err(Err),
+        }
+    }
+
+    /// Cancels the cell (Kotlin `cancel`, Effect `interrupt`): waiters get
+    /// [`Error::Cancelled`]. Returns whether this call won.
+    ///
+    /// ```
+    /// use deferred_core::{Deferred, Error};
+    /// let cell: Deferred<u8> = Deferred::new();
+    /// assert!(cell.cancel());
+    /// assert!(!cell.cancel());
+    /// assert!(cell.is_cancelled());
+    /// assert_eq!(cell.try_get(), Some(Err(Error::Cancelled)));
+    /// ```
+    pub fn cancel(&self) -> bool {
+        self.complete_empty(CANCELLED)
+    }
+
+    /// Completes the cell as panicked (Effect `die`): waiters get [`Error::Panicked`].
+    /// Returns whether this call won. Layers above use it when the computation that was to
+    /// complete the cell panics.
+    ///
+    /// ```
+    /// use deferred_core::{Deferred, Error};
+    /// let cell: Deferred<u8> = Deferred::new();
+    /// assert!(cell.die());
+    /// assert_eq!(cell.try_get(), Some(Err(Error::Panicked)));
+    /// ```
+    #[doc(alias = "panicked")]
+    pub fn die(&self) -> bool {
+        self.complete_empty(PANICKED)
+    }
+
+    fn complete_empty(&self, kind: usize) -> bool {
+        if !self.win() {
+            return false;
+        }
+        self.publish(kind);
+        true
+    }
+
+    /// Takes the right to write the payload. Exactly one caller ever gets `true`.
+    #[inline]
+    fn win(&self) -> bool {
+        // A plain load first keeps losers off the cache line's exclusive state.
+        // Relaxed: WON only arbitrates who writes; the payload is published by DONE.
+        if self.state.load(Relaxed) & WON != 0 {
+            return false;
+        }
+        // Relaxed: the RMW alone decides the winner (one total order per atomic); nothing
+        // is read on the strength of it.
+        self.state.fetch_or(WON, Relaxed) & WON == 0
+    }
+
+    /// Publishes the payload written by the winner and wakes everyone who waits.
+    #[inline]
+    fn publish(&self, kind: usize) {
+        // Release: pairs with the Acquire loads that see DONE (`try_get`, `poll_node`,
+        // `lock`), which then read the payload.
+        let prev = self.state.fetch_or(DONE | (kind << KIND_SHIFT), Release);
+        if prev & (WAITERS | CLAIMANTS) != 0 {
+            self.drain();
+        }
+    }
+
+    // ----- probes -----------------------------------------------------------------------
+
+    /// Whether the cell is complete (with anything). Never waits.
+    ///
+    /// ```
+    /// use deferred_core::Deferred;
+    /// let cell: Deferred<()> = Deferred::new();
+    /// assert!(!cell.is_done());
+    /// cell.succeed(()).unwrap();
+    /// assert!(cell.is_done());
+    /// ```
+    #[inline]
+    pub fn is_done(&self) -> bool {
+        // Acquire: pairs with the Release in `publish`, so a caller that sees `true` may
+        // go on to read the value.
+        self.state.load(Acquire) & DONE != 0
+    }
+
+    /// Whether the cell was cancelled (Kotlin `isCancelled`).
+    ///
+    /// ```
+    /// use deferred_core::Deferred;
+    /// let cell: Deferred<()> = Deferred::new();
+    /// cell.cancel();
+    /// assert!(cell.is_cancelled());
+    /// ```
+    pub fn is_cancelled(&self) -> bool {
+        matches!(self.try_get(), Some(Err(Error::Cancelled)))
+    }
+
+    /// The outcome, if the cell is complete (cats-effect `tryGet`, Effect `poll`). Never
+    /// waits; one Acquire load and a branch.
+    ///
+    /// ```
+    /// use deferred_core::Deferred;
+    /// let cell: Deferred<u8> = Deferred::new();
+    /// assert_eq!(cell.try_get(), None);
+    /// cell.succeed(3).unwrap();
+    /// assert_eq!(cell.try_get(), Some(Ok(&3)));
+    /// ```
+    #[inline]
+    pub fn try_get(&self) -> Option<Result<&T, Error<&E>>> {
+        // Acquire: pairs with the Release in `publish`.
+        let state = self.state.load(Acquire);
+        if state & DONE == 0 {
+            return None;
+        }
+        // SAFETY: DONE was observed with Acquire.
+        Some(unsafe { self.outcome(state) })
+    }
+
+    /// The value, if the cell completed successfully (Kotlin `getCompleted`).
+    ///
+    /// ```
+    /// use deferred_core::Deferred;
+    /// let cell: Deferred<u8> = Deferred::with_value(9);
+    /// assert_eq!(cell.get(), Some(&9));
+    /// ```
+    #[inline]
+    pub fn get(&self) -> Option<&T> {
+        match self.try_get() {
+            Some(Ok(v)) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// Takes the outcome out of the cell, leaving it empty and ready for reuse. Needs
+    /// `&mut self`, so no one can be waiting.
+    ///
+    /// ```
+    /// use deferred_core::Deferred;
+    /// let mut cell: Deferred<String> = Deferred::with_value("x".into());
+    /// assert_eq!(cell.take(), Some(Ok("x".to_string())));
+    /// assert!(!cell.is_done());
+    /// ```
+    pub fn take(&mut self) -> Option<Result<T, Error<E>>> {
+        let state = self.state.with_mut_value();
+        // Reset everything, a claim leaked with `mem::forget` included.
+        self.state.store_mut(0);
+        if state & DONE == 0 {
+            return None;
+        }
+        // SAFETY: DONE was set and we have `&mut self`; the payload is read out once and
+        // the state reset to empty, so it is neither read nor dropped again.
+        Some(unsafe { self.take_payload(state) })
+    }
+
+    /// Consumes the cell and returns its outcome, if any.
+    ///
+    /// ```
+    /// use deferred_core::Deferred;
+    /// let cell: Deferred<u8> = Deferred::with_value(1);
+    /// assert_eq!(cell.into_inner(), Some(Ok(1)));
+    /// ```
+    pub fn into_inner(mut self) -> Option<Result<T, Error<E>>> {
+        self.take()
+    }
+
+    /// Reads the outcome.
+    ///
+    /// # Safety
+    ///
+    /// `state` has DONE and was loaded with Acquire (or under `&mut self`).
+    #[inline]
+    unsafe fn outcome(&self, state: usize) -> Result<&T, Error<&E>> {
+        match (state & KIND_MASK) >> KIND_SHIFT {
+            // SAFETY: DONE with kind OK means `ok` was written before the Release that the
+            // caller's Acquire observed, and it is never written again while `&self` lives.
+            OK => Ok(self.slot.with(|slot| unsafe { &*(*(*slot).as_ptr()).ok })),
+            // SAFETY: as above, for `err`.
+            ERR => Err(Error::Failed(
+                self.slot.with(|slot| unsafe { &*(*(*slot).as_ptr()).err }),
+            )),
+            CANCELLED => Err(Error::Cancelled),
+            _ => Err(Error::Panicked),
+        }
+    }
+
+    /// Moves the payload out.
+    ///
+    /// # Safety
+    ///
+    /// Exclusive access, `state` has DONE, and the caller makes sure the payload is not
+    /// read or dropped again.
+    unsafe fn take_payload(&mut self, state: usize) -> Result<T, Error<E>> {
+        match (state & KIND_MASK) >> KIND_SHIFT {
+            // SAFETY: kind OK: `ok` is initialized (caller); moved out once.
+            OK => Ok(self.slot.with_mut(|slot| unsafe {
+                ManuallyDrop::into_inner(core::ptr::read(&(*(*slot).as_ptr()).ok))
+            })),
+            // SAFETY: kind ERR: `err` is initialized (caller); moved out once.
+            ERR => Err(Error::Failed(self.slot.with_mut(|slot| unsafe {
+                ManuallyDrop::into_inner(core::ptr::read(&(*(*slot).as_ptr()).err))
+            }))),
+            CANCELLED => Err(Error::Cancelled),
+            _ => Err(Error::Panicked),
+        }
+    }
+
+    /// The outcome for a state that has DONE.
+    ///
+    /// # Safety
+    ///
+    /// As for `outcome`.
+    #[inline]
+    pub(crate) unsafe fn outcome_of(&self, state: usize) -> Result<&T, Error<&E>> {
+        // SAFETY: forwarded to the caller.
+        unsafe { self.outcome(state) }
+    }
+
+    // ----- the lock and the lists -------------------------------------------------------
+
+    /// Takes the list lock and returns the state word as it was when taken.
+    fn lock(&self) -> usize {
+        let backoff = Backoff::new();
+        let mut state = self.state.load(Relaxed);
+        loop {
+            if state & LOCKED == 0 {
+                // Acquire: pairs with the Release in `unlock`, so the previous holder's list
+                // writes are visible; and with the Release in `publish`, so a DONE seen here
+                // lets us read the payload.
+                match self
+                    .state
+                    .compare_exchange_weak(state, state | LOCKED, Acquire, Relaxed)
+                {
+                    Ok(_) => return state,
+                    Err(actual) => {
+                        state = actual;
+                        continue;
+                    }
+                }
+            }
+            crate::loom::backoff(&backoff);
+            state = self.state.load(Relaxed);
+        }
+    }
+
+    /// Releases the lock, publishing which lists are non-empty, setting `set` and clearing
+    /// `clear`. Returns the state word as it was just before.
+    ///
+    /// A completer decides whether to wake anyone from the WAITERS/CLAIMANTS bits it sees
+    /// when it publishes DONE. Those bits only change here, so if DONE was published while
+    /// this lock was held and the bits were clear then, nobody is draining; if the holder
+    /// has since linked a node, it owes the drain: see `owes_drain`.
+    ///
+    /// # Safety
+    ///
+    /// The lock is held by the caller.
+    unsafe fn unlock(&self, set: usize, clear: usize) -> usize {
+        // SAFETY: the lock is held (caller).
+        let bits = self.lists.with(|lists| unsafe { (*lists).bits() });
+        let mut state = self.state.load(Relaxed);
+        loop {
+            let new = ((state & !(LOCKED | WAITERS | CLAIMANTS | clear)) | bits) | set;
+            // Release: pairs with the Acquire in `lock`.
+            match self
+                .state
+                .compare_exchange_weak(state, new, Release, Relaxed)
+            {
+                Ok(_) => return state,
+                Err(actual) => state = actual,
+            }
+        }
+    }
+
+    /// Whether the holder that just unlocked (`before` is `unlock`'s return) must drain:
+    /// DONE was published during its hold while the lists looked empty, and it linked one.
+    #[inline]
+    fn owes_drain(&self, before: usize, linked: bool) -> bool {
+        linked && before & DONE != 0 && before & (WAITERS | CLAIMANTS) == 0
+    }
+
+    /// Runs `f` on the lists.
+    ///
+    /// # Safety
+    ///
+    /// The lock is held by the caller.
+    #[inline]
+    unsafe fn with_lists<R>(&self, f: impl FnOnce(&mut Lists) -> R) -> R {
+        // SAFETY: the lock is held (caller), so the lists are ours.
+        self.lists.with_mut(|lists| f(unsafe { &mut *lists }))
+    }
+
+    /// Wakes every node of both lists, a batch per lock acquisition, wakers called with
+    /// the lock released. If a waker panics, the rest are still woken (the guards below);
+    /// a second panic while unwinding aborts, as any panic in `Drop` during unwinding does.
+    #[cold]
+    fn drain(&self) {
+        struct Finish<'a, T, E>(&'a Deferred<T, E>);
+        impl<T, E> Drop for Finish<'_, T, E> {
+            fn drop(&mut self) {
+                // Only reached while unwinding from a panicking waker: finish the job.
+                self.0.drain_batches();
+            }
+        }
+        let finish = Finish(self);
+        self.drain_batches();
+        mem::forget(finish);
+    }
+
+    fn drain_batches(&self) {
+        loop {
+            let mut batch = Batch::new();
+            let state = self.lock();
+            debug_assert!(state & DONE != 0);
+            // SAFETY: the lock is held. Popped nodes are marked Notified, so their owners
+            // will not unlink them, and we never touch them again.
+            let more = unsafe {
+                self.with_lists(|lists| {
+                    while batch.len < BATCH {
+                        let next = match lists.waiters.pop_front(Status::Notified) {
+                            Some(n) => n,
+                            None => match lists.claimants.pop_front(Status::Notified) {
+                                Some(n) => n,
+                                None => break,
+                            },
+                        };
+                        batch.push(next);
+                    }
+                    lists.bits() != 0
+                })
+            };
+            // SAFETY: we hold the lock.
+            unsafe { self.unlock(0, 0) };
+            batch.wake_all();
+            if !more {
+                return;
+            }
+        }
+    }
+
+    /// Polls `node` as a waiter in list `which`: returns `Done` if the cell is complete,
+    /// `Granted` if a claimant node was handed the claim (or took a free one), and
+    /// otherwise makes sure the node is linked with a notify that `is_current` accepts,
+    /// made by `make` (outside the lock), and returns `Pending`.
+    ///
+    /// # Safety
+    ///
+    /// `node` belongs to this cell alone, is pinned, and `cancel_node` runs before it is
+    /// moved or freed. `linked` is the caller's record of whether it is in a list; it is
+    /// only ever changed here and in `cancel_node`.
+    pub(crate) unsafe fn poll_node(
+        &self,
+        node: &Node,
+        linked: &mut bool,
+        which: Which,
+        is_current: impl Fn(&Notify) -> bool,
+        make: impl FnOnce() -> Notify,
+    ) -> Polled {
+        // Acquire: pairs with the Release in `publish`.
+        let state = self.state.load(Acquire);
+        if state & DONE != 0 {
+            return Polled::Done(state);
+        }
+        if *linked {
+            let state = self.lock();
+            // SAFETY: the lock is held; the node is ours and belongs to this cell.
+            let (status, current) = unsafe {
+                node.with_links(|l| {
+                    (
+                        l.status,
+                        l.status == Status::Linked && is_current(&l.notify),
+                    )
+                })
+            };
+            if state & DONE != 0 || status == Status::Granted || current {
+                // SAFETY: we hold the lock and changed no list.
+                unsafe { self.unlock(0, 0) };
+                if state & DONE != 0 {
+                    return Polled::Done(state);
+                }
+                if status == Status::Granted {
+                    *linked = false;
+                    return Polled::Granted;
+                }
+                return Polled::Pending;
+            }
+            // SAFETY: as above.
+            unsafe { self.unlock(0, 0) };
+        } else if which == Which::Claimants && self.try_claim_bit() {
+            return Polled::Granted;
+        }
+
+        // Make the notify with no lock held: cloning a waker runs user code.
+        let fresh = make();
+        let state = self.lock();
+        let mut stale = Notify::None;
+        let mut set = 0;
+        let mut granted = false;
+        let mut pushed = false;
+        if state & DONE == 0 {
+            // SAFETY: the lock is held; the node is ours and, per the caller, pinned and
+            // unlinked before it is freed.
+            unsafe {
+                let status = node.with_links(|l| l.status);
+                match status {
+                    Status::Granted => {
+                        granted = true;
+                        stale = fresh;
+                    }
+                    Status::Linked => {
+                        node.with_links(|l| stale = mem::replace(&mut l.notify, fresh))
+                    }
+                    Status::Idle | Status::Notified => {
+                        if which == Which::Claimants && state & (CLAIMED | WON) == 0 {
+                            // The claim is free and no one is queued for it (a released
+                            // claim goes straight to the head of the queue): take it.
+                            set = CLAIMED;
+                            granted = true;
+                            stale = fresh;
+                        } else {
+                            self.with_lists(|lists| lists.get(which).push_back(node));
+                            node.with_links(|l| l.notify = fresh);
+                            pushed = true;
+                        }
+                    }
+                }
+            }
+        } else {
+            stale = fresh;
+        }
+        // SAFETY: we hold the lock.
+        let before = unsafe { self.unlock(set, 0) };
+        drop(stale);
+        if pushed {
+            *linked = true;
+        }
+        if granted {
+            *linked = false;
+            return Polled::Granted;
+        }
+        if state & DONE != 0 {
+            return Polled::Done(state);
+        }
+        if self.owes_drain(before, pushed) {
+            // The cell completed while we linked, unseen by its completer: wake the lists
+            // (our own node included) and report the outcome now.
+            self.drain();
+            // Acquire: pairs with the Release in `publish` (DONE was in `before`).
+            return Polled::Done(self.state.load(Acquire));
+        }
+        Polled::Pending
+    }
+
+    /// Unlinks `node` if it is linked; if it had been handed the claim, passes the claim on.
+    /// After this returns the cell never touches `node` again.
+    ///
+    /// # Safety
+    ///
+    /// As for `poll_node`.
+    pub(crate) unsafe fn cancel_node(&self, node: &Node, linked: &mut bool, which: Which) {
+        if !*linked {
+            return;
+        }
+        *linked = false;
+        let state = self.lock();
+        // SAFETY: the lock is held; the node belongs to this cell.
+        let (status, notify) =
+            unsafe { node.with_links(|l| (l.status, mem::replace(&mut l.notify, Notify::None))) };
+        let mut handoff = None;
+        let mut clear = 0;
+        match status {
+            // SAFETY: the lock is held and the node is linked in `which`.
+            Status::Linked => unsafe { self.with_lists(|lists| lists.get(which).remove(node)) },
+            // SAFETY: the lock is held.
+            Status::Granted => unsafe { (handoff, clear) = self.pass_claim_locked(state) },
+            Status::Idle | Status::Notified => {}
+        }
+        // SAFETY: we hold the lock.
+        unsafe { self.unlock(0, clear) };
+        drop(notify);
+        if let Some(next) = handoff {
+            next.notify();
+        }
+    }
+
+    /// With the lock held by a claim holder who is giving up without completing: hands the
+    /// claim to the oldest waiting claimant (returned, to be notified once unlocked), or
+    /// says to clear CLAIMED if there is none or the cell is already being completed.
+    ///
+    /// # Safety
+    ///
+    /// The lock is held and the caller holds the claim.
+    unsafe fn pass_claim_locked(&self, state: usize) -> (Option<Notify>, usize) {
+        if state & WON != 0 {
+            // A completion is under way: it will wake every claimant with the outcome.
+            return (None, CLAIMED);
+        }
+        // SAFETY: the lock is held.
+        match unsafe { self.with_lists(|lists| lists.claimants.pop_front(Status::Granted)) } {
+            Some(next) => (Some(next), 0),
+            None => (None, CLAIMED),
+        }
+    }
+
+    /// Releases a claim without completing: the oldest waiting claimant gets it, and only
+    /// that one is woken; plain waiters sleep on.
+    pub(crate) fn release_claim(&self) {
+        let state = self.lock();
+        // SAFETY: the lock is held and the caller holds the claim.
+        let (handoff, clear) = unsafe { self.pass_claim_locked(state) };
+        // SAFETY: we hold the lock.
+        unsafe { self.unlock(0, clear) };
+        if let Some(next) = handoff {
+            next.notify();
+        }
+    }
+
+    /// Takes the claim if it is free and the cell is not being completed.
+    #[inline]
+    pub(crate) fn try_claim_bit(&self) -> bool {
+        let mut state = self.state.load(Relaxed);
+        loop {
+            if state & (CLAIMED | WON) != 0 {
+                return false;
+            }
+            // Acquire: pairs with the Release in `unlock` of the claim's previous holder.
+            match self
+                .state
+                .compare_exchange_weak(state, state | CLAIMED, Acquire, Relaxed)
+            {
+                Ok(_) => return true,
+                Err(actual) => state = actual,
+            }
+        }
+    }
+
+    /// A polled waker's notify.
+    pub(crate) fn waker_notify(waker: &Waker) -> Notify {
+        Notify::Waker(waker.clone())
+    }
+}
+
+/// Up to `BATCH` notifies taken from the lists under the lock, woken after it is released.
+/// Dropping a batch wakes whatever it still holds, so a panicking waker does not strand the
+/// rest of its batch.
+struct Batch {
+    items: [Notify; BATCH],
+    len: usize,
+    next: usize,
+}
+
+impl Batch {
+    fn new() -> Self {
+        Batch {
+            items: core::array::from_fn(|_| Notify::None),
+            len: 0,
+            next: 0,
+        }
+    }
+
+    fn push(&mut self, notify: Notify) {
+        self.items[self.len] = notify;
+        self.len += 1;
+    }
+
+    fn wake_all(&mut self) {
+        while self.next < self.len {
+            let item = mem::replace(&mut self.items[self.next], Notify::None);
+            self.next += 1;
+            item.notify();
+        }
+    }
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        self.wake_all();
+    }
+}
+
+impl<T, E> Drop for Deferred<T, E> {
+    fn drop(&mut self) {
+        let state = self.state.with_mut_value();
+        if state & DONE != 0 {
+            // SAFETY: exclusive access, DONE set; the cell is going away, so the payload is
+            // dropped exactly once here.
+            drop(unsafe { self.take_payload(state) });
+        }
+    }
+}
+
+impl<T, E> Default for Deferred<T, E> {
+    /// An empty cell, as [`Deferred::new`].
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T, E> From<T> for Deferred<T, E> {
+    /// A cell completed with `value`, as [`Deferred::with_value`].
+    fn from(value: T) -> Self {
+        Self::with_value(value)
+    }
+}
+
+impl<T: fmt::Debug, E: fmt::Debug> fmt::Debug for Deferred<T, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Deferred");
+        match self.try_get() {
+            None => d.field("state", &"pending"),
+            Some(Ok(v)) => d.field("value", v),
+            Some(Err(Error::Failed(e))) => d.field("error", e),
+            Some(Err(Error::Cancelled)) => d.field("state", &"cancelled"),
+            Some(Err(Error::Panicked)) => d.field("state", &"panicked"),
+        };
+        d.finish()
+    }
+}
+
+/// Plain access to an atomic through `&mut`, spelled the same for loom and core.
+trait MutValue {
+    fn with_mut_value(&mut self) -> usize;
+    fn store_mut(&mut self, value: usize);
+}
+
+impl MutValue for AtomicUsize {
+    #[inline]
+    fn with_mut_value(&mut self) -> usize {
+        #[cfg(loom)]
+        {
+            self.with_mut(|v| *v)
+        }
+        #[cfg(not(loom))]
+        {
+            *self.get_mut()
+        }
+    }
+
+    #[inline]
+    fn store_mut(&mut self, value: usize) {
+        #[cfg(loom)]
+        self.with_mut(|v| *v = value);
+        #[cfg(not(loom))]
+        {
+            *self.get_mut() = value;
+        }
+    }
+}

@@ -1,0 +1,25 @@
+#![doc = include_str!("../README.md")]
+#![no_std]
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+#[cfg(feature = "alloc")]
+extern crate alloc;
+#[cfg(feature = "std")]
+extern crate std;
+
+mod cell;
+mod claim;
+mod error;
+mod list;
+pub(crate) mod loom;
+mod wait;
+
+#[cfg(feature = "std")]
+mod blocking;
+
+pub use cell::Deferred;
+pub use claim::{Claim, ClaimWait, GetOrInit, Producer};
+pub use error::Error;
+#[cfg(feature = "alloc")]
+pub use wait::OwnedWait;
+pub use wait::{Wait, WaitCloned};

@@ -1,0 +1,193 @@
+//! The intrusive wait list: pinned nodes that live inside the futures (or on the stack of a
+//! blocking waiter) and are linked into a cell's list while they wait.
+//!
+//! Every field here is guarded by the `LOCKED` bit of the owning cell's state word. A node
+//! is linked and unlinked in O(1); it is never touched by the cell after the cell has set its
+//! status to `Notified` or `Granted` and released the lock, so its owner may free it then.
+
+use core::{marker::PhantomPinned, ptr, task::Waker};
+
+use crate::loom::UnsafeCell;
+
+/// How a waiter wants to be told.
+pub(crate) enum Notify {
+    /// Nothing registered yet (or already taken by the waker of the list).
+    None,
+    /// An async task.
+    Waker(Waker),
+    /// A thread parked in a blocking wait.
+    #[cfg(feature = "std")]
+    Thread(crate::loom::thread::Thread),
+}
+
+impl Notify {
+    /// Wakes the waiter. This runs user code (a waker), so it is only ever called with the
+    /// cell's lock released.
+    pub(crate) fn notify(self) {
+        match self {
+            Notify::None => {}
+            Notify::Waker(waker) => waker.wake(),
+            #[cfg(feature = "std")]
+            Notify::Thread(thread) => thread.unpark(),
+        }
+    }
+}
+
+/// Where a node stands. Guarded by the cell's lock.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Status {
+    /// Not in any list.
+    Idle,
+    /// Linked into one of the cell's lists.
+    Linked,
+    /// Removed from its list by a completion, which has taken its waker.
+    Notified,
+    /// Removed from the claimant list by a released claim: this node now holds the claim.
+    Granted,
+}
+
+pub(crate) struct Links {
+    pub(crate) prev: *const Node,
+    pub(crate) next: *const Node,
+    pub(crate) notify: Notify,
+    pub(crate) status: Status,
+}
+
+/// One waiter. `!Unpin`: once linked, it must not move until it is unlinked, which its
+/// owner's `Drop` guarantees.
+pub(crate) struct Node {
+    pub(crate) links: UnsafeCell<Links>,
+    _pin: PhantomPinned,
+}
+
+impl Node {
+    pub(crate) fn new() -> Self {
+        Node {
+            links: UnsafeCell::new(Links {
+                prev: ptr::null(),
+                next: ptr::null(),
+                notify: Notify::None,
+                status: Status::Idle,
+            }),
+            _pin: PhantomPinned,
+        }
+    }
+
+    /// Runs `f` on the node's guarded fields.
+    ///
+    /// # Safety
+    ///
+    /// The caller holds the lock of the cell this node belongs to (or is its only user: the
+    /// node is `Idle` and not reachable from any list), and `f` does not reach this node's
+    /// links again through another path.
+    #[inline]
+    pub(crate) unsafe fn with_links<R>(&self, f: impl FnOnce(&mut Links) -> R) -> R {
+        // SAFETY: the caller guarantees exclusive access through the lock.
+        self.links.with_mut(|links| f(unsafe { &mut *links }))
+    }
+}
+
+/// A doubly linked FIFO of nodes. Guarded by the cell's lock.
+pub(crate) struct List {
+    head: *const Node,
+    tail: *const Node,
+}
+
+impl List {
+    pub(crate) const fn new() -> Self {
+        List {
+            head: ptr::null(),
+            tail: ptr::null(),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.head.is_null()
+    }
+
+    /// Links `node` at the back.
+    ///
+    /// # Safety
+    ///
+    /// The cell's lock is held; `node` is `Idle`, pinned, and stays alive until it is
+    /// unlinked (by `remove` or `pop_front`).
+    pub(crate) unsafe fn push_back(&mut self, node: &Node) {
+        let node_ptr: *const Node = node;
+        let old_tail = self.tail;
+        // SAFETY: the lock is held (caller), so the node's links are ours.
+        unsafe {
+            node.with_links(|l| {
+                l.prev = old_tail;
+                l.next = ptr::null();
+                l.status = Status::Linked;
+            });
+        }
+        if old_tail.is_null() {
+            self.head = node_ptr;
+        } else {
+            // SAFETY: every linked node is alive (list invariant) and the lock is held.
+            unsafe { (*old_tail).with_links(|l| l.next = node_ptr) };
+        }
+        self.tail = node_ptr;
+    }
+
+    /// Unlinks the front node, sets its status to `status` and takes its `Notify`.
+    ///
+    /// # Safety
+    ///
+    /// The cell's lock is held.
+    pub(crate) unsafe fn pop_front(&mut self, status: Status) -> Option<Notify> {
+        let head = self.head;
+        if head.is_null() {
+            return None;
+        }
+        // SAFETY: linked nodes are alive and the lock is held. After this block the node is
+        // out of the list and marked, and the list never touches it again.
+        let next = unsafe {
+            (*head).with_links(|l| {
+                l.status = status;
+                let next = l.next;
+                l.prev = ptr::null();
+                l.next = ptr::null();
+                (next, core::mem::replace(&mut l.notify, Notify::None))
+            })
+        };
+        self.head = next.0;
+        if next.0.is_null() {
+            self.tail = ptr::null();
+        } else {
+            // SAFETY: as above, `next` is linked and alive.
+            unsafe { (*next.0).with_links(|l| l.prev = ptr::null()) };
+        }
+        Some(next.1)
+    }
+
+    /// Unlinks `node`, which must be in this list.
+    ///
+    /// # Safety
+    ///
+    /// The cell's lock is held and `node` is `Linked` in this list.
+    pub(crate) unsafe fn remove(&mut self, node: &Node) {
+        // SAFETY: the lock is held; `node` and its neighbours are linked, hence alive.
+        unsafe {
+            let (prev, next) = node.with_links(|l| {
+                let pn = (l.prev, l.next);
+                l.prev = ptr::null();
+                l.next = ptr::null();
+                l.status = Status::Idle;
+                pn
+            });
+            if prev.is_null() {
+                self.head = next;
+            } else {
+                (*prev).with_links(|l| l.next = next);
+            }
+            if next.is_null() {
+                self.tail = prev;
+            } else {
+                (*next).with_links(|l| l.prev = prev);
+            }
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! Loom models of every atomic protocol in the cell: `cargo xtask test-loom`.
+//!
+//! Each model checks one property with at most three threads. Under `--cfg loom` the cell's
+//! atomics and `UnsafeCell`s are loom's, so loom explores every interleaving (up to
+//! `LOOM_MAX_PREEMPTIONS`) and flags any unsynchronized access; a wait list that touched a
+//! dropped node, or a waiter left asleep, shows up as a failure or a deadlock.
+#![cfg(loom)]
+#![allow(clippy::std_instead_of_core)] // tests run on std; `core::` paths matter in the library only.
+
+use std::{
+    pin::pin,
+    sync::atomic::Ordering::SeqCst,
+    task::{Context, Poll},
+};
+
+use deferred_core::{Deferred, Error};
+use futures::task::noop_waker;
+use loom::{
+    future::block_on,
+    sync::{atomic::AtomicUsize, Arc},
+    thread,
+};
+
+fn poll_once<F: std::future::Future>(fut: std::pin::Pin<&mut F>) -> Poll<F::Output> {
+    fut.poll(&mut Context::from_waker(&noop_waker()))
+}
+
+#[test]
+fn complete_vs_await() {
+    loom::model(|| {
+        let cell = Arc::new(Deferred::<usize>::new());
+        let c = cell.clone();
+        let t = thread::spawn(move || c.succeed(1).unwrap());
+        assert_eq!(block_on(cell.wait()), Ok(&1));
+        t.join().unwrap();
+    });
+}
+
+#[test]
+fn complete_vs_drop_of_a_polled_waiter() {
+    loom::model(|| {
+        let cell = Arc::new(Deferred::<usize>::new());
+        let c = cell.clone();
+        let t = thread::spawn(move || c.succeed(1).unwrap());
+        {
+            let mut fut = pin!(cell.wait());
+            let _ = poll_once(fut.as_mut());
+            // Dropped here, possibly while the completer drains the list.
+        }
+        t.join().unwrap();
+        assert_eq!(cell.get(), Some(&1));
+    });
+}
+
+#[test]
+fn two_completers_one_winner() {
+    loom::model(|| {
+        let cell = Arc::new(Deferred::<usize, usize>::new());
+        let c = cell.clone();
+        let t = thread::spawn(move || c.succeed(1).is_ok());
+        let mine = cell.fail(2).is_ok();
+        let theirs = t.join().unwrap();
+        assert!(mine ^ theirs, "exactly one completion wins");
+        let expected = if theirs {
+            Ok(&1)
+        } else {
+            Err(Error::Failed(&2))
+        };
+        assert_eq!(cell.try_get(), Some(expected));
+    });
+}
+
+#[test]
+fn claim_holder_dropped_vs_waiter_taking_over() {
+    loom::model(|| {
+        let cell = Arc::new(Deferred::<usize>::new());
+        let runs = Arc::new(AtomicUsize::new(0));
+        let (c, r) = (cell.clone(), runs.clone());
+        let holder = thread::spawn(move || {
+            // Runs an initializer that is cancelled after its first poll.
+            let mut fut = pin!(c.get_or_init(|| async {
+                r.fetch_add(1, SeqCst);
+                futures::pending!();
+                1
+            }));
+            let _ = poll_once(fut.as_mut());
+        });
+        let r = runs.clone();
+        let got = block_on(cell.get_or_init(|| async {
+            r.fetch_add(1, SeqCst);
+            2
+        }));
+        assert_eq!(
+            got,
+            Ok(&2),
+            "the abandoned claim must reach the waiting initializer"
+        );
+        holder.join().unwrap();
+        assert!(runs.load(SeqCst) <= 2);
+    });
+}
+
+#[test]
+fn wake_all_spanning_batches_while_a_waiter_drops() {
+    // The loom build wakes in batches of two, so three waiters take two batches.
+    loom::model(|| {
+        let cell = Arc::new(Deferred::<usize>::new());
+        let c = cell.clone();
+        let mut a = Box::pin(cell.wait());
+        let mut b = Box::pin(cell.wait());
+        let mut d = Box::pin(cell.wait());
+        assert!(poll_once(a.as_mut()).is_pending());
+        assert!(poll_once(b.as_mut()).is_pending());
+        assert!(poll_once(d.as_mut()).is_pending());
+        let t = thread::spawn(move || c.succeed(5).unwrap());
+        drop(b); // concurrently with the drain
+        t.join().unwrap();
+        assert_eq!(poll_once(a.as_mut()), Poll::Ready(Ok(&5)));
+        assert_eq!(poll_once(d.as_mut()), Poll::Ready(Ok(&5)));
+    });
+}
+
+#[test]
+fn waiters_on_two_threads_are_all_woken() {
+    loom::model(|| {
+        let cell = Arc::new(Deferred::<usize>::new());
+        let (c1, c2) = (cell.clone(), cell.clone());
+        let w1 = thread::spawn(move || *block_on(c1.wait()).unwrap());
+        let w2 = thread::spawn(move || *block_on(c2.wait()).unwrap());
+        cell.succeed(3).unwrap();
+        assert_eq!(w1.join().unwrap(), 3);
+        assert_eq!(w2.join().unwrap(), 3);
+    });
+}
+
+#[test]
+fn blocking_waiter_vs_completer() {
+    loom::model(|| {
+        let cell = Arc::new(Deferred::<usize>::new());
+        let c = cell.clone();
+        let t = thread::spawn(move || c.succeed(8).unwrap());
+        assert_eq!(cell.wait_blocking(), Ok(&8));
+        t.join().unwrap();
+    });
+}
+
+#[test]
+fn dropped_producer_vs_waiter() {
+    loom::model(|| {
+        let cell = Arc::new(Deferred::<usize>::new());
+        let c = cell.clone();
+        let t = thread::spawn(move || drop(c.producer()));
+        assert_eq!(block_on(cell.wait()), Err(Error::Cancelled));
+        t.join().unwrap();
+    });
+}
+
+#[test]
+fn claim_handoff_vs_completion() {
+    // A claim is released while a third party completes the cell: the waiting claimant
+    // either gets the claim (and loses its completion) or sees the outcome; never hangs.
+    loom::model(|| {
+        let cell = Arc::new(Deferred::<usize>::new());
+        let claim = cell.try_claim().unwrap();
+        let c = cell.clone();
+        let t = thread::spawn(move || {
+            let _ = c.succeed(1);
+        });
+        let c2 = cell.clone();
+        let claimant = thread::spawn(move || match block_on(c2.claim()) {
+            Ok(claim) => {
+                let _ = claim.succeed(2);
+            }
+            Err(outcome) => assert!(outcome.is_ok()),
+        });
+        drop(claim);
+        t.join().unwrap();
+        claimant.join().unwrap();
+        assert!(cell.get().is_some());
+    });
+}
+
+#[test]
+fn values_are_not_leaked() {
+    // loom's Arc reports leaks at the end of each execution.
+    loom::model(|| {
+        let value = Arc::new(0usize);
+        let cell = Arc::new(Deferred::<Arc<usize>, Arc<usize>>::new());
+        let (c, v) = (cell.clone(), value.clone());
+        let t = thread::spawn(move || {
+            let _ = c.succeed(v);
+        });
+        let _ = cell.fail(value.clone());
+        t.join().unwrap();
+        drop(cell);
+        assert_eq!(Arc::strong_count(&value), 1);
+    });
+}

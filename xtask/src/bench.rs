@@ -1,0 +1,392 @@
+//! `cargo xtask bench [LAYER] [--no-run]`: runs a layer's criterion benches, then prints how
+//! deferred compares with each alternative, and saves that table as `target/bench-<LAYER>.md`.
+//!
+//! Criterion's own output lists each benchmark on its own; the question we ask of a bench run is
+//! "how much faster or slower than the alternatives", so the table puts every function of a
+//! group next to ours. Results are read from criterion's files (`<group>/<function>/<value>/new/`)
+//! with a few lines of hand parsing instead of pulling serde into xtask.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use crate::cmd::{self, cargo, Result};
+
+/// One bench target per layer, `benches/benches/<layer>.rs`, in layer order.
+const LAYERS: &[&str] = &["core", "map", "cache", "expiring"];
+const PACKAGE: &str = "deferred-benches";
+
+/// `cargo xtask bench --no-run`, the CI step: compiles every bench without running it.
+pub fn build() -> Result {
+    cmd::run(&mut cargo(["bench", "-p", PACKAGE, "--no-run"]))
+}
+
+pub fn run(args: &[String]) -> Result {
+    let mut no_run = false;
+    let mut layer = None;
+    for arg in args {
+        match arg.as_str() {
+            "--no-run" => no_run = true,
+            name if layer.is_none() && LAYERS.contains(&name) => layer = Some(name),
+            other => {
+                return Err(format!(
+                    "unexpected bench argument `{other}`: expected one layer ({}) and/or --no-run",
+                    LAYERS.join(", ")
+                ))
+            }
+        }
+    }
+    let bench_file = |layer: &str| cmd::root().join(format!("benches/benches/{layer}.rs"));
+    let layers = match layer {
+        Some(layer) if !bench_file(layer).exists() => {
+            return Err(format!(
+                "layer `{layer}` has no benches yet (no benches/benches/{layer}.rs)"
+            ))
+        }
+        Some(layer) => vec![layer],
+        // Layers are written bottom-up; the ones without benches yet are simply not there.
+        None => LAYERS
+            .iter()
+            .copied()
+            .filter(|layer| bench_file(layer).exists())
+            .collect(),
+    };
+
+    if no_run {
+        let mut cmd = cargo(["bench", "-p", PACKAGE, "--no-run"]);
+        if let Some(layer) = layer {
+            cmd.args(["--bench", layer]);
+        }
+        return cmd::run(&mut cmd);
+    }
+
+    let target = target_dir()?;
+    // Criterion honours CRITERION_HOME before the target directory.
+    let results =
+        std::env::var_os("CRITERION_HOME").map_or_else(|| target.join("criterion"), PathBuf::from);
+    for layer in layers {
+        // Anything criterion wrote after this moment came from this run. That keeps results of
+        // benchmarks since renamed or removed out of the table, which a name filter would not.
+        // Every benchmark warms up for longer than any file system's timestamp resolution.
+        let started = SystemTime::now();
+        cmd::run(&mut cargo(["bench", "-p", PACKAGE, "--bench", layer]))?;
+
+        let mut samples = Vec::new();
+        collect(&results, started, &mut samples)?;
+        let report = render(layer, &samples);
+        print!("\n{report}");
+        let path = target.join(format!("bench-{layer}.md"));
+        fs::write(&path, &report)
+            .map_err(|e| format!("could not write {}: {e}", path.display()))?;
+        println!("\nwrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// Asks cargo, so `CARGO_TARGET_DIR` and `build.target-dir` in any config file are honoured.
+fn target_dir() -> Result<PathBuf> {
+    let metadata = cmd::read(&mut cargo([
+        "metadata",
+        "--format-version",
+        "1",
+        "--no-deps",
+    ]))?;
+    match json_str(&metadata, "target_directory") {
+        Some(Some(dir)) => Ok(PathBuf::from(dir)),
+        _ => Err("`cargo metadata` did not report a target_directory".into()),
+    }
+}
+
+/// One measured function: a row of the table for `(group, value)`.
+#[derive(Debug, PartialEq)]
+struct Sample {
+    group: String,
+    /// The benchmark parameter (`BenchmarkId::new(function, value)`), if any.
+    value: Option<String>,
+    function: String,
+    median_ns: f64,
+}
+
+/// Walks criterion's directory for `new/estimates.json` files written after `since`.
+fn collect(dir: &Path, since: SystemTime, out: &mut Vec<Sample>) -> Result {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        // No results directory at all: the run measured nothing, which `render` reports.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(format!("could not read {}: {e}", dir.display())),
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if !path.is_dir() {
+            continue;
+        }
+        let estimates = path.join("estimates.json");
+        if path.file_name().is_some_and(|name| name == "new") && estimates.is_file() {
+            let fresh = fs::metadata(&estimates)
+                .and_then(|m| m.modified())
+                .map_or(true, |t| t >= since);
+            if fresh {
+                out.push(read_sample(&path)?);
+            }
+        } else {
+            collect(&path, since, out)?;
+        }
+    }
+    Ok(())
+}
+
+/// Reads one benchmark's ids from `benchmark.json` (the directory names are sanitized: `/`
+/// becomes `_`, so they cannot be mapped back) and its median from `estimates.json`.
+fn read_sample(new_dir: &Path) -> Result<Sample> {
+    let read = |name: &str| {
+        let path = new_dir.join(name);
+        fs::read_to_string(&path).map_err(|e| format!("could not read {}: {e}", path.display()))
+    };
+    let (ids, estimates) = (read("benchmark.json")?, read("estimates.json")?);
+    let malformed = |what: &str| format!("unexpected {what} in {}", new_dir.display());
+    let group = json_str(&ids, "group_id")
+        .flatten()
+        .ok_or_else(|| malformed("benchmark.json"))?;
+    let value = json_str(&ids, "value_str").flatten();
+    // `BenchmarkId::from_parameter(p)` has no function id; its parameter names the row instead.
+    let (function, value) = match json_str(&ids, "function_id").flatten() {
+        Some(function) => (function, value),
+        None => (value.unwrap_or_else(|| group.clone()), None),
+    };
+    let median_ns = median_ns(&estimates).ok_or_else(|| malformed("estimates.json"))?;
+    Ok(Sample {
+        group,
+        value,
+        function,
+        median_ns,
+    })
+}
+
+/// The text right after `"key":`. Good enough for criterion's flat, compact JSON, where every key
+/// we look for occurs once (or, for `point_estimate`, first after the key we start from).
+fn after_key<'a>(json: &'a str, key: &str) -> Option<&'a str> {
+    let pattern = format!("\"{key}\":");
+    let at = json.find(&pattern)? + pattern.len();
+    Some(json[at..].trim_start())
+}
+
+/// A string field: `None` if absent or not a string, `Some(None)` if `null`.
+fn json_str(json: &str, key: &str) -> Option<Option<String>> {
+    let rest = after_key(json, key)?;
+    if rest.starts_with("null") {
+        return Some(None);
+    }
+    let mut chars = rest.strip_prefix('"')?.chars();
+    let mut out = String::new();
+    loop {
+        match chars.next()? {
+            '"' => return Some(Some(out)),
+            '\\' => match chars.next()? {
+                'n' => out.push('\n'),
+                't' => out.push('\t'),
+                'r' => out.push('\r'),
+                'b' => out.push('\u{8}'),
+                'f' => out.push('\u{c}'),
+                'u' => {
+                    let hex: String = chars.by_ref().take(4).collect();
+                    let code = u32::from_str_radix(&hex, 16).ok()?;
+                    // A lone half of a surrogate pair is not a char; names are for display only.
+                    out.push(char::from_u32(code).unwrap_or(char::REPLACEMENT_CHARACTER));
+                }
+                escaped => out.push(escaped), // `"`, `\` and `/` stand for themselves.
+            },
+            c => out.push(c),
+        }
+    }
+}
+
+/// `median.point_estimate`, in nanoseconds. `"median":` with the colon does not match the
+/// `median_abs_dev` key, and the median's confidence interval holds no `point_estimate`.
+fn median_ns(estimates: &str) -> Option<f64> {
+    let number = after_key(after_key(estimates, "median")?, "point_estimate")?;
+    let end = number
+        .find(|c: char| !(c.is_ascii_digit() || "+-.eE".contains(c)))
+        .unwrap_or(number.len());
+    number[..end].parse().ok()
+}
+
+/// The report as Markdown, which also reads well in a terminal: one table per group and value.
+fn render(layer: &str, samples: &[Sample]) -> String {
+    let mut out = format!("# cargo xtask bench {layer}\n\n");
+    if samples.is_empty() {
+        out.push_str("Criterion wrote no results in this run.\n");
+        return out;
+    }
+    out.push_str(
+        "Median time per iteration. `deferred / this` divides deferred's median by the row's:\n\
+         below 1.00x deferred is faster, above it slower.\n",
+    );
+
+    let mut tables: BTreeMap<(&str, Option<&str>), Vec<&Sample>> = BTreeMap::new();
+    for sample in samples {
+        tables
+            .entry((&sample.group, sample.value.as_deref()))
+            .or_default()
+            .push(sample);
+    }
+    let mut keys: Vec<_> = tables.keys().copied().collect();
+    // Numeric parameters (thread counts, sizes) read best in numeric order: 2 before 16.
+    keys.sort_by_key(|&(group, value)| (group, value.and_then(|v| v.parse::<u64>().ok()), value));
+
+    for key in keys {
+        let mut rows = tables.remove(&key).unwrap_or_default();
+        rows.sort_by(|a, b| a.function.cmp(&b.function));
+        let reference = reference(&rows);
+        // Ours first, then the alternatives by name.
+        if let Some(i) = reference {
+            let ours = rows.remove(i);
+            rows.insert(0, ours);
+        }
+        let ours = reference.map(|_| rows[0].median_ns);
+
+        let title = match key.1 {
+            Some(value) => format!("{} ({value})", key.0),
+            None => key.0.to_owned(),
+        };
+        out.push_str(&format!("\n## {title}\n\n"));
+        let cells: Vec<[String; 3]> = rows
+            .iter()
+            .map(|row| {
+                let ratio = ours.map_or_else(
+                    || "-".to_owned(),
+                    |ours| format!("{:.2}x", ours / row.median_ns),
+                );
+                [
+                    row.function.replace('|', r"\|"),
+                    human(row.median_ns),
+                    ratio,
+                ]
+            })
+            .collect();
+        out.push_str(&table(["function", "median", "deferred / this"], &cells));
+        if ours.is_none() {
+            out.push_str("\nNo function here is named `deferred…`, so there is no ratio.\n");
+        }
+    }
+    out
+}
+
+/// The row to compare against: the function named `deferred`, else the first whose name starts
+/// with it. Expects `rows` sorted by function name.
+fn reference(rows: &[&Sample]) -> Option<usize> {
+    rows.iter()
+        .position(|row| row.function == "deferred")
+        .or_else(|| {
+            rows.iter()
+                .position(|row| row.function.starts_with("deferred"))
+        })
+}
+
+/// A Markdown table with padded columns: name left-aligned, numbers right-aligned.
+fn table(header: [&str; 3], rows: &[[String; 3]]) -> String {
+    let width = |i: usize| {
+        rows.iter()
+            .map(|row| row[i].chars().count())
+            .chain([header[i].len()])
+            .max()
+            .unwrap_or(0)
+    };
+    let (w0, w1, w2) = (width(0), width(1), width(2));
+    let mut out = format!(
+        "| {:<w0$} | {:>w1$} | {:>w2$} |\n",
+        header[0], header[1], header[2]
+    );
+    out.push_str(&format!(
+        "| :{} | {}: | {}: |\n",
+        "-".repeat(w0 - 1),
+        "-".repeat(w1 - 1),
+        "-".repeat(w2 - 1)
+    ));
+    for [a, b, c] in rows {
+        out.push_str(&format!("| {a:<w0$} | {b:>w1$} | {c:>w2$} |\n"));
+    }
+    out
+}
+
+/// Criterion reports nanoseconds; scaled to the unit that keeps the number short.
+fn human(ns: f64) -> String {
+    let (value, unit) = match ns {
+        ns if ns < 1e3 => (ns, "ns"),
+        ns if ns < 1e6 => (ns / 1e3, "µs"),
+        ns if ns < 1e9 => (ns / 1e6, "ms"),
+        ns => (ns / 1e9, "s"),
+    };
+    format!("{value:.2} {unit}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Trimmed from what criterion 0.5 wrote for `group.bench_with_input(BenchmarkId::new(..))`.
+    const IDS: &str = r#"{"group_id":"core/oneshot","function_id":"flume/x","value_str":"16 threads","throughput":null,"full_id":"core/oneshot/flume/x/16 threads","directory_name":"core_oneshot/flume_x/16 threads"}"#;
+    const ESTIMATES: &str = r#"{"mean":{"confidence_interval":{"confidence_level":0.95,"lower_bound":0.70,"upper_bound":0.72},"point_estimate":0.715,"standard_error":0.004},"median":{"confidence_interval":{"confidence_level":0.95,"lower_bound":0.70,"upper_bound":0.72},"point_estimate":1.5e3,"standard_error":0.006},"median_abs_dev":{"confidence_interval":{"confidence_level":0.95,"lower_bound":0.003,"upper_bound":0.02},"point_estimate":0.017,"standard_error":0.005}}"#;
+
+    #[test]
+    fn parses_criterion_files() {
+        assert_eq!(json_str(IDS, "group_id"), Some(Some("core/oneshot".into())));
+        assert_eq!(json_str(IDS, "throughput"), Some(None));
+        assert_eq!(json_str(IDS, "missing"), None);
+        assert_eq!(
+            json_str(r#"{"a":"q\"\\\u00b5"}"#, "a"),
+            Some(Some("q\"\\µ".into()))
+        );
+        assert_eq!(median_ns(ESTIMATES), Some(1500.0));
+    }
+
+    #[test]
+    fn formats_times() {
+        assert_eq!(human(0.717), "0.72 ns");
+        assert_eq!(human(1500.0), "1.50 µs");
+        assert_eq!(human(2.5e7), "25.00 ms");
+    }
+
+    fn sample(group: &str, value: Option<&str>, function: &str, median_ns: f64) -> Sample {
+        Sample {
+            group: group.into(),
+            value: value.map(Into::into),
+            function: function.into(),
+            median_ns,
+        }
+    }
+
+    #[test]
+    fn renders_ratios_against_deferred() {
+        let samples = [
+            sample("core/oneshot", Some("16"), "tokio", 20.0),
+            sample("core/oneshot", Some("16"), "deferred_spin", 8.0),
+            sample("core/oneshot", Some("16"), "deferred", 10.0),
+            sample("core/oneshot", Some("2"), "deferred", 10.0),
+            sample("core/other", None, "flume", 1.0),
+        ];
+        let report = render("core", &samples);
+        let two = report.find("## core/oneshot (2)").unwrap();
+        let sixteen = report.find("## core/oneshot (16)").unwrap();
+        assert!(
+            two < sixteen,
+            "numeric parameters sort numerically:\n{report}"
+        );
+        assert!(
+            report.contains("| deferred      | 10.00 ns |           1.00x |"),
+            "{report}"
+        );
+        assert!(
+            report.contains("| deferred_spin |  8.00 ns |           1.25x |"),
+            "{report}"
+        );
+        assert!(
+            report.contains("| tokio         | 20.00 ns |           0.50x |"),
+            "{report}"
+        );
+        assert!(
+            report.contains("| flume    | 1.00 ns |               - |"),
+            "{report}"
+        );
+    }
+}

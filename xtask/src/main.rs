@@ -1,0 +1,112 @@
+//! `cargo xtask <task>`: the repository's checks, runnable locally exactly as CI runs them.
+//!
+//! Each task lives in its own module. Every command is printed before it runs, and nested cargo
+//! invocations start from a cleaned environment (see `cmd`), so a local run and a CI run build
+//! the same thing.
+
+mod bench;
+mod ci;
+mod clippy;
+mod cmd;
+mod doc;
+mod fmt;
+mod loom;
+mod miri;
+mod no_std;
+mod test;
+
+use std::process::ExitCode;
+
+use cmd::Result;
+
+/// A library crate of the workspace.
+pub struct Library {
+    /// The package name, which is also its directory under `crates/`.
+    pub name: &'static str,
+    /// Feature sets that must work without `std`; `""` means `--no-default-features` alone.
+    pub no_std_features: &'static [&'static str],
+}
+
+impl Library {
+    /// Whether the crate has `file` (relative to its directory), for the checks that a crate opts
+    /// into by adding a file, such as `tests/loom.rs`.
+    pub fn has(&self, file: &str) -> bool {
+        cmd::root()
+            .join("crates")
+            .join(self.name)
+            .join(file)
+            .exists()
+    }
+}
+
+/// The library crates, bottom layer first. A new layer is one line here: clippy, test, no-std
+/// and miri pick it up, and test-loom does as soon as it has a `tests/loom.rs`.
+pub const LIBRARIES: &[Library] = &[Library {
+    name: "deferred-core",
+    no_std_features: &["", "alloc"],
+}];
+
+const USAGE: &str = "\
+usage: cargo xtask <task> [args]
+
+tasks:
+  fmt                      cargo fmt --check over the workspace
+  clippy                   clippy with -D warnings, also with default features off
+  test                     the test suites, also with only the `alloc` feature
+  test-loom [FILTER]       loom models (LOOM_MAX_PREEMPTIONS defaults to 2)
+  miri                     the library tests under miri (nightly), stacked and tree borrows
+  no-std                   build the libraries for thumbv7em-none-eabihf
+  doc                      rustdoc with -D warnings
+  bench [LAYER] [--no-run] run criterion benches (core, map, cache, expiring) and print
+                           ratio tables; --no-run only builds them
+  ci                       all of the above in CI order, with timings
+  help                     this text
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((task, rest)) = args.split_first() else {
+        print!("{USAGE}");
+        return ExitCode::SUCCESS;
+    };
+    let result = match task.as_str() {
+        "help" | "-h" | "--help" => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        "fmt" => no_args(task, rest).and_then(|()| fmt::run()),
+        "clippy" => no_args(task, rest).and_then(|()| clippy::run()),
+        "test" => no_args(task, rest).and_then(|()| test::run()),
+        "test-loom" => match rest {
+            [] => loom::run(None),
+            [filter] => loom::run(Some(filter)),
+            _ => Err("test-loom takes at most one argument, a test-name filter".into()),
+        },
+        "miri" => no_args(task, rest).and_then(|()| miri::run()),
+        "no-std" => no_args(task, rest).and_then(|()| no_std::run()),
+        "doc" => no_args(task, rest).and_then(|()| doc::run()),
+        "bench" => bench::run(rest),
+        "ci" => no_args(task, rest).and_then(|()| ci::run()),
+        other => Err(format!(
+            "unknown task `{other}`; run `cargo xtask help` for the list"
+        )),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Rejects stray arguments instead of silently ignoring a typo such as `cargo xtask test loom`.
+fn no_args(task: &str, rest: &[String]) -> Result {
+    match rest {
+        [] => Ok(()),
+        _ => Err(format!(
+            "`{task}` takes no arguments, got `{}`",
+            rest.join(" ")
+        )),
+    }
+}

@@ -1,0 +1,50 @@
+//! `cargo xtask miri`: the library tests under miri on nightly, once with the default (stacked)
+//! borrow model and once with tree borrows, both with strict provenance so integer-to-pointer
+//! casts are caught.
+
+use crate::cmd::{self, cargo, command, Result};
+use crate::LIBRARIES;
+
+const STRICT: &str = "-Zmiri-strict-provenance";
+
+/// Printed when rustup cannot add the components, so the fix is one copy-paste away.
+const INSTALL_HINT: &str = "\
+miri needs the nightly toolchain with the `miri` and `rust-src` components, and installing them
+failed. Install them by hand, then rerun `cargo xtask miri`:
+
+    rustup toolchain install nightly --component miri,rust-src
+";
+
+pub fn run() -> Result {
+    let components = [
+        "component",
+        "add",
+        "--toolchain",
+        "nightly",
+        "miri",
+        "rust-src",
+    ];
+    cmd::run(&mut command("rustup", components)).map_err(|e| format!("{e}\n\n{INSTALL_HINT}"))?;
+    // Builds miri's sysroot up front, so its output does not interleave with the first test run.
+    cmd::run(&mut cargo(["+nightly", "miri", "setup"]))?;
+    for lib in LIBRARIES {
+        // The crates shrink their loops under `cfg(miri)` themselves; nothing to pass here.
+        let mut stacked = cargo(["+nightly", "miri", "test", "-p", lib.name, "--tests"]);
+        cmd::run(stacked.env("MIRIFLAGS", STRICT))?;
+
+        // Tree borrows is a second opinion on the aliasing rules. A crate can pick a subset for
+        // it with `tests/miri_subset.rs`, since running everything twice under miri is slow;
+        // otherwise its unit tests, where the unsafe code lives, are the subset.
+        let target: &[&str] = if lib.has("tests/miri_subset.rs") {
+            &["--test", "miri_subset"]
+        } else {
+            &["--lib"]
+        };
+        let mut tree = cargo(["+nightly", "miri", "test", "-p", lib.name]);
+        cmd::run(
+            tree.args(target)
+                .env("MIRIFLAGS", format!("{STRICT} -Zmiri-tree-borrows")),
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,34 @@
+//! `cargo xtask test`: the test suites with default features, then each library again with only
+//! its non-`std` features, so the `alloc`-only build is exercised and not just compiled.
+
+use crate::cmd::{self, cargo, Result};
+use crate::LIBRARIES;
+
+pub fn run() -> Result {
+    // The bench crate is excluded: its "tests" are criterion benches, built by `bench --no-run`.
+    cmd::run(&mut cargo([
+        "test",
+        "--workspace",
+        "--exclude",
+        "deferred-benches",
+    ]))?;
+    for lib in LIBRARIES {
+        // `--no-default-features` alone has no allocator, so there is nothing the test harness
+        // could link against; clippy and no-std cover that build.
+        for &features in lib.no_std_features.iter().filter(|f| !f.is_empty()) {
+            // `--lib --tests` skips doctests, which are written against the `std` API; tests that
+            // need `std` are cfg-gated inside the crate.
+            cmd::run(&mut cargo([
+                "test",
+                "-p",
+                lib.name,
+                "--no-default-features",
+                "--features",
+                features,
+                "--lib",
+                "--tests",
+            ]))?;
+        }
+    }
+    Ok(())
+}
