@@ -534,23 +534,34 @@ impl<T, E> Deferred<T, E> {
     /// a second panic while unwinding aborts, as any panic in `Drop` during unwinding does.
     #[cold]
     fn drain(&self) {
-        struct Finish<'a, T, E>(&'a Deferred<T, E>);
+        self.wake_lists(true);
+    }
+
+    /// Wakes every plain waiter without completing the cell: each one that is polled again
+    /// sees the cell still pending and links itself anew. `Lazy` uses it to let any waiter
+    /// drive the computation.
+    #[cfg(feature = "alloc")]
+    pub(crate) fn notify_waiters(&self) {
+        self.wake_lists(false);
+    }
+
+    fn wake_lists(&self, claimants: bool) {
+        struct Finish<'a, T, E>(&'a Deferred<T, E>, bool);
         impl<T, E> Drop for Finish<'_, T, E> {
             fn drop(&mut self) {
                 // Only reached while unwinding from a panicking waker: finish the job.
-                self.0.drain_batches();
+                self.0.wake_batches(self.1);
             }
         }
-        let finish = Finish(self);
-        self.drain_batches();
+        let finish = Finish(self, claimants);
+        self.wake_batches(claimants);
         mem::forget(finish);
     }
 
-    fn drain_batches(&self) {
+    fn wake_batches(&self, claimants: bool) {
         loop {
             let mut batch = Batch::new();
-            let state = self.lock();
-            debug_assert!(state & DONE != 0);
+            self.lock();
             // SAFETY: the lock is held. Popped nodes are marked Notified, so their owners
             // will not unlink them, and we never touch them again.
             let more = unsafe {
@@ -558,14 +569,17 @@ impl<T, E> Deferred<T, E> {
                     while batch.len < BATCH {
                         let next = match lists.waiters.pop_front(Status::Notified) {
                             Some(n) => n,
-                            None => match lists.claimants.pop_front(Status::Notified) {
-                                Some(n) => n,
-                                None => break,
-                            },
+                            None if claimants => {
+                                match lists.claimants.pop_front(Status::Notified) {
+                                    Some(n) => n,
+                                    None => break,
+                                }
+                            }
+                            None => break,
                         };
                         batch.push(next);
                     }
-                    lists.bits() != 0
+                    batch.len == BATCH
                 })
             };
             // SAFETY: we hold the lock.

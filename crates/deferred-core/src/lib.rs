@@ -10,6 +10,8 @@ extern crate std;
 mod cell;
 mod claim;
 mod error;
+#[cfg(feature = "alloc")]
+mod lazy;
 mod list;
 pub(crate) mod loom;
 mod wait;
@@ -20,6 +22,8 @@ mod blocking;
 pub use cell::Deferred;
 pub use claim::{Claim, ClaimWait, GetOrInit, Producer};
 pub use error::Error;
+#[cfg(feature = "alloc")]
+pub use lazy::{Lazy, LazyWait};
 #[cfg(feature = "alloc")]
 pub use wait::OwnedWait;
 pub use wait::{Wait, WaitCloned};

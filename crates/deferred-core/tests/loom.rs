@@ -196,3 +196,20 @@ fn values_are_not_leaked() {
         assert_eq!(Arc::strong_count(&value), 1);
     });
 }
+
+#[test]
+fn lazy_start_raced_by_two_awaiters() {
+    loom::model(|| {
+        let runs = Arc::new(AtomicUsize::new(0));
+        let r = runs.clone();
+        let lazy = deferred_core::Lazy::new(move || async move {
+            r.fetch_add(1, SeqCst);
+            Ok::<_, ()>(4usize)
+        });
+        let l = lazy.clone();
+        let t = thread::spawn(move || *block_on(l.wait()).unwrap());
+        assert_eq!(block_on(lazy.wait()), Ok(&4));
+        assert_eq!(t.join().unwrap(), 4);
+        assert_eq!(runs.load(SeqCst), 1);
+    });
+}

@@ -50,11 +50,17 @@ unsafe fn clone(ptr: *const ()) -> RawWaker {
 }
 
 unsafe fn wake(ptr: *const ()) {
-    // SAFETY: forwarded; `wake` consumes the waker.
-    unsafe {
-        wake_by_ref(ptr);
-        drop_waker(ptr);
+    /// `wake` consumes the waker, even when it panics.
+    struct Consume(*const ());
+    impl Drop for Consume {
+        fn drop(&mut self) {
+            // SAFETY: the waker being consumed carries this strong count.
+            unsafe { drop_waker(self.0) }
+        }
     }
+    let _consume = Consume(ptr);
+    // SAFETY: forwarded; the waker is alive until `_consume` drops.
+    unsafe { wake_by_ref(ptr) }
 }
 
 unsafe fn wake_by_ref(ptr: *const ()) {

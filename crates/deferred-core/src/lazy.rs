@@ -1,0 +1,374 @@
+//! `Lazy`: a cell whose computation starts on first await (Kotlin `CoroutineStart.LAZY`),
+//! and that any of its awaiters can drive.
+
+use alloc::{sync::Arc, task::Wake};
+use core::{
+    fmt,
+    future::{Future, IntoFuture},
+    pin::Pin,
+    task::{Context, Poll, Waker},
+};
+
+use futures_core::FusedFuture;
+
+use crate::{
+    cell::Which,
+    list::Node,
+    loom::{AtomicUsize, Ordering::*, UnsafeCell},
+    wait::same_waker,
+    Deferred, Error,
+};
+
+/// Someone is polling the computation; the computation is theirs alone.
+const DRIVING: usize = 1;
+/// The computation was woken since its driver started polling it.
+const REPOLL: usize = 2;
+
+enum Computation<F, Fut> {
+    Init(F),
+    Running(Fut),
+    Finished,
+}
+
+struct Shared<T, E, F, Fut> {
+    cell: Deferred<T, E>,
+    drive: AtomicUsize,
+    /// Guarded by DRIVING.
+    computation: UnsafeCell<Computation<F, Fut>>,
+}
+
+// SAFETY: `computation` is only reached by the thread holding DRIVING, which may be any
+// thread (so `F` and `Fut` must be `Send`) but is only ever one at a time (so they need not
+// be `Sync`). The cell is `Send + Sync` under the bounds on `T` and `E`.
+unsafe impl<T: Send + Sync, E: Send + Sync, F: Send, Fut: Send> Sync for Shared<T, E, F, Fut> {}
+// SAFETY: as above.
+unsafe impl<T: Send + Sync, E: Send + Sync, F: Send, Fut: Send> Send for Shared<T, E, F, Fut> {}
+
+/// A [`Deferred`] with its computation attached, started by the first await and driven by
+/// whichever awaiter is polled (Kotlin `async(start = CoroutineStart.LAZY)`).
+///
+/// * The computation runs at most once, and only after something awaits the cell.
+/// * Any awaiter can drive it: the computation is polled with a waker that wakes *every*
+///   awaiter, and whichever of them is polled next moves it on. An awaiter that stalls
+///   (is never polled again) or is dropped does not stop the others.
+/// * If the computation panics, the cell completes as [`Error::Panicked`] and the panic
+///   goes on in the awaiter whose poll ran it.
+///
+/// `Lazy` is a cheap handle (one `Arc`); clones share the cell. It needs `alloc`: the
+/// computation lives in the shared allocation, which is also the waker it is polled with.
+///
+/// ```
+/// use deferred_core::Lazy;
+/// # futures::executor::block_on(async {
+/// let lazy = Lazy::new(|| async { Ok::<_, ()>(6 * 7) });
+/// assert!(!lazy.deferred().is_done()); // nothing ran yet
+/// assert_eq!(lazy.wait().await, Ok(&42));
+/// # });
+/// ```
+pub struct Lazy<T, E, F, Fut> {
+    shared: Arc<Shared<T, E, F, Fut>>,
+}
+
+impl<T, E, F, Fut> Clone for Lazy<T, E, F, Fut> {
+    fn clone(&self) -> Self {
+        Lazy {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<T, E, F, Fut> Lazy<T, E, F, Fut>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    /// A cell whose value `init` computes, once something awaits it.
+    ///
+    /// ```
+    /// use deferred_core::{Error, Lazy};
+    /// # futures::executor::block_on(async {
+    /// let lazy = Lazy::new(|| async { Err::<u8, _>("no config") });
+    /// assert_eq!(lazy.wait().await, Err(Error::Failed(&"no config")));
+    /// # });
+    /// ```
+    pub fn new(init: F) -> Self {
+        Lazy {
+            shared: Arc::new(Shared {
+                cell: Deferred::new(),
+                drive: AtomicUsize::new(0),
+                computation: UnsafeCell::new(Computation::Init(init)),
+            }),
+        }
+    }
+}
+
+impl<T, E, F, Fut> Lazy<T, E, F, Fut> {
+    /// The underlying cell: probe it, or complete it from outside (which wins over the
+    /// computation, whose result is then dropped).
+    ///
+    /// ```
+    /// use deferred_core::Lazy;
+    /// let lazy = Lazy::new(|| async { Ok::<u8, ()>(1) });
+    /// lazy.deferred().succeed(2).unwrap(); // the computation never runs
+    /// assert_eq!(lazy.deferred().get(), Some(&2));
+    /// ```
+    pub fn deferred(&self) -> &Deferred<T, E> {
+        &self.shared.cell
+    }
+
+    /// Waits for the value, starting or driving the computation as needed.
+    ///
+    /// ```
+    /// use deferred_core::Lazy;
+    /// # futures::executor::block_on(async {
+    /// let lazy = Lazy::new(|| async { Ok::<_, ()>("v") });
+    /// let (a, b) = futures::join!(lazy.wait(), lazy.wait());
+    /// assert_eq!((a, b), (Ok(&"v"), Ok(&"v")));
+    /// # });
+    /// ```
+    pub fn wait(&self) -> LazyWait<'_, T, E, F, Fut> {
+        LazyWait {
+            shared: &self.shared,
+            node: Node::new(),
+            linked: false,
+            done: false,
+        }
+    }
+}
+
+impl<'a, T, E, F, Fut> IntoFuture for &'a Lazy<T, E, F, Fut>
+where
+    T: Send + Sync + 'static,
+    E: Send + Sync + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<T, E>> + Send + 'static,
+{
+    type Output = Result<&'a T, Error<&'a E>>;
+    type IntoFuture = LazyWait<'a, T, E, F, Fut>;
+
+    /// `(&lazy).await`, as [`Lazy::wait`].
+    fn into_future(self) -> Self::IntoFuture {
+        self.wait()
+    }
+}
+
+impl<T, E, F, Fut> Shared<T, E, F, Fut>
+where
+    T: Send + Sync + 'static,
+    E: Send + Sync + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<T, E>> + Send + 'static,
+{
+    /// Takes DRIVING if no one holds it, clearing REPOLL: the poll about to happen covers
+    /// every wake so far.
+    fn try_drive(&self) -> bool {
+        let mut state = self.drive.load(Relaxed);
+        loop {
+            if state & DRIVING != 0 {
+                return false;
+            }
+            // Acquire: pairs with the Release in `drive`'s release of DRIVING, so the last
+            // driver's writes to `computation` are visible.
+            match self
+                .drive
+                .compare_exchange_weak(state, DRIVING, Acquire, Relaxed)
+            {
+                Ok(_) => return true,
+                Err(actual) => state = actual,
+            }
+        }
+    }
+
+    /// Polls the computation once; DRIVING is held by the caller and released here.
+    fn drive(self: &Arc<Self>) {
+        /// If the computation panics: the cell dies, the computation is dropped, DRIVING is
+        /// released, and the panic goes on.
+        struct Bail<'a, T, E, F, Fut>(&'a Shared<T, E, F, Fut>);
+        impl<T, E, F, Fut> Drop for Bail<'_, T, E, F, Fut> {
+            fn drop(&mut self) {
+                // SAFETY: DRIVING is held by this thread (we are unwinding out of `drive`).
+                self.0
+                    .computation
+                    .with_mut(|c| unsafe { *c = Computation::Finished });
+                self.0.cell.die();
+                // Release: pairs with the Acquire in `try_drive`.
+                self.0.drive.store(0, Release);
+            }
+        }
+
+        let bail = Bail(self);
+        let waker = Waker::from(Arc::clone(self));
+        let mut cx = Context::from_waker(&waker);
+        // SAFETY: DRIVING gives this thread sole access to `computation`. The future lives
+        // in the `Arc`'s allocation and is only ever dropped in place, so pinning holds.
+        let result = self.computation.with_mut(|c| unsafe {
+            let c = &mut *c;
+            if let Computation::Init(_) = c {
+                if self.cell.is_done() {
+                    // Completed from outside: no need to run at all.
+                    *c = Computation::Finished;
+                } else if let Computation::Init(init) = core::mem::replace(c, Computation::Finished)
+                {
+                    *c = Computation::Running(init());
+                }
+            }
+            match c {
+                Computation::Running(fut) => match Pin::new_unchecked(fut).poll(&mut cx) {
+                    Poll::Ready(result) => {
+                        *c = Computation::Finished;
+                        Some(result)
+                    }
+                    Poll::Pending => None,
+                },
+                _ => None,
+            }
+        });
+        core::mem::forget(bail);
+        if let Some(result) = result {
+            // A completion from outside may have won; our result is then dropped.
+            drop(self.cell.complete(result));
+        }
+        // Release: pairs with the Acquire in `try_drive`.
+        let prev = self.drive.swap(0, Release);
+        if prev & REPOLL != 0 && !self.cell.is_done() {
+            // Woken while we polled: that wake may have reached no one (a waiter that
+            // linked later missed it), so pass it on to every waiter now.
+            self.cell.notify_waiters();
+        }
+    }
+}
+
+impl<T, E, F, Fut> Wake for Shared<T, E, F, Fut>
+where
+    T: Send + Sync + 'static,
+    E: Send + Sync + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<T, E>> + Send + 'static,
+{
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    /// The computation can make progress: tell the driver, if one is polling, and wake
+    /// every waiter, so whichever is polled next drives it.
+    fn wake_by_ref(self: &Arc<Self>) {
+        // Relaxed: the flag is only read by the RMW that releases DRIVING, and the
+        // waiters are reached through the cell's lock.
+        self.drive.fetch_or(REPOLL, Relaxed);
+        self.cell.notify_waiters();
+    }
+}
+
+/// The future of [`Lazy::wait`]: resolves to the outcome by reference, driving the
+/// computation whenever it is polled and no one else is.
+///
+/// # Cancel safety
+///
+/// Dropping it unlinks it; the computation is not affected and other awaiters go on
+/// driving it.
+///
+/// ```
+/// use deferred_core::Lazy;
+/// # futures::executor::block_on(async {
+/// let lazy = Lazy::new(|| async { Ok::<_, ()>(1) });
+/// assert_eq!(lazy.wait().await, Ok(&1));
+/// # });
+/// ```
+#[must_use = "futures do nothing unless polled"]
+pub struct LazyWait<'a, T, E, F, Fut> {
+    shared: &'a Arc<Shared<T, E, F, Fut>>,
+    node: Node,
+    linked: bool,
+    done: bool,
+}
+
+// SAFETY: as for `Lazy`; the node is only reached by other threads through the cell's lock.
+unsafe impl<T: Send + Sync, E: Send + Sync, F: Send, Fut: Send> Send
+    for LazyWait<'_, T, E, F, Fut>
+{
+}
+
+impl<'a, T, E, F, Fut> Future for LazyWait<'a, T, E, F, Fut>
+where
+    T: Send + Sync + 'static,
+    E: Send + Sync + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<T, E>> + Send + 'static,
+{
+    type Output = Result<&'a T, Error<&'a E>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // SAFETY: we never move out of the pinned future.
+        let this = unsafe { self.get_unchecked_mut() };
+        let shared: &'a Arc<Shared<T, E, F, Fut>> = this.shared;
+        let cell = &shared.cell;
+        // Link first, then try to drive: a wake of the computation that lands after we
+        // linked reaches us, and one that lands while someone drives is passed on by that
+        // driver (REPOLL).
+        // SAFETY: `node` is pinned inside `self` and `Drop` unlinks it.
+        let polled = unsafe {
+            cell.poll_node(
+                &this.node,
+                &mut this.linked,
+                Which::Waiters,
+                same_waker(cx),
+                || Deferred::<T, E>::waker_notify(cx.waker()),
+            )
+        };
+        if let crate::cell::Polled::Done(state) = polled {
+            this.done = true;
+            // SAFETY: `state` has DONE, loaded with Acquire.
+            return Poll::Ready(unsafe { cell.outcome_of(state) });
+        }
+        if shared.try_drive() {
+            shared.drive();
+            if let Some(outcome) = cell.try_get() {
+                this.done = true;
+                return Poll::Ready(outcome);
+            }
+        }
+        // Still linked: the next wake of the computation, or its completion, wakes us.
+        Poll::Pending
+    }
+}
+
+impl<T, E, F, Fut> FusedFuture for LazyWait<'_, T, E, F, Fut>
+where
+    T: Send + Sync + 'static,
+    E: Send + Sync + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<T, E>> + Send + 'static,
+{
+    fn is_terminated(&self) -> bool {
+        self.done
+    }
+}
+
+impl<T, E, F, Fut> Drop for LazyWait<'_, T, E, F, Fut> {
+    fn drop(&mut self) {
+        // SAFETY: the node is pinned and belongs to the shared cell, which `self.shared`
+        // keeps alive.
+        unsafe {
+            self.shared
+                .cell
+                .cancel_node(&self.node, &mut self.linked, Which::Waiters)
+        };
+    }
+}
+
+impl<T: fmt::Debug, E: fmt::Debug, F, Fut> fmt::Debug for Lazy<T, E, F, Fut> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lazy")
+            .field("cell", &self.shared.cell)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T, E, F, Fut> fmt::Debug for LazyWait<'_, T, E, F, Fut> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LazyWait")
+            .field("linked", &self.linked)
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}

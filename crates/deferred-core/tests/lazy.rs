@@ -1,0 +1,159 @@
+//! `Lazy`: starts on first await, runs once, and can be driven by any awaiter.
+
+#![allow(clippy::std_instead_of_core)] // tests run on std; `core::` paths matter in the library only.
+
+mod common;
+
+use std::{
+    future::Future,
+    pin::{pin, Pin},
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst},
+        Arc, Mutex,
+    },
+    task::{Context, Poll, Waker},
+};
+
+use common::{counting_waker, poll_once, Counts};
+use deferred_core::{Error, Lazy};
+use futures::{executor::block_on, task::noop_waker};
+
+/// A future that stays pending until `open` is called, then wakes whoever polled it last.
+#[derive(Default, Clone)]
+struct Gate(Arc<(AtomicBool, Mutex<Option<Waker>>)>);
+
+impl Gate {
+    fn open(&self) {
+        self.0 .0.store(true, SeqCst);
+        if let Some(w) = self.0 .1.lock().unwrap().take() {
+            w.wake();
+        }
+    }
+    fn wait(&self) -> impl Future<Output = ()> + Send + 'static {
+        let gate = self.clone();
+        futures::future::poll_fn(move |cx: &mut Context<'_>| {
+            if gate.0 .0.load(SeqCst) {
+                return Poll::Ready(());
+            }
+            *gate.0 .1.lock().unwrap() = Some(cx.waker().clone());
+            Poll::Pending
+        })
+    }
+}
+
+#[test]
+fn starts_on_first_await_and_runs_once() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let r = runs.clone();
+    let lazy = Lazy::new(move || async move {
+        r.fetch_add(1, SeqCst);
+        Ok::<_, ()>(5)
+    });
+    assert_eq!(runs.load(SeqCst), 0);
+    assert_eq!(block_on(lazy.wait()), Ok(&5));
+    assert_eq!(block_on(lazy.clone().wait()), Ok(&5));
+    assert_eq!(runs.load(SeqCst), 1);
+}
+
+#[test]
+fn a_stalled_driver_does_not_block_another_awaiter() {
+    let gate = Gate::default();
+    let g = gate.clone();
+    let lazy = Lazy::new(move || async move {
+        g.wait().await;
+        Ok::<_, ()>(1)
+    });
+    // A polls once (starting the computation) and is then never polled again.
+    let mut a = Box::pin(lazy.wait());
+    let a_counts = Arc::new(Counts::default());
+    assert!(poll_once(a.as_mut(), &counting_waker(&a_counts)).is_pending());
+    // B arrives later.
+    let b_counts = Arc::new(Counts::default());
+    let mut b = pin!(lazy.wait());
+    assert!(poll_once(b.as_mut(), &counting_waker(&b_counts)).is_pending());
+    gate.open();
+    assert!(
+        b_counts.wakes() >= 1,
+        "the computation's wake must reach B, not only A"
+    );
+    assert_eq!(poll_once(b.as_mut(), &noop_waker()), Poll::Ready(Ok(&1)));
+    drop(a);
+}
+
+#[test]
+fn a_dropped_awaiter_does_not_stop_the_computation() {
+    let gate = Gate::default();
+    let g = gate.clone();
+    let lazy = Lazy::new(move || async move {
+        g.wait().await;
+        Ok::<_, ()>(2)
+    });
+    let mut a = Box::pin(lazy.wait());
+    assert!(poll_once(a.as_mut(), &noop_waker()).is_pending());
+    drop(a);
+    let mut b = pin!(lazy.wait());
+    assert!(poll_once(b.as_mut(), &noop_waker()).is_pending());
+    gate.open();
+    assert_eq!(poll_once(b.as_mut(), &noop_waker()), Poll::Ready(Ok(&2)));
+}
+
+#[test]
+fn a_panicking_computation_completes_the_cell_as_panicked() {
+    let lazy = Lazy::new(|| async {
+        if true {
+            panic!("computation failed");
+        }
+        Ok::<u8, ()>(0)
+    });
+    let mut other = pin!(lazy.wait());
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| block_on(lazy.wait())));
+    assert!(r.is_err(), "the panic goes on in the awaiter that ran it");
+    assert_eq!(
+        poll_once(other.as_mut(), &noop_waker()),
+        Poll::Ready(Err(Error::Panicked))
+    );
+}
+
+#[test]
+fn completing_from_outside_skips_the_computation() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let r = runs.clone();
+    let lazy = Lazy::new(move || async move {
+        r.fetch_add(1, SeqCst);
+        Ok::<_, ()>(1)
+    });
+    lazy.deferred().succeed(9).unwrap();
+    assert_eq!(block_on(lazy.wait()), Ok(&9));
+    assert_eq!(runs.load(SeqCst), 0);
+}
+
+#[test]
+fn threads_race_to_start_it() {
+    for _ in 0..if cfg!(miri) { 4 } else { 100 } {
+        let runs = Arc::new(AtomicUsize::new(0));
+        let r = runs.clone();
+        let lazy = Lazy::new(move || async move {
+            r.fetch_add(1, SeqCst);
+            Ok::<_, ()>(3)
+        });
+        let hs: Vec<_> = (0..4)
+            .map(|_| {
+                let l = lazy.clone();
+                std::thread::spawn(move || *block_on(l.wait()).unwrap())
+            })
+            .collect();
+        for h in hs {
+            assert_eq!(h.join().unwrap(), 3);
+        }
+        assert_eq!(runs.load(SeqCst), 1);
+    }
+}
+
+#[test]
+fn lazy_wait_is_send() {
+    fn is_send<F: Future + Send>(_: F) {}
+    let lazy = Lazy::new(|| async { Ok::<u8, ()>(1) });
+    is_send(lazy.wait());
+    let boxed: Pin<Box<dyn Future<Output = _> + Send>> = Box::pin(lazy.wait());
+    drop(boxed);
+}
