@@ -58,7 +58,7 @@ pub(crate) enum Which {
 }
 
 pub(crate) struct Lists {
-    waiters: List,
+    pub(crate) waiters: List,
     claimants: List,
 }
 
@@ -191,18 +191,14 @@ impl<T, E> Deferred<T, E> {
     /// assert_eq!(cell.get().map(String::as_str), Some("a"));
     /// ```
     pub fn succeed(&self, value: T) -> Result<(), T> {
-        if !self.win() {
-            return Err(value);
-        }
-        // SAFETY: winning WON gives this thread the only right to write the slot, and no
-        // one reads it before DONE is published below.
-        self.slot.with_mut(|slot| unsafe {
-            (*slot).write(Payload {
-                ok: ManuallyDrop::new(value),
-            });
+        let mut value = Some(value);
+        let won = self.complete_with(OK, || Payload {
+            ok: ManuallyDrop::new(value.take().unwrap_or_else(|| unreachable!())),
         });
-        self.publish(OK);
-        Ok(())
+        match value {
+            Some(value) if !won => Err(value),
+            _ => Ok(()),
+        }
     }
 
     /// Completes the cell with the error `error` (Kotlin `completeExceptionally`, Effect
@@ -215,17 +211,14 @@ impl<T, E> Deferred<T, E> {
     /// assert_eq!(cell.try_get(), Some(Err(Error::Failed(&"nope"))));
     /// ```
     pub fn fail(&self, error: E) -> Result<(), E> {
-        if !self.win() {
-            return Err(error);
-        }
-        // SAFETY: as in `succeed`: the winner alone writes the slot, before DONE.
-        self.slot.with_mut(|slot| unsafe {
-            (*slot).write(Payload {
-                err: ManuallyDrop::new(error),
-            });
+        let mut error = Some(error);
+        let won = self.complete_with(ERR, || Payload {
+            err: ManuallyDrop::new(error.take().unwrap_or_else(|| unreachable!())),
         });
-        self.publish(ERR);
-        Ok(())
+        match error {
+            Some(error) if !won => Err(error),
+            _ => Ok(()),
+        }
     }
 
     /// Completes the cell with `result`: `Ok` as [`succeed`](Self::succeed), `Err` as
@@ -278,6 +271,48 @@ impl<T, E> Deferred<T, E> {
         if !self.win() {
             return false;
         }
+        self.publish(kind);
+        true
+    }
+
+    /// Completes with `kind`, writing the payload that `make` returns (called once, only if
+    /// this call wins). Returns whether it won.
+    #[inline]
+    fn complete_with(&self, kind: usize, make: impl FnOnce() -> Payload<T, E>) -> bool {
+        // Fast path: no waiter, no lock holder, no other completer. Taking WON and LOCKED in
+        // one CAS keeps everyone else from changing the word (they only take LOCKED when it
+        // is clear, and a losing completer's `fetch_or(WON)` changes nothing), so one plain
+        // Release store can publish the payload and drop the lock. A waiter that arrives
+        // meanwhile waits on the lock for the duration of one move of the value.
+        let state = self.state.load(Relaxed);
+        if state & (WON | LOCKED | WAITERS | CLAIMANTS) == 0 {
+            // Acquire: we take LOCKED, so pair with the Release of the last `unlock`.
+            if self
+                .state
+                .compare_exchange(state, state | WON | LOCKED, Acquire, Relaxed)
+                .is_ok()
+            {
+                let payload = make();
+                // SAFETY: WON is ours: no one else writes the slot, and no one reads it
+                // before DONE is published below.
+                self.slot.with_mut(|slot| unsafe { (*slot).write(payload) });
+                // Release: pairs with the Acquire loads that see DONE (they then read the
+                // payload) and with the Acquire in `lock` (this also releases LOCKED).
+                crate::loom::store_over_rmws(
+                    &self.state,
+                    state | WON | DONE | (kind << KIND_SHIFT),
+                    Release,
+                );
+                return true;
+            }
+        }
+        if !self.win() {
+            return false;
+        }
+        let payload = make();
+        // SAFETY: winning WON gives this thread the only right to write the slot, and no
+        // one reads it before DONE is published below.
+        self.slot.with_mut(|slot| unsafe { (*slot).write(payload) });
         self.publish(kind);
         true
     }
@@ -459,7 +494,7 @@ impl<T, E> Deferred<T, E> {
     // ----- the lock and the lists -------------------------------------------------------
 
     /// Takes the list lock and returns the state word as it was when taken.
-    fn lock(&self) -> usize {
+    pub(crate) fn lock(&self) -> usize {
         let backoff = Backoff::new();
         let mut state = self.state.load(Relaxed);
         loop {
@@ -479,7 +514,7 @@ impl<T, E> Deferred<T, E> {
                 }
             }
             crate::loom::backoff(&backoff);
-            state = self.state.load(Relaxed);
+            state = crate::loom::spin_load(&self.state);
         }
     }
 
@@ -494,7 +529,7 @@ impl<T, E> Deferred<T, E> {
     /// # Safety
     ///
     /// The lock is held by the caller.
-    unsafe fn unlock(&self, set: usize, clear: usize) -> usize {
+    pub(crate) unsafe fn unlock(&self, set: usize, clear: usize) -> usize {
         // SAFETY: the lock is held (caller).
         let bits = self.lists.with(|lists| unsafe { (*lists).bits() });
         let mut state = self.state.load(Relaxed);
@@ -514,7 +549,7 @@ impl<T, E> Deferred<T, E> {
     /// Whether the holder that just unlocked (`before` is `unlock`'s return) must drain:
     /// DONE was published during its hold while the lists looked empty, and it linked one.
     #[inline]
-    fn owes_drain(&self, before: usize, linked: bool) -> bool {
+    pub(crate) fn owes_drain(&self, before: usize, linked: bool) -> bool {
         linked && before & DONE != 0 && before & (WAITERS | CLAIMANTS) == 0
     }
 
@@ -524,62 +559,132 @@ impl<T, E> Deferred<T, E> {
     ///
     /// The lock is held by the caller.
     #[inline]
-    unsafe fn with_lists<R>(&self, f: impl FnOnce(&mut Lists) -> R) -> R {
+    pub(crate) unsafe fn with_lists<R>(&self, f: impl FnOnce(&mut Lists) -> R) -> R {
         // SAFETY: the lock is held (caller), so the lists are ours.
         self.lists.with_mut(|lists| f(unsafe { &mut *lists }))
+    }
+
+    /// Wakes every plain waiter linked now, without completing the cell: each one that is
+    /// polled again sees the cell still pending and links itself anew, behind a sentinel
+    /// node that marks where this round ends (so waiters that relink at once are not woken
+    /// again and again). `Lazy` uses it to let any waiter drive the computation.
+    #[cfg(feature = "alloc")]
+    pub(crate) fn notify_waiters(&self) {
+        let sentinel = core::pin::pin!(Node::new());
+        let sentinel: &Node = &sentinel;
+        let state = self.lock();
+        if state & DONE != 0 {
+            // SAFETY: we hold the lock and changed nothing.
+            unsafe { self.unlock(0, 0) };
+            // The completion wakes (or woke) everyone.
+            return;
+        }
+        // SAFETY: the lock is held; the sentinel is pinned on this frame, and `Notifier`
+        // below does not let the frame end before the sentinel is off the list.
+        unsafe { self.with_lists(|lists| lists.waiters.push_back(sentinel)) };
+        // SAFETY: we hold the lock.
+        let before = unsafe { self.unlock(0, 0) };
+        if self.owes_drain(before, true) {
+            // Completed while we linked the sentinel: the drain takes it off with the rest.
+            self.drain();
+            return;
+        }
+
+        struct Notifier<'a, T, E> {
+            cell: &'a Deferred<T, E>,
+            sentinel: &'a Node,
+        }
+        impl<T, E> Notifier<'_, T, E> {
+            fn run(&self) {
+                loop {
+                    let mut batch = Batch::new(self.cell);
+                    self.cell.lock();
+                    let sentinel: *const Node = self.sentinel;
+                    // SAFETY: the lock is held; popped nodes are marked Notified and never
+                    // touched again.
+                    let finished = unsafe {
+                        self.cell.with_lists(|lists| loop {
+                            if batch.len == BATCH {
+                                break false;
+                            }
+                            match lists.waiters.pop_front(Status::Notified) {
+                                Some((node, _)) if node == sentinel => break true,
+                                Some((node, notify)) if notify.is_callback() => {
+                                    // Callbacks wait for the completion itself: put it
+                                    // back, behind the sentinel.
+                                    // SAFETY: callback nodes live on the heap until run.
+                                    let node = &*node;
+                                    node.with_links(|l| l.notify = notify);
+                                    lists.waiters.push_back(node);
+                                }
+                                Some((_, notify)) => batch.push(notify),
+                                // Empty: a completion's drain took the sentinel (and wakes
+                                // the rest).
+                                None => break true,
+                            }
+                        })
+                    };
+                    // SAFETY: we hold the lock.
+                    unsafe { self.cell.unlock(0, 0) };
+                    batch.wake_all();
+                    if finished {
+                        return;
+                    }
+                }
+            }
+        }
+        impl<T, E> Drop for Notifier<'_, T, E> {
+            fn drop(&mut self) {
+                // Only reached while unwinding from a panicking waker: finish the round, so
+                // the sentinel is off the list before its frame goes away.
+                self.run();
+            }
+        }
+        let notifier = Notifier {
+            cell: self,
+            sentinel,
+        };
+        notifier.run();
+        mem::forget(notifier);
     }
 
     /// Wakes every node of both lists, a batch per lock acquisition, wakers called with
     /// the lock released. If a waker panics, the rest are still woken (the guards below);
     /// a second panic while unwinding aborts, as any panic in `Drop` during unwinding does.
     #[cold]
-    fn drain(&self) {
-        self.wake_lists(true);
-    }
-
-    /// Wakes every plain waiter without completing the cell: each one that is polled again
-    /// sees the cell still pending and links itself anew. `Lazy` uses it to let any waiter
-    /// drive the computation.
-    #[cfg(feature = "alloc")]
-    pub(crate) fn notify_waiters(&self) {
-        self.wake_lists(false);
-    }
-
-    fn wake_lists(&self, claimants: bool) {
-        struct Finish<'a, T, E>(&'a Deferred<T, E>, bool);
+    pub(crate) fn drain(&self) {
+        struct Finish<'a, T, E>(&'a Deferred<T, E>);
         impl<T, E> Drop for Finish<'_, T, E> {
             fn drop(&mut self) {
                 // Only reached while unwinding from a panicking waker: finish the job.
-                self.0.wake_batches(self.1);
+                self.0.drain_batches();
             }
         }
-        let finish = Finish(self, claimants);
-        self.wake_batches(claimants);
+        let finish = Finish(self);
+        self.drain_batches();
         mem::forget(finish);
     }
 
-    fn wake_batches(&self, claimants: bool) {
+    fn drain_batches(&self) {
         loop {
-            let mut batch = Batch::new();
+            let mut batch = Batch::new(self);
             self.lock();
             // SAFETY: the lock is held. Popped nodes are marked Notified, so their owners
-            // will not unlink them, and we never touch them again.
+            // will not unlink them, and we never touch them again. After DONE no node is
+            // linked again, so this ends.
             let more = unsafe {
                 self.with_lists(|lists| {
                     while batch.len < BATCH {
                         let next = match lists.waiters.pop_front(Status::Notified) {
-                            Some(n) => n,
-                            None if claimants => {
-                                match lists.claimants.pop_front(Status::Notified) {
-                                    Some(n) => n,
-                                    None => break,
-                                }
-                            }
-                            None => break,
+                            Some((_, n)) => n,
+                            None => match lists.claimants.pop_front(Status::Notified) {
+                                Some((_, n)) => n,
+                                None => break,
+                            },
                         };
                         batch.push(next);
                     }
-                    batch.len == BATCH
+                    lists.bits() != 0
                 })
             };
             // SAFETY: we hold the lock.
@@ -626,6 +731,11 @@ impl<T, E> Deferred<T, E> {
                 })
             };
             if state & DONE != 0 || status == Status::Granted || current {
+                if state & DONE == 0 && status == Status::Granted {
+                    // SAFETY: the lock is held. The grant is consumed here, so a later poll
+                    // cannot take it a second time.
+                    unsafe { node.with_links(|l| l.status = Status::Idle) };
+                }
                 // SAFETY: we hold the lock and changed no list.
                 unsafe { self.unlock(0, 0) };
                 if state & DONE != 0 {
@@ -647,7 +757,6 @@ impl<T, E> Deferred<T, E> {
         let fresh = make();
         let state = self.lock();
         let mut stale = Notify::None;
-        let mut set = 0;
         let mut granted = false;
         let mut pushed = false;
         if state & DONE == 0 {
@@ -657,6 +766,8 @@ impl<T, E> Deferred<T, E> {
                 let status = node.with_links(|l| l.status);
                 match status {
                     Status::Granted => {
+                        // Consumed here, so a later poll cannot take it a second time.
+                        node.with_links(|l| l.status = Status::Idle);
                         granted = true;
                         stale = fresh;
                     }
@@ -664,10 +775,11 @@ impl<T, E> Deferred<T, E> {
                         node.with_links(|l| stale = mem::replace(&mut l.notify, fresh))
                     }
                     Status::Idle | Status::Notified => {
-                        if which == Which::Claimants && state & (CLAIMED | WON) == 0 {
-                            // The claim is free and no one is queued for it (a released
-                            // claim goes straight to the head of the queue): take it.
-                            set = CLAIMED;
+                        // Take the claim if it is free: no one is queued for it then (a
+                        // released claim goes straight to the head of the queue). It must
+                        // be taken atomically here, not judged from `state`: `try_claim`
+                        // does not wait for the lock.
+                        if which == Which::Claimants && self.try_claim_bit() {
                             granted = true;
                             stale = fresh;
                         } else {
@@ -682,8 +794,22 @@ impl<T, E> Deferred<T, E> {
             stale = fresh;
         }
         // SAFETY: we hold the lock.
-        let before = unsafe { self.unlock(set, 0) };
-        drop(stale);
+        let before = unsafe { self.unlock(0, 0) };
+        if granted {
+            // Our unused waker clone is dropped (user code) while we hold a claim that no
+            // `Claim` guard owns yet: if that panics, pass the claim on rather than leak it.
+            struct Release<'a, T, E>(&'a Deferred<T, E>);
+            impl<T, E> Drop for Release<'_, T, E> {
+                fn drop(&mut self) {
+                    self.0.release_claim();
+                }
+            }
+            let release = Release(self);
+            drop(stale);
+            mem::forget(release);
+        } else {
+            drop(stale);
+        }
         if pushed {
             *linked = true;
         }
@@ -715,6 +841,11 @@ impl<T, E> Deferred<T, E> {
             return;
         }
         *linked = false;
+        if node.is_notified() {
+            // A completion took the node off the list and took its waker: nothing to undo,
+            // and no lock needed.
+            return;
+        }
         let state = self.lock();
         // SAFETY: the lock is held; the node belongs to this cell.
         let (status, notify) =
@@ -732,7 +863,7 @@ impl<T, E> Deferred<T, E> {
         unsafe { self.unlock(0, clear) };
         drop(notify);
         if let Some(next) = handoff {
-            next.notify();
+            next.notify(core::ptr::null());
         }
     }
 
@@ -750,7 +881,7 @@ impl<T, E> Deferred<T, E> {
         }
         // SAFETY: the lock is held.
         match unsafe { self.with_lists(|lists| lists.claimants.pop_front(Status::Granted)) } {
-            Some(next) => (Some(next), 0),
+            Some((_, next)) => (Some(next), 0),
             None => (None, CLAIMED),
         }
     }
@@ -764,7 +895,7 @@ impl<T, E> Deferred<T, E> {
         // SAFETY: we hold the lock.
         unsafe { self.unlock(0, clear) };
         if let Some(next) = handoff {
-            next.notify();
+            next.notify(core::ptr::null());
         }
     }
 
@@ -795,32 +926,39 @@ impl<T, E> Deferred<T, E> {
 
 /// Up to `BATCH` notifies taken from the lists under the lock, woken after it is released.
 /// Dropping a batch wakes whatever it still holds, so a panicking waker does not strand the
-/// rest of its batch.
+/// rest of its batch. The slots are left uninitialized until used, so a completion that
+/// wakes one waiter does not pay for 32.
 struct Batch {
-    items: [Notify; BATCH],
+    /// The cell, handed to callbacks.
+    cell: *const (),
+    items: [MaybeUninit<Notify>; BATCH],
+    /// `items[next..len]` are initialized and not yet woken.
     len: usize,
     next: usize,
 }
 
 impl Batch {
-    fn new() -> Self {
+    fn new<T, E>(cell: &Deferred<T, E>) -> Self {
         Batch {
-            items: core::array::from_fn(|_| Notify::None),
+            cell: (cell as *const Deferred<T, E>).cast(),
+            items: [const { MaybeUninit::uninit() }; BATCH],
             len: 0,
             next: 0,
         }
     }
 
     fn push(&mut self, notify: Notify) {
-        self.items[self.len] = notify;
+        self.items[self.len].write(notify);
         self.len += 1;
     }
 
     fn wake_all(&mut self) {
         while self.next < self.len {
-            let item = mem::replace(&mut self.items[self.next], Notify::None);
+            // SAFETY: `items[next..len]` are initialized; `next` moves past this one before
+            // it is woken, so it is read exactly once even if the wake panics.
+            let item = unsafe { self.items[self.next].assume_init_read() };
             self.next += 1;
-            item.notify();
+            item.notify(self.cell);
         }
     }
 }
@@ -833,6 +971,16 @@ impl Drop for Batch {
 
 impl<T, E> Drop for Deferred<T, E> {
     fn drop(&mut self) {
+        // Only callbacks can still be linked (every other waiter borrows the cell or holds
+        // an `Arc` of it): free them without running them.
+        // SAFETY: `&mut self`: no one else touches the lists.
+        unsafe {
+            self.with_lists(|lists| {
+                while let Some((_, notify)) = lists.waiters.pop_front(Status::Notified) {
+                    notify.notify(core::ptr::null());
+                }
+            })
+        };
         let state = self.state.with_mut_value();
         if state & DONE != 0 {
             // SAFETY: exclusive access, DONE set; the cell is going away, so the payload is

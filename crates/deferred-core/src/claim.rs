@@ -263,7 +263,13 @@ impl<T, E> Deferred<T, E> {
     /// assert!(cell.try_claim().is_some());
     /// ```
     pub fn try_claim(&self) -> Option<Claim<'_, T, E>> {
-        self.try_claim_bit().then_some(Claim { cell: self })
+        // Not `then_some`: that would build (and drop, releasing the holder's claim) a
+        // `Claim` even when the bit was not taken.
+        if self.try_claim_bit() {
+            Some(Claim { cell: self })
+        } else {
+            None
+        }
     }
 
     /// Takes the claim as a [`Producer`], which cancels the cell if dropped without

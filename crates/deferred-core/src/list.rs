@@ -7,7 +7,7 @@
 
 use core::{marker::PhantomPinned, ptr, task::Waker};
 
-use crate::loom::UnsafeCell;
+use crate::loom::{AtomicBool, Ordering::*, UnsafeCell};
 
 /// How a waiter wants to be told.
 pub(crate) enum Notify {
@@ -18,18 +18,39 @@ pub(crate) enum Notify {
     /// A thread parked in a blocking wait.
     #[cfg(feature = "std")]
     Thread(crate::loom::thread::Thread),
+    /// A completion callback: `call(node, cell)` runs it with the outcome of `cell` (or, with
+    /// a null `cell`, only frees it) and frees the heap node it lives in.
+    #[cfg(feature = "alloc")]
+    Callback {
+        node: *const (),
+        call: unsafe fn(*const (), *const ()),
+    },
 }
 
 impl Notify {
-    /// Wakes the waiter. This runs user code (a waker), so it is only ever called with the
-    /// cell's lock released.
-    pub(crate) fn notify(self) {
+    /// Wakes the waiter. This runs user code (a waker or a callback), so it is only ever
+    /// called with the cell's lock released. `cell` is the completed cell, for callbacks
+    /// (null when the notify cannot be a callback).
+    pub(crate) fn notify(self, cell: *const ()) {
+        #[cfg(not(feature = "alloc"))]
+        let _ = cell;
         match self {
             Notify::None => {}
             Notify::Waker(waker) => waker.wake(),
             #[cfg(feature = "std")]
             Notify::Thread(thread) => thread.unpark(),
+            #[cfg(feature = "alloc")]
+            // SAFETY: `node` and `call` were made together by `on_complete`, and the node
+            // is off every list: this is its one call.
+            Notify::Callback { node, call } => unsafe { call(node, cell) },
         }
+    }
+
+    /// Whether this is a completion callback (which only a completion may run).
+    #[cfg(feature = "alloc")]
+    #[inline]
+    pub(crate) fn is_callback(&self) -> bool {
+        matches!(self, Notify::Callback { .. })
     }
 }
 
@@ -57,6 +78,9 @@ pub(crate) struct Links {
 /// owner's `Drop` guarantees.
 pub(crate) struct Node {
     pub(crate) links: UnsafeCell<Links>,
+    /// Set (with Release, under the lock, as the very last touch) when a completion takes the
+    /// node off its list. Its owner may then skip the lock when it drops the node.
+    notified: AtomicBool,
     _pin: PhantomPinned,
 }
 
@@ -69,8 +93,17 @@ impl Node {
                 notify: Notify::None,
                 status: Status::Idle,
             }),
+            notified: AtomicBool::new(false),
             _pin: PhantomPinned,
         }
+    }
+
+    /// Whether a completion has taken this node off its list and is done with it. If so the
+    /// node is no longer reachable from the cell and may be freed without the lock.
+    #[inline]
+    pub(crate) fn is_notified(&self) -> bool {
+        // Acquire: pairs with the Release in `pop_front`, the completer's last touch.
+        self.notified.load(Acquire)
     }
 
     /// Runs `f` on the node's guarded fields.
@@ -115,6 +148,9 @@ impl List {
     pub(crate) unsafe fn push_back(&mut self, node: &Node) {
         let node_ptr: *const Node = node;
         let old_tail = self.tail;
+        // Relaxed: only read by the owner (this thread, under the lock now) or by the
+        // owner after a later Release store.
+        node.notified.store(false, Relaxed);
         // SAFETY: the lock is held (caller), so the node's links are ours.
         unsafe {
             node.with_links(|l| {
@@ -132,12 +168,14 @@ impl List {
         self.tail = node_ptr;
     }
 
-    /// Unlinks the front node, sets its status to `status` and takes its `Notify`.
+    /// Unlinks the front node, sets its status to `status` and takes its `Notify`. Returns
+    /// the node's address too, for identity checks only (it may be freed once the lock is
+    /// released).
     ///
     /// # Safety
     ///
     /// The cell's lock is held.
-    pub(crate) unsafe fn pop_front(&mut self, status: Status) -> Option<Notify> {
+    pub(crate) unsafe fn pop_front(&mut self, status: Status) -> Option<(*const Node, Notify)> {
         let head = self.head;
         if head.is_null() {
             return None;
@@ -160,7 +198,12 @@ impl List {
             // SAFETY: as above, `next` is linked and alive.
             unsafe { (*next.0).with_links(|l| l.prev = ptr::null()) };
         }
-        Some(next.1)
+        if status == Status::Notified {
+            // SAFETY: still linked-alive until this store; it is the last touch of the node.
+            // Release: pairs with the Acquire in `is_notified`.
+            unsafe { (*head).notified.store(true, Release) };
+        }
+        Some((head, next.1))
     }
 
     /// Unlinks `node`, which must be in this list.

@@ -7,11 +7,11 @@
 #[cfg(loom)]
 pub(crate) use loom::{
     cell::UnsafeCell,
-    sync::atomic::{AtomicUsize, Ordering},
+    sync::atomic::{AtomicBool, AtomicUsize, Ordering},
 };
 
 #[cfg(not(loom))]
-pub(crate) use core::sync::atomic::{AtomicUsize, Ordering};
+pub(crate) use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 #[cfg(all(feature = "std", loom))]
 pub(crate) use loom::thread;
@@ -61,4 +61,39 @@ pub(crate) fn backoff(backoff: &crossbeam_utils::Backoff) {
     }
     #[cfg(not(loom))]
     backoff.snooze();
+}
+
+/// `atomic.store(value, order)`, for a word that other threads may be changing with
+/// read-modify-writes that leave it as it is (a losing completer's `fetch_or(WON)`).
+///
+/// A plain store is correct there: an RMW always reads the latest value in the modification
+/// order, so one ordered after the store reads and keeps the stored value. loom 0.7 does not
+/// model that rule for stores (tokio-rs/loom#254, fix pending in #391) and lets the store
+/// slip between an RMW's read and its write, losing it. Under loom we therefore use `swap`,
+/// whose effect on the word is the same and which loom models correctly.
+#[inline(always)]
+pub(crate) fn store_over_rmws(atomic: &AtomicUsize, value: usize, order: Ordering) {
+    #[cfg(loom)]
+    {
+        atomic.swap(value, order);
+    }
+    #[cfg(not(loom))]
+    atomic.store(value, order);
+}
+
+/// Re-reads `atomic` after a backoff, in a spin wait.
+///
+/// Hardware makes every store visible to a spinning reader eventually; loom cannot model
+/// "eventually" and lets a Relaxed load in a loop read the same stale value forever, which
+/// turns every spin into an unbounded branch. Under loom the re-read is a read-modify-write
+/// that changes nothing (`fetch_or(0)`), which reads the latest value, as the spin would
+/// on real hardware after a while.
+#[inline(always)]
+pub(crate) fn spin_load(atomic: &AtomicUsize) -> usize {
+    #[cfg(loom)]
+    {
+        atomic.fetch_or(0, Ordering::Relaxed)
+    }
+    #[cfg(not(loom))]
+    atomic.load(Ordering::Relaxed)
 }

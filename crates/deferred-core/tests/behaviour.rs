@@ -239,6 +239,7 @@ fn a_panicking_waker_does_not_stop_the_others_being_woken() {
 }
 
 #[test]
+#[cfg(feature = "std")]
 fn many_threads_await_one_completion() {
     let cell = Arc::new(Deferred::<u64>::new());
     let barrier = Arc::new(Barrier::new(9));
@@ -263,6 +264,7 @@ fn many_threads_await_one_completion() {
 }
 
 #[test]
+#[cfg(feature = "std")]
 fn blocking_wait_times_out_and_unlinks() {
     let cell: Deferred<u8> = Deferred::new();
     assert_eq!(
@@ -457,6 +459,7 @@ fn a_claim_waiter_sees_a_completion_that_happens_while_it_waits() {
 }
 
 #[test]
+#[cfg(feature = "std")]
 fn stress_threads_wait_claim_and_complete() {
     for round in 0..n(50) {
         let cell = Arc::new(Deferred::<usize>::new());
@@ -492,4 +495,55 @@ fn wait_is_send_when_the_cell_is_sync() {
     let cell: Deferred<u8> = Deferred::new();
     is_send(cell.wait());
     is_send(cell.get_or_init(|| async { 1 }));
+}
+
+// ----- regressions found in review -------------------------------------------------------
+
+#[test]
+fn a_failed_try_claim_does_not_release_the_holders_claim() {
+    let cell = Deferred::<u8>::new();
+    let holder = cell.try_claim().unwrap();
+    assert!(cell.try_claim().is_none());
+    assert!(
+        cell.try_claim().is_none(),
+        "a second holder while `holder` is alive"
+    );
+    drop(holder);
+    assert!(cell.try_claim().is_some());
+}
+
+#[test]
+fn a_failed_producer_does_not_hand_the_claim_to_a_waiter() {
+    let cell = Deferred::<u8>::new();
+    let holder = cell.try_claim().unwrap();
+    let mut claimant = pin!(cell.claim());
+    assert!(poll_once(claimant.as_mut(), &noop_waker()).is_pending());
+    assert!(cell.producer().is_none());
+    assert!(
+        poll_once(claimant.as_mut(), &noop_waker()).is_pending(),
+        "the claimant was granted while `holder` is alive"
+    );
+    drop(holder);
+    assert!(matches!(
+        poll_once(claimant.as_mut(), &noop_waker()),
+        Poll::Ready(Ok(_))
+    ));
+}
+
+#[test]
+fn repolling_a_granted_claim_wait_does_not_mint_a_second_claim() {
+    let cell = Deferred::<u8>::new();
+    let first = cell.try_claim().unwrap();
+    let mut claimant = pin!(cell.claim());
+    assert!(poll_once(claimant.as_mut(), &noop_waker()).is_pending());
+    drop(first); // handed to `claimant`
+    let Poll::Ready(Ok(claim)) = poll_once(claimant.as_mut(), &noop_waker()) else {
+        panic!("the claimant must hold the claim")
+    };
+    let again = poll_once(claimant.as_mut(), &noop_waker());
+    assert!(
+        !matches!(again, Poll::Ready(Ok(_))),
+        "a second Claim while the first is held"
+    );
+    drop(claim);
 }

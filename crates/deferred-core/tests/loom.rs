@@ -17,7 +17,10 @@ use deferred_core::{Deferred, Error};
 use futures::task::noop_waker;
 use loom::{
     future::block_on,
-    sync::{atomic::AtomicUsize, Arc},
+    sync::{
+        atomic::{AtomicBool, AtomicUsize},
+        Arc,
+    },
     thread,
 };
 
@@ -122,7 +125,14 @@ fn wake_all_spanning_batches_while_a_waiter_drops() {
 
 #[test]
 fn waiters_on_two_threads_are_all_woken() {
-    loom::model(|| {
+    // Three threads contending for the list lock (a completer's fast path holds it while it
+    // moves the value in) make long executions and a large space: allow more than loom's
+    // default 1000 branch points in one, and explore one preemption (not the suite's two)
+    // so the model fits in CI. Two-thread models cover the same paths with two preemptions.
+    let mut builder = loom::model::Builder::new();
+    builder.max_branches = 50_000;
+    builder.preemption_bound = Some(1);
+    builder.check(|| {
         let cell = Arc::new(Deferred::<usize>::new());
         let (c1, c2) = (cell.clone(), cell.clone());
         let w1 = thread::spawn(move || *block_on(c1.wait()).unwrap());
@@ -210,6 +220,64 @@ fn lazy_start_raced_by_two_awaiters() {
         let t = thread::spawn(move || *block_on(l.wait()).unwrap());
         assert_eq!(block_on(lazy.wait()), Ok(&4));
         assert_eq!(t.join().unwrap(), 4);
+        assert_eq!(runs.load(SeqCst), 1);
+    });
+}
+
+#[test]
+fn try_claim_vs_a_claimant_taking_a_free_claim() {
+    // A claimant that finds the claim free under the lock must take it atomically: a
+    // concurrent `try_claim` does not wait for the lock. Never two holders.
+    loom::model(|| {
+        let cell = Arc::new(Deferred::<usize>::new());
+        let first = cell.try_claim().unwrap();
+        let claimant_got = Arc::new(AtomicBool::new(false));
+        let (c, got) = (cell.clone(), claimant_got.clone());
+        let t = thread::spawn(move || {
+            let mut fut = pin!(c.claim());
+            if let Poll::Ready(Ok(claim)) = poll_once(fut.as_mut()) {
+                got.store(true, SeqCst);
+                std::mem::forget(claim); // hold it to the end
+            }
+        });
+        drop(first);
+        let tried = cell.try_claim().map(std::mem::forget).is_some();
+        t.join().unwrap();
+        assert!(!(claimant_got.load(SeqCst) && tried), "two claim holders");
+    });
+}
+
+#[test]
+fn a_handed_over_initializer_losing_to_a_completer_does_not_spin() {
+    loom::model(|| {
+        let cell = Arc::new(Deferred::<usize>::new());
+        let first = cell.try_claim().unwrap();
+        let mut init = Box::pin(cell.get_or_init(|| async { 2 }));
+        assert!(poll_once(init.as_mut()).is_pending());
+        drop(first); // handed to `init`
+        let c = cell.clone();
+        let t = thread::spawn(move || {
+            let _ = c.succeed(1);
+        });
+        let _ = poll_once(init.as_mut());
+        t.join().unwrap();
+        assert!(matches!(poll_once(init.as_mut()), Poll::Ready(Ok(_))));
+    });
+}
+
+#[test]
+fn on_complete_vs_complete_runs_the_callback_once() {
+    loom::model(|| {
+        let cell = Arc::new(Deferred::<usize>::new());
+        let runs = Arc::new(AtomicUsize::new(0));
+        let c = cell.clone();
+        let t = thread::spawn(move || c.succeed(6).unwrap());
+        let r = runs.clone();
+        cell.on_complete(move |outcome| {
+            assert_eq!(outcome, Ok(&6));
+            r.fetch_add(1, SeqCst);
+        });
+        t.join().unwrap();
         assert_eq!(runs.load(SeqCst), 1);
     });
 }
