@@ -480,6 +480,13 @@ impl<T, E> Deferred<T, E> {
         }
     }
 
+    /// The state word, loaded with Acquire (pairs with the Release that publishes DONE).
+    #[cfg(feature = "alloc")]
+    #[inline]
+    pub(crate) fn state_acquire(&self) -> usize {
+        self.state.load(Acquire)
+    }
+
     /// The outcome for a state that has DONE.
     ///
     /// # Safety

@@ -1,10 +1,13 @@
 //! `Lazy`: a cell whose computation starts on first await (Kotlin `CoroutineStart.LAZY`),
 //! and that any of its awaiters can drive.
 
+use alloc::boxed::Box;
 use alloc::{sync::Arc, task::Wake};
 use core::{
+    convert::Infallible,
     fmt,
     future::{Future, IntoFuture},
+    ops::Deref,
     pin::Pin,
     task::{Context, Poll, Waker},
 };
@@ -65,9 +68,17 @@ unsafe impl<T: Send + Sync, E: Send + Sync, F: Send, Fut: Send> Send for Shared<
 /// assert_eq!(lazy.wait().await, Ok(&42));
 /// # });
 /// ```
-pub struct Lazy<T, E, F, Fut> {
+pub struct Lazy<T, E = Infallible, F = BoxInit<T, E>, Fut = BoxFuture<T, E>> {
     shared: Arc<Shared<T, E, F, Fut>>,
 }
+
+/// A boxed computation, so that cells with different computations have one type: the
+/// default `Fut` of [`Lazy`], as made by [`Lazy::boxed`].
+pub type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send + 'static>>;
+
+/// The initializer type of a [`Lazy`] made from a future ([`Lazy::from_future`],
+/// [`Lazy::boxed`], [`Lazy::pending`]): never called.
+pub type BoxInit<T, E> = fn() -> BoxFuture<T, E>;
 
 impl<T, E, F, Fut> Clone for Lazy<T, E, F, Fut> {
     fn clone(&self) -> Self {
@@ -92,19 +103,153 @@ where
     /// # });
     /// ```
     pub fn new(init: F) -> Self {
-        Lazy {
-            shared: Arc::new(Shared {
-                cell: Deferred::new(),
-                drive: AtomicUsize::new(0),
-                computation: UnsafeCell::new(Computation::Init(init)),
-            }),
-        }
+        Self::with_computation(Computation::Init(init))
+    }
+}
+
+impl<T, E, Fut> Lazy<T, E, fn() -> Fut, Fut>
+where
+    Fut: Future<Output = Result<T, E>>,
+{
+    /// A cell whose value `fut` computes, once something awaits it (a future does nothing
+    /// until polled, so this is as lazy as [`Lazy::new`]).
+    ///
+    /// ```
+    /// use deferred_core::Lazy;
+    /// # futures::executor::block_on(async {
+    /// let lazy = Lazy::from_future(async { Ok::<_, ()>(3) });
+    /// assert_eq!(lazy.wait().await, Ok(&3));
+    /// # });
+    /// ```
+    pub fn from_future(fut: Fut) -> Self {
+        Self::with_computation(Computation::Running(fut))
+    }
+}
+
+impl<T, E> Lazy<T, E> {
+    /// A cell whose value the boxed `fut` computes: every such cell has the one type
+    /// `Lazy<T, E>`, whatever its computation, so they can share a collection.
+    ///
+    /// ```
+    /// use deferred_core::Lazy;
+    /// # futures::executor::block_on(async {
+    /// let cells: Vec<Lazy<u8, ()>> = vec![
+    ///     Lazy::boxed(async { Ok(1) }),
+    ///     Lazy::boxed(async { Ok(2) }),
+    /// ];
+    /// assert_eq!(cells[1].wait().await, Ok(&2));
+    /// # });
+    /// ```
+    pub fn boxed(fut: impl Future<Output = Result<T, E>> + Send + 'static) -> Self {
+        Self::with_computation(Computation::Running(Box::pin(fut)))
+    }
+
+    /// A cell with no computation: it completes when someone completes it (through
+    /// `Deref` to [`Deferred`]), or when a computation is attached with
+    /// [`try_attach`](Lazy::try_attach).
+    ///
+    /// ```
+    /// use deferred_core::Lazy;
+    /// # futures::executor::block_on(async {
+    /// let cell: Lazy<u8> = Lazy::pending();
+    /// cell.succeed(4).unwrap();
+    /// assert_eq!(cell.wait().await, Ok(&4));
+    /// # });
+    /// ```
+    pub fn pending() -> Self {
+        Self::with_computation(Computation::Finished)
     }
 }
 
 impl<T, E, F, Fut> Lazy<T, E, F, Fut> {
+    fn with_computation(computation: Computation<F, Fut>) -> Self {
+        Lazy {
+            shared: Arc::new(Shared {
+                cell: Deferred::new(),
+                drive: AtomicUsize::new(0),
+                computation: UnsafeCell::new(computation),
+            }),
+        }
+    }
+
+    /// Whether `a` and `b` are handles to the same cell.
+    ///
+    /// ```
+    /// use deferred_core::Lazy;
+    /// let a: Lazy<u8> = Lazy::pending();
+    /// assert!(Lazy::ptr_eq(&a, &a.clone()));
+    /// assert!(!Lazy::ptr_eq(&a, &Lazy::pending()));
+    /// ```
+    pub fn ptr_eq(a: &Self, b: &Self) -> bool {
+        Arc::ptr_eq(&a.shared, &b.shared)
+    }
+
+    /// Attaches `fut` as the computation of a cell that has none and is not complete (one
+    /// made by [`pending`](Lazy::pending), or whose computation finished without
+    /// completing it), and wakes its awaiters so that they drive it. Gives `fut` back if
+    /// the cell has a computation, is being driven, or is complete.
+    ///
+    /// ```
+    /// use deferred_core::Lazy;
+    /// # futures::executor::block_on(async {
+    /// let busy: Lazy<u8, ()> = Lazy::boxed(async { Ok(1) });
+    /// assert!(busy.try_attach(Box::pin(async { Ok(2) })).is_err()); // it has one
+    /// let empty: Lazy<u8, ()> = Lazy::pending();
+    /// assert!(empty.try_attach(Box::pin(async { Ok(2) })).is_ok());
+    /// assert_eq!(empty.wait().await, Ok(&2));
+    /// # });
+    /// ```
+    pub fn try_attach(&self, fut: Fut) -> Result<(), Fut> {
+        let shared = &*self.shared;
+        if shared.cell.is_done() || !shared.try_drive() {
+            return Err(fut);
+        }
+        // SAFETY: DRIVING gives this thread sole access to `computation`.
+        let result = shared.computation.with_mut(|c| unsafe {
+            match &*c {
+                Computation::Finished if !shared.cell.is_done() => {
+                    *c = Computation::Running(fut);
+                    Ok(())
+                }
+                _ => Err(fut),
+            }
+        });
+        shared.release_drive();
+        if result.is_ok() {
+            shared.cell.notify_waiters();
+        }
+        result
+    }
+
+    /// Cancels the cell (awaiters get [`Error::Cancelled`]) and drops its computation: now,
+    /// if no one is polling it, or else as soon as that poll returns. Returns whether this
+    /// call completed the cell.
+    ///
+    /// ```
+    /// use deferred_core::{Error, Lazy};
+    /// # futures::executor::block_on(async {
+    /// let lazy: Lazy<u8, ()> = Lazy::boxed(std::future::pending());
+    /// assert!(lazy.abort());
+    /// assert_eq!(lazy.wait().await, Err(Error::Cancelled));
+    /// # });
+    /// ```
+    pub fn abort(&self) -> bool {
+        let shared = &*self.shared;
+        let won = shared.cell.cancel();
+        if shared.try_drive() {
+            // SAFETY: DRIVING gives this thread sole access to `computation`.
+            let old = shared
+                .computation
+                .with_mut(|c| unsafe { core::mem::replace(&mut *c, Computation::Finished) });
+            shared.release_drive();
+            // Dropping the computation runs user code: after DRIVING is released.
+            drop(old);
+        }
+        won
+    }
+
     /// The underlying cell: probe it, or complete it from outside (which wins over the
-    /// computation, whose result is then dropped).
+    /// computation, whose result is then dropped). `Lazy` also derefs to it.
     ///
     /// ```
     /// use deferred_core::Lazy;
@@ -152,13 +297,7 @@ where
     }
 }
 
-impl<T, E, F, Fut> Shared<T, E, F, Fut>
-where
-    T: Send + Sync + 'static,
-    E: Send + Sync + 'static,
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: Future<Output = Result<T, E>> + Send + 'static,
-{
+impl<T, E, F, Fut> Shared<T, E, F, Fut> {
     /// Takes DRIVING if no one holds it, clearing REPOLL: the poll about to happen covers
     /// every wake so far.
     fn try_drive(&self) -> bool {
@@ -179,6 +318,20 @@ where
         }
     }
 
+    /// Releases DRIVING; returns whether a wake came in while it was held.
+    fn release_drive(&self) -> bool {
+        // Release: pairs with the Acquire in `try_drive`.
+        self.drive.swap(0, Release) & REPOLL != 0
+    }
+}
+
+impl<T, E, F, Fut> Shared<T, E, F, Fut>
+where
+    T: Send + Sync + 'static,
+    E: Send + Sync + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<T, E>> + Send + 'static,
+{
     /// Polls the computation once; DRIVING is held by the caller and released here.
     fn drive(self: &Arc<Self>) {
         /// If the computation panics: the cell dies, the computation is dropped, DRIVING is
@@ -203,12 +356,14 @@ where
         // in the `Arc`'s allocation and is only ever dropped in place, so pinning holds.
         let result = self.computation.with_mut(|c| unsafe {
             let c = &mut *c;
+            if self.cell.is_done() {
+                // Completed (or aborted) from outside: the computation has nothing left to
+                // do; drop it rather than run it.
+                *c = Computation::Finished;
+                return None;
+            }
             if let Computation::Init(_) = c {
-                if self.cell.is_done() {
-                    // Completed from outside: no need to run at all.
-                    *c = Computation::Finished;
-                } else if let Computation::Init(init) = core::mem::replace(c, Computation::Finished)
-                {
+                if let Computation::Init(init) = core::mem::replace(c, Computation::Finished) {
                     *c = Computation::Running(init());
                 }
             }
@@ -218,7 +373,13 @@ where
                         *c = Computation::Finished;
                         Some(result)
                     }
-                    Poll::Pending => None,
+                    Poll::Pending => {
+                        if self.cell.is_done() {
+                            // Aborted while we polled: drop it now.
+                            *c = Computation::Finished;
+                        }
+                        None
+                    }
                 },
                 _ => None,
             }
@@ -228,9 +389,7 @@ where
             // A completion from outside may have won; our result is then dropped.
             drop(self.cell.complete(result));
         }
-        // Release: pairs with the Acquire in `try_drive`.
-        let prev = self.drive.swap(0, Release);
-        if prev & REPOLL != 0 && !self.cell.is_done() {
+        if self.release_drive() && !self.cell.is_done() {
             // Woken while we polled: that wake may have reached no one (a waiter that
             // linked later missed it), so pass it on to every waiter now.
             self.cell.notify_waiters();
@@ -301,34 +460,189 @@ where
         // SAFETY: we never move out of the pinned future.
         let this = unsafe { self.get_unchecked_mut() };
         let shared: &'a Arc<Shared<T, E, F, Fut>> = this.shared;
-        let cell = &shared.cell;
-        // Link first, then try to drive: a wake of the computation that lands after we
-        // linked reaches us, and one that lands while someone drives is passed on by that
-        // driver (REPOLL).
         // SAFETY: `node` is pinned inside `self` and `Drop` unlinks it.
-        let polled = unsafe {
-            cell.poll_node(
-                &this.node,
-                &mut this.linked,
-                Which::Waiters,
-                same_waker(cx),
-                || Deferred::<T, E>::waker_notify(cx.waker()),
-            )
+        let state =
+            core::task::ready!(unsafe { poll_lazy(shared, &this.node, &mut this.linked, cx) });
+        this.done = true;
+        // SAFETY: `state` has DONE, loaded with Acquire.
+        Poll::Ready(unsafe { shared.cell.outcome_of(state) })
+    }
+}
+
+/// Polls an awaiter of a lazy cell: links it, then drives the computation if no one else
+/// is. `Ready(state)` once the cell is complete.
+///
+/// # Safety
+///
+/// As for `Deferred::poll_node`.
+unsafe fn poll_lazy<T, E, F, Fut>(
+    shared: &Arc<Shared<T, E, F, Fut>>,
+    node: &Node,
+    linked: &mut bool,
+    cx: &Context<'_>,
+) -> Poll<usize>
+where
+    T: Send + Sync + 'static,
+    E: Send + Sync + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<T, E>> + Send + 'static,
+{
+    let cell = &shared.cell;
+    // Link first, then try to drive: a wake of the computation that lands after we linked
+    // reaches us, and one that lands while someone drives is passed on by that driver
+    // (REPOLL).
+    // SAFETY: forwarded to the caller.
+    let polled = unsafe {
+        cell.poll_node(node, linked, Which::Waiters, same_waker(cx), || {
+            Deferred::<T, E>::waker_notify(cx.waker())
+        })
+    };
+    if let crate::cell::Polled::Done(state) = polled {
+        return Poll::Ready(state);
+    }
+    if shared.try_drive() {
+        shared.drive();
+        if cell.is_done() {
+            // Acquire: pairs with the Release in the completion (as in `try_get`).
+            return Poll::Ready(cell.state_acquire());
+        }
+    }
+    // Still linked: the next wake of the computation, or its completion, wakes us.
+    Poll::Pending
+}
+
+impl<T, E, F, Fut> Deref for Lazy<T, E, F, Fut> {
+    type Target = Deferred<T, E>;
+
+    /// The cell, as [`Lazy::deferred`].
+    fn deref(&self) -> &Deferred<T, E> {
+        &self.shared.cell
+    }
+}
+
+impl<T, E, F, Fut> Lazy<T, E, F, Fut> {
+    /// Waits on the cell without borrowing the handle (the future owns a clone, so it is
+    /// `'static` and can be spawned), driving the computation as [`wait`](Lazy::wait)
+    /// does. Yields a clone of the outcome.
+    ///
+    /// ```
+    /// use deferred_core::Lazy;
+    /// # futures::executor::block_on(async {
+    /// let lazy: Lazy<String, ()> = Lazy::boxed(async { Ok("v".to_string()) });
+    /// let fut = lazy.clone().wait_owned();
+    /// assert_eq!(fut.await, Ok("v".to_string()));
+    /// # });
+    /// ```
+    pub fn wait_owned(self) -> OwnedLazyWait<T, E, F, Fut> {
+        OwnedLazyWait {
+            lazy: self,
+            node: Node::new(),
+            linked: false,
+            done: false,
+        }
+    }
+}
+
+/// The future of [`Lazy::wait_owned`]: owns a handle, drives the computation like
+/// [`LazyWait`], and resolves to a clone of the outcome.
+///
+/// # Cancel safety
+///
+/// Dropping it unlinks it; the computation is not affected.
+///
+/// ```
+/// use deferred_core::Lazy;
+/// # futures::executor::block_on(async {
+/// let lazy: Lazy<u8, ()> = Lazy::boxed(async { Ok(1) });
+/// assert_eq!(lazy.wait_owned().await, Ok(1));
+/// # });
+/// ```
+#[must_use = "futures do nothing unless polled"]
+pub struct OwnedLazyWait<T, E = Infallible, F = BoxInit<T, E>, Fut = BoxFuture<T, E>> {
+    lazy: Lazy<T, E, F, Fut>,
+    node: Node,
+    linked: bool,
+    done: bool,
+}
+
+// SAFETY: as for `LazyWait`.
+unsafe impl<T: Send + Sync, E: Send + Sync, F: Send, Fut: Send> Send
+    for OwnedLazyWait<T, E, F, Fut>
+{
+}
+// SAFETY: `&OwnedLazyWait` gives access to nothing but `is_terminated`, `lazy` and `Debug`.
+unsafe impl<T: Send + Sync, E: Send + Sync, F: Send, Fut: Send> Sync
+    for OwnedLazyWait<T, E, F, Fut>
+{
+}
+
+impl<T, E, F, Fut> OwnedLazyWait<T, E, F, Fut> {
+    /// The cell this future waits on.
+    ///
+    /// ```
+    /// use deferred_core::Lazy;
+    /// let lazy: Lazy<u8> = Lazy::pending();
+    /// let fut = lazy.clone().wait_owned();
+    /// assert!(Lazy::ptr_eq(fut.lazy(), &lazy));
+    /// ```
+    pub fn lazy(&self) -> &Lazy<T, E, F, Fut> {
+        &self.lazy
+    }
+}
+
+impl<T, E, F, Fut> Future for OwnedLazyWait<T, E, F, Fut>
+where
+    T: Clone + Send + Sync + 'static,
+    E: Clone + Send + Sync + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<T, E>> + Send + 'static,
+{
+    type Output = Result<T, Error<E>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // SAFETY: we never move out of the pinned future.
+        let this = unsafe { self.get_unchecked_mut() };
+        // SAFETY: `node` is pinned inside `self` and `Drop` unlinks it.
+        let state = core::task::ready!(unsafe {
+            poll_lazy(&this.lazy.shared, &this.node, &mut this.linked, cx)
+        });
+        this.done = true;
+        // SAFETY: `state` has DONE, loaded with Acquire.
+        let outcome = unsafe { this.lazy.shared.cell.outcome_of(state) };
+        Poll::Ready(outcome.cloned().map_err(Error::cloned))
+    }
+}
+
+impl<T, E, F, Fut> FusedFuture for OwnedLazyWait<T, E, F, Fut>
+where
+    T: Clone + Send + Sync + 'static,
+    E: Clone + Send + Sync + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<T, E>> + Send + 'static,
+{
+    fn is_terminated(&self) -> bool {
+        self.done
+    }
+}
+
+impl<T, E, F, Fut> Drop for OwnedLazyWait<T, E, F, Fut> {
+    fn drop(&mut self) {
+        // SAFETY: the node is pinned and belongs to the cell, which `self.lazy` keeps alive.
+        unsafe {
+            self.lazy
+                .shared
+                .cell
+                .cancel_node(&self.node, &mut self.linked, Which::Waiters)
         };
-        if let crate::cell::Polled::Done(state) = polled {
-            this.done = true;
-            // SAFETY: `state` has DONE, loaded with Acquire.
-            return Poll::Ready(unsafe { cell.outcome_of(state) });
-        }
-        if shared.try_drive() {
-            shared.drive();
-            if let Some(outcome) = cell.try_get() {
-                this.done = true;
-                return Poll::Ready(outcome);
-            }
-        }
-        // Still linked: the next wake of the computation, or its completion, wakes us.
-        Poll::Pending
+    }
+}
+
+impl<T, E, F, Fut> fmt::Debug for OwnedLazyWait<T, E, F, Fut> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OwnedLazyWait")
+            .field("linked", &self.linked)
+            .field("done", &self.done)
+            .finish_non_exhaustive()
     }
 }
 

@@ -16,6 +16,7 @@ mod error;
 mod lazy;
 mod list;
 pub(crate) mod loom;
+pub mod sync;
 mod wait;
 
 #[cfg(feature = "std")]
@@ -25,7 +26,7 @@ pub use cell::Deferred;
 pub use claim::{Claim, ClaimWait, GetOrInit, Producer};
 pub use error::Error;
 #[cfg(feature = "alloc")]
-pub use lazy::{Lazy, LazyWait};
+pub use lazy::{BoxFuture, BoxInit, Lazy, LazyWait, OwnedLazyWait};
 #[cfg(feature = "alloc")]
 pub use wait::OwnedWait;
 pub use wait::{Wait, WaitCloned};

@@ -157,3 +157,62 @@ fn lazy_wait_is_send() {
     let boxed: Pin<Box<dyn Future<Output = _> + Send>> = Box::pin(lazy.wait());
     drop(boxed);
 }
+
+#[test]
+fn boxed_cells_share_one_type_and_deref_to_the_deferred() {
+    let cells: Vec<Lazy<u8, ()>> = vec![Lazy::boxed(async { Ok(1) }), Lazy::pending()];
+    assert_eq!(block_on(cells[0].wait()), Ok(&1));
+    assert!(!cells[1].is_done()); // through Deref
+    cells[1].succeed(2).unwrap();
+    assert_eq!(block_on(cells[1].clone().wait_owned()), Ok(2));
+}
+
+#[test]
+fn try_attach_gives_a_pending_cell_a_computation_and_wakes_its_awaiters() {
+    let cell: Lazy<u8, ()> = Lazy::pending();
+    let counts = Arc::new(Counts::default());
+    let mut w = Box::pin(cell.wait());
+    assert!(poll_once(w.as_mut(), &counting_waker(&counts)).is_pending());
+    assert!(cell.try_attach(Box::pin(async { Ok(8) })).is_ok());
+    assert_eq!(
+        counts.wakes(),
+        1,
+        "awaiters are told to drive the new computation"
+    );
+    assert!(
+        cell.try_attach(Box::pin(async { Ok(9) })).is_err(),
+        "one computation at a time"
+    );
+    assert_eq!(poll_once(w.as_mut(), &noop_waker()), Poll::Ready(Ok(&8)));
+    assert!(
+        cell.try_attach(Box::pin(async { Ok(9) })).is_err(),
+        "complete cells take none"
+    );
+}
+
+#[test]
+fn abort_cancels_and_drops_the_computation() {
+    struct Token(Arc<AtomicUsize>);
+    impl Drop for Token {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, SeqCst);
+        }
+    }
+    let drops = Arc::new(AtomicUsize::new(0));
+    let token = Token(drops.clone());
+    let lazy: Lazy<u8, ()> = Lazy::boxed(async move {
+        let _token = token;
+        std::future::pending::<()>().await;
+        Ok(1)
+    });
+    let mut w = Box::pin(lazy.wait());
+    assert!(poll_once(w.as_mut(), &noop_waker()).is_pending());
+    assert_eq!(drops.load(SeqCst), 0);
+    assert!(lazy.abort());
+    assert_eq!(drops.load(SeqCst), 1, "the computation is dropped at once");
+    assert_eq!(
+        poll_once(w.as_mut(), &noop_waker()),
+        Poll::Ready(Err(Error::Cancelled))
+    );
+    assert!(!lazy.abort());
+}

@@ -281,3 +281,17 @@ fn on_complete_vs_complete_runs_the_callback_once() {
         assert_eq!(runs.load(SeqCst), 1);
     });
 }
+
+#[test]
+fn lazy_abort_vs_a_driving_awaiter() {
+    loom::model(|| {
+        let lazy: deferred_core::Lazy<usize, ()> = deferred_core::Lazy::boxed(async {
+            std::future::pending::<()>().await;
+            Ok(1)
+        });
+        let l = lazy.clone();
+        let t = thread::spawn(move || block_on(l.wait_owned()));
+        assert!(lazy.abort());
+        assert_eq!(t.join().unwrap(), Err(Error::Cancelled));
+    });
+}
