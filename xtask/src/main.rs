@@ -41,10 +41,16 @@ impl Library {
 
 /// The library crates, bottom layer first. A new layer is one line here: clippy, test, no-std
 /// and miri pick it up, and test-loom does as soon as it has a `tests/loom.rs`.
-pub const LIBRARIES: &[Library] = &[Library {
-    name: "deferred-core",
-    no_std_features: &["", "alloc"],
-}];
+pub const LIBRARIES: &[Library] = &[
+    Library {
+        name: "deferred-core",
+        no_std_features: &["", "alloc"],
+    },
+    Library {
+        name: "deferred-map",
+        no_std_features: &[""],
+    },
+];
 
 const USAGE: &str = "\
 usage: cargo xtask <task> [args]

@@ -26,6 +26,9 @@ use crate::{
 const DRIVING: usize = 1;
 /// The computation was woken since its driver started polling it.
 const REPOLL: usize = 2;
+/// There is no computation (it finished, was dropped, or never was): nothing to drive.
+/// Changed only by the holder of DRIVING, as it releases it.
+const EMPTY: usize = 4;
 
 enum Computation<F, Fut> {
     Init(F),
@@ -163,10 +166,11 @@ impl<T, E> Lazy<T, E> {
 
 impl<T, E, F, Fut> Lazy<T, E, F, Fut> {
     fn with_computation(computation: Computation<F, Fut>) -> Self {
+        let empty = matches!(computation, Computation::Finished);
         Lazy {
             shared: Arc::new(Shared {
                 cell: Deferred::new(),
-                drive: AtomicUsize::new(0),
+                drive: AtomicUsize::new(if empty { EMPTY } else { 0 }),
                 computation: UnsafeCell::new(computation),
             }),
         }
@@ -201,24 +205,21 @@ impl<T, E, F, Fut> Lazy<T, E, F, Fut> {
     /// ```
     pub fn try_attach(&self, fut: Fut) -> Result<(), Fut> {
         let shared = &*self.shared;
-        if shared.cell.is_done() || !shared.try_drive() {
+        if shared.cell.is_done() || !shared.try_take_empty() {
             return Err(fut);
         }
-        // SAFETY: DRIVING gives this thread sole access to `computation`.
-        let result = shared.computation.with_mut(|c| unsafe {
-            match &*c {
-                Computation::Finished if !shared.cell.is_done() => {
-                    *c = Computation::Running(fut);
-                    Ok(())
-                }
-                _ => Err(fut),
-            }
-        });
-        shared.release_drive();
-        if result.is_ok() {
-            shared.cell.notify_waiters();
+        // SAFETY: DRIVING gives this thread sole access to `computation`, which is
+        // `Finished` (EMPTY was set).
+        shared
+            .computation
+            .with_mut(|c| unsafe { *c = Computation::Running(fut) });
+        shared.release_drive(false);
+        if shared.cell.is_done() {
+            // Completed meanwhile: the next driver drops the computation unrun.
+            return Ok(());
         }
-        result
+        shared.cell.notify_waiters();
+        Ok(())
     }
 
     /// Cancels the cell (awaiters get [`Error::Cancelled`]) and drops its computation: now,
@@ -241,7 +242,7 @@ impl<T, E, F, Fut> Lazy<T, E, F, Fut> {
             let old = shared
                 .computation
                 .with_mut(|c| unsafe { core::mem::replace(&mut *c, Computation::Finished) });
-            shared.release_drive();
+            shared.release_drive(true);
             // Dropping the computation runs user code: after DRIVING is released.
             drop(old);
         }
@@ -298,16 +299,16 @@ where
 }
 
 impl<T, E, F, Fut> Shared<T, E, F, Fut> {
-    /// Takes DRIVING if no one holds it, clearing REPOLL: the poll about to happen covers
-    /// every wake so far.
+    /// Takes DRIVING if no one holds it and there is a computation, clearing REPOLL: the
+    /// poll about to happen covers every wake so far.
     fn try_drive(&self) -> bool {
         let mut state = self.drive.load(Relaxed);
         loop {
-            if state & DRIVING != 0 {
+            if state & (DRIVING | EMPTY) != 0 {
                 return false;
             }
-            // Acquire: pairs with the Release in `drive`'s release of DRIVING, so the last
-            // driver's writes to `computation` are visible.
+            // Acquire: pairs with the Release in `release_drive`, so the last driver's
+            // writes to `computation` are visible.
             match self
                 .drive
                 .compare_exchange_weak(state, DRIVING, Acquire, Relaxed)
@@ -318,10 +319,39 @@ impl<T, E, F, Fut> Shared<T, E, F, Fut> {
         }
     }
 
-    /// Releases DRIVING; returns whether a wake came in while it was held.
-    fn release_drive(&self) -> bool {
-        // Release: pairs with the Acquire in `try_drive`.
-        self.drive.swap(0, Release) & REPOLL != 0
+    /// Takes DRIVING on a cell with no computation, to attach one. No driver holds DRIVING
+    /// while EMPTY is set (`try_drive` refuses), so this only waits for another attacher,
+    /// whose hold is a few instructions.
+    fn try_take_empty(&self) -> bool {
+        let backoff = crossbeam_utils::Backoff::new();
+        let mut state = self.drive.load(Relaxed);
+        loop {
+            if state & EMPTY == 0 {
+                return false;
+            }
+            if state & DRIVING == 0 {
+                // Acquire: pairs with the Release in `release_drive`.
+                match self
+                    .drive
+                    .compare_exchange_weak(state, DRIVING | EMPTY, Acquire, Relaxed)
+                {
+                    Ok(_) => return true,
+                    Err(actual) => {
+                        state = actual;
+                        continue;
+                    }
+                }
+            }
+            crate::loom::backoff(&backoff);
+            state = crate::loom::spin_load(&self.drive);
+        }
+    }
+
+    /// Releases DRIVING, recording whether the computation is gone (`empty`); returns
+    /// whether a wake came in while it was held.
+    fn release_drive(&self, empty: bool) -> bool {
+        // Release: pairs with the Acquire in `try_drive` and `try_take_empty`.
+        self.drive.swap(if empty { EMPTY } else { 0 }, Release) & REPOLL != 0
     }
 }
 
@@ -344,8 +374,7 @@ where
                     .computation
                     .with_mut(|c| unsafe { *c = Computation::Finished });
                 self.0.cell.die();
-                // Release: pairs with the Acquire in `try_drive`.
-                self.0.drive.store(0, Release);
+                self.0.release_drive(true);
             }
         }
 
@@ -354,20 +383,20 @@ where
         let mut cx = Context::from_waker(&waker);
         // SAFETY: DRIVING gives this thread sole access to `computation`. The future lives
         // in the `Arc`'s allocation and is only ever dropped in place, so pinning holds.
-        let result = self.computation.with_mut(|c| unsafe {
+        let (result, finished) = self.computation.with_mut(|c| unsafe {
             let c = &mut *c;
             if self.cell.is_done() {
                 // Completed (or aborted) from outside: the computation has nothing left to
                 // do; drop it rather than run it.
                 *c = Computation::Finished;
-                return None;
+                return (None, true);
             }
             if let Computation::Init(_) = c {
                 if let Computation::Init(init) = core::mem::replace(c, Computation::Finished) {
                     *c = Computation::Running(init());
                 }
             }
-            match c {
+            let result = match c {
                 Computation::Running(fut) => match Pin::new_unchecked(fut).poll(&mut cx) {
                     Poll::Ready(result) => {
                         *c = Computation::Finished;
@@ -382,14 +411,15 @@ where
                     }
                 },
                 _ => None,
-            }
+            };
+            (result, matches!(c, Computation::Finished))
         });
         core::mem::forget(bail);
         if let Some(result) = result {
             // A completion from outside may have won; our result is then dropped.
             drop(self.cell.complete(result));
         }
-        if self.release_drive() && !self.cell.is_done() {
+        if self.release_drive(finished) && !self.cell.is_done() {
             // Woken while we polled: that wake may have reached no one (a waiter that
             // linked later missed it), so pass it on to every waiter now.
             self.cell.notify_waiters();

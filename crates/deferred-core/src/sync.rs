@@ -26,6 +26,9 @@ use crate::loom::{AtomicUsize, Ordering::*, UnsafeCell};
 pub struct SpinMutex<T> {
     locked: AtomicUsize,
     value: UnsafeCell<T>,
+    /// Under loom the lock is loom's own mutex (see `with`).
+    #[cfg(loom)]
+    model: loom::sync::Mutex<()>,
 }
 
 // SAFETY: the lock hands out `&mut T` to one thread at a time, so sharing the mutex moves
@@ -56,6 +59,7 @@ impl<T> SpinMutex<T> {
         SpinMutex {
             locked: AtomicUsize::new(0),
             value: UnsafeCell::new(value),
+            model: loom::sync::Mutex::new(()),
         }
     }
 
@@ -72,6 +76,13 @@ impl<T> SpinMutex<T> {
     /// ```
     #[inline]
     pub fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
+        // Under loom, the layers above are modelled with loom's blocking mutex in front of
+        // the spin lock: a spin wait is an unbounded branch for loom (it cannot model "the
+        // holder eventually runs"), which drowns models of the protocols built on top. The
+        // spin lock itself is then uncontended but still taken, so its accesses to the value
+        // are still checked.
+        #[cfg(loom)]
+        let _model = self.model.lock().unwrap_or_else(|e| e.into_inner());
         self.acquire();
         let _unlock = Unlock(&self.locked);
         // SAFETY: `acquire` gave this thread the lock, held until `_unlock` drops (also on

@@ -1,0 +1,858 @@
+//! `DeferredMap`: sharded hash tables of shared cells.
+
+use alloc::{boxed::Box, vec::Vec};
+use core::{
+    convert::Infallible,
+    fmt,
+    future::Future,
+    hash::{BuildHasher, Hash},
+};
+
+use crossbeam_utils::CachePadded;
+use deferred_core::{sync::SpinMutex, BoxFuture, Error};
+use hashbrown::HashTable;
+
+use crate::{Cell, Get};
+
+/// The default hasher: `std`'s `RandomState` (SipHash with a random key per map), which
+/// resists HashDoS. Without the `std` feature there is no default; give one with
+/// [`DeferredMap::with_hasher`].
+#[cfg(feature = "std")]
+pub type DefaultHashBuilder = std::collections::hash_map::RandomState;
+
+/// Without `std` there is no random source for a default hasher: this type has no
+/// `BuildHasher` impl, so a map must be made with [`DeferredMap::with_hasher`].
+#[cfg(not(feature = "std"))]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DefaultHashBuilder(());
+
+/// One entry.
+struct Slot<K, V, E> {
+    key: K,
+    hash: u64,
+    cell: Cell<V, E>,
+    /// Entries the map made itself for a waiting caller (a `get` placeholder, a
+    /// `get_or_add_with` computation) are *transient* until they succeed: they go away when
+    /// their last interested caller does, or when they fail. Entries a user added, or asked
+    /// for a handle to, stay until removed.
+    transient: bool,
+    /// Live `Get` futures counting on a transient entry.
+    interest: usize,
+}
+
+type Shard<K, V, E> = CachePadded<SpinMutex<HashTable<Slot<K, V, E>>>>;
+
+/// A concurrent map whose values are shared [`Cell`]s (`Deferred` cells that may carry
+/// the computation that completes them): await a value by key while it is still being
+/// computed, and get-or-add that computes each key once (fs2-es `DeferredMap`).
+///
+/// See the [crate documentation](crate) for the guarantees and the mapping from fs2-es.
+///
+/// ```
+/// use deferred_map::DeferredMap;
+/// # futures::executor::block_on(async {
+/// let map: DeferredMap<&str, String> = DeferredMap::new();
+/// let (a, b) = futures::join!(
+///     map.get_or_add_with("user:1", || async { Ok("ada".to_string()) }),
+///     map.get_or_add_with("user:1", || async { Ok("not run".to_string()) }),
+/// );
+/// assert_eq!((a.unwrap(), b.unwrap()), ("ada".to_string(), "ada".to_string()));
+/// # });
+/// ```
+pub struct DeferredMap<K, V, E = Infallible, S = DefaultHashBuilder> {
+    hasher: S,
+    shards: Box<[Shard<K, V, E>]>,
+    shift: u32,
+}
+
+#[cfg(feature = "std")]
+impl<K, V, E> DeferredMap<K, V, E, DefaultHashBuilder> {
+    /// An empty map with the default, HashDoS-resistant hasher and one shard per few
+    /// threads of available parallelism.
+    ///
+    /// ```
+    /// use deferred_map::DeferredMap;
+    /// let map: DeferredMap<u64, String> = DeferredMap::new();
+    /// assert!(map.is_empty());
+    /// ```
+    pub fn new() -> Self {
+        Self::with_hasher(DefaultHashBuilder::default())
+    }
+
+    /// An empty map with room for `capacity` entries before it reallocates.
+    ///
+    /// ```
+    /// use deferred_map::DeferredMap;
+    /// let map: DeferredMap<u64, u64> = DeferredMap::with_capacity(1000);
+    /// assert_eq!(map.len(), 0);
+    /// ```
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self::with_capacity_and_hasher(capacity, DefaultHashBuilder::default())
+    }
+}
+
+#[cfg(feature = "std")]
+impl<K, V, E> Default for DeferredMap<K, V, E, DefaultHashBuilder> {
+    /// As [`DeferredMap::new`].
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The shard count: a power of two, about four per thread, so that threads rarely meet.
+fn default_shards() -> usize {
+    #[cfg(feature = "std")]
+    let threads = std::thread::available_parallelism().map_or(4, usize::from);
+    #[cfg(not(feature = "std"))]
+    let threads: usize = 4;
+    (threads * 4).next_power_of_two().clamp(4, 256)
+}
+
+impl<K, V, E, S> DeferredMap<K, V, E, S> {
+    /// An empty map that hashes keys with `hasher` (the only way to make one without the
+    /// `std` feature).
+    ///
+    /// ```
+    /// use std::collections::hash_map::RandomState;
+    /// use deferred_map::DeferredMap;
+    /// let map: DeferredMap<u8, u8, (), RandomState> = DeferredMap::with_hasher(RandomState::new());
+    /// assert!(map.is_empty());
+    /// ```
+    pub fn with_hasher(hasher: S) -> Self {
+        Self::with_capacity_and_hasher(0, hasher)
+    }
+
+    /// An empty map with room for `capacity` entries, hashing keys with `hasher`.
+    ///
+    /// ```
+    /// use std::collections::hash_map::RandomState;
+    /// use deferred_map::DeferredMap;
+    /// let map: DeferredMap<u8, u8, (), _> =
+    ///     DeferredMap::with_capacity_and_hasher(64, RandomState::new());
+    /// assert!(map.is_empty());
+    /// ```
+    pub fn with_capacity_and_hasher(capacity: usize, hasher: S) -> Self {
+        let shards = default_shards();
+        let per_shard = capacity.div_ceil(shards);
+        DeferredMap {
+            hasher,
+            shards: (0..shards)
+                .map(|_| CachePadded::new(SpinMutex::new(HashTable::with_capacity(per_shard))))
+                .collect(),
+            shift: u64::BITS - shards.trailing_zeros(),
+        }
+    }
+
+    fn shard(&self, hash: u64) -> &SpinMutex<HashTable<Slot<K, V, E>>> {
+        // The top bits pick the shard; hashbrown uses the low ones within it.
+        let index = if self.shift == u64::BITS {
+            0
+        } else {
+            (hash >> self.shift) as usize
+        };
+        &self.shards[index]
+    }
+
+    /// The number of entries (complete or not). A snapshot: other threads may change it.
+    ///
+    /// ```
+    /// use deferred_map::DeferredMap;
+    /// let map: DeferredMap<u8, u8> = DeferredMap::new();
+    /// map.add_value(1, 1);
+    /// assert_eq!(map.len(), 1);
+    /// ```
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.with(|t| t.len())).sum()
+    }
+
+    /// Whether the map has no entries.
+    ///
+    /// ```
+    /// use deferred_map::DeferredMap;
+    /// let map: DeferredMap<u8, u8> = DeferredMap::new();
+    /// assert!(map.is_empty());
+    /// ```
+    pub fn is_empty(&self) -> bool {
+        self.shards.iter().all(|s| s.with(|t| t.is_empty()))
+    }
+
+    /// Removes every entry. Pending cells are not cancelled: whoever holds them can still
+    /// complete them.
+    ///
+    /// ```
+    /// use deferred_map::DeferredMap;
+    /// let map: DeferredMap<u8, u8> = DeferredMap::new();
+    /// map.add_value(1, 1);
+    /// map.clear();
+    /// assert!(map.is_empty());
+    /// ```
+    pub fn clear(&self) {
+        for shard in self.shards.iter() {
+            // Dropped outside the lock: dropping keys and cells runs user code.
+            let old = shard.with(core::mem::take);
+            drop(old);
+        }
+    }
+
+    /// Keeps only the entries for which `keep(key, cell)` says `true`. `keep` runs with no
+    /// lock held, on a snapshot of each shard (keys are cloned for it, under the lock); an
+    /// entry replaced meanwhile is not touched.
+    ///
+    /// ```
+    /// use deferred_map::DeferredMap;
+    /// let map: DeferredMap<u8, u8> = DeferredMap::new();
+    /// map.add_value(1, 1);
+    /// map.add_value(2, 2);
+    /// map.retain(|k, _| *k == 2);
+    /// assert_eq!(map.keys(), vec![2]);
+    /// ```
+    pub fn retain(&self, mut keep: impl FnMut(&K, &Cell<V, E>) -> bool)
+    where
+        K: Clone,
+    {
+        for shard in self.shards.iter() {
+            let snapshot: Vec<(K, u64, Cell<V, E>)> = shard.with(|t| {
+                t.iter()
+                    .map(|s| (s.key.clone(), s.hash, s.cell.clone()))
+                    .collect()
+            });
+            let doomed: Vec<(u64, Cell<V, E>)> = snapshot
+                .iter()
+                .filter(|(key, _, cell)| !keep(key, cell))
+                .map(|(_, hash, cell)| (*hash, cell.clone()))
+                .collect();
+            if doomed.is_empty() {
+                continue;
+            }
+            // Removed entries are dropped after the lock is released: that runs user code.
+            let removed: Vec<Slot<K, V, E>> = shard.with(|t| {
+                doomed
+                    .iter()
+                    .filter_map(|(hash, cell)| {
+                        let entry = t.find_entry(*hash, |s| Cell::ptr_eq(&s.cell, cell)).ok()?;
+                        Some(entry.remove().0)
+                    })
+                    .collect()
+            });
+            drop((removed, doomed, snapshot));
+        }
+    }
+
+    /// A snapshot of the keys. The keys are cloned under their shard's lock.
+    ///
+    /// ```
+    /// use deferred_map::DeferredMap;
+    /// let map: DeferredMap<u8, u8> = DeferredMap::new();
+    /// map.add_value(7, 1);
+    /// assert_eq!(map.keys(), vec![7]);
+    /// ```
+    pub fn keys(&self) -> Vec<K>
+    where
+        K: Clone,
+    {
+        let mut keys = Vec::new();
+        for shard in self.shards.iter() {
+            shard.with(|t| keys.extend(t.iter().map(|slot| slot.key.clone())));
+        }
+        keys
+    }
+
+    /// Settles a transient entry after one of its interested callers finished or went away:
+    /// counts the interest down, and removes the entry if it failed, or if no one is left
+    /// waiting for it (then its computation is dropped and its cell cancelled). Finds the
+    /// entry by identity, so a newer entry under the same key is never touched.
+    pub(crate) fn settle(&self, hash: u64, cell: &Cell<V, E>, had_interest: bool) {
+        let removed = self.shard(hash).with(|t| {
+            let Ok(mut entry) = t.find_entry(hash, |s| Cell::ptr_eq(&s.cell, cell)) else {
+                return None;
+            };
+            let slot = entry.get_mut();
+            if had_interest {
+                slot.interest = slot.interest.saturating_sub(1);
+            }
+            let failed = matches!(slot.cell.try_get(), Some(Err(_)));
+            let abandoned = slot.interest == 0 && !slot.cell.is_done();
+            (slot.transient && (failed || abandoned)).then(|| entry.remove().0)
+        });
+        if let Some(slot) = removed {
+            // Outside the lock: cancelling wakes waiters, dropping runs user code.
+            slot.cell.abort();
+            drop(slot);
+        }
+    }
+}
+
+/// What an insertion found, with the lock released.
+struct Placed<K, V, E> {
+    /// The cell now at the key.
+    cell: Cell<V, E>,
+    /// Whether it is the one given.
+    inserted: bool,
+    /// Whether the caller now counts as interest in it.
+    interest: bool,
+    /// The key and cell given, when the key was already there.
+    unused: Option<(K, Cell<V, E>)>,
+}
+
+/// What a lookup found, with the lock released.
+enum Found<V, E> {
+    /// The cell, and whether the caller now counts as interest in it.
+    Hit(Cell<V, E>, bool),
+    Miss,
+}
+
+impl<K, V, E, S> DeferredMap<K, V, E, S>
+where
+    K: Hash + Eq,
+    S: BuildHasher,
+{
+    fn hash(&self, key: &K) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    /// Looks `key` up; on a hit, counts interest if `interested` and the entry is a pending
+    /// transient one.
+    fn find(&self, hash: u64, key: &K, interested: bool) -> Found<V, E> {
+        self.shard(hash)
+            .with(|t| match t.find_mut(hash, |s| s.key == *key) {
+                Some(slot) => {
+                    let interest = interested && slot.transient && !slot.cell.is_done();
+                    if interest {
+                        slot.interest += 1;
+                    }
+                    Found::Hit(slot.cell.clone(), interest)
+                }
+                None => Found::Miss,
+            })
+    }
+
+    /// Inserts `cell` under `key` unless the key is present. Whatever was not used (the key
+    /// and `cell` when the key was present) comes back in `Placed::unused`, for the caller
+    /// to drop after the lock is released: dropping them runs user code.
+    fn insert_or_find(
+        &self,
+        hash: u64,
+        key: K,
+        cell: Cell<V, E>,
+        transient: bool,
+        interested: bool,
+    ) -> Placed<K, V, E> {
+        self.shard(hash)
+            .with(|t| match t.entry(hash, |s| s.key == key, |s| s.hash) {
+                hashbrown::hash_table::Entry::Occupied(mut o) => {
+                    let slot = o.get_mut();
+                    let interest = interested && slot.transient && !slot.cell.is_done();
+                    if interest {
+                        slot.interest += 1;
+                    }
+                    Placed {
+                        cell: slot.cell.clone(),
+                        inserted: false,
+                        interest,
+                        unused: Some((key, cell)),
+                    }
+                }
+                hashbrown::hash_table::Entry::Vacant(v) => {
+                    let interest = transient && interested;
+                    v.insert(Slot {
+                        key,
+                        hash,
+                        cell: cell.clone(),
+                        transient,
+                        interest: usize::from(interest),
+                    });
+                    Placed {
+                        cell,
+                        inserted: true,
+                        interest,
+                        unused: None,
+                    }
+                }
+            })
+    }
+
+    /// Awaits the value at `key`; if the key is absent, waits until someone adds it
+    /// (fs2-es `get`). The placeholder this leaves is removed again if every caller waiting
+    /// on it goes away before the key is added.
+    ///
+    /// ```
+    /// use deferred_map::DeferredMap;
+    /// # futures::executor::block_on(async {
+    /// let map: DeferredMap<&str, u8> = DeferredMap::new();
+    /// let (got, ()) = futures::join!(map.get("job"), async { map.add_value("job", 3); });
+    /// assert_eq!(got, Ok(3));
+    /// # });
+    /// ```
+    pub fn get(&self, key: K) -> Get<'_, K, V, E, S> {
+        let hash = self.hash(&key);
+        if let Found::Hit(cell, interest) = self.find(hash, &key, true) {
+            return Get::new(self, hash, cell, interest);
+        }
+        let placed = self.insert_or_find(hash, key, Cell::pending(), true, true);
+        Get::new(self, hash, placed.cell, placed.interest)
+    }
+
+    /// Awaits the value at `key` if the key is present; `None` at once if not (fs2-es
+    /// `getOpt`).
+    ///
+    /// ```
+    /// use deferred_map::DeferredMap;
+    /// # futures::executor::block_on(async {
+    /// let map: DeferredMap<&str, u8> = DeferredMap::new();
+    /// assert!(map.get_if_present(&"k").is_none());
+    /// map.add_value("k", 1);
+    /// assert_eq!(map.get_if_present(&"k").unwrap().await, Ok(1));
+    /// # });
+    /// ```
+    pub fn get_if_present(&self, key: &K) -> Option<Get<'_, K, V, E, S>> {
+        let hash = self.hash(key);
+        match self.find(hash, key, true) {
+            Found::Hit(cell, interest) => Some(Get::new(self, hash, cell, interest)),
+            Found::Miss => None,
+        }
+    }
+
+    /// Awaits the value at `key`, or, if the key is absent, the value that the future made by
+    /// `make` computes (fs2-es `getOrAddF`). The computation runs at most once per key at a
+    /// time, however many callers race: it lives in the entry, and whichever caller is
+    /// polled drives it, so a caller that stalls or is dropped does not hold up the rest.
+    /// `make` only runs on a miss, with no lock held.
+    ///
+    /// If the computation fails or panics, every waiter gets the error (or
+    /// [`Error::Panicked`]) and the entry is removed, so the next call computes afresh. If
+    /// every caller waiting on it goes away first, the computation is dropped and the entry
+    /// removed.
+    ///
+    /// ```
+    /// use deferred_map::{DeferredMap, Error};
+    /// # futures::executor::block_on(async {
+    /// let map: DeferredMap<u32, u32, String> = DeferredMap::new();
+    /// assert_eq!(map.get_or_add_with(1, || async { Ok(10) }).await, Ok(10));
+    /// let failed = map.get_or_add_with(2, || async { Err("down".to_string()) }).await;
+    /// assert_eq!(failed, Err(Error::Failed("down".to_string())));
+    /// assert!(map.cell_if_present(&2).is_none()); // not kept: the next call retries
+    /// # });
+    /// ```
+    pub fn get_or_add_with<F, Fut>(&self, key: K, make: F) -> Get<'_, K, V, E, S>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<V, E>> + Send + 'static,
+    {
+        let hash = self.hash(&key);
+        if let Found::Hit(cell, interest) = self.find(hash, &key, true) {
+            return Get::new(self, hash, cell, interest);
+        }
+        // Made with no lock held; if another caller inserted meanwhile, ours is dropped
+        // unrun.
+        let fresh = Cell::boxed(make());
+        let placed = self.insert_or_find(hash, key, fresh, true, true);
+        Get::new(self, hash, placed.cell, placed.interest)
+    }
+
+    /// Awaits the value at `key`, or, if the key is absent, adds `cell` there and awaits it
+    /// (fs2-es `getOrAdd`). An added cell stays until removed.
+    ///
+    /// ```
+    /// use deferred_map::{Cell, DeferredMap};
+    /// # futures::executor::block_on(async {
+    /// let map: DeferredMap<u8, u8> = DeferredMap::new();
+    /// let cell: Cell<u8> = Cell::pending();
+    /// let get = map.get_or_add_cell(1, cell.clone());
+    /// cell.succeed(5).unwrap();
+    /// assert_eq!(get.await, Ok(5));
+    /// # });
+    /// ```
+    pub fn get_or_add_cell(&self, key: K, cell: Cell<V, E>) -> Get<'_, K, V, E, S> {
+        let hash = self.hash(&key);
+        let placed = self.insert_or_find(hash, key, cell, false, true);
+        Get::new(self, hash, placed.cell, placed.interest)
+    }
+
+    /// Awaits the value at `key`, or, if the key is absent, stores `value` there and returns
+    /// it (fs2-es `getOrAddPure`).
+    ///
+    /// ```
+    /// use deferred_map::DeferredMap;
+    /// # futures::executor::block_on(async {
+    /// let map: DeferredMap<u8, u8> = DeferredMap::new();
+    /// assert_eq!(map.get_or_add_value(1, 5).await, Ok(5));
+    /// assert_eq!(map.get_or_add_value(1, 6).await, Ok(5));
+    /// # });
+    /// ```
+    pub fn get_or_add_value(&self, key: K, value: V) -> Get<'_, K, V, E, S> {
+        let hash = self.hash(&key);
+        if let Found::Hit(cell, interest) = self.find(hash, &key, true) {
+            return Get::new(self, hash, cell, interest);
+        }
+        let fresh = Cell::pending();
+        let _ = fresh.succeed(value);
+        let placed = self.insert_or_find(hash, key, fresh, false, true);
+        Get::new(self, hash, placed.cell, placed.interest)
+    }
+
+    /// The cell at `key`, adding an empty one if the key is absent (fs2-es `getDeferred`).
+    /// The caller holds a handle, so the entry stays until removed.
+    ///
+    /// ```
+    /// use deferred_map::DeferredMap;
+    /// let map: DeferredMap<&str, u8> = DeferredMap::new();
+    /// let cell = map.cell("k");
+    /// cell.succeed(1).unwrap();
+    /// assert_eq!(map.try_get(&"k"), Some(Ok(1)));
+    /// ```
+    pub fn cell(&self, key: K) -> Cell<V, E> {
+        self.cell_or_add(key, Cell::pending())
+    }
+
+    /// The cell at `key`, or `cell` after adding it if the key is absent (fs2-es
+    /// `getDeferredOrAdd`).
+    ///
+    /// ```
+    /// use deferred_map::{Cell, DeferredMap};
+    /// let map: DeferredMap<u8, u8> = DeferredMap::new();
+    /// let mine: Cell<u8> = Cell::pending();
+    /// assert!(Cell::ptr_eq(&map.cell_or_add(1, mine.clone()), &mine));
+    /// assert!(Cell::ptr_eq(&map.cell_or_add(1, Cell::pending()), &mine));
+    /// ```
+    pub fn cell_or_add(&self, key: K, cell: Cell<V, E>) -> Cell<V, E> {
+        let hash = self.hash(&key);
+        let placed = self.insert_or_find(hash, key, cell, false, false);
+        if !placed.inserted {
+            // A handle now lives outside the map: the entry must not vanish under it.
+            self.pin_entry(hash, &placed.cell);
+        }
+        placed.cell
+    }
+
+    /// Marks the entry holding `cell` as user-held (not transient).
+    fn pin_entry(&self, hash: u64, cell: &Cell<V, E>) {
+        self.shard(hash).with(|t| {
+            if let Some(slot) = t.find_mut(hash, |s| Cell::ptr_eq(&s.cell, cell)) {
+                slot.transient = false;
+            }
+        });
+    }
+
+    /// The cell at `key`, if the key is present (fs2-es `getDeferredOpt`).
+    ///
+    /// ```
+    /// use deferred_map::DeferredMap;
+    /// let map: DeferredMap<u8, u8> = DeferredMap::new();
+    /// assert!(map.cell_if_present(&1).is_none());
+    /// map.add_value(1, 1);
+    /// assert_eq!(map.cell_if_present(&1).unwrap().get(), Some(&1));
+    /// ```
+    pub fn cell_if_present(&self, key: &K) -> Option<Cell<V, E>> {
+        let hash = self.hash(key);
+        match self.find(hash, key, false) {
+            Found::Hit(cell, _) => {
+                self.pin_entry(hash, &cell);
+                Some(cell)
+            }
+            Found::Miss => None,
+        }
+    }
+
+    /// Stores the ready `value` at `key` (fs2-es `addPure`). If the key is present and still
+    /// pending, completes that cell instead, so its waiters get `value`; if it is present and
+    /// complete, leaves it as it is. Returns whether `value` was stored. Never waits.
+    ///
+    /// ```
+    /// use deferred_map::DeferredMap;
+    /// # futures::executor::block_on(async {
+    /// let map: DeferredMap<&str, u8> = DeferredMap::new();
+    /// let waiting = map.get("k");
+    /// assert!(map.add_value("k", 1)); // completes the awaited cell
+    /// assert!(!map.add_value("k", 2)); // already complete: kept
+    /// assert_eq!(waiting.await, Ok(1));
+    /// # });
+    /// ```
+    pub fn add_value(&self, key: K, value: V) -> bool {
+        let hash = self.hash(&key);
+        // Place a pending cell (or find the one there) and complete it: one path for
+        // "absent" and "present and pending".
+        let placed = self.insert_or_find(hash, key, Cell::pending(), false, false);
+        let cell = placed.cell;
+        drop(placed.unused);
+        let stored = cell.succeed(value).is_ok();
+        if stored && !placed.inserted {
+            self.pin_entry(hash, &cell);
+            // A computation the cell may carry has nothing left to do: drop it now rather
+            // than when the entry goes.
+            cell.abort();
+        }
+        stored
+    }
+
+    /// Adds `cell` under `key` (fs2-es `add`). If the key is present and still pending, the
+    /// existing cell is completed with `cell`'s outcome when `cell` completes (through a
+    /// completion callback: nothing waits); if it is present and complete, nothing changes.
+    /// Returns whether `cell` became the key's cell. Never waits.
+    ///
+    /// ```
+    /// use deferred_map::{Cell, DeferredMap};
+    /// # futures::executor::block_on(async {
+    /// let map: DeferredMap<&str, u8> = DeferredMap::new();
+    /// let waiting = map.get("job");
+    /// let job: Cell<u8> = Cell::pending();
+    /// assert!(!map.add_cell("job", job.clone())); // "job" is awaited: forwarded instead
+    /// job.succeed(9).unwrap();
+    /// assert_eq!(waiting.await, Ok(9));
+    /// # });
+    /// ```
+    pub fn add_cell(&self, key: K, cell: Cell<V, E>) -> bool
+    where
+        V: Clone + Send + Sync + 'static,
+        E: Clone + Send + Sync + 'static,
+    {
+        let hash = self.hash(&key);
+        let placed = self.insert_or_find(hash, key, cell.clone(), false, false);
+        if placed.inserted {
+            return true;
+        }
+        drop(placed.unused);
+        let existing = placed.cell;
+        if !existing.is_done() {
+            self.pin_entry(hash, &existing);
+            cell.on_complete(move |outcome| {
+                let _ = match outcome {
+                    Ok(v) => existing.succeed(v.clone()).is_ok(),
+                    Err(Error::Failed(e)) => existing.fail(e.clone()).is_ok(),
+                    Err(Error::Cancelled) => existing.cancel(),
+                    Err(Error::Panicked) => existing.die(),
+                };
+                // Drops a computation the existing cell may carry: it has nothing left to do.
+                existing.abort();
+            });
+        }
+        false
+    }
+
+    /// Adds the computation `fut` under `key` (fs2-es `addF`): it runs when the key is first
+    /// awaited, driven by whoever awaits it (Rust futures do nothing until polled, and the
+    /// map has no runtime to spawn on). If the key is present and pending without a
+    /// computation (a `get` placeholder), `fut` becomes its computation and the waiters start
+    /// it. Returns whether `fut` was taken; otherwise it is dropped unrun.
+    ///
+    /// ```
+    /// use deferred_map::DeferredMap;
+    /// # futures::executor::block_on(async {
+    /// let map: DeferredMap<&str, u8> = DeferredMap::new();
+    /// let waiting = map.get("k");
+    /// assert!(map.add_with("k", async { Ok(4) }));
+    /// assert_eq!(waiting.await, Ok(4));
+    /// # });
+    /// ```
+    pub fn add_with<Fut>(&self, key: K, fut: Fut) -> bool
+    where
+        Fut: Future<Output = Result<V, E>> + Send + 'static,
+    {
+        let hash = self.hash(&key);
+        let boxed: BoxFuture<V, E> = Box::pin(fut);
+        if let Found::Hit(existing, _) = self.find(hash, &key, false) {
+            return existing.try_attach(boxed).is_ok();
+        }
+        let placed = self.insert_or_find(hash, key, Cell::from_future(boxed), false, false);
+        // Lost a race with another insert: the computation is dropped (outside the lock).
+        drop(placed.unused);
+        placed.inserted
+    }
+
+    /// Removes the entry at `key` and returns its cell (fs2-es `del`, which returns whether
+    /// the key was there). Waiters already holding the cell keep it.
+    ///
+    /// ```
+    /// use deferred_map::DeferredMap;
+    /// let map: DeferredMap<u8, u8> = DeferredMap::new();
+    /// map.add_value(1, 1);
+    /// assert!(map.remove(&1).is_some());
+    /// assert!(map.remove(&1).is_none());
+    /// ```
+    pub fn remove(&self, key: &K) -> Option<Cell<V, E>> {
+        self.remove_where(key, |_| true).map(|(cell, _)| cell)
+    }
+
+    /// Removes the entry at `key` if its cell is complete, atomically (fs2-es
+    /// `delIfComplete`, which checks and deletes in two steps that can race). `None` if the
+    /// key is absent, else whether it was removed.
+    ///
+    /// ```
+    /// use deferred_map::DeferredMap;
+    /// let map: DeferredMap<u8, u8> = DeferredMap::new();
+    /// let _pending = map.cell(1);
+    /// map.add_value(2, 2);
+    /// assert_eq!(map.remove_if_completed(&1), Some(false));
+    /// assert_eq!(map.remove_if_completed(&2), Some(true));
+    /// assert_eq!(map.remove_if_completed(&3), None);
+    /// ```
+    pub fn remove_if_completed(&self, key: &K) -> Option<bool> {
+        self.remove_if(key, |cell| cell.is_done())
+    }
+
+    /// Removes the entry at `key` if its cell is not complete, atomically (fs2-es
+    /// `delIfIncomplete`). `None` if the key is absent, else whether it was removed.
+    ///
+    /// ```
+    /// use deferred_map::DeferredMap;
+    /// let map: DeferredMap<u8, u8> = DeferredMap::new();
+    /// let _pending = map.cell(1);
+    /// assert_eq!(map.remove_if_incomplete(&1), Some(true));
+    /// ```
+    pub fn remove_if_incomplete(&self, key: &K) -> Option<bool> {
+        self.remove_if(key, |cell| !cell.is_done())
+    }
+
+    fn remove_if(&self, key: &K, pred: impl Fn(&Cell<V, E>) -> bool) -> Option<bool> {
+        let hash = self.hash(key);
+        let mut present = false;
+        let removed = self.shard(hash).with(|t| {
+            let Ok(entry) = t.find_entry(hash, |s| s.key == *key) else {
+                return None;
+            };
+            present = true;
+            pred(&entry.get().cell).then(|| entry.remove().0)
+        });
+        let was_removed = removed.is_some();
+        drop(removed); // outside the lock
+        present.then_some(was_removed)
+    }
+
+    fn remove_where(&self, key: &K, pred: impl Fn(&Cell<V, E>) -> bool) -> Option<(Cell<V, E>, K)> {
+        let hash = self.hash(key);
+        let removed = self.shard(hash).with(|t| {
+            let entry = t.find_entry(hash, |s| s.key == *key).ok()?;
+            pred(&entry.get().cell).then(|| entry.remove().0)
+        })?;
+        Some((removed.cell, removed.key))
+    }
+
+    /// A clone of the outcome at `key`, if the key is present and complete (fs2-es `tryGet`).
+    /// Never waits.
+    ///
+    /// ```
+    /// use deferred_map::DeferredMap;
+    /// let map: DeferredMap<u8, u8> = DeferredMap::new();
+    /// assert_eq!(map.try_get(&1), None);
+    /// map.add_value(1, 3);
+    /// assert_eq!(map.try_get(&1), Some(Ok(3)));
+    /// ```
+    pub fn try_get(&self, key: &K) -> Option<Result<V, Error<E>>>
+    where
+        V: Clone,
+        E: Clone,
+    {
+        let hash = self.hash(key);
+        // The value is cloned after the lock is released (`Clone` is user code): the cell
+        // handle keeps it alive meanwhile.
+        let cell = self
+            .shard(hash)
+            .with(|t| t.find(hash, |s| s.key == *key).map(|s| s.cell.clone()))?;
+        cell.try_get()
+            .map(|outcome| outcome.cloned().map_err(Error::cloned))
+    }
+
+    /// Whether the cell at `key` is complete; `None` if the key is absent (fs2-es
+    /// `checkCompleted`).
+    ///
+    /// ```
+    /// use deferred_map::DeferredMap;
+    /// let map: DeferredMap<u8, u8> = DeferredMap::new();
+    /// assert_eq!(map.is_completed(&1), None);
+    /// let cell = map.cell(1);
+    /// assert_eq!(map.is_completed(&1), Some(false));
+    /// cell.succeed(1).unwrap();
+    /// assert_eq!(map.is_completed(&1), Some(true));
+    /// ```
+    pub fn is_completed(&self, key: &K) -> Option<bool> {
+        let hash = self.hash(key);
+        self.shard(hash)
+            .with(|t| t.find(hash, |s| s.key == *key).map(|s| s.cell.is_done()))
+    }
+
+    /// Completes the cell at `key` with `result`, if the key is present and pending. Returns
+    /// whether this call completed it.
+    ///
+    /// ```
+    /// use deferred_map::DeferredMap;
+    /// # futures::executor::block_on(async {
+    /// let map: DeferredMap<&str, u8, &str> = DeferredMap::new();
+    /// let waiting = map.get("k");
+    /// assert!(map.complete(&"k", Err("nope")));
+    /// assert!(waiting.await.is_err());
+    /// # });
+    /// ```
+    pub fn complete(&self, key: &K, result: Result<V, E>) -> bool {
+        let hash = self.hash(key);
+        match self.find(hash, key, false) {
+            Found::Hit(cell, _) => {
+                let completed = cell.complete(result).is_ok();
+                // Drops a computation the cell may carry: it has nothing left to do.
+                cell.abort();
+                completed
+            }
+            Found::Miss => false,
+        }
+    }
+
+    /// A map of the given cells (fs2-es `DeferredMap.of`). A later duplicate key is ignored.
+    ///
+    /// ```
+    /// use deferred_map::{Cell, DeferredMap};
+    /// let map: DeferredMap<u8, u8> = DeferredMap::from_cells_with_hasher(
+    ///     [(1, Cell::pending())],
+    ///     std::collections::hash_map::RandomState::new(),
+    /// );
+    /// assert_eq!(map.is_completed(&1), Some(false));
+    /// ```
+    pub fn from_cells_with_hasher(
+        cells: impl IntoIterator<Item = (K, Cell<V, E>)>,
+        hasher: S,
+    ) -> Self {
+        let map = Self::with_hasher(hasher);
+        for (key, cell) in cells {
+            let hash = map.hash(&key);
+            let placed = map.insert_or_find(hash, key, cell, false, false);
+            drop(placed);
+        }
+        map
+    }
+}
+
+#[cfg(feature = "std")]
+impl<K: Hash + Eq, V, E> DeferredMap<K, V, E, DefaultHashBuilder> {
+    /// A map of the given cells (fs2-es `DeferredMap.of`). A later duplicate key is ignored.
+    ///
+    /// ```
+    /// use deferred_map::{Cell, DeferredMap};
+    /// let map: DeferredMap<u8, u8> = DeferredMap::from_cells([(1, Cell::pending())]);
+    /// assert_eq!(map.len(), 1);
+    /// ```
+    pub fn from_cells(cells: impl IntoIterator<Item = (K, Cell<V, E>)>) -> Self {
+        Self::from_cells_with_hasher(cells, DefaultHashBuilder::default())
+    }
+
+    /// A map of ready values (fs2-es `DeferredMap.ofPure`). A later duplicate key is
+    /// ignored.
+    ///
+    /// ```
+    /// use deferred_map::DeferredMap;
+    /// let map: DeferredMap<&str, u8> = DeferredMap::from_values([("a", 1), ("b", 2)]);
+    /// assert_eq!(map.try_get(&"b"), Some(Ok(2)));
+    /// ```
+    pub fn from_values(values: impl IntoIterator<Item = (K, V)>) -> Self {
+        Self::from_cells(values.into_iter().map(|(k, v)| {
+            let cell = Cell::pending();
+            let _ = cell.succeed(v);
+            (k, cell)
+        }))
+    }
+}
+
+impl<K, V, E, S> fmt::Debug for DeferredMap<K, V, E, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeferredMap")
+            .field("len", &self.len())
+            .field("shards", &self.shards.len())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,329 @@
+//! Black-box behaviour of `DeferredMap`: fs2-es semantics, and the traps where fs2-es
+//! hangs or leaks.
+
+#![allow(clippy::std_instead_of_core)] // tests run on std; `core::` paths matter in the library only.
+
+use std::{
+    future::Future,
+    pin::{pin, Pin},
+    sync::{
+        atomic::{AtomicUsize, Ordering::SeqCst},
+        Arc, Barrier, Mutex,
+    },
+    task::{Context, Poll, Waker},
+    thread,
+};
+
+use deferred_map::{Cell, DeferredMap, Error};
+use futures::{executor::block_on, task::noop_waker};
+
+fn poll_once<F: Future + ?Sized>(fut: Pin<&mut F>) -> Poll<F::Output> {
+    fut.poll(&mut Context::from_waker(&noop_waker()))
+}
+
+/// A future that stays pending until `open`, then wakes whoever polled it last.
+#[derive(Default, Clone)]
+struct Gate(Arc<Mutex<(bool, Option<Waker>)>>);
+
+impl Gate {
+    fn open(&self) {
+        let waker = {
+            let mut g = self.0.lock().unwrap();
+            g.0 = true;
+            g.1.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+    fn wait(&self) -> impl Future<Output = ()> + Send + 'static {
+        let gate = self.clone();
+        futures::future::poll_fn(move |cx| {
+            let mut g = gate.0.lock().unwrap();
+            if g.0 {
+                return Poll::Ready(());
+            }
+            g.1 = Some(cx.waker().clone());
+            Poll::Pending
+        })
+    }
+}
+
+/// A computation counting its runs, finishing when `gate` opens.
+fn counted(
+    runs: &Arc<AtomicUsize>,
+    gate: &Gate,
+    value: u32,
+) -> impl Future<Output = Result<u32, String>> + Send + 'static {
+    let (runs, gate) = (runs.clone(), gate.clone());
+    async move {
+        runs.fetch_add(1, SeqCst);
+        gate.wait().await;
+        Ok(value)
+    }
+}
+
+#[test]
+fn get_or_add_with_runs_once_for_racing_callers() {
+    let map: DeferredMap<u8, u32, String> = DeferredMap::new();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let gate = Gate::default();
+    let mut a = pin!(map.get_or_add_with(1, || counted(&runs, &gate, 10)));
+    let mut b = pin!(map.get_or_add_with(1, || counted(&runs, &gate, 20)));
+    assert!(poll_once(a.as_mut()).is_pending());
+    assert!(poll_once(b.as_mut()).is_pending());
+    gate.open();
+    assert_eq!(poll_once(b.as_mut()), Poll::Ready(Ok(10)));
+    assert_eq!(poll_once(a.as_mut()), Poll::Ready(Ok(10)));
+    assert_eq!(runs.load(SeqCst), 1);
+    assert_eq!(map.try_get(&1), Some(Ok(10)), "a success is kept");
+}
+
+#[test]
+fn a_stalled_driver_does_not_block_a_second_caller() {
+    let map: DeferredMap<u8, u32, String> = DeferredMap::new();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let gate = Gate::default();
+    // `stalled` starts the computation and is never polled again (nor dropped).
+    let mut stalled = Box::pin(map.get_or_add_with(1, || counted(&runs, &gate, 1)));
+    assert!(poll_once(stalled.as_mut()).is_pending());
+    let mut second = pin!(map.get_or_add_with(1, || counted(&runs, &gate, 2)));
+    assert!(poll_once(second.as_mut()).is_pending());
+    gate.open();
+    assert_eq!(poll_once(second.as_mut()), Poll::Ready(Ok(1)));
+    assert_eq!(runs.load(SeqCst), 1);
+    drop(stalled);
+}
+
+#[test]
+fn a_dropped_driver_leaves_the_work_to_the_others_without_a_rerun() {
+    let map: DeferredMap<u8, u32, String> = DeferredMap::new();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let gate = Gate::default();
+    let mut driver = Box::pin(map.get_or_add_with(1, || counted(&runs, &gate, 1)));
+    let mut other = pin!(map.get_or_add_with(1, || counted(&runs, &gate, 2)));
+    assert!(poll_once(driver.as_mut()).is_pending());
+    assert!(poll_once(other.as_mut()).is_pending());
+    drop(driver);
+    gate.open();
+    assert_eq!(poll_once(other.as_mut()), Poll::Ready(Ok(1)));
+    assert_eq!(
+        runs.load(SeqCst),
+        1,
+        "the computation lives in the entry: no extra run"
+    );
+}
+
+#[test]
+fn the_last_interested_caller_leaving_drops_the_work_and_the_entry() {
+    let map: DeferredMap<u8, u32, String> = DeferredMap::new();
+    let dropped = Arc::new(AtomicUsize::new(0));
+    struct OnDrop(Arc<AtomicUsize>);
+    impl Drop for OnDrop {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, SeqCst);
+        }
+    }
+    let token = OnDrop(dropped.clone());
+    let mut a = Box::pin(map.get_or_add_with(1, move || async move {
+        let _token = token;
+        std::future::pending::<()>().await;
+        Ok(1)
+    }));
+    let mut b = Box::pin(map.get_or_add_with(1, || async { Ok(2) }));
+    assert!(poll_once(a.as_mut()).is_pending());
+    assert!(poll_once(b.as_mut()).is_pending());
+    drop(a);
+    assert_eq!(map.len(), 1, "b still waits");
+    assert_eq!(dropped.load(SeqCst), 0);
+    drop(b);
+    assert_eq!(map.len(), 0, "nothing is left behind");
+    assert_eq!(dropped.load(SeqCst), 1, "the computation was dropped");
+    // The key works afresh.
+    assert_eq!(block_on(map.get_or_add_with(1, || async { Ok(3) })), Ok(3));
+}
+
+#[test]
+fn an_error_reaches_every_waiter_and_the_entry_goes() {
+    // fs2-es getOrAddF: a failed computation leaves every other caller hanging.
+    let map: DeferredMap<u8, u32, String> = DeferredMap::new();
+    let gate = Gate::default();
+    let g = gate.clone();
+    let mut a = pin!(map.get_or_add_with(1, move || async move {
+        g.wait().await;
+        Err("boom".to_string())
+    }));
+    let mut b = pin!(map.get(1));
+    assert!(poll_once(a.as_mut()).is_pending());
+    assert!(poll_once(b.as_mut()).is_pending());
+    gate.open();
+    let boom = Error::Failed("boom".to_string());
+    assert_eq!(poll_once(a.as_mut()), Poll::Ready(Err(boom.clone())));
+    assert_eq!(poll_once(b.as_mut()), Poll::Ready(Err(boom)));
+    assert!(
+        map.is_empty(),
+        "a failure is not kept: the next call retries"
+    );
+    assert_eq!(block_on(map.get_or_add_with(1, || async { Ok(5) })), Ok(5));
+}
+
+#[test]
+fn a_panic_gives_every_waiter_panicked_and_the_entry_goes() {
+    let map2: DeferredMap<u8, u32, String> = DeferredMap::new();
+    let mut other = Box::pin(map2.get(1));
+    assert!(poll_once(other.as_mut()).is_pending());
+    assert!(map2.add_with(1, async {
+        if true {
+            panic!("computation panics");
+        }
+        Ok(0)
+    }));
+    let mut driver = Box::pin(map2.get(1));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| poll_once(driver.as_mut())));
+    assert!(
+        r.is_err(),
+        "the panic unwinds in the caller whose poll ran it"
+    );
+    drop(driver);
+    assert_eq!(poll_once(other.as_mut()), Poll::Ready(Err(Error::Panicked)));
+    drop(other);
+    assert!(map2.is_empty(), "the panicked entry is removed");
+    assert_eq!(block_on(map2.get_or_add_with(1, || async { Ok(7) })), Ok(7));
+}
+
+#[test]
+fn get_on_an_absent_key_waits_and_its_placeholder_goes_if_abandoned() {
+    let map: DeferredMap<&str, u32> = DeferredMap::new();
+    {
+        let mut g = pin!(map.get("k"));
+        assert!(poll_once(g.as_mut()).is_pending());
+        assert_eq!(map.len(), 1);
+    }
+    assert!(
+        map.is_empty(),
+        "fs2-es leaves the placeholder behind; we remove it"
+    );
+    let mut g = pin!(map.get("k"));
+    assert!(poll_once(g.as_mut()).is_pending());
+    assert!(map.add_value("k", 4));
+    assert_eq!(poll_once(g.as_mut()), Poll::Ready(Ok(4)));
+}
+
+#[test]
+fn add_on_a_present_key_never_waits_and_completes_the_existing_cell() {
+    // fs2-es `add(k)(d)` on a present key blocks the caller until `d` completes.
+    let map: DeferredMap<&str, u32> = DeferredMap::new();
+    let mut waiting = pin!(map.get("k"));
+    assert!(poll_once(waiting.as_mut()).is_pending());
+    let d: Cell<u32> = Cell::pending();
+    assert!(!map.add_cell("k", d.clone()), "returns at once");
+    assert!(poll_once(waiting.as_mut()).is_pending());
+    d.succeed(8).unwrap();
+    assert_eq!(poll_once(waiting.as_mut()), Poll::Ready(Ok(8)));
+    assert_eq!(map.try_get(&"k"), Some(Ok(8)));
+}
+
+#[test]
+fn add_value_does_not_overwrite_a_complete_value() {
+    let map: DeferredMap<u8, u32> = DeferredMap::new();
+    assert!(map.add_value(1, 1));
+    assert!(!map.add_value(1, 2));
+    assert_eq!(map.try_get(&1), Some(Ok(1)));
+}
+
+#[test]
+fn remove_if_checks_and_removes_atomically() {
+    let map = Arc::new(DeferredMap::<u32, u32>::new());
+    for round in 0..if cfg!(miri) { 4 } else { 200 } {
+        let cell = map.cell(round);
+        let barrier = Arc::new(Barrier::new(2));
+        let (m, b) = (map.clone(), barrier.clone());
+        let remover = thread::spawn(move || {
+            b.wait();
+            m.remove_if_incomplete(&round)
+        });
+        barrier.wait();
+        let completed = cell.succeed(1).is_ok();
+        let removed = remover.join().unwrap();
+        assert!(completed);
+        // Either it was removed while pending, or it stayed because it was complete.
+        match removed {
+            Some(true) => assert_eq!(map.is_completed(&round), None),
+            Some(false) => assert_eq!(map.is_completed(&round), Some(true)),
+            None => panic!("the key was present"),
+        }
+    }
+}
+
+#[test]
+fn probes_and_fs2_es_helpers() {
+    let map: DeferredMap<u8, u32, String> = DeferredMap::from_values([(1, 10)]);
+    assert_eq!(map.is_completed(&1), Some(true));
+    assert_eq!(map.is_completed(&2), None);
+    let two = map.cell(2);
+    assert_eq!(map.is_completed(&2), Some(false));
+    assert_eq!(map.try_get(&2), None);
+    assert!(map.complete(&2, Err("x".into())));
+    assert_eq!(map.try_get(&2), Some(Err(Error::Failed("x".into()))));
+    assert!(two.is_done());
+    assert!(map.get_if_present(&3).is_none());
+    assert_eq!(block_on(map.get_or_add_value(3, 30)), Ok(30));
+    let mut keys = map.keys();
+    keys.sort();
+    assert_eq!(keys, vec![1, 2, 3]);
+    map.retain(|k, _| *k != 2);
+    assert_eq!(map.len(), 2);
+    assert!(map.remove(&1).is_some());
+    assert_eq!(map.remove_if_completed(&3), Some(true));
+    assert!(map.is_empty());
+}
+
+#[test]
+fn user_held_cells_stay_when_their_waiters_go() {
+    let map: DeferredMap<u8, u32> = DeferredMap::new();
+    let handle = map.cell(1);
+    {
+        let mut g = pin!(map.get(1));
+        assert!(poll_once(g.as_mut()).is_pending());
+    }
+    assert_eq!(map.len(), 1, "a handle is out: the entry stays");
+    handle.succeed(1).unwrap();
+    assert_eq!(map.try_get(&1), Some(Ok(1)));
+}
+
+#[test]
+fn threads_racing_get_or_add_with_run_each_key_once() {
+    let map = Arc::new(DeferredMap::<u32, u32>::new());
+    let runs = Arc::new(AtomicUsize::new(0));
+    let threads = 4;
+    let keys = if cfg!(miri) { 4 } else { 200 };
+    let barrier = Arc::new(Barrier::new(threads));
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let (map, runs, barrier) = (map.clone(), runs.clone(), barrier.clone());
+            thread::spawn(move || {
+                barrier.wait();
+                for k in 0..keys {
+                    let r = runs.clone();
+                    let v = block_on(map.get_or_add_with(k, move || async move {
+                        r.fetch_add(1, SeqCst);
+                        Ok(k * 2)
+                    }));
+                    assert_eq!(v, Ok(k * 2));
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    assert_eq!(runs.load(SeqCst), keys as usize);
+}
+
+#[test]
+fn futures_are_send() {
+    fn is_send<T: Send>(_: T) {}
+    let map: DeferredMap<u8, u32> = DeferredMap::new();
+    is_send(map.get(1));
+    is_send(map.get_or_add_with(2, || async { Ok(1) }));
+}

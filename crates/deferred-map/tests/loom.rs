@@ -1,0 +1,174 @@
+//! Loom models of the map's single-flight protocol: `cargo xtask test-loom`.
+//!
+//! Two or three threads each; the map's shard locks and the cells' state words are loom's
+//! (through `deferred-core`'s shim), so loom explores their interleavings.
+#![cfg(loom)]
+
+use std::{
+    future::Future,
+    pin::{pin, Pin},
+    sync::atomic::Ordering::SeqCst,
+    task::{Context, Poll},
+};
+
+use deferred_map::{Cell, DeferredMap, Error};
+use futures::task::noop_waker;
+use loom::{
+    future::block_on,
+    sync::{atomic::AtomicUsize, Arc},
+    thread,
+};
+
+fn poll_once<F: Future>(fut: Pin<&mut F>) -> Poll<F::Output> {
+    fut.poll(&mut Context::from_waker(&noop_waker()))
+}
+
+/// A computation that returns `value` at once.
+fn ready(runs: &Arc<AtomicUsize>, value: usize) -> impl Future<Output = Result<usize, ()>> {
+    let runs = runs.clone();
+    async move {
+        runs.fetch_add(1, SeqCst);
+        Ok(value)
+    }
+}
+
+/// A computation that yields once (waking itself) before it returns `value`.
+fn yielding(runs: &Arc<AtomicUsize>, value: usize) -> impl Future<Output = Result<usize, ()>> {
+    let runs = runs.clone();
+    async move {
+        runs.fetch_add(1, SeqCst);
+        let mut yielded = false;
+        futures::future::poll_fn(|cx| {
+            if yielded {
+                Poll::Ready(())
+            } else {
+                yielded = true;
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+        })
+        .await;
+        Ok(value)
+    }
+}
+
+type Map = DeferredMap<u8, usize, ()>;
+
+#[test]
+fn get_or_add_race_runs_once() {
+    loom::model(|| {
+        let map = Arc::new(Map::new());
+        let runs = Arc::new(AtomicUsize::new(0));
+        let (m, r) = (map.clone(), runs.clone());
+        let t = thread::spawn(move || block_on(m.get_or_add_with(1, || ready(&r, 1))));
+        let mine = block_on(map.get_or_add_with(1, || ready(&runs, 2)));
+        let theirs = t.join().unwrap();
+        assert_eq!(mine, theirs);
+        assert_eq!(runs.load(SeqCst), 1);
+    });
+}
+
+#[test]
+fn dropped_driver_vs_waiter_taking_over() {
+    // A yielding computation, a driver and a waiter make long executions: one preemption
+    // keeps the model within CI's time.
+    let mut builder = loom::model::Builder::new();
+    builder.preemption_bound = Some(1);
+    builder.check(|| {
+        let map = Arc::new(Map::new());
+        let runs = Arc::new(AtomicUsize::new(0));
+        let (m, r) = (map.clone(), runs.clone());
+        let t = thread::spawn(move || {
+            let mut driver = pin!(m.get_or_add_with(1, || yielding(&r, 1)));
+            let _ = poll_once(driver.as_mut());
+            // Dropped after one poll.
+        });
+        let got = block_on(map.get_or_add_with(1, || yielding(&runs, 2)));
+        t.join().unwrap();
+        assert!(got.is_ok());
+        assert!(runs.load(SeqCst) <= 2, "at most one extra run");
+    });
+}
+
+#[test]
+fn stalled_driver_vs_second_caller() {
+    loom::model(|| {
+        let map = Arc::new(Map::new());
+        let runs = Arc::new(AtomicUsize::new(0));
+        // The stalled caller: polled once on this thread, then never again until the end.
+        let mut stalled = Box::pin(map.get_or_add_with(1, || yielding(&runs, 1)));
+        let _ = poll_once(stalled.as_mut());
+        let (m, r) = (map.clone(), runs.clone());
+        let t = thread::spawn(move || block_on(m.get_or_add_with(1, || yielding(&r, 2))));
+        assert_eq!(t.join().unwrap(), Ok(1));
+        assert_eq!(runs.load(SeqCst), 1);
+        drop(stalled);
+    });
+}
+
+#[test]
+fn a_panicking_computation_reaches_the_other_waiter_as_panicked() {
+    loom::model(|| {
+        let map = Arc::new(Map::new());
+        let cell: Cell<usize, ()> = Cell::pending();
+        // The key holds a cell that a waiter on another thread awaits through the map.
+        let (m, c) = (map.clone(), cell.clone());
+        let t = thread::spawn(move || {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                block_on(m.get_or_add_cell(1, c))
+            }))
+        });
+        assert!(cell
+            .try_attach(Box::pin(async {
+                if true {
+                    panic!("computation panics");
+                }
+                Ok(0)
+            }))
+            .is_ok());
+        let driver = cell.clone().wait_owned();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| block_on(driver)));
+        // Either this thread ran it (and unwound) or the waiter did (and it unwinds there).
+        let theirs = t.join().unwrap();
+        match (r, theirs) {
+            (Err(_), Ok(outcome)) => assert_eq!(outcome, Err(Error::Panicked)),
+            (Ok(outcome), Err(_)) => assert_eq!(outcome, Err(Error::Panicked)),
+            (Err(_), Err(_)) => panic!("only the poll that ran it may unwind"),
+            (Ok(a), Ok(b)) => panic!("someone must have run it: {a:?} {b:?}"),
+        }
+    });
+}
+
+#[test]
+fn last_waiters_leaving_remove_the_entry() {
+    loom::model(|| {
+        let map = Arc::new(Map::new());
+        let m = map.clone();
+        let t = thread::spawn(move || {
+            let mut g = pin!(m.get(1));
+            let _ = poll_once(g.as_mut());
+        });
+        {
+            let mut g = pin!(map.get(1));
+            let _ = poll_once(g.as_mut());
+        }
+        t.join().unwrap();
+        assert!(map.is_empty(), "an abandoned placeholder is removed");
+    });
+}
+
+#[test]
+fn remove_if_incomplete_vs_complete() {
+    loom::model(|| {
+        let map = Arc::new(Map::new());
+        let cell = map.cell(1);
+        let m = map.clone();
+        let t = thread::spawn(move || m.remove_if_incomplete(&1));
+        assert!(cell.succeed(5).is_ok());
+        match t.join().unwrap() {
+            Some(true) => assert_eq!(map.is_completed(&1), None),
+            Some(false) => assert_eq!(map.try_get(&1), Some(Ok(5))),
+            None => panic!("the key was present"),
+        }
+    });
+}
