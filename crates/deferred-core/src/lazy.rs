@@ -39,6 +39,11 @@ enum Computation<F, Fut> {
 struct Shared<T, E, F, Fut> {
     cell: Deferred<T, E>,
     drive: AtomicUsize,
+    /// Live `Lazy` handles (the `Arc` is also held by the wakers the computation is polled
+    /// with). When the last handle goes, no one can await the cell any more, so the
+    /// computation is dropped: a computation that keeps its own waker would otherwise hold
+    /// itself alive through the `Arc`.
+    handles: AtomicUsize,
     /// Guarded by DRIVING.
     computation: UnsafeCell<Computation<F, Fut>>,
 }
@@ -85,8 +90,21 @@ pub type BoxInit<T, E> = fn() -> BoxFuture<T, E>;
 
 impl<T, E, F, Fut> Clone for Lazy<T, E, F, Fut> {
     fn clone(&self) -> Self {
+        // Relaxed: a new handle is made from a live one, as `Arc::clone` does.
+        self.shared.handles.fetch_add(1, Relaxed);
         Lazy {
             shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<T, E, F, Fut> Drop for Lazy<T, E, F, Fut> {
+    fn drop(&mut self) {
+        // AcqRel: the last handle's `abort` must see every other handle's use of the cell.
+        if self.shared.handles.fetch_sub(1, AcqRel) == 1 {
+            // No one can await the cell any more: drop the computation (and with it any
+            // waker it kept, which holds the `Arc`), and cancel the cell if it is pending.
+            self.abort();
         }
     }
 }
@@ -171,6 +189,7 @@ impl<T, E, F, Fut> Lazy<T, E, F, Fut> {
             shared: Arc::new(Shared {
                 cell: Deferred::new(),
                 drive: AtomicUsize::new(if empty { EMPTY } else { 0 }),
+                handles: AtomicUsize::new(1),
                 computation: UnsafeCell::new(computation),
             }),
         }

@@ -262,11 +262,19 @@ impl<K, V, E, S> DeferredMap<K, V, E, S> {
     /// waiting for it (then its computation is dropped and its cell cancelled). Finds the
     /// entry by identity, so a newer entry under the same key is never touched.
     pub(crate) fn settle(&self, hash: u64, cell: &Cell<V, E>, had_interest: bool) {
+        self.release(hash, cell, had_interest, false)
+    }
+
+    /// As `settle`, and pins the entry first if `pin` (one lock: no window).
+    fn release(&self, hash: u64, cell: &Cell<V, E>, had_interest: bool, pin: bool) {
         let removed = self.shard(hash).with(|t| {
             let Ok(mut entry) = t.find_entry(hash, |s| Cell::ptr_eq(&s.cell, cell)) else {
                 return None;
             };
             let slot = entry.get_mut();
+            if pin {
+                slot.transient = false;
+            }
             if had_interest {
                 slot.interest = slot.interest.saturating_sub(1);
             }
@@ -516,21 +524,12 @@ where
     /// ```
     pub fn cell_or_add(&self, key: K, cell: Cell<V, E>) -> Cell<V, E> {
         let hash = self.hash(&key);
-        let placed = self.insert_or_find(hash, key, cell, false, false);
+        let placed = self.insert_or_find(hash, key, cell, false, true);
         if !placed.inserted {
             // A handle now lives outside the map: the entry must not vanish under it.
-            self.pin_entry(hash, &placed.cell);
+            self.release(hash, &placed.cell, placed.interest, true);
         }
         placed.cell
-    }
-
-    /// Marks the entry holding `cell` as user-held (not transient).
-    fn pin_entry(&self, hash: u64, cell: &Cell<V, E>) {
-        self.shard(hash).with(|t| {
-            if let Some(slot) = t.find_mut(hash, |s| Cell::ptr_eq(&s.cell, cell)) {
-                slot.transient = false;
-            }
-        });
     }
 
     /// The cell at `key`, if the key is present (fs2-es `getDeferredOpt`).
@@ -544,9 +543,9 @@ where
     /// ```
     pub fn cell_if_present(&self, key: &K) -> Option<Cell<V, E>> {
         let hash = self.hash(key);
-        match self.find(hash, key, false) {
-            Found::Hit(cell, _) => {
-                self.pin_entry(hash, &cell);
+        match self.find(hash, key, true) {
+            Found::Hit(cell, interest) => {
+                self.release(hash, &cell, interest, true);
                 Some(cell)
             }
             Found::Miss => None,
@@ -571,12 +570,12 @@ where
         let hash = self.hash(&key);
         // Place a pending cell (or find the one there) and complete it: one path for
         // "absent" and "present and pending".
-        let placed = self.insert_or_find(hash, key, Cell::pending(), false, false);
+        let placed = self.insert_or_find(hash, key, Cell::pending(), false, true);
         let cell = placed.cell;
         drop(placed.unused);
         let stored = cell.succeed(value).is_ok();
+        self.release(hash, &cell, placed.interest, stored && !placed.inserted);
         if stored && !placed.inserted {
-            self.pin_entry(hash, &cell);
             // A computation the cell may carry has nothing left to do: drop it now rather
             // than when the entry goes.
             cell.abort();
@@ -606,14 +605,14 @@ where
         E: Clone + Send + Sync + 'static,
     {
         let hash = self.hash(&key);
-        let placed = self.insert_or_find(hash, key, cell.clone(), false, false);
+        let placed = self.insert_or_find(hash, key, cell.clone(), false, true);
         if placed.inserted {
             return true;
         }
         drop(placed.unused);
         let existing = placed.cell;
+        self.release(hash, &existing, placed.interest, !existing.is_done());
         if !existing.is_done() {
-            self.pin_entry(hash, &existing);
             cell.on_complete(move |outcome| {
                 let _ = match outcome {
                     Ok(v) => existing.succeed(v.clone()).is_ok(),
@@ -649,13 +648,16 @@ where
     {
         let hash = self.hash(&key);
         let boxed: BoxFuture<V, E> = Box::pin(fut);
-        if let Found::Hit(existing, _) = self.find(hash, &key, false) {
-            return existing.try_attach(boxed).is_ok();
-        }
-        let placed = self.insert_or_find(hash, key, Cell::from_future(boxed), false, false);
-        // Lost a race with another insert: the computation is dropped (outside the lock).
+        let placed = self.insert_or_find(hash, key, Cell::pending(), false, true);
         drop(placed.unused);
-        placed.inserted
+        let taken = placed.cell.try_attach(boxed).is_ok();
+        self.release(
+            hash,
+            &placed.cell,
+            placed.interest,
+            taken && !placed.inserted,
+        );
+        taken
     }
 
     /// Removes the entry at `key` and returns its cell (fs2-es `del`, which returns whether
@@ -788,6 +790,7 @@ where
                 let completed = cell.complete(result).is_ok();
                 // Drops a computation the cell may carry: it has nothing left to do.
                 cell.abort();
+                self.settle(hash, &cell, false);
                 completed
             }
             Found::Miss => false,

@@ -169,16 +169,14 @@ fn an_error_reaches_every_waiter_and_the_entry_goes() {
 
 #[test]
 fn a_panic_gives_every_waiter_panicked_and_the_entry_goes() {
-    let map2: DeferredMap<u8, u32, String> = DeferredMap::new();
-    let mut other = Box::pin(map2.get(1));
-    assert!(poll_once(other.as_mut()).is_pending());
-    assert!(map2.add_with(1, async {
+    let map: DeferredMap<u8, u32, String> = DeferredMap::new();
+    let mut driver = Box::pin(map.get_or_add_with(1, || async {
         if true {
             panic!("computation panics");
         }
         Ok(0)
     }));
-    let mut driver = Box::pin(map2.get(1));
+    let mut other = Box::pin(map.get(1));
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| poll_once(driver.as_mut())));
     assert!(
         r.is_err(),
@@ -187,8 +185,8 @@ fn a_panic_gives_every_waiter_panicked_and_the_entry_goes() {
     drop(driver);
     assert_eq!(poll_once(other.as_mut()), Poll::Ready(Err(Error::Panicked)));
     drop(other);
-    assert!(map2.is_empty(), "the panicked entry is removed");
-    assert_eq!(block_on(map2.get_or_add_with(1, || async { Ok(7) })), Ok(7));
+    assert!(map.is_empty(), "the panicked entry is removed");
+    assert_eq!(block_on(map.get_or_add_with(1, || async { Ok(7) })), Ok(7));
 }
 
 #[test]

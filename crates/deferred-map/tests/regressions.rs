@@ -1,0 +1,160 @@
+//! Regressions found in review: entries added to a key that its last waiter is leaving,
+//! failures set from outside, and computations that keep their own waker.
+
+#![allow(clippy::std_instead_of_core)] // tests run on std; `core::` paths matter in the library only.
+
+use std::{
+    cell::RefCell,
+    future::Future,
+    hash::{Hash, Hasher},
+    pin::Pin,
+    sync::{
+        atomic::{AtomicUsize, Ordering::SeqCst},
+        Arc, OnceLock,
+    },
+    task::{Context, Poll},
+};
+
+use deferred_map::{Cell, DeferredMap, Error};
+use futures::{executor::block_on, task::noop_waker};
+
+fn poll_once<F: Future + ?Sized>(fut: Pin<&mut F>) -> Poll<F::Output> {
+    fut.poll(&mut Context::from_waker(&noop_waker()))
+}
+
+// The window between finding an entry and acting on it, opened deterministically: the
+// unused key's `Drop` (user code, run after the lookup) drops the entry's last waiter.
+thread_local! {
+    static VICTIM: RefCell<Option<Box<dyn std::any::Any>>> = const { RefCell::new(None) };
+}
+
+struct Key(u8, bool);
+impl PartialEq for Key {
+    fn eq(&self, o: &Self) -> bool {
+        self.0 == o.0
+    }
+}
+impl Eq for Key {}
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        self.0.hash(h);
+    }
+}
+impl Drop for Key {
+    fn drop(&mut self) {
+        if self.1 {
+            let victim = VICTIM.with(|v| v.borrow_mut().take());
+            drop(victim);
+        }
+    }
+}
+
+/// A map that lives as long as the test binary (a waiter borrowing it is parked in a
+/// thread-local), one per test. Reachable from a static, so miri does not call it a leak.
+fn static_map(slot: &'static OnceLock<DeferredMap<Key, u32>>) -> &'static DeferredMap<Key, u32> {
+    slot.get_or_init(DeferredMap::new)
+}
+
+fn stall_placeholder(map: &'static DeferredMap<Key, u32>) {
+    let mut g = Box::pin(map.get(Key(1, false)));
+    assert!(poll_once(g.as_mut()).is_pending());
+    VICTIM.with(|v| *v.borrow_mut() = Some(Box::new(g)));
+}
+
+#[test]
+fn add_with_on_a_placeholder_survives_its_waiters() {
+    let map: DeferredMap<u8, u32, String> = DeferredMap::new();
+    let mut g = Box::pin(map.get(1));
+    assert!(poll_once(g.as_mut()).is_pending());
+    assert!(map.add_with(1, std::future::pending())); // "taken"
+    drop(g);
+    assert_eq!(
+        map.is_completed(&1),
+        Some(false),
+        "an added computation stays until removed"
+    );
+}
+
+#[test]
+fn add_with_on_a_placeholder_keeps_its_failure_like_other_added_entries() {
+    let map: DeferredMap<u8, u32, String> = DeferredMap::new();
+    let mut g = Box::pin(map.get(1));
+    assert!(poll_once(g.as_mut()).is_pending());
+    assert!(map.add_with(1, async { Err("e".to_string()) }));
+    assert_eq!(
+        poll_once(g.as_mut()),
+        Poll::Ready(Err(Error::Failed("e".to_string())))
+    );
+    // Without a waiter, add_with inserts a permanent entry whose failure is kept;
+    // on a placeholder the same call yields a transient one.
+    assert_eq!(map.try_get(&1), Some(Err(Error::Failed("e".to_string()))));
+}
+
+#[test]
+fn add_value_racing_the_last_waiter_keeps_the_value() {
+    static MAP: OnceLock<DeferredMap<Key, u32>> = OnceLock::new();
+    let map = static_map(&MAP);
+    stall_placeholder(map);
+    let stored = map.add_value(Key(1, true), 7);
+    // Linearizable outcomes: (waiter left first) key absent -> inserted, true;
+    // (add first) placeholder completed, true. Either way the value is at the key.
+    assert_eq!(
+        map.try_get(&Key(1, false)),
+        Some(Ok(7)),
+        "stored = {stored}"
+    );
+}
+
+#[test]
+fn add_cell_racing_the_last_waiter_still_lands() {
+    static MAP: OnceLock<DeferredMap<Key, u32>> = OnceLock::new();
+    let map = static_map(&MAP);
+    stall_placeholder(map);
+    let mine: Cell<u32> = Cell::pending();
+    let became = map.add_cell(Key(1, true), mine.clone());
+    mine.succeed(9).unwrap();
+    assert_eq!(
+        map.try_get(&Key(1, false)),
+        Some(Ok(9)),
+        "add_cell -> {became}"
+    );
+}
+
+#[test]
+fn complete_err_on_a_transient_entry_is_not_kept() {
+    let map: DeferredMap<u8, u32, String> = DeferredMap::new();
+    let mut stalled = Box::pin(map.get_or_add_with(1, std::future::pending));
+    assert!(poll_once(stalled.as_mut()).is_pending());
+    assert!(map.complete(&1, Err("down".into())));
+    assert_eq!(
+        block_on(map.get_or_add_with(1, || async { Ok(2) })),
+        Ok(2),
+        "failures are not kept: the next call computes afresh"
+    );
+    drop(stalled);
+}
+
+#[test]
+fn a_removed_computation_that_keeps_its_own_waker_is_dropped_when_its_waiters_go() {
+    struct OnDrop(Arc<AtomicUsize>);
+    impl Drop for OnDrop {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, SeqCst);
+        }
+    }
+    let map: DeferredMap<u8, u32> = DeferredMap::new();
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let token = OnDrop(dropped.clone());
+    let mut g = Box::pin(map.get_or_add_with(1, move || {
+        let parked: Arc<std::sync::Mutex<Option<std::task::Waker>>> = Default::default();
+        futures::future::poll_fn(move |cx| {
+            let _ = &token;
+            *parked.lock().unwrap() = Some(cx.waker().clone()); // co-owned: a cycle
+            Poll::<Result<u32, _>>::Pending
+        })
+    }));
+    assert!(poll_once(g.as_mut()).is_pending());
+    drop(map.remove(&1));
+    drop(g);
+    assert_eq!(dropped.load(SeqCst), 1, "the computation leaked");
+}
