@@ -1,3 +1,4 @@
+#![forbid(unsafe_code)]
 //! Criterion benchmarks of `deferred-core` against anchor crates.
 //!
 //! Every group is named `core/<workload>`; our cell's function is always `deferred`, the
@@ -19,18 +20,16 @@
 //! * `core/get_or_init`: `get_or_init` with a ready initializer on a fresh cell.
 
 use core::{
-    future::Future,
     hint::black_box,
     sync::atomic::{AtomicUsize, Ordering},
-    task::{Context, Poll},
     time::Duration,
 };
 use std::{sync::Arc, time::Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion};
 use criterion::{measurement::WallTime, Throughput};
-use deferred_benches::{ready_now, PinVec, WakeCounter};
-use deferred_core::{Deferred, Wait};
+use deferred_benches::{chain, ready_now, WakeCounter};
+use deferred_core::Deferred;
 use futures::FutureExt as _;
 
 /// The value every cell is completed with.
@@ -193,50 +192,46 @@ fn arc_create_complete_await(c: &mut Criterion) {
 // core/wake_all
 
 /// One round of `core/wake_all`, `iters` times over, for one implementation: make a cell,
-/// push `n` waiters into `futs`, poll each once (each must be pending and registers the
-/// counting waker), complete the cell, poll each again (each must be ready), drop them.
+/// make `n` waiters and poll each once (each must be pending and registers the counting
+/// waker), complete the cell, poll each again (each must be ready) and drop it.
 ///
-/// Returns the time per waiter. The storage for the waiters is allocated once, outside
-/// the timed loop, and reused; whatever the implementation allocates itself is timed.
+/// The waiters are pinned on the stack by [`chain`] (a few per frame of a recursion, so
+/// N is bounded by the stack: 4096 take some 400 KiB), which registers them in the
+/// order they were made and completes and drops them in the reverse order; they need no
+/// storage of ours, so whatever is allocated in the timed loop is the implementation's.
+///
+/// Returns the time per waiter.
 macro_rules! wake_all_rounds {
     (
         iters: $iters:expr,
         n: $n:expr,
-        storage: $ty:ty,
         cell: |$cell:ident| $make:expr,
         waiter: $waiter:expr,
         complete: $complete:expr,
         ready: |$out:ident| $check:expr $(,)?
     ) => {{
-        static WAKES: WakeCounter = WakeCounter::new();
         let (iters, n): (u64, usize) = ($iters, $n);
-        let waker = WAKES.waker();
-        let mut cx = Context::from_waker(&waker);
-        let mut spare: PinVec<$ty> = PinVec::with_capacity(n);
-        WAKES.take();
+        let wakes = Arc::new(WakeCounter::new());
+        let waker = wakes.waker();
         let start = Instant::now();
         for _ in 0..iters {
             let $cell = $make;
             let $cell = black_box(&$cell);
-            let mut futs = spare.recycle();
-            for _ in 0..n {
-                futs.push($waiter);
-            }
-            for i in 0..n {
-                assert!(futs.get(i).poll(&mut cx).is_pending());
-            }
-            $complete;
-            for i in 0..n {
-                match futs.get(i).poll(&mut cx) {
-                    Poll::Ready($out) => black_box($check),
-                    Poll::Pending => panic!("waiter {i} not woken"),
-                };
-            }
-            spare = futs.recycle();
+            chain(
+                n,
+                &waker,
+                &mut || $waiter,
+                &mut || {
+                    $complete;
+                },
+                &mut |$out| {
+                    black_box($check);
+                },
+            );
         }
         let elapsed = start.elapsed();
         // At least one wake per waiter (`Shared` wakes its first waiter twice).
-        let wakes = WAKES.take() as u64;
+        let wakes = wakes.take() as u64;
         assert!(
             wakes >= iters * n as u64,
             "{wakes} wakes for {iters} x {n} waiters"
@@ -253,7 +248,6 @@ fn wake_all_deferred(iters: u64, n: usize) -> Duration {
     wake_all_rounds! {
         iters: iters,
         n: n,
-        storage: Wait<'static, u64>,
         cell: |cell| Deferred::<u64>::new(),
         waiter: cell.wait(),
         complete: cell.succeed(VALUE).unwrap(),
@@ -265,7 +259,6 @@ fn wake_all_tokio_notify(iters: u64, n: usize) -> Duration {
     wake_all_rounds! {
         iters: iters,
         n: n,
-        storage: tokio::sync::futures::Notified<'static>,
         cell: |notify| tokio::sync::Notify::new(),
         waiter: notify.notified(),
         complete: notify.notify_waiters(),
@@ -274,11 +267,9 @@ fn wake_all_tokio_notify(iters: u64, n: usize) -> Duration {
 }
 
 fn wake_all_futures_shared(iters: u64, n: usize) -> Duration {
-    type SharedRx = futures::future::Shared<futures::channel::oneshot::Receiver<u64>>;
     wake_all_rounds! {
         iters: iters,
         n: n,
-        storage: SharedRx,
         cell: |chan| {
             let (tx, rx) = futures::channel::oneshot::channel::<u64>();
             (core::cell::Cell::new(Some(tx)), rx.shared())
@@ -293,7 +284,6 @@ fn wake_all_event_listener(iters: u64, n: usize) -> Duration {
     wake_all_rounds! {
         iters: iters,
         n: n,
-        storage: event_listener::EventListener,
         cell: |event| event_listener::Event::new(),
         waiter: event.listen(),
         complete: event.notify(usize::MAX),

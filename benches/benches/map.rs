@@ -1,3 +1,4 @@
+#![forbid(unsafe_code)]
 //! Criterion benchmarks of `deferred-map` against anchor crates.
 //!
 //! Every group is named `map/<workload>`; our map's function is always `deferred` (and

@@ -1,22 +1,26 @@
+#![forbid(unsafe_code)]
 //! Helpers shared by the benchmarks of the deferred workspace (`benches/core.rs`).
 //!
 //! The benchmarks drive futures by hand rather than through an executor, so that they
 //! measure the cell (or the anchor crate it is compared with) and not a runtime:
 //!
 //! * [`poll_noop`] and [`ready_now`] poll a future with a waker that does nothing;
-//! * [`WakeCounter`] is a waker that only counts its wake-ups, and is as cheap to clone
-//!   as a waker can be (a pointer copy), so that registering with a wait list costs the
-//!   list, not the waker;
-//! * [`PinVec`] keeps many `!Unpin` futures pinned in one reusable allocation, so a
-//!   workload with N waiters allocates nothing per waiter (beyond what the crate under
-//!   test allocates itself).
+//! * [`WakeCounter`] is a waker that only counts its wake-ups; it is an [`Arc`] waker
+//!   ([`Wake`]), so a clone costs one reference-count increment, paid alike by every
+//!   implementation under test;
+//! * [`chain`] keeps many `!Unpin` futures pinned at once on the stack (a few per frame
+//!   of a recursion), so a workload with N waiters allocates nothing per waiter (beyond
+//!   what the crate under test allocates itself).
+//!
+//! This crate, like every crate of the workspace but `deferred-core`, has no `unsafe`.
 
 use core::{
     future::{Future, IntoFuture},
     pin::{pin, Pin},
     sync::atomic::{AtomicUsize, Ordering},
-    task::{Context, Poll, RawWaker, RawWakerVTable, Waker},
+    task::{Context, Poll, Waker},
 };
+use std::{sync::Arc, task::Wake};
 
 /// Polls `fut` once with a waker that does nothing ([`Waker::noop`]).
 #[inline]
@@ -40,19 +44,20 @@ pub fn ready_now<F: IntoFuture>(fut: F) -> F::Output {
 
 /// A waker target that counts how many times it was woken.
 ///
-/// Its [`waker`](Self::waker) clones by copying a pointer and wakes with one relaxed
-/// `fetch_add`, and all its wakers [`will_wake`](Waker::will_wake) each other.
+/// Its [`waker`](Self::waker) is an [`Arc`] waker: a clone increments the reference
+/// count, a wake-up is one relaxed `fetch_add`, and all its wakers
+/// [`will_wake`](Waker::will_wake) each other.
 ///
 /// ```
-/// use core::sync::atomic::Ordering;
+/// use std::sync::Arc;
 /// use deferred_benches::WakeCounter;
 ///
-/// static WAKES: WakeCounter = WakeCounter::new();
-/// let waker = WAKES.waker();
+/// let wakes = Arc::new(WakeCounter::new());
+/// let waker = wakes.waker();
 /// waker.wake_by_ref();
 /// waker.clone().wake();
-/// assert_eq!(WAKES.take(), 2);
-/// assert_eq!(WAKES.take(), 0);
+/// assert_eq!(wakes.take(), 2);
+/// assert_eq!(wakes.take(), 0);
 /// ```
 #[derive(Debug, Default)]
 pub struct WakeCounter {
@@ -60,13 +65,6 @@ pub struct WakeCounter {
 }
 
 impl WakeCounter {
-    const VTABLE: RawWakerVTable = RawWakerVTable::new(
-        Self::raw_clone,
-        Self::raw_wake,
-        Self::raw_wake,
-        Self::raw_drop,
-    );
-
     /// A counter at zero.
     pub const fn new() -> Self {
         WakeCounter {
@@ -75,187 +73,232 @@ impl WakeCounter {
     }
 
     /// A waker that adds one to this counter each time it is woken.
-    pub fn waker(&'static self) -> Waker {
-        let data: *const Self = self;
-        // SAFETY: the vtable's functions only read `data` as a `&'static WakeCounter`,
-        // which it is, and `WakeCounter` is `Sync`, so the waker may be sent anywhere.
-        unsafe { Waker::from_raw(RawWaker::new(data.cast(), &Self::VTABLE)) }
+    pub fn waker(self: &Arc<Self>) -> Waker {
+        Waker::from(Arc::clone(self))
     }
 
     /// Returns the number of wake-ups so far and resets the count to zero.
     pub fn take(&self) -> usize {
         self.wakes.swap(0, Ordering::Relaxed)
     }
-
-    /// # Safety
-    ///
-    /// `data` comes from [`WakeCounter::waker`]: a `&'static WakeCounter`.
-    unsafe fn raw_clone(data: *const ()) -> RawWaker {
-        RawWaker::new(data, &Self::VTABLE)
-    }
-
-    /// # Safety
-    ///
-    /// `data` comes from [`WakeCounter::waker`]: a `&'static WakeCounter`.
-    unsafe fn raw_wake(data: *const ()) {
-        // SAFETY: per this function's contract `data` is a live `&'static WakeCounter`.
-        let this = unsafe { &*data.cast::<Self>() };
-        this.wakes.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Nothing to release: the counter is `'static`.
-    unsafe fn raw_drop(_: *const ()) {}
 }
 
-/// A vector of futures (or any values) that stay pinned where they were pushed.
-///
-/// It never grows past the capacity it was made with (pushing past it panics instead of
-/// moving the elements), hands elements out only as `Pin<&mut F>`, and drops them in
-/// place. [`recycle`](Self::recycle) empties it and reuses its allocation for another
-/// element type of the same layout, typically the same future type borrowing a
-/// different (fresh) cell, so a benchmark loop allocates its storage once.
-///
-/// ```
-/// use deferred_benches::{poll_noop, PinVec};
-///
-/// let mut futs = PinVec::with_capacity(2);
-/// futs.push(core::future::ready(1));
-/// futs.push(core::future::ready(2));
-/// assert!(poll_noop(futs.get(1)).is_ready());
-/// let spare: PinVec<()> = futs.recycle();
-/// assert_eq!(spare.len(), 0);
-/// ```
-#[derive(Debug)]
-pub struct PinVec<F> {
-    items: Vec<F>,
+impl Wake for WakeCounter {
+    #[inline]
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    #[inline]
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.wakes.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
-impl<F> PinVec<F> {
-    /// An empty vector with room for `capacity` elements.
-    pub fn with_capacity(capacity: usize) -> Self {
-        PinVec {
-            items: Vec::with_capacity(capacity),
-        }
+/// Keeps `n` futures pinned at once on the stack and drives them through one
+/// wait-and-wake round.
+///
+/// Each level of the recursion makes up to four futures with `make` (four while at least
+/// four remain, else one), pins each on its own stack frame ([`pin!`]) and polls each
+/// once with `waker`, which must leave it pending (registered); then it recurses. At the
+/// bottom, after the `n`-th future was polled, `bottom` runs (it completes or notifies
+/// whatever the futures wait for). On the way back each level polls its futures again,
+/// last made first, each of which must now be ready, hands each output to `ready`, and
+/// drops them. So the futures are registered in the order they were made, and polled to
+/// completion and dropped in the reverse order.
+///
+/// Nothing is allocated here. A waiter costs its future plus a share of a stack frame:
+/// four futures per frame keep that share (and the call overhead, which a benchmark times
+/// alike for every implementation) to a few words, and `n` is bounded by the stack of the
+/// calling thread.
+///
+/// ```
+/// use std::sync::Arc;
+/// use deferred_benches::{chain, WakeCounter};
+/// use deferred_core::Deferred;
+///
+/// let wakes = Arc::new(WakeCounter::new());
+/// let cell = Deferred::<u64>::new();
+/// let mut sum = 0;
+/// chain(
+///     3,
+///     &wakes.waker(),
+///     &mut || cell.wait(),
+///     &mut || cell.succeed(7).unwrap(),
+///     &mut |out| sum += *out.unwrap(),
+/// );
+/// assert_eq!(sum, 21);
+/// assert!(wakes.take() >= 3);
+/// ```
+///
+/// # Panics
+///
+/// If a future is ready on its first poll, or still pending on its second.
+pub fn chain<F: Future>(
+    n: usize,
+    waker: &Waker,
+    make: &mut impl FnMut() -> F,
+    bottom: &mut impl FnMut(),
+    ready: &mut impl FnMut(F::Output),
+) {
+    let cx = &mut Context::from_waker(waker);
+    if n >= 4 {
+        let mut a = pin!(make());
+        register(a.as_mut(), cx);
+        let mut b = pin!(make());
+        register(b.as_mut(), cx);
+        let mut c = pin!(make());
+        register(c.as_mut(), cx);
+        let mut d = pin!(make());
+        register(d.as_mut(), cx);
+        chain(n - 4, waker, make, bottom, ready);
+        ready(woken(d, cx));
+        ready(woken(c, cx));
+        ready(woken(b, cx));
+        ready(woken(a, cx));
+    } else if n > 0 {
+        let mut a = pin!(make());
+        register(a.as_mut(), cx);
+        chain(n - 1, waker, make, bottom, ready);
+        ready(woken(a, cx));
+    } else {
+        bottom();
     }
+}
 
-    /// How many elements it holds.
-    pub fn len(&self) -> usize {
-        self.items.len()
+/// The first poll of a [`chain`] waiter: it must be pending.
+#[inline(always)]
+fn register<F: Future>(fut: Pin<&mut F>, cx: &mut Context<'_>) {
+    if fut.poll(cx).is_ready() {
+        panic!("a waiter was ready before the wake-up");
     }
+}
 
-    /// Whether it holds no element.
-    pub fn is_empty(&self) -> bool {
-        self.items.is_empty()
-    }
-
-    /// How many elements it can hold.
-    pub fn capacity(&self) -> usize {
-        self.items.capacity()
-    }
-
-    /// Appends `item`.
-    ///
-    /// # Panics
-    ///
-    /// If the vector is full: growing would move the pinned elements.
-    #[inline]
-    #[track_caller]
-    pub fn push(&mut self, item: F) {
-        assert!(
-            self.items.len() < self.items.capacity(),
-            "PinVec is full (capacity {})",
-            self.items.capacity()
-        );
-        self.items.push(item);
-    }
-
-    /// The element at `index`, pinned.
-    ///
-    /// # Panics
-    ///
-    /// If `index` is out of bounds.
-    #[inline]
-    #[track_caller]
-    pub fn get(&mut self, index: usize) -> Pin<&mut F> {
-        // SAFETY: elements are never moved once pushed: the buffer never reallocates
-        // (`push` refuses to grow it), nothing moves an element out, and elements are
-        // dropped in place (`clear`, `recycle` and `Vec`'s own drop) before the buffer
-        // is freed or reused.
-        unsafe { Pin::new_unchecked(&mut self.items[index]) }
-    }
-
-    /// Drops every element in place, keeping the allocation.
-    pub fn clear(&mut self) {
-        self.items.clear();
-    }
-
-    /// Drops every element in place and returns the emptied storage as a vector of `G`.
-    ///
-    /// Where `G` has the layout of `F` (the same future type with another lifetime, say)
-    /// the allocation and its capacity are kept; otherwise this allocates anew.
-    pub fn recycle<G>(mut self) -> PinVec<G> {
-        self.items.clear();
-        // In-place collection: an empty source, so the closure never runs, and the
-        // buffer is reused when the layouts match.
-        let items = self
-            .items
-            .into_iter()
-            .map(|_| -> G { unreachable!("the vector was cleared") })
-            .collect();
-        PinVec { items }
+/// The second poll of a [`chain`] waiter: it must be ready.
+#[inline(always)]
+fn woken<F: Future>(fut: Pin<&mut F>, cx: &mut Context<'_>) -> F::Output {
+    match fut.poll(cx) {
+        Poll::Ready(out) => out,
+        Poll::Pending => panic!("a waiter was not woken"),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use core::{cell::Cell, future::pending, ptr};
-
-    #[test]
-    fn recycle_keeps_the_allocation() {
-        struct Borrowing<'a>(&'a Cell<u32>, [u64; 3]);
-        impl Drop for Borrowing<'_> {
-            fn drop(&mut self) {
-                self.0
-                    .set(self.0.get() + 1 + u32::from(self.1 == [u64::MAX; 3]));
-            }
-        }
-
-        let mut spare: PinVec<Borrowing<'static>> = PinVec::with_capacity(16);
-        let buf = spare.items.as_ptr();
-        for round in 0..3 {
-            let drops = Cell::new(0);
-            let mut v: PinVec<Borrowing<'_>> = spare.recycle();
-            assert_eq!(v.capacity(), 16);
-            assert!(ptr::eq(v.items.as_ptr().cast(), buf));
-            for _ in 0..16 {
-                v.push(Borrowing(&drops, [round; 3]));
-            }
-            assert_eq!(v.len(), 16);
-            spare = v.recycle();
-            assert_eq!(drops.get(), 16);
-        }
-        assert!(spare.is_empty());
-    }
-
-    #[test]
-    #[should_panic(expected = "PinVec is full")]
-    fn push_past_capacity_panics() {
-        let mut v = PinVec::with_capacity(1);
-        v.push(1_u64);
-        v.push(2_u64);
-    }
+    use core::{cell::Cell, future::pending, hint::black_box};
+    use deferred_core::Deferred;
+    use std::thread;
 
     #[test]
     fn counting_waker_counts() {
-        static WAKES: WakeCounter = WakeCounter::new();
-        let w = WAKES.waker();
+        let wakes = Arc::new(WakeCounter::new());
+        let w = wakes.waker();
         assert!(w.will_wake(&w.clone()));
         w.wake_by_ref();
         let clone = w.clone();
         clone.wake();
         drop(w.clone());
-        assert_eq!(WAKES.take(), 2);
+        assert_eq!(wakes.take(), 2);
+        drop(w);
+        // Every waker released its reference.
+        assert_eq!(Arc::strong_count(&wakes), 1);
+    }
+
+    #[test]
+    fn chain_registers_in_order_and_completes_in_reverse() {
+        // Both shapes of level (four futures, one future) and their mixes.
+        for n in 0..=10 {
+            let wakes = Arc::new(WakeCounter::new());
+            let cell = Deferred::<u64>::new();
+            let made = Cell::new(0_usize);
+            let mut order = Vec::new();
+            let mut bottom_runs = 0;
+            chain(
+                n,
+                &wakes.waker(),
+                &mut || {
+                    made.set(made.get() + 1);
+                    let tag = made.get();
+                    let wait = cell.wait();
+                    async move { (tag, *wait.await.unwrap()) }
+                },
+                &mut || {
+                    bottom_runs += 1;
+                    assert_eq!(made.get(), n, "every waiter is made before the bottom");
+                    cell.succeed(7).unwrap();
+                },
+                &mut |out| order.push(out),
+            );
+            assert_eq!(bottom_runs, 1);
+            let expected: Vec<_> = (1..=n).rev().map(|tag| (tag, 7)).collect();
+            assert_eq!(order, expected, "n = {n}");
+            assert!(wakes.take() >= n);
+        }
+    }
+
+    #[test]
+    fn chain_of_zero_only_runs_the_bottom() {
+        let mut bottom_runs = 0;
+        chain(
+            0,
+            Waker::noop(),
+            &mut pending::<()>,
+            &mut || bottom_runs += 1,
+            &mut |()| unreachable!(),
+        );
+        assert_eq!(bottom_runs, 1);
+    }
+
+    #[test]
+    #[should_panic(expected = "not woken")]
+    fn chain_panics_when_a_waiter_is_not_woken() {
+        chain(
+            5,
+            Waker::noop(),
+            &mut pending::<()>,
+            &mut || {},
+            &mut |()| {},
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "ready before the wake-up")]
+    fn chain_panics_when_a_waiter_is_ready_at_once() {
+        chain(
+            4,
+            Waker::noop(),
+            &mut || core::future::ready(()),
+            &mut || {},
+            &mut |()| {},
+        );
+    }
+
+    /// `core/wake_all` goes up to 4096 waiters on criterion's thread (the main thread, 8 MiB
+    /// of stack on usual Linux settings). A waiter takes its future plus a few words of
+    /// stack in the bench profile (about 100 bytes for `Wait`, some 400 KiB for 4096) and
+    /// three to four times that unoptimized (some 1.5 MiB), so 4096 unoptimized waiters
+    /// fitting in 4 MiB leaves the bench ample margin.
+    #[test]
+    fn chain_of_4096_fits_a_small_stack() {
+        thread::Builder::new()
+            .stack_size(4 << 20)
+            .spawn(|| {
+                let wakes = Arc::new(WakeCounter::new());
+                let cell = Deferred::<u64>::new();
+                let mut sum = 0;
+                chain(
+                    4096,
+                    &wakes.waker(),
+                    &mut || cell.wait(),
+                    &mut || cell.succeed(1).unwrap(),
+                    &mut |out| sum += *black_box(out).unwrap(),
+                );
+                assert_eq!(sum, 4096);
+            })
+            .unwrap()
+            .join()
+            .unwrap();
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! invocations start from a cleaned environment (see `cmd`), so a local run and a CI run build
 //! the same thing.
 
+#![forbid(unsafe_code)]
+
 mod bench;
 mod ci;
 mod clippy;
