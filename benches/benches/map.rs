@@ -404,17 +404,13 @@ fn stampede_1000(c: &mut Criterion) {
     g.finish();
 }
 
-/// Short runs (1 s warm-up, 2 s measurement, 50 samples) keep the whole suite to a few
-/// minutes; criterion's command line can still override them.
+/// The shared settings: `deferred_benches::criterion_config`.
 mod suite {
     use super::*;
 
     criterion_group! {
         name = benches;
-        config = Criterion::default()
-            .warm_up_time(Duration::from_secs(1))
-            .measurement_time(Duration::from_secs(2))
-            .sample_size(50);
+        config = deferred_benches::criterion_config();
         targets = reads, miss_ready, stampede_1000
     }
 }

@@ -14,6 +14,7 @@
 //!
 //! This crate, like every crate of the workspace but `deferred-core`, has no `unsafe`.
 
+use core::time::Duration;
 use core::{
     future::{Future, IntoFuture},
     pin::{pin, Pin},
@@ -21,6 +22,16 @@ use core::{
     task::{Context, Poll, Waker},
 };
 use std::{sync::Arc, task::Wake};
+
+/// The criterion settings every bench target uses: short runs (1 s warm-up, 2 s
+/// measurement, 50 samples) keep a whole suite to a few minutes; criterion's command line
+/// can still override them.
+pub fn criterion_config() -> criterion::Criterion {
+    criterion::Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(50)
+}
 
 /// Polls `fut` once with a waker that does nothing ([`Waker::noop`]).
 #[inline]
