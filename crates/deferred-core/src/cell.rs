@@ -123,10 +123,9 @@ pub struct Deferred<T, E = Infallible> {
 // `Send` when they are. Its wait lists hold raw pointers to nodes whose owners keep them
 // alive while linked; those are only touched under the cell's lock.
 unsafe impl<T: Send, E: Send> Send for Deferred<T, E> {}
-// SAFETY: through `&Deferred` a thread can move a `T`/`E` in (completion: needs `Send`) and
-// read `&T`/`&E` that other threads read too (needs `Sync`). All shared mutation of the
-// state is atomic; the payload is written once before DONE is published with Release and
-// only read after DONE is observed with Acquire; the lists are guarded by LOCKED.
+// SAFETY: `&Deferred` moves a `T`/`E` in (`Send`) and hands `&T`/`&E` to many threads
+// (`Sync`); the payload is written once before DONE (Release) and read only after DONE is
+// seen (Acquire); every other shared change is atomic or under LOCKED.
 unsafe impl<T: Send + Sync, E: Send + Sync> Sync for Deferred<T, E> {}
 
 impl<T, E> Deferred<T, E> {

@@ -227,11 +227,10 @@ impl<T, E, F, Fut> Lazy<T, E, F, Fut> {
         if shared.cell.is_done() || !shared.try_take_empty() {
             return Err(fut);
         }
-        // SAFETY: DRIVING gives this thread sole access to `computation`, which is
-        // `Finished` (EMPTY was set).
-        shared
-            .computation
-            .with_mut(|c| unsafe { *c = Computation::Running(fut) });
+        shared.computation.with_mut(|c| {
+            // SAFETY: DRIVING (taken over EMPTY) gives this thread sole access.
+            unsafe { *c = Computation::Running(fut) }
+        });
         shared.release_drive(false);
         if shared.cell.is_done() {
             // Completed meanwhile: the next driver drops the computation unrun.
