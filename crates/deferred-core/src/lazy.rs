@@ -2,7 +2,10 @@
 //! and that any of its awaiters can drive.
 
 use alloc::boxed::Box;
-use alloc::{sync::Arc, task::Wake};
+use alloc::{
+    sync::{Arc, Weak},
+    task::Wake,
+};
 use core::{
     convert::Infallible,
     fmt,
@@ -39,13 +42,17 @@ enum Computation<F, Fut> {
 struct Shared<T, E, F, Fut> {
     cell: Deferred<T, E>,
     drive: AtomicUsize,
-    /// Live `Lazy` handles (the `Arc` is also held by the wakers the computation is polled
-    /// with). When the last handle goes, no one can await the cell any more, so the
-    /// computation is dropped: a computation that keeps its own waker would otherwise hold
-    /// itself alive through the `Arc`.
-    handles: AtomicUsize,
     /// Guarded by DRIVING.
     computation: UnsafeCell<Computation<F, Fut>>,
+    /// The waker target the computation is polled with. It points back here weakly, so a
+    /// computation that keeps its own waker does not keep itself alive: when the last
+    /// `Lazy` handle goes, the cell and its computation go too.
+    relay: Arc<Relay<T, E, F, Fut>>,
+}
+
+/// What the computation's waker points at: the shared state, weakly.
+struct Relay<T, E, F, Fut> {
+    shared: Weak<Shared<T, E, F, Fut>>,
 }
 
 // SAFETY: `computation` is only reached by the thread holding DRIVING, which may be any
@@ -90,21 +97,8 @@ pub type BoxInit<T, E> = fn() -> BoxFuture<T, E>;
 
 impl<T, E, F, Fut> Clone for Lazy<T, E, F, Fut> {
     fn clone(&self) -> Self {
-        // Relaxed: a new handle is made from a live one, as `Arc::clone` does.
-        self.shared.handles.fetch_add(1, Relaxed);
         Lazy {
             shared: Arc::clone(&self.shared),
-        }
-    }
-}
-
-impl<T, E, F, Fut> Drop for Lazy<T, E, F, Fut> {
-    fn drop(&mut self) {
-        // AcqRel: the last handle's `abort` must see every other handle's use of the cell.
-        if self.shared.handles.fetch_sub(1, AcqRel) == 1 {
-            // No one can await the cell any more: drop the computation (and with it any
-            // waker it kept, which holds the `Arc`), and cancel the cell if it is pending.
-            self.abort();
         }
     }
 }
@@ -186,11 +180,13 @@ impl<T, E, F, Fut> Lazy<T, E, F, Fut> {
     fn with_computation(computation: Computation<F, Fut>) -> Self {
         let empty = matches!(computation, Computation::Finished);
         Lazy {
-            shared: Arc::new(Shared {
+            shared: Arc::new_cyclic(|weak| Shared {
                 cell: Deferred::new(),
                 drive: AtomicUsize::new(if empty { EMPTY } else { 0 }),
-                handles: AtomicUsize::new(1),
                 computation: UnsafeCell::new(computation),
+                relay: Arc::new(Relay {
+                    shared: Weak::clone(weak),
+                }),
             }),
         }
     }
@@ -397,7 +393,7 @@ where
         }
 
         let bail = Bail(self);
-        let waker = Waker::from(Arc::clone(self));
+        let waker = Waker::from(Arc::clone(&self.relay));
         let mut cx = Context::from_waker(&waker);
         // SAFETY: DRIVING gives this thread sole access to `computation`. The future lives
         // in the `Arc`'s allocation and is only ever dropped in place, so pinning holds.
@@ -445,7 +441,7 @@ where
     }
 }
 
-impl<T, E, F, Fut> Wake for Shared<T, E, F, Fut>
+impl<T, E, F, Fut> Wake for Relay<T, E, F, Fut>
 where
     T: Send + Sync + 'static,
     E: Send + Sync + 'static,
@@ -457,12 +453,15 @@ where
     }
 
     /// The computation can make progress: tell the driver, if one is polling, and wake
-    /// every waiter, so whichever is polled next drives it.
+    /// every waiter, so whichever is polled next drives it. Nothing to do if every handle
+    /// is gone.
     fn wake_by_ref(self: &Arc<Self>) {
-        // Relaxed: the flag is only read by the RMW that releases DRIVING, and the
-        // waiters are reached through the cell's lock.
-        self.drive.fetch_or(REPOLL, Relaxed);
-        self.cell.notify_waiters();
+        if let Some(shared) = self.shared.upgrade() {
+            // Relaxed: the flag is only read by the RMW that releases DRIVING, and the
+            // waiters are reached through the cell's lock.
+            shared.drive.fetch_or(REPOLL, Relaxed);
+            shared.cell.notify_waiters();
+        }
     }
 }
 

@@ -729,7 +729,7 @@ where
     }
 
     /// A clone of the outcome at `key`, if the key is present and complete (fs2-es `tryGet`).
-    /// Never waits.
+    /// Never waits. The clone is made under the key's shard lock: keep `Clone` cheap.
     ///
     /// ```
     /// use deferred_map::DeferredMap;
@@ -744,13 +744,16 @@ where
         E: Clone,
     {
         let hash = self.hash(key);
-        // The value is cloned after the lock is released (`Clone` is user code): the cell
-        // handle keeps it alive meanwhile.
-        let cell = self
-            .shard(hash)
-            .with(|t| t.find(hash, |s| s.key == *key).map(|s| s.cell.clone()))?;
-        cell.try_get()
-            .map(|outcome| outcome.cloned().map_err(Error::cloned))
+        // The value is cloned under the shard lock, as dashmap's guard does: taking a
+        // handle to the cell instead, to clone after unlocking, would make every reader of
+        // a hot key bounce the cell's reference count between cores. Keep `Clone` cheap
+        // (wrap large values in `Arc`).
+        self.shard(hash).with(|t| {
+            let slot = t.find(hash, |s| s.key == *key)?;
+            slot.cell
+                .try_get()
+                .map(|outcome| outcome.cloned().map_err(Error::cloned))
+        })
     }
 
     /// Whether the cell at `key` is complete; `None` if the key is absent (fs2-es
