@@ -85,6 +85,15 @@ union Payload<T, E> {
     err: ManuallyDrop<E>,
 }
 
+/// How `begin` won the right to complete.
+#[derive(Clone, Copy)]
+enum Won {
+    /// By the fast path: WON and LOCKED are ours; the state word was this before.
+    Alone(usize),
+    /// By `fetch_or(WON)`: others may be linking waiters meanwhile.
+    Shared,
+}
+
 /// What polling a node found.
 pub(crate) enum Polled {
     /// The cell is complete; the state word as read with Acquire.
@@ -190,14 +199,14 @@ impl<T, E> Deferred<T, E> {
     /// assert_eq!(cell.get().map(String::as_str), Some("a"));
     /// ```
     pub fn succeed(&self, value: T) -> Result<(), T> {
-        let mut value = Some(value);
-        let won = self.complete_with(OK, || Payload {
-            ok: ManuallyDrop::new(value.take().unwrap_or_else(|| unreachable!())),
+        let Some(won) = self.begin() else {
+            return Err(value);
+        };
+        self.write(Payload {
+            ok: ManuallyDrop::new(value),
         });
-        match value {
-            Some(value) if !won => Err(value),
-            _ => Ok(()),
-        }
+        self.finish(won, OK);
+        Ok(())
     }
 
     /// Completes the cell with the error `error` (Kotlin `completeExceptionally`, Effect
@@ -210,14 +219,14 @@ impl<T, E> Deferred<T, E> {
     /// assert_eq!(cell.try_get(), Some(Err(Error::Failed(&"nope"))));
     /// ```
     pub fn fail(&self, error: E) -> Result<(), E> {
-        let mut error = Some(error);
-        let won = self.complete_with(ERR, || Payload {
-            err: ManuallyDrop::new(error.take().unwrap_or_else(|| unreachable!())),
+        let Some(won) = self.begin() else {
+            return Err(error);
+        };
+        self.write(Payload {
+            err: ManuallyDrop::new(error),
         });
-        match error {
-            Some(error) if !won => Err(error),
-            _ => Ok(()),
-        }
+        self.finish(won, ERR);
+        Ok(())
     }
 
     /// Completes the cell with `result`: `Ok` as [`succeed`](Self::succeed), `Err` as
@@ -267,53 +276,60 @@ impl<T, E> Deferred<T, E> {
     }
 
     fn complete_empty(&self, kind: usize) -> bool {
-        if !self.win() {
-            return false;
+        match self.begin() {
+            Some(won) => {
+                self.finish(won, kind);
+                true
+            }
+            None => false,
         }
-        self.publish(kind);
-        true
     }
 
-    /// Completes with `kind`, writing the payload that `make` returns (called once, only if
-    /// this call wins). Returns whether it won.
+    /// Takes the right to complete the cell; `None` if someone else has it. Exactly one
+    /// caller ever gets `Some`, and must then `finish` (after `write`, for a value or an
+    /// error).
+    ///
+    /// Fast path: no waiter, no lock holder, no other completer. Taking WON and LOCKED in one
+    /// CAS keeps everyone else from changing the word (they only take LOCKED when it is
+    /// clear, and a losing completer's `fetch_or(WON)` changes nothing), so `finish` can
+    /// publish and drop the lock with one plain Release store. A waiter that arrives
+    /// meanwhile waits on the lock for the duration of one move of the value.
     #[inline]
-    fn complete_with(&self, kind: usize, make: impl FnOnce() -> Payload<T, E>) -> bool {
-        // Fast path: no waiter, no lock holder, no other completer. Taking WON and LOCKED in
-        // one CAS keeps everyone else from changing the word (they only take LOCKED when it
-        // is clear, and a losing completer's `fetch_or(WON)` changes nothing), so one plain
-        // Release store can publish the payload and drop the lock. A waiter that arrives
-        // meanwhile waits on the lock for the duration of one move of the value.
+    fn begin(&self) -> Option<Won> {
         let state = self.state.load(Relaxed);
-        if state & (WON | LOCKED | WAITERS | CLAIMANTS) == 0 {
-            // Acquire: we take LOCKED, so pair with the Release of the last `unlock`.
-            if self
+        // Acquire: we take LOCKED, so pair with the Release of the last `unlock`.
+        if state & (WON | LOCKED | WAITERS | CLAIMANTS) == 0
+            && self
                 .state
                 .compare_exchange(state, state | WON | LOCKED, Acquire, Relaxed)
                 .is_ok()
-            {
-                let payload = make();
-                // SAFETY: WON is ours: no one else writes the slot, and no one reads it
-                // before DONE is published below.
-                self.slot.with_mut(|slot| unsafe { (*slot).write(payload) });
-                // Release: pairs with the Acquire loads that see DONE (they then read the
-                // payload) and with the Acquire in `lock` (this also releases LOCKED).
-                crate::loom::store_over_rmws(
-                    &self.state,
-                    state | WON | DONE | (kind << KIND_SHIFT),
-                    Release,
-                );
-                return true;
-            }
+        {
+            return Some(Won::Alone(state));
         }
-        if !self.win() {
-            return false;
-        }
-        let payload = make();
-        // SAFETY: winning WON gives this thread the only right to write the slot, and no
-        // one reads it before DONE is published below.
+        self.win().then_some(Won::Shared)
+    }
+
+    /// Writes the payload.
+    #[inline]
+    fn write(&self, payload: Payload<T, E>) {
+        // SAFETY: only called between a successful `begin` (WON is ours: no one else writes
+        // the slot) and `finish` (no one reads it before DONE is published).
         self.slot.with_mut(|slot| unsafe { (*slot).write(payload) });
-        self.publish(kind);
-        true
+    }
+
+    /// Publishes the outcome `kind` and wakes everyone who waits.
+    #[inline]
+    fn finish(&self, won: Won, kind: usize) {
+        match won {
+            // Release: pairs with the Acquire loads that see DONE (they then read the
+            // payload) and with the Acquire in `lock` (this also releases LOCKED).
+            Won::Alone(state) => crate::loom::store_over_rmws(
+                &self.state,
+                state | WON | DONE | (kind << KIND_SHIFT),
+                Release,
+            ),
+            Won::Shared => self.publish(kind),
+        }
     }
 
     /// Takes the right to write the payload. Exactly one caller ever gets `true`.

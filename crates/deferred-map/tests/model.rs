@@ -67,7 +67,7 @@ proptest! {
         // Handles taken with `cell`, which keep pending entries in place.
         let mut handles: Vec<Cell<u32, ()>> = Vec::new();
         for op in ops {
-            match op {
+            match op.clone() {
                 Op::AddValue(k, v) => {
                     let expect = match model.get(&k) {
                         None | Some(None) => { model.insert(k, Some(v)); true }
@@ -104,19 +104,11 @@ proptest! {
                     if expect == Some(true) { model.remove(&k); }
                     prop_assert_eq!(map.remove_if_incomplete(&k), expect);
                 }
-                Op::GetOrAddValue(k, v) => {
-                    let polled = poll_once(map.get_or_add_value(k, v));
-                    match model.get(&k).copied() {
-                        None => {
-                            model.insert(k, Some(v));
-                            prop_assert_eq!(polled, Poll::Ready(Ok(v)));
-                        }
-                        Some(Some(old)) => prop_assert_eq!(polled, Poll::Ready(Ok(old))),
-                        Some(None) => prop_assert!(polled.is_pending()),
-                    }
-                }
-                Op::GetOrAddReady(k, v) => {
-                    let polled = poll_once(map.get_or_add_with(k, move || async move { Ok(v) }));
+                Op::GetOrAddValue(k, v) | Op::GetOrAddReady(k, v) => {
+                    let polled = match op {
+                        Op::GetOrAddValue(..) => poll_once(map.get_or_add_value(k, v)),
+                        _ => poll_once(map.get_or_add_with(k, move || async move { Ok(v) })),
+                    };
                     match model.get(&k).copied() {
                         None => {
                             model.insert(k, Some(v));
