@@ -174,6 +174,20 @@ impl<T, E> Lazy<T, E> {
     pub fn pending() -> Self {
         Self::with_computation(Computation::Finished)
     }
+
+    /// A cell already complete with `value`.
+    ///
+    /// ```
+    /// use deferred_core::Lazy;
+    /// let cell: Lazy<u8> = Lazy::ready(4);
+    /// assert_eq!(cell.get(), Some(&4));
+    /// ```
+    pub fn ready(value: T) -> Self {
+        let lazy = Self::pending();
+        // A fresh cell has no other handle: this completion always wins.
+        let _ = lazy.shared.cell.succeed(value);
+        lazy
+    }
 }
 
 impl<T, E, F, Fut> Lazy<T, E, F, Fut> {

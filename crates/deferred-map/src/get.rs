@@ -42,6 +42,8 @@ pub struct Get<'a, K, V, E, S> {
     cell: Cell<V, E>,
     /// Whether this future counts as interest in a transient entry (see `Slot`).
     interest: bool,
+    /// Whether the call that made this future added the entry.
+    added: bool,
     /// Made on the first `Pending`, so reading a complete value allocates nothing.
     wait: Option<Pin<Box<OwnedLazyWait<V, E>>>>,
     done: bool,
@@ -53,12 +55,14 @@ impl<'a, K, V, E, S> Get<'a, K, V, E, S> {
         hash: u64,
         cell: Cell<V, E>,
         interest: bool,
+        added: bool,
     ) -> Self {
         Get {
             map,
             hash,
             cell,
             interest,
+            added,
             wait: None,
             done: false,
         }
@@ -74,6 +78,21 @@ impl<'a, K, V, E, S> Get<'a, K, V, E, S> {
     /// ```
     pub fn cell(&self) -> &Cell<V, E> {
         &self.cell
+    }
+
+    /// Whether the call that made this future added the key's entry: for
+    /// [`get_or_add_with`](DeferredMap::get_or_add_with), whether the computation that runs
+    /// is the one this caller gave (the others' are dropped unrun).
+    ///
+    /// ```
+    /// use deferred_map::DeferredMap;
+    /// let map: DeferredMap<u8, u8> = DeferredMap::new();
+    /// let first = map.get_or_add_with(1, || async { Ok(1) });
+    /// let second = map.get_or_add_with(1, || async { Ok(2) });
+    /// assert!(first.added() && !second.added());
+    /// ```
+    pub fn added(&self) -> bool {
+        self.added
     }
 }
 
@@ -137,6 +156,7 @@ impl<K, V, E, S> fmt::Debug for Get<'_, K, V, E, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Get")
             .field("interest", &self.interest)
+            .field("added", &self.added)
             .field("done", &self.done)
             .finish_non_exhaustive()
     }

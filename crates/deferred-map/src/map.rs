@@ -143,6 +143,29 @@ impl<K, V, E, S> DeferredMap<K, V, E, S> {
         }
     }
 
+    /// The map's hasher.
+    ///
+    /// ```
+    /// use std::hash::BuildHasher;
+    /// use deferred_map::DeferredMap;
+    /// let map: DeferredMap<u8, u8> = DeferredMap::new();
+    /// assert_eq!(map.hasher().hash_one(1u8), map.hasher().hash_one(1u8));
+    /// ```
+    pub fn hasher(&self) -> &S {
+        &self.hasher
+    }
+
+    /// The number of shards (each behind its own lock): a power of two.
+    ///
+    /// ```
+    /// use deferred_map::DeferredMap;
+    /// let map: DeferredMap<u8, u8> = DeferredMap::new();
+    /// assert!(map.shard_count().is_power_of_two());
+    /// ```
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
     fn shard(&self, hash: u64) -> &SpinMutex<HashTable<Slot<K, V, E>>> {
         // The top bits pick the shard; hashbrown uses the low ones within it.
         let index = if self.shift == u64::BITS {
@@ -334,6 +357,31 @@ where
             })
     }
 
+    /// As `find(hash, key, true)`, except that a transient entry that has already failed
+    /// counts as absent and is removed (its waiters hold their own handles): a failure is
+    /// never served to a caller that came after it, even before the failed computation's
+    /// waiters have settled.
+    fn find_live(&self, hash: u64, key: &K) -> Found<V, E> {
+        let mut stale = None;
+        let found = self.shard(hash).with(|t| {
+            let Ok(mut entry) = t.find_entry(hash, |s| s.key == *key) else {
+                return Found::Miss;
+            };
+            let slot = entry.get_mut();
+            if slot.transient && matches!(slot.cell.try_get(), Some(Err(_))) {
+                stale = Some(entry.remove().0);
+                return Found::Miss;
+            }
+            let interest = slot.transient && !slot.cell.is_done();
+            if interest {
+                slot.interest += 1;
+            }
+            Found::Hit(slot.cell.clone(), interest)
+        });
+        drop(stale); // outside the lock: dropping runs user code
+        found
+    }
+
     /// Inserts `cell` under `key` unless the key is present. Whatever was not used (the key
     /// and `cell` when the key was present) comes back in `Placed::unused`, for the caller
     /// to drop after the lock is released: dropping them runs user code.
@@ -394,10 +442,10 @@ where
     pub fn get(&self, key: K) -> Get<'_, K, V, E, S> {
         let hash = self.hash(&key);
         if let Found::Hit(cell, interest) = self.find(hash, &key, true) {
-            return Get::new(self, hash, cell, interest);
+            return Get::new(self, hash, cell, interest, false);
         }
         let placed = self.insert_or_find(hash, key, Cell::pending(), true, true);
-        Get::new(self, hash, placed.cell, placed.interest)
+        Get::new(self, hash, placed.cell, placed.interest, placed.inserted)
     }
 
     /// Awaits the value at `key` if the key is present; `None` at once if not (fs2-es
@@ -415,7 +463,7 @@ where
     pub fn get_if_present(&self, key: &K) -> Option<Get<'_, K, V, E, S>> {
         let hash = self.hash(key);
         match self.find(hash, key, true) {
-            Found::Hit(cell, interest) => Some(Get::new(self, hash, cell, interest)),
+            Found::Hit(cell, interest) => Some(Get::new(self, hash, cell, interest, false)),
             Found::Miss => None,
         }
     }
@@ -447,14 +495,14 @@ where
         Fut: Future<Output = Result<V, E>> + Send + 'static,
     {
         let hash = self.hash(&key);
-        if let Found::Hit(cell, interest) = self.find(hash, &key, true) {
-            return Get::new(self, hash, cell, interest);
+        if let Found::Hit(cell, interest) = self.find_live(hash, &key) {
+            return Get::new(self, hash, cell, interest, false);
         }
         // Made with no lock held; if another caller inserted meanwhile, ours is dropped
         // unrun.
         let fresh = Cell::boxed(make());
         let placed = self.insert_or_find(hash, key, fresh, true, true);
-        Get::new(self, hash, placed.cell, placed.interest)
+        Get::new(self, hash, placed.cell, placed.interest, placed.inserted)
     }
 
     /// Awaits the value at `key`, or, if the key is absent, adds `cell` there and awaits it
@@ -473,7 +521,7 @@ where
     pub fn get_or_add_cell(&self, key: K, cell: Cell<V, E>) -> Get<'_, K, V, E, S> {
         let hash = self.hash(&key);
         let placed = self.insert_or_find(hash, key, cell, false, true);
-        Get::new(self, hash, placed.cell, placed.interest)
+        Get::new(self, hash, placed.cell, placed.interest, placed.inserted)
     }
 
     /// Awaits the value at `key`, or, if the key is absent, stores `value` there and returns
@@ -490,12 +538,12 @@ where
     pub fn get_or_add_value(&self, key: K, value: V) -> Get<'_, K, V, E, S> {
         let hash = self.hash(&key);
         if let Found::Hit(cell, interest) = self.find(hash, &key, true) {
-            return Get::new(self, hash, cell, interest);
+            return Get::new(self, hash, cell, interest, false);
         }
         let fresh = Cell::pending();
         let _ = fresh.succeed(value);
         let placed = self.insert_or_find(hash, key, fresh, false, true);
-        Get::new(self, hash, placed.cell, placed.interest)
+        Get::new(self, hash, placed.cell, placed.interest, placed.inserted)
     }
 
     /// The cell at `key`, adding an empty one if the key is absent (fs2-es `getDeferred`).
@@ -688,7 +736,7 @@ where
     /// assert_eq!(map.remove_if_completed(&3), None);
     /// ```
     pub fn remove_if_completed(&self, key: &K) -> Option<bool> {
-        self.remove_if(key, |cell| cell.is_done())
+        self.remove_checked(key, |cell| cell.is_done())
     }
 
     /// Removes the entry at `key` if its cell is not complete, atomically (fs2-es
@@ -701,10 +749,10 @@ where
     /// assert_eq!(map.remove_if_incomplete(&1), Some(true));
     /// ```
     pub fn remove_if_incomplete(&self, key: &K) -> Option<bool> {
-        self.remove_if(key, |cell| !cell.is_done())
+        self.remove_checked(key, |cell| !cell.is_done())
     }
 
-    fn remove_if(&self, key: &K, pred: impl Fn(&Cell<V, E>) -> bool) -> Option<bool> {
+    fn remove_checked(&self, key: &K, pred: impl Fn(&Cell<V, E>) -> bool) -> Option<bool> {
         let hash = self.hash(key);
         let mut present = false;
         let removed = self.shard(hash).with(|t| {
@@ -719,7 +767,11 @@ where
         present.then_some(was_removed)
     }
 
-    fn remove_where(&self, key: &K, pred: impl Fn(&Cell<V, E>) -> bool) -> Option<(Cell<V, E>, K)> {
+    fn remove_where(
+        &self,
+        key: &K,
+        pred: impl FnOnce(&Cell<V, E>) -> bool,
+    ) -> Option<(Cell<V, E>, K)> {
         let hash = self.hash(key);
         let removed = self.shard(hash).with(|t| {
             let entry = t.find_entry(hash, |s| s.key == *key).ok()?;
@@ -754,6 +806,86 @@ where
                 .try_get()
                 .map(|outcome| outcome.cloned().map_err(Error::cloned))
         })
+    }
+
+    /// Runs `read` on the outcome at `key` under the key's shard lock, if the key is present
+    /// and complete; `None` otherwise. Never waits, never clones a handle: this is the read
+    /// path for layers that keep their own bookkeeping beside the value (a cache bumping a
+    /// use counter, say). `read` runs with the shard locked: keep it short, and never touch
+    /// this map from inside it.
+    ///
+    /// ```
+    /// use deferred_map::DeferredMap;
+    /// let map: DeferredMap<u8, String> = DeferredMap::new();
+    /// map.add_value(1, "one".to_string());
+    /// assert_eq!(map.try_get_with(&1, |outcome| outcome.map(|s| s.len()).ok()), Some(Some(3)));
+    /// assert_eq!(map.try_get_with(&2, |_| ()), None);
+    /// ```
+    pub fn try_get_with<R>(
+        &self,
+        key: &K,
+        read: impl FnOnce(Result<&V, Error<&E>>) -> R,
+    ) -> Option<R> {
+        let hash = self.hash(key);
+        self.shard(hash).with(|t| {
+            let slot = t.find(hash, |s| s.key == *key)?;
+            slot.cell.try_get().map(read)
+        })
+    }
+
+    /// Stores `cell` at `key`, replacing and returning whatever cell was there. Waiters
+    /// already holding the old cell keep it; it is neither completed nor cancelled here. The
+    /// new entry stays until removed.
+    ///
+    /// ```
+    /// use deferred_map::{Cell, DeferredMap};
+    /// let map: DeferredMap<u8, u8> = DeferredMap::new();
+    /// assert!(map.insert(1, Cell::ready(1)).is_none());
+    /// let old = map.insert(1, Cell::ready(2)).unwrap();
+    /// assert_eq!((old.get(), map.try_get(&1)), (Some(&1), Some(Ok(2))));
+    /// ```
+    pub fn insert(&self, key: K, cell: Cell<V, E>) -> Option<Cell<V, E>> {
+        let hash = self.hash(&key);
+        let replaced = self.shard(hash).with(|t| {
+            match t.entry(hash, |s| s.key == key, |s| s.hash) {
+                hashbrown::hash_table::Entry::Occupied(mut o) => {
+                    let slot = o.get_mut();
+                    slot.transient = false;
+                    slot.interest = 0;
+                    // The old key is kept (it is equal); the given one goes back to be
+                    // dropped outside the lock with the old cell.
+                    Some((core::mem::replace(&mut slot.cell, cell), key))
+                }
+                hashbrown::hash_table::Entry::Vacant(v) => {
+                    v.insert(Slot {
+                        key,
+                        hash,
+                        cell,
+                        transient: false,
+                        interest: 0,
+                    });
+                    None
+                }
+            }
+        });
+        replaced.map(|(old, _key)| old)
+    }
+
+    /// Removes the entry at `key` if `pred` says so for its cell, atomically; returns the
+    /// removed cell. `pred` runs under the key's shard lock: keep it short, and never touch
+    /// this map from inside it. The cell is handed back (and so dropped) after the lock is
+    /// released.
+    ///
+    /// ```
+    /// use deferred_map::{Cell, DeferredMap};
+    /// let map: DeferredMap<u8, u8> = DeferredMap::new();
+    /// let mine: Cell<u8> = Cell::ready(1);
+    /// map.insert(1, mine.clone());
+    /// assert!(map.remove_if(&1, |c| !Cell::ptr_eq(c, &mine)).is_none());
+    /// assert!(map.remove_if(&1, |c| Cell::ptr_eq(c, &mine)).is_some());
+    /// ```
+    pub fn remove_if(&self, key: &K, pred: impl FnOnce(&Cell<V, E>) -> bool) -> Option<Cell<V, E>> {
+        self.remove_where(key, pred).map(|(cell, _)| cell)
     }
 
     /// Whether the cell at `key` is complete; `None` if the key is absent (fs2-es

@@ -1,0 +1,149 @@
+//! `Builder`: capacity, weigher, hasher, loader.
+
+use std::{collections::hash_map::RandomState, fmt, future::Future, marker::PhantomData};
+
+use crate::{cache::Weigher, Cache, LoadingCache};
+
+/// Configures a [`Cache`] or a [`LoadingCache`]. Made by [`Cache::builder`].
+///
+/// ```
+/// use deferred_cache::Cache;
+/// # futures::executor::block_on(async {
+/// let cache = Cache::builder()
+///     .max_capacity(1_000)
+///     .build_with_loader(|id: &u64| {
+///         let id = *id;
+///         async move { Ok::<_, std::io::Error>(id * 2) }
+///     });
+/// assert_eq!(cache.get(21).await.unwrap(), 42);
+/// # });
+/// ```
+pub struct Builder<K, V, E, S = RandomState> {
+    capacity: Option<u64>,
+    weigher: Option<Weigher<K, V>>,
+    hasher: S,
+    initial_capacity: usize,
+    _error: PhantomData<fn() -> E>,
+}
+
+impl<K, V, E> Builder<K, V, E, RandomState> {
+    pub(crate) fn new() -> Self {
+        Builder {
+            capacity: None,
+            weigher: None,
+            hasher: RandomState::new(),
+            initial_capacity: 0,
+            _error: PhantomData,
+        }
+    }
+}
+
+impl<K, V, E, S> Builder<K, V, E, S> {
+    /// Bounds the cache: at most `capacity` entries, or weight units if a
+    /// [`weigher`](Self::weigher) is set. Evicts with S3-FIFO. A capacity of 0 keeps nothing
+    /// (loads are still shared by the callers that wait on them).
+    ///
+    /// ```
+    /// let cache: deferred_cache::Cache<u8, u8> =
+    ///     deferred_cache::Cache::builder().max_capacity(3).build();
+    /// assert_eq!(cache.capacity(), Some(3));
+    /// ```
+    pub fn max_capacity(mut self, capacity: u64) -> Self {
+        self.capacity = Some(capacity);
+        self
+    }
+
+    /// Weighs each value against [`max_capacity`](Self::max_capacity) (without one, a
+    /// weigher has no effect). It runs once per value, when the value is stored, with no
+    /// lock held. A value heavier than the whole capacity is not kept.
+    ///
+    /// ```
+    /// let cache: deferred_cache::Cache<u8, String> = deferred_cache::Cache::builder()
+    ///     .max_capacity(10)
+    ///     .weigher(|_, v: &String| v.len() as u32)
+    ///     .build();
+    /// cache.insert(1, "four".into());
+    /// assert_eq!(cache.weighted_size(), Some(4));
+    /// ```
+    pub fn weigher(mut self, weigher: impl Fn(&K, &V) -> u32 + Send + Sync + 'static) -> Self {
+        self.weigher = Some(Box::new(weigher));
+        self
+    }
+
+    /// Room for `entries` entries up front.
+    ///
+    /// ```
+    /// let cache: deferred_cache::Cache<u8, u8> =
+    ///     deferred_cache::Cache::builder().initial_capacity(100).build();
+    /// assert!(cache.is_empty());
+    /// ```
+    pub fn initial_capacity(mut self, entries: usize) -> Self {
+        self.initial_capacity = entries;
+        self
+    }
+
+    /// The hasher for keys (the default is `std`'s HashDoS-resistant `RandomState`).
+    ///
+    /// ```
+    /// use std::hash::BuildHasherDefault;
+    /// use std::collections::hash_map::DefaultHasher;
+    /// let cache: deferred_cache::Cache<u8, u8, _, _> = deferred_cache::Cache::<u8, u8>::builder()
+    ///     .hasher(BuildHasherDefault::<DefaultHasher>::default())
+    ///     .build();
+    /// assert!(cache.is_empty());
+    /// ```
+    pub fn hasher<H>(self, hasher: H) -> Builder<K, V, E, H> {
+        Builder {
+            capacity: self.capacity,
+            weigher: self.weigher,
+            hasher,
+            initial_capacity: self.initial_capacity,
+            _error: PhantomData,
+        }
+    }
+
+    /// A cache whose loads are given per call ([`Cache::get_with`]).
+    ///
+    /// ```
+    /// let cache: deferred_cache::Cache<u8, u8> = deferred_cache::Cache::builder().build();
+    /// assert!(cache.capacity().is_none());
+    /// ```
+    pub fn build(self) -> Cache<K, V, E, S> {
+        Cache::from_parts(
+            self.capacity,
+            self.weigher,
+            self.hasher,
+            self.initial_capacity,
+        )
+    }
+
+    /// A cache with one loader for every key ([`LoadingCache::get`]).
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// let squares = deferred_cache::Cache::builder()
+    ///     .build_with_loader(|n: &u64| {
+    ///         let n = *n;
+    ///         async move { Ok::<_, String>(n * n) }
+    ///     });
+    /// assert_eq!(squares.get(12).await, Ok(144));
+    /// # });
+    /// ```
+    pub fn build_with_loader<F, Fut>(self, loader: F) -> LoadingCache<K, V, E, S>
+    where
+        F: Fn(&K) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<V, E>> + Send + 'static,
+    {
+        LoadingCache::from_parts(self.build(), loader)
+    }
+}
+
+impl<K, V, E, S> fmt::Debug for Builder<K, V, E, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("capacity", &self.capacity)
+            .field("weigher", &self.weigher.is_some())
+            .field("initial_capacity", &self.initial_capacity)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,479 @@
+//! `Cache`: single-flight loads on a `DeferredMap`, with S3-FIFO capacity and counters.
+
+use std::{
+    collections::hash_map::RandomState,
+    convert::Infallible,
+    fmt,
+    future::Future,
+    hash::{BuildHasher, Hash},
+    sync::Arc,
+    time::Instant,
+};
+
+use deferred_map::{Cell, DeferredMap};
+
+use crate::{
+    get::GetWith,
+    policy::{Meta, Node, Policy},
+    stats::{Counters, Outcome, Stats},
+    Builder,
+};
+
+/// A value in the map, with the policy's view of it.
+pub(crate) struct Stored<V> {
+    pub(crate) value: V,
+    pub(crate) meta: Arc<Meta>,
+}
+
+impl<V: Clone> Clone for Stored<V> {
+    fn clone(&self) -> Self {
+        Stored {
+            value: self.value.clone(),
+            meta: Arc::clone(&self.meta),
+        }
+    }
+}
+
+impl<V> Stored<V> {
+    fn new(value: V) -> Self {
+        Stored {
+            value,
+            meta: Arc::new(Meta::new()),
+        }
+    }
+
+    fn is(&self, meta: &Arc<Meta>) -> bool {
+        Arc::ptr_eq(&self.meta, meta)
+    }
+}
+
+pub(crate) type Map<K, V, E, S> = DeferredMap<K, Stored<V>, Arc<E>, S>;
+
+/// How much of the capacity a value takes.
+pub(crate) type Weigher<K, V> = Box<dyn Fn(&K, &V) -> u32 + Send + Sync>;
+
+/// A concurrent loading cache: N callers that miss one key at the same time run one load,
+/// and every one of them gets its outcome.
+///
+/// * **Single flight.** The load lives in the key's entry (a
+///   [`DeferredMap`] cell) and is driven by whichever waiting caller is polled, so a caller
+///   that is dropped or stalls holds no one up, and no load runs twice.
+/// * **Failures are shared and not kept.** A loader error reaches every waiter as the same
+///   `Arc<E>`; a panic reaches every other waiter as [`LoadError::Panicked`](crate::LoadError)
+///   (the caller whose poll ran the loader unwinds). Either way the entry goes, and the next
+///   read loads again.
+/// * **Bounded** (optionally): S3-FIFO eviction by entries or by weight. Only complete values
+///   are admitted, so a load in flight is never evicted from under its waiters.
+///
+/// Values come out as clones: wrap large ones in `Arc`.
+///
+/// ```
+/// use deferred_cache::Cache;
+/// # futures::executor::block_on(async {
+/// let cache: Cache<u64, String> = Cache::bounded(10_000);
+/// let load = |id: u64| async move { Ok(format!("user {id}")) };
+/// let (a, b) = futures::join!(
+///     cache.get_with(7, || load(7)),
+///     cache.get_with(7, || load(7)), // joins the first load
+/// );
+/// assert_eq!((a.unwrap(), b.unwrap()), ("user 7".to_string(), "user 7".to_string()));
+/// assert_eq!(cache.stats().loads_ok, 1);
+/// # });
+/// ```
+pub struct Cache<K, V, E = Infallible, S = RandomState> {
+    pub(crate) map: Map<K, V, E, S>,
+    policy: Option<Policy<K>>,
+    weigher: Option<Weigher<K, V>>,
+    pub(crate) counters: Arc<Counters>,
+}
+
+impl<K, V, E> Cache<K, V, E, RandomState> {
+    /// An unbounded cache (nothing is evicted; entries go when invalidated) with the default
+    /// hasher.
+    ///
+    /// ```
+    /// let cache: deferred_cache::Cache<u8, u8> = deferred_cache::Cache::new();
+    /// assert!(cache.capacity().is_none());
+    /// ```
+    pub fn new() -> Self {
+        Builder::new().build()
+    }
+
+    /// A cache that holds at most `max_entries` values, evicting with S3-FIFO.
+    ///
+    /// ```
+    /// let cache: deferred_cache::Cache<u8, u8> = deferred_cache::Cache::bounded(100);
+    /// assert_eq!(cache.capacity(), Some(100));
+    /// ```
+    pub fn bounded(max_entries: u64) -> Self {
+        Builder::new().max_capacity(max_entries).build()
+    }
+
+    /// A builder, for capacity by weight, a hasher, or a cache-wide loader.
+    ///
+    /// ```
+    /// let cache: deferred_cache::Cache<String, Vec<u8>> = deferred_cache::Cache::builder()
+    ///     .max_capacity(1 << 20)
+    ///     .weigher(|_key, value: &Vec<u8>| value.len() as u32)
+    ///     .build();
+    /// assert_eq!(cache.capacity(), Some(1 << 20));
+    /// ```
+    pub fn builder() -> Builder<K, V, E, RandomState> {
+        Builder::new()
+    }
+}
+
+impl<K, V, E> Default for Cache<K, V, E, RandomState> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<K, V, E, S> Cache<K, V, E, S> {
+    pub(crate) fn from_parts(
+        capacity: Option<u64>,
+        weigher: Option<Weigher<K, V>>,
+        hasher: S,
+        initial_capacity: usize,
+    ) -> Self {
+        let map = DeferredMap::with_capacity_and_hasher(initial_capacity, hasher);
+        let policy = capacity.map(|c| Policy::new(c, map.shard_count()));
+        Cache {
+            map,
+            policy,
+            weigher,
+            counters: Arc::new(Counters::new()),
+        }
+    }
+
+    /// The capacity (in entries, or in weight units when a weigher is set); `None` if
+    /// unbounded.
+    ///
+    /// ```
+    /// let cache: deferred_cache::Cache<u8, u8> = deferred_cache::Cache::bounded(5);
+    /// assert_eq!(cache.capacity(), Some(5));
+    /// ```
+    pub fn capacity(&self) -> Option<u64> {
+        self.policy.as_ref().map(Policy::capacity)
+    }
+
+    /// The number of entries: values, and loads in flight. A snapshot.
+    ///
+    /// ```
+    /// let cache: deferred_cache::Cache<u8, u8> = deferred_cache::Cache::new();
+    /// cache.insert(1, 1);
+    /// assert_eq!(cache.len(), 1);
+    /// ```
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether the cache has no entries.
+    ///
+    /// ```
+    /// let cache: deferred_cache::Cache<u8, u8> = deferred_cache::Cache::new();
+    /// assert!(cache.is_empty());
+    /// ```
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// The weight of the values counted against capacity (their number when no weigher is
+    /// set); `None` if unbounded. A snapshot.
+    ///
+    /// ```
+    /// let cache: deferred_cache::Cache<u8, u8> = deferred_cache::Cache::bounded(5);
+    /// cache.insert(1, 1);
+    /// assert_eq!(cache.weighted_size(), Some(1));
+    /// ```
+    pub fn weighted_size(&self) -> Option<u64> {
+        self.policy.as_ref().map(Policy::weight)
+    }
+
+    /// A snapshot of the counters.
+    ///
+    /// ```
+    /// let cache: deferred_cache::Cache<u8, u8> = deferred_cache::Cache::new();
+    /// assert_eq!(cache.stats().hits, 0);
+    /// ```
+    pub fn stats(&self) -> Stats {
+        self.counters.snapshot()
+    }
+
+    /// Removes every entry. Loads in flight go on for the callers already waiting on them;
+    /// their values are not stored.
+    ///
+    /// ```
+    /// let cache: deferred_cache::Cache<u8, u8> = deferred_cache::Cache::bounded(8);
+    /// cache.insert(1, 1);
+    /// cache.invalidate_all();
+    /// assert!(cache.is_empty());
+    /// assert_eq!(cache.weighted_size(), Some(0));
+    /// ```
+    pub fn invalidate_all(&self) {
+        let before = self.map.len();
+        // The policy first: a value admitted between the two steps is then one whose node
+        // outlives its entry, which only leaves the books when its node comes round (the
+        // other order would leave an entry the policy no longer sees).
+        if let Some(policy) = &self.policy {
+            policy.clear();
+        }
+        self.map.clear();
+        self.counters.invalidated(before as u64);
+    }
+}
+
+impl<K, V, E, S> Cache<K, V, E, S>
+where
+    K: Hash + Eq + Clone,
+    V: Clone + Send + Sync + 'static,
+    E: Send + Sync + 'static,
+    S: BuildHasher,
+{
+    /// The value at `key`, loading it with `loader` on a miss. However many callers miss the
+    /// same key at once, one loader runs (the first caller's; the others' are dropped
+    /// unrun) and all of them get its outcome. See [`GetWith`] for cancellation and
+    /// [`GetWith::with_source`] to learn whether this caller's loader ran.
+    ///
+    /// `loader` is called only on a miss, with no lock held. The future it returns is stored
+    /// in the entry and driven by whichever waiting caller is polled.
+    ///
+    /// ```
+    /// use deferred_cache::{Cache, LoadError};
+    /// # futures::executor::block_on(async {
+    /// let cache: Cache<&str, u32, String> = Cache::new();
+    /// assert_eq!(cache.get_with("a", || async { Ok(1) }).await, Ok(1));
+    /// assert_eq!(cache.get_with("a", || async { Ok(2) }).await, Ok(1)); // a hit
+    /// let err = cache.get_with("b", || async { Err("down".to_string()) }).await;
+    /// assert!(matches!(err, Err(LoadError::Failed(e)) if *e == "down"));
+    /// assert_eq!(cache.get_with("b", || async { Ok(3) }).await, Ok(3)); // not kept
+    /// # });
+    /// ```
+    pub fn get_with<F, Fut>(&self, key: K, loader: F) -> GetWith<'_, K, V, E, S, F>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<V, E>> + Send + 'static,
+    {
+        GetWith::new(self, key, loader)
+    }
+
+    /// The value at `key` if it is present and loaded, counting a hit or a miss and
+    /// recording the use for eviction. Never loads, never waits.
+    ///
+    /// ```
+    /// let cache: deferred_cache::Cache<u8, u8> = deferred_cache::Cache::new();
+    /// assert_eq!(cache.get_if_present(&1), None);
+    /// cache.insert(1, 10);
+    /// assert_eq!(cache.get_if_present(&1), Some(10));
+    /// assert_eq!((cache.stats().hits, cache.stats().misses), (1, 1));
+    /// ```
+    pub fn get_if_present(&self, key: &K) -> Option<V> {
+        let value = self.read(key);
+        match value {
+            Some(_) => self.counters.hit(),
+            None => self.counters.miss(false),
+        }
+        value
+    }
+
+    /// The value at `key` if it is present and loaded, without counting a read or recording
+    /// a use: the cache's statistics and eviction order do not change.
+    ///
+    /// ```
+    /// let cache: deferred_cache::Cache<u8, u8> = deferred_cache::Cache::new();
+    /// cache.insert(1, 10);
+    /// assert_eq!(cache.peek(&1), Some(10));
+    /// assert_eq!(cache.stats().hits, 0);
+    /// ```
+    pub fn peek(&self, key: &K) -> Option<V> {
+        self.map
+            .try_get_with(key, |outcome| outcome.ok().map(|s| s.value.clone()))
+            .flatten()
+    }
+
+    /// Whether `key` has a loaded value. Counts nothing.
+    ///
+    /// ```
+    /// let cache: deferred_cache::Cache<u8, u8> = deferred_cache::Cache::new();
+    /// cache.insert(1, 10);
+    /// assert!(cache.contains_key(&1) && !cache.contains_key(&2));
+    /// ```
+    pub fn contains_key(&self, key: &K) -> bool {
+        self.map
+            .try_get_with(key, |outcome| outcome.is_ok())
+            .unwrap_or(false)
+    }
+
+    /// Stores `value` at `key`, replacing what was there. A load in flight for `key` goes on
+    /// for the callers already waiting on it (they get its value), but its value is not
+    /// stored: the write wins.
+    ///
+    /// ```
+    /// let cache: deferred_cache::Cache<u8, u8> = deferred_cache::Cache::new();
+    /// cache.insert(1, 10);
+    /// cache.insert(1, 11);
+    /// assert_eq!(cache.peek(&1), Some(11));
+    /// ```
+    pub fn insert(&self, key: K, value: V) {
+        let weight = self.weigh(&key, &value);
+        let stored = Stored::new(value);
+        let meta = Arc::clone(&stored.meta);
+        let old = self.map.insert(key.clone(), Cell::ready(stored));
+        if let Some(old) = old {
+            self.retire(&key, &old);
+            self.counters.invalidated(1);
+            drop(old);
+        }
+        self.admit(key, meta, weight);
+    }
+
+    /// Removes the entry at `key`; returns whether there was one. A load in flight goes on
+    /// for the callers already waiting on it, but its value is not stored, and the next read
+    /// loads afresh.
+    ///
+    /// ```
+    /// let cache: deferred_cache::Cache<u8, u8> = deferred_cache::Cache::new();
+    /// cache.insert(1, 10);
+    /// assert!(cache.invalidate(&1));
+    /// assert!(!cache.invalidate(&1));
+    /// ```
+    pub fn invalidate(&self, key: &K) -> bool {
+        let Some(old) = self.map.remove(key) else {
+            return false;
+        };
+        self.retire(key, &old);
+        self.counters.invalidated(1);
+        drop(old);
+        true
+    }
+
+    /// Reads the value at `key` for a hit, recording the use.
+    #[inline]
+    pub(crate) fn read(&self, key: &K) -> Option<V> {
+        // Cloned under the shard lock, as `DeferredMap::try_get` does: taking a handle to
+        // clone after unlocking would bounce the cell's reference count between readers.
+        self.map
+            .try_get_with(key, |outcome| match outcome {
+                Ok(stored) => {
+                    stored.meta.touch();
+                    Some(stored.value.clone())
+                }
+                Err(_) => None,
+            })
+            .flatten()
+    }
+
+    fn weigh(&self, key: &K, value: &V) -> u32 {
+        self.weigher.as_ref().map_or(1, |w| w(key, value))
+    }
+
+    fn hash(&self, key: &K) -> u64 {
+        self.map.hasher().hash_one(key)
+    }
+
+    /// Takes a value that left the map (invalidated or replaced) off the policy's books.
+    fn retire(&self, key: &K, old: &Cell<Stored<V>, Arc<E>>) {
+        if let (Some(policy), Some(stored)) = (&self.policy, old.get()) {
+            policy.retire(self.hash(key), &stored.meta);
+        }
+    }
+
+    /// Counts a value that a load just produced (or an insert stored) against capacity,
+    /// evicting as needed. Any caller that saw the value may call this; the first one that
+    /// gets here admits it, if it is still the key's value.
+    pub(crate) fn admit_loaded(&self, key: K, stored: &Stored<V>) {
+        if self.policy.is_none() || !Policy::<K>::needs_admission(&stored.meta) {
+            return;
+        }
+        let weight = self.weigh(&key, &stored.value);
+        self.admit(key, Arc::clone(&stored.meta), weight);
+    }
+
+    fn admit(&self, key: K, meta: Arc<Meta>, weight: u32) {
+        let Some(policy) = &self.policy else { return };
+        // Still the value at `key`? An invalidate or insert may have replaced it; one that
+        // does so after this check retires `meta` under the policy lock, which `admit` sees.
+        let current = self
+            .map
+            .try_get_with(&key, |outcome| matches!(outcome, Ok(s) if s.is(&meta)));
+        if current != Some(true) {
+            return;
+        }
+        let hash = self.hash(&key);
+        let mut evicted = Vec::new();
+        policy.admit(Node { key, hash, meta }, weight, &mut evicted);
+        let mut removed = 0;
+        for node in evicted {
+            let gone = self.map.remove_if(&node.key, |cell| {
+                cell.get().is_some_and(|s| s.is(&node.meta))
+            });
+            removed += u64::from(gone.is_some());
+            // The value is dropped here, with no lock held.
+            drop(gone);
+        }
+        self.counters.evicted(removed);
+    }
+}
+
+/// The future stored in an entry: the user's load, with the counters kept.
+pub(crate) fn load<V, E, Fut>(
+    fut: Fut,
+    counters: Arc<Counters>,
+) -> impl Future<Output = Result<Stored<V>, Arc<E>>> + Send + 'static
+where
+    Fut: Future<Output = Result<V, E>> + Send + 'static,
+    V: Send + 'static,
+    E: Send + Sync + 'static,
+{
+    let watch = LoadWatch {
+        counters,
+        started: None,
+    };
+    async move {
+        let mut watch = watch;
+        watch.started = Some(Instant::now());
+        let result = fut.await;
+        watch.finish(if result.is_ok() {
+            Outcome::Ok
+        } else {
+            Outcome::Failed
+        });
+        result.map(Stored::new).map_err(Arc::new)
+    }
+}
+
+/// Counts how a load ended: finished, or dropped (unwinding from a panic, or abandoned).
+struct LoadWatch {
+    counters: Arc<Counters>,
+    /// When the load was first polled; `None` before, and after it was counted.
+    started: Option<Instant>,
+}
+
+impl LoadWatch {
+    fn finish(&mut self, outcome: Outcome) {
+        if let Some(started) = self.started.take() {
+            self.counters.load(outcome, Some(started.elapsed()));
+        }
+    }
+}
+
+impl Drop for LoadWatch {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.finish(Outcome::Panicked);
+        } else if self.started.take().is_some() {
+            // Dropped after it started, before it ended: every caller went away.
+            self.counters.load(Outcome::Cancelled, None);
+        }
+    }
+}
+
+impl<K, V, E, S> fmt::Debug for Cache<K, V, E, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cache")
+            .field("len", &self.map.len())
+            .field("policy", &self.policy)
+            .field("stats", &self.counters.snapshot())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,295 @@
+//! The futures that read through the cache.
+
+use std::{
+    fmt,
+    future::Future,
+    hash::{BuildHasher, Hash},
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use futures_core::FusedFuture;
+
+use crate::{
+    cache::{load, Stored},
+    reentrancy, Cache, LoadError,
+};
+
+/// Where a read's outcome came from: see [`GetWith::with_source`].
+///
+/// ```
+/// use deferred_cache::{Cache, Source};
+/// # futures::executor::block_on(async {
+/// let cache: Cache<u8, u8> = Cache::new();
+/// let (_, source) = cache.get_with(1, || async { Ok(1) }).with_source().await;
+/// assert_eq!(source, Source::Loaded);
+/// let (_, source) = cache.get_with(1, || async { Ok(1) }).with_source().await;
+/// assert_eq!(source, Source::Hit);
+/// # });
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Source {
+    /// The value was in the cache; no loader ran.
+    Hit,
+    /// This caller's loader ran (its outcome is this load's, error or value).
+    Loaded,
+    /// This caller waited on a load another caller's loader ran; its own was dropped unrun.
+    Joined,
+}
+
+/// Something that starts a load: a closure given to [`Cache::get_with`], or a
+/// [`LoadingCache`](crate::LoadingCache)'s loader.
+pub trait Loader<K, V, E> {
+    /// The load.
+    type Future: Future<Output = Result<V, E>> + Send + 'static;
+
+    /// Starts the load of `key`.
+    fn start(self, key: &K) -> Self::Future;
+}
+
+impl<K, V, E, F, Fut> Loader<K, V, E> for F
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<V, E>> + Send + 'static,
+{
+    type Future = Fut;
+
+    fn start(self, _key: &K) -> Fut {
+        self()
+    }
+}
+
+enum State<'a, K, V, E, S, L> {
+    /// Not polled yet.
+    Start { key: K, loader: L },
+    /// Missed: waiting on (and helping drive) the key's load. `key` is kept to admit the
+    /// value once it comes.
+    Wait {
+        get: deferred_map::Get<'a, K, Stored<V>, Arc<E>, S>,
+        key: K,
+        source: Source,
+    },
+    Done,
+}
+
+/// The future of [`Cache::get_with`] and [`LoadingCache::get`](crate::LoadingCache::get):
+/// the value at a key, loaded on a miss.
+///
+/// It does nothing until polled. Its first poll looks the key up: a hit is ready at once,
+/// with no allocation and no lock but the key's shard lock. On a miss it joins the key's
+/// load, or starts one with its loader.
+///
+/// # Cancel safety
+///
+/// Dropping it never fails anyone else. A load goes on as long as some caller waits on it,
+/// driven by whichever of them is polled (so a caller that stalls, polled once and then
+/// never again, holds no one up). When the last caller waiting on a load is dropped, the
+/// load is dropped too and the entry removed: nothing is left running or stored.
+///
+/// # Panics
+///
+/// If the loader panics, the panic unwinds out of the `poll` that ran it; every other caller
+/// gets [`LoadError::Panicked`]. Polling after completion panics.
+///
+/// ```
+/// use deferred_cache::Cache;
+/// # futures::executor::block_on(async {
+/// let cache: Cache<u8, u8> = Cache::new();
+/// let get = cache.get_with(1, || async { Ok(5) });
+/// assert_eq!(get.await, Ok(5));
+/// # });
+/// ```
+#[must_use = "futures do nothing unless polled"]
+pub struct GetWith<'a, K, V, E, S, L> {
+    cache: &'a Cache<K, V, E, S>,
+    state: State<'a, K, V, E, S, L>,
+}
+
+// No field is ever pinned: `poll` moves the key and the loader out by value, and the map's
+// future it holds is `Unpin`.
+impl<K, V, E, S, L> Unpin for GetWith<'_, K, V, E, S, L> {}
+
+impl<'a, K, V, E, S, L> GetWith<'a, K, V, E, S, L> {
+    pub(crate) fn new(cache: &'a Cache<K, V, E, S>, key: K, loader: L) -> Self {
+        GetWith {
+            cache,
+            state: State::Start { key, loader },
+        }
+    }
+
+    /// A future that also says where the outcome came from: a hit, this caller's loader, or
+    /// a load it joined.
+    ///
+    /// ```
+    /// use deferred_cache::{Cache, Source};
+    /// # futures::executor::block_on(async {
+    /// let cache: Cache<u8, u8> = Cache::new();
+    /// let (go, gate) = futures::channel::oneshot::channel::<()>();
+    /// let (a, b, ()) = futures::join!(
+    ///     cache.get_with(1, move || async move { gate.await.ok(); Ok(1) }).with_source(),
+    ///     cache.get_with(1, || async { Ok(2) }).with_source(),
+    ///     async { go.send(()).unwrap() },
+    /// );
+    /// assert_eq!(a, (Ok(1), Source::Loaded));
+    /// assert_eq!(b, (Ok(1), Source::Joined));
+    /// # });
+    /// ```
+    pub fn with_source(self) -> WithSource<'a, K, V, E, S, L> {
+        WithSource(self)
+    }
+}
+
+impl<K, V, E, S, L> GetWith<'_, K, V, E, S, L>
+where
+    K: Hash + Eq + Clone,
+    V: Clone + Send + Sync + 'static,
+    E: Send + Sync + 'static,
+    S: BuildHasher,
+    L: Loader<K, V, E>,
+{
+    fn poll_source(&mut self, cx: &mut Context<'_>) -> Poll<(Result<V, LoadError<E>>, Source)> {
+        let cache = self.cache;
+        if let State::Start { .. } = self.state {
+            let State::Start { key, loader } = core::mem::replace(&mut self.state, State::Done)
+            else {
+                unreachable!("matched above");
+            };
+            if let Some(value) = cache.read(&key) {
+                cache.counters.hit();
+                return Poll::Ready((Ok(value), Source::Hit));
+            }
+            let counters = Arc::clone(&cache.counters);
+            let get = cache.map.get_or_add_with(key.clone(), || {
+                load(loader.start(&key), counters)
+            });
+            let source = if get.added() {
+                Source::Loaded
+            } else {
+                Source::Joined
+            };
+            cache.counters.miss(source == Source::Joined);
+            self.state = State::Wait { get, key, source };
+        }
+        let State::Wait { get, source, .. } = &mut self.state else {
+            panic!("`GetWith` polled after it completed");
+        };
+        let source = *source;
+        let outcome = if get.cell().is_done() {
+            // Ready on this poll: it drives nothing.
+            match Pin::new(get).poll(cx) {
+                Poll::Ready(outcome) => outcome,
+                Poll::Pending => return Poll::Pending,
+            }
+        } else {
+            let id = cell_id(get);
+            if reentrancy::is_inside(id) {
+                self.state = State::Done;
+                return Poll::Ready((Err(LoadError::Reentrant), source));
+            }
+            let _inside = reentrancy::enter(id);
+            match Pin::new(get).poll(cx) {
+                Poll::Ready(outcome) => outcome,
+                Poll::Pending => return Poll::Pending,
+            }
+        };
+        let State::Wait { key, .. } = core::mem::replace(&mut self.state, State::Done) else {
+            unreachable!("matched above");
+        };
+        match outcome {
+            Ok(stored) => {
+                cache.admit_loaded(key, &stored);
+                Poll::Ready((Ok(stored.value), source))
+            }
+            Err(error) => Poll::Ready((Err(error.into()), source)),
+        }
+    }
+}
+
+/// The address of the cell a map future waits on: its identity while the future holds it.
+fn cell_id<K, V, E, S>(get: &deferred_map::Get<'_, K, V, E, S>) -> usize {
+    get.cell().deferred() as *const deferred_core::Deferred<V, E> as usize
+}
+
+impl<K, V, E, S, L> Future for GetWith<'_, K, V, E, S, L>
+where
+    K: Hash + Eq + Clone,
+    V: Clone + Send + Sync + 'static,
+    E: Send + Sync + 'static,
+    S: BuildHasher,
+    L: Loader<K, V, E>,
+{
+    type Output = Result<V, LoadError<E>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.get_mut().poll_source(cx).map(|(outcome, _)| outcome)
+    }
+}
+
+impl<K, V, E, S, L> FusedFuture for GetWith<'_, K, V, E, S, L>
+where
+    K: Hash + Eq + Clone,
+    V: Clone + Send + Sync + 'static,
+    E: Send + Sync + 'static,
+    S: BuildHasher,
+    L: Loader<K, V, E>,
+{
+    fn is_terminated(&self) -> bool {
+        matches!(self.state, State::Done)
+    }
+}
+
+impl<K, V, E, S, L> fmt::Debug for GetWith<'_, K, V, E, S, L> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            State::Start { .. } => "start",
+            State::Wait {
+                source: Source::Loaded,
+                ..
+            } => "loading",
+            State::Wait { .. } => "joined",
+            State::Done => "done",
+        };
+        f.debug_struct("GetWith")
+            .field("state", &state)
+            .finish_non_exhaustive()
+    }
+}
+
+/// [`GetWith`], with where its outcome came from: see [`GetWith::with_source`].
+#[must_use = "futures do nothing unless polled"]
+pub struct WithSource<'a, K, V, E, S, L>(GetWith<'a, K, V, E, S, L>);
+
+impl<K, V, E, S, L> Future for WithSource<'_, K, V, E, S, L>
+where
+    K: Hash + Eq + Clone,
+    V: Clone + Send + Sync + 'static,
+    E: Send + Sync + 'static,
+    S: BuildHasher,
+    L: Loader<K, V, E>,
+{
+    type Output = (Result<V, LoadError<E>>, Source);
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.get_mut().0.poll_source(cx)
+    }
+}
+
+impl<K, V, E, S, L> FusedFuture for WithSource<'_, K, V, E, S, L>
+where
+    K: Hash + Eq + Clone,
+    V: Clone + Send + Sync + 'static,
+    E: Send + Sync + 'static,
+    S: BuildHasher,
+    L: Loader<K, V, E>,
+{
+    fn is_terminated(&self) -> bool {
+        self.0.is_terminated()
+    }
+}
+
+impl<K, V, E, S, L> fmt::Debug for WithSource<'_, K, V, E, S, L> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("WithSource").field(&self.0).finish()
+    }
+}

@@ -1,0 +1,20 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+#![allow(clippy::std_instead_of_core, clippy::alloc_instead_of_core)] // a `std` crate
+
+mod builder;
+mod cache;
+mod error;
+mod get;
+mod loading;
+mod loom;
+mod policy;
+mod reentrancy;
+mod stats;
+
+pub use builder::Builder;
+pub use cache::Cache;
+pub use error::LoadError;
+pub use get::{GetWith, Loader, Source, WithSource};
+pub use loading::{Get, LoadingCache, SharedLoader};
+pub use stats::Stats;
