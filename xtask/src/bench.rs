@@ -1,5 +1,7 @@
 //! `cargo xtask bench [LAYER] [--no-run]`: runs a layer's criterion benches, then prints how
-//! deferred compares with each alternative, and saves that table as `target/bench-<LAYER>.md`.
+//! deferred compares with each alternative, and saves that table as `target/bench-<LAYER>.md`;
+//! then runs the layer's plain bench programs, if any ([`PROGRAMS`]: `cache` replays key traces
+//! and prints hit ratios, saved as `target/bench-cache-hit-ratio.md`).
 //!
 //! Criterion's own output lists each benchmark on its own; the question we ask of a bench run is
 //! "how much faster or slower than the alternatives", so the table puts every function of a
@@ -16,6 +18,19 @@ use crate::cmd::{self, cargo, Result};
 /// One bench target per layer, `benches/benches/<layer>.rs`, in layer order.
 const LAYERS: &[&str] = &["core", "map", "cache", "expiring"];
 const PACKAGE: &str = "deferred-benches";
+
+/// Plain programs (`harness = false`, not criterion) that a layer runs after its criterion
+/// benches: `(layer, bench target, report file)`. Each prints its own report and saves it as
+/// the report file in the target directory (given to it as `--out PATH`).
+const PROGRAMS: &[(&str, &str, &str)] = &[("cache", "cache_hit_ratio", "bench-cache-hit-ratio.md")];
+
+/// The programs of `layer`: see [`PROGRAMS`].
+fn programs(layer: &str) -> impl Iterator<Item = (&'static str, &'static str)> + '_ {
+    PROGRAMS
+        .iter()
+        .filter(move |(of, ..)| *of == layer)
+        .map(|&(_, target, report)| (target, report))
+}
 
 /// `cargo xtask bench --no-run`, the CI step: compiles every bench without running it.
 pub fn build() -> Result {
@@ -57,6 +72,9 @@ pub fn run(args: &[String]) -> Result {
         let mut cmd = cargo(["bench", "-p", PACKAGE, "--no-run"]);
         if let Some(layer) = layer {
             cmd.args(["--bench", layer]);
+            for (program, _) in programs(layer) {
+                cmd.args(["--bench", program]);
+            }
         }
         return cmd::run(&mut cmd);
     }
@@ -80,6 +98,12 @@ pub fn run(args: &[String]) -> Result {
         fs::write(&path, &report)
             .map_err(|e| format!("could not write {}: {e}", path.display()))?;
         println!("\nwrote {}", path.display());
+
+        for (program, report) in programs(layer) {
+            let path = target.join(report);
+            let mut cmd = cargo(["bench", "-p", PACKAGE, "--bench", program, "--", "--out"]);
+            cmd::run(cmd.arg(&path))?;
+        }
     }
     Ok(())
 }

@@ -26,7 +26,12 @@ pub struct Library {
     /// The package name, which is also its directory under `crates/`.
     pub name: &'static str,
     /// Feature sets that must work without `std`; `""` means `--no-default-features` alone.
+    /// Empty for a `std`-only crate.
     pub no_std_features: &'static [&'static str],
+    /// Whether miri runs the whole suite under stacked borrows. A crate without `unsafe`
+    /// whose suite is heavy (runtimes, 100 000 tasks) sets `false` and names what miri runs
+    /// in `tests/miri_subset.rs`.
+    pub miri_full_suite: bool,
 }
 
 impl Library {
@@ -47,10 +52,17 @@ pub const LIBRARIES: &[Library] = &[
     Library {
         name: "deferred-core",
         no_std_features: &["", "alloc"],
+        miri_full_suite: true,
     },
     Library {
         name: "deferred-map",
         no_std_features: &[""],
+        miri_full_suite: true,
+    },
+    Library {
+        name: "deferred-cache",
+        no_std_features: &[],
+        miri_full_suite: false,
     },
 ];
 
@@ -66,7 +78,7 @@ tasks:
   no-std                   build the libraries for thumbv7em-none-eabihf
   doc                      rustdoc with -D warnings
   bench [LAYER] [--no-run] run criterion benches (core, map, cache, expiring) and print
-                           ratio tables; --no-run only builds them
+                           ratio tables (cache: hit ratios too); --no-run only builds them
   ci                       all of the above in CI order, with timings
   help                     this text
 ";

@@ -62,7 +62,10 @@ where
 
 enum State<'a, K, V, E, S, L> {
     /// Not polled yet.
-    Start { key: K, loader: L },
+    Start {
+        key: K,
+        loader: L,
+    },
     /// Missed: waiting on (and helping drive) the key's load. `key` is kept to admit the
     /// value once it comes.
     Wait {
@@ -160,9 +163,9 @@ where
                 return Poll::Ready((Ok(value), Source::Hit));
             }
             let counters = Arc::clone(&cache.counters);
-            let get = cache.map.get_or_add_with(key.clone(), || {
-                load(loader.start(&key), counters)
-            });
+            let get = cache
+                .map
+                .get_or_add_with(key.clone(), || load(loader.start(&key), counters));
             let source = if get.added() {
                 Source::Loaded
             } else {

@@ -114,7 +114,9 @@ impl Ghost {
             }
         }
         while self.order.len() > cap {
-            let Some(old) = self.order.pop_front() else { break };
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
             if let Ok(mut e) = self.counts.find_entry(old, |e| e.0 == old) {
                 e.get_mut().1 -= 1;
                 if e.get().1 == 0 {
@@ -290,24 +292,25 @@ impl<K> Policy<K> {
     /// from the map (after the lock is released: that drops user values).
     pub(crate) fn admit(&self, node: Node<K>, weight: u32, evicted: &mut Vec<Node<K>>) {
         let mut node = Some(node);
-        self.shard(node.as_ref().map_or(0, |n| n.hash)).with(|fifo| {
-            let Some(n) = node.take() else { return };
-            if n.meta.state.load(Relaxed) != NEW {
-                // Removed (or admitted by another caller) meanwhile.
-                node = Some(n);
-                return;
-            }
-            n.meta.weight.store(weight, Relaxed);
-            n.meta.state.store(ADMITTED, Relaxed);
-            fifo.push(n);
-            while fifo.live() > fifo.capacity {
-                match fifo.step() {
-                    Step::Victim(v) => evicted.push(v),
-                    Step::Discarded => {}
-                    Step::Empty => break,
+        self.shard(node.as_ref().map_or(0, |n| n.hash))
+            .with(|fifo| {
+                let Some(n) = node.take() else { return };
+                if n.meta.state.load(Relaxed) != NEW {
+                    // Removed (or admitted by another caller) meanwhile.
+                    node = Some(n);
+                    return;
                 }
-            }
-        });
+                n.meta.weight.store(weight, Relaxed);
+                n.meta.state.store(ADMITTED, Relaxed);
+                fifo.push(n);
+                while fifo.live() > fifo.capacity {
+                    match fifo.step() {
+                        Step::Victim(v) => evicted.push(v),
+                        Step::Discarded => {}
+                        Step::Empty => break,
+                    }
+                }
+            });
         // A node not admitted is dropped here, outside the lock (its key is user code).
         drop(node);
     }

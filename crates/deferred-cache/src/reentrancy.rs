@@ -8,9 +8,14 @@
 
 use std::cell::RefCell;
 
-use crate::loom::thread_local;
+#[cfg(not(loom))]
+std::thread_local! {
+    static INSIDE: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
+}
 
-thread_local! {
+// loom's `thread_local!` takes no `const` block.
+#[cfg(loom)]
+loom::thread_local! {
     static INSIDE: RefCell<Vec<usize>> = RefCell::new(Vec::new());
 }
 

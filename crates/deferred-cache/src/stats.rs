@@ -4,7 +4,7 @@ use std::{fmt, time::Duration};
 
 use crossbeam_utils::CachePadded;
 
-use crate::loom::{thread_local, AtomicU64, Ordering::Relaxed};
+use crate::loom::{AtomicU64, Ordering::Relaxed};
 
 /// A snapshot of a cache's counters, from [`Cache::stats`](crate::Cache::stats).
 ///
@@ -27,10 +27,11 @@ use crate::loom::{thread_local, AtomicU64, Ordering::Relaxed};
 pub struct Stats {
     /// Reads that found a value.
     pub hits: u64,
-    /// Reads that found none and so started a load or joined one.
+    /// Reads that found no value: `get_with` / `get` calls that started or joined a load,
+    /// and `get_if_present` calls that came back empty.
     pub misses: u64,
-    /// Misses that joined a load another caller had started (misses − coalesced = loads
-    /// started).
+    /// Misses that joined a load another caller had started, so that misses − coalesced =
+    /// loads started + empty `get_if_present` calls.
     pub coalesced: u64,
     /// Loads that produced a value.
     pub loads_ok: u64,
@@ -106,7 +107,8 @@ pub(crate) struct Counters {
 /// Stripes per cache: a power of two, enough that threads rarely share one.
 const STRIPES: usize = 32;
 
-thread_local! {
+#[cfg(not(loom))]
+std::thread_local! {
     /// This thread's stripe, handed out round-robin at first use.
     static STRIPE: usize = {
         static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -127,7 +129,13 @@ impl Counters {
     }
 
     fn stripe(&self) -> &Stripe {
-        &self.stripes[STRIPE.with(|s| *s)]
+        // Under loom, one stripe: a model must touch the same atomics on every run, and the
+        // round-robin numbering goes on across runs.
+        #[cfg(loom)]
+        let index = 0;
+        #[cfg(not(loom))]
+        let index = STRIPE.with(|s| *s);
+        &self.stripes[index]
     }
 
     // All counters are Relaxed: they are statistics, read as a snapshot with no ordering

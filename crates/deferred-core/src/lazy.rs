@@ -48,6 +48,35 @@ struct Shared<T, E, F, Fut> {
     /// computation that keeps its own waker does not keep itself alive: when the last
     /// `Lazy` handle goes, the cell and its computation go too.
     relay: Arc<Relay<T, E, F, Fut>>,
+    /// Under loom only: counts strong handles released. `Arc`'s own reference count is not
+    /// loom's, so loom cannot see that the last drop happens after every other handle's
+    /// accesses; each release adds to this (Release) and the final drop reads it
+    /// (Acquire), which tells loom what `Arc` guarantees.
+    #[cfg(loom)]
+    released: AtomicUsize,
+}
+
+#[cfg(loom)]
+impl<T, E, F, Fut> Shared<T, E, F, Fut> {
+    /// Records that a strong handle is about to be released (see `released`).
+    fn release_handle(&self) {
+        self.released.fetch_add(1, Release);
+    }
+}
+
+#[cfg(loom)]
+impl<T, E, F, Fut> Drop for Shared<T, E, F, Fut> {
+    fn drop(&mut self) {
+        // Pairs with the Release in every `release_handle` (see `released`).
+        self.released.load(Acquire);
+    }
+}
+
+#[cfg(loom)]
+impl<T, E, F, Fut> Drop for Lazy<T, E, F, Fut> {
+    fn drop(&mut self) {
+        self.shared.release_handle();
+    }
 }
 
 /// What the computation's waker points at: the shared state, weakly.
@@ -100,6 +129,68 @@ impl<T, E, F, Fut> Clone for Lazy<T, E, F, Fut> {
         Lazy {
             shared: Arc::clone(&self.shared),
         }
+    }
+}
+
+/// A handle to a [`Lazy`] cell that does not keep it alive: when the last [`Lazy`] handle
+/// goes, the cell, its outcome and its computation are dropped, and
+/// [`upgrade`](WeakLazy::upgrade) returns `None` (only the allocation's memory waits for the
+/// last `WeakLazy`). Made by [`Lazy::downgrade`]. For bookkeeping that points at cells it
+/// does not own, such as a cache's eviction queues.
+///
+/// ```
+/// use deferred_core::Lazy;
+/// let cell: Lazy<u8> = Lazy::ready(1);
+/// let weak = Lazy::downgrade(&cell);
+/// assert_eq!(weak.upgrade().unwrap().get(), Some(&1));
+/// drop(cell);
+/// assert!(weak.upgrade().is_none());
+/// ```
+pub struct WeakLazy<T, E = Infallible, F = BoxInit<T, E>, Fut = BoxFuture<T, E>> {
+    shared: Weak<Shared<T, E, F, Fut>>,
+}
+
+impl<T, E, F, Fut> Lazy<T, E, F, Fut> {
+    /// A [`WeakLazy`] handle to this cell.
+    ///
+    /// ```
+    /// use deferred_core::Lazy;
+    /// let cell: Lazy<u8> = Lazy::pending();
+    /// assert!(Lazy::ptr_eq(&Lazy::downgrade(&cell).upgrade().unwrap(), &cell));
+    /// ```
+    pub fn downgrade(this: &Self) -> WeakLazy<T, E, F, Fut> {
+        WeakLazy {
+            shared: Arc::downgrade(&this.shared),
+        }
+    }
+}
+
+impl<T, E, F, Fut> WeakLazy<T, E, F, Fut> {
+    /// A [`Lazy`] handle to the cell, if one still exists.
+    ///
+    /// ```
+    /// use deferred_core::Lazy;
+    /// let weak = Lazy::downgrade(&Lazy::<u8>::ready(1));
+    /// assert!(weak.upgrade().is_none()); // the only `Lazy` is gone
+    /// ```
+    pub fn upgrade(&self) -> Option<Lazy<T, E, F, Fut>> {
+        self.shared.upgrade().map(|shared| Lazy { shared })
+    }
+}
+
+impl<T, E, F, Fut> Clone for WeakLazy<T, E, F, Fut> {
+    fn clone(&self) -> Self {
+        WeakLazy {
+            shared: Weak::clone(&self.shared),
+        }
+    }
+}
+
+impl<T, E, F, Fut> fmt::Debug for WeakLazy<T, E, F, Fut> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WeakLazy")
+            .field("alive", &(self.shared.strong_count() > 0))
+            .finish()
     }
 }
 
@@ -201,6 +292,8 @@ impl<T, E, F, Fut> Lazy<T, E, F, Fut> {
                 relay: Arc::new(Relay {
                     shared: Weak::clone(weak),
                 }),
+                #[cfg(loom)]
+                released: AtomicUsize::new(0),
             }),
         }
     }
@@ -475,6 +568,8 @@ where
             // waiters are reached through the cell's lock.
             shared.drive.fetch_or(REPOLL, Relaxed);
             shared.cell.notify_waiters();
+            #[cfg(loom)]
+            shared.release_handle();
         }
     }
 }
@@ -570,6 +665,42 @@ where
     }
     // Still linked: the next wake of the computation, or its completion, wakes us.
     Poll::Pending
+}
+
+impl<T, E, F, Fut> Lazy<T, E, F, Fut>
+where
+    T: Send + Sync + 'static,
+    E: Send + Sync + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<T, E>> + Send + 'static,
+{
+    /// Polls the computation once, now, if the cell has one, is not complete, and no one
+    /// else is polling it; returns whether the cell is complete afterwards. Never waits and
+    /// registers nothing: if the computation is not done, it wakes the cell's awaiters when
+    /// it can go on, so a caller that wants the value then awaits it as usual. This is the
+    /// fast path for a computation that is ready at once: no awaiter is linked.
+    ///
+    /// If the computation panics, the cell completes as [`Error::Panicked`] and the panic
+    /// goes on from here.
+    ///
+    /// ```
+    /// use deferred_core::Lazy;
+    /// let ready: Lazy<u8, ()> = Lazy::boxed(async { Ok(1) });
+    /// assert!(ready.drive_now());
+    /// assert_eq!(ready.get(), Some(&1));
+    /// let never: Lazy<u8, ()> = Lazy::boxed(std::future::pending());
+    /// assert!(!never.drive_now());
+    /// ```
+    pub fn drive_now(&self) -> bool {
+        let shared = &self.shared;
+        if shared.cell.is_done() {
+            return true;
+        }
+        if shared.try_drive() {
+            shared.drive();
+        }
+        shared.cell.is_done()
+    }
 }
 
 impl<T, E, F, Fut> Deref for Lazy<T, E, F, Fut> {

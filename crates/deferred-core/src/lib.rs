@@ -26,7 +26,7 @@ pub use cell::Deferred;
 pub use claim::{Claim, ClaimWait, GetOrInit, Producer};
 pub use error::Error;
 #[cfg(feature = "alloc")]
-pub use lazy::{BoxFuture, BoxInit, Lazy, LazyWait, OwnedLazyWait};
+pub use lazy::{BoxFuture, BoxInit, Lazy, LazyWait, OwnedLazyWait, WeakLazy};
 #[cfg(feature = "alloc")]
 pub use wait::OwnedWait;
 pub use wait::{Wait, WaitCloned};

@@ -107,6 +107,11 @@ where
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
+        // On the first poll, a computation that is ready at once completes here, before
+        // this caller links itself as an awaiter (which allocates).
+        if this.wait.is_none() && !this.cell.is_done() {
+            this.cell.drive_now();
+        }
         let outcome = match this.cell.try_get() {
             Some(outcome) => outcome.cloned().map_err(Error::cloned),
             None => {

@@ -52,12 +52,20 @@ fn yielding(runs: &Arc<AtomicUsize>, value: usize) -> impl Future<Output = Resul
     }
 }
 
-type Map = DeferredMap<u8, usize, ()>;
+/// A fixed hasher: `RandomState` would pick other shards (other loom objects) on every
+/// run, and a loom model must be deterministic.
+type Hasher = std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher>;
+
+type Map = DeferredMap<u8, usize, (), Hasher>;
+
+fn new_map() -> Map {
+    Map::with_hasher(Hasher::default())
+}
 
 #[test]
 fn get_or_add_race_runs_once() {
     loom::model(|| {
-        let map = Arc::new(Map::new());
+        let map = Arc::new(new_map());
         let runs = Arc::new(AtomicUsize::new(0));
         let (m, r) = (map.clone(), runs.clone());
         let t = thread::spawn(move || block_on(m.get_or_add_with(1, || ready(&r, 1))));
@@ -75,7 +83,7 @@ fn dropped_driver_vs_waiter_taking_over() {
     let mut builder = loom::model::Builder::new();
     builder.preemption_bound = Some(1);
     builder.check(|| {
-        let map = Arc::new(Map::new());
+        let map = Arc::new(new_map());
         let runs = Arc::new(AtomicUsize::new(0));
         let (m, r) = (map.clone(), runs.clone());
         let t = thread::spawn(move || {
@@ -93,7 +101,7 @@ fn dropped_driver_vs_waiter_taking_over() {
 #[test]
 fn stalled_driver_vs_second_caller() {
     loom::model(|| {
-        let map = Arc::new(Map::new());
+        let map = Arc::new(new_map());
         let runs = Arc::new(AtomicUsize::new(0));
         // The stalled caller: polled once on this thread, then never again until the end.
         let mut stalled = Box::pin(map.get_or_add_with(1, || yielding(&runs, 1)));
@@ -109,7 +117,7 @@ fn stalled_driver_vs_second_caller() {
 #[test]
 fn a_panicking_computation_reaches_the_other_waiter_as_panicked() {
     loom::model(|| {
-        let map = Arc::new(Map::new());
+        let map = Arc::new(new_map());
         let cell: Cell<usize, ()> = Cell::pending();
         // The key holds a cell that a waiter on another thread awaits through the map.
         let (m, c) = (map.clone(), cell.clone());
@@ -142,7 +150,7 @@ fn a_panicking_computation_reaches_the_other_waiter_as_panicked() {
 #[test]
 fn last_waiters_leaving_remove_the_entry() {
     loom::model(|| {
-        let map = Arc::new(Map::new());
+        let map = Arc::new(new_map());
         let m = map.clone();
         let t = thread::spawn(move || {
             let mut g = pin!(m.get(1));
@@ -160,7 +168,7 @@ fn last_waiters_leaving_remove_the_entry() {
 #[test]
 fn remove_if_incomplete_vs_complete() {
     loom::model(|| {
-        let map = Arc::new(Map::new());
+        let map = Arc::new(new_map());
         let cell = map.cell(1);
         let m = map.clone();
         let t = thread::spawn(move || m.remove_if_incomplete(&1));

@@ -1,0 +1,72 @@
+//! Helpers shared by the cache's tests.
+#![allow(clippy::std_instead_of_core)]
+#![allow(dead_code)]
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicUsize, Ordering::SeqCst},
+        Arc,
+    },
+    task::{Context, Poll},
+};
+
+use deferred_core::Deferred;
+
+/// A one-shot gate loaders wait on, opened by the test: orders events without sleeping.
+#[derive(Clone, Default)]
+pub struct Gate(Arc<Deferred<()>>);
+
+impl Gate {
+    pub fn new() -> Self {
+        Gate::default()
+    }
+
+    pub fn open(&self) {
+        let _ = self.0.succeed(());
+    }
+
+    pub fn wait(&self) -> impl Future<Output = ()> + Send + 'static {
+        let wait = Deferred::wait_owned(Arc::clone(&self.0));
+        async move {
+            let _ = wait.await;
+        }
+    }
+}
+
+/// Counts loader runs and loader drops.
+#[derive(Clone, Default)]
+pub struct Runs {
+    pub started: Arc<AtomicUsize>,
+    pub dropped: Arc<AtomicUsize>,
+}
+
+impl Runs {
+    pub fn started(&self) -> usize {
+        self.started.load(SeqCst)
+    }
+
+    pub fn dropped(&self) -> usize {
+        self.dropped.load(SeqCst)
+    }
+
+    /// A guard, to hold in a loader, that counts the start now and the drop later.
+    pub fn enter(&self) -> RunGuard {
+        self.started.fetch_add(1, SeqCst);
+        RunGuard(Arc::clone(&self.dropped))
+    }
+}
+
+pub struct RunGuard(Arc<AtomicUsize>);
+
+impl Drop for RunGuard {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, SeqCst);
+    }
+}
+
+/// Polls `fut` once with a waker that does nothing.
+pub fn poll_once<F: Future + Unpin>(fut: &mut F) -> Poll<F::Output> {
+    Pin::new(fut).poll(&mut Context::from_waker(&futures::task::noop_waker()))
+}

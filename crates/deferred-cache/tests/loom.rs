@@ -1,0 +1,308 @@
+//! Loom models of the cache's protocols: `cargo xtask test-loom`.
+//!
+//! Two or three threads each. The map's shard locks, the cells' state words, the policy's
+//! locks and the cache's own atomics and thread-locals all come through loom, so loom
+//! explores their interleavings: claim, complete, error, panic, cancel hand-off, stalled
+//! leader, cancel-all, and admission racing invalidation.
+#![cfg(loom)]
+#![allow(clippy::std_instead_of_core)]
+
+use std::{
+    future::Future,
+    panic::{catch_unwind, AssertUnwindSafe},
+    pin::{pin, Pin},
+    sync::atomic::Ordering::SeqCst,
+    task::{Context, Poll},
+};
+
+use deferred_cache::{Cache, LoadError, Source};
+use futures::task::noop_waker;
+use loom::{
+    future::block_on,
+    sync::{atomic::AtomicUsize, Arc},
+    thread,
+};
+
+/// A fixed hasher: `RandomState` would pick other shards (other loom objects) on every
+/// run, and a loom model must be deterministic.
+type Hasher = std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher>;
+
+type C = Cache<u8, usize, &'static str, Hasher>;
+
+fn cache(capacity: Option<u64>) -> Arc<C> {
+    let builder = Cache::builder().hasher(Hasher::default());
+    Arc::new(match capacity {
+        Some(c) => builder.max_capacity(c).build(),
+        None => builder.build(),
+    })
+}
+
+fn poll_once<F: Future>(fut: Pin<&mut F>) -> Poll<F::Output> {
+    fut.poll(&mut Context::from_waker(&noop_waker()))
+}
+
+/// Counts a loader's start and its drop (finished or not).
+#[derive(Clone)]
+struct Runs {
+    started: Arc<AtomicUsize>,
+    dropped: Arc<AtomicUsize>,
+}
+
+struct Guard(Arc<AtomicUsize>);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, SeqCst);
+    }
+}
+
+impl Runs {
+    fn new() -> Self {
+        Runs {
+            started: Arc::new(AtomicUsize::new(0)),
+            dropped: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    fn started(&self) -> usize {
+        self.started.load(SeqCst)
+    }
+
+    fn dropped(&self) -> usize {
+        self.dropped.load(SeqCst)
+    }
+
+    /// A loader that yields `yields` times (waking itself), then returns `outcome`, or
+    /// panics if `outcome` is `None`.
+    fn loader(
+        &self,
+        yields: usize,
+        outcome: Option<Result<usize, &'static str>>,
+    ) -> impl FnOnce() -> Pin<Box<dyn Future<Output = Result<usize, &'static str>> + Send>> {
+        let runs = self.clone();
+        move || {
+            Box::pin(async move {
+                runs.started.fetch_add(1, SeqCst);
+                let _guard = Guard(runs.dropped.clone());
+                let mut left = yields;
+                futures::future::poll_fn(|cx| {
+                    if left == 0 {
+                        Poll::Ready(())
+                    } else {
+                        left -= 1;
+                        cx.waker().wake_by_ref();
+                        Poll::Pending
+                    }
+                })
+                .await;
+                match outcome {
+                    Some(outcome) => outcome,
+                    None => panic!("loader panics"),
+                }
+            })
+        }
+    }
+}
+
+/// A gate a loader waits on; its cell's atomics are loom's (through `deferred-core`).
+type Gate = std::sync::Arc<deferred_core::Deferred<()>>;
+
+impl Runs {
+    /// A loader that waits for `gate`, then returns `value`.
+    fn gated(
+        &self,
+        gate: &Gate,
+        value: usize,
+    ) -> impl FnOnce() -> Pin<Box<dyn Future<Output = Result<usize, &'static str>> + Send>> {
+        let (runs, gate) = (self.clone(), gate.clone());
+        move || {
+            Box::pin(async move {
+                runs.started.fetch_add(1, SeqCst);
+                let _guard = Guard(runs.dropped.clone());
+                let _ = deferred_core::Deferred::wait_owned(gate).await;
+                Ok(value)
+            })
+        }
+    }
+}
+
+#[test]
+fn two_callers_claim_one_load() {
+    loom::model(|| {
+        let cache = cache(None);
+        let runs = Runs::new();
+        let (c, r) = (cache.clone(), runs.clone());
+        let t =
+            thread::spawn(move || block_on(c.get_with(1, r.loader(0, Some(Ok(1)))).with_source()));
+        let mine = block_on(cache.get_with(1, runs.loader(0, Some(Ok(2)))).with_source());
+        let theirs = t.join().unwrap();
+        assert_eq!(mine.0, theirs.0, "both see one value");
+        assert_eq!(runs.started(), 1, "one load");
+        let sources = [mine.1, theirs.1];
+        assert_eq!(sources.iter().filter(|s| **s == Source::Loaded).count(), 1);
+        assert_eq!(cache.peek(&1), mine.0.ok());
+        let stats = cache.stats();
+        assert_eq!((stats.loads_ok, stats.hits + stats.misses), (1, 2));
+    });
+}
+
+#[test]
+fn an_error_reaches_the_waiter_and_is_not_kept() {
+    loom::model(|| {
+        let cache = cache(None);
+        let runs = Runs::new();
+        let (c, r) = (cache.clone(), runs.clone());
+        let t = thread::spawn(move || block_on(c.get_with(1, r.loader(0, Some(Err("a"))))));
+        let mine = block_on(cache.get_with(1, runs.loader(0, Some(Err("b")))));
+        let theirs = t.join().unwrap();
+        let (Err(LoadError::Failed(a)), Err(LoadError::Failed(b))) = (&mine, &theirs) else {
+            panic!("both fail: {mine:?} {theirs:?}");
+        };
+        // One shared load, or two loads one after the other: never a kept error.
+        assert_eq!(std::sync::Arc::ptr_eq(a, b), runs.started() == 1);
+        assert!(runs.started() <= 2);
+        assert!(cache.is_empty(), "a failure leaves no entry");
+    });
+}
+
+#[test]
+fn a_panic_unwinds_only_the_driver() {
+    // One preemption: loom runs its threads as fibers of one OS thread, which share
+    // `std::thread::panicking()`. With more preemptions, loom can switch from a thread that
+    // is unwinding to one that drops a lock guard taken before the panic; the std mutex
+    // inside loom's `Mutex` then counts as poisoned and loom's own `unwrap` fails. That
+    // is loom's limitation, not the cache's: real threads each have their own
+    // `panicking()`.
+    let mut builder = loom::model::Builder::new();
+    builder.preemption_bound = Some(1);
+    builder.check(|| {
+        let cache = cache(None);
+        let runs = Runs::new();
+        let (c, r) = (cache.clone(), runs.clone());
+        let t = thread::spawn(move || {
+            catch_unwind(AssertUnwindSafe(|| {
+                block_on(c.get_with(1, r.loader(0, None)))
+            }))
+        });
+        let mine = catch_unwind(AssertUnwindSafe(|| {
+            block_on(cache.get_with(1, runs.loader(0, None)))
+        }));
+        let theirs = t.join().unwrap();
+        let unwound = usize::from(mine.is_err()) + usize::from(theirs.is_err());
+        for outcome in [mine, theirs].into_iter().flatten() {
+            assert_eq!(
+                outcome,
+                Err(LoadError::Panicked),
+                "not unwound: gets Panicked"
+            );
+        }
+        assert!(unwound >= 1);
+        assert_eq!(
+            runs.started(),
+            unwound,
+            "every run unwinds exactly one caller"
+        );
+        assert_eq!(runs.dropped(), runs.started());
+        assert!(cache.is_empty(), "a panicked load leaves no entry");
+    });
+}
+
+#[test]
+fn a_dropped_driver_hands_the_load_on() {
+    let mut builder = loom::model::Builder::new();
+    builder.preemption_bound = Some(1);
+    builder.check(|| {
+        let cache = cache(None);
+        let runs = Runs::new();
+        let (c, r) = (cache.clone(), runs.clone());
+        let t = thread::spawn(move || {
+            let mut driver = pin!(c.get_with(1, r.loader(1, Some(Ok(1)))));
+            let _ = poll_once(driver.as_mut());
+            // Dropped after one poll.
+        });
+        let got = block_on(cache.get_with(1, runs.loader(1, Some(Ok(2)))));
+        t.join().unwrap();
+        assert!(got.is_ok());
+        assert!(runs.started() <= 2, "at most one extra run");
+        assert_eq!(runs.dropped(), runs.started(), "no load left running");
+        assert_eq!(cache.len(), 1);
+    });
+}
+
+#[test]
+fn a_stalled_leader_does_not_block_the_second_caller() {
+    loom::model(|| {
+        let cache = cache(None);
+        let runs = Runs::new();
+        let gate = Gate::default();
+        // Polled once on this thread (its load waits for the gate), then never again.
+        let mut stalled = Box::pin(cache.get_with(1, runs.gated(&gate, 1)));
+        assert!(poll_once(stalled.as_mut()).is_pending());
+        let (c, r, g) = (cache.clone(), runs.clone(), gate.clone());
+        let t = thread::spawn(move || block_on(c.get_with(1, r.gated(&g, 2)).with_source()));
+        gate.succeed(()).unwrap();
+        // Only the second caller is polled from here on: it drives the load to its end.
+        assert_eq!(t.join().unwrap(), (Ok(1), Source::Joined));
+        assert_eq!(runs.started(), 1);
+        drop(stalled);
+    });
+}
+
+#[test]
+fn when_every_caller_leaves_the_load_goes() {
+    loom::model(|| {
+        let cache = cache(None);
+        let runs = Runs::new();
+        let gate = Gate::default(); // never opened: the load cannot finish
+        let (c, r, g) = (cache.clone(), runs.clone(), gate.clone());
+        let t = thread::spawn(move || {
+            let mut get = pin!(c.get_with(1, r.gated(&g, 1)));
+            assert!(poll_once(get.as_mut()).is_pending());
+        });
+        {
+            let mut get = pin!(cache.get_with(1, runs.gated(&gate, 2)));
+            assert!(poll_once(get.as_mut()).is_pending());
+        }
+        t.join().unwrap();
+        assert!(cache.is_empty(), "an abandoned load leaves no entry");
+        assert!(runs.started() >= 1);
+        assert_eq!(
+            runs.dropped(),
+            runs.started(),
+            "every load started was dropped"
+        );
+        assert_eq!(cache.stats().loads_cancelled as usize, runs.started());
+    });
+}
+
+#[test]
+fn admission_vs_invalidate_keeps_the_books() {
+    loom::model(|| {
+        let cache = cache(Some(1));
+        let runs = Runs::new();
+        let c = cache.clone();
+        let t = thread::spawn(move || c.invalidate(&1));
+        let got = block_on(cache.get_with(1, runs.loader(0, Some(Ok(1)))));
+        t.join().unwrap();
+        assert_eq!(got, Ok(1));
+        // Whatever the order, the policy counts exactly the values the map holds.
+        assert_eq!(cache.weighted_size(), Some(cache.len() as u64));
+        // And a second key still fits by evicting: the books never leak capacity.
+        cache.insert(2, 2);
+        assert_eq!(cache.weighted_size(), Some(1));
+        assert_eq!(cache.len(), 1);
+    });
+}
+
+#[test]
+fn concurrent_inserts_stay_within_capacity() {
+    loom::model(|| {
+        let cache = cache(Some(1));
+        let c = cache.clone();
+        let t = thread::spawn(move || c.insert(1, 1));
+        cache.insert(2, 2);
+        t.join().unwrap();
+        assert_eq!(cache.weighted_size(), Some(1));
+        assert_eq!(cache.len(), 1);
+    });
+}
