@@ -14,22 +14,24 @@ use deferred_map::{Cell, DeferredMap};
 
 use crate::{
     get::GetWith,
-    policy::{Meta, Node, Policy},
+    policy::{CacheCell, Evicted, Meta, Node, Policy},
     stats::{Counters, Outcome, Stats},
     Builder,
 };
 
-/// A value in the map, with the policy's view of it.
+/// A value in the map, with the policy's view of it beside it.
 pub(crate) struct Stored<V> {
     pub(crate) value: V,
-    pub(crate) meta: Arc<Meta>,
+    pub(crate) meta: Meta,
 }
 
 impl<V: Clone> Clone for Stored<V> {
+    /// A copy of the value for a caller. The policy only ever reads the metadata of the
+    /// `Stored` inside the cell, so the copy gets fresh metadata.
     fn clone(&self) -> Self {
         Stored {
             value: self.value.clone(),
-            meta: Arc::clone(&self.meta),
+            meta: Meta::new(),
         }
     }
 }
@@ -38,12 +40,8 @@ impl<V> Stored<V> {
     fn new(value: V) -> Self {
         Stored {
             value,
-            meta: Arc::new(Meta::new()),
+            meta: Meta::new(),
         }
-    }
-
-    fn is(&self, meta: &Arc<Meta>) -> bool {
-        Arc::ptr_eq(&self.meta, meta)
     }
 }
 
@@ -82,7 +80,7 @@ pub(crate) type Weigher<K, V> = Box<dyn Fn(&K, &V) -> u32 + Send + Sync>;
 /// ```
 pub struct Cache<K, V, E = Infallible, S = RandomState> {
     pub(crate) map: Map<K, V, E, S>,
-    policy: Option<Policy<K>>,
+    policy: Option<Policy<K, V, E>>,
     weigher: Option<Weigher<K, V>>,
     pub(crate) counters: Arc<Counters>,
 }
@@ -199,28 +197,6 @@ impl<K, V, E, S> Cache<K, V, E, S> {
     pub fn stats(&self) -> Stats {
         self.counters.snapshot()
     }
-
-    /// Removes every entry. Loads in flight go on for the callers already waiting on them;
-    /// their values are not stored.
-    ///
-    /// ```
-    /// let cache: deferred_cache::Cache<u8, u8> = deferred_cache::Cache::bounded(8);
-    /// cache.insert(1, 1);
-    /// cache.invalidate_all();
-    /// assert!(cache.is_empty());
-    /// assert_eq!(cache.weighted_size(), Some(0));
-    /// ```
-    pub fn invalidate_all(&self) {
-        let before = self.map.len();
-        // The policy first: a value admitted between the two steps is then one whose node
-        // outlives its entry, which only leaves the books when its node comes round (the
-        // other order would leave an entry the policy no longer sees).
-        if let Some(policy) = &self.policy {
-            policy.clear();
-        }
-        self.map.clear();
-        self.counters.invalidated(before as u64);
-    }
 }
 
 impl<K, V, E, S> Cache<K, V, E, S>
@@ -236,7 +212,9 @@ where
     /// [`GetWith::with_source`] to learn whether this caller's loader ran.
     ///
     /// `loader` is called only on a miss, with no lock held. The future it returns is stored
-    /// in the entry and driven by whichever waiting caller is polled.
+    /// in the entry and driven by whichever waiting caller is polled. Callers that miss at
+    /// the same instant may each call their `loader`, but only one of the futures is ever
+    /// polled (the others are dropped unpolled): keep side effects inside the future.
     ///
     /// ```
     /// use deferred_cache::{Cache, LoadError};
@@ -316,15 +294,15 @@ where
     /// ```
     pub fn insert(&self, key: K, value: V) {
         let weight = self.weigh(&key, &value);
-        let stored = Stored::new(value);
-        let meta = Arc::clone(&stored.meta);
-        let old = self.map.insert(key.clone(), Cell::ready(stored));
+        let cell = Cell::ready(Stored::new(value));
+        let hash = self.hash(&key);
+        let old = self.map.insert(key.clone(), cell.clone());
         if let Some(old) = old {
-            self.retire(&key, &old);
+            self.retire(hash, &old);
             self.counters.invalidated(1);
             drop(old);
         }
-        self.admit(key, meta, weight);
+        self.admit(key, hash, &cell, weight);
     }
 
     /// Removes the entry at `key`; returns whether there was one. A load in flight goes on
@@ -341,10 +319,35 @@ where
         let Some(old) = self.map.remove(key) else {
             return false;
         };
-        self.retire(key, &old);
+        self.retire(self.hash(key), &old);
         self.counters.invalidated(1);
         drop(old);
         true
+    }
+
+    /// Removes every entry. Loads in flight go on for the callers already waiting on them;
+    /// their values are not stored. Entries added while it runs may stay.
+    ///
+    /// ```
+    /// let cache: deferred_cache::Cache<u8, u8> = deferred_cache::Cache::bounded(8);
+    /// cache.insert(1, 1);
+    /// cache.invalidate_all();
+    /// assert!(cache.is_empty());
+    /// assert_eq!(cache.weighted_size(), Some(0));
+    /// ```
+    pub fn invalidate_all(&self) {
+        let mut removed = 0;
+        // Each value is taken off the policy's books as it goes (the map removes what the
+        // predicate refuses, after it ran, by identity).
+        self.map.retain(|key, cell| {
+            self.retire(self.hash(key), cell);
+            removed += 1;
+            false
+        });
+        if let Some(policy) = &self.policy {
+            policy.purge();
+        }
+        self.counters.invalidated(removed);
     }
 
     /// Reads the value at `key` for a hit, recording the use.
@@ -372,46 +375,49 @@ where
     }
 
     /// Takes a value that left the map (invalidated or replaced) off the policy's books.
-    fn retire(&self, key: &K, old: &Cell<Stored<V>, Arc<E>>) {
-        if let (Some(policy), Some(stored)) = (&self.policy, old.get()) {
-            policy.retire(self.hash(key), &stored.meta);
+    fn retire(&self, hash: u64, old: &CacheCell<V, E>) {
+        if let Some(policy) = &self.policy {
+            policy.retire(hash, old);
         }
     }
 
-    /// Counts a value that a load just produced (or an insert stored) against capacity,
-    /// evicting as needed. Any caller that saw the value may call this; the first one that
-    /// gets here admits it, if it is still the key's value.
-    pub(crate) fn admit_loaded(&self, key: K, stored: &Stored<V>) {
-        if self.policy.is_none() || !Policy::<K>::needs_admission(&stored.meta) {
+    /// Counts the value that a load just put in `cell` against capacity, evicting as
+    /// needed. Any caller that saw the value may call this; the first one that gets here
+    /// admits it, if it is still the key's value.
+    pub(crate) fn admit_loaded(&self, key: K, cell: &CacheCell<V, E>) {
+        let Some(stored) = cell.get() else { return };
+        if self.policy.is_none() || !Policy::<K, V, E>::needs_admission(&stored.meta) {
             return;
         }
         let weight = self.weigh(&key, &stored.value);
-        self.admit(key, Arc::clone(&stored.meta), weight);
+        let hash = self.hash(&key);
+        self.admit(key, hash, cell, weight);
     }
 
-    fn admit(&self, key: K, meta: Arc<Meta>, weight: u32) {
+    fn admit(&self, key: K, hash: u64, cell: &CacheCell<V, E>, weight: u32) {
         let Some(policy) = &self.policy else { return };
+        let Some(stored) = cell.get() else { return };
         // Still the value at `key`? An invalidate or insert may have replaced it; one that
-        // does so after this check retires `meta` under the policy lock, which `admit` sees.
-        let current = self
-            .map
-            .try_get_with(&key, |outcome| matches!(outcome, Ok(s) if s.is(&meta)));
+        // does so after this check retires it under the policy lock, which `admit` sees.
+        let current = self.map.try_get_with(
+            &key,
+            |outcome| matches!(outcome, Ok(s) if core::ptr::eq(s, stored)),
+        );
         if current != Some(true) {
             return;
         }
-        let hash = self.hash(&key);
-        let mut evicted = Vec::new();
-        policy.admit(Node { key, hash, meta }, weight, &mut evicted);
+        let mut evicted: Vec<Evicted<K, V, E>> = Vec::new();
+        policy.admit(Node::new(key, hash, cell), cell, weight, &mut evicted);
         let mut removed = 0;
-        for node in evicted {
-            let gone = self.map.remove_if(&node.key, |cell| {
-                cell.get().is_some_and(|s| s.is(&node.meta))
-            });
-            removed += u64::from(gone.is_some());
-            // The value is dropped here, with no lock held.
-            drop(gone);
+        for out in &evicted {
+            if let (true, Some(cell)) = (out.victim, &out.cell) {
+                let gone = self.map.remove_if(&out.node.key, |c| Cell::ptr_eq(c, cell));
+                removed += u64::from(gone.is_some());
+            }
         }
         self.counters.evicted(removed);
+        // Keys and values are dropped here, with no lock held.
+        drop(evicted);
     }
 }
 

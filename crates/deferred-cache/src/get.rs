@@ -151,17 +151,20 @@ where
     S: BuildHasher,
     L: Loader<K, V, E>,
 {
+    #[inline]
     fn poll_source(&mut self, cx: &mut Context<'_>) -> Poll<(Result<V, LoadError<E>>, Source)> {
         let cache = self.cache;
-        if let State::Start { .. } = self.state {
+        if let State::Start { key, .. } = &self.state {
+            // The hit path reads through a reference: nothing moves.
+            if let Some(value) = cache.read(key) {
+                cache.counters.hit();
+                self.state = State::Done;
+                return Poll::Ready((Ok(value), Source::Hit));
+            }
             let State::Start { key, loader } = core::mem::replace(&mut self.state, State::Done)
             else {
                 unreachable!("matched above");
             };
-            if let Some(value) = cache.read(&key) {
-                cache.counters.hit();
-                return Poll::Ready((Ok(value), Source::Hit));
-            }
             let counters = Arc::clone(&cache.counters);
             let get = cache
                 .map
@@ -196,12 +199,12 @@ where
                 Poll::Pending => return Poll::Pending,
             }
         };
-        let State::Wait { key, .. } = core::mem::replace(&mut self.state, State::Done) else {
+        let State::Wait { key, get, .. } = core::mem::replace(&mut self.state, State::Done) else {
             unreachable!("matched above");
         };
         match outcome {
             Ok(stored) => {
-                cache.admit_loaded(key, &stored);
+                cache.admit_loaded(key, get.cell());
                 Poll::Ready((Ok(stored.value), source))
             }
             Err(error) => Poll::Ready((Err(error.into()), source)),
@@ -224,6 +227,7 @@ where
 {
     type Output = Result<V, LoadError<E>>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         self.get_mut().poll_source(cx).map(|(outcome, _)| outcome)
     }

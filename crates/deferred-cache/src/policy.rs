@@ -19,10 +19,14 @@
 use std::{collections::VecDeque, fmt, sync::Arc};
 
 use crossbeam_utils::CachePadded;
-use deferred_core::sync::SpinMutex;
+use deferred_core::{sync::SpinMutex, WeakLazy};
+use deferred_map::Cell;
 use hashbrown::HashTable;
 
-use crate::loom::{AtomicU32, AtomicU8, Ordering::Relaxed};
+use crate::{
+    cache::Stored,
+    loom::{AtomicU32, AtomicU8, Ordering::Relaxed},
+};
 
 /// Not admitted yet (a value that just finished loading, or was just inserted).
 const NEW: u8 = 0;
@@ -34,13 +38,14 @@ const REMOVED: u8 = 2;
 /// The most uses a read records.
 const MAX_FREQ: u8 = 3;
 
-/// The policy's view of one stored value, shared by the value and its queue node.
+/// The policy's view of one stored value, kept beside the value in its cell (one cache
+/// line away at most from what a hit reads anyway).
 pub(crate) struct Meta {
     /// Reads since the entry last left a queue, saturating at `MAX_FREQ`. Relaxed: a hint
     /// to the policy, racy by design (a lost bump costs nothing but accuracy).
     freq: AtomicU8,
     /// NEW / ADMITTED / REMOVED; changed only under the policy shard's lock, which orders
-    /// it. Read without the lock only as a hint (see `Policy::admit`).
+    /// it. Read without the lock only as a hint (see `Policy::needs_admission`).
     state: AtomicU8,
     /// Set at admission, under the lock.
     weight: AtomicU32,
@@ -79,11 +84,42 @@ impl fmt::Debug for Meta {
     }
 }
 
-/// A queued entry.
-pub(crate) struct Node<K> {
+/// The cells of a cache's map.
+pub(crate) type CacheCell<V, E> = Cell<Stored<V>, Arc<E>>;
+
+/// A queued entry: its key, and a weak handle to its cell, so that a value removed from the
+/// map is dropped at once, not when its node comes round.
+pub(crate) struct Node<K, V, E> {
     pub(crate) key: K,
     pub(crate) hash: u64,
-    pub(crate) meta: Arc<Meta>,
+    weight: u64,
+    cell: WeakLazy<Stored<V>, Arc<E>>,
+}
+
+impl<K, V, E> Node<K, V, E> {
+    pub(crate) fn new(key: K, hash: u64, cell: &CacheCell<V, E>) -> Self {
+        Node {
+            key,
+            hash,
+            weight: 1,
+            cell: deferred_core::Lazy::downgrade(cell),
+        }
+    }
+}
+
+/// What eviction took out: the cache removes each victim from the map, and drops
+/// everything after the policy lock is released (keys and values are user code).
+pub(crate) struct Evicted<K, V, E> {
+    pub(crate) node: Node<K, V, E>,
+    /// The cell, upgraded from the node's weak handle; `None` if it was already gone.
+    pub(crate) cell: Option<CacheCell<V, E>>,
+    /// Whether the node was a live value to remove from the map (not a stale node).
+    pub(crate) victim: bool,
+}
+
+/// The metadata of a live, complete cell.
+fn meta_of<V, E>(cell: &CacheCell<V, E>) -> Option<&Meta> {
+    cell.get().map(|stored| &stored.meta)
 }
 
 /// Hashes of entries lately evicted from a small queue, oldest first, with counts for
@@ -125,38 +161,24 @@ impl Ghost {
             }
         }
     }
-
-    fn clear(&mut self) {
-        self.order.clear();
-        self.counts.clear();
-    }
 }
 
 /// One shard's queues.
-struct Fifo<K> {
-    small: VecDeque<Node<K>>,
-    main: VecDeque<Node<K>>,
+struct Fifo<K, V, E> {
+    small: VecDeque<Node<K, V, E>>,
+    main: VecDeque<Node<K, V, E>>,
     ghost: Ghost,
-    /// Weight of the nodes in each queue, stale ones included.
+    /// Weight of the nodes in each queue, stale ones included: the queue sizes S3-FIFO
+    /// steers by.
     small_weight: u64,
     main_weight: u64,
-    /// Weight of the stale nodes (REMOVED after they were admitted), still queued.
-    stale: u64,
+    /// Weight of the ADMITTED values: what counts against capacity.
+    live: u64,
     capacity: u64,
     small_capacity: u64,
 }
 
-/// What one eviction step did.
-enum Step<K> {
-    /// Took this node out: remove its entry from the map.
-    Victim(Node<K>),
-    /// Dropped a stale node.
-    Discarded,
-    /// Both queues are empty.
-    Empty,
-}
-
-impl<K> Fifo<K> {
+impl<K, V, E> Fifo<K, V, E> {
     fn new(capacity: u64) -> Self {
         Fifo {
             small: VecDeque::new(),
@@ -164,92 +186,92 @@ impl<K> Fifo<K> {
             ghost: Ghost::new(),
             small_weight: 0,
             main_weight: 0,
-            stale: 0,
+            live: 0,
             capacity,
             small_capacity: capacity / 10,
         }
     }
 
-    fn live(&self) -> u64 {
-        (self.small_weight + self.main_weight).saturating_sub(self.stale)
-    }
-
-    fn push(&mut self, node: Node<K>) {
-        let weight = node.meta.weight();
+    fn push(&mut self, node: Node<K, V, E>) {
         if self.ghost.contains(node.hash) {
-            self.main_weight += weight;
+            self.main_weight += node.weight;
             self.main.push_back(node);
         } else {
-            self.small_weight += weight;
+            self.small_weight += node.weight;
             self.small.push_back(node);
         }
     }
 
-    /// Takes a popped node whose entry is gone: it only leaves the books.
-    fn is_stale(&mut self, node: &Node<K>) -> bool {
-        if node.meta.state.load(Relaxed) == REMOVED {
-            self.stale = self.stale.saturating_sub(node.meta.weight());
-            true
-        } else {
-            false
-        }
-    }
-
-    fn step(&mut self) -> Step<K> {
+    /// One eviction step: takes nodes off the queues' heads, giving second chances to the
+    /// values read since they were queued, until one is evicted or found stale (`Some`), or
+    /// both queues are empty (`None`).
+    fn step(&mut self) -> Option<Evicted<K, V, E>> {
         // Bounds the second chances one step may give, in case readers keep re-marking
         // entries while it runs.
         let mut chances = 4 * (self.small.len() + self.main.len()) + 1;
         loop {
-            if self.small_weight > self.small_capacity || self.main.is_empty() {
-                let Some(node) = self.small.pop_front() else {
-                    return Step::Empty;
-                };
-                let weight = node.meta.weight();
-                self.small_weight -= weight;
-                if self.is_stale(&node) {
-                    return Step::Discarded;
-                }
-                if node.meta.freq.load(Relaxed) > 0 && chances > 0 {
-                    chances -= 1;
-                    node.meta.freq.store(0, Relaxed);
-                    self.main_weight += weight;
-                    self.main.push_back(node);
-                    continue;
-                }
-                let ghosts = (self.small.len() + self.main.len()).max(8);
-                self.ghost.push(node.hash, ghosts);
-                node.meta.state.store(REMOVED, Relaxed);
-                return Step::Victim(node);
-            }
-            let Some(node) = self.main.pop_front() else {
-                return Step::Empty;
+            let from_small = self.small_weight > self.small_capacity || self.main.is_empty();
+            let node = if from_small {
+                self.small.pop_front()?
+            } else {
+                self.main.pop_front()?
             };
-            let weight = node.meta.weight();
-            self.main_weight -= weight;
-            if self.is_stale(&node) {
-                return Step::Discarded;
+            if from_small {
+                self.small_weight -= node.weight;
+            } else {
+                self.main_weight -= node.weight;
             }
-            let freq = node.meta.freq.load(Relaxed);
+            let cell = node.cell.upgrade();
+            let Some(meta) = cell.as_ref().and_then(meta_of) else {
+                // Its value is gone from the map and dropped: retired already.
+                return Some(Evicted {
+                    node,
+                    cell,
+                    victim: false,
+                });
+            };
+            if meta.state.load(Relaxed) != ADMITTED {
+                // Retired (invalidated or replaced) while queued.
+                return Some(Evicted {
+                    node,
+                    cell,
+                    victim: false,
+                });
+            }
+            let freq = meta.freq.load(Relaxed);
             if freq > 0 && chances > 0 {
                 chances -= 1;
-                node.meta.freq.store(freq - 1, Relaxed);
-                self.main_weight += weight;
+                // Read while queued: a second chance, in the main queue.
+                let freq = if from_small { 0 } else { freq - 1 };
+                meta.freq.store(freq, Relaxed);
+                self.main_weight += node.weight;
                 self.main.push_back(node);
+                // The upgraded handle goes here, under the lock: the map still holds the
+                // value (it is ADMITTED), so this is never the last handle.
+                drop(cell);
                 continue;
             }
-            node.meta.state.store(REMOVED, Relaxed);
-            return Step::Victim(node);
+            if from_small {
+                let ghosts = (self.small.len() + self.main.len()).max(8);
+                self.ghost.push(node.hash, ghosts);
+            }
+            meta.state.store(REMOVED, Relaxed);
+            self.live -= node.weight;
+            return Some(Evicted {
+                node,
+                cell,
+                victim: true,
+            });
         }
     }
 }
 
 /// The eviction policy of a bounded cache: S3-FIFO in shards picked by key hash.
-pub(crate) struct Policy<K> {
-    shards: Box<[CachePadded<SpinMutex<Fifo<K>>>]>,
-    shift: u32,
+pub(crate) struct Policy<K, V, E> {
+    shards: Box<[CachePadded<SpinMutex<Fifo<K, V, E>>>]>,
 }
 
-impl<K> Policy<K> {
+impl<K, V, E> Policy<K, V, E> {
     /// A policy for `capacity` weight units in `shards` shards (a power of two; fewer when
     /// the capacity is small, so that each shard keeps a useful share).
     pub(crate) fn new(capacity: u64, shards: usize) -> Self {
@@ -267,18 +289,12 @@ impl<K> Policy<K> {
                     CachePadded::new(SpinMutex::new(Fifo::new(cap)))
                 })
                 .collect(),
-            shift: u64::BITS - count.trailing_zeros(),
         }
     }
 
-    fn shard(&self, hash: u64) -> &SpinMutex<Fifo<K>> {
+    fn shard(&self, hash: u64) -> &SpinMutex<Fifo<K, V, E>> {
         // Low bits: the map picks its shard by the top ones.
-        let index = if self.shift == u64::BITS {
-            0
-        } else {
-            (hash as usize) & (self.shards.len() - 1)
-        };
-        &self.shards[index]
+        &self.shards[(hash as usize) & (self.shards.len() - 1)]
     }
 
     /// Whether `meta` may still need admitting: a hint read without the lock, so that the
@@ -287,68 +303,87 @@ impl<K> Policy<K> {
         meta.state.load(Relaxed) == NEW
     }
 
-    /// Admits a complete value (unless it was removed meanwhile), then evicts until the
-    /// shard is within capacity. Returns the nodes evicted, whose entries the caller removes
-    /// from the map (after the lock is released: that drops user values).
-    pub(crate) fn admit(&self, node: Node<K>, weight: u32, evicted: &mut Vec<Node<K>>) {
-        let mut node = Some(node);
-        self.shard(node.as_ref().map_or(0, |n| n.hash))
-            .with(|fifo| {
-                let Some(n) = node.take() else { return };
-                if n.meta.state.load(Relaxed) != NEW {
-                    // Removed (or admitted by another caller) meanwhile.
-                    node = Some(n);
-                    return;
+    /// Admits the complete value in `cell` (unless it was admitted or removed meanwhile),
+    /// then evicts until the shard is within capacity. What eviction took out goes to
+    /// `out`, for the caller to remove from the map and drop with no lock held.
+    pub(crate) fn admit(
+        &self,
+        mut node: Node<K, V, E>,
+        cell: &CacheCell<V, E>,
+        weight: u32,
+        out: &mut Vec<Evicted<K, V, E>>,
+    ) {
+        let Some(meta) = meta_of(cell) else { return };
+        node.weight = u64::from(weight);
+        let mut unused = None;
+        self.shard(node.hash).with(|fifo| {
+            if meta.state.load(Relaxed) != NEW {
+                // Admitted by another caller, or removed, meanwhile.
+                unused = Some(node);
+                return;
+            }
+            meta.weight.store(weight, Relaxed);
+            meta.state.store(ADMITTED, Relaxed);
+            fifo.live += node.weight;
+            fifo.push(node);
+            while fifo.live > fifo.capacity {
+                match fifo.step() {
+                    Some(evicted) => out.push(evicted),
+                    None => break,
                 }
-                n.meta.weight.store(weight, Relaxed);
-                n.meta.state.store(ADMITTED, Relaxed);
-                fifo.push(n);
-                while fifo.live() > fifo.capacity {
-                    match fifo.step() {
-                        Step::Victim(v) => evicted.push(v),
-                        Step::Discarded => {}
-                        Step::Empty => break,
-                    }
-                }
-            });
-        // A node not admitted is dropped here, outside the lock (its key is user code).
-        drop(node);
+            }
+        });
+        // Dropped outside the lock: its key is user code.
+        drop(unused);
     }
 
-    /// Marks a value removed from the map (invalidated or replaced), so that it is never
-    /// admitted and, if it already was, no longer counts against capacity.
-    pub(crate) fn retire(&self, hash: u64, meta: &Meta) {
+    /// Takes a value that left the map (invalidated or replaced) off the books: it is never
+    /// admitted after this, and if it was, it no longer counts against capacity. The caller
+    /// holds `cell` until this returns.
+    pub(crate) fn retire(&self, hash: u64, cell: &CacheCell<V, E>) {
+        let Some(meta) = meta_of(cell) else { return };
         self.shard(hash).with(|fifo| {
             if meta.state.load(Relaxed) == ADMITTED {
-                fifo.stale += meta.weight();
+                fifo.live -= meta.weight();
             }
             meta.state.store(REMOVED, Relaxed);
         });
     }
 
-    /// Forgets every queued node. The caller clears the map.
-    pub(crate) fn clear(&self) {
+    /// Drops the nodes whose values are gone, in every shard (after `invalidate_all`), so
+    /// that their allocations go now rather than when new values push them out.
+    pub(crate) fn purge(&self) {
         for shard in self.shards.iter() {
-            let (small, main) = shard.with(|fifo| {
-                for node in fifo.small.iter().chain(fifo.main.iter()) {
-                    node.meta.state.store(REMOVED, Relaxed);
+            let (mut dead, mut dead_cells) = (Vec::new(), Vec::new());
+            shard.with(|fifo| {
+                for queue in [&mut fifo.small, &mut fifo.main] {
+                    let mut kept = VecDeque::with_capacity(queue.len());
+                    for node in queue.drain(..) {
+                        let cell = node.cell.upgrade();
+                        let live = cell
+                            .as_ref()
+                            .and_then(meta_of)
+                            .is_some_and(|m| m.state.load(Relaxed) == ADMITTED);
+                        if live {
+                            kept.push_back(node);
+                        } else {
+                            dead.push(node);
+                        }
+                        // Possibly the last handle to a dead value: dropped with no lock.
+                        dead_cells.push(cell);
+                    }
+                    *queue = kept;
                 }
-                fifo.small_weight = 0;
-                fifo.main_weight = 0;
-                fifo.stale = 0;
-                fifo.ghost.clear();
-                (
-                    core::mem::take(&mut fifo.small),
-                    core::mem::take(&mut fifo.main),
-                )
+                fifo.small_weight = fifo.small.iter().map(|n| n.weight).sum();
+                fifo.main_weight = fifo.main.iter().map(|n| n.weight).sum();
             });
-            drop((small, main)); // keys are user code: outside the lock
+            drop((dead, dead_cells)); // keys and values are user code: outside the lock
         }
     }
 
-    /// The weight of admitted values still counted (for tests and `Debug`).
+    /// The weight of admitted values (for `weighted_size`).
     pub(crate) fn weight(&self) -> u64 {
-        self.shards.iter().map(|s| s.with(|f| f.live())).sum()
+        self.shards.iter().map(|s| s.with(|f| f.live)).sum()
     }
 
     /// The total capacity.
@@ -357,7 +392,7 @@ impl<K> Policy<K> {
     }
 }
 
-impl<K> fmt::Debug for Policy<K> {
+impl<K, V, E> fmt::Debug for Policy<K, V, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Policy")
             .field("shards", &self.shards.len())

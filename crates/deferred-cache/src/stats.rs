@@ -86,7 +86,7 @@ pub(crate) enum Outcome {
     Cancelled,
 }
 
-/// The read-path counters of one stripe: written by the threads that map to it.
+/// The read-path counters of one stripe.
 #[derive(Default)]
 struct Stripe {
     hits: AtomicU64,
@@ -94,9 +94,11 @@ struct Stripe {
     coalesced: AtomicU64,
 }
 
-/// The live counters. Read-path counts go to a per-thread stripe, so that two threads
-/// hitting the same key never write the same cache line; the rest are rare events.
+/// The live counters. Read-path counts go to the stripe this thread owns (see
+/// `StripeSlot`), so that a hit costs a plain load and store on a cache line no other
+/// thread writes; the rest are rare events.
 pub(crate) struct Counters {
+    /// `SLOTS` owned stripes, then one shared stripe for threads beyond them.
     stripes: Box<[CachePadded<Stripe>]>,
     loads: [AtomicU64; 4],
     load_nanos: AtomicU64,
@@ -104,23 +106,50 @@ pub(crate) struct Counters {
     invalidated: AtomicU64,
 }
 
-/// Stripes per cache: a power of two, enough that threads rarely share one.
-const STRIPES: usize = 32;
+/// Threads that can own a stripe at once; more share the last stripe (with atomic adds).
+#[cfg(not(loom))]
+const SLOTS: usize = 32;
+#[cfg(loom)]
+const SLOTS: usize = 0;
+
+/// Which stripe slots live threads own, process-wide: a thread takes a free slot at its
+/// first counted read and frees it when it exits.
+#[cfg(not(loom))]
+static TAKEN: [std::sync::atomic::AtomicBool; SLOTS] =
+    [const { std::sync::atomic::AtomicBool::new(false) }; SLOTS];
+
+/// A thread's stripe slot; `None` if all were taken when it asked.
+#[cfg(not(loom))]
+struct StripeSlot(Option<usize>);
+
+#[cfg(not(loom))]
+impl StripeSlot {
+    fn claim() -> Self {
+        // Acquire: pairs with the Release in `drop`, so the new owner's plain adds start
+        // from the last owner's counts.
+        StripeSlot((0..SLOTS).find(|&i| !TAKEN[i].swap(true, std::sync::atomic::Ordering::Acquire)))
+    }
+}
+
+#[cfg(not(loom))]
+impl Drop for StripeSlot {
+    fn drop(&mut self) {
+        if let Some(i) = self.0 {
+            // Release: pairs with the Acquire in `claim` (see there).
+            TAKEN[i].store(false, std::sync::atomic::Ordering::Release);
+        }
+    }
+}
 
 #[cfg(not(loom))]
 std::thread_local! {
-    /// This thread's stripe, handed out round-robin at first use.
-    static STRIPE: usize = {
-        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        // Relaxed: any distinct-enough number will do; nothing is published through it.
-        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) & (STRIPES - 1)
-    };
+    static SLOT: StripeSlot = StripeSlot::claim();
 }
 
 impl Counters {
     pub(crate) fn new() -> Self {
         Counters {
-            stripes: (0..STRIPES).map(|_| CachePadded::default()).collect(),
+            stripes: (0..=SLOTS).map(|_| CachePadded::default()).collect(),
             loads: Default::default(),
             load_nanos: AtomicU64::new(0),
             evicted: AtomicU64::new(0),
@@ -128,28 +157,36 @@ impl Counters {
         }
     }
 
-    fn stripe(&self) -> &Stripe {
-        // Under loom, one stripe: a model must touch the same atomics on every run, and the
-        // round-robin numbering goes on across runs.
-        #[cfg(loom)]
-        let index = 0;
+    /// Adds one to a read-path counter: a plain load and store on this thread's own
+    /// stripe, an atomic add on the shared one. Relaxed either way: statistics, read as a
+    /// snapshot with no ordering promise (documented on `Stats`), publishing nothing.
+    #[inline]
+    fn bump(&self, counter: fn(&Stripe) -> &AtomicU64) {
         #[cfg(not(loom))]
-        let index = STRIPE.with(|s| *s);
-        &self.stripes[index]
+        let owned = SLOT.try_with(|slot| slot.0).ok().flatten();
+        #[cfg(loom)]
+        let owned: Option<usize> = None; // one shared stripe: loom sees every add
+        match owned {
+            Some(i) => {
+                // Only this thread writes stripe `i` while it owns the slot.
+                let c = counter(&self.stripes[i]);
+                c.store(c.load(Relaxed) + 1, Relaxed);
+            }
+            None => {
+                counter(&self.stripes[SLOTS]).fetch_add(1, Relaxed);
+            }
+        }
     }
 
-    // All counters are Relaxed: they are statistics, read as a snapshot with no ordering
-    // promise (documented on `Stats`), and publish nothing.
-
+    #[inline]
     pub(crate) fn hit(&self) {
-        self.stripe().hits.fetch_add(1, Relaxed);
+        self.bump(|s| &s.hits);
     }
 
     pub(crate) fn miss(&self, coalesced: bool) {
-        let stripe = self.stripe();
-        stripe.misses.fetch_add(1, Relaxed);
+        self.bump(|s| &s.misses);
         if coalesced {
-            stripe.coalesced.fetch_add(1, Relaxed);
+            self.bump(|s| &s.coalesced);
         }
     }
 

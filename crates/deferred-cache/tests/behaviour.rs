@@ -43,9 +43,10 @@ async fn stampede<H, J>(
                 async move {
                     cache
                         .get_with(7, || {
-                            let guard = runs.enter();
+                            let runs = runs.clone();
                             let opened = gate.wait();
                             async move {
+                                let guard = runs.enter();
                                 opened.await;
                                 drop(guard);
                                 Ok(49)
@@ -164,8 +165,9 @@ fn a_loader_error_reaches_every_waiter_promptly_and_is_not_cached() {
                 tokio::spawn(async move {
                     let outcome = cache
                         .get_with(1, || {
-                            let guard = runs.enter();
+                            let runs = runs.clone();
                             async move {
+                                let guard = runs.enter();
                                 tokio::time::sleep(Duration::from_millis(20)).await;
                                 drop(guard);
                                 Err("backend down".to_string())
@@ -245,9 +247,10 @@ fn a_panicking_loader_unwinds_one_caller_and_fails_the_others() {
                 tokio::spawn(async move {
                     cache
                         .get_with(3, || {
-                            let guard = runs.enter();
+                            let runs = runs.clone();
                             let opened = gate.wait();
                             async move {
+                                let guard = runs.enter();
                                 opened.await;
                                 let _guard = guard;
                                 panic!("loader bug")
@@ -293,9 +296,10 @@ fn a_dropped_caller_never_fails_the_others_and_the_load_goes_on_without_its_driv
         let gate = Gate::new();
         let runs = Runs::default();
         let loader = || {
-            let guard = runs.enter();
+            let runs = runs.clone();
             let opened = gate.wait();
             async move {
+                let guard = runs.enter();
                 opened.await;
                 drop(guard);
                 Ok(8)
@@ -325,9 +329,10 @@ fn when_the_last_caller_leaves_the_load_is_dropped_and_the_entry_goes() {
         let runs = Runs::default();
         let mut a = cache
             .get_with(5, || {
-                let guard = runs.enter();
+                let runs = runs.clone();
                 let opened = gate.wait();
                 async move {
+                    let guard = runs.enter();
                     opened.await;
                     drop(guard);
                     Ok(1)
@@ -368,9 +373,10 @@ fn a_stalled_leader_does_not_block_the_next_caller() {
         let loader = {
             let (gate, runs) = (gate.clone(), runs.clone());
             move || {
-                let guard = runs.enter();
+                let runs = runs.clone();
                 let opened = gate.wait();
                 async move {
+                    let guard = runs.enter();
                     opened.await;
                     drop(guard);
                     Ok(11)
@@ -523,9 +529,10 @@ fn capacity_zero_keeps_nothing_but_still_shares_loads() {
         let runs = Runs::default();
         let gate = Gate::new();
         let loader = || {
-            let guard = runs.enter();
+            let runs = runs.clone();
             let opened = gate.wait();
             async move {
+                let guard = runs.enter();
                 opened.await;
                 drop(guard);
                 Ok(1)

@@ -19,9 +19,10 @@ fn single_flight_with_waiters_that_leave() {
     let gate = Gate::new();
     let runs = Runs::default();
     let loader = || {
-        let guard = runs.enter();
+        let runs = runs.clone();
         let opened = gate.wait();
         async move {
+            let guard = runs.enter();
             opened.await;
             drop(guard);
             Ok("v".to_string())

@@ -145,3 +145,237 @@ impl<T> fmt::Debug for SpinMutex<T> {
             .finish_non_exhaustive()
     }
 }
+
+/// A reader-writer spin lock for short critical sections, usable without `std`: any number
+/// of readers at once, or one writer. The map's shards use it so that readers of one shard
+/// do not wait for each other.
+///
+/// As [`SpinMutex`], the value is reached through closures ([`read`](Self::read),
+/// [`write`](Self::write)), so no guard can be held across an `.await`; waiting spins a few
+/// rounds and then yields the thread on `std` (bounded spinning); a panicking closure
+/// releases the lock without poisoning it. A waiting writer holds off new readers, so a
+/// stream of readers cannot starve it.
+///
+/// ```
+/// use deferred_core::sync::SpinRwLock;
+/// let lock = SpinRwLock::new(vec![1]);
+/// lock.write(|v| v.push(2));
+/// assert_eq!(lock.read(|v| v.len()), 2);
+/// ```
+pub struct SpinRwLock<T> {
+    /// WRITER | WAITING | readers × READER.
+    state: AtomicUsize,
+    value: UnsafeCell<T>,
+    /// Under loom the lock is loom's own mutex, for readers too (see `SpinMutex::with`):
+    /// loom's `RwLock` multiplies the interleavings of every model above it, and what the
+    /// layers above need checked is their own protocol.
+    #[cfg(loom)]
+    model: loom::sync::Mutex<()>,
+}
+
+/// A writer holds the lock.
+const WRITER: usize = 1;
+/// A writer waits: no new reader may enter.
+#[cfg_attr(loom, allow(dead_code))]
+const WAITING: usize = 2;
+/// One reader.
+const READER: usize = 4;
+
+// SAFETY: readers share `&T` across threads (`T: Sync`), and a writer gets `&mut T` on any
+// thread (`T: Send`), one at a time, as for `std::sync::RwLock`.
+unsafe impl<T: Send + Sync> Sync for SpinRwLock<T> {}
+// SAFETY: owning the lock is owning the `T`.
+unsafe impl<T: Send> Send for SpinRwLock<T> {}
+
+impl<T> SpinRwLock<T> {
+    /// A new, unlocked lock holding `value`.
+    ///
+    /// ```
+    /// use deferred_core::sync::SpinRwLock;
+    /// static COUNT: SpinRwLock<u32> = SpinRwLock::new(0);
+    /// COUNT.write(|n| *n += 1);
+    /// ```
+    #[cfg(not(loom))]
+    pub const fn new(value: T) -> Self {
+        SpinRwLock {
+            state: AtomicUsize::new(0),
+            value: UnsafeCell::new(value),
+        }
+    }
+
+    /// A new, unlocked lock holding `value` (loom's atomics are not `const`).
+    #[cfg(loom)]
+    pub fn new(value: T) -> Self {
+        SpinRwLock {
+            state: AtomicUsize::new(0),
+            value: UnsafeCell::new(value),
+            model: loom::sync::Mutex::new(()),
+        }
+    }
+
+    /// Runs `f` with shared access to the value, alongside other readers.
+    ///
+    /// ```
+    /// use deferred_core::sync::SpinRwLock;
+    /// let lock = SpinRwLock::new(3);
+    /// assert_eq!(lock.read(|n| *n * 2), 6);
+    /// ```
+    #[inline]
+    pub fn read<R>(&self, f: impl FnOnce(&T) -> R) -> R {
+        #[cfg(loom)]
+        let _model = self.model.lock().unwrap_or_else(|e| e.into_inner());
+        self.acquire_read();
+        let _unlock = ReadUnlock(&self.state);
+        // SAFETY: a read lock is held until `_unlock` drops (also on unwinding): no writer
+        // has `&mut T` meanwhile, and readers only get `&T`.
+        self.value.with(|value| f(unsafe { &*value }))
+    }
+
+    /// Runs `f` with exclusive access to the value.
+    ///
+    /// ```
+    /// use deferred_core::sync::SpinRwLock;
+    /// let lock = SpinRwLock::new(3);
+    /// lock.write(|n| *n += 1);
+    /// assert_eq!(lock.read(|n| *n), 4);
+    /// ```
+    #[inline]
+    pub fn write<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
+        #[cfg(loom)]
+        let _model = self.model.lock().unwrap_or_else(|e| e.into_inner());
+        self.acquire_write();
+        let _unlock = WriteUnlock(&self.state);
+        // SAFETY: the write lock is held until `_unlock` drops (also on unwinding): no other
+        // `&T` or `&mut T` exists meanwhile.
+        self.value.with_mut(|value| f(unsafe { &mut *value }))
+    }
+
+    /// Mutable access without locking: `&mut self` proves no one else can lock.
+    ///
+    /// ```
+    /// use deferred_core::sync::SpinRwLock;
+    /// let mut lock = SpinRwLock::new(1);
+    /// *lock.get_mut() += 1;
+    /// assert_eq!(lock.read(|n| *n), 2);
+    /// ```
+    pub fn get_mut(&mut self) -> &mut T {
+        // SAFETY: `&mut self` excludes every other access.
+        self.value.with_mut(|value| unsafe { &mut *value })
+    }
+
+    /// Under loom the model mutex in front already excludes everyone else (see the
+    /// `model` field): the spin protocol would only add interleavings that cannot matter.
+    /// It is checked on real threads instead (`tests/sync.rs`, also under miri).
+    #[cfg(loom)]
+    fn acquire_read(&self) {}
+
+    #[cfg(loom)]
+    fn acquire_write(&self) {}
+
+    #[cfg(not(loom))]
+    #[inline]
+    fn acquire_read(&self) {
+        let mut state = self.state.load(Relaxed);
+        let backoff = Backoff::new();
+        loop {
+            if state & (WRITER | WAITING) == 0 {
+                // Acquire: pairs with the Release in `WriteUnlock::drop`, so the last
+                // writer's changes are visible.
+                match self
+                    .state
+                    .compare_exchange_weak(state, state + READER, Acquire, Relaxed)
+                {
+                    Ok(_) => return,
+                    Err(actual) => {
+                        state = actual;
+                        continue;
+                    }
+                }
+            }
+            crate::loom::backoff(&backoff);
+            state = crate::loom::spin_load(&self.state);
+        }
+    }
+
+    #[cfg(not(loom))]
+    #[inline]
+    fn acquire_write(&self) {
+        // Acquire: pairs with the Release in `WriteUnlock::drop` and `ReadUnlock::drop`,
+        // so the last writer's changes are visible and every reader is done reading.
+        if self
+            .state
+            .compare_exchange(0, WRITER, Acquire, Relaxed)
+            .is_ok()
+        {
+            return;
+        }
+        let backoff = Backoff::new();
+        loop {
+            let state = crate::loom::spin_load(&self.state);
+            if state & WRITER == 0 && state < READER {
+                // No writer, no reader: take it, clearing WAITING (a writer still waiting
+                // sets it again). Acquire: as above.
+                if self
+                    .state
+                    .compare_exchange(state, WRITER, Acquire, Relaxed)
+                    .is_ok()
+                {
+                    return;
+                }
+                continue;
+            }
+            if state & WAITING == 0 {
+                // Relaxed: only a hint that holds new readers off; the lock itself is
+                // taken by the CAS above.
+                self.state.fetch_or(WAITING, Relaxed);
+            }
+            crate::loom::backoff(&backoff);
+        }
+    }
+}
+
+struct ReadUnlock<'a>(&'a AtomicUsize);
+
+impl Drop for ReadUnlock<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        // Release: pairs with the Acquire in `acquire_write`, so this reader's reads happen
+        // before the next writer's writes. (Under loom nothing was taken: see
+        // `acquire_read`.)
+        #[cfg(not(loom))]
+        self.0.fetch_sub(READER, Release);
+        #[cfg(loom)]
+        let _ = self.0;
+    }
+}
+
+struct WriteUnlock<'a>(&'a AtomicUsize);
+
+impl Drop for WriteUnlock<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        // Release: pairs with the Acquires in `acquire_read` and `acquire_write`. An RMW,
+        // not a store: a waiting writer's WAITING bit must survive. (Under loom nothing was
+        // taken: see `acquire_read`.)
+        #[cfg(not(loom))]
+        self.0.fetch_and(!WRITER, Release);
+        #[cfg(loom)]
+        let _ = self.0;
+    }
+}
+
+impl<T: Default> Default for SpinRwLock<T> {
+    fn default() -> Self {
+        Self::new(T::default())
+    }
+}
+
+impl<T> fmt::Debug for SpinRwLock<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.state.load(Relaxed);
+        f.debug_struct("SpinRwLock")
+            .field("writer", &(state & WRITER != 0))
+            .field("readers", &(state / READER))
+            .finish_non_exhaustive()
+    }
+}

@@ -9,7 +9,7 @@ use core::{
 };
 
 use crossbeam_utils::CachePadded;
-use deferred_core::{sync::SpinMutex, BoxFuture, Error};
+use deferred_core::{sync::SpinRwLock, BoxFuture, Error};
 use hashbrown::HashTable;
 
 use crate::{Cell, Get};
@@ -40,7 +40,7 @@ struct Slot<K, V, E> {
     interest: usize,
 }
 
-type Shard<K, V, E> = CachePadded<SpinMutex<HashTable<Slot<K, V, E>>>>;
+type Shard<K, V, E> = CachePadded<SpinRwLock<HashTable<Slot<K, V, E>>>>;
 
 /// A concurrent map whose values are shared [`Cell`]s (`Deferred` cells that may carry
 /// the computation that completes them): await a value by key while it is still being
@@ -137,7 +137,7 @@ impl<K, V, E, S> DeferredMap<K, V, E, S> {
         DeferredMap {
             hasher,
             shards: (0..shards)
-                .map(|_| CachePadded::new(SpinMutex::new(HashTable::with_capacity(per_shard))))
+                .map(|_| CachePadded::new(SpinRwLock::new(HashTable::with_capacity(per_shard))))
                 .collect(),
             shift: u64::BITS - shards.trailing_zeros(),
         }
@@ -166,7 +166,7 @@ impl<K, V, E, S> DeferredMap<K, V, E, S> {
         self.shards.len()
     }
 
-    fn shard(&self, hash: u64) -> &SpinMutex<HashTable<Slot<K, V, E>>> {
+    fn shard(&self, hash: u64) -> &SpinRwLock<HashTable<Slot<K, V, E>>> {
         // The top bits pick the shard; hashbrown uses the low ones within it.
         let index = if self.shift == u64::BITS {
             0
@@ -185,7 +185,7 @@ impl<K, V, E, S> DeferredMap<K, V, E, S> {
     /// assert_eq!(map.len(), 1);
     /// ```
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.with(|t| t.len())).sum()
+        self.shards.iter().map(|s| s.read(|t| t.len())).sum()
     }
 
     /// Whether the map has no entries.
@@ -196,7 +196,7 @@ impl<K, V, E, S> DeferredMap<K, V, E, S> {
     /// assert!(map.is_empty());
     /// ```
     pub fn is_empty(&self) -> bool {
-        self.shards.iter().all(|s| s.with(|t| t.is_empty()))
+        self.shards.iter().all(|s| s.read(|t| t.is_empty()))
     }
 
     /// Removes every entry. Pending cells are not cancelled: whoever holds them can still
@@ -212,7 +212,7 @@ impl<K, V, E, S> DeferredMap<K, V, E, S> {
     pub fn clear(&self) {
         for shard in self.shards.iter() {
             // Dropped outside the lock: dropping keys and cells runs user code.
-            let old = shard.with(core::mem::take);
+            let old = shard.write(core::mem::take);
             drop(old);
         }
     }
@@ -234,7 +234,7 @@ impl<K, V, E, S> DeferredMap<K, V, E, S> {
         K: Clone,
     {
         for shard in self.shards.iter() {
-            let snapshot: Vec<(K, u64, Cell<V, E>)> = shard.with(|t| {
+            let snapshot: Vec<(K, u64, Cell<V, E>)> = shard.read(|t| {
                 t.iter()
                     .map(|s| (s.key.clone(), s.hash, s.cell.clone()))
                     .collect()
@@ -248,7 +248,7 @@ impl<K, V, E, S> DeferredMap<K, V, E, S> {
                 continue;
             }
             // Removed entries are dropped after the lock is released: that runs user code.
-            let removed: Vec<Slot<K, V, E>> = shard.with(|t| {
+            let removed: Vec<Slot<K, V, E>> = shard.write(|t| {
                 doomed
                     .iter()
                     .filter_map(|(hash, cell)| {
@@ -275,7 +275,7 @@ impl<K, V, E, S> DeferredMap<K, V, E, S> {
     {
         let mut keys = Vec::new();
         for shard in self.shards.iter() {
-            shard.with(|t| keys.extend(t.iter().map(|slot| slot.key.clone())));
+            shard.read(|t| keys.extend(t.iter().map(|slot| slot.key.clone())));
         }
         keys
     }
@@ -290,7 +290,7 @@ impl<K, V, E, S> DeferredMap<K, V, E, S> {
 
     /// As `settle`, and pins the entry first if `pin` (one lock: no window).
     fn release(&self, hash: u64, cell: &Cell<V, E>, had_interest: bool, pin: bool) {
-        let removed = self.shard(hash).with(|t| {
+        let removed = self.shard(hash).write(|t| {
             let Ok(mut entry) = t.find_entry(hash, |s| Cell::ptr_eq(&s.cell, cell)) else {
                 return None;
             };
@@ -344,8 +344,19 @@ where
     /// Looks `key` up; on a hit, counts interest if `interested` and the entry is a pending
     /// transient one.
     fn find(&self, hash: u64, key: &K, interested: bool) -> Found<V, E> {
+        // Under the read lock first: only counting interest in a pending entry writes.
+        let shared = self
+            .shard(hash)
+            .read(|t| match t.find(hash, |s| s.key == *key) {
+                Some(slot) if interested && slot.transient && !slot.cell.is_done() => None,
+                Some(slot) => Some(Found::Hit(slot.cell.clone(), false)),
+                None => Some(Found::Miss),
+            });
+        if let Some(found) = shared {
+            return found;
+        }
         self.shard(hash)
-            .with(|t| match t.find_mut(hash, |s| s.key == *key) {
+            .write(|t| match t.find_mut(hash, |s| s.key == *key) {
                 Some(slot) => {
                     let interest = interested && slot.transient && !slot.cell.is_done();
                     if interest {
@@ -362,8 +373,23 @@ where
     /// never served to a caller that came after it, even before the failed computation's
     /// waiters have settled.
     fn find_live(&self, hash: u64, key: &K) -> Found<V, E> {
+        // Under the read lock first: a complete value, or no entry, needs no write.
+        let shared = self
+            .shard(hash)
+            .read(|t| match t.find(hash, |s| s.key == *key) {
+                Some(slot) => match slot.cell.try_get() {
+                    Some(Ok(_)) => Some(Found::Hit(slot.cell.clone(), false)),
+                    _ if !slot.transient => Some(Found::Hit(slot.cell.clone(), false)),
+                    // Pending (interest to count) or failed (to remove): write.
+                    _ => None,
+                },
+                None => Some(Found::Miss),
+            });
+        if let Some(found) = shared {
+            return found;
+        }
         let mut stale = None;
-        let found = self.shard(hash).with(|t| {
+        let found = self.shard(hash).write(|t| {
             let Ok(mut entry) = t.find_entry(hash, |s| s.key == *key) else {
                 return Found::Miss;
             };
@@ -394,7 +420,7 @@ where
         interested: bool,
     ) -> Placed<K, V, E> {
         self.shard(hash)
-            .with(|t| match t.entry(hash, |s| s.key == key, |s| s.hash) {
+            .write(|t| match t.entry(hash, |s| s.key == key, |s| s.hash) {
                 hashbrown::hash_table::Entry::Occupied(mut o) => {
                     let slot = o.get_mut();
                     let interest = interested && slot.transient && !slot.cell.is_done();
@@ -472,7 +498,9 @@ where
     /// `make` computes (fs2-es `getOrAddF`). The computation runs at most once per key at a
     /// time, however many callers race: it lives in the entry, and whichever caller is
     /// polled drives it, so a caller that stalls or is dropped does not hold up the rest.
-    /// `make` only runs on a miss, with no lock held.
+    /// `make` is called only on a miss, with no lock held. Callers that miss at the same
+    /// moment may each call their `make`, but only the future of the one whose entry lands
+    /// is ever polled; the others are dropped unpolled ([`Get::added`] tells which).
     ///
     /// If the computation fails or panics, every waiter gets the error (or
     /// [`Error::Panicked`]) and the entry is removed, so the next call computes afresh. If
@@ -498,8 +526,8 @@ where
         if let Found::Hit(cell, interest) = self.find_live(hash, &key) {
             return Get::new(self, hash, cell, interest, false);
         }
-        // Made with no lock held; if another caller inserted meanwhile, ours is dropped
-        // unrun.
+        // Made with no lock held. If another caller's entry landed meanwhile, this future
+        // is dropped unpolled: only one computation per miss ever runs.
         let fresh = Cell::boxed(make());
         let placed = self.insert_or_find(hash, key, fresh, true, true);
         Get::new(self, hash, placed.cell, placed.interest, placed.inserted)
@@ -755,7 +783,7 @@ where
     fn remove_checked(&self, key: &K, pred: impl Fn(&Cell<V, E>) -> bool) -> Option<bool> {
         let hash = self.hash(key);
         let mut present = false;
-        let removed = self.shard(hash).with(|t| {
+        let removed = self.shard(hash).write(|t| {
             let Ok(entry) = t.find_entry(hash, |s| s.key == *key) else {
                 return None;
             };
@@ -773,7 +801,7 @@ where
         pred: impl FnOnce(&Cell<V, E>) -> bool,
     ) -> Option<(Cell<V, E>, K)> {
         let hash = self.hash(key);
-        let removed = self.shard(hash).with(|t| {
+        let removed = self.shard(hash).write(|t| {
             let entry = t.find_entry(hash, |s| s.key == *key).ok()?;
             pred(&entry.get().cell).then(|| entry.remove().0)
         })?;
@@ -800,7 +828,7 @@ where
         // handle to the cell instead, to clone after unlocking, would make every reader of
         // a hot key bounce the cell's reference count between cores. Keep `Clone` cheap
         // (wrap large values in `Arc`).
-        self.shard(hash).with(|t| {
+        self.shard(hash).read(|t| {
             let slot = t.find(hash, |s| s.key == *key)?;
             slot.cell
                 .try_get()
@@ -808,11 +836,11 @@ where
         })
     }
 
-    /// Runs `read` on the outcome at `key` under the key's shard lock, if the key is present
-    /// and complete; `None` otherwise. Never waits, never clones a handle: this is the read
-    /// path for layers that keep their own bookkeeping beside the value (a cache bumping a
-    /// use counter, say). `read` runs with the shard locked: keep it short, and never touch
-    /// this map from inside it.
+    /// Runs `read` on the outcome at `key` under the key's shard lock (shared with other
+    /// readers), if the key is present and complete; `None` otherwise. Never waits, never
+    /// clones a handle: this is the read path for layers that keep their own bookkeeping
+    /// beside the value (a cache bumping a use counter, say). `read` runs with the shard
+    /// read-locked: keep it short, and never write to this map from inside it.
     ///
     /// ```
     /// use deferred_map::DeferredMap;
@@ -821,13 +849,14 @@ where
     /// assert_eq!(map.try_get_with(&1, |outcome| outcome.map(|s| s.len()).ok()), Some(Some(3)));
     /// assert_eq!(map.try_get_with(&2, |_| ()), None);
     /// ```
+    #[inline]
     pub fn try_get_with<R>(
         &self,
         key: &K,
         read: impl FnOnce(Result<&V, Error<&E>>) -> R,
     ) -> Option<R> {
         let hash = self.hash(key);
-        self.shard(hash).with(|t| {
+        self.shard(hash).read(|t| {
             let slot = t.find(hash, |s| s.key == *key)?;
             slot.cell.try_get().map(read)
         })
@@ -846,7 +875,7 @@ where
     /// ```
     pub fn insert(&self, key: K, cell: Cell<V, E>) -> Option<Cell<V, E>> {
         let hash = self.hash(&key);
-        let replaced = self.shard(hash).with(|t| {
+        let replaced = self.shard(hash).write(|t| {
             match t.entry(hash, |s| s.key == key, |s| s.hash) {
                 hashbrown::hash_table::Entry::Occupied(mut o) => {
                     let slot = o.get_mut();
@@ -903,7 +932,7 @@ where
     pub fn is_completed(&self, key: &K) -> Option<bool> {
         let hash = self.hash(key);
         self.shard(hash)
-            .with(|t| t.find(hash, |s| s.key == *key).map(|s| s.cell.is_done()))
+            .read(|t| t.find(hash, |s| s.key == *key).map(|s| s.cell.is_done()))
     }
 
     /// Completes the cell at `key` with `result`, if the key is present and pending. Returns

@@ -67,12 +67,23 @@ fn get_or_add_race_runs_once() {
     loom::model(|| {
         let map = Arc::new(new_map());
         let runs = Arc::new(AtomicUsize::new(0));
-        let (m, r) = (map.clone(), runs.clone());
-        let t = thread::spawn(move || block_on(m.get_or_add_with(1, || ready(&r, 1))));
-        let mine = block_on(map.get_or_add_with(1, || ready(&runs, 2)));
+        let made = Arc::new(AtomicUsize::new(0));
+        let (m, r, md) = (map.clone(), runs.clone(), made.clone());
+        let t = thread::spawn(move || {
+            block_on(m.get_or_add_with(1, || {
+                md.fetch_add(1, SeqCst);
+                ready(&r, 1)
+            }))
+        });
+        let mine = block_on(map.get_or_add_with(1, || {
+            made.fetch_add(1, SeqCst);
+            ready(&runs, 2)
+        }));
         let theirs = t.join().unwrap();
         assert_eq!(mine, theirs);
         assert_eq!(runs.load(SeqCst), 1);
+        // A loser may have made a computation too, but it never ran (`runs` above).
+        assert!((1..=2).contains(&made.load(SeqCst)));
     });
 }
 

@@ -35,7 +35,9 @@ impl Gate {
     }
 }
 
-/// Counts loader runs and loader drops.
+/// Counts loads that ran (a loader's future polled) and those dropped after they started.
+/// Loaders call `enter` inside their future, so a future that is dropped unpolled (a caller
+/// that lost the race for a miss) counts as nothing.
 #[derive(Clone, Default)]
 pub struct Runs {
     pub started: Arc<AtomicUsize>,
