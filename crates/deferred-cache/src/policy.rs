@@ -266,9 +266,12 @@ impl<K, V, E> Fifo<K, V, E> {
     }
 }
 
+/// One policy shard, on its own cache line.
+type Shard<K, V, E> = CachePadded<SpinMutex<Fifo<K, V, E>>>;
+
 /// The eviction policy of a bounded cache: S3-FIFO in shards picked by key hash.
 pub(crate) struct Policy<K, V, E> {
-    shards: Box<[CachePadded<SpinMutex<Fifo<K, V, E>>>]>,
+    shards: Box<[Shard<K, V, E>]>,
 }
 
 impl<K, V, E> Policy<K, V, E> {
