@@ -27,6 +27,8 @@ pub fn run(filter: Option<&str>) -> Result {
         ]);
         cmd.env("RUSTFLAGS", "--cfg loom -C debug-assertions")
             .env("LOOM_MAX_PREEMPTIONS", &preemptions)
+            // A model that panics on purpose does so on many of its runs: no backtraces.
+            .env("RUST_BACKTRACE", "0")
             // Each model already runs many threads; two tests at a time keeps the machine usable.
             .args(["--", "--test-threads=2"])
             .args(filter);
