@@ -227,6 +227,14 @@ where
     /// assert_eq!(cache.get_with("b", || async { Ok(3) }).await, Ok(3)); // not kept
     /// # });
     /// ```
+    ///
+    /// One cache has one error type, so two calls on one key cannot disagree about it:
+    ///
+    /// ```compile_fail
+    /// use deferred_cache::Cache;
+    /// let cache: Cache<u8, u8, String> = Cache::new();
+    /// let _ = cache.get_with(1, || async { Err::<u8, std::io::Error>(std::io::ErrorKind::Other.into()) });
+    /// ```
     pub fn get_with<F, Fut>(&self, key: K, loader: F) -> GetWith<'_, K, V, E, S, F>
     where
         F: FnOnce() -> Fut,
