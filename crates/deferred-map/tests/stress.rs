@@ -16,7 +16,7 @@ use std::{
 };
 
 use deferred_map::{DeferredMap, Error};
-use futures::{executor::ThreadPool, FutureExt};
+use futures::FutureExt;
 
 /// xorshift64*: a small deterministic generator, so a failure can be replayed by seed.
 struct Rng(u64);
@@ -144,22 +144,34 @@ fn seeded_stress_keeps_single_flight_and_finishes() {
     // Panics are expected; keep the output readable.
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
-    let pool = ThreadPool::builder().pool_size(4).create().unwrap();
+    // Four scoped threads, each running its share of the tasks to the end: every thread is
+    // joined before the test returns (miri checks that no thread outlives `main`).
     let (done_tx, done_rx) = mpsc::channel();
-    for t in 0..tasks {
-        let (shared, done_tx) = (shared.clone(), done_tx.clone());
-        pool.spawn_ok(async move {
-            task(shared, 0x9e37_79b9_7f4a_7c15 ^ (t as u64 + 1), ops, keys).await;
-            done_tx.send(()).unwrap();
-        });
-    }
-    for finished in 0..tasks {
-        // A time-out only bounds a hang; it orders nothing.
-        if done_rx.recv_timeout(Duration::from_secs(120)).is_err() {
-            std::panic::set_hook(hook);
-            panic!("only {finished} of {tasks} tasks finished: a caller hangs");
+    let finished = std::thread::scope(|s| {
+        for i in 0..4 {
+            let (shared, done_tx) = (shared.clone(), done_tx.clone());
+            s.spawn(move || {
+                let mine = (i..tasks).step_by(4).map(|t| {
+                    let (shared, done_tx) = (shared.clone(), done_tx.clone());
+                    async move {
+                        task(shared, 0x9e37_79b9_7f4a_7c15 ^ (t as u64 + 1), ops, keys).await;
+                        done_tx.send(()).unwrap();
+                    }
+                });
+                futures::executor::block_on(futures::future::join_all(mine));
+            });
         }
-    }
+        for finished in 0..tasks {
+            // A time-out only bounds a hang; it orders nothing. A hung thread cannot be
+            // joined, so the process ends here with the message.
+            if done_rx.recv_timeout(Duration::from_secs(120)).is_err() {
+                eprintln!("only {finished} of {tasks} tasks finished: a caller hangs");
+                std::process::abort();
+            }
+        }
+        tasks
+    });
+    assert_eq!(finished, tasks);
     std::panic::set_hook(hook);
     assert!(
         !shared.violated.load(SeqCst),
