@@ -51,7 +51,7 @@ use std::{
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, SamplingMode};
 use dashmap::DashMap;
-use deferred_benches::{poll_noop, ready_now};
+use deferred_benches::{poll_noop, ready_now, stampedes, value_of, HOT_KEY};
 use deferred_cache::{Cache, Source};
 use quick_cache::{sync::DefaultLifecycle, UnitWeighter};
 
@@ -101,12 +101,6 @@ fn quick_cache(capacity: u64) -> QuickCache {
 
 fn group<'c>(c: &'c mut Criterion, workload: &str) -> BenchmarkGroup<'c, WallTime> {
     c.benchmark_group(format!("cache/{workload}"))
-}
-
-/// The value stored under `key`.
-#[inline]
-fn value_of(key: u64) -> u64 {
-    key ^ 0x5eed
 }
 
 /// The next key of the read workloads' scattered cycle over `0..KEYS`.
@@ -417,46 +411,6 @@ fn miss_ready(c: &mut Criterion) {
 // ---------------------------------------------------------------------------------------
 // cache/stampede
 
-/// The key every caller of a stampede asks for.
-const HOT_KEY: u64 = 42;
-
-/// Times `iters` stampedes on `rt`: each makes a fresh cache and run counter (not
-/// measured), spawns `CALLERS` tasks that each call `get(cache, runs)` and awaits them all,
-/// then checks every caller got the value and the loader ran exactly once.
-fn stampedes<C, F>(
-    rt: &tokio::runtime::Runtime,
-    iters: u64,
-    fresh: impl Fn() -> C,
-    get: fn(Arc<C>, Arc<AtomicUsize>) -> F,
-) -> Duration
-where
-    C: Send + Sync + 'static,
-    F: Future<Output = u64> + Send + 'static,
-{
-    let mut elapsed = Duration::ZERO;
-    let mut handles = Vec::with_capacity(CALLERS);
-    for _ in 0..iters {
-        let cache = Arc::new(fresh());
-        let runs = Arc::new(AtomicUsize::new(0));
-        let start = Instant::now();
-        rt.block_on(async {
-            for _ in 0..CALLERS {
-                handles.push(tokio::spawn(get(Arc::clone(&cache), Arc::clone(&runs))));
-            }
-            for handle in handles.drain(..) {
-                assert_eq!(handle.await.expect("caller panicked"), value_of(HOT_KEY));
-            }
-        });
-        elapsed += start.elapsed();
-        assert_eq!(
-            runs.load(Ordering::Relaxed),
-            1,
-            "the loader ran more than once"
-        );
-    }
-    elapsed
-}
-
 /// The stampede's loader: counts its run, sleeps `LOAD_TIME`, returns the value.
 async fn load(runs: Arc<AtomicUsize>) -> u64 {
     runs.fetch_add(1, Ordering::Relaxed);
@@ -483,6 +437,7 @@ fn stampede(c: &mut Criterion) {
             stampedes(
                 &rt,
                 iters,
+                CALLERS,
                 || ours(16),
                 |cache, runs| async move {
                     cache
@@ -499,6 +454,7 @@ fn stampede(c: &mut Criterion) {
             stampedes(
                 &rt,
                 iters,
+                CALLERS,
                 || moka(16),
                 |cache, runs| async move { cache.get_with(HOT_KEY, load(runs)).await },
             )
@@ -510,6 +466,7 @@ fn stampede(c: &mut Criterion) {
             stampedes(
                 &rt,
                 iters,
+                CALLERS,
                 || quick_cache(16),
                 |cache, runs| async move {
                     match cache.get_value_or_guard_async(&HOT_KEY).await {

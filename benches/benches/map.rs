@@ -42,7 +42,7 @@ use std::{
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion};
 use dashmap::DashMap;
-use deferred_benches::{poll_noop, ready_now};
+use deferred_benches::{poll_noop, ready_now, stampedes, value_of, HOT_KEY};
 use deferred_map::DeferredMap;
 use quick_cache::sync::GuardResult;
 
@@ -57,12 +57,6 @@ const CALLERS: usize = 1000;
 
 fn group<'c>(c: &'c mut Criterion, workload: &str) -> BenchmarkGroup<'c, WallTime> {
     c.benchmark_group(format!("map/{workload}"))
-}
-
-/// The value stored under `key`.
-#[inline]
-fn value_of(key: u64) -> u64 {
-    key ^ 0x5eed
 }
 
 /// The next key of the read workloads' cycle over `0..KEYS`.
@@ -321,46 +315,6 @@ fn miss_ready(c: &mut Criterion) {
 // ---------------------------------------------------------------------------------------
 // map/stampede_1000
 
-/// The key every caller of a stampede asks for.
-const HOT_KEY: u64 = 42;
-
-/// Times `iters` stampedes on `rt`: each makes a fresh map and run counter (not
-/// measured), spawns `CALLERS` tasks that each call `get(map, runs)` and awaits them
-/// all, then checks every caller got the value and the computation ran exactly once.
-fn stampedes<M, F>(
-    rt: &tokio::runtime::Runtime,
-    iters: u64,
-    fresh: impl Fn() -> M,
-    get: fn(Arc<M>, Arc<AtomicUsize>) -> F,
-) -> Duration
-where
-    M: Send + Sync + 'static,
-    F: Future<Output = u64> + Send + 'static,
-{
-    let mut elapsed = Duration::ZERO;
-    let mut handles = Vec::with_capacity(CALLERS);
-    for _ in 0..iters {
-        let map = Arc::new(fresh());
-        let runs = Arc::new(AtomicUsize::new(0));
-        let start = Instant::now();
-        rt.block_on(async {
-            for _ in 0..CALLERS {
-                handles.push(tokio::spawn(get(Arc::clone(&map), Arc::clone(&runs))));
-            }
-            for handle in handles.drain(..) {
-                assert_eq!(handle.await.expect("caller panicked"), value_of(HOT_KEY));
-            }
-        });
-        elapsed += start.elapsed();
-        assert_eq!(
-            runs.load(Ordering::Relaxed),
-            1,
-            "computation ran more than once"
-        );
-    }
-    elapsed
-}
-
 /// The stampede's computation: counts its run, yields once to the runtime, completes.
 async fn compute(runs: Arc<AtomicUsize>) -> u64 {
     runs.fetch_add(1, Ordering::Relaxed);
@@ -380,6 +334,7 @@ fn stampede_1000(c: &mut Criterion) {
             stampedes(
                 &rt,
                 iters,
+                CALLERS,
                 DeferredMap::<u64, u64>::new,
                 |map, runs| async move {
                     map.get_or_add_with(HOT_KEY, || async move { Ok(compute(runs).await) })
@@ -395,6 +350,7 @@ fn stampede_1000(c: &mut Criterion) {
             stampedes(
                 &rt,
                 iters,
+                CALLERS,
                 || moka::future::Cache::<u64, u64>::new(16),
                 |cache, runs| async move { cache.get_with(HOT_KEY, compute(runs)).await },
             )

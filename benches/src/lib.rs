@@ -194,6 +194,57 @@ fn woken<F: Future>(fut: Pin<&mut F>, cx: &mut Context<'_>) -> F::Output {
     }
 }
 
+/// The value the map and cache benches store under `key`.
+#[inline]
+pub fn value_of(key: u64) -> u64 {
+    key ^ 0x5eed
+}
+
+/// The key every caller of a stampede asks for.
+pub const HOT_KEY: u64 = 42;
+
+/// Times `iters` stampedes on `rt`: each makes a fresh map or cache and run counter (not
+/// measured), spawns `callers` tasks that each call `get(it, runs)` and awaits them all,
+/// then checks every caller got `value_of(HOT_KEY)` and the load ran exactly once.
+///
+/// # Panics
+///
+/// If a caller panics, gets another value, or the load ran more than once.
+pub fn stampedes<C, F>(
+    rt: &tokio::runtime::Runtime,
+    iters: u64,
+    callers: usize,
+    fresh: impl Fn() -> C,
+    get: fn(Arc<C>, Arc<AtomicUsize>) -> F,
+) -> Duration
+where
+    C: Send + Sync + 'static,
+    F: Future<Output = u64> + Send + 'static,
+{
+    let mut elapsed = Duration::ZERO;
+    let mut handles = Vec::with_capacity(callers);
+    for _ in 0..iters {
+        let it = Arc::new(fresh());
+        let runs = Arc::new(AtomicUsize::new(0));
+        let start = std::time::Instant::now();
+        rt.block_on(async {
+            for _ in 0..callers {
+                handles.push(tokio::spawn(get(Arc::clone(&it), Arc::clone(&runs))));
+            }
+            for handle in handles.drain(..) {
+                assert_eq!(handle.await.expect("caller panicked"), value_of(HOT_KEY));
+            }
+        });
+        elapsed += start.elapsed();
+        assert_eq!(
+            runs.load(Ordering::Relaxed),
+            1,
+            "the load ran more than once"
+        );
+    }
+    elapsed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

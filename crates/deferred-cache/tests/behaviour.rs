@@ -42,16 +42,7 @@ async fn stampede<H, J>(
             spawn(
                 async move {
                     cache
-                        .get_with(7, || {
-                            let runs = runs.clone();
-                            let opened = gate.wait();
-                            async move {
-                                let guard = runs.enter();
-                                opened.await;
-                                drop(guard);
-                                Ok(49)
-                            }
-                        })
+                        .get_with(7, || runs.gated(&gate, 49))
                         .with_source()
                         .await
                 }
@@ -81,12 +72,8 @@ async fn stampede<H, J>(
 
 const SIZES: [u64; 4] = [2, 16, 1000, 100_000];
 
-#[test]
-fn one_load_for_n_callers_on_tokio_multi_thread() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .build()
-        .unwrap();
+/// Every stampede size on one tokio runtime.
+fn stampedes_on(rt: tokio::runtime::Runtime) {
     for n in SIZES {
         rt.block_on(stampede(
             n,
@@ -98,18 +85,20 @@ fn one_load_for_n_callers_on_tokio_multi_thread() {
 }
 
 #[test]
+fn one_load_for_n_callers_on_tokio_multi_thread() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build();
+    stampedes_on(rt.unwrap());
+}
+
+#[test]
 fn one_load_for_n_callers_on_tokio_current_thread() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-    for n in SIZES {
-        rt.block_on(stampede(
-            n,
-            tokio::spawn,
-            |h| async move { h.await.unwrap() },
-            || tokio::task::yield_now().boxed(),
-        ));
-    }
+    stampedes_on(
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap(),
+    );
 }
 
 #[test]
@@ -295,16 +284,7 @@ fn a_dropped_caller_never_fails_the_others_and_the_load_goes_on_without_its_driv
         let cache: Cache<u64, u64, String> = Cache::new();
         let gate = Gate::new();
         let runs = Runs::default();
-        let loader = || {
-            let runs = runs.clone();
-            let opened = gate.wait();
-            async move {
-                let guard = runs.enter();
-                opened.await;
-                drop(guard);
-                Ok(8)
-            }
-        };
+        let loader = || runs.gated(&gate, 8);
         let mut driver = cache.get_with(2, loader).with_source().boxed();
         let mut middle = cache.get_with(2, || async { Ok(0) }).boxed();
         let mut last = cache.get_with(2, || async { Ok(0) }).with_source().boxed();
@@ -327,18 +307,7 @@ fn when_the_last_caller_leaves_the_load_is_dropped_and_the_entry_goes() {
         let cache: Cache<u64, u64, String> = Cache::new();
         let gate = Gate::new();
         let runs = Runs::default();
-        let mut a = cache
-            .get_with(5, || {
-                let runs = runs.clone();
-                let opened = gate.wait();
-                async move {
-                    let guard = runs.enter();
-                    opened.await;
-                    drop(guard);
-                    Ok(1)
-                }
-            })
-            .boxed();
+        let mut a = cache.get_with(5, || runs.gated(&gate, 1)).boxed();
         let mut b = cache.get_with(5, || async { Ok(2) }).boxed();
         assert!(poll_once(&mut a).is_pending());
         assert!(poll_once(&mut b).is_pending());
@@ -366,64 +335,27 @@ fn a_stalled_leader_does_not_block_the_next_caller() {
         .pool_size(1)
         .create()
         .unwrap();
-    futures::executor::block_on(async {
-        let cache: Arc<Cache<u64, u64, String>> = Arc::new(Cache::new());
-        let gate = Gate::new();
-        let runs = Runs::default();
-        let loader = {
-            let (gate, runs) = (gate.clone(), runs.clone());
-            move || {
-                let runs = runs.clone();
-                let opened = gate.wait();
-                async move {
-                    let guard = runs.enter();
-                    opened.await;
-                    drop(guard);
-                    Ok(11)
-                }
-            }
-        };
-        let mut leader = cache.get_with(9, loader).boxed();
-        assert!(poll_once(&mut leader).is_pending());
-        let second = {
-            use futures::task::SpawnExt;
-            let cache = cache.clone();
-            pool.spawn_with_handle(async move {
-                cache.get_with(9, || async { Ok(0) }).with_source().await
-            })
-            .unwrap()
-        };
-        gate.open(); // the load can finish now: only `second` is there to drive it
-        let outcome = futures::future::select(
-            second,
-            futures::FutureExt::boxed(async {
-                // Bounds a hang, orders nothing.
-                futures_timer_free_delay(Duration::from_secs(20)).await
-            }),
-        )
-        .await;
-        match outcome {
-            futures::future::Either::Left((got, _)) => assert_eq!(got, (Ok(11), Source::Joined)),
-            futures::future::Either::Right(_) => {
-                panic!("the second caller hung behind a stalled leader")
-            }
-        }
-        assert_eq!(runs.started(), 1);
-        drop(leader);
-    });
-}
-
-/// A delay without a timer crate: a thread that wakes the future after `d`. Only ever used
-/// to bound a hang.
-fn futures_timer_free_delay(d: Duration) -> impl std::future::Future<Output = ()> {
-    let (tx, rx) = futures::channel::oneshot::channel::<()>();
-    std::thread::spawn(move || {
-        std::thread::sleep(d);
-        let _ = tx.send(());
-    });
-    async move {
-        let _ = rx.await;
+    let cache: Arc<Cache<u64, u64, String>> = Arc::new(Cache::new());
+    let gate = Gate::new();
+    let runs = Runs::default();
+    let mut leader = cache.get_with(9, || runs.gated(&gate, 11)).boxed();
+    assert!(poll_once(&mut leader).is_pending());
+    let (tx, rx) = std::sync::mpsc::channel();
+    {
+        let cache = cache.clone();
+        pool.spawn_ok(async move {
+            let got = cache.get_with(9, || async { Ok(0) }).with_source().await;
+            let _ = tx.send(got);
+        });
     }
+    gate.open(); // the load can finish now: only the second caller is there to drive it
+                 // The time-out only bounds a hang; it orders nothing.
+    let got = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the second caller hung behind a stalled leader");
+    assert_eq!(got, (Ok(11), Source::Joined));
+    assert_eq!(runs.started(), 1);
+    drop(leader);
 }
 
 #[test]
@@ -528,16 +460,7 @@ fn capacity_zero_keeps_nothing_but_still_shares_loads() {
         let cache: Cache<u64, u64, String> = Cache::bounded(0);
         let runs = Runs::default();
         let gate = Gate::new();
-        let loader = || {
-            let runs = runs.clone();
-            let opened = gate.wait();
-            async move {
-                let guard = runs.enter();
-                opened.await;
-                drop(guard);
-                Ok(1)
-            }
-        };
+        let loader = || runs.gated(&gate, 1);
         let (a, b, ()) = futures::join!(
             cache.get_with(1, loader),
             cache.get_with(1, || async { Ok(2) }),

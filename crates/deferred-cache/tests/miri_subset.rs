@@ -1,4 +1,4 @@
-//! What `cargo xtask miri` runs for this crate: the cache has no `unsafe` of its own, but it
+//! What `cargo xtask miri` runs for this crate: the cache's own code is all safe Rust, but it
 //! drives `deferred-core`'s cells through paths of its own (a load driven before any waiter
 //! links, waiters that unlink mid-load, a panicking load, eviction dropping cells), so miri
 //! checks those paths here on a small scale, without a runtime.
@@ -18,16 +18,7 @@ fn single_flight_with_waiters_that_leave() {
     let cache: Cache<u8, String, String> = Cache::bounded(4);
     let gate = Gate::new();
     let runs = Runs::default();
-    let loader = || {
-        let runs = runs.clone();
-        let opened = gate.wait();
-        async move {
-            let guard = runs.enter();
-            opened.await;
-            drop(guard);
-            Ok("v".to_string())
-        }
-    };
+    let loader = || runs.gated(&gate, "v".to_string());
     let mut first = cache.get_with(1, loader).with_source().boxed();
     let mut second = cache.get_with(1, || async { Ok(String::new()) }).boxed();
     let mut third = cache

@@ -325,6 +325,17 @@ struct Placed<K, V, E> {
     unused: Option<(K, Cell<V, E>)>,
 }
 
+/// How `find` treats what it finds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Lookup {
+    /// Only look.
+    Peek,
+    /// Count the caller as interest in a pending transient entry.
+    Wait,
+    /// As `Wait`, and a transient entry that failed counts as absent (and is removed).
+    Live,
+}
+
 /// What a lookup found, with the lock released.
 enum Found<V, E> {
     /// The cell, and whether the caller now counts as interest in it.
@@ -341,48 +352,25 @@ where
         self.hasher.hash_one(key)
     }
 
-    /// Looks `key` up; on a hit, counts interest if `interested` and the entry is a pending
-    /// transient one.
-    fn find(&self, hash: u64, key: &K, interested: bool) -> Found<V, E> {
-        // Under the read lock first: only counting interest in a pending entry writes.
+    /// Looks `key` up. With `Lookup::Wait` or `Live`, a hit on a pending transient entry
+    /// counts the caller as interest in it; with `Live`, a transient entry that has already
+    /// failed counts as absent and is removed (its waiters hold their own handles), so a
+    /// failure is never served to a caller that came after it, even before the failed
+    /// computation's waiters have settled.
+    fn find(&self, hash: u64, key: &K, how: Lookup) -> Found<V, E> {
+        let interested = how != Lookup::Peek;
+        let drop_failed = how == Lookup::Live;
+        let must_write = |slot: &Slot<K, V, E>| {
+            slot.transient
+                && ((interested && !slot.cell.is_done())
+                    || (drop_failed && matches!(slot.cell.try_get(), Some(Err(_)))))
+        };
+        // Under the read lock first: only counting interest or removing a failure writes.
         let shared = self
             .shard(hash)
             .read(|t| match t.find(hash, |s| s.key == *key) {
-                Some(slot) if interested && slot.transient && !slot.cell.is_done() => None,
+                Some(slot) if must_write(slot) => None,
                 Some(slot) => Some(Found::Hit(slot.cell.clone(), false)),
-                None => Some(Found::Miss),
-            });
-        if let Some(found) = shared {
-            return found;
-        }
-        self.shard(hash)
-            .write(|t| match t.find_mut(hash, |s| s.key == *key) {
-                Some(slot) => {
-                    let interest = interested && slot.transient && !slot.cell.is_done();
-                    if interest {
-                        slot.interest += 1;
-                    }
-                    Found::Hit(slot.cell.clone(), interest)
-                }
-                None => Found::Miss,
-            })
-    }
-
-    /// As `find(hash, key, true)`, except that a transient entry that has already failed
-    /// counts as absent and is removed (its waiters hold their own handles): a failure is
-    /// never served to a caller that came after it, even before the failed computation's
-    /// waiters have settled.
-    fn find_live(&self, hash: u64, key: &K) -> Found<V, E> {
-        // Under the read lock first: a complete value, or no entry, needs no write.
-        let shared = self
-            .shard(hash)
-            .read(|t| match t.find(hash, |s| s.key == *key) {
-                Some(slot) => match slot.cell.try_get() {
-                    Some(Ok(_)) => Some(Found::Hit(slot.cell.clone(), false)),
-                    _ if !slot.transient => Some(Found::Hit(slot.cell.clone(), false)),
-                    // Pending (interest to count) or failed (to remove): write.
-                    _ => None,
-                },
                 None => Some(Found::Miss),
             });
         if let Some(found) = shared {
@@ -394,11 +382,11 @@ where
                 return Found::Miss;
             };
             let slot = entry.get_mut();
-            if slot.transient && matches!(slot.cell.try_get(), Some(Err(_))) {
+            if drop_failed && slot.transient && matches!(slot.cell.try_get(), Some(Err(_))) {
                 stale = Some(entry.remove().0);
                 return Found::Miss;
             }
-            let interest = slot.transient && !slot.cell.is_done();
+            let interest = interested && slot.transient && !slot.cell.is_done();
             if interest {
                 slot.interest += 1;
             }
@@ -467,7 +455,7 @@ where
     /// ```
     pub fn get(&self, key: K) -> Get<'_, K, V, E, S> {
         let hash = self.hash(&key);
-        if let Found::Hit(cell, interest) = self.find(hash, &key, true) {
+        if let Found::Hit(cell, interest) = self.find(hash, &key, Lookup::Wait) {
             return Get::new(self, hash, cell, interest, false);
         }
         let placed = self.insert_or_find(hash, key, Cell::pending(), true, true);
@@ -488,7 +476,7 @@ where
     /// ```
     pub fn get_if_present(&self, key: &K) -> Option<Get<'_, K, V, E, S>> {
         let hash = self.hash(key);
-        match self.find(hash, key, true) {
+        match self.find(hash, key, Lookup::Wait) {
             Found::Hit(cell, interest) => Some(Get::new(self, hash, cell, interest, false)),
             Found::Miss => None,
         }
@@ -523,7 +511,7 @@ where
         Fut: Future<Output = Result<V, E>> + Send + 'static,
     {
         let hash = self.hash(&key);
-        if let Found::Hit(cell, interest) = self.find_live(hash, &key) {
+        if let Found::Hit(cell, interest) = self.find(hash, &key, Lookup::Live) {
             return Get::new(self, hash, cell, interest, false);
         }
         // Made with no lock held. If another caller's entry landed meanwhile, this future
@@ -565,7 +553,7 @@ where
     /// ```
     pub fn get_or_add_value(&self, key: K, value: V) -> Get<'_, K, V, E, S> {
         let hash = self.hash(&key);
-        if let Found::Hit(cell, interest) = self.find(hash, &key, true) {
+        if let Found::Hit(cell, interest) = self.find(hash, &key, Lookup::Wait) {
             return Get::new(self, hash, cell, interest, false);
         }
         let fresh = Cell::pending();
@@ -619,7 +607,7 @@ where
     /// ```
     pub fn cell_if_present(&self, key: &K) -> Option<Cell<V, E>> {
         let hash = self.hash(key);
-        match self.find(hash, key, true) {
+        match self.find(hash, key, Lookup::Wait) {
             Found::Hit(cell, interest) => {
                 self.release(hash, &cell, interest, true);
                 Some(cell)
@@ -949,7 +937,7 @@ where
     /// ```
     pub fn complete(&self, key: &K, result: Result<V, E>) -> bool {
         let hash = self.hash(key);
-        match self.find(hash, key, false) {
+        match self.find(hash, key, Lookup::Peek) {
             Found::Hit(cell, _) => {
                 let completed = cell.complete(result).is_ok();
                 // Drops a computation the cell may carry: it has nothing left to do.

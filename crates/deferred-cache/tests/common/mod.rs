@@ -53,6 +53,24 @@ impl Runs {
         self.dropped.load(SeqCst)
     }
 
+    /// A load that counts itself, waits for `gate`, then returns `value`.
+    pub fn gated<T, E>(
+        &self,
+        gate: &Gate,
+        value: T,
+    ) -> impl Future<Output = Result<T, E>> + Send + 'static
+    where
+        T: Send + 'static,
+    {
+        let (runs, opened) = (self.clone(), gate.wait());
+        async move {
+            let guard = runs.enter();
+            opened.await;
+            drop(guard);
+            Ok(value)
+        }
+    }
+
     /// A guard, to hold in a loader, that counts the start now and the drop later.
     pub fn enter(&self) -> RunGuard {
         self.started.fetch_add(1, SeqCst);
