@@ -2,7 +2,7 @@
 
 use std::{collections::hash_map::RandomState, fmt, future::Future, marker::PhantomData};
 
-use crate::{cache::Weigher, Cache, LoadingCache};
+use crate::{cache::Weigher, listener::Listener, Cache, LoadingCache, RemovalCause};
 
 /// Configures a [`Cache`] or a [`LoadingCache`]. Made by [`Cache::builder`].
 ///
@@ -21,6 +21,7 @@ use crate::{cache::Weigher, Cache, LoadingCache};
 pub struct Builder<K, V, E, S = RandomState> {
     capacity: Option<u64>,
     weigher: Option<Weigher<K, V>>,
+    listener: Option<Listener<K, V>>,
     hasher: S,
     initial_capacity: usize,
     _error: PhantomData<fn() -> E>,
@@ -31,6 +32,7 @@ impl<K, V, E> Builder<K, V, E, RandomState> {
         Builder {
             capacity: None,
             weigher: None,
+            listener: None,
             hasher: RandomState::new(),
             initial_capacity: 0,
             _error: PhantomData,
@@ -96,10 +98,40 @@ impl<K, V, E, S> Builder<K, V, E, S> {
         Builder {
             capacity: self.capacity,
             weigher: self.weigher,
+            listener: self.listener,
             hasher,
             initial_capacity: self.initial_capacity,
             _error: PhantomData,
         }
+    }
+
+    /// Calls `listener` with each value that leaves the cache, and why: evicted for space,
+    /// invalidated, replaced, or expired. It runs with no lock held, on the thread whose
+    /// operation removed the value, before that operation returns. Loads in flight and
+    /// failed loads are not values: nothing is told about them.
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use deferred_cache::{Cache, RemovalCause};
+    /// let seen = Arc::new(Mutex::new(Vec::new()));
+    /// let log = Arc::clone(&seen);
+    /// let cache: Cache<u8, u8> = Cache::builder()
+    ///     .eviction_listener(move |k: &u8, v: &u8, cause| log.lock().unwrap().push((*k, *v, cause)))
+    ///     .build();
+    /// cache.insert(1, 10);
+    /// cache.insert(1, 11);
+    /// cache.invalidate(&1);
+    /// assert_eq!(
+    ///     *seen.lock().unwrap(),
+    ///     [(1, 10, RemovalCause::Replaced), (1, 11, RemovalCause::Explicit)]
+    /// );
+    /// ```
+    pub fn eviction_listener(
+        mut self,
+        listener: impl Fn(&K, &V, RemovalCause) + Send + Sync + 'static,
+    ) -> Self {
+        self.listener = Some(Box::new(listener));
+        self
     }
 
     /// A cache whose loads are given per call ([`Cache::get_with`]).
@@ -112,6 +144,7 @@ impl<K, V, E, S> Builder<K, V, E, S> {
         Cache::from_parts(
             self.capacity,
             self.weigher,
+            self.listener,
             self.hasher,
             self.initial_capacity,
         )
@@ -143,6 +176,7 @@ impl<K, V, E, S> fmt::Debug for Builder<K, V, E, S> {
         f.debug_struct("Builder")
             .field("capacity", &self.capacity)
             .field("weigher", &self.weigher.is_some())
+            .field("listener", &self.listener.is_some())
             .field("initial_capacity", &self.initial_capacity)
             .finish_non_exhaustive()
     }

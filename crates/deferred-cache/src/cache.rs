@@ -14,9 +14,10 @@ use deferred_map::{Cell, DeferredMap};
 
 use crate::{
     get::GetWith,
+    listener::Listener,
     policy::{CacheCell, Evicted, Meta, Node, Policy},
     stats::{Counters, Outcome, Stats},
-    Builder,
+    Builder, RemovalCause,
 };
 
 /// A value in the map, with the policy's view of it beside it.
@@ -82,6 +83,7 @@ pub struct Cache<K, V, E = Infallible, S = RandomState> {
     pub(crate) map: Map<K, V, E, S>,
     policy: Option<Policy<K, V, E>>,
     weigher: Option<Weigher<K, V>>,
+    listener: Option<Listener<K, V>>,
     pub(crate) counters: Arc<Counters>,
 }
 
@@ -131,6 +133,7 @@ impl<K, V, E, S> Cache<K, V, E, S> {
     pub(crate) fn from_parts(
         capacity: Option<u64>,
         weigher: Option<Weigher<K, V>>,
+        listener: Option<Listener<K, V>>,
         hasher: S,
         initial_capacity: usize,
     ) -> Self {
@@ -140,6 +143,7 @@ impl<K, V, E, S> Cache<K, V, E, S> {
             map,
             policy,
             weigher,
+            listener,
             counters: Arc::new(Counters::new()),
         }
     }
@@ -308,6 +312,7 @@ where
         if let Some(old) = old {
             self.retire(hash, &old);
             self.counters.invalidated(1);
+            self.notify(&key, &old, RemovalCause::Replaced);
             drop(old);
         }
         self.admit(key, hash, &cell, weight);
@@ -329,6 +334,7 @@ where
         };
         self.retire(self.hash(key), &old);
         self.counters.invalidated(1);
+        self.notify(key, &old, RemovalCause::Explicit);
         drop(old);
         true
     }
@@ -345,17 +351,149 @@ where
     /// ```
     pub fn invalidate_all(&self) {
         let mut removed = 0;
+        let mut gone = Vec::new();
         // Each value is taken off the policy's books as it goes (the map removes what the
         // predicate refuses, after it ran, by identity).
         self.map.retain(|key, cell| {
             self.retire(self.hash(key), cell);
             removed += 1;
+            if self.listener.is_some() {
+                gone.push((key.clone(), cell.clone()));
+            }
             false
         });
         if let Some(policy) = &self.policy {
             policy.purge();
         }
         self.counters.invalidated(removed);
+        for (key, cell) in &gone {
+            self.notify(key, cell, RemovalCause::Explicit);
+        }
+    }
+
+    /// The value at `key` seen through a reference, for reads that want part of a value, or
+    /// decide whether it counts: `f` runs on the value if it is present and loaded, and what
+    /// it returns is the result. `Some` counts a hit and records a use; `None` (or no value)
+    /// counts a miss. `f` runs under the key's shard lock (shared with other readers): keep
+    /// it short, and never touch this cache from inside it.
+    ///
+    /// ```
+    /// let cache: deferred_cache::Cache<u8, String> = deferred_cache::Cache::new();
+    /// cache.insert(1, "hello".to_string());
+    /// assert_eq!(cache.get_if_present_with(&1, |s| Some(s.len())), Some(5));
+    /// assert_eq!(cache.get_if_present_with(&1, |s| s.strip_prefix("x").map(str::len)), None);
+    /// assert_eq!((cache.stats().hits, cache.stats().misses), (1, 1));
+    /// ```
+    pub fn get_if_present_with<R>(&self, key: &K, f: impl FnOnce(&V) -> Option<R>) -> Option<R> {
+        let found = self.read_with(key, f);
+        match found {
+            Some(_) => self.counters.hit(),
+            None => self.counters.miss(false),
+        }
+        found
+    }
+
+    /// As [`get_if_present_with`](Self::get_if_present_with), but `None` counts nothing:
+    /// for a layer that goes on to [`get_with`](Self::get_with) on a miss, which counts the
+    /// miss itself.
+    ///
+    /// ```
+    /// let cache: deferred_cache::Cache<u8, u8> = deferred_cache::Cache::new();
+    /// assert_eq!(cache.hit_with(&1, |v| Some(*v)), None);
+    /// cache.insert(1, 10);
+    /// assert_eq!(cache.hit_with(&1, |v| Some(*v)), Some(10));
+    /// assert_eq!((cache.stats().hits, cache.stats().misses), (1, 0));
+    /// ```
+    pub fn hit_with<R>(&self, key: &K, f: impl FnOnce(&V) -> Option<R>) -> Option<R> {
+        let found = self.read_with(key, f);
+        if found.is_some() {
+            self.counters.hit();
+        }
+        found
+    }
+
+    /// Removes the value at `key` if `pred` says so for it, atomically (nothing can replace
+    /// the value between the test and the removal); returns whether it did. A load in flight
+    /// is not a value: it is never removed here. `pred` runs under the key's shard lock:
+    /// keep it short, and never touch this cache from inside it.
+    ///
+    /// ```
+    /// let cache: deferred_cache::Cache<u8, u8> = deferred_cache::Cache::new();
+    /// cache.insert(1, 10);
+    /// assert!(!cache.invalidate_if(&1, |v| *v == 11));
+    /// assert!(cache.invalidate_if(&1, |v| *v == 10));
+    /// assert_eq!(cache.stats().invalidated, 1);
+    /// ```
+    pub fn invalidate_if(&self, key: &K, pred: impl FnOnce(&V) -> bool) -> bool {
+        self.remove_where(key, pred, RemovalCause::Explicit)
+    }
+
+    /// As [`invalidate_if`](Self::invalidate_if), but counted as an expiry
+    /// ([`Stats::expired`]) and told to the listener as [`RemovalCause::Expired`]: for a
+    /// layer that expires values, removing exactly the value whose deadline passed and never
+    /// one that replaced it.
+    ///
+    /// ```
+    /// let cache: deferred_cache::Cache<u8, (u8, u64)> = deferred_cache::Cache::new();
+    /// cache.insert(1, (10, 5)); // a value and its deadline
+    /// let now = 7;
+    /// assert!(cache.expire_if(&1, |(_, deadline)| *deadline <= now));
+    /// assert_eq!(cache.stats().expired, 1);
+    /// ```
+    pub fn expire_if(&self, key: &K, pred: impl FnOnce(&V) -> bool) -> bool {
+        self.remove_where(key, pred, RemovalCause::Expired)
+    }
+
+    /// Puts `value` at `key` in place of the value there, if there is one and `pred` says
+    /// so for it, atomically: a compare-and-swap by key, for a refresh that must not
+    /// overwrite a write made while it ran. Returns whether it replaced; `value` is dropped
+    /// if not. A load in flight is never replaced.
+    ///
+    /// ```
+    /// let cache: deferred_cache::Cache<u8, u8> = deferred_cache::Cache::new();
+    /// cache.insert(1, 10);
+    /// assert!(cache.replace_if(&1, 11, |v| *v == 10));
+    /// assert!(!cache.replace_if(&1, 12, |v| *v == 10)); // 11 is there now
+    /// assert!(!cache.replace_if(&2, 12, |_| true)); // absent
+    /// assert_eq!(cache.peek(&1), Some(11));
+    /// ```
+    pub fn replace_if(&self, key: &K, value: V, pred: impl FnOnce(&V) -> bool) -> bool {
+        let weight = self.weigh(key, &value);
+        let cell = Cell::ready(Stored::new(value));
+        let swapped = self.map.replace_if(key, cell.clone(), |old| {
+            old.get().is_some_and(|stored| pred(&stored.value))
+        });
+        let Ok(old) = swapped else { return false };
+        let hash = self.hash(key);
+        self.retire(hash, &old);
+        self.counters.invalidated(1);
+        self.notify(key, &old, RemovalCause::Replaced);
+        drop(old);
+        self.admit(key.clone(), hash, &cell, weight);
+        true
+    }
+
+    fn remove_where(&self, key: &K, pred: impl FnOnce(&V) -> bool, cause: RemovalCause) -> bool {
+        let removed = self.map.remove_if(key, |cell| {
+            cell.get().is_some_and(|stored| pred(&stored.value))
+        });
+        let Some(old) = removed else { return false };
+        self.retire(self.hash(key), &old);
+        if cause == RemovalCause::Expired {
+            self.counters.expired(1);
+        } else {
+            self.counters.invalidated(1);
+        }
+        self.notify(key, &old, cause);
+        drop(old);
+        true
+    }
+
+    /// Tells the listener, if any, that the value in `cell` left the cache. No lock held.
+    fn notify(&self, key: &K, cell: &CacheCell<V, E>, cause: RemovalCause) {
+        if let (Some(listener), Some(stored)) = (&self.listener, cell.get()) {
+            listener(key, &stored.value, cause);
+        }
     }
 
     /// Reads the value at `key` for a hit, recording the use.
@@ -363,11 +501,21 @@ where
     pub(crate) fn read(&self, key: &K) -> Option<V> {
         // Cloned under the shard lock, as `DeferredMap::try_get` does: taking a handle to
         // clone after unlocking would bounce the cell's reference count between readers.
+        self.read_with(key, |value| Some(value.clone()))
+    }
+
+    /// Runs `f` on the value at `key` under the shard lock, recording a use if it says
+    /// `Some`.
+    #[inline]
+    fn read_with<R>(&self, key: &K, f: impl FnOnce(&V) -> Option<R>) -> Option<R> {
         self.map
             .try_get_with(key, |outcome| match outcome {
                 Ok(stored) => {
-                    stored.meta.touch();
-                    Some(stored.value.clone())
+                    let found = f(&stored.value);
+                    if found.is_some() {
+                        stored.meta.touch();
+                    }
+                    found
                 }
                 Err(_) => None,
             })
@@ -420,7 +568,10 @@ where
         for out in &evicted {
             if let (true, Some(cell)) = (out.victim, &out.cell) {
                 let gone = self.map.remove_if(&out.node.key, |c| Cell::ptr_eq(c, cell));
-                removed += u64::from(gone.is_some());
+                if gone.is_some() {
+                    removed += 1;
+                    self.notify(&out.node.key, cell, RemovalCause::Size);
+                }
             }
         }
         self.counters.evicted(removed);

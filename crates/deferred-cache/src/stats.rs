@@ -46,8 +46,11 @@ pub struct Stats {
     pub load_time: Duration,
     /// Values evicted to stay within capacity.
     pub evicted: u64,
-    /// Entries removed by `invalidate`, `invalidate_all`, or replaced by `insert`.
+    /// Entries removed by `invalidate`, `invalidate_all` or `invalidate_if`, or replaced by
+    /// `insert` or `replace_if`.
     pub invalidated: u64,
+    /// Entries removed by `expire_if` (a layer's expiry, such as `deferred-expiring`'s).
+    pub expired: u64,
 }
 
 impl Stats {
@@ -104,6 +107,7 @@ pub(crate) struct Counters {
     load_nanos: AtomicU64,
     evicted: AtomicU64,
     invalidated: AtomicU64,
+    expired: AtomicU64,
 }
 
 /// Threads that can own a stripe at once; more share the last stripe (with atomic adds).
@@ -154,6 +158,7 @@ impl Counters {
             load_nanos: AtomicU64::new(0),
             evicted: AtomicU64::new(0),
             invalidated: AtomicU64::new(0),
+            expired: AtomicU64::new(0),
         }
     }
 
@@ -210,6 +215,12 @@ impl Counters {
         }
     }
 
+    pub(crate) fn expired(&self, n: u64) {
+        if n > 0 {
+            self.expired.fetch_add(n, Relaxed);
+        }
+    }
+
     pub(crate) fn snapshot(&self) -> Stats {
         let sum = |f: fn(&Stripe) -> &AtomicU64| -> u64 {
             self.stripes.iter().map(|s| f(s).load(Relaxed)).sum()
@@ -226,6 +237,7 @@ impl Counters {
             load_time: Duration::from_nanos(self.load_nanos.load(Relaxed)),
             evicted: self.evicted.load(Relaxed),
             invalidated: self.invalidated.load(Relaxed),
+            expired: self.expired.load(Relaxed),
         }
     }
 }

@@ -588,3 +588,43 @@ fn a_loading_cache_loads_each_key_once() {
         assert_eq!(calls.load(SeqCst), 1);
     });
 }
+
+/// Every value that leaves the cache reaches the listener once, with its cause, and the
+/// counters agree with what the listener saw.
+#[test]
+fn listener_sees_every_removal_with_its_cause() {
+    use deferred_cache::RemovalCause;
+    use std::sync::Mutex;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::clone(&seen);
+    let cache: Cache<u32, u32> = Cache::builder()
+        .max_capacity(2)
+        .eviction_listener(move |k: &u32, v: &u32, cause| log.lock().unwrap().push((*k, *v, cause)))
+        .build();
+    for k in 0..3 {
+        cache.insert(k, k * 10);
+    }
+    let evicted: Vec<_> = seen.lock().unwrap().drain(..).collect();
+    assert_eq!(evicted.len(), 1, "{evicted:?}");
+    assert_eq!(evicted[0].2, RemovalCause::Size);
+    let (gone, _, _) = evicted[0];
+    let live: Vec<u32> = (0..3).filter(|k| *k != gone).collect();
+    cache.insert(live[0], 99);
+    assert!(cache.replace_if(&live[0], 98, |v| *v == 99));
+    assert!(cache.expire_if(&live[1], |_| true));
+    assert!(!cache.invalidate_if(&live[0], |v| *v == 99));
+    cache.invalidate_all();
+    let log: Vec<_> = seen.lock().unwrap().drain(..).collect();
+    assert_eq!(
+        log,
+        [
+            (live[0], live[0] * 10, RemovalCause::Replaced),
+            (live[0], 99, RemovalCause::Replaced),
+            (live[1], live[1] * 10, RemovalCause::Expired),
+            (live[0], 98, RemovalCause::Explicit),
+        ]
+    );
+    let stats = cache.stats();
+    assert_eq!((stats.evicted, stats.expired, stats.invalidated), (1, 1, 3));
+    assert!(cache.is_empty());
+}

@@ -17,6 +17,8 @@ mod lazy;
 mod list;
 pub(crate) mod loom;
 pub mod sync;
+#[cfg(feature = "std")]
+pub mod time;
 mod wait;
 
 #[cfg(feature = "std")]

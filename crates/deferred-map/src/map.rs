@@ -905,6 +905,40 @@ where
         self.remove_where(key, pred).map(|(cell, _)| cell)
     }
 
+    /// Puts `cell` at `key` in place of the cell there, if there is one and `pred` says so
+    /// for it, atomically: a compare-and-swap by key. Returns the replaced cell, or gives
+    /// `cell` back if the key is absent or `pred` refused. `pred` runs under the key's shard
+    /// lock: keep it short, and never touch this map from inside it. Whatever is handed back
+    /// is dropped after the lock is released.
+    ///
+    /// ```
+    /// use deferred_map::{Cell, DeferredMap};
+    /// let map: DeferredMap<u8, u8> = DeferredMap::new();
+    /// let first: Cell<u8> = Cell::ready(1);
+    /// map.insert(1, first.clone());
+    /// // Replaces only the cell this caller saw.
+    /// assert!(map.replace_if(&1, Cell::ready(2), |c| Cell::ptr_eq(c, &first)).is_ok());
+    /// assert!(map.replace_if(&1, Cell::ready(3), |c| Cell::ptr_eq(c, &first)).is_err());
+    /// assert!(map.replace_if(&9, Cell::ready(3), |_| true).is_err()); // absent
+    /// ```
+    pub fn replace_if(
+        &self,
+        key: &K,
+        cell: Cell<V, E>,
+        pred: impl FnOnce(&Cell<V, E>) -> bool,
+    ) -> Result<Cell<V, E>, Cell<V, E>> {
+        let hash = self.hash(key);
+        self.shard(hash)
+            .write(|t| match t.find_mut(hash, |s| s.key == *key) {
+                Some(slot) if pred(&slot.cell) => {
+                    slot.transient = false;
+                    slot.interest = 0;
+                    Ok(core::mem::replace(&mut slot.cell, cell))
+                }
+                _ => Err(cell),
+            })
+    }
+
     /// Whether the cell at `key` is complete; `None` if the key is absent (fs2-es
     /// `checkCompleted`).
     ///
