@@ -281,6 +281,23 @@ where
             .flatten()
     }
 
+    /// The value at `key` seen through a reference, without counting a read or recording a
+    /// use: `f` runs on the value if it is present and loaded. `f` runs under the key's shard
+    /// lock (shared with other readers): keep it short, and never touch this cache from
+    /// inside it.
+    ///
+    /// ```
+    /// let cache: deferred_cache::Cache<u8, String> = deferred_cache::Cache::new();
+    /// cache.insert(1, "hello".to_string());
+    /// assert_eq!(cache.peek_with(&1, |s| s.len()), Some(5));
+    /// assert_eq!(cache.stats().hits, 0);
+    /// ```
+    pub fn peek_with<R>(&self, key: &K, f: impl FnOnce(&V) -> R) -> Option<R> {
+        self.map
+            .try_get_with(key, |outcome| outcome.ok().map(|s| f(&s.value)))
+            .flatten()
+    }
+
     /// Whether `key` has a loaded value. Counts nothing.
     ///
     /// ```

@@ -1,0 +1,901 @@
+//! `ExpiringCache`: `deferred-cache` with deadlines, reclaimed through a timer wheel.
+
+use std::{
+    collections::hash_map::RandomState,
+    convert::Infallible,
+    fmt,
+    future::Future,
+    hash::{BuildHasher, Hash},
+    panic::{catch_unwind, AssertUnwindSafe},
+    pin::Pin,
+    sync::{atomic::AtomicUsize, Arc},
+    task::{Context, Poll, Wake, Waker},
+    time::Duration,
+};
+
+use deferred_cache::{Cache, LoadError, RemovalCause, Source, Stats};
+
+use crate::{
+    clock::{Clock, SystemClock},
+    expiry::{nanos, Policy, NEVER},
+    loom::{lock, AtomicBool, AtomicU64, Mutex, Ordering::*},
+    timer::{TimerHandle, TimerWheel},
+    ExpiringBuilder,
+};
+
+/// Nanoseconds per wheel tick, as a shift: 2^20 ns, about a millisecond.
+const TICK_SHIFT: u32 = 20;
+
+/// The resolution of reclamation (one timer-wheel tick, 2^20 ns, about 1.05 ms): an expired
+/// entry that no one reads is removed, and told to the listener, by the first operation
+/// once this much time has passed after its deadline's tick began. Visibility does not
+/// wait for it: a read compares the exact deadline with the clock.
+///
+/// ```
+/// assert_eq!(deferred_expiring::TICK.as_nanos(), 1 << 20);
+/// ```
+pub const TICK: Duration = Duration::from_nanos(1 << TICK_SHIFT);
+
+/// The tick a deadline fires on: the first tick that starts at or after it, so that a
+/// timer never fires before its deadline.
+fn tick_at_or_after(nanos: u64) -> u64 {
+    nanos.div_ceil(1 << TICK_SHIFT)
+}
+
+/// The tick that `now` is in.
+fn tick_of(now: u64) -> u64 {
+    now >> TICK_SHIFT
+}
+
+/// A boxed future that resolves a load, as a cache-wide loader returns it.
+pub type BoxLoad<V, E> = Pin<Box<dyn Future<Output = Result<V, E>> + Send>>;
+/// A cache-wide loader.
+pub(crate) type DynLoader<K, V, E> = Arc<dyn Fn(&K) -> BoxLoad<V, E> + Send + Sync>;
+/// A task handed to a spawner: a refresh.
+pub type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
+pub(crate) type Spawner = Box<dyn Fn(Task) + Send + Sync>;
+pub(crate) type Weigher<K, V> = Box<dyn Fn(&K, &V) -> u32 + Send + Sync>;
+pub(crate) type UserListener<K, V> = Arc<dyn Fn(&K, &V, RemovalCause) + Send + Sync>;
+
+/// What the inner cache stores: a value (or a cached error) with its deadlines.
+pub(crate) struct Entry<V, E> {
+    slot: Result<V, Arc<E>>,
+    /// Which write made it: expiry and refresh act only on the entry they were for.
+    id: u64,
+    /// Nanoseconds on the cache's clock; `NEVER` if it does not expire. Moves on reads
+    /// under time-to-idle or an `Expiry` policy.
+    deadline: AtomicU64,
+    /// The time-to-live cap on `deadline`.
+    hard: u64,
+    /// When a read starts a refresh; `NEVER` if none.
+    refresh_at: AtomicU64,
+    /// A refresh of this entry is running.
+    refreshing: AtomicBool,
+    /// Its timer in the wheel (`TimerHandle` bits), `NEVER` if none.
+    timer: AtomicU64,
+}
+
+impl<V: Clone, E> Clone for Entry<V, E> {
+    /// A snapshot for a caller (the inner cache hands out clones); the expiring layer only
+    /// ever acts on the entry inside the cache.
+    fn clone(&self) -> Self {
+        Entry {
+            slot: self.slot.clone(),
+            id: self.id,
+            deadline: AtomicU64::new(self.deadline.load(Acquire)),
+            hard: self.hard,
+            refresh_at: AtomicU64::new(self.refresh_at.load(Relaxed)),
+            refreshing: AtomicBool::new(false),
+            timer: AtomicU64::new(NEVER),
+        }
+    }
+}
+
+/// The timer wheel and its summary for the fast path.
+pub(crate) struct Timers<K> {
+    wheel: Mutex<TimerWheel<(K, u64)>>,
+    /// The first tick at which the wheel may have something due (`NEVER` if empty): an
+    /// operation in an earlier tick skips maintenance with one load. Written under the
+    /// wheel lock.
+    due: AtomicU64,
+}
+
+impl<K> Timers<K> {
+    fn cancel(&self, bits: u64) {
+        if bits != NEVER {
+            let item = lock(&self.wheel).cancel(TimerHandle::from_bits(bits));
+            drop(item); // the key, outside the lock
+        }
+    }
+
+    fn schedule(&self, deadline: u64, key: K, id: u64) -> u64 {
+        if deadline == NEVER {
+            return NEVER;
+        }
+        let tick = tick_at_or_after(deadline);
+        let mut wheel = lock(&self.wheel);
+        let handle = wheel.schedule(tick, (key, id));
+        // Under the lock, as maintenance's store is: the summary never misses a timer.
+        if tick < self.due.load(Relaxed) {
+            self.due.store(tick, Release);
+        }
+        handle.to_bits()
+    }
+}
+
+/// Counters of the expiring layer.
+#[derive(Default)]
+struct Counters {
+    negative_loads: AtomicUsize,
+    negative_hits: AtomicUsize,
+    refreshes_started: AtomicUsize,
+    refreshes_ok: AtomicUsize,
+    refreshes_failed: AtomicUsize,
+    refreshes_discarded: AtomicUsize,
+}
+
+/// Everything a refresh task needs, shared with it.
+pub(crate) struct Core<K, V, E, S, C> {
+    inner: Cache<K, Entry<V, E>, E, S>,
+    timers: Arc<Timers<K>>,
+    clock: C,
+    policy: Policy<K, V>,
+    next_id: AtomicU64,
+    counters: Counters,
+    loader: Option<DynLoader<K, V, E>>,
+    spawner: Option<Spawner>,
+    /// Refreshes with no spawner: polled by the cache's operations.
+    pending: std::sync::Mutex<Vec<Task>>,
+    pending_len: AtomicUsize,
+}
+
+/// A loading cache whose entries expire: time-to-live, time-to-idle or a per-entry
+/// [`Expiry`](crate::Expiry) policy; optional caching of loader errors for a while
+/// (negative caching) and refresh-ahead. Built on [`deferred_cache::Cache`], so loads are
+/// single-flight with the same guarantees (errors shared and, unless negative caching is on,
+/// not kept; panics and cancelled callers strand no one).
+///
+/// * **No stale reads.** A read compares the entry's exact deadline with the clock: an
+///   entry is invisible from the first read at or after its deadline. A time-to-idle
+///   renewal by one reader is seen by the next.
+/// * **Reclamation costs O(expired)**: a timer wheel holds each entry's deadline, and the
+///   cache's own operations advance it when something is due (one atomic load when not),
+///   removing exactly the entries whose deadline passed, never a successor under the same
+///   key. No background thread, no required maintenance call;
+///   [`run_maintenance`](Self::run_maintenance) exists for those who want one.
+/// * **Listener**: every value that leaves, with its [`RemovalCause`], told within the
+///   operation that removed it.
+///
+/// ```
+/// use deferred_expiring::{ExpiringCache, ManualClock};
+/// use std::time::Duration;
+/// # futures::executor::block_on(async {
+/// let clock = ManualClock::new();
+/// let cache: ExpiringCache<&str, u32, std::convert::Infallible, _, _> = ExpiringCache::builder()
+///     .time_to_live(Duration::from_secs(60))
+///     .clock(clock.clone())
+///     .build();
+/// assert_eq!(cache.get_with("a", || async { Ok(1) }).await, Ok(1));
+/// clock.advance(Duration::from_secs(59));
+/// assert_eq!(cache.get_with("a", || async { Ok(2) }).await, Ok(1)); // still fresh
+/// clock.advance(Duration::from_secs(1));
+/// assert_eq!(cache.get_with("a", || async { Ok(3) }).await, Ok(3)); // expired: reloaded
+/// # });
+/// ```
+pub struct ExpiringCache<K, V, E = Infallible, S = RandomState, C = SystemClock> {
+    core: Arc<Core<K, V, E, S, C>>,
+}
+
+/// A snapshot of an [`ExpiringCache`]'s counters: the inner cache's, and the expiring
+/// layer's own.
+///
+/// ```
+/// let stats = deferred_expiring::ExpiringStats::default();
+/// assert_eq!(stats.negative_hits, 0);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ExpiringStats {
+    /// The inner cache's counters. `loads_ok` counts loads that produced a value and
+    /// `loads_failed` loader errors, cached or not; `expired` counts entries removed at
+    /// their deadline; `hits` includes hits on cached errors.
+    pub cache: Stats,
+    /// Reads answered by a cached loader error (negative caching).
+    pub negative_hits: u64,
+    /// Refreshes started (at most one per entry at a time).
+    pub refreshes_started: u64,
+    /// Refreshes whose value replaced the entry.
+    pub refreshes_ok: u64,
+    /// Refreshes whose loader failed or panicked (the old value stays).
+    pub refreshes_failed: u64,
+    /// Refreshes whose value was dropped because the entry was written, invalidated or
+    /// expired while they ran.
+    pub refreshes_discarded: u64,
+}
+
+/// How a read of the inner cache went.
+enum Read<V, E> {
+    Hit { value: V, refresh: Option<u64> },
+    Failed(Arc<E>),
+    Expired(u64),
+    Absent,
+}
+
+impl<K, V, E, S, C> ExpiringCache<K, V, E, S, C>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    E: Send + Sync + 'static,
+    S: BuildHasher + Send + Sync + 'static,
+    C: Clock,
+{
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn from_parts(
+        capacity: Option<u64>,
+        weigher: Option<Weigher<K, V>>,
+        hasher: S,
+        clock: C,
+        policy: Policy<K, V>,
+        listener: Option<UserListener<K, V>>,
+        loader: Option<DynLoader<K, V, E>>,
+        spawner: Option<Spawner>,
+    ) -> Self {
+        let timers = Arc::new(Timers {
+            wheel: Mutex::new(TimerWheel::new()),
+            due: AtomicU64::new(NEVER),
+        });
+        let on_removal = Arc::clone(&timers);
+        let mut builder = Cache::builder().hasher(hasher).eviction_listener(
+            move |key: &K, entry: &Entry<V, E>, cause| {
+                on_removal.cancel(entry.timer.load(Acquire));
+                if let (Some(listener), Ok(value)) = (&listener, &entry.slot) {
+                    listener(key, value, cause);
+                }
+            },
+        );
+        if let Some(capacity) = capacity {
+            builder = builder.max_capacity(capacity);
+        }
+        if let Some(weigher) = weigher {
+            builder = builder.weigher(move |key: &K, entry: &Entry<V, E>| match &entry.slot {
+                Ok(value) => weigher(key, value),
+                Err(_) => 1,
+            });
+        }
+        ExpiringCache {
+            core: Arc::new(Core {
+                inner: builder.build(),
+                timers,
+                clock,
+                policy,
+                next_id: AtomicU64::new(0),
+                counters: Counters::default(),
+                loader,
+                spawner,
+                pending: std::sync::Mutex::new(Vec::new()),
+                pending_len: AtomicUsize::new(0),
+            }),
+        }
+    }
+}
+
+impl<K, V, E> ExpiringCache<K, V, E, RandomState, SystemClock> {
+    /// A builder: expiry, capacity, clock, listener, loader.
+    ///
+    /// ```
+    /// use deferred_expiring::ExpiringCache;
+    /// use std::time::Duration;
+    /// let cache: ExpiringCache<u64, String> = ExpiringCache::builder()
+    ///     .max_capacity(10_000)
+    ///     .time_to_idle(Duration::from_secs(300))
+    ///     .build();
+    /// assert_eq!(cache.len(), 0);
+    /// ```
+    pub fn builder() -> ExpiringBuilder<K, V, E, RandomState, SystemClock> {
+        ExpiringBuilder::new()
+    }
+}
+
+impl<K, V, E, S, C> ExpiringCache<K, V, E, S, C> {
+    /// The number of entries, expired ones not yet reclaimed included. A snapshot.
+    ///
+    /// ```
+    /// let cache: deferred_expiring::ExpiringCache<u8, u8> =
+    ///     deferred_expiring::ExpiringCache::builder().build();
+    /// assert!(cache.is_empty());
+    /// ```
+    pub fn len(&self) -> usize {
+        self.core.inner.len()
+    }
+
+    /// Whether the cache has no entries.
+    ///
+    /// ```
+    /// let cache: deferred_expiring::ExpiringCache<u8, u8> =
+    ///     deferred_expiring::ExpiringCache::builder().build();
+    /// assert!(cache.is_empty());
+    /// ```
+    pub fn is_empty(&self) -> bool {
+        self.core.inner.is_empty()
+    }
+
+    /// The number of timers in the wheel (entries with a deadline, and timers of entries
+    /// that left and were not cancelled yet).
+    ///
+    /// ```
+    /// let cache: deferred_expiring::ExpiringCache<u8, u8> = deferred_expiring::ExpiringCache::builder()
+    ///     .time_to_live(std::time::Duration::from_secs(1))
+    ///     .build();
+    /// cache.insert(1, 1);
+    /// assert_eq!(cache.timers(), 1);
+    /// ```
+    pub fn timers(&self) -> usize {
+        lock(&self.core.timers.wheel).len()
+    }
+
+    /// How many timers maintenance has looked at so far (fired or moved in the wheel): the
+    /// cost of reclamation, which grows with what expired, not with what is stored.
+    ///
+    /// ```
+    /// let cache: deferred_expiring::ExpiringCache<u8, u8> =
+    ///     deferred_expiring::ExpiringCache::builder().build();
+    /// assert_eq!(cache.timers_touched(), 0);
+    /// ```
+    pub fn timers_touched(&self) -> u64 {
+        lock(&self.core.timers.wheel).touched()
+    }
+
+    /// A snapshot of the counters.
+    ///
+    /// ```
+    /// let cache: deferred_expiring::ExpiringCache<u8, u8> =
+    ///     deferred_expiring::ExpiringCache::builder().build();
+    /// assert_eq!(cache.stats().cache.hits, 0);
+    /// ```
+    pub fn stats(&self) -> ExpiringStats {
+        let c = &self.core.counters;
+        let n = |a: &AtomicUsize| a.load(Relaxed) as u64;
+        let mut cache = self.core.inner.stats();
+        // A cached error is a value to the inner cache: count it as what it was.
+        let negative = n(&c.negative_loads);
+        cache.loads_ok = cache.loads_ok.saturating_sub(negative);
+        cache.loads_failed += negative;
+        ExpiringStats {
+            cache,
+            negative_hits: n(&c.negative_hits),
+            refreshes_started: n(&c.refreshes_started),
+            refreshes_ok: n(&c.refreshes_ok),
+            refreshes_failed: n(&c.refreshes_failed),
+            refreshes_discarded: n(&c.refreshes_discarded),
+        }
+    }
+}
+
+impl<K, V, E, S, C> ExpiringCache<K, V, E, S, C>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    E: Send + Sync + 'static,
+    S: BuildHasher + Send + Sync + 'static,
+    C: Clock,
+{
+    /// The value at `key`, loading it with `loader` on a miss or after expiry; one load per
+    /// key at a time however many callers miss (see [`Cache::get_with`]). A value this call
+    /// loaded or joined is returned even if its deadline has passed meanwhile; a stored
+    /// value is returned only before its deadline.
+    ///
+    /// With refresh-ahead on, a hit on a value older than the refresh interval returns it at
+    /// once and starts one background reload with `loader` (see
+    /// [`ExpiringBuilder::refresh_after`]). With negative caching on, a cached error is
+    /// returned as [`LoadError::Failed`] until its own deadline.
+    ///
+    /// ```
+    /// use deferred_expiring::ExpiringCache;
+    /// # futures::executor::block_on(async {
+    /// let cache: ExpiringCache<u8, u8> = ExpiringCache::builder()
+    ///     .time_to_live(std::time::Duration::from_secs(5))
+    ///     .build();
+    /// assert_eq!(cache.get_with(1, || async { Ok(10) }).await, Ok(10));
+    /// assert_eq!(cache.get_with(1, || async { Ok(11) }).await, Ok(10));
+    /// # });
+    /// ```
+    pub async fn get_with<F, Fut>(&self, key: K, loader: F) -> Result<V, LoadError<E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<V, E>> + Send + 'static,
+    {
+        let core = &*self.core;
+        let mut loader = Some(loader);
+        loop {
+            let now = core.tend();
+            match core.read(&key, now, true) {
+                Read::Hit { value, refresh } => {
+                    if let (Some(id), Some(loader)) = (refresh, loader.take()) {
+                        Core::refresh(&self.core, key, id, loader());
+                    }
+                    return Ok(value);
+                }
+                Read::Failed(error) => return Err(LoadError::Failed(error)),
+                Read::Expired(id) => core.expire(&key, id, now),
+                Read::Absent => {}
+            }
+            let Some(start) = loader.take() else {
+                unreachable!("the loader is taken only to return")
+            };
+            let mut start = Some(start);
+            let load = core.inner.get_with(key.clone(), || {
+                let fut = start.take().map(|f| f());
+                load_entry(Arc::clone(&self.core), key.clone(), fut)
+            });
+            let (outcome, source) = load.with_source().await;
+            loader = start;
+            let entry = match outcome {
+                Ok(entry) => entry,
+                Err(error) => return Err(error),
+            };
+            if source == Source::Hit && entry.deadline.load(Relaxed) <= nanos(now) {
+                // Stored by someone else between the two reads, already past its deadline
+                // (a clock read on another thread lagging this one's): look again.
+                core.expire(&key, entry.id, now);
+                if loader.is_some() {
+                    continue;
+                }
+            }
+            return match entry.slot {
+                Ok(value) => Ok(value),
+                Err(error) => Err(LoadError::Failed(error)),
+            };
+        }
+    }
+
+    /// The value at `key` if it is present and before its deadline, counting a hit or a
+    /// miss (and renewing it under time-to-idle). Never loads, never waits. A cached error
+    /// is no value: `None`, counted as a miss.
+    ///
+    /// ```
+    /// use deferred_expiring::{ExpiringCache, ManualClock};
+    /// use std::time::Duration;
+    /// let clock = ManualClock::new();
+    /// let cache: ExpiringCache<u8, u8, std::convert::Infallible, _, _> = ExpiringCache::builder()
+    ///     .time_to_idle(Duration::from_secs(10))
+    ///     .clock(clock.clone())
+    ///     .build();
+    /// cache.insert(1, 1);
+    /// clock.advance(Duration::from_secs(9));
+    /// assert_eq!(cache.get_if_present(&1), Some(1)); // renewed until 19 s
+    /// clock.advance(Duration::from_secs(9));
+    /// assert_eq!(cache.get_if_present(&1), Some(1));
+    /// clock.advance(Duration::from_secs(10));
+    /// assert_eq!(cache.get_if_present(&1), None);
+    /// ```
+    pub fn get_if_present(&self, key: &K) -> Option<V> {
+        let core = &*self.core;
+        let now = core.tend();
+        match core.read(key, now, false) {
+            Read::Hit { value, refresh } => {
+                if let (Some(id), Some(loader)) = (refresh, &core.loader) {
+                    Core::refresh(&self.core, key.clone(), id, loader(key));
+                }
+                Some(value)
+            }
+            Read::Failed(_) => None,
+            Read::Expired(id) => {
+                core.expire(key, id, now);
+                None
+            }
+            Read::Absent => None,
+        }
+    }
+
+    /// The value at `key` if present and before its deadline, without counting a read,
+    /// renewing it, or starting a refresh.
+    ///
+    /// ```
+    /// let cache: deferred_expiring::ExpiringCache<u8, u8> =
+    ///     deferred_expiring::ExpiringCache::builder().build();
+    /// cache.insert(1, 5);
+    /// assert_eq!(cache.peek(&1), Some(5));
+    /// assert_eq!(cache.stats().cache.hits, 0);
+    /// ```
+    pub fn peek(&self, key: &K) -> Option<V> {
+        let now = nanos(self.core.clock.now());
+        self.core
+            .inner
+            .peek_with(key, |entry| match &entry.slot {
+                Ok(value) if entry.deadline.load(Acquire) > now => Some(value.clone()),
+                _ => None,
+            })
+            .flatten()
+    }
+
+    /// Stores `value` at `key` with a fresh deadline (time-to-live / time-to-idle, or the
+    /// [`Expiry`](crate::Expiry) policy's `expire_after_update` over an old value, else
+    /// `expire_after_create`). A load or refresh in flight for `key` does not overwrite it.
+    ///
+    /// ```
+    /// let cache: deferred_expiring::ExpiringCache<u8, u8> =
+    ///     deferred_expiring::ExpiringCache::builder().build();
+    /// cache.insert(1, 5);
+    /// assert_eq!(cache.get_if_present(&1), Some(5));
+    /// ```
+    pub fn insert(&self, key: K, value: V) {
+        let core = &*self.core;
+        core.tend();
+        let previous = if core.policy.custom.is_some() {
+            core.inner.peek_with(&key, |old| old.deadline.load(Acquire))
+        } else {
+            None
+        };
+        let entry = core.new_entry(&key, Ok(value), previous);
+        core.inner.insert(key, entry);
+    }
+
+    /// Removes the entry at `key`; returns whether there was one (expired or not).
+    ///
+    /// ```
+    /// let cache: deferred_expiring::ExpiringCache<u8, u8> =
+    ///     deferred_expiring::ExpiringCache::builder().build();
+    /// cache.insert(1, 5);
+    /// assert!(cache.invalidate(&1));
+    /// ```
+    pub fn invalidate(&self, key: &K) -> bool {
+        self.core.tend();
+        self.core.inner.invalidate(key)
+    }
+
+    /// Removes every entry.
+    ///
+    /// ```
+    /// let cache: deferred_expiring::ExpiringCache<u8, u8> =
+    ///     deferred_expiring::ExpiringCache::builder().build();
+    /// cache.insert(1, 5);
+    /// cache.invalidate_all();
+    /// assert!(cache.is_empty());
+    /// ```
+    pub fn invalidate_all(&self) {
+        self.core.inner.invalidate_all();
+    }
+
+    /// Reclaims every entry whose deadline has passed now, and polls the refreshes that
+    /// have no spawner; returns how many entries it removed. Optional: the cache's own
+    /// operations do the same whenever something is due.
+    ///
+    /// ```
+    /// use deferred_expiring::{ExpiringCache, ManualClock};
+    /// use std::time::Duration;
+    /// let clock = ManualClock::new();
+    /// let cache: ExpiringCache<u8, u8, std::convert::Infallible, _, _> = ExpiringCache::builder()
+    ///     .time_to_live(Duration::from_secs(1))
+    ///     .clock(clock.clone())
+    ///     .build();
+    /// cache.insert(1, 1);
+    /// clock.advance(Duration::from_secs(1));
+    /// assert_eq!(cache.peek(&1), None); // invisible at its deadline
+    /// assert_eq!(cache.len(), 1); // not reclaimed yet
+    /// clock.advance(deferred_expiring::TICK); // reclaimable one wheel tick later
+    /// assert_eq!(cache.run_maintenance(), 1);
+    /// assert!(cache.is_empty());
+    /// ```
+    pub fn run_maintenance(&self) -> usize {
+        let now = self.core.clock.now();
+        self.core.drive_refreshes();
+        self.core.reclaim(now, true)
+    }
+}
+
+impl<K, V, E, S, C> Core<K, V, E, S, C>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    E: Send + Sync + 'static,
+    S: BuildHasher + Send + Sync + 'static,
+    C: Clock,
+{
+    /// The start of every operation: reads the clock, reclaims what is due (if anything
+    /// is: one atomic load otherwise), polls reader-driven refreshes.
+    #[inline]
+    fn tend(&self) -> Duration {
+        let now = self.clock.now();
+        // Acquire: pairs with the Release stores of `due`, so the wheel state behind it is
+        // the one the lock will show.
+        if tick_of(nanos(now)) >= self.timers.due.load(Acquire) {
+            self.reclaim(now, false);
+        }
+        if self.pending_len.load(Relaxed) != 0 {
+            self.drive_refreshes();
+        }
+        now
+    }
+
+    /// Advances the wheel to `now` and removes the entries it fires whose deadline has
+    /// passed; reschedules those renewed since. With `wait` false, gives up if another
+    /// thread is at it.
+    #[cold]
+    fn reclaim(&self, now: Duration, wait: bool) -> usize {
+        let now_nanos = nanos(now);
+        let fired = {
+            let mut wheel = if wait {
+                lock(&self.timers.wheel)
+            } else {
+                match self.timers.wheel.try_lock() {
+                    Ok(wheel) => wheel,
+                    Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+                    Err(std::sync::TryLockError::WouldBlock) => return 0,
+                }
+            };
+            let mut fired = Vec::new();
+            wheel.advance(tick_of(now_nanos), |_, item| fired.push(item));
+            let due = wheel.next_due().unwrap_or(NEVER);
+            self.timers.due.store(due, Release);
+            fired
+        };
+        let mut removed = 0;
+        for (key, id) in fired {
+            let mut renewed = None;
+            let gone = self.inner.expire_if(&key, |entry| {
+                if entry.id != id {
+                    return false;
+                }
+                let deadline = entry.deadline.load(Acquire);
+                if deadline <= now_nanos {
+                    return true;
+                }
+                renewed = Some(deadline);
+                false
+            });
+            removed += usize::from(gone);
+            if let Some(deadline) = renewed {
+                // Read since it was scheduled: a new timer for its new deadline. Stored
+                // into the entry under its shard lock, so a removal that comes after
+                // cancels this one.
+                let timers = &self.timers;
+                let key2 = key.clone();
+                self.inner.peek_with(&key, |entry| {
+                    if entry.id == id {
+                        let bits = timers.schedule(deadline, key2, id);
+                        let old = entry.timer.swap(bits, AcqRel);
+                        timers.cancel(old);
+                    }
+                });
+            }
+        }
+        removed
+    }
+
+    /// Reads `key` at `now`: a hit (renewed under time-to-idle, perhaps claiming a refresh),
+    /// a cached error, an expired entry, or nothing.
+    #[inline]
+    fn read(&self, key: &K, now: Duration, for_load: bool) -> Read<V, E> {
+        let now_nanos = nanos(now);
+        let mut expired = None;
+        let policy = &self.policy;
+        let f = |entry: &Entry<V, E>| {
+            let deadline = entry.deadline.load(Acquire);
+            if deadline <= now_nanos {
+                expired = Some(entry.id);
+                return None;
+            }
+            let value = match &entry.slot {
+                Ok(value) => value,
+                // A cached error answers a load; a probe for a value finds none.
+                Err(error) => return for_load.then(|| Read::Failed(Arc::clone(error))),
+            };
+            if let Some(next) = policy.on_read(key, value, now, deadline, entry.hard) {
+                if policy.custom.is_some() {
+                    entry.deadline.store(next, Release);
+                } else {
+                    // Time-to-idle only moves forward: of two racing readers, the later
+                    // deadline stays. Release: pairs with the Acquire loads of readers.
+                    entry.deadline.fetch_max(next, AcqRel);
+                }
+            }
+            let refresh = (entry.refresh_at.load(Relaxed) <= now_nanos
+                && !entry.refreshing.load(Relaxed)
+                && !entry.refreshing.swap(true, Acquire))
+            .then_some(entry.id);
+            Some(Read::Hit {
+                value: value.clone(),
+                refresh,
+            })
+        };
+        let found = if for_load {
+            self.inner.hit_with(key, f)
+        } else {
+            self.inner.get_if_present_with(key, f)
+        };
+        match found {
+            Some(Read::Failed(error)) => {
+                self.counters.negative_hits.fetch_add(1, Relaxed);
+                Read::Failed(error)
+            }
+            Some(read) => read,
+            None => expired.map_or(Read::Absent, Read::Expired),
+        }
+    }
+
+    /// Removes the entry `id` at `key` if its deadline has passed at `now`.
+    fn expire(&self, key: &K, id: u64, now: Duration) {
+        let now = nanos(now);
+        self.inner.expire_if(key, |entry| {
+            entry.id == id && entry.deadline.load(Acquire) <= now
+        });
+    }
+
+    /// A new entry for `slot` at `key`, with its deadline and its timer.
+    fn new_entry(&self, key: &K, slot: Result<V, Arc<E>>, previous: Option<u64>) -> Entry<V, E> {
+        let now = self.clock.now();
+        let id = self.next_id.fetch_add(1, Relaxed);
+        let (deadline, hard, refresh_at) = match &slot {
+            Ok(value) => {
+                let (deadline, hard) = self.policy.on_write(key, value, now, previous);
+                let refresh = crate::expiry::deadline(now, self.policy.refresh_after);
+                (deadline, hard, refresh)
+            }
+            Err(_) => {
+                let deadline = crate::expiry::deadline(now, self.policy.negative_ttl);
+                (deadline, deadline, NEVER)
+            }
+        };
+        let timer = self.timers.schedule(deadline, key.clone(), id);
+        Entry {
+            slot,
+            id,
+            deadline: AtomicU64::new(deadline),
+            hard,
+            refresh_at: AtomicU64::new(refresh_at),
+            refreshing: AtomicBool::new(false),
+            timer: AtomicU64::new(timer),
+        }
+    }
+
+    /// Starts the refresh of entry `id` at `key` with `load`: on the spawner, or polled
+    /// once here and then by later operations.
+    fn refresh<Fut>(this: &Arc<Self>, key: K, id: u64, load: Fut)
+    where
+        Fut: Future<Output = Result<V, E>> + Send + 'static,
+    {
+        this.counters.refreshes_started.fetch_add(1, Relaxed);
+        let (core, fail_core, fail_key) = (Arc::clone(this), Arc::clone(this), key.clone());
+        let guard = FailGuard(Some(Box::new(move || {
+            fail_core.refresh_failed(&fail_key, id)
+        })));
+        let task: Task = Box::pin(async move {
+            let guard = guard;
+            let result = load.await;
+            guard.disarm();
+            match result {
+                Ok(value) => core.refresh_done(&key, id, value),
+                Err(_) => core.refresh_failed(&key, id),
+            }
+        });
+        match &this.spawner {
+            Some(spawn) => spawn(task),
+            None => {
+                {
+                    let mut pending = lock_std(&this.pending);
+                    pending.push(task);
+                    this.pending_len.store(pending.len(), Relaxed);
+                }
+                this.drive_refreshes();
+            }
+        }
+    }
+
+    /// Stores a refreshed value if the entry it refreshes is still the one at its key: a
+    /// write, invalidation or expiry since the refresh started wins, and the value goes.
+    fn refresh_done(&self, key: &K, id: u64, value: V) {
+        let previous = self.inner.peek_with(key, |old| old.deadline.load(Acquire));
+        let entry = self.new_entry(key, Ok(value), previous);
+        let timer = entry.timer.load(Relaxed);
+        if self.inner.replace_if(key, entry, |old| old.id == id) {
+            self.counters.refreshes_ok.fetch_add(1, Relaxed);
+        } else {
+            self.timers.cancel(timer);
+            self.counters.refreshes_discarded.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// A refresh failed: the old value stays, and the next refresh may start one interval
+    /// from now.
+    fn refresh_failed(&self, key: &K, id: u64) {
+        self.counters.refreshes_failed.fetch_add(1, Relaxed);
+        let next = crate::expiry::deadline(self.clock.now(), self.policy.refresh_after);
+        self.inner.peek_with(key, |entry| {
+            if entry.id == id {
+                entry.refresh_at.store(next, Relaxed);
+                // Release: the new `refresh_at` is in place before another reader may
+                // claim the next refresh (its swap is Acquire).
+                entry.refreshing.store(false, Release);
+            }
+        });
+    }
+
+    /// Polls the refreshes that have no spawner, once each; keeps the unfinished ones. A
+    /// panic in one counts as its failure and does not reach this caller.
+    fn drive_refreshes(&self) {
+        let Ok(mut pending) = self.pending.try_lock() else {
+            return; // another thread is at it
+        };
+        let mut tasks = core::mem::take(&mut *pending);
+        drop(pending);
+        let waker = Waker::from(Arc::new(NoopWake));
+        let mut cx = Context::from_waker(&waker);
+        tasks.retain_mut(|task| {
+            let polled = catch_unwind(AssertUnwindSafe(|| task.as_mut().poll(&mut cx)));
+            // A panic unwound through the task's guard, which counted it.
+            matches!(polled, Ok(Poll::Pending))
+        });
+        let mut pending = lock_std(&self.pending);
+        pending.append(&mut tasks);
+        self.pending_len.store(pending.len(), Relaxed);
+    }
+}
+
+/// Locks a std mutex, past poisoning (nothing in this crate leaves its data inconsistent
+/// when a panic crosses a lock).
+fn lock_std<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+struct NoopWake;
+
+impl Wake for NoopWake {
+    fn wake(self: Arc<Self>) {}
+}
+
+/// Counts a refresh as failed if it ends without finishing: its loader panicked, or its
+/// task was dropped.
+struct FailGuard(Option<Box<dyn FnOnce() + Send>>);
+
+impl FailGuard {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for FailGuard {
+    fn drop(&mut self) {
+        if let Some(failed) = self.0.take() {
+            failed();
+        }
+    }
+}
+
+/// The future stored in an inner entry: the user's load, turned into an `Entry`.
+async fn load_entry<K, V, E, S, C, Fut>(
+    core: Arc<Core<K, V, E, S, C>>,
+    key: K,
+    fut: Option<Fut>,
+) -> Result<Entry<V, E>, E>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    E: Send + Sync + 'static,
+    S: BuildHasher + Send + Sync + 'static,
+    C: Clock,
+    Fut: Future<Output = Result<V, E>> + Send + 'static,
+{
+    let Some(fut) = fut else {
+        unreachable!("the inner cache calls the loader once before polling")
+    };
+    match fut.await {
+        Ok(value) => Ok(core.new_entry(&key, Ok(value), None)),
+        Err(error) if core.policy.negative_ttl.is_some() => {
+            core.counters.negative_loads.fetch_add(1, Relaxed);
+            Ok(core.new_entry(&key, Err(Arc::new(error)), None))
+        }
+        Err(error) => Err(error),
+    }
+}
+
+impl<K, V, E, S, C> fmt::Debug for ExpiringCache<K, V, E, S, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExpiringCache")
+            .field("len", &self.len())
+            .field("policy", &self.core.policy)
+            .field("timers", &self.timers())
+            .finish_non_exhaustive()
+    }
+}

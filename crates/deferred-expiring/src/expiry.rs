@@ -1,0 +1,156 @@
+//! When entries expire: time-to-live, time-to-idle, or a per-entry `Expiry` policy.
+
+use std::{fmt, time::Duration};
+
+/// A per-entry expiry policy: how long an entry lives from the moment it is created,
+/// read or updated. Each method returns the time to live from `now` (`None`: never
+/// expires). Set it with [`ExpiringBuilder::expire_after`](crate::ExpiringBuilder::expire_after).
+///
+/// The methods run with a shard lock of the cache held (read for `expire_after_read`):
+/// keep them short, and never touch the cache from inside them.
+///
+/// ```
+/// use deferred_expiring::{Expiry, ExpiringCache, ManualClock};
+/// use std::time::Duration;
+///
+/// /// Sessions live as long as they say; reads do not extend them.
+/// struct ByField;
+/// impl Expiry<u32, (String, Duration)> for ByField {
+///     fn expire_after_create(&self, _: &u32, v: &(String, Duration), _now: Duration) -> Option<Duration> {
+///         Some(v.1)
+///     }
+/// }
+/// let clock = ManualClock::new();
+/// let cache: ExpiringCache<u32, (String, Duration), std::convert::Infallible, _, _> =
+///     ExpiringCache::builder().expire_after(ByField).clock(clock.clone()).build();
+/// cache.insert(1, ("a".into(), Duration::from_secs(1)));
+/// cache.insert(2, ("b".into(), Duration::from_secs(9)));
+/// clock.advance(Duration::from_secs(1));
+/// assert!(cache.get_if_present(&1).is_none());
+/// assert!(cache.get_if_present(&2).is_some());
+/// ```
+pub trait Expiry<K, V>: Send + Sync + 'static {
+    /// The time to live of a value just loaded or inserted at `key`.
+    fn expire_after_create(&self, key: &K, value: &V, now: Duration) -> Option<Duration>;
+
+    /// The time to live after a read; `remaining` is what was left (`None`: never
+    /// expires). By default a read changes nothing.
+    fn expire_after_read(
+        &self,
+        key: &K,
+        value: &V,
+        now: Duration,
+        remaining: Option<Duration>,
+    ) -> Option<Duration> {
+        let _ = (key, value, now);
+        remaining
+    }
+
+    /// The time to live of a value that replaces one (an insert over it, or a refresh);
+    /// `remaining` is what the old one had left. By default, as for a new value.
+    fn expire_after_update(
+        &self,
+        key: &K,
+        value: &V,
+        now: Duration,
+        remaining: Option<Duration>,
+    ) -> Option<Duration> {
+        let _ = remaining;
+        self.expire_after_create(key, value, now)
+    }
+}
+
+/// Never: the deadline of an entry that does not expire.
+pub(crate) const NEVER: u64 = u64::MAX;
+
+pub(crate) fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(NEVER)
+}
+
+/// `now + ttl` in nanoseconds, `NEVER` for `None`.
+pub(crate) fn deadline(now: Duration, ttl: Option<Duration>) -> u64 {
+    ttl.map_or(NEVER, |ttl| nanos(now).saturating_add(nanos(ttl)))
+}
+
+/// What remains from `now` to `deadline`; `None` for `NEVER`.
+pub(crate) fn remaining(now: Duration, deadline: u64) -> Option<Duration> {
+    (deadline != NEVER).then(|| Duration::from_nanos(deadline.saturating_sub(nanos(now))))
+}
+
+/// The expiry settings of a cache.
+pub(crate) struct Policy<K, V> {
+    pub(crate) ttl: Option<Duration>,
+    pub(crate) tti: Option<Duration>,
+    pub(crate) custom: Option<Box<dyn Expiry<K, V>>>,
+    pub(crate) negative_ttl: Option<Duration>,
+    pub(crate) refresh_after: Option<Duration>,
+}
+
+impl<K, V> Policy<K, V> {
+    pub(crate) fn new() -> Self {
+        Policy {
+            ttl: None,
+            tti: None,
+            custom: None,
+            negative_ttl: None,
+            refresh_after: None,
+        }
+    }
+}
+
+impl<K: 'static, V: 'static> Policy<K, V> {
+    /// Deadlines (soft, hard) for a value created or updated at `now`; the hard one caps
+    /// what time-to-idle renewals may reach (the time-to-live).
+    pub(crate) fn on_write(
+        &self,
+        key: &K,
+        value: &V,
+        now: Duration,
+        previous: Option<u64>,
+    ) -> (u64, u64) {
+        if let Some(custom) = &self.custom {
+            let ttl = match previous {
+                Some(old) => custom.expire_after_update(key, value, now, remaining(now, old)),
+                None => custom.expire_after_create(key, value, now),
+            };
+            return (deadline(now, ttl), NEVER);
+        }
+        let hard = deadline(now, self.ttl);
+        (deadline(now, self.tti).min(hard), hard)
+    }
+
+    /// The deadline after a read at `now` of a value whose deadline is `current`; `None`
+    /// if it does not change.
+    #[inline]
+    pub(crate) fn on_read(
+        &self,
+        key: &K,
+        value: &V,
+        now: Duration,
+        current: u64,
+        hard: u64,
+    ) -> Option<u64> {
+        if let Some(custom) = &self.custom {
+            let next = deadline(
+                now,
+                custom.expire_after_read(key, value, now, remaining(now, current)),
+            );
+            return (next != current).then_some(next);
+        }
+        let tti = self.tti?;
+        let next = deadline(now, Some(tti)).min(hard);
+        (next > current).then_some(next)
+    }
+}
+
+impl<K, V> fmt::Debug for Policy<K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Policy")
+            .field("ttl", &self.ttl)
+            .field("tti", &self.tti)
+            .field("custom", &self.custom.is_some())
+            .field("negative_ttl", &self.negative_ttl)
+            .field("refresh_after", &self.refresh_after)
+            .finish()
+    }
+}

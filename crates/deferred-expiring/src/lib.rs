@@ -1,0 +1,20 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+#![allow(clippy::std_instead_of_core, clippy::alloc_instead_of_core)] // a `std` crate
+
+mod builder;
+mod cache;
+mod clock;
+mod expiring_ref;
+mod expiry;
+mod loading;
+mod loom;
+mod timer;
+
+pub use builder::ExpiringBuilder;
+pub use cache::{BoxLoad, ExpiringCache, ExpiringStats, Task, TICK};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use expiring_ref::{Expired, ExpiringRef, Use};
+pub use expiry::Expiry;
+pub use loading::ExpiringLoadingCache;
+pub use timer::{TimerHandle, TimerWheel};

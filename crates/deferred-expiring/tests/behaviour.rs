@@ -1,0 +1,594 @@
+//! The expiring layer's behaviour, one test per promise (issue #5). Time comes from a
+//! `ManualClock`: nothing here sleeps, and every deadline is hit exactly.
+
+#![allow(clippy::std_instead_of_core)]
+
+use std::{
+    panic::{catch_unwind, AssertUnwindSafe},
+    sync::{
+        atomic::{AtomicUsize, Ordering::SeqCst},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use deferred_cache::{LoadError, RemovalCause};
+use deferred_expiring::{ExpiringCache, ExpiringRef, Expiry, ManualClock, TICK};
+use futures::{executor::block_on, FutureExt};
+
+const NS: Duration = Duration::from_nanos(1);
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+// ---------------------------------------------------------------------------------------
+// ExpiringRef
+// ---------------------------------------------------------------------------------------
+
+/// `timed(value, d)` expires after exactly `d` with no use: not one nanosecond before.
+#[test]
+fn timed_ref_expires_after_its_duration_with_no_use() {
+    let clock = ManualClock::new();
+    let r = ExpiringRef::timed_with_clock(1, secs(10), clock.clone());
+    clock.advance(secs(10) - NS);
+    assert!(!r.is_expired());
+    clock.advance(NS);
+    assert!(r.is_expired());
+    assert_eq!(r.with(|v| *v), None);
+    // Expired stays expired, even if the clock goes back.
+    clock.set(Duration::ZERO);
+    assert_eq!(r.with(|v| *v), None);
+}
+
+/// A use in progress holds the ref alive past its deadline; the countdown restarts when
+/// the last of several concurrent uses ends, not the first.
+#[test]
+fn uses_in_progress_hold_the_ref_and_the_last_release_restarts_the_countdown() {
+    let clock = ManualClock::new();
+    let r = ExpiringRef::timed_with_clock("v", secs(10), clock.clone());
+    let a = r.acquire().expect("fresh");
+    clock.advance(secs(5));
+    let b = r.acquire().expect("in use");
+    clock.advance(secs(20)); // far past 10 s, but in use
+    assert!(!r.is_expired());
+    drop(a); // t = 25: b still in use
+    clock.advance(secs(20));
+    assert!(!r.is_expired());
+    drop(b); // t = 45: the countdown starts here
+    assert_eq!(r.deadline(), Some(secs(55)));
+    clock.advance(secs(10) - NS);
+    assert_eq!(r.with(|v| *v), Some("v")); // a use at 54.999…: restarts again
+    clock.advance(secs(10) - NS);
+    assert!(!r.is_expired());
+    clock.advance(NS);
+    assert!(r.is_expired());
+}
+
+/// `uses(value, n)`: exactly n uses succeed (fs2-es allows n − 1); the (n+1)-th is refused.
+#[test]
+fn uses_ref_allows_exactly_n_uses() {
+    for n in [0u64, 1, 2, 5] {
+        let r = ExpiringRef::uses(n, n);
+        let granted = (0..n + 3).filter(|_| r.with(|_| ()).is_some()).count();
+        assert_eq!(granted as u64, n, "n = {n}");
+        assert!(r.is_expired());
+        assert_eq!(r.uses_left(), Some(0));
+    }
+}
+
+/// A use that panics still ends (fs2-es never releases a failed use, so such a ref never
+/// expires): the ref expires on time afterwards, and is not poisoned.
+#[test]
+fn a_use_that_panics_is_released() {
+    let clock = ManualClock::new();
+    let r = ExpiringRef::timed_with_clock(5, secs(1), clock.clone());
+    let caught = catch_unwind(AssertUnwindSafe(|| {
+        r.with(|_| panic!("use failed"));
+    }));
+    assert!(caught.is_err());
+    assert_eq!(r.deadline(), Some(secs(1)));
+    clock.advance(secs(1));
+    assert!(r.is_expired());
+}
+
+/// A task awaiting expiry completes at the deadline (the manual clock's tick), not before,
+/// and a use in progress at the deadline pushes it to that use's end + ttl.
+#[test]
+fn awaiting_expiry_completes_at_the_deadline() {
+    let clock = ManualClock::new();
+    let r = ExpiringRef::timed_with_clock((), secs(3), clock.clone());
+    let woken = Arc::new(WakeCount::default());
+    let waker = futures::task::waker(Arc::clone(&woken));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut expired = Box::pin(r.expired());
+    assert!(expired.as_mut().poll(&mut cx).is_pending());
+    clock.advance(secs(2));
+    let guard = r.acquire().unwrap();
+    clock.advance(secs(1)); // the old deadline: woken, but a use is in progress
+    assert!(woken.0.load(SeqCst) >= 1);
+    assert!(expired.as_mut().poll(&mut cx).is_pending());
+    drop(guard); // t = 3: new deadline 6
+    assert!(expired.as_mut().poll(&mut cx).is_pending());
+    let before = woken.0.load(SeqCst);
+    clock.advance(secs(3) - NS);
+    assert_eq!(woken.0.load(SeqCst), before, "woken before the deadline");
+    clock.advance(NS);
+    assert!(woken.0.load(SeqCst) > before, "not woken at the deadline");
+    assert!(expired.as_mut().poll(&mut cx).is_ready());
+}
+
+/// `uses`: `expired()` completes once the n-th use has ended.
+#[test]
+fn awaiting_expiry_of_a_uses_ref_waits_for_the_last_use() {
+    let r = ExpiringRef::uses_with_clock(1, 1, ManualClock::new());
+    let guard = r.acquire().unwrap();
+    assert!(r.is_expired());
+    let mut expired = Box::pin(r.expired());
+    assert!(expired.as_mut().now_or_never().is_none());
+    drop(guard);
+    assert!(expired.now_or_never().is_some());
+}
+
+#[derive(Default)]
+struct WakeCount(AtomicUsize);
+
+impl futures::task::ArcWake for WakeCount {
+    fn wake_by_ref(arc_self: &Arc<Self>) {
+        arc_self.0.fetch_add(1, SeqCst);
+    }
+}
+
+use std::future::Future;
+
+// ---------------------------------------------------------------------------------------
+// ExpiringCache
+// ---------------------------------------------------------------------------------------
+
+type Log = Arc<Mutex<Vec<(u32, u32, RemovalCause)>>>;
+
+fn logged(
+    builder: deferred_expiring::ExpiringBuilder<
+        u32,
+        u32,
+        String,
+        std::collections::hash_map::RandomState,
+        ManualClock,
+    >,
+) -> (
+    ExpiringCache<u32, u32, String, std::collections::hash_map::RandomState, ManualClock>,
+    Log,
+) {
+    let log: Log = Arc::default();
+    let sink = Arc::clone(&log);
+    let cache = builder
+        .eviction_listener(move |k: &u32, v: &u32, cause| {
+            sink.lock().unwrap().push((*k, *v, cause))
+        })
+        .build();
+    (cache, log)
+}
+
+fn with_clock() -> (
+    ManualClock,
+    deferred_expiring::ExpiringBuilder<
+        u32,
+        u32,
+        String,
+        std::collections::hash_map::RandomState,
+        ManualClock,
+    >,
+) {
+    let clock = ManualClock::new();
+    let builder = ExpiringCache::builder().clock(clock.clone());
+    (clock, builder)
+}
+
+/// TTL: visible until one nanosecond before the deadline, invisible on the first read at
+/// it; reclaimed and told to the listener by the first operation one tick later.
+#[test]
+fn ttl_entry_is_invisible_at_its_deadline_and_reclaimed_within_a_tick() {
+    let (clock, builder) = with_clock();
+    let (cache, log) = logged(builder.time_to_live(secs(5)));
+    cache.insert(1, 10);
+    clock.advance(secs(5) - NS);
+    assert_eq!(cache.get_if_present(&1), Some(10));
+    assert_eq!(cache.peek(&1), Some(10));
+    clock.advance(NS);
+    assert_eq!(cache.peek(&1), None);
+    assert_eq!(cache.len(), 1, "peek does not reclaim");
+    clock.advance(TICK);
+    cache.insert(2, 20); // any operation
+    assert_eq!(*log.lock().unwrap(), [(1, 10, RemovalCause::Expired)]);
+    assert_eq!(cache.len(), 1);
+    assert_eq!(cache.stats().cache.expired, 1);
+}
+
+/// TTI: a read renews, and the next reader sees the renewal at once; TTL caps it.
+#[test]
+fn tti_renewal_is_seen_by_the_next_reader_and_capped_by_ttl() {
+    let (clock, builder) = with_clock();
+    let cache = builder
+        .time_to_idle(secs(10))
+        .time_to_live(secs(25))
+        .build();
+    cache.insert(1, 1);
+    for _ in 0..2 {
+        clock.advance(secs(10) - NS);
+        assert_eq!(cache.get_if_present(&1), Some(1));
+    }
+    // t = 20 s − 2 ns; last read renewed to 30 s − 2 ns, but the TTL caps it at 25 s.
+    clock.advance(secs(5) + 2 * NS - NS);
+    assert_eq!(cache.peek(&1), Some(1));
+    clock.advance(NS);
+    assert_eq!(cache.get_if_present(&1), None);
+}
+
+/// An expiry removes the entry it was scheduled for, never the one that replaced it.
+#[test]
+fn expiry_never_removes_a_successor() {
+    let (clock, builder) = with_clock();
+    let (cache, log) = logged(builder.time_to_live(secs(5)));
+    cache.insert(1, 10);
+    clock.advance(secs(4));
+    cache.insert(1, 11); // deadline 9 s
+    clock.advance(secs(1) + TICK); // past the first deadline's tick
+    assert_eq!(cache.run_maintenance(), 0);
+    assert_eq!(cache.get_if_present(&1), Some(11));
+    assert_eq!(*log.lock().unwrap(), [(1, 10, RemovalCause::Replaced)]);
+    clock.advance(secs(4));
+    assert_eq!(cache.run_maintenance(), 1);
+    assert_eq!(
+        log.lock().unwrap().last(),
+        Some(&(1, 11, RemovalCause::Expired))
+    );
+}
+
+/// Per-entry expiry: the policy sets each entry's deadline on create, read and update.
+#[test]
+fn per_entry_expiry_on_create_read_and_update() {
+    struct Policy;
+    impl Expiry<u32, u32> for Policy {
+        fn expire_after_create(&self, _: &u32, v: &u32, _: Duration) -> Option<Duration> {
+            (*v != 0).then(|| secs(u64::from(*v)))
+        }
+        fn expire_after_read(
+            &self,
+            k: &u32,
+            _: &u32,
+            _: Duration,
+            left: Option<Duration>,
+        ) -> Option<Duration> {
+            if *k == 7 {
+                Some(secs(100))
+            } else {
+                left
+            }
+        }
+        fn expire_after_update(
+            &self,
+            _: &u32,
+            _: &u32,
+            _: Duration,
+            left: Option<Duration>,
+        ) -> Option<Duration> {
+            left.map(|d| d + secs(1))
+        }
+    }
+    let (clock, builder) = with_clock();
+    let cache = builder.expire_after(Policy).build();
+    cache.insert(1, 3); // 3 s
+    cache.insert(2, 0); // never
+    cache.insert(7, 1); // 1 s, but each read sets 100 s
+    clock.advance(secs(1) - NS);
+    assert_eq!(cache.get_if_present(&7), Some(1));
+    cache.insert(1, 50); // update: what was left (2 s + 1 ns) + 1 s, so 4 s
+    clock.advance(secs(3));
+    assert_eq!(cache.peek(&1), Some(50));
+    clock.advance(NS);
+    assert_eq!(
+        cache.get_if_present(&1),
+        None,
+        "the updated deadline, 4 s, passed"
+    );
+    assert_eq!(cache.get_if_present(&7), Some(1));
+    clock.advance(secs(10_000));
+    assert_eq!(cache.get_if_present(&2), Some(0));
+    assert_eq!(cache.get_if_present(&7), None);
+}
+
+/// Negative caching: an error is kept for its TTL, every read gets the same `Arc`, those
+/// reads are their own stat, and after the TTL the next read loads again.
+#[test]
+fn negative_caching_keeps_an_error_for_its_ttl() {
+    let (clock, builder) = with_clock();
+    let cache = builder
+        .cache_errors_for(secs(2))
+        .time_to_live(secs(60))
+        .build();
+    let runs = AtomicUsize::new(0);
+    let load = |ok: bool| {
+        runs.fetch_add(1, SeqCst);
+        async move {
+            if ok {
+                Ok(5)
+            } else {
+                Err("down".to_string())
+            }
+        }
+    };
+    let first = block_on(cache.get_with(1, || load(false)));
+    let Err(LoadError::Failed(e1)) = first else {
+        panic!("{first:?}")
+    };
+    clock.advance(secs(2) - NS);
+    let again = block_on(cache.get_with(1, || load(true)));
+    let Err(LoadError::Failed(e2)) = again else {
+        panic!("{again:?}")
+    };
+    assert!(Arc::ptr_eq(&e1, &e2));
+    assert_eq!(cache.get_if_present(&1), None);
+    assert_eq!(runs.load(SeqCst), 1);
+    let stats = cache.stats();
+    assert_eq!(
+        (
+            stats.negative_hits,
+            stats.cache.loads_failed,
+            stats.cache.loads_ok
+        ),
+        (1, 1, 0)
+    );
+    clock.advance(NS);
+    assert_eq!(block_on(cache.get_with(1, || load(true))), Ok(5));
+    assert_eq!(runs.load(SeqCst), 2);
+    assert_eq!(cache.stats().cache.loads_ok, 1);
+}
+
+/// Without negative caching, errors are not kept (as in deferred-cache).
+#[test]
+fn errors_are_not_kept_without_negative_caching() {
+    let (_clock, builder) = with_clock();
+    let cache = builder.time_to_live(secs(60)).build();
+    let err = block_on(cache.get_with(1, || async { Err("x".to_string()) }));
+    assert!(matches!(err, Err(LoadError::Failed(_))));
+    assert!(cache.is_empty());
+    assert_eq!(block_on(cache.get_with(1, || async { Ok(1) })), Ok(1));
+}
+
+/// A gate that a refresh's loader waits on.
+fn gated(
+    value: Result<u32, String>,
+) -> (
+    futures::channel::oneshot::Sender<()>,
+    impl Future<Output = Result<u32, String>>,
+) {
+    let (open, gate) = futures::channel::oneshot::channel::<()>();
+    (open, async move {
+        let _ = gate.await;
+        value
+    })
+}
+
+/// Refresh-ahead: after the interval a read returns the current value at once and starts
+/// exactly one reload, however many reads come while it runs; its value then replaces the
+/// old one. Driven by the cache's operations (no spawner).
+#[test]
+fn refresh_ahead_serves_the_old_value_and_runs_one_reload() {
+    let (clock, builder) = with_clock();
+    let (cache, log) = logged(builder.refresh_after(secs(10)).time_to_live(secs(100)));
+    cache.insert(1, 1);
+    clock.advance(secs(10));
+    let (open, reload) = gated(Ok(2));
+    let started = AtomicUsize::new(0);
+    let mut reload = Some(reload);
+    for _ in 0..5 {
+        let got = block_on(cache.get_with(1, || {
+            started.fetch_add(1, SeqCst);
+            reload.take().expect("one reload only")
+        }));
+        assert_eq!(got, Ok(1), "the old value, at once");
+    }
+    assert_eq!(started.load(SeqCst), 1);
+    assert_eq!(cache.stats().refreshes_started, 1);
+    open.send(()).unwrap();
+    // The next operation drives the reload to its end before it reads.
+    assert_eq!(cache.get_if_present(&1), Some(2));
+    let stats = cache.stats();
+    assert_eq!((stats.refreshes_ok, stats.refreshes_failed), (1, 0));
+    assert_eq!(*log.lock().unwrap(), [(1, 1, RemovalCause::Replaced)]);
+    // The refreshed value has a fresh TTL and refresh time.
+    clock.advance(secs(10) - NS);
+    assert_eq!(
+        block_on(cache.get_with(1, || async { panic!("not due") })),
+        Ok(2)
+    );
+}
+
+/// A failed refresh keeps the old value and is counted; the next may start one interval
+/// later. A panicking refresh is a failure too, and does not reach the reader.
+#[test]
+fn a_failed_refresh_keeps_the_old_value() {
+    let (clock, builder) = with_clock();
+    let cache = builder.refresh_after(secs(10)).build();
+    cache.insert(1, 1);
+    clock.advance(secs(10));
+    assert_eq!(
+        block_on(cache.get_with(1, || async { Err("down".to_string()) })),
+        Ok(1)
+    );
+    assert_eq!(cache.get_if_present(&1), Some(1));
+    assert_eq!(cache.stats().refreshes_failed, 1);
+    // Not retried before one more interval.
+    assert_eq!(
+        block_on(cache.get_with(1, || async { panic!("too soon") })),
+        Ok(1)
+    );
+    clock.advance(secs(10));
+    assert_eq!(
+        block_on(cache.get_with(1, || async { panic!("loader panicked") })),
+        Ok(1)
+    );
+    let stats = cache.stats();
+    assert_eq!(
+        (
+            stats.refreshes_started,
+            stats.refreshes_failed,
+            stats.refreshes_ok
+        ),
+        (2, 2, 0)
+    );
+    assert_eq!(cache.get_if_present(&1), Some(1));
+}
+
+/// A write during a refresh wins over the refresh's result; so does an invalidation.
+#[test]
+fn a_write_during_a_refresh_wins() {
+    let (clock, builder) = with_clock();
+    let cache = builder.refresh_after(secs(10)).build();
+    for (k, write) in [(1u32, true), (2, false)] {
+        cache.insert(k, 1);
+        clock.advance(secs(10));
+        let (open, reload) = gated(Ok(2));
+        assert_eq!(block_on(cache.get_with(k, || reload)), Ok(1));
+        if write {
+            cache.insert(k, 3);
+        } else {
+            cache.invalidate(&k);
+        }
+        open.send(()).unwrap();
+        cache.run_maintenance(); // drives the reload to its end
+        assert_eq!(cache.get_if_present(&k), write.then_some(3));
+    }
+    let stats = cache.stats();
+    assert_eq!((stats.refreshes_discarded, stats.refreshes_ok), (2, 0));
+}
+
+/// With a spawner, the reload runs there.
+#[test]
+fn refresh_runs_on_the_given_spawner() {
+    let spawned = Arc::new(Mutex::new(Vec::new()));
+    let tasks = Arc::clone(&spawned);
+    let clock = ManualClock::new();
+    let cache: ExpiringCache<u32, u32, String, _, _> = ExpiringCache::builder()
+        .clock(clock.clone())
+        .refresh_after(secs(1))
+        .spawner(move |task| tasks.lock().unwrap().push(task))
+        .build();
+    cache.insert(1, 1);
+    clock.advance(secs(1));
+    assert_eq!(block_on(cache.get_with(1, || async { Ok(2) })), Ok(1));
+    assert_eq!(
+        cache.get_if_present(&1),
+        Some(1),
+        "not run until the spawner runs it"
+    );
+    let task = spawned.lock().unwrap().pop().expect("spawned");
+    block_on(task);
+    assert_eq!(cache.get_if_present(&1), Some(2));
+}
+
+/// Reclamation costs O(expired): with 100 000 entries far from their deadlines, reclaiming
+/// 100 expired ones looks at no more than twice that many timers.
+#[test]
+fn reclamation_touches_only_what_expired() {
+    struct ByValue;
+    impl Expiry<u32, u32> for ByValue {
+        fn expire_after_create(&self, _: &u32, v: &u32, _: Duration) -> Option<Duration> {
+            Some(secs(u64::from(*v)))
+        }
+    }
+    let clock = ManualClock::new();
+    let cache: ExpiringCache<u32, u32, String, _, _> = ExpiringCache::builder()
+        .clock(clock.clone())
+        .expire_after(ByValue)
+        .build();
+    for k in 0..100_000u32 {
+        cache.insert(k, if k % 1000 == 0 { 1 } else { 3600 });
+    }
+    clock.advance(secs(1) + TICK);
+    let before = cache.timers_touched();
+    assert_eq!(cache.run_maintenance(), 100);
+    let touched = cache.timers_touched() - before;
+    assert!(touched <= 200, "touched {touched} timers to reclaim 100");
+    assert_eq!(cache.len(), 99_900);
+}
+
+/// A clock that goes backwards: nothing panics, nothing expires early, and expiry resumes
+/// when the clock passes the deadlines again.
+#[test]
+fn a_clock_going_backwards_is_tolerated() {
+    let (clock, builder) = with_clock();
+    let cache = builder.time_to_live(secs(10)).build();
+    clock.set(secs(100));
+    cache.insert(1, 1); // deadline 110 s
+    clock.set(secs(50));
+    cache.insert(2, 2); // deadline 60 s
+    assert_eq!(cache.run_maintenance(), 0);
+    assert_eq!(
+        (cache.get_if_present(&1), cache.get_if_present(&2)),
+        (Some(1), Some(2))
+    );
+    clock.set(secs(60) + TICK);
+    assert_eq!(cache.run_maintenance(), 1);
+    assert_eq!(cache.get_if_present(&1), Some(1));
+    clock.set(secs(110) + TICK);
+    assert_eq!(cache.run_maintenance(), 1);
+    assert!(cache.is_empty());
+}
+
+/// Loads stay single flight under expiry: 64 callers missing one expired key on a tokio
+/// runtime run one load.
+#[test]
+fn an_expired_key_is_reloaded_once_for_many_callers() {
+    let clock = ManualClock::new();
+    let cache: Arc<ExpiringCache<u32, u32, String, _, _>> = Arc::new(
+        ExpiringCache::builder()
+            .clock(clock.clone())
+            .time_to_live(secs(1))
+            .build(),
+    );
+    cache.insert(1, 0);
+    clock.advance(secs(1));
+    let runs = Arc::new(AtomicUsize::new(0));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    let (open, gate) = tokio::sync::watch::channel(false);
+    let barrier = Arc::new(tokio::sync::Barrier::new(65));
+    let handles: Vec<_> = (0..64)
+        .map(|_| {
+            let (cache, runs, barrier) =
+                (Arc::clone(&cache), Arc::clone(&runs), Arc::clone(&barrier));
+            let mut gate = gate.clone();
+            rt.spawn(async move {
+                let get = cache.get_with(1, move || {
+                    runs.fetch_add(1, SeqCst);
+                    async move {
+                        let _ = gate.wait_for(|open| *open).await;
+                        Ok(7)
+                    }
+                });
+                futures::pin_mut!(get);
+                // Miss (start or join the load) before the gate opens.
+                let first = futures::poll!(get.as_mut());
+                barrier.wait().await;
+                match first {
+                    std::task::Poll::Ready(v) => v,
+                    std::task::Poll::Pending => get.await,
+                }
+            })
+        })
+        .collect();
+    rt.block_on(async {
+        barrier.wait().await;
+        open.send(true).unwrap();
+        for h in handles {
+            assert_eq!(h.await.unwrap(), Ok(7));
+        }
+    });
+    assert!(runs.load(SeqCst) >= 1);
+    let stats = cache.stats();
+    assert_eq!(stats.cache.loads_ok, 1, "{stats:?}");
+    assert_eq!(stats.cache.misses, 64);
+}
