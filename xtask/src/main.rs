@@ -64,6 +64,11 @@ pub const LIBRARIES: &[Library] = &[
         no_std_features: &[],
         miri_full_suite: false,
     },
+    Library {
+        name: "deferred-expiring",
+        no_std_features: &[],
+        miri_full_suite: false,
+    },
 ];
 
 const USAGE: &str = "\

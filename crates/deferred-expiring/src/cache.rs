@@ -1,14 +1,14 @@
 //! `ExpiringCache`: `deferred-cache` with deadlines, reclaimed through a timer wheel.
 
 use std::{
-    collections::hash_map::RandomState,
+    collections::{hash_map::RandomState, VecDeque},
     convert::Infallible,
     fmt,
     future::Future,
     hash::{BuildHasher, Hash},
     panic::{catch_unwind, AssertUnwindSafe},
     pin::Pin,
-    sync::{atomic::AtomicUsize, Arc},
+    sync::{atomic::AtomicUsize, Arc, Weak},
     task::{Context, Poll, Wake, Waker},
     time::Duration,
 };
@@ -145,7 +145,7 @@ pub(crate) struct Core<K, V, E, S, C> {
     loader: Option<DynLoader<K, V, E>>,
     spawner: Option<Spawner>,
     /// Refreshes with no spawner: polled by the cache's operations.
-    pending: std::sync::Mutex<Vec<Task>>,
+    pending: std::sync::Mutex<VecDeque<Task>>,
     pending_len: AtomicUsize,
 }
 
@@ -272,7 +272,7 @@ where
                 counters: Counters::default(),
                 loader,
                 spawner,
-                pending: std::sync::Mutex::new(Vec::new()),
+                pending: std::sync::Mutex::new(VecDeque::new()),
                 pending_len: AtomicUsize::new(0),
             }),
         }
@@ -755,14 +755,21 @@ where
         Fut: Future<Output = Result<V, E>> + Send + 'static,
     {
         this.counters.refreshes_started.fetch_add(1, Relaxed);
-        let (core, fail_core, fail_key) = (Arc::clone(this), Arc::clone(this), key.clone());
+        // Weak: a task waiting in `pending` must not keep its own cache alive, and one on a
+        // spawner that outlives the cache just drops its result.
+        let (core, fail_core, fail_key) = (Arc::downgrade(this), Arc::downgrade(this), key.clone());
         let guard = FailGuard(Some(Box::new(move || {
-            fail_core.refresh_failed(&fail_key, id)
+            if let Some(core) = fail_core.upgrade() {
+                core.refresh_failed(&fail_key, id);
+            }
         })));
         let task: Task = Box::pin(async move {
             let guard = guard;
             let result = load.await;
             guard.disarm();
+            let Some(core) = Weak::upgrade(&core) else {
+                return;
+            };
             match result {
                 Ok(value) => core.refresh_done(&key, id, value),
                 Err(_) => core.refresh_failed(&key, id),
@@ -773,7 +780,7 @@ where
             None => {
                 {
                     let mut pending = lock_std(&this.pending);
-                    pending.push(task);
+                    pending.push_back(task);
                     this.pending_len.store(pending.len(), Relaxed);
                 }
                 this.drive_refreshes();
@@ -810,26 +817,30 @@ where
         });
     }
 
-    /// Polls the refreshes that have no spawner, once each; keeps the unfinished ones. A
-    /// panic in one counts as its failure and does not reach this caller.
+    /// Polls up to `DRIVE_BATCH` of the refreshes that have no spawner, oldest first, once
+    /// each; the unfinished go to the back. A panic in one counts as its failure (through
+    /// its guard) and does not reach this caller.
     fn drive_refreshes(&self) {
         let Ok(mut pending) = self.pending.try_lock() else {
             return; // another thread is at it
         };
-        let mut tasks = core::mem::take(&mut *pending);
+        let take = pending.len().min(DRIVE_BATCH);
+        let mut tasks: Vec<Task> = pending.drain(..take).collect();
         drop(pending);
         let waker = Waker::from(Arc::new(NoopWake));
         let mut cx = Context::from_waker(&waker);
         tasks.retain_mut(|task| {
             let polled = catch_unwind(AssertUnwindSafe(|| task.as_mut().poll(&mut cx)));
-            // A panic unwound through the task's guard, which counted it.
             matches!(polled, Ok(Poll::Pending))
         });
         let mut pending = lock_std(&self.pending);
-        pending.append(&mut tasks);
+        pending.extend(tasks);
         self.pending_len.store(pending.len(), Relaxed);
     }
 }
+
+/// The most reader-driven refreshes one operation polls.
+const DRIVE_BATCH: usize = 8;
 
 /// Locks a std mutex, past poisoning (nothing in this crate leaves its data inconsistent
 /// when a panic crosses a lock).

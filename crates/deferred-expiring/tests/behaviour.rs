@@ -592,3 +592,55 @@ fn an_expired_key_is_reloaded_once_for_many_callers() {
     assert_eq!(stats.cache.loads_ok, 1, "{stats:?}");
     assert_eq!(stats.cache.misses, 64);
 }
+
+/// A reader-driven refresh that never finishes does not keep its cache alive: dropping the
+/// cache drops the refresh (and what its loader holds).
+#[test]
+fn dropping_the_cache_drops_its_pending_refreshes() {
+    let (clock, builder) = with_clock();
+    let cache = builder.refresh_after(secs(1)).build();
+    cache.insert(1, 1);
+    clock.advance(secs(1));
+    let held = Arc::new(());
+    let token = Arc::clone(&held);
+    let never = async move {
+        let _token = token;
+        futures::future::pending::<Result<u32, String>>().await
+    };
+    assert_eq!(block_on(cache.get_with(1, || never)), Ok(1));
+    assert_eq!(Arc::strong_count(&held), 2, "the refresh is pending");
+    drop(cache);
+    assert_eq!(Arc::strong_count(&held), 1, "the refresh outlived its cache");
+}
+
+/// The futures are `Send` when keys, values, errors and loaders are, so they can be spawned.
+#[test]
+fn futures_are_send() {
+    fn send<T: Send>(_: &T) {}
+    let cache: ExpiringCache<u32, u32, String> = ExpiringCache::builder().build();
+    let get = cache.get_with(1, || async { Ok(1) });
+    send(&get);
+    let loading = ExpiringCache::builder().build_with_loader(|k: &u32| {
+        let k = *k;
+        async move { Ok::<_, String>(k) }
+    });
+    let get = loading.get(1);
+    send(&get);
+}
+
+/// On the real clock, awaiting expiry is woken by the clock's timer thread (no runtime).
+/// The 10 s bound only stops a hang; the wake-up itself orders nothing here.
+#[test]
+fn awaiting_expiry_on_the_system_clock() {
+    let r = Arc::new(ExpiringRef::timed((), Duration::from_millis(20)));
+    let (done, finished) = std::sync::mpsc::channel();
+    let waiter = Arc::clone(&r);
+    std::thread::spawn(move || {
+        block_on(waiter.expired());
+        let _ = done.send(());
+    });
+    finished
+        .recv_timeout(secs(10))
+        .expect("expired() did not complete within 10 s of a 20 ms deadline");
+    assert!(r.is_expired());
+}
