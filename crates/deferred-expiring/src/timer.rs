@@ -19,7 +19,7 @@ const BLOCK_BITS: u32 = SLOT_BITS * LEVELS as u32;
 /// The list of timers already due when scheduled.
 const DUE: usize = LEVELS * SLOTS;
 /// The list of timers beyond the current top-level block (2^36 ticks, two years of
-/// milliseconds): looked at once per block.
+/// milliseconds): walked when the wheel jumps to the block of the earliest of them.
 const OVERFLOW: usize = DUE + 1;
 const NONE: u32 = u32::MAX;
 
@@ -244,9 +244,10 @@ impl<T> TimerWheel<T> {
         self.live(handle).map(|node| node.tick)
     }
 
-    /// The earliest tick at which some timer may be due: a lower bound (exact for timers
-    /// in the lowest level), `None` if the wheel is empty. `advance` to an earlier tick
-    /// fires nothing.
+    /// The earliest tick at which some timer may be due: the current tick if a timer is due
+    /// already (it was scheduled for a tick that had passed), else a lower bound on the
+    /// ticks of the timers (exact for those in the lowest level); `None` if the wheel is
+    /// empty. `advance` to a tick before it fires nothing.
     ///
     /// ```
     /// let mut wheel = deferred_expiring::TimerWheel::new();
@@ -343,9 +344,15 @@ impl<T> TimerWheel<T> {
             }
         }
         if best.is_none() && self.heads[OVERFLOW] != NONE {
-            // Every level is empty: the next thing is the next top-level block.
-            let next_block = (self.now | ((1 << BLOCK_BITS) - 1)).saturating_add(1);
-            best = Some((LEVELS, 0, next_block));
+            // Every level is empty: the next thing is the block of the earliest overflow
+            // timer (a later block than the current one), however far away.
+            let mut earliest = u64::MAX;
+            let mut index = self.heads[OVERFLOW];
+            while index != NONE {
+                earliest = earliest.min(self.nodes[index as usize].tick);
+                index = self.nodes[index as usize].next;
+            }
+            best = Some((LEVELS, 0, earliest & !((1 << BLOCK_BITS) - 1)));
         }
         best
     }
