@@ -644,3 +644,19 @@ fn awaiting_expiry_on_the_system_clock() {
         .expect("expired() did not complete within 10 s of a 20 ms deadline");
     assert!(r.is_expired());
 }
+
+/// Capacity evictions reach the listener as `Size`, and cancel the evicted entry's timer
+/// (so that churn through a bounded cache does not pile up timers until their deadlines).
+#[test]
+fn size_evictions_are_told_and_cancel_their_timers() {
+    let (_clock, builder) = with_clock();
+    let (cache, log) = logged(builder.max_capacity(2).time_to_live(secs(3600)));
+    for k in 0..100 {
+        cache.insert(k, k);
+    }
+    let log = log.lock().unwrap();
+    assert_eq!(log.len(), 98);
+    assert!(log.iter().all(|(_, _, cause)| *cause == RemovalCause::Size));
+    assert_eq!(cache.len(), 2);
+    assert_eq!(cache.timers(), 2, "evicted entries left their timers behind");
+}
