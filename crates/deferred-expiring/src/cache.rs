@@ -520,12 +520,8 @@ where
     /// ```
     pub fn insert(&self, key: K, value: V) {
         let core = &*self.core;
-        core.tend();
-        let previous = if core.policy.custom.is_some() {
-            core.inner.peek_with(&key, |old| old.deadline.load(Acquire))
-        } else {
-            None
-        };
+        let now = core.tend();
+        let previous = core.live_deadline(&key, now);
         let entry = core.new_entry(&key, Ok(value), previous);
         core.inner.insert(key, entry);
     }
@@ -683,6 +679,13 @@ where
             if let Some(next) = policy.on_read(key, value, now, deadline, entry.hard) {
                 if policy.custom.is_some() {
                     entry.deadline.store(next, Release);
+                    if next < deadline {
+                        // Sooner than its timer: a timer for the new deadline (a later one
+                        // is found when the old timer fires, and rescheduled then). Under
+                        // the shard lock, as every timer swap is.
+                        let bits = self.timers.schedule(next, key.clone(), entry.id);
+                        self.timers.cancel(entry.timer.swap(bits, AcqRel));
+                    }
                 } else {
                     // Time-to-idle only moves forward: of two racing readers, the later
                     // deadline stays. Release: pairs with the Acquire loads of readers.
@@ -710,6 +713,23 @@ where
             }
             Some(read) => read,
             None => expired.map_or(Read::Absent, Read::Expired),
+        }
+    }
+
+    /// Before a write at `key`: the deadline of the value there if it is live at `now` (for
+    /// `Expiry::expire_after_update`), and an expired one, not yet reclaimed, removed as
+    /// expired (not as replaced).
+    fn live_deadline(&self, key: &K, now: Duration) -> Option<u64> {
+        let now_nanos = nanos(now);
+        let old = self
+            .inner
+            .peek_with(key, |old| (old.id, old.deadline.load(Acquire)))?;
+        match old {
+            (_, deadline) if deadline > now_nanos => Some(deadline),
+            (id, _) => {
+                self.expire(key, id, now);
+                None
+            }
         }
     }
 
@@ -791,7 +811,7 @@ where
     /// Stores a refreshed value if the entry it refreshes is still the one at its key: a
     /// write, invalidation or expiry since the refresh started wins, and the value goes.
     fn refresh_done(&self, key: &K, id: u64, value: V) {
-        let previous = self.inner.peek_with(key, |old| old.deadline.load(Acquire));
+        let previous = self.live_deadline(key, self.clock.now());
         let entry = self.new_entry(key, Ok(value), previous);
         let timer = entry.timer.load(Relaxed);
         if self.inner.replace_if(key, entry, |old| old.id == id) {

@@ -610,7 +610,11 @@ fn dropping_the_cache_drops_its_pending_refreshes() {
     assert_eq!(block_on(cache.get_with(1, || never)), Ok(1));
     assert_eq!(Arc::strong_count(&held), 2, "the refresh is pending");
     drop(cache);
-    assert_eq!(Arc::strong_count(&held), 1, "the refresh outlived its cache");
+    assert_eq!(
+        Arc::strong_count(&held),
+        1,
+        "the refresh outlived its cache"
+    );
 }
 
 /// The futures are `Send` when keys, values, errors and loaders are, so they can be spawned.
@@ -658,5 +662,9 @@ fn size_evictions_are_told_and_cancel_their_timers() {
     assert_eq!(log.len(), 98);
     assert!(log.iter().all(|(_, _, cause)| *cause == RemovalCause::Size));
     assert_eq!(cache.len(), 2);
-    assert_eq!(cache.timers(), 2, "evicted entries left their timers behind");
+    assert_eq!(
+        cache.timers(),
+        2,
+        "evicted entries left their timers behind"
+    );
 }
