@@ -7,6 +7,11 @@
 //! "how much faster or slower than the alternatives", so the table puts every function of a
 //! group next to ours. Results are read from criterion's files (`<group>/<function>/<value>/new/`)
 //! with a few lines of hand parsing instead of pulling serde into xtask.
+//!
+//! A layer with targets ([`TARGETS`]: the issue's table, so far for `expiring`) gets a last table
+//! that checks each one, met or missed. Some targets are figures criterion does not measure (how
+//! many timers a pass touched, a pass's p99): the bench writes those itself, as `key=value` lines,
+//! to the file that `DEFERRED_BENCH_EXTRAS` names (`target/bench-<LAYER>-extras.txt`).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -23,6 +28,129 @@ const PACKAGE: &str = "deferred-benches";
 /// benches: `(layer, bench target, report file)`. Each prints its own report and saves it as
 /// the report file in the target directory (given to it as `--out PATH`).
 const PROGRAMS: &[(&str, &str, &str)] = &[("cache", "cache_hit_ratio", "bench-cache-hit-ratio.md")];
+
+/// The environment variable that names the file a bench writes its own figures to.
+const EXTRAS_VAR: &str = "DEFERRED_BENCH_EXTRAS";
+
+/// What a [`Target`] checks.
+enum Measure {
+    /// Our median divided by `anchor`'s, two functions of criterion group `group`.
+    Ratio {
+        group: &'static str,
+        ours: &'static str,
+        anchor: &'static str,
+    },
+    /// An extras figure divided by another (`per` = `None`: the figure itself).
+    Extra {
+        /// What the figure is, for the table.
+        label: &'static str,
+        key: &'static str,
+        per: Option<&'static str>,
+        /// How the figure reads: a count, or nanoseconds.
+        nanos: bool,
+        /// The extras figure that says over how many passes it was taken, if any.
+        passes: Option<&'static str>,
+    },
+}
+
+/// One row of an issue's benchmark table: `measure` must be at most `at_most` (`None`: an
+/// anchor shown for scale, with no target).
+struct Target {
+    layer: &'static str,
+    workload: &'static str,
+    measure: Measure,
+    at_most: Option<f64>,
+    /// The target as the issue words it.
+    goal: &'static str,
+}
+
+/// The targets checked after a layer's run, in the order of the issue's table.
+const TARGETS: &[Target] = &[
+    Target {
+        layer: "expiring",
+        workload: "hit with TTI on",
+        measure: Measure::Ratio {
+            group: "expiring/hit_tti",
+            ours: "deferred",
+            anchor: "moka",
+        },
+        at_most: Some(0.2),
+        goal: ">= 5x faster than moka (<= 0.20x)",
+    },
+    Target {
+        layer: "expiring",
+        workload: "hit with TTI on",
+        measure: Measure::Ratio {
+            group: "expiring/hit_tti",
+            ours: "deferred",
+            anchor: "deferred_cache_no_expiry",
+        },
+        at_most: Some(1.3),
+        goal: "<= 1.3x our plain hit",
+    },
+    Target {
+        layer: "expiring",
+        workload: "maintenance pass, 1M entries, 1% expired",
+        measure: Measure::Extra {
+            label:
+                "expiring/maintenance_1m_1pct: deferred timers touched (most in a pass) / expired",
+            key: "maintenance_deferred_touched_max",
+            per: Some("maintenance_expired"),
+            nanos: false,
+            passes: Some("maintenance_deferred_passes"),
+        },
+        at_most: Some(2.0),
+        goal: "touches <= 2x the expired count",
+    },
+    Target {
+        layer: "expiring",
+        workload: "maintenance pass, 1M entries, 1% expired",
+        measure: Measure::Extra {
+            label: "expiring/maintenance_1m_1pct: deferred p99 of a pass",
+            key: "maintenance_deferred_p99_ns",
+            per: None,
+            nanos: true,
+            passes: Some("maintenance_deferred_passes"),
+        },
+        at_most: Some(1e6),
+        goal: "p99 <= 1 ms",
+    },
+    Target {
+        layer: "expiring",
+        workload: "maintenance pass, 1M entries, 1% expired",
+        measure: Measure::Extra {
+            label: "expiring/maintenance_1m_1pct: moka p99 of a pass",
+            key: "maintenance_moka_p99_ns",
+            per: None,
+            nanos: true,
+            passes: Some("maintenance_moka_passes"),
+        },
+        at_most: None,
+        goal: "anchor: moka run_pending_tasks p99",
+    },
+    Target {
+        layer: "expiring",
+        workload: "maintenance pass, 1M entries, 1% expired",
+        measure: Measure::Ratio {
+            group: "expiring/maintenance_1m_1pct",
+            ours: "deferred",
+            anchor: "moka",
+        },
+        at_most: None,
+        goal: "anchor: moka run_pending_tasks median",
+    },
+    Target {
+        layer: "expiring",
+        workload: "insert with per-entry expiry",
+        measure: Measure::Ratio {
+            group: "expiring/insert_per_entry",
+            ours: "deferred",
+            anchor: "moka",
+        },
+        at_most: Some(0.5),
+        goal: "<= 0.5x moka",
+    },
+];
 
 /// The programs of `layer`: see [`PROGRAMS`].
 fn programs(layer: &str) -> impl Iterator<Item = (&'static str, &'static str)> + '_ {
@@ -88,11 +216,21 @@ pub fn run(args: &[String]) -> Result {
         // benchmarks since renamed or removed out of the table, which a name filter would not.
         // Every benchmark warms up for longer than any file system's timestamp resolution.
         let started = SystemTime::now();
-        cmd::run(&mut cargo(["bench", "-p", PACKAGE, "--bench", layer]))?;
+        let extras_path = target.join(format!("bench-{layer}-extras.txt"));
+        match fs::remove_file(&extras_path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("could not remove {}: {e}", extras_path.display())),
+        }
+        let mut bench = cargo(["bench", "-p", PACKAGE, "--bench", layer]);
+        cmd::run(bench.env(EXTRAS_VAR, &extras_path))?;
 
         let mut samples = Vec::new();
         collect(&results, started, &mut samples)?;
-        let report = render(layer, &samples);
+        // A bench with no figures of its own writes no file.
+        let extras = fs::read_to_string(&extras_path).unwrap_or_default();
+        let mut report = render(layer, &samples);
+        report.push_str(&check_targets(layer, &samples, &parse_extras(&extras)));
         print!("\n{report}");
         let path = target.join(format!("bench-{layer}.md"));
         fs::write(&path, &report)
@@ -296,6 +434,107 @@ fn render(layer: &str, samples: &[Sample]) -> String {
     out
 }
 
+/// The `key=value` lines of an extras file; other lines are ignored.
+fn parse_extras(text: &str) -> BTreeMap<&str, f64> {
+    text.lines()
+        .filter_map(|line| {
+            let (key, value) = line.split_once('=')?;
+            Some((key.trim(), value.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// The median of `function` in `group` (criterion runs with no parameter only).
+fn median_of(samples: &[Sample], group: &str, function: &str) -> Option<f64> {
+    samples
+        .iter()
+        .find(|s| s.group == group && s.function == function && s.value.is_none())
+        .map(|s| s.median_ns)
+}
+
+/// The table of `layer`'s [`TARGETS`], met or missed; empty if it has none.
+fn check_targets(layer: &str, samples: &[Sample], extras: &BTreeMap<&str, f64>) -> String {
+    let rows: Vec<[String; 5]> = TARGETS
+        .iter()
+        .filter(|t| t.layer == layer)
+        .map(|t| {
+            let (what, figure) = match t.measure {
+                Measure::Ratio {
+                    group,
+                    ours,
+                    anchor,
+                } => {
+                    let what = format!("{group}: {ours} / {anchor} (medians)");
+                    let figure = median_of(samples, group, ours)
+                        .zip(median_of(samples, group, anchor))
+                        .map(|(a, b)| {
+                            (
+                                a / b,
+                                format!("{} / {} = {:.2}x", human(a), human(b), a / b),
+                            )
+                        });
+                    (what, figure)
+                }
+                Measure::Extra {
+                    label,
+                    key,
+                    per,
+                    nanos,
+                    passes,
+                } => {
+                    let show = |v: f64| {
+                        if nanos {
+                            human(v)
+                        } else {
+                            format!("{v}")
+                        }
+                    };
+                    let figure = match per {
+                        None => extras.get(key).map(|&v| (v, show(v))),
+                        Some(per) => extras.get(key).zip(extras.get(per)).map(|(&a, &b)| {
+                            (a / b, format!("{} / {} = {:.2}x", show(a), show(b), a / b))
+                        }),
+                    };
+                    let of = passes.and_then(|p| extras.get(p));
+                    let figure = figure.map(|(value, shown)| match of {
+                        Some(n) => (value, format!("{shown} ({n} passes)")),
+                        None => (value, shown),
+                    });
+                    (label.to_owned(), figure)
+                }
+            };
+            let verdict = match (figure.as_ref(), t.at_most) {
+                (None, _) => "no data",
+                (Some(_), None) => "-",
+                (Some(&(value, _)), Some(limit)) if value <= limit => "met",
+                (Some(_), Some(_)) => "MISSED",
+            };
+            let figure = figure.map_or_else(|| "-".to_owned(), |(_, shown)| shown);
+            [
+                t.workload.to_owned(),
+                what,
+                figure,
+                t.goal.to_owned(),
+                verdict.to_owned(),
+            ]
+            .map(|cell| cell.replace('|', r"\|"))
+        })
+        .collect();
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from(
+        "\n## targets\n\nThe issue's table, checked against this run (`no data`: filtered out, or \
+         the bench wrote no extras file).\n\n",
+    );
+    out.push_str(&table_aligned(
+        ["workload", "measure", "this run", "target", "verdict"],
+        [false, false, true, false, false],
+        &rows,
+    ));
+    out
+}
+
 /// The row to compare against: the function named `deferred`, else the first whose name starts
 /// with it. Expects `rows` sorted by function name.
 fn reference(rows: &[&Sample]) -> Option<usize> {
@@ -309,26 +548,48 @@ fn reference(rows: &[&Sample]) -> Option<usize> {
 
 /// A Markdown table with padded columns: name left-aligned, numbers right-aligned.
 fn table(header: [&str; 3], rows: &[[String; 3]]) -> String {
-    let width = |i: usize| {
+    table_aligned(header, [false, true, true], rows)
+}
+
+/// A Markdown table with padded columns, each right-aligned where `right` says so.
+fn table_aligned<const N: usize>(
+    header: [&str; N],
+    right: [bool; N],
+    rows: &[[String; N]],
+) -> String {
+    let widths: [usize; N] = core::array::from_fn(|i| {
         rows.iter()
             .map(|row| row[i].chars().count())
-            .chain([header[i].len()])
+            .chain([header[i].chars().count()])
             .max()
             .unwrap_or(0)
+            .max(2)
+    });
+    let line = |cells: [&str; N]| {
+        let mut out = String::from("|");
+        for ((cell, width), right) in cells.iter().zip(widths).zip(right) {
+            if right {
+                out.push_str(&format!(" {cell:>width$} |"));
+            } else {
+                out.push_str(&format!(" {cell:<width$} |"));
+            }
+        }
+        out.push('\n');
+        out
     };
-    let (w0, w1, w2) = (width(0), width(1), width(2));
-    let mut out = format!(
-        "| {:<w0$} | {:>w1$} | {:>w2$} |\n",
-        header[0], header[1], header[2]
-    );
-    out.push_str(&format!(
-        "| :{} | {}: | {}: |\n",
-        "-".repeat(w0 - 1),
-        "-".repeat(w1 - 1),
-        "-".repeat(w2 - 1)
-    ));
-    for [a, b, c] in rows {
-        out.push_str(&format!("| {a:<w0$} | {b:>w1$} | {c:>w2$} |\n"));
+    let mut out = line(header);
+    out.push('|');
+    for (width, right) in widths.into_iter().zip(right) {
+        let dashes = "-".repeat(width - 1);
+        if right {
+            out.push_str(&format!(" {dashes}: |"));
+        } else {
+            out.push_str(&format!(" :{dashes} |"));
+        }
+    }
+    out.push('\n');
+    for row in rows {
+        out.push_str(&line(core::array::from_fn(|i| row[i].as_str())));
     }
     out
 }
@@ -411,6 +672,69 @@ mod tests {
         assert!(
             report.contains("| flume    | 1.00 ns |               - |"),
             "{report}"
+        );
+    }
+
+    #[test]
+    fn checks_targets() {
+        let samples = [
+            sample("expiring/hit_tti", None, "deferred", 10.0),
+            sample("expiring/hit_tti", None, "moka", 100.0),
+            sample("expiring/hit_tti", None, "deferred_cache_no_expiry", 5.0),
+            sample("expiring/insert_per_entry", None, "deferred", 40.0),
+            sample("expiring/insert_per_entry", None, "moka", 100.0),
+        ];
+        let extras = parse_extras(
+            "maintenance_expired=10000\nmaintenance_deferred_touched_max=20000\n\
+             maintenance_deferred_p99_ns=2.5e6\nmaintenance_deferred_passes=11\nnot a figure\n",
+        );
+        assert_eq!(extras.len(), 4);
+        let report = check_targets("expiring", &samples, &extras);
+        let row = |measure: &str| {
+            report
+                .lines()
+                .find(|line| line.contains(measure))
+                .unwrap_or_else(|| panic!("no row for {measure}:\n{report}"))
+                .to_owned()
+        };
+        let verdict = |line: String| line.rsplit('|').nth(1).unwrap().trim().to_owned();
+        assert_eq!(verdict(row("deferred / moka (medians)")), "met", "{report}");
+        assert!(row("deferred / moka (medians)").contains("10.00 ns / 100.00 ns = 0.10x"));
+        assert_eq!(
+            verdict(row("deferred_cache_no_expiry")),
+            "MISSED",
+            "{report}"
+        );
+        assert_eq!(verdict(row("timers touched")), "met", "{report}");
+        assert!(
+            row("timers touched").contains("20000 / 10000 = 2.00x (11 passes)"),
+            "{report}"
+        );
+        assert_eq!(verdict(row("deferred p99")), "MISSED", "{report}");
+        assert!(
+            row("deferred p99").contains("2.50 ms (11 passes)"),
+            "{report}"
+        );
+        // Filtered out of this run: no data, not a pass or a miss.
+        assert_eq!(verdict(row("moka p99")), "no data", "{report}");
+        assert_eq!(
+            verdict(row("maintenance_1m_1pct: deferred / moka")),
+            "no data",
+            "{report}"
+        );
+        assert_eq!(verdict(row("insert_per_entry")), "met", "{report}");
+        assert_eq!(check_targets("core", &samples, &extras), "");
+    }
+
+    #[test]
+    fn aligns_table_columns() {
+        let rows = [
+            ["a".to_owned(), "1".to_owned()],
+            ["bcd".to_owned(), "22".to_owned()],
+        ];
+        assert_eq!(
+            table_aligned(["x", "y"], [false, true], &rows),
+            "| x   |  y |\n| :-- | -: |\n| a   |  1 |\n| bcd | 22 |\n"
         );
     }
 }
