@@ -20,10 +20,13 @@ use crate::{
     Builder, RemovalCause,
 };
 
-/// A value in the map, with the policy's view of it beside it.
+/// A value in the map, with the policy's view of it beside it: the metadata first
+/// (`repr(C)`), so that a large value does not push it onto another cache line than the
+/// value's first bytes, which a hit reads too.
+#[repr(C)]
 pub(crate) struct Stored<V> {
-    pub(crate) value: V,
     pub(crate) meta: Meta,
+    pub(crate) value: V,
 }
 
 impl<V: Clone> Clone for Stored<V> {

@@ -18,7 +18,7 @@ use deferred_cache::{Cache, LoadError, RemovalCause, Source, Stats};
 use crate::{
     clock::{Clock, SystemClock},
     expiry::{nanos, Policy, NEVER},
-    loom::{lock, AtomicBool, AtomicU64, Mutex, Ordering::*},
+    loom::{lock, AtomicU64, Mutex, Ordering::*},
     timer::{TimerHandle, TimerWheel},
     ExpiringBuilder,
 };
@@ -57,20 +57,22 @@ pub(crate) type Spawner = Box<dyn Fn(Task) + Send + Sync>;
 pub(crate) type Weigher<K, V> = Box<dyn Fn(&K, &V) -> u32 + Send + Sync>;
 pub(crate) type UserListener<K, V> = Arc<dyn Fn(&K, &V, RemovalCause) + Send + Sync>;
 
-/// What the inner cache stores: a value (or a cached error) with its deadlines.
+/// What the inner cache stores: a value (or a cached error) with its deadlines. In
+/// declaration order (`repr(C)`): what a hit reads first, what only writes and maintenance
+/// read last, so that a hit touches as few cache lines as the value allows.
+#[repr(C)]
 pub(crate) struct Entry<V, E> {
-    slot: Result<V, Arc<E>>,
-    /// Which write made it: expiry and refresh act only on the entry they were for.
-    id: u64,
     /// Nanoseconds on the cache's clock; `NEVER` if it does not expire. Moves on reads
     /// under time-to-idle or an `Expiry` policy.
     deadline: AtomicU64,
+    /// When a read starts a refresh; `NEVER` if none is due, and while one runs (the read
+    /// that starts it swaps this to `NEVER`, so only one does).
+    refresh_at: AtomicU64,
     /// The time-to-live cap on `deadline`.
     hard: u64,
-    /// When a read starts a refresh; `NEVER` if none.
-    refresh_at: AtomicU64,
-    /// A refresh of this entry is running.
-    refreshing: AtomicBool,
+    slot: Result<V, Arc<E>>,
+    /// Which write made it: expiry and refresh act only on the entry they were for.
+    id: u64,
     /// Its timer in the wheel (`TimerHandle` bits), `NEVER` if none.
     timer: AtomicU64,
 }
@@ -85,7 +87,6 @@ impl<V: Clone, E> Clone for Entry<V, E> {
             deadline: AtomicU64::new(self.deadline.load(Acquire)),
             hard: self.hard,
             refresh_at: AtomicU64::new(self.refresh_at.load(Relaxed)),
-            refreshing: AtomicBool::new(false),
             timer: AtomicU64::new(NEVER),
         }
     }
@@ -692,10 +693,18 @@ where
                     entry.deadline.fetch_max(next, AcqRel);
                 }
             }
-            let refresh = (entry.refresh_at.load(Relaxed) <= now_nanos
-                && !entry.refreshing.load(Relaxed)
-                && !entry.refreshing.swap(true, Acquire))
-            .then_some(entry.id);
+            let refresh = if policy.refresh_after.is_some() {
+                let at = entry.refresh_at.load(Relaxed);
+                // One reader wins the swap to `NEVER` and starts the refresh.
+                (at <= now_nanos
+                    && entry
+                        .refresh_at
+                        .compare_exchange(at, NEVER, Acquire, Relaxed)
+                        .is_ok())
+                .then_some(entry.id)
+            } else {
+                None
+            };
             Some(Read::Hit {
                 value: value.clone(),
                 refresh,
@@ -763,7 +772,6 @@ where
             deadline: AtomicU64::new(deadline),
             hard,
             refresh_at: AtomicU64::new(refresh_at),
-            refreshing: AtomicBool::new(false),
             timer: AtomicU64::new(timer),
         }
     }
@@ -829,10 +837,8 @@ where
         let next = crate::expiry::deadline(self.clock.now(), self.policy.refresh_after);
         self.inner.peek_with(key, |entry| {
             if entry.id == id {
-                entry.refresh_at.store(next, Relaxed);
-                // Release: the new `refresh_at` is in place before another reader may
-                // claim the next refresh (its swap is Acquire).
-                entry.refreshing.store(false, Release);
+                // The next refresh may start at `next`.
+                entry.refresh_at.store(next, Release);
             }
         });
     }
