@@ -227,13 +227,22 @@ fn maintenance_keys() -> impl Iterator<Item = u64> {
 type OursManual = ExpiringCache<u64, u64, Infallible, RandomState, ManualClock>;
 type MokaSync = moka::sync::Cache<u64, u64, RandomState>;
 
-/// A cache of [`ENTRIES`] whose clock stands one wheel tick past the short deadlines.
-fn our_maintenance_cache() -> OursManual {
+/// The maintenance budget of the `deferred_op_budget` row: the most timers one operation
+/// looks at.
+const BUDGET: usize = 1024;
+
+/// A cache of [`ENTRIES`] whose clock stands one wheel tick past the short deadlines; with
+/// `budget`, an operation reclaims at most that many timers' worth.
+fn our_maintenance_cache(budget: Option<usize>) -> OursManual {
     let clock = ManualClock::new();
-    let cache: OursManual = ExpiringCache::builder()
+    let builder = ExpiringCache::builder()
         .expire_after(OnePercentShort)
-        .clock(clock.clone())
-        .build();
+        .clock(clock.clone());
+    let builder = match budget {
+        Some(timers) => builder.maintenance_budget(timers),
+        None => builder,
+    };
+    let cache: OursManual = builder.build();
     for k in maintenance_keys() {
         cache.insert(k, value_of(k));
     }
@@ -340,7 +349,7 @@ fn maintenance(c: &mut Criterion) -> String {
             let mut total = Duration::ZERO;
             let mut dropping = None;
             for _ in 0..iters {
-                let cache = our_maintenance_cache();
+                let cache = our_maintenance_cache(None);
                 join(dropping.take());
                 let before = cache.timers_touched();
                 let start = Instant::now();
@@ -357,6 +366,40 @@ fn maintenance(c: &mut Criterion) -> String {
                 ours.touched.push(touched);
                 ours.removed.push(removed);
                 total += elapsed;
+                dropping = Some(drop_aside(cache));
+            }
+            join(dropping);
+            total
+        })
+    });
+
+    // The pauses operations pay when a budget bounds each one's share of the reclamation:
+    // reads of an absent key, from the first after the deadlines until all expired entries
+    // are gone; every operation's time is one sample of the p99.
+    let mut budgeted = Passes::default();
+    g.bench_function("deferred_op_budget", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            let mut dropping = None;
+            for _ in 0..iters {
+                let cache = our_maintenance_cache(Some(BUDGET));
+                join(dropping.take());
+                let mut ops = 0;
+                while cache.len() as u64 > ENTRIES - EXPIRED {
+                    let before = cache.timers_touched();
+                    let start = Instant::now();
+                    let miss = black_box(&cache).get_if_present(&u64::MAX);
+                    let elapsed = start.elapsed();
+                    assert_eq!(miss, None);
+                    let touched = cache.timers_touched() - before;
+                    assert!(touched <= BUDGET as u64, "an operation touched {touched} timers");
+                    budgeted.times.push(elapsed);
+                    budgeted.touched.push(touched);
+                    total += elapsed;
+                    ops += 1;
+                    assert!(ops <= 4 * EXPIRED / BUDGET as u64, "reclamation stalled");
+                }
+                budgeted.removed.push(EXPIRED);
                 dropping = Some(drop_aside(cache));
             }
             join(dropping);
@@ -391,8 +434,13 @@ fn maintenance(c: &mut Criterion) -> String {
     let _ = writeln!(extras, "maintenance_entries={ENTRIES}");
     let _ = writeln!(extras, "maintenance_expired={EXPIRED}");
     ours.write("maintenance_deferred", &mut extras);
+    budgeted.write("maintenance_deferred_op_budget", &mut extras);
     moka.write("maintenance_moka", &mut extras);
-    for (name, passes) in [("deferred", &ours), ("moka", &moka)] {
+    for (name, passes) in [
+        ("deferred", &ours),
+        ("deferred_op_budget", &budgeted),
+        ("moka", &moka),
+    ] {
         if passes.times.is_empty() {
             continue;
         }

@@ -177,6 +177,37 @@ impl<K, V, E, S, C> ExpiringBuilder<K, V, E, S, C> {
         self
     }
 
+    /// Bounds the reclamation work of one operation: it looks at no more than `timers`
+    /// timers (each that fires costs a removal from the cache), and the next operations go
+    /// on with the rest. Reads never see an expired entry meanwhile. Use it when many
+    /// entries may expire at once and no caller should pay for all of them: on a 1M-entry
+    /// cache, reclaiming 10 000 expired entries in one operation takes milliseconds.
+    ///
+    /// Without a bound (the default), the first operation one wheel tick after a deadline
+    /// reclaims everything due then, so the listener hears of each expiry within one
+    /// operation. [`run_maintenance`](ExpiringCache::run_maintenance) is never bounded.
+    ///
+    /// ```
+    /// use deferred_expiring::{ExpiringCache, ManualClock, TICK};
+    /// use std::time::Duration;
+    /// let clock = ManualClock::new();
+    /// let cache: ExpiringCache<u32, u32, std::convert::Infallible, _, _> = ExpiringCache::builder()
+    ///     .time_to_live(Duration::from_secs(1))
+    ///     .maintenance_budget(10)
+    ///     .clock(clock.clone())
+    ///     .build();
+    /// for k in 0..100 { cache.insert(k, k); }
+    /// clock.advance(Duration::from_secs(1) + TICK);
+    /// cache.insert(1000, 0); // reclaims at most 10 of the 100 expired
+    /// assert!(cache.len() >= 91);
+    /// cache.run_maintenance(); // reclaims the rest
+    /// assert_eq!(cache.len(), 1);
+    /// ```
+    pub fn maintenance_budget(mut self, timers: usize) -> Self {
+        self.policy.maintenance_budget = timers.max(1);
+        self
+    }
+
     /// Where background refreshes run: `spawn` gets each as a boxed `Send` future, e.g.
     /// `|task| { tokio::spawn(task); }`. Without one, the cache's operations poll them.
     ///

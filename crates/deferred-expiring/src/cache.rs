@@ -621,7 +621,13 @@ where
                 }
             };
             let mut fired = Vec::new();
-            wheel.advance(tick_of(now_nanos), |_, item| fired.push(item));
+            // An operation does at most the budgeted work; an explicit pass does it all.
+            let budget = if wait {
+                usize::MAX
+            } else {
+                self.policy.maintenance_budget
+            };
+            wheel.advance_within(tick_of(now_nanos), budget, |_, item| fired.push(item));
             let due = wheel.next_due().unwrap_or(NEVER);
             self.timers.due.store(due, Release);
             fired

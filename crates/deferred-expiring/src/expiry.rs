@@ -84,6 +84,8 @@ pub(crate) struct Policy<K, V> {
     pub(crate) custom: Option<Box<dyn Expiry<K, V>>>,
     pub(crate) negative_ttl: Option<Duration>,
     pub(crate) refresh_after: Option<Duration>,
+    /// The most timers one operation's reclamation looks at.
+    pub(crate) maintenance_budget: usize,
 }
 
 impl<K, V> Policy<K, V> {
@@ -94,6 +96,7 @@ impl<K, V> Policy<K, V> {
             custom: None,
             negative_ttl: None,
             refresh_after: None,
+            maintenance_budget: usize::MAX,
         }
     }
 }
@@ -151,6 +154,7 @@ impl<K, V> fmt::Debug for Policy<K, V> {
             .field("custom", &self.custom.is_some())
             .field("negative_ttl", &self.negative_ttl)
             .field("refresh_after", &self.refresh_after)
+            .field("maintenance_budget", &self.maintenance_budget)
             .finish()
     }
 }

@@ -87,6 +87,8 @@ pub struct TimerWheel<T> {
     /// Which slots of each level hold timers.
     occupied: [u64; LEVELS],
     now: u64,
+    /// The slot list an `advance_within` stopped in, to finish first.
+    held: Option<usize>,
     len: usize,
     /// Nodes looked at by `advance` (fired or moved), for the benchmarks' "touched" count.
     touched: u64,
@@ -112,6 +114,7 @@ impl<T> TimerWheel<T> {
             heads: vec![NONE; OVERFLOW + 1].into_boxed_slice(),
             occupied: [0; LEVELS],
             now: 0,
+            held: None,
             len: 0,
             touched: 0,
         }
@@ -256,7 +259,8 @@ impl<T> TimerWheel<T> {
     /// assert_eq!(wheel.next_due(), Some(40));
     /// ```
     pub fn next_due(&self) -> Option<u64> {
-        if self.heads[DUE] != NONE {
+        let holding = self.held.is_some_and(|list| self.heads[list] != NONE);
+        if self.heads[DUE] != NONE || holding {
             return Some(self.now);
         }
         self.next_slot().map(|(_, _, start)| start)
@@ -276,50 +280,105 @@ impl<T> TimerWheel<T> {
     /// fired.sort();
     /// assert_eq!(fired, [3, 5, 70]);
     /// ```
-    pub fn advance(&mut self, now: u64, mut fire: impl FnMut(u64, T)) {
-        self.fire_list(DUE, &mut fire);
-        if now <= self.now {
-            return;
-        }
-        while let Some((level, slot, start)) = self.next_slot() {
+    pub fn advance(&mut self, now: u64, fire: impl FnMut(u64, T)) {
+        self.advance_within(now, usize::MAX, fire);
+    }
+
+    /// As [`advance`](Self::advance), but looks at no more than `budget` timers (fired or
+    /// moved down a level): returns `true` if it reached `now`, `false` if it stopped
+    /// early, in which case the wheel stands where it stopped (`now()` may be earlier than
+    /// `now`, and [`next_due`](Self::next_due) says the current tick) and the next call
+    /// goes on from there. For callers that must bound the pause one call may cause.
+    ///
+    /// ```
+    /// let mut wheel = deferred_expiring::TimerWheel::new();
+    /// for tick in 0..10 {
+    ///     wheel.schedule(5, tick);
+    /// }
+    /// let mut fired = 0;
+    /// assert!(!wheel.advance_within(5, 4, |_, _| fired += 1));
+    /// assert_eq!((fired, wheel.next_due()), (4, Some(wheel.now())));
+    /// while !wheel.advance_within(5, 4, |_, _| fired += 1) {}
+    /// assert_eq!(fired, 10);
+    /// ```
+    pub fn advance_within(
+        &mut self,
+        now: u64,
+        budget: usize,
+        mut fire: impl FnMut(u64, T),
+    ) -> bool {
+        let mut budget = budget;
+        loop {
+            // First what is in hand: timers due, then the rest of a slot begun.
+            if !self.drain(DUE, &mut budget, &mut fire) {
+                return false;
+            }
+            if let Some(list) = self.held {
+                if !self.drain(list, &mut budget, &mut fire) {
+                    return false;
+                }
+                self.held = None;
+                continue;
+            }
+            if now <= self.now {
+                return true;
+            }
+            let Some((level, slot, start)) = self.next_slot() else {
+                self.now = now;
+                return true;
+            };
             if start > now {
-                break;
+                self.now = now;
+                return true;
             }
             // Every timer before this slot has fired: the wheel may stand at its start.
             self.now = start;
-            let list = if level == LEVELS {
-                OVERFLOW
+            if level == LEVELS {
+                self.spill_overflow();
             } else {
                 self.occupied[level] &= !(1 << slot);
-                level * SLOTS + slot
-            };
-            let mut index = core::mem::replace(&mut self.heads[list], NONE);
-            while index != NONE {
-                let next = self.nodes[index as usize].next;
-                self.touched += 1;
-                self.nodes[index as usize].list = NONE;
-                if self.nodes[index as usize].tick <= self.now {
-                    let tick = self.nodes[index as usize].tick;
-                    fire(tick, self.release(index));
-                } else {
-                    self.link(index);
-                }
-                index = next;
+                // Its timers fire (tick == start) or move down a level; none moves into
+                // this same slot while the wheel stands at its start, so the slot keeps
+                // whatever is left of its list if the budget runs out midway.
+                self.held = Some(level * SLOTS + slot);
             }
-            self.fire_list(DUE, &mut fire);
         }
-        self.now = now;
     }
 
-    /// Fires every timer on list `list` (the due list).
-    fn fire_list(&mut self, list: usize, fire: &mut impl FnMut(u64, T)) {
-        let mut index = core::mem::replace(&mut self.heads[list], NONE);
+    /// Takes timers off the head of `list` (the due list, or the slot the wheel stands at),
+    /// firing those due and moving the rest down, until it is empty (`true`) or the budget
+    /// is spent (`false`).
+    fn drain(&mut self, list: usize, budget: &mut usize, fire: &mut impl FnMut(u64, T)) -> bool {
+        loop {
+            let index = self.heads[list];
+            if index == NONE {
+                return true;
+            }
+            if *budget == 0 {
+                return false;
+            }
+            *budget -= 1;
+            self.touched += 1;
+            self.unlink(index);
+            let tick = self.nodes[index as usize].tick;
+            if tick <= self.now {
+                fire(tick, self.release(index));
+            } else {
+                self.link(index);
+            }
+        }
+    }
+
+    /// Relinks every overflow timer relative to the current tick (the start of the block
+    /// of the earliest of them): those of this block move into the levels, the others go
+    /// back. Done whole, whatever the budget: it happens once per block the wheel enters.
+    fn spill_overflow(&mut self) {
+        let mut index = core::mem::replace(&mut self.heads[OVERFLOW], NONE);
         while index != NONE {
             let next = self.nodes[index as usize].next;
             self.touched += 1;
             self.nodes[index as usize].list = NONE;
-            let tick = self.nodes[index as usize].tick;
-            fire(tick, self.release(index));
+            self.link(index);
             index = next;
         }
     }

@@ -668,3 +668,34 @@ fn size_evictions_are_told_and_cancel_their_timers() {
         "evicted entries left their timers behind"
     );
 }
+
+/// With a maintenance budget, one operation reclaims a bounded share of what expired at
+/// once; the next operations go on with the rest, and reads never see an expired entry.
+#[test]
+fn a_maintenance_budget_spreads_reclamation_over_operations() {
+    let (clock, builder) = with_clock();
+    let (cache, log) = logged(builder.time_to_live(secs(1)).maintenance_budget(16));
+    for k in 0..200 {
+        cache.insert(k, k);
+    }
+    clock.advance(secs(1) + TICK);
+    let mut ops = 0;
+    while !cache.is_empty() {
+        let before = cache.len();
+        assert_eq!(cache.get_if_present(&1_000), None); // an operation
+        ops += 1;
+        assert!(
+            before - cache.len() <= 16,
+            "one operation reclaimed {}",
+            before - cache.len()
+        );
+        assert!(
+            ops < 1_000,
+            "reclamation stalled at {} entries",
+            cache.len()
+        );
+    }
+    assert!(ops >= 200 / 16, "{ops} operations");
+    assert_eq!(log.lock().unwrap().len(), 200);
+    assert_eq!(cache.stats().cache.expired, 200);
+}

@@ -63,6 +63,8 @@ enum Op {
     /// Reschedule a handle issued so far (live or stale).
     Reschedule(Index, At),
     Advance(Target),
+    /// One `advance_within` call with this budget: it may stop early.
+    AdvanceWithin(Target, usize),
 }
 
 /// The next multiple of `64^level` after `now` (`u64::MAX` past the top), plus `delta`.
@@ -115,6 +117,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => any::<Index>().prop_map(Op::Cancel),
         2 => (any::<Index>(), at()).prop_map(|(i, at)| Op::Reschedule(i, at)),
         4 => target().prop_map(Op::Advance),
+        2 => (target(), 0usize..6).prop_map(|(t, budget)| Op::AdvanceWithin(t, budget)),
     ]
 }
 
@@ -159,6 +162,21 @@ fn fire<T: Ord>(wheel: &mut TimerWheel<T>, to: u64) -> Vec<(u64, T)> {
     });
     fired.sort();
     fired
+}
+
+/// The tick an advance goes to.
+fn resolve_target(target: &Target, now: u64, live: &BTreeMap<usize, u64>) -> u64 {
+    match *target {
+        Target::By(d) => now.saturating_add(d),
+        Target::Back(d) => now.saturating_sub(d),
+        Target::Edge { level, delta } => edge(now, level, delta),
+        Target::Earliest(delta) => live
+            .values()
+            .copied()
+            .min()
+            .unwrap_or(now)
+            .saturating_add_signed(delta),
+    }
 }
 
 /// A small deterministic generator (SplitMix64) for the cost tests.
@@ -289,6 +307,29 @@ proptest! {
                         None => false,
                     };
                     prop_assert_eq!(wheel.reschedule(handles[id], tick), expect, "reschedule #{}", id);
+                }
+                Op::AdvanceWithin(target, budget) => {
+                    let to = resolve_target(&target, now, &live).min(now.saturating_add(MAX_JUMP));
+                    let mut fired = Vec::new();
+                    let done = wheel.advance_within(to, budget, |tick, item| fired.push((tick, item)));
+                    prop_assert!(
+                        fired.len() <= budget,
+                        "advance_within({}, {}) fired {} timers", to, budget, fired.len()
+                    );
+                    let reached = wheel.now();
+                    prop_assert!(reached >= now && reached <= now.max(to), "now {} -> {}", now, reached);
+                    for &(tick, id) in &fired {
+                        prop_assert_eq!(live.remove(&id), Some(tick), "fired #{} not live at {}", id, tick);
+                        prop_assert!(tick <= reached, "#{} fired early: tick {} at {}", id, tick, reached);
+                    }
+                    if done {
+                        prop_assert_eq!(reached, now.max(to));
+                        let late: Vec<_> = live.iter().filter(|&(_, &t)| t <= reached).collect();
+                        prop_assert!(late.is_empty(), "done, but due timers left: {:?}", late);
+                    } else {
+                        prop_assert_eq!(wheel.next_due(), Some(reached), "stopped early");
+                    }
+                    now = reached;
                 }
                 Op::Advance(target) => {
                     let to = match target {
