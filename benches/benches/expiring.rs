@@ -392,7 +392,10 @@ fn maintenance(c: &mut Criterion) -> String {
                     let elapsed = start.elapsed();
                     assert_eq!(miss, None);
                     let touched = cache.timers_touched() - before;
-                    assert!(touched <= BUDGET as u64, "an operation touched {touched} timers");
+                    assert!(
+                        touched <= BUDGET as u64,
+                        "an operation touched {touched} timers"
+                    );
                     budgeted.times.push(elapsed);
                     budgeted.touched.push(touched);
                     total += elapsed;
