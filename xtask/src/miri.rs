@@ -1,6 +1,6 @@
 //! `cargo xtask miri`: the library tests under miri on nightly, once with the default (stacked)
 //! borrow model and once with tree borrows, both with strict provenance so integer-to-pointer
-//! casts are caught.
+//! casts are caught; then the tests whose threads race, under many scheduler seeds.
 
 use crate::cmd::{self, cargo, command, Result};
 use crate::LIBRARIES;
@@ -51,6 +51,39 @@ pub fn run() -> Result {
             tree.args(target)
                 .env("MIRIFLAGS", format!("{STRICT} -Zmiri-tree-borrows")),
         )?;
+    }
+    many_seeds()
+}
+
+/// The tests whose threads race (core's and the map's), each run under many scheduler seeds:
+/// miri picks another interleaving (and another outcome for every weak memory read) per
+/// seed, so a race that one schedule hides shows under another.
+const INTERLEAVINGS: &[(&str, &str, &str)] = &[
+    // (crate, test file, name filter)
+    ("deferred-core", "behaviour", "threads"),
+    ("deferred-core", "sync", ""),
+    (
+        "deferred-map",
+        "behaviour",
+        "remove_if_checks_and_removes_atomically",
+    ),
+    ("deferred-map", "behaviour", "threads_racing"),
+];
+
+/// Seeds per test in the many-seeds pass.
+const SEEDS: u32 = 16;
+
+fn many_seeds() -> Result {
+    for &(lib, test, filter) in INTERLEAVINGS {
+        let mut cmd = cargo(["+nightly", "miri", "test", "-p", lib, "--test", test]);
+        cmd.env(
+            "MIRIFLAGS",
+            format!("{STRICT} -Zmiri-many-seeds=0..{SEEDS}"),
+        );
+        if !filter.is_empty() {
+            cmd.args(["--", filter]);
+        }
+        cmd::run(&mut cmd)?;
     }
     Ok(())
 }
