@@ -1,4 +1,5 @@
-//! The cache's behaviour, one test per promise (issue #4): single flight on three executors,
+//! The cache's behaviour, one test per promise (issue #4): single flight on four executors
+//! (tokio multi-thread and current-thread, a `futures` thread pool, smol),
 //! shared and uncached errors, panics, cancellation, stalled callers, re-entrant loaders,
 //! capacity, and the counters. Nothing here sleeps to order events: gates do, and tokio's
 //! paused clock stands in for time.
@@ -115,6 +116,19 @@ fn one_load_for_n_callers_on_futures_executor() {
             move |fut| spawner.spawn_with_handle(fut).unwrap(),
             |h| h,
             || YieldNow(false).boxed(),
+        ));
+    }
+}
+
+#[test]
+fn one_load_for_n_callers_on_smol() {
+    // smol's global executor (its own threads), driven from `smol::block_on`.
+    for n in SIZES {
+        smol::block_on(stampede(
+            n,
+            smol::spawn,
+            |task| task,
+            || smol::future::yield_now().boxed(),
         ));
     }
 }
