@@ -221,6 +221,8 @@ pub fn run(args: &[String]) -> Result {
     }
 
     let target = target_dir()?;
+    let every_layer = layer.is_none();
+    let mut all: Vec<(&str, Vec<Sample>)> = Vec::new();
     // Criterion honours CRITERION_HOME before the target directory.
     let results =
         std::env::var_os("CRITERION_HOME").map_or_else(|| target.join("criterion"), PathBuf::from);
@@ -255,8 +257,119 @@ pub fn run(args: &[String]) -> Result {
             let mut cmd = cargo(["bench", "-p", PACKAGE, "--bench", program, "--", "--out"]);
             cmd::run(cmd.arg(&path))?;
         }
+        all.push((layer, samples));
+    }
+    if every_layer {
+        let report = summary(&all);
+        print!("\n{report}");
+        let path = target.join("bench-all.md");
+        fs::write(&path, &report)
+            .map_err(|e| format!("could not write {}: {e}", path.display()))?;
+        println!(
+            "\nwrote {} (criterion's plots: {})",
+            path.display(),
+            results.join("report").display()
+        );
     }
     Ok(())
+}
+
+/// One table for every layer: each of our benchmarks against each anchor in its group, as
+/// the ratio of medians, headed by the machine and the date (the figures mean little without
+/// them).
+fn summary(layers: &[(&str, Vec<Sample>)]) -> String {
+    let mut out = String::from("# cargo xtask bench: every layer against its anchors\n\n");
+    out.push_str(&format!(
+        "Machine: {}. Date: {} (UTC).\n\n",
+        machine(),
+        today()
+    ));
+    out.push_str(
+        "`deferred / anchor` divides our median by the anchor's, in the same run: below 1.00x we \
+         are faster. Groups with no anchor (our own variants only) are left out.\n\n",
+    );
+    let mut rows = Vec::new();
+    for (layer, samples) in layers {
+        let mut groups: BTreeMap<(&str, Option<&str>), Vec<&Sample>> = BTreeMap::new();
+        for sample in samples {
+            groups
+                .entry((&sample.group, sample.value.as_deref()))
+                .or_default()
+                .push(sample);
+        }
+        for ((group, value), members) in groups {
+            let Some(ours) = reference(&members).map(|i| members[i]) else {
+                continue;
+            };
+            let workload = match value {
+                Some(value) => format!("{group} ({value})"),
+                None => group.to_owned(),
+            };
+            for anchor in members
+                .iter()
+                .filter(|m| !m.function.starts_with("deferred"))
+            {
+                rows.push([
+                    (*layer).to_owned(),
+                    workload.clone(),
+                    human(ours.median_ns),
+                    anchor.function.replace('|', r"\|"),
+                    human(anchor.median_ns),
+                    format!("{:.2}x", ours.median_ns / anchor.median_ns),
+                ]);
+            }
+        }
+    }
+    out.push_str(&table_aligned(
+        [
+            "layer",
+            "workload",
+            "deferred",
+            "anchor",
+            "anchor median",
+            "deferred / anchor",
+        ],
+        [false, false, true, false, true, true],
+        &rows,
+    ));
+    out
+}
+
+/// The CPU model and the number of CPUs this process may use.
+fn machine() -> String {
+    let model = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|line| line.strip_prefix("model name"))
+                .map(|rest| rest.trim_start_matches([' ', '\t', ':']).trim().to_owned())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_owned());
+    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+    format!("{model}, {cpus} CPUs")
+}
+
+/// Today's date (UTC) as `YYYY-MM-DD`, from the system clock.
+fn today() -> String {
+    let secs = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// The proleptic Gregorian date of a day count since 1970-01-01 (H. Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
 }
 
 /// Asks cargo, so `CARGO_TARGET_DIR` and `build.target-dir` in any config file are honoured.
@@ -625,6 +738,13 @@ mod tests {
     // Trimmed from what criterion 0.5 wrote for `group.bench_with_input(BenchmarkId::new(..))`.
     const IDS: &str = r#"{"group_id":"core/oneshot","function_id":"flume/x","value_str":"16 threads","throughput":null,"full_id":"core/oneshot/flume/x/16 threads","directory_name":"core_oneshot/flume_x/16 threads"}"#;
     const ESTIMATES: &str = r#"{"mean":{"confidence_interval":{"confidence_level":0.95,"lower_bound":0.70,"upper_bound":0.72},"point_estimate":0.715,"standard_error":0.004},"median":{"confidence_interval":{"confidence_level":0.95,"lower_bound":0.70,"upper_bound":0.72},"point_estimate":1.5e3,"standard_error":0.006},"median_abs_dev":{"confidence_interval":{"confidence_level":0.95,"lower_bound":0.003,"upper_bound":0.02},"point_estimate":0.017,"standard_error":0.005}}"#;
+
+    #[test]
+    fn dates_from_day_counts() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(civil_from_days(20_783), (2026, 11, 26));
+    }
 
     #[test]
     fn parses_criterion_files() {
