@@ -370,22 +370,17 @@ where
     /// assert_eq!(cache.weighted_size(), Some(0));
     /// ```
     pub fn invalidate_all(&self) {
-        let mut removed = 0;
-        let mut gone = Vec::new();
-        // Each value is taken off the policy's books as it goes (the map removes what the
-        // predicate refuses, after it ran, by identity).
-        self.map.retain(|key, cell| {
+        // Each value is taken off the policy's books only once it is out of the map, as
+        // `invalidate` does: retired before, a load that completed and was admitted in
+        // between would leave without being retired, its weight counted for good.
+        let gone = self.map.extract_if(|_, _| true);
+        for (key, cell) in &gone {
             self.retire(self.hash(key), cell);
-            removed += 1;
-            if self.listener.is_some() {
-                gone.push((key.clone(), cell.clone()));
-            }
-            false
-        });
+        }
         if let Some(policy) = &self.policy {
             policy.purge();
         }
-        self.counters.invalidated(removed);
+        self.counters.invalidated(gone.len() as u64);
         for (key, cell) in &gone {
             self.notify(key, cell, RemovalCause::Explicit);
         }

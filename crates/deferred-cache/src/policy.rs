@@ -174,6 +174,9 @@ struct Fifo<K, V, E> {
     main_weight: u64,
     /// Weight of the ADMITTED values: what counts against capacity.
     live: u64,
+    /// Queued nodes whose values were retired (invalidated, replaced, expired) while
+    /// queued: dead weight until a step pops them, or a compaction drops them.
+    stale: usize,
     capacity: u64,
     small_capacity: u64,
 }
@@ -187,6 +190,7 @@ impl<K, V, E> Fifo<K, V, E> {
             small_weight: 0,
             main_weight: 0,
             live: 0,
+            stale: 0,
             capacity,
             small_capacity: capacity / 10,
         }
@@ -224,6 +228,7 @@ impl<K, V, E> Fifo<K, V, E> {
             let cell = node.cell.upgrade();
             let Some(meta) = cell.as_ref().and_then(meta_of) else {
                 // Its value is gone from the map and dropped: retired already.
+                self.stale = self.stale.saturating_sub(1);
                 return Some(Evicted {
                     node,
                     cell,
@@ -232,6 +237,7 @@ impl<K, V, E> Fifo<K, V, E> {
             };
             if meta.state.load(Relaxed) != ADMITTED {
                 // Retired (invalidated or replaced) while queued.
+                self.stale = self.stale.saturating_sub(1);
                 return Some(Evicted {
                     node,
                     cell,
@@ -263,6 +269,40 @@ impl<K, V, E> Fifo<K, V, E> {
                 victim: true,
             });
         }
+    }
+}
+
+impl<K, V, E> Fifo<K, V, E> {
+    /// Whether dead nodes are at least half the queues (and more than a few): worth a
+    /// compaction, whose cost the retirements since the last one then pay for.
+    fn needs_compaction(&self) -> bool {
+        self.stale > 32 && self.stale * 2 > self.small.len() + self.main.len()
+    }
+
+    /// Drops the nodes whose values are gone (handing them, and the handles upgraded to
+    /// check them, to `dead`, for the caller to drop with no lock held).
+    fn compact(&mut self, dead: &mut Vec<(Node<K, V, E>, Option<CacheCell<V, E>>)>) {
+        for queue in [&mut self.small, &mut self.main] {
+            let mut kept = VecDeque::with_capacity(queue.len());
+            for node in queue.drain(..) {
+                let cell = node.cell.upgrade();
+                let live = cell
+                    .as_ref()
+                    .and_then(meta_of)
+                    .is_some_and(|m| m.state.load(Relaxed) == ADMITTED);
+                if live {
+                    kept.push_back(node);
+                    // Not the last handle: the map holds the live value.
+                    drop(cell);
+                } else {
+                    dead.push((node, cell));
+                }
+            }
+            *queue = kept;
+        }
+        self.small_weight = self.small.iter().map(|n| n.weight).sum();
+        self.main_weight = self.main.iter().map(|n| n.weight).sum();
+        self.stale = 0;
     }
 }
 
@@ -345,42 +385,32 @@ impl<K, V, E> Policy<K, V, E> {
     /// holds `cell` until this returns.
     pub(crate) fn retire(&self, hash: u64, cell: &CacheCell<V, E>) {
         let Some(meta) = meta_of(cell) else { return };
+        let mut dead = Vec::new();
         self.shard(hash).with(|fifo| {
-            if meta.state.load(Relaxed) == ADMITTED {
-                fifo.live -= meta.weight();
-            }
+            let was = meta.state.load(Relaxed);
             meta.state.store(REMOVED, Relaxed);
+            if was == ADMITTED {
+                fifo.live -= meta.weight();
+                // Its node stays queued until a step pops it; values that leave this way
+                // rather than by eviction would otherwise pile nodes up in a cache that
+                // never fills, so the queues are compacted once half of them is dead.
+                fifo.stale += 1;
+                if fifo.needs_compaction() {
+                    fifo.compact(&mut dead);
+                }
+            }
         });
+        // Keys and values are user code: dropped with no lock held.
+        drop(dead);
     }
 
     /// Drops the nodes whose values are gone, in every shard (after `invalidate_all`), so
     /// that their allocations go now rather than when new values push them out.
     pub(crate) fn purge(&self) {
         for shard in self.shards.iter() {
-            let (mut dead, mut dead_cells) = (Vec::new(), Vec::new());
-            shard.with(|fifo| {
-                for queue in [&mut fifo.small, &mut fifo.main] {
-                    let mut kept = VecDeque::with_capacity(queue.len());
-                    for node in queue.drain(..) {
-                        let cell = node.cell.upgrade();
-                        let live = cell
-                            .as_ref()
-                            .and_then(meta_of)
-                            .is_some_and(|m| m.state.load(Relaxed) == ADMITTED);
-                        if live {
-                            kept.push_back(node);
-                        } else {
-                            dead.push(node);
-                        }
-                        // Possibly the last handle to a dead value: dropped with no lock.
-                        dead_cells.push(cell);
-                    }
-                    *queue = kept;
-                }
-                fifo.small_weight = fifo.small.iter().map(|n| n.weight).sum();
-                fifo.main_weight = fifo.main.iter().map(|n| n.weight).sum();
-            });
-            drop((dead, dead_cells)); // keys and values are user code: outside the lock
+            let mut dead = Vec::new();
+            shard.with(|fifo| fifo.compact(&mut dead));
+            drop(dead); // keys and values are user code: outside the lock
         }
     }
 

@@ -642,3 +642,41 @@ fn listener_sees_every_removal_with_its_cause() {
     assert_eq!((stats.evicted, stats.expired, stats.invalidated), (1, 1, 3));
     assert!(cache.is_empty());
 }
+
+/// Values that leave a bounded cache by invalidation (or replacement, or expiry) rather than
+/// by eviction do not pile up queue nodes in a cache that never fills: found by the soak,
+/// where every write followed by an invalidate left a node (and a key clone) behind forever.
+#[test]
+fn invalidated_values_leave_no_queue_nodes_behind() {
+    use std::sync::atomic::AtomicIsize;
+    static LIVE_KEYS: AtomicIsize = AtomicIsize::new(0);
+    #[derive(PartialEq, Eq, Hash, Debug)]
+    struct Key(u64);
+    impl Clone for Key {
+        fn clone(&self) -> Self {
+            LIVE_KEYS.fetch_add(1, SeqCst);
+            Key(self.0)
+        }
+    }
+    impl Drop for Key {
+        fn drop(&mut self) {
+            LIVE_KEYS.fetch_sub(1, SeqCst);
+        }
+    }
+    let cache: Cache<Key, u64> = Cache::bounded(1024);
+    for i in 0..100_000u64 {
+        LIVE_KEYS.fetch_add(1, SeqCst); // the key made here
+        cache.insert(Key(i % 100), i);
+        cache.invalidate(&Key(i % 100));
+        LIVE_KEYS.fetch_add(1, SeqCst); // the key made for `invalidate`, dropped there
+    }
+    assert!(cache.is_empty());
+    assert_eq!(cache.weighted_size(), Some(0));
+    // Each clone the cache keeps (map key, queue node) counts one; 100 000 writes must not
+    // leave anywhere near that many behind.
+    let live = LIVE_KEYS.load(SeqCst);
+    assert!(
+        live <= 256,
+        "{live} key clones still alive after 100 000 insert + invalidate"
+    );
+}

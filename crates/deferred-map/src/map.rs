@@ -233,6 +233,31 @@ impl<K, V, E, S> DeferredMap<K, V, E, S> {
     where
         K: Clone,
     {
+        drop(self.extract_if(|key, cell| !keep(key, cell)));
+    }
+
+    /// Removes the entries for which `remove(key, cell)` says `true` and returns them: exactly
+    /// the entries this call removed (one replaced after `remove` saw it is left alone, and is
+    /// not returned). `remove` runs with no lock held, on a snapshot of each shard, as in
+    /// [`retain`](Self::retain).
+    ///
+    /// ```
+    /// use deferred_map::DeferredMap;
+    /// let map: DeferredMap<u8, u8> = DeferredMap::new();
+    /// map.add_value(1, 1);
+    /// map.add_value(2, 2);
+    /// let removed = map.extract_if(|k, _| *k == 1);
+    /// assert_eq!(removed.iter().map(|(k, _)| *k).collect::<Vec<_>>(), [1]);
+    /// assert_eq!(map.keys(), vec![2]);
+    /// ```
+    pub fn extract_if(
+        &self,
+        mut remove: impl FnMut(&K, &Cell<V, E>) -> bool,
+    ) -> Vec<(K, Cell<V, E>)>
+    where
+        K: Clone,
+    {
+        let mut out = Vec::new();
         for shard in self.shards.iter() {
             let snapshot: Vec<(K, u64, Cell<V, E>)> = shard.read(|t| {
                 t.iter()
@@ -241,13 +266,14 @@ impl<K, V, E, S> DeferredMap<K, V, E, S> {
             });
             let doomed: Vec<(u64, Cell<V, E>)> = snapshot
                 .iter()
-                .filter(|(key, _, cell)| !keep(key, cell))
+                .filter(|(key, _, cell)| remove(key, cell))
                 .map(|(_, hash, cell)| (*hash, cell.clone()))
                 .collect();
             if doomed.is_empty() {
                 continue;
             }
-            // Removed entries are dropped after the lock is released: that runs user code.
+            // Removed entries go back to the caller, who drops them with no lock held: that
+            // runs user code.
             let removed: Vec<Slot<K, V, E>> = shard.write(|t| {
                 doomed
                     .iter()
@@ -257,8 +283,10 @@ impl<K, V, E, S> DeferredMap<K, V, E, S> {
                     })
                     .collect()
             });
-            drop((removed, doomed, snapshot));
+            drop((doomed, snapshot));
+            out.extend(removed.into_iter().map(|slot| (slot.key, slot.cell)));
         }
+        out
     }
 
     /// A snapshot of the keys. The keys are cloned under their shard's lock.
