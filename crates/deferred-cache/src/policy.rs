@@ -272,6 +272,10 @@ impl<K, V, E> Fifo<K, V, E> {
     }
 }
 
+/// A node dropped by a compaction, with the handle upgraded to check it: dropped after the
+/// lock is released.
+type Dead<K, V, E> = (Node<K, V, E>, Option<CacheCell<V, E>>);
+
 impl<K, V, E> Fifo<K, V, E> {
     /// Whether dead nodes are at least half the queues (and more than a few): worth a
     /// compaction, whose cost the retirements since the last one then pay for.
@@ -281,7 +285,7 @@ impl<K, V, E> Fifo<K, V, E> {
 
     /// Drops the nodes whose values are gone (handing them, and the handles upgraded to
     /// check them, to `dead`, for the caller to drop with no lock held).
-    fn compact(&mut self, dead: &mut Vec<(Node<K, V, E>, Option<CacheCell<V, E>>)>) {
+    fn compact(&mut self, dead: &mut Vec<Dead<K, V, E>>) {
         for queue in [&mut self.small, &mut self.main] {
             let mut kept = VecDeque::with_capacity(queue.len());
             for node in queue.drain(..) {
