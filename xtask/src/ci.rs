@@ -14,8 +14,13 @@ const STEPS: &[(&str, Step)] = &[
     ("test", crate::test::run),
     ("doc", crate::doc::run),
     ("no-std", crate::no_std::run),
+    ("msrv", crate::msrv::run),
     ("test-loom", || crate::loom::run(None)),
     ("miri", crate::miri::run),
+    ("sanitize --short", || {
+        crate::sanitize::run(&["--short".to_string()])
+    }),
+    ("fuzz", crate::fuzz::short),
     ("bench --no-run", crate::bench::build),
 ];
 

@@ -12,9 +12,13 @@ mod clippy;
 mod cmd;
 mod doc;
 mod fmt;
+mod fuzz;
 mod loom;
 mod miri;
+mod msrv;
 mod no_std;
+mod sanitize;
+mod soak;
 mod test;
 
 use std::process::ExitCode;
@@ -80,11 +84,19 @@ tasks:
   test                     the test suites, also with only the `alloc` feature
   test-loom [FILTER]       loom models (LOOM_MAX_PREEMPTIONS defaults to 2)
   miri                     the library tests under miri (nightly), stacked and tree borrows
+  msrv                     build the libraries with the workspace's rust-version
   no-std                   build the libraries for thumbv7em-none-eabihf
+  sanitize [--short]       stress tests under thread and address (+leak) sanitizers (nightly)
   doc                      rustdoc with -D warnings
   bench [LAYER] [--no-run] run criterion benches (core, map, cache, expiring) and print
                            ratio tables (cache: hit ratios too); --no-run only builds them
+  fuzz TARGET|all [--seconds N]
+                           cargo-fuzz (nightly) on map_ops, cache_ops or timer_wheel
+                           against sequential models; 60 s each by default
   ci                       all of the above in CI order, with timings
+  soak --minutes N [--threads T] [--seed S] [--layers L,..]
+                           every layer under random load with failures, panics,
+                           cancellations, stalls and clock jumps (not in ci)
   help                     this text
 ";
 
@@ -108,10 +120,14 @@ fn main() -> ExitCode {
             _ => Err("test-loom takes at most one argument, a test-name filter".into()),
         },
         "miri" => no_args(task, rest).and_then(|()| miri::run()),
+        "msrv" => no_args(task, rest).and_then(|()| msrv::run()),
         "no-std" => no_args(task, rest).and_then(|()| no_std::run()),
+        "sanitize" => sanitize::run(rest),
         "doc" => no_args(task, rest).and_then(|()| doc::run()),
         "bench" => bench::run(rest),
+        "fuzz" => fuzz::run(rest),
         "ci" => no_args(task, rest).and_then(|()| ci::run()),
+        "soak" => soak::run(rest),
         other => Err(format!(
             "unknown task `{other}`; run `cargo xtask help` for the list"
         )),

@@ -1,0 +1,57 @@
+//! `cargo xtask msrv`: builds every library with the oldest Rust the workspace promises
+//! (`rust-version` in the root `Cargo.toml`), with the features each is built with in
+//! `no-std` too, so a newer API slipping in fails here rather than for a user.
+
+use crate::cmd::{self, cargo, command, Result};
+use crate::LIBRARIES;
+
+pub fn run() -> Result {
+    let version = rust_version()?;
+    let toolchain = version.clone();
+    cmd::run(&mut command(
+        "rustup",
+        ["toolchain", "install", &toolchain, "--profile", "minimal"],
+    ))
+    .map_err(|e| {
+        format!(
+            "{e}\n\nThe MSRV check needs Rust {version}, and installing it failed. Install it \
+             by hand, then rerun `cargo xtask msrv`:\n\n    rustup toolchain install \
+             {version} --profile minimal\n"
+        )
+    })?;
+    let plus = format!("+{toolchain}");
+    // Its own target directory: another compiler's artifacts would evict the normal ones.
+    let target_dir = cmd::root().join("target").join("msrv");
+    for lib in LIBRARIES {
+        // The library itself (not its tests: dev-dependencies such as tokio follow their own
+        // MSRV), with default features and with each no-std feature set.
+        let mut sets: Vec<Option<&str>> = vec![None];
+        sets.extend(lib.no_std_features.iter().map(|&f| Some(f)));
+        for features in sets {
+            let mut cmd = cargo([plus.as_str(), "check", "--lib", "-p", lib.name]);
+            cmd.arg("--target-dir").arg(&target_dir);
+            if let Some(features) = features {
+                cmd.arg("--no-default-features");
+                if !features.is_empty() {
+                    cmd.args(["--features", features]);
+                }
+            }
+            cmd::run(&mut cmd)?;
+        }
+    }
+    println!("msrv: every library builds with Rust {version}");
+    Ok(())
+}
+
+/// `rust-version` from the workspace's `Cargo.toml`.
+fn rust_version() -> Result<String> {
+    let manifest = cmd::root().join("Cargo.toml");
+    let text = std::fs::read_to_string(&manifest)
+        .map_err(|e| format!("reading {}: {e}", manifest.display()))?;
+    text.lines()
+        .filter_map(|line| line.trim().strip_prefix("rust-version"))
+        .filter_map(|rest| rest.trim().strip_prefix('='))
+        .map(|value| value.trim().trim_matches('"').to_string())
+        .next()
+        .ok_or_else(|| format!("no `rust-version` in {}", manifest.display()))
+}
