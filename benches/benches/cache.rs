@@ -34,11 +34,8 @@
 
 use core::{
     convert::Infallible,
-    future::Future,
     hint::black_box,
-    pin::pin,
     sync::atomic::{AtomicUsize, Ordering},
-    task::Poll,
     time::Duration,
 };
 use std::{
@@ -51,7 +48,7 @@ use std::{
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, SamplingMode};
 use dashmap::DashMap;
-use deferred_benches::{poll_noop, ready_now, stampedes, value_of, HOT_KEY};
+use deferred_benches::{drive, next_scattered, ready_now, stampedes, value_of, HOT_KEY};
 use deferred_cache::{Cache, Source};
 use quick_cache::{sync::DefaultLifecycle, UnitWeighter};
 
@@ -103,25 +100,10 @@ fn group<'c>(c: &'c mut Criterion, workload: &str) -> BenchmarkGroup<'c, WallTim
     c.benchmark_group(format!("cache/{workload}"))
 }
 
-/// The next key of the read workloads' scattered cycle over `0..KEYS`.
+/// The next key of the read cycle over `0..KEYS`.
 #[inline]
 fn next_key(key: &mut u64) -> u64 {
-    let k = *key;
-    let next = k + STRIDE;
-    *key = if next >= KEYS { next - KEYS } else { next };
-    k
-}
-
-/// Polls `fut` once with a no-op waker; if it is not ready (an anchor that might park on
-/// an uncontended async lock, or run housekeeping), finishes it on `futures`' executor
-/// instead of panicking.
-#[inline]
-fn drive<F: Future>(fut: F) -> F::Output {
-    let mut fut = pin!(fut);
-    match poll_noop(fut.as_mut()) {
-        Poll::Ready(out) => out,
-        Poll::Pending => futures::executor::block_on(fut),
-    }
+    next_scattered(key, KEYS, STRIDE)
 }
 
 /// The caches of the read workloads, each holding `KEYS` values (bounded at twice that, so

@@ -37,15 +37,12 @@
 //!   per-entry `Expiry` (`key % 100 + 1` seconds): `deferred` is `insert`, `moka` is
 //!   `sync::Cache::insert` with `expire_after`.
 
-use core::{
-    convert::Infallible, fmt::Write as _, future::Future, hint::black_box, pin::pin, task::Poll,
-    time::Duration,
-};
+use core::{convert::Infallible, fmt::Write as _, hint::black_box, time::Duration};
 use std::{collections::hash_map::RandomState, thread, time::Instant};
 
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, SamplingMode};
-use deferred_benches::{poll_noop, value_of};
+use deferred_benches::{drive, next_scattered, value_of};
 use deferred_cache::Cache;
 use deferred_expiring::{ExpiringCache, ManualClock, SystemClock, TICK};
 
@@ -96,21 +93,7 @@ fn group<'c>(c: &'c mut Criterion, workload: &str) -> BenchmarkGroup<'c, WallTim
 /// The next key of the read cycle over `0..KEYS`.
 #[inline]
 fn next_key(key: &mut u64) -> u64 {
-    let k = *key;
-    let next = k + STRIDE;
-    *key = if next >= KEYS { next - KEYS } else { next };
-    k
-}
-
-/// Polls `fut` once with a no-op waker; if it is not ready (moka may run housekeeping),
-/// finishes it on `futures`' executor instead of panicking. As in `cache.rs`.
-#[inline]
-fn drive<F: Future>(fut: F) -> F::Output {
-    let mut fut = pin!(fut);
-    match poll_noop(fut.as_mut()) {
-        Poll::Ready(out) => out,
-        Poll::Pending => futures::executor::block_on(fut),
-    }
+    next_scattered(key, KEYS, STRIDE)
 }
 
 // ---------------------------------------------------------------------------------------

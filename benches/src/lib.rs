@@ -245,6 +245,38 @@ where
     elapsed
 }
 
+/// Polls `fut` once with a no-op waker; if it is not ready (an anchor that may park on an
+/// uncontended async lock, or run housekeeping), finishes it on `futures`' executor instead
+/// of panicking.
+///
+/// ```
+/// assert_eq!(deferred_benches::drive(async { 3 }), 3);
+/// ```
+#[inline]
+pub fn drive<F: Future>(fut: F) -> F::Output {
+    let mut fut = core::pin::pin!(fut);
+    match poll_noop(fut.as_mut()) {
+        Poll::Ready(out) => out,
+        Poll::Pending => futures::executor::block_on(fut),
+    }
+}
+
+/// The next key of a scattered read cycle over `0..keys`: steps of `stride` (coprime with
+/// `keys`), so that every key comes once per cycle and consecutive reads land far apart.
+///
+/// ```
+/// let mut key = 0;
+/// let seen: Vec<u64> = (0..5).map(|_| deferred_benches::next_scattered(&mut key, 5, 3)).collect();
+/// assert_eq!(seen, [0, 3, 1, 4, 2]);
+/// ```
+#[inline]
+pub fn next_scattered(key: &mut u64, keys: u64, stride: u64) -> u64 {
+    let k = *key;
+    let next = k + stride;
+    *key = if next >= keys { next - keys } else { next };
+    k
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
