@@ -536,10 +536,20 @@ fn a_clock_going_backwards_is_tolerated() {
     assert!(cache.is_empty());
 }
 
-/// Loads stay single flight under expiry: 64 callers missing one expired key on a tokio
-/// runtime run one load.
-#[test]
-fn an_expired_key_is_reloaded_once_for_many_callers() {
+type Reload = Result<u32, LoadError<String>>;
+
+/// Starts `n` callers of one expired key through `spawn`, waits until every one of them has
+/// missed, opens the loader's gate, and checks: one load ran (counted inside the load, which
+/// only the polled future reaches), every caller got its value, the expired entry was
+/// removed once.
+async fn expired_key_stampede<H, J>(
+    n: u64,
+    spawn: impl Fn(futures::future::BoxFuture<'static, Reload>) -> H,
+    join: impl Fn(H) -> J,
+    yield_now: impl Fn() -> futures::future::BoxFuture<'static, ()>,
+) where
+    J: Future<Output = Reload>,
+{
     let clock = ManualClock::new();
     let cache: Arc<ExpiringCache<u32, u32, String, _, _>> = Arc::new(
         ExpiringCache::builder()
@@ -550,47 +560,116 @@ fn an_expired_key_is_reloaded_once_for_many_callers() {
     cache.insert(1, 0);
     clock.advance(secs(1));
     let runs = Arc::new(AtomicUsize::new(0));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .build()
-        .unwrap();
-    let (open, gate) = tokio::sync::watch::channel(false);
-    let barrier = Arc::new(tokio::sync::Barrier::new(65));
-    let handles: Vec<_> = (0..64)
+    let (open, gate) = futures::channel::oneshot::channel::<()>();
+    let gate = gate.shared();
+    let handles: Vec<H> = (0..n)
         .map(|_| {
-            let (cache, runs, barrier) =
-                (Arc::clone(&cache), Arc::clone(&runs), Arc::clone(&barrier));
-            let mut gate = gate.clone();
-            rt.spawn(async move {
-                let get = cache.get_with(1, move || {
-                    runs.fetch_add(1, SeqCst);
-                    async move {
-                        let _ = gate.wait_for(|open| *open).await;
+            let (cache, runs, gate) = (Arc::clone(&cache), Arc::clone(&runs), gate.clone());
+            spawn(
+                async move {
+                    let load = async move {
+                        runs.fetch_add(1, SeqCst);
+                        let _ = gate.await;
                         Ok(7)
-                    }
-                });
-                futures::pin_mut!(get);
-                // Miss (start or join the load) before the gate opens.
-                let first = futures::poll!(get.as_mut());
-                barrier.wait().await;
-                match first {
-                    std::task::Poll::Ready(v) => v,
-                    std::task::Poll::Pending => get.await,
+                    };
+                    cache.get_with(1, move || load).await
                 }
-            })
+                .boxed(),
+            )
         })
         .collect();
-    rt.block_on(async {
-        barrier.wait().await;
-        open.send(true).unwrap();
-        for h in handles {
-            assert_eq!(h.await.unwrap(), Ok(7));
-        }
-    });
-    assert!(runs.load(SeqCst) >= 1);
+    while cache.stats().cache.misses < n {
+        yield_now().await;
+    }
+    open.send(()).unwrap();
+    for handle in handles {
+        assert_eq!(join(handle).await, Ok(7));
+    }
+    assert_eq!(runs.load(SeqCst), 1, "n = {n}: more than one load ran");
     let stats = cache.stats();
-    assert_eq!(stats.cache.loads_ok, 1, "{stats:?}");
-    assert_eq!(stats.cache.misses, 64);
+    assert_eq!(
+        (
+            stats.cache.misses,
+            stats.cache.loads_ok,
+            stats.cache.expired
+        ),
+        (n, 1, 1),
+        "{stats:?}"
+    );
+}
+
+const CALLERS: [u64; 2] = [64, 1000];
+
+/// Loads stay single flight under expiry, on every executor: tokio multi-thread and
+/// current-thread, a `futures` thread pool, smol.
+#[test]
+fn an_expired_key_is_reloaded_once_on_tokio() {
+    for rt in [
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap(),
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap(),
+    ] {
+        for n in CALLERS {
+            rt.block_on(expired_key_stampede(
+                n,
+                tokio::spawn,
+                |h| async move { h.await.unwrap() },
+                || tokio::task::yield_now().boxed(),
+            ));
+        }
+    }
+}
+
+#[test]
+fn an_expired_key_is_reloaded_once_on_futures_executor() {
+    use futures::task::SpawnExt;
+    let pool = futures::executor::ThreadPool::builder()
+        .pool_size(2)
+        .create()
+        .unwrap();
+    for n in CALLERS {
+        let spawner = pool.clone();
+        block_on(expired_key_stampede(
+            n,
+            move |fut| spawner.spawn_with_handle(fut).unwrap(),
+            |h| h,
+            || YieldOnce(false).boxed(),
+        ));
+    }
+}
+
+#[test]
+fn an_expired_key_is_reloaded_once_on_smol() {
+    for n in CALLERS {
+        smol::block_on(expired_key_stampede(
+            n,
+            smol::spawn,
+            |task| task,
+            || smol::future::yield_now().boxed(),
+        ));
+    }
+}
+
+/// Yields once to the executor.
+struct YieldOnce(bool);
+
+impl Future for YieldOnce {
+    type Output = ();
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if self.0 {
+            return std::task::Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    }
 }
 
 /// A reader-driven refresh that never finishes does not keep its cache alive: dropping the
