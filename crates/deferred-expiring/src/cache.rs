@@ -17,14 +17,14 @@ use deferred_cache::{Cache, LoadError, RemovalCause, Source, Stats};
 
 use crate::{
     clock::{Clock, SystemClock},
-    expiry::{nanos, Policy, NEVER},
+    expiry::{now_nanos, Policy, NEVER},
     loom::{lock, AtomicU64, Mutex, Ordering::*},
     timer::{TimerHandle, TimerWheel},
     ExpiringBuilder,
 };
 
 /// Nanoseconds per wheel tick, as a shift: 2^20 ns, about a millisecond.
-const TICK_SHIFT: u32 = 20;
+pub(crate) const TICK_SHIFT: u32 = 20;
 
 /// The resolution of reclamation (one timer-wheel tick, 2^20 ns, about 1.05 ms): an expired
 /// entry that no one reads is removed, and told to the listener, by the first operation
@@ -298,18 +298,35 @@ impl<K, V, E> ExpiringCache<K, V, E, RandomState, SystemClock> {
 }
 
 impl<K, V, E, S, C> ExpiringCache<K, V, E, S, C> {
-    /// The number of entries, expired ones not yet reclaimed included. A snapshot.
+    /// The number of entries stored: values, cached errors and loads in flight. A snapshot,
+    /// and an upper bound on the live entries, as moka's `entry_count` is: it **counts
+    /// entries whose deadline has passed but which are not reclaimed yet**. Those are
+    /// invisible to every read, and leave with the read that finds them, the first
+    /// operation one wheel tick ([`TICK`]) after their deadline, or
+    /// [`run_maintenance`](Self::run_maintenance). `len` itself reclaims nothing (it sums
+    /// the shards' sizes, never reads the clock, never calls the listener); for a count of
+    /// live entries only, call `run_maintenance` first.
     ///
     /// ```
-    /// let cache: deferred_expiring::ExpiringCache<u8, u8> =
-    ///     deferred_expiring::ExpiringCache::builder().build();
-    /// assert!(cache.is_empty());
+    /// use deferred_expiring::{ExpiringCache, ManualClock};
+    /// use std::time::Duration;
+    /// let clock = ManualClock::new();
+    /// let cache: ExpiringCache<u8, u8, std::convert::Infallible, _, _> = ExpiringCache::builder()
+    ///     .time_to_live(Duration::ZERO)
+    ///     .clock(clock.clone())
+    ///     .build();
+    /// cache.insert(1, 1);
+    /// assert_eq!(cache.peek(&1), None); // expired at once...
+    /// assert_eq!(cache.len(), 1); // ...and counted until reclaimed
+    /// cache.run_maintenance();
+    /// assert_eq!(cache.len(), 0);
     /// ```
     pub fn len(&self) -> usize {
         self.core.inner.len()
     }
 
-    /// Whether the cache has no entries.
+    /// Whether the cache stores no entries; as [`len`](Self::len), expired entries not yet
+    /// reclaimed count.
     ///
     /// ```
     /// let cache: deferred_expiring::ExpiringCache<u8, u8> =
@@ -405,6 +422,18 @@ where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<V, E>> + Send + 'static,
     {
+        self.get_keyed(key, move |_: &K| loader()).await
+    }
+
+    /// [`get_with`](Self::get_with) with a loader that is given the key: what
+    /// [`ExpiringLoadingCache::get`](crate::ExpiringLoadingCache::get) calls with the
+    /// cache-wide loader. The loader is called only to start a load (a miss, an expired
+    /// entry) or a refresh: a hit returns without calling it, and allocates nothing.
+    pub(crate) async fn get_keyed<F, Fut>(&self, key: K, loader: F) -> Result<V, LoadError<E>>
+    where
+        F: FnOnce(&K) -> Fut,
+        Fut: Future<Output = Result<V, E>> + Send + 'static,
+    {
         let core = &*self.core;
         let mut loader = Some(loader);
         loop {
@@ -412,7 +441,8 @@ where
             match core.read(&key, now, true) {
                 Read::Hit { value, refresh } => {
                     if let (Some(id), Some(loader)) = (refresh, loader.take()) {
-                        Core::refresh(&self.core, key, id, loader());
+                        let load = loader(&key);
+                        Core::refresh(&self.core, key, id, load);
                     }
                     return Ok(value);
                 }
@@ -425,7 +455,7 @@ where
             };
             let mut start = Some(start);
             let load = core.inner.get_with(key.clone(), || {
-                let fut = start.take().map(|f| f());
+                let fut = start.take().map(|f| f(&key));
                 load_entry(Arc::clone(&self.core), key.clone(), fut)
             });
             let (outcome, source) = load.with_source().await;
@@ -434,7 +464,7 @@ where
                 Ok(entry) => entry,
                 Err(error) => return Err(error),
             };
-            if source == Source::Hit && entry.deadline.load(Relaxed) <= nanos(now) {
+            if source == Source::Hit && entry.deadline.load(Relaxed) <= now_nanos(now) {
                 // Stored by someone else between the two reads, already past its deadline
                 // (a clock read on another thread lagging this one's): look again.
                 core.expire(&key, entry.id, now);
@@ -499,7 +529,7 @@ where
     /// assert_eq!(cache.stats().cache.hits, 0);
     /// ```
     pub fn peek(&self, key: &K) -> Option<V> {
-        let now = nanos(self.core.clock.now());
+        let now = now_nanos(self.core.clock.now());
         self.core
             .inner
             .peek_with(key, |entry| match &entry.slot {
@@ -553,9 +583,13 @@ where
         self.core.inner.invalidate_all();
     }
 
-    /// Reclaims every entry whose deadline has passed now, and polls the refreshes that
-    /// have no spawner; returns how many entries it removed. Optional: the cache's own
-    /// operations do the same whenever something is due.
+    /// Reclaims every entry whose deadline has passed now, telling the listener, and polls
+    /// the refreshes that have no spawner; returns how many entries it removed. Optional:
+    /// the cache's own operations do the same whenever something is due (one wheel tick,
+    /// [`TICK`], after a deadline at the latest), within the
+    /// [`maintenance_budget`](ExpiringBuilder::maintenance_budget); this pass ignores the
+    /// budget and waits for no tick, so a [`len`](Self::len) right after it counts live
+    /// entries only.
     ///
     /// ```
     /// use deferred_expiring::{ExpiringCache, ManualClock};
@@ -569,7 +603,6 @@ where
     /// clock.advance(Duration::from_secs(1));
     /// assert_eq!(cache.peek(&1), None); // invisible at its deadline
     /// assert_eq!(cache.len(), 1); // not reclaimed yet
-    /// clock.advance(deferred_expiring::TICK); // reclaimable one wheel tick later
     /// assert_eq!(cache.run_maintenance(), 1);
     /// assert!(cache.is_empty());
     /// ```
@@ -595,7 +628,7 @@ where
         let now = self.clock.now();
         // Acquire: pairs with the Release stores of `due`, so the wheel state behind it is
         // the one the lock will show.
-        if tick_of(nanos(now)) >= self.timers.due.load(Acquire) {
+        if tick_of(now_nanos(now)) >= self.timers.due.load(Acquire) {
             self.reclaim(now, false);
         }
         if self.pending_len.load(Relaxed) != 0 {
@@ -605,13 +638,25 @@ where
     }
 
     /// Advances the wheel to `now` and removes the entries it fires whose deadline has
-    /// passed; reschedules those renewed since. With `wait` false, gives up if another
-    /// thread is at it.
+    /// passed; reschedules those renewed since. An operation's pass (`explicit` false) goes
+    /// to the tick `now` is in, within the maintenance budget, and gives up if another
+    /// thread is at it. An explicit pass (`run_maintenance`) waits for the lock, does it
+    /// all, and goes one tick further when `now` is inside a tick: a deadline that passed
+    /// earlier in this tick has its timer on the next one, and an explicit pass reclaims
+    /// every entry whose deadline has passed, so `len()` after it counts live ones only.
     #[cold]
-    fn reclaim(&self, now: Duration, wait: bool) -> usize {
-        let now_nanos = nanos(now);
+    fn reclaim(&self, now: Duration, explicit: bool) -> usize {
+        let now_nanos = now_nanos(now);
+        let to_tick = if explicit {
+            // Timers of that next tick whose deadline has not come yet are fired early
+            // only to be rescheduled below: on the wheel's due list, which `due` keeps
+            // ordinary operations off until the clock enters that tick.
+            tick_at_or_after(now_nanos)
+        } else {
+            tick_of(now_nanos)
+        };
         let fired = {
-            let mut wheel = if wait {
+            let mut wheel = if explicit {
                 lock(&self.timers.wheel)
             } else {
                 match self.timers.wheel.try_lock() {
@@ -622,12 +667,12 @@ where
             };
             let mut fired = Vec::new();
             // An operation does at most the budgeted work; an explicit pass does it all.
-            let budget = if wait {
+            let budget = if explicit {
                 usize::MAX
             } else {
                 self.policy.maintenance_budget
             };
-            wheel.advance_within(tick_of(now_nanos), budget, |_, item| fired.push(item));
+            wheel.advance_within(to_tick, budget, |_, item| fired.push(item));
             let due = wheel.next_due().unwrap_or(NEVER);
             self.timers.due.store(due, Release);
             fired
@@ -669,7 +714,7 @@ where
     /// a cached error, an expired entry, or nothing.
     #[inline]
     fn read(&self, key: &K, now: Duration, for_load: bool) -> Read<V, E> {
-        let now_nanos = nanos(now);
+        let now_nanos = now_nanos(now);
         let mut expired = None;
         let policy = &self.policy;
         let f = |entry: &Entry<V, E>| {
@@ -735,7 +780,7 @@ where
     /// `Expiry::expire_after_update`), and an expired one, not yet reclaimed, removed as
     /// expired (not as replaced).
     fn live_deadline(&self, key: &K, now: Duration) -> Option<u64> {
-        let now_nanos = nanos(now);
+        let now_nanos = now_nanos(now);
         let old = self
             .inner
             .peek_with(key, |old| (old.id, old.deadline.load(Acquire)))?;
@@ -750,7 +795,7 @@ where
 
     /// Removes the entry `id` at `key` if its deadline has passed at `now`.
     fn expire(&self, key: &K, id: u64, now: Duration) {
-        let now = nanos(now);
+        let now = now_nanos(now);
         self.inner.expire_if(key, |entry| {
             entry.id == id && entry.deadline.load(Acquire) <= now
         });

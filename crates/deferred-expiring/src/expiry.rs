@@ -2,6 +2,8 @@
 
 use std::{fmt, time::Duration};
 
+use crate::cache::TICK_SHIFT;
+
 /// A per-entry expiry policy: how long an entry lives from the moment it is created,
 /// read or updated. Each method returns the time to live from `now` (`None`: never
 /// expires). Set it with [`ExpiringBuilder::expire_after`](crate::ExpiringBuilder::expire_after).
@@ -60,21 +62,40 @@ pub trait Expiry<K, V>: Send + Sync + 'static {
     }
 }
 
-/// Never: the deadline of an entry that does not expire.
+/// Never: the deadline of an entry that does not expire. No reading of the clock reaches
+/// it: readings count as at most [`END`].
 pub(crate) const NEVER: u64 = u64::MAX;
 
-pub(crate) fn nanos(d: Duration) -> u64 {
+/// The end of time, as far as expiry goes: a reading of the clock later than this (a
+/// `ManualClock` advanced by `Duration::MAX` saturates at `u64::MAX` ns; a `Clock` may
+/// return anything) counts as this one, so that it stays below [`NEVER`] and an entry that
+/// never expires never does. It starts a wheel tick (2^64 ns less one tick, about 584
+/// years), so the wheel reaches the tick of every deadline up to it.
+pub(crate) const END: u64 = NEVER >> TICK_SHIFT << TICK_SHIFT;
+
+/// A duration in nanoseconds, `u64::MAX` (the same as [`NEVER`]) if it has more.
+fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(NEVER)
 }
 
-/// `now + ttl` in nanoseconds, `NEVER` for `None`.
+/// A reading of the clock in nanoseconds, for comparison with deadlines: at most [`END`].
+/// Every comparison of a deadline with the clock goes through here.
+#[inline]
+pub(crate) fn now_nanos(now: Duration) -> u64 {
+    nanos(now).min(END)
+}
+
+/// `now + ttl` in nanoseconds; `NEVER` for `None`, and for a deadline after [`END`], which
+/// the clock cannot reach (a time-to-live of `Duration::MAX` is never, as `None` is).
 pub(crate) fn deadline(now: Duration, ttl: Option<Duration>) -> u64 {
-    ttl.map_or(NEVER, |ttl| nanos(now).saturating_add(nanos(ttl)))
+    ttl.and_then(|ttl| now_nanos(now).checked_add(nanos(ttl)))
+        .filter(|&deadline| deadline <= END)
+        .unwrap_or(NEVER)
 }
 
 /// What remains from `now` to `deadline`; `None` for `NEVER`.
 pub(crate) fn remaining(now: Duration, deadline: u64) -> Option<Duration> {
-    (deadline != NEVER).then(|| Duration::from_nanos(deadline.saturating_sub(nanos(now))))
+    (deadline != NEVER).then(|| Duration::from_nanos(deadline.saturating_sub(now_nanos(now))))
 }
 
 /// The expiry settings of a cache.

@@ -53,7 +53,8 @@ where
     C: Clock,
 {
     /// The value at `key`, loaded with the cache's loader on a miss or after expiry (see
-    /// [`ExpiringCache::get_with`]).
+    /// [`ExpiringCache::get_with`]). The loader is called only to start a load or a refresh:
+    /// a hit calls nothing and allocates nothing (the loader's future is boxed on a miss).
     ///
     /// ```
     /// # futures::executor::block_on(async {
@@ -63,8 +64,8 @@ where
     /// # });
     /// ```
     pub async fn get(&self, key: K) -> Result<V, LoadError<E>> {
-        let load = (self.loader)(&key);
-        self.cache.get_with(key, move || load).await
+        let loader = &self.loader;
+        self.cache.get_keyed(key, |key: &K| loader(key)).await
     }
 }
 

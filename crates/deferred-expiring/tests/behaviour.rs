@@ -204,6 +204,48 @@ fn ttl_entry_is_invisible_at_its_deadline_and_reclaimed_within_a_tick() {
     assert_eq!(cache.stats().cache.expired, 1);
 }
 
+/// `len()` counts what is stored, expired entries not yet reclaimed included (issue #11,
+/// point 14: a time-to-live of zero is invisible at once, but counted until reclaimed);
+/// `run_maintenance()` reclaims every entry whose deadline has passed, also one that passed
+/// within the current wheel tick, so a `len()` right after it counts live entries only. An
+/// entry not yet at its deadline stays, and is still reclaimed on time afterwards.
+#[test]
+fn run_maintenance_reclaims_every_expired_entry_so_len_counts_live_ones() {
+    let (clock, builder) = with_clock();
+    let (cache, log) = logged(builder.time_to_live(Duration::ZERO));
+    clock.advance(secs(1)); // 1 s is not on a wheel tick's boundary
+    cache.insert(1, 10);
+    assert_eq!(cache.peek(&1), None, "invisible at once");
+    assert_eq!(cache.len(), 1, "counted until reclaimed");
+    assert_eq!(cache.run_maintenance(), 1);
+    assert_eq!(cache.len(), 0);
+    assert_eq!(*log.lock().unwrap(), [(1, 10, RemovalCause::Expired)]);
+
+    // An entry whose deadline is later in the same tick: not reclaimed early, then reclaimed
+    // by an ordinary operation one tick after its deadline, as any other.
+    let (clock, builder) = with_clock();
+    let (cache, log) = logged(builder.time_to_live(secs(5)));
+    cache.insert(1, 10);
+    cache.insert(2, 20);
+    clock.advance(secs(5) - NS);
+    assert_eq!(cache.run_maintenance(), 0, "nothing is at its deadline yet");
+    assert_eq!((cache.len(), cache.peek(&1)), (2, Some(10)));
+    clock.advance(NS);
+    assert_eq!(cache.peek(&1), None);
+    assert_eq!(cache.get_if_present(&2), None); // a read that finds it expired removes it
+    assert_eq!(cache.len(), 1);
+    clock.advance(TICK);
+    cache.insert(3, 30); // any operation
+    assert_eq!(cache.len(), 1);
+    assert_eq!(
+        *log.lock().unwrap(),
+        [
+            (2, 20, RemovalCause::Expired),
+            (1, 10, RemovalCause::Expired)
+        ]
+    );
+}
+
 /// TTI: a read renews, and the next reader sees the renewal at once; TTL caps it.
 #[test]
 fn tti_renewal_is_seen_by_the_next_reader_and_capped_by_ttl() {
@@ -536,6 +578,84 @@ fn a_clock_going_backwards_is_tolerated() {
     assert!(cache.is_empty());
 }
 
+/// Never means never (issue #11, point 13): a clock moved as far as it goes (`ManualClock`
+/// saturates at `u64::MAX` nanoseconds) removes no entry that does not expire: no expiry
+/// set, an `Expiry` that says `None`, a time-to-live too long to count. Entries with a
+/// deadline are gone, and reclaimed.
+#[test]
+fn entries_that_never_expire_survive_a_saturated_clock() {
+    struct EvenNever;
+    impl Expiry<u32, u32> for EvenNever {
+        fn expire_after_create(&self, k: &u32, _: &u32, _: Duration) -> Option<Duration> {
+            (k % 2 == 1).then(|| secs(1))
+        }
+    }
+    type Builder = deferred_expiring::ExpiringBuilder<
+        u32,
+        u32,
+        String,
+        std::collections::hash_map::RandomState,
+        ManualClock,
+    >;
+    /// A configuration's name, its settings, and the keys that never expire.
+    type Config = (&'static str, fn(Builder) -> Builder, &'static [u32]);
+    let configs: [Config; 3] = [
+        ("no expiry", |b| b, &[1, 2]),
+        (
+            "Expiry: None for even keys",
+            |b| b.expire_after(EvenNever),
+            &[2],
+        ),
+        (
+            "time_to_live(Duration::MAX)",
+            |b| b.time_to_live(Duration::MAX),
+            &[1, 2],
+        ),
+    ];
+    for (name, configure, never) in configs {
+        let (clock, builder) = with_clock();
+        let cache = configure(builder).build();
+        cache.insert(1, 10);
+        cache.insert(2, 20);
+        for jump in [
+            |c: &ManualClock| c.advance(Duration::MAX),
+            |c: &ManualClock| c.set(Duration::MAX),
+        ] {
+            jump(&clock);
+            for k in [1u32, 2] {
+                let want = never.contains(&k).then_some(k * 10);
+                assert_eq!(cache.peek(&k), want, "{name}: peek {k}");
+                assert_eq!(cache.get_if_present(&k), want, "{name}: get_if_present {k}");
+                if let Some(v) = want {
+                    let got = cache.get_with(k, || async { Ok(0) }).now_or_never();
+                    assert_eq!(got, Some(Ok(v)), "{name}: get_with {k} reloaded");
+                }
+            }
+            assert_eq!(cache.run_maintenance(), 0, "{name}");
+            assert_eq!(cache.len(), never.len(), "{name}: len");
+        }
+        assert_eq!(cache.stats().cache.loads_ok, 0, "{name}: loads");
+    }
+}
+
+/// At a saturated clock, refresh-ahead starts one reload at a time, as at any other time:
+/// the mark of a refresh in progress is not a time the clock can reach.
+#[test]
+fn a_saturated_clock_starts_one_refresh_at_a_time() {
+    let (clock, builder) = with_clock();
+    let cache = builder.refresh_after(secs(1)).build();
+    cache.insert(1, 10);
+    clock.advance(Duration::MAX);
+    for _ in 0..3 {
+        // A reload that never finishes: the refresh stays in progress.
+        let got = cache
+            .get_with(1, futures::future::pending::<Result<u32, String>>)
+            .now_or_never();
+        assert_eq!(got, Some(Ok(10)));
+    }
+    assert_eq!(cache.stats().refreshes_started, 1);
+}
+
 type Reload = Result<u32, LoadError<String>>;
 
 /// Starts `n` callers of one expired key through `spawn`, waits until every one of them has
@@ -777,4 +897,24 @@ fn a_maintenance_budget_spreads_reclamation_over_operations() {
     assert!(ops >= 200 / 16, "{ops} operations");
     assert_eq!(log.lock().unwrap().len(), 200);
     assert_eq!(cache.stats().cache.expired, 200);
+}
+
+/// Capacity belongs to the cache, not to one of its policy shards (issue #11, point 9): a
+/// value heavier than a shard's share (4096 is split into shards of 1024 at most) but
+/// lighter than the capacity is kept, and evicts nothing from a cache with room for it.
+#[test]
+fn a_value_heavier_than_a_shards_share_but_lighter_than_the_capacity_is_kept() {
+    let (_clock, builder) = with_clock();
+    let (cache, log) = logged(
+        builder
+            .max_capacity(4096)
+            .weigher(|_, v: &u32| *v)
+            .time_to_live(secs(3600)),
+    );
+    cache.insert(1, 1000);
+    cache.insert(2, 2049);
+    assert_eq!(cache.peek(&1), Some(1000));
+    assert_eq!(cache.peek(&2), Some(2049));
+    assert!(log.lock().unwrap().is_empty(), "{:?}", log.lock().unwrap());
+    assert_eq!(cache.stats().cache.evicted, 0);
 }

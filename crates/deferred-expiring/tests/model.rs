@@ -19,7 +19,9 @@
 //! * `len()`: at least the entries certainly held (live, or expired since the last
 //!   operation that reclaims), at most those plus the expired ones not certainly reclaimed.
 //!   An expired entry is certainly gone once an operation that reclaims (all but `peek`,
-//!   `len`, `stats`) runs in or after its deadline's wheel tick. Where no read moves a
+//!   `len`, `stats`) runs in or after its deadline's wheel tick, or `run_maintenance` runs
+//!   at or after its deadline (issue #11, point 14): right after `run_maintenance`,
+//!   `len()` is the number of live entries, in every configuration. Where no read moves a
 //!   deadline (time-to-live, negative caching) nothing goes early either, so `len()` and
 //!   `invalidate`'s answer are exact;
 //! * `expired` and `invalidated`: each at least the removals certainly of its kind, at most
@@ -293,12 +295,22 @@ impl Model {
     /// deadline's tick has begun are certainly gone. Returns how many, and how many of
     /// those were certainly still held before.
     fn tend(&mut self) -> (usize, usize) {
+        self.reclaim(false)
+    }
+
+    /// `run_maintenance`: every entry whose deadline has passed is certainly gone, also
+    /// one whose deadline's tick has not begun yet.
+    fn maintain(&mut self) -> (usize, usize) {
+        self.reclaim(true)
+    }
+
+    fn reclaim(&mut self, explicit: bool) -> (usize, usize) {
         let (now, tick) = (self.now, self.now / tick_ns());
         let exact = self.mode.exact_reclaim();
         let previous = self.last_tend.replace(now);
         let (mut gone, mut fresh) = (0, 0);
         self.map.retain(|_, s| {
-            let due = s.deadline <= now && s.deadline.div_ceil(tick_ns()) <= tick;
+            let due = s.deadline <= now && (explicit || s.deadline.div_ceil(tick_ns()) <= tick);
             if due {
                 gone += 1;
                 fresh += usize::from(exact || previous.map_or(true, |t| s.deadline > t));
@@ -655,7 +667,7 @@ fn run(mode: Mode, ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
             Op::AdvanceTick => advance(&mut m, tick_ns()),
             Op::RunMaintenance => {
-                let (gone, fresh) = m.tend();
+                let (gone, fresh) = m.maintain();
                 let removed = cache.run_maintenance();
                 let maybe = m.map.values().filter(|s| !m.surely_held(s)).count();
                 prop_assert!(
@@ -664,6 +676,11 @@ fn run(mode: Mode, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     removed,
                     fresh,
                     gone + maybe
+                );
+                prop_assert_eq!(
+                    cache.len(),
+                    m.live_count(),
+                    "len right after run_maintenance: live entries only"
                 );
             }
         }
