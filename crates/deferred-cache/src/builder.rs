@@ -42,8 +42,11 @@ impl<K, V, E> Builder<K, V, E, RandomState> {
 
 impl<K, V, E, S> Builder<K, V, E, S> {
     /// Bounds the cache: at most `capacity` entries, or weight units if a
-    /// [`weigher`](Self::weigher) is set. Evicts with S3-FIFO. A capacity of 0 keeps nothing
-    /// (loads are still shared by the callers that wait on them).
+    /// [`weigher`](Self::weigher) is set. Evicts with S3-FIFO. The capacity is the whole
+    /// cache's, however its policy is split into shards inside: any value that fits in it
+    /// is admitted, making room by evicting others. A capacity of 0 keeps nothing, not
+    /// even values that weigh nothing (loads are still shared by the callers that wait on
+    /// them).
     ///
     /// ```
     /// let cache: deferred_cache::Cache<u8, u8> =
@@ -57,7 +60,17 @@ impl<K, V, E, S> Builder<K, V, E, S> {
 
     /// Weighs each value against [`max_capacity`](Self::max_capacity) (without one, a
     /// weigher has no effect). It runs once per value, when the value is stored, with no
-    /// lock held. A value heavier than the whole capacity is not kept.
+    /// lock held.
+    ///
+    /// * A value no heavier than the capacity is kept: room is made by evicting other
+    ///   values, never the one being stored.
+    /// * A value heavier than the whole capacity is refused: it is not kept, and nothing
+    ///   else is evicted for it. It counts as an eviction ([`Stats::evicted`]) and the
+    ///   listener is told [`RemovalCause::Size`]; the callers of a load that produced it
+    ///   still get it.
+    /// * A value that weighs 0 counts nothing against the capacity, and is never evicted
+    ///   for size (that would free nothing): it stays until it is invalidated, replaced or
+    ///   expired. At capacity 0 it is refused like any other value.
     ///
     /// ```
     /// let cache: deferred_cache::Cache<u8, String> = deferred_cache::Cache::builder()
@@ -66,7 +79,16 @@ impl<K, V, E, S> Builder<K, V, E, S> {
     ///     .build();
     /// cache.insert(1, "four".into());
     /// assert_eq!(cache.weighted_size(), Some(4));
+    /// cache.insert(2, "eleven long".into()); // heavier than the capacity: refused
+    /// assert!(!cache.contains_key(&2) && cache.contains_key(&1));
+    /// cache.insert(3, String::new()); // weighs nothing: never evicted for size
+    /// cache.insert(4, "ten  chars".into()); // evicts 1 to make room, not 3
+    /// assert!(cache.contains_key(&3) && cache.contains_key(&4) && !cache.contains_key(&1));
+    /// assert_eq!(cache.weighted_size(), Some(10));
+    /// assert_eq!(cache.stats().evicted, 2);
     /// ```
+    ///
+    /// [`Stats::evicted`]: crate::Stats::evicted
     pub fn weigher(mut self, weigher: impl Fn(&K, &V) -> u32 + Send + Sync + 'static) -> Self {
         self.weigher = Some(Box::new(weigher));
         self
@@ -105,10 +127,33 @@ impl<K, V, E, S> Builder<K, V, E, S> {
         }
     }
 
-    /// Calls `listener` with each value that leaves the cache, and why: evicted for space,
-    /// invalidated, replaced, or expired. It runs with no lock held, on the thread whose
-    /// operation removed the value, before that operation returns. Loads in flight and
-    /// failed loads are not values: nothing is told about them.
+    /// Calls `listener` with each value that leaves the cache, and why: evicted for space
+    /// (or refused, heavier than the capacity), invalidated, replaced, or expired. It runs
+    /// with no lock held, on the thread whose operation removed the value, before that
+    /// operation returns. Loads in flight and failed loads are not values: nothing is told
+    /// about them.
+    ///
+    /// **A panicking listener** is caught, as moka does: the panic never leaves the cache's
+    /// operation, which completes with every count exact (the value is removed and counted,
+    /// the new value of a replace is admitted, the other victims of the same eviction are
+    /// removed and told). Each such panic is counted in [`Stats::listener_panics`], after
+    /// the panic hook has reported it as it does any panic, and the listener is still
+    /// called for later removals.
+    ///
+    /// ```
+    /// use deferred_cache::Cache;
+    /// # std::panic::set_hook(Box::new(|_| {})); // keep the doctest's output clean
+    /// let cache: Cache<u8, u8> = Cache::builder()
+    ///     .max_capacity(1)
+    ///     .eviction_listener(|_, _, _| panic!("listener bug"))
+    ///     .build();
+    /// cache.insert(1, 10);
+    /// cache.insert(1, 11); // replaces: the listener panics, the insert completes
+    /// cache.insert(2, 20); // evicts 1: the same
+    /// assert_eq!((cache.len(), cache.weighted_size()), (1, Some(1)));
+    /// let stats = cache.stats();
+    /// assert_eq!((stats.evicted, stats.invalidated, stats.listener_panics), (1, 1, 2));
+    /// ```
     ///
     /// ```
     /// use std::sync::{Arc, Mutex};
@@ -126,6 +171,8 @@ impl<K, V, E, S> Builder<K, V, E, S> {
     ///     [(1, 10, RemovalCause::Replaced), (1, 11, RemovalCause::Explicit)]
     /// );
     /// ```
+    ///
+    /// [`Stats::listener_panics`]: crate::Stats::listener_panics
     pub fn eviction_listener(
         mut self,
         listener: impl Fn(&K, &V, RemovalCause) + Send + Sync + 'static,

@@ -6,6 +6,7 @@ use std::{
     fmt,
     future::Future,
     hash::{BuildHasher, Hash},
+    panic::{self, AssertUnwindSafe},
     sync::Arc,
     time::Instant,
 };
@@ -505,9 +506,23 @@ where
     }
 
     /// Tells the listener, if any, that the value in `cell` left the cache. No lock held.
+    ///
+    /// A panic in the listener is caught here and counted (`Stats::listener_panics`; the
+    /// panic hook has printed it already), never let out: the operation that removed the
+    /// value finishes its bookkeeping and the rest of its removals, whatever the listener
+    /// does, and the listener is called again for the next removal.
     fn notify(&self, key: &K, cell: &CacheCell<V, E>, cause: RemovalCause) {
         if let (Some(listener), Some(stored)) = (&self.listener, cell.get()) {
-            listener(key, &stored.value, cause);
+            let told =
+                panic::catch_unwind(AssertUnwindSafe(|| listener(key, &stored.value, cause)));
+            if let Err(payload) = told {
+                self.counters.listener_panicked();
+                // The payload is user code too: a `Drop` that panics stays in here as well
+                // (and its own payload is leaked rather than dropped, to end the regress).
+                if let Err(again) = panic::catch_unwind(AssertUnwindSafe(move || drop(payload))) {
+                    std::mem::forget(again);
+                }
+            }
         }
     }
 

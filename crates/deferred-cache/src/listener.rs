@@ -11,7 +11,9 @@
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum RemovalCause {
-    /// Evicted to stay within capacity.
+    /// Evicted to stay within capacity; or refused on admission, heavier than the whole
+    /// capacity (any value, at capacity 0). Never a value that weighs nothing, whose
+    /// eviction would free nothing.
     Size,
     /// Removed by `invalidate`, `invalidate_all` or `invalidate_if`.
     Explicit,
@@ -33,5 +35,6 @@ impl RemovalCause {
     }
 }
 
-/// A listener: called with no lock held, on the thread whose operation removed the value.
+/// A listener: called with no lock held, on the thread whose operation removed the value;
+/// its panics are caught (see `Cache::notify`).
 pub(crate) type Listener<K, V> = Box<dyn Fn(&K, &V, RemovalCause) + Send + Sync>;

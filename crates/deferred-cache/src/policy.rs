@@ -15,6 +15,19 @@
 //!
 //! Only complete values are admitted, so a load in flight is never evicted. Every state
 //! change of a `Meta` happens under its shard's lock.
+//!
+//! Capacity belongs to the cache, not to a shard. Each shard has a share of it, which
+//! steers where room is made, but the bound is the cache's total weight (one atomic):
+//!
+//! * a value heavier than the whole capacity (or any value, at capacity 0) is refused before
+//!   it is queued, so that it takes nothing else with it;
+//! * while the total is over capacity, the admitting shard evicts from itself if it is over
+//!   its share, then shards over their share give way, then any shard does: a value lighter
+//!   than the capacity is kept whatever the split, and a value is never evicted by its own
+//!   admission;
+//! * a value that weighs nothing frees nothing: it is never queued, so never a candidate.
+//!
+//! Only one shard lock is held at a time.
 
 use std::{collections::VecDeque, fmt, sync::Arc};
 
@@ -25,7 +38,7 @@ use hashbrown::HashTable;
 
 use crate::{
     cache::Stored,
-    loom::{AtomicU32, AtomicU8, Ordering::Relaxed},
+    loom::{AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed},
 };
 
 /// Not admitted yet (a value that just finished loading, or was just inserted).
@@ -117,6 +130,20 @@ pub(crate) struct Evicted<K, V, E> {
     pub(crate) victim: bool,
 }
 
+/// What one eviction step found.
+enum Step<K, V, E> {
+    /// A victim, or a stale node.
+    Out(Evicted<K, V, E>),
+    /// The value being admitted, which its own admission never evicts: set aside (with
+    /// whether it came from the small queue), to be put back where it was.
+    Held(Node<K, V, E>, bool),
+    /// Both queues are empty.
+    Empty,
+    /// The cache was back within capacity when a victim came up (other threads made room
+    /// meanwhile): it was put back, untouched.
+    Enough,
+}
+
 /// The metadata of a live, complete cell.
 fn meta_of<V, E>(cell: &CacheCell<V, E>) -> Option<&Meta> {
     cell.get().map(|stored| &stored.meta)
@@ -172,11 +199,12 @@ struct Fifo<K, V, E> {
     /// steers by.
     small_weight: u64,
     main_weight: u64,
-    /// Weight of the ADMITTED values: what counts against capacity.
+    /// Weight of the ADMITTED values in this shard (their share of the cache's total).
     live: u64,
     /// Queued nodes whose values were retired (invalidated, replaced, expired) while
     /// queued: dead weight until a step pops them, or a compaction drops them.
     stale: usize,
+    /// This shard's share of the cache's capacity: what steers where room is made.
     capacity: u64,
     small_capacity: u64,
 }
@@ -207,18 +235,23 @@ impl<K, V, E> Fifo<K, V, E> {
     }
 
     /// One eviction step: takes nodes off the queues' heads, giving second chances to the
-    /// values read since they were queued, until one is evicted or found stale (`Some`), or
-    /// both queues are empty (`None`).
-    fn step(&mut self) -> Option<Evicted<K, V, E>> {
+    /// values read since they were queued, until one is evicted or found stale, the value
+    /// `exempt` (being admitted) comes up, or both queues are empty. A victim is evicted
+    /// only if its weight can still be taken off a `total` over `capacity` (the cache's);
+    /// if not, it is put back and the step says `Enough`.
+    fn step(&mut self, exempt: Option<&Meta>, total: &AtomicU64, capacity: u64) -> Step<K, V, E> {
         // Bounds the second chances one step may give, in case readers keep re-marking
         // entries while it runs.
         let mut chances = 4 * (self.small.len() + self.main.len()) + 1;
         loop {
             let from_small = self.small_weight > self.small_capacity || self.main.is_empty();
-            let node = if from_small {
-                self.small.pop_front()?
+            let popped = if from_small {
+                self.small.pop_front()
             } else {
-                self.main.pop_front()?
+                self.main.pop_front()
+            };
+            let Some(node) = popped else {
+                return Step::Empty;
             };
             if from_small {
                 self.small_weight -= node.weight;
@@ -229,7 +262,7 @@ impl<K, V, E> Fifo<K, V, E> {
             let Some(meta) = cell.as_ref().and_then(meta_of) else {
                 // Its value is gone from the map and dropped: retired already.
                 self.stale = self.stale.saturating_sub(1);
-                return Some(Evicted {
+                return Step::Out(Evicted {
                     node,
                     cell,
                     victim: false,
@@ -238,11 +271,16 @@ impl<K, V, E> Fifo<K, V, E> {
             if meta.state.load(Relaxed) != ADMITTED {
                 // Retired (invalidated or replaced) while queued.
                 self.stale = self.stale.saturating_sub(1);
-                return Some(Evicted {
+                return Step::Out(Evicted {
                     node,
                     cell,
                     victim: false,
                 });
+            }
+            if exempt.is_some_and(|m| core::ptr::eq(m, meta)) {
+                // Not the last handle: the map holds the value (it is ADMITTED).
+                drop(cell);
+                return Step::Held(node, from_small);
             }
             let freq = meta.freq.load(Relaxed);
             if freq > 0 && chances > 0 {
@@ -257,17 +295,40 @@ impl<K, V, E> Fifo<K, V, E> {
                 drop(cell);
                 continue;
             }
+            // Claims the room this eviction makes, in one read-modify-write: two threads
+            // that both saw the cache over capacity (each admitting into its own shard) do
+            // not both evict for one overflow.
+            let claimed = total.fetch_update(Relaxed, Relaxed, |t| {
+                (t > capacity).then(|| t - node.weight)
+            });
+            if claimed.is_err() {
+                drop(cell); // not the last handle: the map holds the value
+                self.restore(node, from_small);
+                return Step::Enough;
+            }
             if from_small {
                 let ghosts = (self.small.len() + self.main.len()).max(8);
                 self.ghost.push(node.hash, ghosts);
             }
             meta.state.store(REMOVED, Relaxed);
             self.live -= node.weight;
-            return Some(Evicted {
+            return Step::Out(Evicted {
                 node,
                 cell,
                 victim: true,
             });
+        }
+    }
+
+    /// Puts back a node that `step` held: at the head of the queue it came from, where it
+    /// was (every node ahead of it was popped; those behind it were queued after it).
+    fn restore(&mut self, node: Node<K, V, E>, from_small: bool) {
+        if from_small {
+            self.small_weight += node.weight;
+            self.small.push_front(node);
+        } else {
+            self.main_weight += node.weight;
+            self.main.push_front(node);
         }
     }
 }
@@ -313,9 +374,19 @@ impl<K, V, E> Fifo<K, V, E> {
 /// One policy shard, on its own cache line.
 type Shard<K, V, E> = CachePadded<SpinMutex<Fifo<K, V, E>>>;
 
-/// The eviction policy of a bounded cache: S3-FIFO in shards picked by key hash.
+/// The eviction policy of a bounded cache: S3-FIFO in shards picked by key hash, bounded
+/// by the cache's total weight.
 pub(crate) struct Policy<K, V, E> {
     shards: Box<[Shard<K, V, E>]>,
+    /// The cache's capacity: the sum of the shards' shares.
+    capacity: u64,
+    /// The weight of the ADMITTED values, all shards together: the sum of the shards'
+    /// `live`, changed with them under a shard lock. Relaxed: it orders nothing (each
+    /// `Meta` is ordered by its shard's lock); every change is a read-modify-write, so a
+    /// thread that added weight reads a total that includes its addition (the last one to
+    /// add makes room for all), and an eviction takes its weight off only while the total
+    /// is over capacity (so that concurrent admissions do not evict twice for one overflow).
+    total: CachePadded<AtomicU64>,
 }
 
 impl<K, V, E> Policy<K, V, E> {
@@ -336,12 +407,69 @@ impl<K, V, E> Policy<K, V, E> {
                     CachePadded::new(SpinMutex::new(Fifo::new(cap)))
                 })
                 .collect(),
+            capacity,
+            total: CachePadded::new(AtomicU64::new(0)),
         }
     }
 
-    fn shard(&self, hash: u64) -> &SpinMutex<Fifo<K, V, E>> {
+    /// Whether the admitted values weigh more than the capacity.
+    fn over(&self) -> bool {
+        self.total.load(Relaxed) > self.capacity
+    }
+
+    /// Evicts from `fifo` while the cache is over capacity and, unless `any`, this shard
+    /// is over its share; never `exempt` (the value being admitted). Victims go to `out`.
+    fn shrink(
+        &self,
+        fifo: &mut Fifo<K, V, E>,
+        exempt: Option<&Meta>,
+        any: bool,
+        out: &mut Vec<Evicted<K, V, E>>,
+    ) {
+        let mut held = None;
+        // Each turn takes a node off the queues for good, or sets `exempt` aside (once):
+        // bounded by the queues' length, whatever readers do meanwhile.
+        while (any || fifo.live > fifo.capacity) && self.over() {
+            match fifo.step(exempt, &self.total, self.capacity) {
+                Step::Out(evicted) => out.push(evicted),
+                Step::Held(node, from_small) => held = Some((node, from_small)),
+                Step::Empty | Step::Enough => break,
+            }
+        }
+        if let Some((node, from_small)) = held {
+            fifo.restore(node, from_small);
+        }
+    }
+
+    /// Makes room in the shards other than `home` (whose own pass is done), one lock at a
+    /// time: first in the shards over their share, then, if that is not enough (a value
+    /// heavier than its shard's share), in any shard, `home` last. Ends within capacity
+    /// unless the queues run out, which they do only for a value heavier than the
+    /// capacity (refused before it gets here).
+    fn reclaim(&self, home: usize, exempt: &Meta, out: &mut Vec<Evicted<K, V, E>>) {
+        let n = self.shards.len();
+        for any in [false, true] {
+            for k in 1..=n {
+                let j = (home + k) & (n - 1);
+                if j == home && !any {
+                    continue;
+                }
+                self.shards[j].with(|fifo| self.shrink(fifo, Some(exempt), any, out));
+                if !self.over() {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The index of the shard for `hash`.
+    fn index(&self, hash: u64) -> usize {
         // Low bits: the map picks its shard by the top ones.
-        &self.shards[(hash as usize) & (self.shards.len() - 1)]
+        (hash as usize) & (self.shards.len() - 1)
+    }
+
+    fn shard(&self, hash: u64) -> &SpinMutex<Fifo<K, V, E>> {
+        &self.shards[self.index(hash)]
     }
 
     /// Whether `meta` may still need admitting: a hint read without the lock, so that the
@@ -351,8 +479,10 @@ impl<K, V, E> Policy<K, V, E> {
     }
 
     /// Admits the complete value in `cell` (unless it was admitted or removed meanwhile),
-    /// then evicts until the shard is within capacity. What eviction took out goes to
-    /// `out`, for the caller to remove from the map and drop with no lock held.
+    /// then evicts other values until the cache is within capacity. A value heavier than
+    /// the capacity, or any value at capacity 0, is refused instead: it goes to `out` as a
+    /// victim, and nothing else moves. What eviction took out goes to `out`, for the
+    /// caller to remove from the map and drop with no lock held.
     pub(crate) fn admit(
         &self,
         mut node: Node<K, V, E>,
@@ -362,24 +492,43 @@ impl<K, V, E> Policy<K, V, E> {
     ) {
         let Some(meta) = meta_of(cell) else { return };
         node.weight = u64::from(weight);
+        let home = self.index(node.hash);
+        let refuse = self.capacity == 0 || node.weight > self.capacity;
         let mut unused = None;
-        self.shard(node.hash).with(|fifo| {
+        let mut admitted = false;
+        self.shards[home].with(|fifo| {
             if meta.state.load(Relaxed) != NEW {
                 // Admitted by another caller, or removed, meanwhile.
                 unused = Some(node);
                 return;
             }
+            if refuse {
+                // Never queued, never counted: it takes nothing else with it.
+                meta.state.store(REMOVED, Relaxed);
+                out.push(Evicted {
+                    node,
+                    cell: Some(cell.clone()),
+                    victim: true,
+                });
+                return;
+            }
             meta.weight.store(weight, Relaxed);
             meta.state.store(ADMITTED, Relaxed);
-            fifo.live += node.weight;
-            fifo.push(node);
-            while fifo.live > fifo.capacity {
-                match fifo.step() {
-                    Some(evicted) => out.push(evicted),
-                    None => break,
-                }
+            if node.weight == 0 {
+                // Evicting it would free nothing: counted (as nothing), never queued, so
+                // never a candidate. It leaves when it is invalidated, replaced or expired.
+                unused = Some(node);
+                return;
             }
+            admitted = true;
+            fifo.live += node.weight;
+            self.total.fetch_add(node.weight, Relaxed);
+            fifo.push(node);
+            self.shrink(fifo, Some(meta), false, out);
         });
+        if admitted && self.over() {
+            self.reclaim(home, meta, out);
+        }
         // Dropped outside the lock: its key is user code.
         drop(unused);
     }
@@ -393,11 +542,14 @@ impl<K, V, E> Policy<K, V, E> {
         self.shard(hash).with(|fifo| {
             let was = meta.state.load(Relaxed);
             meta.state.store(REMOVED, Relaxed);
-            if was == ADMITTED {
-                fifo.live -= meta.weight();
+            let weight = meta.weight();
+            if was == ADMITTED && weight > 0 {
+                fifo.live -= weight;
+                self.total.fetch_sub(weight, Relaxed);
                 // Its node stays queued until a step pops it; values that leave this way
                 // rather than by eviction would otherwise pile nodes up in a cache that
                 // never fills, so the queues are compacted once half of them is dead.
+                // (A value that weighs nothing was never queued.)
                 fifo.stale += 1;
                 if fifo.needs_compaction() {
                     fifo.compact(&mut dead);
@@ -420,12 +572,12 @@ impl<K, V, E> Policy<K, V, E> {
 
     /// The weight of admitted values (for `weighted_size`).
     pub(crate) fn weight(&self) -> u64 {
-        self.shards.iter().map(|s| s.with(|f| f.live)).sum()
+        self.total.load(Relaxed)
     }
 
     /// The total capacity.
     pub(crate) fn capacity(&self) -> u64 {
-        self.shards.iter().map(|s| s.with(|f| f.capacity)).sum()
+        self.capacity
     }
 }
 

@@ -44,13 +44,21 @@ pub struct Stats {
     /// Time spent in loaders that finished (value, error or panic), summed, from first poll
     /// to the end.
     pub load_time: Duration,
-    /// Values evicted to stay within capacity.
+    /// Values evicted to stay within capacity, and values refused on admission because
+    /// they weigh more than the whole capacity (told as [`RemovalCause::Size`]).
+    ///
+    /// [`RemovalCause::Size`]: crate::RemovalCause::Size
     pub evicted: u64,
     /// Entries removed by `invalidate`, `invalidate_all` or `invalidate_if`, or replaced by
     /// `insert` or `replace_if`.
     pub invalidated: u64,
     /// Entries removed by `expire_if` (a layer's expiry, such as `deferred-expiring`'s).
     pub expired: u64,
+    /// Calls of the [eviction listener](crate::Builder::eviction_listener) that panicked.
+    /// Each panic was caught (after the panic hook reported it, as for any panic): the
+    /// operation that removed the value completed, its counts are exact, and the listener
+    /// is still called for later removals.
+    pub listener_panics: u64,
 }
 
 impl Stats {
@@ -108,6 +116,7 @@ pub(crate) struct Counters {
     evicted: AtomicU64,
     invalidated: AtomicU64,
     expired: AtomicU64,
+    listener_panics: AtomicU64,
 }
 
 /// Threads that can own a stripe at once; more share the last stripe (with atomic adds).
@@ -159,6 +168,7 @@ impl Counters {
             evicted: AtomicU64::new(0),
             invalidated: AtomicU64::new(0),
             expired: AtomicU64::new(0),
+            listener_panics: AtomicU64::new(0),
         }
     }
 
@@ -221,6 +231,10 @@ impl Counters {
         }
     }
 
+    pub(crate) fn listener_panicked(&self) {
+        self.listener_panics.fetch_add(1, Relaxed);
+    }
+
     pub(crate) fn snapshot(&self) -> Stats {
         let sum = |f: fn(&Stripe) -> &AtomicU64| -> u64 {
             self.stripes.iter().map(|s| f(s).load(Relaxed)).sum()
@@ -238,6 +252,7 @@ impl Counters {
             evicted: self.evicted.load(Relaxed),
             invalidated: self.invalidated.load(Relaxed),
             expired: self.expired.load(Relaxed),
+            listener_panics: self.listener_panics.load(Relaxed),
         }
     }
 }

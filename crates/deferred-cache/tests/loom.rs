@@ -348,3 +348,34 @@ fn concurrent_inserts_stay_within_capacity() {
         assert_eq!(cache.len(), 1);
     });
 }
+
+/// Capacity is the cache's, not a policy shard's (issue #11): two values, each heavier than
+/// a shard's share and lighter than the capacity, admitted at once into two shards. Room is
+/// made across shards, for exactly one overflow: one value goes (not both), and the books
+/// match what the map holds.
+#[test]
+fn admissions_in_two_shards_evict_once_for_one_overflow() {
+    use std::hash::BuildHasher;
+    // 512 is split into two policy shards of 256, picked by the low bit of the hash.
+    let low_bit = |k: u8| Hasher::default().hash_one(k) & 1;
+    let a = 0u8;
+    let b = (1..=u8::MAX)
+        .find(|&k| low_bit(k) != low_bit(a))
+        .expect("a key in the other shard");
+    loom::model(move || {
+        let cache: Arc<C> = Arc::new(
+            Cache::builder()
+                .hasher(Hasher::default())
+                .max_capacity(512)
+                .weigher(|_, v: &usize| *v as u32)
+                .build(),
+        );
+        let c = cache.clone();
+        let t = thread::spawn(move || c.insert(a, 300));
+        cache.insert(b, 300);
+        t.join().unwrap();
+        assert_eq!(cache.len(), 1, "evicted {}", cache.stats().evicted);
+        assert_eq!(cache.weighted_size(), Some(300));
+        assert_eq!(cache.stats().evicted, 1);
+    });
+}
