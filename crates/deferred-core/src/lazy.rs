@@ -397,7 +397,7 @@ impl<T, E, F, Fut> Lazy<T, E, F, Fut> {
         LazyWait {
             shared: &self.shared,
             node: Node::new(),
-            linked: false,
+            linked: None,
             done: false,
         }
     }
@@ -593,7 +593,7 @@ where
 pub struct LazyWait<'a, T, E, F, Fut> {
     shared: &'a Arc<Shared<T, E, F, Fut>>,
     node: Node,
-    linked: bool,
+    linked: Option<Which>,
     done: bool,
 }
 
@@ -634,7 +634,7 @@ where
 unsafe fn poll_lazy<T, E, F, Fut>(
     shared: &Arc<Shared<T, E, F, Fut>>,
     node: &Node,
-    linked: &mut bool,
+    linked: &mut Option<Which>,
     cx: &Context<'_>,
 ) -> Poll<usize>
 where
@@ -729,7 +729,7 @@ impl<T, E, F, Fut> Lazy<T, E, F, Fut> {
         OwnedLazyWait {
             lazy: self,
             node: Node::new(),
-            linked: false,
+            linked: None,
             done: false,
         }
     }
@@ -753,7 +753,7 @@ impl<T, E, F, Fut> Lazy<T, E, F, Fut> {
 pub struct OwnedLazyWait<T, E = Infallible, F = BoxInit<T, E>, Fut = BoxFuture<T, E>> {
     lazy: Lazy<T, E, F, Fut>,
     node: Node,
-    linked: bool,
+    linked: Option<Which>,
     done: bool,
 }
 
@@ -824,7 +824,7 @@ impl<T, E, F, Fut> Drop for OwnedLazyWait<T, E, F, Fut> {
             self.lazy
                 .shared
                 .cell
-                .cancel_node(&self.node, &mut self.linked, Which::Waiters)
+                .cancel_node(&self.node, &mut self.linked)
         };
     }
 }
@@ -832,7 +832,7 @@ impl<T, E, F, Fut> Drop for OwnedLazyWait<T, E, F, Fut> {
 impl<T, E, F, Fut> fmt::Debug for OwnedLazyWait<T, E, F, Fut> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OwnedLazyWait")
-            .field("linked", &self.linked)
+            .field("linked", &self.linked.is_some())
             .field("done", &self.done)
             .finish_non_exhaustive()
     }
@@ -854,11 +854,7 @@ impl<T, E, F, Fut> Drop for LazyWait<'_, T, E, F, Fut> {
     fn drop(&mut self) {
         // SAFETY: the node is pinned and belongs to the shared cell, which `self.shared`
         // keeps alive.
-        unsafe {
-            self.shared
-                .cell
-                .cancel_node(&self.node, &mut self.linked, Which::Waiters)
-        };
+        unsafe { self.shared.cell.cancel_node(&self.node, &mut self.linked) };
     }
 }
 
@@ -873,7 +869,7 @@ impl<T: fmt::Debug, E: fmt::Debug, F, Fut> fmt::Debug for Lazy<T, E, F, Fut> {
 impl<T, E, F, Fut> fmt::Debug for LazyWait<'_, T, E, F, Fut> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LazyWait")
-            .field("linked", &self.linked)
+            .field("linked", &self.linked.is_some())
             .field("done", &self.done)
             .finish_non_exhaustive()
     }

@@ -318,3 +318,93 @@ fn rwlock_readers_never_see_a_half_written_value() {
         assert_eq!(lock.read(|v| *v), (1, 1));
     });
 }
+
+/// A lazy cell whose computation never finishes and hands out the waker it is polled with
+/// (the cell's relay), with a completion callback linked first and `waiters` awaiters polled
+/// once behind it: the list is `[callback, waiters…]`.
+struct RelayFixture {
+    lazy: deferred_core::Lazy<usize, ()>,
+    relay: std::task::Waker,
+    callback_runs: Arc<AtomicUsize>,
+    waits: Vec<std::pin::Pin<Box<deferred_core::OwnedLazyWait<usize, ()>>>>,
+}
+
+impl RelayFixture {
+    /// Completes the cell and checks that the callback ran once and every awaiter sees it.
+    fn complete_and_check(mut self) {
+        let _ = self.lazy.succeed(1);
+        self.check_completed();
+    }
+
+    fn check_completed(&mut self) {
+        assert_eq!(self.callback_runs.load(SeqCst), 1, "the callback runs once");
+        for wait in &mut self.waits {
+            assert_eq!(poll_once(wait.as_mut()), Poll::Ready(Ok(1)));
+        }
+    }
+}
+
+fn relay_fixture(waiters: usize) -> RelayFixture {
+    let slot: std::sync::Arc<std::sync::Mutex<Option<std::task::Waker>>> = Default::default();
+    let s = std::sync::Arc::clone(&slot);
+    let lazy: deferred_core::Lazy<usize, ()> =
+        deferred_core::Lazy::boxed(futures::future::poll_fn(move |cx| {
+            *s.lock().unwrap() = Some(cx.waker().clone());
+            Poll::<Result<usize, ()>>::Pending
+        }));
+    let callback_runs = Arc::new(AtomicUsize::new(0));
+    let r = callback_runs.clone();
+    lazy.on_complete(move |_| {
+        r.fetch_add(1, SeqCst);
+    });
+    let waits = (0..waiters)
+        .map(|_| {
+            let mut wait = Box::pin(lazy.clone().wait_owned());
+            assert!(poll_once(wait.as_mut()).is_pending());
+            wait
+        })
+        .collect();
+    let relay = slot
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("the computation was polled");
+    RelayFixture {
+        lazy,
+        relay,
+        callback_runs,
+        waits,
+    }
+}
+
+#[test]
+fn two_relay_wakes_with_a_callback_linked() {
+    // Two wake-waiters rounds at once, with a callback at the head of the list: a round
+    // whose sentinel the other round took must end (#11.1: it re-queued the callback
+    // forever with the lock held). Two waiters fill a loom batch of two, so the first round
+    // relocks after its first batch.
+    loom::model(|| {
+        let fixture = relay_fixture(2);
+        let relay = fixture.relay.clone();
+        let t = thread::spawn(move || relay.wake_by_ref());
+        fixture.relay.wake_by_ref();
+        t.join().unwrap();
+        fixture.complete_and_check();
+    });
+}
+
+#[test]
+fn relay_wake_vs_completion_with_a_callback_linked() {
+    // A wake-waiters round against a completion whose drain takes the round's sentinel
+    // while a callback is linked: the round ends, the callback runs once (#11.1). Three
+    // waiters: the round's first batch takes the callback (re-queued) and two waiters, the
+    // drain's first batch the third waiter and the sentinel, leaving the callback alone.
+    loom::model(|| {
+        let mut fixture = relay_fixture(3);
+        let relay = fixture.relay.clone();
+        let t = thread::spawn(move || relay.wake_by_ref());
+        let _ = fixture.lazy.succeed(1);
+        t.join().unwrap();
+        fixture.check_completed();
+    });
+}
