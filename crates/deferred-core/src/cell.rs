@@ -100,6 +100,19 @@ pub(crate) enum Polled {
 ///
 /// See the [crate documentation](crate) for an overview.
 ///
+/// # Interrupts
+///
+/// Without `std`, a contender for the cell's lock spins: it has no thread to yield. On one
+/// core, never use a cell from an interrupt handler (or a higher-priority executor) in a way
+/// that takes its lock if the code it interrupts may hold that lock: polling or dropping a
+/// waiting future, [`on_complete`](Self::on_complete), dropping a [`Claim`](crate::Claim)
+/// without completing, or a completion that wins while something waits. Keep all use of one
+/// cell at one priority level, or run the lower level's lock-taking operations inside
+/// `critical_section::with`. The probes ([`try_get`](Self::try_get) and friends), a losing
+/// completion, and a winning one with nothing waiting never take the lock, so they are safe
+/// anywhere. The [crate documentation](crate#interrupts-and-single-core-no_std) lists every
+/// case, with an example.
+///
 /// # Examples
 ///
 /// ```

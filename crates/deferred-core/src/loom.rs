@@ -10,8 +10,13 @@ pub(crate) use loom::{
     sync::atomic::{AtomicBool, AtomicUsize, Ordering},
 };
 
-#[cfg(not(loom))]
+#[cfg(all(not(loom), not(feature = "portable-atomic")))]
 pub(crate) use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+// Cores without compare-and-swap (`thumbv6m-none-eabi`) have no read-modify-writes in
+// `core`; portable-atomic makes them (in a critical section, or with interrupts masked) and
+// is the native atomics where the target has them. `Ordering` is `core`'s own type.
+#[cfg(all(not(loom), feature = "portable-atomic"))]
+pub(crate) use portable_atomic::{AtomicBool, AtomicUsize, Ordering};
 
 #[cfg(all(feature = "std", loom))]
 pub(crate) use loom::thread;
@@ -88,7 +93,7 @@ pub(crate) struct LockWaits {
     condvar: loom::sync::Condvar,
     /// How many contenders wait. A plain (not loom) atomic: loom runs one thread at a time,
     /// and this is bookkeeping of the model, not part of the protocol it checks.
-    waiting: std::sync::atomic::AtomicUsize,
+    waiting: core::sync::atomic::AtomicUsize,
 }
 
 #[cfg(loom)]
@@ -103,7 +108,7 @@ impl LockWaits {
         _backoff: &crossbeam_utils::Backoff,
         is_locked: impl Fn() -> bool,
     ) {
-        use std::sync::atomic::Ordering::SeqCst;
+        use core::sync::atomic::Ordering::SeqCst;
         let mut guard = self.mutex.lock().unwrap();
         // Counted before the lock word is read, and the releaser reads the count after it
         // cleared the word: either the check below sees the lock free, or the releaser sees
@@ -117,20 +122,19 @@ impl LockWaits {
 
     /// The lock was released: wake the contenders, if any.
     pub(crate) fn released(&self) {
-        if self.waiting.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+        if self.waiting.load(core::sync::atomic::Ordering::SeqCst) > 0 {
             let _guard = self.mutex.lock().unwrap();
             self.condvar.notify_all();
         }
     }
 }
 
-/// Waits a little before the caller retries a contended lock.
-///
-/// The only lock in this crate (the `LOCKED` bit of a cell's state word) is held for a
-/// constant number of pointer writes and never around user code, so a contender waits at
-/// most for that. On `std`, `Backoff::snooze` spins a few rounds and then yields the thread
-/// to the OS, so a holder that was preempted gets to run: the spin is bounded. Under loom it
-/// yields so that the model checker schedules the holder.
+/// Waits a little before the caller retries a short spin (an attacher of a `Lazy`
+/// computation waiting for another attacher, a hold of a few instructions). On `std`,
+/// `Backoff::snooze` spins a few rounds and then yields the thread to the OS, so a holder
+/// that was preempted gets to run: the spin is bounded. Under loom it yields so that the model
+/// checker schedules the holder. The locks wait through [`LockWaits`] instead.
+#[cfg(feature = "alloc")]
 #[inline]
 pub(crate) fn backoff(backoff: &crossbeam_utils::Backoff) {
     #[cfg(loom)]
