@@ -15,7 +15,7 @@ const STEPS: &[(&str, Step)] = &[
     ("doc", crate::doc::run),
     ("no-std", crate::no_std::run),
     ("msrv", crate::msrv::run),
-    ("test-loom", || crate::loom::run(None)),
+    ("test-loom", || crate::loom::run(None, None)),
     ("miri", crate::miri::run),
     ("sanitize --short", || {
         crate::sanitize::run(&["--short".to_string()])

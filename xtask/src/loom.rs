@@ -4,16 +4,53 @@
 use crate::cmd::{self, cargo, Result};
 use crate::LIBRARIES;
 
-pub fn run(filter: Option<&str>) -> Result {
-    // More preemptions explore exponentially more interleavings; 2 finds the usual ordering bugs
-    // in seconds. Someone hunting a deeper bug can raise it from the environment.
-    let preemptions = std::env::var("LOOM_MAX_PREEMPTIONS").unwrap_or_else(|_| "2".into());
+/// `test-loom [--preemptions N] [FILTER]`.
+pub fn run_args(args: &[String]) -> Result {
+    let mut preemptions = None;
+    let mut filter = None;
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--preemptions" => {
+                let n = args
+                    .next()
+                    .and_then(|n| n.parse::<u32>().ok())
+                    .ok_or("--preemptions takes a number, e.g. --preemptions 3")?;
+                preemptions = Some(n);
+            }
+            other if filter.is_none() && !other.starts_with('-') => filter = Some(other),
+            other => {
+                return Err(format!(
+                    "test-loom: unexpected argument `{other}`; usage: test-loom [--preemptions N] [FILTER]"
+                ))
+            }
+        }
+    }
+    run(preemptions, filter)
+}
+
+/// Runs every library's loom models: at `preemptions` if given, else at
+/// `LOOM_MAX_PREEMPTIONS` if set, else at each library's own bound.
+pub fn run(preemptions: Option<u32>, filter: Option<&str>) -> Result {
+    // More preemptions explore exponentially more interleavings. Each crate runs at the
+    // highest bound its models finish at in CI's budget; someone hunting a deeper bug raises
+    // it with --preemptions or from the environment.
+    let from_env = std::env::var("LOOM_MAX_PREEMPTIONS").ok();
     let mut ran = 0;
     for lib in LIBRARIES {
         if !lib.has("tests/loom.rs") {
             println!("skipping {}: it has no tests/loom.rs", lib.name);
             continue;
         }
+        let preemptions = match (preemptions, &from_env) {
+            (Some(n), _) => n.to_string(),
+            (None, Some(env)) => env.clone(),
+            (None, None) => lib.loom_preemptions.to_string(),
+        };
+        println!(
+            "test-loom: {} at LOOM_MAX_PREEMPTIONS={preemptions}",
+            lib.name
+        );
         // `--profile loom` (opt-level 3, debug assertions on) keeps these builds, whose
         // RUSTFLAGS differ, from evicting the normal test build from the cache.
         let mut cmd = cargo([

@@ -36,6 +36,9 @@ pub struct Library {
     /// whose suite is heavy (runtimes, 100 000 tasks) sets `false` and names what miri runs
     /// in `tests/miri_subset.rs`.
     pub miri_full_suite: bool,
+    /// The preemption bound its loom models run at in CI (`cargo xtask test-loom`): the
+    /// highest at which the whole set finishes in minutes on two cores.
+    pub loom_preemptions: u32,
 }
 
 impl Library {
@@ -57,21 +60,25 @@ pub const LIBRARIES: &[Library] = &[
         name: "deferred-core",
         no_std_features: &["", "alloc"],
         miri_full_suite: true,
+        loom_preemptions: 3,
     },
     Library {
         name: "deferred-map",
         no_std_features: &[""],
         miri_full_suite: true,
+        loom_preemptions: 2,
     },
     Library {
         name: "deferred-cache",
         no_std_features: &[],
         miri_full_suite: false,
+        loom_preemptions: 2,
     },
     Library {
         name: "deferred-expiring",
         no_std_features: &[],
         miri_full_suite: false,
+        loom_preemptions: 2,
     },
 ];
 
@@ -82,10 +89,13 @@ tasks:
   fmt                      cargo fmt --check over the workspace
   clippy                   clippy with -D warnings, also with default features off
   test                     the test suites, also with only the `alloc` feature
-  test-loom [FILTER]       loom models (LOOM_MAX_PREEMPTIONS defaults to 2)
+  test-loom [--preemptions N] [FILTER]
+                           loom models, each crate at its bound (core 3, the rest 2);
+                           --preemptions N (or LOOM_MAX_PREEMPTIONS) runs every crate at N
   miri                     the library tests under miri (nightly), stacked and tree borrows
   msrv                     build the libraries with the workspace's rust-version
-  no-std                   build the libraries for thumbv7em-none-eabihf
+  no-std                   build the libraries for thumbv7em-none-eabihf, and the core for
+                           thumbv6m-none-eabi (no compare-and-swap) with critical-section
   sanitize [--short]       stress tests under thread and address (+leak) sanitizers (nightly)
   doc                      rustdoc with -D warnings
   bench [LAYER] [--no-run] run criterion benches (core, map, cache, expiring) and print
@@ -114,11 +124,7 @@ fn main() -> ExitCode {
         "fmt" => no_args(task, rest).and_then(|()| fmt::run()),
         "clippy" => no_args(task, rest).and_then(|()| clippy::run()),
         "test" => no_args(task, rest).and_then(|()| test::run()),
-        "test-loom" => match rest {
-            [] => loom::run(None),
-            [filter] => loom::run(Some(filter)),
-            _ => Err("test-loom takes at most one argument, a test-name filter".into()),
-        },
+        "test-loom" => loom::run_args(rest),
         "miri" => no_args(task, rest).and_then(|()| miri::run()),
         "msrv" => no_args(task, rest).and_then(|()| msrv::run()),
         "no-std" => no_args(task, rest).and_then(|()| no_std::run()),

@@ -1,8 +1,11 @@
 //! `cargo xtask msrv`: builds every library with the oldest Rust the workspace promises
 //! (`rust-version` in the root `Cargo.toml`), with the features each is built with in
-//! `no-std` too, so a newer API slipping in fails here rather than for a user.
+//! `no-std` too, so a newer API slipping in fails here rather than for a user. The feature
+//! sets for cores without compare-and-swap are checked for such a core, since what they
+//! change (portable-atomic's own atomics) only exists there.
 
 use crate::cmd::{self, cargo, command, Result};
+use crate::no_std::{NO_CAS, NO_CAS_TARGET};
 use crate::LIBRARIES;
 
 pub fn run() -> Result {
@@ -10,13 +13,21 @@ pub fn run() -> Result {
     let toolchain = version.clone();
     cmd::run(&mut command(
         "rustup",
-        ["toolchain", "install", &toolchain, "--profile", "minimal"],
+        [
+            "toolchain",
+            "install",
+            &toolchain,
+            "--profile",
+            "minimal",
+            "--target",
+            NO_CAS_TARGET,
+        ],
     ))
     .map_err(|e| {
         format!(
-            "{e}\n\nThe MSRV check needs Rust {version}, and installing it failed. Install it \
-             by hand, then rerun `cargo xtask msrv`:\n\n    rustup toolchain install \
-             {version} --profile minimal\n"
+            "{e}\n\nThe MSRV check needs Rust {version} with the `{NO_CAS_TARGET}` target, and \
+             installing it failed. Install it by hand, then rerun `cargo xtask msrv`:\n\n    \
+             rustup toolchain install {version} --profile minimal --target {NO_CAS_TARGET}\n"
         )
     })?;
     let plus = format!("+{toolchain}");
@@ -38,6 +49,13 @@ pub fn run() -> Result {
             }
             cmd::run(&mut cmd)?;
         }
+    }
+    for &(name, features) in NO_CAS {
+        let mut cmd = cargo([plus.as_str(), "check", "--lib", "-p", name]);
+        cmd.arg("--target-dir").arg(&target_dir);
+        cmd.args(["--no-default-features", "--features", features]);
+        cmd.args(["--target", NO_CAS_TARGET]);
+        cmd::run(&mut cmd)?;
     }
     println!("msrv: every library builds with Rust {version}");
     Ok(())

@@ -13,16 +13,13 @@ use crate::{
 struct Unlink<'a, T, E> {
     cell: &'a Deferred<T, E>,
     node: &'a Node,
-    linked: bool,
+    linked: Option<Which>,
 }
 
 impl<T, E> Drop for Unlink<'_, T, E> {
     fn drop(&mut self) {
         // SAFETY: the node is pinned on the waiting thread's stack and outlives this guard.
-        unsafe {
-            self.cell
-                .cancel_node(self.node, &mut self.linked, Which::Waiters)
-        };
+        unsafe { self.cell.cancel_node(self.node, &mut self.linked) };
     }
 }
 
@@ -101,7 +98,7 @@ impl<T, E> Deferred<T, E> {
         let mut guard = Unlink {
             cell: self,
             node: &node,
-            linked: false,
+            linked: None,
         };
         loop {
             // SAFETY: the node is pinned on this stack frame and `guard` unlinks it before

@@ -12,7 +12,7 @@ use crossbeam_utils::Backoff;
 
 use crate::{
     list::{List, Node, Notify, Status},
-    loom::{AtomicUsize, Ordering::*, UnsafeCell},
+    loom::{AtomicUsize, LockWaits, Ordering::*, UnsafeCell},
     Error,
 };
 
@@ -85,15 +85,6 @@ union Payload<T, E> {
     err: ManuallyDrop<E>,
 }
 
-/// How `begin` won the right to complete.
-#[derive(Clone, Copy)]
-enum Won {
-    /// By the fast path: WON and LOCKED are ours; the state word was this before.
-    Alone(usize),
-    /// By `fetch_or(WON)`: others may be linking waiters meanwhile.
-    Shared,
-}
-
 /// What polling a node found.
 pub(crate) enum Polled {
     /// The cell is complete; the state word as read with Acquire.
@@ -108,6 +99,19 @@ pub(crate) enum Polled {
 /// and that any number of tasks (and, with `std`, threads) can await.
 ///
 /// See the [crate documentation](crate) for an overview.
+///
+/// # Interrupts
+///
+/// Without `std`, a contender for the cell's lock spins: it has no thread to yield. On one
+/// core, never use a cell from an interrupt handler (or a higher-priority executor) in a way
+/// that takes its lock if the code it interrupts may hold that lock: polling or dropping a
+/// waiting future, [`on_complete`](Self::on_complete), dropping a [`Claim`](crate::Claim)
+/// without completing, or a completion that wins while something waits. Keep all use of one
+/// cell at one priority level, or run the lower level's lock-taking operations inside
+/// `critical_section::with`. The probes ([`try_get`](Self::try_get) and friends), a losing
+/// completion, and a winning one with nothing waiting never take the lock, so they are safe
+/// anywhere. The [crate documentation](crate#interrupts-and-single-core-no_std) lists every
+/// case, with an example.
 ///
 /// # Examples
 ///
@@ -126,6 +130,8 @@ pub struct Deferred<T, E = Infallible> {
     state: AtomicUsize,
     lists: UnsafeCell<Lists>,
     slot: UnsafeCell<MaybeUninit<Payload<T, E>>>,
+    /// Where contenders for LOCKED wait (nothing, outside loom: see `LockWaits`).
+    lock_waits: LockWaits,
 }
 
 // SAFETY: a `Deferred` owns its `T` or `E` and may drop it on another thread, so it is
@@ -154,6 +160,7 @@ impl<T, E> Deferred<T, E> {
                 claimants: List::new(),
             }),
             slot: UnsafeCell::new(MaybeUninit::uninit()),
+            lock_waits: LockWaits::new(),
         }
     }
 
@@ -167,6 +174,7 @@ impl<T, E> Deferred<T, E> {
                 claimants: List::new(),
             }),
             slot: UnsafeCell::new(MaybeUninit::uninit()),
+            lock_waits: LockWaits::new(),
         }
     }
 
@@ -199,13 +207,13 @@ impl<T, E> Deferred<T, E> {
     /// assert_eq!(cell.get().map(String::as_str), Some("a"));
     /// ```
     pub fn succeed(&self, value: T) -> Result<(), T> {
-        let Some(won) = self.begin() else {
+        if !self.win() {
             return Err(value);
-        };
+        }
         self.write(Payload {
             ok: ManuallyDrop::new(value),
         });
-        self.finish(won, OK);
+        self.publish(OK);
         Ok(())
     }
 
@@ -219,13 +227,13 @@ impl<T, E> Deferred<T, E> {
     /// assert_eq!(cell.try_get(), Some(Err(Error::Failed(&"nope"))));
     /// ```
     pub fn fail(&self, error: E) -> Result<(), E> {
-        let Some(won) = self.begin() else {
+        if !self.win() {
             return Err(error);
-        };
+        }
         self.write(Payload {
             err: ManuallyDrop::new(error),
         });
-        self.finish(won, ERR);
+        self.publish(ERR);
         Ok(())
     }
 
@@ -276,63 +284,28 @@ impl<T, E> Deferred<T, E> {
     }
 
     fn complete_empty(&self, kind: usize) -> bool {
-        match self.begin() {
-            Some(won) => {
-                self.finish(won, kind);
-                true
-            }
-            None => false,
+        if !self.win() {
+            return false;
         }
-    }
-
-    /// Takes the right to complete the cell; `None` if someone else has it. Exactly one
-    /// caller ever gets `Some`, and must then `finish` (after `write`, for a value or an
-    /// error).
-    ///
-    /// Fast path: no waiter, no lock holder, no other completer. Taking WON and LOCKED in one
-    /// CAS keeps everyone else from changing the word (they only take LOCKED when it is
-    /// clear, and a losing completer's `fetch_or(WON)` changes nothing), so `finish` can
-    /// publish and drop the lock with one plain Release store. A waiter that arrives
-    /// meanwhile waits on the lock for the duration of one move of the value.
-    #[inline]
-    fn begin(&self) -> Option<Won> {
-        let state = self.state.load(Relaxed);
-        // Acquire: we take LOCKED, so pair with the Release of the last `unlock`.
-        if state & (WON | LOCKED | WAITERS | CLAIMANTS) == 0
-            && self
-                .state
-                .compare_exchange(state, state | WON | LOCKED, Acquire, Relaxed)
-                .is_ok()
-        {
-            return Some(Won::Alone(state));
-        }
-        self.win().then_some(Won::Shared)
+        self.publish(kind);
+        true
     }
 
     /// Writes the payload.
     #[inline]
     fn write(&self, payload: Payload<T, E>) {
-        // SAFETY: only called between a successful `begin` (WON is ours: no one else writes
-        // the slot) and `finish` (no one reads it before DONE is published).
+        // SAFETY: only called between a successful `win` (WON is ours: no one else writes
+        // the slot) and `publish` (no one reads it before DONE is published).
         self.slot.with_mut(|slot| unsafe { (*slot).write(payload) });
     }
 
-    /// Publishes the outcome `kind` and wakes everyone who waits.
-    #[inline]
-    fn finish(&self, won: Won, kind: usize) {
-        match won {
-            // Release: pairs with the Acquire loads that see DONE (they then read the
-            // payload) and with the Acquire in `lock` (this also releases LOCKED).
-            Won::Alone(state) => crate::loom::store_over_rmws(
-                &self.state,
-                state | WON | DONE | (kind << KIND_SHIFT),
-                Release,
-            ),
-            Won::Shared => self.publish(kind),
-        }
-    }
-
-    /// Takes the right to write the payload. Exactly one caller ever gets `true`.
+    /// Takes the right to write the payload. Exactly one caller ever gets `true`, and must
+    /// then `publish` (after `write`, for a value or an error).
+    ///
+    /// WON alone is taken, never the list lock: waiters keep linking (and the lock holder
+    /// keeps its O(1) hold) while the value is written, so no one spins on a completer. The
+    /// cost is that publishing is a read-modify-write rather than a plain store (the word may
+    /// have changed meanwhile).
     #[inline]
     fn win(&self) -> bool {
         // A plain load first keeps losers off the cache line's exclusive state.
@@ -423,7 +396,8 @@ impl<T, E> Deferred<T, E> {
     }
 
     /// Takes the outcome out of the cell, leaving it empty and ready for reuse. Needs
-    /// `&mut self`, so no one can be waiting.
+    /// `&mut self`, so no future can be waiting. Completion callbacks registered on a
+    /// pending cell stay registered and run at its next completion.
     ///
     /// ```
     /// use deferred_core::Deferred;
@@ -433,8 +407,12 @@ impl<T, E> Deferred<T, E> {
     /// ```
     pub fn take(&mut self) -> Option<Result<T, Error<E>>> {
         let state = self.state.with_mut_value();
-        // Reset everything, a claim leaked with `mem::forget` included.
-        self.state.store_mut(0);
+        // Reset everything, a claim leaked with `mem::forget` included, except the record of
+        // what is still linked: a pending cell may hold completion callbacks (and nodes of
+        // futures leaked with `mem::forget`), which the next completion must still reach.
+        // SAFETY: `&mut self`: no one else touches the lists.
+        let linked = unsafe { self.with_lists(|lists| lists.bits()) };
+        self.state.store_mut(linked);
         if state & DONE == 0 {
             return None;
         }
@@ -535,7 +513,9 @@ impl<T, E> Deferred<T, E> {
                     }
                 }
             }
-            crate::loom::backoff(&backoff);
+            self.lock_waits.contended(&backoff, || {
+                crate::loom::spin_load(&self.state) & LOCKED != 0
+            });
             state = crate::loom::spin_load(&self.state);
         }
     }
@@ -562,7 +542,10 @@ impl<T, E> Deferred<T, E> {
                 .state
                 .compare_exchange_weak(state, new, Release, Relaxed)
             {
-                Ok(_) => return state,
+                Ok(_) => {
+                    self.lock_waits.released();
+                    return state;
+                }
                 Err(actual) => state = actual,
             }
         }
@@ -590,6 +573,12 @@ impl<T, E> Deferred<T, E> {
     /// polled again sees the cell still pending and links itself anew, behind a sentinel
     /// node that marks where this round ends (so waiters that relink at once are not woken
     /// again and again). `Lazy` uses it to let any waiter drive the computation.
+    ///
+    /// Completion callbacks stay: a round re-queues each one it meets behind its sentinel.
+    /// Rounds may overlap one another and a completion's drain; a round ends as soon as its
+    /// sentinel is off the list, whoever took it off, since whoever did woke every node
+    /// ahead of it. It always ends: nodes are only ever linked at the back, so the nodes
+    /// ahead of a linked sentinel only ever get fewer (a re-queued callback goes behind it).
     #[cfg(feature = "alloc")]
     pub(crate) fn notify_waiters(&self) {
         let sentinel = core::pin::pin!(Node::new());
@@ -626,6 +615,14 @@ impl<T, E> Deferred<T, E> {
                     // touched again.
                     let finished = unsafe {
                         self.cell.with_lists(|lists| loop {
+                            // Another round (whose sentinel is behind ours) or a completion's
+                            // drain may have taken our sentinel: then every node that was ahead
+                            // of it has been woken, and this round is over. Going on would
+                            // re-queue a callback behind no sentinel of ours, for ever.
+                            // SAFETY: the lock is held and the sentinel is ours.
+                            if self.sentinel.with_links(|l| l.status) != Status::Linked {
+                                break true;
+                            }
                             if batch.len == BATCH {
                                 break false;
                             }
@@ -640,8 +637,7 @@ impl<T, E> Deferred<T, E> {
                                     lists.waiters.push_back(node);
                                 }
                                 Some((_, notify)) => batch.push(notify),
-                                // Empty: a completion's drain took the sentinel (and wakes
-                                // the rest).
+                                // Unreachable while our sentinel is linked; kept total.
                                 None => break true,
                             }
                         })
@@ -723,15 +719,19 @@ impl<T, E> Deferred<T, E> {
     /// otherwise makes sure the node is linked with a notify that `is_current` accepts,
     /// made by `make` (outside the lock), and returns `Pending`.
     ///
+    /// A node that is linked in one list stays there (only its notify is renewed), whatever
+    /// `which` says: an initializer holding the claim waits in the plain list, and if its
+    /// completion then loses to one still being published, it is woken from there.
+    ///
     /// # Safety
     ///
     /// `node` belongs to this cell alone, is pinned, and `cancel_node` runs before it is
-    /// moved or freed. `linked` is the caller's record of whether it is in a list; it is
-    /// only ever changed here and in `cancel_node`.
+    /// moved or freed. `linked` is the caller's record of which list it is in, if any; it
+    /// is only ever changed here and in `cancel_node`.
     pub(crate) unsafe fn poll_node(
         &self,
         node: &Node,
-        linked: &mut bool,
+        linked: &mut Option<Which>,
         which: Which,
         is_current: impl Fn(&Notify) -> bool,
         make: impl FnOnce() -> Notify,
@@ -741,7 +741,7 @@ impl<T, E> Deferred<T, E> {
         if state & DONE != 0 {
             return Polled::Done(state);
         }
-        if *linked {
+        if linked.is_some() {
             let state = self.lock();
             // SAFETY: the lock is held; the node is ours and belongs to this cell.
             let (status, current) = unsafe {
@@ -764,7 +764,7 @@ impl<T, E> Deferred<T, E> {
                     return Polled::Done(state);
                 }
                 if status == Status::Granted {
-                    *linked = false;
+                    *linked = None;
                     return Polled::Granted;
                 }
                 return Polled::Pending;
@@ -833,10 +833,10 @@ impl<T, E> Deferred<T, E> {
             drop(stale);
         }
         if pushed {
-            *linked = true;
+            *linked = Some(which);
         }
         if granted {
-            *linked = false;
+            *linked = None;
             return Polled::Granted;
         }
         if state & DONE != 0 {
@@ -858,11 +858,10 @@ impl<T, E> Deferred<T, E> {
     /// # Safety
     ///
     /// As for `poll_node`.
-    pub(crate) unsafe fn cancel_node(&self, node: &Node, linked: &mut bool, which: Which) {
-        if !*linked {
+    pub(crate) unsafe fn cancel_node(&self, node: &Node, linked: &mut Option<Which>) {
+        let Some(which) = linked.take() else {
             return;
-        }
-        *linked = false;
+        };
         if node.is_notified() {
             // A completion took the node off the list and took its waker: nothing to undo,
             // and no lock needed.
@@ -883,9 +882,11 @@ impl<T, E> Deferred<T, E> {
         }
         // SAFETY: we hold the lock.
         unsafe { self.unlock(0, clear) };
+        // A future's own waker (callbacks have no future, so none is ever cancelled here).
         drop(notify);
         if let Some(next) = handoff {
-            next.notify(core::ptr::null());
+            // SAFETY: `next` came off the claimant list, which holds no callbacks.
+            unsafe { next.notify(core::ptr::null()) };
         }
     }
 
@@ -917,7 +918,8 @@ impl<T, E> Deferred<T, E> {
         // SAFETY: we hold the lock.
         unsafe { self.unlock(0, clear) };
         if let Some(next) = handoff {
-            next.notify(core::ptr::null());
+            // SAFETY: `next` came off the claimant list, which holds no callbacks.
+            unsafe { next.notify(core::ptr::null()) };
         }
     }
 
@@ -980,7 +982,9 @@ impl Batch {
             // it is woken, so it is read exactly once even if the wake panics.
             let item = unsafe { self.items[self.next].assume_init_read() };
             self.next += 1;
-            item.notify(self.cell);
+            // SAFETY: every item came off a list of `cell` under its lock, once, and `cell`
+            // is complete whenever a callback can be among them (only a drain takes those).
+            unsafe { item.notify(self.cell) };
         }
     }
 }
@@ -993,13 +997,17 @@ impl Drop for Batch {
 
 impl<T, E> Drop for Deferred<T, E> {
     fn drop(&mut self) {
-        // Only callbacks can still be linked (every other waiter borrows the cell or holds
-        // an `Arc` of it): free them without running them.
+        // What can still be linked: completion callbacks, which are freed without being run,
+        // and the nodes of futures that were leaked (`mem::forget`) while linked, whose
+        // memory is leaked with them and whose wakers are dropped here, unwoken.
         // SAFETY: `&mut self`: no one else touches the lists.
         unsafe {
             self.with_lists(|lists| {
                 while let Some((_, notify)) = lists.waiters.pop_front(Status::Notified) {
-                    notify.notify(core::ptr::null());
+                    notify.discard();
+                }
+                while let Some((_, notify)) = lists.claimants.pop_front(Status::Notified) {
+                    notify.discard();
                 }
             })
         };

@@ -303,7 +303,7 @@ impl<T, E> Deferred<T, E> {
         ClaimWait {
             cell: self,
             node: Node::new(),
-            linked: false,
+            linked: None,
             done: false,
         }
     }
@@ -313,8 +313,10 @@ impl<T, E> Deferred<T, E> {
     ///
     /// One initializer runs at a time. If its future is dropped (or panics) before it
     /// completes, the claim passes to the oldest waiting `get_or_init` caller, which runs its
-    /// own `init`: no caller is stranded. If the cell was failed, cancelled or marked
-    /// panicked by someone else, that outcome is returned.
+    /// own `init`: no caller is stranded. If the cell is completed by someone else (with a
+    /// value, or failed, cancelled or marked panicked), that outcome is returned, also while
+    /// this caller's `init` runs: the completion wakes it, and its `init` future is dropped
+    /// unfinished.
     ///
     /// # Cancel safety
     ///
@@ -365,12 +367,31 @@ impl<T, E> Deferred<T, E> {
 unsafe fn poll_claimant<T, E>(
     cell: &Deferred<T, E>,
     node: &Node,
-    linked: &mut bool,
+    linked: &mut Option<Which>,
     cx: &Context<'_>,
 ) -> Polled {
     // SAFETY: forwarded to the caller.
     unsafe {
         cell.poll_node(node, linked, Which::Claimants, same_waker(cx), || {
+            Deferred::<T, E>::waker_notify(cx.waker())
+        })
+    }
+}
+
+/// Polls a node as a plain waiter (never granted the claim).
+///
+/// # Safety
+///
+/// As for `Deferred::poll_node`.
+unsafe fn poll_waiting<T, E>(
+    cell: &Deferred<T, E>,
+    node: &Node,
+    linked: &mut Option<Which>,
+    cx: &Context<'_>,
+) -> Polled {
+    // SAFETY: forwarded to the caller.
+    unsafe {
+        cell.poll_node(node, linked, Which::Waiters, same_waker(cx), || {
             Deferred::<T, E>::waker_notify(cx.waker())
         })
     }
@@ -399,7 +420,7 @@ unsafe fn poll_claimant<T, E>(
 pub struct ClaimWait<'a, T, E = core::convert::Infallible> {
     cell: &'a Deferred<T, E>,
     node: Node,
-    linked: bool,
+    linked: Option<Which>,
     done: bool,
 }
 
@@ -440,17 +461,14 @@ impl<T, E> FusedFuture for ClaimWait<'_, T, E> {
 impl<T, E> Drop for ClaimWait<'_, T, E> {
     fn drop(&mut self) {
         // SAFETY: the node is pinned and belongs to `self.cell`.
-        unsafe {
-            self.cell
-                .cancel_node(&self.node, &mut self.linked, Which::Claimants)
-        };
+        unsafe { self.cell.cancel_node(&self.node, &mut self.linked) };
     }
 }
 
 impl<T, E> fmt::Debug for ClaimWait<'_, T, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClaimWait")
-            .field("linked", &self.linked)
+            .field("linked", &self.linked.is_some())
             .field("done", &self.done)
             .finish_non_exhaustive()
     }
@@ -475,7 +493,7 @@ impl<T, E> fmt::Debug for ClaimWait<'_, T, E> {
 pub struct GetOrInit<'a, T, E, F, Fut: Future> {
     cell: &'a Deferred<T, E>,
     node: Node,
-    linked: bool,
+    linked: Option<Which>,
     done: bool,
     init: Option<F>,
     convert: fn(Fut::Output) -> Result<T, E>,
@@ -500,7 +518,7 @@ where
         GetOrInit {
             cell,
             node: Node::new(),
-            linked: false,
+            linked: None,
             done: false,
             init: Some(init),
             convert,
@@ -522,20 +540,42 @@ where
         // dropped in place.
         let this = unsafe { self.get_unchecked_mut() };
         loop {
+            if this.fut.is_some() && this.cell.is_done() {
+                // Completed directly (not through our claim) while our initializer ran: its
+                // work is not wanted. Dropped in place (pinning holds), then the claim is
+                // given up, which hands nothing on: the cell is complete.
+                this.fut = None;
+                this.claim = None;
+            }
             if let Some(fut) = this.fut.as_mut() {
                 // SAFETY: `fut` lives inside the pinned `self` and is never moved.
-                let out = core::task::ready!(unsafe { Pin::new_unchecked(fut) }.poll(cx));
-                this.fut = None;
-                let result = (this.convert)(out);
-                // The claim is spent whether or not this completion wins (someone may have
-                // completed the cell directly meanwhile): with WON set no claim matters.
-                let claim = this.claim.take();
-                match claim {
-                    Some(claim) => drop(claim.complete(result)),
-                    None => drop(this.cell.complete(result)),
+                match unsafe { Pin::new_unchecked(fut) }.poll(cx) {
+                    Poll::Ready(out) => {
+                        this.fut = None;
+                        let result = (this.convert)(out);
+                        // The claim is spent whether or not this completion wins (someone
+                        // may have completed the cell directly meanwhile): with WON set no
+                        // claim matters.
+                        match this.claim.take() {
+                            Some(claim) => drop(claim.complete(result)),
+                            None => drop(this.cell.complete(result)),
+                        }
+                        // Fall through: wait for DONE (it is set unless another completer
+                        // is between its WON and its DONE, which then wakes us).
+                    }
+                    Poll::Pending => {
+                        // Wait as a plain waiter meanwhile, so that a direct completion of
+                        // the cell wakes us too, not only our initializer's progress.
+                        // SAFETY: `node` is pinned inside `self` and `Drop` unlinks it.
+                        let polled =
+                            unsafe { poll_waiting(this.cell, &this.node, &mut this.linked, cx) };
+                        if let Polled::Done(_) = polled {
+                            // Go round: drop the initializer and report the outcome.
+                            continue;
+                        }
+                        return Poll::Pending;
+                    }
                 }
-                // Fall through: wait for DONE (it is set unless another completer is
-                // between its WON and its DONE).
             }
             // SAFETY: `node` is pinned inside `self` and `Drop` unlinks it.
             match unsafe { poll_claimant(this.cell, &this.node, &mut this.linked, cx) } {
@@ -578,10 +618,7 @@ impl<T, E, F, Fut: Future> Drop for GetOrInit<'_, T, E, F, Fut> {
     fn drop(&mut self) {
         // SAFETY: the node is pinned and belongs to `self.cell`. `fut` and `claim` are
         // dropped after this, in that order.
-        unsafe {
-            self.cell
-                .cancel_node(&self.node, &mut self.linked, Which::Claimants)
-        };
+        unsafe { self.cell.cancel_node(&self.node, &mut self.linked) };
     }
 }
 
@@ -589,7 +626,7 @@ impl<T, E, F, Fut: Future> fmt::Debug for GetOrInit<'_, T, E, F, Fut> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GetOrInit")
             .field("running", &self.fut.is_some())
-            .field("linked", &self.linked)
+            .field("linked", &self.linked.is_some())
             .field("done", &self.done)
             .finish_non_exhaustive()
     }

@@ -32,6 +32,11 @@ const REPOLL: usize = 2;
 /// There is no computation (it finished, was dropped, or never was): nothing to drive.
 /// Changed only by the holder of DRIVING, as it releases it.
 const EMPTY: usize = 4;
+/// The computation is to be dropped (the cell was aborted while someone held DRIVING): the
+/// holder drops it as it releases DRIVING. Set only while DRIVING is held, and cleared by
+/// that release, so the one order of read-modify-writes on the word decides who drops it:
+/// `abort` itself, if its RMW found DRIVING free, or else the holder.
+const RETIRE: usize = 8;
 
 enum Computation<F, Fut> {
     Init(F),
@@ -327,6 +332,7 @@ impl<T, E, F, Fut> Lazy<T, E, F, Fut> {
     /// ```
     pub fn try_attach(&self, fut: Fut) -> Result<(), Fut> {
         let shared = &*self.shared;
+        // The first check only saves work; the one after the release decides (see `retire`).
         if shared.cell.is_done() || !shared.try_take_empty() {
             return Err(fut);
         }
@@ -336,7 +342,9 @@ impl<T, E, F, Fut> Lazy<T, E, F, Fut> {
         });
         shared.release_drive(false);
         if shared.cell.is_done() {
-            // Completed meanwhile: the next driver drops the computation unrun.
+            // Completed meanwhile, so no one will drive it: drop it now (an `abort` that
+            // came while we held DRIVING had it dropped by our release already).
+            shared.retire();
             return Ok(());
         }
         shared.cell.notify_waiters();
@@ -358,15 +366,7 @@ impl<T, E, F, Fut> Lazy<T, E, F, Fut> {
     pub fn abort(&self) -> bool {
         let shared = &*self.shared;
         let won = shared.cell.cancel();
-        if shared.try_drive() {
-            // SAFETY: DRIVING gives this thread sole access to `computation`.
-            let old = shared
-                .computation
-                .with_mut(|c| unsafe { core::mem::replace(&mut *c, Computation::Finished) });
-            shared.release_drive(true);
-            // Dropping the computation runs user code: after DRIVING is released.
-            drop(old);
-        }
+        shared.retire();
         won
     }
 
@@ -397,7 +397,7 @@ impl<T, E, F, Fut> Lazy<T, E, F, Fut> {
         LazyWait {
             shared: &self.shared,
             node: Node::new(),
-            linked: false,
+            linked: None,
             done: false,
         }
     }
@@ -429,7 +429,8 @@ impl<T, E, F, Fut> Shared<T, E, F, Fut> {
                 return false;
             }
             // Acquire: pairs with the Release in `release_drive`, so the last driver's
-            // writes to `computation` are visible.
+            // writes to `computation` are visible, and with the Release of a wake's REPOLL
+            // (`wake_by_ref`), so the poll that consumes that wake sees what caused it.
             match self
                 .drive
                 .compare_exchange_weak(state, DRIVING, Acquire, Relaxed)
@@ -469,10 +470,78 @@ impl<T, E, F, Fut> Shared<T, E, F, Fut> {
     }
 
     /// Releases DRIVING, recording whether the computation is gone (`empty`); returns
-    /// whether a wake came in while it was held.
+    /// whether a wake came in while it was held. If `abort` asked meanwhile (RETIRE), the
+    /// computation is dropped first: taken out while DRIVING is still held, dropped (user
+    /// code) once it is released.
     fn release_drive(&self, empty: bool) -> bool {
-        // Release: pairs with the Acquire in `try_drive` and `try_take_empty`.
-        self.drive.swap(if empty { EMPTY } else { 0 }, Release) & REPOLL != 0
+        let mut state = self.drive.load(Relaxed);
+        let mut retired = None;
+        loop {
+            let now_empty = empty || retired.is_some();
+            if state & RETIRE != 0 && !now_empty {
+                // SAFETY: DRIVING is still ours, so `computation` is ours alone.
+                let old = self
+                    .computation
+                    .with_mut(|c| unsafe { core::mem::replace(&mut *c, Computation::Finished) });
+                retired = Some(old);
+                continue;
+            }
+            // Release: pairs with the Acquire in `try_drive`, `try_take_empty` and `retire`,
+            // so the next holder sees what this one wrote to `computation`.
+            match self.drive.compare_exchange_weak(
+                state,
+                if now_empty { EMPTY } else { 0 },
+                Release,
+                Relaxed,
+            ) {
+                Ok(prev) => {
+                    drop(retired);
+                    return prev & REPOLL != 0;
+                }
+                Err(actual) => state = actual,
+            }
+        }
+    }
+
+    /// Drops the computation, for `abort` (called after the cell is complete): now if no one
+    /// holds DRIVING, or else by the holder as it releases DRIVING (RETIRE). Nothing to do if
+    /// there is none.
+    ///
+    /// Every branch is decided by a read-modify-write (a plain load could be stale, and miss
+    /// a computation just attached), and each is AcqRel: Release so that an attacher whose
+    /// `try_take_empty` comes after it sees the cell complete once it has attached, and
+    /// drops what it attached itself (`try_attach`); Acquire so that a computation taken
+    /// here is the one the last holder wrote.
+    fn retire(&self) {
+        let mut state = self.drive.load(Relaxed);
+        loop {
+            let new = if state & DRIVING != 0 {
+                // A driver or an attacher holds it: it drops the computation on release.
+                state | RETIRE
+            } else if state & EMPTY != 0 {
+                // No computation: confirm that this is the latest value, and publish.
+                state
+            } else {
+                DRIVING
+            };
+            match self
+                .drive
+                .compare_exchange_weak(state, new, AcqRel, Relaxed)
+            {
+                Ok(_) if new == DRIVING => {
+                    // SAFETY: DRIVING, just taken, gives this thread sole access.
+                    let old = self.computation.with_mut(|c| unsafe {
+                        core::mem::replace(&mut *c, Computation::Finished)
+                    });
+                    self.release_drive(true);
+                    // Dropping the computation runs user code: after DRIVING is released.
+                    drop(old);
+                    return;
+                }
+                Ok(_) => return,
+                Err(actual) => state = actual,
+            }
+        }
     }
 }
 
@@ -564,9 +633,13 @@ where
     /// is gone.
     fn wake_by_ref(self: &Arc<Self>) {
         if let Some(shared) = self.shared.upgrade() {
-            // Relaxed: the flag is only read by the RMW that releases DRIVING, and the
-            // waiters are reached through the cell's lock.
-            shared.drive.fetch_or(REPOLL, Relaxed);
+            // Release: pairs with the Acquire of `try_drive`, which clears REPOLL. A driver
+            // that takes DRIVING after this wake (and so consumes it) must see whatever the
+            // waker's caller did before waking (the event that lets the computation go
+            // on); with Relaxed it could poll without seeing it, and with the wake consumed
+            // no one would poll again (loom: `lazy_wake_during_a_drive_vs_a_late_waiter`).
+            // A driver that took DRIVING before this wake sees REPOLL when it releases.
+            shared.drive.fetch_or(REPOLL, Release);
             shared.cell.notify_waiters();
             #[cfg(loom)]
             shared.release_handle();
@@ -593,7 +666,7 @@ where
 pub struct LazyWait<'a, T, E, F, Fut> {
     shared: &'a Arc<Shared<T, E, F, Fut>>,
     node: Node,
-    linked: bool,
+    linked: Option<Which>,
     done: bool,
 }
 
@@ -634,7 +707,7 @@ where
 unsafe fn poll_lazy<T, E, F, Fut>(
     shared: &Arc<Shared<T, E, F, Fut>>,
     node: &Node,
-    linked: &mut bool,
+    linked: &mut Option<Which>,
     cx: &Context<'_>,
 ) -> Poll<usize>
 where
@@ -729,7 +802,7 @@ impl<T, E, F, Fut> Lazy<T, E, F, Fut> {
         OwnedLazyWait {
             lazy: self,
             node: Node::new(),
-            linked: false,
+            linked: None,
             done: false,
         }
     }
@@ -753,7 +826,7 @@ impl<T, E, F, Fut> Lazy<T, E, F, Fut> {
 pub struct OwnedLazyWait<T, E = Infallible, F = BoxInit<T, E>, Fut = BoxFuture<T, E>> {
     lazy: Lazy<T, E, F, Fut>,
     node: Node,
-    linked: bool,
+    linked: Option<Which>,
     done: bool,
 }
 
@@ -824,7 +897,7 @@ impl<T, E, F, Fut> Drop for OwnedLazyWait<T, E, F, Fut> {
             self.lazy
                 .shared
                 .cell
-                .cancel_node(&self.node, &mut self.linked, Which::Waiters)
+                .cancel_node(&self.node, &mut self.linked)
         };
     }
 }
@@ -832,7 +905,7 @@ impl<T, E, F, Fut> Drop for OwnedLazyWait<T, E, F, Fut> {
 impl<T, E, F, Fut> fmt::Debug for OwnedLazyWait<T, E, F, Fut> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OwnedLazyWait")
-            .field("linked", &self.linked)
+            .field("linked", &self.linked.is_some())
             .field("done", &self.done)
             .finish_non_exhaustive()
     }
@@ -854,11 +927,7 @@ impl<T, E, F, Fut> Drop for LazyWait<'_, T, E, F, Fut> {
     fn drop(&mut self) {
         // SAFETY: the node is pinned and belongs to the shared cell, which `self.shared`
         // keeps alive.
-        unsafe {
-            self.shared
-                .cell
-                .cancel_node(&self.node, &mut self.linked, Which::Waiters)
-        };
+        unsafe { self.shared.cell.cancel_node(&self.node, &mut self.linked) };
     }
 }
 
@@ -873,7 +942,7 @@ impl<T: fmt::Debug, E: fmt::Debug, F, Fut> fmt::Debug for Lazy<T, E, F, Fut> {
 impl<T, E, F, Fut> fmt::Debug for LazyWait<'_, T, E, F, Fut> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LazyWait")
-            .field("linked", &self.linked)
+            .field("linked", &self.linked.is_some())
             .field("done", &self.done)
             .finish_non_exhaustive()
     }

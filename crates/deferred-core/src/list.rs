@@ -30,8 +30,14 @@ pub(crate) enum Notify {
 impl Notify {
     /// Wakes the waiter. This runs user code (a waker or a callback), so it is only ever
     /// called with the cell's lock released. `cell` is the completed cell, for callbacks
-    /// (null when the notify cannot be a callback).
-    pub(crate) fn notify(self, cell: *const ()) {
+    /// (null when the notify cannot be a callback, or to free a callback unrun).
+    ///
+    /// # Safety
+    ///
+    /// The notify was taken off its node (a callback's node is then in no list), and this
+    /// is the one call made for it. If it is a callback, `cell` is null or points to the
+    /// `Deferred` the callback was registered on, alive and complete.
+    pub(crate) unsafe fn notify(self, cell: *const ()) {
         #[cfg(not(feature = "alloc"))]
         let _ = cell;
         match self {
@@ -40,9 +46,24 @@ impl Notify {
             #[cfg(feature = "std")]
             Notify::Thread(thread) => thread.unpark(),
             #[cfg(feature = "alloc")]
-            // SAFETY: `node` and `call` were made together by `on_complete`, and the node
-            // is off every list: this is its one call.
+            // SAFETY: `node` and `call` were made together by `on_complete`; the caller
+            // guarantees the node is off every list, that this is its one call, and what
+            // `cell` is.
             Notify::Callback { node, call } => unsafe { call(node, cell) },
+        }
+    }
+
+    /// Drops the notify without waking anyone; a callback is freed without being run.
+    ///
+    /// # Safety
+    ///
+    /// As for [`notify`](Self::notify).
+    pub(crate) unsafe fn discard(self) {
+        match self {
+            #[cfg(feature = "alloc")]
+            // SAFETY: forwarded to the caller; a null cell only frees the callback.
+            callback @ Notify::Callback { .. } => unsafe { callback.notify(core::ptr::null()) },
+            _ => {}
         }
     }
 

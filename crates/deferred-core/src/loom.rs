@@ -10,8 +10,13 @@ pub(crate) use loom::{
     sync::atomic::{AtomicBool, AtomicUsize, Ordering},
 };
 
-#[cfg(not(loom))]
+#[cfg(all(not(loom), not(feature = "portable-atomic")))]
 pub(crate) use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+// Cores without compare-and-swap (`thumbv6m-none-eabi`) have no read-modify-writes in
+// `core`; portable-atomic makes them (in a critical section, or with interrupts masked) and
+// is the native atomics where the target has them. `Ordering` is `core`'s own type.
+#[cfg(all(not(loom), feature = "portable-atomic"))]
+pub(crate) use portable_atomic::{AtomicBool, AtomicUsize, Ordering};
 
 #[cfg(all(feature = "std", loom))]
 pub(crate) use loom::thread;
@@ -45,13 +50,91 @@ impl<T> UnsafeCell<T> {
     }
 }
 
-/// Waits a little before the caller retries a contended lock.
+/// Where the contenders of one spin lock wait for it.
 ///
-/// The only lock in this crate (the `LOCKED` bit of a cell's state word) is held for a
-/// constant number of pointer writes and never around user code, so a contender waits at
-/// most for that. On `std`, `Backoff::snooze` spins a few rounds and then yields the thread
-/// to the OS, so a holder that was preempted gets to run: the spin is bounded. Under loom it
-/// yields so that the model checker schedules the holder.
+/// On real hardware (and outside loom) a contender spins with backoff and then yields its
+/// thread ([`backoff`]): the lock is held for O(1) pointer writes, the holder runs, and the
+/// contender gets in. loom assumes no fairness: with two contenders yielding to each other
+/// it explores schedules where the preempted holder never runs again, an endless path that
+/// says nothing about the protocol and exhausts loom's branch limit (at three preemptions a
+/// model with three threads reaches it). Under loom a contender therefore blocks until the
+/// lock is released, which loom schedules fairly; every access to the lock word itself (the
+/// CAS that takes it, the one that releases it) is still the real one.
+#[cfg(not(loom))]
+#[derive(Debug, Default)]
+pub(crate) struct LockWaits;
+
+#[cfg(not(loom))]
+impl LockWaits {
+    pub(crate) const fn new() -> Self {
+        LockWaits
+    }
+
+    /// Waits a little: spins, then yields the thread (`std`). The caller re-reads the lock.
+    #[inline]
+    pub(crate) fn contended(
+        &self,
+        backoff: &crossbeam_utils::Backoff,
+        _is_locked: impl Fn() -> bool,
+    ) {
+        backoff.snooze();
+    }
+
+    /// The lock was released.
+    #[inline(always)]
+    pub(crate) fn released(&self) {}
+}
+
+/// See the non-loom `LockWaits`.
+#[cfg(loom)]
+#[derive(Debug, Default)]
+pub(crate) struct LockWaits {
+    mutex: loom::sync::Mutex<()>,
+    condvar: loom::sync::Condvar,
+    /// How many contenders wait. A plain (not loom) atomic: loom runs one thread at a time,
+    /// and this is bookkeeping of the model, not part of the protocol it checks.
+    waiting: core::sync::atomic::AtomicUsize,
+}
+
+#[cfg(loom)]
+impl LockWaits {
+    pub(crate) fn new() -> Self {
+        Self::default()
+    }
+
+    /// Blocks while `is_locked` (which must read the latest value of the lock word).
+    pub(crate) fn contended(
+        &self,
+        _backoff: &crossbeam_utils::Backoff,
+        is_locked: impl Fn() -> bool,
+    ) {
+        use core::sync::atomic::Ordering::SeqCst;
+        let mut guard = self.mutex.lock().unwrap();
+        // Counted before the lock word is read, and the releaser reads the count after it
+        // cleared the word: either the check below sees the lock free, or the releaser sees
+        // this contender and notifies it (under the mutex, so not before it waits).
+        self.waiting.fetch_add(1, SeqCst);
+        while is_locked() {
+            guard = self.condvar.wait(guard).unwrap();
+        }
+        self.waiting.fetch_sub(1, SeqCst);
+    }
+
+    /// The lock was released: wake the contenders, if any.
+    pub(crate) fn released(&self) {
+        if self.waiting.load(core::sync::atomic::Ordering::SeqCst) > 0 {
+            let _guard = self.mutex.lock().unwrap();
+            self.condvar.notify_all();
+        }
+    }
+}
+
+/// Waits a little before the caller retries a short spin (an attacher of a `Lazy`
+/// computation waiting for another attacher, a hold of a few instructions). On `std`,
+/// `Backoff::snooze` spins a few rounds and then yields the thread to the OS, so a holder
+/// that was preempted gets to run: the spin is bounded. Under loom it yields so that the model
+/// checker schedules the holder. The locks wait through [`LockWaits`] instead.
+#[cfg(feature = "alloc")]
 #[inline]
 pub(crate) fn backoff(backoff: &crossbeam_utils::Backoff) {
     #[cfg(loom)]
@@ -61,24 +144,6 @@ pub(crate) fn backoff(backoff: &crossbeam_utils::Backoff) {
     }
     #[cfg(not(loom))]
     backoff.snooze();
-}
-
-/// `atomic.store(value, order)`, for a word that other threads may be changing with
-/// read-modify-writes that leave it as it is (a losing completer's `fetch_or(WON)`).
-///
-/// A plain store is correct there: an RMW always reads the latest value in the modification
-/// order, so one ordered after the store reads and keeps the stored value. loom 0.7 does not
-/// model that rule for stores (tokio-rs/loom#254, fix pending in #391) and lets the store
-/// slip between an RMW's read and its write, losing it. Under loom we therefore use `swap`,
-/// whose effect on the word is the same and which loom models correctly.
-#[inline(always)]
-pub(crate) fn store_over_rmws(atomic: &AtomicUsize, value: usize, order: Ordering) {
-    #[cfg(loom)]
-    {
-        atomic.swap(value, order);
-    }
-    #[cfg(not(loom))]
-    atomic.store(value, order);
 }
 
 /// Re-reads `atomic` after a backoff, in a spin wait.

@@ -5,7 +5,7 @@ use core::fmt;
 
 use crossbeam_utils::Backoff;
 
-use crate::loom::{AtomicUsize, Ordering::*, UnsafeCell};
+use crate::loom::{AtomicUsize, LockWaits, Ordering::*, UnsafeCell};
 
 /// A spin lock for critical sections of a few instructions (a hash-table probe), usable
 /// without `std`.
@@ -26,9 +26,12 @@ use crate::loom::{AtomicUsize, Ordering::*, UnsafeCell};
 pub struct SpinMutex<T> {
     locked: AtomicUsize,
     value: UnsafeCell<T>,
-    /// Under loom the lock is loom's own mutex (see `with`).
+    /// Where contenders wait (nothing, outside loom: see `LockWaits`).
+    waits: LockWaits,
+    /// Under loom the lock is loom's own mutex (see `with`), unless made by
+    /// `new_unmodelled`.
     #[cfg(loom)]
-    model: loom::sync::Mutex<()>,
+    model: Option<loom::sync::Mutex<()>>,
 }
 
 // SAFETY: the lock hands out `&mut T` to one thread at a time, so sharing the mutex moves
@@ -50,6 +53,7 @@ impl<T> SpinMutex<T> {
         SpinMutex {
             locked: AtomicUsize::new(0),
             value: UnsafeCell::new(value),
+            waits: LockWaits::new(),
         }
     }
 
@@ -59,7 +63,21 @@ impl<T> SpinMutex<T> {
         SpinMutex {
             locked: AtomicUsize::new(0),
             value: UnsafeCell::new(value),
-            model: loom::sync::Mutex::new(()),
+            waits: LockWaits::new(),
+            model: Some(loom::sync::Mutex::new(())),
+        }
+    }
+
+    /// Under loom only: a mutex with no loom mutex in front of the spin lock, so that a
+    /// model explores the spin lock's own protocol (`tests/loom.rs`).
+    #[cfg(loom)]
+    #[doc(hidden)]
+    pub fn new_unmodelled(value: T) -> Self {
+        SpinMutex {
+            locked: AtomicUsize::new(0),
+            value: UnsafeCell::new(value),
+            waits: LockWaits::new(),
+            model: None,
         }
     }
 
@@ -82,9 +100,12 @@ impl<T> SpinMutex<T> {
         // spin lock itself is then uncontended but still taken, so its accesses to the value
         // are still checked.
         #[cfg(loom)]
-        let _model = self.model.lock().unwrap_or_else(|e| e.into_inner());
+        let _model = self
+            .model
+            .as_ref()
+            .map(|model| model.lock().unwrap_or_else(|e| e.into_inner()));
         self.acquire();
-        let _unlock = Unlock(&self.locked);
+        let _unlock = Unlock(self);
         // SAFETY: `acquire` gave this thread the lock, held until `_unlock` drops (also on
         // unwinding), so no other `&mut T` exists meanwhile.
         self.value.with_mut(|value| f(unsafe { &mut *value }))
@@ -112,7 +133,8 @@ impl<T> SpinMutex<T> {
         }
         let backoff = Backoff::new();
         loop {
-            crate::loom::backoff(&backoff);
+            self.waits
+                .contended(&backoff, || crate::loom::spin_load(&self.locked) != 0);
             if crate::loom::spin_load(&self.locked) == 0
                 && self.locked.compare_exchange(0, 1, Acquire, Relaxed).is_ok()
             {
@@ -122,13 +144,22 @@ impl<T> SpinMutex<T> {
     }
 }
 
-struct Unlock<'a>(&'a AtomicUsize);
+struct Unlock<'a, T>(&'a SpinMutex<T>);
 
-impl Drop for Unlock<'_> {
+impl<T> Drop for Unlock<'_, T> {
     #[inline]
     fn drop(&mut self) {
         // Release: pairs with the Acquire in `acquire`.
-        self.0.store(0, Release);
+        #[cfg(not(loom))]
+        self.0.locked.store(0, Release);
+        // Under loom a swap, which orders the same way: loom keeps the order of writes to
+        // one atomic partial, so a plain store and a contender's `spin_load` (a
+        // read-modify-write that read the held lock) come out unordered, and loom then lets
+        // the contender's later reads return its own stale write for ever after the store
+        // (a deadlock no hardware has: there the order is total and the store comes last).
+        #[cfg(loom)]
+        self.0.locked.swap(0, Release);
+        self.0.waits.released();
     }
 }
 
@@ -166,17 +197,27 @@ pub struct SpinRwLock<T> {
     /// WRITER | WAITING | readers × READER.
     state: AtomicUsize,
     value: UnsafeCell<T>,
+    /// Where contenders wait (nothing, outside loom: see `LockWaits`).
+    waits: LockWaits,
     /// Under loom the lock is loom's own mutex, for readers too (see `SpinMutex::with`):
     /// loom's `RwLock` multiplies the interleavings of every model above it, and what the
-    /// layers above need checked is their own protocol.
+    /// layers above need checked is their own protocol. `None` if made by
+    /// `new_unmodelled`: then the spin protocol itself runs.
     #[cfg(loom)]
-    model: loom::sync::Mutex<()>,
+    model: Option<loom::sync::Mutex<()>>,
 }
+
+// `LockWaits` is zero-sized outside loom: each lock is still one word beside its value.
+#[cfg(not(loom))]
+const _: () = {
+    use core::mem::size_of;
+    assert!(size_of::<SpinMutex<usize>>() == 2 * size_of::<usize>());
+    assert!(size_of::<SpinRwLock<usize>>() == 2 * size_of::<usize>());
+};
 
 /// A writer holds the lock.
 const WRITER: usize = 1;
 /// A writer waits: no new reader may enter.
-#[cfg_attr(loom, allow(dead_code))]
 const WAITING: usize = 2;
 /// One reader.
 const READER: usize = 4;
@@ -200,6 +241,7 @@ impl<T> SpinRwLock<T> {
         SpinRwLock {
             state: AtomicUsize::new(0),
             value: UnsafeCell::new(value),
+            waits: LockWaits::new(),
         }
     }
 
@@ -209,8 +251,44 @@ impl<T> SpinRwLock<T> {
         SpinRwLock {
             state: AtomicUsize::new(0),
             value: UnsafeCell::new(value),
-            model: loom::sync::Mutex::new(()),
+            waits: LockWaits::new(),
+            model: Some(loom::sync::Mutex::new(())),
         }
+    }
+
+    /// Under loom only: a lock with no loom mutex in front of the spin protocol, so that a
+    /// model explores the protocol itself, writer preference included (`tests/loom.rs`).
+    #[cfg(loom)]
+    #[doc(hidden)]
+    pub fn new_unmodelled(value: T) -> Self {
+        SpinRwLock {
+            state: AtomicUsize::new(0),
+            value: UnsafeCell::new(value),
+            waits: LockWaits::new(),
+            model: None,
+        }
+    }
+
+    /// Whether a loom mutex in front stands for the lock (never, outside loom): then the
+    /// spin protocol is skipped, as it would only add interleavings that cannot matter to
+    /// the models above; `new_unmodelled` locks and `tests/sync.rs` (real threads, also
+    /// under miri) check it.
+    #[inline(always)]
+    fn modelled(&self) -> bool {
+        #[cfg(loom)]
+        {
+            self.model.is_some()
+        }
+        #[cfg(not(loom))]
+        false
+    }
+
+    /// Takes the loom mutex in front, if there is one.
+    #[cfg(loom)]
+    fn lock_model(&self) -> Option<loom::sync::MutexGuard<'_, ()>> {
+        self.model
+            .as_ref()
+            .map(|model| model.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Runs `f` with shared access to the value, alongside other readers.
@@ -223,9 +301,9 @@ impl<T> SpinRwLock<T> {
     #[inline]
     pub fn read<R>(&self, f: impl FnOnce(&T) -> R) -> R {
         #[cfg(loom)]
-        let _model = self.model.lock().unwrap_or_else(|e| e.into_inner());
+        let _model = self.lock_model();
         self.acquire_read();
-        let _unlock = ReadUnlock(&self.state);
+        let _unlock = ReadUnlock(self);
         // SAFETY: a read lock is held until `_unlock` drops (also on unwinding): no writer
         // has `&mut T` meanwhile, and readers only get `&T`.
         self.value.with(|value| f(unsafe { &*value }))
@@ -242,9 +320,9 @@ impl<T> SpinRwLock<T> {
     #[inline]
     pub fn write<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
         #[cfg(loom)]
-        let _model = self.model.lock().unwrap_or_else(|e| e.into_inner());
+        let _model = self.lock_model();
         self.acquire_write();
-        let _unlock = WriteUnlock(&self.state);
+        let _unlock = WriteUnlock(self);
         // SAFETY: the write lock is held until `_unlock` drops (also on unwinding): no other
         // `&T` or `&mut T` exists meanwhile.
         self.value.with_mut(|value| f(unsafe { &mut *value }))
@@ -263,18 +341,11 @@ impl<T> SpinRwLock<T> {
         self.value.with_mut(|value| unsafe { &mut *value })
     }
 
-    /// Under loom the model mutex in front already excludes everyone else (see the
-    /// `model` field): the spin protocol would only add interleavings that cannot matter.
-    /// It is checked on real threads instead (`tests/sync.rs`, also under miri).
-    #[cfg(loom)]
-    fn acquire_read(&self) {}
-
-    #[cfg(loom)]
-    fn acquire_write(&self) {}
-
-    #[cfg(not(loom))]
     #[inline]
     fn acquire_read(&self) {
+        if self.modelled() {
+            return;
+        }
         let mut state = self.state.load(Relaxed);
         let backoff = Backoff::new();
         loop {
@@ -292,14 +363,18 @@ impl<T> SpinRwLock<T> {
                     }
                 }
             }
-            crate::loom::backoff(&backoff);
+            self.waits.contended(&backoff, || {
+                crate::loom::spin_load(&self.state) & (WRITER | WAITING) != 0
+            });
             state = crate::loom::spin_load(&self.state);
         }
     }
 
-    #[cfg(not(loom))]
     #[inline]
     fn acquire_write(&self) {
+        if self.modelled() {
+            return;
+        }
         // Acquire: pairs with the Release in `WriteUnlock::drop` and `ReadUnlock::drop`,
         // so the last writer's changes are visible and every reader is done reading.
         if self
@@ -329,38 +404,43 @@ impl<T> SpinRwLock<T> {
                 // taken by the CAS above.
                 self.state.fetch_or(WAITING, Relaxed);
             }
-            crate::loom::backoff(&backoff);
+            self.waits.contended(&backoff, || {
+                let state = crate::loom::spin_load(&self.state);
+                state & WRITER != 0 || state >= READER
+            });
         }
     }
 }
 
-struct ReadUnlock<'a>(&'a AtomicUsize);
+struct ReadUnlock<'a, T>(&'a SpinRwLock<T>);
 
-impl Drop for ReadUnlock<'_> {
+impl<T> Drop for ReadUnlock<'_, T> {
     #[inline]
     fn drop(&mut self) {
+        if self.0.modelled() {
+            // Nothing was taken: see `modelled`.
+            return;
+        }
         // Release: pairs with the Acquire in `acquire_write`, so this reader's reads happen
-        // before the next writer's writes. (Under loom nothing was taken: see
-        // `acquire_read`.)
-        #[cfg(not(loom))]
-        self.0.fetch_sub(READER, Release);
-        #[cfg(loom)]
-        let _ = self.0;
+        // before the next writer's writes.
+        self.0.state.fetch_sub(READER, Release);
+        self.0.waits.released();
     }
 }
 
-struct WriteUnlock<'a>(&'a AtomicUsize);
+struct WriteUnlock<'a, T>(&'a SpinRwLock<T>);
 
-impl Drop for WriteUnlock<'_> {
+impl<T> Drop for WriteUnlock<'_, T> {
     #[inline]
     fn drop(&mut self) {
+        if self.0.modelled() {
+            // Nothing was taken: see `modelled`.
+            return;
+        }
         // Release: pairs with the Acquires in `acquire_read` and `acquire_write`. An RMW,
-        // not a store: a waiting writer's WAITING bit must survive. (Under loom nothing was
-        // taken: see `acquire_read`.)
-        #[cfg(not(loom))]
-        self.0.fetch_and(!WRITER, Release);
-        #[cfg(loom)]
-        let _ = self.0;
+        // not a store: a waiting writer's WAITING bit must survive.
+        self.0.state.fetch_and(!WRITER, Release);
+        self.0.waits.released();
     }
 }
 

@@ -32,7 +32,7 @@ pub(crate) fn same_waker<'a>(cx: &'a Context<'_>) -> impl Fn(&Notify) -> bool + 
 unsafe fn poll_waiter<T, E>(
     cell: &Deferred<T, E>,
     node: &Node,
-    linked: &mut bool,
+    linked: &mut Option<Which>,
     cx: &Context<'_>,
 ) -> Poll<usize> {
     // SAFETY: forwarded to the caller.
@@ -71,7 +71,7 @@ unsafe fn poll_waiter<T, E>(
 pub struct Wait<'a, T, E = core::convert::Infallible> {
     cell: &'a Deferred<T, E>,
     node: Node,
-    linked: bool,
+    linked: Option<Which>,
     done: bool,
 }
 
@@ -97,7 +97,7 @@ impl<T, E> Deferred<T, E> {
         Wait {
             cell: self,
             node: Node::new(),
-            linked: false,
+            linked: None,
             done: false,
         }
     }
@@ -156,17 +156,14 @@ impl<T, E> Drop for Wait<'_, T, E> {
     fn drop(&mut self) {
         // SAFETY: the node is pinned (we are in `drop`, it has not moved) and belongs to
         // `self.cell`; after this the cell never touches it.
-        unsafe {
-            self.cell
-                .cancel_node(&self.node, &mut self.linked, Which::Waiters)
-        };
+        unsafe { self.cell.cancel_node(&self.node, &mut self.linked) };
     }
 }
 
 impl<T, E> fmt::Debug for Wait<'_, T, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Wait")
-            .field("linked", &self.linked)
+            .field("linked", &self.linked.is_some())
             .field("done", &self.done)
             .finish_non_exhaustive()
     }
@@ -237,7 +234,7 @@ mod owned {
     pub struct OwnedWait<T, E = core::convert::Infallible> {
         cell: Arc<Deferred<T, E>>,
         node: Node,
-        linked: bool,
+        linked: Option<Which>,
         done: bool,
     }
 
@@ -262,7 +259,7 @@ mod owned {
             OwnedWait {
                 cell: this,
                 node: Node::new(),
-                linked: false,
+                linked: None,
                 done: false,
             }
         }
@@ -295,17 +292,14 @@ mod owned {
         fn drop(&mut self) {
             // SAFETY: the node is pinned and belongs to `self.cell`, which the `Arc` keeps
             // alive until after this.
-            unsafe {
-                self.cell
-                    .cancel_node(&self.node, &mut self.linked, Which::Waiters)
-            };
+            unsafe { self.cell.cancel_node(&self.node, &mut self.linked) };
         }
     }
 
     impl<T, E> fmt::Debug for OwnedWait<T, E> {
         fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             f.debug_struct("OwnedWait")
-                .field("linked", &self.linked)
+                .field("linked", &self.linked.is_some())
                 .field("done", &self.done)
                 .finish_non_exhaustive()
         }

@@ -5,7 +5,18 @@
 
 use std::{cell::Cell, rc::Rc};
 
-use deferred_core::{Claim, ClaimWait, Deferred, Error, OwnedWait, Producer, Wait, WaitCloned};
+use std::future::Ready;
+
+use deferred_core::{
+    sync::{SpinMutex, SpinRwLock},
+    Claim, ClaimWait, Deferred, Error, GetOrInit, Lazy, LazyWait, OwnedLazyWait, OwnedWait,
+    Producer, Wait, WaitCloned, WeakLazy,
+};
+
+/// The initializer and future types of a `get_or_init` whose future is `Ready<u8>`.
+type Init = fn() -> Ready<u8>;
+/// A lazy cell whose computation is not `Send`.
+type RcLazy = Lazy<u8, u8, fn() -> Rc<u8>, Rc<u8>>;
 
 fn send<T: Send>() {}
 fn sync<T: Sync>() {}
@@ -42,6 +53,24 @@ fn send_and_sync_exactly_when_sound() {
     send::<Producer<'static, u8, u8>>();
     send::<Error<u8>>();
     sync::<Error<u8>>();
+    send::<GetOrInit<'static, u8, u8, Init, Ready<u8>>>();
+    // A handle to the shared allocation: movable, shareable, `Unpin`.
+    send::<Lazy<u8, u8>>();
+    sync::<Lazy<u8, u8>>();
+    unpin::<Lazy<u8, u8>>();
+    send::<WeakLazy<u8, u8>>();
+    sync::<WeakLazy<u8, u8>>();
+    unpin::<WeakLazy<u8, u8>>();
+    send::<LazyWait<'static, u8, u8, Init, Ready<u8>>>();
+    send::<OwnedLazyWait<u8, u8>>();
+    sync::<OwnedLazyWait<u8, u8>>();
+    // The locks: `Mutex`-like and `RwLock`-like bounds.
+    send::<SpinMutex<Cell<u8>>>();
+    sync::<SpinMutex<Cell<u8>>>();
+    unpin::<SpinMutex<u8>>();
+    send::<SpinRwLock<Cell<u8>>>();
+    sync::<SpinRwLock<u8>>();
+    unpin::<SpinRwLock<u8>>();
 }
 
 // A value that is Send but not Sync (Cell) makes the cell Send but not Sync: shared
@@ -56,6 +85,20 @@ assert_not_impl!(Deferred<Rc<u8>>, Sync);
 assert_not_impl!(Wait<'static, u8>, Unpin);
 assert_not_impl!(OwnedWait<u8>, Unpin);
 assert_not_impl!(ClaimWait<'static, u8>, Unpin);
+assert_not_impl!(GetOrInit<'static, u8, u8, Init, Ready<u8>>, Unpin);
+assert_not_impl!(LazyWait<'static, u8, u8, Init, Ready<u8>>, Unpin);
+assert_not_impl!(OwnedLazyWait<u8, u8>, Unpin);
+// A future that borrows its node to the cell's list is not shared across threads.
+assert_not_impl!(GetOrInit<'static, u8, u8, Init, Ready<u8>>, Sync);
+assert_not_impl!(LazyWait<'static, u8, u8, Init, Ready<u8>>, Sync);
+// A computation that is not `Send` makes the lazy cell neither `Send` nor `Sync`.
+assert_not_impl!(RcLazy, Send);
+assert_not_impl!(RcLazy, Sync);
+assert_not_impl!(WeakLazy<u8, u8, fn() -> Rc<u8>, Rc<u8>>, Send);
+// A lock hands `&mut T` across threads (needs `T: Send`); a read lock also shares `&T`.
+assert_not_impl!(SpinMutex<Rc<u8>>, Sync);
+assert_not_impl!(SpinMutex<Rc<u8>>, Send);
+assert_not_impl!(SpinRwLock<Cell<u8>>, Sync);
 
 #[test]
 fn send_but_not_sync_values_still_make_a_send_cell() {

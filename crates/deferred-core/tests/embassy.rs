@@ -3,6 +3,12 @@
 //! allocates: cells in `static`s, awaited by tasks from a fixed pool, completed by another
 //! task, the way firmware would use them. A harness-less test (`main` never returns from the
 //! executor; it exits when every waiter has checked in).
+//!
+//! It follows the interrupt rule of the crate docs ("Interrupts and single-core `no_std`"):
+//! every use of a cell, the waits and the completions, is a task of the one thread-mode
+//! executor, so nothing that touches a cell can interrupt a holder of its lock. Firmware that
+//! learns the value in an interrupt handler signals a task (embassy-sync's `Signal`), and the
+//! task completes the cell, or masks interrupts around the waits (`critical_section::with`).
 
 #![allow(clippy::std_instead_of_core)]
 
@@ -31,6 +37,8 @@ async fn waiter(id: usize) {
     }
 }
 
+// A task, not an interrupt handler: it completes cells that tasks wait on (their polls and
+// drops take the cell's lock), so it must run at their priority level, never preempt them.
 #[embassy_executor::task]
 async fn completer() {
     // Every waiter has parked on `READY` by the time this first runs (tasks run in spawn

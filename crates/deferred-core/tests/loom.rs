@@ -8,13 +8,14 @@
 #![allow(clippy::std_instead_of_core)] // tests run on std; `core::` paths matter in the library only.
 
 use std::{
-    pin::pin,
-    sync::atomic::Ordering::SeqCst,
-    task::{Context, Poll},
+    future::Future,
+    pin::{pin, Pin},
+    sync::atomic::Ordering::{Acquire, Release, SeqCst},
+    task::{Context, Poll, Waker},
 };
 
-use deferred_core::{Deferred, Error};
-use futures::task::noop_waker;
+use deferred_core::{Deferred, Error, Lazy};
+use futures::task::{noop_waker, ArcWake};
 use loom::{
     future::block_on,
     sync::{
@@ -24,8 +25,41 @@ use loom::{
     thread,
 };
 
-fn poll_once<F: std::future::Future>(fut: std::pin::Pin<&mut F>) -> Poll<F::Output> {
-    fut.poll(&mut Context::from_waker(&noop_waker()))
+fn poll_once<F: Future>(fut: Pin<&mut F>) -> Poll<F::Output> {
+    poll_with(fut, &noop_waker())
+}
+
+fn poll_with<F: Future>(fut: Pin<&mut F>, waker: &Waker) -> Poll<F::Output> {
+    fut.poll(&mut Context::from_waker(waker))
+}
+
+/// A waker that counts its wakes, so a model can tell which of a future's wakers the cell
+/// kept.
+struct CountingWaker(AtomicUsize);
+
+impl ArcWake for CountingWaker {
+    fn wake_by_ref(this: &std::sync::Arc<Self>) {
+        // Release: pairs with the Acquire in `wakes`.
+        this.0.fetch_add(1, Release);
+    }
+}
+
+impl CountingWaker {
+    fn new() -> (Waker, std::sync::Arc<Self>) {
+        let count = std::sync::Arc::new(CountingWaker(AtomicUsize::new(0)));
+        (futures::task::waker(count.clone()), count)
+    }
+
+    fn wakes(&self) -> usize {
+        self.0.load(Acquire)
+    }
+}
+
+/// A cell that outlives every thread of the execution, so that futures and claims that
+/// borrow it can move into spawned threads (loom has no scoped threads). Leaked: loom only
+/// checks its own `Arc`s and allocations for leaks, and this is a few bytes per execution.
+fn leaked_cell() -> &'static Deferred<usize> {
+    Box::leak(Box::new(Deferred::new()))
 }
 
 #[test]
@@ -298,9 +332,9 @@ fn lazy_abort_vs_a_driving_awaiter() {
 
 #[test]
 fn rwlock_readers_never_see_a_half_written_value() {
-    // Under loom the spin lock sits behind loom's own `RwLock` (see `sync.rs`), so this
-    // checks the access discipline (loom's `UnsafeCell` tracking), with two readers racing a
-    // writer.
+    // Under loom the spin lock made by `new` sits behind a loom `Mutex`, readers included
+    // (see `sync.rs`), so this checks the access discipline (loom's `UnsafeCell` tracking),
+    // with two readers racing a writer; the `spin_*` models below check the spin protocol.
     loom::model(|| {
         let lock = Arc::new(deferred_core::sync::SpinRwLock::new((0usize, 0usize)));
         let l = lock.clone();
@@ -316,5 +350,496 @@ fn rwlock_readers_never_see_a_half_written_value() {
         writer.join().unwrap();
         reader.join().unwrap();
         assert_eq!(lock.read(|v| *v), (1, 1));
+    });
+}
+
+/// A lazy cell whose computation never finishes and hands out the waker it is polled with
+/// (the cell's relay), with a completion callback linked first and `waiters` awaiters polled
+/// once behind it: the list is `[callback, waiters…]`.
+struct RelayFixture {
+    lazy: deferred_core::Lazy<usize, ()>,
+    relay: std::task::Waker,
+    callback_runs: Arc<AtomicUsize>,
+    waits: Vec<std::pin::Pin<Box<deferred_core::OwnedLazyWait<usize, ()>>>>,
+}
+
+impl RelayFixture {
+    /// Completes the cell and checks that the callback ran once and every awaiter sees it.
+    fn complete_and_check(mut self) {
+        let _ = self.lazy.succeed(1);
+        self.check_completed();
+    }
+
+    fn check_completed(&mut self) {
+        assert_eq!(self.callback_runs.load(SeqCst), 1, "the callback runs once");
+        for wait in &mut self.waits {
+            assert_eq!(poll_once(wait.as_mut()), Poll::Ready(Ok(1)));
+        }
+    }
+}
+
+fn relay_fixture(waiters: usize) -> RelayFixture {
+    let slot: std::sync::Arc<std::sync::Mutex<Option<std::task::Waker>>> = Default::default();
+    let s = std::sync::Arc::clone(&slot);
+    let lazy: deferred_core::Lazy<usize, ()> =
+        deferred_core::Lazy::boxed(futures::future::poll_fn(move |cx| {
+            *s.lock().unwrap() = Some(cx.waker().clone());
+            Poll::<Result<usize, ()>>::Pending
+        }));
+    let callback_runs = Arc::new(AtomicUsize::new(0));
+    let r = callback_runs.clone();
+    lazy.on_complete(move |_| {
+        r.fetch_add(1, SeqCst);
+    });
+    let waits = (0..waiters)
+        .map(|_| {
+            let mut wait = Box::pin(lazy.clone().wait_owned());
+            assert!(poll_once(wait.as_mut()).is_pending());
+            wait
+        })
+        .collect();
+    let relay = slot
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("the computation was polled");
+    RelayFixture {
+        lazy,
+        relay,
+        callback_runs,
+        waits,
+    }
+}
+
+#[test]
+fn two_relay_wakes_with_a_callback_linked() {
+    // Two wake-waiters rounds at once, with a callback at the head of the list: a round
+    // whose sentinel the other round took must end (#11.1: it re-queued the callback
+    // forever with the lock held). Two waiters fill a loom batch of two, so the first round
+    // relocks after its first batch.
+    loom::model(|| {
+        let fixture = relay_fixture(2);
+        let relay = fixture.relay.clone();
+        let t = thread::spawn(move || relay.wake_by_ref());
+        fixture.relay.wake_by_ref();
+        t.join().unwrap();
+        fixture.complete_and_check();
+    });
+}
+
+#[test]
+fn relay_wake_vs_completion_with_a_callback_linked() {
+    // A wake-waiters round against a completion whose drain takes the round's sentinel
+    // while a callback is linked: the round ends, the callback runs once (#11.1). Three
+    // waiters: the round's first batch takes the callback (re-queued) and two waiters, the
+    // drain's first batch the third waiter and the sentinel, leaving the callback alone.
+    loom::model(|| {
+        let mut fixture = relay_fixture(3);
+        let relay = fixture.relay.clone();
+        let t = thread::spawn(move || relay.wake_by_ref());
+        let _ = fixture.lazy.succeed(1);
+        t.join().unwrap();
+        fixture.check_completed();
+    });
+}
+
+#[test]
+fn lazy_wake_during_a_drive_vs_a_late_waiter() {
+    // The computation's event fires and wakes it (REPOLL, and a notify round that finds no
+    // one linked) while a driver may be polling it, and then an awaiter links and finds the
+    // driver busy, so it returns Pending. The driver's poll must see the event (a wake that
+    // landed before it took DRIVING is one its poll covers), or the driver, as it releases
+    // DRIVING, must see the wake and run a notify round of its own; otherwise the awaiter
+    // sleeps for ever beside a computation that can finish. The driver is `drive_now`,
+    // which links no node of its own (an awaiting driver would be woken by the event's
+    // round itself); the event is over before the awaiter links (joined), so its round
+    // cannot reach the awaiter.
+    loom::model(|| {
+        let fired = Arc::new(AtomicBool::new(false));
+        let waker_slot: std::sync::Arc<std::sync::Mutex<Option<Waker>>> = Default::default();
+        let (f, slot) = (fired.clone(), waker_slot.clone());
+        let lazy: Lazy<usize, ()> = Lazy::boxed(futures::future::poll_fn(move |cx| {
+            *slot.lock().unwrap() = Some(cx.waker().clone());
+            // Acquire: pairs with the Release of the event below.
+            if f.load(Acquire) {
+                Poll::Ready(Ok(1))
+            } else {
+                Poll::Pending
+            }
+        }));
+        // A first poll before the threads start, which hands out the computation's waker
+        // (the cell's relay, the same on every poll) for the event to wake.
+        assert!(!lazy.drive_now());
+        let relay = waker_slot.lock().unwrap().clone().unwrap();
+        let l = lazy.clone();
+        let driver = thread::spawn(move || {
+            l.drive_now();
+        });
+        let event = thread::spawn(move || {
+            fired.store(true, Release);
+            relay.wake();
+        });
+        event.join().unwrap();
+        let mut wait = Box::pin(lazy.wait());
+        let (waker, wakes) = CountingWaker::new();
+        let polled = poll_with(wait.as_mut(), &waker);
+        driver.join().unwrap();
+        if polled.is_pending() {
+            assert!(
+                wakes.wakes() > 0,
+                "the awaiter sleeps beside a computation that can finish"
+            );
+            assert_eq!(poll_with(wait.as_mut(), &waker), Poll::Ready(Ok(&1)));
+        } else {
+            assert_eq!(polled, Poll::Ready(Ok(&1)));
+        }
+    });
+}
+
+#[test]
+fn granted_claimant_dropped_during_hand_off() {
+    // A released claim is handed to the oldest claimant (its node marked Granted) just as
+    // that claimant's future is dropped, before it polls again: the drop must pass the
+    // claim on to the next claimant. Lost, the next claimant waits for ever; passed on
+    // twice (or freed as well as passed), two callers hold it at once. The dropped
+    // claimant is a `get_or_init`, whose initializer must then never run.
+    loom::model(|| {
+        let cell = leaked_cell();
+        let holder = cell.try_claim().unwrap();
+        let mut first = Box::pin(cell.get_or_init(|| -> std::future::Ready<usize> {
+            unreachable!("a claimant dropped before it polls runs nothing")
+        }));
+        assert!(poll_once(first.as_mut()).is_pending());
+        let mut second = Box::pin(cell.claim());
+        assert!(poll_once(second.as_mut()).is_pending());
+        let dropper = thread::spawn(move || drop(first));
+        drop(holder); // handed to `first` (if it is still linked), or else to `second`
+        let claim = block_on(second).expect("the claim reaches the second claimant");
+        assert!(cell.try_claim().is_none(), "two claim holders");
+        dropper.join().unwrap();
+        assert!(cell.try_claim().is_none(), "two claim holders");
+        drop(claim); // no one waits: the claim is free again
+        assert!(cell.try_claim().is_some());
+    });
+}
+
+#[test]
+fn repoll_with_a_new_waker_vs_drain() {
+    // A waiter polled with one waker is polled again with another while the cell completes:
+    // the drain may take the node before, between or after the steps that swap its waker.
+    // The re-poll must return Ready, or else leave the new waker to be woken; if the drain
+    // woke the old one and the re-poll returned Pending, the task would sleep for ever.
+    loom::model(|| {
+        let cell = Arc::new(Deferred::<usize>::new());
+        let mut wait = Box::pin(cell.wait());
+        let (old, _) = CountingWaker::new();
+        assert!(poll_with(wait.as_mut(), &old).is_pending());
+        let c = cell.clone();
+        let completer = thread::spawn(move || c.succeed(1).unwrap());
+        let (new, new_wakes) = CountingWaker::new();
+        let polled = poll_with(wait.as_mut(), &new);
+        completer.join().unwrap();
+        if polled.is_pending() {
+            assert_eq!(new_wakes.wakes(), 1, "the newest waker is woken");
+            assert_eq!(poll_with(wait.as_mut(), &new), Poll::Ready(Ok(&1)));
+        } else {
+            assert_eq!(polled, Poll::Ready(Ok(&1)));
+        }
+    });
+}
+
+#[test]
+fn repoll_with_a_new_waker_vs_grant() {
+    // As `repoll_with_a_new_waker_vs_drain`, for a claimant polled again with a new waker
+    // while the holder releases the claim to it: the re-poll takes the grant, or the grant
+    // wakes the new waker; never the old waker alone with the re-poll Pending.
+    loom::model(|| {
+        let cell = leaked_cell();
+        let holder = cell.try_claim().unwrap();
+        let mut claimant = Box::pin(cell.claim());
+        let (old, _) = CountingWaker::new();
+        assert!(poll_with(claimant.as_mut(), &old).is_pending());
+        let releaser = thread::spawn(move || drop(holder));
+        let (new, new_wakes) = CountingWaker::new();
+        let polled = poll_with(claimant.as_mut(), &new);
+        releaser.join().unwrap();
+        let claim = match polled {
+            Poll::Ready(claim) => claim,
+            Poll::Pending => {
+                assert_eq!(new_wakes.wakes(), 1, "the newest waker is woken");
+                match poll_with(claimant.as_mut(), &new) {
+                    Poll::Ready(claim) => claim,
+                    Poll::Pending => panic!("woken, but not granted"),
+                }
+            }
+        };
+        assert!(claim.is_ok(), "nobody completes the cell");
+        assert!(cell.try_claim().is_none(), "two claim holders");
+    });
+}
+
+#[test]
+fn lazy_try_attach_vs_a_polling_awaiter() {
+    // A computation is attached to a pending `Lazy` while its awaiter polls: the awaiter
+    // either finds it attached and drives it, or is linked before the attacher's notify
+    // round and is woken to drive it. Missed by both, the awaiter sleeps for ever beside a
+    // computation no one runs.
+    loom::model(|| {
+        let lazy: Lazy<usize, ()> = Lazy::pending();
+        let l = lazy.clone();
+        let awaiter = thread::spawn(move || block_on(l.wait_owned()));
+        let runs = Arc::new(AtomicUsize::new(0));
+        let r = runs.clone();
+        let attached = lazy.try_attach(Box::pin(async move {
+            r.fetch_add(1, SeqCst);
+            Ok(1)
+        }));
+        assert!(
+            attached.is_ok(),
+            "a pending cell with no computation takes one"
+        );
+        assert_eq!(awaiter.join().unwrap(), Ok(1));
+        assert_eq!(runs.load(SeqCst), 1);
+    });
+}
+
+#[test]
+fn lazy_try_attach_vs_abort() {
+    // A computation is attached while another thread aborts the cell and an awaiter waits.
+    // The attacher may pass its check of the cell just before the abort, and the abort may
+    // find no computation to drop, or find the awaiter polling it. Nothing may start the
+    // computation once the abort has taken effect: the one poll that may still run after
+    // `abort` returns is the one already under way (`abort` drops the computation "as soon
+    // as that poll returns"), and it must then drop the computation. The awaiter resolves
+    // with the abort, or with the computation's value if that came first.
+    loom::model(|| {
+        let lazy: Lazy<usize, ()> = Lazy::pending();
+        let aborted = Arc::new(AtomicBool::new(false));
+        let late_polls = Arc::new(AtomicUsize::new(0));
+        let dropped = Arc::new(AtomicBool::new(false));
+        let (l, a, p) = (lazy.clone(), aborted.clone(), late_polls.clone());
+        let guard = SetOnDrop(dropped.clone());
+        let attacher = thread::spawn(move || {
+            let _ = l.try_attach(Box::pin(futures::future::poll_fn(move |_| {
+                let _owned = &guard;
+                // Acquire: pairs with the Release after `abort` below.
+                if a.load(Acquire) {
+                    p.fetch_add(1, SeqCst);
+                    // Aborted: this computation would wait for ever; it must be dropped.
+                    Poll::Pending
+                } else {
+                    Poll::Ready(Ok(1))
+                }
+            })));
+        });
+        let l = lazy.clone();
+        let awaiter = thread::spawn(move || {
+            let mut wait = Box::pin(l.wait_owned());
+            let (waker, wakes) = CountingWaker::new();
+            (poll_with(wait.as_mut(), &waker), wait, wakes)
+        });
+        let won = lazy.abort();
+        aborted.store(true, Release);
+        let (polled, mut wait, wakes) = awaiter.join().unwrap();
+        attacher.join().unwrap();
+        let outcome = match polled {
+            Poll::Ready(outcome) => outcome,
+            Poll::Pending => {
+                assert!(wakes.wakes() > 0, "the awaiter is never woken");
+                match poll_once(wait.as_mut()) {
+                    Poll::Ready(outcome) => outcome,
+                    Poll::Pending => panic!("woken, but the cell is not complete"),
+                }
+            }
+        };
+        // The abort loses only to the computation's own completion.
+        let expected = if won { Err(Error::Cancelled) } else { Ok(1) };
+        assert_eq!(outcome, expected);
+        match late_polls.load(SeqCst) {
+            0 => {}
+            1 => assert!(
+                dropped.load(Acquire),
+                "the poll under way at the abort drops the computation"
+            ),
+            n => panic!("{n} polls after abort returned"),
+        }
+    });
+}
+
+/// Sets its flag when dropped: tells a model that a computation was dropped.
+struct SetOnDrop(Arc<AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        // Release: pairs with the Acquire that checks the flag.
+        self.0.store(true, Release);
+    }
+}
+
+#[test]
+fn spin_mutex_two_lockers_never_overlap() {
+    // The spin mutex without the loom mutex in front: its CAS (Acquire) and its release
+    // (Release) alone must order the two critical sections. Overlapping sections show up as
+    // a data race on the value (loom's `UnsafeCell` tracking) or a lost increment.
+    loom::model(|| {
+        let mutex = Arc::new(deferred_core::sync::SpinMutex::new_unmodelled(0usize));
+        let m = mutex.clone();
+        let t = thread::spawn(move || m.with(|n| *n += 1));
+        mutex.with(|n| *n += 1);
+        t.join().unwrap();
+        assert_eq!(mutex.with(|n| *n), 2);
+    });
+}
+
+#[test]
+fn spin_rwlock_reader_never_sees_a_half_written_pair() {
+    // The spin reader-writer lock without the loom mutex in front: a reader's CAS and a
+    // writer's must exclude each other, and the writer's release must publish both halves
+    // of its write to the next reader. A reader inside a write shows up as a data race or
+    // as a pair with unequal halves.
+    loom::model(|| {
+        let lock = Arc::new(deferred_core::sync::SpinRwLock::new_unmodelled((
+            0usize, 0usize,
+        )));
+        let l = lock.clone();
+        let writer = thread::spawn(move || {
+            l.write(|v| {
+                v.0 += 1;
+                v.1 += 1;
+            })
+        });
+        let seen = lock.read(|v| {
+            assert_eq!(v.0, v.1, "half a write");
+            v.0
+        });
+        writer.join().unwrap();
+        assert!(seen <= 1);
+        assert_eq!(lock.read(|v| *v), (1, 1));
+    });
+}
+
+#[test]
+fn spin_rwlock_writer_preference_vs_a_late_reader() {
+    // A writer that finds a reader inside sets WAITING, which holds new readers off; a
+    // reader arriving then waits behind the writer. If the first reader's unlock did not
+    // let the writer in, or the writer took the lock and left its WAITING bit set (new
+    // readers would wait for a writer that is gone), or the writer's unlock did not let the
+    // late reader in, the threads would deadlock, which loom reports.
+    loom::model(|| {
+        let lock = Arc::new(deferred_core::sync::SpinRwLock::new_unmodelled((
+            0usize, 0usize,
+        )));
+        let l = lock.clone();
+        let reader = thread::spawn(move || l.read(|v| assert_eq!(v.0, v.1, "half a write")));
+        let l = lock.clone();
+        let writer = thread::spawn(move || {
+            l.write(|v| {
+                v.0 += 1;
+                v.1 += 1;
+            })
+        });
+        lock.read(|v| assert_eq!(v.0, v.1, "half a write"));
+        reader.join().unwrap();
+        writer.join().unwrap();
+        assert_eq!(lock.read(|v| *v), (1, 1));
+    });
+}
+
+/// A computation that never finishes and owns a `SetOnDrop`, so a model sees it dropped.
+struct NeverReady(#[allow(dead_code)] SetOnDrop);
+
+impl Future for NeverReady {
+    type Output = Result<usize, ()>;
+    fn poll(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Poll::Pending
+    }
+}
+
+#[test]
+fn lazy_abort_vs_drive_now_drops_the_computation() {
+    // `abort` finds a driver polling the computation (DRIVING held, its poll about to return
+    // Pending with the cell not yet cancelled), so it cannot drop the computation itself; the
+    // driver must drop it as it releases DRIVING. Before RETIRE, nobody did: a complete cell
+    // is never driven again, so the computation lived until the last handle (found by an
+    // independent review; fails at one preemption without the fix).
+    loom::model(|| {
+        let dropped = Arc::new(AtomicBool::new(false));
+        let lazy: Lazy<usize, (), fn() -> NeverReady, NeverReady> =
+            Lazy::from_future(NeverReady(SetOnDrop(dropped.clone())));
+        let l = lazy.clone();
+        let driver = thread::spawn(move || {
+            l.drive_now();
+        });
+        assert!(lazy.abort());
+        driver.join().unwrap();
+        assert_eq!(lazy.try_get(), Some(Err(Error::Cancelled)));
+        assert!(
+            dropped.load(Acquire),
+            "the computation outlives abort and its driver"
+        );
+    });
+}
+
+#[test]
+fn lazy_try_attach_vs_abort_drops_the_attached_computation() {
+    // The attacher passes its `is_done` check and takes DRIVING over EMPTY; `abort` cancels
+    // and finds DRIVING held. Whichever way it goes, once both return an attached
+    // computation is gone: no one drives a complete cell, so no later poll would drop it
+    // (found by an independent review; the zero-poll case `lazy_try_attach_vs_abort` missed).
+    loom::model(|| {
+        let lazy: Lazy<usize, ()> = Lazy::pending();
+        let dropped = Arc::new(AtomicBool::new(false));
+        let (l, d) = (lazy.clone(), dropped.clone());
+        let attacher =
+            thread::spawn(move || l.try_attach(Box::pin(NeverReady(SetOnDrop(d)))).is_ok());
+        assert!(lazy.abort());
+        let attached = attacher.join().unwrap();
+        assert!(lazy.drive_now(), "complete: nothing to drive");
+        if attached {
+            assert!(
+                dropped.load(Acquire),
+                "the attached computation outlives the abort"
+            );
+        }
+    });
+}
+
+#[test]
+fn get_or_init_running_vs_direct_completion_and_a_claimant() {
+    // A `get_or_init` holds the claim with its initializer pending (its node waits in the
+    // plain list meanwhile) while another thread completes the cell directly and a third
+    // waits for the claim. The initializer's caller must be woken (or see the value on its
+    // next poll) and drop its initializer; the claimant must see the outcome, never the
+    // claim of a complete cell (#11.3).
+    loom::model(|| {
+        let cell = leaked_cell();
+        let dropped = Arc::new(AtomicBool::new(false));
+        let guard = SetOnDrop(dropped.clone());
+        let mut init = Box::pin(cell.get_or_init(move || async move {
+            let _guard = guard;
+            std::future::pending::<usize>().await
+        }));
+        let (waker, wakes) = CountingWaker::new();
+        assert!(poll_with(init.as_mut(), &waker).is_pending());
+        let completer = thread::spawn(move || {
+            let _ = cell.succeed(7);
+        });
+        let claimant = thread::spawn(move || match block_on(cell.claim()) {
+            Ok(_) => panic!("a claim of a cell completed by someone else"),
+            Err(outcome) => outcome.copied(),
+        });
+        let polled = poll_with(init.as_mut(), &waker);
+        completer.join().unwrap();
+        assert_eq!(claimant.join().unwrap(), Ok(7));
+        if polled.is_pending() {
+            assert!(wakes.wakes() > 0, "the initializing caller is never woken");
+            assert_eq!(poll_with(init.as_mut(), &waker), Poll::Ready(Ok(&7)));
+        } else {
+            assert_eq!(polled, Poll::Ready(Ok(&7)));
+        }
+        assert!(
+            dropped.load(Acquire),
+            "the initializer is dropped once the cell is done"
+        );
     });
 }
