@@ -85,15 +85,15 @@ impl LockWaits {
     pub(crate) fn released(&self) {}
 }
 
-/// See the non-loom `LockWaits`.
+/// See the non-loom `LockWaits`. Contenders park (loom's `park`/`unpark`) and list
+/// themselves in a std mutex, which loom does not see: loom runs one thread at a time and
+/// switches only at its own operations, none of which happen while that mutex is held. No
+/// loom `Mutex` here: the lock is released during unwinding too (a waiting future dropped by a
+/// panic), and a loom mutex guard dropped while panicking poisons it for good.
 #[cfg(loom)]
 #[derive(Debug, Default)]
 pub(crate) struct LockWaits {
-    mutex: loom::sync::Mutex<()>,
-    condvar: loom::sync::Condvar,
-    /// How many contenders wait. A plain (not loom) atomic: loom runs one thread at a time,
-    /// and this is bookkeeping of the model, not part of the protocol it checks.
-    waiting: core::sync::atomic::AtomicUsize,
+    parked: std::sync::Mutex<std::vec::Vec<loom::thread::Thread>>,
 }
 
 #[cfg(loom)]
@@ -102,29 +102,42 @@ impl LockWaits {
         Self::default()
     }
 
+    fn parked(&self) -> std::sync::MutexGuard<'_, std::vec::Vec<loom::thread::Thread>> {
+        self.parked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Blocks while `is_locked` (which must read the latest value of the lock word).
     pub(crate) fn contended(
         &self,
         _backoff: &crossbeam_utils::Backoff,
         is_locked: impl Fn() -> bool,
     ) {
-        use core::sync::atomic::Ordering::SeqCst;
-        let mut guard = self.mutex.lock().unwrap();
-        // Counted before the lock word is read, and the releaser reads the count after it
-        // cleared the word: either the check below sees the lock free, or the releaser sees
-        // this contender and notifies it (under the mutex, so not before it waits).
-        self.waiting.fetch_add(1, SeqCst);
-        while is_locked() {
-            guard = self.condvar.wait(guard).unwrap();
+        let me = loom::thread::current();
+        loop {
+            // Listed before the lock word is read, and the releaser takes the list after it
+            // cleared the word: either the check below sees the lock free, or the releaser
+            // unparks this contender (an unpark before the park is kept for it).
+            {
+                let mut parked = self.parked();
+                if !parked.iter().any(|t| t.id() == me.id()) {
+                    parked.push(me.clone());
+                }
+            }
+            if !is_locked() {
+                self.parked().retain(|t| t.id() != me.id());
+                return;
+            }
+            loom::thread::park();
         }
-        self.waiting.fetch_sub(1, SeqCst);
     }
 
     /// The lock was released: wake the contenders, if any.
     pub(crate) fn released(&self) {
-        if self.waiting.load(core::sync::atomic::Ordering::SeqCst) > 0 {
-            let _guard = self.mutex.lock().unwrap();
-            self.condvar.notify_all();
+        let waiting = core::mem::take(&mut *self.parked());
+        for thread in waiting {
+            thread.unpark();
         }
     }
 }
