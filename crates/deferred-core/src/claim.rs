@@ -359,39 +359,22 @@ impl<T, E> Deferred<T, E> {
     }
 }
 
-/// Polls a claimant node.
+/// Polls `node` in list `which`: as a claimant, or as a plain waiter (never granted the
+/// claim), which a `get_or_init` is while its own initializer runs.
 ///
 /// # Safety
 ///
 /// As for `Deferred::poll_node`.
-unsafe fn poll_claimant<T, E>(
+unsafe fn poll_in<T, E>(
     cell: &Deferred<T, E>,
     node: &Node,
     linked: &mut Option<Which>,
+    which: Which,
     cx: &Context<'_>,
 ) -> Polled {
     // SAFETY: forwarded to the caller.
     unsafe {
-        cell.poll_node(node, linked, Which::Claimants, same_waker(cx), || {
-            Deferred::<T, E>::waker_notify(cx.waker())
-        })
-    }
-}
-
-/// Polls a node as a plain waiter (never granted the claim).
-///
-/// # Safety
-///
-/// As for `Deferred::poll_node`.
-unsafe fn poll_waiting<T, E>(
-    cell: &Deferred<T, E>,
-    node: &Node,
-    linked: &mut Option<Which>,
-    cx: &Context<'_>,
-) -> Polled {
-    // SAFETY: forwarded to the caller.
-    unsafe {
-        cell.poll_node(node, linked, Which::Waiters, same_waker(cx), || {
+        cell.poll_node(node, linked, which, same_waker(cx), || {
             Deferred::<T, E>::waker_notify(cx.waker())
         })
     }
@@ -437,7 +420,15 @@ impl<'a, T, E> Future for ClaimWait<'a, T, E> {
         // SAFETY: we never move out of the pinned future.
         let this = unsafe { self.get_unchecked_mut() };
         // SAFETY: `node` is pinned inside `self` and `Drop` unlinks it.
-        match unsafe { poll_claimant(this.cell, &this.node, &mut this.linked, cx) } {
+        match unsafe {
+            poll_in(
+                this.cell,
+                &this.node,
+                &mut this.linked,
+                Which::Claimants,
+                cx,
+            )
+        } {
             Polled::Done(state) => {
                 this.done = true;
                 // SAFETY: `state` has DONE, loaded with Acquire.
@@ -567,8 +558,9 @@ where
                         // Wait as a plain waiter meanwhile, so that a direct completion of
                         // the cell wakes us too, not only our initializer's progress.
                         // SAFETY: `node` is pinned inside `self` and `Drop` unlinks it.
-                        let polled =
-                            unsafe { poll_waiting(this.cell, &this.node, &mut this.linked, cx) };
+                        let polled = unsafe {
+                            poll_in(this.cell, &this.node, &mut this.linked, Which::Waiters, cx)
+                        };
                         if let Polled::Done(_) = polled {
                             // Go round: drop the initializer and report the outcome.
                             continue;
@@ -578,7 +570,15 @@ where
                 }
             }
             // SAFETY: `node` is pinned inside `self` and `Drop` unlinks it.
-            match unsafe { poll_claimant(this.cell, &this.node, &mut this.linked, cx) } {
+            match unsafe {
+                poll_in(
+                    this.cell,
+                    &this.node,
+                    &mut this.linked,
+                    Which::Claimants,
+                    cx,
+                )
+            } {
                 Polled::Done(state) => {
                     this.done = true;
                     // SAFETY: `state` has DONE, loaded with Acquire.
