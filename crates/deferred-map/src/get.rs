@@ -20,6 +20,13 @@ use crate::{Cell, DeferredMap};
 /// Awaiting it drives the key's computation if it has one and no one else is polling it,
 /// so a caller that stalls does not hold up the others.
 ///
+/// It never waits on a cell that no one can complete. If it waits on the placeholder of a
+/// key that no one has added yet and the placeholder is taken out of the map, it resolves
+/// all the same: to the new cell's outcome if the placeholder was replaced
+/// ([`insert`](DeferredMap::insert), [`replace_if`](DeferredMap::replace_if)), to
+/// [`Error::Cancelled`](deferred_core::Error::Cancelled) if it was removed
+/// ([`remove`](DeferredMap::remove), [`clear`](DeferredMap::clear) and the other removals).
+///
 /// # Cancel safety
 ///
 /// Dropping it loses nothing for anyone else. If it was the last interested caller of a

@@ -31,13 +31,115 @@ struct Slot<K, V, E> {
     key: K,
     hash: u64,
     cell: Cell<V, E>,
-    /// Entries the map made itself for a waiting caller (a `get` placeholder, a
-    /// `get_or_add_with` computation) are *transient* until they succeed: they go away when
-    /// their last interested caller does, or when they fail. Entries a user added, or asked
-    /// for a handle to, stay until removed.
-    transient: bool,
+    /// Who can complete the cell, which decides what the map does with the entry.
+    kind: Kind,
     /// Live `Get` futures counting on a transient entry.
     interest: usize,
+}
+
+/// Who can complete an entry's cell. Entries the map made itself for a waiting caller
+/// (`Placeholder`, `Computation`) are *transient* until they succeed: they go away when
+/// their last interested caller does, or when they fail. Entries a user added, or was
+/// given a way to complete (`Kept`), stay until removed.
+///
+/// Every change of kind happens under the shard lock, in the same critical section as the
+/// lookup that decided it, so a removal (which reads the kind under the same lock) never
+/// mistakes a cell that someone is about to complete for an orphan.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    /// A pending cell the map made for `get` on an absent key. Nothing but the map can
+    /// complete it: no handle to it was given out, it has no computation and no added cell
+    /// forwards into it. Taken out of the map, it would leave its waiters waiting forever (the
+    /// fs2-es `del` trap), so the path that takes it out settles it: a removal cancels it
+    /// (`cancel_if_placeholder`), a replacement makes it follow the new cell (`follow`).
+    Placeholder,
+    /// The map's own computation (`get_or_add_with`). Its waiters drive it, so it completes
+    /// wherever it is: a removal leaves it to them.
+    Computation,
+    /// Added by a user, or made completable by one: a handle was given out (`cell`,
+    /// `cell_or_add`, `cell_if_present`), a computation attached (`add_with`), an added cell
+    /// forwards into it (`add_cell`), or a value is being stored in it (`add_value`). The map
+    /// never completes or cancels it on its own.
+    Kept,
+}
+
+impl Kind {
+    fn transient(self) -> bool {
+        self != Kind::Kept
+    }
+}
+
+/// Which entry an insertion that finds the key present claims (makes `Kept`), under the
+/// lock of its lookup: the entries it is about to give a completer to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Claim {
+    /// None.
+    Never,
+    /// A pending placeholder (the caller completes it, or attaches a computation to it).
+    PendingPlaceholder,
+    /// Any pending entry (the caller forwards a cell into it).
+    Pending,
+    /// Any entry (the caller gives out a handle to it).
+    Always,
+}
+
+impl Claim {
+    fn applies<K, V, E>(self, slot: &Slot<K, V, E>) -> bool {
+        match self {
+            Claim::Never => false,
+            Claim::PendingPlaceholder => slot.kind == Kind::Placeholder && !slot.cell.is_done(),
+            Claim::Pending => !slot.cell.is_done(),
+            Claim::Always => true,
+        }
+    }
+}
+
+/// What the map does with a cell it has just taken out (removed or replaced), with no lock
+/// held: a placeholder is the one cell that nothing else can complete, so it is cancelled,
+/// and its waiters get [`Error::Cancelled`] instead of waiting forever. Any other cell is
+/// left to whoever can complete it. A no-op on a complete cell.
+fn cancel_if_placeholder<V, E>(cell: &Cell<V, E>, kind: Kind) {
+    if kind == Kind::Placeholder {
+        cell.abort();
+    }
+}
+
+/// Makes a placeholder that `new` replaced follow `new`, with no lock held: its waiters get
+/// `new`'s outcome (a value, an error, cancellation or `Panicked`), and drive `new`'s
+/// computation if it has one, as if they had awaited `new`. Done by attaching to the
+/// placeholder a computation that awaits `new`: the waiters drive it like any other, so
+/// nothing waits on anyone who is not polled, and a `new` that nothing else awaits still
+/// runs. The computation holds `new`; `new` does not hold the placeholder, so there is no
+/// cycle: when the placeholder's last waiter goes, both can go.
+fn follow<V, E>(placeholder: &Cell<V, E>, new: &Cell<V, E>)
+where
+    V: Clone + Send + Sync + 'static,
+    E: Clone + Send + Sync + 'static,
+{
+    // Weak: a strong handle inside its own computation would keep the cell alive forever.
+    let this = Cell::downgrade(placeholder);
+    let new = new.clone();
+    let forward = async move {
+        match new.wait_owned().await {
+            Ok(value) => Ok(value),
+            Err(Error::Failed(error)) => Err(error),
+            // A computation ends in a value or an error: cancellation and a panic elsewhere
+            // are set on the cell itself, which drops this computation on its next poll.
+            outcome => {
+                if let Some(this) = this.upgrade() {
+                    if matches!(outcome, Err(Error::Panicked)) {
+                        this.die();
+                    } else {
+                        this.cancel();
+                    }
+                }
+                core::future::pending().await
+            }
+        }
+    };
+    // Refused only if the placeholder is complete already (its waiters have their outcome),
+    // or if its own waiter attached a computation through `Get::cell` (theirs to drive).
+    drop(placeholder.try_attach(Box::pin(forward)));
 }
 
 type Shard<K, V, E> = CachePadded<SpinRwLock<HashTable<Slot<K, V, E>>>>;
@@ -199,27 +301,39 @@ impl<K, V, E, S> DeferredMap<K, V, E, S> {
         self.shards.iter().all(|s| s.read(|t| t.is_empty()))
     }
 
-    /// Removes every entry. Pending cells are not cancelled: whoever holds them can still
-    /// complete them.
+    /// Removes every entry. `get`s waiting on a key that no one had added yet (on the
+    /// placeholder the map made for them, which nothing else can complete) get
+    /// [`Error::Cancelled`], as with [`remove`](Self::remove). Every other pending cell is
+    /// left to whoever can complete it: its holder, an added cell forwarding into it, or its
+    /// waiters driving its computation.
     ///
     /// ```
-    /// use deferred_map::DeferredMap;
+    /// use deferred_map::{DeferredMap, Error};
+    /// # futures::executor::block_on(async {
     /// let map: DeferredMap<u8, u8> = DeferredMap::new();
     /// map.add_value(1, 1);
+    /// let waiting = map.get(2);
     /// map.clear();
     /// assert!(map.is_empty());
+    /// assert_eq!(waiting.await, Err(Error::Cancelled));
+    /// # });
     /// ```
     pub fn clear(&self) {
         for shard in self.shards.iter() {
-            // Dropped outside the lock: dropping keys and cells runs user code.
+            // Settled and dropped outside the lock: cancelling wakes waiters, and dropping
+            // keys and cells runs user code.
             let old = shard.write(core::mem::take);
+            for slot in &old {
+                cancel_if_placeholder(&slot.cell, slot.kind);
+            }
             drop(old);
         }
     }
 
     /// Keeps only the entries for which `keep(key, cell)` says `true`. `keep` runs with no
     /// lock held, on a snapshot of each shard (keys are cloned for it, under the lock); an
-    /// entry replaced meanwhile is not touched.
+    /// entry replaced meanwhile is not touched. `get`s waiting on a removed placeholder get
+    /// [`Error::Cancelled`], as with [`remove`](Self::remove).
     ///
     /// ```
     /// use deferred_map::DeferredMap;
@@ -239,7 +353,8 @@ impl<K, V, E, S> DeferredMap<K, V, E, S> {
     /// Removes the entries for which `remove(key, cell)` says `true` and returns them: exactly
     /// the entries this call removed (one replaced after `remove` saw it is left alone, and is
     /// not returned). `remove` runs with no lock held, on a snapshot of each shard, as in
-    /// [`retain`](Self::retain).
+    /// [`retain`](Self::retain). A removed placeholder that `get`s wait on is cancelled, as
+    /// in [`remove`](Self::remove), before it is returned.
     ///
     /// ```
     /// use deferred_map::DeferredMap;
@@ -284,7 +399,10 @@ impl<K, V, E, S> DeferredMap<K, V, E, S> {
                     .collect()
             });
             drop((doomed, snapshot));
-            out.extend(removed.into_iter().map(|slot| (slot.key, slot.cell)));
+            out.extend(removed.into_iter().map(|slot| {
+                cancel_if_placeholder(&slot.cell, slot.kind);
+                (slot.key, slot.cell)
+            }));
         }
         out
     }
@@ -324,14 +442,14 @@ impl<K, V, E, S> DeferredMap<K, V, E, S> {
             };
             let slot = entry.get_mut();
             if pin {
-                slot.transient = false;
+                slot.kind = Kind::Kept;
             }
             if had_interest {
                 slot.interest = slot.interest.saturating_sub(1);
             }
             let failed = matches!(slot.cell.try_get(), Some(Err(_)));
             let abandoned = slot.interest == 0 && !slot.cell.is_done();
-            (slot.transient && (failed || abandoned)).then(|| entry.remove().0)
+            (slot.kind.transient() && (failed || abandoned)).then(|| entry.remove().0)
         });
         if let Some(slot) = removed {
             // Outside the lock: cancelling wakes waiters, dropping runs user code.
@@ -362,6 +480,8 @@ enum Lookup {
     Wait,
     /// As `Wait`, and a transient entry that failed counts as absent (and is removed).
     Live,
+    /// The caller takes a handle: the entry becomes `Kept`.
+    Hold,
 }
 
 /// What a lookup found, with the lock released.
@@ -386,11 +506,13 @@ where
     /// failure is never served to a caller that came after it, even before the failed
     /// computation's waiters have settled.
     fn find(&self, hash: u64, key: &K, how: Lookup) -> Found<V, E> {
-        let interested = how != Lookup::Peek;
+        let hold = how == Lookup::Hold;
+        let interested = matches!(how, Lookup::Wait | Lookup::Live);
         let drop_failed = how == Lookup::Live;
         let must_write = |slot: &Slot<K, V, E>| {
-            slot.transient
-                && ((interested && !slot.cell.is_done())
+            slot.kind.transient()
+                && (hold
+                    || (interested && !slot.cell.is_done())
                     || (drop_failed && matches!(slot.cell.try_get(), Some(Err(_)))))
         };
         // Under the read lock first: only counting interest or removing a failure writes.
@@ -410,11 +532,14 @@ where
                 return Found::Miss;
             };
             let slot = entry.get_mut();
-            if drop_failed && slot.transient && matches!(slot.cell.try_get(), Some(Err(_))) {
+            if drop_failed && slot.kind.transient() && matches!(slot.cell.try_get(), Some(Err(_))) {
                 stale = Some(entry.remove().0);
                 return Found::Miss;
             }
-            let interest = interested && slot.transient && !slot.cell.is_done();
+            if hold {
+                slot.kind = Kind::Kept;
+            }
+            let interest = interested && slot.kind.transient() && !slot.cell.is_done();
             if interest {
                 slot.interest += 1;
             }
@@ -424,22 +549,27 @@ where
         found
     }
 
-    /// Inserts `cell` under `key` unless the key is present. Whatever was not used (the key
-    /// and `cell` when the key was present) comes back in `Placed::unused`, for the caller
-    /// to drop after the lock is released: dropping them runs user code.
+    /// Inserts `cell` under `key`, as an entry of `kind`, unless the key is present; then
+    /// claims the entry there if `claim` says so. Whatever was not used (the key and `cell`
+    /// when the key was present) comes back in `Placed::unused`, for the caller to drop after
+    /// the lock is released: dropping them runs user code.
     fn insert_or_find(
         &self,
         hash: u64,
         key: K,
         cell: Cell<V, E>,
-        transient: bool,
+        kind: Kind,
         interested: bool,
+        claim: Claim,
     ) -> Placed<K, V, E> {
         self.shard(hash)
             .write(|t| match t.entry(hash, |s| s.key == key, |s| s.hash) {
                 hashbrown::hash_table::Entry::Occupied(mut o) => {
                     let slot = o.get_mut();
-                    let interest = interested && slot.transient && !slot.cell.is_done();
+                    if claim.applies(slot) {
+                        slot.kind = Kind::Kept;
+                    }
+                    let interest = interested && slot.kind.transient() && !slot.cell.is_done();
                     if interest {
                         slot.interest += 1;
                     }
@@ -451,12 +581,12 @@ where
                     }
                 }
                 hashbrown::hash_table::Entry::Vacant(v) => {
-                    let interest = transient && interested;
+                    let interest = kind.transient() && interested;
                     v.insert(Slot {
                         key,
                         hash,
                         cell: cell.clone(),
-                        transient,
+                        kind,
                         interest: usize::from(interest),
                     });
                     Placed {
@@ -473,6 +603,12 @@ where
     /// (fs2-es `get`). The placeholder this leaves is removed again if every caller waiting
     /// on it goes away before the key is added.
     ///
+    /// If the placeholder is taken out of the map before anyone adds the key, the waiters
+    /// are not left waiting on a cell no one can complete (fs2-es `del` orphans them):
+    /// [`insert`](Self::insert) or [`replace_if`](Self::replace_if) over it gives them the
+    /// new cell's outcome, and [`remove`](Self::remove), [`clear`](Self::clear) and the
+    /// other removals give them [`Error::Cancelled`].
+    ///
     /// ```
     /// use deferred_map::DeferredMap;
     /// # futures::executor::block_on(async {
@@ -486,7 +622,14 @@ where
         if let Found::Hit(cell, interest) = self.find(hash, &key, Lookup::Wait) {
             return Get::new(self, hash, cell, interest, false);
         }
-        let placed = self.insert_or_find(hash, key, Cell::pending(), true, true);
+        let placed = self.insert_or_find(
+            hash,
+            key,
+            Cell::pending(),
+            Kind::Placeholder,
+            true,
+            Claim::Never,
+        );
         Get::new(self, hash, placed.cell, placed.interest, placed.inserted)
     }
 
@@ -545,7 +688,7 @@ where
         // Made with no lock held. If another caller's entry landed meanwhile, this future
         // is dropped unpolled: only one computation per miss ever runs.
         let fresh = Cell::boxed(make());
-        let placed = self.insert_or_find(hash, key, fresh, true, true);
+        let placed = self.insert_or_find(hash, key, fresh, Kind::Computation, true, Claim::Never);
         Get::new(self, hash, placed.cell, placed.interest, placed.inserted)
     }
 
@@ -564,7 +707,7 @@ where
     /// ```
     pub fn get_or_add_cell(&self, key: K, cell: Cell<V, E>) -> Get<'_, K, V, E, S> {
         let hash = self.hash(&key);
-        let placed = self.insert_or_find(hash, key, cell, false, true);
+        let placed = self.insert_or_find(hash, key, cell, Kind::Kept, true, Claim::Never);
         Get::new(self, hash, placed.cell, placed.interest, placed.inserted)
     }
 
@@ -586,7 +729,7 @@ where
         }
         let fresh = Cell::pending();
         let _ = fresh.succeed(value);
-        let placed = self.insert_or_find(hash, key, fresh, false, true);
+        let placed = self.insert_or_find(hash, key, fresh, Kind::Kept, true, Claim::Never);
         Get::new(self, hash, placed.cell, placed.interest, placed.inserted)
     }
 
@@ -616,11 +759,10 @@ where
     /// ```
     pub fn cell_or_add(&self, key: K, cell: Cell<V, E>) -> Cell<V, E> {
         let hash = self.hash(&key);
-        let placed = self.insert_or_find(hash, key, cell, false, true);
-        if !placed.inserted {
-            // A handle now lives outside the map: the entry must not vanish under it.
-            self.release(hash, &placed.cell, placed.interest, true);
-        }
+        // A handle now lives outside the map: the entry must not vanish under it, and the
+        // holder may complete it, so it is no placeholder any more (claimed in the lookup).
+        let placed = self.insert_or_find(hash, key, cell, Kind::Kept, false, Claim::Always);
+        drop(placed.unused);
         placed.cell
     }
 
@@ -635,11 +777,9 @@ where
     /// ```
     pub fn cell_if_present(&self, key: &K) -> Option<Cell<V, E>> {
         let hash = self.hash(key);
-        match self.find(hash, key, Lookup::Wait) {
-            Found::Hit(cell, interest) => {
-                self.release(hash, &cell, interest, true);
-                Some(cell)
-            }
+        // As in `cell_or_add`: the lookup makes the entry `Kept`.
+        match self.find(hash, key, Lookup::Hold) {
+            Found::Hit(cell, _) => Some(cell),
             Found::Miss => None,
         }
     }
@@ -661,8 +801,17 @@ where
     pub fn add_value(&self, key: K, value: V) -> bool {
         let hash = self.hash(&key);
         // Place a pending cell (or find the one there) and complete it: one path for
-        // "absent" and "present and pending".
-        let placed = self.insert_or_find(hash, key, Cell::pending(), false, true);
+        // "absent" and "present and pending". A placeholder found is claimed in the lookup,
+        // so a removal that comes between the lookup and the completion leaves it to us
+        // (its waiters get the value) rather than cancelling it.
+        let placed = self.insert_or_find(
+            hash,
+            key,
+            Cell::pending(),
+            Kind::Kept,
+            true,
+            Claim::PendingPlaceholder,
+        );
         let cell = placed.cell;
         drop(placed.unused);
         let stored = cell.succeed(value).is_ok();
@@ -697,13 +846,15 @@ where
         E: Clone + Send + Sync + 'static,
     {
         let hash = self.hash(&key);
-        let placed = self.insert_or_find(hash, key, cell.clone(), false, true);
+        // A pending cell found is claimed in the lookup (made `Kept`: `cell` will complete
+        // it), so that neither its waiters leaving nor a removal settle it meanwhile.
+        let placed =
+            self.insert_or_find(hash, key, cell.clone(), Kind::Kept, false, Claim::Pending);
         if placed.inserted {
             return true;
         }
         drop(placed.unused);
         let existing = placed.cell;
-        self.release(hash, &existing, placed.interest, !existing.is_done());
         if !existing.is_done() {
             cell.on_complete(move |outcome| {
                 let _ = match outcome {
@@ -740,27 +891,45 @@ where
     {
         let hash = self.hash(&key);
         let boxed: BoxFuture<V, E> = Box::pin(fut);
-        let placed = self.insert_or_find(hash, key, Cell::pending(), false, true);
-        drop(placed.unused);
-        let taken = placed.cell.try_attach(boxed).is_ok();
-        self.release(
+        // A placeholder found is claimed in the lookup (made `Kept`: the computation will
+        // complete it), so that neither its waiters leaving nor a removal settle it before
+        // `fut` is attached. Any other cell found either has a computation, is complete, or is
+        // `Kept` already.
+        let placed = self.insert_or_find(
             hash,
-            &placed.cell,
-            placed.interest,
-            taken && !placed.inserted,
+            key,
+            Cell::pending(),
+            Kind::Kept,
+            false,
+            Claim::PendingPlaceholder,
         );
-        taken
+        drop(placed.unused);
+        placed.cell.try_attach(boxed).is_ok()
     }
 
     /// Removes the entry at `key` and returns its cell (fs2-es `del`, which returns whether
-    /// the key was there). Waiters already holding the cell keep it.
+    /// the key was there).
+    ///
+    /// If the entry is the placeholder that a [`get`](Self::get) on an absent key left (a
+    /// pending cell that nothing but the map can complete), it is cancelled: the `get`s
+    /// waiting on it get [`Error::Cancelled`] instead of waiting forever (fs2-es `del`
+    /// orphans them), and a later add of the key makes a new entry, which a new `get` finds.
+    /// Any other cell is left as it is, to its waiters and to whoever can complete it: the
+    /// holder of a handle to it, an added cell forwarding into it, or its waiters driving
+    /// its computation (which goes on; its value is not stored).
     ///
     /// ```
-    /// use deferred_map::DeferredMap;
+    /// use deferred_map::{DeferredMap, Error};
+    /// # futures::executor::block_on(async {
     /// let map: DeferredMap<u8, u8> = DeferredMap::new();
     /// map.add_value(1, 1);
     /// assert!(map.remove(&1).is_some());
     /// assert!(map.remove(&1).is_none());
+    ///
+    /// let waiting = map.get(2);
+    /// map.remove(&2); // the placeholder `get` left
+    /// assert_eq!(waiting.await, Err(Error::Cancelled));
+    /// # });
     /// ```
     pub fn remove(&self, key: &K) -> Option<Cell<V, E>> {
         self.remove_where(key, |_| true).map(|(cell, _)| cell)
@@ -784,7 +953,8 @@ where
     }
 
     /// Removes the entry at `key` if its cell is not complete, atomically (fs2-es
-    /// `delIfIncomplete`). `None` if the key is absent, else whether it was removed.
+    /// `delIfIncomplete`). `None` if the key is absent, else whether it was removed. A
+    /// removed placeholder is cancelled, as in [`remove`](Self::remove).
     ///
     /// ```
     /// use deferred_map::DeferredMap;
@@ -807,7 +977,10 @@ where
             pred(&entry.get().cell).then(|| entry.remove().0)
         });
         let was_removed = removed.is_some();
-        drop(removed); // outside the lock
+        // Outside the lock: cancelling wakes waiters, dropping runs user code.
+        if let Some(slot) = removed {
+            cancel_if_placeholder(&slot.cell, slot.kind);
+        }
         present.then_some(was_removed)
     }
 
@@ -821,6 +994,8 @@ where
             let entry = t.find_entry(hash, |s| s.key == *key).ok()?;
             pred(&entry.get().cell).then(|| entry.remove().0)
         })?;
+        // Outside the lock: cancelling wakes waiters.
+        cancel_if_placeholder(&removed.cell, removed.kind);
         Some((removed.cell, removed.key))
     }
 
@@ -878,48 +1053,75 @@ where
         })
     }
 
-    /// Stores `cell` at `key`, replacing and returning whatever cell was there. Waiters
-    /// already holding the old cell keep it; it is neither completed nor cancelled here. The
-    /// new entry stays until removed.
+    /// Stores `cell` at `key`, replacing and returning whatever cell was there. The new entry
+    /// stays until removed.
+    ///
+    /// If the old cell is the placeholder that a [`get`](Self::get) on an absent key left (a
+    /// pending cell that nothing but the map can complete), its waiters get `cell`'s
+    /// outcome, as if they had awaited `cell`: the placeholder follows `cell`, and its
+    /// waiters drive `cell`'s computation if it has one. Any other old cell is neither
+    /// completed nor cancelled here: its waiters keep it, and whoever can complete it (the
+    /// holder of a handle, an added cell forwarding into it, or its waiters driving its
+    /// computation) still does.
     ///
     /// ```
     /// use deferred_map::{Cell, DeferredMap};
+    /// # futures::executor::block_on(async {
     /// let map: DeferredMap<u8, u8> = DeferredMap::new();
     /// assert!(map.insert(1, Cell::ready(1)).is_none());
     /// let old = map.insert(1, Cell::ready(2)).unwrap();
     /// assert_eq!((old.get(), map.try_get(&1)), (Some(&1), Some(Ok(2))));
+    ///
+    /// let waiting = map.get(2);
+    /// map.insert(2, Cell::ready(5)); // over the placeholder `get` left
+    /// assert_eq!(waiting.await, Ok(5));
+    /// # });
     /// ```
-    pub fn insert(&self, key: K, cell: Cell<V, E>) -> Option<Cell<V, E>> {
+    pub fn insert(&self, key: K, cell: Cell<V, E>) -> Option<Cell<V, E>>
+    where
+        V: Clone + Send + Sync + 'static,
+        E: Clone + Send + Sync + 'static,
+    {
         let hash = self.hash(&key);
         let replaced = self.shard(hash).write(|t| {
             match t.entry(hash, |s| s.key == key, |s| s.hash) {
                 hashbrown::hash_table::Entry::Occupied(mut o) => {
                     let slot = o.get_mut();
-                    slot.transient = false;
+                    // The placeholder put back in its own place (a handle from `Get::cell`)
+                    // is not made to follow itself: that would be a cycle.
+                    let placeholder =
+                        slot.kind == Kind::Placeholder && !Cell::ptr_eq(&slot.cell, &cell);
+                    slot.kind = Kind::Kept;
                     slot.interest = 0;
+                    let new = placeholder.then(|| cell.clone());
                     // The old key is kept (it is equal); the given one goes back to be
                     // dropped outside the lock with the old cell.
-                    Some((core::mem::replace(&mut slot.cell, cell), key))
+                    Some((core::mem::replace(&mut slot.cell, cell), new, key))
                 }
                 hashbrown::hash_table::Entry::Vacant(v) => {
                     v.insert(Slot {
                         key,
                         hash,
                         cell,
-                        transient: false,
+                        kind: Kind::Kept,
                         interest: 0,
                     });
                     None
                 }
             }
         });
-        replaced.map(|(old, _key)| old)
+        let (old, new, _key) = replaced?;
+        if let Some(new) = new {
+            // Outside the lock: attaching wakes the waiters.
+            follow(&old, &new);
+        }
+        Some(old)
     }
 
     /// Removes the entry at `key` if `pred` says so for its cell, atomically; returns the
     /// removed cell. `pred` runs under the key's shard lock: keep it short, and never touch
     /// this map from inside it. The cell is handed back (and so dropped) after the lock is
-    /// released.
+    /// released. A removed placeholder is cancelled, as in [`remove`](Self::remove).
     ///
     /// ```
     /// use deferred_map::{Cell, DeferredMap};
@@ -937,7 +1139,8 @@ where
     /// for it, atomically: a compare-and-swap by key. Returns the replaced cell, or gives
     /// `cell` back if the key is absent or `pred` refused. `pred` runs under the key's shard
     /// lock: keep it short, and never touch this map from inside it. Whatever is handed back
-    /// is dropped after the lock is released.
+    /// is dropped after the lock is released. A replaced placeholder follows `cell`, as in
+    /// [`insert`](Self::insert).
     ///
     /// ```
     /// use deferred_map::{Cell, DeferredMap};
@@ -954,17 +1157,31 @@ where
         key: &K,
         cell: Cell<V, E>,
         pred: impl FnOnce(&Cell<V, E>) -> bool,
-    ) -> Result<Cell<V, E>, Cell<V, E>> {
+    ) -> Result<Cell<V, E>, Cell<V, E>>
+    where
+        V: Clone + Send + Sync + 'static,
+        E: Clone + Send + Sync + 'static,
+    {
         let hash = self.hash(key);
-        self.shard(hash)
+        let (old, new) = self
+            .shard(hash)
             .write(|t| match t.find_mut(hash, |s| s.key == *key) {
                 Some(slot) if pred(&slot.cell) => {
-                    slot.transient = false;
+                    // As in `insert`.
+                    let placeholder =
+                        slot.kind == Kind::Placeholder && !Cell::ptr_eq(&slot.cell, &cell);
+                    slot.kind = Kind::Kept;
                     slot.interest = 0;
-                    Ok(core::mem::replace(&mut slot.cell, cell))
+                    let new = placeholder.then(|| cell.clone());
+                    Ok((core::mem::replace(&mut slot.cell, cell), new))
                 }
                 _ => Err(cell),
-            })
+            })?;
+        if let Some(new) = new {
+            // Outside the lock: attaching wakes the waiters.
+            follow(&old, &new);
+        }
+        Ok(old)
     }
 
     /// Whether the cell at `key` is complete; `None` if the key is absent (fs2-es
@@ -1028,7 +1245,7 @@ where
         let map = Self::with_hasher(hasher);
         for (key, cell) in cells {
             let hash = map.hash(&key);
-            let placed = map.insert_or_find(hash, key, cell, false, false);
+            let placed = map.insert_or_find(hash, key, cell, Kind::Kept, false, Claim::Never);
             drop(placed);
         }
         map

@@ -8,10 +8,11 @@ use std::{
     pin::{pin, Pin},
     sync::{
         atomic::{AtomicUsize, Ordering::SeqCst},
-        Arc, Barrier, Mutex,
+        mpsc, Arc, Barrier, Mutex,
     },
     task::{Context, Poll, Waker},
     thread,
+    time::Duration,
 };
 
 use deferred_map::{Cell, DeferredMap, Error};
@@ -324,4 +325,183 @@ fn futures_are_send() {
     let map: DeferredMap<u8, u32> = DeferredMap::new();
     is_send(map.get(1));
     is_send(map.get_or_add_with(2, || async { Ok(1) }));
+}
+
+// Waiters on a key whose placeholder is taken out of the map. fs2-es `del` while a `get`
+// waits orphans the waiter: the removed placeholder is a cell no one can complete any more,
+// and a later add goes to a new entry. Here every such waiter resolves: with the value of
+// the cell that replaced the placeholder, or with `Cancelled`.
+
+type Shared = Arc<DeferredMap<u8, u32, String>>;
+
+/// How long a waiter may take to resolve once it must have: it bounds a hang, it orders
+/// nothing (the tests order events with messages, never with sleeps).
+const HANG: Duration = Duration::from_secs(10);
+
+/// A `get(key)` driven by `futures`' executor on a thread of its own.
+struct Waiter {
+    outcome: mpsc::Receiver<Result<u32, Error<String>>>,
+    thread: thread::JoinHandle<()>,
+}
+
+/// Starts a `get(key)` and returns once it waits on the key's cell (its first poll returned
+/// `Pending`, so it is linked as an awaiter).
+fn waiter(map: &Shared, key: u8) -> Waiter {
+    let map = map.clone();
+    let (linked_tx, linked) = mpsc::channel();
+    let (outcome_tx, outcome) = mpsc::channel();
+    let thread = thread::spawn(move || {
+        let mut get = pin!(map.get(key));
+        let got = block_on(futures::future::poll_fn(|cx| {
+            let polled = get.as_mut().poll(cx);
+            if polled.is_pending() {
+                let _ = linked_tx.send(());
+            }
+            polled
+        }));
+        let _ = outcome_tx.send(got);
+    });
+    linked
+        .recv_timeout(HANG)
+        .expect("a get on a pending key waits");
+    Waiter { outcome, thread }
+}
+
+impl Waiter {
+    /// The waiter's outcome. Panics if it does not come: the waiter hangs.
+    fn outcome(self, after: &str) -> Result<u32, Error<String>> {
+        let got = self
+            .outcome
+            .recv_timeout(HANG)
+            .unwrap_or_else(|_| panic!("after {after}: the waiting get hangs (orphaned)"));
+        self.thread.join().unwrap();
+        got
+    }
+}
+
+#[test]
+fn remove_cancels_the_placeholder_a_get_waits_on() {
+    let map: Shared = Arc::new(DeferredMap::new());
+    let w = waiter(&map, 1);
+    let removed = map.remove(&1).expect("the get's placeholder is an entry");
+    // A later value goes to a new entry: it cannot reach the removed placeholder.
+    assert!(map.add_value(1, 5));
+    assert_eq!(w.outcome("remove"), Err(Error::Cancelled));
+    assert!(matches!(removed.try_get(), Some(Err(Error::Cancelled))));
+    assert_eq!(map.try_get(&1), Some(Ok(5)));
+}
+
+#[test]
+fn insert_over_a_placeholder_gives_its_waiters_the_new_cells_outcome() {
+    let map: Shared = Arc::new(DeferredMap::new());
+    // A ready cell.
+    let w = waiter(&map, 1);
+    let old = map
+        .insert(1, Cell::ready(7))
+        .expect("the get's placeholder");
+    assert_eq!(w.outcome("insert of a ready cell"), Ok(7));
+    assert!(
+        matches!(old.try_get(), Some(Ok(7))),
+        "the placeholder follows the new cell"
+    );
+    assert_eq!(map.try_get(&1), Some(Ok(7)));
+    // A pending cell that its owner fails later.
+    let w = waiter(&map, 2);
+    let mine: Cell<u32, String> = Cell::pending();
+    map.insert(2, mine.clone());
+    mine.fail("no".into()).unwrap();
+    assert_eq!(
+        w.outcome("insert of a pending cell"),
+        Err(Error::Failed("no".into()))
+    );
+    // Cancellation and a panic reach the waiters as such.
+    let w = waiter(&map, 3);
+    let mine: Cell<u32, String> = Cell::pending();
+    map.insert(3, mine.clone());
+    assert!(mine.cancel());
+    assert_eq!(
+        w.outcome("insert of a cancelled cell"),
+        Err(Error::Cancelled)
+    );
+    let w = waiter(&map, 4);
+    let mine: Cell<u32, String> = Cell::pending();
+    map.insert(4, mine.clone());
+    assert!(mine.die());
+    assert_eq!(w.outcome("insert of a dead cell"), Err(Error::Panicked));
+    // A cell with a computation that nothing else awaits: the waiters drive it.
+    let w = waiter(&map, 5);
+    map.insert(5, Cell::boxed(async { Ok(9) }));
+    assert_eq!(w.outcome("insert of a computation"), Ok(9));
+    assert_eq!(map.try_get(&5), Some(Ok(9)));
+}
+
+#[test]
+fn clear_cancels_every_placeholder_and_leaves_cells_with_an_owner() {
+    let map: Shared = Arc::new(DeferredMap::new());
+    let (a, b) = (waiter(&map, 1), waiter(&map, 2));
+    let mine = map.cell(3);
+    let c = waiter(&map, 3);
+    map.clear();
+    assert_eq!(a.outcome("clear"), Err(Error::Cancelled));
+    assert_eq!(b.outcome("clear"), Err(Error::Cancelled));
+    // A cell a handle was given out for is its owner's to complete, in the map or not.
+    assert!(!mine.is_done());
+    mine.succeed(3).unwrap();
+    assert_eq!(c.outcome("clear, then the owner's completion"), Ok(3));
+    assert!(map.is_empty());
+}
+
+#[test]
+fn every_other_path_that_takes_a_placeholder_out_resolves_its_waiters() {
+    let map: Shared = Arc::new(DeferredMap::new());
+    let w = waiter(&map, 1);
+    assert!(map.remove_if(&1, |_| true).is_some());
+    assert_eq!(w.outcome("remove_if"), Err(Error::Cancelled));
+    let w = waiter(&map, 1);
+    assert_eq!(map.remove_if_incomplete(&1), Some(true));
+    assert_eq!(w.outcome("remove_if_incomplete"), Err(Error::Cancelled));
+    let w = waiter(&map, 1);
+    let out = map.extract_if(|_, _| true);
+    assert_eq!(out.len(), 1);
+    assert!(matches!(out[0].1.try_get(), Some(Err(Error::Cancelled))));
+    assert_eq!(w.outcome("extract_if"), Err(Error::Cancelled));
+    let w = waiter(&map, 1);
+    map.retain(|_, _| false);
+    assert_eq!(w.outcome("retain"), Err(Error::Cancelled));
+    let w = waiter(&map, 1);
+    assert!(map.replace_if(&1, Cell::ready(4), |_| true).is_ok());
+    assert_eq!(w.outcome("replace_if"), Ok(4));
+    assert_eq!(map.try_get(&1), Some(Ok(4)));
+    assert_eq!(map.remove_if_completed(&1), Some(true));
+    assert!(map.is_empty());
+}
+
+#[test]
+fn removal_leaves_cells_that_someone_else_completes_to_them() {
+    let map: Shared = Arc::new(DeferredMap::new());
+    // A placeholder whose handle was given out: its holder completes it.
+    let w = waiter(&map, 1);
+    let handle = map.cell_if_present(&1).unwrap();
+    assert!(map.remove(&1).is_some());
+    assert!(!handle.is_done(), "not cancelled from under its holder");
+    handle.succeed(3).unwrap();
+    assert_eq!(w.outcome("remove of a held cell"), Ok(3));
+    // A placeholder that an added cell forwards into: the added cell's owner completes it.
+    let w = waiter(&map, 2);
+    let mine: Cell<u32, String> = Cell::pending();
+    assert!(!map.add_cell(2, mine.clone()));
+    assert!(map.remove(&2).is_some());
+    mine.succeed(4).unwrap();
+    assert_eq!(w.outcome("remove of a forwarded placeholder"), Ok(4));
+    // A computation: its waiters drive it wherever it is, and get its value.
+    let gate = Gate::default();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let starter = map.get_or_add_with(3, || counted(&runs, &gate, 30));
+    let w = waiter(&map, 3);
+    drop(starter);
+    assert!(map.remove(&3).is_some());
+    gate.open();
+    assert_eq!(w.outcome("remove of a computation"), Ok(30));
+    assert_eq!(runs.load(SeqCst), 1);
+    assert!(map.is_empty(), "its value is not stored: it was removed");
 }

@@ -158,3 +158,76 @@ fn a_removed_computation_that_keeps_its_own_waker_is_dropped_when_its_waiters_go
     drop(g);
     assert_eq!(dropped.load(SeqCst), 1, "the computation leaked");
 }
+
+/// Removes `Key(1)` from its map when dropped. Parked in `VICTIM`, it runs in the window
+/// between an add's lookup (which found a `get` placeholder) and its completing, attaching
+/// or forwarding to it.
+struct RemoveOnDrop(&'static DeferredMap<Key, u32>);
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        drop(self.0.remove(&Key(1, false)));
+    }
+}
+
+/// A `get` waiting on the placeholder at `Key(1)`, and a removal of that key armed to run
+/// inside the next add's window.
+fn placeholder_and_armed_removal(
+    map: &'static DeferredMap<Key, u32>,
+) -> Pin<Box<deferred_map::Get<'static, Key, u32, std::convert::Infallible, std::hash::RandomState>>>
+{
+    let mut g = Box::pin(map.get(Key(1, false)));
+    assert!(poll_once(g.as_mut()).is_pending());
+    VICTIM.with(|v| *v.borrow_mut() = Some(Box::new(RemoveOnDrop(map))));
+    g
+}
+
+// Linearizable outcomes below: the add found the placeholder, so it came first and the
+// removal after: the waiter gets what was added, and the key is gone.
+
+#[test]
+fn add_value_racing_a_removal_of_the_placeholder_still_reaches_its_waiter() {
+    static MAP: OnceLock<DeferredMap<Key, u32>> = OnceLock::new();
+    let map = static_map(&MAP);
+    let mut g = placeholder_and_armed_removal(map);
+    assert!(map.add_value(Key(1, true), 7));
+    assert_eq!(poll_once(g.as_mut()), Poll::Ready(Ok(7)));
+    assert_eq!(map.try_get(&Key(1, false)), None);
+}
+
+#[test]
+fn add_with_racing_a_removal_of_the_placeholder_still_reaches_its_waiter() {
+    static MAP: OnceLock<DeferredMap<Key, u32>> = OnceLock::new();
+    let map = static_map(&MAP);
+    let mut g = placeholder_and_armed_removal(map);
+    assert!(map.add_with(Key(1, true), async { Ok(8) }), "taken");
+    assert_eq!(poll_once(g.as_mut()), Poll::Ready(Ok(8)));
+    assert_eq!(map.try_get(&Key(1, false)), None);
+}
+
+#[test]
+fn add_cell_racing_a_removal_of_the_placeholder_still_reaches_its_waiter() {
+    static MAP: OnceLock<DeferredMap<Key, u32>> = OnceLock::new();
+    let map = static_map(&MAP);
+    let mut g = placeholder_and_armed_removal(map);
+    let mine: Cell<u32> = Cell::pending();
+    assert!(!map.add_cell(Key(1, true), mine.clone()), "forwarded");
+    mine.succeed(9).unwrap();
+    assert_eq!(poll_once(g.as_mut()), Poll::Ready(Ok(9)));
+    assert_eq!(map.try_get(&Key(1, false)), None);
+}
+
+#[test]
+fn a_placeholder_put_back_in_its_own_place_is_left_to_its_holder_and_not_leaked() {
+    let map: DeferredMap<u8, u32> = DeferredMap::new();
+    let mut g = Box::pin(map.get(1));
+    assert!(poll_once(g.as_mut()).is_pending());
+    let handle = g.cell().clone();
+    let weak = Cell::downgrade(&handle);
+    // Replacing the placeholder with itself: it must not be made to follow itself (a
+    // computation awaiting its own cell, and holding it: a cycle).
+    assert!(map.insert(1, handle.clone()).is_some());
+    handle.succeed(3).unwrap();
+    assert_eq!(poll_once(g.as_mut()), Poll::Ready(Ok(3)));
+    drop((g, handle, map.remove(&1)));
+    assert!(weak.upgrade().is_none(), "the cell leaked");
+}
