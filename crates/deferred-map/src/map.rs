@@ -51,7 +51,8 @@ enum Kind {
     /// complete it: no handle to it was given out, it has no computation and no added cell
     /// forwards into it. Taken out of the map, it would leave its waiters waiting forever (the
     /// fs2-es `del` trap), so the path that takes it out settles it: a removal cancels it
-    /// (`cancel_if_placeholder`), a replacement makes it follow the new cell (`follow`).
+    /// (`cancel_if_placeholder`), a replacement makes it follow the new cell (`follow`). An
+    /// added cell that claims it and is then dropped unrun cancels it (`Forward`).
     Placeholder,
     /// The map's own computation (`get_or_add_with`). Its waiters drive it, so it completes
     /// wherever it is: a removal leaves it to them.
@@ -59,7 +60,9 @@ enum Kind {
     /// Added by a user, or made completable by one: a handle was given out (`cell`,
     /// `cell_or_add`, `cell_if_present`), a computation attached (`add_with`), an added cell
     /// forwards into it (`add_cell`), or a value is being stored in it (`add_value`). The map
-    /// never completes or cancels it on its own.
+    /// never completes or cancels it on its own, with one exception: a placeholder that
+    /// `add_cell` claimed is cancelled if the added cell is dropped without completing, since
+    /// its forwarding was the completer the claim counted on (`Forward`).
     Kept,
 }
 
@@ -140,6 +143,58 @@ where
     // Refused only if the placeholder is complete already (its waiters have their outcome),
     // or if its own waiter attached a computation through `Get::cell` (theirs to drive).
     drop(placeholder.try_attach(Box::pin(forward)));
+}
+
+/// The completion callback by which a cell given to `add_cell` completes the pending cell it
+/// found at the key (`into`) with its own outcome.
+///
+/// `on_complete` runs a callback exactly once, when the added cell completes, or drops it
+/// unrun if the added cell is dropped while pending. If `into` was a `get` placeholder that
+/// the add claimed (`Kind::Kept` from then on, so a removal leaves it alone), this callback
+/// is the one completer it has: dropped unrun, it would leave `into`'s waiters waiting
+/// forever. So its `Drop` settles such a cell, as the added cell's outcome would have: an
+/// added cell dropped pending counts as cancelled, and a forwarding that unwinds (a panicking
+/// `Clone` of the value) counts as panicked. A cell that had another completer before the
+/// add (a handle, a computation) is left to it, as before.
+struct Forward<V, E> {
+    into: Cell<V, E>,
+    /// Whether `into` was a `get` placeholder when the add claimed it.
+    only_completer: bool,
+    /// Set by `run` before it completes `into`: a `Forward` dropped with it unset was never
+    /// run (the added cell was dropped pending).
+    ran: bool,
+}
+
+impl<V: Clone, E: Clone> Forward<V, E> {
+    fn run(mut self, outcome: Result<&V, Error<&E>>) {
+        self.ran = true;
+        let into = &self.into;
+        let _ = match outcome {
+            Ok(v) => into.succeed(v.clone()).is_ok(),
+            Err(Error::Failed(e)) => into.fail(e.clone()).is_ok(),
+            Err(Error::Cancelled) => into.cancel(),
+            Err(Error::Panicked) => into.die(),
+        };
+        // Drops a computation the cell may carry: it has nothing left to do.
+        into.abort();
+    }
+}
+
+impl<V, E> Drop for Forward<V, E> {
+    fn drop(&mut self) {
+        if !self.only_completer {
+            return;
+        }
+        if !self.ran {
+            // The added cell was dropped pending: as if it had been cancelled.
+            self.into.abort();
+        } else if !self.into.is_done() {
+            // `run` unwound before completing `into` (only a panicking `Clone` can): as if
+            // the added cell had panicked. A no-op if someone else is completing it now.
+            self.into.die();
+            self.into.abort();
+        }
+    }
 }
 
 type Shard<K, V, E> = CachePadded<SpinRwLock<HashTable<Slot<K, V, E>>>>;
@@ -469,6 +524,9 @@ struct Placed<K, V, E> {
     interest: bool,
     /// The key and cell given, when the key was already there.
     unused: Option<(K, Cell<V, E>)>,
+    /// Whether the claim took a `get` placeholder (made it `Kept`): the caller is now the
+    /// only one who can complete it.
+    claimed_placeholder: bool,
 }
 
 /// How `find` treats what it finds.
@@ -566,7 +624,9 @@ where
             .write(|t| match t.entry(hash, |s| s.key == key, |s| s.hash) {
                 hashbrown::hash_table::Entry::Occupied(mut o) => {
                     let slot = o.get_mut();
-                    if claim.applies(slot) {
+                    let claimed = claim.applies(slot);
+                    let claimed_placeholder = claimed && slot.kind == Kind::Placeholder;
+                    if claimed {
                         slot.kind = Kind::Kept;
                     }
                     let interest = interested && slot.kind.transient() && !slot.cell.is_done();
@@ -578,6 +638,7 @@ where
                         inserted: false,
                         interest,
                         unused: Some((key, cell)),
+                        claimed_placeholder,
                     }
                 }
                 hashbrown::hash_table::Entry::Vacant(v) => {
@@ -594,6 +655,7 @@ where
                         inserted: true,
                         interest,
                         unused: None,
+                        claimed_placeholder: false,
                     }
                 }
             })
@@ -829,8 +891,20 @@ where
     /// completion callback: nothing waits); if it is present and complete, nothing changes.
     /// Returns whether `cell` became the key's cell. Never waits.
     ///
+    /// If the existing cell is the placeholder that a [`get`](Self::get) on an absent key
+    /// left, `cell` becomes its completer, and a removal leaves it to `cell`. So if `cell` is
+    /// dropped without completing (every handle to it gone, its forwarding callback dropped
+    /// unrun), the placeholder is cancelled, as if `cell` had been cancelled: its waiters get
+    /// [`Error::Cancelled`], and the entry stays, cancelled, until removed, as an added entry
+    /// does. Likewise, if cloning `cell`'s value for it panics, the placeholder completes as
+    /// [`Error::Panicked`]. An existing cell that something else could complete when `cell`
+    /// was added (the holder of a handle, its computation) is left to it when `cell` is
+    /// dropped. Whatever comes first completes the cell: a later
+    /// [`add_value`](Self::add_value) or [`complete`](Self::complete) does if `cell` has not,
+    /// and finds it cancelled if `cell` was dropped first.
+    ///
     /// ```
-    /// use deferred_map::{Cell, DeferredMap};
+    /// use deferred_map::{Cell, DeferredMap, Error};
     /// # futures::executor::block_on(async {
     /// let map: DeferredMap<&str, u8> = DeferredMap::new();
     /// let waiting = map.get("job");
@@ -838,6 +912,10 @@ where
     /// assert!(!map.add_cell("job", job.clone())); // "job" is awaited: forwarded instead
     /// job.succeed(9).unwrap();
     /// assert_eq!(waiting.await, Ok(9));
+    ///
+    /// let waiting = map.get("lost");
+    /// assert!(!map.add_cell("lost", Cell::pending())); // dropped at once, never completed
+    /// assert_eq!(waiting.await, Err(Error::Cancelled));
     /// # });
     /// ```
     pub fn add_cell(&self, key: K, cell: Cell<V, E>) -> bool
@@ -856,16 +934,14 @@ where
         drop(placed.unused);
         let existing = placed.cell;
         if !existing.is_done() {
-            cell.on_complete(move |outcome| {
-                let _ = match outcome {
-                    Ok(v) => existing.succeed(v.clone()).is_ok(),
-                    Err(Error::Failed(e)) => existing.fail(e.clone()).is_ok(),
-                    Err(Error::Cancelled) => existing.cancel(),
-                    Err(Error::Panicked) => existing.die(),
-                };
-                // Drops a computation the existing cell may carry: it has nothing left to do.
-                existing.abort();
-            });
+            // Run once if `cell` completes (at once if it has), dropped unrun if `cell` is
+            // dropped pending: either way a claimed placeholder is settled (see `Forward`).
+            let forward = Forward {
+                into: existing,
+                only_completer: placed.claimed_placeholder,
+                ran: false,
+            };
+            cell.on_complete(move |outcome| forward.run(outcome));
         }
         false
     }

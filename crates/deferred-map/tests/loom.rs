@@ -265,3 +265,19 @@ fn removal_vs_add_value_on_a_placeholder_loses_nothing() {
         }
     });
 }
+
+#[test]
+fn dropped_added_cell_vs_get_linking_cancels_the_get() {
+    loom::model(|| {
+        let map = Arc::new(new_map());
+        let first = map.get(1); // the placeholder, there before the add
+        let m = map.clone();
+        // Links to the placeholder, to the cell the add claimed, or to the cancelled cell.
+        let t = thread::spawn(move || block_on(m.get(1)));
+        let mine: Cell<usize, ()> = Cell::pending();
+        assert!(!map.add_cell(1, mine.clone()), "forwarded");
+        drop(mine); // pending: its forwarding callback is dropped unrun
+        assert_eq!(t.join().unwrap(), Err(Error::Cancelled));
+        assert_eq!(block_on(first), Err(Error::Cancelled));
+    });
+}

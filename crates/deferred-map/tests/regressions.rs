@@ -10,9 +10,11 @@ use std::{
     pin::Pin,
     sync::{
         atomic::{AtomicUsize, Ordering::SeqCst},
-        Arc, OnceLock,
+        mpsc, Arc, OnceLock,
     },
     task::{Context, Poll},
+    thread,
+    time::Duration,
 };
 
 use deferred_map::{Cell, DeferredMap, Error};
@@ -230,4 +232,87 @@ fn a_placeholder_put_back_in_its_own_place_is_left_to_its_holder_and_not_leaked(
     assert_eq!(poll_once(g.as_mut()), Poll::Ready(Ok(3)));
     drop((g, handle, map.remove(&1)));
     assert!(weak.upgrade().is_none(), "the cell leaked");
+}
+
+/// Awaits `get` on a thread of its own; its outcome comes back through the receiver. The
+/// thread is not joined: a `get` that never resolves shows as a timeout, not a hung test.
+fn on_its_own_thread(
+    get: deferred_map::Get<'static, Key, u32, std::convert::Infallible, std::hash::RandomState>,
+) -> mpsc::Receiver<Result<u32, Error<std::convert::Infallible>>> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        // The receiver is gone only if the test has already failed.
+        let _ = tx.send(block_on(get));
+    });
+    rx
+}
+
+/// Long enough for a loaded machine; a `get` that resolves does so at once.
+const BOUND: Duration = Duration::from_secs(10);
+
+#[test]
+fn an_added_cell_dropped_unrun_cancels_the_placeholder_it_forwarded_into() {
+    static MAP: OnceLock<DeferredMap<Key, u32>> = OnceLock::new();
+    let map = static_map(&MAP);
+    // Made here, so that the placeholder is there before the add: one `get` waits on it as
+    // a placeholder, the other finds it after the add claimed it.
+    let before = on_its_own_thread(map.get(Key(1, false)));
+    let mine: Cell<u32> = Cell::pending();
+    assert!(!map.add_cell(Key(1, false), mine.clone()), "forwarded");
+    let after = on_its_own_thread(map.get(Key(1, false)));
+    // Dropped pending: the forwarding callback is dropped unrun. Then a removal, which
+    // leaves a forwarded-into cell to its forwarder: nothing else could complete it.
+    drop(mine);
+    drop(map.remove(&Key(1, false)));
+    assert_eq!(
+        before.recv_timeout(BOUND),
+        Ok(Err(Error::Cancelled)),
+        "the get from before the add"
+    );
+    assert_eq!(
+        after.recv_timeout(BOUND),
+        Ok(Err(Error::Cancelled)),
+        "the get from after the add"
+    );
+}
+
+#[test]
+fn an_added_cell_dropped_unrun_leaves_a_cell_with_another_completer_to_it() {
+    static MAP: OnceLock<DeferredMap<Key, u32>> = OnceLock::new();
+    let map = static_map(&MAP);
+    let waiting = on_its_own_thread(map.get(Key(1, false)));
+    // A handle was given out before the add: its holder can complete the cell.
+    let handle = map.cell(Key(1, false));
+    assert!(
+        !map.add_cell(Key(1, false), Cell::pending()),
+        "forwarded, then dropped"
+    );
+    assert!(!handle.is_done(), "not cancelled from under its holder");
+    handle.succeed(3).unwrap();
+    assert_eq!(waiting.recv_timeout(BOUND), Ok(Ok(3)));
+}
+
+#[test]
+fn a_forwarding_that_panics_cloning_the_value_gives_the_placeholder_panicked() {
+    #[derive(Debug, PartialEq)]
+    struct Bomb;
+    impl Clone for Bomb {
+        fn clone(&self) -> Self {
+            panic!("Bomb::clone");
+        }
+    }
+    let map: DeferredMap<u8, Bomb> = DeferredMap::new();
+    let mut g = Box::pin(map.get(1));
+    assert!(poll_once(g.as_mut()).is_pending());
+    let mine: Cell<Bomb> = Cell::pending();
+    assert!(!map.add_cell(1, mine.clone()), "forwarded");
+    // The forwarding runs on this thread, and its clone of the value panics: the panic
+    // reaches the completer, and the placeholder, which nothing else can complete, must
+    // not be left pending.
+    let completed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| mine.succeed(Bomb)));
+    assert!(
+        completed.is_err(),
+        "the callback's panic reaches the completer"
+    );
+    assert_eq!(poll_once(g.as_mut()), Poll::Ready(Err(Error::Panicked)));
 }
