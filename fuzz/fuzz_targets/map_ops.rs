@@ -2,9 +2,13 @@
 //! a sequential model.
 //!
 //! The model is the map as its documentation describes it: each key holds one cell (by
-//! identity), *transient* or not, with a count of the `Get` futures interested in it; each
-//! cell is pending or complete (value, error, cancelled, panicked) and may carry a
-//! computation (one that is ready at once, or one that never finishes). `Get` futures are
+//! identity), of a kind (a `get` placeholder, the map's own computation, or kept), with a
+//! count of the `Get` futures interested in it; each cell is pending or complete (value,
+//! error, cancelled, panicked) and may carry a computation (one that is ready at once, one
+//! that never finishes, or one that follows another cell). A placeholder taken out of the map
+//! is settled: a removal cancels it, a replacement makes it follow the new cell (it completes
+//! when a waiter drives it); a placeholder that an added cell claimed is cancelled when that
+//! cell is dropped pending. `Get` futures are
 //! polled by hand with a no-op waker, so nothing ever blocks: a future that is not ready is
 //! kept (or dropped) by later operations. Handles to cells (from `cell`, `insert`, ...) are
 //! kept and completed, aborted or given computations later.
@@ -141,20 +145,46 @@ enum MComp {
     None,
     Ready(Result<u16, u8>),
     Never,
+    /// Awaits the cell with this id and completes with its outcome (a replaced placeholder).
+    Follow(usize),
 }
 
 #[derive(Debug)]
 struct MCell {
     outcome: Option<Outcome>,
     comp: MComp,
-    /// Cells this one's outcome is forwarded to when it completes (`add_cell`).
-    forwards: Vec<usize>,
+    /// Cells this one's outcome is forwarded to when it completes (`add_cell`), each with
+    /// whether it was a claimed placeholder (cancelled if this cell is dropped pending).
+    forwards: Vec<(usize, bool)>,
+}
+
+/// Who can complete an entry's cell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Placeholder,
+    Computation,
+    Kept,
+}
+
+impl Kind {
+    fn transient(self) -> bool {
+        self != Kind::Kept
+    }
+}
+
+/// Which entry found at the key an insertion makes `Kept`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Claim {
+    Never,
+    PendingPlaceholder,
+    Pending,
+    Always,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct MSlot {
     cell: usize,
-    transient: bool,
+    kind: Kind,
     interest: usize,
 }
 
@@ -163,6 +193,8 @@ enum Lookup {
     Peek,
     Wait,
     Live,
+    /// A handle is given out: the entry becomes `Kept`.
+    Hold,
 }
 
 #[derive(Default)]
@@ -175,6 +207,7 @@ struct Placed {
     cell: usize,
     inserted: bool,
     interest: bool,
+    claimed_placeholder: bool,
 }
 
 impl Model {
@@ -208,7 +241,7 @@ impl Model {
             return false;
         }
         self.cells[id].outcome = Some(outcome);
-        for target in std::mem::take(&mut self.cells[id].forwards) {
+        for (target, _) in std::mem::take(&mut self.cells[id].forwards) {
             self.complete(target, outcome);
             self.cells[target].comp = MComp::None;
         }
@@ -228,10 +261,75 @@ impl Model {
             self.cells[id].comp = MComp::None;
             return;
         }
-        if let MComp::Ready(result) = self.cells[id].comp {
-            self.cells[id].comp = MComp::None;
-            self.complete(id, result.map_err(Error::Failed));
+        match self.cells[id].comp {
+            MComp::Ready(result) => {
+                self.cells[id].comp = MComp::None;
+                self.complete(id, result.map_err(Error::Failed));
+            }
+            MComp::Follow(other) => {
+                // Awaiting the other cell drives its computation.
+                self.drive(other);
+                if let Some(outcome) = self.cells[other].outcome {
+                    self.cells[id].comp = MComp::None;
+                    self.complete(id, outcome);
+                }
+            }
+            MComp::None | MComp::Never => {}
         }
+    }
+
+    /// A cell no one holds any more: if it is pending, the placeholders it was to complete
+    /// as their only completer are cancelled.
+    fn dropped(&mut self, id: usize) {
+        if self.done(id) {
+            return;
+        }
+        for (target, only) in std::mem::take(&mut self.cells[id].forwards) {
+            if only {
+                self.abort(target);
+            }
+        }
+    }
+
+    /// Takes the entry at `key` out of the map; a placeholder is cancelled.
+    fn remove(&mut self, key: u8) -> Option<usize> {
+        let slot = self.slots.remove(&key)?;
+        if slot.kind == Kind::Placeholder {
+            self.abort(slot.cell);
+        }
+        Some(slot.cell)
+    }
+
+    /// Removes the entries for which `remove` says so, as `remove` does.
+    fn remove_all(&mut self, mut remove: impl FnMut(&Self, u8, &MSlot) -> bool) {
+        let mut keys: Vec<u8> = self
+            .slots
+            .iter()
+            .filter(|(k, s)| remove(self, **k, s))
+            .map(|(k, _)| *k)
+            .collect();
+        keys.sort_unstable();
+        for k in keys {
+            self.remove(k);
+        }
+    }
+
+    /// Stores cell `new` at `key` (kept); a placeholder replaced follows it. The old cell.
+    fn replace(&mut self, key: u8, new: usize) -> Option<usize> {
+        let fresh = MSlot {
+            cell: new,
+            kind: Kind::Kept,
+            interest: 0,
+        };
+        let old = self.slots.insert(key, fresh)?;
+        if old.kind == Kind::Placeholder
+            && old.cell != new
+            && !self.done(old.cell)
+            && self.cells[old.cell].comp == MComp::None
+        {
+            self.cells[old.cell].comp = MComp::Follow(new);
+        }
+        Some(old.cell)
     }
 
     /// `Lazy::try_attach`.
@@ -249,11 +347,15 @@ impl Model {
 
     fn find(&mut self, key: u8, how: Lookup) -> Option<(usize, bool)> {
         let slot = *self.slots.get(&key)?;
-        if how == Lookup::Live && slot.transient && self.failed(slot.cell) {
+        if how == Lookup::Live && slot.kind.transient() && self.failed(slot.cell) {
             self.slots.remove(&key);
             return None;
         }
-        let interest = how != Lookup::Peek && slot.transient && !self.done(slot.cell);
+        if how == Lookup::Hold {
+            self.slots.get_mut(&key).unwrap().kind = Kind::Kept;
+            return Some((slot.cell, false));
+        }
+        let interest = how != Lookup::Peek && slot.kind.transient() && !self.done(slot.cell);
         if interest {
             self.slots.get_mut(&key).unwrap().interest += 1;
         }
@@ -264,26 +366,40 @@ impl Model {
         &mut self,
         key: u8,
         cell: usize,
-        transient: bool,
+        kind: Kind,
         interested: bool,
+        claim: Claim,
     ) -> Placed {
         if let Some(slot) = self.slots.get(&key).copied() {
-            let interest = interested && slot.transient && !self.done(slot.cell);
+            let pending = !self.done(slot.cell);
+            let claimed = match claim {
+                Claim::Never => false,
+                Claim::PendingPlaceholder => slot.kind == Kind::Placeholder && pending,
+                Claim::Pending => pending,
+                Claim::Always => true,
+            };
+            let slot = self.slots.get_mut(&key).unwrap();
+            let claimed_placeholder = claimed && slot.kind == Kind::Placeholder;
+            if claimed {
+                slot.kind = Kind::Kept;
+            }
+            let interest = interested && slot.kind.transient() && pending;
             if interest {
-                self.slots.get_mut(&key).unwrap().interest += 1;
+                slot.interest += 1;
             }
             return Placed {
                 cell: slot.cell,
                 inserted: false,
                 interest,
+                claimed_placeholder,
             };
         }
-        let interest = transient && interested;
+        let interest = kind.transient() && interested;
         self.slots.insert(
             key,
             MSlot {
                 cell,
-                transient,
+                kind,
                 interest: usize::from(interest),
             },
         );
@@ -291,6 +407,7 @@ impl Model {
             cell,
             inserted: true,
             interest,
+            claimed_placeholder: false,
         }
     }
 
@@ -306,7 +423,7 @@ impl Model {
         };
         let slot = self.slots.get_mut(&key).unwrap();
         if pin {
-            slot.transient = false;
+            slot.kind = Kind::Kept;
         }
         if had_interest {
             slot.interest = slot.interest.saturating_sub(1);
@@ -314,7 +431,7 @@ impl Model {
         let slot = *slot;
         let failed = self.failed(id);
         let abandoned = slot.interest == 0 && !self.done(id);
-        if slot.transient && (failed || abandoned) {
+        if slot.kind.transient() && (failed || abandoned) {
             self.slots.remove(&key);
             self.abort(id);
         }
@@ -385,9 +502,27 @@ struct Harness<'a> {
 impl<'a> Harness<'a> {
     fn hold_handle(&mut self, cell: Cell<u16, u8>, id: usize) {
         if self.handles.len() == MAX_HELD {
-            self.handles.remove(0);
+            self.drop_handle(0);
         }
         self.handles.push((cell, id));
+    }
+
+    /// Drops the held handle at `i`; the model's cell goes with the last one (a cell the map
+    /// holds is never dropped: handles are only ever the last holders of cells that
+    /// `add_cell` did not store).
+    fn drop_handle(&mut self, i: usize) {
+        let (_, id) = self.handles.remove(i);
+        let held = self.handles.iter().any(|(_, h)| *h == id)
+            || self.model.slots.values().any(|s| s.cell == id)
+            || self.gets.iter().any(|g| g.cell == id)
+            || self
+                .model
+                .cells
+                .iter()
+                .any(|c| c.comp == MComp::Follow(id) || c.forwards.iter().any(|f| f.0 == id));
+        if !held {
+            self.model.dropped(id);
+        }
     }
 
     /// Checks that `cell` is the model's cell `id`, as far as can be seen: same outcome.
@@ -472,7 +607,13 @@ impl<'a> Harness<'a> {
             Op::AddValue(k, v) => {
                 let k = key(&k);
                 let fresh = self.model.new_cell(None, MComp::None);
-                let placed = self.model.insert_or_find(k, fresh, false, true);
+                let placed = self.model.insert_or_find(
+                    k,
+                    fresh,
+                    Kind::Kept,
+                    true,
+                    Claim::PendingPlaceholder,
+                );
                 let stored = self.model.complete(placed.cell, Ok(v));
                 self.model
                     .release(placed.cell, placed.interest, stored && !placed.inserted);
@@ -485,20 +626,20 @@ impl<'a> Harness<'a> {
                 let k = key(&k);
                 let cell = real_cell(fresh);
                 let id = self.model.fresh(fresh);
-                let placed = self.model.insert_or_find(k, id, false, true);
+                let placed = self.model.insert_or_find(k, id, Kind::Kept, false, Claim::Pending);
                 let expect = if placed.inserted {
                     true
                 } else {
                     let existing = placed.cell;
-                    let pending = !self.model.done(existing);
-                    self.model.release(existing, placed.interest, pending);
-                    if pending {
+                    if !self.model.done(existing) {
                         match self.model.cells[id].outcome {
                             Some(outcome) => {
                                 self.model.complete(existing, outcome);
                                 self.model.cells[existing].comp = MComp::None;
                             }
-                            None => self.model.cells[id].forwards.push(existing),
+                            None => self.model.cells[id]
+                                .forwards
+                                .push((existing, placed.claimed_placeholder)),
                         }
                     }
                     false
@@ -513,10 +654,14 @@ impl<'a> Harness<'a> {
             Op::AddWith(k, comp) => {
                 let k = key(&k);
                 let fresh = self.model.new_cell(None, MComp::None);
-                let placed = self.model.insert_or_find(k, fresh, false, true);
+                let placed = self.model.insert_or_find(
+                    k,
+                    fresh,
+                    Kind::Kept,
+                    false,
+                    Claim::PendingPlaceholder,
+                );
                 let taken = self.model.attach(placed.cell, comp);
-                self.model
-                    .release(placed.cell, placed.interest, taken && !placed.inserted);
                 assert_eq!(
                     map.add_with(k, future(comp)),
                     taken,
@@ -530,7 +675,13 @@ impl<'a> Harness<'a> {
                     Some((cell, interest)) => (cell, interest, false),
                     None => {
                         let fresh = self.model.new_cell(None, MComp::None);
-                        let placed = self.model.insert_or_find(k, fresh, true, true);
+                        let placed = self.model.insert_or_find(
+                            k,
+                            fresh,
+                            Kind::Placeholder,
+                            true,
+                            Claim::Never,
+                        );
                         (placed.cell, placed.interest, placed.inserted)
                     }
                 };
@@ -565,7 +716,9 @@ impl<'a> Harness<'a> {
                     Some((cell, interest)) => (cell, interest, false),
                     None => {
                         let fresh = self.model.new_cell(Some(Ok(v)), MComp::None);
-                        let placed = self.model.insert_or_find(k, fresh, false, true);
+                        let placed =
+                            self.model
+                                .insert_or_find(k, fresh, Kind::Kept, true, Claim::Never);
                         (placed.cell, placed.interest, placed.inserted)
                     }
                 };
@@ -586,7 +739,13 @@ impl<'a> Harness<'a> {
                     None => {
                         let fresh = self.model.new_cell(None, MComp::None);
                         self.model.attach(fresh, comp);
-                        let placed = self.model.insert_or_find(k, fresh, true, true);
+                        let placed = self.model.insert_or_find(
+                            k,
+                            fresh,
+                            Kind::Computation,
+                            true,
+                            Claim::Never,
+                        );
                         (placed.cell, placed.interest, placed.inserted)
                     }
                 };
@@ -605,7 +764,9 @@ impl<'a> Harness<'a> {
                 let id = self.model.fresh(fresh);
                 let get = map.get_or_add_cell(k, cell.clone());
                 self.hold_handle(cell, id);
-                let placed = self.model.insert_or_find(k, id, false, true);
+                let placed = self
+                    .model
+                    .insert_or_find(k, id, Kind::Kept, true, Claim::Never);
                 let what = format!("get_or_add_cell({k}, {fresh:?})");
                 self.got(
                     &what,
@@ -655,10 +816,9 @@ impl<'a> Harness<'a> {
             Op::CellIfPresent(k) => {
                 let k = key(&k);
                 let cell = map.cell_if_present(&k);
-                let found = self.model.find(k, Lookup::Wait);
+                let found = self.model.find(k, Lookup::Hold);
                 match (cell, found) {
-                    (Some(cell), Some((id, interest))) => {
-                        self.model.release(id, interest, true);
+                    (Some(cell), Some((id, _))) => {
                         self.same_cell(&format!("cell_if_present({k})"), &cell, id);
                         self.hold_handle(cell, id);
                     }
@@ -673,15 +833,8 @@ impl<'a> Harness<'a> {
                 let cell = real_cell(fresh);
                 let id = self.model.fresh(fresh);
                 let old = map.insert(k, cell.clone());
-                let expect = self.model.slots.insert(
-                    k,
-                    MSlot {
-                        cell: id,
-                        transient: false,
-                        interest: 0,
-                    },
-                );
-                self.check_removed(&format!("insert({k})"), old, expect.map(|s| s.cell));
+                let expect = self.model.replace(k, id);
+                self.check_removed(&format!("insert({k})"), old, expect);
                 self.hold_handle(cell, id);
             }
             Op::ReplaceIf(k, fresh, pred) => {
@@ -692,15 +845,7 @@ impl<'a> Harness<'a> {
                 let result = map.replace_if(&k, cell.clone(), |c| real_pred(pred, c, handles));
                 let expect = match self.model.slots.get(&k).copied() {
                     Some(slot) if self.model.pred(pred, slot.cell, &self.handles) => {
-                        self.model.slots.insert(
-                            k,
-                            MSlot {
-                                cell: id,
-                                transient: false,
-                                interest: 0,
-                            },
-                        );
-                        Some(slot.cell)
+                        self.model.replace(k, id)
                     }
                     _ => None,
                 };
@@ -717,7 +862,7 @@ impl<'a> Harness<'a> {
             Op::Remove(k) => {
                 let k = key(&k);
                 let old = map.remove(&k);
-                let expect = self.model.slots.remove(&k).map(|s| s.cell);
+                let expect = self.model.remove(k);
                 self.check_removed(&format!("remove({k})"), old, expect);
             }
             Op::RemoveIf(k, pred) => {
@@ -726,8 +871,7 @@ impl<'a> Harness<'a> {
                 let old = map.remove_if(&k, |c| real_pred(pred, c, handles));
                 let expect = match self.model.slots.get(&k).copied() {
                     Some(slot) if self.model.pred(pred, slot.cell, &self.handles) => {
-                        self.model.slots.remove(&k);
-                        Some(slot.cell)
+                        self.model.remove(k)
                     }
                     _ => None,
                 };
@@ -744,7 +888,7 @@ impl<'a> Harness<'a> {
                 let expect = self.model.slots.get(&k).copied().map(|slot| {
                     let remove = self.model.done(slot.cell) == want_done;
                     if remove {
-                        self.model.slots.remove(&k);
+                        self.model.remove(k);
                     }
                     remove
                 });
@@ -818,34 +962,30 @@ impl<'a> Harness<'a> {
             }
             Op::DropHandle(i) => {
                 if let Some(i) = pick(self.handles.len(), i) {
-                    self.handles.remove(i);
+                    self.drop_handle(i);
                 }
             }
             Op::Retain(mask) => {
                 map.retain(|k, _| mask & (1 << (k % 8)) != 0);
-                self.model.slots.retain(|k, _| mask & (1 << (k % 8)) != 0);
+                self.model
+                    .remove_all(|_, k, _| mask & (1 << (k % 8)) == 0);
             }
             Op::RetainDone => {
                 map.retain(|_, c| c.is_done());
-                let cells = &self.model.cells;
-                self.model
-                    .slots
-                    .retain(|_, s| cells[s.cell].outcome.is_some());
+                self.model.remove_all(|m, _, s| !m.done(s.cell));
             }
             Op::Clear => {
                 map.clear();
-                self.model.slots.clear();
+                self.model.remove_all(|_, _, _| true);
             }
         }
     }
 
     /// The model's `cell_or_add(key, fresh)`: the cell now at `key`.
     fn cell_or_add(&mut self, key: u8, fresh: usize) -> usize {
-        let placed = self.model.insert_or_find(key, fresh, false, true);
-        if !placed.inserted {
-            self.model.release(placed.cell, placed.interest, true);
-        }
-        placed.cell
+        self.model
+            .insert_or_find(key, fresh, Kind::Kept, false, Claim::Always)
+            .cell
     }
 
     fn check_removed(&self, what: &str, got: Option<Cell<u16, u8>>, expect: Option<usize>) {
