@@ -933,7 +933,9 @@ where
         }
         drop(placed.unused);
         let existing = placed.cell;
-        if !existing.is_done() {
+        // `cell` added over itself (a handle from `cell` or `Get::cell`) is not made to
+        // forward into itself: the callback would hold its own cell, a cycle that leaks it.
+        if !existing.is_done() && !Cell::ptr_eq(&existing, &cell) {
             // Run once if `cell` completes (at once if it has), dropped unrun if `cell` is
             // dropped pending: either way a claimed placeholder is settled (see `Forward`).
             let forward = Forward {

@@ -234,6 +234,17 @@ fn a_placeholder_put_back_in_its_own_place_is_left_to_its_holder_and_not_leaked(
     assert!(weak.upgrade().is_none(), "the cell leaked");
 }
 
+#[test]
+fn a_pending_cell_added_over_itself_is_not_leaked() {
+    let map: DeferredMap<u8, u32> = DeferredMap::new();
+    let handle = map.cell(1);
+    let weak = Cell::downgrade(&handle);
+    // Forwarding the cell into itself would store, in the cell, a callback holding it.
+    assert!(!map.add_cell(1, handle.clone()), "the key is there");
+    drop((handle, map.remove(&1)));
+    assert!(weak.upgrade().is_none(), "the cell leaked");
+}
+
 /// Awaits `get` on a thread of its own; its outcome comes back through the receiver. The
 /// thread is not joined: a `get` that never resolves shows as a timeout, not a hung test.
 fn on_its_own_thread(
