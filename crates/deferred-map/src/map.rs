@@ -2,6 +2,7 @@
 
 use alloc::{boxed::Box, vec::Vec};
 use core::{
+    borrow::Borrow,
     convert::Infallible,
     fmt,
     future::Future,
@@ -214,6 +215,31 @@ type Shard<K, V, E> = CachePadded<SpinRwLock<HashTable<Slot<K, V, E>>>>;
 ///     map.get_or_add_with("user:1", || async { Ok("not run".to_string()) }),
 /// );
 /// assert_eq!((a.unwrap(), b.unwrap()), ("ada".to_string(), "ada".to_string()));
+/// # });
+/// ```
+///
+/// # Borrowed keys
+///
+/// Calls that take an owned key (`get`, the `add_*` and `get_or_add_*` calls, `insert`,
+/// `cell`, `cell_or_add`) may store it. Calls that only look a key up or remove its entry
+/// (`get_if_present`, `cell_if_present`, `try_get`, `try_get_with`, `is_completed`,
+/// `complete`, `remove`, `remove_if`, `remove_if_completed`, `remove_if_incomplete`,
+/// `replace_if`) take `&Q` for any `Q` that `K` borrows as, as `HashMap::get` does: a
+/// `DeferredMap<String, _>` is read with a `&str`, without allocating a `String`. As with
+/// `HashMap`, `Q`'s `Hash` and `Eq` must agree with `K`'s (the [`Borrow`] contract, which
+/// `String`/`str`, `Vec<T>`/`[T]`, `Box<T>`/`T` and `K`/`K` keep); if they do not, the key
+/// lookups may miss entries that are there (never a panic or unsoundness).
+///
+/// ```
+/// use deferred_map::DeferredMap;
+/// # futures::executor::block_on(async {
+/// let map: DeferredMap<String, u32> = DeferredMap::new();
+/// map.add_value("ada".to_string(), 36);
+/// let name: &str = "ada";
+/// assert_eq!(map.try_get(name), Some(Ok(36)));
+/// assert_eq!(map.get_if_present(name).unwrap().await, Ok(36));
+/// assert_eq!(map.is_completed("grace"), None);
+/// assert!(map.remove(name).is_some());
 /// # });
 /// ```
 pub struct DeferredMap<K, V, E = Infallible, S = DefaultHashBuilder> {
@@ -554,7 +580,9 @@ where
     K: Hash + Eq,
     S: BuildHasher,
 {
-    fn hash(&self, key: &K) -> u64 {
+    /// The hash of a key, or of any borrowed form of it: `K: Borrow<Q>` promises that `Q`
+    /// hashes as `K` does (and `hash_one(&q)` hashes `q` itself, as `Hash for &T` forwards).
+    fn hash<Q: Hash + ?Sized>(&self, key: &Q) -> u64 {
         self.hasher.hash_one(key)
     }
 
@@ -563,7 +591,11 @@ where
     /// failed counts as absent and is removed (its waiters hold their own handles), so a
     /// failure is never served to a caller that came after it, even before the failed
     /// computation's waiters have settled.
-    fn find(&self, hash: u64, key: &K, how: Lookup) -> Found<V, E> {
+    fn find<Q>(&self, hash: u64, key: &Q, how: Lookup) -> Found<V, E>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let hold = how == Lookup::Hold;
         let interested = matches!(how, Lookup::Wait | Lookup::Live);
         let drop_failed = how == Lookup::Live;
@@ -574,19 +606,20 @@ where
                     || (drop_failed && matches!(slot.cell.try_get(), Some(Err(_)))))
         };
         // Under the read lock first: only counting interest or removing a failure writes.
-        let shared = self
-            .shard(hash)
-            .read(|t| match t.find(hash, |s| s.key == *key) {
-                Some(slot) if must_write(slot) => None,
-                Some(slot) => Some(Found::Hit(slot.cell.clone(), false)),
-                None => Some(Found::Miss),
-            });
+        let shared =
+            self.shard(hash).read(
+                |t| match t.find(hash, |s| Borrow::<Q>::borrow(&s.key) == key) {
+                    Some(slot) if must_write(slot) => None,
+                    Some(slot) => Some(Found::Hit(slot.cell.clone(), false)),
+                    None => Some(Found::Miss),
+                },
+            );
         if let Some(found) = shared {
             return found;
         }
         let mut stale = None;
         let found = self.shard(hash).write(|t| {
-            let Ok(mut entry) = t.find_entry(hash, |s| s.key == *key) else {
+            let Ok(mut entry) = t.find_entry(hash, |s| Borrow::<Q>::borrow(&s.key) == key) else {
                 return Found::Miss;
             };
             let slot = entry.get_mut();
@@ -698,16 +731,23 @@ where
     /// Awaits the value at `key` if the key is present; `None` at once if not (fs2-es
     /// `getOpt`).
     ///
+    /// `key` may be any borrowed form of `K`, such as a `&str` for a `String` key (see
+    /// [borrowed keys](DeferredMap#borrowed-keys)).
+    ///
     /// ```
     /// use deferred_map::DeferredMap;
     /// # futures::executor::block_on(async {
-    /// let map: DeferredMap<&str, u8> = DeferredMap::new();
-    /// assert!(map.get_if_present(&"k").is_none());
-    /// map.add_value("k", 1);
-    /// assert_eq!(map.get_if_present(&"k").unwrap().await, Ok(1));
+    /// let map: DeferredMap<String, u8> = DeferredMap::new();
+    /// assert!(map.get_if_present("k").is_none());
+    /// map.add_value("k".to_string(), 1);
+    /// assert_eq!(map.get_if_present("k").unwrap().await, Ok(1));
     /// # });
     /// ```
-    pub fn get_if_present(&self, key: &K) -> Option<Get<'_, K, V, E, S>> {
+    pub fn get_if_present<Q>(&self, key: &Q) -> Option<Get<'_, K, V, E, S>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let hash = self.hash(key);
         match self.find(hash, key, Lookup::Wait) {
             Found::Hit(cell, interest) => Some(Get::new(self, hash, cell, interest, false)),
@@ -830,14 +870,25 @@ where
 
     /// The cell at `key`, if the key is present (fs2-es `getDeferredOpt`).
     ///
+    /// `key` may be any borrowed form of `K`, such as a `&str` for a `String` key (see
+    /// [borrowed keys](DeferredMap#borrowed-keys)).
+    ///
     /// ```
     /// use deferred_map::DeferredMap;
     /// let map: DeferredMap<u8, u8> = DeferredMap::new();
     /// assert!(map.cell_if_present(&1).is_none());
     /// map.add_value(1, 1);
     /// assert_eq!(map.cell_if_present(&1).unwrap().get(), Some(&1));
+    ///
+    /// let names: DeferredMap<String, u8> = DeferredMap::new();
+    /// names.add_value("ada".to_string(), 2);
+    /// assert_eq!(names.cell_if_present("ada").unwrap().get(), Some(&2));
     /// ```
-    pub fn cell_if_present(&self, key: &K) -> Option<Cell<V, E>> {
+    pub fn cell_if_present<Q>(&self, key: &Q) -> Option<Cell<V, E>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let hash = self.hash(key);
         // As in `cell_or_add`: the lookup makes the entry `Kept`.
         match self.find(hash, key, Lookup::Hold) {
@@ -996,6 +1047,9 @@ where
     /// holder of a handle to it, an added cell forwarding into it, or its waiters driving
     /// its computation (which goes on; its value is not stored).
     ///
+    /// `key` may be any borrowed form of `K`, such as a `&str` for a `String` key (see
+    /// [borrowed keys](DeferredMap#borrowed-keys)).
+    ///
     /// ```
     /// use deferred_map::{DeferredMap, Error};
     /// # futures::executor::block_on(async {
@@ -1007,15 +1061,26 @@ where
     /// let waiting = map.get(2);
     /// map.remove(&2); // the placeholder `get` left
     /// assert_eq!(waiting.await, Err(Error::Cancelled));
+    ///
+    /// let names: DeferredMap<String, u8> = DeferredMap::new();
+    /// names.add_value("ada".to_string(), 1);
+    /// assert!(names.remove("ada").is_some());
     /// # });
     /// ```
-    pub fn remove(&self, key: &K) -> Option<Cell<V, E>> {
+    pub fn remove<Q>(&self, key: &Q) -> Option<Cell<V, E>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         self.remove_where(key, |_| true).map(|(cell, _)| cell)
     }
 
     /// Removes the entry at `key` if its cell is complete, atomically (fs2-es
     /// `delIfComplete`, which checks and deletes in two steps that can race). `None` if the
     /// key is absent, else whether it was removed.
+    ///
+    /// `key` may be any borrowed form of `K`, such as a `&str` for a `String` key (see
+    /// [borrowed keys](DeferredMap#borrowed-keys)).
     ///
     /// ```
     /// use deferred_map::DeferredMap;
@@ -1025,8 +1090,16 @@ where
     /// assert_eq!(map.remove_if_completed(&1), Some(false));
     /// assert_eq!(map.remove_if_completed(&2), Some(true));
     /// assert_eq!(map.remove_if_completed(&3), None);
+    ///
+    /// let names: DeferredMap<String, u8> = DeferredMap::new();
+    /// names.add_value("ada".to_string(), 1);
+    /// assert_eq!(names.remove_if_completed("ada"), Some(true));
     /// ```
-    pub fn remove_if_completed(&self, key: &K) -> Option<bool> {
+    pub fn remove_if_completed<Q>(&self, key: &Q) -> Option<bool>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         self.remove_checked(key, |cell| cell.is_done())
     }
 
@@ -1034,21 +1107,36 @@ where
     /// `delIfIncomplete`). `None` if the key is absent, else whether it was removed. A
     /// removed placeholder is cancelled, as in [`remove`](Self::remove).
     ///
+    /// `key` may be any borrowed form of `K`, such as a `&str` for a `String` key (see
+    /// [borrowed keys](DeferredMap#borrowed-keys)).
+    ///
     /// ```
     /// use deferred_map::DeferredMap;
     /// let map: DeferredMap<u8, u8> = DeferredMap::new();
     /// let _pending = map.cell(1);
     /// assert_eq!(map.remove_if_incomplete(&1), Some(true));
+    ///
+    /// let names: DeferredMap<String, u8> = DeferredMap::new();
+    /// let _pending = names.cell("ada".to_string());
+    /// assert_eq!(names.remove_if_incomplete("ada"), Some(true));
     /// ```
-    pub fn remove_if_incomplete(&self, key: &K) -> Option<bool> {
+    pub fn remove_if_incomplete<Q>(&self, key: &Q) -> Option<bool>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         self.remove_checked(key, |cell| !cell.is_done())
     }
 
-    fn remove_checked(&self, key: &K, pred: impl Fn(&Cell<V, E>) -> bool) -> Option<bool> {
+    fn remove_checked<Q>(&self, key: &Q, pred: impl Fn(&Cell<V, E>) -> bool) -> Option<bool>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let hash = self.hash(key);
         let mut present = false;
         let removed = self.shard(hash).write(|t| {
-            let Ok(entry) = t.find_entry(hash, |s| s.key == *key) else {
+            let Ok(entry) = t.find_entry(hash, |s| Borrow::<Q>::borrow(&s.key) == key) else {
                 return None;
             };
             present = true;
@@ -1062,14 +1150,20 @@ where
         present.then_some(was_removed)
     }
 
-    fn remove_where(
+    fn remove_where<Q>(
         &self,
-        key: &K,
+        key: &Q,
         pred: impl FnOnce(&Cell<V, E>) -> bool,
-    ) -> Option<(Cell<V, E>, K)> {
+    ) -> Option<(Cell<V, E>, K)>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let hash = self.hash(key);
         let removed = self.shard(hash).write(|t| {
-            let entry = t.find_entry(hash, |s| s.key == *key).ok()?;
+            let entry = t
+                .find_entry(hash, |s| Borrow::<Q>::borrow(&s.key) == key)
+                .ok()?;
             pred(&entry.get().cell).then(|| entry.remove().0)
         })?;
         // Outside the lock: cancelling wakes waiters.
@@ -1080,15 +1174,24 @@ where
     /// A clone of the outcome at `key`, if the key is present and complete (fs2-es `tryGet`).
     /// Never waits. The clone is made under the key's shard lock: keep `Clone` cheap.
     ///
+    /// `key` may be any borrowed form of `K`, such as a `&str` for a `String` key (see
+    /// [borrowed keys](DeferredMap#borrowed-keys)).
+    ///
     /// ```
     /// use deferred_map::DeferredMap;
     /// let map: DeferredMap<u8, u8> = DeferredMap::new();
     /// assert_eq!(map.try_get(&1), None);
     /// map.add_value(1, 3);
     /// assert_eq!(map.try_get(&1), Some(Ok(3)));
+    ///
+    /// let names: DeferredMap<String, u8> = DeferredMap::new();
+    /// names.add_value("ada".to_string(), 3);
+    /// assert_eq!(names.try_get("ada"), Some(Ok(3)));
     /// ```
-    pub fn try_get(&self, key: &K) -> Option<Result<V, Error<E>>>
+    pub fn try_get<Q>(&self, key: &Q) -> Option<Result<V, Error<E>>>
     where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
         V: Clone,
         E: Clone,
     {
@@ -1098,7 +1201,7 @@ where
         // a hot key bounce the cell's reference count between cores. Keep `Clone` cheap
         // (wrap large values in `Arc`).
         self.shard(hash).read(|t| {
-            let slot = t.find(hash, |s| s.key == *key)?;
+            let slot = t.find(hash, |s| Borrow::<Q>::borrow(&s.key) == key)?;
             slot.cell
                 .try_get()
                 .map(|outcome| outcome.cloned().map_err(Error::cloned))
@@ -1111,22 +1214,33 @@ where
     /// beside the value (a cache bumping a use counter, say). `read` runs with the shard
     /// read-locked: keep it short, and never write to this map from inside it.
     ///
+    /// `key` may be any borrowed form of `K`, such as a `&str` for a `String` key (see
+    /// [borrowed keys](DeferredMap#borrowed-keys)).
+    ///
     /// ```
     /// use deferred_map::DeferredMap;
     /// let map: DeferredMap<u8, String> = DeferredMap::new();
     /// map.add_value(1, "one".to_string());
     /// assert_eq!(map.try_get_with(&1, |outcome| outcome.map(|s| s.len()).ok()), Some(Some(3)));
     /// assert_eq!(map.try_get_with(&2, |_| ()), None);
+    ///
+    /// let names: DeferredMap<String, u8> = DeferredMap::new();
+    /// names.add_value("ada".to_string(), 3);
+    /// assert_eq!(names.try_get_with("ada", |outcome| outcome.ok().copied()), Some(Some(3)));
     /// ```
     #[inline]
-    pub fn try_get_with<R>(
+    pub fn try_get_with<Q, R>(
         &self,
-        key: &K,
+        key: &Q,
         read: impl FnOnce(Result<&V, Error<&E>>) -> R,
-    ) -> Option<R> {
+    ) -> Option<R>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let hash = self.hash(key);
         self.shard(hash).read(|t| {
-            let slot = t.find(hash, |s| s.key == *key)?;
+            let slot = t.find(hash, |s| Borrow::<Q>::borrow(&s.key) == key)?;
             slot.cell.try_get().map(read)
         })
     }
@@ -1201,6 +1315,9 @@ where
     /// this map from inside it. The cell is handed back (and so dropped) after the lock is
     /// released. A removed placeholder is cancelled, as in [`remove`](Self::remove).
     ///
+    /// `key` may be any borrowed form of `K`, such as a `&str` for a `String` key (see
+    /// [borrowed keys](DeferredMap#borrowed-keys)).
+    ///
     /// ```
     /// use deferred_map::{Cell, DeferredMap};
     /// let map: DeferredMap<u8, u8> = DeferredMap::new();
@@ -1208,8 +1325,20 @@ where
     /// map.insert(1, mine.clone());
     /// assert!(map.remove_if(&1, |c| !Cell::ptr_eq(c, &mine)).is_none());
     /// assert!(map.remove_if(&1, |c| Cell::ptr_eq(c, &mine)).is_some());
+    ///
+    /// let names: DeferredMap<String, u8> = DeferredMap::new();
+    /// names.add_value("ada".to_string(), 1);
+    /// assert!(names.remove_if("ada", |c| c.get() == Some(&1)).is_some());
     /// ```
-    pub fn remove_if(&self, key: &K, pred: impl FnOnce(&Cell<V, E>) -> bool) -> Option<Cell<V, E>> {
+    pub fn remove_if<Q>(
+        &self,
+        key: &Q,
+        pred: impl FnOnce(&Cell<V, E>) -> bool,
+    ) -> Option<Cell<V, E>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         self.remove_where(key, pred).map(|(cell, _)| cell)
     }
 
@@ -1218,7 +1347,9 @@ where
     /// `cell` back if the key is absent or `pred` refused. `pred` runs under the key's shard
     /// lock: keep it short, and never touch this map from inside it. Whatever is handed back
     /// is dropped after the lock is released. A replaced placeholder follows `cell`, as in
-    /// [`insert`](Self::insert).
+    /// [`insert`](Self::insert). The key stored is the one already there, so `key` may be
+    /// any borrowed form of `K`, such as a `&str` for a `String` key (see
+    /// [borrowed keys](DeferredMap#borrowed-keys)).
     ///
     /// ```
     /// use deferred_map::{Cell, DeferredMap};
@@ -1229,21 +1360,27 @@ where
     /// assert!(map.replace_if(&1, Cell::ready(2), |c| Cell::ptr_eq(c, &first)).is_ok());
     /// assert!(map.replace_if(&1, Cell::ready(3), |c| Cell::ptr_eq(c, &first)).is_err());
     /// assert!(map.replace_if(&9, Cell::ready(3), |_| true).is_err()); // absent
+    ///
+    /// let names: DeferredMap<String, u8> = DeferredMap::new();
+    /// names.add_value("ada".to_string(), 1);
+    /// assert!(names.replace_if("ada", Cell::ready(2), |_| true).is_ok());
+    /// assert_eq!(names.try_get("ada"), Some(Ok(2)));
     /// ```
-    pub fn replace_if(
+    pub fn replace_if<Q>(
         &self,
-        key: &K,
+        key: &Q,
         cell: Cell<V, E>,
         pred: impl FnOnce(&Cell<V, E>) -> bool,
     ) -> Result<Cell<V, E>, Cell<V, E>>
     where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
         V: Clone + Send + Sync + 'static,
         E: Clone + Send + Sync + 'static,
     {
         let hash = self.hash(key);
-        let (old, new) = self
-            .shard(hash)
-            .write(|t| match t.find_mut(hash, |s| s.key == *key) {
+        let (old, new) = self.shard(hash).write(|t| {
+            match t.find_mut(hash, |s| Borrow::<Q>::borrow(&s.key) == key) {
                 Some(slot) if pred(&slot.cell) => {
                     // As in `insert`.
                     let placeholder =
@@ -1254,7 +1391,8 @@ where
                     Ok((core::mem::replace(&mut slot.cell, cell), new))
                 }
                 _ => Err(cell),
-            })?;
+            }
+        })?;
         if let Some(new) = new {
             // Outside the lock: attaching wakes the waiters.
             follow(&old, &new);
@@ -1265,6 +1403,9 @@ where
     /// Whether the cell at `key` is complete; `None` if the key is absent (fs2-es
     /// `checkCompleted`).
     ///
+    /// `key` may be any borrowed form of `K`, such as a `&str` for a `String` key (see
+    /// [borrowed keys](DeferredMap#borrowed-keys)).
+    ///
     /// ```
     /// use deferred_map::DeferredMap;
     /// let map: DeferredMap<u8, u8> = DeferredMap::new();
@@ -1273,15 +1414,28 @@ where
     /// assert_eq!(map.is_completed(&1), Some(false));
     /// cell.succeed(1).unwrap();
     /// assert_eq!(map.is_completed(&1), Some(true));
+    ///
+    /// let names: DeferredMap<String, u8> = DeferredMap::new();
+    /// let _pending = names.cell("ada".to_string());
+    /// assert_eq!(names.is_completed("ada"), Some(false));
     /// ```
-    pub fn is_completed(&self, key: &K) -> Option<bool> {
+    pub fn is_completed<Q>(&self, key: &Q) -> Option<bool>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let hash = self.hash(key);
-        self.shard(hash)
-            .read(|t| t.find(hash, |s| s.key == *key).map(|s| s.cell.is_done()))
+        self.shard(hash).read(|t| {
+            t.find(hash, |s| Borrow::<Q>::borrow(&s.key) == key)
+                .map(|s| s.cell.is_done())
+        })
     }
 
     /// Completes the cell at `key` with `result`, if the key is present and pending. Returns
     /// whether this call completed it.
+    ///
+    /// `key` may be any borrowed form of `K`, such as a `&str` for a `String` key (see
+    /// [borrowed keys](DeferredMap#borrowed-keys)).
     ///
     /// ```
     /// use deferred_map::DeferredMap;
@@ -1290,9 +1444,18 @@ where
     /// let waiting = map.get("k");
     /// assert!(map.complete(&"k", Err("nope")));
     /// assert!(waiting.await.is_err());
+    ///
+    /// let names: DeferredMap<String, u8> = DeferredMap::new();
+    /// let waiting = names.get("ada".to_string());
+    /// assert!(names.complete("ada", Ok(7)));
+    /// assert_eq!(waiting.await, Ok(7));
     /// # });
     /// ```
-    pub fn complete(&self, key: &K, result: Result<V, E>) -> bool {
+    pub fn complete<Q>(&self, key: &Q, result: Result<V, E>) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let hash = self.hash(key);
         match self.find(hash, key, Lookup::Peek) {
             Found::Hit(cell, _) => {
