@@ -507,6 +507,53 @@ impl<K, V, E, S> DeferredMap<K, V, E, S> {
         keys
     }
 
+    /// Calls `f(key, cell)` for every entry, with no lock held, on a snapshot of each shard
+    /// in turn (its keys cloned and its cells' handles taken under the shard's read lock,
+    /// as in [`retain`](Self::retain)).
+    ///
+    /// Weakly consistent: a key present for the whole call is seen exactly once, with the cell it had when its shard was read; a
+    /// key added or removed during the call may or may not be seen; the shards are read one
+    /// after another, so the whole is not one point-in-time view of the map. `f` may touch
+    /// the map (no lock is held while it runs); what it changes in a shard already read is
+    /// not seen.
+    ///
+    /// Seeing a cell here leaves its entry as it was: it does not count as taking a handle,
+    /// as [`cell_if_present`](Self::cell_if_present) does. So a clone of a `get`
+    /// placeholder kept from here to complete later may be cancelled first, by a removal
+    /// or by its last waiter leaving; take the handle with `cell_if_present` for that.
+    ///
+    /// ```
+    /// use deferred_map::DeferredMap;
+    /// let map: DeferredMap<String, u32> = DeferredMap::new();
+    /// map.add_value("ada".to_string(), 36);
+    /// map.add_value("grace".to_string(), 85);
+    /// let _pending = map.cell("alan".to_string());
+    ///
+    /// let mut done = Vec::new();
+    /// map.for_each(|name, cell| {
+    ///     if let Some(age) = cell.get() {
+    ///         done.push((name.clone(), *age));
+    ///     }
+    /// });
+    /// done.sort();
+    /// assert_eq!(done, [("ada".to_string(), 36), ("grace".to_string(), 85)]);
+    /// ```
+    pub fn for_each(&self, mut f: impl FnMut(&K, &Cell<V, E>))
+    where
+        K: Clone,
+    {
+        for shard in self.shards.iter() {
+            let snapshot: Vec<(K, Cell<V, E>)> =
+                shard.read(|t| t.iter().map(|s| (s.key.clone(), s.cell.clone())).collect());
+            for (key, cell) in &snapshot {
+                f(key, cell);
+            }
+            // Dropped here, with no lock held: the last handle to a cell removed meanwhile
+            // drops its computation, which runs user code.
+            drop(snapshot);
+        }
+    }
+
     /// Settles a transient entry after one of its interested callers finished or went away:
     /// counts the interest down, and removes the entry if it failed, or if no one is left
     /// waiting for it (then its computation is dropped and its cell cancelled). Finds the

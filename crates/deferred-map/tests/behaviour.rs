@@ -505,3 +505,50 @@ fn removal_leaves_cells_that_someone_else_completes_to_them() {
     assert_eq!(runs.load(SeqCst), 1);
     assert!(map.is_empty(), "its value is not stored: it was removed");
 }
+
+#[test]
+fn for_each_sees_every_entry_once_with_its_cell() {
+    let map: DeferredMap<u32, u32> = DeferredMap::new();
+    for k in 0..300 {
+        map.add_value(k, k * 2);
+    }
+    let _pending = map.cell(1000);
+    let mut seen = Vec::new();
+    map.for_each(|k, cell| seen.push((*k, cell.get().copied())));
+    seen.sort_unstable();
+    let mut expected: Vec<_> = (0..300).map(|k| (k, Some(k * 2))).collect();
+    expected.push((1000, None));
+    assert_eq!(seen, expected);
+}
+
+#[test]
+fn for_each_holds_no_lock_while_its_callback_runs() {
+    let map: DeferredMap<u32, u32> = DeferredMap::new();
+    for k in 0..100 {
+        map.add_value(k, k);
+    }
+    let mut seen = 0;
+    // Writing to the key's own shard from the callback would deadlock under a held lock.
+    map.for_each(|k, _| {
+        seen += 1;
+        assert!(map.remove(k).is_some());
+    });
+    assert_eq!(seen, 100);
+    assert!(map.is_empty());
+}
+
+#[test]
+fn for_each_does_not_claim_a_placeholder() {
+    let map: DeferredMap<u8, u8> = DeferredMap::new();
+    let waiting = map.get(1);
+    let mut seen = Vec::new();
+    map.for_each(|k, cell| seen.push((*k, cell.is_done())));
+    assert_eq!(seen, [(1, false)]);
+    // Still a placeholder: its last waiter leaving removes it, and a removal cancels it.
+    drop(waiting);
+    assert!(map.is_empty());
+    let waiting = map.get(2);
+    map.for_each(|_, _| {});
+    assert!(map.remove(&2).is_some());
+    assert_eq!(block_on(waiting), Err(Error::Cancelled));
+}
