@@ -13,11 +13,12 @@ use std::{
     time::Duration,
 };
 
-use deferred_cache::{Cache, LoadError, RemovalCause, Source, Stats};
+use deferred_cache::{Cache, RemovalCause, Stats};
 
 use crate::{
     clock::{Clock, SystemClock},
     expiry::{now_nanos, Policy, NEVER},
+    get::GetWith,
     loom::{lock, AtomicU64, Mutex, Ordering::*},
     timer::{TimerHandle, TimerWheel},
     ExpiringBuilder,
@@ -64,15 +65,15 @@ pub(crate) type UserListener<K, V> = Arc<dyn Fn(&K, &V, RemovalCause) + Send + S
 pub(crate) struct Entry<V, E> {
     /// Nanoseconds on the cache's clock; `NEVER` if it does not expire. Moves on reads
     /// under time-to-idle or an `Expiry` policy.
-    deadline: AtomicU64,
+    pub(crate) deadline: AtomicU64,
     /// When a read starts a refresh; `NEVER` if none is due, and while one runs (the read
     /// that starts it swaps this to `NEVER`, so only one does).
     refresh_at: AtomicU64,
     /// The time-to-live cap on `deadline`.
     hard: u64,
-    slot: Result<V, Arc<E>>,
+    pub(crate) slot: Result<V, Arc<E>>,
     /// Which write made it: expiry and refresh act only on the entry they were for.
-    id: u64,
+    pub(crate) id: u64,
     /// Its timer in the wheel (`TimerHandle` bits), `NEVER` if none.
     timer: AtomicU64,
 }
@@ -137,7 +138,7 @@ struct Counters {
 
 /// Everything a refresh task needs, shared with it.
 pub(crate) struct Core<K, V, E, S, C> {
-    inner: Cache<K, Entry<V, E>, E, S>,
+    pub(crate) inner: Cache<K, Entry<V, E>, E, S>,
     timers: Arc<Timers<K>>,
     clock: C,
     policy: Policy<K, V>,
@@ -184,7 +185,7 @@ pub(crate) struct Core<K, V, E, S, C> {
 /// # });
 /// ```
 pub struct ExpiringCache<K, V, E = Infallible, S = RandomState, C = SystemClock> {
-    core: Arc<Core<K, V, E, S, C>>,
+    pub(crate) core: Arc<Core<K, V, E, S, C>>,
 }
 
 /// A snapshot of an [`ExpiringCache`]'s counters: the inner cache's, and the expiring
@@ -215,7 +216,7 @@ pub struct ExpiringStats {
 }
 
 /// How a read of the inner cache went.
-enum Read<V, E> {
+pub(crate) enum Read<V, E> {
     Hit { value: V, refresh: Option<u64> },
     Failed(Arc<E>),
     Expired(u64),
@@ -405,7 +406,15 @@ where
     /// With refresh-ahead on, a hit on a value older than the refresh interval returns it at
     /// once and starts one background reload with `loader` (see
     /// [`ExpiringBuilder::refresh_after`]). With negative caching on, a cached error is
-    /// returned as [`LoadError::Failed`] until its own deadline.
+    /// returned as [`LoadError::Failed`](crate::LoadError::Failed) until its own deadline.
+    ///
+    /// The result is a named future, [`GetWith`]: it does nothing until polled, a hit is
+    /// ready on its first poll (no loader call, no allocation), and
+    /// [`with_source`](GetWith::with_source) tells whether the value was a hit, loaded by
+    /// this caller's `loader`, or joined from another caller's load. It is `Send` when the
+    /// key, value, error, hasher, clock and `loader` are (the loader stays in this
+    /// caller's future; only the future it returns goes into the key's load). It is called
+    /// only to start a load (a miss, an expired entry) or a refresh.
     ///
     /// ```
     /// use deferred_expiring::ExpiringCache;
@@ -417,66 +426,12 @@ where
     /// assert_eq!(cache.get_with(1, || async { Ok(11) }).await, Ok(10));
     /// # });
     /// ```
-    pub async fn get_with<F, Fut>(&self, key: K, loader: F) -> Result<V, LoadError<E>>
+    pub fn get_with<F, Fut>(&self, key: K, loader: F) -> GetWith<'_, K, V, E, S, C, F>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<V, E>> + Send + 'static,
     {
-        self.get_keyed(key, move |_: &K| loader()).await
-    }
-
-    /// [`get_with`](Self::get_with) with a loader that is given the key: what
-    /// [`ExpiringLoadingCache::get`](crate::ExpiringLoadingCache::get) calls with the
-    /// cache-wide loader. The loader is called only to start a load (a miss, an expired
-    /// entry) or a refresh: a hit returns without calling it, and allocates nothing.
-    pub(crate) async fn get_keyed<F, Fut>(&self, key: K, loader: F) -> Result<V, LoadError<E>>
-    where
-        F: FnOnce(&K) -> Fut,
-        Fut: Future<Output = Result<V, E>> + Send + 'static,
-    {
-        let core = &*self.core;
-        let mut loader = Some(loader);
-        loop {
-            let now = core.tend();
-            match core.read(&key, now, true) {
-                Read::Hit { value, refresh } => {
-                    if let (Some(id), Some(loader)) = (refresh, loader.take()) {
-                        let load = loader(&key);
-                        Core::refresh(&self.core, key, id, load);
-                    }
-                    return Ok(value);
-                }
-                Read::Failed(error) => return Err(LoadError::Failed(error)),
-                Read::Expired(id) => core.expire(&key, id, now),
-                Read::Absent => {}
-            }
-            let Some(start) = loader.take() else {
-                unreachable!("the loader is taken only to return")
-            };
-            let mut start = Some(start);
-            let load = core.inner.get_with(key.clone(), || {
-                let fut = start.take().map(|f| f(&key));
-                load_entry(Arc::clone(&self.core), key.clone(), fut)
-            });
-            let (outcome, source) = load.with_source().await;
-            loader = start;
-            let entry = match outcome {
-                Ok(entry) => entry,
-                Err(error) => return Err(error),
-            };
-            if source == Source::Hit && entry.deadline.load(Relaxed) <= now_nanos(now) {
-                // Stored by someone else between the two reads, already past its deadline
-                // (a clock read on another thread lagging this one's): look again.
-                core.expire(&key, entry.id, now);
-                if loader.is_some() {
-                    continue;
-                }
-            }
-            return match entry.slot {
-                Ok(value) => Ok(value),
-                Err(error) => Err(LoadError::Failed(error)),
-            };
-        }
+        GetWith::new(self, key, loader)
     }
 
     /// The value at `key` if it is present and before its deadline, counting a hit or a
@@ -624,7 +579,7 @@ where
     /// The start of every operation: reads the clock, reclaims what is due (if anything
     /// is: one atomic load otherwise), polls reader-driven refreshes.
     #[inline]
-    fn tend(&self) -> Duration {
+    pub(crate) fn tend(&self) -> Duration {
         let now = self.clock.now();
         // Acquire: pairs with the Release stores of `due`, so the wheel state behind it is
         // the one the lock will show.
@@ -713,7 +668,7 @@ where
     /// Reads `key` at `now`: a hit (renewed under time-to-idle, perhaps claiming a refresh),
     /// a cached error, an expired entry, or nothing.
     #[inline]
-    fn read(&self, key: &K, now: Duration, for_load: bool) -> Read<V, E> {
+    pub(crate) fn read(&self, key: &K, now: Duration, for_load: bool) -> Read<V, E> {
         let now_nanos = now_nanos(now);
         let mut expired = None;
         let policy = &self.policy;
@@ -794,7 +749,7 @@ where
     }
 
     /// Removes the entry `id` at `key` if its deadline has passed at `now`.
-    fn expire(&self, key: &K, id: u64, now: Duration) {
+    pub(crate) fn expire(&self, key: &K, id: u64, now: Duration) {
         let now = now_nanos(now);
         self.inner.expire_if(key, |entry| {
             entry.id == id && entry.deadline.load(Acquire) <= now
@@ -829,7 +784,7 @@ where
 
     /// Starts the refresh of entry `id` at `key` with `load`: on the spawner, or polled
     /// once here and then by later operations.
-    fn refresh<Fut>(this: &Arc<Self>, key: K, id: u64, load: Fut)
+    pub(crate) fn refresh<Fut>(this: &Arc<Self>, key: K, id: u64, load: Fut)
     where
         Fut: Future<Output = Result<V, E>> + Send + 'static,
     {
@@ -921,7 +876,7 @@ const DRIVE_BATCH: usize = 8;
 
 /// Locks a std mutex, past poisoning (nothing in this crate leaves its data inconsistent
 /// when a panic crosses a lock).
-fn lock_std<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock_std<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -952,10 +907,10 @@ impl Drop for FailGuard {
 }
 
 /// The future stored in an inner entry: the user's load, turned into an `Entry`.
-async fn load_entry<K, V, E, S, C, Fut>(
+pub(crate) async fn load_entry<K, V, E, S, C, Fut>(
     core: Arc<Core<K, V, E, S, C>>,
     key: K,
-    fut: Option<Fut>,
+    fut: Fut,
 ) -> Result<Entry<V, E>, E>
 where
     K: Hash + Eq + Clone + Send + Sync + 'static,
@@ -965,9 +920,6 @@ where
     C: Clock,
     Fut: Future<Output = Result<V, E>> + Send + 'static,
 {
-    let Some(fut) = fut else {
-        unreachable!("the inner cache calls the loader once before polling")
-    };
     match fut.await {
         Ok(value) => Ok(core.new_entry(&key, Ok(value), None)),
         Err(error) if core.policy.negative_ttl.is_some() => {
