@@ -338,6 +338,44 @@ impl<K, V, E, S, C> ExpiringCache<K, V, E, S, C> {
         self.core.inner.is_empty()
     }
 
+    /// The capacity (in entries, or in weight units when a weigher is set); `None` if
+    /// unbounded.
+    ///
+    /// ```
+    /// let cache: deferred_expiring::ExpiringCache<u8, u8> =
+    ///     deferred_expiring::ExpiringCache::builder().max_capacity(5).build();
+    /// assert_eq!(cache.capacity(), Some(5));
+    /// ```
+    pub fn capacity(&self) -> Option<u64> {
+        self.core.inner.capacity()
+    }
+
+    /// The weight counted against capacity (the number of entries when no weigher is set);
+    /// `None` if unbounded. A snapshot. As [`len`](Self::len), it counts what is stored:
+    /// entries whose deadline has passed but which are not reclaimed yet are included, and a
+    /// cached error (negative caching) weighs 1.
+    ///
+    /// ```
+    /// use deferred_expiring::{ExpiringCache, ManualClock};
+    /// use std::time::Duration;
+    /// let clock = ManualClock::new();
+    /// let cache: ExpiringCache<u8, String, std::convert::Infallible, _, _> = ExpiringCache::builder()
+    ///     .max_capacity(100)
+    ///     .weigher(|_, v: &String| v.len() as u32)
+    ///     .time_to_live(Duration::from_secs(1))
+    ///     .clock(clock.clone())
+    ///     .build();
+    /// cache.insert(1, "four".to_string());
+    /// assert_eq!(cache.weighted_size(), Some(4));
+    /// clock.advance(Duration::from_secs(1));
+    /// assert_eq!(cache.weighted_size(), Some(4)); // expired, not reclaimed yet
+    /// cache.run_maintenance();
+    /// assert_eq!(cache.weighted_size(), Some(0));
+    /// ```
+    pub fn weighted_size(&self) -> Option<u64> {
+        self.core.inner.weighted_size()
+    }
+
     /// The number of timers in the wheel (entries with a deadline, and timers of entries
     /// that left and were not cancelled yet).
     ///
@@ -494,6 +532,61 @@ where
             .flatten()
     }
 
+    /// The value at `key` seen through a reference, if present and before its deadline,
+    /// without counting a read, renewing it, or starting a refresh (as
+    /// [`peek`](Self::peek), with no clone): `f` runs on the value. A cached error is no
+    /// value, and an entry past its deadline is absent (`None`) even before it is
+    /// reclaimed. `f` runs under the key's shard lock (shared with other readers): keep it
+    /// short, and never touch this cache from inside it.
+    ///
+    /// ```
+    /// use deferred_expiring::{ExpiringCache, ManualClock};
+    /// use std::time::Duration;
+    /// let clock = ManualClock::new();
+    /// let cache: ExpiringCache<u8, String, std::convert::Infallible, _, _> = ExpiringCache::builder()
+    ///     .time_to_live(Duration::from_secs(10))
+    ///     .clock(clock.clone())
+    ///     .build();
+    /// cache.insert(1, "hello".to_string());
+    /// assert_eq!(cache.peek_with(&1, |s| s.len()), Some(5));
+    /// clock.advance(Duration::from_secs(10));
+    /// assert_eq!(cache.peek_with(&1, |s| s.len()), None); // at its deadline: absent
+    /// assert_eq!(cache.stats().cache.hits, 0);
+    /// ```
+    pub fn peek_with<R>(&self, key: &K, f: impl FnOnce(&V) -> R) -> Option<R> {
+        let now = now_nanos(self.core.clock.now());
+        self.core
+            .inner
+            .peek_with(key, |entry| match &entry.slot {
+                Ok(value) if entry.deadline.load(Acquire) > now => Some(f(value)),
+                _ => None,
+            })
+            .flatten()
+    }
+
+    /// Whether `key` has a value before its deadline. Counts nothing, renews nothing,
+    /// starts no refresh. An entry past its deadline is absent even before it is reclaimed
+    /// (and [`len`](Self::len) may still count it); a cached error (negative caching) and a
+    /// load in flight are no value.
+    ///
+    /// ```
+    /// use deferred_expiring::{ExpiringCache, ManualClock};
+    /// use std::time::Duration;
+    /// let clock = ManualClock::new();
+    /// let cache: ExpiringCache<u8, u8, std::convert::Infallible, _, _> = ExpiringCache::builder()
+    ///     .time_to_live(Duration::from_secs(10))
+    ///     .clock(clock.clone())
+    ///     .build();
+    /// cache.insert(1, 10);
+    /// assert!(cache.contains_key(&1) && !cache.contains_key(&2));
+    /// clock.advance(Duration::from_secs(10));
+    /// assert!(!cache.contains_key(&1)); // expired...
+    /// assert_eq!(cache.len(), 1); // ...not reclaimed yet
+    /// ```
+    pub fn contains_key(&self, key: &K) -> bool {
+        self.peek_with(key, |_| ()).is_some()
+    }
+
     /// Stores `value` at `key` with a fresh deadline (time-to-live / time-to-idle, or the
     /// [`Expiry`](crate::Expiry) policy's `expire_after_update` over an old value, else
     /// `expire_after_create`). A load or refresh in flight for `key` does not overwrite it.
@@ -523,6 +616,49 @@ where
     pub fn invalidate(&self, key: &K) -> bool {
         self.core.tend();
         self.core.inner.invalidate(key)
+    }
+
+    /// Removes the value at `key` if it is before its deadline and `pred` says so for it,
+    /// atomically (nothing can replace the value between the test and the removal); returns
+    /// whether it did. The listener hears [`RemovalCause::Explicit`]. An entry past its
+    /// deadline is absent: `pred` is not called, `false` is returned, and the entry is
+    /// reclaimed as expired ([`RemovalCause::Expired`]), as a read that finds it does. A
+    /// cached error and a load in flight are no value: never removed here. `pred` runs
+    /// under the key's shard lock: keep it short, and never touch this cache from inside it.
+    ///
+    /// ```
+    /// use deferred_expiring::{ExpiringCache, ManualClock};
+    /// use std::time::Duration;
+    /// let clock = ManualClock::new();
+    /// let cache: ExpiringCache<u8, u8, std::convert::Infallible, _, _> = ExpiringCache::builder()
+    ///     .time_to_live(Duration::from_secs(10))
+    ///     .clock(clock.clone())
+    ///     .build();
+    /// cache.insert(1, 10);
+    /// assert!(!cache.invalidate_if(&1, |v| *v == 11));
+    /// assert!(cache.invalidate_if(&1, |v| *v == 10));
+    /// cache.insert(2, 20);
+    /// clock.advance(Duration::from_secs(10));
+    /// assert!(!cache.invalidate_if(&2, |_| true)); // expired: absent, and reclaimed
+    /// assert!(cache.is_empty());
+    /// assert_eq!((cache.stats().cache.invalidated, cache.stats().cache.expired), (1, 1));
+    /// ```
+    pub fn invalidate_if(&self, key: &K, pred: impl FnOnce(&V) -> bool) -> bool {
+        let core = &*self.core;
+        let now = core.tend();
+        let now_nanos = now_nanos(now);
+        let mut expired = None;
+        let removed = core.inner.invalidate_if(key, |entry| {
+            if entry.deadline.load(Acquire) <= now_nanos {
+                expired = Some(entry.id);
+                return false;
+            }
+            entry.slot.as_ref().is_ok_and(pred)
+        });
+        if let Some(id) = expired {
+            core.expire(key, id, now);
+        }
+        removed
     }
 
     /// Removes every entry.

@@ -209,3 +209,163 @@ fn get_with_is_send_when_its_parts_are() {
     }));
     assert_eq!(local, Ok(5));
 }
+
+// ---------------------------------------------------------------------------------------
+// Probes, size, conditional invalidation
+// ---------------------------------------------------------------------------------------
+
+/// `contains_key` and `peek_with` see a value before its deadline only: absent from the
+/// deadline on (not one nanosecond before), before reclamation too; a cached error and a
+/// load in flight are no value; neither counts a read nor renews under time-to-idle.
+#[test]
+fn probes_see_live_values_only_and_renew_nothing() {
+    let clock = ManualClock::new();
+    let cache: ExpiringCache<u32, String, String, _, _> = ExpiringCache::builder()
+        .time_to_idle(secs(10))
+        .cache_errors_for(secs(5))
+        .clock(clock.clone())
+        .build();
+    cache.insert(1, "one".to_string());
+    clock.advance(secs(10) - Duration::from_nanos(1));
+    assert!(cache.contains_key(&1));
+    assert_eq!(cache.peek_with(&1, |s| s.len()), Some(3));
+    clock.advance(Duration::from_nanos(1));
+    // The probes renewed nothing: the idle deadline is where the insert set it.
+    assert!(!cache.contains_key(&1));
+    assert_eq!(cache.peek_with(&1, |s| s.len()), None);
+    assert_eq!(cache.len(), 1, "expired, not reclaimed yet");
+
+    let failed = block_on(cache.get_with(2, || async { Err("down".to_string()) }));
+    assert!(matches!(failed, Err(LoadError::Failed(_))));
+    assert!(!cache.contains_key(&2), "a cached error is no value");
+    assert_eq!(cache.peek_with(&2, |_| ()), None);
+
+    let (go, gate) = oneshot::channel::<()>();
+    let mut loading = cache.get_with(3, move || async move {
+        gate.await.ok();
+        Ok("three".to_string())
+    });
+    assert!(poll_once(&mut loading).is_pending());
+    assert!(!cache.contains_key(&3), "a load in flight is no value");
+    assert_eq!(cache.peek_with(&3, |_| ()), None);
+    go.send(()).unwrap();
+    assert_eq!(
+        poll_once(&mut loading),
+        Poll::Ready(Ok("three".to_string()))
+    );
+    assert!(cache.contains_key(&3));
+
+    let stats = cache.stats().cache;
+    assert_eq!(
+        (stats.hits, stats.misses),
+        (0, 2),
+        "only the two loads counted"
+    );
+}
+
+/// `capacity` is the configured bound; `weighted_size` is the weight stored, expired but
+/// unreclaimed entries included, a cached error weighing 1; both `None` unbounded.
+#[test]
+fn capacity_and_weighted_size() {
+    let (_clock, unbounded) = ttl_cache(10);
+    assert_eq!(
+        (unbounded.capacity(), unbounded.weighted_size()),
+        (None, None)
+    );
+
+    let clock = ManualClock::new();
+    let cache: ExpiringCache<u32, String, String, _, _> = ExpiringCache::builder()
+        .max_capacity(1_000)
+        .weigher(|_, v: &String| v.len() as u32)
+        .time_to_live(secs(10))
+        .cache_errors_for(secs(20))
+        .clock(clock.clone())
+        .build();
+    assert_eq!(
+        (cache.capacity(), cache.weighted_size()),
+        (Some(1_000), Some(0))
+    );
+    cache.insert(1, "abc".to_string());
+    cache.insert(2, "defgh".to_string());
+    assert_eq!(cache.weighted_size(), Some(8));
+    let failed = block_on(cache.get_with(3, || async { Err("down".to_string()) }));
+    assert!(failed.is_err());
+    assert_eq!(cache.weighted_size(), Some(9), "a cached error weighs 1");
+    clock.advance(secs(10));
+    assert_eq!(
+        cache.weighted_size(),
+        Some(9),
+        "expired values still stored"
+    );
+    assert_eq!(cache.run_maintenance(), 2);
+    assert_eq!(cache.weighted_size(), Some(1));
+    assert!(cache.invalidate(&3));
+    assert_eq!(cache.weighted_size(), Some(0));
+}
+
+/// `invalidate_if` removes a live value only when the predicate says so, as an explicit
+/// removal; an expired entry is absent (the predicate is not called) and is reclaimed as
+/// expired; a cached error and a load in flight are never removed by it.
+#[test]
+fn invalidate_if_removes_live_values_and_reclaims_expired_ones() {
+    let clock = ManualClock::new();
+    let heard = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = Arc::clone(&heard);
+    let cache: ExpiringCache<u32, u32, String, _, _> = ExpiringCache::builder()
+        .time_to_live(secs(10))
+        .cache_errors_for(secs(5))
+        .eviction_listener(move |k: &u32, v: &u32, cause| {
+            log.lock().unwrap().push((*k, *v, cause));
+        })
+        .clock(clock.clone())
+        .build();
+    cache.insert(1, 10);
+    cache.insert(2, 20);
+    assert!(!cache.invalidate_if(&1, |v| *v == 11));
+    assert!(cache.contains_key(&1));
+    assert!(cache.invalidate_if(&1, |v| *v == 10));
+    assert!(!cache.contains_key(&1));
+    assert!(!cache.invalidate_if(&1, |_| true), "absent");
+
+    let failed = block_on(cache.get_with(3, || async { Err("down".to_string()) }));
+    assert!(failed.is_err());
+    let called = AtomicUsize::new(0);
+    assert!(!cache.invalidate_if(&3, |_| {
+        called.fetch_add(1, SeqCst);
+        true
+    }));
+    assert_eq!(called.load(SeqCst), 0, "a cached error is no value");
+    assert_eq!(cache.len(), 2);
+
+    clock.advance(secs(10));
+    assert!(!cache.invalidate_if(&2, |_| {
+        called.fetch_add(1, SeqCst);
+        true
+    }));
+    assert_eq!(called.load(SeqCst), 0, "an expired value is absent");
+    assert!(!cache.contains_key(&2));
+
+    let (go, gate) = oneshot::channel::<()>();
+    let mut loading = cache.get_with(4, move || async move {
+        gate.await.ok();
+        Ok(40)
+    });
+    assert!(poll_once(&mut loading).is_pending());
+    assert!(
+        !cache.invalidate_if(&4, |_| true),
+        "a load in flight is no value"
+    );
+    go.send(()).unwrap();
+    assert_eq!(poll_once(&mut loading), Poll::Ready(Ok(40)));
+    assert_eq!(cache.peek(&4), Some(40));
+
+    use deferred_expiring::RemovalCause::{Expired, Explicit};
+    let heard = heard.lock().unwrap().clone();
+    assert_eq!(heard, vec![(1, 10, Explicit), (2, 20, Expired)]);
+    let stats = cache.stats().cache;
+    assert_eq!(
+        (stats.invalidated, stats.expired),
+        (1, 2),
+        "key 2, and the error of key 3"
+    );
+}
