@@ -167,6 +167,7 @@ pub(crate) struct Core<K, V, E, S, C> {
 ///   [`run_maintenance`](Self::run_maintenance) exists for those who want one.
 /// * **Listener**: every value that leaves, with its [`RemovalCause`], told within the
 ///   operation that removed it.
+/// * **A cheap `Clone`**: a handle is an `Arc`; clones share one cache.
 ///
 /// ```
 /// use deferred_expiring::{ExpiringCache, ManualClock};
@@ -1063,6 +1064,25 @@ where
             Ok(core.new_entry(&key, Err(Arc::new(error)), None))
         }
         Err(error) => Err(error),
+    }
+}
+
+impl<K, V, E, S, C> Clone for ExpiringCache<K, V, E, S, C> {
+    /// Another handle on the same cache (one `Arc` increment): entries, loads, timers,
+    /// counters and listener are shared, so a value inserted through one handle is read
+    /// through every other. The cache (and its pending refreshes) goes with the last handle.
+    ///
+    /// ```
+    /// let cache: deferred_expiring::ExpiringCache<u8, u8> =
+    ///     deferred_expiring::ExpiringCache::builder().build();
+    /// let handle = cache.clone();
+    /// std::thread::spawn(move || handle.insert(1, 10)).join().unwrap();
+    /// assert_eq!(cache.peek(&1), Some(10));
+    /// ```
+    fn clone(&self) -> Self {
+        ExpiringCache {
+            core: Arc::clone(&self.core),
+        }
     }
 }
 

@@ -6,6 +6,7 @@ use std::{
     fmt,
     hash::{BuildHasher, Hash},
     ops::Deref,
+    sync::Arc,
 };
 
 use crate::{
@@ -71,6 +72,28 @@ where
     /// ```
     pub fn get(&self, key: K) -> Get<'_, K, V, E, S, C> {
         GetWith::new(&self.cache, key, SharedLoader::new(&self.loader))
+    }
+}
+
+impl<K, V, E, S, C> Clone for ExpiringLoadingCache<K, V, E, S, C> {
+    /// Another handle on the same cache and loader (two `Arc` increments), as
+    /// [`ExpiringCache`]'s `clone`: clones share entries, loads, timers and counters.
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// let cache = deferred_expiring::ExpiringCache::builder()
+    ///     .build_with_loader(|k: &u8| { let k = *k; async move { Ok::<_, String>(k * 2) } });
+    /// let handle = cache.clone();
+    /// assert_eq!(handle.get(4).await, Ok(8));
+    /// assert_eq!(cache.peek(&4), Some(8)); // loaded through the other handle
+    /// assert_eq!(cache.stats().cache.loads_ok, 1);
+    /// # });
+    /// ```
+    fn clone(&self) -> Self {
+        ExpiringLoadingCache {
+            cache: self.cache.clone(),
+            loader: Arc::clone(&self.loader),
+        }
     }
 }
 

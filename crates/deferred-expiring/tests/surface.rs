@@ -369,3 +369,54 @@ fn invalidate_if_removes_live_values_and_reclaims_expired_ones() {
         "key 2, and the error of key 3"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Clone
+// ---------------------------------------------------------------------------------------
+
+/// Clones are handles on one cache: what one writes, loads or invalidates the others see,
+/// loads stay single-flight across handles, and the counters are shared.
+#[test]
+fn clones_share_one_cache() {
+    let (clock, cache) = ttl_cache(10);
+    let other = cache.clone();
+    cache.insert(1, 10);
+    assert_eq!(other.peek(&1), Some(10));
+    let (go, gate) = oneshot::channel::<()>();
+    let mut a = cache
+        .get_with(2, move || async move {
+            gate.await.ok();
+            Ok(20)
+        })
+        .with_source();
+    let mut b = other.get_with(2, || async { Ok(21) }).with_source();
+    assert!(poll_once(&mut a).is_pending());
+    assert!(poll_once(&mut b).is_pending());
+    go.send(()).unwrap();
+    assert_eq!(poll_once(&mut b), Poll::Ready((Ok(20), Source::Joined)));
+    assert_eq!(poll_once(&mut a), Poll::Ready((Ok(20), Source::Loaded)));
+    drop((a, b));
+    assert!(other.invalidate(&1));
+    assert!(!cache.contains_key(&1));
+    clock.advance(secs(10));
+    assert!(!other.contains_key(&2), "one clock, one deadline");
+    assert_eq!(cache.stats(), other.stats());
+    assert_eq!(cache.stats().cache.loads_ok, 1);
+    drop(cache);
+    other.insert(3, 30);
+    assert_eq!(other.peek(&3), Some(30), "the last handle keeps the cache");
+
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&calls);
+    let loading = ExpiringCache::builder()
+        .clock(clock.clone())
+        .build_with_loader(move |k: &u32| {
+            counter.fetch_add(1, SeqCst);
+            let k = *k;
+            async move { Ok::<_, Infallible>(k + 1) }
+        });
+    let handle = loading.clone();
+    assert_eq!(block_on(handle.get(1)), Ok(2));
+    assert_eq!(block_on(loading.get(1)).map(|v| v * 10), Ok(20));
+    assert_eq!(calls.load(SeqCst), 1, "one load for both handles");
+}
