@@ -149,8 +149,12 @@ enum State<'a, K, V, E, S, L: Loader<K, V, E>> {
 ///
 /// # Panics
 ///
-/// If the loader panics, the panic unwinds out of the `poll` that ran it; every other caller
-/// gets [`LoadError::Panicked`]. Polling after completion panics.
+/// If the loader panics (the closure when called, or its future), the panic unwinds out of
+/// the `poll` that ran it; every other caller gets [`LoadError::Panicked`]. The closure is
+/// called by its own caller's `poll` right after the key's load was claimed for it: if it
+/// panics when another caller has joined the load in that instant, the load fails as a
+/// panicking load does (the `poll` that drives it next unwinds; the rest get
+/// `Panicked`), so no one waits forever. Polling after completion panics.
 ///
 /// ```
 /// use deferred_expiring::{ExpiringCache, GetWith};
