@@ -140,7 +140,7 @@ impl<K, V, E, S, C> ExpiringBuilder<K, V, E, S, C> {
     }
 
     /// Negative caching: a loader error is kept for `ttl` and returned to every read of its
-    /// key until then (as [`LoadError::Failed`](deferred_cache::LoadError), the same `Arc`),
+    /// key until then (as [`LoadError::Failed`](crate::LoadError::Failed), the same `Arc`),
     /// instead of being dropped at once. Each such read counts in
     /// [`ExpiringStats::negative_hits`](crate::ExpiringStats).
     ///
@@ -229,7 +229,7 @@ impl<K, V, E, S, C> ExpiringBuilder<K, V, E, S, C> {
     ///
     /// ```
     /// use deferred_expiring::{ExpiringCache, ManualClock};
-    /// use deferred_cache::RemovalCause;
+    /// use deferred_expiring::RemovalCause;
     /// use std::{sync::{Arc, Mutex}, time::Duration};
     /// let clock = ManualClock::new();
     /// let seen = Arc::new(Mutex::new(Vec::new()));

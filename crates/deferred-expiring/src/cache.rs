@@ -13,11 +13,12 @@ use std::{
     time::Duration,
 };
 
-use deferred_cache::{Cache, LoadError, RemovalCause, Source, Stats};
+use deferred_cache::{Cache, RemovalCause, Stats};
 
 use crate::{
     clock::{Clock, SystemClock},
     expiry::{now_nanos, Policy, NEVER},
+    get::GetWith,
     loom::{lock, AtomicU64, Mutex, Ordering::*},
     timer::{TimerHandle, TimerWheel},
     ExpiringBuilder,
@@ -64,15 +65,15 @@ pub(crate) type UserListener<K, V> = Arc<dyn Fn(&K, &V, RemovalCause) + Send + S
 pub(crate) struct Entry<V, E> {
     /// Nanoseconds on the cache's clock; `NEVER` if it does not expire. Moves on reads
     /// under time-to-idle or an `Expiry` policy.
-    deadline: AtomicU64,
+    pub(crate) deadline: AtomicU64,
     /// When a read starts a refresh; `NEVER` if none is due, and while one runs (the read
     /// that starts it swaps this to `NEVER`, so only one does).
     refresh_at: AtomicU64,
     /// The time-to-live cap on `deadline`.
     hard: u64,
-    slot: Result<V, Arc<E>>,
+    pub(crate) slot: Result<V, Arc<E>>,
     /// Which write made it: expiry and refresh act only on the entry they were for.
-    id: u64,
+    pub(crate) id: u64,
     /// Its timer in the wheel (`TimerHandle` bits), `NEVER` if none.
     timer: AtomicU64,
 }
@@ -137,7 +138,7 @@ struct Counters {
 
 /// Everything a refresh task needs, shared with it.
 pub(crate) struct Core<K, V, E, S, C> {
-    inner: Cache<K, Entry<V, E>, E, S>,
+    pub(crate) inner: Cache<K, Entry<V, E>, E, S>,
     timers: Arc<Timers<K>>,
     clock: C,
     policy: Policy<K, V>,
@@ -166,6 +167,7 @@ pub(crate) struct Core<K, V, E, S, C> {
 ///   [`run_maintenance`](Self::run_maintenance) exists for those who want one.
 /// * **Listener**: every value that leaves, with its [`RemovalCause`], told within the
 ///   operation that removed it.
+/// * **A cheap `Clone`**: a handle is an `Arc`; clones share one cache.
 ///
 /// ```
 /// use deferred_expiring::{ExpiringCache, ManualClock};
@@ -184,7 +186,7 @@ pub(crate) struct Core<K, V, E, S, C> {
 /// # });
 /// ```
 pub struct ExpiringCache<K, V, E = Infallible, S = RandomState, C = SystemClock> {
-    core: Arc<Core<K, V, E, S, C>>,
+    pub(crate) core: Arc<Core<K, V, E, S, C>>,
 }
 
 /// A snapshot of an [`ExpiringCache`]'s counters: the inner cache's, and the expiring
@@ -215,7 +217,7 @@ pub struct ExpiringStats {
 }
 
 /// How a read of the inner cache went.
-enum Read<V, E> {
+pub(crate) enum Read<V, E> {
     Hit { value: V, refresh: Option<u64> },
     Failed(Arc<E>),
     Expired(u64),
@@ -337,6 +339,44 @@ impl<K, V, E, S, C> ExpiringCache<K, V, E, S, C> {
         self.core.inner.is_empty()
     }
 
+    /// The capacity (in entries, or in weight units when a weigher is set); `None` if
+    /// unbounded.
+    ///
+    /// ```
+    /// let cache: deferred_expiring::ExpiringCache<u8, u8> =
+    ///     deferred_expiring::ExpiringCache::builder().max_capacity(5).build();
+    /// assert_eq!(cache.capacity(), Some(5));
+    /// ```
+    pub fn capacity(&self) -> Option<u64> {
+        self.core.inner.capacity()
+    }
+
+    /// The weight counted against capacity (the number of entries when no weigher is set);
+    /// `None` if unbounded. A snapshot. As [`len`](Self::len), it counts what is stored:
+    /// entries whose deadline has passed but which are not reclaimed yet are included, and a
+    /// cached error (negative caching) weighs 1.
+    ///
+    /// ```
+    /// use deferred_expiring::{ExpiringCache, ManualClock};
+    /// use std::time::Duration;
+    /// let clock = ManualClock::new();
+    /// let cache: ExpiringCache<u8, String, std::convert::Infallible, _, _> = ExpiringCache::builder()
+    ///     .max_capacity(100)
+    ///     .weigher(|_, v: &String| v.len() as u32)
+    ///     .time_to_live(Duration::from_secs(1))
+    ///     .clock(clock.clone())
+    ///     .build();
+    /// cache.insert(1, "four".to_string());
+    /// assert_eq!(cache.weighted_size(), Some(4));
+    /// clock.advance(Duration::from_secs(1));
+    /// assert_eq!(cache.weighted_size(), Some(4)); // expired, not reclaimed yet
+    /// cache.run_maintenance();
+    /// assert_eq!(cache.weighted_size(), Some(0));
+    /// ```
+    pub fn weighted_size(&self) -> Option<u64> {
+        self.core.inner.weighted_size()
+    }
+
     /// The number of timers in the wheel (entries with a deadline, and timers of entries
     /// that left and were not cancelled yet).
     ///
@@ -405,7 +445,15 @@ where
     /// With refresh-ahead on, a hit on a value older than the refresh interval returns it at
     /// once and starts one background reload with `loader` (see
     /// [`ExpiringBuilder::refresh_after`]). With negative caching on, a cached error is
-    /// returned as [`LoadError::Failed`] until its own deadline.
+    /// returned as [`LoadError::Failed`](crate::LoadError::Failed) until its own deadline.
+    ///
+    /// The result is a named future, [`GetWith`]: it does nothing until polled, a hit is
+    /// ready on its first poll (no loader call, no allocation), and
+    /// [`with_source`](GetWith::with_source) tells whether the value was a hit, loaded by
+    /// this caller's `loader`, or joined from another caller's load. It is `Send` when the
+    /// key, value, error, hasher, clock and `loader` are (the loader stays in this
+    /// caller's future; only the future it returns goes into the key's load). It is called
+    /// only to start a load (a miss, an expired entry) or a refresh.
     ///
     /// ```
     /// use deferred_expiring::ExpiringCache;
@@ -417,66 +465,12 @@ where
     /// assert_eq!(cache.get_with(1, || async { Ok(11) }).await, Ok(10));
     /// # });
     /// ```
-    pub async fn get_with<F, Fut>(&self, key: K, loader: F) -> Result<V, LoadError<E>>
+    pub fn get_with<F, Fut>(&self, key: K, loader: F) -> GetWith<'_, K, V, E, S, C, F>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<V, E>> + Send + 'static,
     {
-        self.get_keyed(key, move |_: &K| loader()).await
-    }
-
-    /// [`get_with`](Self::get_with) with a loader that is given the key: what
-    /// [`ExpiringLoadingCache::get`](crate::ExpiringLoadingCache::get) calls with the
-    /// cache-wide loader. The loader is called only to start a load (a miss, an expired
-    /// entry) or a refresh: a hit returns without calling it, and allocates nothing.
-    pub(crate) async fn get_keyed<F, Fut>(&self, key: K, loader: F) -> Result<V, LoadError<E>>
-    where
-        F: FnOnce(&K) -> Fut,
-        Fut: Future<Output = Result<V, E>> + Send + 'static,
-    {
-        let core = &*self.core;
-        let mut loader = Some(loader);
-        loop {
-            let now = core.tend();
-            match core.read(&key, now, true) {
-                Read::Hit { value, refresh } => {
-                    if let (Some(id), Some(loader)) = (refresh, loader.take()) {
-                        let load = loader(&key);
-                        Core::refresh(&self.core, key, id, load);
-                    }
-                    return Ok(value);
-                }
-                Read::Failed(error) => return Err(LoadError::Failed(error)),
-                Read::Expired(id) => core.expire(&key, id, now),
-                Read::Absent => {}
-            }
-            let Some(start) = loader.take() else {
-                unreachable!("the loader is taken only to return")
-            };
-            let mut start = Some(start);
-            let load = core.inner.get_with(key.clone(), || {
-                let fut = start.take().map(|f| f(&key));
-                load_entry(Arc::clone(&self.core), key.clone(), fut)
-            });
-            let (outcome, source) = load.with_source().await;
-            loader = start;
-            let entry = match outcome {
-                Ok(entry) => entry,
-                Err(error) => return Err(error),
-            };
-            if source == Source::Hit && entry.deadline.load(Relaxed) <= now_nanos(now) {
-                // Stored by someone else between the two reads, already past its deadline
-                // (a clock read on another thread lagging this one's): look again.
-                core.expire(&key, entry.id, now);
-                if loader.is_some() {
-                    continue;
-                }
-            }
-            return match entry.slot {
-                Ok(value) => Ok(value),
-                Err(error) => Err(LoadError::Failed(error)),
-            };
-        }
+        GetWith::new(self, key, loader)
     }
 
     /// The value at `key` if it is present and before its deadline, counting a hit or a
@@ -539,6 +533,61 @@ where
             .flatten()
     }
 
+    /// The value at `key` seen through a reference, if present and before its deadline,
+    /// without counting a read, renewing it, or starting a refresh (as
+    /// [`peek`](Self::peek), with no clone): `f` runs on the value. A cached error is no
+    /// value, and an entry past its deadline is absent (`None`) even before it is
+    /// reclaimed. `f` runs under the key's shard lock (shared with other readers): keep it
+    /// short, and never touch this cache from inside it.
+    ///
+    /// ```
+    /// use deferred_expiring::{ExpiringCache, ManualClock};
+    /// use std::time::Duration;
+    /// let clock = ManualClock::new();
+    /// let cache: ExpiringCache<u8, String, std::convert::Infallible, _, _> = ExpiringCache::builder()
+    ///     .time_to_live(Duration::from_secs(10))
+    ///     .clock(clock.clone())
+    ///     .build();
+    /// cache.insert(1, "hello".to_string());
+    /// assert_eq!(cache.peek_with(&1, |s| s.len()), Some(5));
+    /// clock.advance(Duration::from_secs(10));
+    /// assert_eq!(cache.peek_with(&1, |s| s.len()), None); // at its deadline: absent
+    /// assert_eq!(cache.stats().cache.hits, 0);
+    /// ```
+    pub fn peek_with<R>(&self, key: &K, f: impl FnOnce(&V) -> R) -> Option<R> {
+        let now = now_nanos(self.core.clock.now());
+        self.core
+            .inner
+            .peek_with(key, |entry| match &entry.slot {
+                Ok(value) if entry.deadline.load(Acquire) > now => Some(f(value)),
+                _ => None,
+            })
+            .flatten()
+    }
+
+    /// Whether `key` has a value before its deadline. Counts nothing, renews nothing,
+    /// starts no refresh. An entry past its deadline is absent even before it is reclaimed
+    /// (and [`len`](Self::len) may still count it); a cached error (negative caching) and a
+    /// load in flight are no value.
+    ///
+    /// ```
+    /// use deferred_expiring::{ExpiringCache, ManualClock};
+    /// use std::time::Duration;
+    /// let clock = ManualClock::new();
+    /// let cache: ExpiringCache<u8, u8, std::convert::Infallible, _, _> = ExpiringCache::builder()
+    ///     .time_to_live(Duration::from_secs(10))
+    ///     .clock(clock.clone())
+    ///     .build();
+    /// cache.insert(1, 10);
+    /// assert!(cache.contains_key(&1) && !cache.contains_key(&2));
+    /// clock.advance(Duration::from_secs(10));
+    /// assert!(!cache.contains_key(&1)); // expired...
+    /// assert_eq!(cache.len(), 1); // ...not reclaimed yet
+    /// ```
+    pub fn contains_key(&self, key: &K) -> bool {
+        self.peek_with(key, |_| ()).is_some()
+    }
+
     /// Stores `value` at `key` with a fresh deadline (time-to-live / time-to-idle, or the
     /// [`Expiry`](crate::Expiry) policy's `expire_after_update` over an old value, else
     /// `expire_after_create`). A load or refresh in flight for `key` does not overwrite it.
@@ -568,6 +617,49 @@ where
     pub fn invalidate(&self, key: &K) -> bool {
         self.core.tend();
         self.core.inner.invalidate(key)
+    }
+
+    /// Removes the value at `key` if it is before its deadline and `pred` says so for it,
+    /// atomically (nothing can replace the value between the test and the removal); returns
+    /// whether it did. The listener hears [`RemovalCause::Explicit`]. An entry past its
+    /// deadline is absent: `pred` is not called, `false` is returned, and the entry is
+    /// reclaimed as expired ([`RemovalCause::Expired`]), as a read that finds it does. A
+    /// cached error and a load in flight are no value: never removed here. `pred` runs
+    /// under the key's shard lock: keep it short, and never touch this cache from inside it.
+    ///
+    /// ```
+    /// use deferred_expiring::{ExpiringCache, ManualClock};
+    /// use std::time::Duration;
+    /// let clock = ManualClock::new();
+    /// let cache: ExpiringCache<u8, u8, std::convert::Infallible, _, _> = ExpiringCache::builder()
+    ///     .time_to_live(Duration::from_secs(10))
+    ///     .clock(clock.clone())
+    ///     .build();
+    /// cache.insert(1, 10);
+    /// assert!(!cache.invalidate_if(&1, |v| *v == 11));
+    /// assert!(cache.invalidate_if(&1, |v| *v == 10));
+    /// cache.insert(2, 20);
+    /// clock.advance(Duration::from_secs(10));
+    /// assert!(!cache.invalidate_if(&2, |_| true)); // expired: absent, and reclaimed
+    /// assert!(cache.is_empty());
+    /// assert_eq!((cache.stats().cache.invalidated, cache.stats().cache.expired), (1, 1));
+    /// ```
+    pub fn invalidate_if(&self, key: &K, pred: impl FnOnce(&V) -> bool) -> bool {
+        let core = &*self.core;
+        let now = core.tend();
+        let now_nanos = now_nanos(now);
+        let mut expired = None;
+        let removed = core.inner.invalidate_if(key, |entry| {
+            if entry.deadline.load(Acquire) <= now_nanos {
+                expired = Some(entry.id);
+                return false;
+            }
+            entry.slot.as_ref().is_ok_and(pred)
+        });
+        if let Some(id) = expired {
+            core.expire(key, id, now);
+        }
+        removed
     }
 
     /// Removes every entry.
@@ -624,7 +716,7 @@ where
     /// The start of every operation: reads the clock, reclaims what is due (if anything
     /// is: one atomic load otherwise), polls reader-driven refreshes.
     #[inline]
-    fn tend(&self) -> Duration {
+    pub(crate) fn tend(&self) -> Duration {
         let now = self.clock.now();
         // Acquire: pairs with the Release stores of `due`, so the wheel state behind it is
         // the one the lock will show.
@@ -713,7 +805,7 @@ where
     /// Reads `key` at `now`: a hit (renewed under time-to-idle, perhaps claiming a refresh),
     /// a cached error, an expired entry, or nothing.
     #[inline]
-    fn read(&self, key: &K, now: Duration, for_load: bool) -> Read<V, E> {
+    pub(crate) fn read(&self, key: &K, now: Duration, for_load: bool) -> Read<V, E> {
         let now_nanos = now_nanos(now);
         let mut expired = None;
         let policy = &self.policy;
@@ -794,7 +886,7 @@ where
     }
 
     /// Removes the entry `id` at `key` if its deadline has passed at `now`.
-    fn expire(&self, key: &K, id: u64, now: Duration) {
+    pub(crate) fn expire(&self, key: &K, id: u64, now: Duration) {
         let now = now_nanos(now);
         self.inner.expire_if(key, |entry| {
             entry.id == id && entry.deadline.load(Acquire) <= now
@@ -829,7 +921,7 @@ where
 
     /// Starts the refresh of entry `id` at `key` with `load`: on the spawner, or polled
     /// once here and then by later operations.
-    fn refresh<Fut>(this: &Arc<Self>, key: K, id: u64, load: Fut)
+    pub(crate) fn refresh<Fut>(this: &Arc<Self>, key: K, id: u64, load: Fut)
     where
         Fut: Future<Output = Result<V, E>> + Send + 'static,
     {
@@ -921,7 +1013,7 @@ const DRIVE_BATCH: usize = 8;
 
 /// Locks a std mutex, past poisoning (nothing in this crate leaves its data inconsistent
 /// when a panic crosses a lock).
-fn lock_std<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock_std<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -952,10 +1044,10 @@ impl Drop for FailGuard {
 }
 
 /// The future stored in an inner entry: the user's load, turned into an `Entry`.
-async fn load_entry<K, V, E, S, C, Fut>(
+pub(crate) async fn load_entry<K, V, E, S, C, Fut>(
     core: Arc<Core<K, V, E, S, C>>,
     key: K,
-    fut: Option<Fut>,
+    fut: Fut,
 ) -> Result<Entry<V, E>, E>
 where
     K: Hash + Eq + Clone + Send + Sync + 'static,
@@ -965,9 +1057,6 @@ where
     C: Clock,
     Fut: Future<Output = Result<V, E>> + Send + 'static,
 {
-    let Some(fut) = fut else {
-        unreachable!("the inner cache calls the loader once before polling")
-    };
     match fut.await {
         Ok(value) => Ok(core.new_entry(&key, Ok(value), None)),
         Err(error) if core.policy.negative_ttl.is_some() => {
@@ -975,6 +1064,25 @@ where
             Ok(core.new_entry(&key, Err(Arc::new(error)), None))
         }
         Err(error) => Err(error),
+    }
+}
+
+impl<K, V, E, S, C> Clone for ExpiringCache<K, V, E, S, C> {
+    /// Another handle on the same cache (one `Arc` increment): entries, loads, timers,
+    /// counters and listener are shared, so a value inserted through one handle is read
+    /// through every other. The cache (and its pending refreshes) goes with the last handle.
+    ///
+    /// ```
+    /// let cache: deferred_expiring::ExpiringCache<u8, u8> =
+    ///     deferred_expiring::ExpiringCache::builder().build();
+    /// let handle = cache.clone();
+    /// std::thread::spawn(move || handle.insert(1, 10)).join().unwrap();
+    /// assert_eq!(cache.peek(&1), Some(10));
+    /// ```
+    fn clone(&self) -> Self {
+        ExpiringCache {
+            core: Arc::clone(&self.core),
+        }
     }
 }
 

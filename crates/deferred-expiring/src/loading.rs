@@ -6,11 +6,14 @@ use std::{
     fmt,
     hash::{BuildHasher, Hash},
     ops::Deref,
+    sync::Arc,
 };
 
-use deferred_cache::LoadError;
-
-use crate::{cache::DynLoader, Clock, ExpiringCache, SystemClock};
+use crate::{
+    cache::DynLoader,
+    get::{Get, GetWith, SharedLoader},
+    Clock, ExpiringCache, SystemClock,
+};
 
 /// An [`ExpiringCache`] with one loader for every key: `get(key)` loads what is missing or
 /// expired, and refresh-ahead reloads with it. Everything else comes from the
@@ -53,19 +56,44 @@ where
     C: Clock,
 {
     /// The value at `key`, loaded with the cache's loader on a miss or after expiry (see
-    /// [`ExpiringCache::get_with`]). The loader is called only to start a load or a refresh:
-    /// a hit calls nothing and allocates nothing (the loader's future is boxed on a miss).
+    /// [`ExpiringCache::get_with`]): a named future, [`Get`], with
+    /// [`with_source`](GetWith::with_source). The loader is called only to start a load or
+    /// a refresh: a hit calls nothing and allocates nothing (the loader's future is boxed
+    /// on a miss).
     ///
     /// ```
+    /// use deferred_expiring::Source;
     /// # futures::executor::block_on(async {
     /// let cache = deferred_expiring::ExpiringCache::builder()
     ///     .build_with_loader(|k: &u8| { let k = *k; async move { Ok::<_, String>(k + 1) } });
     /// assert_eq!(cache.get(1).await, Ok(2));
+    /// assert_eq!(cache.get(1).with_source().await, (Ok(2), Source::Hit));
     /// # });
     /// ```
-    pub async fn get(&self, key: K) -> Result<V, LoadError<E>> {
-        let loader = &self.loader;
-        self.cache.get_keyed(key, |key: &K| loader(key)).await
+    pub fn get(&self, key: K) -> Get<'_, K, V, E, S, C> {
+        GetWith::new(&self.cache, key, SharedLoader::new(&self.loader))
+    }
+}
+
+impl<K, V, E, S, C> Clone for ExpiringLoadingCache<K, V, E, S, C> {
+    /// Another handle on the same cache and loader (two `Arc` increments), as
+    /// [`ExpiringCache`]'s `clone`: clones share entries, loads, timers and counters.
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// let cache = deferred_expiring::ExpiringCache::builder()
+    ///     .build_with_loader(|k: &u8| { let k = *k; async move { Ok::<_, String>(k * 2) } });
+    /// let handle = cache.clone();
+    /// assert_eq!(handle.get(4).await, Ok(8));
+    /// assert_eq!(cache.peek(&4), Some(8)); // loaded through the other handle
+    /// assert_eq!(cache.stats().cache.loads_ok, 1);
+    /// # });
+    /// ```
+    fn clone(&self) -> Self {
+        ExpiringLoadingCache {
+            cache: self.cache.clone(),
+            loader: Arc::clone(&self.loader),
+        }
     }
 }
 

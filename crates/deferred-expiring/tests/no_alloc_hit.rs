@@ -2,16 +2,20 @@
 //! loaded key, through `ExpiringLoadingCache::get` and `ExpiringCache::get_with`, each polled
 //! once with a counting global allocator watching, and every loader call counted.
 //!
-//! Its own test binary, for the `#[global_allocator]`. Allocations are counted on the
-//! measuring thread only, so the harness and other tests running beside it do not show.
+//! Its own test binary, for the global allocator that `allocation-counter` installs (a
+//! dev-dependency: a counting allocator needs `unsafe impl GlobalAlloc`, and unsafe code
+//! belongs in `deferred-core` only). It counts the measuring thread's allocations only
+//! (thread-local counters), so the harness and other tests running beside it do not show;
+//! `the_counter_counts_this_threads_allocations_only` checks that it is installed and counts,
+//! so a zero below cannot come from a counter that is not there.
 
+#![forbid(unsafe_code)]
 #![allow(clippy::std_instead_of_core)] // tests run on std; `core::` paths matter in the library only.
 
 use std::{
-    alloc::{GlobalAlloc, Layout, System},
-    cell::Cell,
     convert::Infallible,
     future::Future,
+    hint::black_box,
     pin::pin,
     sync::{
         atomic::{AtomicUsize, Ordering::SeqCst},
@@ -24,48 +28,58 @@ use std::{
 use deferred_expiring::{ExpiringBuilder, ExpiringCache, ManualClock};
 use futures::{executor::block_on, task::noop_waker};
 
-struct Counting;
-
-thread_local! {
-    // `const` and no destructor: using them never allocates, so the allocator may.
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-    static ALLOCS: Cell<usize> = const { Cell::new(0) };
+/// The allocations (and reallocations: the allocator's `realloc` goes through `alloc`) that
+/// `f` makes on this thread, after checking that the counter counts: one known allocation is
+/// seen as exactly one.
+fn allocations(f: impl FnOnce()) -> u64 {
+    assert_counter_is_live();
+    allocation_counter::measure(f).count_total
 }
 
-fn count() {
-    if COUNTING.with(Cell::get) {
-        ALLOCS.with(|n| n.set(n.get() + 1));
-    }
+/// The counting allocator is installed and counts this thread's allocations: a box made
+/// inside `measure` is one allocation of its size.
+fn assert_counter_is_live() {
+    let info = allocation_counter::measure(|| {
+        black_box(Box::new(black_box(7_u64)));
+    });
+    assert_eq!(
+        (info.count_total, info.bytes_total),
+        (1, 8),
+        "the counting allocator is not installed or does not count"
+    );
 }
 
-// SAFETY: forwards to `System`, only counting.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: forwarded with the caller's guarantees.
-        unsafe { System.alloc(layout) }
+/// The counter works, and counts only the measuring thread: a thread that allocates while
+/// this one measures adds nothing, and a measured allocation is seen however many threads
+/// allocate beside it.
+#[test]
+fn the_counter_counts_this_threads_allocations_only() {
+    assert_counter_is_live();
+    let (started, stop) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (s, t) = (Arc::clone(&started), Arc::clone(&stop));
+    let noisy = std::thread::spawn(move || {
+        let mut n = 0_u64;
+        while t.load(SeqCst) == 0 {
+            n += black_box(vec![n; 4]).len() as u64;
+            s.fetch_add(1, SeqCst);
+        }
+        n
+    });
+    // The other thread is allocating before and all through the measurement below.
+    while started.load(SeqCst) < 100 {
+        std::thread::yield_now();
     }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded with the caller's guarantees.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count();
-        // SAFETY: forwarded with the caller's guarantees.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
-
-/// The allocations `f` makes on this thread.
-fn allocations(f: impl FnOnce()) -> usize {
-    let before = ALLOCS.with(Cell::get);
-    COUNTING.with(|c| c.set(true));
-    f();
-    COUNTING.with(|c| c.set(false));
-    ALLOCS.with(Cell::get) - before
+    let before = started.load(SeqCst);
+    let info = allocation_counter::measure(|| {
+        // Measure until the other thread has made at least 100 more allocations.
+        while started.load(SeqCst) < before + 100 {
+            std::thread::yield_now();
+        }
+        black_box(Box::new(black_box(1_u32)));
+    });
+    stop.store(1, SeqCst);
+    assert!(noisy.join().unwrap() > 0);
+    assert_eq!(info.count_total, 1, "only this thread's one box is counted");
 }
 
 /// Polls `fut` once: a hit must be ready on its first poll.
