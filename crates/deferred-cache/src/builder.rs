@@ -59,8 +59,9 @@ impl<K, V, E, S> Builder<K, V, E, S> {
     }
 
     /// Weighs each value against [`max_capacity`](Self::max_capacity) (without one, a
-    /// weigher has no effect). It runs once per value, when the value is stored, with no
-    /// lock held.
+    /// weigher has no effect and is never called). It runs once per value, when the value
+    /// is stored (by `insert`, `replace_if`, or the first caller of a load to see its
+    /// value), with no lock held.
     ///
     /// * A value no heavier than the capacity is kept: room is made by evicting other
     ///   values, never the one being stored.
@@ -71,6 +72,15 @@ impl<K, V, E, S> Builder<K, V, E, S> {
     /// * A value that weighs 0 counts nothing against the capacity, and is never evicted
     ///   for size (that would free nothing): it stays until it is invalidated, replaced or
     ///   expired. At capacity 0 it is refused like any other value.
+    ///
+    /// * **A panicking weigher** is caught, as a panicking
+    ///   [listener](Self::eviction_listener) is: the panic never leaves the cache's
+    ///   operation (the panic hook reports it as usual). The value, whose weight is
+    ///   unknown, is refused as if it were heavier than the capacity: not kept (a value it
+    ///   replaces is still removed), counted in [`Stats::evicted`] and told as
+    ///   [`RemovalCause::Size`]; the callers of a load that produced it still get it, none
+    ///   of them unwinds, and the next read loads again. Each such panic is counted in
+    ///   [`Stats::weigher_panics`].
     ///
     /// ```
     /// let cache: deferred_cache::Cache<u8, String> = deferred_cache::Cache::builder()
@@ -88,7 +98,32 @@ impl<K, V, E, S> Builder<K, V, E, S> {
     /// assert_eq!(cache.stats().evicted, 2);
     /// ```
     ///
+    /// A weigher that panics:
+    ///
+    /// ```
+    /// use deferred_cache::Cache;
+    /// # std::panic::set_hook(Box::new(|_| {})); // keep the doctest's output clean
+    /// let cache: Cache<u8, String> = Cache::builder()
+    ///     .max_capacity(10)
+    ///     .weigher(|_, v: &String| {
+    ///         assert!(!v.is_empty(), "a weigher bug");
+    ///         v.len() as u32
+    ///     })
+    ///     .build();
+    /// cache.insert(1, "one".into());
+    /// cache.insert(1, String::new()); // the weigher panics: refused, and 1 is replaced
+    /// assert!(cache.is_empty() && cache.weighted_size() == Some(0));
+    /// # futures::executor::block_on(async {
+    /// let loaded = cache.get_with(2, || async { Ok(String::new()) }).await;
+    /// assert_eq!(loaded, Ok(String::new())); // its caller still gets it
+    /// # });
+    /// assert!(!cache.contains_key(&2));
+    /// let stats = cache.stats();
+    /// assert_eq!((stats.weigher_panics, stats.evicted, stats.invalidated), (2, 2, 1));
+    /// ```
+    ///
     /// [`Stats::evicted`]: crate::Stats::evicted
+    /// [`Stats::weigher_panics`]: crate::Stats::weigher_panics
     pub fn weigher(mut self, weigher: impl Fn(&K, &V) -> u32 + Send + Sync + 'static) -> Self {
         self.weigher = Some(Box::new(weigher));
         self

@@ -513,15 +513,8 @@ where
     /// does, and the listener is called again for the next removal.
     fn notify(&self, key: &K, cell: &CacheCell<V, E>, cause: RemovalCause) {
         if let (Some(listener), Some(stored)) = (&self.listener, cell.get()) {
-            let told =
-                panic::catch_unwind(AssertUnwindSafe(|| listener(key, &stored.value, cause)));
-            if let Err(payload) = told {
+            if caught(|| listener(key, &stored.value, cause)).is_none() {
                 self.counters.listener_panicked();
-                // The payload is user code too: a `Drop` that panics stays in here as well
-                // (and its own payload is leaked rather than dropped, to end the regress).
-                if let Err(again) = panic::catch_unwind(AssertUnwindSafe(move || drop(payload))) {
-                    std::mem::forget(again);
-                }
             }
         }
     }
@@ -552,8 +545,20 @@ where
             .flatten()
     }
 
-    fn weigh(&self, key: &K, value: &V) -> u32 {
-        self.weigher.as_ref().map_or(1, |w| w(key, value))
+    /// The weight of `value`, or `None` if the weigher panicked (caught and counted here:
+    /// the caller refuses the value, whose weight is unknown). Without a capacity the
+    /// weigher has no effect, and is not called.
+    fn weigh(&self, key: &K, value: &V) -> Option<u32> {
+        match (&self.policy, &self.weigher) {
+            (Some(_), Some(weigher)) => {
+                let weight = caught(|| weigher(key, value));
+                if weight.is_none() {
+                    self.counters.weigher_panicked();
+                }
+                weight
+            }
+            _ => Some(1),
+        }
     }
 
     fn hash(&self, key: &K) -> u64 {
@@ -580,7 +585,7 @@ where
         self.admit(key, hash, cell, weight);
     }
 
-    fn admit(&self, key: K, hash: u64, cell: &CacheCell<V, E>, weight: u32) {
+    fn admit(&self, key: K, hash: u64, cell: &CacheCell<V, E>, weight: Option<u32>) {
         let Some(policy) = &self.policy else { return };
         let Some(stored) = cell.get() else { return };
         // Still the value at `key`? An invalidate or insert may have replaced it; one that
@@ -607,6 +612,22 @@ where
         self.counters.evicted(removed);
         // Keys and values are dropped here, with no lock held.
         drop(evicted);
+    }
+}
+
+/// Runs user code that must not unwind through the cache's bookkeeping (a listener, a
+/// weigher): `None` if it panicked. The panic hook has reported the panic already.
+fn caught<R>(f: impl FnOnce() -> R) -> Option<R> {
+    match panic::catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => Some(r),
+        Err(payload) => {
+            // The payload is user code too: a `Drop` that panics stays in here as well (and
+            // its own payload is leaked rather than dropped, to end the regress).
+            if let Err(again) = panic::catch_unwind(AssertUnwindSafe(move || drop(payload))) {
+                std::mem::forget(again);
+            }
+            None
+        }
     }
 }
 

@@ -480,20 +480,22 @@ impl<K, V, E> Policy<K, V, E> {
 
     /// Admits the complete value in `cell` (unless it was admitted or removed meanwhile),
     /// then evicts other values until the cache is within capacity. A value heavier than
-    /// the capacity, or any value at capacity 0, is refused instead: it goes to `out` as a
-    /// victim, and nothing else moves. What eviction took out goes to `out`, for the
-    /// caller to remove from the map and drop with no lock held.
+    /// the capacity, any value at capacity 0, or a value of unknown weight (`None`: its
+    /// weigher panicked) is refused instead: it goes to `out` as a victim, and nothing else
+    /// moves. What eviction took out goes to `out`, for the caller to remove from the map
+    /// and drop with no lock held.
     pub(crate) fn admit(
         &self,
         mut node: Node<K, V, E>,
         cell: &CacheCell<V, E>,
-        weight: u32,
+        weight: Option<u32>,
         out: &mut Vec<Evicted<K, V, E>>,
     ) {
         let Some(meta) = meta_of(cell) else { return };
+        let refuse = weight.map_or(true, |w| self.capacity == 0 || u64::from(w) > self.capacity);
+        let weight = weight.unwrap_or(0);
         node.weight = u64::from(weight);
         let home = self.index(node.hash);
-        let refuse = self.capacity == 0 || node.weight > self.capacity;
         let mut unused = None;
         let mut admitted = false;
         self.shards[home].with(|fifo| {

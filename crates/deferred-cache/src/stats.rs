@@ -59,6 +59,11 @@ pub struct Stats {
     /// operation that removed the value completed, its counts are exact, and the listener
     /// is still called for later removals.
     pub listener_panics: u64,
+    /// Calls of the [weigher](crate::Builder::weigher) that panicked. Each panic was caught
+    /// (after the panic hook reported it): the value it was weighing was refused as if it
+    /// were heavier than the capacity (counted in `evicted`, told as
+    /// [`RemovalCause::Size`](crate::RemovalCause::Size)), and the operation completed.
+    pub weigher_panics: u64,
 }
 
 impl Stats {
@@ -117,6 +122,7 @@ pub(crate) struct Counters {
     invalidated: AtomicU64,
     expired: AtomicU64,
     listener_panics: AtomicU64,
+    weigher_panics: AtomicU64,
 }
 
 /// Threads that can own a stripe at once; more share the last stripe (with atomic adds).
@@ -169,6 +175,7 @@ impl Counters {
             invalidated: AtomicU64::new(0),
             expired: AtomicU64::new(0),
             listener_panics: AtomicU64::new(0),
+            weigher_panics: AtomicU64::new(0),
         }
     }
 
@@ -235,6 +242,10 @@ impl Counters {
         self.listener_panics.fetch_add(1, Relaxed);
     }
 
+    pub(crate) fn weigher_panicked(&self) {
+        self.weigher_panics.fetch_add(1, Relaxed);
+    }
+
     pub(crate) fn snapshot(&self) -> Stats {
         let sum = |f: fn(&Stripe) -> &AtomicU64| -> u64 {
             self.stripes.iter().map(|s| f(s).load(Relaxed)).sum()
@@ -253,6 +264,7 @@ impl Counters {
             invalidated: self.invalidated.load(Relaxed),
             expired: self.expired.load(Relaxed),
             listener_panics: self.listener_panics.load(Relaxed),
+            weigher_panics: self.weigher_panics.load(Relaxed),
         }
     }
 }
