@@ -70,6 +70,33 @@ pub(crate) type Weigher<K, V> = Box<dyn Fn(&K, &V) -> u32 + Send + Sync>;
 ///
 /// Values come out as clones: wrap large ones in `Arc`.
 ///
+/// # Sharing a cache
+///
+/// A `Cache` is a handle: [`clone`](Clone::clone) it (one reference-count increment, as
+/// moka's caches are) and move the clone into each task or thread that uses the cache. All
+/// handles share the entries, the loads in flight and the statistics; the cache is dropped
+/// with its last handle. The future of [`get_with`](Self::get_with) borrows the handle it
+/// was called on, so call it inside the task, on the task's own clone:
+///
+/// ```
+/// use deferred_cache::Cache;
+/// # tokio::runtime::Builder::new_multi_thread().build().unwrap().block_on(async {
+/// let cache: Cache<u64, String> = Cache::bounded(1_000);
+/// let tasks: Vec<_> = (0..4)
+///     .map(|_| {
+///         let cache = cache.clone();
+///         tokio::spawn(async move {
+///             cache.get_with(7, || async { Ok("seven".to_string()) }).await
+///         })
+///     })
+///     .collect();
+/// for task in tasks {
+///     assert_eq!(task.await.unwrap().unwrap(), "seven");
+/// }
+/// assert_eq!(cache.stats().loads_ok, 1); // the four tasks shared one load
+/// # });
+/// ```
+///
 /// ```
 /// use deferred_cache::Cache;
 /// # futures::executor::block_on(async {
@@ -84,11 +111,33 @@ pub(crate) type Weigher<K, V> = Box<dyn Fn(&K, &V) -> u32 + Send + Sync>;
 /// # });
 /// ```
 pub struct Cache<K, V, E = Infallible, S = RandomState> {
+    pub(crate) inner: Arc<Inner<K, V, E, S>>,
+}
+
+/// What the handles of one cache share.
+pub(crate) struct Inner<K, V, E, S> {
     pub(crate) map: Map<K, V, E, S>,
     policy: Option<Policy<K, V, E>>,
     weigher: Option<Weigher<K, V>>,
     listener: Option<Listener<K, V>>,
     pub(crate) counters: Arc<Counters>,
+}
+
+impl<K, V, E, S> Clone for Cache<K, V, E, S> {
+    /// Another handle to the same cache: one reference-count increment. Every handle sees
+    /// the same entries, loads and statistics; the cache goes when its last handle does.
+    ///
+    /// ```
+    /// let cache: deferred_cache::Cache<u8, u8> = deferred_cache::Cache::new();
+    /// let other = cache.clone();
+    /// other.insert(1, 10);
+    /// assert_eq!(cache.peek(&1), Some(10));
+    /// ```
+    fn clone(&self) -> Self {
+        Cache {
+            inner: Arc::clone(&self.inner),
+        }
+    }
 }
 
 impl<K, V, E> Cache<K, V, E, RandomState> {
@@ -144,11 +193,13 @@ impl<K, V, E, S> Cache<K, V, E, S> {
         let map = DeferredMap::with_capacity_and_hasher(initial_capacity, hasher);
         let policy = capacity.map(|c| Policy::new(c, map.shard_count()));
         Cache {
-            map,
-            policy,
-            weigher,
-            listener,
-            counters: Arc::new(Counters::new()),
+            inner: Arc::new(Inner {
+                map,
+                policy,
+                weigher,
+                listener,
+                counters: Arc::new(Counters::new()),
+            }),
         }
     }
 
@@ -160,7 +211,7 @@ impl<K, V, E, S> Cache<K, V, E, S> {
     /// assert_eq!(cache.capacity(), Some(5));
     /// ```
     pub fn capacity(&self) -> Option<u64> {
-        self.policy.as_ref().map(Policy::capacity)
+        self.inner.policy.as_ref().map(Policy::capacity)
     }
 
     /// The number of entries: values, and loads in flight. A snapshot.
@@ -171,7 +222,7 @@ impl<K, V, E, S> Cache<K, V, E, S> {
     /// assert_eq!(cache.len(), 1);
     /// ```
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.inner.map.len()
     }
 
     /// Whether the cache has no entries.
@@ -181,7 +232,7 @@ impl<K, V, E, S> Cache<K, V, E, S> {
     /// assert!(cache.is_empty());
     /// ```
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.inner.map.is_empty()
     }
 
     /// The weight of the values counted against capacity (their number when no weigher is
@@ -193,7 +244,7 @@ impl<K, V, E, S> Cache<K, V, E, S> {
     /// assert_eq!(cache.weighted_size(), Some(1));
     /// ```
     pub fn weighted_size(&self) -> Option<u64> {
-        self.policy.as_ref().map(Policy::weight)
+        self.inner.policy.as_ref().map(Policy::weight)
     }
 
     /// A snapshot of the counters.
@@ -203,7 +254,7 @@ impl<K, V, E, S> Cache<K, V, E, S> {
     /// assert_eq!(cache.stats().hits, 0);
     /// ```
     pub fn stats(&self) -> Stats {
-        self.counters.snapshot()
+        self.inner.counters.snapshot()
     }
 }
 
@@ -264,8 +315,8 @@ where
     pub fn get_if_present(&self, key: &K) -> Option<V> {
         let value = self.read(key);
         match value {
-            Some(_) => self.counters.hit(),
-            None => self.counters.miss(false),
+            Some(_) => self.inner.counters.hit(),
+            None => self.inner.counters.miss(false),
         }
         value
     }
@@ -280,7 +331,8 @@ where
     /// assert_eq!(cache.stats().hits, 0);
     /// ```
     pub fn peek(&self, key: &K) -> Option<V> {
-        self.map
+        self.inner
+            .map
             .try_get_with(key, |outcome| outcome.ok().map(|s| s.value.clone()))
             .flatten()
     }
@@ -297,7 +349,8 @@ where
     /// assert_eq!(cache.stats().hits, 0);
     /// ```
     pub fn peek_with<R>(&self, key: &K, f: impl FnOnce(&V) -> R) -> Option<R> {
-        self.map
+        self.inner
+            .map
             .try_get_with(key, |outcome| outcome.ok().map(|s| f(&s.value)))
             .flatten()
     }
@@ -310,7 +363,8 @@ where
     /// assert!(cache.contains_key(&1) && !cache.contains_key(&2));
     /// ```
     pub fn contains_key(&self, key: &K) -> bool {
-        self.map
+        self.inner
+            .map
             .try_get_with(key, |outcome| outcome.is_ok())
             .unwrap_or(false)
     }
@@ -329,10 +383,10 @@ where
         let weight = self.weigh(&key, &value);
         let cell = Cell::ready(Stored::new(value));
         let hash = self.hash(&key);
-        let old = self.map.insert(key.clone(), cell.clone());
+        let old = self.inner.map.insert(key.clone(), cell.clone());
         if let Some(old) = old {
             self.retire(hash, &old);
-            self.counters.invalidated(1);
+            self.inner.counters.invalidated(1);
             self.notify(&key, &old, RemovalCause::Replaced);
             drop(old);
         }
@@ -350,11 +404,11 @@ where
     /// assert!(!cache.invalidate(&1));
     /// ```
     pub fn invalidate(&self, key: &K) -> bool {
-        let Some(old) = self.map.remove(key) else {
+        let Some(old) = self.inner.map.remove(key) else {
             return false;
         };
         self.retire(self.hash(key), &old);
-        self.counters.invalidated(1);
+        self.inner.counters.invalidated(1);
         self.notify(key, &old, RemovalCause::Explicit);
         drop(old);
         true
@@ -374,14 +428,14 @@ where
         // Each value is taken off the policy's books only once it is out of the map, as
         // `invalidate` does: retired before, a load that completed and was admitted in
         // between would leave without being retired, its weight counted for good.
-        let gone = self.map.extract_if(|_, _| true);
+        let gone = self.inner.map.extract_if(|_, _| true);
         for (key, cell) in &gone {
             self.retire(self.hash(key), cell);
         }
-        if let Some(policy) = &self.policy {
+        if let Some(policy) = &self.inner.policy {
             policy.purge();
         }
-        self.counters.invalidated(gone.len() as u64);
+        self.inner.counters.invalidated(gone.len() as u64);
         for (key, cell) in &gone {
             self.notify(key, cell, RemovalCause::Explicit);
         }
@@ -403,8 +457,8 @@ where
     pub fn get_if_present_with<R>(&self, key: &K, f: impl FnOnce(&V) -> Option<R>) -> Option<R> {
         let found = self.read_with(key, f);
         match found {
-            Some(_) => self.counters.hit(),
-            None => self.counters.miss(false),
+            Some(_) => self.inner.counters.hit(),
+            None => self.inner.counters.miss(false),
         }
         found
     }
@@ -423,7 +477,7 @@ where
     pub fn hit_with<R>(&self, key: &K, f: impl FnOnce(&V) -> Option<R>) -> Option<R> {
         let found = self.read_with(key, f);
         if found.is_some() {
-            self.counters.hit();
+            self.inner.counters.hit();
         }
         found
     }
@@ -476,13 +530,13 @@ where
     pub fn replace_if(&self, key: &K, value: V, pred: impl FnOnce(&V) -> bool) -> bool {
         let weight = self.weigh(key, &value);
         let cell = Cell::ready(Stored::new(value));
-        let swapped = self.map.replace_if(key, cell.clone(), |old| {
+        let swapped = self.inner.map.replace_if(key, cell.clone(), |old| {
             old.get().is_some_and(|stored| pred(&stored.value))
         });
         let Ok(old) = swapped else { return false };
         let hash = self.hash(key);
         self.retire(hash, &old);
-        self.counters.invalidated(1);
+        self.inner.counters.invalidated(1);
         self.notify(key, &old, RemovalCause::Replaced);
         drop(old);
         self.admit(key.clone(), hash, &cell, weight);
@@ -490,15 +544,15 @@ where
     }
 
     fn remove_where(&self, key: &K, pred: impl FnOnce(&V) -> bool, cause: RemovalCause) -> bool {
-        let removed = self.map.remove_if(key, |cell| {
+        let removed = self.inner.map.remove_if(key, |cell| {
             cell.get().is_some_and(|stored| pred(&stored.value))
         });
         let Some(old) = removed else { return false };
         self.retire(self.hash(key), &old);
         if cause == RemovalCause::Expired {
-            self.counters.expired(1);
+            self.inner.counters.expired(1);
         } else {
-            self.counters.invalidated(1);
+            self.inner.counters.invalidated(1);
         }
         self.notify(key, &old, cause);
         drop(old);
@@ -512,9 +566,9 @@ where
     /// value finishes its bookkeeping and the rest of its removals, whatever the listener
     /// does, and the listener is called again for the next removal.
     fn notify(&self, key: &K, cell: &CacheCell<V, E>, cause: RemovalCause) {
-        if let (Some(listener), Some(stored)) = (&self.listener, cell.get()) {
+        if let (Some(listener), Some(stored)) = (&self.inner.listener, cell.get()) {
             if caught(|| listener(key, &stored.value, cause)).is_none() {
-                self.counters.listener_panicked();
+                self.inner.counters.listener_panicked();
             }
         }
     }
@@ -531,7 +585,8 @@ where
     /// `Some`.
     #[inline]
     fn read_with<R>(&self, key: &K, f: impl FnOnce(&V) -> Option<R>) -> Option<R> {
-        self.map
+        self.inner
+            .map
             .try_get_with(key, |outcome| match outcome {
                 Ok(stored) => {
                     let found = f(&stored.value);
@@ -549,11 +604,11 @@ where
     /// the caller refuses the value, whose weight is unknown). Without a capacity the
     /// weigher has no effect, and is not called.
     fn weigh(&self, key: &K, value: &V) -> Option<u32> {
-        match (&self.policy, &self.weigher) {
+        match (&self.inner.policy, &self.inner.weigher) {
             (Some(_), Some(weigher)) => {
                 let weight = caught(|| weigher(key, value));
                 if weight.is_none() {
-                    self.counters.weigher_panicked();
+                    self.inner.counters.weigher_panicked();
                 }
                 weight
             }
@@ -562,12 +617,12 @@ where
     }
 
     fn hash(&self, key: &K) -> u64 {
-        self.map.hasher().hash_one(key)
+        self.inner.map.hasher().hash_one(key)
     }
 
     /// Takes a value that left the map (invalidated or replaced) off the policy's books.
     fn retire(&self, hash: u64, old: &CacheCell<V, E>) {
-        if let Some(policy) = &self.policy {
+        if let Some(policy) = &self.inner.policy {
             policy.retire(hash, old);
         }
     }
@@ -577,7 +632,7 @@ where
     /// admits it, if it is still the key's value.
     pub(crate) fn admit_loaded(&self, key: K, cell: &CacheCell<V, E>) {
         let Some(stored) = cell.get() else { return };
-        if self.policy.is_none() || !Policy::<K, V, E>::needs_admission(&stored.meta) {
+        if self.inner.policy.is_none() || !Policy::<K, V, E>::needs_admission(&stored.meta) {
             return;
         }
         let weight = self.weigh(&key, &stored.value);
@@ -586,11 +641,13 @@ where
     }
 
     fn admit(&self, key: K, hash: u64, cell: &CacheCell<V, E>, weight: Option<u32>) {
-        let Some(policy) = &self.policy else { return };
+        let Some(policy) = &self.inner.policy else {
+            return;
+        };
         let Some(stored) = cell.get() else { return };
         // Still the value at `key`? An invalidate or insert may have replaced it; one that
         // does so after this check retires it under the policy lock, which `admit` sees.
-        let current = self.map.try_get_with(
+        let current = self.inner.map.try_get_with(
             &key,
             |outcome| matches!(outcome, Ok(s) if core::ptr::eq(s, stored)),
         );
@@ -602,14 +659,17 @@ where
         let mut removed = 0;
         for out in &evicted {
             if let (true, Some(cell)) = (out.victim, &out.cell) {
-                let gone = self.map.remove_if(&out.node.key, |c| Cell::ptr_eq(c, cell));
+                let gone = self
+                    .inner
+                    .map
+                    .remove_if(&out.node.key, |c| Cell::ptr_eq(c, cell));
                 if gone.is_some() {
                     removed += 1;
                     self.notify(&out.node.key, cell, RemovalCause::Size);
                 }
             }
         }
-        self.counters.evicted(removed);
+        self.inner.counters.evicted(removed);
         // Keys and values are dropped here, with no lock held.
         drop(evicted);
     }
@@ -687,9 +747,9 @@ impl Drop for LoadWatch {
 impl<K, V, E, S> fmt::Debug for Cache<K, V, E, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Cache")
-            .field("len", &self.map.len())
-            .field("policy", &self.policy)
-            .field("stats", &self.counters.snapshot())
+            .field("len", &self.inner.map.len())
+            .field("policy", &self.inner.policy)
+            .field("stats", &self.inner.counters.snapshot())
             .finish_non_exhaustive()
     }
 }

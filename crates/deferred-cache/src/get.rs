@@ -157,7 +157,7 @@ where
         if let State::Start { key, .. } = &self.state {
             // The hit path reads through a reference: nothing moves.
             if let Some(value) = cache.read(key) {
-                cache.counters.hit();
+                cache.inner.counters.hit();
                 self.state = State::Done;
                 return Poll::Ready((Ok(value), Source::Hit));
             }
@@ -165,8 +165,9 @@ where
             else {
                 unreachable!("matched above");
             };
-            let counters = Arc::clone(&cache.counters);
+            let counters = Arc::clone(&cache.inner.counters);
             let get = cache
+                .inner
                 .map
                 .get_or_add_with(key.clone(), || load(loader.start(&key), counters));
             let source = if get.added() {
@@ -174,7 +175,7 @@ where
             } else {
                 Source::Joined
             };
-            cache.counters.miss(source == Source::Joined);
+            cache.inner.counters.miss(source == Source::Joined);
             self.state = State::Wait { get, key, source };
         }
         let State::Wait { get, source, .. } = &mut self.state else {
