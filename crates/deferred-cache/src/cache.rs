@@ -404,14 +404,137 @@ where
     /// assert!(!cache.invalidate(&1));
     /// ```
     pub fn invalidate(&self, key: &K) -> bool {
-        let Some(old) = self.inner.map.remove(key) else {
-            return false;
-        };
+        self.remove_entry(key).is_some()
+    }
+
+    /// Removes the entry at `key` and returns its value: [`invalidate`](Self::invalidate)
+    /// that gives back what it removed (a clone: other holders of the value, such as a
+    /// caller of the load that produced it, may still see it). Counted and told to the
+    /// listener as `invalidate` is ([`RemovalCause::Explicit`]).
+    ///
+    /// A load in flight for `key` has no value yet: `remove` returns `None` for it, but
+    /// removes it all the same, as `invalidate` does: the load goes on for the callers
+    /// already waiting on it (they get its value), its value is not stored, and the next
+    /// read loads afresh.
+    ///
+    /// ```
+    /// let cache: deferred_cache::Cache<u8, String> = deferred_cache::Cache::new();
+    /// cache.insert(1, "one".to_string());
+    /// assert_eq!(cache.remove(&1), Some("one".to_string()));
+    /// assert_eq!(cache.remove(&1), None);
+    /// assert_eq!(cache.stats().invalidated, 1);
+    /// ```
+    pub fn remove(&self, key: &K) -> Option<V> {
+        let old = self.remove_entry(key)?;
+        let value = old.get().map(|stored| stored.value.clone());
+        drop(old);
+        value
+    }
+
+    /// Removes the entry at `key`, value or load in flight, with the books kept; returns
+    /// its cell.
+    fn remove_entry(&self, key: &K) -> Option<CacheCell<V, E>> {
+        let old = self.inner.map.remove(key)?;
         self.retire(self.hash(key), &old);
         self.inner.counters.invalidated(1);
         self.notify(key, &old, RemovalCause::Explicit);
-        drop(old);
-        true
+        Some(old)
+    }
+
+    /// The loaded entries, as `(key, value)` clones, without counting reads or recording
+    /// uses. Loads in flight are skipped.
+    ///
+    /// **Weakly consistent**, as the iterators of concurrent maps are: the entries are
+    /// copied one shard at a time, each shard under its read lock for as long as cloning its
+    /// keys and value handles takes, so the result is not one instant of the whole cache.
+    /// An entry present for the whole call is seen exactly once; one inserted, replaced or
+    /// removed meanwhile may or may not be. No key is seen twice.
+    ///
+    /// Why a snapshot and not a lazy iterator over the live tables: no lock is held while
+    /// the caller works through the entries (it may touch the cache, block or await in its
+    /// loop), and a slow consumer holds no writer up. The cost is one copy of the entries,
+    /// which the cheap clones this cache asks of values (wrap large ones in `Arc`) keep
+    /// small. [`Iter`] is its own type, so that a lazier walk can come without an API
+    /// change.
+    ///
+    /// ```
+    /// let cache: deferred_cache::Cache<u8, u8> = deferred_cache::Cache::new();
+    /// cache.insert(1, 10);
+    /// cache.insert(2, 20);
+    /// let mut all: Vec<(u8, u8)> = cache.iter().collect();
+    /// all.sort();
+    /// assert_eq!(all, [(1, 10), (2, 20)]);
+    /// assert_eq!(cache.stats().hits, 0);
+    /// ```
+    pub fn iter(&self) -> Iter<K, V> {
+        let mut entries = Vec::new();
+        // `extract_if` hands each shard's snapshot to the closure with no lock held;
+        // saying `false` to every entry removes nothing.
+        let removed = self.inner.map.extract_if(|key, cell| {
+            if let Some(stored) = cell.get() {
+                entries.push((key.clone(), stored.value.clone()));
+            }
+            false
+        });
+        debug_assert!(removed.is_empty());
+        Iter {
+            entries: entries.into_iter(),
+        }
+    }
+
+    /// Keeps only the loaded values for which `keep(key, value)` says `true`; removes the
+    /// others as [`invalidate`](Self::invalidate) does (counted in [`Stats::invalidated`],
+    /// told to the listener as [`RemovalCause::Explicit`]). Loads in flight are not values:
+    /// they are kept, and `keep` is not called for them.
+    ///
+    /// `keep` runs with no lock held, on a snapshot of each shard (weakly consistent, as
+    /// [`iter`](Self::iter)): a value replaced after `keep` saw it is not removed.
+    ///
+    /// ```
+    /// let cache: deferred_cache::Cache<u8, u8> = deferred_cache::Cache::new();
+    /// for k in 0..10 {
+    ///     cache.insert(k, k * 10);
+    /// }
+    /// cache.retain(|_, v| *v >= 50);
+    /// assert_eq!(cache.len(), 5);
+    /// assert_eq!(cache.stats().invalidated, 5);
+    /// ```
+    ///
+    /// [`Stats::invalidated`]: crate::Stats::invalidated
+    pub fn retain(&self, mut keep: impl FnMut(&K, &V) -> bool) {
+        self.invalidate_entries_if(|k, v| !keep(k, v));
+    }
+
+    /// Removes the loaded values for which `pred(key, value)` says `true`, as
+    /// [`invalidate`](Self::invalidate) does (counted in [`Stats::invalidated`], told as
+    /// [`RemovalCause::Explicit`]); returns how many it removed. Loads in flight are not
+    /// values: they stay, and `pred` is not called for them. `pred` runs with no lock held,
+    /// on a snapshot of each shard, as in [`retain`](Self::retain).
+    ///
+    /// ```
+    /// let cache: deferred_cache::Cache<String, u32> = deferred_cache::Cache::new();
+    /// cache.insert("user:1".into(), 1);
+    /// cache.insert("user:2".into(), 2);
+    /// cache.insert("team:1".into(), 1);
+    /// assert_eq!(cache.invalidate_entries_if(|k, _| k.starts_with("user:")), 2);
+    /// assert_eq!(cache.len(), 1);
+    /// ```
+    ///
+    /// [`Stats::invalidated`]: crate::Stats::invalidated
+    pub fn invalidate_entries_if(&self, mut pred: impl FnMut(&K, &V) -> bool) -> usize {
+        let gone = self
+            .inner
+            .map
+            .extract_if(|key, cell| cell.get().is_some_and(|stored| pred(key, &stored.value)));
+        // As in `invalidate_all`: off the policy's books once out of the map.
+        for (key, cell) in &gone {
+            self.retire(self.hash(key), cell);
+        }
+        self.inner.counters.invalidated(gone.len() as u64);
+        for (key, cell) in &gone {
+            self.notify(key, cell, RemovalCause::Explicit);
+        }
+        gone.len()
     }
 
     /// Removes every entry. Loads in flight go on for the callers already waiting on them;
@@ -741,6 +864,42 @@ impl Drop for LoadWatch {
             // Dropped after it started, before it ended: every caller went away.
             self.counters.load(Outcome::Cancelled, None);
         }
+    }
+}
+
+/// The entries of a cache, from [`Cache::iter`]: `(key, value)` clones from a weakly
+/// consistent snapshot. It holds no lock and no reference to the cache.
+///
+/// ```
+/// let cache: deferred_cache::Cache<u8, u8> = deferred_cache::Cache::new();
+/// cache.insert(1, 10);
+/// let iter = cache.iter();
+/// cache.invalidate_all(); // the snapshot is the caller's
+/// assert_eq!(iter.collect::<Vec<_>>(), [(1, 10)]);
+/// ```
+pub struct Iter<K, V> {
+    entries: std::vec::IntoIter<(K, V)>,
+}
+
+impl<K, V> Iterator for Iter<K, V> {
+    type Item = (K, V);
+
+    fn next(&mut self) -> Option<(K, V)> {
+        self.entries.next()
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.entries.size_hint()
+    }
+}
+
+impl<K, V> ExactSizeIterator for Iter<K, V> {}
+
+impl<K, V> core::iter::FusedIterator for Iter<K, V> {}
+
+impl<K: fmt::Debug, V: fmt::Debug> fmt::Debug for Iter<K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.entries.as_slice()).finish()
     }
 }
 

@@ -14,7 +14,7 @@ mod reentrancy;
 mod stats;
 
 pub use builder::Builder;
-pub use cache::Cache;
+pub use cache::{Cache, Iter};
 pub use error::LoadError;
 pub use get::{GetWith, Loader, Source, WithSource};
 pub use listener::RemovalCause;

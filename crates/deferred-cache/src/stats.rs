@@ -49,8 +49,8 @@ pub struct Stats {
     ///
     /// [`RemovalCause::Size`]: crate::RemovalCause::Size
     pub evicted: u64,
-    /// Entries removed by `invalidate`, `invalidate_all` or `invalidate_if`, or replaced by
-    /// `insert` or `replace_if`.
+    /// Entries removed by `invalidate`, `remove`, `invalidate_all`, `invalidate_if`,
+    /// `retain` or `invalidate_entries_if`, or replaced by `insert` or `replace_if`.
     pub invalidated: u64,
     /// Entries removed by `expire_if` (a layer's expiry, such as `deferred-expiring`'s).
     pub expired: u64,

@@ -6,8 +6,11 @@
 
 mod common;
 
-use common::{Gate, Runs};
-use deferred_cache::{Cache, LoadingCache, Source};
+use std::sync::{Arc, Mutex};
+
+use common::{poll_once, Gate, Runs};
+use deferred_cache::{Cache, LoadingCache, RemovalCause, Source};
+use futures::executor::block_on;
 
 /// Fails to compile unless `T` can be spawned.
 fn assert_send_static<T: Send + 'static>(t: T) -> T {
@@ -84,4 +87,153 @@ fn clones_share_entries_stats_and_capacity() {
     assert_eq!(cache.stats().evicted, 1);
     drop(cache); // the last handle keeps the cache
     assert_eq!(other.peek(&3), Some(30));
+}
+
+// ---------------------------------------------------------------------------------------
+// 2. `remove` returns the value.
+// ---------------------------------------------------------------------------------------
+
+type Log = Arc<Mutex<Vec<(u64, u64, RemovalCause)>>>;
+
+/// A bounded cache with a listener that logs every removal.
+fn logged(capacity: u64) -> (Cache<u64, u64, String>, Log) {
+    let log: Log = Arc::default();
+    let sink = Arc::clone(&log);
+    let cache = Cache::builder()
+        .max_capacity(capacity)
+        .eviction_listener(move |k: &u64, v: &u64, cause| {
+            sink.lock().unwrap().push((*k, *v, cause))
+        })
+        .build();
+    (cache, log)
+}
+
+#[test]
+fn remove_returns_the_value_and_keeps_the_books_as_invalidate_does() {
+    let (cache, log) = logged(10);
+    cache.insert(1, 10);
+    cache.insert(2, 20);
+    assert_eq!(cache.remove(&1), Some(10));
+    assert_eq!(cache.remove(&1), None);
+    assert_eq!((cache.len(), cache.weighted_size()), (1, Some(1)));
+    assert_eq!(cache.stats().invalidated, 1);
+    assert_eq!(*log.lock().unwrap(), [(1, 10, RemovalCause::Explicit)]);
+}
+
+#[test]
+fn remove_of_a_load_in_flight_returns_none_and_the_load_is_not_stored() {
+    let (cache, log) = logged(10);
+    let gate = Gate::new();
+    let runs = Runs::default();
+    let mut get = cache.get_with(1, || runs.gated(&gate, 7));
+    assert!(poll_once(&mut get).is_pending());
+    assert_eq!(cache.remove(&1), None, "a load in flight has no value yet");
+    assert!(cache.is_empty(), "the load was not removed");
+    gate.open();
+    assert_eq!(block_on(get), Ok(7), "its caller still gets its value");
+    assert_eq!(cache.peek(&1), None, "the removed load's value was stored");
+    assert_eq!((cache.len(), cache.weighted_size()), (0, Some(0)));
+    assert_eq!(cache.stats().invalidated, 1);
+    assert!(log.lock().unwrap().is_empty(), "a load is not a value");
+}
+
+// ---------------------------------------------------------------------------------------
+// 3. Iteration and bulk removal.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn iter_yields_loaded_entries_once_skips_loads_and_counts_nothing() {
+    let cache: Cache<u64, u64, String> = Cache::bounded(100);
+    for k in 0..50 {
+        cache.insert(k, k * 10);
+    }
+    let gate = Gate::new();
+    let runs = Runs::default();
+    let mut get = cache.get_with(1000, || runs.gated(&gate, 1));
+    assert!(poll_once(&mut get).is_pending());
+    let iter = cache.iter();
+    assert_eq!(iter.len(), 50);
+    let mut all: Vec<(u64, u64)> = iter.collect();
+    all.sort_unstable();
+    assert_eq!(all, (0..50).map(|k| (k, k * 10)).collect::<Vec<_>>());
+    let stats = cache.stats();
+    assert_eq!((stats.hits, stats.misses), (0, 1), "iter counted reads");
+    gate.open();
+    assert_eq!(block_on(get), Ok(1));
+}
+
+#[test]
+fn iter_holds_no_lock_while_the_caller_works() {
+    let cache: Cache<u64, u64> = Cache::new();
+    for k in 0..100 {
+        cache.insert(k, k);
+    }
+    let mut seen = 0;
+    for (k, v) in cache.iter() {
+        // Writes to the same shards from inside the loop: a held lock would deadlock.
+        cache.insert(k + 1000, v);
+        assert!(cache.invalidate(&k));
+        seen += 1;
+    }
+    assert_eq!(seen, 100);
+    assert_eq!(cache.len(), 100);
+    assert!(cache.iter().all(|(k, v)| k == v + 1000));
+}
+
+#[test]
+fn retain_and_invalidate_entries_if_keep_the_books_as_invalidate_does() {
+    let (cache, log) = logged(100);
+    for k in 0..10 {
+        cache.insert(k, k);
+    }
+    let gate = Gate::new();
+    let runs = Runs::default();
+    let mut get = cache.get_with(99, || runs.gated(&gate, 99));
+    assert!(poll_once(&mut get).is_pending());
+    let mut asked = Vec::new();
+    cache.retain(|k, _| {
+        asked.push(*k);
+        k % 2 == 0
+    });
+    asked.sort_unstable();
+    assert_eq!(asked, (0..10).collect::<Vec<_>>(), "asked about a load");
+    assert_eq!(cache.invalidate_entries_if(|k, _| *k >= 6), 2);
+    assert_eq!(cache.invalidate_entries_if(|_, _| false), 0);
+    let mut left: Vec<u64> = cache.iter().map(|(k, _)| k).collect();
+    left.sort_unstable();
+    assert_eq!(left, [0, 2, 4]);
+    assert_eq!(cache.len(), 4, "the load in flight was removed");
+    assert_eq!(cache.weighted_size(), Some(3));
+    assert_eq!(cache.stats().invalidated, 7);
+    let mut told = log.lock().unwrap().clone();
+    told.sort_unstable_by_key(|&(k, _, _)| k);
+    let expected: Vec<_> = [1, 3, 5, 6, 7, 8, 9]
+        .into_iter()
+        .map(|k| (k, k, RemovalCause::Explicit))
+        .collect();
+    assert_eq!(told, expected);
+    // The load kept goes on, and its value is stored.
+    gate.open();
+    assert_eq!(block_on(get), Ok(99));
+    assert_eq!(cache.peek(&99), Some(99));
+    assert_eq!(cache.weighted_size(), Some(4));
+}
+
+#[test]
+fn the_predicate_of_a_bulk_removal_may_use_the_cache() {
+    let cache: Cache<u64, u64> = Cache::bounded(100);
+    for k in 0..20 {
+        cache.insert(k, k);
+    }
+    // Runs with no lock held: reading and writing the cache from inside it does not
+    // deadlock, and a value replaced after the predicate saw it is not removed.
+    let removed = cache.invalidate_entries_if(|k, _| {
+        if *k == 3 {
+            cache.insert(3, 300);
+        }
+        cache.peek(k).is_some()
+    });
+    assert_eq!(removed, 19);
+    assert_eq!(cache.iter().collect::<Vec<_>>(), [(3, 300)]);
+    assert_eq!(cache.weighted_size(), Some(1));
 }
