@@ -14,7 +14,8 @@ use std::{
 use deferred_map::{Cell, DeferredMap};
 
 use crate::{
-    get::GetWith,
+    error::Failure,
+    get::{GetWith, OptionallyGetWith},
     listener::Listener,
     policy::{CacheCell, Evicted, Meta, Node, Policy},
     stats::{Counters, Outcome, Stats},
@@ -50,7 +51,7 @@ impl<V> Stored<V> {
     }
 }
 
-pub(crate) type Map<K, V, E, S> = DeferredMap<K, Stored<V>, Arc<E>, S>;
+pub(crate) type Map<K, V, E, S> = DeferredMap<K, Stored<V>, Failure<E>, S>;
 
 /// How much of the capacity a value takes.
 pub(crate) type Weigher<K, V> = Box<dyn Fn(&K, &V) -> u32 + Send + Sync>;
@@ -300,6 +301,88 @@ where
         Fut: Future<Output = Result<V, E>> + Send + 'static,
     {
         GetWith::new(self, key, loader)
+    }
+
+    /// The value at `key`, loading it with `loader` on a miss, where the loader may find no
+    /// value: `Ok(None)` then, and nothing is cached (the next read loads again), as for an
+    /// error. Single flight holds as in [`get_with`](Self::get_with): callers that miss the
+    /// key at once share one load, and every one of them gets its `None` too.
+    ///
+    /// Loads are shared by key whichever method started them: an `optionally_get_with`
+    /// caller that joins a `get_with` load gets its value or error; a `get_with` (or
+    /// `LoadingCache::get`) caller that joins an optional load that finds nothing gets
+    /// [`LoadError::NotFound`](crate::LoadError::NotFound), since it cannot return `None`.
+    /// Loads that found nothing are counted in [`Stats::loads_empty`].
+    ///
+    /// ```
+    /// use deferred_cache::Cache;
+    /// # futures::executor::block_on(async {
+    /// let users: Cache<u32, String> = Cache::new();
+    /// let find = |id: u32| async move { (id < 100).then(|| format!("user {id}")) };
+    /// assert_eq!(users.optionally_get_with(7, || find(7)).await, Ok(Some("user 7".into())));
+    /// assert_eq!(users.optionally_get_with(700, || find(700)).await, Ok(None));
+    /// assert!(!users.contains_key(&700)); // not cached: the next read looks again
+    /// assert_eq!(users.stats().loads_empty, 1);
+    /// # });
+    /// ```
+    ///
+    /// [`Stats::loads_empty`]: crate::Stats::loads_empty
+    pub fn optionally_get_with<F, Fut>(
+        &self,
+        key: K,
+        loader: F,
+    ) -> OptionallyGetWith<'_, K, V, E, S, F>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Option<V>> + Send + 'static,
+    {
+        OptionallyGetWith::new(self, key, loader)
+    }
+
+    /// The value at `key`, or, if there is none, the value `make` returns, stored
+    /// atomically: for synchronous code that must insert only if absent. Never waits.
+    /// Counts a hit or a miss, as [`get_with`](Self::get_with) does.
+    ///
+    /// `make` runs only on a miss, with no lock held; then its value is stored unless a
+    /// value came meanwhile, in which case that value is returned and `make`'s is dropped.
+    ///
+    /// **A load in flight** for `key` is not waited for (synchronous code cannot wait for
+    /// it without risking a deadlock: the load may need this very thread to run). `make`'s
+    /// value settles the key instead: it is stored, and it is what the load's callers get
+    /// too, at once, so that every caller of the key agrees on one value. The load is
+    /// dropped unfinished (counted in [`Stats::loads_cancelled`] if it had started).
+    ///
+    /// (In the rare race where the value that came meanwhile is removed again before it is
+    /// read, `make`'s value is returned without being stored.)
+    ///
+    /// ```
+    /// let cache: deferred_cache::Cache<u8, String> = deferred_cache::Cache::new();
+    /// assert_eq!(cache.get_or_insert_with(1, || "first".into()), "first");
+    /// assert_eq!(cache.get_or_insert_with(1, || unreachable!()), "first");
+    /// assert_eq!((cache.stats().hits, cache.stats().misses), (1, 1));
+    /// ```
+    ///
+    /// [`Stats::loads_cancelled`]: crate::Stats::loads_cancelled
+    pub fn get_or_insert_with(&self, key: K, make: impl FnOnce() -> V) -> V {
+        if let Some(value) = self.read(&key) {
+            self.inner.counters.hit();
+            return value;
+        }
+        self.inner.counters.miss(false);
+        let value = make();
+        // `add_value` stores into an absent key, or completes a pending cell there (a load
+        // in flight, whose computation it then drops); it refuses a complete one.
+        if self
+            .inner
+            .map
+            .add_value(key.clone(), Stored::new(value.clone()))
+        {
+            if let Some(cell) = self.inner.map.cell_if_present(&key) {
+                self.admit_loaded(key, &cell);
+            }
+            return value;
+        }
+        self.peek(&key).unwrap_or(value)
     }
 
     /// The value at `key` if it is present and loaded, counting a hit or a miss and
@@ -814,13 +897,14 @@ fn caught<R>(f: impl FnOnce() -> R) -> Option<R> {
     }
 }
 
-/// The future stored in an entry: the user's load, with the counters kept.
+/// The future stored in an entry: the user's load (its error already a `Failure`), with
+/// the counters kept.
 pub(crate) fn load<V, E, Fut>(
     fut: Fut,
     counters: Arc<Counters>,
-) -> impl Future<Output = Result<Stored<V>, Arc<E>>> + Send + 'static
+) -> impl Future<Output = Result<Stored<V>, Failure<E>>> + Send + 'static
 where
-    Fut: Future<Output = Result<V, E>> + Send + 'static,
+    Fut: Future<Output = Result<V, Failure<E>>> + Send + 'static,
     V: Send + 'static,
     E: Send + Sync + 'static,
 {
@@ -832,12 +916,12 @@ where
         let mut watch = watch;
         watch.started = Some(Instant::now());
         let result = fut.await;
-        watch.finish(if result.is_ok() {
-            Outcome::Ok
-        } else {
-            Outcome::Failed
+        watch.finish(match &result {
+            Ok(_) => Outcome::Ok,
+            Err(Failure::Error(_)) => Outcome::Failed,
+            Err(Failure::Absent) => Outcome::Absent,
         });
-        result.map(Stored::new).map_err(Arc::new)
+        result.map(Stored::new)
     }
 }
 

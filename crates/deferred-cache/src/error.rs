@@ -32,6 +32,45 @@ pub enum LoadError<E> {
     /// running it: a wait that could never end. The loader gets this instead of a deadlock;
     /// whatever it then returns becomes the load's outcome.
     Reentrant,
+    /// This caller joined a load started by
+    /// [`optionally_get_with`](crate::Cache::optionally_get_with), whose loader found no
+    /// value (`None`). Only a caller that does not expect `None` (`get_with`, `get`) and
+    /// joined such a load sees this; an `optionally_get_with` caller gets `Ok(None)`.
+    /// Nothing was cached: the next read loads again.
+    NotFound,
+}
+
+/// How a load that produced no value ended, as kept in its cell: the loader's error, or
+/// `None` from an optional loader. Cloned for each waiter (an `Arc` clone at most).
+pub(crate) enum Failure<E> {
+    Error(Arc<E>),
+    Absent,
+}
+
+impl<E> Failure<E> {
+    pub(crate) fn error(error: E) -> Self {
+        Failure::Error(Arc::new(error))
+    }
+}
+
+impl<E> Clone for Failure<E> {
+    fn clone(&self) -> Self {
+        match self {
+            Failure::Error(e) => Failure::Error(Arc::clone(e)),
+            Failure::Absent => Failure::Absent,
+        }
+    }
+}
+
+impl<E> From<deferred_core::Error<Failure<E>>> for LoadError<E> {
+    fn from(error: deferred_core::Error<Failure<E>>) -> Self {
+        match error {
+            deferred_core::Error::Failed(Failure::Error(e)) => LoadError::Failed(e),
+            deferred_core::Error::Failed(Failure::Absent) => LoadError::NotFound,
+            deferred_core::Error::Panicked => LoadError::Panicked,
+            deferred_core::Error::Cancelled => LoadError::Cancelled,
+        }
+    }
 }
 
 impl<E> LoadError<E> {
@@ -78,6 +117,7 @@ impl<E> Clone for LoadError<E> {
             LoadError::Panicked => LoadError::Panicked,
             LoadError::Cancelled => LoadError::Cancelled,
             LoadError::Reentrant => LoadError::Reentrant,
+            LoadError::NotFound => LoadError::NotFound,
         }
     }
 }
@@ -88,7 +128,8 @@ impl<E: PartialEq> PartialEq for LoadError<E> {
             (LoadError::Failed(a), LoadError::Failed(b)) => a == b,
             (LoadError::Panicked, LoadError::Panicked)
             | (LoadError::Cancelled, LoadError::Cancelled)
-            | (LoadError::Reentrant, LoadError::Reentrant) => true,
+            | (LoadError::Reentrant, LoadError::Reentrant)
+            | (LoadError::NotFound, LoadError::NotFound) => true,
             _ => false,
         }
     }
@@ -103,6 +144,7 @@ impl<E: fmt::Debug> fmt::Debug for LoadError<E> {
             LoadError::Panicked => f.write_str("Panicked"),
             LoadError::Cancelled => f.write_str("Cancelled"),
             LoadError::Reentrant => f.write_str("Reentrant"),
+            LoadError::NotFound => f.write_str("NotFound"),
         }
     }
 }
@@ -115,6 +157,9 @@ impl<E: fmt::Display> fmt::Display for LoadError<E> {
             LoadError::Cancelled => f.write_str("the load was cancelled"),
             LoadError::Reentrant => {
                 f.write_str("the loader awaited its own key (that wait could never end)")
+            }
+            LoadError::NotFound => {
+                f.write_str("the optional load this caller joined found no value")
             }
         }
     }

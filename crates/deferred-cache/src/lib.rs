@@ -16,7 +16,7 @@ mod stats;
 pub use builder::Builder;
 pub use cache::{Cache, Iter};
 pub use error::LoadError;
-pub use get::{GetWith, Loader, Source, WithSource};
+pub use get::{GetWith, Loader, OptionallyGetWith, Source, WithSource};
 pub use listener::RemovalCause;
 pub use loading::{Get, LoadingCache, SharedLoader};
 pub use stats::Stats;

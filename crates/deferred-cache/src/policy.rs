@@ -29,7 +29,7 @@
 //!
 //! Only one shard lock is held at a time.
 
-use std::{collections::VecDeque, fmt, sync::Arc};
+use std::{collections::VecDeque, fmt};
 
 use crossbeam_utils::CachePadded;
 use deferred_core::{sync::SpinMutex, WeakLazy};
@@ -38,6 +38,7 @@ use hashbrown::HashTable;
 
 use crate::{
     cache::Stored,
+    error::Failure,
     loom::{AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed},
 };
 
@@ -98,7 +99,7 @@ impl fmt::Debug for Meta {
 }
 
 /// The cells of a cache's map.
-pub(crate) type CacheCell<V, E> = Cell<Stored<V>, Arc<E>>;
+pub(crate) type CacheCell<V, E> = Cell<Stored<V>, Failure<E>>;
 
 /// A queued entry: its key, and a weak handle to its cell, so that a value removed from the
 /// map is dropped at once, not when its node comes round.
@@ -106,7 +107,7 @@ pub(crate) struct Node<K, V, E> {
     pub(crate) key: K,
     pub(crate) hash: u64,
     weight: u64,
-    cell: WeakLazy<Stored<V>, Arc<E>>,
+    cell: WeakLazy<Stored<V>, Failure<E>>,
 }
 
 impl<K, V, E> Node<K, V, E> {

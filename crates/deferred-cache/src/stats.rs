@@ -27,11 +27,12 @@ use crate::loom::{AtomicU64, Ordering::Relaxed};
 pub struct Stats {
     /// Reads that found a value.
     pub hits: u64,
-    /// Reads that found no value: `get_with` / `get` calls that started or joined a load,
-    /// and `get_if_present` calls that came back empty.
+    /// Reads that found no value: `get_with` / `get` / `optionally_get_with` calls that
+    /// started or joined a load, `get_or_insert_with` calls that inserted, and
+    /// `get_if_present` calls that came back empty.
     pub misses: u64,
     /// Misses that joined a load another caller had started, so that misses − coalesced =
-    /// loads started + empty `get_if_present` calls.
+    /// loads started + `get_or_insert_with` misses + empty `get_if_present` calls.
     pub coalesced: u64,
     /// Loads that produced a value.
     pub loads_ok: u64,
@@ -39,8 +40,13 @@ pub struct Stats {
     pub loads_failed: u64,
     /// Loads whose loader panicked.
     pub loads_panicked: u64,
-    /// Loads dropped before they finished, because every caller waiting on them went away.
+    /// Loads dropped before they finished, because every caller waiting on them went away
+    /// (or a value stored by [`get_or_insert_with`](crate::Cache::get_or_insert_with)
+    /// resolved them first).
     pub loads_cancelled: u64,
+    /// Loads of [`optionally_get_with`](crate::Cache::optionally_get_with) whose loader
+    /// found no value (`None`).
+    pub loads_empty: u64,
     /// Time spent in loaders that finished (value, error or panic), summed, from first poll
     /// to the end.
     pub load_time: Duration,
@@ -82,14 +88,18 @@ impl Stats {
         }
     }
 
-    /// Loads that ran to an end or were dropped: ok + failed + panicked + cancelled.
+    /// Loads that ran to an end or were dropped: ok + failed + panicked + cancelled + empty.
     ///
     /// ```
     /// let stats = deferred_cache::Stats::default();
     /// assert_eq!(stats.loads(), 0);
     /// ```
     pub fn loads(&self) -> u64 {
-        self.loads_ok + self.loads_failed + self.loads_panicked + self.loads_cancelled
+        self.loads_ok
+            + self.loads_failed
+            + self.loads_panicked
+            + self.loads_cancelled
+            + self.loads_empty
     }
 }
 
@@ -100,6 +110,7 @@ pub(crate) enum Outcome {
     Failed,
     Panicked,
     Cancelled,
+    Absent,
 }
 
 /// The read-path counters of one stripe.
@@ -116,7 +127,7 @@ struct Stripe {
 pub(crate) struct Counters {
     /// `SLOTS` owned stripes, then one shared stripe for threads beyond them.
     stripes: Box<[CachePadded<Stripe>]>,
-    loads: [AtomicU64; 4],
+    loads: [AtomicU64; 5],
     load_nanos: AtomicU64,
     evicted: AtomicU64,
     invalidated: AtomicU64,
@@ -259,6 +270,7 @@ impl Counters {
             loads_failed: load(Outcome::Failed),
             loads_panicked: load(Outcome::Panicked),
             loads_cancelled: load(Outcome::Cancelled),
+            loads_empty: load(Outcome::Absent),
             load_time: Duration::from_nanos(self.load_nanos.load(Relaxed)),
             evicted: self.evicted.load(Relaxed),
             invalidated: self.invalidated.load(Relaxed),

@@ -9,7 +9,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 
 use common::{poll_once, Gate, Runs};
-use deferred_cache::{Cache, LoadingCache, RemovalCause, Source};
+use deferred_cache::{Cache, LoadError, LoadingCache, RemovalCause, Source};
 use futures::executor::block_on;
 
 /// Fails to compile unless `T` can be spawned.
@@ -236,4 +236,120 @@ fn the_predicate_of_a_bulk_removal_may_use_the_cache() {
     assert_eq!(removed, 19);
     assert_eq!(cache.iter().collect::<Vec<_>>(), [(3, 300)]);
     assert_eq!(cache.weighted_size(), Some(1));
+}
+
+// ---------------------------------------------------------------------------------------
+// 4. Optional loads and insert-if-absent.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn an_optional_load_that_finds_nothing_reaches_every_waiter_and_is_not_cached() {
+    let cache: Cache<u64, u64, String> = Cache::bounded(10);
+    let gate = Gate::new();
+    let runs = Runs::default();
+    let found = |runs: &Runs, gate: &Gate| {
+        let load = runs.gated::<_, ()>(gate, ());
+        || async move { load.await.ok().and(None::<u64>) }
+    };
+    let mut a = cache.optionally_get_with(1, found(&runs, &gate));
+    let mut b = cache.optionally_get_with(1, found(&runs, &gate));
+    assert!(poll_once(&mut a).is_pending() && poll_once(&mut b).is_pending());
+    gate.open();
+    assert_eq!((block_on(a), block_on(b)), (Ok(None), Ok(None)));
+    assert_eq!(runs.started(), 1, "single flight broke");
+    assert!(cache.is_empty(), "`None` was cached");
+    let stats = cache.stats();
+    assert_eq!(
+        (stats.loads_empty, stats.loads_ok, stats.coalesced),
+        (1, 0, 1)
+    );
+    assert_eq!(stats.loads(), 1);
+    // Not cached: the next read loads again, and a value found is cached.
+    let got = block_on(cache.optionally_get_with(1, || async { Some(5) }));
+    assert_eq!(got, Ok(Some(5)));
+    assert_eq!((cache.peek(&1), cache.weighted_size()), (Some(5), Some(1)));
+    let hit = block_on(cache.optionally_get_with(1, || async { unreachable!() }));
+    assert_eq!(hit, Ok(Some(5)));
+}
+
+#[test]
+fn loads_are_shared_between_optional_and_plain_callers() {
+    let cache: Cache<u64, u64, String> = Cache::new();
+    // A plain caller that joins an optional load that finds nothing: `NotFound`.
+    let gate = Gate::new();
+    let opened = gate.wait();
+    let mut optional = cache.optionally_get_with(1, || async move {
+        opened.await;
+        None
+    });
+    assert!(poll_once(&mut optional).is_pending());
+    let mut plain = cache.get_with(1, || async { Ok(9) }).with_source();
+    assert!(poll_once(&mut plain).is_pending());
+    gate.open();
+    assert_eq!(block_on(optional), Ok(None));
+    assert_eq!(block_on(plain), (Err(LoadError::NotFound), Source::Joined));
+    // An optional caller that joins a plain load that fails: the shared error.
+    let gate = Gate::new();
+    let opened = gate.wait();
+    let mut plain = cache.get_with(2, || async move {
+        opened.await;
+        Err("down".to_string())
+    });
+    assert!(poll_once(&mut plain).is_pending());
+    let mut optional = cache.optionally_get_with(2, || async { Some(1) });
+    assert!(poll_once(&mut optional).is_pending());
+    gate.open();
+    let (a, b) = (block_on(plain), block_on(optional));
+    assert!(
+        matches!((&a, &b), (Err(LoadError::Failed(x)), Err(LoadError::Failed(y))) if Arc::ptr_eq(x, y))
+    );
+    assert!(cache.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_optional_load_is_spawned_on_tokio() {
+    let cache: Cache<u64, u64> = Cache::new();
+    let handle = cache.clone();
+    let task = tokio::spawn(assert_send_static(async move {
+        handle.optionally_get_with(3, || async { Some(30) }).await
+    }));
+    assert_eq!(task.await.unwrap(), Ok(Some(30)));
+    assert_eq!(cache.peek(&3), Some(30));
+}
+
+#[test]
+fn get_or_insert_with_inserts_only_if_absent_and_books_the_value() {
+    let (cache, log) = logged(2);
+    assert_eq!(cache.get_or_insert_with(1, || 10), 10);
+    assert_eq!(cache.get_or_insert_with(1, || unreachable!()), 10);
+    assert_eq!(cache.get_or_insert_with(2, || 20), 20);
+    assert_eq!(cache.get_or_insert_with(3, || 30), 30); // evicts one: the capacity holds
+    assert_eq!((cache.len(), cache.weighted_size()), (2, Some(2)));
+    let stats = cache.stats();
+    assert_eq!((stats.hits, stats.misses, stats.evicted), (1, 3, 1));
+    assert_eq!(log.lock().unwrap().len(), 1);
+}
+
+#[test]
+fn get_or_insert_with_settles_a_load_in_flight_with_its_value() {
+    let (cache, log) = logged(10);
+    let gate = Gate::new();
+    let runs = Runs::default();
+    let mut get = cache.get_with(1, || runs.gated(&gate, 7)).with_source();
+    assert!(poll_once(&mut get).is_pending());
+    assert_eq!(runs.started(), 1);
+    assert_eq!(cache.get_or_insert_with(1, || 5), 5);
+    assert_eq!(runs.dropped(), 1, "the load was not dropped");
+    assert_eq!(
+        block_on(get),
+        (Ok(5), Source::Loaded),
+        "the load's caller disagrees with the cache"
+    );
+    assert_eq!(cache.peek(&1), Some(5));
+    assert_eq!((cache.len(), cache.weighted_size()), (1, Some(1)));
+    let stats = cache.stats();
+    assert_eq!((stats.loads_cancelled, stats.loads_ok), (1, 0));
+    assert!(log.lock().unwrap().is_empty());
+    gate.open(); // nothing is waiting on it any more
+    assert_eq!(cache.peek(&1), Some(5));
 }
