@@ -18,6 +18,9 @@ use std::{fmt, sync::Arc};
 /// assert_eq!(err.to_string(), "the loader failed: backend down");
 /// # });
 /// ```
+///
+/// New variants may come: match with a wildcard arm.
+#[non_exhaustive]
 pub enum LoadError<E> {
     /// The loader returned this error. Every caller that shared the load gets the same one.
     Failed(Arc<E>),
@@ -165,10 +168,25 @@ impl<E: fmt::Display> fmt::Display for LoadError<E> {
     }
 }
 
+/// The loader's error's message is part of this error's (`the loader failed: {e}`), so
+/// `source()` goes on from the loader's error's own source: walking the chain (as anyhow's
+/// `{:#}` and error reporters do) prints each message once. Why the message is in
+/// `Display` rather than behind `source()`: a `LoadError<E>` is a `std::error::Error` only
+/// when `E` is, and loader errors are often plain `String`s, whose text `Display` alone can
+/// show. The loader's error itself is [`LoadError::Failed`] (or [`LoadError::failed`]).
+///
+/// ```
+/// use std::error::Error;
+/// use deferred_cache::LoadError;
+/// let io = std::io::Error::new(std::io::ErrorKind::Other, "disk on fire");
+/// let error = LoadError::Failed(std::sync::Arc::new(io));
+/// assert_eq!(error.to_string(), "the loader failed: disk on fire");
+/// assert!(error.source().is_none()); // the io error has no cause of its own
+/// ```
 impl<E: std::error::Error + 'static> std::error::Error for LoadError<E> {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            LoadError::Failed(e) => Some(&**e),
+            LoadError::Failed(e) => e.source(),
             _ => None,
         }
     }

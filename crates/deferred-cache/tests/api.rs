@@ -353,3 +353,77 @@ fn get_or_insert_with_settles_a_load_in_flight_with_its_value() {
     gate.open(); // nothing is waiting on it any more
     assert_eq!(cache.peek(&1), Some(5));
 }
+
+// ---------------------------------------------------------------------------------------
+// 5. Errors.
+// ---------------------------------------------------------------------------------------
+
+/// The loader's error in these tests, with a cause of its own.
+#[derive(Debug)]
+struct DiskError(RootCause);
+
+#[derive(Debug)]
+struct RootCause;
+
+impl std::fmt::Display for DiskError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("disk on fire")
+    }
+}
+
+impl std::error::Error for DiskError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
+impl std::fmt::Display for RootCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("sector 7 unreadable")
+    }
+}
+
+impl std::error::Error for RootCause {}
+
+/// What anyhow's `{:#}` prints: each error of the `source()` chain, joined by ": ".
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut next = error.source();
+    while let Some(cause) = next {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    out
+}
+
+#[test]
+fn an_error_chain_prints_each_message_once() {
+    let cache: Cache<u8, u8, DiskError> = Cache::new();
+    let error: deferred_cache::LoadError<DiskError> =
+        block_on(cache.get_with(1, || async { Err(DiskError(RootCause)) })).unwrap_err();
+    let text = chain(&error);
+    assert_eq!(text.matches("disk on fire").count(), 1, "{text}");
+    assert_eq!(text.matches("sector 7 unreadable").count(), 1, "{text}");
+    assert_eq!(text, "the loader failed: disk on fire: sector 7 unreadable");
+    // The loader's error itself is reached by matching, as the same `Arc`.
+    assert!(matches!(&error, LoadError::Failed(e) if e.0.to_string() == "sector 7 unreadable"));
+}
+
+#[test]
+fn errors_without_a_source_keep_their_message() {
+    let cache: Cache<u8, u8, String> = Cache::new();
+    let error =
+        block_on(cache.get_with(1, || async { Err("backend down".to_string()) })).unwrap_err();
+    assert_eq!(error.to_string(), "the loader failed: backend down");
+    for (error, text) in [
+        (LoadError::<String>::Panicked, "the loader panicked"),
+        (LoadError::Cancelled, "the load was cancelled"),
+        (
+            LoadError::NotFound,
+            "the optional load this caller joined found no value",
+        ),
+    ] {
+        assert_eq!(error.to_string(), text);
+    }
+}
