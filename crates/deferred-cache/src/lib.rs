@@ -13,7 +13,7 @@ mod policy;
 mod reentrancy;
 mod stats;
 
-pub use builder::Builder;
+pub use builder::{BuildError, Builder};
 pub use cache::{Cache, Iter};
 pub use error::LoadError;
 pub use get::{GetWith, Loader, OptionallyGetWith, Source, WithSource};

@@ -9,7 +9,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 
 use common::{poll_once, Gate, Runs};
-use deferred_cache::{Cache, LoadError, LoadingCache, RemovalCause, Source};
+use deferred_cache::{BuildError, Cache, LoadError, LoadingCache, RemovalCause, Source};
 use futures::executor::block_on;
 
 /// Fails to compile unless `T` can be spawned.
@@ -426,4 +426,95 @@ fn errors_without_a_source_keep_their_message() {
     ] {
         assert_eq!(error.to_string(), text);
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// 6. Misconfiguration refused at `build()`.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn an_initial_capacity_above_the_max_is_refused_with_a_clear_message() {
+    let refused = Cache::<u64, u64>::builder()
+        .max_capacity(10)
+        .initial_capacity(11)
+        .try_build()
+        .unwrap_err();
+    assert_eq!(
+        refused,
+        BuildError::InitialCapacityAboveMax {
+            initial_capacity: 11,
+            max_capacity: 10
+        }
+    );
+    let message = refused.to_string();
+    assert!(
+        message.contains("initial_capacity (11 entries)")
+            && message.contains("max_capacity (10 entries)")
+    );
+    let panicked = std::panic::catch_unwind(|| {
+        Cache::<u64, u64>::builder()
+            .max_capacity(0)
+            .initial_capacity(1)
+            .build()
+    });
+    let payload = panicked.unwrap_err();
+    let text = payload
+        .downcast_ref::<String>()
+        .expect("a formatted message");
+    assert!(text.starts_with("initial_capacity (1 entries) is more than max_capacity (0 entries)"));
+    // With a loader too.
+    let refused = Cache::<u64, u64>::builder()
+        .max_capacity(1)
+        .initial_capacity(2)
+        .try_build_with_loader(|k: &u64| {
+            let k = *k;
+            async move { Ok(k) }
+        });
+    assert!(matches!(
+        refused,
+        Err(BuildError::InitialCapacityAboveMax { .. })
+    ));
+}
+
+#[test]
+fn what_fits_is_built() {
+    // Up to the max, and any number with a weigher (values may weigh nothing).
+    let at_max = Cache::<u64, u64>::builder()
+        .max_capacity(10)
+        .initial_capacity(10)
+        .try_build();
+    assert_eq!(at_max.unwrap().capacity(), Some(10));
+    let weighed = Cache::<u64, u64>::builder()
+        .max_capacity(10)
+        .weigher(|_, _| 0)
+        .initial_capacity(100)
+        .try_build();
+    assert!(weighed.is_ok());
+    // A weigher without a capacity has no effect, and is never called: not refused.
+    let unbounded: Cache<u64, u64> = Cache::builder()
+        .weigher(|_, _| unreachable!("a weigher without a capacity was called"))
+        .try_build()
+        .unwrap();
+    unbounded.insert(1, 1);
+    assert_eq!(
+        (unbounded.peek(&1), unbounded.weighted_size()),
+        (Some(1), None)
+    );
+}
+
+#[test]
+fn an_initial_capacity_that_cannot_be_allocated_is_refused() {
+    let refused = Cache::<u64, u64>::builder()
+        .initial_capacity(usize::MAX / 4)
+        .try_build()
+        .unwrap_err();
+    assert_eq!(
+        refused,
+        BuildError::InitialCapacityTooLarge {
+            initial_capacity: usize::MAX / 4
+        }
+    );
+    assert!(refused
+        .to_string()
+        .contains("more than this machine can allocate"));
 }
