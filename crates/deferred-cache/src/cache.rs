@@ -43,7 +43,7 @@ impl<V: Clone> Clone for Stored<V> {
 }
 
 impl<V> Stored<V> {
-    fn new(value: V) -> Self {
+    pub(crate) fn new(value: V) -> Self {
         Stored {
             value,
             meta: Meta::new(),

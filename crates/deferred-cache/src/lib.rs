@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 #![allow(clippy::std_instead_of_core, clippy::alloc_instead_of_core)] // a `std` crate
 
+mod blocking;
 mod builder;
 mod cache;
 mod error;

@@ -518,3 +518,162 @@ fn an_initial_capacity_that_cannot_be_allocated_is_refused() {
         .to_string()
         .contains("more than this machine can allocate"));
 }
+
+// ---------------------------------------------------------------------------------------
+// 7. Blocking loads for plain threads.
+// ---------------------------------------------------------------------------------------
+
+/// Waits (spinning politely) until `done` says yes; a deadline only bounds a hang.
+fn until(what: &str, done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn blocking_loads_are_single_flight_across_threads() {
+    const N: u64 = 8;
+    let cache: Cache<u64, u64, String> = Cache::bounded(10);
+    let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let threads: Vec<_> = (0..N)
+        .map(|i| {
+            let (cache, runs) = (cache.clone(), Arc::clone(&runs));
+            std::thread::spawn(move || {
+                cache.get_with_blocking(1, || {
+                    runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    // Hold the load until every other thread has joined it.
+                    until("the other threads to join", || {
+                        cache.stats().coalesced == N - 1
+                    });
+                    Ok(100 + i)
+                })
+            })
+        })
+        .collect();
+    let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    assert_eq!(
+        runs.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "single flight broke"
+    );
+    let first = results[0].clone();
+    assert!(
+        first.is_ok() && results.iter().all(|r| *r == first),
+        "{results:?}"
+    );
+    assert_eq!(cache.peek(&1), first.ok());
+    let stats = cache.stats();
+    assert_eq!(
+        (stats.loads_ok, stats.misses, stats.coalesced),
+        (1, N, N - 1)
+    );
+    assert_eq!(cache.weighted_size(), Some(1));
+}
+
+#[test]
+fn a_blocking_load_is_shared_with_async_callers() {
+    let cache: Cache<u64, u64, String> = Cache::new();
+    let joined = Gate::new();
+    let (c, j) = (cache.clone(), joined.clone());
+    let loader = std::thread::spawn(move || {
+        c.get_with_blocking(1, || {
+            block_on(j.wait()); // until the async caller has joined
+            Ok(5)
+        })
+    });
+    until("the blocking load to start", || !cache.is_empty());
+    let mut get = cache.get_with(1, || async { Ok(6) }).with_source();
+    assert!(poll_once(&mut get).is_pending());
+    joined.open();
+    assert_eq!(loader.join().unwrap(), Ok(5));
+    assert_eq!(block_on(get), (Ok(5), Source::Joined));
+    assert_eq!(cache.stats().loads_ok, 1);
+}
+
+#[test]
+fn a_blocking_caller_drives_an_async_load_whose_callers_stalled() {
+    let cache: Cache<u64, u64, String> = Cache::new();
+    let gate = Gate::new();
+    let runs = Runs::default();
+    let mut stalled = cache.get_with(1, || runs.gated(&gate, 9));
+    assert!(poll_once(&mut stalled).is_pending()); // and never polled again
+    gate.open();
+    let got = cache.get_with_blocking(1, || unreachable!("joined, so its loader never runs"));
+    assert_eq!(got, Ok(9));
+    assert_eq!(runs.started(), 1);
+    assert_eq!(cache.peek(&1), Some(9));
+    drop(stalled);
+}
+
+#[test]
+fn a_blocking_loads_error_is_shared_and_not_cached() {
+    let cache: Cache<u64, u64, String> = Cache::new();
+    let (c, joined) = (cache.clone(), Gate::new());
+    let j = joined.clone();
+    let loader = std::thread::spawn(move || {
+        c.get_with_blocking(1, || {
+            block_on(j.wait());
+            Err("down".to_string())
+        })
+    });
+    until("the blocking load to start", || !cache.is_empty());
+    let mut get = cache.get_with(1, || async { Ok(0) });
+    assert!(poll_once(&mut get).is_pending());
+    joined.open();
+    let (a, b) = (loader.join().unwrap(), block_on(get));
+    assert!(
+        matches!((&a, &b), (Err(LoadError::Failed(x)), Err(LoadError::Failed(y))) if Arc::ptr_eq(x, y) && **x == "down"),
+        "{a:?} {b:?}"
+    );
+    assert!(cache.is_empty(), "the error was cached");
+    assert_eq!(cache.get_with_blocking(1, || Ok(2)), Ok(2));
+    assert_eq!(cache.stats().loads_failed, 1);
+}
+
+#[test]
+fn a_panicking_blocking_loader_unwinds_its_caller_and_fails_the_others() {
+    let cache: Cache<u64, u64, String> = Cache::new();
+    let (c, joined) = (cache.clone(), Gate::new());
+    let j = joined.clone();
+    let loader = std::thread::spawn(move || {
+        c.get_with_blocking(1, || {
+            block_on(j.wait());
+            panic!("a blocking loader panics on purpose")
+        })
+    });
+    until("the blocking load to start", || !cache.is_empty());
+    let mut get = cache.get_with(1, || async { Ok(0) });
+    assert!(poll_once(&mut get).is_pending());
+    joined.open();
+    assert!(
+        loader.join().is_err(),
+        "the panic did not reach the loader's caller"
+    );
+    assert_eq!(block_on(get), Err(LoadError::Panicked));
+    assert!(cache.is_empty());
+    assert_eq!(cache.stats().loads_panicked, 1);
+    assert_eq!(
+        cache.get_with_blocking(1, || Ok(3)),
+        Ok(3),
+        "the cache is unusable"
+    );
+}
+
+#[test]
+fn a_blocking_loader_that_reads_its_own_key_gets_reentrant() {
+    let cache: Cache<u64, u64, String> = Cache::new();
+    let got = cache.get_with_blocking(1, || {
+        let inner = cache.get_with_blocking(1, || Ok(0));
+        assert_eq!(inner, Err(LoadError::Reentrant));
+        let inner = block_on(cache.get_with(1, || async { Ok(0) }));
+        assert_eq!(inner, Err(LoadError::Reentrant));
+        Ok(7)
+    });
+    assert_eq!(got, Ok(7));
+    assert_eq!(cache.peek(&1), Some(7));
+}
