@@ -14,7 +14,8 @@ use std::{
 use deferred_map::{Cell, DeferredMap};
 
 use crate::{
-    get::GetWith,
+    error::Failure,
+    get::{GetWith, OptionallyGetWith},
     listener::Listener,
     policy::{CacheCell, Evicted, Meta, Node, Policy},
     stats::{Counters, Outcome, Stats},
@@ -42,7 +43,7 @@ impl<V: Clone> Clone for Stored<V> {
 }
 
 impl<V> Stored<V> {
-    fn new(value: V) -> Self {
+    pub(crate) fn new(value: V) -> Self {
         Stored {
             value,
             meta: Meta::new(),
@@ -50,7 +51,7 @@ impl<V> Stored<V> {
     }
 }
 
-pub(crate) type Map<K, V, E, S> = DeferredMap<K, Stored<V>, Arc<E>, S>;
+pub(crate) type Map<K, V, E, S> = DeferredMap<K, Stored<V>, Failure<E>, S>;
 
 /// How much of the capacity a value takes.
 pub(crate) type Weigher<K, V> = Box<dyn Fn(&K, &V) -> u32 + Send + Sync>;
@@ -70,6 +71,33 @@ pub(crate) type Weigher<K, V> = Box<dyn Fn(&K, &V) -> u32 + Send + Sync>;
 ///
 /// Values come out as clones: wrap large ones in `Arc`.
 ///
+/// # Sharing a cache
+///
+/// A `Cache` is a handle: [`clone`](Clone::clone) it (one reference-count increment, as
+/// moka's caches are) and move the clone into each task or thread that uses the cache. All
+/// handles share the entries, the loads in flight and the statistics; the cache is dropped
+/// with its last handle. The future of [`get_with`](Self::get_with) borrows the handle it
+/// was called on, so call it inside the task, on the task's own clone:
+///
+/// ```
+/// use deferred_cache::Cache;
+/// # tokio::runtime::Builder::new_multi_thread().build().unwrap().block_on(async {
+/// let cache: Cache<u64, String> = Cache::bounded(1_000);
+/// let tasks: Vec<_> = (0..4)
+///     .map(|_| {
+///         let cache = cache.clone();
+///         tokio::spawn(async move {
+///             cache.get_with(7, || async { Ok("seven".to_string()) }).await
+///         })
+///     })
+///     .collect();
+/// for task in tasks {
+///     assert_eq!(task.await.unwrap().unwrap(), "seven");
+/// }
+/// assert_eq!(cache.stats().loads_ok, 1); // the four tasks shared one load
+/// # });
+/// ```
+///
 /// ```
 /// use deferred_cache::Cache;
 /// # futures::executor::block_on(async {
@@ -84,11 +112,33 @@ pub(crate) type Weigher<K, V> = Box<dyn Fn(&K, &V) -> u32 + Send + Sync>;
 /// # });
 /// ```
 pub struct Cache<K, V, E = Infallible, S = RandomState> {
+    pub(crate) inner: Arc<Inner<K, V, E, S>>,
+}
+
+/// What the handles of one cache share.
+pub(crate) struct Inner<K, V, E, S> {
     pub(crate) map: Map<K, V, E, S>,
     policy: Option<Policy<K, V, E>>,
     weigher: Option<Weigher<K, V>>,
     listener: Option<Listener<K, V>>,
     pub(crate) counters: Arc<Counters>,
+}
+
+impl<K, V, E, S> Clone for Cache<K, V, E, S> {
+    /// Another handle to the same cache: one reference-count increment. Every handle sees
+    /// the same entries, loads and statistics; the cache goes when its last handle does.
+    ///
+    /// ```
+    /// let cache: deferred_cache::Cache<u8, u8> = deferred_cache::Cache::new();
+    /// let other = cache.clone();
+    /// other.insert(1, 10);
+    /// assert_eq!(cache.peek(&1), Some(10));
+    /// ```
+    fn clone(&self) -> Self {
+        Cache {
+            inner: Arc::clone(&self.inner),
+        }
+    }
 }
 
 impl<K, V, E> Cache<K, V, E, RandomState> {
@@ -144,11 +194,13 @@ impl<K, V, E, S> Cache<K, V, E, S> {
         let map = DeferredMap::with_capacity_and_hasher(initial_capacity, hasher);
         let policy = capacity.map(|c| Policy::new(c, map.shard_count()));
         Cache {
-            map,
-            policy,
-            weigher,
-            listener,
-            counters: Arc::new(Counters::new()),
+            inner: Arc::new(Inner {
+                map,
+                policy,
+                weigher,
+                listener,
+                counters: Arc::new(Counters::new()),
+            }),
         }
     }
 
@@ -160,7 +212,7 @@ impl<K, V, E, S> Cache<K, V, E, S> {
     /// assert_eq!(cache.capacity(), Some(5));
     /// ```
     pub fn capacity(&self) -> Option<u64> {
-        self.policy.as_ref().map(Policy::capacity)
+        self.inner.policy.as_ref().map(Policy::capacity)
     }
 
     /// The number of entries: values, and loads in flight. A snapshot.
@@ -171,7 +223,7 @@ impl<K, V, E, S> Cache<K, V, E, S> {
     /// assert_eq!(cache.len(), 1);
     /// ```
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.inner.map.len()
     }
 
     /// Whether the cache has no entries.
@@ -181,7 +233,7 @@ impl<K, V, E, S> Cache<K, V, E, S> {
     /// assert!(cache.is_empty());
     /// ```
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.inner.map.is_empty()
     }
 
     /// The weight of the values counted against capacity (their number when no weigher is
@@ -193,7 +245,7 @@ impl<K, V, E, S> Cache<K, V, E, S> {
     /// assert_eq!(cache.weighted_size(), Some(1));
     /// ```
     pub fn weighted_size(&self) -> Option<u64> {
-        self.policy.as_ref().map(Policy::weight)
+        self.inner.policy.as_ref().map(Policy::weight)
     }
 
     /// A snapshot of the counters.
@@ -203,7 +255,7 @@ impl<K, V, E, S> Cache<K, V, E, S> {
     /// assert_eq!(cache.stats().hits, 0);
     /// ```
     pub fn stats(&self) -> Stats {
-        self.counters.snapshot()
+        self.inner.counters.snapshot()
     }
 }
 
@@ -251,6 +303,88 @@ where
         GetWith::new(self, key, loader)
     }
 
+    /// The value at `key`, loading it with `loader` on a miss, where the loader may find no
+    /// value: `Ok(None)` then, and nothing is cached (the next read loads again), as for an
+    /// error. Single flight holds as in [`get_with`](Self::get_with): callers that miss the
+    /// key at once share one load, and every one of them gets its `None` too.
+    ///
+    /// Loads are shared by key whichever method started them: an `optionally_get_with`
+    /// caller that joins a `get_with` load gets its value or error; a `get_with` (or
+    /// `LoadingCache::get`) caller that joins an optional load that finds nothing gets
+    /// [`LoadError::NotFound`](crate::LoadError::NotFound), since it cannot return `None`.
+    /// Loads that found nothing are counted in [`Stats::loads_empty`].
+    ///
+    /// ```
+    /// use deferred_cache::Cache;
+    /// # futures::executor::block_on(async {
+    /// let users: Cache<u32, String> = Cache::new();
+    /// let find = |id: u32| async move { (id < 100).then(|| format!("user {id}")) };
+    /// assert_eq!(users.optionally_get_with(7, || find(7)).await, Ok(Some("user 7".into())));
+    /// assert_eq!(users.optionally_get_with(700, || find(700)).await, Ok(None));
+    /// assert!(!users.contains_key(&700)); // not cached: the next read looks again
+    /// assert_eq!(users.stats().loads_empty, 1);
+    /// # });
+    /// ```
+    ///
+    /// [`Stats::loads_empty`]: crate::Stats::loads_empty
+    pub fn optionally_get_with<F, Fut>(
+        &self,
+        key: K,
+        loader: F,
+    ) -> OptionallyGetWith<'_, K, V, E, S, F>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Option<V>> + Send + 'static,
+    {
+        OptionallyGetWith::new(self, key, loader)
+    }
+
+    /// The value at `key`, or, if there is none, the value `make` returns, stored
+    /// atomically: for synchronous code that must insert only if absent. Never waits.
+    /// Counts a hit or a miss, as [`get_with`](Self::get_with) does.
+    ///
+    /// `make` runs only on a miss, with no lock held; then its value is stored unless a
+    /// value came meanwhile, in which case that value is returned and `make`'s is dropped.
+    ///
+    /// **A load in flight** for `key` is not waited for (synchronous code cannot wait for
+    /// it without risking a deadlock: the load may need this very thread to run). `make`'s
+    /// value settles the key instead: it is stored, and it is what the load's callers get
+    /// too, at once, so that every caller of the key agrees on one value. The load is
+    /// dropped unfinished (counted in [`Stats::loads_cancelled`] if it had started).
+    ///
+    /// (In the rare race where the value that came meanwhile is removed again before it is
+    /// read, `make`'s value is returned without being stored.)
+    ///
+    /// ```
+    /// let cache: deferred_cache::Cache<u8, String> = deferred_cache::Cache::new();
+    /// assert_eq!(cache.get_or_insert_with(1, || "first".into()), "first");
+    /// assert_eq!(cache.get_or_insert_with(1, || unreachable!()), "first");
+    /// assert_eq!((cache.stats().hits, cache.stats().misses), (1, 1));
+    /// ```
+    ///
+    /// [`Stats::loads_cancelled`]: crate::Stats::loads_cancelled
+    pub fn get_or_insert_with(&self, key: K, make: impl FnOnce() -> V) -> V {
+        if let Some(value) = self.read(&key) {
+            self.inner.counters.hit();
+            return value;
+        }
+        self.inner.counters.miss(false);
+        let value = make();
+        // `add_value` stores into an absent key, or completes a pending cell there (a load
+        // in flight, whose computation it then drops); it refuses a complete one.
+        if self
+            .inner
+            .map
+            .add_value(key.clone(), Stored::new(value.clone()))
+        {
+            if let Some(cell) = self.inner.map.cell_if_present(&key) {
+                self.admit_loaded(key, &cell);
+            }
+            return value;
+        }
+        self.peek(&key).unwrap_or(value)
+    }
+
     /// The value at `key` if it is present and loaded, counting a hit or a miss and
     /// recording the use for eviction. Never loads, never waits.
     ///
@@ -264,8 +398,8 @@ where
     pub fn get_if_present(&self, key: &K) -> Option<V> {
         let value = self.read(key);
         match value {
-            Some(_) => self.counters.hit(),
-            None => self.counters.miss(false),
+            Some(_) => self.inner.counters.hit(),
+            None => self.inner.counters.miss(false),
         }
         value
     }
@@ -280,7 +414,8 @@ where
     /// assert_eq!(cache.stats().hits, 0);
     /// ```
     pub fn peek(&self, key: &K) -> Option<V> {
-        self.map
+        self.inner
+            .map
             .try_get_with(key, |outcome| outcome.ok().map(|s| s.value.clone()))
             .flatten()
     }
@@ -297,7 +432,8 @@ where
     /// assert_eq!(cache.stats().hits, 0);
     /// ```
     pub fn peek_with<R>(&self, key: &K, f: impl FnOnce(&V) -> R) -> Option<R> {
-        self.map
+        self.inner
+            .map
             .try_get_with(key, |outcome| outcome.ok().map(|s| f(&s.value)))
             .flatten()
     }
@@ -310,7 +446,8 @@ where
     /// assert!(cache.contains_key(&1) && !cache.contains_key(&2));
     /// ```
     pub fn contains_key(&self, key: &K) -> bool {
-        self.map
+        self.inner
+            .map
             .try_get_with(key, |outcome| outcome.is_ok())
             .unwrap_or(false)
     }
@@ -329,10 +466,10 @@ where
         let weight = self.weigh(&key, &value);
         let cell = Cell::ready(Stored::new(value));
         let hash = self.hash(&key);
-        let old = self.map.insert(key.clone(), cell.clone());
+        let old = self.inner.map.insert(key.clone(), cell.clone());
         if let Some(old) = old {
             self.retire(hash, &old);
-            self.counters.invalidated(1);
+            self.inner.counters.invalidated(1);
             self.notify(&key, &old, RemovalCause::Replaced);
             drop(old);
         }
@@ -350,14 +487,137 @@ where
     /// assert!(!cache.invalidate(&1));
     /// ```
     pub fn invalidate(&self, key: &K) -> bool {
-        let Some(old) = self.map.remove(key) else {
-            return false;
-        };
-        self.retire(self.hash(key), &old);
-        self.counters.invalidated(1);
-        self.notify(key, &old, RemovalCause::Explicit);
+        self.remove_entry(key).is_some()
+    }
+
+    /// Removes the entry at `key` and returns its value: [`invalidate`](Self::invalidate)
+    /// that gives back what it removed (a clone: other holders of the value, such as a
+    /// caller of the load that produced it, may still see it). Counted and told to the
+    /// listener as `invalidate` is ([`RemovalCause::Explicit`]).
+    ///
+    /// A load in flight for `key` has no value yet: `remove` returns `None` for it, but
+    /// removes it all the same, as `invalidate` does: the load goes on for the callers
+    /// already waiting on it (they get its value), its value is not stored, and the next
+    /// read loads afresh.
+    ///
+    /// ```
+    /// let cache: deferred_cache::Cache<u8, String> = deferred_cache::Cache::new();
+    /// cache.insert(1, "one".to_string());
+    /// assert_eq!(cache.remove(&1), Some("one".to_string()));
+    /// assert_eq!(cache.remove(&1), None);
+    /// assert_eq!(cache.stats().invalidated, 1);
+    /// ```
+    pub fn remove(&self, key: &K) -> Option<V> {
+        let old = self.remove_entry(key)?;
+        let value = old.get().map(|stored| stored.value.clone());
         drop(old);
-        true
+        value
+    }
+
+    /// Removes the entry at `key`, value or load in flight, with the books kept; returns
+    /// its cell.
+    fn remove_entry(&self, key: &K) -> Option<CacheCell<V, E>> {
+        let old = self.inner.map.remove(key)?;
+        self.retire(self.hash(key), &old);
+        self.inner.counters.invalidated(1);
+        self.notify(key, &old, RemovalCause::Explicit);
+        Some(old)
+    }
+
+    /// The loaded entries, as `(key, value)` clones, without counting reads or recording
+    /// uses. Loads in flight are skipped.
+    ///
+    /// **Weakly consistent**, as the iterators of concurrent maps are: the entries are
+    /// copied one shard at a time, each shard under its read lock for as long as cloning its
+    /// keys and value handles takes, so the result is not one instant of the whole cache.
+    /// An entry present for the whole call is seen exactly once; one inserted, replaced or
+    /// removed meanwhile may or may not be. No key is seen twice.
+    ///
+    /// Why a snapshot and not a lazy iterator over the live tables: no lock is held while
+    /// the caller works through the entries (it may touch the cache, block or await in its
+    /// loop), and a slow consumer holds no writer up. The cost is one copy of the entries,
+    /// which the cheap clones this cache asks of values (wrap large ones in `Arc`) keep
+    /// small. [`Iter`] is its own type, so that a lazier walk can come without an API
+    /// change.
+    ///
+    /// ```
+    /// let cache: deferred_cache::Cache<u8, u8> = deferred_cache::Cache::new();
+    /// cache.insert(1, 10);
+    /// cache.insert(2, 20);
+    /// let mut all: Vec<(u8, u8)> = cache.iter().collect();
+    /// all.sort();
+    /// assert_eq!(all, [(1, 10), (2, 20)]);
+    /// assert_eq!(cache.stats().hits, 0);
+    /// ```
+    pub fn iter(&self) -> Iter<K, V> {
+        let mut entries = Vec::new();
+        // `extract_if` hands each shard's snapshot to the closure with no lock held;
+        // saying `false` to every entry removes nothing.
+        let removed = self.inner.map.extract_if(|key, cell| {
+            if let Some(stored) = cell.get() {
+                entries.push((key.clone(), stored.value.clone()));
+            }
+            false
+        });
+        debug_assert!(removed.is_empty());
+        Iter {
+            entries: entries.into_iter(),
+        }
+    }
+
+    /// Keeps only the loaded values for which `keep(key, value)` says `true`; removes the
+    /// others as [`invalidate`](Self::invalidate) does (counted in [`Stats::invalidated`],
+    /// told to the listener as [`RemovalCause::Explicit`]). Loads in flight are not values:
+    /// they are kept, and `keep` is not called for them.
+    ///
+    /// `keep` runs with no lock held, on a snapshot of each shard (weakly consistent, as
+    /// [`iter`](Self::iter)): a value replaced after `keep` saw it is not removed.
+    ///
+    /// ```
+    /// let cache: deferred_cache::Cache<u8, u8> = deferred_cache::Cache::new();
+    /// for k in 0..10 {
+    ///     cache.insert(k, k * 10);
+    /// }
+    /// cache.retain(|_, v| *v >= 50);
+    /// assert_eq!(cache.len(), 5);
+    /// assert_eq!(cache.stats().invalidated, 5);
+    /// ```
+    ///
+    /// [`Stats::invalidated`]: crate::Stats::invalidated
+    pub fn retain(&self, mut keep: impl FnMut(&K, &V) -> bool) {
+        self.invalidate_entries_if(|k, v| !keep(k, v));
+    }
+
+    /// Removes the loaded values for which `pred(key, value)` says `true`, as
+    /// [`invalidate`](Self::invalidate) does (counted in [`Stats::invalidated`], told as
+    /// [`RemovalCause::Explicit`]); returns how many it removed. Loads in flight are not
+    /// values: they stay, and `pred` is not called for them. `pred` runs with no lock held,
+    /// on a snapshot of each shard, as in [`retain`](Self::retain).
+    ///
+    /// ```
+    /// let cache: deferred_cache::Cache<String, u32> = deferred_cache::Cache::new();
+    /// cache.insert("user:1".into(), 1);
+    /// cache.insert("user:2".into(), 2);
+    /// cache.insert("team:1".into(), 1);
+    /// assert_eq!(cache.invalidate_entries_if(|k, _| k.starts_with("user:")), 2);
+    /// assert_eq!(cache.len(), 1);
+    /// ```
+    ///
+    /// [`Stats::invalidated`]: crate::Stats::invalidated
+    pub fn invalidate_entries_if(&self, mut pred: impl FnMut(&K, &V) -> bool) -> usize {
+        let gone = self
+            .inner
+            .map
+            .extract_if(|key, cell| cell.get().is_some_and(|stored| pred(key, &stored.value)));
+        // As in `invalidate_all`: off the policy's books once out of the map.
+        for (key, cell) in &gone {
+            self.retire(self.hash(key), cell);
+        }
+        self.inner.counters.invalidated(gone.len() as u64);
+        for (key, cell) in &gone {
+            self.notify(key, cell, RemovalCause::Explicit);
+        }
+        gone.len()
     }
 
     /// Removes every entry. Loads in flight go on for the callers already waiting on them;
@@ -374,14 +634,14 @@ where
         // Each value is taken off the policy's books only once it is out of the map, as
         // `invalidate` does: retired before, a load that completed and was admitted in
         // between would leave without being retired, its weight counted for good.
-        let gone = self.map.extract_if(|_, _| true);
+        let gone = self.inner.map.extract_if(|_, _| true);
         for (key, cell) in &gone {
             self.retire(self.hash(key), cell);
         }
-        if let Some(policy) = &self.policy {
+        if let Some(policy) = &self.inner.policy {
             policy.purge();
         }
-        self.counters.invalidated(gone.len() as u64);
+        self.inner.counters.invalidated(gone.len() as u64);
         for (key, cell) in &gone {
             self.notify(key, cell, RemovalCause::Explicit);
         }
@@ -403,8 +663,8 @@ where
     pub fn get_if_present_with<R>(&self, key: &K, f: impl FnOnce(&V) -> Option<R>) -> Option<R> {
         let found = self.read_with(key, f);
         match found {
-            Some(_) => self.counters.hit(),
-            None => self.counters.miss(false),
+            Some(_) => self.inner.counters.hit(),
+            None => self.inner.counters.miss(false),
         }
         found
     }
@@ -423,7 +683,7 @@ where
     pub fn hit_with<R>(&self, key: &K, f: impl FnOnce(&V) -> Option<R>) -> Option<R> {
         let found = self.read_with(key, f);
         if found.is_some() {
-            self.counters.hit();
+            self.inner.counters.hit();
         }
         found
     }
@@ -476,13 +736,13 @@ where
     pub fn replace_if(&self, key: &K, value: V, pred: impl FnOnce(&V) -> bool) -> bool {
         let weight = self.weigh(key, &value);
         let cell = Cell::ready(Stored::new(value));
-        let swapped = self.map.replace_if(key, cell.clone(), |old| {
+        let swapped = self.inner.map.replace_if(key, cell.clone(), |old| {
             old.get().is_some_and(|stored| pred(&stored.value))
         });
         let Ok(old) = swapped else { return false };
         let hash = self.hash(key);
         self.retire(hash, &old);
-        self.counters.invalidated(1);
+        self.inner.counters.invalidated(1);
         self.notify(key, &old, RemovalCause::Replaced);
         drop(old);
         self.admit(key.clone(), hash, &cell, weight);
@@ -490,15 +750,15 @@ where
     }
 
     fn remove_where(&self, key: &K, pred: impl FnOnce(&V) -> bool, cause: RemovalCause) -> bool {
-        let removed = self.map.remove_if(key, |cell| {
+        let removed = self.inner.map.remove_if(key, |cell| {
             cell.get().is_some_and(|stored| pred(&stored.value))
         });
         let Some(old) = removed else { return false };
         self.retire(self.hash(key), &old);
         if cause == RemovalCause::Expired {
-            self.counters.expired(1);
+            self.inner.counters.expired(1);
         } else {
-            self.counters.invalidated(1);
+            self.inner.counters.invalidated(1);
         }
         self.notify(key, &old, cause);
         drop(old);
@@ -512,16 +772,9 @@ where
     /// value finishes its bookkeeping and the rest of its removals, whatever the listener
     /// does, and the listener is called again for the next removal.
     fn notify(&self, key: &K, cell: &CacheCell<V, E>, cause: RemovalCause) {
-        if let (Some(listener), Some(stored)) = (&self.listener, cell.get()) {
-            let told =
-                panic::catch_unwind(AssertUnwindSafe(|| listener(key, &stored.value, cause)));
-            if let Err(payload) = told {
-                self.counters.listener_panicked();
-                // The payload is user code too: a `Drop` that panics stays in here as well
-                // (and its own payload is leaked rather than dropped, to end the regress).
-                if let Err(again) = panic::catch_unwind(AssertUnwindSafe(move || drop(payload))) {
-                    std::mem::forget(again);
-                }
+        if let (Some(listener), Some(stored)) = (&self.inner.listener, cell.get()) {
+            if caught(|| listener(key, &stored.value, cause)).is_none() {
+                self.inner.counters.listener_panicked();
             }
         }
     }
@@ -538,7 +791,8 @@ where
     /// `Some`.
     #[inline]
     fn read_with<R>(&self, key: &K, f: impl FnOnce(&V) -> Option<R>) -> Option<R> {
-        self.map
+        self.inner
+            .map
             .try_get_with(key, |outcome| match outcome {
                 Ok(stored) => {
                     let found = f(&stored.value);
@@ -552,17 +806,29 @@ where
             .flatten()
     }
 
-    fn weigh(&self, key: &K, value: &V) -> u32 {
-        self.weigher.as_ref().map_or(1, |w| w(key, value))
+    /// The weight of `value`, or `None` if the weigher panicked (caught and counted here:
+    /// the caller refuses the value, whose weight is unknown). Without a capacity the
+    /// weigher has no effect, and is not called.
+    fn weigh(&self, key: &K, value: &V) -> Option<u32> {
+        match (&self.inner.policy, &self.inner.weigher) {
+            (Some(_), Some(weigher)) => {
+                let weight = caught(|| weigher(key, value));
+                if weight.is_none() {
+                    self.inner.counters.weigher_panicked();
+                }
+                weight
+            }
+            _ => Some(1),
+        }
     }
 
     fn hash(&self, key: &K) -> u64 {
-        self.map.hasher().hash_one(key)
+        self.inner.map.hasher().hash_one(key)
     }
 
     /// Takes a value that left the map (invalidated or replaced) off the policy's books.
     fn retire(&self, hash: u64, old: &CacheCell<V, E>) {
-        if let Some(policy) = &self.policy {
+        if let Some(policy) = &self.inner.policy {
             policy.retire(hash, old);
         }
     }
@@ -572,7 +838,7 @@ where
     /// admits it, if it is still the key's value.
     pub(crate) fn admit_loaded(&self, key: K, cell: &CacheCell<V, E>) {
         let Some(stored) = cell.get() else { return };
-        if self.policy.is_none() || !Policy::<K, V, E>::needs_admission(&stored.meta) {
+        if self.inner.policy.is_none() || !Policy::<K, V, E>::needs_admission(&stored.meta) {
             return;
         }
         let weight = self.weigh(&key, &stored.value);
@@ -580,12 +846,14 @@ where
         self.admit(key, hash, cell, weight);
     }
 
-    fn admit(&self, key: K, hash: u64, cell: &CacheCell<V, E>, weight: u32) {
-        let Some(policy) = &self.policy else { return };
+    fn admit(&self, key: K, hash: u64, cell: &CacheCell<V, E>, weight: Option<u32>) {
+        let Some(policy) = &self.inner.policy else {
+            return;
+        };
         let Some(stored) = cell.get() else { return };
         // Still the value at `key`? An invalidate or insert may have replaced it; one that
         // does so after this check retires it under the policy lock, which `admit` sees.
-        let current = self.map.try_get_with(
+        let current = self.inner.map.try_get_with(
             &key,
             |outcome| matches!(outcome, Ok(s) if core::ptr::eq(s, stored)),
         );
@@ -597,26 +865,46 @@ where
         let mut removed = 0;
         for out in &evicted {
             if let (true, Some(cell)) = (out.victim, &out.cell) {
-                let gone = self.map.remove_if(&out.node.key, |c| Cell::ptr_eq(c, cell));
+                let gone = self
+                    .inner
+                    .map
+                    .remove_if(&out.node.key, |c| Cell::ptr_eq(c, cell));
                 if gone.is_some() {
                     removed += 1;
                     self.notify(&out.node.key, cell, RemovalCause::Size);
                 }
             }
         }
-        self.counters.evicted(removed);
+        self.inner.counters.evicted(removed);
         // Keys and values are dropped here, with no lock held.
         drop(evicted);
     }
 }
 
-/// The future stored in an entry: the user's load, with the counters kept.
+/// Runs user code that must not unwind through the cache's bookkeeping (a listener, a
+/// weigher): `None` if it panicked. The panic hook has reported the panic already.
+fn caught<R>(f: impl FnOnce() -> R) -> Option<R> {
+    match panic::catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => Some(r),
+        Err(payload) => {
+            // The payload is user code too: a `Drop` that panics stays in here as well (and
+            // its own payload is leaked rather than dropped, to end the regress).
+            if let Err(again) = panic::catch_unwind(AssertUnwindSafe(move || drop(payload))) {
+                std::mem::forget(again);
+            }
+            None
+        }
+    }
+}
+
+/// The future stored in an entry: the user's load (its error already a `Failure`), with
+/// the counters kept.
 pub(crate) fn load<V, E, Fut>(
     fut: Fut,
     counters: Arc<Counters>,
-) -> impl Future<Output = Result<Stored<V>, Arc<E>>> + Send + 'static
+) -> impl Future<Output = Result<Stored<V>, Failure<E>>> + Send + 'static
 where
-    Fut: Future<Output = Result<V, E>> + Send + 'static,
+    Fut: Future<Output = Result<V, Failure<E>>> + Send + 'static,
     V: Send + 'static,
     E: Send + Sync + 'static,
 {
@@ -628,12 +916,12 @@ where
         let mut watch = watch;
         watch.started = Some(Instant::now());
         let result = fut.await;
-        watch.finish(if result.is_ok() {
-            Outcome::Ok
-        } else {
-            Outcome::Failed
+        watch.finish(match &result {
+            Ok(_) => Outcome::Ok,
+            Err(Failure::Error(_)) => Outcome::Failed,
+            Err(Failure::Absent) => Outcome::Absent,
         });
-        result.map(Stored::new).map_err(Arc::new)
+        result.map(Stored::new)
     }
 }
 
@@ -663,12 +951,48 @@ impl Drop for LoadWatch {
     }
 }
 
+/// The entries of a cache, from [`Cache::iter`]: `(key, value)` clones from a weakly
+/// consistent snapshot. It holds no lock and no reference to the cache.
+///
+/// ```
+/// let cache: deferred_cache::Cache<u8, u8> = deferred_cache::Cache::new();
+/// cache.insert(1, 10);
+/// let iter = cache.iter();
+/// cache.invalidate_all(); // the snapshot is the caller's
+/// assert_eq!(iter.collect::<Vec<_>>(), [(1, 10)]);
+/// ```
+pub struct Iter<K, V> {
+    entries: std::vec::IntoIter<(K, V)>,
+}
+
+impl<K, V> Iterator for Iter<K, V> {
+    type Item = (K, V);
+
+    fn next(&mut self) -> Option<(K, V)> {
+        self.entries.next()
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.entries.size_hint()
+    }
+}
+
+impl<K, V> ExactSizeIterator for Iter<K, V> {}
+
+impl<K, V> core::iter::FusedIterator for Iter<K, V> {}
+
+impl<K: fmt::Debug, V: fmt::Debug> fmt::Debug for Iter<K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.entries.as_slice()).finish()
+    }
+}
+
 impl<K, V, E, S> fmt::Debug for Cache<K, V, E, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Cache")
-            .field("len", &self.map.len())
-            .field("policy", &self.policy)
-            .field("stats", &self.counters.snapshot())
+            .field("len", &self.inner.map.len())
+            .field("policy", &self.inner.policy)
+            .field("stats", &self.inner.counters.snapshot())
             .finish_non_exhaustive()
     }
 }

@@ -13,6 +13,7 @@ use futures_core::FusedFuture;
 
 use crate::{
     cache::{load, Stored},
+    error::Failure,
     reentrancy, Cache, LoadError,
 };
 
@@ -69,7 +70,7 @@ enum State<'a, K, V, E, S, L> {
     /// Missed: waiting on (and helping drive) the key's load. `key` is kept to admit the
     /// value once it comes.
     Wait {
-        get: deferred_map::Get<'a, K, Stored<V>, Arc<E>, S>,
+        get: deferred_map::Get<'a, K, Stored<V>, Failure<E>, S>,
         key: K,
         source: Source,
     },
@@ -153,11 +154,44 @@ where
 {
     #[inline]
     fn poll_source(&mut self, cx: &mut Context<'_>) -> Poll<(Result<V, LoadError<E>>, Source)> {
+        self.poll_with(cx, start_loader)
+    }
+}
+
+/// Starts a [`Loader`]'s load, its error made a `Failure`.
+fn start_loader<K, V, E, L>(
+    loader: L,
+    key: &K,
+) -> impl Future<Output = Result<V, Failure<E>>> + Send + 'static
+where
+    L: Loader<K, V, E>,
+{
+    let fut = loader.start(key);
+    async move { fut.await.map_err(Failure::error) }
+}
+
+impl<K, V, E, S, L> GetWith<'_, K, V, E, S, L>
+where
+    K: Hash + Eq + Clone,
+    V: Clone + Send + Sync + 'static,
+    E: Send + Sync + 'static,
+    S: BuildHasher,
+{
+    /// The read, with `start` making the load from the loader on a miss.
+    #[inline]
+    fn poll_with<Fut>(
+        &mut self,
+        cx: &mut Context<'_>,
+        start: impl FnOnce(L, &K) -> Fut,
+    ) -> Poll<(Result<V, LoadError<E>>, Source)>
+    where
+        Fut: Future<Output = Result<V, Failure<E>>> + Send + 'static,
+    {
         let cache = self.cache;
         if let State::Start { key, .. } = &self.state {
             // The hit path reads through a reference: nothing moves.
             if let Some(value) = cache.read(key) {
-                cache.counters.hit();
+                cache.inner.counters.hit();
                 self.state = State::Done;
                 return Poll::Ready((Ok(value), Source::Hit));
             }
@@ -165,16 +199,17 @@ where
             else {
                 unreachable!("matched above");
             };
-            let counters = Arc::clone(&cache.counters);
+            let counters = Arc::clone(&cache.inner.counters);
             let get = cache
+                .inner
                 .map
-                .get_or_add_with(key.clone(), || load(loader.start(&key), counters));
+                .get_or_add_with(key.clone(), || load(start(loader, &key), counters));
             let source = if get.added() {
                 Source::Loaded
             } else {
                 Source::Joined
             };
-            cache.counters.miss(source == Source::Joined);
+            cache.inner.counters.miss(source == Source::Joined);
             self.state = State::Wait { get, key, source };
         }
         let State::Wait { get, source, .. } = &mut self.state else {
@@ -298,5 +333,76 @@ where
 impl<K, V, E, S, L> fmt::Debug for WithSource<'_, K, V, E, S, L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_tuple("WithSource").field(&self.0).finish()
+    }
+}
+
+/// The future of [`Cache::optionally_get_with`]: the value at a key, loaded on a miss by a
+/// loader that may find none. `Ok(None)` when the load found none (nothing is cached).
+///
+/// Everything [`GetWith`] says holds (single flight, cancel safety, stalled callers,
+/// panics), with one addition: a caller that joins this load through `get_with` or `get`,
+/// which cannot return `None`, gets [`LoadError::NotFound`] if it finds none.
+///
+/// ```
+/// use deferred_cache::Cache;
+/// # futures::executor::block_on(async {
+/// let cache: Cache<u8, u8> = Cache::new();
+/// assert_eq!(cache.optionally_get_with(1, || async { None }).await, Ok(None));
+/// assert_eq!(cache.optionally_get_with(1, || async { Some(5) }).await, Ok(Some(5)));
+/// # });
+/// ```
+#[must_use = "futures do nothing unless polled"]
+pub struct OptionallyGetWith<'a, K, V, E, S, F>(GetWith<'a, K, V, E, S, F>);
+
+impl<'a, K, V, E, S, F> OptionallyGetWith<'a, K, V, E, S, F> {
+    pub(crate) fn new(cache: &'a Cache<K, V, E, S>, key: K, loader: F) -> Self {
+        OptionallyGetWith(GetWith::new(cache, key, loader))
+    }
+}
+
+impl<K, V, E, S, F, Fut> Future for OptionallyGetWith<'_, K, V, E, S, F>
+where
+    K: Hash + Eq + Clone,
+    V: Clone + Send + Sync + 'static,
+    E: Send + Sync + 'static,
+    S: BuildHasher,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Option<V>> + Send + 'static,
+{
+    type Output = Result<Option<V>, LoadError<E>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let start = |loader: F, _: &K| {
+            let fut = loader();
+            async move { fut.await.ok_or(Failure::Absent) }
+        };
+        self.get_mut()
+            .0
+            .poll_with(cx, start)
+            .map(|(outcome, _)| match outcome {
+                Ok(value) => Ok(Some(value)),
+                Err(LoadError::NotFound) => Ok(None),
+                Err(error) => Err(error),
+            })
+    }
+}
+
+impl<K, V, E, S, F, Fut> FusedFuture for OptionallyGetWith<'_, K, V, E, S, F>
+where
+    K: Hash + Eq + Clone,
+    V: Clone + Send + Sync + 'static,
+    E: Send + Sync + 'static,
+    S: BuildHasher,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Option<V>> + Send + 'static,
+{
+    fn is_terminated(&self) -> bool {
+        matches!(self.0.state, State::Done)
+    }
+}
+
+impl<K, V, E, S, F> fmt::Debug for OptionallyGetWith<'_, K, V, E, S, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("OptionallyGetWith").field(&self.0).finish()
     }
 }

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 #![allow(clippy::std_instead_of_core, clippy::alloc_instead_of_core)] // a `std` crate
 
+mod blocking;
 mod builder;
 mod cache;
 mod error;
@@ -13,10 +14,10 @@ mod policy;
 mod reentrancy;
 mod stats;
 
-pub use builder::Builder;
-pub use cache::Cache;
+pub use builder::{BuildError, Builder};
+pub use cache::{Cache, Iter};
 pub use error::LoadError;
-pub use get::{GetWith, Loader, Source, WithSource};
+pub use get::{GetWith, Loader, OptionallyGetWith, Source, WithSource};
 pub use listener::RemovalCause;
 pub use loading::{Get, LoadingCache, SharedLoader};
 pub use stats::Stats;

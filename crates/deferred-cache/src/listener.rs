@@ -15,7 +15,8 @@ pub enum RemovalCause {
     /// capacity (any value, at capacity 0). Never a value that weighs nothing, whose
     /// eviction would free nothing.
     Size,
-    /// Removed by `invalidate`, `invalidate_all` or `invalidate_if`.
+    /// Removed by `invalidate`, `remove`, `invalidate_all`, `invalidate_if`, `retain` or
+    /// `invalidate_entries_if`.
     Explicit,
     /// Replaced by `insert` or `replace_if`.
     Replaced,

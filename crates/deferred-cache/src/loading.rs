@@ -7,6 +7,7 @@ use std::{
     future::Future,
     hash::{BuildHasher, Hash},
     ops::Deref,
+    sync::Arc,
 };
 
 use deferred_core::BoxFuture;
@@ -33,7 +34,28 @@ type DynLoader<K, V, E> = Box<dyn Fn(&K) -> BoxFuture<V, E> + Send + Sync>;
 /// ```
 pub struct LoadingCache<K, V, E = Infallible, S = RandomState> {
     cache: Cache<K, V, E, S>,
-    loader: DynLoader<K, V, E>,
+    loader: Arc<DynLoader<K, V, E>>,
+}
+
+impl<K, V, E, S> Clone for LoadingCache<K, V, E, S> {
+    /// Another handle to the same cache and loader: two reference-count increments. Share
+    /// a loading cache between tasks this way (see [`Cache`]'s "Sharing a cache").
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// let cache = deferred_cache::Cache::<u8, u8>::builder()
+    ///     .build_with_loader(|k: &u8| { let k = *k; async move { Ok(k + 1) } });
+    /// let other = cache.clone();
+    /// assert_eq!(other.get(1).await, Ok(2));
+    /// assert_eq!(cache.peek(&1), Some(2)); // one cache, two handles
+    /// # });
+    /// ```
+    fn clone(&self) -> Self {
+        LoadingCache {
+            cache: self.cache.clone(),
+            loader: Arc::clone(&self.loader),
+        }
+    }
 }
 
 /// The cache-wide loader of a [`LoadingCache`], bound for one call.
@@ -64,7 +86,7 @@ impl<K, V, E, S> LoadingCache<K, V, E, S> {
     {
         LoadingCache {
             cache,
-            loader: Box::new(move |key| Box::pin(loader(key))),
+            loader: Arc::new(Box::new(move |key| Box::pin(loader(key)))),
         }
     }
 

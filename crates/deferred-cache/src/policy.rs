@@ -29,7 +29,7 @@
 //!
 //! Only one shard lock is held at a time.
 
-use std::{collections::VecDeque, fmt, sync::Arc};
+use std::{collections::VecDeque, fmt};
 
 use crossbeam_utils::CachePadded;
 use deferred_core::{sync::SpinMutex, WeakLazy};
@@ -38,6 +38,7 @@ use hashbrown::HashTable;
 
 use crate::{
     cache::Stored,
+    error::Failure,
     loom::{AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed},
 };
 
@@ -98,7 +99,7 @@ impl fmt::Debug for Meta {
 }
 
 /// The cells of a cache's map.
-pub(crate) type CacheCell<V, E> = Cell<Stored<V>, Arc<E>>;
+pub(crate) type CacheCell<V, E> = Cell<Stored<V>, Failure<E>>;
 
 /// A queued entry: its key, and a weak handle to its cell, so that a value removed from the
 /// map is dropped at once, not when its node comes round.
@@ -106,7 +107,7 @@ pub(crate) struct Node<K, V, E> {
     pub(crate) key: K,
     pub(crate) hash: u64,
     weight: u64,
-    cell: WeakLazy<Stored<V>, Arc<E>>,
+    cell: WeakLazy<Stored<V>, Failure<E>>,
 }
 
 impl<K, V, E> Node<K, V, E> {
@@ -480,20 +481,22 @@ impl<K, V, E> Policy<K, V, E> {
 
     /// Admits the complete value in `cell` (unless it was admitted or removed meanwhile),
     /// then evicts other values until the cache is within capacity. A value heavier than
-    /// the capacity, or any value at capacity 0, is refused instead: it goes to `out` as a
-    /// victim, and nothing else moves. What eviction took out goes to `out`, for the
-    /// caller to remove from the map and drop with no lock held.
+    /// the capacity, any value at capacity 0, or a value of unknown weight (`None`: its
+    /// weigher panicked) is refused instead: it goes to `out` as a victim, and nothing else
+    /// moves. What eviction took out goes to `out`, for the caller to remove from the map
+    /// and drop with no lock held.
     pub(crate) fn admit(
         &self,
         mut node: Node<K, V, E>,
         cell: &CacheCell<V, E>,
-        weight: u32,
+        weight: Option<u32>,
         out: &mut Vec<Evicted<K, V, E>>,
     ) {
         let Some(meta) = meta_of(cell) else { return };
+        let refuse = weight.map_or(true, |w| self.capacity == 0 || u64::from(w) > self.capacity);
+        let weight = weight.unwrap_or(0);
         node.weight = u64::from(weight);
         let home = self.index(node.hash);
-        let refuse = self.capacity == 0 || node.weight > self.capacity;
         let mut unused = None;
         let mut admitted = false;
         self.shards[home].with(|fifo| {

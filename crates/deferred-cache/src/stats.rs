@@ -27,11 +27,12 @@ use crate::loom::{AtomicU64, Ordering::Relaxed};
 pub struct Stats {
     /// Reads that found a value.
     pub hits: u64,
-    /// Reads that found no value: `get_with` / `get` calls that started or joined a load,
-    /// and `get_if_present` calls that came back empty.
+    /// Reads that found no value: `get_with` / `get` / `optionally_get_with` calls that
+    /// started or joined a load, `get_or_insert_with` calls that inserted, and
+    /// `get_if_present` calls that came back empty.
     pub misses: u64,
     /// Misses that joined a load another caller had started, so that misses − coalesced =
-    /// loads started + empty `get_if_present` calls.
+    /// loads started + `get_or_insert_with` misses + empty `get_if_present` calls.
     pub coalesced: u64,
     /// Loads that produced a value.
     pub loads_ok: u64,
@@ -39,8 +40,13 @@ pub struct Stats {
     pub loads_failed: u64,
     /// Loads whose loader panicked.
     pub loads_panicked: u64,
-    /// Loads dropped before they finished, because every caller waiting on them went away.
+    /// Loads dropped before they finished, because every caller waiting on them went away
+    /// (or a value stored by [`get_or_insert_with`](crate::Cache::get_or_insert_with)
+    /// resolved them first).
     pub loads_cancelled: u64,
+    /// Loads of [`optionally_get_with`](crate::Cache::optionally_get_with) whose loader
+    /// found no value (`None`).
+    pub loads_empty: u64,
     /// Time spent in loaders that finished (value, error or panic), summed, from first poll
     /// to the end.
     pub load_time: Duration,
@@ -49,8 +55,8 @@ pub struct Stats {
     ///
     /// [`RemovalCause::Size`]: crate::RemovalCause::Size
     pub evicted: u64,
-    /// Entries removed by `invalidate`, `invalidate_all` or `invalidate_if`, or replaced by
-    /// `insert` or `replace_if`.
+    /// Entries removed by `invalidate`, `remove`, `invalidate_all`, `invalidate_if`,
+    /// `retain` or `invalidate_entries_if`, or replaced by `insert` or `replace_if`.
     pub invalidated: u64,
     /// Entries removed by `expire_if` (a layer's expiry, such as `deferred-expiring`'s).
     pub expired: u64,
@@ -59,6 +65,11 @@ pub struct Stats {
     /// operation that removed the value completed, its counts are exact, and the listener
     /// is still called for later removals.
     pub listener_panics: u64,
+    /// Calls of the [weigher](crate::Builder::weigher) that panicked. Each panic was caught
+    /// (after the panic hook reported it): the value it was weighing was refused as if it
+    /// were heavier than the capacity (counted in `evicted`, told as
+    /// [`RemovalCause::Size`](crate::RemovalCause::Size)), and the operation completed.
+    pub weigher_panics: u64,
 }
 
 impl Stats {
@@ -77,14 +88,18 @@ impl Stats {
         }
     }
 
-    /// Loads that ran to an end or were dropped: ok + failed + panicked + cancelled.
+    /// Loads that ran to an end or were dropped: ok + failed + panicked + cancelled + empty.
     ///
     /// ```
     /// let stats = deferred_cache::Stats::default();
     /// assert_eq!(stats.loads(), 0);
     /// ```
     pub fn loads(&self) -> u64 {
-        self.loads_ok + self.loads_failed + self.loads_panicked + self.loads_cancelled
+        self.loads_ok
+            + self.loads_failed
+            + self.loads_panicked
+            + self.loads_cancelled
+            + self.loads_empty
     }
 }
 
@@ -95,6 +110,7 @@ pub(crate) enum Outcome {
     Failed,
     Panicked,
     Cancelled,
+    Absent,
 }
 
 /// The read-path counters of one stripe.
@@ -111,12 +127,13 @@ struct Stripe {
 pub(crate) struct Counters {
     /// `SLOTS` owned stripes, then one shared stripe for threads beyond them.
     stripes: Box<[CachePadded<Stripe>]>,
-    loads: [AtomicU64; 4],
+    loads: [AtomicU64; 5],
     load_nanos: AtomicU64,
     evicted: AtomicU64,
     invalidated: AtomicU64,
     expired: AtomicU64,
     listener_panics: AtomicU64,
+    weigher_panics: AtomicU64,
 }
 
 /// Threads that can own a stripe at once; more share the last stripe (with atomic adds).
@@ -169,6 +186,7 @@ impl Counters {
             invalidated: AtomicU64::new(0),
             expired: AtomicU64::new(0),
             listener_panics: AtomicU64::new(0),
+            weigher_panics: AtomicU64::new(0),
         }
     }
 
@@ -235,6 +253,10 @@ impl Counters {
         self.listener_panics.fetch_add(1, Relaxed);
     }
 
+    pub(crate) fn weigher_panicked(&self) {
+        self.weigher_panics.fetch_add(1, Relaxed);
+    }
+
     pub(crate) fn snapshot(&self) -> Stats {
         let sum = |f: fn(&Stripe) -> &AtomicU64| -> u64 {
             self.stripes.iter().map(|s| f(s).load(Relaxed)).sum()
@@ -248,11 +270,13 @@ impl Counters {
             loads_failed: load(Outcome::Failed),
             loads_panicked: load(Outcome::Panicked),
             loads_cancelled: load(Outcome::Cancelled),
+            loads_empty: load(Outcome::Absent),
             load_time: Duration::from_nanos(self.load_nanos.load(Relaxed)),
             evicted: self.evicted.load(Relaxed),
             invalidated: self.invalidated.load(Relaxed),
             expired: self.expired.load(Relaxed),
             listener_panics: self.listener_panics.load(Relaxed),
+            weigher_panics: self.weigher_panics.load(Relaxed),
         }
     }
 }

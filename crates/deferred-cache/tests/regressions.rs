@@ -1,6 +1,7 @@
 //! Regressions of issue #11, points 8 to 11: capacity belongs to the cache (not to a policy
 //! shard), a value too heavy for it is refused without touching anything else, a panicking
-//! eviction listener leaves the books exact, and weightless values at capacity 0 and above.
+//! eviction listener leaves the books exact, and weightless values at capacity 0 and above;
+//! and (issue #12) a panicking weigher strands no caller and leaves the books exact.
 
 #![allow(clippy::std_instead_of_core)]
 
@@ -33,6 +34,9 @@ fn weighed(capacity: u64) -> (Cache<u64, u32, String>, Log) {
 /// The message of the panics the listeners here raise on purpose.
 const LISTENER_PANIC: &str = "listener panics on purpose";
 
+/// The message of the panics the weighers here raise on purpose.
+const WEIGHER_PANIC: &str = "weigher panics on purpose";
+
 /// Keeps the panics raised here on purpose quiet; any other panic goes to the default hook.
 fn quiet_expected_panics() {
     static ONCE: Once = Once::new();
@@ -42,7 +46,7 @@ fn quiet_expected_panics() {
             let expected = info
                 .payload()
                 .downcast_ref::<&str>()
-                .is_some_and(|msg| *msg == LISTENER_PANIC);
+                .is_some_and(|msg| *msg == LISTENER_PANIC || *msg == WEIGHER_PANIC);
             if !expected {
                 default(info);
             }
@@ -317,4 +321,123 @@ fn weightless_values_do_not_count_and_are_not_candidates() {
     assert_eq!(cache.weighted_size(), Some(1));
     assert_eq!(cache.len(), 1001);
     assert!((0..1000).all(|k| cache.contains_key(&k)));
+}
+
+// ---------------------------------------------------------------------------------------
+// 12 (issue #12). A panicking weigher strands no caller and leaves the books exact.
+// ---------------------------------------------------------------------------------------
+
+/// The weight at which `weighed_panicky`'s weigher panics.
+const POISON: u32 = 13;
+
+/// As `weighed`, but the weigher panics on the value `POISON`.
+fn weighed_panicky(capacity: u64) -> (Cache<u64, u32, String>, Log) {
+    quiet_expected_panics();
+    let log: Log = Arc::default();
+    let sink = Arc::clone(&log);
+    let cache = Cache::builder()
+        .max_capacity(capacity)
+        .weigher(|_, v: &u32| {
+            if *v == POISON {
+                std::panic::panic_any(WEIGHER_PANIC);
+            }
+            *v
+        })
+        .eviction_listener(move |k: &u64, v: &u32, cause| {
+            sink.lock().unwrap().push((*k, *v, cause))
+        })
+        .build();
+    (cache, log)
+}
+
+#[test]
+fn a_weigher_panicking_on_insert_refuses_the_value_and_keeps_the_books() {
+    let (cache, log) = weighed_panicky(10);
+    cache.insert(1, 2);
+    let inserted = catch_unwind(AssertUnwindSafe(|| cache.insert(2, POISON)));
+    assert!(inserted.is_ok(), "the weigher's panic escaped `insert`");
+    assert!(
+        !cache.contains_key(&2),
+        "a value of unknown weight was kept"
+    );
+    assert_eq!((cache.len(), cache.weighted_size()), (1, Some(2)));
+    // Replacing with a value the weigher panics on: the old value goes, the new is refused.
+    let replaced = catch_unwind(AssertUnwindSafe(|| cache.insert(1, POISON)));
+    assert!(replaced.is_ok(), "the weigher's panic escaped `insert`");
+    assert_eq!((cache.len(), cache.weighted_size()), (0, Some(0)));
+    let stats = cache.stats();
+    assert_eq!((stats.evicted, stats.invalidated), (2, 1));
+    assert_eq!(stats.weigher_panics, 2);
+    assert_eq!(
+        *log.lock().unwrap(),
+        [
+            (2, POISON, RemovalCause::Size),
+            (1, 2, RemovalCause::Replaced),
+            (1, POISON, RemovalCause::Size)
+        ]
+    );
+    // The cache goes on working.
+    cache.insert(3, 10);
+    assert_eq!((cache.len(), cache.weighted_size()), (1, Some(10)));
+}
+
+#[test]
+fn a_weigher_panicking_on_replace_if_refuses_the_value_and_keeps_the_books() {
+    let (cache, log) = weighed_panicky(10);
+    cache.insert(1, 2);
+    let replaced = catch_unwind(AssertUnwindSafe(|| cache.replace_if(&1, POISON, |_| true)));
+    assert!(
+        matches!(replaced, Ok(true)),
+        "the weigher's panic escaped `replace_if`"
+    );
+    assert!(!cache.contains_key(&1));
+    assert_eq!((cache.len(), cache.weighted_size()), (0, Some(0)));
+    assert_eq!(cache.stats().weigher_panics, 1);
+    assert_eq!(
+        *log.lock().unwrap(),
+        [
+            (1, 2, RemovalCause::Replaced),
+            (1, POISON, RemovalCause::Size)
+        ]
+    );
+}
+
+/// The weigher runs when a loaded value is admitted, inside the `poll` of whichever caller
+/// gets there first: every caller of the load still gets its value, none unwinds, and the
+/// value (whose weight is unknown) is not kept, so the next read loads again.
+#[test]
+fn a_weigher_panicking_on_a_loaded_value_strands_no_caller_and_keeps_the_books() {
+    let (cache, log) = weighed_panicky(10);
+    cache.insert(1, 2);
+    let (go, gate) = futures::channel::oneshot::channel::<()>();
+    let got = catch_unwind(AssertUnwindSafe(|| {
+        futures::executor::block_on(async {
+            futures::join!(
+                cache.get_with(7, move || async move {
+                    gate.await.ok();
+                    Ok(POISON)
+                }),
+                cache.get_with(7, || async { Ok(0) }),
+                async { go.send(()).unwrap() },
+            )
+        })
+    }));
+    let Ok((a, b, ())) = got else {
+        panic!("the weigher's panic reached a caller of the load");
+    };
+    assert_eq!((a, b), (Ok(POISON), Ok(POISON)));
+    assert!(
+        !cache.contains_key(&7),
+        "a value of unknown weight was kept"
+    );
+    assert_eq!((cache.len(), cache.weighted_size()), (1, Some(2)));
+    let stats = cache.stats();
+    assert_eq!(
+        (stats.loads_ok, stats.evicted, stats.weigher_panics),
+        (1, 1, 1)
+    );
+    assert_eq!(*log.lock().unwrap(), [(7, POISON, RemovalCause::Size)]);
+    let again = futures::executor::block_on(cache.get_with(7, || async { Ok(3) }));
+    assert_eq!(again, Ok(3));
+    assert_eq!((cache.len(), cache.weighted_size()), (2, Some(5)));
 }

@@ -1,0 +1,204 @@
+//! `get_with_blocking`: single-flight loads for plain threads, with the loader on the
+//! caller's thread.
+
+use std::{
+    future::Future,
+    hash::{BuildHasher, Hash},
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll, Wake, Waker},
+    thread::{self, Thread},
+    time::Instant,
+};
+
+use deferred_map::Cell;
+
+use crate::{
+    cache::Stored, error::Failure, policy::CacheCell, reentrancy, stats::Outcome, Cache, LoadError,
+};
+
+impl<K, V, E, S> Cache<K, V, E, S>
+where
+    K: Hash + Eq + Clone,
+    V: Clone + Send + Sync + 'static,
+    E: Send + Sync + 'static,
+    S: BuildHasher,
+{
+    /// The value at `key`, loading it with `loader` on a miss, for a thread with no async
+    /// executor: it blocks (parks) until the value is there. Single flight holds across
+    /// threads and with async callers: callers that miss the key at once share one load,
+    /// whether they came through `get_with_blocking`, [`get_with`](Self::get_with) or
+    /// [`get`](crate::LoadingCache::get), and every one of them gets its outcome. Errors
+    /// are shared and not cached, as for `get_with`. Do not call it from an async task: it
+    /// blocks the executor's thread.
+    ///
+    /// **The loader runs on the caller's thread**, synchronously, with no lock held; it is
+    /// not stored in the entry, so no one else can take it over. What that means:
+    ///
+    /// * A loader that stalls (blocks on I/O without a timeout, say) holds up every caller
+    ///   that joined its load, blocking or async, until it returns: bound its waits
+    ///   yourself. (An async load, by contrast, can be driven by any of its callers.)
+    /// * If it panics, the panic unwinds out of this call, and every caller that joined
+    ///   the load gets [`LoadError::Panicked`]; the entry goes, and the cache stays
+    ///   usable.
+    /// * If it calls `get_with_blocking` (or `get_with`) for its own key on the same
+    ///   thread, that call gets [`LoadError::Reentrant`] rather than a deadlock.
+    ///
+    /// A caller that joins a load another caller started waits for it. If that load is an
+    /// async one (from `get_with`), this thread helps drive it, as any of its callers may,
+    /// so it must not need a particular runtime's context (tokio's I/O or timers, say) to
+    /// make progress: join such loads from a task, not from a plain thread.
+    ///
+    /// ```
+    /// use std::sync::{Arc, Barrier};
+    /// use deferred_cache::Cache;
+    /// let cache: Cache<u32, String> = Cache::bounded(100);
+    /// let ready = Arc::new(Barrier::new(4));
+    /// let threads: Vec<_> = (0..4)
+    ///     .map(|_| {
+    ///         let (cache, ready) = (cache.clone(), Arc::clone(&ready));
+    ///         std::thread::spawn(move || {
+    ///             ready.wait();
+    ///             cache.get_with_blocking(7, || Ok("seven".to_string()))
+    ///         })
+    ///     })
+    ///     .collect();
+    /// for thread in threads {
+    ///     assert_eq!(thread.join().unwrap(), Ok("seven".to_string()));
+    /// }
+    /// assert_eq!(cache.stats().loads_ok, 1); // one load, however the threads raced
+    /// ```
+    pub fn get_with_blocking(
+        &self,
+        key: K,
+        loader: impl FnOnce() -> Result<V, E>,
+    ) -> Result<V, LoadError<E>> {
+        if let Some(value) = self.read(&key) {
+            self.inner.counters.hit();
+            return Ok(value);
+        }
+        let mine: CacheCell<V, E> = Cell::pending();
+        let get = self.inner.map.get_or_add_cell(key.clone(), mine.clone());
+        self.inner.counters.miss(!get.added());
+        if !get.added() {
+            if reentrancy::is_inside(id(get.cell())) {
+                return Err(LoadError::Reentrant);
+            }
+            let cell = get.cell().clone();
+            return match block_on(get) {
+                Ok(stored) => {
+                    self.admit_loaded(key, &cell);
+                    Ok(stored.value)
+                }
+                Err(error) => Err(error.into()),
+            };
+        }
+        // This caller's load. The guard settles the entry if the loader unwinds.
+        let mut load = Running {
+            cache: self,
+            key: &key,
+            cell: &mine,
+            started: Instant::now(),
+            finished: false,
+        };
+        let result = {
+            let _inside = reentrancy::enter(id(&mine));
+            loader()
+        };
+        load.finished = true;
+        let took = Some(load.started.elapsed());
+        drop(load);
+        match result {
+            Ok(value) => {
+                self.inner.counters.load(Outcome::Ok, took);
+                if mine.succeed(Stored::new(value.clone())).is_err() {
+                    // `get_or_insert_with` settled the key first: its value is the key's,
+                    // and its callers', so it is this caller's too.
+                    if let Some(stored) = mine.get() {
+                        drop(get);
+                        self.admit_loaded(key, &mine);
+                        return Ok(stored.value.clone());
+                    }
+                }
+                drop(get);
+                self.admit_loaded(key, &mine);
+                Ok(value)
+            }
+            Err(error) => {
+                self.inner.counters.load(Outcome::Failed, took);
+                // Out of the map first, so that no later caller is served this error.
+                self.inner
+                    .map
+                    .remove_if(&key, |cell| Cell::ptr_eq(cell, &mine));
+                let error = Arc::new(error);
+                let _ = mine.fail(Failure::Error(Arc::clone(&error)));
+                drop(get);
+                Err(LoadError::Failed(error))
+            }
+        }
+    }
+}
+
+/// A blocking load in progress. If the loader unwinds, it takes the entry out of the map
+/// and completes the cell as panicked, so that the callers who joined it get
+/// `LoadError::Panicked` instead of waiting forever.
+struct Running<'a, K: Hash + Eq, V, E, S: BuildHasher> {
+    cache: &'a Cache<K, V, E, S>,
+    key: &'a K,
+    cell: &'a CacheCell<V, E>,
+    started: Instant,
+    finished: bool,
+}
+
+impl<K, V, E, S> Drop for Running<'_, K, V, E, S>
+where
+    K: Hash + Eq,
+    S: BuildHasher,
+{
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let cell = self.cell;
+        self.cache
+            .inner
+            .map
+            .remove_if(self.key, |c| Cell::ptr_eq(c, cell));
+        cell.deferred().die();
+        self.cache
+            .inner
+            .counters
+            .load(Outcome::Panicked, Some(self.started.elapsed()));
+    }
+}
+
+/// The identity of a cell, as the re-entrancy guard knows it.
+fn id<V, E>(cell: &CacheCell<V, E>) -> usize {
+    cell.deferred() as *const deferred_core::Deferred<Stored<V>, Failure<E>> as usize
+}
+
+/// Wakes a parked thread.
+struct Unpark(Thread);
+
+impl Wake for Unpark {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+/// Polls `fut` on this thread until it is ready, parking in between.
+fn block_on<F: Future + Unpin>(mut fut: F) -> F::Output {
+    let waker = Waker::from(Arc::new(Unpark(thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    loop {
+        if let Poll::Ready(output) = Pin::new(&mut fut).poll(&mut cx) {
+            return output;
+        }
+        // A wake-up may be spurious: the loop polls again and parks again if need be.
+        thread::park();
+    }
+}
