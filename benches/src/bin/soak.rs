@@ -536,6 +536,9 @@ enum Outcome {
     Panicked,
     Cancelled,
     Reentrant,
+    /// Any other `LoadError` (`NotFound`, which only optional loads give, or one added
+    /// later): a read here never ends so.
+    Other(String),
 }
 
 impl Outcome {
@@ -554,6 +557,7 @@ impl Outcome {
             Err(LoadError::Panicked) => Outcome::Panicked,
             Err(LoadError::Cancelled) => Outcome::Cancelled,
             Err(LoadError::Reentrant) => Outcome::Reentrant,
+            Err(other) => Outcome::Other(format!("{other:?}")),
         }
     }
 }
@@ -579,6 +583,7 @@ fn check_outcome(ctx: &Ctx, key: u64, outcome: &Outcome) {
         Outcome::Failed(_) | Outcome::Panicked => {}
         Outcome::Cancelled => violation(ctx, format!("key {key}: a read ended Cancelled")),
         Outcome::Reentrant => violation(ctx, format!("key {key}: a read ended Reentrant")),
+        Outcome::Other(ref error) => violation(ctx, format!("key {key}: a read ended {error}")),
     }
 }
 
