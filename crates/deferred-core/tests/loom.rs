@@ -843,3 +843,31 @@ fn get_or_init_running_vs_direct_completion_and_a_claimant() {
         );
     });
 }
+
+#[test]
+fn spin_locks_released_by_a_panicking_closure_do_not_poison_the_model() {
+    // `SpinMutex::new` / `SpinRwLock::new` sit behind a gate under loom; a loom `Mutex`
+    // there was poisoned by a guard dropped while unwinding, and the next lock panicked.
+    // A closure that panics (caught, as the map's user-code paths do) must leave both locks
+    // usable by the other thread and by this one.
+    loom::model(|| {
+        let mutex = Arc::new(deferred_core::sync::SpinMutex::new(0usize));
+        let rwlock = Arc::new(deferred_core::sync::SpinRwLock::new(0usize));
+        let (m, l) = (mutex.clone(), rwlock.clone());
+        let t = thread::spawn(move || {
+            m.with(|n| *n += 1);
+            l.write(|n| *n += 1);
+        });
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            mutex.with(|_| panic!("user code"));
+        }));
+        assert!(caught.is_err());
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            rwlock.read(|_| panic!("user code"));
+        }));
+        assert!(caught.is_err());
+        t.join().unwrap();
+        assert_eq!(mutex.with(|n| *n), 1);
+        assert_eq!(rwlock.read(|n| *n), 1);
+    });
+}
