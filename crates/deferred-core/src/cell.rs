@@ -114,7 +114,7 @@ pub(crate) enum Polled {
 /// Without `std`, a contender for the cell's lock spins: it has no thread to yield. On one
 /// core, never use a cell from an interrupt handler (or a higher-priority executor) in a way
 /// that takes its lock if the code it interrupts may hold that lock: polling or dropping a
-/// waiting future, [`on_complete`](Self::on_complete), dropping a [`Claim`](crate::Claim)
+/// waiting future, [`on_complete`](Self::on_complete) (and disposing its handle), dropping a [`Claim`](crate::Claim)
 /// without completing, or a completion that wins while something waits. Keep all use of one
 /// cell at one priority level, or run the lower level's lock-taking operations inside
 /// `critical_section::with`. The probes ([`try_get`](Self::try_get) and friends), a losing
