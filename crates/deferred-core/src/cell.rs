@@ -41,6 +41,15 @@ const ERR: usize = 1;
 const CANCELLED: usize = 2;
 const PANICKED: usize = 3;
 
+/// Whether a producer's work is wanted by no one now (`Producer::is_closed`): the cell is
+/// complete or being completed (WON), or no node waits in either list. A producer's own
+/// closer is never linked alone while the cell is pending (see `take_lone_closer`), so the
+/// list bits alone tell.
+#[inline]
+pub(crate) fn is_closed(state: usize) -> bool {
+    state & (WON | DONE) != 0 || state & (WAITERS | CLAIMANTS) == 0
+}
+
 /// How many waiters a completion wakes per lock acquisition. Small under loom so that the
 /// models can span more than one batch with three waiters.
 #[cfg(not(loom))]
@@ -105,7 +114,7 @@ pub(crate) enum Polled {
 /// Without `std`, a contender for the cell's lock spins: it has no thread to yield. On one
 /// core, never use a cell from an interrupt handler (or a higher-priority executor) in a way
 /// that takes its lock if the code it interrupts may hold that lock: polling or dropping a
-/// waiting future, [`on_complete`](Self::on_complete), dropping a [`Claim`](crate::Claim)
+/// waiting future, [`on_complete`](Self::on_complete) (and disposing its handle), dropping a [`Claim`](crate::Claim)
 /// without completing, or a completion that wins while something waits. Keep all use of one
 /// cell at one priority level, or run the lower level's lock-taking operations inside
 /// `critical_section::with`. The probes ([`try_get`](Self::try_get) and friends), a losing
@@ -473,8 +482,8 @@ impl<T, E> Deferred<T, E> {
         }
     }
 
-    /// The state word, loaded with Acquire (pairs with the Release that publishes DONE).
-    #[cfg(feature = "alloc")]
+    /// The state word, loaded with Acquire (pairs with the Release that publishes DONE, and
+    /// with the Release in `unlock` that publishes the list bits).
     #[inline]
     pub(crate) fn state_acquire(&self) -> usize {
         self.state.load(Acquire)
@@ -609,7 +618,7 @@ impl<T, E> Deferred<T, E> {
             fn run(&self) {
                 loop {
                     let mut batch = Batch::new(self.cell);
-                    self.cell.lock();
+                    let state = self.cell.lock();
                     let sentinel: *const Node = self.sentinel;
                     // SAFETY: the lock is held; popped nodes are marked Notified and never
                     // touched again.
@@ -630,7 +639,10 @@ impl<T, E> Deferred<T, E> {
                                 Some((node, _)) if node == sentinel => break true,
                                 Some((node, notify)) if notify.is_callback() => {
                                     // Callbacks wait for the completion itself: put it
-                                    // back, behind the sentinel.
+                                    // back, behind the sentinel. (A producer's closer is
+                                    // woken like a waiter, and looks again: its owner may
+                                    // skip the lock once it is marked Notified, so it must
+                                    // not be linked again here.)
                                     // SAFETY: callback nodes live on the heap until run.
                                     let node = &*node;
                                     node.with_links(|l| l.notify = notify);
@@ -642,9 +654,17 @@ impl<T, E> Deferred<T, E> {
                             }
                         })
                     };
+                    // The round took waiters off the list; if only a producer's closer is
+                    // left, it is owed its wake (see `take_lone_closer`).
+                    // SAFETY: we hold the lock.
+                    let closer = unsafe { self.cell.take_lone_closer(state) };
                     // SAFETY: we hold the lock.
                     unsafe { self.cell.unlock(0, 0) };
                     batch.wake_all();
+                    if let Some(closer) = closer {
+                        // SAFETY: taken off the list under the lock; not a callback.
+                        unsafe { closer.notify(core::ptr::null()) };
+                    }
                     if finished {
                         return;
                     }
@@ -873,9 +893,13 @@ impl<T, E> Deferred<T, E> {
             unsafe { node.with_links(|l| (l.status, mem::replace(&mut l.notify, Notify::None))) };
         let mut handoff = None;
         let mut clear = 0;
+        let mut closer = None;
         match status {
             // SAFETY: the lock is held and the node is linked in `which`.
-            Status::Linked => unsafe { self.with_lists(|lists| lists.get(which).remove(node)) },
+            Status::Linked => unsafe {
+                self.with_lists(|lists| lists.get(which).remove(node));
+                closer = self.take_lone_closer(state);
+            },
             // SAFETY: the lock is held.
             Status::Granted => unsafe { (handoff, clear) = self.pass_claim_locked(state) },
             Status::Idle | Status::Notified => {}
@@ -888,6 +912,135 @@ impl<T, E> Deferred<T, E> {
             // SAFETY: `next` came off the claimant list, which holds no callbacks.
             unsafe { next.notify(core::ptr::null()) };
         }
+        if let Some(closer) = closer {
+            // SAFETY: taken off the list under the lock; a closer is not a callback.
+            unsafe { closer.notify(core::ptr::null()) };
+        }
+    }
+
+    /// With the lock held, after a node was taken off a list: if the cell is pending and
+    /// the only node left is a producer's closer (`Producer::closed`), takes it off too and
+    /// returns its notify, to be woken once the lock is released: no one waits any more.
+    ///
+    /// This keeps the invariant that `Producer::is_closed` reads from the state word alone:
+    /// while the cell is pending, a closer is linked only beside another node (it links
+    /// itself only then, under the lock, and every path that unlinks a node of a pending
+    /// cell calls this before it unlocks), so WAITERS | CLAIMANTS clear means no one waits.
+    /// A completion (WON) wakes the closer itself: it drains every list.
+    ///
+    /// # Safety
+    ///
+    /// The lock is held; `state` is the word `lock` returned.
+    pub(crate) unsafe fn take_lone_closer(&self, state: usize) -> Option<Notify> {
+        if state & (WON | DONE) != 0 {
+            return None;
+        }
+        // SAFETY: the lock is held (caller). A linked node is alive (list invariant); it is
+        // popped, marked Notified, and not touched again.
+        unsafe {
+            self.with_lists(|lists| {
+                let only = lists.waiters.single()?;
+                if !lists.claimants.is_empty() || !(*only).with_links(|l| l.notify.is_closer()) {
+                    return None;
+                }
+                lists
+                    .waiters
+                    .pop_front(Status::Notified)
+                    .map(|(_, notify)| notify)
+            })
+        }
+    }
+
+    /// Polls a producer's closer `node` (`Producer::closed`): returns `true` once the cell is
+    /// complete or being completed, or no waiter is linked; otherwise links the node (or
+    /// renews its waker) beside the waiters and returns `false`.
+    ///
+    /// # Safety
+    ///
+    /// As for `poll_node`; and the caller holds the claim (so no other closer exists, and
+    /// no claim is passed on while the node is linked).
+    pub(crate) unsafe fn poll_closer(
+        &self,
+        node: &Node,
+        linked: &mut Option<Which>,
+        waker: &Waker,
+    ) -> bool {
+        if linked.is_some() && node.is_notified() {
+            // Taken off by a completion or by the last waiter to leave, which woke us; the
+            // cell does not touch the node again.
+            *linked = None;
+        }
+        if linked.is_none() {
+            // Acquire: pairs with the Release in `unlock` (the list bits) and in `publish`.
+            if is_closed(self.state.load(Acquire)) {
+                return true;
+            }
+        }
+        // Cloning a waker runs user code: outside the lock.
+        let fresh = Notify::Closer(waker.clone());
+        let state = self.lock();
+        let mut stale = Notify::None;
+        let mut pushed = false;
+        let mut unlinked = false;
+        let closed = if state & (WON | DONE) != 0 {
+            stale = fresh;
+            true
+        } else {
+            // SAFETY: the lock is held; the node is ours, pinned, and unlinked before it is
+            // freed (the caller's contract).
+            unsafe {
+                let me: *const Node = node;
+                let is_linked = node.with_links(|l| l.status) == Status::Linked;
+                self.with_lists(|lists| {
+                    let others = !lists.claimants.is_empty()
+                        || if is_linked {
+                            lists.waiters.single() != Some(me)
+                        } else {
+                            !lists.waiters.is_empty()
+                        };
+                    if !others {
+                        if is_linked {
+                            // Unreachable while the invariant of `take_lone_closer` holds;
+                            // kept total.
+                            lists.waiters.remove(node);
+                            node.with_links(|l| stale = mem::replace(&mut l.notify, fresh));
+                            unlinked = true;
+                        } else {
+                            stale = fresh;
+                        }
+                        true
+                    } else {
+                        if is_linked {
+                            node.with_links(|l| stale = mem::replace(&mut l.notify, fresh));
+                        } else {
+                            lists.waiters.push_back(node);
+                            node.with_links(|l| l.notify = fresh);
+                            pushed = true;
+                        }
+                        false
+                    }
+                })
+            }
+        };
+        // SAFETY: we hold the lock.
+        let before = unsafe { self.unlock(0, 0) };
+        // Set before any user code (the stale waker's drop) can unwind: `Drop` unlinks by it.
+        if pushed {
+            *linked = Some(Which::Waiters);
+        }
+        if unlinked {
+            *linked = None;
+        }
+        drop(stale);
+        if closed {
+            return true;
+        }
+        if self.owes_drain(before, pushed) {
+            // The cell completed while we linked, unseen by its completer.
+            self.drain();
+            return true;
+        }
+        false
     }
 
     /// With the lock held by a claim holder who is giving up without completing: hands the

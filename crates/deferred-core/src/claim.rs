@@ -235,6 +235,163 @@ impl<T, E> Producer<'_, T, E> {
     }
 }
 
+impl<'a, T, E> Producer<'a, T, E> {
+    /// Whether the value this producer would make is wanted by no one now: no one waits on
+    /// the cell, or it has been completed (or is being completed) by someone else, so a
+    /// completion by this producer would lose. A producer can then stop its work (as with
+    /// tokio's `oneshot::Sender::is_closed`). Never waits: one Acquire load.
+    ///
+    /// **Who waits.** Everything linked in the cell: a [`Wait`](crate::Wait),
+    /// [`WaitCloned`](crate::WaitCloned), `OwnedWait` or `LazyWait` polled at least once and
+    /// neither finished nor dropped; a [`ClaimWait`] or [`GetOrInit`] waiting for the claim
+    /// (or for the value); a thread in `wait_blocking*`; an
+    /// [`on_complete`](Deferred::on_complete) callback that has not run nor been disposed.
+    /// Not counted: a future made but not polled yet, code that only probes the cell
+    /// ([`try_get`](Deferred::try_get) and friends), and a [`Closed`] future (this producer's
+    /// own).
+    ///
+    /// **Not final.** The cell is shared: anyone holding it may start waiting at any time,
+    /// and then this returns `false` again. A producer made before its waiters have polled
+    /// sees `true` until they do. Waiters a `Lazy`'s relay wake has just woken are unlinked
+    /// until they are polled again.
+    ///
+    /// ```
+    /// use deferred_core::Deferred;
+    /// # futures::executor::block_on(async {
+    /// let cell: Deferred<u8> = Deferred::new();
+    /// let producer = cell.producer().unwrap();
+    /// assert!(producer.is_closed()); // no one waits yet
+    /// let mut waiter = Box::pin(cell.wait());
+    /// assert!(futures::poll!(waiter.as_mut()).is_pending());
+    /// assert!(!producer.is_closed()); // someone does now
+    /// drop(waiter);
+    /// assert!(producer.is_closed()); // and no longer
+    /// # });
+    /// ```
+    pub fn is_closed(&self) -> bool {
+        self.cell
+            .map_or(true, |cell| crate::cell::is_closed(cell.state_acquire()))
+    }
+
+    /// Resolves when [`is_closed`](Self::is_closed) holds: at once if it does, otherwise
+    /// when the last waiter goes (the one whose leaving makes the cell have no waiter wakes
+    /// this future) or the cell is completed by someone else (the completion wakes it). As
+    /// tokio's `oneshot::Sender::closed`, for racing the work against it:
+    /// `select!` on `producer.closed()` and the computation, and drop the computation (and the
+    /// producer, which cancels the cell) if `closed` wins.
+    ///
+    /// The same caveats as [`is_closed`](Self::is_closed): the state is not final (a waiter
+    /// may come after this resolves), and a producer made before its waiters have polled
+    /// resolves at once, so start waiting on it after they have. It takes `&mut self`: one
+    /// `Closed` at a time per producer (and so per cell).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future unlinks it; nothing is lost.
+    ///
+    /// ```
+    /// use deferred_core::Deferred;
+    /// # futures::executor::block_on(async {
+    /// let cell: Deferred<u8> = Deferred::new();
+    /// let mut producer = cell.producer().unwrap();
+    /// let mut waiter = Box::pin(cell.wait());
+    /// assert!(futures::poll!(waiter.as_mut()).is_pending());
+    ///
+    /// let mut closed = Box::pin(producer.closed());
+    /// assert!(futures::poll!(closed.as_mut()).is_pending()); // someone waits
+    /// drop(waiter); // the last waiter goes: `closed` is woken
+    /// closed.await;
+    /// assert!(producer.is_closed());
+    /// drop(producer); // cancels the cell
+    /// # });
+    /// ```
+    pub fn closed(&mut self) -> Closed<'_, T, E> {
+        Closed {
+            cell: self.cell,
+            node: Node::new(),
+            linked: None,
+            done: false,
+        }
+    }
+}
+
+/// A future that resolves when no one waits on a [`Producer`]'s cell any more, or the cell
+/// is completed by someone else. Made by [`Producer::closed`].
+///
+/// # Cancel safety
+///
+/// Dropping it unlinks it; nothing is lost.
+///
+/// ```
+/// use deferred_core::Deferred;
+/// # futures::executor::block_on(async {
+/// let cell: Deferred<u8> = Deferred::new();
+/// let mut producer = cell.producer().unwrap();
+/// producer.closed().await; // no one waits: resolves at once
+/// # drop(producer);
+/// # });
+/// ```
+#[must_use = "futures do nothing unless polled"]
+pub struct Closed<'p, T, E = core::convert::Infallible> {
+    /// `None` only for a producer that has already completed (never seen from outside).
+    cell: Option<&'p Deferred<T, E>>,
+    node: Node,
+    linked: Option<Which>,
+    done: bool,
+}
+
+// SAFETY: as for `Wait`: the node is only reached by other threads through the cell's lock,
+// and the future hands out nothing.
+unsafe impl<T: Send + Sync, E: Send + Sync> Send for Closed<'_, T, E> {}
+// SAFETY: `&Closed` gives access to nothing but `is_terminated` and `Debug`.
+unsafe impl<T: Send + Sync, E: Send + Sync> Sync for Closed<'_, T, E> {}
+
+impl<T, E> Future for Closed<'_, T, E> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        // SAFETY: we never move out of the pinned future.
+        let this = unsafe { self.get_unchecked_mut() };
+        let Some(cell) = this.cell else {
+            this.done = true;
+            return Poll::Ready(());
+        };
+        // SAFETY: `node` is pinned inside `self` and `Drop` unlinks it; the producer this
+        // future borrows mutably holds the claim for as long as it lives.
+        if unsafe { cell.poll_closer(&this.node, &mut this.linked, cx.waker()) } {
+            this.done = true;
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+impl<T, E> FusedFuture for Closed<'_, T, E> {
+    fn is_terminated(&self) -> bool {
+        self.done
+    }
+}
+
+impl<T, E> Drop for Closed<'_, T, E> {
+    fn drop(&mut self) {
+        if let Some(cell) = self.cell {
+            // SAFETY: the node is pinned and belongs to `cell`; after this the cell never
+            // touches it.
+            unsafe { cell.cancel_node(&self.node, &mut self.linked) };
+        }
+    }
+}
+
+impl<T, E> fmt::Debug for Closed<'_, T, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Closed")
+            .field("linked", &self.linked.is_some())
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<T, E> Drop for Producer<'_, T, E> {
     fn drop(&mut self) {
         if let Some(cell) = self.take() {

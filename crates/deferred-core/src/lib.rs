@@ -24,8 +24,10 @@ mod wait;
 #[cfg(feature = "std")]
 mod blocking;
 
+#[cfg(feature = "alloc")]
+pub use callback::CallbackHandle;
 pub use cell::Deferred;
-pub use claim::{Claim, ClaimWait, GetOrInit, Producer};
+pub use claim::{Claim, ClaimWait, Closed, GetOrInit, Producer};
 pub use error::Error;
 #[cfg(feature = "alloc")]
 pub use lazy::{BoxFuture, BoxInit, Lazy, LazyWait, OwnedLazyWait, WeakLazy};

@@ -15,6 +15,11 @@ pub(crate) enum Notify {
     None,
     /// An async task.
     Waker(Waker),
+    /// The task of a producer waiting in `Producer::closed` for the cell to have no waiter
+    /// left (or to complete). It is not itself a waiter: it is linked only while another node
+    /// is, and whoever unlinks the last other node of a pending cell takes it off and wakes
+    /// it (`Deferred::take_lone_closer`).
+    Closer(Waker),
     /// A thread parked in a blocking wait.
     #[cfg(feature = "std")]
     Thread(crate::loom::thread::Thread),
@@ -42,7 +47,7 @@ impl Notify {
         let _ = cell;
         match self {
             Notify::None => {}
-            Notify::Waker(waker) => waker.wake(),
+            Notify::Waker(waker) | Notify::Closer(waker) => waker.wake(),
             #[cfg(feature = "std")]
             Notify::Thread(thread) => thread.unpark(),
             #[cfg(feature = "alloc")]
@@ -72,6 +77,12 @@ impl Notify {
     #[inline]
     pub(crate) fn is_callback(&self) -> bool {
         matches!(self, Notify::Callback { .. })
+    }
+
+    /// Whether this is a producer's closer.
+    #[inline]
+    pub(crate) fn is_closer(&self) -> bool {
+        matches!(self, Notify::Closer(_))
     }
 }
 
@@ -158,6 +169,12 @@ impl List {
     #[inline]
     pub(crate) fn is_empty(&self) -> bool {
         self.head.is_null()
+    }
+
+    /// The node, if the list holds exactly one.
+    #[inline]
+    pub(crate) fn single(&self) -> Option<*const Node> {
+        (!self.head.is_null() && self.head == self.tail).then_some(self.head)
     }
 
     /// Links `node` at the back.

@@ -142,6 +142,63 @@ impl LockWaits {
     }
 }
 
+/// Under loom only: what `SpinMutex` and `SpinRwLock` put in front of their spin protocol
+/// (unless made by `new_unmodelled`), so that the models of the layers above explore their
+/// own protocols rather than every way two threads can meet inside a lock: one holder at a
+/// time, readers included.
+///
+/// Not a loom `Mutex`: a loom mutex guard keeps a std mutex guard inside it, so a guard
+/// dropped while a panic unwinds (a map's user code that panics under its shard lock, caught
+/// by the model) poisons it, and the next `lock` in the model panics. This gate holds a
+/// `bool` in a std mutex that loom does not see (taken and released between two of loom's
+/// own operations, never across one) and parks contenders through [`LockWaits`]. It orders
+/// nothing for loom: the spin lock behind it is still taken (uncontended), and its Acquire and
+/// Release are what tell loom that one holder's accesses happen before the next one's.
+#[cfg(loom)]
+#[derive(Debug, Default)]
+pub(crate) struct Gate {
+    held: std::sync::Mutex<bool>,
+    waits: LockWaits,
+}
+
+#[cfg(loom)]
+impl Gate {
+    fn held(&self) -> std::sync::MutexGuard<'_, bool> {
+        self.held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Takes the gate, parking while someone else holds it; released when the guard drops,
+    /// unwinding included.
+    pub(crate) fn enter(&self) -> GateGuard<'_> {
+        let backoff = crossbeam_utils::Backoff::new();
+        loop {
+            {
+                let mut held = self.held();
+                if !*held {
+                    *held = true;
+                    return GateGuard(self);
+                }
+            }
+            self.waits.contended(&backoff, || *self.held());
+        }
+    }
+}
+
+/// Holds a [`Gate`]; dropping it (also while unwinding) lets the next holder in.
+#[cfg(loom)]
+#[derive(Debug)]
+pub(crate) struct GateGuard<'a>(&'a Gate);
+
+#[cfg(loom)]
+impl Drop for GateGuard<'_> {
+    fn drop(&mut self) {
+        *self.0.held() = false;
+        self.0.waits.released();
+    }
+}
+
 /// Waits a little before the caller retries a short spin (an attacher of a `Lazy`
 /// computation waiting for another attacher, a hold of a few instructions). On `std`,
 /// `Backoff::snooze` spins a few rounds and then yields the thread to the OS, so a holder

@@ -5,6 +5,8 @@ use core::fmt;
 
 use crossbeam_utils::Backoff;
 
+#[cfg(loom)]
+use crate::loom::Gate;
 use crate::loom::{AtomicUsize, LockWaits, Ordering::*, UnsafeCell};
 
 /// A spin lock for critical sections of a few instructions (a hash-table probe), usable
@@ -28,10 +30,10 @@ pub struct SpinMutex<T> {
     value: UnsafeCell<T>,
     /// Where contenders wait (nothing, outside loom: see `LockWaits`).
     waits: LockWaits,
-    /// Under loom the lock is loom's own mutex (see `with`), unless made by
+    /// Under loom a gate in front of the spin lock (see `with`), unless made by
     /// `new_unmodelled`.
     #[cfg(loom)]
-    model: Option<loom::sync::Mutex<()>>,
+    model: Option<Gate>,
 }
 
 // SAFETY: the lock hands out `&mut T` to one thread at a time, so sharing the mutex moves
@@ -64,12 +66,12 @@ impl<T> SpinMutex<T> {
             locked: AtomicUsize::new(0),
             value: UnsafeCell::new(value),
             waits: LockWaits::new(),
-            model: Some(loom::sync::Mutex::new(())),
+            model: Some(Gate::default()),
         }
     }
 
-    /// Under loom only: a mutex with no loom mutex in front of the spin lock, so that a
-    /// model explores the spin lock's own protocol (`tests/loom.rs`).
+    /// Under loom only: a mutex with no gate in front of the spin lock, so that a model
+    /// explores the spin lock's own protocol (`tests/loom.rs`).
     #[cfg(loom)]
     #[doc(hidden)]
     pub fn new_unmodelled(value: T) -> Self {
@@ -94,16 +96,14 @@ impl<T> SpinMutex<T> {
     /// ```
     #[inline]
     pub fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
-        // Under loom, the layers above are modelled with loom's blocking mutex in front of
-        // the spin lock: a spin wait is an unbounded branch for loom (it cannot model "the
-        // holder eventually runs"), which drowns models of the protocols built on top. The
-        // spin lock itself is then uncontended but still taken, so its accesses to the value
-        // are still checked.
+        // Under loom, the layers above are modelled with a blocking gate in front of the
+        // spin lock (`loom::Gate`; not a loom `Mutex`, which a panicking closure would
+        // poison for the rest of the model): the protocols built on top are what their models
+        // check, not every way two threads meet inside the lock. The spin lock itself is then
+        // uncontended but still taken, so its Acquire and Release order the accesses to the
+        // value for loom, and those accesses are still checked.
         #[cfg(loom)]
-        let _model = self
-            .model
-            .as_ref()
-            .map(|model| model.lock().unwrap_or_else(|e| e.into_inner()));
+        let _model = self.model.as_ref().map(Gate::enter);
         self.acquire();
         let _unlock = Unlock(self);
         // SAFETY: `acquire` gave this thread the lock, held until `_unlock` drops (also on
@@ -199,12 +199,13 @@ pub struct SpinRwLock<T> {
     value: UnsafeCell<T>,
     /// Where contenders wait (nothing, outside loom: see `LockWaits`).
     waits: LockWaits,
-    /// Under loom the lock is loom's own mutex, for readers too (see `SpinMutex::with`):
-    /// loom's `RwLock` multiplies the interleavings of every model above it, and what the
-    /// layers above need checked is their own protocol. `None` if made by
-    /// `new_unmodelled`: then the spin protocol itself runs.
+    /// Under loom a gate in front of the lock, for readers too (see `SpinMutex::with`):
+    /// one holder at a time keeps the interleavings of the models above down, and what the
+    /// layers above need checked is their own protocol. The spin protocol behind it still
+    /// runs (uncontended), as its Acquire and Release are what order the holders for loom.
+    /// `None` if made by `new_unmodelled`: then readers and writers meet in the protocol.
     #[cfg(loom)]
-    model: Option<loom::sync::Mutex<()>>,
+    model: Option<Gate>,
 }
 
 // `LockWaits` is zero-sized outside loom: each lock is still one word beside its value.
@@ -252,12 +253,12 @@ impl<T> SpinRwLock<T> {
             state: AtomicUsize::new(0),
             value: UnsafeCell::new(value),
             waits: LockWaits::new(),
-            model: Some(loom::sync::Mutex::new(())),
+            model: Some(Gate::default()),
         }
     }
 
-    /// Under loom only: a lock with no loom mutex in front of the spin protocol, so that a
-    /// model explores the protocol itself, writer preference included (`tests/loom.rs`).
+    /// Under loom only: a lock with no gate in front of the spin protocol, so that a model
+    /// explores the protocol itself, writer preference included (`tests/loom.rs`).
     #[cfg(loom)]
     #[doc(hidden)]
     pub fn new_unmodelled(value: T) -> Self {
@@ -269,28 +270,6 @@ impl<T> SpinRwLock<T> {
         }
     }
 
-    /// Whether a loom mutex in front stands for the lock (never, outside loom): then the
-    /// spin protocol is skipped, as it would only add interleavings that cannot matter to
-    /// the models above; `new_unmodelled` locks and `tests/sync.rs` (real threads, also
-    /// under miri) check it.
-    #[inline(always)]
-    fn modelled(&self) -> bool {
-        #[cfg(loom)]
-        {
-            self.model.is_some()
-        }
-        #[cfg(not(loom))]
-        false
-    }
-
-    /// Takes the loom mutex in front, if there is one.
-    #[cfg(loom)]
-    fn lock_model(&self) -> Option<loom::sync::MutexGuard<'_, ()>> {
-        self.model
-            .as_ref()
-            .map(|model| model.lock().unwrap_or_else(|e| e.into_inner()))
-    }
-
     /// Runs `f` with shared access to the value, alongside other readers.
     ///
     /// ```
@@ -300,8 +279,9 @@ impl<T> SpinRwLock<T> {
     /// ```
     #[inline]
     pub fn read<R>(&self, f: impl FnOnce(&T) -> R) -> R {
+        // Under loom, the gate in front (see `model`).
         #[cfg(loom)]
-        let _model = self.lock_model();
+        let _model = self.model.as_ref().map(Gate::enter);
         self.acquire_read();
         let _unlock = ReadUnlock(self);
         // SAFETY: a read lock is held until `_unlock` drops (also on unwinding): no writer
@@ -319,8 +299,9 @@ impl<T> SpinRwLock<T> {
     /// ```
     #[inline]
     pub fn write<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
+        // Under loom, the gate in front (see `model`).
         #[cfg(loom)]
-        let _model = self.lock_model();
+        let _model = self.model.as_ref().map(Gate::enter);
         self.acquire_write();
         let _unlock = WriteUnlock(self);
         // SAFETY: the write lock is held until `_unlock` drops (also on unwinding): no other
@@ -343,9 +324,6 @@ impl<T> SpinRwLock<T> {
 
     #[inline]
     fn acquire_read(&self) {
-        if self.modelled() {
-            return;
-        }
         let mut state = self.state.load(Relaxed);
         let backoff = Backoff::new();
         loop {
@@ -372,9 +350,6 @@ impl<T> SpinRwLock<T> {
 
     #[inline]
     fn acquire_write(&self) {
-        if self.modelled() {
-            return;
-        }
         // Acquire: pairs with the Release in `WriteUnlock::drop` and `ReadUnlock::drop`,
         // so the last writer's changes are visible and every reader is done reading.
         if self
@@ -417,10 +392,6 @@ struct ReadUnlock<'a, T>(&'a SpinRwLock<T>);
 impl<T> Drop for ReadUnlock<'_, T> {
     #[inline]
     fn drop(&mut self) {
-        if self.0.modelled() {
-            // Nothing was taken: see `modelled`.
-            return;
-        }
         // Release: pairs with the Acquire in `acquire_write`, so this reader's reads happen
         // before the next writer's writes.
         self.0.state.fetch_sub(READER, Release);
@@ -433,10 +404,6 @@ struct WriteUnlock<'a, T>(&'a SpinRwLock<T>);
 impl<T> Drop for WriteUnlock<'_, T> {
     #[inline]
     fn drop(&mut self) {
-        if self.0.modelled() {
-            // Nothing was taken: see `modelled`.
-            return;
-        }
         // Release: pairs with the Acquires in `acquire_read` and `acquire_write`. An RMW,
         // not a store: a waiting writer's WAITING bit must survive.
         self.0.state.fetch_and(!WRITER, Release);

@@ -9,8 +9,8 @@ use std::future::Ready;
 
 use deferred_core::{
     sync::{SpinMutex, SpinRwLock},
-    Claim, ClaimWait, Deferred, Error, GetOrInit, Lazy, LazyWait, OwnedLazyWait, OwnedWait,
-    Producer, Wait, WaitCloned, WeakLazy,
+    CallbackHandle, Claim, ClaimWait, Closed, Deferred, Error, GetOrInit, Lazy, LazyWait,
+    OwnedLazyWait, OwnedWait, Producer, Wait, WaitCloned, WeakLazy,
 };
 
 /// The initializer and future types of a `get_or_init` whose future is `Ready<u8>`.
@@ -51,6 +51,11 @@ fn send_and_sync_exactly_when_sound() {
     send::<Claim<'static, u8, u8>>();
     sync::<Claim<'static, u8, u8>>();
     send::<Producer<'static, u8, u8>>();
+    send::<Closed<'static, u8, u8>>();
+    sync::<Closed<'static, u8, u8>>();
+    send::<CallbackHandle<'static, u8, u8>>();
+    sync::<CallbackHandle<'static, u8, u8>>();
+    unpin::<CallbackHandle<'static, u8, u8>>();
     send::<Error<u8>>();
     sync::<Error<u8>>();
     send::<GetOrInit<'static, u8, u8, Init, Ready<u8>>>();
@@ -85,6 +90,9 @@ assert_not_impl!(Deferred<Rc<u8>>, Sync);
 assert_not_impl!(Wait<'static, u8>, Unpin);
 assert_not_impl!(OwnedWait<u8>, Unpin);
 assert_not_impl!(ClaimWait<'static, u8>, Unpin);
+assert_not_impl!(Closed<'static, u8>, Unpin);
+assert_not_impl!(Closed<'static, Cell<u8>>, Send);
+assert_not_impl!(CallbackHandle<'static, Cell<u8>>, Send);
 assert_not_impl!(GetOrInit<'static, u8, u8, Init, Ready<u8>>, Unpin);
 assert_not_impl!(LazyWait<'static, u8, u8, Init, Ready<u8>>, Unpin);
 assert_not_impl!(OwnedLazyWait<u8, u8>, Unpin);

@@ -547,3 +547,150 @@ fn repolling_a_granted_claim_wait_does_not_mint_a_second_claim() {
     );
     drop(claim);
 }
+
+#[test]
+fn a_producer_is_closed_exactly_while_no_one_waits() {
+    let cell: Deferred<u8> = Deferred::new();
+    let producer = cell.producer().unwrap();
+    assert!(producer.is_closed(), "no one has polled yet");
+    let mut wait = Box::pin(cell.wait());
+    let mut claim = Box::pin(cell.claim());
+    let waker = noop_waker();
+    assert!(poll_once(wait.as_mut(), &waker).is_pending());
+    assert!(!producer.is_closed(), "a linked waiter");
+    assert!(poll_once(claim.as_mut(), &waker).is_pending());
+    drop(wait);
+    assert!(!producer.is_closed(), "a claimant still waits");
+    drop(claim);
+    assert!(producer.is_closed(), "the last waiter went");
+    // Not final: a new waiter opens it again.
+    let mut again = Box::pin(cell.wait());
+    assert!(poll_once(again.as_mut(), &waker).is_pending());
+    assert!(!producer.is_closed());
+    let handle = cell.on_complete(|_| {});
+    drop(again);
+    assert!(!producer.is_closed(), "a pending callback counts");
+    assert!(handle.dispose());
+    assert!(producer.is_closed());
+}
+
+#[test]
+fn a_producer_is_closed_once_someone_else_completes_the_cell() {
+    let cell: Deferred<u8> = Deferred::new();
+    let producer = cell.producer().unwrap();
+    let mut wait = Box::pin(cell.wait());
+    assert!(poll_once(wait.as_mut(), &noop_waker()).is_pending());
+    assert!(!producer.is_closed());
+    cell.succeed(1).unwrap();
+    assert!(producer.is_closed());
+    assert_eq!(producer.succeed(2), Err(2));
+}
+
+#[test]
+fn closed_is_woken_by_the_last_waiter_to_leave_and_not_before() {
+    let cell: Deferred<u8> = Deferred::new();
+    let mut producer = cell.producer().unwrap();
+    let waker = noop_waker();
+    let mut waits: Vec<_> = (0..3).map(|_| Some(Box::pin(cell.wait()))).collect();
+    for w in &mut waits {
+        assert!(poll_once(w.as_mut().unwrap().as_mut(), &waker).is_pending());
+    }
+    let counts = Arc::new(Counts::default());
+    {
+        let mut closed = pin!(producer.closed());
+        assert!(poll_once(closed.as_mut(), &counting_waker(&counts)).is_pending());
+        waits[1] = None;
+        waits[0] = None;
+        assert_eq!(counts.wakes(), 0, "a waiter is left");
+        assert!(poll_once(closed.as_mut(), &counting_waker(&counts)).is_pending());
+        waits[2] = None;
+        assert_eq!(counts.wakes(), 1, "the last waiter woke it");
+        assert!(poll_once(closed.as_mut(), &counting_waker(&counts)).is_ready());
+    }
+    assert!(producer.is_closed());
+    drop(producer);
+    assert!(cell.is_cancelled());
+}
+
+#[test]
+fn closed_is_woken_by_a_completion_by_someone_else() {
+    let cell: Deferred<u8> = Deferred::new();
+    let mut producer = cell.producer().unwrap();
+    let mut wait = Box::pin(cell.wait());
+    assert!(poll_once(wait.as_mut(), &noop_waker()).is_pending());
+    let counts = Arc::new(Counts::default());
+    {
+        let mut closed = pin!(producer.closed());
+        assert!(poll_once(closed.as_mut(), &counting_waker(&counts)).is_pending());
+        cell.succeed(3).unwrap();
+        assert_eq!(counts.wakes(), 1);
+        assert!(poll_once(closed.as_mut(), &counting_waker(&counts)).is_ready());
+    }
+    drop(producer);
+}
+
+#[test]
+#[cfg(feature = "std")]
+fn closed_is_woken_by_a_blocking_waiter_that_times_out() {
+    let cell: Arc<Deferred<u8>> = Arc::new(Deferred::new());
+    let mut producer = cell.producer().unwrap();
+    let c = Arc::clone(&cell);
+    let blocked = thread::spawn(move || {
+        c.wait_blocking_timeout(std::time::Duration::from_millis(50))
+            .is_none()
+    });
+    // Wait (bounded by the timeout) until the thread is linked, or it timed out already.
+    while producer.is_closed() && !blocked.is_finished() {
+        thread::yield_now();
+    }
+    block_on(producer.closed());
+    assert!(blocked.join().unwrap());
+    assert!(producer.is_closed());
+    producer.succeed(1).unwrap();
+}
+
+#[test]
+fn a_dropped_closed_future_unlinks_and_leaves_the_waiters_alone() {
+    let cell: Deferred<u8> = Deferred::new();
+    let mut producer = cell.producer().unwrap();
+    let counts = Arc::new(Counts::default());
+    let mut wait = Box::pin(cell.wait());
+    assert!(poll_once(wait.as_mut(), &counting_waker(&counts)).is_pending());
+    {
+        let mut closed = Box::pin(producer.closed());
+        assert!(poll_once(closed.as_mut(), &noop_waker()).is_pending());
+        // Re-polled with another waker: renewed, still linked.
+        assert!(poll_once(closed.as_mut(), &noop_waker()).is_pending());
+    }
+    assert!(!producer.is_closed());
+    producer.succeed(5).unwrap();
+    assert_eq!(counts.wakes(), 1);
+    assert_eq!(poll_once(wait.as_mut(), &noop_waker()), Poll::Ready(Ok(&5)));
+}
+
+#[test]
+fn closed_races_waiters_on_threads_without_hanging() {
+    for _ in 0..n(200) {
+        let cell: Arc<Deferred<u8>> = Arc::new(Deferred::new());
+        let mut producer = cell.producer().unwrap();
+        let start = Arc::new(Barrier::new(3));
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                let (c, s) = (Arc::clone(&cell), Arc::clone(&start));
+                thread::spawn(move || {
+                    let mut w = Box::pin(c.wait());
+                    let _ = poll_once(w.as_mut(), &noop_waker());
+                    s.wait();
+                    drop(w);
+                })
+            })
+            .collect();
+        start.wait();
+        block_on(producer.closed());
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert!(producer.is_closed());
+        drop(producer);
+    }
+}

@@ -216,3 +216,30 @@ fn abort_cancels_and_drops_the_computation() {
     );
     assert!(!lazy.abort());
 }
+
+#[test]
+fn a_relay_wake_wakes_a_producer_waiting_on_closed_and_it_looks_again() {
+    // `try_attach` wakes the awaiters (unlinking them) so that they drive the computation;
+    // a producer's `closed()` linked beside them is woken too, and on its next poll finds
+    // the cell closed unless an awaiter has linked again (documented: not final).
+    let lazy: Lazy<u8, ()> = Lazy::pending();
+    let mut producer = lazy.producer().unwrap();
+    let mut wait = Box::pin(lazy.wait());
+    assert!(poll_once(wait.as_mut(), &noop_waker()).is_pending());
+    let counts = Arc::new(Counts::default());
+    let mut closed = Box::pin(producer.closed());
+    assert!(poll_once(closed.as_mut(), &counting_waker(&counts)).is_pending());
+    assert!(lazy
+        .try_attach(Box::pin(std::future::pending::<Result<u8, ()>>()))
+        .is_ok());
+    assert_eq!(counts.wakes(), 1, "the relay round woke the closer");
+    // The awaiter drives the (pending) computation and links again: someone waits.
+    assert!(poll_once(wait.as_mut(), &noop_waker()).is_pending());
+    assert!(poll_once(closed.as_mut(), &counting_waker(&counts)).is_pending());
+    drop(wait);
+    assert_eq!(counts.wakes(), 2, "the last awaiter's leaving woke it");
+    assert!(poll_once(closed.as_mut(), &counting_waker(&counts)).is_ready());
+    drop(closed);
+    drop(producer);
+    assert_eq!(block_on(lazy.wait()), Err(Error::Cancelled));
+}

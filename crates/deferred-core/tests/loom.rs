@@ -332,7 +332,7 @@ fn lazy_abort_vs_a_driving_awaiter() {
 
 #[test]
 fn rwlock_readers_never_see_a_half_written_value() {
-    // Under loom the spin lock made by `new` sits behind a loom `Mutex`, readers included
+    // Under loom the spin lock made by `new` sits behind a gate, readers included
     // (see `sync.rs`), so this checks the access discipline (loom's `UnsafeCell` tracking),
     // with two readers racing a writer; the `spin_*` models below check the spin protocol.
     loom::model(|| {
@@ -841,5 +841,140 @@ fn get_or_init_running_vs_direct_completion_and_a_claimant() {
             dropped.load(Acquire),
             "the initializer is dropped once the cell is done"
         );
+    });
+}
+
+#[test]
+fn last_waiter_leaving_vs_producer_parking_on_closed() {
+    // The producer parks on `closed()` while the only waiter, linked, is dropped on another
+    // thread. Whichever comes first, `closed` resolves: at once if it found no waiter, else
+    // woken by the waiter's leaving (a producer left parked is a loom deadlock).
+    loom::model(|| {
+        let cell = leaked_cell();
+        let mut producer = cell.producer().unwrap();
+        let mut wait = Box::pin(cell.wait());
+        assert!(poll_once(wait.as_mut()).is_pending());
+        let waiter = thread::spawn(move || drop(wait));
+        block_on(producer.closed());
+        waiter.join().unwrap();
+        assert!(producer.is_closed());
+        drop(producer);
+        assert!(cell.is_cancelled());
+    });
+}
+
+#[test]
+fn new_waiter_arriving_vs_closed_resolving() {
+    // The producer waits on `closed()` beside a linked waiter, which then goes, while a new
+    // waiter arrives (links, then goes) on another thread. Closed is not final: the new
+    // waiter may link after the first one's leaving woke the producer (which then finds it
+    // and waits again) or before (so that leaving wakes no one). In every order `closed`
+    // resolves (a producer left parked is a loom deadlock), and once both are gone the
+    // producer is closed.
+    loom::model(|| {
+        let cell = leaked_cell();
+        let mut producer = cell.producer().unwrap();
+        let mut first = Box::pin(cell.wait());
+        assert!(poll_once(first.as_mut()).is_pending());
+        let arriving = thread::spawn(move || {
+            let mut wait = pin!(cell.wait());
+            let _ = poll_once(wait.as_mut());
+        });
+        {
+            let mut closed = pin!(producer.closed());
+            let (waker, _) = CountingWaker::new();
+            if poll_with(closed.as_mut(), &waker).is_pending() {
+                drop(first);
+                block_on(closed);
+            }
+        }
+        arriving.join().unwrap();
+        assert!(producer.is_closed());
+    });
+}
+
+#[test]
+fn direct_completion_vs_closed_wakes_the_producer() {
+    // Someone else completes the cell while a waiter waits and the producer waits on
+    // `closed()`: the completion's drain (or the waiter's leaving) wakes the producer, and
+    // the producer's own completion then loses.
+    loom::model(|| {
+        let cell = leaked_cell();
+        let mut producer = cell.producer().unwrap();
+        let mut wait = Box::pin(cell.wait());
+        assert!(poll_once(wait.as_mut()).is_pending());
+        let completer = thread::spawn(move || {
+            let _ = cell.succeed(1);
+        });
+        block_on(producer.closed());
+        assert!(producer.is_closed());
+        completer.join().unwrap();
+        assert_eq!(producer.succeed(2), Err(2));
+        drop(wait);
+    });
+}
+
+#[test]
+fn dispose_vs_closed_wakes_the_producer() {
+    // A callback is all that waits; disposing it on another thread is the last waiter
+    // leaving: the producer parked on `closed()` is woken.
+    loom::model(|| {
+        let cell = leaked_cell();
+        let mut producer = cell.producer().unwrap();
+        let handle = cell.on_complete(|_| {});
+        let disposer = thread::spawn(move || assert!(handle.dispose()));
+        block_on(producer.closed());
+        disposer.join().unwrap();
+        assert!(producer.is_closed());
+    });
+}
+
+#[test]
+fn dispose_vs_completion_exactly_one_happens() {
+    // Of a callback's run and its `dispose` returning `true`, exactly one happens, however
+    // the dispose and the completion's drain interleave (a callback ahead of it keeps the
+    // drain busy across a batch boundary).
+    loom::model(|| {
+        let cell = Arc::new(Deferred::<usize>::new());
+        let runs = Arc::new(AtomicUsize::new(0));
+        let r = runs.clone();
+        cell.on_complete(|_| {});
+        let handle = cell.on_complete(move |outcome| {
+            assert_eq!(outcome, Ok(&6));
+            r.fetch_add(1, SeqCst);
+        });
+        let c = cell.clone();
+        let t = thread::spawn(move || c.succeed(6).unwrap());
+        let disposed = handle.dispose();
+        t.join().unwrap();
+        assert_eq!(usize::from(disposed) + runs.load(SeqCst), 1);
+    });
+}
+
+#[test]
+fn spin_locks_released_by_a_panicking_closure_do_not_poison_the_model() {
+    // `SpinMutex::new` / `SpinRwLock::new` sit behind a gate under loom; a loom `Mutex`
+    // there was poisoned by a guard dropped while unwinding, and the next lock panicked.
+    // A closure that panics (caught, as the map's user-code paths do) must leave both locks
+    // usable by the other thread and by this one.
+    loom::model(|| {
+        let mutex = Arc::new(deferred_core::sync::SpinMutex::new(0usize));
+        let rwlock = Arc::new(deferred_core::sync::SpinRwLock::new(0usize));
+        let (m, l) = (mutex.clone(), rwlock.clone());
+        let t = thread::spawn(move || {
+            m.with(|n| *n += 1);
+            l.write(|n| *n += 1);
+        });
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            mutex.with(|_| panic!("user code"));
+        }));
+        assert!(caught.is_err());
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            rwlock.read(|_| panic!("user code"));
+        }));
+        assert!(caught.is_err());
+        t.join().unwrap();
+        assert_eq!(mutex.with(|n| *n), 1);
+        assert_eq!(rwlock.read(|n| *n), 1);
     });
 }
