@@ -59,7 +59,13 @@ fn reads_by_str_find_what_a_string_key_stored_and_count_as_owned_reads_do() {
 #[test]
 fn removals_by_str_remove_the_entry_and_tell_the_listener_the_owned_key() {
     let (cache, told) = names(100);
-    for (name, age) in [("ada", 36), ("bob", 40), ("cy", 50), ("dee", 60), ("eve", 70)] {
+    for (name, age) in [
+        ("ada", 36),
+        ("bob", 40),
+        ("cy", 50),
+        ("dee", 60),
+        ("eve", 70),
+    ] {
         cache.insert(name.to_string(), age);
     }
 
@@ -73,7 +79,10 @@ fn removals_by_str_remove_the_entry_and_tell_the_listener_the_owned_key() {
     assert!(cache.expire_if("dee", |v| *v == 60));
     assert!(!cache.replace_if("eve", 71, |v| *v == 0));
     assert!(cache.replace_if("eve", 71, |v| *v == 70));
-    assert!(!cache.replace_if("zed", 1, |_| true), "absent: nothing replaced");
+    assert!(
+        !cache.replace_if("zed", 1, |_| true),
+        "absent: nothing replaced"
+    );
 
     assert_eq!(cache.peek("eve"), Some(71));
     assert_eq!(cache.len(), 1);
@@ -123,7 +132,11 @@ fn borrowed_removals_keep_the_eviction_books_exact() {
     }
     assert!(cache.stats().evicted > 0);
     let left: u64 = cache.iter().map(|(_, v)| u64::from(v)).sum();
-    assert_eq!(Some(left), cache.weighted_size(), "books agree with the entries");
+    assert_eq!(
+        Some(left),
+        cache.weighted_size(),
+        "books agree with the entries"
+    );
 }
 
 #[test]
@@ -158,12 +171,13 @@ fn a_vec_key_is_read_and_removed_by_slice() {
 
 #[test]
 fn a_loading_cache_reads_and_removes_by_str_through_deref() {
-    let lengths: LoadingCache<String, usize> = Cache::builder()
-        .max_capacity(10)
-        .build_with_loader(|s: &String| {
-            let n = s.len();
-            async move { Ok(n) }
-        });
+    let lengths: LoadingCache<String, usize> =
+        Cache::builder()
+            .max_capacity(10)
+            .build_with_loader(|s: &String| {
+                let n = s.len();
+                async move { Ok(n) }
+            });
     assert_eq!(block_on(lengths.get("four".to_string())), Ok(4));
     assert_eq!(lengths.get_if_present("four"), Some(4));
     assert_eq!(lengths.peek("four"), Some(4));
@@ -209,7 +223,11 @@ fn reads_never_make_an_owned_key_and_removals_make_one_only_for_a_listener() {
     assert!(plain.invalidate(&Counted(1)));
     assert_eq!(plain.remove(&Counted(2)), Some(20));
     assert!(plain.invalidate_if(&Counted(3), |_| true));
-    assert_eq!(clones(), before, "no listener, no capacity: no key was cloned");
+    assert_eq!(
+        clones(),
+        before,
+        "no listener, no capacity: no key was cloned"
+    );
 
     // With a listener: one owned key per value that left, none for a miss.
     let seen = Arc::new(Mutex::new(Vec::new()));

@@ -27,7 +27,10 @@ fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
 }
 
-fn builder() -> (ManualClock, ExpiringBuilder<String, u32, Infallible, RandomState, ManualClock>) {
+fn builder() -> (
+    ManualClock,
+    ExpiringBuilder<String, u32, Infallible, RandomState, ManualClock>,
+) {
     let clock = ManualClock::new();
     (clock.clone(), ExpiringCache::builder().clock(clock))
 }
@@ -59,7 +62,11 @@ fn reads_by_str_see_a_string_keys_value_until_its_deadline() {
     assert!(cache.contains_key(ada));
     assert!(!cache.contains_key("bob"));
     let stats = cache.stats().cache;
-    assert_eq!((stats.hits, stats.misses), (1, 1), "only get_if_present counts");
+    assert_eq!(
+        (stats.hits, stats.misses),
+        (1, 1),
+        "only get_if_present counts"
+    );
 
     clock.advance(secs(10));
     assert_eq!(cache.peek(ada), None);

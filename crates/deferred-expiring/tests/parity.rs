@@ -42,7 +42,9 @@ fn logged(
     let builder = ExpiringCache::builder()
         .time_to_live(secs(10))
         .clock(clock.clone())
-        .eviction_listener(move |k: &u32, v: &u32, cause| sink.lock().unwrap().push((*k, *v, cause)));
+        .eviction_listener(move |k: &u32, v: &u32, cause| {
+            sink.lock().unwrap().push((*k, *v, cause))
+        });
     (clock, more(builder).build(), log)
 }
 
@@ -84,7 +86,10 @@ fn remove_of_a_cached_error_returns_none_and_removes_it() {
     assert!(cache.is_empty());
     // The next read loads again instead of getting the cached error.
     assert_eq!(block_on(cache.get_with(1, || async { Ok(7) })), Ok(7));
-    assert!(log.lock().unwrap().is_empty(), "an error is no value: nothing told");
+    assert!(
+        log.lock().unwrap().is_empty(),
+        "an error is no value: nothing told"
+    );
 }
 
 #[test]
@@ -151,11 +156,10 @@ fn iter_leaves_out_an_entry_past_its_deadline_before_it_is_reclaimed() {
 #[test]
 fn iter_does_not_renew_time_to_idle() {
     let clock = ManualClock::new();
-    let cache: ExpiringCache<u32, u32, String, RandomState, ManualClock> =
-        ExpiringCache::builder()
-            .time_to_idle(secs(10))
-            .clock(clock.clone())
-            .build();
+    let cache: ExpiringCache<u32, u32, String, RandomState, ManualClock> = ExpiringCache::builder()
+        .time_to_idle(secs(10))
+        .clock(clock.clone())
+        .build();
     cache.insert(1, 10);
     clock.advance(secs(9));
     assert_eq!(cache.iter().count(), 1);
@@ -231,5 +235,9 @@ fn retain_keeps_what_keep_says_and_leaves_loads_in_flight() {
 
     go.send(()).unwrap();
     assert_eq!(block_on(loading), Ok(90));
-    assert_eq!(cache.peek(&9), Some(90), "the load was kept and stored its value");
+    assert_eq!(
+        cache.peek(&9),
+        Some(90),
+        "the load was kept and stored its value"
+    );
 }
