@@ -1,6 +1,7 @@
 //! `Cache`: single-flight loads on a `DeferredMap`, with S3-FIFO capacity and counters.
 
 use std::{
+    borrow::Borrow,
     collections::hash_map::RandomState,
     convert::Infallible,
     fmt,
@@ -110,6 +111,45 @@ pub(crate) type Weigher<K, V> = Box<dyn Fn(&K, &V) -> u32 + Send + Sync>;
 /// assert_eq!((a.unwrap(), b.unwrap()), ("user 7".to_string(), "user 7".to_string()));
 /// assert_eq!(cache.stats().loads_ok, 1);
 /// # });
+/// ```
+///
+/// # Borrowed keys
+///
+/// Calls that store a key (`get_with` and the other loads, `insert`) take it owned. Calls
+/// that look a key up or remove its entry take `&Q` for any `Q` that `K` borrows as, as
+/// `HashMap::get` does, so a `Cache<String, _>` is read with a `&str` and no `String` is
+/// built:
+///
+/// * **reads** ([`get_if_present`](Self::get_if_present),
+///   [`get_if_present_with`](Self::get_if_present_with), [`hit_with`](Self::hit_with),
+///   [`peek`](Self::peek), [`peek_with`](Self::peek_with),
+///   [`contains_key`](Self::contains_key)) need `K: Borrow<Q>, Q: Hash + Eq + ?Sized`, and
+///   never allocate;
+/// * **removals** ([`invalidate`](Self::invalidate), [`remove`](Self::remove),
+///   [`invalidate_if`](Self::invalidate_if), [`expire_if`](Self::expire_if),
+///   [`replace_if`](Self::replace_if)) also need `Q: ToOwned<Owned = K>` (`str` → `String`,
+///   `[T]` → `Vec<T>`, and any `K: Clone` as itself): the eviction listener and weigher take
+///   a `&K`, and the map hands back only the removed value, so `key.to_owned()` is made for
+///   them, and only when one is there to be given it (a listener, and a value that left;
+///   for `replace_if`, a capacity or a listener).
+///
+/// As with `HashMap`, `Q`'s `Hash` and `Eq` must agree with `K`'s (the [`Borrow`] contract,
+/// which `String`/`str`, `Vec<T>`/`[T]` and `K`/`K` keep), and `to_owned` must give a key
+/// equal to the borrowed one. The cache hashes the borrowed form with the same hasher as
+/// the stored key, for the map and for the eviction policy's books alike. If a type breaks
+/// the contract, lookups may miss entries that are there: never a panic or unsoundness.
+///
+/// ```
+/// use deferred_cache::Cache;
+/// let cache: Cache<String, u32> = Cache::bounded(100);
+/// cache.insert("ada".to_string(), 36);
+/// let name: &str = "ada"; // no `String` built to read it
+/// assert_eq!(cache.get_if_present(name), Some(36));
+/// assert_eq!(cache.peek(name), Some(36));
+/// assert!(cache.contains_key(name));
+/// assert!(cache.replace_if(name, 37, |age| *age == 36));
+/// assert_eq!(cache.remove(name), Some(37));
+/// assert!(!cache.contains_key("ada"));
 /// ```
 pub struct Cache<K, V, E = Infallible, S = RandomState> {
     pub(crate) inner: Arc<Inner<K, V, E, S>>,
@@ -388,14 +428,25 @@ where
     /// The value at `key` if it is present and loaded, counting a hit or a miss and
     /// recording the use for eviction. Never loads, never waits.
     ///
+    /// `key` may be any borrowed form of `K`, such as a `&str` for a `String` key (see
+    /// [borrowed keys](Cache#borrowed-keys)).
+    ///
     /// ```
     /// let cache: deferred_cache::Cache<u8, u8> = deferred_cache::Cache::new();
     /// assert_eq!(cache.get_if_present(&1), None);
     /// cache.insert(1, 10);
     /// assert_eq!(cache.get_if_present(&1), Some(10));
     /// assert_eq!((cache.stats().hits, cache.stats().misses), (1, 1));
+    ///
+    /// let names: deferred_cache::Cache<String, u8> = deferred_cache::Cache::new();
+    /// names.insert("ada".to_string(), 36);
+    /// assert_eq!(names.get_if_present("ada"), Some(36)); // a `&str`: nothing allocated
     /// ```
-    pub fn get_if_present(&self, key: &K) -> Option<V> {
+    pub fn get_if_present<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let value = self.read(key);
         match value {
             Some(_) => self.inner.counters.hit(),
@@ -407,13 +458,24 @@ where
     /// The value at `key` if it is present and loaded, without counting a read or recording
     /// a use: the cache's statistics and eviction order do not change.
     ///
+    /// `key` may be any borrowed form of `K`, such as a `&str` for a `String` key (see
+    /// [borrowed keys](Cache#borrowed-keys)).
+    ///
     /// ```
     /// let cache: deferred_cache::Cache<u8, u8> = deferred_cache::Cache::new();
     /// cache.insert(1, 10);
     /// assert_eq!(cache.peek(&1), Some(10));
     /// assert_eq!(cache.stats().hits, 0);
+    ///
+    /// let names: deferred_cache::Cache<String, u8> = deferred_cache::Cache::new();
+    /// names.insert("ada".to_string(), 36);
+    /// assert_eq!(names.peek("ada"), Some(36));
     /// ```
-    pub fn peek(&self, key: &K) -> Option<V> {
+    pub fn peek<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         self.inner
             .map
             .try_get_with(key, |outcome| outcome.ok().map(|s| s.value.clone()))
@@ -425,13 +487,24 @@ where
     /// lock (shared with other readers): keep it short, and never touch this cache from
     /// inside it.
     ///
+    /// `key` may be any borrowed form of `K`, such as a `&str` for a `String` key (see
+    /// [borrowed keys](Cache#borrowed-keys)).
+    ///
     /// ```
     /// let cache: deferred_cache::Cache<u8, String> = deferred_cache::Cache::new();
     /// cache.insert(1, "hello".to_string());
     /// assert_eq!(cache.peek_with(&1, |s| s.len()), Some(5));
     /// assert_eq!(cache.stats().hits, 0);
+    ///
+    /// let names: deferred_cache::Cache<String, u8> = deferred_cache::Cache::new();
+    /// names.insert("ada".to_string(), 36);
+    /// assert_eq!(names.peek_with("ada", |age| *age + 1), Some(37));
     /// ```
-    pub fn peek_with<R>(&self, key: &K, f: impl FnOnce(&V) -> R) -> Option<R> {
+    pub fn peek_with<Q, R>(&self, key: &Q, f: impl FnOnce(&V) -> R) -> Option<R>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         self.inner
             .map
             .try_get_with(key, |outcome| outcome.ok().map(|s| f(&s.value)))
@@ -440,12 +513,23 @@ where
 
     /// Whether `key` has a loaded value. Counts nothing.
     ///
+    /// `key` may be any borrowed form of `K`, such as a `&str` for a `String` key (see
+    /// [borrowed keys](Cache#borrowed-keys)).
+    ///
     /// ```
     /// let cache: deferred_cache::Cache<u8, u8> = deferred_cache::Cache::new();
     /// cache.insert(1, 10);
     /// assert!(cache.contains_key(&1) && !cache.contains_key(&2));
+    ///
+    /// let names: deferred_cache::Cache<String, u8> = deferred_cache::Cache::new();
+    /// names.insert("ada".to_string(), 36);
+    /// assert!(names.contains_key("ada") && !names.contains_key("bob"));
     /// ```
-    pub fn contains_key(&self, key: &K) -> bool {
+    pub fn contains_key<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         self.inner
             .map
             .try_get_with(key, |outcome| outcome.is_ok())
@@ -480,13 +564,25 @@ where
     /// for the callers already waiting on it, but its value is not stored, and the next read
     /// loads afresh.
     ///
+    /// `key` may be any borrowed form of `K` that makes a `K` with `to_owned`, such as a
+    /// `&str` for a `String` key (see [borrowed keys](Cache#borrowed-keys)).
+    /// The listener, if any, gets that owned key.
+    ///
     /// ```
     /// let cache: deferred_cache::Cache<u8, u8> = deferred_cache::Cache::new();
     /// cache.insert(1, 10);
     /// assert!(cache.invalidate(&1));
     /// assert!(!cache.invalidate(&1));
+    ///
+    /// let names: deferred_cache::Cache<String, u8> = deferred_cache::Cache::new();
+    /// names.insert("ada".to_string(), 36);
+    /// assert!(names.invalidate("ada"));
     /// ```
-    pub fn invalidate(&self, key: &K) -> bool {
+    pub fn invalidate<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         self.remove_entry(key).is_some()
     }
 
@@ -500,14 +596,25 @@ where
     /// already waiting on it (they get its value), its value is not stored, and the next
     /// read loads afresh.
     ///
+    /// `key` may be any borrowed form of `K` that makes a `K` with `to_owned`, such as a
+    /// `&str` for a `String` key (see [borrowed keys](Cache#borrowed-keys)).
+    ///
     /// ```
     /// let cache: deferred_cache::Cache<u8, String> = deferred_cache::Cache::new();
     /// cache.insert(1, "one".to_string());
     /// assert_eq!(cache.remove(&1), Some("one".to_string()));
     /// assert_eq!(cache.remove(&1), None);
     /// assert_eq!(cache.stats().invalidated, 1);
+    ///
+    /// let names: deferred_cache::Cache<String, u8> = deferred_cache::Cache::new();
+    /// names.insert("ada".to_string(), 36);
+    /// assert_eq!(names.remove("ada"), Some(36));
     /// ```
-    pub fn remove(&self, key: &K) -> Option<V> {
+    pub fn remove<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         let old = self.remove_entry(key)?;
         let value = old.get().map(|stored| stored.value.clone());
         drop(old);
@@ -516,11 +623,15 @@ where
 
     /// Removes the entry at `key`, value or load in flight, with the books kept; returns
     /// its cell.
-    fn remove_entry(&self, key: &K) -> Option<CacheCell<V, E>> {
+    fn remove_entry<Q>(&self, key: &Q) -> Option<CacheCell<V, E>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         let old = self.inner.map.remove(key)?;
         self.retire(self.hash(key), &old);
         self.inner.counters.invalidated(1);
-        self.notify(key, &old, RemovalCause::Explicit);
+        self.notify_borrowed(key, &old, RemovalCause::Explicit);
         Some(old)
     }
 
@@ -653,14 +764,25 @@ where
     /// counts a miss. `f` runs under the key's shard lock (shared with other readers): keep
     /// it short, and never touch this cache from inside it.
     ///
+    /// `key` may be any borrowed form of `K`, such as a `&str` for a `String` key (see
+    /// [borrowed keys](Cache#borrowed-keys)).
+    ///
     /// ```
     /// let cache: deferred_cache::Cache<u8, String> = deferred_cache::Cache::new();
     /// cache.insert(1, "hello".to_string());
     /// assert_eq!(cache.get_if_present_with(&1, |s| Some(s.len())), Some(5));
     /// assert_eq!(cache.get_if_present_with(&1, |s| s.strip_prefix("x").map(str::len)), None);
     /// assert_eq!((cache.stats().hits, cache.stats().misses), (1, 1));
+    ///
+    /// let names: deferred_cache::Cache<String, u8> = deferred_cache::Cache::new();
+    /// names.insert("ada".to_string(), 36);
+    /// assert_eq!(names.get_if_present_with("ada", |age| Some(*age)), Some(36));
     /// ```
-    pub fn get_if_present_with<R>(&self, key: &K, f: impl FnOnce(&V) -> Option<R>) -> Option<R> {
+    pub fn get_if_present_with<Q, R>(&self, key: &Q, f: impl FnOnce(&V) -> Option<R>) -> Option<R>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let found = self.read_with(key, f);
         match found {
             Some(_) => self.inner.counters.hit(),
@@ -673,14 +795,25 @@ where
     /// for a layer that goes on to [`get_with`](Self::get_with) on a miss, which counts the
     /// miss itself.
     ///
+    /// `key` may be any borrowed form of `K`, such as a `&str` for a `String` key (see
+    /// [borrowed keys](Cache#borrowed-keys)).
+    ///
     /// ```
     /// let cache: deferred_cache::Cache<u8, u8> = deferred_cache::Cache::new();
     /// assert_eq!(cache.hit_with(&1, |v| Some(*v)), None);
     /// cache.insert(1, 10);
     /// assert_eq!(cache.hit_with(&1, |v| Some(*v)), Some(10));
     /// assert_eq!((cache.stats().hits, cache.stats().misses), (1, 0));
+    ///
+    /// let names: deferred_cache::Cache<String, u8> = deferred_cache::Cache::new();
+    /// names.insert("ada".to_string(), 36);
+    /// assert_eq!(names.hit_with("ada", |age| Some(*age)), Some(36));
     /// ```
-    pub fn hit_with<R>(&self, key: &K, f: impl FnOnce(&V) -> Option<R>) -> Option<R> {
+    pub fn hit_with<Q, R>(&self, key: &Q, f: impl FnOnce(&V) -> Option<R>) -> Option<R>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let found = self.read_with(key, f);
         if found.is_some() {
             self.inner.counters.hit();
@@ -693,21 +826,32 @@ where
     /// is not a value: it is never removed here. `pred` runs under the key's shard lock:
     /// keep it short, and never touch this cache from inside it.
     ///
+    /// `key` may be any borrowed form of `K` that makes a `K` with `to_owned`, such as a
+    /// `&str` for a `String` key (see [borrowed keys](Cache#borrowed-keys)).
+    ///
     /// ```
     /// let cache: deferred_cache::Cache<u8, u8> = deferred_cache::Cache::new();
     /// cache.insert(1, 10);
     /// assert!(!cache.invalidate_if(&1, |v| *v == 11));
     /// assert!(cache.invalidate_if(&1, |v| *v == 10));
     /// assert_eq!(cache.stats().invalidated, 1);
+    ///
+    /// let names: deferred_cache::Cache<String, u8> = deferred_cache::Cache::new();
+    /// names.insert("ada".to_string(), 36);
+    /// assert!(names.invalidate_if("ada", |age| *age == 36));
     /// ```
-    pub fn invalidate_if(&self, key: &K, pred: impl FnOnce(&V) -> bool) -> bool {
+    pub fn invalidate_if<Q>(&self, key: &Q, pred: impl FnOnce(&V) -> bool) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         self.remove_where(key, pred, RemovalCause::Explicit)
     }
 
     /// As [`invalidate_if`](Self::invalidate_if), but counted as an expiry
     /// ([`Stats::expired`]) and told to the listener as [`RemovalCause::Expired`]: for a
     /// layer that expires values, removing exactly the value whose deadline passed and never
-    /// one that replaced it.
+    /// one that replaced it. `key` may be a borrowed form of `K`, as for `invalidate_if`.
     ///
     /// ```
     /// let cache: deferred_cache::Cache<u8, (u8, u64)> = deferred_cache::Cache::new();
@@ -715,8 +859,16 @@ where
     /// let now = 7;
     /// assert!(cache.expire_if(&1, |(_, deadline)| *deadline <= now));
     /// assert_eq!(cache.stats().expired, 1);
+    ///
+    /// let names: deferred_cache::Cache<String, u64> = deferred_cache::Cache::new();
+    /// names.insert("ada".to_string(), 5);
+    /// assert!(names.expire_if("ada", |deadline| *deadline <= now));
     /// ```
-    pub fn expire_if(&self, key: &K, pred: impl FnOnce(&V) -> bool) -> bool {
+    pub fn expire_if<Q>(&self, key: &Q, pred: impl FnOnce(&V) -> bool) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         self.remove_where(key, pred, RemovalCause::Expired)
     }
 
@@ -725,6 +877,11 @@ where
     /// overwrite a write made while it ran. Returns whether it replaced; `value` is dropped
     /// if not. A load in flight is never replaced.
     ///
+    /// `key` may be any borrowed form of `K` that makes a `K` with `to_owned`, such as a
+    /// `&str` for a `String` key (see [borrowed keys](Cache#borrowed-keys)).
+    /// (The owned key is made only for a bounded cache, whose eviction queue holds keys, or
+    /// for a listener; the key stored stays the one already there.)
+    ///
     /// ```
     /// let cache: deferred_cache::Cache<u8, u8> = deferred_cache::Cache::new();
     /// cache.insert(1, 10);
@@ -732,9 +889,25 @@ where
     /// assert!(!cache.replace_if(&1, 12, |v| *v == 10)); // 11 is there now
     /// assert!(!cache.replace_if(&2, 12, |_| true)); // absent
     /// assert_eq!(cache.peek(&1), Some(11));
+    ///
+    /// let names: deferred_cache::Cache<String, u8> = deferred_cache::Cache::bounded(10);
+    /// names.insert("ada".to_string(), 36);
+    /// assert!(names.replace_if("ada", 37, |age| *age == 36));
+    /// assert_eq!(names.peek("ada"), Some(37));
     /// ```
-    pub fn replace_if(&self, key: &K, value: V, pred: impl FnOnce(&V) -> bool) -> bool {
-        let weight = self.weigh(key, &value);
+    pub fn replace_if<Q>(&self, key: &Q, value: V, pred: impl FnOnce(&V) -> bool) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        // An owned key only for what takes one: the weigher and the policy's queue (when
+        // bounded), the listener. Without either, a borrowed key allocates nothing.
+        let owned =
+            (self.inner.policy.is_some() || self.inner.listener.is_some()).then(|| key.to_owned());
+        let weight = match &owned {
+            Some(owned) => self.weigh(owned, &value),
+            None => Some(1), // unbounded: the weight is never used
+        };
         let cell = Cell::ready(Stored::new(value));
         let swapped = self.inner.map.replace_if(key, cell.clone(), |old| {
             old.get().is_some_and(|stored| pred(&stored.value))
@@ -743,13 +916,21 @@ where
         let hash = self.hash(key);
         self.retire(hash, &old);
         self.inner.counters.invalidated(1);
-        self.notify(key, &old, RemovalCause::Replaced);
+        if let Some(owned) = &owned {
+            self.notify(owned, &old, RemovalCause::Replaced);
+        }
         drop(old);
-        self.admit(key.clone(), hash, &cell, weight);
+        if let Some(owned) = owned {
+            self.admit(owned, hash, &cell, weight);
+        }
         true
     }
 
-    fn remove_where(&self, key: &K, pred: impl FnOnce(&V) -> bool, cause: RemovalCause) -> bool {
+    fn remove_where<Q>(&self, key: &Q, pred: impl FnOnce(&V) -> bool, cause: RemovalCause) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         let removed = self.inner.map.remove_if(key, |cell| {
             cell.get().is_some_and(|stored| pred(&stored.value))
         });
@@ -760,7 +941,7 @@ where
         } else {
             self.inner.counters.invalidated(1);
         }
-        self.notify(key, &old, cause);
+        self.notify_borrowed(key, &old, cause);
         drop(old);
         true
     }
@@ -779,9 +960,25 @@ where
         }
     }
 
+    /// [`notify`](Self::notify) for a removal by a borrowed key: the listener takes a `&K`,
+    /// so the key is made owned (`to_owned`), but only when there is a listener to tell and
+    /// a value that left.
+    fn notify_borrowed<Q>(&self, key: &Q, cell: &CacheCell<V, E>, cause: RemovalCause)
+    where
+        Q: ToOwned<Owned = K> + ?Sized,
+    {
+        if self.inner.listener.is_some() && cell.get().is_some() {
+            self.notify(&key.to_owned(), cell, cause);
+        }
+    }
+
     /// Reads the value at `key` for a hit, recording the use.
     #[inline]
-    pub(crate) fn read(&self, key: &K) -> Option<V> {
+    pub(crate) fn read<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         // Cloned under the shard lock, as `DeferredMap::try_get` does: taking a handle to
         // clone after unlocking would bounce the cell's reference count between readers.
         self.read_with(key, |value| Some(value.clone()))
@@ -790,7 +987,11 @@ where
     /// Runs `f` on the value at `key` under the shard lock, recording a use if it says
     /// `Some`.
     #[inline]
-    fn read_with<R>(&self, key: &K, f: impl FnOnce(&V) -> Option<R>) -> Option<R> {
+    fn read_with<Q, R>(&self, key: &Q, f: impl FnOnce(&V) -> Option<R>) -> Option<R>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         self.inner
             .map
             .try_get_with(key, |outcome| match outcome {
@@ -822,7 +1023,10 @@ where
         }
     }
 
-    fn hash(&self, key: &K) -> u64 {
+    /// The hash of a key, or of a borrowed form of it: the map's hasher over `key`, so that
+    /// the policy's books (its shards and ghost hashes) see one hash per key whichever form
+    /// it came in (`K: Borrow<Q>` promises that `Q` hashes as `K` does).
+    fn hash<Q: Hash + ?Sized>(&self, key: &Q) -> u64 {
         self.inner.map.hasher().hash_one(key)
     }
 

@@ -1,6 +1,7 @@
 //! `ExpiringCache`: `deferred-cache` with deadlines, reclaimed through a timer wheel.
 
 use std::{
+    borrow::{Borrow, Cow},
     collections::{hash_map::RandomState, VecDeque},
     convert::Infallible,
     fmt,
@@ -184,6 +185,46 @@ pub(crate) struct Core<K, V, E, S, C> {
 /// clock.advance(Duration::from_secs(1));
 /// assert_eq!(cache.get_with("a", || async { Ok(3) }).await, Ok(3)); // expired: reloaded
 /// # });
+/// ```
+///
+/// # Borrowed keys
+///
+/// As in [`Cache`](deferred_cache::Cache#borrowed-keys), calls that store a key take it
+/// owned, and calls that look a key up or remove its entry take `&Q` for any `Q` that `K`
+/// borrows as, so an `ExpiringCache<String, _>` is read with a `&str`:
+///
+/// * [`peek`](Self::peek), [`peek_with`](Self::peek_with) and
+///   [`contains_key`](Self::contains_key) need `K: Borrow<Q>, Q: Hash + Eq + ?Sized`, and
+///   never allocate;
+/// * [`get_if_present`](Self::get_if_present), [`invalidate`](Self::invalidate),
+///   [`invalidate_if`](Self::invalidate_if) and [`remove`](Self::remove) also need
+///   `Q: ToOwned<Owned = K>` (`str` → `String`, `[T]` → `Vec<T>`, any `K: Clone` itself),
+///   because what they may hand a key to takes a `K`: the eviction listener, an
+///   [`Expiry`](crate::Expiry) policy's `expire_after_read`, a refresh's loader, the timer
+///   wheel. `key.to_owned()` is made only then: a hit under time-to-live or time-to-idle
+///   alone, with no refresh due, allocates nothing; a value removed, a custom `Expiry`
+///   read, or a refresh started makes one owned key.
+///
+/// `Q`'s `Hash` and `Eq` must agree with `K`'s (the [`Borrow`] contract) and `to_owned`
+/// must give an equal key; the borrowed form is hashed with the cache's hasher.
+///
+/// ```
+/// use deferred_expiring::{ExpiringCache, ManualClock};
+/// use std::time::Duration;
+/// let clock = ManualClock::new();
+/// let cache: ExpiringCache<String, u32, std::convert::Infallible, _, _> = ExpiringCache::builder()
+///     .time_to_live(Duration::from_secs(60))
+///     .clock(clock.clone())
+///     .build();
+/// cache.insert("ada".to_string(), 36);
+/// let name: &str = "ada"; // no `String` built to read it
+/// assert_eq!(cache.get_if_present(name), Some(36));
+/// assert_eq!(cache.peek(name), Some(36));
+/// assert!(cache.contains_key(name));
+/// clock.advance(Duration::from_secs(60));
+/// assert!(!cache.contains_key(name)); // expired
+/// cache.insert("bob".to_string(), 40);
+/// assert!(cache.invalidate("bob"));
 /// ```
 pub struct ExpiringCache<K, V, E = Infallible, S = RandomState, C = SystemClock> {
     pub(crate) core: Arc<Core<K, V, E, S, C>>,
@@ -477,6 +518,11 @@ where
     /// miss (and renewing it under time-to-idle). Never loads, never waits. A cached error
     /// is no value: `None`, counted as a miss.
     ///
+    /// `key` may be any borrowed form of `K` that makes a `K` with `to_owned`, such as a
+    /// `&str` for a `String` key (see [borrowed keys](ExpiringCache#borrowed-keys)).
+    /// The owned key is made only where one is needed: a custom [`Expiry`](crate::Expiry)
+    /// policy's `expire_after_read`, a refresh started, an expired entry reclaimed.
+    ///
     /// ```
     /// use deferred_expiring::{ExpiringCache, ManualClock};
     /// use std::time::Duration;
@@ -492,14 +538,24 @@ where
     /// assert_eq!(cache.get_if_present(&1), Some(1));
     /// clock.advance(Duration::from_secs(10));
     /// assert_eq!(cache.get_if_present(&1), None);
+    ///
+    /// let names: ExpiringCache<String, u8> = ExpiringCache::builder().build();
+    /// names.insert("ada".to_string(), 36);
+    /// assert_eq!(names.get_if_present("ada"), Some(36));
     /// ```
-    pub fn get_if_present(&self, key: &K) -> Option<V> {
+    pub fn get_if_present<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         let core = &*self.core;
         let now = core.tend();
-        match core.read(key, now, false) {
+        match core.read(key, || Cow::Owned(key.to_owned()), now, false) {
             Read::Hit { value, refresh } => {
                 if let (Some(id), Some(loader)) = (refresh, &core.loader) {
-                    Core::refresh(&self.core, key.clone(), id, loader(key));
+                    let key = key.to_owned();
+                    let load = loader(&key);
+                    Core::refresh(&self.core, key, id, load);
                 }
                 Some(value)
             }
@@ -515,14 +571,26 @@ where
     /// The value at `key` if present and before its deadline, without counting a read,
     /// renewing it, or starting a refresh.
     ///
+    /// `key` may be any borrowed form of `K`, such as a `&str` for a `String` key (see
+    /// [borrowed keys](ExpiringCache#borrowed-keys)).
+    ///
     /// ```
     /// let cache: deferred_expiring::ExpiringCache<u8, u8> =
     ///     deferred_expiring::ExpiringCache::builder().build();
     /// cache.insert(1, 5);
     /// assert_eq!(cache.peek(&1), Some(5));
     /// assert_eq!(cache.stats().cache.hits, 0);
+    ///
+    /// let names: deferred_expiring::ExpiringCache<String, u8> =
+    ///     deferred_expiring::ExpiringCache::builder().build();
+    /// names.insert("ada".to_string(), 36);
+    /// assert_eq!(names.peek("ada"), Some(36));
     /// ```
-    pub fn peek(&self, key: &K) -> Option<V> {
+    pub fn peek<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let now = now_nanos(self.core.clock.now());
         self.core
             .inner
@@ -540,6 +608,9 @@ where
     /// reclaimed. `f` runs under the key's shard lock (shared with other readers): keep it
     /// short, and never touch this cache from inside it.
     ///
+    /// `key` may be any borrowed form of `K`, such as a `&str` for a `String` key (see
+    /// [borrowed keys](ExpiringCache#borrowed-keys)).
+    ///
     /// ```
     /// use deferred_expiring::{ExpiringCache, ManualClock};
     /// use std::time::Duration;
@@ -553,8 +624,16 @@ where
     /// clock.advance(Duration::from_secs(10));
     /// assert_eq!(cache.peek_with(&1, |s| s.len()), None); // at its deadline: absent
     /// assert_eq!(cache.stats().cache.hits, 0);
+    ///
+    /// let names: ExpiringCache<String, u8> = ExpiringCache::builder().build();
+    /// names.insert("ada".to_string(), 36);
+    /// assert_eq!(names.peek_with("ada", |age| *age + 1), Some(37));
     /// ```
-    pub fn peek_with<R>(&self, key: &K, f: impl FnOnce(&V) -> R) -> Option<R> {
+    pub fn peek_with<Q, R>(&self, key: &Q, f: impl FnOnce(&V) -> R) -> Option<R>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let now = now_nanos(self.core.clock.now());
         self.core
             .inner
@@ -570,6 +649,9 @@ where
     /// (and [`len`](Self::len) may still count it); a cached error (negative caching) and a
     /// load in flight are no value.
     ///
+    /// `key` may be any borrowed form of `K`, such as a `&str` for a `String` key (see
+    /// [borrowed keys](ExpiringCache#borrowed-keys)).
+    ///
     /// ```
     /// use deferred_expiring::{ExpiringCache, ManualClock};
     /// use std::time::Duration;
@@ -583,8 +665,16 @@ where
     /// clock.advance(Duration::from_secs(10));
     /// assert!(!cache.contains_key(&1)); // expired...
     /// assert_eq!(cache.len(), 1); // ...not reclaimed yet
+    ///
+    /// let names: ExpiringCache<String, u8> = ExpiringCache::builder().build();
+    /// names.insert("ada".to_string(), 36);
+    /// assert!(names.contains_key("ada") && !names.contains_key("bob"));
     /// ```
-    pub fn contains_key(&self, key: &K) -> bool {
+    pub fn contains_key<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         self.peek_with(key, |_| ()).is_some()
     }
 
@@ -608,13 +698,26 @@ where
 
     /// Removes the entry at `key`; returns whether there was one (expired or not).
     ///
+    /// `key` may be any borrowed form of `K` that makes a `K` with `to_owned`, such as a
+    /// `&str` for a `String` key (see [borrowed keys](ExpiringCache#borrowed-keys)).
+    ///
     /// ```
     /// let cache: deferred_expiring::ExpiringCache<u8, u8> =
     ///     deferred_expiring::ExpiringCache::builder().build();
     /// cache.insert(1, 5);
     /// assert!(cache.invalidate(&1));
+    ///
+    /// let names: deferred_expiring::ExpiringCache<String, u8> =
+    ///     deferred_expiring::ExpiringCache::builder().build();
+    /// names.insert("ada".to_string(), 36);
+    /// assert!(names.invalidate("ada"));
+    /// assert!(!names.invalidate("ada"));
     /// ```
-    pub fn invalidate(&self, key: &K) -> bool {
+    pub fn invalidate<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         self.core.tend();
         self.core.inner.invalidate(key)
     }
@@ -626,6 +729,9 @@ where
     /// reclaimed as expired ([`RemovalCause::Expired`]), as a read that finds it does. A
     /// cached error and a load in flight are no value: never removed here. `pred` runs
     /// under the key's shard lock: keep it short, and never touch this cache from inside it.
+    ///
+    /// `key` may be any borrowed form of `K` that makes a `K` with `to_owned`, such as a
+    /// `&str` for a `String` key (see [borrowed keys](ExpiringCache#borrowed-keys)).
     ///
     /// ```
     /// use deferred_expiring::{ExpiringCache, ManualClock};
@@ -643,8 +749,16 @@ where
     /// assert!(!cache.invalidate_if(&2, |_| true)); // expired: absent, and reclaimed
     /// assert!(cache.is_empty());
     /// assert_eq!((cache.stats().cache.invalidated, cache.stats().cache.expired), (1, 1));
+    ///
+    /// let names: ExpiringCache<String, u8> = ExpiringCache::builder().build();
+    /// names.insert("ada".to_string(), 36);
+    /// assert!(names.invalidate_if("ada", |age| *age == 36));
     /// ```
-    pub fn invalidate_if(&self, key: &K, pred: impl FnOnce(&V) -> bool) -> bool {
+    pub fn invalidate_if<Q>(&self, key: &Q, pred: impl FnOnce(&V) -> bool) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         let core = &*self.core;
         let now = core.tend();
         let now_nanos = now_nanos(now);
@@ -660,6 +774,182 @@ where
             core.expire(key, id, now);
         }
         removed
+    }
+
+    /// Removes the entry at `key` and returns its value if it was live (present, before its
+    /// deadline, and a value): [`invalidate`](Self::invalidate) that gives back what it
+    /// removed (a clone). Counted in `invalidated` and told to the listener as
+    /// [`RemovalCause::Explicit`], as `invalidate` is.
+    ///
+    /// Expiry applies: an entry past its deadline is absent, so `remove` returns `None` for
+    /// it, and reclaims it as expired ([`RemovalCause::Expired`], counted in `expired`), as a
+    /// read that finds it does. A cached error (negative caching) and a load in flight have
+    /// no value: `remove` returns `None` for them, but removes them all the same, as
+    /// `invalidate` does (a load goes on for the callers already waiting on it; its value
+    /// is not stored, and the next read loads afresh).
+    ///
+    /// `key` may be any borrowed form of `K` that makes a `K` with `to_owned`, such as a
+    /// `&str` for a `String` key (see [borrowed keys](ExpiringCache#borrowed-keys)).
+    ///
+    /// ```
+    /// use deferred_expiring::{ExpiringCache, ManualClock};
+    /// use std::time::Duration;
+    /// let clock = ManualClock::new();
+    /// let cache: ExpiringCache<String, u8, std::convert::Infallible, _, _> = ExpiringCache::builder()
+    ///     .time_to_live(Duration::from_secs(10))
+    ///     .clock(clock.clone())
+    ///     .build();
+    /// cache.insert("ada".to_string(), 36);
+    /// assert_eq!(cache.remove("ada"), Some(36));
+    /// assert_eq!(cache.remove("ada"), None);
+    /// cache.insert("bob".to_string(), 40);
+    /// clock.advance(Duration::from_secs(10));
+    /// assert_eq!(cache.remove("bob"), None); // expired: absent, and reclaimed
+    /// assert!(cache.is_empty());
+    /// assert_eq!((cache.stats().cache.invalidated, cache.stats().cache.expired), (1, 1));
+    /// ```
+    pub fn remove<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        let core = &*self.core;
+        let now = core.tend();
+        let now_nanos = now_nanos(now);
+        let mut expired = None;
+        let mut value = None;
+        // A complete entry (a value or a cached error) is tested and removed atomically, so
+        // one whose deadline passed is never taken for a live one.
+        let removed = core.inner.invalidate_if(key, |entry| {
+            if entry.deadline.load(Acquire) <= now_nanos {
+                expired = Some(entry.id);
+                return false;
+            }
+            value = entry.slot.as_ref().ok().cloned();
+            true
+        });
+        if removed {
+            return value;
+        }
+        if let Some(id) = expired {
+            core.expire(key, id, now);
+            return None;
+        }
+        // Absent, or a load in flight, which `invalidate_if` leaves: removed as `invalidate`
+        // removes it. (Had it completed just now, what is removed is its fresh entry.)
+        let entry = core.inner.remove(key)?;
+        match entry.slot {
+            Ok(value) if entry.deadline.load(Acquire) > now_nanos => Some(value),
+            _ => None,
+        }
+    }
+
+    /// The live entries (present, before their deadline, and values), as `(key, value)`
+    /// clones, without counting reads, renewing deadlines or starting refreshes.
+    ///
+    /// Expiry applies: an entry past its deadline at the time of the call is left out even
+    /// before it is reclaimed (so the count may be below [`len`](Self::len)); cached errors
+    /// and loads in flight are no values, and are left out too.
+    ///
+    /// **Weakly consistent**, as [`Cache::iter`] is (a snapshot taken shard by shard, no lock
+    /// held while the caller iterates): an entry present and live for the whole call is
+    /// seen exactly once; one written or removed meanwhile may or may not be.
+    ///
+    /// ```
+    /// use deferred_expiring::{ExpiringCache, ManualClock};
+    /// use std::time::Duration;
+    /// let clock = ManualClock::new();
+    /// let cache: ExpiringCache<u8, u8, std::convert::Infallible, _, _> = ExpiringCache::builder()
+    ///     .time_to_live(Duration::from_secs(10))
+    ///     .clock(clock.clone())
+    ///     .build();
+    /// cache.insert(1, 10);
+    /// clock.advance(Duration::from_secs(5));
+    /// cache.insert(2, 20);
+    /// let mut all: Vec<(u8, u8)> = cache.iter().collect();
+    /// all.sort();
+    /// assert_eq!(all, [(1, 10), (2, 20)]);
+    /// clock.advance(Duration::from_secs(5)); // 1 expires
+    /// assert_eq!(cache.iter().collect::<Vec<_>>(), [(2, 20)]);
+    /// assert_eq!(cache.stats().cache.hits, 0);
+    /// ```
+    pub fn iter(&self) -> Iter<K, V> {
+        let now = self.core.tend();
+        let now_nanos = now_nanos(now);
+        let entries: Vec<(K, V)> = self
+            .core
+            .inner
+            .iter()
+            .filter_map(|(key, entry)| {
+                let live = entry.deadline.load(Acquire) > now_nanos;
+                match entry.slot {
+                    Ok(value) if live => Some((key, value)),
+                    _ => None,
+                }
+            })
+            .collect();
+        Iter {
+            entries: entries.into_iter(),
+        }
+    }
+
+    /// Keeps only the live values for which `keep(key, value)` says `true`; removes the
+    /// others as [`invalidate`](Self::invalidate) does (counted in `invalidated`, told as
+    /// [`RemovalCause::Explicit`]).
+    ///
+    /// Expiry applies: an entry past its deadline is absent, so `keep` is not called for it
+    /// and it is not removed here; it leaves with reclamation, as expired
+    /// ([`RemovalCause::Expired`]). Cached errors and loads in flight are no values: they
+    /// stay, and `keep` is not called for them. `keep` runs with no lock held, on a snapshot
+    /// of each shard (weakly consistent, as [`iter`](Self::iter)); a value replaced after
+    /// `keep` saw it is not removed.
+    ///
+    /// ```
+    /// let cache: deferred_expiring::ExpiringCache<u8, u8> =
+    ///     deferred_expiring::ExpiringCache::builder().build();
+    /// for k in 0..10 {
+    ///     cache.insert(k, k * 10);
+    /// }
+    /// cache.retain(|_, v| *v >= 50);
+    /// assert_eq!(cache.len(), 5);
+    /// assert_eq!(cache.stats().cache.invalidated, 5);
+    /// ```
+    pub fn retain(&self, mut keep: impl FnMut(&K, &V) -> bool) {
+        self.invalidate_entries_if(|k, v| !keep(k, v));
+    }
+
+    /// Removes the live values for which `pred(key, value)` says `true`, as
+    /// [`invalidate`](Self::invalidate) does (counted in `invalidated`, told as
+    /// [`RemovalCause::Explicit`]); returns how many it removed. Expiry applies as in
+    /// [`retain`](Self::retain): `pred` is never called for an entry past its deadline (nor
+    /// for a cached error or a load in flight), and such an entry is not removed here.
+    ///
+    /// Deadlines are judged against the clock as read once, at the start of the call.
+    ///
+    /// ```
+    /// use deferred_expiring::{ExpiringCache, ManualClock};
+    /// use std::time::Duration;
+    /// let clock = ManualClock::new();
+    /// let cache: ExpiringCache<String, u32, std::convert::Infallible, _, _> = ExpiringCache::builder()
+    ///     .time_to_live(Duration::from_secs(10))
+    ///     .clock(clock.clone())
+    ///     .build();
+    /// cache.insert("user:1".into(), 1);
+    /// clock.advance(Duration::from_secs(5));
+    /// cache.insert("user:2".into(), 2);
+    /// cache.insert("team:1".into(), 1);
+    /// clock.advance(Duration::from_secs(5)); // user:1 expires
+    /// assert_eq!(cache.invalidate_entries_if(|k, _| k.starts_with("user:")), 1);
+    /// assert!(cache.contains_key("team:1"));
+    /// assert_eq!(cache.stats().cache.invalidated, 1);
+    /// ```
+    pub fn invalidate_entries_if(&self, mut pred: impl FnMut(&K, &V) -> bool) -> usize {
+        let now = self.core.tend();
+        let now_nanos = now_nanos(now);
+        self.core.inner.invalidate_entries_if(|key, entry| {
+            entry.deadline.load(Acquire) > now_nanos
+                && entry.slot.as_ref().is_ok_and(|value| pred(key, value))
+        })
     }
 
     /// Removes every entry.
@@ -805,7 +1095,21 @@ where
     /// Reads `key` at `now`: a hit (renewed under time-to-idle, perhaps claiming a refresh),
     /// a cached error, an expired entry, or nothing.
     #[inline]
-    pub(crate) fn read(&self, key: &K, now: Duration, for_load: bool) -> Read<V, E> {
+    ///
+    /// `key_of` gives the key as a `K` where one is needed (an `Expiry` policy's
+    /// `expire_after_read`, a timer): borrowed when the caller has a `&K`, made owned from a
+    /// borrowed form only then.
+    pub(crate) fn read<'k, Q>(
+        &self,
+        key: &Q,
+        key_of: impl Fn() -> Cow<'k, K>,
+        now: Duration,
+        for_load: bool,
+    ) -> Read<V, E>
+    where
+        K: Borrow<Q> + 'k,
+        Q: Hash + Eq + ?Sized,
+    {
         let now_nanos = now_nanos(now);
         let mut expired = None;
         let policy = &self.policy;
@@ -820,14 +1124,14 @@ where
                 // A cached error answers a load; a probe for a value finds none.
                 Err(error) => return for_load.then(|| Read::Failed(Arc::clone(error))),
             };
-            if let Some(next) = policy.on_read(key, value, now, deadline, entry.hard) {
+            if let Some(next) = policy.on_read(&key_of, value, now, deadline, entry.hard) {
                 if policy.custom.is_some() {
                     entry.deadline.store(next, Release);
                     if next < deadline {
                         // Sooner than its timer: a timer for the new deadline (a later one
                         // is found when the old timer fires, and rescheduled then). Under
                         // the shard lock, as every timer swap is.
-                        let bits = self.timers.schedule(next, key.clone(), entry.id);
+                        let bits = self.timers.schedule(next, key_of().into_owned(), entry.id);
                         self.timers.cancel(entry.timer.swap(bits, AcqRel));
                     }
                 } else {
@@ -886,7 +1190,11 @@ where
     }
 
     /// Removes the entry `id` at `key` if its deadline has passed at `now`.
-    pub(crate) fn expire(&self, key: &K, id: u64, now: Duration) {
+    pub(crate) fn expire<Q>(&self, key: &Q, id: u64, now: Duration)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         let now = now_nanos(now);
         self.inner.expire_if(key, |entry| {
             entry.id == id && entry.deadline.load(Acquire) <= now
@@ -1064,6 +1372,45 @@ where
             Ok(core.new_entry(&key, Err(Arc::new(error)), None))
         }
         Err(error) => Err(error),
+    }
+}
+
+/// The live entries of an expiring cache, from [`ExpiringCache::iter`]: `(key, value)`
+/// clones from a weakly consistent snapshot, taken when `iter` was called. It holds no lock
+/// and no reference to the cache.
+///
+/// ```
+/// let cache: deferred_expiring::ExpiringCache<u8, u8> =
+///     deferred_expiring::ExpiringCache::builder().build();
+/// cache.insert(1, 10);
+/// let iter = cache.iter();
+/// cache.invalidate_all(); // the snapshot is the caller's
+/// assert_eq!(iter.len(), 1);
+/// assert_eq!(iter.collect::<Vec<_>>(), [(1, 10)]);
+/// ```
+pub struct Iter<K, V> {
+    entries: std::vec::IntoIter<(K, V)>,
+}
+
+impl<K, V> Iterator for Iter<K, V> {
+    type Item = (K, V);
+
+    fn next(&mut self) -> Option<(K, V)> {
+        self.entries.next()
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.entries.size_hint()
+    }
+}
+
+impl<K, V> ExactSizeIterator for Iter<K, V> {}
+
+impl<K, V> core::iter::FusedIterator for Iter<K, V> {}
+
+impl<K: fmt::Debug, V: fmt::Debug> fmt::Debug for Iter<K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.entries.as_slice()).finish()
     }
 }
 

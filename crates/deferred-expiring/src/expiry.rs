@@ -1,6 +1,6 @@
 //! When entries expire: time-to-live, time-to-idle, or a per-entry `Expiry` policy.
 
-use std::{fmt, time::Duration};
+use std::{borrow::Cow, fmt, time::Duration};
 
 use crate::cache::TICK_SHIFT;
 
@@ -145,19 +145,25 @@ impl<K: 'static, V: 'static> Policy<K, V> {
 
     /// The deadline after a read at `now` of a value whose deadline is `current`; `None`
     /// if it does not change.
+    ///
+    /// `key` gives the key only if the custom policy asks for it: a read by a borrowed form
+    /// of the key makes an owned one for `Expiry::expire_after_read`, and for nothing else.
     #[inline]
-    pub(crate) fn on_read(
+    pub(crate) fn on_read<'k>(
         &self,
-        key: &K,
+        key: impl FnOnce() -> Cow<'k, K>,
         value: &V,
         now: Duration,
         current: u64,
         hard: u64,
-    ) -> Option<u64> {
+    ) -> Option<u64>
+    where
+        K: Clone + 'k,
+    {
         if let Some(custom) = &self.custom {
             let next = deadline(
                 now,
-                custom.expire_after_read(key, value, now, remaining(now, current)),
+                custom.expire_after_read(&key(), value, now, remaining(now, current)),
             );
             return (next != current).then_some(next);
         }

@@ -2,6 +2,7 @@
 //! `get`.
 
 use std::{
+    borrow::Cow,
     fmt,
     future::Future,
     hash::{BuildHasher, Hash},
@@ -231,7 +232,7 @@ where
         loop {
             if let State::Start { key, .. } = &self.state {
                 let now = core.tend();
-                match core.read(key, now, true) {
+                match core.read(key, || Cow::Borrowed(key), now, true) {
                     Read::Hit { value, refresh } => {
                         let State::Start { key, loader } =
                             core::mem::replace(&mut self.state, State::Done)

@@ -13,7 +13,7 @@ mod loom;
 mod timer;
 
 pub use builder::ExpiringBuilder;
-pub use cache::{BoxLoad, ExpiringCache, ExpiringStats, Task, TICK};
+pub use cache::{BoxLoad, ExpiringCache, ExpiringStats, Iter, Task, TICK};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use deferred_cache::{LoadError, Loader, RemovalCause, Source, Stats};
 pub use expiring_ref::{Expired, ExpiringRef, Use};
