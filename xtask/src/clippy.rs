@@ -1,5 +1,6 @@
 //! `cargo xtask clippy`: lints the whole workspace, then each library with its `std` features
-//! off, because `cfg`-gated code that only compiles without `std` is invisible to the first run.
+//! off, because `cfg`-gated code that only compiles without `std` is invisible to the first run,
+//! and each library with its optional features (such as `serde`) on, for the same reason.
 
 use crate::cmd::{self, cargo, Result};
 use crate::LIBRARIES;
@@ -21,6 +22,11 @@ pub fn run() -> Result {
                 cmd.args(["--features", features]);
             }
             cmd::run(cmd.args(["--", "-D", "warnings"]))?;
+        }
+        if !lib.optional_features.is_empty() {
+            let features = lib.optional_features.join(",");
+            let mut cmd = cargo(["clippy", "-p", lib.name, "--all-targets", "--features"]);
+            cmd::run(cmd.args([features.as_str(), "--", "-D", "warnings"]))?;
         }
     }
     Ok(())

@@ -1,4 +1,6 @@
-//! `cargo xtask doc`: rustdoc with warnings denied, so broken intra-doc links fail CI.
+//! `cargo xtask doc`: rustdoc with warnings denied, so broken intra-doc links fail CI. The
+//! libraries' optional features (such as `serde`) are on, so the docs of what they add are
+//! checked too.
 
 use crate::cmd::{self, cargo, Result};
 
@@ -12,5 +14,8 @@ pub fn run() -> Result {
         "--exclude",
         "deferred-benches",
     ]);
+    if let Some(features) = crate::optional_features() {
+        cmd.args(["--features", &features]);
+    }
     cmd::run(cmd.env("RUSTDOCFLAGS", "-D warnings"))
 }

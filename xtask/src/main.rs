@@ -39,6 +39,9 @@ pub struct Library {
     /// The preemption bound its loom models run at in CI (`cargo xtask test-loom`): the
     /// highest at which the whole set finishes in minutes on two cores.
     pub loom_preemptions: u32,
+    /// Optional features, off by default, that `test`, `clippy`, `doc` and `msrv` turn on
+    /// too, so code behind them is tested, linted, documented and built like the rest.
+    pub optional_features: &'static [&'static str],
 }
 
 impl Library {
@@ -53,6 +56,20 @@ impl Library {
     }
 }
 
+/// Every library's optional features as one `--features` value for a workspace-wide command
+/// (`deferred-cache/serde,...`); `None` when no library has any.
+pub fn optional_features() -> Option<String> {
+    let all: Vec<String> = LIBRARIES
+        .iter()
+        .flat_map(|lib| {
+            lib.optional_features
+                .iter()
+                .map(move |feature| format!("{}/{feature}", lib.name))
+        })
+        .collect();
+    (!all.is_empty()).then(|| all.join(","))
+}
+
 /// The library crates, bottom layer first. A new layer is one line here: clippy, test, no-std
 /// and miri pick it up, and test-loom does as soon as it has a `tests/loom.rs`.
 pub const LIBRARIES: &[Library] = &[
@@ -61,24 +78,28 @@ pub const LIBRARIES: &[Library] = &[
         no_std_features: &["", "alloc"],
         miri_full_suite: true,
         loom_preemptions: 3,
+        optional_features: &[],
     },
     Library {
         name: "deferred-map",
         no_std_features: &[""],
         miri_full_suite: true,
         loom_preemptions: 2,
+        optional_features: &[],
     },
     Library {
         name: "deferred-cache",
         no_std_features: &[],
         miri_full_suite: false,
         loom_preemptions: 2,
+        optional_features: &["serde"],
     },
     Library {
         name: "deferred-expiring",
         no_std_features: &[],
         miri_full_suite: false,
         loom_preemptions: 2,
+        optional_features: &["serde"],
     },
 ];
 
@@ -87,8 +108,10 @@ usage: cargo xtask <task> [args]
 
 tasks:
   fmt                      cargo fmt --check over the workspace
-  clippy                   clippy with -D warnings, also with default features off
-  test                     the test suites, also with only the `alloc` feature
+  clippy                   clippy with -D warnings, also with default features off and
+                           with the optional ones (`serde`) on
+  test                     the test suites with the optional features (`serde`) on, also
+                           with only the `alloc` feature
   test-loom [--preemptions N] [FILTER]
                            loom models, each crate at its bound (core 3, the rest 2);
                            --preemptions N (or LOOM_MAX_PREEMPTIONS) runs every crate at N
@@ -97,7 +120,7 @@ tasks:
   no-std                   build the libraries for thumbv7em-none-eabihf, and the core for
                            thumbv6m-none-eabi (no compare-and-swap) with critical-section
   sanitize [--short]       stress tests under thread and address (+leak) sanitizers (nightly)
-  doc                      rustdoc with -D warnings
+  doc                      rustdoc with -D warnings, optional features (`serde`) on
   bench [LAYER] [--no-run] run criterion benches (core, map, cache, expiring) and print
                            ratio tables (cache: hit ratios too); --no-run only builds them
   fuzz TARGET|all [--seconds N]

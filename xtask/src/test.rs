@@ -1,17 +1,18 @@
-//! `cargo xtask test`: the test suites with default features, then each library again with only
-//! its non-`std` features, so the `alloc`-only build is exercised and not just compiled.
+//! `cargo xtask test`: the test suites with default features plus the optional ones (such as
+//! `serde`, whose tests are gated on it), then each library again with only its non-`std`
+//! features, so the `alloc`-only build is exercised and not just compiled. The build without
+//! the optional features is the one `clippy`, `doc` and `msrv` check.
 
 use crate::cmd::{self, cargo, Result};
 use crate::LIBRARIES;
 
 pub fn run() -> Result {
     // The bench crate is excluded: its "tests" are criterion benches, built by `bench --no-run`.
-    cmd::run(&mut cargo([
-        "test",
-        "--workspace",
-        "--exclude",
-        "deferred-benches",
-    ]))?;
+    let mut all = cargo(["test", "--workspace", "--exclude", "deferred-benches"]);
+    if let Some(features) = crate::optional_features() {
+        all.args(["--features", &features]);
+    }
+    cmd::run(&mut all)?;
     for lib in LIBRARIES {
         // `--no-default-features` alone has no allocator, so there is nothing the test harness
         // could link against; clippy and no-std cover that build.

@@ -22,7 +22,26 @@ use crate::loom::{AtomicU64, Ordering::Relaxed};
 /// assert_eq!(stats.hit_ratio(), 0.5);
 /// # });
 /// ```
+///
+/// # Export
+///
+/// With the `serde` feature, `Stats` implements `Serialize` and `Deserialize`: a map of the
+/// counters by field name, `load_time` as serde writes a `Duration` (`secs` and `nanos`).
+/// A counter missing from the input reads as 0, so a snapshot exported by an older version
+/// (before a counter was added) still reads; names it does not know are ignored.
+///
+/// ```
+/// # #[cfg(feature = "serde")] {
+/// let stats = deferred_cache::Stats::default();
+/// let json = serde_json::to_string(&stats).unwrap();
+/// assert!(json.starts_with(r#"{"hits":0,"misses":0,"coalesced":0,"#));
+/// let back: deferred_cache::Stats = serde_json::from_str(&json).unwrap();
+/// assert_eq!(back, stats);
+/// # }
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default))]
 #[non_exhaustive]
 pub struct Stats {
     /// Reads that found a value.
@@ -284,5 +303,71 @@ impl Counters {
 impl fmt::Debug for Counters {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.snapshot().fmt(f)
+    }
+}
+
+#[cfg(all(test, feature = "serde"))]
+mod serde_tests {
+    use super::*;
+
+    fn sample() -> Stats {
+        Stats {
+            hits: 1,
+            misses: 2,
+            coalesced: 3,
+            loads_ok: 4,
+            loads_failed: 5,
+            loads_panicked: 6,
+            loads_cancelled: 7,
+            loads_empty: 8,
+            load_time: Duration::new(9, 10),
+            evicted: 11,
+            invalidated: 12,
+            expired: 13,
+            listener_panics: 14,
+            weigher_panics: 15,
+        }
+    }
+
+    #[test]
+    fn exports_every_counter_by_name() {
+        let json = serde_json::to_value(sample()).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "hits": 1,
+                "misses": 2,
+                "coalesced": 3,
+                "loads_ok": 4,
+                "loads_failed": 5,
+                "loads_panicked": 6,
+                "loads_cancelled": 7,
+                "loads_empty": 8,
+                "load_time": { "secs": 9, "nanos": 10 },
+                "evicted": 11,
+                "invalidated": 12,
+                "expired": 13,
+                "listener_panics": 14,
+                "weigher_panics": 15,
+            })
+        );
+    }
+
+    #[test]
+    fn reads_back_what_it_wrote() {
+        let json = serde_json::to_string(&sample()).unwrap();
+        assert_eq!(serde_json::from_str::<Stats>(&json).unwrap(), sample());
+    }
+
+    #[test]
+    fn missing_counters_read_as_zero_and_unknown_names_are_ignored() {
+        let stats: Stats = serde_json::from_str(r#"{"hits": 7, "a_later_counter": 1}"#).unwrap();
+        assert_eq!(
+            stats,
+            Stats {
+                hits: 7,
+                ..Stats::default()
+            }
+        );
     }
 }
