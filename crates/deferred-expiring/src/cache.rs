@@ -237,7 +237,24 @@ pub struct ExpiringCache<K, V, E = Infallible, S = RandomState, C = SystemClock>
 /// let stats = deferred_expiring::ExpiringStats::default();
 /// assert_eq!(stats.negative_hits, 0);
 /// ```
+///
+/// With the `serde` feature it implements `Serialize` and `Deserialize`, as the inner
+/// [`Stats`] does: the inner counters under `cache`, a counter missing from the input read
+/// as 0.
+///
+/// ```
+/// # #[cfg(feature = "serde")] {
+/// let stats = deferred_expiring::ExpiringStats::default();
+/// let json = serde_json::to_string(&stats).unwrap();
+/// assert!(json.starts_with(r#"{"cache":{"hits":0,"#));
+/// assert!(json.ends_with(r#""refreshes_discarded":0}"#));
+/// let back: deferred_expiring::ExpiringStats = serde_json::from_str(&json).unwrap();
+/// assert_eq!(back, stats);
+/// # }
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default))]
 #[non_exhaustive]
 pub struct ExpiringStats {
     /// The inner cache's counters. `loads_ok` counts loads that produced a value and
