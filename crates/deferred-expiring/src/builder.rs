@@ -39,6 +39,7 @@ use crate::{
 pub struct ExpiringBuilder<K, V, E, S = RandomState, C = SystemClock> {
     capacity: Option<u64>,
     weigher: Option<Weigher<K, V>>,
+    initial_capacity: usize,
     hasher: S,
     clock: C,
     policy: Policy<K, V>,
@@ -52,6 +53,7 @@ impl<K, V, E> ExpiringBuilder<K, V, E, RandomState, SystemClock> {
         ExpiringBuilder {
             capacity: None,
             weigher: None,
+            initial_capacity: 0,
             hasher: RandomState::new(),
             clock: SystemClock,
             policy: Policy::new(),
@@ -92,13 +94,54 @@ impl<K, V, E, S, C> ExpiringBuilder<K, V, E, S, C> {
         self
     }
 
+    /// Room for `entries` entries up front, as
+    /// [`deferred_cache::Builder::initial_capacity`]. [`build`](Self::build) refuses more
+    /// than the cache may ever hold (more than [`max_capacity`](Self::max_capacity)
+    /// entries, when it bounds entries: without a weigher), and more than can be allocated
+    /// ([`ExpiringBuildError::Cache`]).
+    ///
+    /// ```
+    /// let cache: deferred_expiring::ExpiringCache<u8, u8> = deferred_expiring::ExpiringCache::builder()
+    ///     .max_capacity(1_000)
+    ///     .initial_capacity(100)
+    ///     .build();
+    /// assert!(cache.is_empty());
+    /// ```
+    pub fn initial_capacity(mut self, entries: usize) -> Self {
+        self.initial_capacity = entries;
+        self
+    }
+
     /// Entries expire `ttl` after they were loaded, inserted or refreshed.
+    ///
+    /// **A time-to-live of zero is accepted**, and means *shared, never seen again*: each
+    /// value expires the moment it is stored. Callers waiting on one load still share its
+    /// value (loads stay single-flight), but no later read sees it: each `get_with` after it
+    /// loads again, and `get_if_present` finds nothing. The expired entry counts in
+    /// [`len`](ExpiringCache::len) until it is reclaimed (by a read that finds it expired,
+    /// an operation one wheel tick later, or
+    /// [`run_maintenance`](ExpiringCache::run_maintenance)). With
+    /// [`refresh_after`](Self::refresh_after) set, a time-to-live of zero is refused, as any
+    /// time-to-live not above the refresh interval is.
     ///
     /// ```
     /// let cache: deferred_expiring::ExpiringCache<u8, u8> = deferred_expiring::ExpiringCache::builder()
     ///     .time_to_live(std::time::Duration::from_secs(30))
     ///     .build();
     /// # let _ = cache;
+    /// ```
+    ///
+    /// A time-to-live of zero:
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// let cache: deferred_expiring::ExpiringCache<u8, u8> = deferred_expiring::ExpiringCache::builder()
+    ///     .time_to_live(std::time::Duration::ZERO)
+    ///     .build();
+    /// assert_eq!(cache.get_with(1, || async { Ok(10) }).await, Ok(10)); // its callers get it
+    /// assert_eq!(cache.get_if_present(&1), None); // no later read does
+    /// assert_eq!(cache.get_with(1, || async { Ok(11) }).await, Ok(11)); // loaded again
+    /// # });
     /// ```
     pub fn time_to_live(mut self, ttl: Duration) -> Self {
         self.policy.ttl = Some(ttl);
@@ -107,6 +150,11 @@ impl<K, V, E, S, C> ExpiringBuilder<K, V, E, S, C> {
 
     /// Entries expire `tti` after they were last read or written (and never later than
     /// the time-to-live, if one is set too).
+    ///
+    /// **A time-to-idle of zero is accepted**, and means what a time-to-live of zero does
+    /// (see [`time_to_live`](Self::time_to_live)): each value expires the moment it is
+    /// stored, before any read could renew it; the callers of its load share it, no later
+    /// read sees it.
     ///
     /// ```
     /// let cache: deferred_expiring::ExpiringCache<u8, u8> = deferred_expiring::ExpiringCache::builder()
@@ -164,6 +212,23 @@ impl<K, V, E, S, C> ExpiringBuilder<K, V, E, S, C> {
     ///
     /// Reloads run on the [`spawner`](Self::spawner) if one is set; otherwise the cache's
     /// own operations poll them.
+    ///
+    /// Without a cache-wide loader ([`build`](Self::build) rather than
+    /// [`build_with_loader`](Self::build_with_loader)), only [`get_with`](ExpiringCache::get_with)
+    /// reads start a reload, with the loader they bring; `get_if_present` has none and
+    /// starts nothing. Without a time-to-live, values never expire and are kept fresh by
+    /// refreshes alone. Both are accepted.
+    ///
+    /// [`build`](Self::build) refuses (and [`try_build`](Self::try_build) returns an
+    /// [`ExpiringBuildError`] for):
+    /// * an interval of zero ([`ExpiringBuildError::RefreshAfterZero`]): every read would
+    ///   start a reload;
+    /// * an interval not below the [`time_to_live`](Self::time_to_live)
+    ///   ([`ExpiringBuildError::RefreshAfterNotBelowTimeToLive`]): every entry would expire
+    ///   before its refresh could start. (With [`expire_after`](Self::expire_after), which
+    ///   replaces the time-to-live, nothing is compared.) A
+    ///   [`time_to_idle`](Self::time_to_idle) is not compared either: reads renew it, so an
+    ///   entry read often enough lives to be refreshed.
     ///
     /// ```
     /// let cache: deferred_expiring::ExpiringCache<u8, u8> = deferred_expiring::ExpiringCache::builder()
@@ -265,6 +330,7 @@ impl<K, V, E, S, C> ExpiringBuilder<K, V, E, S, C> {
         ExpiringBuilder {
             capacity: self.capacity,
             weigher: self.weigher,
+            initial_capacity: self.initial_capacity,
             hasher,
             clock: self.clock,
             policy: self.policy,
@@ -286,6 +352,7 @@ impl<K, V, E, S, C> ExpiringBuilder<K, V, E, S, C> {
         ExpiringBuilder {
             capacity: self.capacity,
             weigher: self.weigher,
+            initial_capacity: self.initial_capacity,
             hasher: self.hasher,
             clock,
             policy: self.policy,
@@ -306,17 +373,60 @@ where
 {
     /// A cache whose loads are given per call ([`ExpiringCache::get_with`]).
     ///
+    /// # Panics
+    ///
+    /// If the configuration is refused (see [`ExpiringBuildError`] for what is): the panic
+    /// message is the error's. [`try_build`](Self::try_build) returns the error instead,
+    /// for a configuration that comes from outside the program.
+    ///
     /// ```
     /// let cache: deferred_expiring::ExpiringCache<u8, u8> =
     ///     deferred_expiring::ExpiringCache::builder().build();
     /// # let _ = cache;
     /// ```
+    ///
+    /// ```should_panic
+    /// // refresh_after (60s) is not below time_to_live (60s) ...
+    /// let _: deferred_expiring::ExpiringCache<u8, u8> = deferred_expiring::ExpiringCache::builder()
+    ///     .time_to_live(std::time::Duration::from_secs(60))
+    ///     .refresh_after(std::time::Duration::from_secs(60))
+    ///     .build();
+    /// ```
+    #[track_caller]
     pub fn build(self) -> ExpiringCache<K, V, E, S, C> {
+        match self.try_build() {
+            Ok(cache) => cache,
+            Err(error) => panic!("{error}"),
+        }
+    }
+
+    /// As [`build`](Self::build), but a configuration it refuses is returned as an
+    /// [`ExpiringBuildError`] rather than a panic.
+    ///
+    /// ```
+    /// use deferred_expiring::{ExpiringBuildError, ExpiringCache};
+    /// use std::time::Duration;
+    /// let refused = ExpiringCache::<u8, u8>::builder()
+    ///     .refresh_after(Duration::ZERO)
+    ///     .try_build();
+    /// assert!(matches!(refused, Err(ExpiringBuildError::RefreshAfterZero)));
+    /// let cache = ExpiringCache::<u8, u8>::builder()
+    ///     .time_to_live(Duration::from_secs(60))
+    ///     .refresh_after(Duration::from_secs(30))
+    ///     .try_build();
+    /// assert!(cache.is_ok());
+    /// ```
+    pub fn try_build(self) -> Result<ExpiringCache<K, V, E, S, C>, ExpiringBuildError> {
         self.build_inner(None)
     }
 
     /// A cache with one loader for every key ([`ExpiringLoadingCache::get`]), which
     /// refresh-ahead also uses for reads that bring no loader (`get_if_present`).
+    ///
+    /// # Panics
+    ///
+    /// As [`build`](Self::build), if the configuration is refused;
+    /// [`try_build_with_loader`](Self::try_build_with_loader) returns the error instead.
     ///
     /// ```
     /// # futures::executor::block_on(async {
@@ -329,21 +439,65 @@ where
     /// assert_eq!(squares.get(12).await, Ok(144));
     /// # });
     /// ```
+    #[track_caller]
     pub fn build_with_loader<F, Fut>(self, loader: F) -> ExpiringLoadingCache<K, V, E, S, C>
+    where
+        F: Fn(&K) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<V, E>> + Send + 'static,
+    {
+        match self.try_build_with_loader(loader) {
+            Ok(cache) => cache,
+            Err(error) => panic!("{error}"),
+        }
+    }
+
+    /// As [`build_with_loader`](Self::build_with_loader), but a configuration it refuses
+    /// is returned as an [`ExpiringBuildError`] rather than a panic.
+    ///
+    /// ```
+    /// use deferred_expiring::{ExpiringBuildError, ExpiringCache};
+    /// let refused = ExpiringCache::builder()
+    ///     .max_capacity(10)
+    ///     .initial_capacity(100)
+    ///     .try_build_with_loader(|n: &u64| {
+    ///         let n = *n;
+    ///         async move { Ok::<_, String>(n + 1) }
+    ///     });
+    /// assert!(matches!(refused, Err(ExpiringBuildError::Cache(_))));
+    /// let cache = ExpiringCache::builder()
+    ///     .max_capacity(100)
+    ///     .try_build_with_loader(|n: &u64| {
+    ///         let n = *n;
+    ///         async move { Ok::<_, String>(n + 1) }
+    ///     })
+    ///     .expect("a valid configuration");
+    /// # futures::executor::block_on(async {
+    /// assert_eq!(cache.get(1).await, Ok(2));
+    /// # });
+    /// ```
+    pub fn try_build_with_loader<F, Fut>(
+        self,
+        loader: F,
+    ) -> Result<ExpiringLoadingCache<K, V, E, S, C>, ExpiringBuildError>
     where
         F: Fn(&K) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<V, E>> + Send + 'static,
     {
         let loader: DynLoader<K, V, E> =
             Arc::new(move |key: &K| -> BoxLoad<V, E> { Box::pin(loader(key)) });
-        let cache = self.build_inner(Some(Arc::clone(&loader)));
-        ExpiringLoadingCache::from_parts(cache, loader)
+        let cache = self.build_inner(Some(Arc::clone(&loader)))?;
+        Ok(ExpiringLoadingCache::from_parts(cache, loader))
     }
 
-    fn build_inner(self, loader: Option<DynLoader<K, V, E>>) -> ExpiringCache<K, V, E, S, C> {
+    fn build_inner(
+        self,
+        loader: Option<DynLoader<K, V, E>>,
+    ) -> Result<ExpiringCache<K, V, E, S, C>, ExpiringBuildError> {
+        self.check()?;
         ExpiringCache::from_parts(
             self.capacity,
             self.weigher,
+            self.initial_capacity,
             self.hasher,
             self.clock,
             self.policy,
@@ -351,6 +505,111 @@ where
             loader,
             self.spawner,
         )
+        .map_err(ExpiringBuildError::Cache)
+    }
+
+    /// What `try_build` refuses of the expiry settings (the inner cache checks the rest).
+    fn check(&self) -> Result<(), ExpiringBuildError> {
+        let Some(refresh_after) = self.policy.refresh_after else {
+            return Ok(());
+        };
+        if refresh_after.is_zero() {
+            return Err(ExpiringBuildError::RefreshAfterZero);
+        }
+        // An `Expiry` policy replaces the time-to-live: nothing to compare with.
+        if let (Some(time_to_live), None) = (self.policy.ttl, &self.policy.custom) {
+            if refresh_after >= time_to_live {
+                return Err(ExpiringBuildError::RefreshAfterNotBelowTimeToLive {
+                    refresh_after,
+                    time_to_live,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A cache configuration that [`ExpiringBuilder::try_build`] refuses (and
+/// [`ExpiringBuilder::build`] panics on), with what to change. Its message names the
+/// setting and its value.
+///
+/// ```
+/// use std::time::Duration;
+/// let error = deferred_expiring::ExpiringCache::<u8, u8>::builder()
+///     .time_to_live(Duration::from_secs(10))
+///     .refresh_after(Duration::from_secs(30))
+///     .try_build()
+///     .unwrap_err();
+/// assert_eq!(
+///     error.to_string(),
+///     "refresh_after (30s) is not below time_to_live (10s): every entry would expire \
+///      before its refresh could start; lower refresh_after, or raise time_to_live"
+/// );
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ExpiringBuildError {
+    /// [`ExpiringBuilder::refresh_after`] was given zero: every read would start a reload.
+    RefreshAfterZero,
+    /// [`ExpiringBuilder::refresh_after`] is not below [`ExpiringBuilder::time_to_live`]:
+    /// every entry would expire before its refresh could start.
+    RefreshAfterNotBelowTimeToLive {
+        /// What [`ExpiringBuilder::refresh_after`] asked for.
+        refresh_after: Duration,
+        /// What [`ExpiringBuilder::time_to_live`] allows.
+        time_to_live: Duration,
+    },
+    /// The inner [`deferred_cache::Cache`] refused its part of the configuration (the
+    /// [`initial_capacity`](ExpiringBuilder::initial_capacity) against the
+    /// [`max_capacity`](ExpiringBuilder::max_capacity), or too large to allocate). Its
+    /// message is the inner error's, which [`source`](std::error::Error::source) also
+    /// returns.
+    ///
+    /// ```
+    /// use deferred_expiring::ExpiringBuildError;
+    /// use std::error::Error;
+    /// let error = deferred_expiring::ExpiringCache::<u8, u8>::builder()
+    ///     .max_capacity(0)
+    ///     .initial_capacity(1)
+    ///     .try_build()
+    ///     .unwrap_err();
+    /// assert!(matches!(
+    ///     error,
+    ///     ExpiringBuildError::Cache(deferred_cache::BuildError::InitialCapacityAboveMax { .. })
+    /// ));
+    /// assert!(error.to_string().starts_with("initial_capacity (1 entries) is more than max_capacity (0 entries)"));
+    /// assert!(error.source().is_some());
+    /// ```
+    Cache(deferred_cache::BuildError),
+}
+
+impl fmt::Display for ExpiringBuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExpiringBuildError::RefreshAfterZero => f.write_str(
+                "refresh_after (0ns) is zero, so every read would start a reload: give it \
+                 a positive interval, or leave refresh-ahead off",
+            ),
+            ExpiringBuildError::RefreshAfterNotBelowTimeToLive {
+                refresh_after,
+                time_to_live,
+            } => write!(
+                f,
+                "refresh_after ({refresh_after:?}) is not below time_to_live \
+                 ({time_to_live:?}): every entry would expire before its refresh could \
+                 start; lower refresh_after, or raise time_to_live"
+            ),
+            ExpiringBuildError::Cache(error) => fmt::Display::fmt(error, f),
+        }
+    }
+}
+
+impl std::error::Error for ExpiringBuildError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ExpiringBuildError::Cache(error) => Some(error),
+            _ => None,
+        }
     }
 }
 
@@ -358,6 +617,7 @@ impl<K, V, E, S, C: fmt::Debug> fmt::Debug for ExpiringBuilder<K, V, E, S, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ExpiringBuilder")
             .field("capacity", &self.capacity)
+            .field("initial_capacity", &self.initial_capacity)
             .field("policy", &self.policy)
             .field("clock", &self.clock)
             .finish_non_exhaustive()

@@ -294,26 +294,28 @@ where
     pub(crate) fn from_parts(
         capacity: Option<u64>,
         weigher: Option<Weigher<K, V>>,
+        initial_capacity: usize,
         hasher: S,
         clock: C,
         policy: Policy<K, V>,
         listener: Option<UserListener<K, V>>,
         loader: Option<DynLoader<K, V, E>>,
         spawner: Option<Spawner>,
-    ) -> Self {
+    ) -> Result<Self, deferred_cache::BuildError> {
         let timers = Arc::new(Timers {
             wheel: Mutex::new(TimerWheel::new()),
             due: AtomicU64::new(NEVER),
         });
         let on_removal = Arc::clone(&timers);
-        let mut builder = Cache::builder().hasher(hasher).eviction_listener(
-            move |key: &K, entry: &Entry<V, E>, cause| {
+        let mut builder = Cache::builder()
+            .initial_capacity(initial_capacity)
+            .hasher(hasher)
+            .eviction_listener(move |key: &K, entry: &Entry<V, E>, cause| {
                 on_removal.cancel(entry.timer.load(Acquire));
                 if let (Some(listener), Ok(value)) = (&listener, &entry.slot) {
                     listener(key, value, cause);
                 }
-            },
-        );
+            });
         if let Some(capacity) = capacity {
             builder = builder.max_capacity(capacity);
         }
@@ -323,9 +325,9 @@ where
                 Err(_) => 1,
             });
         }
-        ExpiringCache {
+        Ok(ExpiringCache {
             core: Arc::new(Core {
-                inner: builder.build(),
+                inner: builder.try_build()?,
                 timers,
                 clock,
                 policy,
@@ -336,7 +338,7 @@ where
                 pending: std::sync::Mutex::new(VecDeque::new()),
                 pending_len: AtomicUsize::new(0),
             }),
-        }
+        })
     }
 }
 
@@ -1157,7 +1159,10 @@ where
                     entry.deadline.fetch_max(next, AcqRel);
                 }
             }
-            let refresh = if policy.refresh_after.is_some() {
+            // A read that brings no loader (`get_if_present`), on a cache without a
+            // cache-wide one, has nothing to refresh with: it leaves the refresh to the next
+            // `get_with` rather than claiming it and starting nothing.
+            let refresh = if policy.refresh_after.is_some() && (for_load || self.loader.is_some()) {
                 let at = entry.refresh_at.load(Relaxed);
                 // One reader wins the swap to `NEVER` and starts the refresh.
                 (at <= now_nanos

@@ -12,7 +12,7 @@ mod loading;
 mod loom;
 mod timer;
 
-pub use builder::ExpiringBuilder;
+pub use builder::{ExpiringBuildError, ExpiringBuilder};
 pub use cache::{BoxLoad, ExpiringCache, ExpiringStats, Iter, Task, TICK};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use deferred_cache::{LoadError, Loader, RemovalCause, Source, Stats};
