@@ -29,6 +29,7 @@
 //! trace's curves (hit ratio against capacity, one line per cache) are drawn as SVG
 //! ([`deferred_benches::chart`]), dated and captioned with the CPU, to
 //! `benches/charts/hit_ratio_<trace>.svg` (or `--charts DIR`): the cache README shows them.
+//! `cargo bench` runs this program in `benches/`, so relative paths start there.
 //!
 //! `cargo bench` runs it with `--bench`: [`REQUESTS`] requests per trace (`--requests N`
 //! changes that). Run without `--bench` (as `cargo test --benches` does) it replays short
@@ -613,6 +614,6 @@ fn fail(message: &str) -> ! {
 fn write_report(path: &Path, report: &str) {
     match std::fs::write(path, report) {
         Ok(()) => println!("wrote {}", path.display()),
-        Err(e) => panic!("could not write {}: {e}", path.display()),
+        Err(e) => fail(&format!("could not write {}: {e}", path.display())),
     }
 }
