@@ -25,11 +25,15 @@
 //!   A scan key can never hit, so 80% is the ceiling there.
 //!
 //! Capacities are 0.5%, 1%, 5%, 10% and 25% of the key space. One table per trace goes to
-//! stdout, and all of them to `target/bench-cache-hit-ratio.md` (or `--out PATH`).
+//! stdout, and all of them to `target/bench-cache-hit-ratio.md` (or `--out PATH`). Each
+//! trace's curves (hit ratio against capacity, one line per cache) are drawn as SVG
+//! ([`deferred_benches::chart`]), dated and captioned with the CPU, to
+//! `benches/charts/hit_ratio_<trace>.svg` (or `--charts DIR`): the cache README shows them.
+//! `cargo bench` runs this program in `benches/`, so relative paths start there.
 //!
 //! `cargo bench` runs it with `--bench`: [`REQUESTS`] requests per trace (`--requests N`
 //! changes that). Run without `--bench` (as `cargo test --benches` does) it replays short
-//! traces as a smoke test and writes no file.
+//! traces as a smoke test: it draws the charts too, but writes no file.
 
 use core::{
     fmt::Write as _,
@@ -44,6 +48,7 @@ use std::{
     time::Instant,
 };
 
+use deferred_benches::chart::{self, HitRatioChart, Series};
 use deferred_cache::Cache;
 
 /// The key space of every trace.
@@ -499,6 +504,7 @@ fn main() {
     let mut bench = false;
     let mut requests = REQUESTS;
     let mut out: Option<PathBuf> = None;
+    let mut charts: Option<PathBuf> = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -511,6 +517,7 @@ fn main() {
                     .expect("--requests takes a positive number");
             }
             "--out" => out = Some(args.next().expect("--out takes a path").into()),
+            "--charts" => charts = Some(args.next().expect("--charts takes a directory").into()),
             // Arguments meant for the criterion benches of the same `cargo bench` run.
             other => eprintln!("cache_hit_ratio: ignoring argument `{other}`"),
         }
@@ -531,17 +538,82 @@ fn main() {
     print!("{report}");
     println!("\n(total {:.1} s)", start.elapsed().as_secs_f64());
 
+    let svgs = match draw_charts(&traces, &outcome) {
+        Ok(svgs) => svgs,
+        Err(e) => fail(&e),
+    };
     if bench {
         match out.or_else(default_out) {
             Some(path) => write_report(&path, &report),
             None => eprintln!("cache_hit_ratio: no target directory found; report not saved"),
         }
+        let dir = charts.unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("charts"));
+        if let Err(e) = write_charts(&dir, &svgs) {
+            fail(&e);
+        }
     }
+}
+
+/// One SVG chart per trace, with its file name: `hit_ratio_<trace>.svg`.
+fn draw_charts(traces: &[Trace], outcome: &Outcome) -> Result<Vec<(String, String)>, String> {
+    let capacities = CAPACITY_PERMILLE.map(|permille| permille as f64 / 10.0);
+    let requests = traces.first().map_or(0, |t| t.keys.len());
+    let caption = vec![
+        format!(
+            "Run {} on {}. Hit ratios depend on the trace and the caches, not on the CPU.",
+            chart::today(),
+            chart::cpu_model()
+        ),
+        format!(
+            "{KEYS} keys, {requests} requests, one thread: read, insert on a miss. \
+             moka runs its pending tasks after every insert."
+        ),
+    ];
+    traces
+        .iter()
+        .enumerate()
+        .map(|(t, trace)| {
+            let chart = HitRatioChart {
+                trace: &trace.name,
+                capacities: &capacities,
+                series: KINDS
+                    .iter()
+                    .map(|&kind| Series {
+                        name: name(kind),
+                        ratios: outcome.ratios[t].iter().map(|r| r[kind as usize]).collect(),
+                    })
+                    .collect(),
+                ceiling: trace
+                    .name
+                    .contains("scans")
+                    .then(|| 100.0 * (SCAN_PERIOD - SCAN_LEN) as f64 / SCAN_PERIOD as f64),
+                caption: caption.clone(),
+            };
+            let file = format!("hit_ratio_{}.svg", chart::slug(&trace.name));
+            Ok((file, chart::hit_ratio_svg(&chart)?))
+        })
+        .collect()
+}
+
+fn write_charts(dir: &Path, svgs: &[(String, String)]) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("could not create {}: {e}", dir.display()))?;
+    for (file, svg) in svgs {
+        let path = dir.join(file);
+        std::fs::write(&path, svg)
+            .map_err(|e| format!("could not write {}: {e}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn fail(message: &str) -> ! {
+    eprintln!("cache_hit_ratio: {message}");
+    std::process::exit(1)
 }
 
 fn write_report(path: &Path, report: &str) {
     match std::fs::write(path, report) {
         Ok(()) => println!("wrote {}", path.display()),
-        Err(e) => panic!("could not write {}: {e}", path.display()),
+        Err(e) => fail(&format!("could not write {}: {e}", path.display())),
     }
 }

@@ -12,7 +12,11 @@
 //!   of a recursion), so a workload with N waiters allocates nothing per waiter (beyond
 //!   what the crate under test allocates itself).
 //!
+//! [`chart`] draws the hit-ratio curves of `benches/cache_hit_ratio.rs` as SVG.
+//!
 //! This crate, like every crate of the workspace but `deferred-core`, has no `unsafe`.
+
+pub mod chart;
 
 use core::time::Duration;
 use core::{

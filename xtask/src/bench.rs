@@ -1,7 +1,8 @@
 //! `cargo xtask bench [LAYER] [--no-run]`: runs a layer's criterion benches, then prints how
 //! deferred compares with each alternative, and saves that table as `target/bench-<LAYER>.md`;
 //! then runs the layer's plain bench programs, if any ([`PROGRAMS`]: `cache` replays key traces
-//! and prints hit ratios, saved as `target/bench-cache-hit-ratio.md`).
+//! and prints hit ratios, saved as `target/bench-cache-hit-ratio.md`, and draws them as SVG
+//! charts in `benches/charts/`, which the cache README shows).
 //!
 //! Criterion's own output lists each benchmark on its own; the question we ask of a bench run is
 //! "how much faster or slower than the alternatives", so the table puts every function of a
@@ -16,7 +17,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use crate::cmd::{self, cargo, Result};
 
@@ -25,9 +26,15 @@ const LAYERS: &[&str] = &["core", "map", "cache", "expiring"];
 const PACKAGE: &str = "deferred-benches";
 
 /// Plain programs (`harness = false`, not criterion) that a layer runs after its criterion
-/// benches: `(layer, bench target, report file)`. Each prints its own report and saves it as
-/// the report file in the target directory (given to it as `--out PATH`).
-const PROGRAMS: &[(&str, &str, &str)] = &[("cache", "cache_hit_ratio", "bench-cache-hit-ratio.md")];
+/// benches: `(layer, bench target, report file, charts folder)`. Each prints its own report and
+/// saves it as the report file in the target directory (given to it as `--out PATH`); one with a
+/// charts folder (relative to the repository root) draws SVG charts there (`--charts DIR`).
+const PROGRAMS: &[(&str, &str, &str, Option<&str>)] = &[(
+    "cache",
+    "cache_hit_ratio",
+    "bench-cache-hit-ratio.md",
+    Some("benches/charts"),
+)];
 
 /// The environment variable that names the file a bench writes its own figures to.
 const EXTRAS_VAR: &str = "DEFERRED_BENCH_EXTRAS";
@@ -166,11 +173,36 @@ const TARGETS: &[Target] = &[
 ];
 
 /// The programs of `layer`: see [`PROGRAMS`].
-fn programs(layer: &str) -> impl Iterator<Item = (&'static str, &'static str)> + '_ {
+fn programs(
+    layer: &str,
+) -> impl Iterator<Item = (&'static str, &'static str, Option<&'static str>)> + '_ {
     PROGRAMS
         .iter()
         .filter(move |(of, ..)| *of == layer)
-        .map(|&(_, target, report)| (target, report))
+        .map(|&(_, target, report, charts)| (target, report, charts))
+}
+
+/// The `.svg` files of `dir` written at or after `since`, by name.
+fn charts_since(dir: &Path, since: SystemTime) -> Result<Vec<PathBuf>> {
+    let entries =
+        fs::read_dir(dir).map_err(|e| format!("could not list {}: {e}", dir.display()))?;
+    let mut charts = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| format!("could not list {}: {e}", dir.display()))?;
+        let path = entry.path();
+        if !matches!(path.extension(), Some(ext) if ext == "svg") {
+            continue;
+        }
+        let modified = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .map_err(|e| format!("could not read the time of {}: {e}", path.display()))?;
+        if modified >= since {
+            charts.push(path);
+        }
+    }
+    charts.sort();
+    Ok(charts)
 }
 
 /// `cargo xtask bench --no-run`, the CI step: compiles every bench without running it.
@@ -213,7 +245,7 @@ pub fn run(args: &[String]) -> Result {
         let mut cmd = cargo(["bench", "-p", PACKAGE, "--no-run"]);
         if let Some(layer) = layer {
             cmd.args(["--bench", layer]);
-            for (program, _) in programs(layer) {
+            for (program, ..) in programs(layer) {
                 cmd.args(["--bench", program]);
             }
         }
@@ -252,10 +284,31 @@ pub fn run(args: &[String]) -> Result {
             .map_err(|e| format!("could not write {}: {e}", path.display()))?;
         println!("\nwrote {}", path.display());
 
-        for (program, report) in programs(layer) {
+        for (program, report, charts) in programs(layer) {
             let path = target.join(report);
             let mut cmd = cargo(["bench", "-p", PACKAGE, "--bench", program, "--", "--out"]);
-            cmd::run(cmd.arg(&path))?;
+            cmd.arg(&path);
+            let Some(charts) = charts else {
+                cmd::run(&mut cmd)?;
+                continue;
+            };
+            let dir = cmd::root().join(charts);
+            // A little slack for file systems with coarse timestamps: the program replays its
+            // traces for seconds before it writes a chart.
+            let started = SystemTime::now();
+            let started = started
+                .checked_sub(Duration::from_secs(2))
+                .unwrap_or(started);
+            cmd::run(cmd.arg("--charts").arg(&dir))?;
+            let written = charts_since(&dir, started)?;
+            if written.is_empty() {
+                return Err(format!("{program} wrote no charts in {}", dir.display()));
+            }
+            println!("\n{program}: {} charts in {charts}/:", written.len());
+            for chart in written {
+                let shown = chart.strip_prefix(cmd::root()).unwrap_or(&chart);
+                println!("  {}", shown.display());
+            }
         }
         all.push((layer, samples));
     }
@@ -857,6 +910,22 @@ mod tests {
         );
         assert_eq!(verdict(row("insert_per_entry")), "met", "{report}");
         assert_eq!(check_targets("core", &samples, &extras), "");
+    }
+
+    #[test]
+    fn lists_new_charts() {
+        let dir = std::env::temp_dir().join(format!("xtask-charts-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("b.svg"), "<svg/>").unwrap();
+        fs::write(dir.join("a.svg"), "<svg/>").unwrap();
+        fs::write(dir.join("notes.txt"), "").unwrap();
+        let listed = charts_since(&dir, SystemTime::UNIX_EPOCH).unwrap();
+        assert_eq!(listed, [dir.join("a.svg"), dir.join("b.svg")]);
+        let later = SystemTime::now() + Duration::from_secs(3600);
+        assert_eq!(charts_since(&dir, later).unwrap(), Vec::<PathBuf>::new());
+        fs::remove_dir_all(&dir).unwrap();
+        let err = charts_since(&dir, SystemTime::UNIX_EPOCH).unwrap_err();
+        assert!(err.starts_with("could not list "), "{err}");
     }
 
     #[test]
