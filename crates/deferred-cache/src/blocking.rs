@@ -40,16 +40,23 @@ where
     /// * A loader that stalls (blocks on I/O without a timeout, say) holds up every caller
     ///   that joined its load, blocking or async, until it returns: bound its waits
     ///   yourself. (An async load, by contrast, can be driven by any of its callers.)
-    /// * If it panics, the panic unwinds out of this call, and every caller that joined
-    ///   the load gets [`LoadError::Panicked`]; the entry goes, and the cache stays
-    ///   usable.
+    /// * If it panics (or the clone of the value it returned does), the panic unwinds out
+    ///   of this call, and every caller that joined the load gets [`LoadError::Panicked`];
+    ///   the entry goes, and the cache stays usable.
+    /// * If [`get_or_insert_with`](Self::get_or_insert_with) settles the key while the
+    ///   loader runs, its value is the key's: it stays stored whatever the loader then
+    ///   does, every caller that joined the load gets it, and so does this one if the
+    ///   loader returns (a value or an error; a panic still unwinds). The load is counted
+    ///   by how the loader ended.
     /// * If it calls `get_with_blocking` (or `get_with`) for its own key on the same
     ///   thread, that call gets [`LoadError::Reentrant`] rather than a deadlock.
     ///
     /// A caller that joins a load another caller started waits for it. If that load is an
     /// async one (from `get_with`), this thread helps drive it, as any of its callers may,
     /// so it must not need a particular runtime's context (tokio's I/O or timers, say) to
-    /// make progress: join such loads from a task, not from a plain thread.
+    /// make progress: join such loads from a task, not from a plain thread. If that load
+    /// reads its own key while this thread drives it, the read gets
+    /// [`LoadError::Reentrant`], as it would under an async caller.
     ///
     /// ```
     /// use std::sync::{Arc, Barrier};

@@ -607,7 +607,7 @@ mod review_12 {
         );
         // One value went in (get_or_insert_with's): either it is still there, or its leaving
         // was counted and told.
-        let left = u64::from(cache.len() == 0);
+        let left = u64::from(cache.is_empty());
         assert_eq!(
             stats.invalidated + stats.evicted,
             left,
