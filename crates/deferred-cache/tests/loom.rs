@@ -381,6 +381,13 @@ fn admissions_in_two_shards_evict_once_for_one_overflow() {
 }
 
 /// Models from the review of the #12 additions: races the models above did not cover.
+///
+/// The two `get_or_insert_with` models pin the F6 fix (the value returned is the value
+/// stored). Here, at `LOOM_MAX_PREEMPTIONS` 2 to 4, they also pass on the code before the fix
+/// (14 and 23 iterations: loom does not reach the window in which the load's cell is being
+/// completed); the deterministic demonstration of F6 is
+/// `get_or_insert_with_meeting_a_just_failed_load_returns_what_it_stored` in
+/// tests/regressions.rs.
 mod review_12 {
     use std::{pin::Pin, sync::atomic::Ordering::SeqCst, task::Poll};
 
@@ -452,6 +459,24 @@ mod review_12 {
                 cache.len(),
                 cache.stats()
             );
+        });
+    }
+
+    /// F6 for a blocking load: `get_or_insert_with` racing the completion of a
+    /// `get_with_blocking` load of the same key (absent, pending, or being completed): both
+    /// callers return the value stored, and the books hold it once.
+    #[test]
+    fn get_or_insert_with_vs_a_blocking_load_returns_the_stored_value() {
+        loom::model(|| {
+            let cache = cache(4);
+            let c = cache.clone();
+            let t = thread::spawn(move || c.get_or_insert_with(1, || 5));
+            let got = cache.get_with_blocking(1, || Ok(7)).unwrap();
+            let inserted = t.join().unwrap();
+            assert_eq!(cache.peek(&1), Some(got));
+            assert_eq!((cache.len(), cache.weighted_size()), (1, Some(1)));
+            assert_eq!(cache.stats().loads(), u64::from(got == 7 || inserted == 7));
+            assert_eq!(got, inserted, "the two callers disagree");
         });
     }
 

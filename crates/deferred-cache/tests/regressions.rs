@@ -455,10 +455,15 @@ fn a_weigher_panicking_on_a_loaded_value_strands_no_caller_and_keeps_the_books()
 mod review_12 {
     use std::{
         cell::Cell as StdCell,
+        future::Future,
         hash::{Hash, Hasher},
         panic::{catch_unwind, AssertUnwindSafe},
-        sync::{mpsc, Arc, Mutex},
-        task::Poll,
+        pin::Pin,
+        sync::{
+            atomic::{AtomicBool, Ordering::SeqCst},
+            mpsc, Arc, Mutex,
+        },
+        task::{Context, Poll, Wake, Waker},
         thread,
         time::Duration,
     };
@@ -566,6 +571,18 @@ mod review_12 {
     /// Runs `get_with_blocking(1)` on a thread whose loader waits until `get_or_insert_with(1,
     /// || 5)` has settled the key, then ends with `end` (an error, or a panic).
     fn settle_then(end: fn() -> Result<u32, String>) -> (Cache<u32, u32, String>, Events) {
+        let (cache, events, _) = settle_then_with(end);
+        (cache, events)
+    }
+
+    /// `settle_then`, with what the blocking caller got (`Err` if it unwound).
+    fn settle_then_with(
+        end: fn() -> Result<u32, String>,
+    ) -> (
+        Cache<u32, u32, String>,
+        Events,
+        thread::Result<Result<u32, LoadError<String>>>,
+    ) {
         let (cache, events) = listened(10);
         let (started_tx, started_rx) = mpsc::channel();
         let (go_tx, go_rx) = mpsc::channel::<()>();
@@ -583,8 +600,8 @@ mod review_12 {
         assert_eq!(cache.peek(&1), Some(5));
         assert_eq!((cache.len(), cache.weighted_size()), (1, Some(1)));
         go_tx.send(()).unwrap();
-        let _ = blocking.join();
-        (cache, events)
+        let got = blocking.join();
+        (cache, events, got)
     }
 
     fn assert_books(cache: &Cache<u32, u32, String>, events: &Events) {
@@ -635,6 +652,17 @@ mod review_12 {
         quiet_panics();
         let (cache, events) = settle_then(|| panic!("review: loader panics"));
         assert_books(&cache, &events);
+    }
+
+    /// What the fix documents: the value `get_or_insert_with` settled the key with is the
+    /// key's, and the blocking caller whose loader then failed gets it too, as the load's
+    /// other callers do; its load is counted as failed (by how the loader ended).
+    #[test]
+    fn blocking_caller_whose_loader_fails_after_get_or_insert_with_settled_it_gets_the_value() {
+        let (cache, _, got) = settle_then_with(|| Err("down".to_string()));
+        assert_eq!(got.unwrap(), Ok(5));
+        assert_eq!(cache.peek(&1), Some(5));
+        assert_eq!((cache.stats().loads_failed, cache.stats().loads()), (1, 1));
     }
 
     // ---------------------------------------------------------------------------------------
@@ -801,6 +829,84 @@ mod review_12 {
         let next = block_on(cache.get_with(key.clone(), || async { Ok(7) }));
         assert_eq!(next, Ok(7), "a failed load's error was cached");
         cache
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // F6. get_or_insert_with returned a value it had not stored.
+    // ---------------------------------------------------------------------------------------
+
+    /// A waker that, once armed, calls `get_or_insert_with(1, || 5)` (once) when woken and
+    /// keeps what it returned: user code that runs the instant a load's cell completes,
+    /// before the load's entry is settled.
+    struct InsertOnWake {
+        cache: Cache<u32, u32, String>,
+        /// Set by the load as it returns: wakes before that do nothing.
+        armed: Arc<AtomicBool>,
+        got: Mutex<Option<u32>>,
+    }
+
+    impl Wake for InsertOnWake {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+
+        fn wake_by_ref(self: &Arc<Self>) {
+            let mut got = self.got.lock().unwrap();
+            if got.is_none() && self.armed.load(SeqCst) {
+                *got = Some(self.cache.get_or_insert_with(1, || 5));
+            }
+        }
+    }
+
+    /// cache.rs `get_or_insert_with`: `add_value` refuses a complete cell, and the fallback
+    /// `peek(&key).unwrap_or(value)` then returned `make`'s value, stored nowhere, when the
+    /// cell found was a load that had just failed (as when it is being completed: the loom
+    /// race). Insert-if-absent must return the value stored: a failed load is no value, so
+    /// `make`'s value is stored in its place.
+    ///
+    /// The load is pending (waking no one) until the test lets it fail: the leader and then
+    /// the joiner poll it, the joiner with a waker that runs `get_or_insert_with` when the
+    /// failure wakes it; then the leader polls it again, and it fails.
+    #[test]
+    fn get_or_insert_with_meeting_a_just_failed_load_returns_what_it_stored() {
+        let cache: Cache<u32, u32, String> = Cache::new();
+        let armed = Arc::new(AtomicBool::new(false));
+        let fail = Arc::new(AtomicBool::new(false));
+        let (a, f) = (Arc::clone(&armed), Arc::clone(&fail));
+        let mut leader = cache.get_with(1, move || {
+            std::future::poll_fn(move |_| {
+                if !f.load(SeqCst) {
+                    return Poll::Pending;
+                }
+                a.store(true, SeqCst);
+                Poll::Ready(Err::<u32, String>("down".to_string()))
+            })
+        });
+        assert!(poll_once(&mut leader).is_pending());
+        let inserter = Arc::new(InsertOnWake {
+            cache: cache.clone(),
+            armed,
+            got: Mutex::new(None),
+        });
+        let waker = Waker::from(Arc::clone(&inserter));
+        let mut joiner = cache.get_with(1, || async { Ok(9) });
+        let polled = Pin::new(&mut joiner).poll(&mut Context::from_waker(&waker));
+        assert!(polled.is_pending(), "the joiner waits: {polled:?}");
+        fail.store(true, SeqCst);
+        let outcome = poll_once(&mut leader);
+        assert!(
+            matches!(outcome, Poll::Ready(Err(LoadError::Failed(_)))),
+            "the load failed: {outcome:?}"
+        );
+        let got = *inserter.got.lock().unwrap();
+        assert_eq!(got, Some(5), "the failure woke the joiner, which inserted");
+        assert_eq!(
+            cache.peek(&1),
+            got,
+            "get_or_insert_with returned a value not stored"
+        );
+        drop((leader, joiner));
+        assert_eq!(cache.peek(&1), Some(5));
     }
 
     // ---------------------------------------------------------------------------------------
