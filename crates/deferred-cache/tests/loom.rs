@@ -383,9 +383,9 @@ fn admissions_in_two_shards_evict_once_for_one_overflow() {
 /// Models from the review of the #12 additions: races the models above did not cover.
 ///
 /// The two `get_or_insert_with` models pin the F6 fix (the value returned is the value
-/// stored). Here, at `LOOM_MAX_PREEMPTIONS` 2 to 4, they also pass on the code before the fix
-/// (14 and 23 iterations: loom does not reach the window in which the load's cell is being
-/// completed); the deterministic demonstration of F6 is
+/// stored). They also pass on the code before the fix (at `LOOM_MAX_PREEMPTIONS=2`, and 3 and
+/// 4 for the async one: 14 and 23 or 24 iterations; loom does not reach the window in which
+/// the load's cell is being completed); the deterministic demonstration of F6 is
 /// `get_or_insert_with_meeting_a_just_failed_load_returns_what_it_stored` in
 /// tests/regressions.rs.
 mod review_12 {

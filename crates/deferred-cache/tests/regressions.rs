@@ -575,14 +575,13 @@ mod review_12 {
         (cache, events)
     }
 
-    /// `settle_then`, with what the blocking caller got (`Err` if it unwound).
+    /// What a blocking caller's thread gave: `Err` if it unwound.
+    type Joined = thread::Result<Result<u32, LoadError<String>>>;
+
+    /// `settle_then`, with what the blocking caller got.
     fn settle_then_with(
         end: fn() -> Result<u32, String>,
-    ) -> (
-        Cache<u32, u32, String>,
-        Events,
-        thread::Result<Result<u32, LoadError<String>>>,
-    ) {
+    ) -> (Cache<u32, u32, String>, Events, Joined) {
         let (cache, events) = listened(10);
         let (started_tx, started_rx) = mpsc::channel();
         let (go_tx, go_rx) = mpsc::channel::<()>();
