@@ -11,10 +11,12 @@ use std::{
     time::Instant,
 };
 
+use deferred_core::Deferred;
 use deferred_map::Cell;
 
 use crate::{
     cache::Stored, error::Failure, policy::CacheCell, reentrancy, stats::Outcome, Cache, LoadError,
+    RemovalCause,
 };
 
 impl<K, V, E, S> Cache<K, V, E, S>
@@ -38,16 +40,23 @@ where
     /// * A loader that stalls (blocks on I/O without a timeout, say) holds up every caller
     ///   that joined its load, blocking or async, until it returns: bound its waits
     ///   yourself. (An async load, by contrast, can be driven by any of its callers.)
-    /// * If it panics, the panic unwinds out of this call, and every caller that joined
-    ///   the load gets [`LoadError::Panicked`]; the entry goes, and the cache stays
-    ///   usable.
+    /// * If it panics (or the clone of the value it returned does), the panic unwinds out
+    ///   of this call, and every caller that joined the load gets [`LoadError::Panicked`];
+    ///   the entry goes, and the cache stays usable.
+    /// * If [`get_or_insert_with`](Self::get_or_insert_with) settles the key while the
+    ///   loader runs, its value is the key's: it stays stored whatever the loader then
+    ///   does, every caller that joined the load gets it, and so does this one if the
+    ///   loader returns (a value or an error; a panic still unwinds). The load is counted
+    ///   by how the loader ended.
     /// * If it calls `get_with_blocking` (or `get_with`) for its own key on the same
     ///   thread, that call gets [`LoadError::Reentrant`] rather than a deadlock.
     ///
     /// A caller that joins a load another caller started waits for it. If that load is an
     /// async one (from `get_with`), this thread helps drive it, as any of its callers may,
     /// so it must not need a particular runtime's context (tokio's I/O or timers, say) to
-    /// make progress: join such loads from a task, not from a plain thread.
+    /// make progress: join such loads from a task, not from a plain thread. If that load
+    /// reads its own key while this thread drives it, the read gets
+    /// [`LoadError::Reentrant`], as it would under an async caller.
     ///
     /// ```
     /// use std::sync::{Arc, Barrier};
@@ -81,11 +90,15 @@ where
         let get = self.inner.map.get_or_add_cell(key.clone(), mine.clone());
         self.inner.counters.miss(!get.added());
         if !get.added() {
-            if reentrancy::is_inside(id(get.cell())) {
+            let id = id(get.cell());
+            if reentrancy::is_inside(id) {
                 return Err(LoadError::Reentrant);
             }
             let cell = get.cell().clone();
-            return match block_on(get) {
+            // Polling the map's future may drive an async load on this thread: inside the
+            // load's re-entrancy scope, as an async caller's poll is, so that the load reading
+            // its own key gets `LoadError::Reentrant` instead of waiting on itself.
+            return match block_on(get, id) {
                 Ok(stored) => {
                     self.admit_loaded(key, &cell);
                     Ok(stored.value)
@@ -93,7 +106,8 @@ where
                 Err(error) => Err(error.into()),
             };
         }
-        // This caller's load. The guard settles the entry if the loader unwinds.
+        // This caller's load. The guard settles the entry if the loader, or the clone of its
+        // value, unwinds: it stays armed until the cell is completed.
         let mut load = Running {
             cache: self,
             key: &key,
@@ -105,44 +119,94 @@ where
             let _inside = reentrancy::enter(id(&mine));
             loader()
         };
-        load.finished = true;
-        let took = Some(load.started.elapsed());
-        drop(load);
         match result {
             Ok(value) => {
+                let won = mine.succeed(Stored::new(value.clone())).is_ok();
+                load.finished = true;
+                let took = Some(load.started.elapsed());
+                drop(load);
                 self.inner.counters.load(Outcome::Ok, took);
-                if mine.succeed(Stored::new(value.clone())).is_err() {
-                    // `get_or_insert_with` settled the key first: its value is the key's,
-                    // and its callers', so it is this caller's too.
-                    if let Some(stored) = mine.get() {
-                        drop(get);
-                        self.admit_loaded(key, &mine);
-                        return Ok(stored.value.clone());
-                    }
-                }
                 drop(get);
+                if won {
+                    self.admit_loaded(key, &mine);
+                    return Ok(value);
+                }
+                // `get_or_insert_with` settled the key first (its completion may still be
+                // under way: this waits for its write only): its value is the key's, and its
+                // callers', so it is this caller's too.
+                let settled = settled_value(&mine);
                 self.admit_loaded(key, &mine);
-                Ok(value)
+                settled
             }
             Err(error) => {
+                load.finished = true;
+                let took = Some(load.started.elapsed());
+                drop(load);
                 self.inner.counters.load(Outcome::Failed, took);
-                // Out of the map first, so that no later caller is served this error.
-                self.inner
-                    .map
-                    .remove_if(&key, |cell| Cell::ptr_eq(cell, &mine));
-                let error = Arc::new(error);
-                let _ = mine.fail(Failure::Error(Arc::clone(&error)));
                 drop(get);
-                Err(LoadError::Failed(error))
+                let error = Arc::new(error);
+                let failed = self.settle_failed(&key, &mine, |cell| {
+                    cell.fail(Failure::Error(Arc::clone(&error))).is_ok()
+                });
+                if failed {
+                    return Err(LoadError::Failed(error));
+                }
+                // As in the `Ok` arm: `get_or_insert_with` settled the key first.
+                let settled = settled_value(&mine);
+                self.admit_loaded(key, &mine);
+                settled
             }
         }
     }
+
+    /// Completes this caller's load `mine` as failed (`fail` does it; `true` if it won),
+    /// taking its entry out of the map first, so that no later caller is served the
+    /// failure. Unless `get_or_insert_with` completed `mine` with a value first: then the
+    /// value stays (returns `false`). Only the entry with no value yet is removed; if the
+    /// value lands in it between the removal and `fail` (which then loses), the value has
+    /// left the map, and that is booked as a removal (policy, counter, listener).
+    fn settle_failed(
+        &self,
+        key: &K,
+        mine: &CacheCell<V, E>,
+        fail: impl FnOnce(&Deferred<Stored<V>, Failure<E>>) -> bool,
+    ) -> bool {
+        let removed = self.inner.map.remove_if(key, |cell| {
+            Cell::ptr_eq(cell, mine) && cell.try_get().is_none()
+        });
+        if fail(mine.deferred()) {
+            return true;
+        }
+        if let Some(old) = removed {
+            // Lost to a completion under way: wait for its write, then book it.
+            let _ = old.deferred().wait_blocking();
+            self.book_removed(key, &old, RemovalCause::Explicit);
+        }
+        false
+    }
 }
 
-/// A blocking load in progress. If the loader unwinds, it takes the entry out of the map
-/// and completes the cell as panicked, so that the callers who joined it get
-/// `LoadError::Panicked` instead of waiting forever.
-struct Running<'a, K: Hash + Eq, V, E, S: BuildHasher> {
+/// The outcome of this caller's cell once someone else completed it (or is completing it:
+/// the wait is for that write only). Only `get_or_insert_with` completes another caller's
+/// blocking cell, with a value.
+fn settled_value<V: Clone, E>(mine: &CacheCell<V, E>) -> Result<V, LoadError<E>> {
+    match mine.deferred().wait_blocking() {
+        Ok(stored) => Ok(stored.value.clone()),
+        Err(error) => Err(error.cloned().into()),
+    }
+}
+
+/// A blocking load in progress. If the loader (or the clone of its value) unwinds, it
+/// completes the cell as panicked and takes the entry out of the map (as `settle_failed`
+/// does: unless `get_or_insert_with` settled it with a value first), so that the callers
+/// who joined it get `LoadError::Panicked` instead of waiting forever.
+struct Running<'a, K, V, E, S>
+where
+    K: Hash + Eq + Clone,
+    V: Clone + Send + Sync + 'static,
+    E: Send + Sync + 'static,
+    S: BuildHasher,
+{
     cache: &'a Cache<K, V, E, S>,
     key: &'a K,
     cell: &'a CacheCell<V, E>,
@@ -152,19 +216,16 @@ struct Running<'a, K: Hash + Eq, V, E, S: BuildHasher> {
 
 impl<K, V, E, S> Drop for Running<'_, K, V, E, S>
 where
-    K: Hash + Eq,
+    K: Hash + Eq + Clone,
+    V: Clone + Send + Sync + 'static,
+    E: Send + Sync + 'static,
     S: BuildHasher,
 {
     fn drop(&mut self) {
         if self.finished {
             return;
         }
-        let cell = self.cell;
-        self.cache
-            .inner
-            .map
-            .remove_if(self.key, |c| Cell::ptr_eq(c, cell));
-        cell.deferred().die();
+        self.cache.settle_failed(self.key, self.cell, Deferred::die);
         self.cache
             .inner
             .counters
@@ -174,7 +235,7 @@ where
 
 /// The identity of a cell, as the re-entrancy guard knows it.
 fn id<V, E>(cell: &CacheCell<V, E>) -> usize {
-    cell.deferred() as *const deferred_core::Deferred<Stored<V>, Failure<E>> as usize
+    cell.deferred() as *const Deferred<Stored<V>, Failure<E>> as usize
 }
 
 /// Wakes a parked thread.
@@ -191,11 +252,17 @@ impl Wake for Unpark {
 }
 
 /// Polls `fut` on this thread until it is ready, parking in between.
-fn block_on<F: Future + Unpin>(mut fut: F) -> F::Output {
+/// Each poll runs inside the re-entrancy scope of the load of cell `id`, which it may
+/// drive.
+fn block_on<F: Future + Unpin>(mut fut: F, id: usize) -> F::Output {
     let waker = Waker::from(Arc::new(Unpark(thread::current())));
     let mut cx = Context::from_waker(&waker);
     loop {
-        if let Poll::Ready(output) = Pin::new(&mut fut).poll(&mut cx) {
+        let polled = {
+            let _inside = reentrancy::enter(id);
+            Pin::new(&mut fut).poll(&mut cx)
+        };
+        if let Poll::Ready(output) = polled {
             return output;
         }
         // A wake-up may be spurious: the loop polls again and parks again if need be.

@@ -380,20 +380,30 @@ where
     }
 
     /// The value at `key`, or, if there is none, the value `make` returns, stored
-    /// atomically: for synchronous code that must insert only if absent. Never waits.
-    /// Counts a hit or a miss, as [`get_with`](Self::get_with) does.
+    /// atomically: for synchronous code that must insert only if absent. Never waits for a
+    /// load. Counts a hit or a miss, as [`get_with`](Self::get_with) does.
     ///
     /// `make` runs only on a miss, with no lock held; then its value is stored unless a
     /// value came meanwhile, in which case that value is returned and `make`'s is dropped.
+    /// Either way **the value returned is the one stored** (at that moment: a later write
+    /// or invalidation may replace it, as for any value).
     ///
     /// **A load in flight** for `key` is not waited for (synchronous code cannot wait for
     /// it without risking a deadlock: the load may need this very thread to run). `make`'s
     /// value settles the key instead: it is stored, and it is what the load's callers get
-    /// too, at once, so that every caller of the key agrees on one value. The load is
-    /// dropped unfinished (counted in [`Stats::loads_cancelled`] if it had started).
+    /// too, at once, so that every caller of the key agrees on one value (a
+    /// [`get_with_blocking`](Self::get_with_blocking) caller whose loader then fails or
+    /// panics included: it gets this value). If the load is completing at that very
+    /// instant, its value wins, and is returned: the only wait is for that completion,
+    /// already under way (a write, no user code). A load that failed is no value: `make`'s
+    /// value is stored in its place.
     ///
-    /// (In the rare race where the value that came meanwhile is removed again before it is
-    /// read, `make`'s value is returned without being stored.)
+    /// How the load is counted: an async load still running is dropped unfinished and
+    /// counted in [`Stats::loads_cancelled`] if it had started; one whose loader had already
+    /// returned, and a blocking load (whose loader runs to its end on its caller's thread),
+    /// are counted by how the loader ended ([`Stats::loads_ok`], `loads_failed`,
+    /// `loads_panicked`), though `make`'s value is the one kept. Every load that started is
+    /// counted exactly once.
     ///
     /// ```
     /// let cache: deferred_cache::Cache<u8, String> = deferred_cache::Cache::new();
@@ -403,6 +413,7 @@ where
     /// ```
     ///
     /// [`Stats::loads_cancelled`]: crate::Stats::loads_cancelled
+    /// [`Stats::loads_ok`]: crate::Stats::loads_ok
     pub fn get_or_insert_with(&self, key: K, make: impl FnOnce() -> V) -> V {
         if let Some(value) = self.read(&key) {
             self.inner.counters.hit();
@@ -410,19 +421,45 @@ where
         }
         self.inner.counters.miss(false);
         let value = make();
-        // `add_value` stores into an absent key, or completes a pending cell there (a load
-        // in flight, whose computation it then drops); it refuses a complete one.
-        if self
-            .inner
-            .map
-            .add_value(key.clone(), Stored::new(value.clone()))
-        {
-            if let Some(cell) = self.inner.map.cell_if_present(&key) {
-                self.admit_loaded(key, &cell);
+        loop {
+            // A ready cell of our own, stored if the key is absent. Found otherwise: the
+            // entry there, held (`Get`) so that a load in flight is not dropped as abandoned
+            // meanwhile, and never claimed (made `Kept`): a load's failure must still go.
+            let mine: CacheCell<V, E> = Cell::ready(Stored::new(value.clone()));
+            let get = self.inner.map.get_or_add_cell(key.clone(), mine.clone());
+            if get.added() {
+                drop(get);
+                self.admit_loaded(key, &mine);
+                return value;
             }
-            return value;
+            let cell = get.cell().clone();
+            drop(mine);
+            if cell.succeed(Stored::new(value.clone())).is_ok() {
+                // A load in flight, settled with `value`: its computation has nothing left
+                // to do. Admitted through this very cell, never through a later lookup
+                // (which could find, and claim, another entry).
+                cell.abort();
+                drop(get);
+                self.admit_loaded(key, &cell);
+                return value;
+            }
+            // Complete, or being completed right now by its load (the completion is under
+            // way: this waits for its write only): its outcome is the key's.
+            let stored = match cell.deferred().wait_blocking() {
+                Ok(stored) => Some(stored.value.clone()),
+                Err(_) => None,
+            };
+            drop(get);
+            if let Some(stored) = stored {
+                self.admit_loaded(key, &cell);
+                return stored;
+            }
+            // A failed load is no value: out with it (its callers hold their own handles),
+            // and try again.
+            self.inner.map.remove_if(&key, |c| {
+                Cell::ptr_eq(c, &cell) && matches!(c.try_get(), Some(Err(_)))
+            });
         }
-        self.peek(&key).unwrap_or(value)
     }
 
     /// The value at `key` if it is present and loaded, counting a hit or a miss and
@@ -684,6 +721,9 @@ where
     /// `keep` runs with no lock held, on a snapshot of each shard (weakly consistent, as
     /// [`iter`](Self::iter)): a value replaced after `keep` saw it is not removed.
     ///
+    /// If `keep` panics, it is not called again: the values it said `false` to before are
+    /// removed (counted and told as above), the others stay, and then the panic propagates.
+    ///
     /// ```
     /// let cache: deferred_cache::Cache<u8, u8> = deferred_cache::Cache::new();
     /// for k in 0..10 {
@@ -705,6 +745,9 @@ where
     /// values: they stay, and `pred` is not called for them. `pred` runs with no lock held,
     /// on a snapshot of each shard, as in [`retain`](Self::retain).
     ///
+    /// If `pred` panics, it is not called again: the values it said `true` to before are
+    /// removed, counted and told as above, the others stay, and then the panic propagates.
+    ///
     /// ```
     /// let cache: deferred_cache::Cache<String, u32> = deferred_cache::Cache::new();
     /// cache.insert("user:1".into(), 1);
@@ -716,10 +759,26 @@ where
     ///
     /// [`Stats::invalidated`]: crate::Stats::invalidated
     pub fn invalidate_entries_if(&self, mut pred: impl FnMut(&K, &V) -> bool) -> usize {
-        let gone = self
-            .inner
-            .map
-            .extract_if(|key, cell| cell.get().is_some_and(|stored| pred(key, &stored.value)));
+        // `extract_if` goes shard by shard: a panic in `pred` unwinding through it would drop
+        // the entries of the shards already done, out of the map but not off the books. So
+        // the panic is caught here: `pred` is not called again, the entries it already said
+        // `true` to are removed and booked as usual, and then the panic goes on.
+        let mut panicked = None;
+        let gone = self.inner.map.extract_if(|key, cell| {
+            if panicked.is_some() {
+                return false;
+            }
+            let Some(stored) = cell.get() else {
+                return false;
+            };
+            match panic::catch_unwind(AssertUnwindSafe(|| pred(key, &stored.value))) {
+                Ok(remove) => remove,
+                Err(payload) => {
+                    panicked = Some(payload);
+                    false
+                }
+            }
+        });
         // As in `invalidate_all`: off the policy's books once out of the map.
         for (key, cell) in &gone {
             self.retire(self.hash(key), cell);
@@ -728,7 +787,12 @@ where
         for (key, cell) in &gone {
             self.notify(key, cell, RemovalCause::Explicit);
         }
-        gone.len()
+        let removed = gone.len();
+        drop(gone);
+        if let Some(payload) = panicked {
+            panic::resume_unwind(payload);
+        }
+        removed
     }
 
     /// Removes every entry. Loads in flight go on for the callers already waiting on them;
@@ -944,6 +1008,15 @@ where
         self.notify_borrowed(key, &old, cause);
         drop(old);
         true
+    }
+
+    /// Books a value that left the map by another way than the cache's removals (a blocking
+    /// load's entry taken out just as `get_or_insert_with` settled it): off the policy's
+    /// books, counted as invalidated, told to the listener as `cause`.
+    pub(crate) fn book_removed(&self, key: &K, cell: &CacheCell<V, E>, cause: RemovalCause) {
+        self.retire(self.hash(key), cell);
+        self.inner.counters.invalidated(1);
+        self.notify(key, cell, cause);
     }
 
     /// Tells the listener, if any, that the value in `cell` left the cache. No lock held.
