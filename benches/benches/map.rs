@@ -103,7 +103,7 @@ impl ReadMaps {
         maps.moka.run_pending_tasks();
         for k in 0..KEYS {
             assert_eq!(maps.deferred.try_get(&k), Some(Ok(value_of(k))));
-            assert_eq!(ready_now(maps.deferred.get(k)), Ok(value_of(k)));
+            assert_eq!(ready_now(maps.deferred.wait(k)), Ok(value_of(k)));
             assert_eq!(maps.dashmap.get(&k).map(|r| *r), Some(value_of(k)));
             assert_eq!(maps.moka.get(&k), Some(value_of(k)));
             assert_eq!(maps.quick_cache.get(&k), Some(value_of(k)));
@@ -124,7 +124,7 @@ fn read_deferred(maps: &ReadMaps, k: u64) -> u64 {
 
 #[inline]
 fn read_deferred_await(maps: &ReadMaps, k: u64) -> u64 {
-    ready_now(maps.deferred.get(k)).unwrap_or(0)
+    ready_now(maps.deferred.wait(k)).unwrap_or(0)
 }
 
 #[inline]

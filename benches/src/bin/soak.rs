@@ -75,7 +75,7 @@ use deferred_core::{Deferred, Error, Lazy};
 use deferred_expiring::{
     Clock, ExpiringCache, ExpiringLoadingCache, ExpiringRef, ManualClock, SystemClock, TICK,
 };
-use deferred_map::{Cell, DeferredMap};
+use deferred_map::DeferredMap;
 use tokio::task::JoinHandle;
 
 // ----- settings -----------------------------------------------------------------------------
@@ -959,7 +959,7 @@ async fn map_op(s: &Arc<State>, ctx: &mut Ctx, rng: &mut Rng) -> u64 {
                 };
                 let s = Arc::clone(s);
                 handles.push(tokio::spawn(async move {
-                    caller(Layer::Map, style, s.map.get(key)).await
+                    caller(Layer::Map, style, s.map.wait(key)).await
                 }));
             }
             pause(rng).await;
@@ -990,7 +990,7 @@ async fn map_op(s: &Arc<State>, ctx: &mut Ctx, rng: &mut Rng) -> u64 {
         }
         50..=64 => {
             ctx.op = "map/insert";
-            drop(map.insert(key, Cell::ready(value_for(key, rng))));
+            drop(map.insert(key, Lazy::ready(value_for(key, rng))));
             1
         }
         65..=72 => {
@@ -1019,7 +1019,7 @@ async fn map_op(s: &Arc<State>, ctx: &mut Ctx, rng: &mut Rng) -> u64 {
             // A key only this worker touches: sequential semantics must hold exactly.
             let key = PRIVATE_BASE + (ctx.worker as u64) * 16 + rng.below(16);
             let v = value_for(key, rng);
-            drop(map.insert(key, Cell::ready(v)));
+            drop(map.insert(key, Lazy::ready(v)));
             if map.try_get(&key) != Some(Ok(v)) {
                 violation(
                     ctx,

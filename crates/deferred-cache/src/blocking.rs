@@ -12,7 +12,7 @@ use std::{
 };
 
 use deferred_core::Deferred;
-use deferred_map::Cell;
+use deferred_map::Lazy;
 
 use crate::{
     cache::Stored, error::Failure, policy::CacheCell, reentrancy, stats::Outcome, Cache, LoadError,
@@ -86,7 +86,7 @@ where
             self.inner.counters.hit();
             return Ok(value);
         }
-        let mine: CacheCell<V, E> = Cell::pending();
+        let mine: CacheCell<V, E> = Lazy::pending();
         let get = self.inner.map.get_or_add_cell(key.clone(), mine.clone());
         self.inner.counters.miss(!get.added());
         if !get.added() {
@@ -172,7 +172,7 @@ where
         fail: impl FnOnce(&Deferred<Stored<V>, Failure<E>>) -> bool,
     ) -> bool {
         let removed = self.inner.map.remove_if(key, |cell| {
-            Cell::ptr_eq(cell, mine) && cell.try_get().is_none()
+            Lazy::ptr_eq(cell, mine) && cell.try_get().is_none()
         });
         if fail(mine.deferred()) {
             return true;

@@ -12,7 +12,7 @@ use std::{
     time::Instant,
 };
 
-use deferred_map::{Cell, DeferredMap};
+use deferred_map::{DeferredMap, Lazy};
 
 use crate::{
     error::Failure,
@@ -425,7 +425,7 @@ where
             // A ready cell of our own, stored if the key is absent. Found otherwise: the
             // entry there, held (`Get`) so that a load in flight is not dropped as abandoned
             // meanwhile, and never claimed (made `Kept`): a load's failure must still go.
-            let mine: CacheCell<V, E> = Cell::ready(Stored::new(value.clone()));
+            let mine: CacheCell<V, E> = Lazy::ready(Stored::new(value.clone()));
             let get = self.inner.map.get_or_add_cell(key.clone(), mine.clone());
             if get.added() {
                 drop(get);
@@ -457,7 +457,7 @@ where
             // A failed load is no value: out with it (its callers hold their own handles),
             // and try again.
             self.inner.map.remove_if(&key, |c| {
-                Cell::ptr_eq(c, &cell) && matches!(c.try_get(), Some(Err(_)))
+                Lazy::ptr_eq(c, &cell) && matches!(c.try_get(), Some(Err(_)))
             });
         }
     }
@@ -585,7 +585,7 @@ where
     /// ```
     pub fn insert(&self, key: K, value: V) {
         let weight = self.weigh(&key, &value);
-        let cell = Cell::ready(Stored::new(value));
+        let cell = Lazy::ready(Stored::new(value));
         let hash = self.hash(&key);
         let old = self.inner.map.insert(key.clone(), cell.clone());
         if let Some(old) = old {
@@ -972,7 +972,7 @@ where
             Some(owned) => self.weigh(owned, &value),
             None => Some(1), // unbounded: the weight is never used
         };
-        let cell = Cell::ready(Stored::new(value));
+        let cell = Lazy::ready(Stored::new(value));
         let swapped = self.inner.map.replace_if(key, cell.clone(), |old| {
             old.get().is_some_and(|stored| pred(&stored.value))
         });
@@ -1145,7 +1145,7 @@ where
                 let gone = self
                     .inner
                     .map
-                    .remove_if(&out.node.key, |c| Cell::ptr_eq(c, cell));
+                    .remove_if(&out.node.key, |c| Lazy::ptr_eq(c, cell));
                 if gone.is_some() {
                     removed += 1;
                     self.notify(&out.node.key, cell, RemovalCause::Size);

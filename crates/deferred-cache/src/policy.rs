@@ -33,7 +33,7 @@ use std::{collections::VecDeque, fmt};
 
 use crossbeam_utils::CachePadded;
 use deferred_core::{sync::SpinMutex, WeakLazy};
-use deferred_map::Cell;
+use deferred_map::Lazy;
 use hashbrown::HashTable;
 
 use crate::{
@@ -99,7 +99,7 @@ impl fmt::Debug for Meta {
 }
 
 /// The cells of a cache's map.
-pub(crate) type CacheCell<V, E> = Cell<Stored<V>, Failure<E>>;
+pub(crate) type CacheCell<V, E> = Lazy<Stored<V>, Failure<E>>;
 
 /// A queued entry: its key, and a weak handle to its cell, so that a value removed from the
 /// map is dropped at once, not when its node comes round.
@@ -116,7 +116,7 @@ impl<K, V, E> Node<K, V, E> {
             key,
             hash,
             weight: 1,
-            cell: deferred_core::Lazy::downgrade(cell),
+            cell: Lazy::downgrade(cell),
         }
     }
 }

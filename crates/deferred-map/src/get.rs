@@ -12,7 +12,7 @@ use core::{
 use deferred_core::{Error, OwnedLazyWait};
 use futures_core::FusedFuture;
 
-use crate::{Cell, DeferredMap};
+use crate::{DeferredMap, Lazy};
 
 /// A future that resolves to a clone of the outcome at a key. Made by
 /// [`DeferredMap::get`], [`get_or_add_with`](DeferredMap::get_or_add_with) and friends.
@@ -46,7 +46,7 @@ use crate::{Cell, DeferredMap};
 pub struct Get<'a, K, V, E, S> {
     map: &'a DeferredMap<K, V, E, S>,
     hash: u64,
-    cell: Cell<V, E>,
+    cell: Lazy<V, E>,
     /// Whether this future counts as interest in a transient entry (see `Slot`).
     interest: bool,
     /// Whether the call that made this future added the entry.
@@ -60,7 +60,7 @@ impl<'a, K, V, E, S> Get<'a, K, V, E, S> {
     pub(crate) fn new(
         map: &'a DeferredMap<K, V, E, S>,
         hash: u64,
-        cell: Cell<V, E>,
+        cell: Lazy<V, E>,
         interest: bool,
         added: bool,
     ) -> Self {
@@ -81,9 +81,9 @@ impl<'a, K, V, E, S> Get<'a, K, V, E, S> {
     /// use deferred_map::DeferredMap;
     /// let map: DeferredMap<u8, u8> = DeferredMap::new();
     /// map.add_value(1, 10);
-    /// assert_eq!(map.get(1).cell().get(), Some(&10));
+    /// assert_eq!(map.wait(1).cell().get(), Some(&10));
     /// ```
-    pub fn cell(&self) -> &Cell<V, E> {
+    pub fn cell(&self) -> &Lazy<V, E> {
         &self.cell
     }
 

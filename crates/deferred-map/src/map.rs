@@ -13,7 +13,7 @@ use crossbeam_utils::CachePadded;
 use deferred_core::{sync::SpinRwLock, BoxFuture, Error};
 use hashbrown::HashTable;
 
-use crate::{Cell, Get};
+use crate::{Get, Lazy};
 
 /// The default hasher: `std`'s `RandomState` (SipHash with a random key per map), which
 /// resists HashDoS. Without the `std` feature there is no default; give one with
@@ -31,7 +31,7 @@ pub struct DefaultHashBuilder(());
 struct Slot<K, V, E> {
     key: K,
     hash: u64,
-    cell: Cell<V, E>,
+    cell: Lazy<V, E>,
     /// Who can complete the cell, which decides what the map does with the entry.
     kind: Kind,
     /// Live `Get` futures counting on a transient entry.
@@ -102,7 +102,7 @@ impl Claim {
 /// held: a placeholder is the one cell that nothing else can complete, so it is cancelled,
 /// and its waiters get [`Error::Cancelled`] instead of waiting forever. Any other cell is
 /// left to whoever can complete it. A no-op on a complete cell.
-fn cancel_if_placeholder<V, E>(cell: &Cell<V, E>, kind: Kind) {
+fn cancel_if_placeholder<V, E>(cell: &Lazy<V, E>, kind: Kind) {
     if kind == Kind::Placeholder {
         cell.abort();
     }
@@ -115,13 +115,13 @@ fn cancel_if_placeholder<V, E>(cell: &Cell<V, E>, kind: Kind) {
 /// nothing waits on anyone who is not polled, and a `new` that nothing else awaits still
 /// runs. The computation holds `new`; `new` does not hold the placeholder, so there is no
 /// cycle: when the placeholder's last waiter goes, both can go.
-fn follow<V, E>(placeholder: &Cell<V, E>, new: &Cell<V, E>)
+fn follow<V, E>(placeholder: &Lazy<V, E>, new: &Lazy<V, E>)
 where
     V: Clone + Send + Sync + 'static,
     E: Clone + Send + Sync + 'static,
 {
     // Weak: a strong handle inside its own computation would keep the cell alive forever.
-    let this = Cell::downgrade(placeholder);
+    let this = Lazy::downgrade(placeholder);
     let new = new.clone();
     let forward = async move {
         match new.wait_owned().await {
@@ -158,7 +158,7 @@ where
 /// `Clone` of the value) counts as panicked. A cell that had another completer before the
 /// add (a handle, a computation) is left to it, as before.
 struct Forward<V, E> {
-    into: Cell<V, E>,
+    into: Lazy<V, E>,
     /// Whether `into` was a `get` placeholder when the add claimed it.
     only_completer: bool,
     /// Set by `run` before it completes `into`: a `Forward` dropped with it unset was never
@@ -200,7 +200,7 @@ impl<V, E> Drop for Forward<V, E> {
 
 type Shard<K, V, E> = CachePadded<SpinRwLock<HashTable<Slot<K, V, E>>>>;
 
-/// A concurrent map whose values are shared [`Cell`]s (`Deferred` cells that may carry
+/// A concurrent map whose values are shared [`Lazy`]s (`Deferred` cells that may carry
 /// the computation that completes them): await a value by key while it is still being
 /// computed, and get-or-add that computes each key once (fs2-es `DeferredMap`).
 ///
@@ -222,7 +222,7 @@ type Shard<K, V, E> = CachePadded<SpinRwLock<HashTable<Slot<K, V, E>>>>;
 ///
 /// Calls that take an owned key (`get`, the `add_*` and `get_or_add_*` calls, `insert`,
 /// `cell`, `cell_or_add`) may store it. Calls that only look a key up or remove its entry
-/// (`get_if_present`, `cell_if_present`, `try_get`, `try_get_with`, `is_completed`,
+/// (`wait_if_present`, `cell_if_present`, `try_get`, `try_get_with`, `is_completed`,
 /// `complete`, `remove`, `remove_if`, `remove_if_completed`, `remove_if_incomplete`,
 /// `replace_if`) take `&Q` for any `Q` that `K` borrows as, as `HashMap::get` does: a
 /// `DeferredMap<String, _>` is read with a `&str`, without allocating a `String`. As with
@@ -237,7 +237,7 @@ type Shard<K, V, E> = CachePadded<SpinRwLock<HashTable<Slot<K, V, E>>>>;
 /// map.add_value("ada".to_string(), 36);
 /// let name: &str = "ada";
 /// assert_eq!(map.try_get(name), Some(Ok(36)));
-/// assert_eq!(map.get_if_present(name).unwrap().await, Ok(36));
+/// assert_eq!(map.wait_if_present(name).unwrap().await, Ok(36));
 /// assert_eq!(map.is_completed("grace"), None);
 /// assert!(map.remove(name).is_some());
 /// # });
@@ -393,7 +393,7 @@ impl<K, V, E, S> DeferredMap<K, V, E, S> {
     /// # futures::executor::block_on(async {
     /// let map: DeferredMap<u8, u8> = DeferredMap::new();
     /// map.add_value(1, 1);
-    /// let waiting = map.get(2);
+    /// let waiting = map.wait(2);
     /// map.clear();
     /// assert!(map.is_empty());
     /// assert_eq!(waiting.await, Err(Error::Cancelled));
@@ -424,7 +424,7 @@ impl<K, V, E, S> DeferredMap<K, V, E, S> {
     /// map.retain(|k, _| *k == 2);
     /// assert_eq!(map.keys(), vec![2]);
     /// ```
-    pub fn retain(&self, mut keep: impl FnMut(&K, &Cell<V, E>) -> bool)
+    pub fn retain(&self, mut keep: impl FnMut(&K, &Lazy<V, E>) -> bool)
     where
         K: Clone,
     {
@@ -448,19 +448,19 @@ impl<K, V, E, S> DeferredMap<K, V, E, S> {
     /// ```
     pub fn extract_if(
         &self,
-        mut remove: impl FnMut(&K, &Cell<V, E>) -> bool,
-    ) -> Vec<(K, Cell<V, E>)>
+        mut remove: impl FnMut(&K, &Lazy<V, E>) -> bool,
+    ) -> Vec<(K, Lazy<V, E>)>
     where
         K: Clone,
     {
         let mut out = Vec::new();
         for shard in self.shards.iter() {
-            let snapshot: Vec<(K, u64, Cell<V, E>)> = shard.read(|t| {
+            let snapshot: Vec<(K, u64, Lazy<V, E>)> = shard.read(|t| {
                 t.iter()
                     .map(|s| (s.key.clone(), s.hash, s.cell.clone()))
                     .collect()
             });
-            let doomed: Vec<(u64, Cell<V, E>)> = snapshot
+            let doomed: Vec<(u64, Lazy<V, E>)> = snapshot
                 .iter()
                 .filter(|(key, _, cell)| remove(key, cell))
                 .map(|(_, hash, cell)| (*hash, cell.clone()))
@@ -474,7 +474,7 @@ impl<K, V, E, S> DeferredMap<K, V, E, S> {
                 doomed
                     .iter()
                     .filter_map(|(hash, cell)| {
-                        let entry = t.find_entry(*hash, |s| Cell::ptr_eq(&s.cell, cell)).ok()?;
+                        let entry = t.find_entry(*hash, |s| Lazy::ptr_eq(&s.cell, cell)).ok()?;
                         Some(entry.remove().0)
                     })
                     .collect()
@@ -538,12 +538,12 @@ impl<K, V, E, S> DeferredMap<K, V, E, S> {
     /// done.sort();
     /// assert_eq!(done, [("ada".to_string(), 36), ("grace".to_string(), 85)]);
     /// ```
-    pub fn for_each(&self, mut f: impl FnMut(&K, &Cell<V, E>))
+    pub fn for_each(&self, mut f: impl FnMut(&K, &Lazy<V, E>))
     where
         K: Clone,
     {
         for shard in self.shards.iter() {
-            let snapshot: Vec<(K, Cell<V, E>)> =
+            let snapshot: Vec<(K, Lazy<V, E>)> =
                 shard.read(|t| t.iter().map(|s| (s.key.clone(), s.cell.clone())).collect());
             for (key, cell) in &snapshot {
                 f(key, cell);
@@ -558,14 +558,14 @@ impl<K, V, E, S> DeferredMap<K, V, E, S> {
     /// counts the interest down, and removes the entry if it failed, or if no one is left
     /// waiting for it (then its computation is dropped and its cell cancelled). Finds the
     /// entry by identity, so a newer entry under the same key is never touched.
-    pub(crate) fn settle(&self, hash: u64, cell: &Cell<V, E>, had_interest: bool) {
+    pub(crate) fn settle(&self, hash: u64, cell: &Lazy<V, E>, had_interest: bool) {
         self.release(hash, cell, had_interest, false)
     }
 
     /// As `settle`, and pins the entry first if `pin` (one lock: no window).
-    fn release(&self, hash: u64, cell: &Cell<V, E>, had_interest: bool, pin: bool) {
+    fn release(&self, hash: u64, cell: &Lazy<V, E>, had_interest: bool, pin: bool) {
         let removed = self.shard(hash).write(|t| {
-            let Ok(mut entry) = t.find_entry(hash, |s| Cell::ptr_eq(&s.cell, cell)) else {
+            let Ok(mut entry) = t.find_entry(hash, |s| Lazy::ptr_eq(&s.cell, cell)) else {
                 return None;
             };
             let slot = entry.get_mut();
@@ -590,13 +590,13 @@ impl<K, V, E, S> DeferredMap<K, V, E, S> {
 /// What an insertion found, with the lock released.
 struct Placed<K, V, E> {
     /// The cell now at the key.
-    cell: Cell<V, E>,
+    cell: Lazy<V, E>,
     /// Whether it is the one given.
     inserted: bool,
     /// Whether the caller now counts as interest in it.
     interest: bool,
     /// The key and cell given, when the key was already there.
-    unused: Option<(K, Cell<V, E>)>,
+    unused: Option<(K, Lazy<V, E>)>,
     /// Whether the claim took a `get` placeholder (made it `Kept`): the caller is now the
     /// only one who can complete it.
     claimed_placeholder: bool,
@@ -618,7 +618,7 @@ enum Lookup {
 /// What a lookup found, with the lock released.
 enum Found<V, E> {
     /// The cell, and whether the caller now counts as interest in it.
-    Hit(Cell<V, E>, bool),
+    Hit(Lazy<V, E>, bool),
     Miss,
 }
 
@@ -695,7 +695,7 @@ where
         &self,
         hash: u64,
         key: K,
-        cell: Cell<V, E>,
+        cell: Lazy<V, E>,
         kind: Kind,
         interested: bool,
         claim: Claim,
@@ -755,11 +755,11 @@ where
     /// use deferred_map::DeferredMap;
     /// # futures::executor::block_on(async {
     /// let map: DeferredMap<&str, u8> = DeferredMap::new();
-    /// let (got, ()) = futures::join!(map.get("job"), async { map.add_value("job", 3); });
+    /// let (got, ()) = futures::join!(map.wait("job"), async { map.add_value("job", 3); });
     /// assert_eq!(got, Ok(3));
     /// # });
     /// ```
-    pub fn get(&self, key: K) -> Get<'_, K, V, E, S> {
+    pub fn wait(&self, key: K) -> Get<'_, K, V, E, S> {
         let hash = self.hash(&key);
         if let Found::Hit(cell, interest) = self.find(hash, &key, Lookup::Wait) {
             return Get::new(self, hash, cell, interest, false);
@@ -767,7 +767,7 @@ where
         let placed = self.insert_or_find(
             hash,
             key,
-            Cell::pending(),
+            Lazy::pending(),
             Kind::Placeholder,
             true,
             Claim::Never,
@@ -785,12 +785,12 @@ where
     /// use deferred_map::DeferredMap;
     /// # futures::executor::block_on(async {
     /// let map: DeferredMap<String, u8> = DeferredMap::new();
-    /// assert!(map.get_if_present("k").is_none());
+    /// assert!(map.wait_if_present("k").is_none());
     /// map.add_value("k".to_string(), 1);
-    /// assert_eq!(map.get_if_present("k").unwrap().await, Ok(1));
+    /// assert_eq!(map.wait_if_present("k").unwrap().await, Ok(1));
     /// # });
     /// ```
-    pub fn get_if_present<Q>(&self, key: &Q) -> Option<Get<'_, K, V, E, S>>
+    pub fn wait_if_present<Q>(&self, key: &Q) -> Option<Get<'_, K, V, E, S>>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
@@ -836,7 +836,7 @@ where
         }
         // Made with no lock held. If another caller's entry landed meanwhile, this future
         // is dropped unpolled: only one computation per miss ever runs.
-        let fresh = Cell::boxed(make());
+        let fresh = Lazy::boxed(make());
         let placed = self.insert_or_find(hash, key, fresh, Kind::Computation, true, Claim::Never);
         Get::new(self, hash, placed.cell, placed.interest, placed.inserted)
     }
@@ -845,16 +845,16 @@ where
     /// (fs2-es `getOrAdd`). An added cell stays until removed.
     ///
     /// ```
-    /// use deferred_map::{Cell, DeferredMap};
+    /// use deferred_map::{Lazy, DeferredMap};
     /// # futures::executor::block_on(async {
     /// let map: DeferredMap<u8, u8> = DeferredMap::new();
-    /// let cell: Cell<u8> = Cell::pending();
+    /// let cell: Lazy<u8> = Lazy::pending();
     /// let get = map.get_or_add_cell(1, cell.clone());
     /// cell.succeed(5).unwrap();
     /// assert_eq!(get.await, Ok(5));
     /// # });
     /// ```
-    pub fn get_or_add_cell(&self, key: K, cell: Cell<V, E>) -> Get<'_, K, V, E, S> {
+    pub fn get_or_add_cell(&self, key: K, cell: Lazy<V, E>) -> Get<'_, K, V, E, S> {
         let hash = self.hash(&key);
         let placed = self.insert_or_find(hash, key, cell, Kind::Kept, true, Claim::Never);
         Get::new(self, hash, placed.cell, placed.interest, placed.inserted)
@@ -876,7 +876,7 @@ where
         if let Found::Hit(cell, interest) = self.find(hash, &key, Lookup::Wait) {
             return Get::new(self, hash, cell, interest, false);
         }
-        let fresh = Cell::pending();
+        let fresh = Lazy::pending();
         let _ = fresh.succeed(value);
         let placed = self.insert_or_find(hash, key, fresh, Kind::Kept, true, Claim::Never);
         Get::new(self, hash, placed.cell, placed.interest, placed.inserted)
@@ -892,21 +892,21 @@ where
     /// cell.succeed(1).unwrap();
     /// assert_eq!(map.try_get(&"k"), Some(Ok(1)));
     /// ```
-    pub fn cell(&self, key: K) -> Cell<V, E> {
-        self.cell_or_add(key, Cell::pending())
+    pub fn cell(&self, key: K) -> Lazy<V, E> {
+        self.cell_or_add(key, Lazy::pending())
     }
 
     /// The cell at `key`, or `cell` after adding it if the key is absent (fs2-es
     /// `getDeferredOrAdd`).
     ///
     /// ```
-    /// use deferred_map::{Cell, DeferredMap};
+    /// use deferred_map::{Lazy, DeferredMap};
     /// let map: DeferredMap<u8, u8> = DeferredMap::new();
-    /// let mine: Cell<u8> = Cell::pending();
-    /// assert!(Cell::ptr_eq(&map.cell_or_add(1, mine.clone()), &mine));
-    /// assert!(Cell::ptr_eq(&map.cell_or_add(1, Cell::pending()), &mine));
+    /// let mine: Lazy<u8> = Lazy::pending();
+    /// assert!(Lazy::ptr_eq(&map.cell_or_add(1, mine.clone()), &mine));
+    /// assert!(Lazy::ptr_eq(&map.cell_or_add(1, Lazy::pending()), &mine));
     /// ```
-    pub fn cell_or_add(&self, key: K, cell: Cell<V, E>) -> Cell<V, E> {
+    pub fn cell_or_add(&self, key: K, cell: Lazy<V, E>) -> Lazy<V, E> {
         let hash = self.hash(&key);
         // A handle now lives outside the map: the entry must not vanish under it, and the
         // holder may complete it, so it is no placeholder any more (claimed in the lookup).
@@ -931,7 +931,7 @@ where
     /// names.add_value("ada".to_string(), 2);
     /// assert_eq!(names.cell_if_present("ada").unwrap().get(), Some(&2));
     /// ```
-    pub fn cell_if_present<Q>(&self, key: &Q) -> Option<Cell<V, E>>
+    pub fn cell_if_present<Q>(&self, key: &Q) -> Option<Lazy<V, E>>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
@@ -952,7 +952,7 @@ where
     /// use deferred_map::DeferredMap;
     /// # futures::executor::block_on(async {
     /// let map: DeferredMap<&str, u8> = DeferredMap::new();
-    /// let waiting = map.get("k");
+    /// let waiting = map.wait("k");
     /// assert!(map.add_value("k", 1)); // completes the awaited cell
     /// assert!(!map.add_value("k", 2)); // already complete: kept
     /// assert_eq!(waiting.await, Ok(1));
@@ -967,7 +967,7 @@ where
         let placed = self.insert_or_find(
             hash,
             key,
-            Cell::pending(),
+            Lazy::pending(),
             Kind::Kept,
             true,
             Claim::PendingPlaceholder,
@@ -1002,21 +1002,21 @@ where
     /// and finds it cancelled if `cell` was dropped first.
     ///
     /// ```
-    /// use deferred_map::{Cell, DeferredMap, Error};
+    /// use deferred_map::{Lazy, DeferredMap, Error};
     /// # futures::executor::block_on(async {
     /// let map: DeferredMap<&str, u8> = DeferredMap::new();
-    /// let waiting = map.get("job");
-    /// let job: Cell<u8> = Cell::pending();
+    /// let waiting = map.wait("job");
+    /// let job: Lazy<u8> = Lazy::pending();
     /// assert!(!map.add_cell("job", job.clone())); // "job" is awaited: forwarded instead
     /// job.succeed(9).unwrap();
     /// assert_eq!(waiting.await, Ok(9));
     ///
-    /// let waiting = map.get("lost");
-    /// assert!(!map.add_cell("lost", Cell::pending())); // dropped at once, never completed
+    /// let waiting = map.wait("lost");
+    /// assert!(!map.add_cell("lost", Lazy::pending())); // dropped at once, never completed
     /// assert_eq!(waiting.await, Err(Error::Cancelled));
     /// # });
     /// ```
-    pub fn add_cell(&self, key: K, cell: Cell<V, E>) -> bool
+    pub fn add_cell(&self, key: K, cell: Lazy<V, E>) -> bool
     where
         V: Clone + Send + Sync + 'static,
         E: Clone + Send + Sync + 'static,
@@ -1033,7 +1033,7 @@ where
         let existing = placed.cell;
         // `cell` added over itself (a handle from `cell` or `Get::cell`) is not made to
         // forward into itself: the callback would hold its own cell, a cycle that leaks it.
-        if !existing.is_done() && !Cell::ptr_eq(&existing, &cell) {
+        if !existing.is_done() && !Lazy::ptr_eq(&existing, &cell) {
             // Run once if `cell` completes (at once if it has), dropped unrun if `cell` is
             // dropped pending: either way a claimed placeholder is settled (see `Forward`).
             let forward = Forward {
@@ -1056,7 +1056,7 @@ where
     /// use deferred_map::DeferredMap;
     /// # futures::executor::block_on(async {
     /// let map: DeferredMap<&str, u8> = DeferredMap::new();
-    /// let waiting = map.get("k");
+    /// let waiting = map.wait("k");
     /// assert!(map.add_with("k", async { Ok(4) }));
     /// assert_eq!(waiting.await, Ok(4));
     /// # });
@@ -1074,7 +1074,7 @@ where
         let placed = self.insert_or_find(
             hash,
             key,
-            Cell::pending(),
+            Lazy::pending(),
             Kind::Kept,
             false,
             Claim::PendingPlaceholder,
@@ -1105,7 +1105,7 @@ where
     /// assert!(map.remove(&1).is_some());
     /// assert!(map.remove(&1).is_none());
     ///
-    /// let waiting = map.get(2);
+    /// let waiting = map.wait(2);
     /// map.remove(&2); // the placeholder `get` left
     /// assert_eq!(waiting.await, Err(Error::Cancelled));
     ///
@@ -1114,7 +1114,7 @@ where
     /// assert!(names.remove("ada").is_some());
     /// # });
     /// ```
-    pub fn remove<Q>(&self, key: &Q) -> Option<Cell<V, E>>
+    pub fn remove<Q>(&self, key: &Q) -> Option<Lazy<V, E>>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
@@ -1175,7 +1175,7 @@ where
         self.remove_checked(key, |cell| !cell.is_done())
     }
 
-    fn remove_checked<Q>(&self, key: &Q, pred: impl Fn(&Cell<V, E>) -> bool) -> Option<bool>
+    fn remove_checked<Q>(&self, key: &Q, pred: impl Fn(&Lazy<V, E>) -> bool) -> Option<bool>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
@@ -1200,8 +1200,8 @@ where
     fn remove_where<Q>(
         &self,
         key: &Q,
-        pred: impl FnOnce(&Cell<V, E>) -> bool,
-    ) -> Option<(Cell<V, E>, K)>
+        pred: impl FnOnce(&Lazy<V, E>) -> bool,
+    ) -> Option<(Lazy<V, E>, K)>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
@@ -1304,19 +1304,19 @@ where
     /// computation) still does.
     ///
     /// ```
-    /// use deferred_map::{Cell, DeferredMap};
+    /// use deferred_map::{Lazy, DeferredMap};
     /// # futures::executor::block_on(async {
     /// let map: DeferredMap<u8, u8> = DeferredMap::new();
-    /// assert!(map.insert(1, Cell::ready(1)).is_none());
-    /// let old = map.insert(1, Cell::ready(2)).unwrap();
+    /// assert!(map.insert(1, Lazy::ready(1)).is_none());
+    /// let old = map.insert(1, Lazy::ready(2)).unwrap();
     /// assert_eq!((old.get(), map.try_get(&1)), (Some(&1), Some(Ok(2))));
     ///
-    /// let waiting = map.get(2);
-    /// map.insert(2, Cell::ready(5)); // over the placeholder `get` left
+    /// let waiting = map.wait(2);
+    /// map.insert(2, Lazy::ready(5)); // over the placeholder `get` left
     /// assert_eq!(waiting.await, Ok(5));
     /// # });
     /// ```
-    pub fn insert(&self, key: K, cell: Cell<V, E>) -> Option<Cell<V, E>>
+    pub fn insert(&self, key: K, cell: Lazy<V, E>) -> Option<Lazy<V, E>>
     where
         V: Clone + Send + Sync + 'static,
         E: Clone + Send + Sync + 'static,
@@ -1329,7 +1329,7 @@ where
                     // The placeholder put back in its own place (a handle from `Get::cell`)
                     // is not made to follow itself: that would be a cycle.
                     let placeholder =
-                        slot.kind == Kind::Placeholder && !Cell::ptr_eq(&slot.cell, &cell);
+                        slot.kind == Kind::Placeholder && !Lazy::ptr_eq(&slot.cell, &cell);
                     slot.kind = Kind::Kept;
                     slot.interest = 0;
                     let new = placeholder.then(|| cell.clone());
@@ -1366,12 +1366,12 @@ where
     /// [borrowed keys](DeferredMap#borrowed-keys)).
     ///
     /// ```
-    /// use deferred_map::{Cell, DeferredMap};
+    /// use deferred_map::{Lazy, DeferredMap};
     /// let map: DeferredMap<u8, u8> = DeferredMap::new();
-    /// let mine: Cell<u8> = Cell::ready(1);
+    /// let mine: Lazy<u8> = Lazy::ready(1);
     /// map.insert(1, mine.clone());
-    /// assert!(map.remove_if(&1, |c| !Cell::ptr_eq(c, &mine)).is_none());
-    /// assert!(map.remove_if(&1, |c| Cell::ptr_eq(c, &mine)).is_some());
+    /// assert!(map.remove_if(&1, |c| !Lazy::ptr_eq(c, &mine)).is_none());
+    /// assert!(map.remove_if(&1, |c| Lazy::ptr_eq(c, &mine)).is_some());
     ///
     /// let names: DeferredMap<String, u8> = DeferredMap::new();
     /// names.add_value("ada".to_string(), 1);
@@ -1380,8 +1380,8 @@ where
     pub fn remove_if<Q>(
         &self,
         key: &Q,
-        pred: impl FnOnce(&Cell<V, E>) -> bool,
-    ) -> Option<Cell<V, E>>
+        pred: impl FnOnce(&Lazy<V, E>) -> bool,
+    ) -> Option<Lazy<V, E>>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
@@ -1399,26 +1399,26 @@ where
     /// [borrowed keys](DeferredMap#borrowed-keys)).
     ///
     /// ```
-    /// use deferred_map::{Cell, DeferredMap};
+    /// use deferred_map::{Lazy, DeferredMap};
     /// let map: DeferredMap<u8, u8> = DeferredMap::new();
-    /// let first: Cell<u8> = Cell::ready(1);
+    /// let first: Lazy<u8> = Lazy::ready(1);
     /// map.insert(1, first.clone());
     /// // Replaces only the cell this caller saw.
-    /// assert!(map.replace_if(&1, Cell::ready(2), |c| Cell::ptr_eq(c, &first)).is_ok());
-    /// assert!(map.replace_if(&1, Cell::ready(3), |c| Cell::ptr_eq(c, &first)).is_err());
-    /// assert!(map.replace_if(&9, Cell::ready(3), |_| true).is_err()); // absent
+    /// assert!(map.replace_if(&1, Lazy::ready(2), |c| Lazy::ptr_eq(c, &first)).is_ok());
+    /// assert!(map.replace_if(&1, Lazy::ready(3), |c| Lazy::ptr_eq(c, &first)).is_err());
+    /// assert!(map.replace_if(&9, Lazy::ready(3), |_| true).is_err()); // absent
     ///
     /// let names: DeferredMap<String, u8> = DeferredMap::new();
     /// names.add_value("ada".to_string(), 1);
-    /// assert!(names.replace_if("ada", Cell::ready(2), |_| true).is_ok());
+    /// assert!(names.replace_if("ada", Lazy::ready(2), |_| true).is_ok());
     /// assert_eq!(names.try_get("ada"), Some(Ok(2)));
     /// ```
     pub fn replace_if<Q>(
         &self,
         key: &Q,
-        cell: Cell<V, E>,
-        pred: impl FnOnce(&Cell<V, E>) -> bool,
-    ) -> Result<Cell<V, E>, Cell<V, E>>
+        cell: Lazy<V, E>,
+        pred: impl FnOnce(&Lazy<V, E>) -> bool,
+    ) -> Result<Lazy<V, E>, Lazy<V, E>>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
@@ -1431,7 +1431,7 @@ where
                 Some(slot) if pred(&slot.cell) => {
                     // As in `insert`.
                     let placeholder =
-                        slot.kind == Kind::Placeholder && !Cell::ptr_eq(&slot.cell, &cell);
+                        slot.kind == Kind::Placeholder && !Lazy::ptr_eq(&slot.cell, &cell);
                     slot.kind = Kind::Kept;
                     slot.interest = 0;
                     let new = placeholder.then(|| cell.clone());
@@ -1488,12 +1488,12 @@ where
     /// use deferred_map::DeferredMap;
     /// # futures::executor::block_on(async {
     /// let map: DeferredMap<&str, u8, &str> = DeferredMap::new();
-    /// let waiting = map.get("k");
+    /// let waiting = map.wait("k");
     /// assert!(map.complete(&"k", Err("nope")));
     /// assert!(waiting.await.is_err());
     ///
     /// let names: DeferredMap<String, u8> = DeferredMap::new();
-    /// let waiting = names.get("ada".to_string());
+    /// let waiting = names.wait("ada".to_string());
     /// assert!(names.complete("ada", Ok(7)));
     /// assert_eq!(waiting.await, Ok(7));
     /// # });
@@ -1519,15 +1519,15 @@ where
     /// A map of the given cells (fs2-es `DeferredMap.of`). A later duplicate key is ignored.
     ///
     /// ```
-    /// use deferred_map::{Cell, DeferredMap};
+    /// use deferred_map::{Lazy, DeferredMap};
     /// let map: DeferredMap<u8, u8> = DeferredMap::from_cells_with_hasher(
-    ///     [(1, Cell::pending())],
+    ///     [(1, Lazy::pending())],
     ///     std::collections::hash_map::RandomState::new(),
     /// );
     /// assert_eq!(map.is_completed(&1), Some(false));
     /// ```
     pub fn from_cells_with_hasher(
-        cells: impl IntoIterator<Item = (K, Cell<V, E>)>,
+        cells: impl IntoIterator<Item = (K, Lazy<V, E>)>,
         hasher: S,
     ) -> Self {
         let map = Self::with_hasher(hasher);
@@ -1545,11 +1545,11 @@ impl<K: Hash + Eq, V, E> DeferredMap<K, V, E, DefaultHashBuilder> {
     /// A map of the given cells (fs2-es `DeferredMap.of`). A later duplicate key is ignored.
     ///
     /// ```
-    /// use deferred_map::{Cell, DeferredMap};
-    /// let map: DeferredMap<u8, u8> = DeferredMap::from_cells([(1, Cell::pending())]);
+    /// use deferred_map::{Lazy, DeferredMap};
+    /// let map: DeferredMap<u8, u8> = DeferredMap::from_cells([(1, Lazy::pending())]);
     /// assert_eq!(map.len(), 1);
     /// ```
-    pub fn from_cells(cells: impl IntoIterator<Item = (K, Cell<V, E>)>) -> Self {
+    pub fn from_cells(cells: impl IntoIterator<Item = (K, Lazy<V, E>)>) -> Self {
         Self::from_cells_with_hasher(cells, DefaultHashBuilder::default())
     }
 
@@ -1563,7 +1563,7 @@ impl<K: Hash + Eq, V, E> DeferredMap<K, V, E, DefaultHashBuilder> {
     /// ```
     pub fn from_values(values: impl IntoIterator<Item = (K, V)>) -> Self {
         Self::from_cells(values.into_iter().map(|(k, v)| {
-            let cell = Cell::pending();
+            let cell = Lazy::pending();
             let _ = cell.succeed(v);
             (k, cell)
         }))

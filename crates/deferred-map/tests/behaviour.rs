@@ -15,7 +15,7 @@ use std::{
     time::Duration,
 };
 
-use deferred_map::{Cell, DeferredMap, Error};
+use deferred_map::{DeferredMap, Error, Lazy};
 use futures::{executor::block_on, task::noop_waker};
 
 fn poll_once<F: Future + ?Sized>(fut: Pin<&mut F>) -> Poll<F::Output> {
@@ -154,7 +154,7 @@ fn an_error_reaches_every_waiter_and_the_entry_goes() {
         g.wait().await;
         Err("boom".to_string())
     }));
-    let mut b = pin!(map.get(1));
+    let mut b = pin!(map.wait(1));
     assert!(poll_once(a.as_mut()).is_pending());
     assert!(poll_once(b.as_mut()).is_pending());
     gate.open();
@@ -177,7 +177,7 @@ fn a_panic_gives_every_waiter_panicked_and_the_entry_goes() {
         }
         Ok(0)
     }));
-    let mut other = Box::pin(map.get(1));
+    let mut other = Box::pin(map.wait(1));
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| poll_once(driver.as_mut())));
     assert!(
         r.is_err(),
@@ -194,7 +194,7 @@ fn a_panic_gives_every_waiter_panicked_and_the_entry_goes() {
 fn get_on_an_absent_key_waits_and_its_placeholder_goes_if_abandoned() {
     let map: DeferredMap<&str, u32> = DeferredMap::new();
     {
-        let mut g = pin!(map.get("k"));
+        let mut g = pin!(map.wait("k"));
         assert!(poll_once(g.as_mut()).is_pending());
         assert_eq!(map.len(), 1);
     }
@@ -202,7 +202,7 @@ fn get_on_an_absent_key_waits_and_its_placeholder_goes_if_abandoned() {
         map.is_empty(),
         "fs2-es leaves the placeholder behind; we remove it"
     );
-    let mut g = pin!(map.get("k"));
+    let mut g = pin!(map.wait("k"));
     assert!(poll_once(g.as_mut()).is_pending());
     assert!(map.add_value("k", 4));
     assert_eq!(poll_once(g.as_mut()), Poll::Ready(Ok(4)));
@@ -212,9 +212,9 @@ fn get_on_an_absent_key_waits_and_its_placeholder_goes_if_abandoned() {
 fn add_on_a_present_key_never_waits_and_completes_the_existing_cell() {
     // fs2-es `add(k)(d)` on a present key blocks the caller until `d` completes.
     let map: DeferredMap<&str, u32> = DeferredMap::new();
-    let mut waiting = pin!(map.get("k"));
+    let mut waiting = pin!(map.wait("k"));
     assert!(poll_once(waiting.as_mut()).is_pending());
-    let d: Cell<u32> = Cell::pending();
+    let d: Lazy<u32> = Lazy::pending();
     assert!(!map.add_cell("k", d.clone()), "returns at once");
     assert!(poll_once(waiting.as_mut()).is_pending());
     d.succeed(8).unwrap();
@@ -265,7 +265,7 @@ fn probes_and_fs2_es_helpers() {
     assert!(map.complete(&2, Err("x".into())));
     assert_eq!(map.try_get(&2), Some(Err(Error::Failed("x".into()))));
     assert!(two.is_done());
-    assert!(map.get_if_present(&3).is_none());
+    assert!(map.wait_if_present(&3).is_none());
     assert_eq!(block_on(map.get_or_add_value(3, 30)), Ok(30));
     let mut keys = map.keys();
     keys.sort();
@@ -282,7 +282,7 @@ fn user_held_cells_stay_when_their_waiters_go() {
     let map: DeferredMap<u8, u32> = DeferredMap::new();
     let handle = map.cell(1);
     {
-        let mut g = pin!(map.get(1));
+        let mut g = pin!(map.wait(1));
         assert!(poll_once(g.as_mut()).is_pending());
     }
     assert_eq!(map.len(), 1, "a handle is out: the entry stays");
@@ -323,7 +323,7 @@ fn threads_racing_get_or_add_with_run_each_key_once() {
 fn futures_are_send() {
     fn is_send<T: Send>(_: T) {}
     let map: DeferredMap<u8, u32> = DeferredMap::new();
-    is_send(map.get(1));
+    is_send(map.wait(1));
     is_send(map.get_or_add_with(2, || async { Ok(1) }));
 }
 
@@ -351,7 +351,7 @@ fn waiter(map: &Shared, key: u8) -> Waiter {
     let (linked_tx, linked) = mpsc::channel();
     let (outcome_tx, outcome) = mpsc::channel();
     let thread = thread::spawn(move || {
-        let mut get = pin!(map.get(key));
+        let mut get = pin!(map.wait(key));
         let got = block_on(futures::future::poll_fn(|cx| {
             let polled = get.as_mut().poll(cx);
             if polled.is_pending() {
@@ -397,7 +397,7 @@ fn insert_over_a_placeholder_gives_its_waiters_the_new_cells_outcome() {
     // A ready cell.
     let w = waiter(&map, 1);
     let old = map
-        .insert(1, Cell::ready(7))
+        .insert(1, Lazy::ready(7))
         .expect("the get's placeholder");
     assert_eq!(w.outcome("insert of a ready cell"), Ok(7));
     assert!(
@@ -407,7 +407,7 @@ fn insert_over_a_placeholder_gives_its_waiters_the_new_cells_outcome() {
     assert_eq!(map.try_get(&1), Some(Ok(7)));
     // A pending cell that its owner fails later.
     let w = waiter(&map, 2);
-    let mine: Cell<u32, String> = Cell::pending();
+    let mine: Lazy<u32, String> = Lazy::pending();
     map.insert(2, mine.clone());
     mine.fail("no".into()).unwrap();
     assert_eq!(
@@ -416,7 +416,7 @@ fn insert_over_a_placeholder_gives_its_waiters_the_new_cells_outcome() {
     );
     // Cancellation and a panic reach the waiters as such.
     let w = waiter(&map, 3);
-    let mine: Cell<u32, String> = Cell::pending();
+    let mine: Lazy<u32, String> = Lazy::pending();
     map.insert(3, mine.clone());
     assert!(mine.cancel());
     assert_eq!(
@@ -424,13 +424,13 @@ fn insert_over_a_placeholder_gives_its_waiters_the_new_cells_outcome() {
         Err(Error::Cancelled)
     );
     let w = waiter(&map, 4);
-    let mine: Cell<u32, String> = Cell::pending();
+    let mine: Lazy<u32, String> = Lazy::pending();
     map.insert(4, mine.clone());
     assert!(mine.die());
     assert_eq!(w.outcome("insert of a dead cell"), Err(Error::Panicked));
     // A cell with a computation that nothing else awaits: the waiters drive it.
     let w = waiter(&map, 5);
-    map.insert(5, Cell::boxed(async { Ok(9) }));
+    map.insert(5, Lazy::boxed(async { Ok(9) }));
     assert_eq!(w.outcome("insert of a computation"), Ok(9));
     assert_eq!(map.try_get(&5), Some(Ok(9)));
 }
@@ -469,7 +469,7 @@ fn every_other_path_that_takes_a_placeholder_out_resolves_its_waiters() {
     map.retain(|_, _| false);
     assert_eq!(w.outcome("retain"), Err(Error::Cancelled));
     let w = waiter(&map, 1);
-    assert!(map.replace_if(&1, Cell::ready(4), |_| true).is_ok());
+    assert!(map.replace_if(&1, Lazy::ready(4), |_| true).is_ok());
     assert_eq!(w.outcome("replace_if"), Ok(4));
     assert_eq!(map.try_get(&1), Some(Ok(4)));
     assert_eq!(map.remove_if_completed(&1), Some(true));
@@ -488,7 +488,7 @@ fn removal_leaves_cells_that_someone_else_completes_to_them() {
     assert_eq!(w.outcome("remove of a held cell"), Ok(3));
     // A placeholder that an added cell forwards into: the added cell's owner completes it.
     let w = waiter(&map, 2);
-    let mine: Cell<u32, String> = Cell::pending();
+    let mine: Lazy<u32, String> = Lazy::pending();
     assert!(!map.add_cell(2, mine.clone()));
     assert!(map.remove(&2).is_some());
     mine.succeed(4).unwrap();
@@ -540,14 +540,14 @@ fn for_each_holds_no_lock_while_its_callback_runs() {
 #[test]
 fn for_each_does_not_claim_a_placeholder() {
     let map: DeferredMap<u8, u8> = DeferredMap::new();
-    let waiting = map.get(1);
+    let waiting = map.wait(1);
     let mut seen = Vec::new();
     map.for_each(|k, cell| seen.push((*k, cell.is_done())));
     assert_eq!(seen, [(1, false)]);
     // Still a placeholder: its last waiter leaving removes it, and a removal cancels it.
     drop(waiting);
     assert!(map.is_empty());
-    let waiting = map.get(2);
+    let waiting = map.wait(2);
     map.for_each(|_, _| {});
     assert!(map.remove(&2).is_some());
     assert_eq!(block_on(waiting), Err(Error::Cancelled));

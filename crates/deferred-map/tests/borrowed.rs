@@ -6,7 +6,7 @@
 
 use std::{future::Future, pin::pin, task::Context};
 
-use deferred_map::{Cell, DeferredMap, Error};
+use deferred_map::{DeferredMap, Error, Lazy};
 use futures::{executor::block_on, task::noop_waker};
 
 type Names = DeferredMap<String, u32, String>;
@@ -32,8 +32,8 @@ fn probes_take_a_str_on_a_string_map() {
     assert_eq!(map.is_completed(grace), None);
     assert_eq!(map.cell_if_present(ada).unwrap().get(), Some(&1));
     assert!(map.cell_if_present(grace).is_none());
-    assert_eq!(block_on(map.get_if_present(ada).unwrap()), Ok(1));
-    assert!(map.get_if_present(grace).is_none());
+    assert_eq!(block_on(map.wait_if_present(ada).unwrap()), Ok(1));
+    assert!(map.wait_if_present(grace).is_none());
     // None of these added or removed anything.
     assert_eq!(map.keys(), vec!["ada".to_string()]);
 }
@@ -42,7 +42,7 @@ fn probes_take_a_str_on_a_string_map() {
 fn get_if_present_by_str_waits_on_a_pending_entry() {
     let map = Names::new();
     let cell = map.cell("job".to_string());
-    let mut get = pin!(map.get_if_present("job").unwrap());
+    let mut get = pin!(map.wait_if_present("job").unwrap());
     assert!(get
         .as_mut()
         .poll(&mut Context::from_waker(&noop_waker()))
@@ -54,7 +54,7 @@ fn get_if_present_by_str_waits_on_a_pending_entry() {
 #[test]
 fn complete_by_str_resolves_a_get_on_the_owned_key() {
     let map = Names::new();
-    let waiting = map.get("job".to_string());
+    let waiting = map.wait("job".to_string());
     assert!(!map.complete("other", Ok(1)));
     assert!(map.complete("job", Err("down".to_string())));
     assert!(!map.complete("job", Ok(2)), "complete twice");
@@ -87,10 +87,10 @@ fn removals_take_a_str_on_a_string_map() {
 fn replace_if_by_str_swaps_the_cell_and_keeps_the_key() {
     let map = names();
     assert!(map
-        .replace_if("grace", Cell::ready(9), |_| true)
+        .replace_if("grace", Lazy::ready(9), |_| true)
         .is_err_and(|given| given.get() == Some(&9)));
-    assert!(map.replace_if("ada", Cell::ready(9), |_| false).is_err());
-    let old = map.replace_if("ada", Cell::ready(2), |_| true).unwrap();
+    assert!(map.replace_if("ada", Lazy::ready(9), |_| false).is_err());
+    let old = map.replace_if("ada", Lazy::ready(2), |_| true).unwrap();
     assert_eq!(old.get(), Some(&1));
     assert_eq!(map.try_get("ada"), Some(Ok(2)));
     assert_eq!(map.keys(), vec!["ada".to_string()]);
@@ -99,10 +99,10 @@ fn replace_if_by_str_swaps_the_cell_and_keeps_the_key() {
 #[test]
 fn a_placeholder_removed_or_replaced_by_str_still_resolves_its_waiters() {
     let map = Names::new();
-    let removed = map.get("gone".to_string());
-    let replaced = map.get("moved".to_string());
+    let removed = map.wait("gone".to_string());
+    let replaced = map.wait("moved".to_string());
     assert!(map.remove("gone").is_some());
-    assert!(map.replace_if("moved", Cell::ready(3), |_| true).is_ok());
+    assert!(map.replace_if("moved", Lazy::ready(3), |_| true).is_ok());
     assert_eq!(block_on(removed), Err(Error::Cancelled));
     assert_eq!(block_on(replaced), Ok(3));
 }
@@ -151,9 +151,9 @@ fn the_owned_key_by_reference_still_works() {
     assert_eq!(map.try_get_with(&ada, |o| o.is_ok()), Some(true));
     assert_eq!(map.is_completed(&ada), Some(true));
     assert!(map.cell_if_present(&ada).is_some());
-    assert!(map.get_if_present(&ada).is_some());
+    assert!(map.wait_if_present(&ada).is_some());
     assert!(!map.complete(&ada, Ok(5)));
-    assert!(map.replace_if(&ada, Cell::ready(2), |_| true).is_ok());
+    assert!(map.replace_if(&ada, Lazy::ready(2), |_| true).is_ok());
     assert!(map.remove_if(&ada, |_| false).is_none());
     assert_eq!(map.remove_if_incomplete(&ada), Some(false));
     assert_eq!(map.remove_if_completed(&ada), Some(true));

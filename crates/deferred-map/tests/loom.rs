@@ -12,7 +12,7 @@ use std::{
     task::{Context, Poll},
 };
 
-use deferred_map::{Cell, DeferredMap, Error};
+use deferred_map::{DeferredMap, Error, Lazy};
 use futures::task::noop_waker;
 use loom::{
     future::block_on,
@@ -153,7 +153,7 @@ fn a_panicking_computation_reaches_the_other_waiter_as_panicked() {
     quiet_expected_panics();
     loom::model(|| {
         let map = Arc::new(new_map());
-        let cell: Cell<usize, ()> = Cell::pending();
+        let cell: Lazy<usize, ()> = Lazy::pending();
         // The key holds a cell that a waiter on another thread awaits through the map.
         let (m, c) = (map.clone(), cell.clone());
         let t = thread::spawn(move || {
@@ -188,11 +188,11 @@ fn last_waiters_leaving_remove_the_entry() {
         let map = Arc::new(new_map());
         let m = map.clone();
         let t = thread::spawn(move || {
-            let mut g = pin!(m.get(1));
+            let mut g = pin!(m.wait(1));
             let _ = poll_once(g.as_mut());
         });
         {
-            let mut g = pin!(map.get(1));
+            let mut g = pin!(map.wait(1));
             let _ = poll_once(g.as_mut());
         }
         t.join().unwrap();
@@ -221,7 +221,7 @@ fn removal_vs_get_linking_resolves_the_get() {
     loom::model(|| {
         let map = Arc::new(new_map());
         let m = map.clone();
-        let t = thread::spawn(move || block_on(m.get(1)));
+        let t = thread::spawn(move || block_on(m.wait(1)));
         drop(map.remove(&1));
         map.add_value(1, 5);
         // The get came before the removal (its placeholder was removed: cancelled), or
@@ -236,8 +236,8 @@ fn replacement_vs_get_linking_gives_the_get_the_new_value() {
     loom::model(|| {
         let map = Arc::new(new_map());
         let m = map.clone();
-        let t = thread::spawn(move || block_on(m.get(1)));
-        drop(map.insert(1, Cell::ready(5)));
+        let t = thread::spawn(move || block_on(m.wait(1)));
+        drop(map.insert(1, Lazy::ready(5)));
         // Before the insert, the get waits on a placeholder that then follows the new cell;
         // after it, it finds the new cell.
         assert_eq!(t.join().unwrap(), Ok(5));
@@ -248,7 +248,7 @@ fn replacement_vs_get_linking_gives_the_get_the_new_value() {
 fn removal_vs_add_value_on_a_placeholder_loses_nothing() {
     loom::model(|| {
         let map = Arc::new(new_map());
-        let get = map.get(1); // the placeholder
+        let get = map.wait(1); // the placeholder
         let m = map.clone();
         let t = thread::spawn(move || drop(m.remove(&1)));
         let stored = map.add_value(1, 5);
@@ -270,11 +270,11 @@ fn removal_vs_add_value_on_a_placeholder_loses_nothing() {
 fn dropped_added_cell_vs_get_linking_cancels_the_get() {
     loom::model(|| {
         let map = Arc::new(new_map());
-        let first = map.get(1); // the placeholder, there before the add
+        let first = map.wait(1); // the placeholder, there before the add
         let m = map.clone();
         // Links to the placeholder, to the cell the add claimed, or to the cancelled cell.
-        let t = thread::spawn(move || block_on(m.get(1)));
-        let mine: Cell<usize, ()> = Cell::pending();
+        let t = thread::spawn(move || block_on(m.wait(1)));
+        let mine: Lazy<usize, ()> = Lazy::pending();
         assert!(!map.add_cell(1, mine.clone()), "forwarded");
         drop(mine); // pending: its forwarding callback is dropped unrun
         assert_eq!(t.join().unwrap(), Err(Error::Cancelled));

@@ -10,7 +10,7 @@ use std::{
     task::{Context, Poll},
 };
 
-use deferred_map::{Cell, DeferredMap, Error};
+use deferred_map::{DeferredMap, Error, Lazy};
 use futures::task::noop_waker;
 use proptest::prelude::*;
 
@@ -65,7 +65,7 @@ proptest! {
         // None: present and pending; Some(v): present with v.
         let mut model: HashMap<u8, Option<u32>> = HashMap::new();
         // Handles taken with `cell`, which keep pending entries in place.
-        let mut handles: Vec<Cell<u32, ()>> = Vec::new();
+        let mut handles: Vec<Lazy<u32, ()>> = Vec::new();
         for op in ops {
             match op.clone() {
                 Op::AddValue(k, v) => {

@@ -17,7 +17,7 @@ use std::{
     time::Duration,
 };
 
-use deferred_map::{Cell, DeferredMap, Error};
+use deferred_map::{DeferredMap, Error, Lazy};
 use futures::{executor::block_on, task::noop_waker};
 
 fn poll_once<F: Future + ?Sized>(fut: Pin<&mut F>) -> Poll<F::Output> {
@@ -58,7 +58,7 @@ fn static_map(slot: &'static OnceLock<DeferredMap<Key, u32>>) -> &'static Deferr
 }
 
 fn stall_placeholder(map: &'static DeferredMap<Key, u32>) {
-    let mut g = Box::pin(map.get(Key(1, false)));
+    let mut g = Box::pin(map.wait(Key(1, false)));
     assert!(poll_once(g.as_mut()).is_pending());
     VICTIM.with(|v| *v.borrow_mut() = Some(Box::new(g)));
 }
@@ -66,7 +66,7 @@ fn stall_placeholder(map: &'static DeferredMap<Key, u32>) {
 #[test]
 fn add_with_on_a_placeholder_survives_its_waiters() {
     let map: DeferredMap<u8, u32, String> = DeferredMap::new();
-    let mut g = Box::pin(map.get(1));
+    let mut g = Box::pin(map.wait(1));
     assert!(poll_once(g.as_mut()).is_pending());
     assert!(map.add_with(1, std::future::pending())); // "taken"
     drop(g);
@@ -80,7 +80,7 @@ fn add_with_on_a_placeholder_survives_its_waiters() {
 #[test]
 fn add_with_on_a_placeholder_keeps_its_failure_like_other_added_entries() {
     let map: DeferredMap<u8, u32, String> = DeferredMap::new();
-    let mut g = Box::pin(map.get(1));
+    let mut g = Box::pin(map.wait(1));
     assert!(poll_once(g.as_mut()).is_pending());
     assert!(map.add_with(1, async { Err("e".to_string()) }));
     assert_eq!(
@@ -112,7 +112,7 @@ fn add_cell_racing_the_last_waiter_still_lands() {
     static MAP: OnceLock<DeferredMap<Key, u32>> = OnceLock::new();
     let map = static_map(&MAP);
     stall_placeholder(map);
-    let mine: Cell<u32> = Cell::pending();
+    let mine: Lazy<u32> = Lazy::pending();
     let became = map.add_cell(Key(1, true), mine.clone());
     mine.succeed(9).unwrap();
     assert_eq!(
@@ -177,7 +177,7 @@ fn placeholder_and_armed_removal(
     map: &'static DeferredMap<Key, u32>,
 ) -> Pin<Box<deferred_map::Get<'static, Key, u32, std::convert::Infallible, std::hash::RandomState>>>
 {
-    let mut g = Box::pin(map.get(Key(1, false)));
+    let mut g = Box::pin(map.wait(Key(1, false)));
     assert!(poll_once(g.as_mut()).is_pending());
     VICTIM.with(|v| *v.borrow_mut() = Some(Box::new(RemoveOnDrop(map))));
     g
@@ -211,7 +211,7 @@ fn add_cell_racing_a_removal_of_the_placeholder_still_reaches_its_waiter() {
     static MAP: OnceLock<DeferredMap<Key, u32>> = OnceLock::new();
     let map = static_map(&MAP);
     let mut g = placeholder_and_armed_removal(map);
-    let mine: Cell<u32> = Cell::pending();
+    let mine: Lazy<u32> = Lazy::pending();
     assert!(!map.add_cell(Key(1, true), mine.clone()), "forwarded");
     mine.succeed(9).unwrap();
     assert_eq!(poll_once(g.as_mut()), Poll::Ready(Ok(9)));
@@ -221,10 +221,10 @@ fn add_cell_racing_a_removal_of_the_placeholder_still_reaches_its_waiter() {
 #[test]
 fn a_placeholder_put_back_in_its_own_place_is_left_to_its_holder_and_not_leaked() {
     let map: DeferredMap<u8, u32> = DeferredMap::new();
-    let mut g = Box::pin(map.get(1));
+    let mut g = Box::pin(map.wait(1));
     assert!(poll_once(g.as_mut()).is_pending());
     let handle = g.cell().clone();
-    let weak = Cell::downgrade(&handle);
+    let weak = Lazy::downgrade(&handle);
     // Replacing the placeholder with itself: it must not be made to follow itself (a
     // computation awaiting its own cell, and holding it: a cycle).
     assert!(map.insert(1, handle.clone()).is_some());
@@ -238,7 +238,7 @@ fn a_placeholder_put_back_in_its_own_place_is_left_to_its_holder_and_not_leaked(
 fn a_pending_cell_added_over_itself_is_not_leaked() {
     let map: DeferredMap<u8, u32> = DeferredMap::new();
     let handle = map.cell(1);
-    let weak = Cell::downgrade(&handle);
+    let weak = Lazy::downgrade(&handle);
     // Forwarding the cell into itself would store, in the cell, a callback holding it.
     assert!(!map.add_cell(1, handle.clone()), "the key is there");
     drop((handle, map.remove(&1)));
@@ -267,10 +267,10 @@ fn an_added_cell_dropped_unrun_cancels_the_placeholder_it_forwarded_into() {
     let map = static_map(&MAP);
     // Made here, so that the placeholder is there before the add: one `get` waits on it as
     // a placeholder, the other finds it after the add claimed it.
-    let before = on_its_own_thread(map.get(Key(1, false)));
-    let mine: Cell<u32> = Cell::pending();
+    let before = on_its_own_thread(map.wait(Key(1, false)));
+    let mine: Lazy<u32> = Lazy::pending();
     assert!(!map.add_cell(Key(1, false), mine.clone()), "forwarded");
-    let after = on_its_own_thread(map.get(Key(1, false)));
+    let after = on_its_own_thread(map.wait(Key(1, false)));
     // Dropped pending: the forwarding callback is dropped unrun. Then a removal, which
     // leaves a forwarded-into cell to its forwarder: nothing else could complete it.
     drop(mine);
@@ -291,11 +291,11 @@ fn an_added_cell_dropped_unrun_cancels_the_placeholder_it_forwarded_into() {
 fn an_added_cell_dropped_unrun_leaves_a_cell_with_another_completer_to_it() {
     static MAP: OnceLock<DeferredMap<Key, u32>> = OnceLock::new();
     let map = static_map(&MAP);
-    let waiting = on_its_own_thread(map.get(Key(1, false)));
+    let waiting = on_its_own_thread(map.wait(Key(1, false)));
     // A handle was given out before the add: its holder can complete the cell.
     let handle = map.cell(Key(1, false));
     assert!(
-        !map.add_cell(Key(1, false), Cell::pending()),
+        !map.add_cell(Key(1, false), Lazy::pending()),
         "forwarded, then dropped"
     );
     assert!(!handle.is_done(), "not cancelled from under its holder");
@@ -313,9 +313,9 @@ fn a_forwarding_that_panics_cloning_the_value_gives_the_placeholder_panicked() {
         }
     }
     let map: DeferredMap<u8, Bomb> = DeferredMap::new();
-    let mut g = Box::pin(map.get(1));
+    let mut g = Box::pin(map.wait(1));
     assert!(poll_once(g.as_mut()).is_pending());
-    let mine: Cell<Bomb> = Cell::pending();
+    let mine: Lazy<Bomb> = Lazy::pending();
     assert!(!map.add_cell(1, mine.clone()), "forwarded");
     // The forwarding runs on this thread, and its clone of the value panics: the panic
     // reaches the completer, and the placeholder, which nothing else can complete, must
