@@ -28,7 +28,7 @@ use std::{
 };
 
 use arbitrary::{Arbitrary, Unstructured};
-use deferred_map::{Cell, DeferredMap, Error, Get};
+use deferred_map::{DeferredMap, Error, Get, Lazy};
 use libfuzzer_sys::fuzz_target;
 
 /// A fixed hasher, so that a crashing input reproduces.
@@ -437,7 +437,7 @@ impl Model {
         }
     }
 
-    fn pred(&self, pred: Pred, id: usize, handles: &[(Cell<u16, u8>, usize)]) -> bool {
+    fn pred(&self, pred: Pred, id: usize, handles: &[(Lazy<u16, u8>, usize)]) -> bool {
         match pred {
             Pred::Always => true,
             Pred::Never => false,
@@ -462,10 +462,10 @@ fn pick(len: usize, index: u8) -> Option<usize> {
     (len > 0).then(|| usize::from(index) % len)
 }
 
-fn real_cell(fresh: Fresh) -> Cell<u16, u8> {
+fn real_cell(fresh: Fresh) -> Lazy<u16, u8> {
     match fresh {
-        Fresh::Ready(v) => Cell::ready(v),
-        Fresh::Pending => Cell::pending(),
+        Fresh::Ready(v) => Lazy::ready(v),
+        Fresh::Pending => Lazy::pending(),
     }
 }
 
@@ -477,30 +477,30 @@ fn future(comp: Comp) -> Pin<Box<dyn Future<Output = Result<u16, u8>> + Send>> {
     }
 }
 
-fn cell_outcome(cell: &Cell<u16, u8>) -> Option<Outcome> {
+fn cell_outcome(cell: &Lazy<u16, u8>) -> Option<Outcome> {
     cell.try_get()
         .map(|o| o.copied().map_err(|e| e.map(|e| *e)))
 }
 
-fn real_pred(pred: Pred, cell: &Cell<u16, u8>, handles: &[(Cell<u16, u8>, usize)]) -> bool {
+fn real_pred(pred: Pred, cell: &Lazy<u16, u8>, handles: &[(Lazy<u16, u8>, usize)]) -> bool {
     match pred {
         Pred::Always => true,
         Pred::Never => false,
         Pred::Done => cell.is_done(),
         Pred::Pending => !cell.is_done(),
-        Pred::Is(i) => pick(handles.len(), i).is_some_and(|i| Cell::ptr_eq(cell, &handles[i].0)),
+        Pred::Is(i) => pick(handles.len(), i).is_some_and(|i| Lazy::ptr_eq(cell, &handles[i].0)),
     }
 }
 
 struct Harness<'a> {
     map: &'a Map,
     model: Model,
-    handles: Vec<(Cell<u16, u8>, usize)>,
+    handles: Vec<(Lazy<u16, u8>, usize)>,
     gets: Vec<Held<'a>>,
 }
 
 impl<'a> Harness<'a> {
-    fn hold_handle(&mut self, cell: Cell<u16, u8>, id: usize) {
+    fn hold_handle(&mut self, cell: Lazy<u16, u8>, id: usize) {
         if self.handles.len() == MAX_HELD {
             self.drop_handle(0);
         }
@@ -526,7 +526,7 @@ impl<'a> Harness<'a> {
     }
 
     /// Checks that `cell` is the model's cell `id`, as far as can be seen: same outcome.
-    fn same_cell(&self, what: &str, cell: &Cell<u16, u8>, id: usize) {
+    fn same_cell(&self, what: &str, cell: &Lazy<u16, u8>, id: usize) {
         assert_eq!(
             cell_outcome(cell),
             self.model.cells[id].outcome,
@@ -534,7 +534,7 @@ impl<'a> Harness<'a> {
         );
         if let Some((held, _)) = self.handles.iter().find(|(_, h)| *h == id) {
             assert!(
-                Cell::ptr_eq(cell, held),
+                Lazy::ptr_eq(cell, held),
                 "{what}: not the cell the model has"
             );
         }
@@ -626,7 +626,9 @@ impl<'a> Harness<'a> {
                 let k = key(&k);
                 let cell = real_cell(fresh);
                 let id = self.model.fresh(fresh);
-                let placed = self.model.insert_or_find(k, id, Kind::Kept, false, Claim::Pending);
+                let placed = self
+                    .model
+                    .insert_or_find(k, id, Kind::Kept, false, Claim::Pending);
                 let expect = if placed.inserted {
                     true
                 } else {
@@ -670,7 +672,7 @@ impl<'a> Harness<'a> {
             }
             Op::Get(k, poll) => {
                 let k = key(&k);
-                let get = map.get(k);
+                let get = map.wait(k);
                 let (cell, interest, added) = match self.model.find(k, Lookup::Wait) {
                     Some((cell, interest)) => (cell, interest, false),
                     None => {
@@ -689,7 +691,7 @@ impl<'a> Harness<'a> {
             }
             Op::GetIfPresent(k, poll) => {
                 let k = key(&k);
-                let get = map.get_if_present(&k);
+                let get = map.wait_if_present(&k);
                 let found = self.model.find(k, Lookup::Wait);
                 match (get, found) {
                     (Some(get), Some((cell, interest))) => {
@@ -806,7 +808,7 @@ impl<'a> Harness<'a> {
                 let cell = map.cell_or_add(k, mine.clone());
                 let id = self.cell_or_add(k, fresh_id);
                 assert_eq!(
-                    Cell::ptr_eq(&cell, &mine),
+                    Lazy::ptr_eq(&cell, &mine),
                     id == fresh_id,
                     "cell_or_add({k}): which cell"
                 );
@@ -853,7 +855,7 @@ impl<'a> Harness<'a> {
                 match result {
                     Ok(old) => self.check_removed(&what, Some(old), expect),
                     Err(back) => {
-                        assert!(Cell::ptr_eq(&back, &cell), "{what}: gave back another cell");
+                        assert!(Lazy::ptr_eq(&back, &cell), "{what}: gave back another cell");
                         self.check_removed(&what, None, expect);
                     }
                 }
@@ -967,8 +969,7 @@ impl<'a> Harness<'a> {
             }
             Op::Retain(mask) => {
                 map.retain(|k, _| mask & (1 << (k % 8)) != 0);
-                self.model
-                    .remove_all(|_, k, _| mask & (1 << (k % 8)) == 0);
+                self.model.remove_all(|_, k, _| mask & (1 << (k % 8)) == 0);
             }
             Op::RetainDone => {
                 map.retain(|_, c| c.is_done());
@@ -988,7 +989,7 @@ impl<'a> Harness<'a> {
             .cell
     }
 
-    fn check_removed(&self, what: &str, got: Option<Cell<u16, u8>>, expect: Option<usize>) {
+    fn check_removed(&self, what: &str, got: Option<Lazy<u16, u8>>, expect: Option<usize>) {
         match (got, expect) {
             (Some(cell), Some(id)) => self.same_cell(what, &cell, id),
             (None, None) => {}
