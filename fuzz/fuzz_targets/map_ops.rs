@@ -2,7 +2,7 @@
 //! a sequential model.
 //!
 //! The model is the map as its documentation describes it: each key holds one cell (by
-//! identity), of a kind (a `get` placeholder, the map's own computation, or kept), with a
+//! identity), of a kind (a `wait` placeholder, the map's own computation, or kept), with a
 //! count of the `Get` futures interested in it; each cell is pending or complete (value,
 //! error, cancelled, panicked) and may carry a computation (one that is ready at once, one
 //! that never finishes, or one that follows another cell). A placeholder taken out of the map
@@ -84,9 +84,9 @@ enum Op {
     AddValue(u8, u16),
     AddCell(u8, Fresh),
     AddWith(u8, Comp),
-    /// `get`, polled at once if `bool`.
-    Get(u8, bool),
-    GetIfPresent(u8, bool),
+    /// `wait`, polled at once if `bool`.
+    Wait(u8, bool),
+    WaitIfPresent(u8, bool),
     GetOrAddValue(u8, u16, bool),
     GetOrAddWith(u8, Comp, bool),
     GetOrAddCell(u8, Fresh, bool),
@@ -670,7 +670,7 @@ impl<'a> Harness<'a> {
                     "add_with({k}, {comp:?})"
                 );
             }
-            Op::Get(k, poll) => {
+            Op::Wait(k, poll) => {
                 let k = key(&k);
                 let get = map.wait(k);
                 let (cell, interest, added) = match self.model.find(k, Lookup::Wait) {
@@ -689,14 +689,14 @@ impl<'a> Harness<'a> {
                 };
                 self.got(&format!("get({k})"), get, cell, interest, added, poll);
             }
-            Op::GetIfPresent(k, poll) => {
+            Op::WaitIfPresent(k, poll) => {
                 let k = key(&k);
                 let get = map.wait_if_present(&k);
                 let found = self.model.find(k, Lookup::Wait);
                 match (get, found) {
                     (Some(get), Some((cell, interest))) => {
                         self.got(
-                            &format!("get_if_present({k})"),
+                            &format!("wait_if_present({k})"),
                             get,
                             cell,
                             interest,
@@ -706,7 +706,7 @@ impl<'a> Harness<'a> {
                     }
                     (None, None) => {}
                     (get, found) => panic!(
-                        "get_if_present({k}): got {}, the model has {found:?}",
+                        "wait_if_present({k}): got {}, the model has {found:?}",
                         if get.is_some() { "Some" } else { "None" }
                     ),
                 }

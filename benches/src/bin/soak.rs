@@ -15,8 +15,8 @@
 //!   initializers that fail, panic or are dropped; `Lazy` cells awaited by many, aborted,
 //!   completed from outside, or given their computation late (`try_attach`).
 //! * **map**: one `DeferredMap`: `get_or_add_with` bursts, `insert`, `add_value`, `remove`,
-//!   `try_get`; on keys private to each worker, `get` waiters that are then served by
-//!   `add_value` or all give up (a `get` placeholder that someone else's `insert` or `remove`
+//!   `try_get`; on keys private to each worker, `wait` waiters that are then served by
+//!   `add_value` or all give up (a `wait` placeholder that someone else's `insert` or `remove`
 //!   replaced would strand its waiters, as documented, so those keys are not shared), and
 //!   sequential read-your-write checks.
 //! * **cache**: one bounded `Cache` (1 024 entries over 4 096 keys): `get_with` bursts,
@@ -941,7 +941,7 @@ async fn map_op(s: &Arc<State>, ctx: &mut Ctx, rng: &mut Rng) -> u64 {
             n
         }
         45..=49 => {
-            // Waiters on a key with nothing there (`get` leaves a placeholder), on a key of
+            // Waiters on a key with nothing there (`wait` leaves a placeholder), on a key of
             // this worker's own: `insert` or `remove` by someone else would strand them, as
             // documented. Either the worker then adds the value, and every waiter that
             // finished must have it, or all give up, and the placeholder must be gone.

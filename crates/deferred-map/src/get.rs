@@ -15,7 +15,7 @@ use futures_core::FusedFuture;
 use crate::{DeferredMap, Lazy};
 
 /// A future that resolves to a clone of the outcome at a key. Made by
-/// [`DeferredMap::get`], [`get_or_add_with`](DeferredMap::get_or_add_with) and friends.
+/// [`DeferredMap::wait`], [`get_or_add_with`](DeferredMap::get_or_add_with) and friends.
 ///
 /// Awaiting it drives the key's computation if it has one and no one else is polling it,
 /// so a caller that stalls does not hold up the others.
@@ -30,7 +30,7 @@ use crate::{DeferredMap, Lazy};
 /// # Cancel safety
 ///
 /// Dropping it loses nothing for anyone else. If it was the last interested caller of a
-/// computation (or placeholder) that the map made for a `get`/`get_or_add_with`, the
+/// computation (or placeholder) that the map made for a `wait`/`get_or_add_with`, the
 /// computation is dropped, the cell cancelled, and the entry removed: nothing is left
 /// behind.
 ///

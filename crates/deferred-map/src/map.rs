@@ -48,7 +48,7 @@ struct Slot<K, V, E> {
 /// mistakes a cell that someone is about to complete for an orphan.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Kind {
-    /// A pending cell the map made for `get` on an absent key. Nothing but the map can
+    /// A pending cell the map made for `wait` on an absent key. Nothing but the map can
     /// complete it: no handle to it was given out, it has no computation and no added cell
     /// forwards into it. Taken out of the map, it would leave its waiters waiting forever (the
     /// fs2-es `del` trap), so the path that takes it out settles it: a removal cancels it
@@ -150,7 +150,7 @@ where
 /// found at the key (`into`) with its own outcome.
 ///
 /// `on_complete` runs a callback exactly once, when the added cell completes, or drops it
-/// unrun if the added cell is dropped while pending. If `into` was a `get` placeholder that
+/// unrun if the added cell is dropped while pending. If `into` was a `wait` placeholder that
 /// the add claimed (`Kind::Kept` from then on, so a removal leaves it alone), this callback
 /// is the one completer it has: dropped unrun, it would leave `into`'s waiters waiting
 /// forever. So its `Drop` settles such a cell, as the added cell's outcome would have: an
@@ -159,7 +159,7 @@ where
 /// add (a handle, a computation) is left to it, as before.
 struct Forward<V, E> {
     into: Lazy<V, E>,
-    /// Whether `into` was a `get` placeholder when the add claimed it.
+    /// Whether `into` was a `wait` placeholder when the add claimed it.
     only_completer: bool,
     /// Set by `run` before it completes `into`: a `Forward` dropped with it unset was never
     /// run (the added cell was dropped pending).
@@ -220,7 +220,7 @@ type Shard<K, V, E> = CachePadded<SpinRwLock<HashTable<Slot<K, V, E>>>>;
 ///
 /// # Borrowed keys
 ///
-/// Calls that take an owned key (`get`, the `add_*` and `get_or_add_*` calls, `insert`,
+/// Calls that take an owned key (`wait`, the `add_*` and `get_or_add_*` calls, `insert`,
 /// `cell`, `cell_or_add`) may store it. Calls that only look a key up or remove its entry
 /// (`wait_if_present`, `cell_if_present`, `try_get`, `try_get_with`, `is_completed`,
 /// `complete`, `remove`, `remove_if`, `remove_if_completed`, `remove_if_incomplete`,
@@ -382,7 +382,7 @@ impl<K, V, E, S> DeferredMap<K, V, E, S> {
         self.shards.iter().all(|s| s.read(|t| t.is_empty()))
     }
 
-    /// Removes every entry. `get`s waiting on a key that no one had added yet (on the
+    /// Removes every entry. Callers of `wait` on a key that no one had added yet (on the
     /// placeholder the map made for them, which nothing else can complete) get
     /// [`Error::Cancelled`], as with [`remove`](Self::remove). Every other pending cell is
     /// left to whoever can complete it: its holder, an added cell forwarding into it, or its
@@ -413,7 +413,7 @@ impl<K, V, E, S> DeferredMap<K, V, E, S> {
 
     /// Keeps only the entries for which `keep(key, cell)` says `true`. `keep` runs with no
     /// lock held, on a snapshot of each shard (keys are cloned for it, under the lock); an
-    /// entry replaced meanwhile is not touched. `get`s waiting on a removed placeholder get
+    /// entry replaced meanwhile is not touched. `wait` callers on a removed placeholder get
     /// [`Error::Cancelled`], as with [`remove`](Self::remove).
     ///
     /// ```
@@ -434,8 +434,8 @@ impl<K, V, E, S> DeferredMap<K, V, E, S> {
     /// Removes the entries for which `remove(key, cell)` says `true` and returns them: exactly
     /// the entries this call removed (one replaced after `remove` saw it is left alone, and is
     /// not returned). `remove` runs with no lock held, on a snapshot of each shard, as in
-    /// [`retain`](Self::retain). A removed placeholder that `get`s wait on is cancelled, as
-    /// in [`remove`](Self::remove), before it is returned.
+    /// [`retain`](Self::retain). A removed placeholder that callers of `wait` wait on is
+    /// cancelled, as in [`remove`](Self::remove), before it is returned.
     ///
     /// ```
     /// use deferred_map::DeferredMap;
@@ -518,7 +518,7 @@ impl<K, V, E, S> DeferredMap<K, V, E, S> {
     /// not seen.
     ///
     /// Seeing a cell here leaves its entry as it was: it does not count as taking a handle,
-    /// as [`cell_if_present`](Self::cell_if_present) does. So a clone of a `get`
+    /// as [`cell_if_present`](Self::cell_if_present) does. So a clone of a `wait`
     /// placeholder kept from here to complete later may be cancelled first, by a removal
     /// or by its last waiter leaving; take the handle with `cell_if_present` for that.
     ///
@@ -597,7 +597,7 @@ struct Placed<K, V, E> {
     interest: bool,
     /// The key and cell given, when the key was already there.
     unused: Option<(K, Lazy<V, E>)>,
-    /// Whether the claim took a `get` placeholder (made it `Kept`): the caller is now the
+    /// Whether the claim took a `wait` placeholder (made it `Kept`): the caller is now the
     /// only one who can complete it.
     claimed_placeholder: bool,
 }
@@ -989,7 +989,7 @@ where
     /// completion callback: nothing waits); if it is present and complete, nothing changes.
     /// Returns whether `cell` became the key's cell. Never waits.
     ///
-    /// If the existing cell is the placeholder that a [`get`](Self::get) on an absent key
+    /// If the existing cell is the placeholder that a [`wait`](Self::wait) on an absent key
     /// left, `cell` becomes its completer, and a removal leaves it to `cell`. So if `cell` is
     /// dropped without completing (every handle to it gone, its forwarding callback dropped
     /// unrun), the placeholder is cancelled, as if `cell` had been cancelled: its waiters get
@@ -1049,7 +1049,7 @@ where
     /// Adds the computation `fut` under `key` (fs2-es `addF`): it runs when the key is first
     /// awaited, driven by whoever awaits it (Rust futures do nothing until polled, and the
     /// map has no runtime to spawn on). If the key is present and pending without a
-    /// computation (a `get` placeholder), `fut` becomes its computation and the waiters start
+    /// computation (a `wait` placeholder), `fut` becomes its computation and the waiters start
     /// it. Returns whether `fut` was taken; otherwise it is dropped unrun.
     ///
     /// ```
@@ -1086,10 +1086,10 @@ where
     /// Removes the entry at `key` and returns its cell (fs2-es `del`, which returns whether
     /// the key was there).
     ///
-    /// If the entry is the placeholder that a [`get`](Self::get) on an absent key left (a
-    /// pending cell that nothing but the map can complete), it is cancelled: the `get`s
-    /// waiting on it get [`Error::Cancelled`] instead of waiting forever (fs2-es `del`
-    /// orphans them), and a later add of the key makes a new entry, which a new `get` finds.
+    /// If the entry is the placeholder that a [`wait`](Self::wait) on an absent key left (a
+    /// pending cell that nothing but the map can complete), it is cancelled: the `wait`
+    /// callers on it get [`Error::Cancelled`] instead of waiting forever (fs2-es `del`
+    /// orphans them), and a later add of the key makes a new entry, which a new `wait` finds.
     /// Any other cell is left as it is, to its waiters and to whoever can complete it: the
     /// holder of a handle to it, an added cell forwarding into it, or its waiters driving
     /// its computation (which goes on; its value is not stored).
@@ -1106,7 +1106,7 @@ where
     /// assert!(map.remove(&1).is_none());
     ///
     /// let waiting = map.wait(2);
-    /// map.remove(&2); // the placeholder `get` left
+    /// map.remove(&2); // the placeholder `wait` left
     /// assert_eq!(waiting.await, Err(Error::Cancelled));
     ///
     /// let names: DeferredMap<String, u8> = DeferredMap::new();
@@ -1295,7 +1295,7 @@ where
     /// Stores `cell` at `key`, replacing and returning whatever cell was there. The new entry
     /// stays until removed.
     ///
-    /// If the old cell is the placeholder that a [`get`](Self::get) on an absent key left (a
+    /// If the old cell is the placeholder that a [`wait`](Self::wait) on an absent key left (a
     /// pending cell that nothing but the map can complete), its waiters get `cell`'s
     /// outcome, as if they had awaited `cell`: the placeholder follows `cell`, and its
     /// waiters drive `cell`'s computation if it has one. Any other old cell is neither
@@ -1312,7 +1312,7 @@ where
     /// assert_eq!((old.get(), map.try_get(&1)), (Some(&1), Some(Ok(2))));
     ///
     /// let waiting = map.wait(2);
-    /// map.insert(2, Lazy::ready(5)); // over the placeholder `get` left
+    /// map.insert(2, Lazy::ready(5)); // over the placeholder `wait` left
     /// assert_eq!(waiting.await, Ok(5));
     /// # });
     /// ```

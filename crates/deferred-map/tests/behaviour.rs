@@ -191,7 +191,7 @@ fn a_panic_gives_every_waiter_panicked_and_the_entry_goes() {
 }
 
 #[test]
-fn get_on_an_absent_key_waits_and_its_placeholder_goes_if_abandoned() {
+fn wait_on_an_absent_key_waits_and_its_placeholder_goes_if_abandoned() {
     let map: DeferredMap<&str, u32> = DeferredMap::new();
     {
         let mut g = pin!(map.wait("k"));
@@ -338,13 +338,13 @@ type Shared = Arc<DeferredMap<u8, u32, String>>;
 /// nothing (the tests order events with messages, never with sleeps).
 const HANG: Duration = Duration::from_secs(10);
 
-/// A `get(key)` driven by `futures`' executor on a thread of its own.
+/// A `wait(key)` driven by `futures`' executor on a thread of its own.
 struct Waiter {
     outcome: mpsc::Receiver<Result<u32, Error<String>>>,
     thread: thread::JoinHandle<()>,
 }
 
-/// Starts a `get(key)` and returns once it waits on the key's cell (its first poll returned
+/// Starts a `wait(key)` and returns once it waits on the key's cell (its first poll returned
 /// `Pending`, so it is linked as an awaiter).
 fn waiter(map: &Shared, key: u8) -> Waiter {
     let map = map.clone();
@@ -363,7 +363,7 @@ fn waiter(map: &Shared, key: u8) -> Waiter {
     });
     linked
         .recv_timeout(HANG)
-        .expect("a get on a pending key waits");
+        .expect("a wait on a pending key waits");
     Waiter { outcome, thread }
 }
 
@@ -373,17 +373,17 @@ impl Waiter {
         let got = self
             .outcome
             .recv_timeout(HANG)
-            .unwrap_or_else(|_| panic!("after {after}: the waiting get hangs (orphaned)"));
+            .unwrap_or_else(|_| panic!("after {after}: the waiting `wait` hangs (orphaned)"));
         self.thread.join().unwrap();
         got
     }
 }
 
 #[test]
-fn remove_cancels_the_placeholder_a_get_waits_on() {
+fn remove_cancels_the_placeholder_a_wait_waits_on() {
     let map: Shared = Arc::new(DeferredMap::new());
     let w = waiter(&map, 1);
-    let removed = map.remove(&1).expect("the get's placeholder is an entry");
+    let removed = map.remove(&1).expect("the wait's placeholder is an entry");
     // A later value goes to a new entry: it cannot reach the removed placeholder.
     assert!(map.add_value(1, 5));
     assert_eq!(w.outcome("remove"), Err(Error::Cancelled));
@@ -398,7 +398,7 @@ fn insert_over_a_placeholder_gives_its_waiters_the_new_cells_outcome() {
     let w = waiter(&map, 1);
     let old = map
         .insert(1, Lazy::ready(7))
-        .expect("the get's placeholder");
+        .expect("the wait's placeholder");
     assert_eq!(w.outcome("insert of a ready cell"), Ok(7));
     assert!(
         matches!(old.try_get(), Some(Ok(7))),

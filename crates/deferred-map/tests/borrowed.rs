@@ -39,7 +39,7 @@ fn probes_take_a_str_on_a_string_map() {
 }
 
 #[test]
-fn get_if_present_by_str_waits_on_a_pending_entry() {
+fn wait_if_present_by_str_waits_on_a_pending_entry() {
     let map = Names::new();
     let cell = map.cell("job".to_string());
     let mut get = pin!(map.wait_if_present("job").unwrap());
@@ -52,7 +52,7 @@ fn get_if_present_by_str_waits_on_a_pending_entry() {
 }
 
 #[test]
-fn complete_by_str_resolves_a_get_on_the_owned_key() {
+fn complete_by_str_resolves_a_wait_on_the_owned_key() {
     let map = Names::new();
     let waiting = map.wait("job".to_string());
     assert!(!map.complete("other", Ok(1)));

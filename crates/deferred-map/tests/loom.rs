@@ -217,14 +217,14 @@ fn remove_if_incomplete_vs_complete() {
 }
 
 #[test]
-fn removal_vs_get_linking_resolves_the_get() {
+fn removal_vs_wait_linking_resolves_the_wait() {
     loom::model(|| {
         let map = Arc::new(new_map());
         let m = map.clone();
         let t = thread::spawn(move || block_on(m.wait(1)));
         drop(map.remove(&1));
         map.add_value(1, 5);
-        // The get came before the removal (its placeholder was removed: cancelled), or
+        // The wait came before the removal (its placeholder was removed: cancelled), or
         // after it (it waits for, or finds, the later value). Never a hang.
         let got = t.join().unwrap();
         assert!(matches!(got, Ok(5) | Err(Error::Cancelled)), "{got:?}");
@@ -232,13 +232,13 @@ fn removal_vs_get_linking_resolves_the_get() {
 }
 
 #[test]
-fn replacement_vs_get_linking_gives_the_get_the_new_value() {
+fn replacement_vs_wait_linking_gives_the_wait_the_new_value() {
     loom::model(|| {
         let map = Arc::new(new_map());
         let m = map.clone();
         let t = thread::spawn(move || block_on(m.wait(1)));
         drop(map.insert(1, Lazy::ready(5)));
-        // Before the insert, the get waits on a placeholder that then follows the new cell;
+        // Before the insert, the wait waits on a placeholder that then follows the new cell;
         // after it, it finds the new cell.
         assert_eq!(t.join().unwrap(), Ok(5));
     });
@@ -267,7 +267,7 @@ fn removal_vs_add_value_on_a_placeholder_loses_nothing() {
 }
 
 #[test]
-fn dropped_added_cell_vs_get_linking_cancels_the_get() {
+fn dropped_added_cell_vs_wait_linking_cancels_the_wait() {
     loom::model(|| {
         let map = Arc::new(new_map());
         let first = map.wait(1); // the placeholder, there before the add

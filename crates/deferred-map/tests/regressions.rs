@@ -162,7 +162,7 @@ fn a_removed_computation_that_keeps_its_own_waker_is_dropped_when_its_waiters_go
 }
 
 /// Removes `Key(1)` from its map when dropped. Parked in `VICTIM`, it runs in the window
-/// between an add's lookup (which found a `get` placeholder) and its completing, attaching
+/// between an add's lookup (which found a `wait` placeholder) and its completing, attaching
 /// or forwarding to it.
 struct RemoveOnDrop(&'static DeferredMap<Key, u32>);
 impl Drop for RemoveOnDrop {
@@ -171,7 +171,7 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-/// A `get` waiting on the placeholder at `Key(1)`, and a removal of that key armed to run
+/// A `wait` waiting on the placeholder at `Key(1)`, and a removal of that key armed to run
 /// inside the next add's window.
 fn placeholder_and_armed_removal(
     map: &'static DeferredMap<Key, u32>,
@@ -245,8 +245,8 @@ fn a_pending_cell_added_over_itself_is_not_leaked() {
     assert!(weak.upgrade().is_none(), "the cell leaked");
 }
 
-/// Awaits `get` on a thread of its own; its outcome comes back through the receiver. The
-/// thread is not joined: a `get` that never resolves shows as a timeout, not a hung test.
+/// Awaits `wait` on a thread of its own; its outcome comes back through the receiver. The
+/// thread is not joined: a `wait` that never resolves shows as a timeout, not a hung test.
 fn on_its_own_thread(
     get: deferred_map::Get<'static, Key, u32, std::convert::Infallible, std::hash::RandomState>,
 ) -> mpsc::Receiver<Result<u32, Error<std::convert::Infallible>>> {
@@ -258,14 +258,14 @@ fn on_its_own_thread(
     rx
 }
 
-/// Long enough for a loaded machine; a `get` that resolves does so at once.
+/// Long enough for a loaded machine; a `wait` that resolves does so at once.
 const BOUND: Duration = Duration::from_secs(10);
 
 #[test]
 fn an_added_cell_dropped_unrun_cancels_the_placeholder_it_forwarded_into() {
     static MAP: OnceLock<DeferredMap<Key, u32>> = OnceLock::new();
     let map = static_map(&MAP);
-    // Made here, so that the placeholder is there before the add: one `get` waits on it as
+    // Made here, so that the placeholder is there before the add: one `wait` waits on it as
     // a placeholder, the other finds it after the add claimed it.
     let before = on_its_own_thread(map.wait(Key(1, false)));
     let mine: Lazy<u32> = Lazy::pending();
@@ -278,12 +278,12 @@ fn an_added_cell_dropped_unrun_cancels_the_placeholder_it_forwarded_into() {
     assert_eq!(
         before.recv_timeout(BOUND),
         Ok(Err(Error::Cancelled)),
-        "the get from before the add"
+        "the wait from before the add"
     );
     assert_eq!(
         after.recv_timeout(BOUND),
         Ok(Err(Error::Cancelled)),
-        "the get from after the add"
+        "the wait from after the add"
     );
 }
 
