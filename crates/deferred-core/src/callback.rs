@@ -143,19 +143,18 @@ impl<T, E> CallbackHandle<'_, T, E> {
             if node.with_links(|l| l.status) == Status::Linked {
                 let notify = node.with_links(|l| core::mem::replace(&mut l.notify, Notify::None));
                 cell.with_lists(|lists| lists.waiters.remove(node));
-                (true, notify, cell.take_lone_closer(state))
+                (true, notify, cell.take_lone_closers(state))
             } else {
-                (false, Notify::None, None)
+                (false, Notify::None, crate::cell::WakeOnDrop::NONE)
             }
         };
         // SAFETY: we hold the lock.
         unsafe { cell.unlock(0, 0) };
         // Our reference first, so a panicking callback's drop leaves nothing held.
         drop(self.node.take());
-        if let Some(closer) = closer {
-            // SAFETY: taken off the list under the lock; not a callback.
-            unsafe { closer.notify(ptr::null()) };
-        }
+        // The closer's wake before the callback is dropped (user code); the guard wakes it
+        // even if dropping our reference panics.
+        drop(closer);
         // SAFETY: the callback's notify, taken off its node under the lock (the node is in
         // no list now): its one call. Discarding drops the callback unrun.
         unsafe { notify.discard() };

@@ -42,9 +42,9 @@ const CANCELLED: usize = 2;
 const PANICKED: usize = 3;
 
 /// Whether a producer's work is wanted by no one now (`Producer::is_closed`): the cell is
-/// complete or being completed (WON), or no node waits in either list. A producer's own
-/// closer is never linked alone while the cell is pending (see `take_lone_closer`), so the
-/// list bits alone tell.
+/// complete or being completed (WON), or no node waits in either list. While the cell is
+/// pending, closers (the producer's, and those of leaked `Closed` futures) are linked only
+/// beside a node that is not a closer (see `take_lone_closers`), so the list bits alone tell.
 #[inline]
 pub(crate) fn is_closed(state: usize) -> bool {
     state & (WON | DONE) != 0 || state & (WAITERS | CLAIMANTS) == 0
@@ -654,17 +654,15 @@ impl<T, E> Deferred<T, E> {
                             }
                         })
                     };
-                    // The round took waiters off the list; if only a producer's closer is
-                    // left, it is owed its wake (see `take_lone_closer`).
+                    // The round took waiters off the list; if only closers are left, the
+                    // producer's is owed its wake (see `take_lone_closers`). A guard: if a
+                    // waker of the batch panics, unwinding still wakes it.
                     // SAFETY: we hold the lock.
-                    let closer = unsafe { self.cell.take_lone_closer(state) };
+                    let closer = unsafe { self.cell.take_lone_closers(state) };
                     // SAFETY: we hold the lock.
                     unsafe { self.cell.unlock(0, 0) };
                     batch.wake_all();
-                    if let Some(closer) = closer {
-                        // SAFETY: taken off the list under the lock; not a callback.
-                        unsafe { closer.notify(core::ptr::null()) };
-                    }
+                    drop(closer);
                     if finished {
                         return;
                     }
@@ -891,63 +889,85 @@ impl<T, E> Deferred<T, E> {
         // SAFETY: the lock is held; the node belongs to this cell.
         let (status, notify) =
             unsafe { node.with_links(|l| (l.status, mem::replace(&mut l.notify, Notify::None))) };
-        let mut handoff = None;
+        let mut handoff = WakeOnDrop::NONE;
         let mut clear = 0;
-        let mut closer = None;
+        let mut closer = WakeOnDrop::NONE;
         match status {
             // SAFETY: the lock is held and the node is linked in `which`.
             Status::Linked => unsafe {
                 self.with_lists(|lists| lists.get(which).remove(node));
-                closer = self.take_lone_closer(state);
+                closer = self.take_lone_closers(state);
             },
-            // SAFETY: the lock is held.
-            Status::Granted => unsafe { (handoff, clear) = self.pass_claim_locked(state) },
+            // SAFETY: the lock is held, and the granted node's owner (us) holds the claim.
+            // `next` comes off the claimant list, which holds no callbacks, and is woken
+            // once, by the guard. (No closer can be linked: closers exist only under a
+            // `Producer`, which never passes the claim on: it completes or cancels.)
+            Status::Granted => unsafe {
+                let next;
+                (next, clear) = self.pass_claim_locked(state);
+                handoff = WakeOnDrop::new(next);
+            },
             Status::Idle | Status::Notified => {}
         }
         // SAFETY: we hold the lock.
         unsafe { self.unlock(0, clear) };
+        // Both wakes before the leaving node's own waker is dropped (user code that may
+        // panic); the guards wake them even if one of these wakes panics.
+        drop(handoff);
+        drop(closer);
         // A future's own waker (callbacks have no future, so none is ever cancelled here).
         drop(notify);
-        if let Some(next) = handoff {
-            // SAFETY: `next` came off the claimant list, which holds no callbacks.
-            unsafe { next.notify(core::ptr::null()) };
-        }
-        if let Some(closer) = closer {
-            // SAFETY: taken off the list under the lock; a closer is not a callback.
-            unsafe { closer.notify(core::ptr::null()) };
-        }
     }
 
     /// With the lock held, after a node was taken off a list: if the cell is pending and
-    /// the only node left is a producer's closer (`Producer::closed`), takes it off too and
-    /// returns its notify, to be woken once the lock is released: no one waits any more.
+    /// every node left is a producer's closer (`Producer::closed`), takes them all off and
+    /// returns a guard that wakes the last of them once dropped (after the lock is
+    /// released): no one waits any more.
     ///
     /// This keeps the invariant that `Producer::is_closed` reads from the state word alone:
-    /// while the cell is pending, a closer is linked only beside another node (it links
-    /// itself only then, under the lock, and every path that unlinks a node of a pending
-    /// cell calls this before it unlocks), so WAITERS | CLAIMANTS clear means no one waits.
-    /// A completion (WON) wakes the closer itself: it drains every list.
+    /// while the cell is pending, a closer is linked only beside a node that is not a closer
+    /// (it links itself only then, under the lock, and every path that unlinks a node of a
+    /// pending cell calls this before it unlocks), so WAITERS | CLAIMANTS clear means no one
+    /// waits. A completion (WON) wakes closers itself: it drains every list.
+    ///
+    /// There is usually one closer. More are linked only if a `Closed` was leaked while
+    /// linked (`mem::forget`, safe code): that ends its `&mut Producer` borrow, so another
+    /// `Closed` can link. A leaked future is never polled or dropped again, so at most one
+    /// closer in the list can still be polled: the one linked last (the list is FIFO and a
+    /// `Closed` can only be made once every earlier one is leaked or dropped, and a dropped
+    /// one unlinks itself). That one's notify is taken and woken; the ones ahead of it are
+    /// unlinked with their wakers left in their (leaked) nodes, never dropped, as a leaked
+    /// future's waker never is. This is liveness, not safety: were an earlier one still
+    /// live, it would only miss its wake (its node is marked Notified, so its owner frees it
+    /// without the lock, dropping the waker with it).
     ///
     /// # Safety
     ///
     /// The lock is held; `state` is the word `lock` returned.
-    pub(crate) unsafe fn take_lone_closer(&self, state: usize) -> Option<Notify> {
+    pub(crate) unsafe fn take_lone_closers(&self, state: usize) -> WakeOnDrop {
         if state & (WON | DONE) != 0 {
-            return None;
+            return WakeOnDrop::NONE;
         }
-        // SAFETY: the lock is held (caller). A linked node is alive (list invariant); it is
-        // popped, marked Notified, and not touched again.
+        // SAFETY: the lock is held (caller). Linked nodes are alive (list invariant); each
+        // popped one is marked Notified and not touched again. The last notify taken is a
+        // closer's (not a callback), taken off its node under the lock: the guard's one call.
         unsafe {
-            self.with_lists(|lists| {
-                let only = lists.waiters.single()?;
-                if !lists.claimants.is_empty() || !(*only).with_links(|l| l.notify.is_closer()) {
+            let last = self.with_lists(|lists| {
+                if !lists.claimants.is_empty()
+                    || lists.waiters.is_empty()
+                    || !lists.waiters.all_closers()
+                {
                     return None;
+                }
+                while lists.waiters.single().is_none() {
+                    lists.waiters.pop_front_leaving_notify(Status::Notified);
                 }
                 lists
                     .waiters
                     .pop_front(Status::Notified)
                     .map(|(_, notify)| notify)
-            })
+            });
+            WakeOnDrop::new(last)
         }
     }
 
@@ -957,8 +977,11 @@ impl<T, E> Deferred<T, E> {
     ///
     /// # Safety
     ///
-    /// As for `poll_node`; and the caller holds the claim (so no other closer exists, and
-    /// no claim is passed on while the node is linked).
+    /// As for `poll_node`; and the caller holds the claim (through `&mut Producer`), so no
+    /// claim is passed on while the node is linked. Other closers may be linked: those of
+    /// `Closed` futures leaked while linked (safe code), never polled or dropped again. That
+    /// is a liveness matter, not a safety one: every closer is a node of this cell, and each
+    /// is handled as any node is (see `take_lone_closers`).
     pub(crate) unsafe fn poll_closer(
         &self,
         node: &Node,
@@ -989,19 +1012,14 @@ impl<T, E> Deferred<T, E> {
             // SAFETY: the lock is held; the node is ours, pinned, and unlinked before it is
             // freed (the caller's contract).
             unsafe {
-                let me: *const Node = node;
                 let is_linked = node.with_links(|l| l.status) == Status::Linked;
                 self.with_lists(|lists| {
-                    let others = !lists.claimants.is_empty()
-                        || if is_linked {
-                            lists.waiters.single() != Some(me)
-                        } else {
-                            !lists.waiters.is_empty()
-                        };
+                    // Whether a node that is not a closer waits (leaked closers do not count).
+                    let others = !lists.claimants.is_empty() || !lists.waiters.all_closers();
                     if !others {
                         if is_linked {
-                            // Unreachable while the invariant of `take_lone_closer` holds;
-                            // kept total.
+                            // Unreachable while the invariant of `take_lone_closers`
+                            // holds; kept total.
                             lists.waiters.remove(node);
                             node.with_links(|l| stale = mem::replace(&mut l.notify, fresh));
                             unlinked = true;
@@ -1022,15 +1040,24 @@ impl<T, E> Deferred<T, E> {
                 })
             }
         };
+        // Leaked closers left alone by our unlinking (unreachable with ours, kept total).
+        let leaked = if unlinked {
+            // SAFETY: we hold the lock; `state` is the word `lock` returned.
+            unsafe { self.take_lone_closers(state) }
+        } else {
+            WakeOnDrop::NONE
+        };
         // SAFETY: we hold the lock.
         let before = unsafe { self.unlock(0, 0) };
-        // Set before any user code (the stale waker's drop) can unwind: `Drop` unlinks by it.
+        // Set before any user code (a wake, the stale waker's drop) can unwind: `Drop`
+        // unlinks by it.
         if pushed {
             *linked = Some(Which::Waiters);
         }
         if unlinked {
             *linked = None;
         }
+        drop(leaked);
         drop(stale);
         if closed {
             return true;
@@ -1068,12 +1095,12 @@ impl<T, E> Deferred<T, E> {
         let state = self.lock();
         // SAFETY: the lock is held and the caller holds the claim.
         let (handoff, clear) = unsafe { self.pass_claim_locked(state) };
+        // SAFETY: `handoff` came off the claimant list under the lock (no callbacks there)
+        // and is woken once, by the guard.
+        let handoff = unsafe { WakeOnDrop::new(handoff) };
         // SAFETY: we hold the lock.
         unsafe { self.unlock(0, clear) };
-        if let Some(next) = handoff {
-            // SAFETY: `next` came off the claimant list, which holds no callbacks.
-            unsafe { next.notify(core::ptr::null()) };
-        }
+        drop(handoff);
     }
 
     /// Takes the claim if it is free and the cell is not being completed.
@@ -1098,6 +1125,35 @@ impl<T, E> Deferred<T, E> {
     /// A polled waker's notify.
     pub(crate) fn waker_notify(waker: &Waker) -> Notify {
         Notify::Waker(waker.clone())
+    }
+}
+
+/// A notify taken off a list under the lock, woken (with no cell: never a callback) when the
+/// guard is dropped, after the lock is released. Dropped during unwinding too, so a panic in
+/// user code that runs first (a waker's drop or wake) does not strand it.
+#[must_use]
+pub(crate) struct WakeOnDrop(Option<Notify>);
+
+impl WakeOnDrop {
+    pub(crate) const NONE: WakeOnDrop = WakeOnDrop(None);
+
+    /// # Safety
+    ///
+    /// `notify` was taken off its node under the cell's lock, is not a callback, and is
+    /// given to no one else (this guard makes its one call). The guard is dropped only
+    /// once the lock is released.
+    pub(crate) unsafe fn new(notify: Option<Notify>) -> Self {
+        WakeOnDrop(notify)
+    }
+}
+
+impl Drop for WakeOnDrop {
+    fn drop(&mut self) {
+        if let Some(notify) = self.0.take() {
+            // SAFETY: the contract of `new`: taken off its node, not a callback (so a null
+            // cell is fine), and this is its one call, made with the lock released.
+            unsafe { notify.notify(core::ptr::null()) };
+        }
     }
 }
 

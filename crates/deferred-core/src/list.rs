@@ -16,9 +16,10 @@ pub(crate) enum Notify {
     /// An async task.
     Waker(Waker),
     /// The task of a producer waiting in `Producer::closed` for the cell to have no waiter
-    /// left (or to complete). It is not itself a waiter: it is linked only while another node
-    /// is, and whoever unlinks the last other node of a pending cell takes it off and wakes
-    /// it (`Deferred::take_lone_closer`).
+    /// left (or to complete). It is not itself a waiter: it is linked only while a node that
+    /// is not a closer is, and whoever unlinks the last such node of a pending cell takes
+    /// every closer off and wakes the one that can still be polled
+    /// (`Deferred::take_lone_closers`).
     Closer(Waker),
     /// A thread parked in a blocking wait.
     #[cfg(feature = "std")]
@@ -177,6 +178,26 @@ impl List {
         (!self.head.is_null() && self.head == self.tail).then_some(self.head)
     }
 
+    /// Whether every linked node is a producer's closer (`true` for an empty list). Walks
+    /// only past leading closers, so it costs O(1 + closers linked): one closer normally,
+    /// more only while `Closed` futures leaked (`mem::forget`) while linked stay in the list.
+    ///
+    /// # Safety
+    ///
+    /// The cell's lock is held.
+    pub(crate) unsafe fn all_closers(&self) -> bool {
+        let mut at = self.head;
+        while !at.is_null() {
+            // SAFETY: linked nodes are alive (list invariant) and the lock is held.
+            let (closer, next) = unsafe { (*at).with_links(|l| (l.notify.is_closer(), l.next)) };
+            if !closer {
+                return false;
+            }
+            at = next;
+        }
+        true
+    }
+
     /// Links `node` at the back.
     ///
     /// # Safety
@@ -214,6 +235,30 @@ impl List {
     ///
     /// The cell's lock is held.
     pub(crate) unsafe fn pop_front(&mut self, status: Status) -> Option<(*const Node, Notify)> {
+        // SAFETY: forwarded to the caller.
+        unsafe { self.pop_front_with(status, true) }
+    }
+
+    /// As [`pop_front`](Self::pop_front), but leaves the node's `Notify` in the node (it is
+    /// dropped with the node, never woken): for the closers of leaked `Closed` futures,
+    /// whose wakers must not be dropped under the lock (user code) and need no wake.
+    ///
+    /// # Safety
+    ///
+    /// The cell's lock is held.
+    pub(crate) unsafe fn pop_front_leaving_notify(&mut self, status: Status) -> bool {
+        // SAFETY: forwarded to the caller.
+        unsafe { self.pop_front_with(status, false) }.is_some()
+    }
+
+    /// # Safety
+    ///
+    /// The cell's lock is held.
+    unsafe fn pop_front_with(
+        &mut self,
+        status: Status,
+        take: bool,
+    ) -> Option<(*const Node, Notify)> {
         let head = self.head;
         if head.is_null() {
             return None;
@@ -226,7 +271,12 @@ impl List {
                 let next = l.next;
                 l.prev = ptr::null();
                 l.next = ptr::null();
-                (next, core::mem::replace(&mut l.notify, Notify::None))
+                let notify = if take {
+                    core::mem::replace(&mut l.notify, Notify::None)
+                } else {
+                    Notify::None
+                };
+                (next, notify)
             })
         };
         self.head = next.0;

@@ -978,3 +978,71 @@ fn spin_locks_released_by_a_panicking_closure_do_not_poison_the_model() {
         assert_eq!(rwlock.read(|n| *n), 1);
     });
 }
+
+/// A relay round (`try_attach`'s `notify_waiters`) vs the only waiter leaving, while the
+/// producer's `closed()` is linked: `closed` must resolve (a parked producer is a deadlock).
+/// Two threads: the producer links its closer, runs the round, then waits on `closed`; the
+/// waiter leaves on the other thread. (A review's three-thread model, with the round on a
+/// third thread, took 398 s at two preemptions; this one keeps the closer linked across the
+/// whole round and races both unlinkers, the round's pops and the waiter's leaving.)
+#[test]
+fn relay_round_vs_the_last_waiter_leaving_wakes_closed() {
+    loom::model(|| {
+        let lazy: &'static Lazy<usize, ()> = Box::leak(Box::new(Lazy::pending()));
+        let mut producer = lazy.deferred().producer().unwrap();
+        let mut w = Box::pin(lazy.wait());
+        assert!(poll_once(w.as_mut()).is_pending());
+        let leaver = thread::spawn(move || drop(w));
+        {
+            let mut closed = pin!(producer.closed());
+            if poll_once(closed.as_mut()).is_pending() {
+                let _ = lazy.try_attach(Box::pin(std::future::pending::<Result<usize, ()>>()));
+                block_on(closed);
+            }
+        }
+        leaver.join().unwrap();
+        assert!(producer.is_closed());
+        drop(producer);
+    });
+}
+
+/// Two unlinkers at once (a waiter dropped, a callback disposed), each of which may be
+/// "the last one", while the producer waits on `closed()`.
+#[test]
+fn two_last_unlinkers_vs_closed() {
+    loom::model(|| {
+        let cell = leaked_cell();
+        let mut producer = cell.producer().unwrap();
+        let handle = cell.on_complete(|_| {});
+        let mut w = Box::pin(cell.wait());
+        assert!(poll_once(w.as_mut()).is_pending());
+        let disposer = thread::spawn(move || assert!(handle.dispose()));
+        let leaver = thread::spawn(move || drop(w));
+        block_on(producer.closed());
+        disposer.join().unwrap();
+        leaver.join().unwrap();
+        assert!(producer.is_closed());
+    });
+}
+
+/// The producer drops its `Closed` unwoken (select! lost) while the last waiter's leaving
+/// takes the closer off the list: the fast path of `cancel_node` (is_notified, no lock) vs
+/// `take_lone_closers`'s pop; loom flags a touch of the freed node as a data race.
+#[test]
+fn closed_dropped_vs_the_last_waiter_leaving() {
+    loom::model(|| {
+        let cell = leaked_cell();
+        let mut producer = cell.producer().unwrap();
+        let mut w = Box::pin(cell.wait());
+        assert!(poll_once(w.as_mut()).is_pending());
+        {
+            let mut closed = Box::pin(producer.closed());
+            assert!(poll_once(closed.as_mut()).is_pending());
+            let leaver = thread::spawn(move || drop(w));
+            // dropped (and freed) here, racing the leaver
+            drop(closed);
+            leaver.join().unwrap();
+        }
+        assert!(producer.is_closed());
+    });
+}

@@ -6,7 +6,9 @@
 mod common;
 
 use std::{
+    cell::RefCell,
     future::Future,
+    panic::{catch_unwind, AssertUnwindSafe},
     pin::{pin, Pin},
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst},
@@ -17,8 +19,8 @@ use std::{
 };
 
 use common::{counting_waker, poll_once, Counts};
-use deferred_core::{Deferred, Lazy};
-use futures::task::noop_waker;
+use deferred_core::{Closed, Deferred, Lazy};
+use futures::task::{noop_waker, ArcWake};
 
 /// Runs `f` on its own thread and fails if it has not returned within 20 s (a hang, such as
 /// a loop with the cell's lock held, would otherwise stall the whole test run).
@@ -156,4 +158,199 @@ fn get_or_init_sees_a_direct_completion_while_its_initializer_runs() {
         dropped.load(SeqCst),
         "its initializer is dropped once the cell is done"
     );
+}
+
+// ----- `Producer::closed` wake-ups lost to a panicking waker or a leaked `Closed` --------
+// (a review of the `Closed` protocol: findings F1, F1b, F2; each doc below describes the
+// defect as it was.)
+
+/// A waker whose last clone panics when dropped.
+struct BombOnDrop;
+impl ArcWake for BombOnDrop {
+    fn wake_by_ref(_: &Arc<Self>) {}
+}
+impl Drop for BombOnDrop {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            panic!("waker dropped: boom");
+        }
+    }
+}
+
+/// F1: `cancel_node` takes the lone closer off the list under the lock, then drops the
+/// leaving waiter's waker (user code) BEFORE waking the closer. If that drop panics, the
+/// closer's notify (already popped, node marked Notified) is dropped unwoken: the
+/// producer's task is never woken, although no one waits any more, and no later event
+/// can wake it (its node is off the list).
+#[test]
+fn closer_is_woken_even_if_the_leaving_waiters_waker_panics_on_drop() {
+    let cell: Deferred<u8> = Deferred::new();
+    let mut producer = cell.producer().unwrap();
+    let mut wait = Box::pin(cell.wait());
+    {
+        let bomb = futures::task::waker(Arc::new(BombOnDrop));
+        assert!(poll_once(wait.as_mut(), &bomb).is_pending());
+        // `bomb` dropped here: the clone in the node is the last reference.
+    }
+    let counts = Arc::new(Counts::default());
+    let waker = counting_waker(&counts);
+    let mut closed = Box::pin(producer.closed());
+    assert!(
+        poll_once(closed.as_mut(), &waker).is_pending(),
+        "a waiter waits"
+    );
+    let r = catch_unwind(AssertUnwindSafe(|| drop(wait)));
+    assert!(r.is_err(), "the waker's drop panicked (user code)");
+    // The closer was taken off the list by the waiter's leaving: it is closed now...
+    let now_ready = {
+        // (peek without consuming the wake count)
+        let noop = noop_waker();
+        poll_once(closed.as_mut(), &noop).is_ready()
+    };
+    assert!(
+        now_ready,
+        "the closer is off the list and the cell has no waiter"
+    );
+    // ...but the producer's task was never told (README: "A waker that panics does not
+    // stop the others being woken").
+    assert_eq!(
+        counts.wakes(),
+        1,
+        "LOST WAKE-UP: the closer was unlinked but never woken"
+    );
+}
+
+/// F2: a `Closed` leaked while linked (`mem::forget` of a `Box::pin`, safe code) ends the
+/// producer's `&mut` borrow, so a second `Closed` can be made and linked. Now two closer
+/// nodes sit in the list; when the last real waiter leaves, `take_lone_closer` sees two
+/// nodes (`single()` is `None`) and takes neither: WAITERS stays set and the second
+/// `closed()` is never woken, though no one waits (it hangs until it is dropped; dropping
+/// it then pops the leaked one).
+#[test]
+fn a_leaked_closed_does_not_make_the_next_closed_hang() {
+    let cell: Deferred<u8> = Deferred::new();
+    let mut producer = cell.producer().unwrap();
+    let mut wait = Box::pin(cell.wait());
+    assert!(poll_once(wait.as_mut(), &noop_waker()).is_pending());
+    let mut leaked = Box::pin(producer.closed());
+    assert!(poll_once(leaked.as_mut(), &noop_waker()).is_pending());
+    // As `mem::forget(leaked)` (safe: the node stays linked, never dropped), but keeping the
+    // address, untyped (so the borrow of `producer` ends), to free the memory at the end
+    // (miri's leak check).
+    let layout = std::alloc::Layout::for_value(&*leaked);
+    // SAFETY: the value is never moved (nor dropped); only its memory is freed, below.
+    let leaked = Box::into_raw(unsafe { Pin::into_inner_unchecked(leaked) }).cast::<u8>();
+    let counts = Arc::new(Counts::default());
+    let mut closed = Box::pin(producer.closed());
+    assert!(poll_once(closed.as_mut(), &counting_waker(&counts)).is_pending());
+    drop(wait); // the last (only) waiter leaves
+    assert_eq!(
+        counts.wakes(),
+        1,
+        "LOST WAKE-UP: the last waiter left but the second closer was not woken"
+    );
+    drop(closed);
+    assert!(producer.is_closed(), "both closers are off the list");
+    // SAFETY: allocated by the `Box` above with this layout; the leaked `Closed` was taken
+    // off the list with the second one (were it still linked, the cell's drop below would
+    // touch freed memory, which miri reports), and nothing reads it again. Its `Drop` never
+    // runs, as for a leaked future; its waker (a noop waker) owns nothing.
+    unsafe { std::alloc::dealloc(leaked, layout) };
+}
+
+// ----- F1b: the same stranding at the end of a Lazy relay round ------------------------
+
+type L = Lazy<u8, ()>;
+/// The producer's `Closed`, polled from a waiter's wake.
+type PinnedClosed = Pin<Box<Closed<'static, u8, ()>>>;
+
+thread_local! {
+    static CLOSER: RefCell<Option<PinnedClosed>> = const { RefCell::new(None) };
+    static CLOSER_COUNTS: RefCell<Option<Arc<Counts>>> = const { RefCell::new(None) };
+}
+
+/// Polls the producer's `Closed` (re-entrantly, from a waiter's wake): it links behind the
+/// round's sentinel.
+struct PollCloserOnWake;
+impl ArcWake for PollCloserOnWake {
+    fn wake_by_ref(_: &Arc<Self>) {
+        let counts = CLOSER_COUNTS.with(|c| c.borrow().clone()).unwrap();
+        CLOSER.with(|c| {
+            if let Some(closed) = c.borrow_mut().as_mut() {
+                let r = poll_once(closed.as_mut(), &counting_waker(&counts));
+                assert!(r.is_pending(), "waiters are still linked");
+            }
+        });
+    }
+}
+
+struct PanicOnWake;
+impl ArcWake for PanicOnWake {
+    fn wake_by_ref(_: &Arc<Self>) {
+        panic!("waker panics on wake");
+    }
+}
+
+/// F1b: in `notify_waiters`, the iteration that pops the round's sentinel also takes the
+/// lone closer (`take_lone_closer`) into a local `Option<Notify>` that is woken only AFTER
+/// `batch.wake_all()`. If a waiter's waker in that batch panics, the local is dropped
+/// during unwinding: the closer is off the list and never woken (the batch's own Drop
+/// guard wakes the rest of the batch, not the closer). 33 waiters so the round spans two
+/// batches (BATCH = 32); the closer links between them (re-entrantly, from the first
+/// waiter's wake), i.e. behind the sentinel.
+#[test]
+fn closer_is_woken_even_if_a_waker_in_the_last_relay_batch_panics() {
+    // Leaked for `'static` (the thread-local holds the `Closed`), freed at the end (miri's
+    // leak check).
+    let lazy_ptr = Box::into_raw(Box::new(L::pending()));
+    // SAFETY: freed only at the end, once nothing borrows it.
+    let lazy: &'static L = unsafe { &*lazy_ptr };
+    let producer_ptr = Box::into_raw(Box::new(lazy.deferred().producer().unwrap()));
+    // SAFETY: as for `lazy`; this is the one reference made from the pointer.
+    let producer = unsafe { &mut *producer_ptr };
+    let mut waits: Vec<_> = (0..33).map(|_| Box::pin(lazy.wait())).collect();
+    let reentrant = futures::task::waker(Arc::new(PollCloserOnWake));
+    let bomb = futures::task::waker(Arc::new(PanicOnWake));
+    for (i, w) in waits.iter_mut().enumerate() {
+        let waker: Waker = match i {
+            0 => reentrant.clone(),
+            32 => bomb.clone(),
+            _ => noop_waker(),
+        };
+        assert!(poll_once(w.as_mut(), &waker).is_pending());
+    }
+    let counts = Arc::new(Counts::default());
+    CLOSER_COUNTS.with(|c| *c.borrow_mut() = Some(counts.clone()));
+    CLOSER.with(|c| *c.borrow_mut() = Some(Box::pin(producer.closed())));
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        let _ = lazy.try_attach(Box::pin(std::future::pending::<Result<u8, ()>>()));
+    }));
+    assert!(r.is_err(), "the last batch's waker panicked");
+    assert!(
+        counts.clones() >= 1,
+        "the closer was polled (and linked) mid-round"
+    );
+    // Every waiter goes away without polling again: no one waits at all now.
+    drop(waits);
+    let ready = CLOSER.with(|c| {
+        let mut c = c.borrow_mut();
+        poll_once(c.as_mut().unwrap().as_mut(), &noop_waker()).is_ready()
+    });
+    assert!(
+        ready,
+        "the closer is off the list: it would resolve if polled"
+    );
+    assert_eq!(
+        counts.wakes(),
+        1,
+        "LOST WAKE-UP: the relay round unlinked the closer but never woke it"
+    );
+    CLOSER.with(|c| drop(c.borrow_mut().take()));
+    // SAFETY: made by `Box::into_raw` above; the waiters and the `Closed` that borrowed them
+    // are dropped, and nothing uses `lazy` or `producer` again. The producer first (it
+    // borrows the cell).
+    unsafe {
+        drop(Box::from_raw(producer_ptr));
+        drop(Box::from_raw(lazy_ptr));
+    }
 }
