@@ -3,8 +3,8 @@
 //! once with a counting global allocator watching, and every loader call counted.
 //!
 //! Its own test binary, for the global allocator that `allocation-counter` installs (a
-//! dev-dependency: a counting allocator needs `unsafe impl GlobalAlloc`, and unsafe code
-//! belongs in `deferred-core` only). It counts the measuring thread's allocations only
+//! dev-dependency: a counting allocator must implement `GlobalAlloc`, an unchecked trait
+//! that only `deferred-core` may implement). It counts the measuring thread's allocations only
 //! (thread-local counters), so the harness and other tests running beside it do not show;
 //! `the_counter_counts_this_threads_allocations_only` checks that it is installed and counts,
 //! so a zero below cannot come from a counter that is not there.
