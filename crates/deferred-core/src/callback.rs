@@ -98,10 +98,10 @@ pub struct CallbackHandle<'a, T, E = core::convert::Infallible> {
     node: Option<NodeRef>,
 }
 
-// SAFETY: the handle gives access to the cell (as `&Deferred`, which is `Send` when the cell
-// is `Sync`) and holds a reference to a callback node that is only touched under the cell's
-// lock; the callback itself is `Send`, and it is dropped (by `dispose`) or freed on whatever
-// thread releases the last reference.
+// The handle gives access to the cell (as `&Deferred`, which is `Send` when the cell is
+// `Sync`) and holds a reference to a callback node that is only touched under the cell's lock.
+// SAFETY: the callback itself is `Send`, and it is dropped (by `dispose`) or freed on whatever
+// thread releases the last reference; the rest is shared as said above.
 unsafe impl<T: Send + Sync, E: Send + Sync> Send for CallbackHandle<'_, T, E> {}
 // SAFETY: `&CallbackHandle` gives access to nothing but `Debug`.
 unsafe impl<T: Send + Sync, E: Send + Sync> Sync for CallbackHandle<'_, T, E> {}

@@ -898,10 +898,10 @@ impl<T, E> Deferred<T, E> {
                 self.with_lists(|lists| lists.get(which).remove(node));
                 closer = self.take_lone_closers(state);
             },
-            // SAFETY: the lock is held, and the granted node's owner (us) holds the claim.
-            // `next` comes off the claimant list, which holds no callbacks, and is woken
-            // once, by the guard. (No closer can be linked: closers exist only under a
-            // `Producer`, which never passes the claim on: it completes or cancels.)
+            // (No closer can be linked: closers exist only under a `Producer`, which never
+            // passes the claim on: it completes or cancels.) SAFETY: the lock is held, and the
+            // granted node's owner (us) holds the claim. `next` comes off the claimant list,
+            // which holds no callbacks, and is woken once, by the guard.
             Status::Granted => unsafe {
                 let next;
                 (next, clear) = self.pass_claim_locked(state);

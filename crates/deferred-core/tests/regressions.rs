@@ -251,10 +251,10 @@ fn a_leaked_closed_does_not_make_the_next_closed_hang() {
     );
     drop(closed);
     assert!(producer.is_closed(), "both closers are off the list");
+    // Its `Drop` never runs, as for a leaked future; its waker (a noop waker) owns nothing.
     // SAFETY: allocated by the `Box` above with this layout; the leaked `Closed` was taken
     // off the list with the second one (were it still linked, the cell's drop below would
-    // touch freed memory, which miri reports), and nothing reads it again. Its `Drop` never
-    // runs, as for a leaked future; its waker (a noop waker) owns nothing.
+    // touch freed memory, which miri reports), and nothing reads it again.
     unsafe { std::alloc::dealloc(leaked, layout) };
 }
 
