@@ -699,15 +699,12 @@ where
     /// ```
     pub fn iter(&self) -> Iter<K, V> {
         let mut entries = Vec::new();
-        // `extract_if` hands each shard's snapshot to the closure with no lock held;
-        // saying `false` to every entry removes nothing.
-        let removed = self.inner.map.extract_if(|key, cell| {
+        // `for_each` hands each shard's snapshot to the closure with no lock held.
+        self.inner.map.for_each(|key, cell| {
             if let Some(stored) = cell.get() {
                 entries.push((key.clone(), stored.value.clone()));
             }
-            false
         });
-        debug_assert!(removed.is_empty());
         Iter {
             entries: entries.into_iter(),
         }
@@ -1255,6 +1252,21 @@ impl<K, V> Iterator for Iter<K, V> {
 }
 
 impl<K, V> ExactSizeIterator for Iter<K, V> {}
+
+/// A snapshot made from `(key, value)` pairs: how the layers above (the expiring cache)
+/// hand out theirs.
+///
+/// ```
+/// let iter: deferred_cache::Iter<u8, u8> = [(1, 10), (2, 20)].into_iter().collect();
+/// assert_eq!(iter.len(), 2);
+/// ```
+impl<K, V> FromIterator<(K, V)> for Iter<K, V> {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(pairs: I) -> Self {
+        Iter {
+            entries: pairs.into_iter().collect::<Vec<_>>().into_iter(),
+        }
+    }
+}
 
 impl<K, V> core::iter::FusedIterator for Iter<K, V> {}
 

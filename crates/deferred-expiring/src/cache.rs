@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use deferred_cache::{Cache, RemovalCause, Stats};
+use deferred_cache::{Cache, Iter, RemovalCause, Stats};
 
 use crate::{
     clock::{Clock, SystemClock},
@@ -610,14 +610,7 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let now = now_nanos(self.core.clock.now());
-        self.core
-            .inner
-            .peek_with(key, |entry| match &entry.slot {
-                Ok(value) if entry.deadline.load(Acquire) > now => Some(value.clone()),
-                _ => None,
-            })
-            .flatten()
+        self.peek_with(key, V::clone)
     }
 
     /// The value at `key` seen through a reference, if present and before its deadline,
@@ -895,8 +888,7 @@ where
     pub fn iter(&self) -> Iter<K, V> {
         let now = self.core.tend();
         let now_nanos = now_nanos(now);
-        let entries: Vec<(K, V)> = self
-            .core
+        self.core
             .inner
             .iter()
             .filter_map(|(key, entry)| {
@@ -906,10 +898,7 @@ where
                     _ => None,
                 }
             })
-            .collect();
-        Iter {
-            entries: entries.into_iter(),
-        }
+            .collect()
     }
 
     /// Keeps only the live values for which `keep(key, value)` says `true`; removes the
@@ -1394,45 +1383,6 @@ where
             Ok(core.new_entry(&key, Err(Arc::new(error)), None))
         }
         Err(error) => Err(error),
-    }
-}
-
-/// The live entries of an expiring cache, from [`ExpiringCache::iter`]: `(key, value)`
-/// clones from a weakly consistent snapshot, taken when `iter` was called. It holds no lock
-/// and no reference to the cache.
-///
-/// ```
-/// let cache: deferred_expiring::ExpiringCache<u8, u8> =
-///     deferred_expiring::ExpiringCache::builder().build();
-/// cache.insert(1, 10);
-/// let iter = cache.iter();
-/// cache.invalidate_all(); // the snapshot is the caller's
-/// assert_eq!(iter.len(), 1);
-/// assert_eq!(iter.collect::<Vec<_>>(), [(1, 10)]);
-/// ```
-pub struct Iter<K, V> {
-    entries: std::vec::IntoIter<(K, V)>,
-}
-
-impl<K, V> Iterator for Iter<K, V> {
-    type Item = (K, V);
-
-    fn next(&mut self) -> Option<(K, V)> {
-        self.entries.next()
-    }
-
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        self.entries.size_hint()
-    }
-}
-
-impl<K, V> ExactSizeIterator for Iter<K, V> {}
-
-impl<K, V> core::iter::FusedIterator for Iter<K, V> {}
-
-impl<K: fmt::Debug, V: fmt::Debug> fmt::Debug for Iter<K, V> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list().entries(self.entries.as_slice()).finish()
     }
 }
 

@@ -13,9 +13,9 @@ mod loom;
 mod timer;
 
 pub use builder::{ExpiringBuildError, ExpiringBuilder};
-pub use cache::{BoxLoad, ExpiringCache, ExpiringStats, Iter, Task, TICK};
+pub use cache::{BoxLoad, ExpiringCache, ExpiringStats, Task, TICK};
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use deferred_cache::{LoadError, Loader, RemovalCause, Source, Stats};
+pub use deferred_cache::{Iter, LoadError, Loader, RemovalCause, Source, Stats};
 pub use expiring_ref::{Expired, ExpiringRef, Use};
 pub use expiry::Expiry;
 pub use get::{Get, GetWith, SharedLoader, WithSource};
