@@ -108,7 +108,8 @@ impl LockWaits {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Blocks while `is_locked` (which must read the latest value of the lock word).
+    /// Blocks while `is_locked` returns true. It must read the latest value of the lock word,
+    /// or be an attempt to take the lock (then this returns with the lock taken).
     pub(crate) fn contended(
         &self,
         _backoff: &crossbeam_utils::Backoff,
@@ -145,44 +146,62 @@ impl LockWaits {
 /// Under loom only: what `SpinMutex` and `SpinRwLock` put in front of their spin protocol
 /// (unless made by `new_unmodelled`), so that the models of the layers above explore their
 /// own protocols rather than every way two threads can meet inside a lock: one holder at a
-/// time, readers included.
+/// time, readers included (two readers' accesses inside a read section are loads and
+/// reference-count increments, which commute).
 ///
-/// Not a loom `Mutex`: a loom mutex guard keeps a std mutex guard inside it, so a guard
-/// dropped while a panic unwinds (a map's user code that panics under its shard lock, caught
-/// by the model) poisons it, and the next `lock` in the model panics. This gate holds a
-/// `bool` in a std mutex that loom does not see (taken and released between two of loom's
-/// own operations, never across one) and parks contenders through [`LockWaits`]. It orders
-/// nothing for loom: the spin lock behind it is still taken (uncontended), and its Acquire and
-/// Release are what tell loom that one holder's accesses happen before the next one's.
+/// The gate's flag is a loom atomic, so taking the gate is one of loom's operations: loom may
+/// switch threads right before it, and another thread may take the lock between this thread's
+/// previous operation and its lock. An earlier gate kept its flag in a std mutex loom could not
+/// see, taken between two loom operations: the lock then went, in effect, to whichever thread
+/// had run last before it, and the models of the layers above lost every schedule in which a
+/// second thread takes the lock first (a cache race that failed at two preemptions passed
+/// under it). Not a loom `Mutex` either: a loom mutex guard keeps a std mutex guard inside,
+/// so a guard dropped while a panic unwinds (a map's user code that panics under its shard
+/// lock, caught by the model) poisons it, and the next `lock` in the model panics; an atomic
+/// flag cannot be poisoned. Contenders park through [`LockWaits`].
+///
+/// The flag's accesses are `Relaxed`: the gate orders nothing for loom. The spin lock behind
+/// it is still taken (uncontended), and its Acquire and Release are what tell loom that one
+/// holder's accesses happen before the next one's, so the models above still check them.
 #[cfg(loom)]
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Gate {
-    held: std::sync::Mutex<bool>,
+    held: AtomicBool,
     waits: LockWaits,
 }
 
 #[cfg(loom)]
-impl Gate {
-    fn held(&self) -> std::sync::MutexGuard<'_, bool> {
-        self.held
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+impl Default for Gate {
+    fn default() -> Self {
+        Self {
+            held: AtomicBool::new(false),
+            waits: LockWaits::new(),
+        }
     }
+}
 
+#[cfg(loom)]
+impl Gate {
     /// Takes the gate, parking while someone else holds it; released when the guard drops,
     /// unwinding included.
     pub(crate) fn enter(&self) -> GateGuard<'_> {
-        let backoff = crossbeam_utils::Backoff::new();
-        loop {
-            {
-                let mut held = self.held();
-                if !*held {
-                    *held = true;
-                    return GateGuard(self);
-                }
-            }
-            self.waits.contended(&backoff, || *self.held());
+        // Relaxed: see the type's docs. A compare-and-swap reads the latest value of the
+        // flag, so a free gate is never seen as held.
+        let take = || {
+            self.held
+                .compare_exchange(false, true, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        };
+        if !take() {
+            // Parks until a retry takes the gate. The retry is the compare-and-swap itself,
+            // not a `fetch_or(false)` re-read: that read-modify-write stores `true` again, and
+            // loom does not order the store with a holder's release that did not see it, so
+            // a later read-modify-write may read it back after the release: a deadlock that no
+            // hardware has.
+            self.waits
+                .contended(&crossbeam_utils::Backoff::new(), || !take());
         }
+        GateGuard(self)
     }
 }
 
@@ -194,7 +213,9 @@ pub(crate) struct GateGuard<'a>(&'a Gate);
 #[cfg(loom)]
 impl Drop for GateGuard<'_> {
     fn drop(&mut self) {
-        *self.0.held() = false;
+        // Relaxed: the gate orders nothing (the spin lock's Release, before this, does).
+        // Cleared before the contenders are listed and unparked (`LockWaits`).
+        self.0.held.store(false, Ordering::Relaxed);
         self.0.waits.released();
     }
 }

@@ -979,6 +979,54 @@ fn spin_locks_released_by_a_panicking_closure_do_not_poison_the_model() {
     });
 }
 
+/// The gate in front of the spin locks must not thin the models above it: another thread
+/// may take a lock between a thread's previous operation and that thread's own lock. Each
+/// thread here counts itself in (`fetch_add`) and then locks; a model must reach the schedule
+/// in which the thread that counted itself in second locks first. A gate whose flag loom
+/// could not see (taken between two loom operations) glued each lock to the operation before
+/// it and never reached that schedule, and a cache race that fails at two preemptions passed
+/// under it. This checks loom's coverage, not our code: it counts, across loom's runs, the
+/// schedules that reach that point.
+#[test]
+fn the_lock_gate_lets_another_thread_in_between_a_threads_last_operation_and_its_lock() {
+    static REACHED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    type Section = dyn Fn(&mut dyn FnMut(&mut Vec<usize>)) + Send + Sync;
+    let locks: [(&str, fn() -> std::sync::Arc<Section>); 2] = [
+        ("SpinMutex", || {
+            let lock = deferred_core::sync::SpinMutex::new(Vec::new());
+            std::sync::Arc::new(move |f: &mut dyn FnMut(&mut Vec<usize>)| lock.with(|v| f(v)))
+        }),
+        ("SpinRwLock", || {
+            let lock = deferred_core::sync::SpinRwLock::new(Vec::new());
+            std::sync::Arc::new(move |f: &mut dyn FnMut(&mut Vec<usize>)| lock.write(|v| f(v)))
+        }),
+    ];
+    for (name, make) in locks {
+        REACHED.store(0, SeqCst);
+        loom::model(move || {
+            let turn = Arc::new(AtomicUsize::new(0));
+            let section = make();
+            let enter = move |turn: &AtomicUsize, section: &Section| {
+                let mine = turn.fetch_add(1, SeqCst);
+                section(&mut |order| {
+                    if mine == 1 && order.is_empty() {
+                        REACHED.fetch_add(1, SeqCst);
+                    }
+                    order.push(mine);
+                });
+            };
+            let (t, s) = (turn.clone(), section.clone());
+            let other = thread::spawn(move || enter(&t, &*s));
+            enter(&turn, &*section);
+            other.join().unwrap();
+        });
+        assert!(
+            REACHED.load(SeqCst) > 0,
+            "{name}: no schedule let the thread that counted itself in second lock first"
+        );
+    }
+}
+
 /// A relay round (`try_attach`'s `notify_waiters`) vs the only waiter leaving, while the
 /// producer's `closed()` is linked: `closed` must resolve (a parked producer is a deadlock).
 /// Two threads: the producer links its closer, runs the round, then waits on `closed`; the
