@@ -372,6 +372,18 @@ fn get_or_insert_with_settles_a_load_in_flight() {
     assert_eq!(cache.peek(&1), None, "the settled value has its deadline");
 }
 
+/// A `make` that panics unwinds out of the call and stores nothing; the next call inserts.
+#[test]
+fn a_panicking_make_stores_nothing() {
+    let (_clock, cache) = ttl_cache::<Infallible>(10);
+    let caught = catch_unwind(AssertUnwindSafe(|| {
+        cache.get_or_insert_with(1, || panic!("make panics on purpose"))
+    }));
+    assert!(caught.is_err());
+    assert!(cache.is_empty() && cache.timers() == 0);
+    assert_eq!(cache.get_or_insert_with(1, || 4), 4);
+}
+
 // ---------------------------------------------------------------------------------------
 // get_with_blocking
 // ---------------------------------------------------------------------------------------
