@@ -19,7 +19,7 @@ use deferred_cache::{Cache, Iter, RemovalCause, Stats};
 use crate::{
     clock::{Clock, SystemClock},
     expiry::{now_nanos, Policy, NEVER},
-    get::GetWith,
+    get::{GetWith, OptionallyGetWith},
     loom::{lock, AtomicU64, Mutex, Ordering::*},
     timer::{TimerHandle, TimerWheel},
     ExpiringBuilder,
@@ -76,7 +76,7 @@ pub(crate) struct Entry<V, E> {
     /// Which write made it: expiry and refresh act only on the entry they were for.
     pub(crate) id: u64,
     /// Its timer in the wheel (`TimerHandle` bits), `NEVER` if none.
-    timer: AtomicU64,
+    pub(crate) timer: AtomicU64,
 }
 
 impl<V: Clone, E> Clone for Entry<V, E> {
@@ -276,10 +276,45 @@ pub struct ExpiringStats {
 
 /// How a read of the inner cache went.
 pub(crate) enum Read<V, E> {
-    Hit { value: V, refresh: Option<u64> },
+    Hit {
+        value: V,
+        refresh: Option<u64>,
+    },
+    /// A cached error, to a read that answers with it.
     Failed(Arc<E>),
+    /// A cached error, to a read that takes it for no value (counted as nothing).
+    CachedError,
     Expired(u64),
     Absent,
+}
+
+/// What a read of the inner cache is for: which counters it moves, what a cached error is
+/// to it, and whether a refresh that falls due may start with the caller's own loader.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReadFor {
+    /// `get_with` and `optionally_get_with`: a miss is counted by the load that follows; a
+    /// cached error answers (a hit, and a negative hit); the caller's loader refreshes.
+    Load,
+    /// `get_with_blocking`: as `Load`, but only a cache-wide loader refreshes (the caller's
+    /// runs on its own thread, and is neither `Send` nor `'static`).
+    BlockingLoad,
+    /// `get_or_insert_with`: a miss is counted by the insert that follows; a cached error
+    /// is no value (`Read::CachedError`, counted as nothing), for the insert to replace.
+    Insert,
+    /// `get_if_present`: a miss is counted here; a cached error is no value.
+    Probe,
+}
+
+impl ReadFor {
+    /// Whether a cached error answers this read (as a hit and a negative hit).
+    fn takes_errors(self) -> bool {
+        matches!(self, ReadFor::Load | ReadFor::BlockingLoad)
+    }
+
+    /// Whether the caller brings a loader that a refresh may start with.
+    fn brings_loader(self) -> bool {
+        self == ReadFor::Load
+    }
 }
 
 impl<K, V, E, S, C> ExpiringCache<K, V, E, S, C>
@@ -533,6 +568,55 @@ where
         GetWith::new(self, key, loader)
     }
 
+    /// The value at `key`, loading it with `loader` on a miss or after expiry, where the
+    /// loader may find no value: `Ok(None)` then, and nothing is cached (the next read
+    /// loads again), as for an error without negative caching. A value it finds is stored
+    /// with a deadline from the expiry policy, as [`get_with`](Self::get_with)'s is.
+    ///
+    /// Everything `get_with` says holds: one load per key at a time, whichever method
+    /// started it (an `optionally_get_with` caller that joins a `get_with` load gets its
+    /// value or error; a `get_with` caller that joins a load that finds nothing gets
+    /// [`LoadError::NotFound`](crate::LoadError::NotFound), since it cannot return `None`,
+    /// and so does every caller of an [`ExpiringLoadingCache`](crate::ExpiringLoadingCache)'s
+    /// `get`); a stored value is returned only before its deadline; a refresh that falls
+    /// due on a hit starts with `loader`, and one that finds nothing counts as a failed
+    /// refresh (the old value stays until its deadline). Loads that found nothing are
+    /// counted in [`Stats::loads_empty`](crate::Stats::loads_empty).
+    ///
+    /// The result is a named future, [`OptionallyGetWith`], `Send` when the key, value,
+    /// error, hasher, clock and `loader` are.
+    ///
+    /// ```
+    /// use deferred_expiring::{ExpiringCache, ManualClock};
+    /// use std::time::Duration;
+    /// # futures::executor::block_on(async {
+    /// let clock = ManualClock::new();
+    /// let users: ExpiringCache<u32, String, std::convert::Infallible, _, _> = ExpiringCache::builder()
+    ///     .time_to_live(Duration::from_secs(60))
+    ///     .clock(clock.clone())
+    ///     .build();
+    /// let find = |id: u32| async move { (id < 100).then(|| format!("user {id}")) };
+    /// assert_eq!(users.optionally_get_with(7, || find(7)).await, Ok(Some("user 7".into())));
+    /// assert_eq!(users.optionally_get_with(700, || find(700)).await, Ok(None));
+    /// assert!(!users.contains_key(&700)); // not cached: the next read looks again
+    /// clock.advance(Duration::from_secs(60)); // user 7 expires: loaded again
+    /// let again = users.optionally_get_with(7, || async { Some("user 7, renamed".into()) });
+    /// assert_eq!(again.await, Ok(Some("user 7, renamed".into())));
+    /// assert_eq!(users.stats().cache.loads_empty, 1);
+    /// # });
+    /// ```
+    pub fn optionally_get_with<F, Fut>(
+        &self,
+        key: K,
+        loader: F,
+    ) -> OptionallyGetWith<'_, K, V, E, S, C, F>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Option<V>> + Send + 'static,
+    {
+        OptionallyGetWith::new(self, key, loader)
+    }
+
     /// The value at `key` if it is present and before its deadline, counting a hit or a
     /// miss (and renewing it under time-to-idle). Never loads, never waits. A cached error
     /// is no value: `None`, counted as a miss.
@@ -569,16 +653,14 @@ where
     {
         let core = &*self.core;
         let now = core.tend();
-        match core.read(key, || Cow::Owned(key.to_owned()), now, false) {
+        match core.read(key, || Cow::Owned(key.to_owned()), now, ReadFor::Probe) {
             Read::Hit { value, refresh } => {
-                if let (Some(id), Some(loader)) = (refresh, &core.loader) {
-                    let key = key.to_owned();
-                    let load = loader(&key);
-                    Core::refresh(&self.core, key, id, load);
+                if let Some(id) = refresh {
+                    Core::refresh_with_loader(&self.core, key.to_owned(), id);
                 }
                 Some(value)
             }
-            Read::Failed(_) => None,
+            Read::Failed(_) | Read::CachedError => None,
             Read::Expired(id) => {
                 core.expire(key, id, now);
                 None
@@ -1112,7 +1194,7 @@ where
         key: &Q,
         key_of: impl Fn() -> Cow<'k, K>,
         now: Duration,
-        for_load: bool,
+        mode: ReadFor,
     ) -> Read<V, E>
     where
         K: Borrow<Q> + 'k,
@@ -1120,6 +1202,7 @@ where
     {
         let now_nanos = now_nanos(now);
         let mut expired = None;
+        let mut cached_error = false;
         let policy = &self.policy;
         let f = |entry: &Entry<V, E>| {
             let deadline = entry.deadline.load(Acquire);
@@ -1129,8 +1212,11 @@ where
             }
             let value = match &entry.slot {
                 Ok(value) => value,
-                // A cached error answers a load; a probe for a value finds none.
-                Err(error) => return for_load.then(|| Read::Failed(Arc::clone(error))),
+                // A cached error answers a load; a probe for a value, or an insert, finds none.
+                Err(error) => {
+                    cached_error = !mode.takes_errors();
+                    return mode.takes_errors().then(|| Read::Failed(Arc::clone(error)));
+                }
             };
             if let Some(next) = policy.on_read(&key_of, value, now, deadline, entry.hard) {
                 if policy.custom.is_some() {
@@ -1151,7 +1237,9 @@ where
             // A read that brings no loader (`get_if_present`), on a cache without a
             // cache-wide one, has nothing to refresh with: it leaves the refresh to the next
             // `get_with` rather than claiming it and starting nothing.
-            let refresh = if policy.refresh_after.is_some() && (for_load || self.loader.is_some()) {
+            let refresh = if policy.refresh_after.is_some()
+                && (mode.brings_loader() || self.loader.is_some())
+            {
                 let at = entry.refresh_at.load(Relaxed);
                 // One reader wins the swap to `NEVER` and starts the refresh.
                 (at <= now_nanos
@@ -1168,10 +1256,10 @@ where
                 refresh,
             })
         };
-        let found = if for_load {
-            self.inner.hit_with(key, f)
-        } else {
+        let found = if mode == ReadFor::Probe {
             self.inner.get_if_present_with(key, f)
+        } else {
+            self.inner.hit_with(key, f)
         };
         match found {
             Some(Read::Failed(error)) => {
@@ -1179,6 +1267,7 @@ where
                 Read::Failed(error)
             }
             Some(read) => read,
+            None if cached_error => Read::CachedError,
             None => expired.map_or(Read::Absent, Read::Expired),
         }
     }
@@ -1200,6 +1289,16 @@ where
         }
     }
 
+    /// Removes the cached error at `key`, if one is there before its deadline at `now`: it
+    /// is no value, for a write that takes its place. Counted as invalidated (not told to
+    /// the listener, which hears of values only).
+    pub(crate) fn drop_cached_error(&self, key: &K, now: Duration) {
+        let now = now_nanos(now);
+        self.inner.invalidate_if(key, |entry| {
+            entry.slot.is_err() && entry.deadline.load(Acquire) > now
+        });
+    }
+
     /// Removes the entry `id` at `key` if its deadline has passed at `now`.
     pub(crate) fn expire<Q>(&self, key: &Q, id: u64, now: Duration)
     where
@@ -1212,8 +1311,36 @@ where
         });
     }
 
+    /// The entry a load's outcome makes: a value, or an error kept under negative caching
+    /// (counted then); an error not kept is given back.
+    pub(crate) fn loaded(&self, key: &K, outcome: Result<V, E>) -> Result<Entry<V, E>, E> {
+        match outcome {
+            Ok(value) => Ok(self.new_entry(key, Ok(value), None)),
+            Err(error) if self.policy.negative_ttl.is_some() => {
+                self.counters.negative_loads.fetch_add(1, Relaxed);
+                Ok(self.new_entry(key, Err(Arc::new(error)), None))
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Cancels the timer of `entry`, made by this caller, if the entry at its key is not it
+    /// (`kept`, the id of the entry that is): it was dropped unstored.
+    pub(crate) fn discard_unless_kept(&self, entry: Option<(u64, u64)>, kept: u64) {
+        if let Some((id, timer)) = entry {
+            if id != kept {
+                self.timers.cancel(timer);
+            }
+        }
+    }
+
     /// A new entry for `slot` at `key`, with its deadline and its timer.
-    fn new_entry(&self, key: &K, slot: Result<V, Arc<E>>, previous: Option<u64>) -> Entry<V, E> {
+    pub(crate) fn new_entry(
+        &self,
+        key: &K,
+        slot: Result<V, Arc<E>>,
+        previous: Option<u64>,
+    ) -> Entry<V, E> {
         let now = self.clock.now();
         let id = self.next_id.fetch_add(1, Relaxed);
         let (deadline, hard, refresh_at) = match &slot {
@@ -1238,11 +1365,20 @@ where
         }
     }
 
-    /// Starts the refresh of entry `id` at `key` with `load`: on the spawner, or polled
-    /// once here and then by later operations.
+    /// Starts the refresh of entry `id` at `key` with the cache-wide loader, if there is
+    /// one (a read claims a refresh with no loader of its own only when there is).
+    pub(crate) fn refresh_with_loader(this: &Arc<Self>, key: K, id: u64) {
+        if let Some(loader) = &this.loader {
+            let load = loader(&key);
+            Core::refresh(this, key, id, async move { load.await.ok() });
+        }
+    }
+
+    /// Starts the refresh of entry `id` at `key` with `load` (`None`: it failed): on the
+    /// spawner, or polled once here and then by later operations.
     pub(crate) fn refresh<Fut>(this: &Arc<Self>, key: K, id: u64, load: Fut)
     where
-        Fut: Future<Output = Result<V, E>> + Send + 'static,
+        Fut: Future<Output = Option<V>> + Send + 'static,
     {
         this.counters.refreshes_started.fetch_add(1, Relaxed);
         // Weak: a task waiting in `pending` must not keep its own cache alive, and one on a
@@ -1261,8 +1397,8 @@ where
                 return;
             };
             match result {
-                Ok(value) => core.refresh_done(&key, id, value),
-                Err(_) => core.refresh_failed(&key, id),
+                Some(value) => core.refresh_done(&key, id, value),
+                None => core.refresh_failed(&key, id),
             }
         });
         match &this.spawner {
@@ -1376,14 +1512,26 @@ where
     C: Clock,
     Fut: Future<Output = Result<V, E>> + Send + 'static,
 {
-    match fut.await {
-        Ok(value) => Ok(core.new_entry(&key, Ok(value), None)),
-        Err(error) if core.policy.negative_ttl.is_some() => {
-            core.counters.negative_loads.fetch_add(1, Relaxed);
-            Ok(core.new_entry(&key, Err(Arc::new(error)), None))
-        }
-        Err(error) => Err(error),
-    }
+    core.loaded(&key, fut.await)
+}
+
+/// The future stored in an inner entry by `optionally_get_with`: the user's load, its value
+/// turned into an `Entry` (`None`, no value, is not stored).
+pub(crate) async fn load_optional_entry<K, V, E, S, C, Fut>(
+    core: Arc<Core<K, V, E, S, C>>,
+    key: K,
+    fut: Fut,
+) -> Option<Entry<V, E>>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    E: Send + Sync + 'static,
+    S: BuildHasher + Send + Sync + 'static,
+    C: Clock,
+    Fut: Future<Output = Option<V>> + Send + 'static,
+{
+    let value = fut.await?;
+    Some(core.new_entry(&key, Ok(value), None))
 }
 
 impl<K, V, E, S, C> Clone for ExpiringCache<K, V, E, S, C> {

@@ -1,5 +1,5 @@
-//! The futures that read through an `ExpiringCache`: `get_with` and the loading cache's
-//! `get`.
+//! The futures that read through an `ExpiringCache`: `get_with`, `optionally_get_with` and
+//! the loading cache's `get`.
 
 use std::{
     borrow::Cow,
@@ -16,22 +16,199 @@ use deferred_cache::{LoadError, Loader, Source};
 use futures_core::FusedFuture;
 
 use crate::{
-    cache::{load_entry, lock_std, BoxLoad, Core, DynLoader, Entry, Read},
+    cache::{
+        load_entry, load_optional_entry, lock_std, BoxLoad, Core, DynLoader, Entry, Read, ReadFor,
+    },
     expiry::now_nanos,
     loom::Ordering::Relaxed,
     Clock, ExpiringCache,
 };
 
-/// What the inner cache calls on a miss to start the key's load. It does not hold the
-/// caller's loader (so the inner future's type, and whether it is `Send`, do not depend on
-/// it): it only claims the load for this caller, whose `poll` then starts the loader and
-/// hands its future over through a [`Handover`]. Boxed, so that the inner future has a type
-/// to name (one allocation, on a miss only).
-type StartLoad<V, E> = Box<dyn FnOnce() -> BoxLoad<Entry<V, E>, E> + Send>;
+/// What the inner cache calls on a miss to start the key's load, whose outcome is `T`. It
+/// does not hold the caller's loader (so the inner future's type, and whether it is `Send`,
+/// do not depend on it): it only claims the load for this caller, whose `poll` then starts
+/// the loader and hands its future over through a [`Handover`]. Boxed, so that the inner
+/// future has a type to name (one allocation, on a miss only).
+type StartLoad<T> = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = T> + Send>> + Send>;
 
-/// The inner cache's future for one attempt.
+/// The [`StartLoad`] of an attempt whose loader's future comes through `slot`; `entry` turns
+/// that future into the entry's load.
+fn start_load<Fut, T, G>(
+    slot: &Arc<Mutex<Slot<Fut>>>,
+    entry: impl FnOnce(Fut) -> G + Send + 'static,
+) -> StartLoad<T>
+where
+    Fut: Send + 'static,
+    G: Future<Output = T> + Send + 'static,
+{
+    let slot = Arc::clone(slot);
+    Box::new(move || {
+        *lock_std(&slot) = Slot::Claimed(None);
+        Box::pin(async move { entry(TakeLoader(slot).await).await })
+    })
+}
+
+/// The inner cache's future for `get_with`.
 type InnerGet<'a, K, V, E, S> =
-    deferred_cache::WithSource<'a, K, Entry<V, E>, E, S, StartLoad<V, E>>;
+    deferred_cache::WithSource<'a, K, Entry<V, E>, E, S, StartLoad<Result<Entry<V, E>, E>>>;
+
+/// The inner cache's future for `optionally_get_with`.
+type InnerOptional<'a, K, V, E, S> =
+    deferred_cache::OptionallyGetWith<'a, K, Entry<V, E>, E, S, StartLoad<Option<Entry<V, E>>>>;
+
+/// How an attempt ended in the inner cache: the entry or the error, and where it came from.
+type Attempted<V, E> = (Result<Entry<V, E>, LoadError<E>>, Source);
+
+/// The inner cache's future for one attempt: `get_with`'s, or `optionally_get_with`'s (with
+/// whether it was polled yet).
+enum Inner<'a, K, V, E, S> {
+    Required(InnerGet<'a, K, V, E, S>),
+    Optional(InnerOptional<'a, K, V, E, S>, bool),
+}
+
+impl<K, V, E, S> Inner<'_, K, V, E, S>
+where
+    K: Hash + Eq + Clone,
+    V: Clone + Send + Sync + 'static,
+    E: Send + Sync + 'static,
+    S: BuildHasher,
+{
+    /// Polls the attempt; `started`: whether this caller's loader started the key's load.
+    /// An optional load that found no value is `LoadError::NotFound` here.
+    fn poll(&mut self, cx: &mut Context<'_>, started: bool) -> Poll<Attempted<V, E>> {
+        match self {
+            Inner::Required(get) => Pin::new(get).poll(cx),
+            Inner::Optional(get, polled) => {
+                let first = !core::mem::replace(polled, true);
+                let Poll::Ready(outcome) = Pin::new(get).poll(cx) else {
+                    return Poll::Pending;
+                };
+                // The inner optional future does not say where its outcome came from: this
+                // caller's load if its loader started; else a value stored before its first
+                // poll looked (a hit, or a load that ended between its two lookups: stored
+                // by someone else either way, and judged as a hit is); else a load joined.
+                let source = match (started, first) {
+                    (true, _) => Source::Loaded,
+                    (false, true) => Source::Hit,
+                    (false, false) => Source::Joined,
+                };
+                let outcome = outcome.and_then(|entry| entry.ok_or(LoadError::NotFound));
+                Poll::Ready((outcome, source))
+            }
+        }
+    }
+}
+
+/// A caller's loader, as one kind of read uses it: [`get_with`](ExpiringCache::get_with)'s
+/// ([`Required`]) or [`optionally_get_with`](ExpiringCache::optionally_get_with)'s
+/// ([`Optional`]).
+trait Attempt<K, V, E>: Handed<K, V, E> + Sized {
+    /// Calls the loader.
+    fn call(self, key: &K) -> Self::Fut;
+
+    /// The value a refresh keeps from the loader's outcome; `None` if it failed.
+    fn refreshed(outcome: <Self::Fut as Future>::Output) -> Option<V>;
+
+    /// The inner cache's future for an attempt at `key`, whose load, if this caller starts
+    /// it, takes the loader's future from `slot`.
+    fn inner<'a, S, C>(
+        core: &'a Arc<Core<K, V, E, S, C>>,
+        key: K,
+        slot: &Arc<Mutex<Slot<Self::Fut>>>,
+    ) -> Inner<'a, K, V, E, S>
+    where
+        K: Hash + Eq + Clone + Send + Sync + 'static,
+        V: Clone + Send + Sync + 'static,
+        E: Send + Sync + 'static,
+        S: BuildHasher + Send + Sync + 'static,
+        C: Clock;
+}
+
+/// The type of the future a caller's loader makes, which the key's load takes over. Apart
+/// from [`Attempt`], so that naming it needs no bound on an optional loader (whose output
+/// type stable Rust cannot name without one).
+trait Handed<K, V, E> {
+    type Fut: Future + Send;
+}
+
+/// The loader of [`ExpiringCache::get_with`] and of the loading cache's `get`: any
+/// [`Loader`].
+struct Required<L>(L);
+
+impl<K, V, E, L: Loader<K, V, E>> Handed<K, V, E> for Required<L> {
+    type Fut = L::Future;
+}
+
+impl<K, V, E, L: Loader<K, V, E>> Attempt<K, V, E> for Required<L> {
+    fn call(self, key: &K) -> L::Future {
+        self.0.start(key)
+    }
+
+    fn refreshed(outcome: Result<V, E>) -> Option<V> {
+        outcome.ok()
+    }
+
+    fn inner<'a, S, C>(
+        core: &'a Arc<Core<K, V, E, S, C>>,
+        key: K,
+        slot: &Arc<Mutex<Slot<L::Future>>>,
+    ) -> Inner<'a, K, V, E, S>
+    where
+        K: Hash + Eq + Clone + Send + Sync + 'static,
+        V: Clone + Send + Sync + 'static,
+        E: Send + Sync + 'static,
+        S: BuildHasher + Send + Sync + 'static,
+        C: Clock,
+    {
+        let (load_core, load_key) = (Arc::clone(core), key.clone());
+        let start = start_load(slot, move |fut| load_entry(load_core, load_key, fut));
+        Inner::Required(core.inner.get_with(key, start).with_source())
+    }
+}
+
+/// The loader of [`ExpiringCache::optionally_get_with`]: it may find no value.
+struct Optional<F>(F);
+
+/// An optional loader's future, boxed when its load starts (one allocation, beside those
+/// every load makes), so that its type can be named without the loader's bound.
+type OptionalLoad<V> = Pin<Box<dyn Future<Output = Option<V>> + Send>>;
+
+impl<K, V, E, F> Handed<K, V, E> for Optional<F> {
+    type Fut = OptionalLoad<V>;
+}
+
+impl<K, V, E, F, Fut> Attempt<K, V, E> for Optional<F>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Option<V>> + Send + 'static,
+{
+    fn call(self, _key: &K) -> OptionalLoad<V> {
+        Box::pin((self.0)())
+    }
+
+    fn refreshed(outcome: Option<V>) -> Option<V> {
+        outcome
+    }
+
+    fn inner<'a, S, C>(
+        core: &'a Arc<Core<K, V, E, S, C>>,
+        key: K,
+        slot: &Arc<Mutex<Slot<OptionalLoad<V>>>>,
+    ) -> Inner<'a, K, V, E, S>
+    where
+        K: Hash + Eq + Clone + Send + Sync + 'static,
+        V: Clone + Send + Sync + 'static,
+        E: Send + Sync + 'static,
+        S: BuildHasher + Send + Sync + 'static,
+        C: Clock,
+    {
+        let (load_core, load_key) = (Arc::clone(core), key.clone());
+        let start = start_load(slot, move |fut| {
+            load_optional_entry(load_core, load_key, fut)
+        });
+        Inner::Optional(core.inner.optionally_get_with(key, start), false)
+    }
+}
 
 /// Where the caller's loader future goes, once the inner cache has made this caller's load
 /// the key's load.
@@ -112,7 +289,7 @@ impl<F> Future for TakeLoader<F> {
     }
 }
 
-enum State<'a, K, V, E, S, L: Loader<K, V, E>> {
+enum State<'a, K, V, E, S, L: Handed<K, V, E>> {
     /// Not polled yet, or about to try again.
     Start {
         key: K,
@@ -120,16 +297,23 @@ enum State<'a, K, V, E, S, L: Loader<K, V, E>> {
     },
     /// Missed: waiting on (and helping drive) the key's load in the inner cache.
     Wait {
-        inner: InnerGet<'a, K, V, E, S>,
+        inner: Inner<'a, K, V, E, S>,
         key: K,
         /// The clock reading this attempt started with.
         now: Duration,
         /// The caller's loader until the inner cache claims the load for it (then it starts
         /// it and hands the future over).
         loader: Option<L>,
-        handover: Handover<L::Future>,
+        handover: Handover<L::Fut>,
     },
     Done,
+}
+
+/// A read through the cache that loads on a miss, with any kind of loader: the machinery of
+/// [`GetWith`] and [`OptionallyGetWith`].
+struct Run<'a, K, V, E, S, C, L: Handed<K, V, E>> {
+    cache: &'a ExpiringCache<K, V, E, S, C>,
+    state: State<'a, K, V, E, S, L>,
 }
 
 /// The future of [`ExpiringCache::get_with`] (and, through [`Get`],
@@ -167,10 +351,7 @@ enum State<'a, K, V, E, S, L: Loader<K, V, E>> {
 /// # });
 /// ```
 #[must_use = "futures do nothing unless polled"]
-pub struct GetWith<'a, K, V, E, S, C, L: Loader<K, V, E>> {
-    cache: &'a ExpiringCache<K, V, E, S, C>,
-    state: State<'a, K, V, E, S, L>,
-}
+pub struct GetWith<'a, K, V, E, S, C, L: Loader<K, V, E>>(Run<'a, K, V, E, S, C, Required<L>>);
 
 // No field is ever pinned: `poll` moves the key and the loader out by value, and the inner
 // cache's future is `Unpin`.
@@ -178,10 +359,7 @@ impl<K, V, E, S, C, L: Loader<K, V, E>> Unpin for GetWith<'_, K, V, E, S, C, L> 
 
 impl<'a, K, V, E, S, C, L: Loader<K, V, E>> GetWith<'a, K, V, E, S, C, L> {
     pub(crate) fn new(cache: &'a ExpiringCache<K, V, E, S, C>, key: K, loader: L) -> Self {
-        GetWith {
-            cache,
-            state: State::Start { key, loader },
-        }
+        GetWith(Run::new(cache, key, Required(loader)))
     }
 
     /// A future that also says where the outcome came from: [`Source::Hit`] (a live value,
@@ -217,14 +395,37 @@ impl<'a, K, V, E, S, C, L: Loader<K, V, E>> GetWith<'a, K, V, E, S, C, L> {
     }
 }
 
-impl<'a, K, V, E, S, C, L> GetWith<'a, K, V, E, S, C, L>
+impl<'a, K, V, E, S, C, L: Handed<K, V, E>> Run<'a, K, V, E, S, C, L> {
+    fn new(cache: &'a ExpiringCache<K, V, E, S, C>, key: K, loader: L) -> Self {
+        Run {
+            cache,
+            state: State::Start { key, loader },
+        }
+    }
+
+    /// Where it is, for `Debug`.
+    fn state(&self) -> &'static str {
+        match &self.state {
+            State::Start { .. } => "start",
+            State::Wait { .. } => "waiting",
+            State::Done => "done",
+        }
+    }
+
+    fn is_terminated(&self) -> bool {
+        matches!(self.state, State::Done)
+    }
+}
+
+impl<'a, K, V, E, S, C, L> Run<'a, K, V, E, S, C, L>
 where
     K: Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
     E: Send + Sync + 'static,
     S: BuildHasher + Send + Sync + 'static,
     C: Clock,
-    L: Loader<K, V, E>,
+    L: Attempt<K, V, E>,
+    L::Fut: 'static,
 {
     fn poll_source(&mut self, cx: &mut Context<'_>) -> Poll<(Result<V, LoadError<E>>, Source)> {
         let cache: &'a ExpiringCache<K, V, E, S, C> = self.cache;
@@ -232,7 +433,7 @@ where
         loop {
             if let State::Start { key, .. } = &self.state {
                 let now = core.tend();
-                match core.read(key, || Cow::Borrowed(key), now, true) {
+                match core.read(key, || Cow::Borrowed(key), now, ReadFor::Load) {
                     Read::Hit { value, refresh } => {
                         let State::Start { key, loader } =
                             core::mem::replace(&mut self.state, State::Done)
@@ -240,8 +441,9 @@ where
                             unreachable!("matched above");
                         };
                         if let Some(id) = refresh {
-                            let load = loader.start(&key);
-                            Core::refresh(&cache.core, key, id, load);
+                            let load = loader.call(&key);
+                            let refresh = async move { L::refreshed(load.await) };
+                            Core::refresh(&cache.core, key, id, refresh);
                         }
                         return Poll::Ready((Ok(value), Source::Hit));
                     }
@@ -250,25 +452,14 @@ where
                         return Poll::Ready((Err(LoadError::Failed(error)), Source::Hit));
                     }
                     Read::Expired(id) => core.expire(key, id, now),
-                    Read::Absent => {}
+                    Read::CachedError | Read::Absent => {}
                 }
                 let State::Start { key, loader } = core::mem::replace(&mut self.state, State::Done)
                 else {
                     unreachable!("matched above");
                 };
                 let slot = Arc::new(Mutex::new(Slot::Idle));
-                let start: StartLoad<V, E> = {
-                    let (core, slot, key) =
-                        (Arc::clone(&cache.core), Arc::clone(&slot), key.clone());
-                    Box::new(move || {
-                        *lock_std(&slot) = Slot::Claimed(None);
-                        Box::pin(async move {
-                            let fut = TakeLoader(slot).await;
-                            load_entry(core, key, fut).await
-                        })
-                    })
-                };
-                let inner = core.inner.get_with(key.clone(), start).with_source();
+                let inner = L::inner(&cache.core, key.clone(), &slot);
                 self.state = State::Wait {
                     inner,
                     key,
@@ -285,19 +476,19 @@ where
                 ..
             } = &mut self.state
             else {
-                panic!("`GetWith` polled after it completed");
+                panic!("`GetWith` or `OptionallyGetWith` polled after it completed");
             };
-            let mut polled = Pin::new(&mut *inner).poll(cx);
+            let mut polled = inner.poll(cx, loader.is_none());
             if handover.claimed() {
                 // The inner cache made this caller's load the key's load, which waits for
                 // the loader's future: start the loader, with no lock held, and hand its
                 // future over. If the loader panics, the handover is dropped with this
                 // future and the load's other callers get `LoadError::Panicked`.
-                let fut = loader.take().map(|loader| loader.start(key));
+                let fut = loader.take().map(|loader| loader.call(key));
                 handover.settle(fut);
                 if polled.is_pending() {
                     // Drive the load now that it can run.
-                    polled = Pin::new(inner).poll(cx);
+                    polled = inner.poll(cx, true);
                 }
             }
             let Poll::Ready(done) = polled else {
@@ -313,7 +504,7 @@ where
     /// to try again (the state is `Start` again then).
     fn finish(
         &mut self,
-        (outcome, source): (Result<Entry<V, E>, LoadError<E>>, Source),
+        (outcome, source): Attempted<V, E>,
     ) -> Option<(Result<V, LoadError<E>>, Source)> {
         let core: &Core<K, V, E, S, C> = &self.cache.core;
         let State::Wait {
@@ -356,7 +547,7 @@ where
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.get_mut().poll_source(cx).map(|(outcome, _)| outcome)
+        self.get_mut().0.poll_source(cx).map(|(outcome, _)| outcome)
     }
 }
 
@@ -370,19 +561,14 @@ where
     L: Loader<K, V, E>,
 {
     fn is_terminated(&self) -> bool {
-        matches!(self.state, State::Done)
+        self.0.is_terminated()
     }
 }
 
 impl<K, V, E, S, C, L: Loader<K, V, E>> fmt::Debug for GetWith<'_, K, V, E, S, C, L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = match &self.state {
-            State::Start { .. } => "start",
-            State::Wait { .. } => "waiting",
-            State::Done => "done",
-        };
         f.debug_struct("GetWith")
-            .field("state", &state)
+            .field("state", &self.0.state())
             .finish_non_exhaustive()
     }
 }
@@ -413,7 +599,7 @@ where
     type Output = (Result<V, LoadError<E>>, Source);
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.get_mut().0.poll_source(cx)
+        self.get_mut().0 .0.poll_source(cx)
     }
 }
 
@@ -434,6 +620,84 @@ where
 impl<K, V, E, S, C, L: Loader<K, V, E>> fmt::Debug for WithSource<'_, K, V, E, S, C, L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_tuple("WithSource").field(&self.0).finish()
+    }
+}
+
+/// The future of [`ExpiringCache::optionally_get_with`]: the value at a key, loaded on a
+/// miss or after expiry by a loader that may find none. `Ok(None)` when the load found none:
+/// nothing is cached then, and the next read loads again.
+///
+/// Everything [`GetWith`] says holds (single flight, cancel safety, stalled callers, panics,
+/// `Send` when the key, value, error, hasher, clock and loader are), with one addition: a
+/// caller that joined this load through `get_with` or `get`, which cannot return `None`,
+/// gets [`LoadError::NotFound`] if it found none.
+///
+/// ```
+/// use deferred_expiring::{ExpiringCache, OptionallyGetWith};
+/// # futures::executor::block_on(async {
+/// let cache: ExpiringCache<u8, u8> = ExpiringCache::builder().build();
+/// let get = cache.optionally_get_with(1, || async { None });
+/// assert!(format!("{get:?}").contains("start"));
+/// assert_eq!(get.await, Ok(None));
+/// assert_eq!(cache.optionally_get_with(1, || async { Some(5) }).await, Ok(Some(5)));
+/// # });
+/// ```
+#[must_use = "futures do nothing unless polled"]
+pub struct OptionallyGetWith<'a, K, V, E, S, C, F>(Run<'a, K, V, E, S, C, Optional<F>>);
+
+// No field is ever pinned, as in `GetWith`.
+impl<K, V, E, S, C, F> Unpin for OptionallyGetWith<'_, K, V, E, S, C, F> {}
+
+impl<'a, K, V, E, S, C, F> OptionallyGetWith<'a, K, V, E, S, C, F> {
+    pub(crate) fn new(cache: &'a ExpiringCache<K, V, E, S, C>, key: K, loader: F) -> Self {
+        OptionallyGetWith(Run::new(cache, key, Optional(loader)))
+    }
+}
+
+impl<K, V, E, S, C, F, Fut> Future for OptionallyGetWith<'_, K, V, E, S, C, F>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    E: Send + Sync + 'static,
+    S: BuildHasher + Send + Sync + 'static,
+    C: Clock,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Option<V>> + Send + 'static,
+{
+    type Output = Result<Option<V>, LoadError<E>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.get_mut()
+            .0
+            .poll_source(cx)
+            .map(|(outcome, _)| match outcome {
+                Ok(value) => Ok(Some(value)),
+                Err(LoadError::NotFound) => Ok(None),
+                Err(error) => Err(error),
+            })
+    }
+}
+
+impl<K, V, E, S, C, F, Fut> FusedFuture for OptionallyGetWith<'_, K, V, E, S, C, F>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    E: Send + Sync + 'static,
+    S: BuildHasher + Send + Sync + 'static,
+    C: Clock,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Option<V>> + Send + 'static,
+{
+    fn is_terminated(&self) -> bool {
+        self.0.is_terminated()
+    }
+}
+
+impl<K, V, E, S, C, F> fmt::Debug for OptionallyGetWith<'_, K, V, E, S, C, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OptionallyGetWith")
+            .field("state", &self.0.state())
+            .finish_non_exhaustive()
     }
 }
 

@@ -2,12 +2,14 @@
 #![forbid(unsafe_code)]
 #![allow(clippy::std_instead_of_core, clippy::alloc_instead_of_core)] // a `std` crate
 
+mod blocking;
 mod builder;
 mod cache;
 mod clock;
 mod expiring_ref;
 mod expiry;
 mod get;
+mod insert;
 mod loading;
 mod loom;
 mod timer;
@@ -18,6 +20,6 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use deferred_cache::{Iter, LoadError, Loader, RemovalCause, Source, Stats};
 pub use expiring_ref::{Expired, ExpiringRef, Use};
 pub use expiry::Expiry;
-pub use get::{Get, GetWith, SharedLoader, WithSource};
+pub use get::{Get, GetWith, OptionallyGetWith, SharedLoader, WithSource};
 pub use loading::ExpiringLoadingCache;
 pub use timer::{TimerHandle, TimerWheel};

@@ -1,0 +1,115 @@
+//! `get_with_blocking`: single-flight loads for plain threads, deadline-aware.
+
+use std::{
+    borrow::Cow,
+    hash::{BuildHasher, Hash},
+};
+
+use deferred_cache::LoadError;
+
+use crate::{
+    cache::{Core, Read, ReadFor},
+    loom::Ordering::Relaxed,
+    Clock, ExpiringCache,
+};
+
+impl<K, V, E, S, C> ExpiringCache<K, V, E, S, C>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    E: Send + Sync + 'static,
+    S: BuildHasher + Send + Sync + 'static,
+    C: Clock,
+{
+    /// The value at `key`, loading it with `loader` on a miss or after expiry, for a thread
+    /// with no async executor: it blocks (parks) until the value is there. Single flight
+    /// holds across threads and with async callers: callers that miss the key at once share
+    /// one load, whether they came through `get_with_blocking`,
+    /// [`get_with`](Self::get_with) or [`optionally_get_with`](Self::optionally_get_with),
+    /// and every one of them gets its outcome. Do not call it from an async task: it blocks
+    /// the executor's thread.
+    ///
+    /// Expiry applies as for `get_with`: a stored value is returned only before its
+    /// deadline, an expired one is loaded anew, and a loaded value gets its deadline from
+    /// the policy. Errors are shared by the callers of the load and not kept, unless
+    /// negative caching is on ([`cache_errors_for`](crate::ExpiringBuilder::cache_errors_for)):
+    /// then the error is kept for its own time-to-live and answers every read until then,
+    /// as for `get_with`. A refresh that falls due on a hit starts only with the cache-wide
+    /// loader of an [`ExpiringLoadingCache`](crate::ExpiringLoadingCache): this `loader`
+    /// runs on the caller's thread, never in the background.
+    ///
+    /// **The loader runs on the caller's thread**, synchronously, with no lock held, as in
+    /// [`Cache::get_with_blocking`](deferred_cache::Cache::get_with_blocking), whose notes
+    /// all hold here:
+    ///
+    /// * A loader that stalls (blocks on I/O without a timeout, say) holds up every caller
+    ///   that joined its load, blocking or async, until it returns: no one else can take it
+    ///   over, so bound its waits yourself.
+    /// * If it panics, the panic unwinds out of this call, and every caller that joined the
+    ///   load gets [`LoadError::Panicked`]; the entry goes, and the cache stays usable.
+    /// * If it calls `get_with_blocking` (or `get_with`) for its own key on the same thread,
+    ///   that call gets [`LoadError::Reentrant`] rather than a deadlock.
+    /// * A caller that joins an async load helps drive it on this thread: join such loads
+    ///   from a task if they need a particular runtime's context.
+    ///
+    /// ```
+    /// use deferred_expiring::{ExpiringCache, ManualClock};
+    /// use std::{sync::{Arc, Barrier}, time::Duration};
+    /// let clock = ManualClock::new();
+    /// let cache: ExpiringCache<u32, String, String, _, _> = ExpiringCache::builder()
+    ///     .time_to_live(Duration::from_secs(60))
+    ///     .clock(clock.clone())
+    ///     .build();
+    /// let ready = Arc::new(Barrier::new(4));
+    /// let threads: Vec<_> = (0..4)
+    ///     .map(|_| {
+    ///         let (cache, ready) = (cache.clone(), Arc::clone(&ready));
+    ///         std::thread::spawn(move || {
+    ///             ready.wait();
+    ///             cache.get_with_blocking(7, || Ok("seven".to_string()))
+    ///         })
+    ///     })
+    ///     .collect();
+    /// for thread in threads {
+    ///     assert_eq!(thread.join().unwrap(), Ok("seven".to_string()));
+    /// }
+    /// assert_eq!(cache.stats().cache.loads_ok, 1); // one load, however the threads raced
+    /// clock.advance(Duration::from_secs(60)); // expired: loaded again
+    /// assert_eq!(cache.get_with_blocking(7, || Ok("SEVEN".to_string())), Ok("SEVEN".to_string()));
+    /// ```
+    pub fn get_with_blocking(
+        &self,
+        key: K,
+        loader: impl FnOnce() -> Result<V, E>,
+    ) -> Result<V, LoadError<E>> {
+        let core = &*self.core;
+        let now = core.tend();
+        match core.read(&key, || Cow::Borrowed(&key), now, ReadFor::BlockingLoad) {
+            Read::Hit { value, refresh } => {
+                if let Some(id) = refresh {
+                    Core::refresh_with_loader(&self.core, key, id);
+                }
+                return Ok(value);
+            }
+            Read::Failed(error) => return Err(LoadError::Failed(error)),
+            Read::Expired(id) => core.expire(&key, id, now),
+            Read::CachedError | Read::Absent => {}
+        }
+        // The entry this call's loader made, if it ran: its id and timer.
+        let mut mine = None;
+        let loaded = core.inner.get_with_blocking(key.clone(), || {
+            let entry = core.loaded(&key, loader())?;
+            mine = Some((entry.id, entry.timer.load(Relaxed)));
+            Ok(entry)
+        });
+        // A value that came another way (`get_or_insert_with` settled the load) is the
+        // key's, and this caller's: the entry made here was dropped.
+        // Unlike `get_with`, a value found stored by someone else between the read above and
+        // the inner cache's own is returned even if its deadline has just passed: the inner
+        // blocking call does not say whether it found the value or joined a load, and the
+        // callers of one load share its value whatever its deadline.
+        let entry = loaded?;
+        core.discard_unless_kept(mine, entry.id);
+        entry.slot.map_err(LoadError::Failed)
+    }
+}
