@@ -1,6 +1,6 @@
 //! `cargo xtask clippy`: lints the whole workspace, then each library with its `std` features
 //! off, because `cfg`-gated code that only compiles without `std` is invisible to the first run,
-//! and each library with its optional features (such as `serde`) on, for the same reason.
+//! and each library with its optional features (`serde`, `tracing`) on, for the same reason.
 
 use crate::cmd::{self, cargo, Result};
 use crate::LIBRARIES;

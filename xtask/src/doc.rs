@@ -1,5 +1,5 @@
 //! `cargo xtask doc`: rustdoc with warnings denied, so broken intra-doc links fail CI. The
-//! libraries' optional features (such as `serde`) are on, so the docs of what they add are
+//! libraries' optional features (`serde`, `tracing`) are on, so the docs of what they add are
 //! checked too.
 
 use crate::cmd::{self, cargo, Result};

@@ -57,7 +57,7 @@ impl Library {
 }
 
 /// Every library's optional features as one `--features` value for a workspace-wide command
-/// (`deferred-cache/serde,...`); `None` when no library has any.
+/// (`deferred-cache/serde,deferred-cache/tracing,...`); `None` when no library has any.
 pub fn optional_features() -> Option<String> {
     let all: Vec<String> = LIBRARIES
         .iter()
@@ -92,14 +92,14 @@ pub const LIBRARIES: &[Library] = &[
         no_std_features: &[],
         miri_full_suite: false,
         loom_preemptions: 2,
-        optional_features: &["serde"],
+        optional_features: &["serde", "tracing"],
     },
     Library {
         name: "deferred-expiring",
         no_std_features: &[],
         miri_full_suite: false,
         loom_preemptions: 2,
-        optional_features: &["serde"],
+        optional_features: &["serde", "tracing"],
     },
 ];
 
@@ -109,9 +109,9 @@ usage: cargo xtask <task> [args]
 tasks:
   fmt                      cargo fmt --check over the workspace
   clippy                   clippy with -D warnings, also with default features off and
-                           with the optional ones (`serde`) on
-  test                     the test suites with the optional features (`serde`) on, also
-                           with only the `alloc` feature
+                           with the optional ones (`serde`, `tracing`) on
+  test                     the test suites with the optional features (`serde`, `tracing`)
+                           on, also with only the `alloc` feature
   test-loom [--preemptions N] [FILTER]
                            loom models, each crate at its bound (core 3, the rest 2);
                            --preemptions N (or LOOM_MAX_PREEMPTIONS) runs every crate at N
@@ -120,7 +120,8 @@ tasks:
   no-std                   build the libraries for thumbv7em-none-eabihf, and the core for
                            thumbv6m-none-eabi (no compare-and-swap) with critical-section
   sanitize [--short]       stress tests under thread and address (+leak) sanitizers (nightly)
-  doc                      rustdoc with -D warnings, optional features (`serde`) on
+  doc                      rustdoc with -D warnings, optional features (`serde`, `tracing`)
+                           on
   bench [LAYER] [--no-run] run criterion benches (core, map, cache, expiring) and print
                            ratio tables (cache: hit ratios too); --no-run only builds them
   fuzz TARGET|all [--seconds N]

@@ -1,6 +1,6 @@
 //! `cargo xtask msrv`: builds every library with the oldest Rust the workspace promises
 //! (`rust-version` in the root `Cargo.toml`), with the features each is built with in
-//! `no-std` too, and with its optional features (such as `serde`) on, so a newer API slipping in fails here rather than for a user. The feature
+//! `no-std` too, and with its optional features (`serde`, `tracing`) on, so a newer API slipping in fails here rather than for a user. The feature
 //! sets for cores without compare-and-swap are checked for such a core, since what they
 //! change (portable-atomic's own atomics) only exists there.
 

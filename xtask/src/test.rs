@@ -1,5 +1,5 @@
-//! `cargo xtask test`: the test suites with default features plus the optional ones (such as
-//! `serde`, whose tests are gated on it), then each library again with only its non-`std`
+//! `cargo xtask test`: the test suites with default features plus the optional ones (`serde`,
+//! `tracing`, whose tests are gated on them), then each library again with only its non-`std`
 //! features, so the `alloc`-only build is exercised and not just compiled. The build without
 //! the optional features is the one `clippy`, `doc` and `msrv` check.
 

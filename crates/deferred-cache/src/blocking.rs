@@ -8,15 +8,15 @@ use std::{
     sync::Arc,
     task::{Context, Poll, Wake, Waker},
     thread::{self, Thread},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use deferred_core::Deferred;
 use deferred_map::Lazy;
 
 use crate::{
-    cache::Stored, error::Failure, policy::CacheCell, reentrancy, stats::Outcome, Cache, LoadError,
-    RemovalCause,
+    cache::Stored, error::Failure, policy::CacheCell, reentrancy, stats::Outcome, trace, Cache,
+    LoadError, RemovalCause,
 };
 
 impl<K, V, E, S> Cache<K, V, E, S>
@@ -108,22 +108,24 @@ where
         }
         // This caller's load. The guard settles the entry if the loader, or the clone of its
         // value, unwinds: it stays armed until the cell is completed.
+        let mut trace = trace::Load::new(|| self.hash(&key));
+        trace.start();
         let mut load = Running {
             cache: self,
             key: &key,
             cell: &mine,
             started: Instant::now(),
             finished: false,
+            trace,
         };
         let result = {
             let _inside = reentrancy::enter(id(&mine));
-            loader()
+            load.trace.in_scope(loader)
         };
         match result {
             Ok(value) => {
                 let won = mine.succeed(Stored::new(value.clone())).is_ok();
-                load.finished = true;
-                let took = Some(load.started.elapsed());
+                let took = Some(load.finish(Outcome::Ok));
                 drop(load);
                 self.inner.counters.load(Outcome::Ok, took);
                 drop(get);
@@ -139,8 +141,7 @@ where
                 settled
             }
             Err(error) => {
-                load.finished = true;
-                let took = Some(load.started.elapsed());
+                let took = Some(load.finish(Outcome::Failed));
                 drop(load);
                 self.inner.counters.load(Outcome::Failed, took);
                 drop(get);
@@ -212,6 +213,24 @@ where
     cell: &'a CacheCell<V, E>,
     started: Instant,
     finished: bool,
+    trace: trace::Load,
+}
+
+impl<K, V, E, S> Running<'_, K, V, E, S>
+where
+    K: Hash + Eq + Clone,
+    V: Clone + Send + Sync + 'static,
+    E: Send + Sync + 'static,
+    S: BuildHasher,
+{
+    /// The loader returned: disarms the guard, records `outcome` on the span, and returns
+    /// how long the load took.
+    fn finish(&mut self, outcome: Outcome) -> Duration {
+        self.finished = true;
+        let took = self.started.elapsed();
+        self.trace.finish(outcome, took);
+        took
+    }
 }
 
 impl<K, V, E, S> Drop for Running<'_, K, V, E, S>
@@ -226,10 +245,12 @@ where
             return;
         }
         self.cache.settle_failed(self.key, self.cell, Deferred::die);
+        let took = self.started.elapsed();
+        self.trace.finish(Outcome::Panicked, took);
         self.cache
             .inner
             .counters
-            .load(Outcome::Panicked, Some(self.started.elapsed()));
+            .load(Outcome::Panicked, Some(took));
     }
 }
 

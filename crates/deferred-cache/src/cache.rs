@@ -20,7 +20,7 @@ use crate::{
     listener::Listener,
     policy::{CacheCell, Evicted, Meta, Node, Policy},
     stats::{Counters, Outcome, Stats},
-    Builder, RemovalCause,
+    trace, Builder, RemovalCause,
 };
 
 /// A value in the map, with the policy's view of it beside it: the metadata first
@@ -996,7 +996,9 @@ where
             cell.get().is_some_and(|stored| pred(&stored.value))
         });
         let Some(old) = removed else { return false };
-        self.retire(self.hash(key), &old);
+        let hash = self.hash(key);
+        self.retire(hash, &old);
+        trace::removed(hash, cause);
         if cause == RemovalCause::Expired {
             self.inner.counters.expired(1);
         } else {
@@ -1096,7 +1098,7 @@ where
     /// The hash of a key, or of a borrowed form of it: the map's hasher over `key`, so that
     /// the policy's books (its shards and ghost hashes) see one hash per key whichever form
     /// it came in (`K: Borrow<Q>` promises that `Q` hashes as `K` does).
-    fn hash<Q: Hash + ?Sized>(&self, key: &Q) -> u64 {
+    pub(crate) fn hash<Q: Hash + ?Sized>(&self, key: &Q) -> u64 {
         self.inner.map.hasher().hash_one(key)
     }
 
@@ -1145,6 +1147,7 @@ where
                     .remove_if(&out.node.key, |c| Lazy::ptr_eq(c, cell));
                 if gone.is_some() {
                     removed += 1;
+                    trace::removed(out.node.hash, RemovalCause::Size);
                     self.notify(&out.node.key, cell, RemovalCause::Size);
                 }
             }
@@ -1172,10 +1175,11 @@ fn caught<R>(f: impl FnOnce() -> R) -> Option<R> {
 }
 
 /// The future stored in an entry: the user's load (its error already a `Failure`), with
-/// the counters kept.
+/// the counters kept, run inside its span `trace`.
 pub(crate) fn load<V, E, Fut>(
     fut: Fut,
     counters: Arc<Counters>,
+    trace: trace::Load,
 ) -> impl Future<Output = Result<Stored<V>, Failure<E>>> + Send + 'static
 where
     Fut: Future<Output = Result<V, Failure<E>>> + Send + 'static,
@@ -1185,11 +1189,13 @@ where
     let watch = LoadWatch {
         counters,
         started: None,
+        trace,
     };
     async move {
         let mut watch = watch;
         watch.started = Some(Instant::now());
-        let result = fut.await;
+        watch.trace.start();
+        let result = watch.trace.instrument(fut).await;
         watch.finish(match &result {
             Ok(_) => Outcome::Ok,
             Err(Failure::Error(_)) => Outcome::Failed,
@@ -1204,12 +1210,15 @@ struct LoadWatch {
     counters: Arc<Counters>,
     /// When the load was first polled; `None` before, and after it was counted.
     started: Option<Instant>,
+    trace: trace::Load,
 }
 
 impl LoadWatch {
     fn finish(&mut self, outcome: Outcome) {
         if let Some(started) = self.started.take() {
-            self.counters.load(outcome, Some(started.elapsed()));
+            let took = started.elapsed();
+            self.counters.load(outcome, Some(took));
+            self.trace.finish(outcome, took);
         }
     }
 }
@@ -1218,9 +1227,10 @@ impl Drop for LoadWatch {
     fn drop(&mut self) {
         if std::thread::panicking() {
             self.finish(Outcome::Panicked);
-        } else if self.started.take().is_some() {
+        } else if let Some(started) = self.started.take() {
             // Dropped after it started, before it ended: every caller went away.
             self.counters.load(Outcome::Cancelled, None);
+            self.trace.finish(Outcome::Cancelled, started.elapsed());
         }
     }
 }

@@ -14,7 +14,7 @@ use futures_core::FusedFuture;
 use crate::{
     cache::{load, Stored},
     error::Failure,
-    reentrancy, Cache, LoadError,
+    reentrancy, trace, Cache, LoadError,
 };
 
 /// Where a read's outcome came from: see [`GetWith::with_source`].
@@ -200,10 +200,10 @@ where
                 unreachable!("matched above");
             };
             let counters = Arc::clone(&cache.inner.counters);
-            let get = cache
-                .inner
-                .map
-                .get_or_add_with(key.clone(), || load(start(loader, &key), counters));
+            let get = cache.inner.map.get_or_add_with(key.clone(), || {
+                let trace = trace::Load::new(|| cache.hash(&key));
+                load(start(loader, &key), counters, trace)
+            });
             let source = if get.added() {
                 Source::Loaded
             } else {
