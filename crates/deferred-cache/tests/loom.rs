@@ -471,11 +471,23 @@ mod review_12 {
             let cache = cache(4);
             let c = cache.clone();
             let t = thread::spawn(move || c.get_or_insert_with(1, || 5));
-            let got = cache.get_with_blocking(1, || Ok(7)).unwrap();
+            let ran = Arc::new(AtomicUsize::new(0));
+            let counted = ran.clone();
+            let got = cache
+                .get_with_blocking(1, move || {
+                    counted.fetch_add(1, SeqCst);
+                    Ok(7)
+                })
+                .unwrap();
             let inserted = t.join().unwrap();
             assert_eq!(cache.peek(&1), Some(got));
             assert_eq!((cache.len(), cache.weighted_size()), (1, Some(1)));
-            assert_eq!(cache.stats().loads(), u64::from(got == 7 || inserted == 7));
+            // Every loader that ran is one load (`Stats::loads`: loads that ran to an end),
+            // also one whose value lost to `get_or_insert_with` settling the key first: then
+            // neither caller returns 7, and the load still counts. (An earlier oracle,
+            // `loads == (either got 7)`, held only in the schedules a thinner lock gate let
+            // loom reach.)
+            assert_eq!(cache.stats().loads() as usize, ran.load(SeqCst));
             assert_eq!(got, inserted, "the two callers disagree");
         });
     }
