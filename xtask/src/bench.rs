@@ -1,8 +1,10 @@
 //! `cargo xtask bench [LAYER] [--no-run]`: runs a layer's criterion benches, then prints how
 //! deferred compares with each alternative, and saves that table as `target/bench-<LAYER>.md`;
 //! then runs the layer's plain bench programs, if any ([`PROGRAMS`]: `cache` replays key traces
-//! and prints hit ratios, saved as `target/bench-cache-hit-ratio.md`, and draws them as SVG
-//! charts in `benches/charts/`, which the cache README shows).
+//! and prints hit ratios, saved as `target/bench-cache-hit-ratio.md`, then runs the mixed
+//! workload `cache/mixed` at 1, 2, 16 and 64 threads and prints throughput and p99.99 with their
+//! ratios to quick_cache, saved as `target/bench-cache-mixed.md`; both draw SVG charts in
+//! `benches/charts/`, which the cache README shows).
 //!
 //! Criterion's own output lists each benchmark on its own; the question we ask of a bench run is
 //! "how much faster or slower than the alternatives", so the table puts every function of a
@@ -29,12 +31,22 @@ const PACKAGE: &str = "deferred-benches";
 /// benches: `(layer, bench target, report file, charts folder)`. Each prints its own report and
 /// saves it as the report file in the target directory (given to it as `--out PATH`); one with a
 /// charts folder (relative to the repository root) draws SVG charts there (`--charts DIR`).
-const PROGRAMS: &[(&str, &str, &str, Option<&str>)] = &[(
-    "cache",
-    "cache_hit_ratio",
-    "bench-cache-hit-ratio.md",
-    Some("benches/charts"),
-)];
+const PROGRAMS: &[(&str, &str, &str, Option<&str>)] = &[
+    (
+        "cache",
+        "cache_hit_ratio",
+        "bench-cache-hit-ratio.md",
+        Some("benches/charts"),
+    ),
+    // `cache/mixed`: throughput and p99.99 at 1, 2, 16 and 64 threads, with the ratios to
+    // quick_cache and issue #13's targets, drawn as `throughput_mixed.svg`.
+    (
+        "cache",
+        "cache_mixed",
+        "bench-cache-mixed.md",
+        Some("benches/charts"),
+    ),
+];
 
 /// The environment variable that names the file a bench writes its own figures to.
 const EXTRAS_VAR: &str = "DEFERRED_BENCH_EXTRAS";
