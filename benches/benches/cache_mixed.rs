@@ -62,11 +62,11 @@ const CAPACITY: u64 = 20_000;
 const THREADS: [usize; 4] = [1, 2, 16, 64];
 
 /// Operations per thread in a bench run. Bounded by moka at 64 threads, the slowest run by
-/// far: on the shared 2-core VM it managed 0.16 Mops/s there, so its three runs of 64 × 20 000
-/// operations take about 25 s, and the whole bench under a minute. That leaves few samples at
-/// 1 and 2 threads (3 750 and 7 500 over the three runs), where the p99.99 is the largest
-/// sample or close to it; the targets' thread counts, 16 and 64, have 60 000 and 240 000.
-const OPS_PER_THREAD: u64 = 20_000;
+/// far (0.4 Mops/s on the shared 2-core VM when quiet, 0.16 when busy): the whole bench
+/// takes about 25 s on that VM when quiet and about a minute when busy. At 1 and 2 threads
+/// that leaves 9 375 and 18 750 samples over the three runs, where the p99.99 is the largest
+/// sample or close to it; the targets' thread counts, 16 and 64, have 150 000 and 600 000.
+const OPS_PER_THREAD: u64 = 50_000;
 
 /// Operations per thread in a smoke run (no `--bench`).
 const SMOKE_OPS_PER_THREAD: u64 = 2_000;
