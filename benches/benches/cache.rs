@@ -5,7 +5,8 @@
 //! a `deferred_<path>` row where a second path of ours is worth seeing beside it), the
 //! anchors are `moka`, `quick_cache` and `dashmap` (a plain map: the floor, with no
 //! eviction bookkeeping). `cargo xtask bench cache` reads the estimates criterion writes
-//! and prints `deferred`'s ratio to each anchor, then runs `cache_hit_ratio`.
+//! and prints `deferred`'s ratio to each anchor, then runs `cache_hit_ratio` and
+//! `cache_mixed` (the mixed workload `cache/mixed`, by thread count).
 //!
 //! Every cache and map here hashes with `std`'s `RandomState`, so no row wins on a faster
 //! hash. Keys and values are `u64`, so a read's clone is a copy. Bounded caches are bounded
@@ -48,9 +49,11 @@ use std::{
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, SamplingMode};
 use dashmap::DashMap;
-use deferred_benches::{drive, next_scattered, ready_now, stampedes, value_of, HOT_KEY};
-use deferred_cache::{Cache, Source};
-use quick_cache::{sync::DefaultLifecycle, UnitWeighter};
+use deferred_benches::{
+    deferred_cache, drive, next_scattered, quick_cache, ready_now, stampedes, value_of,
+    DeferredCache, QuickCache, HOT_KEY,
+};
+use deferred_cache::Source;
 
 /// Warm keys of the read workloads.
 const KEYS: u64 = 10_000;
@@ -68,32 +71,17 @@ const CALLERS: usize = 1000;
 /// How long the loader of `cache/stampede` sleeps.
 const LOAD_TIME: Duration = Duration::from_millis(50);
 
-type Ours = Cache<u64, u64, Infallible, RandomState>;
+type Ours = DeferredCache;
 type Moka = moka::future::Cache<u64, u64, RandomState>;
-type QuickCache =
-    quick_cache::sync::Cache<u64, u64, UnitWeighter, RandomState, DefaultLifecycle<u64, u64>>;
 
 fn ours(capacity: u64) -> Ours {
-    Cache::builder()
-        .max_capacity(capacity)
-        .hasher(RandomState::new())
-        .build()
+    deferred_cache(capacity)
 }
 
 fn moka(capacity: u64) -> Moka {
     moka::future::Cache::builder()
         .max_capacity(capacity)
         .build_with_hasher(RandomState::new())
-}
-
-fn quick_cache(capacity: u64) -> QuickCache {
-    quick_cache::sync::Cache::with(
-        capacity as usize,
-        capacity,
-        UnitWeighter,
-        RandomState::new(),
-        DefaultLifecycle::default(),
-    )
 }
 
 fn group<'c>(c: &'c mut Criterion, workload: &str) -> BenchmarkGroup<'c, WallTime> {

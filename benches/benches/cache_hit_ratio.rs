@@ -42,13 +42,13 @@ use core::{
 };
 use std::{
     collections::{hash_map::RandomState, HashMap},
-    path::{Path, PathBuf},
     sync::Mutex,
     thread,
     time::Instant,
 };
 
 use deferred_benches::chart::{self, HitRatioChart, Series};
+use deferred_benches::{markdown_table, mix, Program, SplitMix64};
 use deferred_cache::Cache;
 
 /// The key space of every trace.
@@ -77,29 +77,6 @@ const SEED: u64 = 0x00de_fe77_ed00_cace;
 
 // ---------------------------------------------------------------------------------------
 // Traces
-
-/// splitmix64: a seeded generator, and a bijective mixer of `u64`s.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        mix(self.0)
-    }
-
-    /// Uniform in `[0, 1)`, from the top 53 bits.
-    fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-    }
-}
-
-/// splitmix64's finalizer: a bijection, so distinct ranks make distinct keys.
-fn mix(x: u64) -> u64 {
-    let mut z = x;
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
 
 /// Draws ranks `0..n` with P(rank r) proportional to `1 / (r + 1)^exponent`: the
 /// cumulative distribution, precomputed, searched for a uniform draw.
@@ -420,7 +397,7 @@ fn render(traces: &[Trace], outcome: &Outcome) -> String {
                 ]
             })
             .collect();
-        out.push_str(&table(header, &rows));
+        out.push_str(&markdown_table(header, &rows));
     }
     let _ = write!(out, "\nReplay time, all traces and capacities:");
     for kind in KINDS {
@@ -445,84 +422,10 @@ fn name(kind: Kind) -> &'static str {
     }
 }
 
-/// A Markdown table, the first column left-aligned and the others right-aligned.
-fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
-    let widths: Vec<usize> = (0..N)
-        .map(|i| {
-            rows.iter()
-                .map(|row| row[i].chars().count())
-                .chain([header[i].chars().count()])
-                .max()
-                .unwrap_or(1)
-                .max(2)
-        })
-        .collect();
-    let line = |cells: &mut dyn Iterator<Item = String>| {
-        let mut s = String::from("|");
-        for s_cell in cells {
-            s.push_str(&s_cell);
-            s.push('|');
-        }
-        s.push('\n');
-        s
-    };
-    let pad = |i: usize, text: &str| {
-        let fill = " ".repeat(widths[i] - text.chars().count());
-        if i == 0 {
-            format!(" {text}{fill} ")
-        } else {
-            format!(" {fill}{text} ")
-        }
-    };
-    let mut out = line(&mut header.iter().enumerate().map(|(i, h)| pad(i, h)));
-    out.push_str(&line(&mut (0..N).map(|i| {
-        let dashes = "-".repeat(widths[i] - 1);
-        if i == 0 {
-            format!(" :{dashes} ")
-        } else {
-            format!(" {dashes}: ")
-        }
-    })));
-    for row in rows {
-        out.push_str(&line(&mut row.iter().enumerate().map(|(i, c)| pad(i, c))));
-    }
-    out
-}
-
-/// Where the report goes by default: `bench-cache-hit-ratio.md` in the target directory
-/// this program was built in (the nearest ancestor that cargo marked with `CACHEDIR.TAG`).
-fn default_out() -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let target = exe
-        .ancestors()
-        .skip(1)
-        .find(|dir| dir.join("CACHEDIR.TAG").is_file())?;
-    Some(target.join("bench-cache-hit-ratio.md"))
-}
-
 fn main() {
-    let mut bench = false;
-    let mut requests = REQUESTS;
-    let mut out: Option<PathBuf> = None;
-    let mut charts: Option<PathBuf> = None;
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--bench" => bench = true,
-            "--requests" => {
-                requests = args
-                    .next()
-                    .and_then(|n| n.parse().ok())
-                    .filter(|&n| n > 0)
-                    .expect("--requests takes a positive number");
-            }
-            "--out" => out = Some(args.next().expect("--out takes a path").into()),
-            "--charts" => charts = Some(args.next().expect("--charts takes a directory").into()),
-            // Arguments meant for the criterion benches of the same `cargo bench` run.
-            other => eprintln!("cache_hit_ratio: ignoring argument `{other}`"),
-        }
-    }
-    if !bench {
+    let program = Program::from_args("cache_hit_ratio", "requests");
+    let mut requests = program.count.map_or(REQUESTS, |n| n as usize);
+    if !program.bench {
         requests = requests.min(SMOKE_REQUESTS);
     }
 
@@ -540,18 +443,9 @@ fn main() {
 
     let svgs = match draw_charts(&traces, &outcome) {
         Ok(svgs) => svgs,
-        Err(e) => fail(&e),
+        Err(e) => program.fail(&e),
     };
-    if bench {
-        match out.or_else(default_out) {
-            Some(path) => write_report(&path, &report),
-            None => eprintln!("cache_hit_ratio: no target directory found; report not saved"),
-        }
-        let dir = charts.unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("charts"));
-        if let Err(e) = write_charts(&dir, &svgs) {
-            fail(&e);
-        }
-    }
+    program.save("bench-cache-hit-ratio.md", &report, &svgs);
 }
 
 /// One SVG chart per trace, with its file name: `hit_ratio_<trace>.svg`.
@@ -580,7 +474,7 @@ fn draw_charts(traces: &[Trace], outcome: &Outcome) -> Result<Vec<(String, Strin
                     .iter()
                     .map(|&kind| Series {
                         name: name(kind),
-                        ratios: outcome.ratios[t].iter().map(|r| r[kind as usize]).collect(),
+                        values: outcome.ratios[t].iter().map(|r| r[kind as usize]).collect(),
                     })
                     .collect(),
                 ceiling: trace
@@ -593,27 +487,4 @@ fn draw_charts(traces: &[Trace], outcome: &Outcome) -> Result<Vec<(String, Strin
             Ok((file, chart::hit_ratio_svg(&chart)?))
         })
         .collect()
-}
-
-fn write_charts(dir: &Path, svgs: &[(String, String)]) -> Result<(), String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("could not create {}: {e}", dir.display()))?;
-    for (file, svg) in svgs {
-        let path = dir.join(file);
-        std::fs::write(&path, svg)
-            .map_err(|e| format!("could not write {}: {e}", path.display()))?;
-        println!("wrote {}", path.display());
-    }
-    Ok(())
-}
-
-fn fail(message: &str) -> ! {
-    eprintln!("cache_hit_ratio: {message}");
-    std::process::exit(1)
-}
-
-fn write_report(path: &Path, report: &str) {
-    match std::fs::write(path, report) {
-        Ok(()) => println!("wrote {}", path.display()),
-        Err(e) => fail(&format!("could not write {}: {e}", path.display())),
-    }
 }

@@ -1,12 +1,18 @@
-//! Hit-ratio charts as SVG: hit ratio against capacity, one line per cache, one chart per
-//! trace (`benches/cache_hit_ratio.rs` draws them from the figures it has just measured, so
-//! nothing is parsed back from text).
+//! The bench programs' charts as SVG, one line per cache, drawn from the figures a program has
+//! just measured (nothing is parsed back from text):
 //!
-//! The capacity axis is logarithmic (the bench's capacities run from 0.5% to 25% of the key
-//! space), the hit-ratio axis spans the figures shown, rounded out to 10 points. Each chart
-//! carries a caption: the date and the CPU of the run, and what the figures depend on.
+//! * [`hit_ratio_svg`]: hit ratio against capacity, one chart per trace
+//!   (`benches/cache_hit_ratio.rs`). The capacity axis is logarithmic (the bench's capacities
+//!   run from 0.5% to 25% of the key space), the hit-ratio axis spans the figures shown,
+//!   rounded out to 10 points.
+//! * [`throughput_svg`]: throughput against thread count (`benches/cache_mixed.rs`). The
+//!   thread axis is logarithmic with a tick at each count measured (1, 2, 16, 64), the
+//!   throughput axis starts at 0.
+//!
+//! Each chart carries a caption: the date and the CPU of the run, and what the figures
+//! depend on.
 
-use core::{error::Error, fmt::Write as _};
+use core::{error::Error, fmt::Write as _, ops::Range};
 use std::{process::Command, time::SystemTime};
 
 use plotters::prelude::*;
@@ -17,14 +23,15 @@ const SIZE: (u32, u32) = (800, 500);
 /// Pixels below the plot for the caption lines.
 const CAPTION_LINE: u32 = 18;
 
-/// One line of a chart: a cache, and its hit ratio (percent) at each capacity of
-/// [`HitRatioChart::capacities`].
+/// One line of a chart: a cache, and its figure at each x value of the chart (hit ratio in
+/// percent at each of [`HitRatioChart::capacities`], or Mops/s at each of
+/// [`ThroughputChart::threads`]).
 #[derive(Clone, Debug)]
 pub struct Series<'a> {
     /// The cache, as the legend names it.
     pub name: &'a str,
-    /// Hit ratios in percent, one per capacity.
-    pub ratios: Vec<f64>,
+    /// One figure per x value.
+    pub values: Vec<f64>,
 }
 
 /// What one chart shows.
@@ -52,22 +59,105 @@ const COLOURS: [RGBColor; 6] = [
     RGBColor(255, 127, 14),
 ];
 
-/// Draws `chart` as an SVG document.
+/// What one throughput chart shows.
+#[derive(Clone, Debug)]
+pub struct ThroughputChart<'a> {
+    /// The workload, for the title.
+    pub workload: &'a str,
+    /// Thread counts, ascending and positive: the x values.
+    pub threads: &'a [f64],
+    /// The caches, Mops/s at each thread count; the first is drawn last (on top) and
+    /// thicker: ours.
+    pub series: Vec<Series<'a>>,
+    /// Lines of text under the plot: date, CPU, workload.
+    pub caption: Vec<String>,
+}
+
+/// Draws a hit-ratio `chart` as an SVG document.
 pub fn hit_ratio_svg(chart: &HitRatioChart<'_>) -> Result<String, String> {
-    let (first, last) = match chart.capacities {
+    let (low, high) = span(&chart.series, chart.ceiling);
+    let (low, high) = if low <= high {
+        (
+            ((low - 2.0) / 10.0).floor().max(0.0) * 10.0,
+            ((high + 2.0) / 10.0).ceil().min(10.0) * 10.0,
+        )
+    } else {
+        (0.0, 100.0)
+    };
+    svg(&LineChart {
+        title: format!("Hit ratio by capacity: {}", chart.trace),
+        xs: chart.capacities,
+        x_desc: "capacity, % of the key space (log scale)",
+        x_label: |x| format!("{x}%"),
+        y: low..high,
+        y_desc: "hit ratio, %",
+        series: &chart.series,
+        ceiling: chart.ceiling,
+        legend: SeriesLabelPosition::LowerRight,
+        caption: &chart.caption,
+    })
+}
+
+/// Draws a throughput `chart` as an SVG document.
+pub fn throughput_svg(chart: &ThroughputChart<'_>) -> Result<String, String> {
+    let (_, high) = span(&chart.series, None);
+    let high = if high > 0.0 { high * 1.15 } else { 1.0 };
+    svg(&LineChart {
+        title: format!("Throughput by thread count: {}", chart.workload),
+        xs: chart.threads,
+        x_desc: "threads (log scale)",
+        x_label: |x| format!("{x}"),
+        y: 0.0..high,
+        y_desc: "throughput, Mops/s",
+        series: &chart.series,
+        ceiling: None,
+        legend: SeriesLabelPosition::UpperRight,
+        caption: &chart.caption,
+    })
+}
+
+/// The lowest and highest figure of `series` and `extra` (`(inf, -inf)` if none).
+fn span(series: &[Series<'_>], extra: Option<f64>) -> (f64, f64) {
+    series
+        .iter()
+        .flat_map(|s| s.values.iter().copied())
+        .chain(extra)
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+            (lo.min(v), hi.max(v))
+        })
+}
+
+/// A chart of lines over a logarithmic x axis with a tick at each x value.
+struct LineChart<'a> {
+    title: String,
+    xs: &'a [f64],
+    x_desc: &'a str,
+    x_label: fn(&f64) -> String,
+    y: Range<f64>,
+    y_desc: &'a str,
+    series: &'a [Series<'a>],
+    /// A dashed horizontal line: the highest figure the workload allows.
+    ceiling: Option<f64>,
+    legend: SeriesLabelPosition,
+    caption: &'a [String],
+}
+
+/// Checks `chart`'s figures, then draws it as an SVG document.
+fn svg(chart: &LineChart<'_>) -> Result<String, String> {
+    let (first, last) = match chart.xs {
         [first, .., last] if *first > 0.0 && first < last => (*first, *last),
-        _ => return Err("a chart needs two or more ascending positive capacities".into()),
+        _ => return Err("a chart needs two or more ascending positive x values".into()),
     };
     if let Some(s) = chart
         .series
         .iter()
-        .find(|s| s.ratios.len() != chart.capacities.len())
+        .find(|s| s.values.len() != chart.xs.len())
     {
         return Err(format!(
-            "series `{}` has {} points for {} capacities",
+            "series `{}` has {} points for {} x values",
             s.name,
-            s.ratios.len(),
-            chart.capacities.len()
+            s.values.len(),
+            chart.xs.len()
         ));
     }
     let mut svg = String::new();
@@ -82,48 +172,28 @@ pub fn hit_ratio_svg(chart: &HitRatioChart<'_>) -> Result<String, String> {
 
 fn draw(
     root: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
-    chart: &HitRatioChart<'_>,
+    chart: &LineChart<'_>,
     (first, last): (f64, f64),
 ) -> Result<(), Box<dyn Error>> {
     root.fill(&WHITE)?;
     let caption_height = CAPTION_LINE * chart.caption.len() as u32 + 8;
     let (plot_area, caption_area) = root.split_vertically(SIZE.1 - caption_height);
 
-    let all = chart
-        .series
-        .iter()
-        .flat_map(|s| s.ratios.iter().copied())
-        .chain(chart.ceiling);
-    let (low, high) = all.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
-        (lo.min(v), hi.max(v))
-    });
-    let (low, high) = if low <= high {
-        (
-            ((low - 2.0) / 10.0).floor().max(0.0) * 10.0,
-            ((high + 2.0) / 10.0).ceil().min(10.0) * 10.0,
-        )
-    } else {
-        (0.0, 100.0)
-    };
-
     let mut plot = ChartBuilder::on(&plot_area)
-        .caption(
-            format!("Hit ratio by capacity: {}", chart.trace),
-            ("sans-serif", 22),
-        )
+        .caption(&chart.title, ("sans-serif", 22))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(50)
         .build_cartesian_2d(
             (first * 0.8..last * 1.25)
                 .log_scale()
-                .with_key_points(chart.capacities.to_vec()),
-            low..high,
+                .with_key_points(chart.xs.to_vec()),
+            chart.y.clone(),
         )?;
     plot.configure_mesh()
-        .x_desc("capacity, % of the key space (log scale)")
-        .y_desc("hit ratio, %")
-        .x_label_formatter(&|x| format!("{x}%"))
+        .x_desc(chart.x_desc)
+        .y_desc(chart.y_desc)
+        .x_label_formatter(&chart.x_label)
         .y_label_formatter(&|y| format!("{y:.0}"))
         .light_line_style(WHITE.mix(0.0))
         .bold_line_style(BLACK.mix(0.12))
@@ -144,7 +214,7 @@ fn draw(
     for (i, series) in chart.series.iter().enumerate().rev() {
         let colour = COLOURS[i % COLOURS.len()];
         let width = if i == 0 { 3 } else { 2 };
-        let points = chart.capacities.iter().copied().zip(series.ratios.clone());
+        let points = chart.xs.iter().copied().zip(series.values.clone());
         plot.draw_series(
             LineSeries::new(points, colour.stroke_width(width)).point_size(if i == 0 {
                 4
@@ -156,7 +226,7 @@ fn draw(
         .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], colour.stroke_width(width)));
     }
     plot.configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
+        .position(chart.legend.clone())
         .background_style(WHITE.mix(0.9))
         .border_style(BLACK.mix(0.4))
         .label_font(("sans-serif", 15))
@@ -250,11 +320,11 @@ mod tests {
             series: vec![
                 Series {
                     name: "deferred",
-                    ratios: vec![43.3, 47.8, 58.1, 62.0, 66.6],
+                    values: vec![43.3, 47.8, 58.1, 62.0, 66.6],
                 },
                 Series {
                     name: "lru",
-                    ratios: vec![35.0, 40.0, 49.3, 53.9, 61.8],
+                    values: vec![35.0, 40.0, 49.3, 53.9, 61.8],
                 },
             ],
             ceiling: Some(80.0),
@@ -284,12 +354,42 @@ mod tests {
     #[test]
     fn rejects_mismatched_figures() {
         let mut bad = chart();
-        bad.series[1].ratios.pop();
+        bad.series[1].values.pop();
         assert!(hit_ratio_svg(&bad)
             .unwrap_err()
             .contains("`lru` has 4 points"));
         bad.capacities = &[1.0];
         assert!(hit_ratio_svg(&bad).is_err());
+    }
+
+    #[test]
+    fn draws_a_throughput_chart() {
+        let chart = ThroughputChart {
+            workload: "mixed",
+            threads: &[1.0, 2.0, 16.0, 64.0],
+            series: vec![
+                Series {
+                    name: "deferred",
+                    values: vec![5.0, 9.5, 9.0, 8.0],
+                },
+                Series {
+                    name: "quick_cache",
+                    values: vec![15.0, 28.0, 27.0, 25.0],
+                },
+            ],
+            caption: vec!["2026-12-06, Some CPU, 2 CPUs".into()],
+        };
+        let svg = throughput_svg(&chart).unwrap();
+        for text in [
+            "Throughput by thread count: mixed",
+            "quick_cache",
+            "threads (log scale)",
+            "Mops/s",
+            "\n64\n",
+            "\n16\n",
+        ] {
+            assert!(svg.contains(text), "no `{text}` in\n{svg}");
+        }
     }
 
     #[test]

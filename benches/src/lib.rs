@@ -12,7 +12,9 @@
 //!   of a recursion), so a workload with N waiters allocates nothing per waiter (beyond
 //!   what the crate under test allocates itself).
 //!
-//! [`chart`] draws the hit-ratio curves of `benches/cache_hit_ratio.rs` as SVG.
+//! The plain bench programs (`cache_hit_ratio`, `cache_mixed`) share [`SplitMix64`] for
+//! their deterministic key streams, the cache constructors ([`deferred_cache`],
+//! [`quick_cache`]), [`markdown_table`] and [`report_path`]; [`chart`] draws their SVG charts.
 //!
 //! This crate, like every crate of the workspace but `deferred-core`, has no `unsafe`.
 
@@ -25,7 +27,9 @@ use core::{
     sync::atomic::{AtomicUsize, Ordering},
     task::{Context, Poll, Waker},
 };
-use std::{sync::Arc, task::Wake};
+use std::{collections::hash_map::RandomState, path::PathBuf, sync::Arc, task::Wake};
+
+use quick_cache::{sync::DefaultLifecycle, UnitWeighter};
 
 /// The criterion settings every bench target uses: short runs (1 s warm-up, 2 s
 /// measurement, 50 samples) keep a whole suite to a few minutes; criterion's command line
@@ -279,6 +283,217 @@ pub fn next_scattered(key: &mut u64, keys: u64, stride: u64) -> u64 {
     let next = k + stride;
     *key = if next >= keys { next - keys } else { next };
     k
+}
+
+/// Our cache as every cache bench builds it: bounded at `capacity` entries of weight one,
+/// hashing with `std`'s [`RandomState`] like the anchors.
+pub type DeferredCache = deferred_cache::Cache<u64, u64, core::convert::Infallible, RandomState>;
+
+/// quick_cache's sync cache as every cache bench builds it (see [`quick_cache`]).
+pub type QuickCache =
+    quick_cache::sync::Cache<u64, u64, UnitWeighter, RandomState, DefaultLifecycle<u64, u64>>;
+
+/// A [`DeferredCache`] bounded at `capacity` entries.
+pub fn deferred_cache(capacity: u64) -> DeferredCache {
+    deferred_cache::Cache::builder()
+        .max_capacity(capacity)
+        .hasher(RandomState::new())
+        .build()
+}
+
+/// A [`QuickCache`] bounded at `capacity` entries of weight one, sized for as many.
+pub fn quick_cache(capacity: u64) -> QuickCache {
+    quick_cache::sync::Cache::with(
+        capacity as usize,
+        capacity,
+        UnitWeighter,
+        RandomState::new(),
+        DefaultLifecycle::default(),
+    )
+}
+
+/// splitmix64: a small seeded generator for deterministic key streams, and (through
+/// [`mix`]) a bijective mixer of `u64`s.
+///
+/// ```
+/// use deferred_benches::SplitMix64;
+///
+/// let (mut a, mut b) = (SplitMix64(7), SplitMix64(7));
+/// assert_eq!(a.next_u64(), b.next_u64());
+/// assert!((0.0..1.0).contains(&a.next_f64()));
+/// ```
+#[derive(Clone, Debug)]
+pub struct SplitMix64(pub u64);
+
+impl SplitMix64 {
+    /// The next 64 random bits.
+    #[inline]
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        mix(self.0)
+    }
+
+    /// Uniform in `[0, 1)`, from the top 53 bits.
+    #[inline]
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+}
+
+/// splitmix64's finalizer: a bijection, so distinct inputs give distinct outputs.
+#[inline]
+pub fn mix(x: u64) -> u64 {
+    let mut z = x;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// A Markdown table with padded columns, the first left-aligned and the others
+/// right-aligned (numbers).
+///
+/// ```
+/// let t = deferred_benches::markdown_table(["a", "b"], &[["x".into(), "1.5".into()]]);
+/// assert_eq!(t, "| a  |   b |\n| :- | --: |\n| x  | 1.5 |\n");
+/// ```
+pub fn markdown_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
+    let widths: Vec<usize> = (0..N)
+        .map(|i| {
+            rows.iter()
+                .map(|row| row[i].chars().count())
+                .chain([header[i].chars().count()])
+                .max()
+                .unwrap_or(1)
+                .max(2)
+        })
+        .collect();
+    let line = |cells: &mut dyn Iterator<Item = String>| {
+        let mut s = String::from("|");
+        for s_cell in cells {
+            s.push_str(&s_cell);
+            s.push('|');
+        }
+        s.push('\n');
+        s
+    };
+    let pad = |i: usize, text: &str| {
+        let fill = " ".repeat(widths[i] - text.chars().count());
+        if i == 0 {
+            format!(" {text}{fill} ")
+        } else {
+            format!(" {fill}{text} ")
+        }
+    };
+    let mut out = line(&mut header.iter().enumerate().map(|(i, h)| pad(i, h)));
+    out.push_str(&line(&mut (0..N).map(|i| {
+        let dashes = "-".repeat(widths[i] - 1);
+        if i == 0 {
+            format!(" :{dashes} ")
+        } else {
+            format!(" {dashes}: ")
+        }
+    })));
+    for row in rows {
+        out.push_str(&line(&mut row.iter().enumerate().map(|(i, c)| pad(i, c))));
+    }
+    out
+}
+
+/// Where a bench program saves its report by default: `file` in the target directory this
+/// program was built in (the nearest ancestor that cargo marked with `CACHEDIR.TAG`).
+pub fn report_path(file: &str) -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let target = exe
+        .ancestors()
+        .skip(1)
+        .find(|dir| dir.join("CACHEDIR.TAG").is_file())?;
+    Some(target.join(file))
+}
+
+/// The command line of a plain bench program (`harness = false`, not criterion), and where
+/// its outputs go.
+///
+/// `cargo bench` passes `--bench`: a full run, which saves the report (`--out PATH`, else
+/// [`report_path`]) and the charts (`--charts DIR`, else `benches/charts/`). Without it (as
+/// `cargo test --benches` runs it) the program makes a short smoke run and writes no file.
+/// `--<count> N` sets the program's own size parameter (requests, operations).
+#[derive(Debug)]
+pub struct Program {
+    /// The program's name, for messages.
+    pub name: &'static str,
+    /// A full run (`--bench`), rather than a smoke run.
+    pub bench: bool,
+    /// The value of `--<count>`, if given.
+    pub count: Option<u64>,
+    out: Option<PathBuf>,
+    charts: Option<PathBuf>,
+}
+
+impl Program {
+    /// Parses this process's arguments; `count` names the size flag (without `--`). Other
+    /// arguments, meant for the criterion benches of the same `cargo bench` run, are ignored
+    /// with a note.
+    pub fn from_args(name: &'static str, count: &str) -> Self {
+        let mut program = Program {
+            name,
+            bench: false,
+            count: None,
+            out: None,
+            charts: None,
+        };
+        let count_flag = format!("--{count}");
+        let mut args = std::env::args().skip(1);
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--bench" => program.bench = true,
+                "--out" => program.out = args.next().map(PathBuf::from),
+                "--charts" => program.charts = args.next().map(PathBuf::from),
+                flag if flag == count_flag => {
+                    let n = args.next().and_then(|n| n.parse().ok()).filter(|&n| n > 0);
+                    program.count = Some(n.unwrap_or_else(|| {
+                        program.fail(&format!("{count_flag} takes a positive number"))
+                    }));
+                }
+                other => eprintln!("{name}: ignoring argument `{other}`"),
+            }
+        }
+        program
+    }
+
+    /// Prints `message` as this program's error and exits with status 1.
+    pub fn fail(&self, message: &str) -> ! {
+        eprintln!("{}: {message}", self.name);
+        std::process::exit(1)
+    }
+
+    /// In a full run, saves `report` (as `--out`, else `report_file` in the target
+    /// directory) and each `(file name, SVG)` of `charts`; a smoke run writes nothing.
+    pub fn save(&self, report_file: &str, report: &str, charts: &[(String, String)]) {
+        if !self.bench {
+            return;
+        }
+        match self.out.clone().or_else(|| report_path(report_file)) {
+            Some(path) => self.write(&path, report),
+            None => eprintln!("{}: no target directory found; report not saved", self.name),
+        }
+        let dir = self
+            .charts
+            .clone()
+            .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("charts"));
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            self.fail(&format!("could not create {}: {e}", dir.display()));
+        }
+        for (file, svg) in charts {
+            self.write(&dir.join(file), svg);
+        }
+    }
+
+    fn write(&self, path: &std::path::Path, text: &str) {
+        match std::fs::write(path, text) {
+            Ok(()) => println!("wrote {}", path.display()),
+            Err(e) => self.fail(&format!("could not write {}: {e}", path.display())),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,8 +1,11 @@
 //! `cargo xtask bench [LAYER] [--no-run]`: runs a layer's criterion benches, then prints how
-//! deferred compares with each alternative, and saves that table as `target/bench-<LAYER>.md`;
-//! then runs the layer's plain bench programs, if any ([`PROGRAMS`]: `cache` replays key traces
-//! and prints hit ratios, saved as `target/bench-cache-hit-ratio.md`, and draws them as SVG
-//! charts in `benches/charts/`, which the cache README shows).
+//! deferred compares with each alternative; then runs the layer's plain bench programs, if any
+//! ([`PROGRAMS`]: `cache` replays key traces and prints hit ratios, saved as
+//! `target/bench-cache-hit-ratio.md`, then runs the mixed workload `cache/mixed` at 1, 2, 16 and
+//! 64 threads and prints throughput and p99.99 with their ratios to quick_cache, saved as
+//! `target/bench-cache-mixed.md`; both draw SVG charts in `benches/charts/`, which the cache
+//! README shows). It saves the layer's tables, then each program's report, as
+//! `target/bench-<LAYER>.md`.
 //!
 //! Criterion's own output lists each benchmark on its own; the question we ask of a bench run is
 //! "how much faster or slower than the alternatives", so the table puts every function of a
@@ -29,12 +32,22 @@ const PACKAGE: &str = "deferred-benches";
 /// benches: `(layer, bench target, report file, charts folder)`. Each prints its own report and
 /// saves it as the report file in the target directory (given to it as `--out PATH`); one with a
 /// charts folder (relative to the repository root) draws SVG charts there (`--charts DIR`).
-const PROGRAMS: &[(&str, &str, &str, Option<&str>)] = &[(
-    "cache",
-    "cache_hit_ratio",
-    "bench-cache-hit-ratio.md",
-    Some("benches/charts"),
-)];
+const PROGRAMS: &[(&str, &str, &str, Option<&str>)] = &[
+    (
+        "cache",
+        "cache_hit_ratio",
+        "bench-cache-hit-ratio.md",
+        Some("benches/charts"),
+    ),
+    // `cache/mixed`: throughput and p99.99 at 1, 2, 16 and 64 threads, with the ratios to
+    // quick_cache and issue #13's targets, drawn as `throughput_mixed.svg`.
+    (
+        "cache",
+        "cache_mixed",
+        "bench-cache-mixed.md",
+        Some("benches/charts"),
+    ),
+];
 
 /// The environment variable that names the file a bench writes its own figures to.
 const EXTRAS_VAR: &str = "DEFERRED_BENCH_EXTRAS";
@@ -279,37 +292,51 @@ pub fn run(args: &[String]) -> Result {
         let mut report = render(layer, &samples);
         report.push_str(&check_targets(layer, &samples, &parse_extras(&extras)));
         print!("\n{report}");
+
+        // Charts already listed for an earlier program of this layer: the slack below would
+        // otherwise list them again for the next one.
+        let mut listed = Vec::new();
+        for (program, file, charts) in programs(layer) {
+            let path = target.join(file);
+            let mut cmd = cargo(["bench", "-p", PACKAGE, "--bench", program, "--", "--out"]);
+            cmd.arg(&path);
+            match charts {
+                None => cmd::run(&mut cmd)?,
+                Some(charts) => {
+                    let dir = cmd::root().join(charts);
+                    // A little slack for file systems with coarse timestamps: the program
+                    // measures for seconds before it writes a chart.
+                    let started = SystemTime::now();
+                    let started = started
+                        .checked_sub(Duration::from_secs(2))
+                        .unwrap_or(started);
+                    cmd::run(cmd.arg("--charts").arg(&dir))?;
+                    let mut written = charts_since(&dir, started)?;
+                    written.retain(|chart| !listed.contains(chart));
+                    if written.is_empty() {
+                        return Err(format!("{program} wrote no charts in {}", dir.display()));
+                    }
+                    println!("\n{program}: {} charts in {charts}/:", written.len());
+                    for chart in &written {
+                        let shown = chart.strip_prefix(cmd::root()).unwrap_or(chart);
+                        println!("  {}", shown.display());
+                    }
+                    listed.extend(written);
+                }
+            }
+            // The layer's report carries the programs' reports after its own tables.
+            let text = fs::read_to_string(&path)
+                .map_err(|e| format!("{program} wrote no report at {}: {e}", path.display()))?;
+            report.push('\n');
+            report.push_str(&text);
+        }
         let path = target.join(format!("bench-{layer}.md"));
         fs::write(&path, &report)
             .map_err(|e| format!("could not write {}: {e}", path.display()))?;
-        println!("\nwrote {}", path.display());
-
-        for (program, report, charts) in programs(layer) {
-            let path = target.join(report);
-            let mut cmd = cargo(["bench", "-p", PACKAGE, "--bench", program, "--", "--out"]);
-            cmd.arg(&path);
-            let Some(charts) = charts else {
-                cmd::run(&mut cmd)?;
-                continue;
-            };
-            let dir = cmd::root().join(charts);
-            // A little slack for file systems with coarse timestamps: the program replays its
-            // traces for seconds before it writes a chart.
-            let started = SystemTime::now();
-            let started = started
-                .checked_sub(Duration::from_secs(2))
-                .unwrap_or(started);
-            cmd::run(cmd.arg("--charts").arg(&dir))?;
-            let written = charts_since(&dir, started)?;
-            if written.is_empty() {
-                return Err(format!("{program} wrote no charts in {}", dir.display()));
-            }
-            println!("\n{program}: {} charts in {charts}/:", written.len());
-            for chart in written {
-                let shown = chart.strip_prefix(cmd::root()).unwrap_or(&chart);
-                println!("  {}", shown.display());
-            }
-        }
+        println!(
+            "\nwrote {} (with the reports of {layer}'s programs)",
+            path.display()
+        );
         all.push((layer, samples));
     }
     if every_layer {
