@@ -25,8 +25,14 @@ impl<T, E> Drop for Unlink<'_, T, E> {
 
 #[cfg(not(loom))]
 type Deadline = Option<std::time::Instant>;
+/// Under loom there is no clock: a deadline is one that has passed by the time the wait
+/// first looks at it, as a zero timeout's has (the wait links its node once, finds the
+/// deadline passed, unlinks and returns). That is the time-out path the models can force.
 #[cfg(loom)]
-type Deadline = Option<core::convert::Infallible>;
+type Deadline = Option<Passed>;
+#[cfg(loom)]
+#[derive(Clone, Copy)]
+struct Passed;
 
 impl<T, E> Deferred<T, E> {
     /// Blocks the current thread until the cell completes, and returns its outcome.
@@ -71,6 +77,23 @@ impl<T, E> Deferred<T, E> {
             // A timeout too far out to represent is no timeout.
             None => Some(self.wait_blocking()),
         }
+    }
+
+    /// Under loom, which has no clock: `wait_blocking_timeout(Duration::ZERO)`, the one
+    /// timeout a model can force. As outside loom, the wait links its node once, finds the
+    /// deadline passed, unlinks it and returns the outcome if there is one by then (`None`
+    /// otherwise). Any other timeout panics: loom cannot model time passing.
+    #[cfg(loom)]
+    #[doc(hidden)]
+    pub fn wait_blocking_timeout(
+        &self,
+        timeout: core::time::Duration,
+    ) -> Option<Result<&T, Error<&E>>> {
+        assert!(
+            timeout.is_zero(),
+            "under loom only a zero timeout (a deadline already passed) is modelled"
+        );
+        self.block(Some(Passed))
     }
 
     /// Blocks until the cell completes or `deadline` passes; `None` on time-out.
@@ -130,9 +153,13 @@ impl<T, E> Deferred<T, E> {
                 }
             }
             #[cfg(loom)]
-            {
-                let _ = deadline;
-                thread::park();
+            match deadline {
+                None => thread::park(),
+                Some(Passed) => {
+                    // Passed: the time-out path above, with `now >= deadline`.
+                    drop(guard);
+                    return self.try_get();
+                }
             }
         }
     }

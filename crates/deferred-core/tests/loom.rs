@@ -12,6 +12,7 @@ use std::{
     pin::{pin, Pin},
     sync::atomic::Ordering::{Acquire, Release, SeqCst},
     task::{Context, Poll, Waker},
+    time::Duration,
 };
 
 use deferred_core::{Deferred, Error, Lazy};
@@ -1092,5 +1093,178 @@ fn closed_dropped_vs_the_last_waiter_leaving() {
             leaver.join().unwrap();
         }
         assert!(producer.is_closed());
+    });
+}
+
+/// The producer parks on `closed()` while the only other node, a `get_or_init` waiting for
+/// the claim (the producer holds it, so the initializer waits in the claimant list, not
+/// beside the closer), is dropped on another thread: the claimant's leaving must take the
+/// closer off and wake it, whichever list it left (a parked producer is a loom deadlock).
+#[test]
+fn last_claimant_leaving_vs_producer_parking_on_closed() {
+    loom::model(|| {
+        let cell = leaked_cell();
+        let mut producer = cell.producer().unwrap();
+        let mut init = Box::pin(cell.get_or_init(|| -> std::future::Ready<usize> {
+            unreachable!("the producer holds the claim")
+        }));
+        assert!(poll_once(init.as_mut()).is_pending());
+        let leaver = thread::spawn(move || drop(init));
+        block_on(producer.closed());
+        leaver.join().unwrap();
+        assert!(producer.is_closed());
+        assert_eq!(producer.succeed(1), Ok(()));
+        assert_eq!(cell.get(), Some(&1));
+    });
+}
+
+/// A claimant (`claim()`, in the claimant list) and a plain waiter (in the waiter list,
+/// beside the closer) leave at once on two threads while the producer waits on `closed()`:
+/// each may be the last one, judged from the other list; whichever is, wakes the closer.
+#[test]
+fn a_claimant_and_a_waiter_leaving_vs_closed() {
+    loom::model(|| {
+        let cell = leaked_cell();
+        let mut producer = cell.producer().unwrap();
+        let mut claimant = Box::pin(cell.claim());
+        assert!(poll_once(claimant.as_mut()).is_pending());
+        let mut w = Box::pin(cell.wait());
+        assert!(poll_once(w.as_mut()).is_pending());
+        let claimant_leaves = thread::spawn(move || drop(claimant));
+        let waiter_leaves = thread::spawn(move || drop(w));
+        block_on(producer.closed());
+        claimant_leaves.join().unwrap();
+        waiter_leaves.join().unwrap();
+        assert!(producer.is_closed());
+    });
+}
+
+/// A blocking waiter whose deadline has passed (under loom the time-out is forced: a zero
+/// timeout, which links the node once, then unlinks it) races a plain waiter's leaving
+/// while the producer waits on `closed()`: whichever of the two leaves last (the timed-out
+/// one, unlinking itself, or the plain one) must wake the closer, and the blocking waiter
+/// times out (no one completes the cell). The plain waiter is linked first and the closer
+/// polled beside it, so that the producer's side starts with the lock (a read-modify-write):
+/// with a lone `closed()` poll (a load) first, loom, which keeps only an atomic's last access
+/// for its race detection, lets the waiter thread's own loads hide it and explores one
+/// schedule.
+#[test]
+fn timed_out_blocking_waiter_leaving_vs_closed() {
+    loom::model(|| {
+        let cell = leaked_cell();
+        let mut producer = cell.producer().unwrap();
+        let mut w = Box::pin(cell.wait());
+        assert!(poll_once(w.as_mut()).is_pending());
+        let blocking = thread::spawn(move || cell.wait_blocking_timeout(Duration::ZERO).is_none());
+        {
+            let mut closed = pin!(producer.closed());
+            assert!(poll_once(closed.as_mut()).is_pending(), "`w` waits");
+            drop(w);
+            block_on(closed);
+        }
+        assert!(blocking.join().unwrap(), "no one completes the cell");
+        assert!(producer.is_closed());
+    });
+}
+
+/// A completion races a blocking waiter that times out (zero timeout: it links once, then
+/// unlinks): the drain may pop its node (and unpark its thread) before, while or after it
+/// unlinks. The waiter gets the value or times out, never hangs, and the drain never
+/// touches its node after it has left (its stack frame is gone). The waiter is the spawned
+/// thread, which ends once it returns: the drain may unpark it after it has left, and loom
+/// (unlike std, where an unpark only ever ends a `park`) lets such a stray unpark end
+/// whatever the thread blocks in next, a `join` included, and then fails its own assertion.
+#[test]
+fn completion_vs_a_timing_out_blocking_waiter() {
+    loom::model(|| {
+        let cell = leaked_cell();
+        let waiter = thread::spawn(move || cell.wait_blocking_timeout(Duration::ZERO));
+        cell.succeed(3).unwrap();
+        match waiter.join().unwrap() {
+            None | Some(Ok(&3)) => {}
+            other => panic!("a timed-out wait saw {other:?}"),
+        }
+        assert_eq!(cell.wait_blocking_timeout(Duration::ZERO), Some(Ok(&3)));
+    });
+}
+
+/// A lazy cell whose computation never finishes and hands out the waker it is polled with,
+/// with a disposable callback linked first, then two awaiters: the list is
+/// `[callback, waiter, waiter]`. A relay wake (the computation's waker) runs a wake-waiters
+/// round, which re-queues the callback behind its sentinel and, under loom's batches of two,
+/// relocks after the two waiters; `dispose` races it. Exactly one of "the callback ran" and
+/// "`dispose` returned `true`" happens once the cell completes.
+#[test]
+fn dispose_vs_a_relay_round_requeueing_the_callback() {
+    loom::model(|| {
+        let slot: std::sync::Arc<std::sync::Mutex<Option<Waker>>> = Default::default();
+        let s = std::sync::Arc::clone(&slot);
+        let lazy: &'static Lazy<usize, ()> =
+            Box::leak(Box::new(Lazy::boxed(futures::future::poll_fn(move |cx| {
+                *s.lock().unwrap() = Some(cx.waker().clone());
+                Poll::<Result<usize, ()>>::Pending
+            }))));
+        let runs = Arc::new(AtomicUsize::new(0));
+        let r = runs.clone();
+        let handle = lazy.on_complete(move |outcome| {
+            assert_eq!(outcome, Ok(&1));
+            r.fetch_add(1, SeqCst);
+        });
+        let mut waits: Vec<_> = (0..2)
+            .map(|_| {
+                let mut wait = Box::pin(lazy.wait());
+                assert!(poll_once(wait.as_mut()).is_pending());
+                wait
+            })
+            .collect();
+        let relay = slot
+            .lock()
+            .unwrap()
+            .clone()
+            .expect("the computation was polled");
+        let round = thread::spawn(move || relay.wake_by_ref());
+        let disposed = handle.dispose();
+        round.join().unwrap();
+        assert!(
+            disposed,
+            "nothing completed the cell: the callback is still linked"
+        );
+        let _ = lazy.succeed(1);
+        assert_eq!(usize::from(disposed) + runs.load(SeqCst), 1);
+        for wait in &mut waits {
+            assert_eq!(poll_once(wait.as_mut()), Poll::Ready(Ok(&1)));
+        }
+    });
+}
+
+/// As `dispose_vs_a_relay_round_requeueing_the_callback`, with the producer's `closed()`
+/// linked and the callback the only other node: `[callback, closer]`. The round (a
+/// `try_attach`) re-queues the callback and wakes the closer, which looks again; `dispose`
+/// of the callback, on another thread, is the last waiter leaving, at any point of the
+/// round. `closed` must resolve, and the callback never runs.
+#[test]
+fn dispose_vs_a_relay_round_with_closed_linked() {
+    loom::model(|| {
+        let lazy: &'static Lazy<usize, ()> = Box::leak(Box::new(Lazy::pending()));
+        let mut producer = lazy.deferred().producer().unwrap();
+        let runs = Arc::new(AtomicUsize::new(0));
+        let r = runs.clone();
+        let handle = lazy.on_complete(move |_| {
+            r.fetch_add(1, SeqCst);
+        });
+        {
+            let mut closed = pin!(producer.closed());
+            assert!(
+                poll_once(closed.as_mut()).is_pending(),
+                "the callback waits"
+            );
+            let disposer = thread::spawn(move || handle.dispose());
+            let _ = lazy.try_attach(Box::pin(std::future::pending::<Result<usize, ()>>()));
+            block_on(closed);
+            assert!(disposer.join().unwrap(), "nothing completed the cell");
+        }
+        assert!(producer.is_closed());
+        assert_eq!(producer.succeed(1), Ok(()));
+        assert_eq!(runs.load(SeqCst), 0, "a disposed callback ran");
     });
 }
