@@ -1,0 +1,207 @@
+//! Review 13: demonstrations of defects in `get_or_insert_with` and `get_with_blocking`.
+//! Manual clock; ordering by channels and the cache's own hooks (listener, weigher); a
+//! timeout only bounds a hang, it orders nothing.
+
+#![allow(clippy::std_instead_of_core)]
+
+use std::{
+    collections::hash_map::RandomState,
+    convert::Infallible,
+    sync::{
+        mpsc::{channel, Receiver, Sender},
+        Mutex,
+    },
+    thread,
+    time::Duration,
+};
+
+use deferred_expiring::{Clock, ExpiringCache, ManualClock, RemovalCause};
+
+type Cache = ExpiringCache<u32, u32, Infallible, RandomState, ManualClock>;
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+fn ttl_cache(ttl: u64) -> (ManualClock, Cache) {
+    let clock = ManualClock::new();
+    let cache = ExpiringCache::builder()
+        .time_to_live(secs(ttl))
+        .clock(clock.clone())
+        .build();
+    (clock, cache)
+}
+
+// ---------------------------------------------------------------------------------------
+// F1: the entry the inner cache stores for get_or_insert_with / get_with_blocking is a
+// *clone* of the entry the expiring layer built, and `Entry::clone` sets `timer: NEVER`.
+// The removal listener cancels `entry.timer` of the stored entry: NEVER, so the wheel
+// keeps the timer (and a clone of the key) of a value that is gone, until its deadline.
+// ---------------------------------------------------------------------------------------
+
+/// Control: `insert` then `invalidate` leaves no timer.
+#[test]
+fn control_insert_then_invalidate_leaves_no_timer() {
+    let (_clock, cache) = ttl_cache(86_400);
+    cache.insert(1, 10);
+    assert_eq!(cache.timers(), 1);
+    assert!(cache.invalidate(&1));
+    assert_eq!(cache.timers(), 0);
+}
+
+/// `get_or_insert_with` then `invalidate`: the timer stays in the wheel.
+#[test]
+fn get_or_insert_with_then_invalidate_leaves_a_timer() {
+    let (_clock, cache) = ttl_cache(86_400);
+    assert_eq!(cache.get_or_insert_with(1, || 10), 10);
+    assert_eq!(cache.timers(), 1);
+    assert!(cache.invalidate(&1));
+    assert_eq!(cache.timers(), 0, "the invalidated value's timer was not cancelled");
+}
+
+/// `get_with_blocking` then `invalidate`: the timer stays in the wheel.
+#[test]
+fn get_with_blocking_then_invalidate_leaves_a_timer() {
+    let (_clock, cache) = ttl_cache(86_400);
+    assert_eq!(cache.get_with_blocking(1, || Ok(10)), Ok(10));
+    assert_eq!(cache.timers(), 1);
+    assert!(cache.invalidate(&1));
+    assert_eq!(cache.timers(), 0, "the invalidated value's timer was not cancelled");
+}
+
+/// The leak grows with churn, not with what is stored: one stored value, a thousand
+/// timers (each holding a key), until the deadlines a day from now. Replacement by
+/// `insert` leaks the same way.
+#[test]
+fn churn_through_get_or_insert_with_grows_the_wheel() {
+    let (_clock, cache) = ttl_cache(86_400);
+    for round in 0..1000 {
+        cache.get_or_insert_with(1, || round);
+        cache.insert(1, round); // replaces: the old timer should be cancelled
+        cache.invalidate(&1);
+    }
+    assert!(cache.is_empty());
+    assert_eq!(cache.timers(), 0, "timers of values long gone are still in the wheel");
+}
+
+// ---------------------------------------------------------------------------------------
+// F2: get_with_blocking returns a value whose deadline had passed before the call began
+// (the known race, made deterministic): a value stored by another thread, whose clock
+// reading lags this call's, between this call's read and the inner cache's. `get_with`
+// catches that case (`finish` re-checks a `Source::Hit`); the blocking call does not.
+// The window is opened with the cache's own hooks: the writer is held in the weigher
+// (after its entry got its deadline, before it is stored), and the reader's read of an
+// expired entry removes it and tells the listener, on the reader's thread, between the
+// read and the inner lookup.
+// ---------------------------------------------------------------------------------------
+
+struct Window {
+    clock: ManualClock,
+    cache: Cache,
+    /// The writer (inserting 99 at t=0) is held in the weigher.
+    writer: thread::JoinHandle<()>,
+}
+
+/// Sets up: key 1 holds `1` (deadline t=10s); a writer thread has read the clock at t=0
+/// for `insert(1, 99)` (deadline t=10s) and waits in the weigher; the clock is at t=10s.
+/// The first listener call for the value `1` as `Expired` (on the reader's thread) lets
+/// the writer store its value and waits until it has.
+fn window() -> Window {
+    let clock = ManualClock::new();
+    let (reached_tx, reached_rx) = channel::<()>();
+    let (go_tx, go_rx) = channel::<()>();
+    let (stored_tx, stored_rx) = channel::<()>();
+    let reached_tx = Mutex::new(Some(reached_tx));
+    let go_rx = Mutex::new(Some(go_rx));
+    let go_tx = Mutex::new(Some(go_tx));
+    let stored_rx: Mutex<Option<Receiver<()>>> = Mutex::new(Some(stored_rx));
+    let cache: Cache = ExpiringCache::builder()
+        .time_to_live(secs(10))
+        .max_capacity(1_000)
+        .weigher(move |_k: &u32, v: &u32| {
+            if *v == 99 {
+                if let Some(tx) = reached_tx.lock().unwrap().take() {
+                    tx.send(()).unwrap();
+                    let rx = go_rx.lock().unwrap().take().unwrap();
+                    rx.recv_timeout(secs(30)).expect("writer never released");
+                }
+            }
+            1
+        })
+        .eviction_listener(move |_k: &u32, v: &u32, cause| {
+            if *v == 1 && cause == RemovalCause::Expired {
+                if let Some(go) = go_tx.lock().unwrap().take() {
+                    go.send(()).unwrap();
+                    let rx = stored_rx.lock().unwrap().take().unwrap();
+                    rx.recv_timeout(secs(30)).expect("writer never stored");
+                }
+            }
+        })
+        .clock(clock.clone())
+        .build();
+    cache.insert(1, 1); // t=0, deadline t=10s
+    let writer = {
+        let cache = cache.clone();
+        let stored_tx: Sender<()> = stored_tx;
+        thread::spawn(move || {
+            cache.insert(1, 99); // clock read at t=0: deadline t=10s
+            stored_tx.send(()).unwrap();
+        })
+    };
+    reached_rx.recv_timeout(secs(30)).expect("writer never reached the weigher");
+    // t=10s exactly: both deadlines have come (a read at the deadline finds no value), and
+    // their tick (the first at or after 10s) has not begun, so no maintenance pass runs
+    // first: the reader's own read finds `1` expired.
+    clock.advance(secs(10));
+    Window {
+        clock,
+        cache,
+        writer,
+    }
+}
+
+/// At t=10s the value 99 (deadline t=10s) is expired: `peek` says so; `get_with_blocking`,
+/// which began at t=10s, returns it anyway instead of loading.
+#[test]
+fn get_with_blocking_returns_a_value_expired_before_the_call_began() {
+    let Window {
+        clock,
+        cache,
+        writer,
+    } = window();
+    let got = cache.get_with_blocking(1, || Ok(7));
+    writer.join().unwrap();
+    assert_eq!(clock.now(), secs(10), "the clock did not move during the call");
+    assert_eq!(cache.peek(&1), None, "the value returned is expired right now");
+    assert_eq!(
+        got,
+        Ok(7),
+        "get_with_blocking (started at t=10s) returned a value whose deadline was t=10s"
+    );
+}
+
+/// Control: `get_with` in the very same window re-checks and loads.
+#[test]
+fn control_get_with_in_the_same_window_loads() {
+    let Window { cache, writer, .. } = window();
+    let got = futures::executor::block_on(cache.get_with(1, || async { Ok(7) }));
+    writer.join().unwrap();
+    assert_eq!(got, Ok(7));
+}
+
+/// The same window for `get_or_insert_with`: it retries correctly (returns `make`'s value),
+/// but one call is counted as a hit and a miss.
+#[test]
+fn get_or_insert_with_counts_one_call_as_a_hit_and_a_miss() {
+    let Window { cache, writer, .. } = window();
+    let before = cache.stats().cache;
+    let got = cache.get_or_insert_with(1, || 7);
+    writer.join().unwrap();
+    assert_eq!(got, 7);
+    let after = cache.stats().cache;
+    assert_eq!(
+        (after.hits - before.hits, after.misses - before.misses),
+        (0, 1),
+        "one get_or_insert_with call, one miss"
+    );
+}
