@@ -205,3 +205,54 @@ fn get_or_insert_with_counts_one_call_as_a_hit_and_a_miss() {
         "one get_or_insert_with call, one miss"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// F4 (probe; shared with the pre-existing `get_with`): a load invalidated while in flight
+// is not stored, but the entry its completion built (`load_entry` / `load_optional_entry`
+// call `new_entry`, which schedules a timer) is dropped without cancelling that timer.
+// ---------------------------------------------------------------------------------------
+
+/// `optionally_get_with` whose load is invalidated in flight: its value goes to its
+/// caller, is not stored, and its timer should not stay in the wheel.
+#[test]
+fn optional_load_invalidated_in_flight_leaves_a_timer() {
+    use futures::{channel::oneshot, future::FutureExt};
+    let (_clock, cache) = ttl_cache(86_400);
+    let (go, gate) = oneshot::channel::<()>();
+    let mut get = cache
+        .optionally_get_with(1, || async move {
+            gate.await.ok();
+            Some(5)
+        })
+        .boxed_local();
+    let waker = futures::task::noop_waker();
+    let mut cx = std::task::Context::from_waker(&waker);
+    assert!(get.poll_unpin(&mut cx).is_pending());
+    cache.invalidate(&1);
+    go.send(()).unwrap();
+    assert_eq!(get.poll_unpin(&mut cx), std::task::Poll::Ready(Ok(Some(5))));
+    assert!(cache.is_empty(), "an invalidated load's value was stored");
+    assert_eq!(cache.timers(), 0, "the unstored value's timer is still in the wheel");
+}
+
+/// The same with `get_with` (pre-existing since before b4151be: the shared cause).
+#[test]
+fn get_with_load_invalidated_in_flight_leaves_a_timer() {
+    use futures::{channel::oneshot, future::FutureExt};
+    let (_clock, cache) = ttl_cache(86_400);
+    let (go, gate) = oneshot::channel::<()>();
+    let mut get = cache
+        .get_with(1, || async move {
+            gate.await.ok();
+            Ok(5)
+        })
+        .boxed_local();
+    let waker = futures::task::noop_waker();
+    let mut cx = std::task::Context::from_waker(&waker);
+    assert!(get.poll_unpin(&mut cx).is_pending());
+    cache.invalidate(&1);
+    go.send(()).unwrap();
+    assert_eq!(get.poll_unpin(&mut cx), std::task::Poll::Ready(Ok(5)));
+    assert!(cache.is_empty(), "an invalidated load's value was stored");
+    assert_eq!(cache.timers(), 0, "the unstored value's timer is still in the wheel");
+}
