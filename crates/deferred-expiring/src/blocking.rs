@@ -108,8 +108,10 @@ where
         // the inner cache's own is returned even if its deadline has just passed: the inner
         // blocking call does not say whether it found the value or joined a load, and the
         // callers of one load share its value whatever its deadline.
+        // The entry made here, if the key does not hold it now: a value that came another
+        // way is the key's, or the load was invalidated while it ran. Its timer goes.
+        core.discard_unless_stored(&key, mine);
         let entry = loaded?;
-        core.discard_unless_kept(mine, entry.id);
         entry.slot.map_err(LoadError::Failed)
     }
 }

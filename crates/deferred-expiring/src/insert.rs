@@ -85,7 +85,7 @@ where
                 mine = Some((entry.id, entry.timer.load(Relaxed)));
                 entry
             });
-            core.discard_unless_kept(mine, found.id);
+            core.discard_unless_stored(&key, mine);
             let ours = mine.is_some_and(|(id, _)| id == found.id);
             match found.slot {
                 // This call's value is returned even if its deadline has passed (a
