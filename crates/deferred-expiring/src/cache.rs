@@ -286,7 +286,7 @@ pub(crate) enum Read<V, E> {
     },
     /// A cached error, to a read that answers with it.
     Failed(Arc<E>),
-    /// A cached error, to a read that takes it for no value (counted as nothing).
+    /// A cached error, to a read that takes it for no value (a miss, counted by the read).
     CachedError,
     Expired(u64),
     Absent,
@@ -302,8 +302,9 @@ pub(crate) enum ReadFor {
     /// `get_with_blocking`: as `Load`, but only a cache-wide loader refreshes (the caller's
     /// runs on its own thread, and is neither `Send` nor `'static`).
     BlockingLoad,
-    /// `get_or_insert_with`: a miss is counted by the insert that follows; a cached error
-    /// is no value (`Read::CachedError`, counted as nothing), for the insert to replace.
+    /// `get_or_insert_with`: as `Probe`, a hit or a miss is counted here (the insert that
+    /// follows counts nothing, so that one call counts once); a cached error is no value
+    /// (`Read::CachedError`, a miss), for the insert to replace.
     Insert,
     /// `get_if_present`: a miss is counted here; a cached error is no value.
     Probe,
@@ -1260,7 +1261,7 @@ where
                 refresh,
             })
         };
-        let found = if mode == ReadFor::Probe {
+        let found = if matches!(mode, ReadFor::Probe | ReadFor::Insert) {
             self.inner.get_if_present_with(key, f)
         } else {
             self.inner.hit_with(key, f)
