@@ -1,4 +1,7 @@
-//! Review 13: demonstrations of defects in `get_or_insert_with` and `get_with_blocking`.
+//! Regressions of review 13 (expiring layer): timers left in the wheel for values that are
+//! gone (stored copies made by `get_or_insert_with` / `get_with_blocking`, and loads
+//! invalidated in flight), `get_with_blocking` returning a value expired before the call
+//! began, and `get_or_insert_with` counting one call as a hit and a miss.
 //! Manual clock; ordering by channels and the cache's own hooks (listener, weigher); a
 //! timeout only bounds a hang, it orders nothing.
 
@@ -33,10 +36,10 @@ fn ttl_cache(ttl: u64) -> (ManualClock, Cache) {
 }
 
 // ---------------------------------------------------------------------------------------
-// F1: the entry the inner cache stores for get_or_insert_with / get_with_blocking is a
-// *clone* of the entry the expiring layer built, and `Entry::clone` sets `timer: NEVER`.
-// The removal listener cancels `entry.timer` of the stored entry: NEVER, so the wheel
-// keeps the timer (and a clone of the key) of a value that is gone, until its deadline.
+// The entry the inner cache stores for get_or_insert_with / get_with_blocking is a *clone*
+// of the entry the expiring layer built. `Entry::clone` once set `timer: NEVER`, so the
+// removal listener cancelled nothing and the wheel kept the timer (and a clone of the key)
+// of a value that was gone, until its deadline. The clone now keeps the timer handle.
 // ---------------------------------------------------------------------------------------
 
 /// Control: `insert` then `invalidate` leaves no timer.
@@ -49,31 +52,39 @@ fn control_insert_then_invalidate_leaves_no_timer() {
     assert_eq!(cache.timers(), 0);
 }
 
-/// `get_or_insert_with` then `invalidate`: the timer stays in the wheel.
+/// `get_or_insert_with` then `invalidate`: no timer stays in the wheel.
 #[test]
-fn get_or_insert_with_then_invalidate_leaves_a_timer() {
+fn get_or_insert_with_then_invalidate_leaves_no_timer() {
     let (_clock, cache) = ttl_cache(86_400);
     assert_eq!(cache.get_or_insert_with(1, || 10), 10);
     assert_eq!(cache.timers(), 1);
     assert!(cache.invalidate(&1));
-    assert_eq!(cache.timers(), 0, "the invalidated value's timer was not cancelled");
+    assert_eq!(
+        cache.timers(),
+        0,
+        "the invalidated value's timer was not cancelled"
+    );
 }
 
-/// `get_with_blocking` then `invalidate`: the timer stays in the wheel.
+/// `get_with_blocking` then `invalidate`: no timer stays in the wheel.
 #[test]
-fn get_with_blocking_then_invalidate_leaves_a_timer() {
+fn get_with_blocking_then_invalidate_leaves_no_timer() {
     let (_clock, cache) = ttl_cache(86_400);
     assert_eq!(cache.get_with_blocking(1, || Ok(10)), Ok(10));
     assert_eq!(cache.timers(), 1);
     assert!(cache.invalidate(&1));
-    assert_eq!(cache.timers(), 0, "the invalidated value's timer was not cancelled");
+    assert_eq!(
+        cache.timers(),
+        0,
+        "the invalidated value's timer was not cancelled"
+    );
 }
 
-/// The leak grows with churn, not with what is stored: one stored value, a thousand
-/// timers (each holding a key), until the deadlines a day from now. Replacement by
-/// `insert` leaks the same way.
+/// The leak grew with churn, not with what is stored: one stored value, a thousand timers
+/// (each holding a key), until the deadlines a day from now. Replacement by `insert` must
+/// cancel the old timer too.
 #[test]
-fn churn_through_get_or_insert_with_grows_the_wheel() {
+fn churn_through_get_or_insert_with_leaves_no_timer() {
     let (_clock, cache) = ttl_cache(86_400);
     for round in 0..1000 {
         cache.get_or_insert_with(1, || round);
@@ -81,14 +92,18 @@ fn churn_through_get_or_insert_with_grows_the_wheel() {
         cache.invalidate(&1);
     }
     assert!(cache.is_empty());
-    assert_eq!(cache.timers(), 0, "timers of values long gone are still in the wheel");
+    assert_eq!(
+        cache.timers(),
+        0,
+        "timers of values long gone are still in the wheel"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
-// F2: get_with_blocking returns a value whose deadline had passed before the call began
-// (the known race, made deterministic): a value stored by another thread, whose clock
-// reading lags this call's, between this call's read and the inner cache's. `get_with`
-// catches that case (`finish` re-checks a `Source::Hit`); the blocking call does not.
+// get_with_blocking returned a value whose deadline had passed before the call began (the
+// race, made deterministic): a value stored by another thread, whose clock reading lags
+// this call's, between this call's read and the inner cache's. `get_with` catches that case
+// (`finish` re-checks a `Source::Hit`); the blocking call now does too.
 // The window is opened with the cache's own hooks: the writer is held in the weigher
 // (after its entry got its deadline, before it is stored), and the reader's read of an
 // expired entry removes it and tells the listener, on the reader's thread, between the
@@ -148,7 +163,9 @@ fn window() -> Window {
             stored_tx.send(()).unwrap();
         })
     };
-    reached_rx.recv_timeout(secs(30)).expect("writer never reached the weigher");
+    reached_rx
+        .recv_timeout(secs(30))
+        .expect("writer never reached the weigher");
     // t=10s exactly: both deadlines have come (a read at the deadline finds no value), and
     // their tick (the first at or after 10s) has not begun, so no maintenance pass runs
     // first: the reader's own read finds `1` expired.
@@ -160,10 +177,10 @@ fn window() -> Window {
     }
 }
 
-/// At t=10s the value 99 (deadline t=10s) is expired: `peek` says so; `get_with_blocking`,
-/// which began at t=10s, returns it anyway instead of loading.
+/// At t=10s the value 99 (deadline t=10s) is expired: `get_with_blocking`, which began at
+/// t=10s, must not return it, and loads instead.
 #[test]
-fn get_with_blocking_returns_a_value_expired_before_the_call_began() {
+fn get_with_blocking_loads_over_a_value_expired_before_the_call_began() {
     let Window {
         clock,
         cache,
@@ -171,9 +188,17 @@ fn get_with_blocking_returns_a_value_expired_before_the_call_began() {
     } = window();
     let got = cache.get_with_blocking(1, || Ok(7));
     writer.join().unwrap();
-    assert_eq!(clock.now(), secs(10), "the clock did not move during the call");
+    assert_eq!(
+        clock.now(),
+        secs(10),
+        "the clock did not move during the call"
+    );
     // Oracle corrected: `None` held only while the expired 99 was returned; once it is expired and 7 loaded, 7 is stored.
-    assert_eq!(cache.peek(&1), Some(7), "the expired value was not replaced by the load");
+    assert_eq!(
+        cache.peek(&1),
+        Some(7),
+        "the expired value was not replaced by the load"
+    );
     assert_eq!(
         got,
         Ok(7),
@@ -190,10 +215,10 @@ fn control_get_with_in_the_same_window_loads() {
     assert_eq!(got, Ok(7));
 }
 
-/// The same window for `get_or_insert_with`: it retries correctly (returns `make`'s value),
-/// but one call is counted as a hit and a miss.
+/// The same window for `get_or_insert_with`: it retries (returns `make`'s value), and the
+/// one call counts one miss (it once counted a hit and a miss).
 #[test]
-fn get_or_insert_with_counts_one_call_as_a_hit_and_a_miss() {
+fn get_or_insert_with_counts_one_call_once() {
     let Window { cache, writer, .. } = window();
     let before = cache.stats().cache;
     let got = cache.get_or_insert_with(1, || 7);
@@ -208,15 +233,15 @@ fn get_or_insert_with_counts_one_call_as_a_hit_and_a_miss() {
 }
 
 // ---------------------------------------------------------------------------------------
-// F4 (probe; shared with the pre-existing `get_with`): a load invalidated while in flight
-// is not stored, but the entry its completion built (`load_entry` / `load_optional_entry`
-// call `new_entry`, which schedules a timer) is dropped without cancelling that timer.
+// A load invalidated while in flight is not stored, and the entry its completion built
+// (`load_entry` / `load_optional_entry` call `new_entry`, which schedules a timer) was
+// dropped without cancelling that timer; the load's callers now cancel it.
 // ---------------------------------------------------------------------------------------
 
 /// `optionally_get_with` whose load is invalidated in flight: its value goes to its
 /// caller, is not stored, and its timer should not stay in the wheel.
 #[test]
-fn optional_load_invalidated_in_flight_leaves_a_timer() {
+fn optional_load_invalidated_in_flight_leaves_no_timer() {
     use futures::{channel::oneshot, future::FutureExt};
     let (_clock, cache) = ttl_cache(86_400);
     let (go, gate) = oneshot::channel::<()>();
@@ -233,12 +258,16 @@ fn optional_load_invalidated_in_flight_leaves_a_timer() {
     go.send(()).unwrap();
     assert_eq!(get.poll_unpin(&mut cx), std::task::Poll::Ready(Ok(Some(5))));
     assert!(cache.is_empty(), "an invalidated load's value was stored");
-    assert_eq!(cache.timers(), 0, "the unstored value's timer is still in the wheel");
+    assert_eq!(
+        cache.timers(),
+        0,
+        "the unstored value's timer is still in the wheel"
+    );
 }
 
-/// The same with `get_with` (pre-existing since before b4151be: the shared cause).
+/// The same with `get_with` (the shared cause, older than `optionally_get_with`'s).
 #[test]
-fn get_with_load_invalidated_in_flight_leaves_a_timer() {
+fn get_with_load_invalidated_in_flight_leaves_no_timer() {
     use futures::{channel::oneshot, future::FutureExt};
     let (_clock, cache) = ttl_cache(86_400);
     let (go, gate) = oneshot::channel::<()>();
@@ -255,5 +284,9 @@ fn get_with_load_invalidated_in_flight_leaves_a_timer() {
     go.send(()).unwrap();
     assert_eq!(get.poll_unpin(&mut cx), std::task::Poll::Ready(Ok(5)));
     assert!(cache.is_empty(), "an invalidated load's value was stored");
-    assert_eq!(cache.timers(), 0, "the unstored value's timer is still in the wheel");
+    assert_eq!(
+        cache.timers(),
+        0,
+        "the unstored value's timer is still in the wheel"
+    );
 }
