@@ -115,8 +115,7 @@ where
             // caller's; or the load was invalidated while it ran. Its timer goes.
             core.discard_unless_stored(&key, mine);
             let entry = loaded?;
-            if loader.is_some() && retries > 0 && entry.deadline.load(Acquire) <= now_nanos(start)
-            {
+            if loader.is_some() && retries > 0 && entry.deadline.load(Acquire) <= now_nanos(start) {
                 // This caller's loader did not run, and the value it got had expired before
                 // the call began: stored by someone else between the read above and the
                 // inner cache's own (a clock read on another thread lagging this one's), as
