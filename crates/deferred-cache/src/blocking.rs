@@ -86,6 +86,9 @@ where
             self.inner.counters.hit();
             return Ok(value);
         }
+        // The load's span-to-be, made before this caller's cell can be in the map: what a
+        // subscriber does here (panic, read the key) strands no one.
+        let trace = trace::Load::new(|| self.hash(&key));
         let mine: CacheCell<V, E> = Lazy::pending();
         let get = self.inner.map.get_or_add_cell(key.clone(), mine.clone());
         self.inner.counters.miss(!get.added());
@@ -106,10 +109,9 @@ where
                 Err(error) => Err(error.into()),
             };
         }
-        // This caller's load. The guard settles the entry if the loader, or the clone of its
-        // value, unwinds: it stays armed until the cell is completed.
-        let mut trace = trace::Load::new(|| self.hash(&key));
-        trace.start();
+        // This caller's load. The guard settles the entry if the span's subscriber, the
+        // loader, or the clone of its value, unwinds: it stays armed until the cell is
+        // completed.
         let mut load = Running {
             cache: self,
             key: &key,
@@ -120,6 +122,10 @@ where
         };
         let result = {
             let _inside = reentrancy::enter(id(&mine));
+            // Opened inside the guard and the re-entrancy scope: a subscriber that panics
+            // fails the load as a panicking loader does, and one that reads the key gets
+            // `LoadError::Reentrant`, as the async path's span (opened in the load's poll).
+            load.trace.start();
             load.trace.in_scope(loader)
         };
         match result {

@@ -420,7 +420,31 @@ where
             return value;
         }
         self.inner.counters.miss(false);
-        let value = make();
+        self.put_absent(key, make())
+    }
+
+    /// As [`get_or_insert_with`](Self::get_or_insert_with), but counts nothing (neither a
+    /// hit nor a miss): for a layer that reads the key, and counts that read, itself, and
+    /// may come here more than once for one call of its own. `make` runs only if no value
+    /// is there; the value returned is the one stored, as for `get_or_insert_with`, and a
+    /// load in flight is settled the same way.
+    ///
+    /// ```
+    /// let cache: deferred_cache::Cache<u8, u8> = deferred_cache::Cache::new();
+    /// assert_eq!(cache.get_or_insert_with_uncounted(1, || 10), 10);
+    /// assert_eq!(cache.get_or_insert_with_uncounted(1, || unreachable!()), 10);
+    /// assert_eq!((cache.stats().hits, cache.stats().misses), (0, 0));
+    /// ```
+    pub fn get_or_insert_with_uncounted(&self, key: K, make: impl FnOnce() -> V) -> V {
+        if let Some(value) = self.read(&key) {
+            return value;
+        }
+        self.put_absent(key, make())
+    }
+
+    /// The heart of `get_or_insert_with`: stores `value` at `key` unless a value is there
+    /// (or a load in flight completes first), and returns the one stored. Counts nothing.
+    fn put_absent(&self, key: K, value: V) -> V {
         loop {
             // A ready cell of our own, stored if the key is absent. Found otherwise: the
             // entry there, held (`Get`) so that a load in flight is not dropped as abandoned

@@ -9,7 +9,8 @@ use deferred_cache::LoadError;
 
 use crate::{
     cache::{Core, Read, ReadFor},
-    loom::Ordering::Relaxed,
+    expiry::now_nanos,
+    loom::Ordering::{Acquire, Relaxed},
     Clock, ExpiringCache,
 };
 
@@ -83,33 +84,54 @@ where
         loader: impl FnOnce() -> Result<V, E>,
     ) -> Result<V, LoadError<E>> {
         let core = &*self.core;
-        let now = core.tend();
-        match core.read(&key, || Cow::Borrowed(&key), now, ReadFor::BlockingLoad) {
-            Read::Hit { value, refresh } => {
-                if let Some(id) = refresh {
-                    Core::refresh_with_loader(&self.core, key, id);
+        let start = core.tend();
+        let mut now = start;
+        let mut loader = Some(loader);
+        // Tries left after this one for a value found already expired (see below): a bound,
+        // so that writers racing this call with lagging clocks cannot keep it looping.
+        let mut retries = RETRIES;
+        loop {
+            match core.read(&key, || Cow::Borrowed(&key), now, ReadFor::BlockingLoad) {
+                Read::Hit { value, refresh } => {
+                    if let Some(id) = refresh {
+                        Core::refresh_with_loader(&self.core, key, id);
+                    }
+                    return Ok(value);
                 }
-                return Ok(value);
+                Read::Failed(error) => return Err(LoadError::Failed(error)),
+                Read::Expired(id) => core.expire(&key, id, now),
+                Read::CachedError | Read::Absent => {}
             }
-            Read::Failed(error) => return Err(LoadError::Failed(error)),
-            Read::Expired(id) => core.expire(&key, id, now),
-            Read::CachedError | Read::Absent => {}
+            // The entry this call's loader made, if it ran: its id and timer.
+            let mut mine = None;
+            let loaded = core.inner.get_with_blocking(key.clone(), || {
+                let loader = loader.take().expect("the loader runs at most once");
+                let entry = core.loaded(&key, loader())?;
+                mine = Some((entry.id, entry.timer.load(Relaxed)));
+                Ok(entry)
+            });
+            // The entry made here, if the key does not hold it now: a value that came
+            // another way (`get_or_insert_with` settled the load) is the key's, and this
+            // caller's; or the load was invalidated while it ran. Its timer goes.
+            core.discard_unless_stored(&key, mine);
+            let entry = loaded?;
+            if loader.is_some() && retries > 0 && entry.deadline.load(Acquire) <= now_nanos(start) {
+                // This caller's loader did not run, and the value it got had expired before
+                // the call began: stored by someone else between the read above and the
+                // inner cache's own (a clock read on another thread lagging this one's), as
+                // `get_with` checks. Out with it, and look again. (Joined loads started after
+                // this call did, so their values have later deadlines, unless the
+                // time-to-live is zero and the clock has not moved.)
+                core.expire(&key, entry.id, now);
+                retries -= 1;
+                now = core.tend();
+                continue;
+            }
+            return entry.slot.map_err(LoadError::Failed);
         }
-        // The entry this call's loader made, if it ran: its id and timer.
-        let mut mine = None;
-        let loaded = core.inner.get_with_blocking(key.clone(), || {
-            let entry = core.loaded(&key, loader())?;
-            mine = Some((entry.id, entry.timer.load(Relaxed)));
-            Ok(entry)
-        });
-        // A value that came another way (`get_or_insert_with` settled the load) is the
-        // key's, and this caller's: the entry made here was dropped.
-        // Unlike `get_with`, a value found stored by someone else between the read above and
-        // the inner cache's own is returned even if its deadline has just passed: the inner
-        // blocking call does not say whether it found the value or joined a load, and the
-        // callers of one load share its value whatever its deadline.
-        let entry = loaded?;
-        core.discard_unless_kept(mine, entry.id);
-        entry.slot.map_err(LoadError::Failed)
     }
 }
+
+/// How many times one `get_with_blocking` call looks again after getting a value that had
+/// expired before it began.
+const RETRIES: u32 = 2;

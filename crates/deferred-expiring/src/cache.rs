@@ -80,8 +80,12 @@ pub(crate) struct Entry<V, E> {
 }
 
 impl<V: Clone, E> Clone for Entry<V, E> {
-    /// A snapshot for a caller (the inner cache hands out clones); the expiring layer only
-    /// ever acts on the entry inside the cache.
+    /// A snapshot for a caller (the inner cache hands out clones), or the copy the inner
+    /// cache stores (`get_with_blocking` and `get_or_insert_with` store a clone of the entry
+    /// made here): it keeps the timer handle, so that the listener cancels the timer of
+    /// whichever copy is removed. A handle on a snapshot is never acted on while its entry
+    /// is stored (only the stored entry's timer is swapped, under the shard lock), and a
+    /// stale one cancels nothing.
     fn clone(&self) -> Self {
         Entry {
             slot: self.slot.clone(),
@@ -89,7 +93,7 @@ impl<V: Clone, E> Clone for Entry<V, E> {
             deadline: AtomicU64::new(self.deadline.load(Acquire)),
             hard: self.hard,
             refresh_at: AtomicU64::new(self.refresh_at.load(Relaxed)),
-            timer: AtomicU64::new(NEVER),
+            timer: AtomicU64::new(self.timer.load(Acquire)),
         }
     }
 }
@@ -282,7 +286,7 @@ pub(crate) enum Read<V, E> {
     },
     /// A cached error, to a read that answers with it.
     Failed(Arc<E>),
-    /// A cached error, to a read that takes it for no value (counted as nothing).
+    /// A cached error, to a read that takes it for no value (a miss, counted by the read).
     CachedError,
     Expired(u64),
     Absent,
@@ -298,8 +302,9 @@ pub(crate) enum ReadFor {
     /// `get_with_blocking`: as `Load`, but only a cache-wide loader refreshes (the caller's
     /// runs on its own thread, and is neither `Send` nor `'static`).
     BlockingLoad,
-    /// `get_or_insert_with`: a miss is counted by the insert that follows; a cached error
-    /// is no value (`Read::CachedError`, counted as nothing), for the insert to replace.
+    /// `get_or_insert_with`: as `Probe`, a hit or a miss is counted here (the insert that
+    /// follows counts nothing, so that one call counts once); a cached error is no value
+    /// (`Read::CachedError`, a miss), for the insert to replace.
     Insert,
     /// `get_if_present`: a miss is counted here; a cached error is no value.
     Probe,
@@ -1256,7 +1261,7 @@ where
                 refresh,
             })
         };
-        let found = if mode == ReadFor::Probe {
+        let found = if matches!(mode, ReadFor::Probe | ReadFor::Insert) {
             self.inner.get_if_present_with(key, f)
         } else {
             self.inner.hit_with(key, f)
@@ -1324,11 +1329,14 @@ where
         }
     }
 
-    /// Cancels the timer of `entry`, made by this caller, if the entry at its key is not it
-    /// (`kept`, the id of the entry that is): it was dropped unstored.
-    pub(crate) fn discard_unless_kept(&self, entry: Option<(u64, u64)>, kept: u64) {
+    /// Cancels the timer of `entry` (its id and timer), made for `key` by a load or an
+    /// insert that has ended, if the entry stored at `key` is not it: it was never stored
+    /// (another value settled the key, or the load was invalidated in flight), or it was
+    /// and has gone (its removal cancelled the timer already; cancelling again does
+    /// nothing). Once its load has ended, an entry not stored now never will be.
+    pub(crate) fn discard_unless_stored(&self, key: &K, entry: Option<(u64, u64)>) {
         if let Some((id, timer)) = entry {
-            if id != kept {
+            if timer != NEVER && self.inner.peek_with(key, |stored| stored.id) != Some(id) {
                 self.timers.cancel(timer);
             }
         }

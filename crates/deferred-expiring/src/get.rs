@@ -517,6 +517,11 @@ where
             Ok(entry) => entry,
             Err(error) => return Some((Err(error), source)),
         };
+        if source != Source::Hit {
+            // A load that ended: if its entry is not at the key (invalidated while the load
+            // ran, so never stored), its timer goes with it. A hit's entry was stored.
+            core.discard_unless_stored(&key, Some((entry.id, entry.timer.load(Relaxed))));
+        }
         if source == Source::Hit && entry.deadline.load(Relaxed) <= now_nanos(now) {
             // Stored by someone else between the two reads, already past its deadline (a
             // clock read on another thread lagging this one's): look again. A hit never

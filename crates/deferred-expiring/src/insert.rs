@@ -60,22 +60,23 @@ where
         let mut make = Some(make);
         // `make`'s value, kept for another try if the entry it went into was dropped.
         let mut made: Option<V> = None;
-        loop {
-            let now = core.tend();
-            match core.read(&key, || Cow::Borrowed(&key), now, ReadFor::Insert) {
-                Read::Hit { value, refresh } => {
-                    if let Some(id) = refresh {
-                        Core::refresh_with_loader(&self.core, key, id);
-                    }
-                    return value;
+        // The one read that counts this call (a hit, or a miss); what follows counts nothing.
+        let mut now = core.tend();
+        match core.read(&key, || Cow::Borrowed(&key), now, ReadFor::Insert) {
+            Read::Hit { value, refresh } => {
+                if let Some(id) = refresh {
+                    Core::refresh_with_loader(&self.core, key, id);
                 }
-                Read::Expired(id) => core.expire(&key, id, now),
-                Read::CachedError => core.drop_cached_error(&key, now),
-                Read::Failed(_) | Read::Absent => {}
+                return value;
             }
+            Read::Expired(id) => core.expire(&key, id, now),
+            Read::CachedError => core.drop_cached_error(&key, now),
+            Read::Failed(_) | Read::Absent => {}
+        }
+        loop {
             // The entry this call made, if the inner cache asked for one: its id and timer.
             let mut mine = None;
-            let found = core.inner.get_or_insert_with(key.clone(), || {
+            let found = core.inner.get_or_insert_with_uncounted(key.clone(), || {
                 let value = match made.take() {
                     Some(value) => value,
                     None => make.take().expect("`make` runs at most once")(),
@@ -85,7 +86,7 @@ where
                 mine = Some((entry.id, entry.timer.load(Relaxed)));
                 entry
             });
-            core.discard_unless_kept(mine, found.id);
+            core.discard_unless_stored(&key, mine);
             let ours = mine.is_some_and(|(id, _)| id == found.id);
             match found.slot {
                 // This call's value is returned even if its deadline has passed (a
@@ -96,6 +97,7 @@ where
                 Ok(_) => core.expire(&key, found.id, now),
                 Err(_) => core.drop_cached_error(&key, now),
             }
+            now = core.tend();
         }
     }
 }
