@@ -30,7 +30,7 @@ pub struct SpinMutex<T> {
     value: UnsafeCell<T>,
     /// Where contenders wait (nothing, outside loom: see `LockWaits`).
     waits: LockWaits,
-    /// Under loom a gate in front of the spin lock (see `with`), unless made by
+    /// Under loom a gate that stands for the spin lock (see `with`), unless made by
     /// `new_unmodelled`.
     #[cfg(loom)]
     model: Option<Gate>,
@@ -99,15 +99,19 @@ impl<T> SpinMutex<T> {
         // Under loom, the layers above are modelled with a blocking gate in front of the
         // spin lock (`loom::Gate`; not a loom `Mutex`, which a panicking closure would
         // poison for the rest of the model): the protocols built on top are what their models
-        // check, not every way two threads meet inside the lock. The spin lock itself is then
-        // uncontended but still taken, so its Acquire and Release order the accesses to the
-        // value for loom, and those accesses are still checked.
+        // check, not every way two threads meet inside the lock. The gate stands for the
+        // lock there: its Acquire and Release order the holders' accesses to the value for
+        // loom, and the spin protocol (checked on its own by the `new_unmodelled` models) is
+        // skipped, as it would only add operations whose outcome is fixed.
         #[cfg(loom)]
         let _model = self.model.as_ref().map(Gate::enter);
-        self.acquire();
-        let _unlock = Unlock(self);
-        // SAFETY: `acquire` gave this thread the lock, held until `_unlock` drops (also on
-        // unwinding), so no other `&mut T` exists meanwhile.
+        let _unlock = (!self.gated()).then(|| {
+            self.acquire();
+            Unlock(self)
+        });
+        // SAFETY: `acquire` gave this thread the lock (under loom, the gate may stand for
+        // it), held until `_unlock` and `_model` drop (also on unwinding), so no other
+        // `&mut T` exists meanwhile.
         self.value.with_mut(|value| f(unsafe { &mut *value }))
     }
 
@@ -122,6 +126,18 @@ impl<T> SpinMutex<T> {
     pub fn get_mut(&mut self) -> &mut T {
         // SAFETY: `&mut self` excludes every other access.
         self.value.with_mut(|value| unsafe { &mut *value })
+    }
+
+    /// Whether a loom gate stands for this lock (never, outside loom): then the spin
+    /// protocol is skipped (see `with`).
+    #[inline(always)]
+    fn gated(&self) -> bool {
+        #[cfg(loom)]
+        {
+            self.model.is_some()
+        }
+        #[cfg(not(loom))]
+        false
     }
 
     #[inline]
@@ -201,8 +217,8 @@ pub struct SpinRwLock<T> {
     waits: LockWaits,
     /// Under loom a gate in front of the lock, for readers too (see `SpinMutex::with`):
     /// one holder at a time keeps the interleavings of the models above down, and what the
-    /// layers above need checked is their own protocol. The spin protocol behind it still
-    /// runs (uncontended), as its Acquire and Release are what order the holders for loom.
+    /// layers above need checked is their own protocol. The gate stands for the lock (its
+    /// Acquire and Release order the holders for loom) and the spin protocol is skipped.
     /// `None` if made by `new_unmodelled`: then readers and writers meet in the protocol.
     #[cfg(loom)]
     model: Option<Gate>,
@@ -279,13 +295,16 @@ impl<T> SpinRwLock<T> {
     /// ```
     #[inline]
     pub fn read<R>(&self, f: impl FnOnce(&T) -> R) -> R {
-        // Under loom, the gate in front (see `model`).
+        // Under loom, the gate in front stands for the lock (see `model`).
         #[cfg(loom)]
         let _model = self.model.as_ref().map(Gate::enter);
-        self.acquire_read();
-        let _unlock = ReadUnlock(self);
-        // SAFETY: a read lock is held until `_unlock` drops (also on unwinding): no writer
-        // has `&mut T` meanwhile, and readers only get `&T`.
+        let _unlock = (!self.gated()).then(|| {
+            self.acquire_read();
+            ReadUnlock(self)
+        });
+        // SAFETY: a read lock (under loom, maybe the gate) is held until `_unlock` and
+        // `_model` drop (also on unwinding): no writer has `&mut T` meanwhile, and readers
+        // only get `&T`.
         self.value.with(|value| f(unsafe { &*value }))
     }
 
@@ -299,13 +318,15 @@ impl<T> SpinRwLock<T> {
     /// ```
     #[inline]
     pub fn write<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
-        // Under loom, the gate in front (see `model`).
+        // Under loom, the gate in front stands for the lock (see `model`).
         #[cfg(loom)]
         let _model = self.model.as_ref().map(Gate::enter);
-        self.acquire_write();
-        let _unlock = WriteUnlock(self);
-        // SAFETY: the write lock is held until `_unlock` drops (also on unwinding): no other
-        // `&T` or `&mut T` exists meanwhile.
+        let _unlock = (!self.gated()).then(|| {
+            self.acquire_write();
+            WriteUnlock(self)
+        });
+        // SAFETY: the write lock (under loom, maybe the gate) is held until `_unlock` and
+        // `_model` drop (also on unwinding): no other `&T` or `&mut T` exists meanwhile.
         self.value.with_mut(|value| f(unsafe { &mut *value }))
     }
 
@@ -320,6 +341,18 @@ impl<T> SpinRwLock<T> {
     pub fn get_mut(&mut self) -> &mut T {
         // SAFETY: `&mut self` excludes every other access.
         self.value.with_mut(|value| unsafe { &mut *value })
+    }
+
+    /// Whether a loom gate stands for this lock (never, outside loom): then the spin
+    /// protocol is skipped (see `with`).
+    #[inline(always)]
+    fn gated(&self) -> bool {
+        #[cfg(loom)]
+        {
+            self.model.is_some()
+        }
+        #[cfg(not(loom))]
+        false
     }
 
     #[inline]
