@@ -15,8 +15,11 @@ use deferred_core::Deferred;
 use deferred_map::Lazy;
 
 use crate::{
-    cache::Stored, error::Failure, policy::CacheCell, reentrancy, stats::Outcome, trace, Cache,
-    LoadError, RemovalCause,
+    error::Failure,
+    reentrancy,
+    stats::Outcome,
+    stored::{CacheCell, Stored},
+    trace, Cache, LoadError, RemovalCause,
 };
 
 impl<K, V, E, S> Cache<K, V, E, S>

@@ -16,41 +16,12 @@ use deferred_map::{DeferredMap, Lazy};
 
 use crate::{
     error::Failure,
-    get::{GetWith, OptionallyGetWith},
     listener::Listener,
-    policy::{CacheCell, Evicted, Meta, Node, Policy},
+    policy::{Evicted, Node, Policy},
     stats::{Counters, Outcome, Stats},
+    stored::{CacheCell, Stored},
     trace, Builder, RemovalCause,
 };
-
-/// A value in the map, with the policy's view of it beside it: the metadata first
-/// (`repr(C)`), so that a large value does not push it onto another cache line than the
-/// value's first bytes, which a hit reads too.
-#[repr(C)]
-pub(crate) struct Stored<V> {
-    pub(crate) meta: Meta,
-    pub(crate) value: V,
-}
-
-impl<V: Clone> Clone for Stored<V> {
-    /// A copy of the value for a caller. The policy only ever reads the metadata of the
-    /// `Stored` inside the cell, so the copy gets fresh metadata.
-    fn clone(&self) -> Self {
-        Stored {
-            value: self.value.clone(),
-            meta: Meta::new(),
-        }
-    }
-}
-
-impl<V> Stored<V> {
-    pub(crate) fn new(value: V) -> Self {
-        Stored {
-            value,
-            meta: Meta::new(),
-        }
-    }
-}
 
 pub(crate) type Map<K, V, E, S> = DeferredMap<K, Stored<V>, Failure<E>, S>;
 
@@ -306,79 +277,6 @@ where
     E: Send + Sync + 'static,
     S: BuildHasher,
 {
-    /// The value at `key`, loading it with `loader` on a miss. However many callers miss the
-    /// same key at once, one loader runs (the first caller's; the others' are dropped
-    /// unrun) and all of them get its outcome. See [`GetWith`] for cancellation and
-    /// [`GetWith::with_source`] to learn whether this caller's loader ran.
-    ///
-    /// `loader` is called only on a miss, with no lock held. The future it returns is stored
-    /// in the entry and driven by whichever waiting caller is polled. Callers that miss at
-    /// the same instant may each call their `loader`, but only one of the futures is ever
-    /// polled (the others are dropped unpolled): keep side effects inside the future.
-    ///
-    /// ```
-    /// use deferred_cache::{Cache, LoadError};
-    /// # futures::executor::block_on(async {
-    /// let cache: Cache<&str, u32, String> = Cache::new();
-    /// assert_eq!(cache.get_with("a", || async { Ok(1) }).await, Ok(1));
-    /// assert_eq!(cache.get_with("a", || async { Ok(2) }).await, Ok(1)); // a hit
-    /// let err = cache.get_with("b", || async { Err("down".to_string()) }).await;
-    /// assert!(matches!(err, Err(LoadError::Failed(e)) if *e == "down"));
-    /// assert_eq!(cache.get_with("b", || async { Ok(3) }).await, Ok(3)); // not kept
-    /// # });
-    /// ```
-    ///
-    /// One cache has one error type, so two calls on one key cannot disagree about it:
-    ///
-    /// ```compile_fail
-    /// use deferred_cache::Cache;
-    /// let cache: Cache<u8, u8, String> = Cache::new();
-    /// let _ = cache.get_with(1, || async { Err::<u8, std::io::Error>(std::io::ErrorKind::Other.into()) });
-    /// ```
-    pub fn get_with<F, Fut>(&self, key: K, loader: F) -> GetWith<'_, K, V, E, S, F>
-    where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<V, E>> + Send + 'static,
-    {
-        GetWith::new(self, key, loader)
-    }
-
-    /// The value at `key`, loading it with `loader` on a miss, where the loader may find no
-    /// value: `Ok(None)` then, and nothing is cached (the next read loads again), as for an
-    /// error. Single flight holds as in [`get_with`](Self::get_with): callers that miss the
-    /// key at once share one load, and every one of them gets its `None` too.
-    ///
-    /// Loads are shared by key whichever method started them: an `optionally_get_with`
-    /// caller that joins a `get_with` load gets its value or error; a `get_with` (or
-    /// `LoadingCache::get`) caller that joins an optional load that finds nothing gets
-    /// [`LoadError::NotFound`](crate::LoadError::NotFound), since it cannot return `None`.
-    /// Loads that found nothing are counted in [`Stats::loads_empty`].
-    ///
-    /// ```
-    /// use deferred_cache::Cache;
-    /// # futures::executor::block_on(async {
-    /// let users: Cache<u32, String> = Cache::new();
-    /// let find = |id: u32| async move { (id < 100).then(|| format!("user {id}")) };
-    /// assert_eq!(users.optionally_get_with(7, || find(7)).await, Ok(Some("user 7".into())));
-    /// assert_eq!(users.optionally_get_with(700, || find(700)).await, Ok(None));
-    /// assert!(!users.contains_key(&700)); // not cached: the next read looks again
-    /// assert_eq!(users.stats().loads_empty, 1);
-    /// # });
-    /// ```
-    ///
-    /// [`Stats::loads_empty`]: crate::Stats::loads_empty
-    pub fn optionally_get_with<F, Fut>(
-        &self,
-        key: K,
-        loader: F,
-    ) -> OptionallyGetWith<'_, K, V, E, S, F>
-    where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Option<V>> + Send + 'static,
-    {
-        OptionallyGetWith::new(self, key, loader)
-    }
-
     /// The value at `key`, or, if there is none, the value `make` returns, stored
     /// atomically: for synchronous code that must insert only if absent. Never waits for a
     /// load. Counts a hit or a miss, as [`get_with`](Self::get_with) does.

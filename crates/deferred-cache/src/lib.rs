@@ -13,6 +13,7 @@ mod loom;
 mod policy;
 mod reentrancy;
 mod stats;
+mod stored;
 mod trace;
 
 pub use builder::{BuildError, Builder};

@@ -37,69 +37,10 @@ use deferred_map::Lazy;
 use hashbrown::HashTable;
 
 use crate::{
-    cache::Stored,
     error::Failure,
-    loom::{AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed},
+    loom::{AtomicU64, Ordering::Relaxed},
+    stored::{CacheCell, Meta, Stored, ADMITTED, NEW, REMOVED},
 };
-
-/// Not admitted yet (a value that just finished loading, or was just inserted).
-const NEW: u8 = 0;
-/// In a queue of its policy shard, and counted in its weight.
-const ADMITTED: u8 = 1;
-/// Gone from the map (evicted, invalidated or replaced); its node, if any, is stale.
-const REMOVED: u8 = 2;
-
-/// The most uses a read records.
-const MAX_FREQ: u8 = 3;
-
-/// The policy's view of one stored value, kept beside the value in its cell (one cache
-/// line away at most from what a hit reads anyway).
-pub(crate) struct Meta {
-    /// Reads since the entry last left a queue, saturating at `MAX_FREQ`. Relaxed: a hint
-    /// to the policy, racy by design (a lost bump costs nothing but accuracy).
-    freq: AtomicU8,
-    /// NEW / ADMITTED / REMOVED; changed only under the policy shard's lock, which orders
-    /// it. Read without the lock only as a hint (see `Policy::needs_admission`).
-    state: AtomicU8,
-    /// Set at admission, under the lock.
-    weight: AtomicU32,
-}
-
-impl Meta {
-    pub(crate) fn new() -> Self {
-        Meta {
-            freq: AtomicU8::new(0),
-            state: AtomicU8::new(NEW),
-            weight: AtomicU32::new(1),
-        }
-    }
-
-    /// Records a read. Stores only when the count changes, so that readers of a hot key do
-    /// not keep writing its cache line.
-    #[inline]
-    pub(crate) fn touch(&self) {
-        let freq = self.freq.load(Relaxed);
-        if freq < MAX_FREQ {
-            self.freq.store(freq + 1, Relaxed);
-        }
-    }
-
-    fn weight(&self) -> u64 {
-        u64::from(self.weight.load(Relaxed))
-    }
-}
-
-impl fmt::Debug for Meta {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Meta")
-            .field("freq", &self.freq.load(Relaxed))
-            .field("state", &self.state.load(Relaxed))
-            .finish_non_exhaustive()
-    }
-}
-
-/// The cells of a cache's map.
-pub(crate) type CacheCell<V, E> = Lazy<Stored<V>, Failure<E>>;
 
 /// A queued entry: its key, and a weak handle to its cell, so that a value removed from the
 /// map is dropped at once, not when its node comes round.

@@ -322,66 +322,6 @@ impl ReadFor {
     }
 }
 
-impl<K, V, E, S, C> ExpiringCache<K, V, E, S, C>
-where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
-    V: Clone + Send + Sync + 'static,
-    E: Send + Sync + 'static,
-    S: BuildHasher + Send + Sync + 'static,
-    C: Clock,
-{
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn from_parts(
-        capacity: Option<u64>,
-        weigher: Option<Weigher<K, V>>,
-        initial_capacity: usize,
-        hasher: S,
-        clock: C,
-        policy: Policy<K, V>,
-        listener: Option<UserListener<K, V>>,
-        loader: Option<DynLoader<K, V, E>>,
-        spawner: Option<Spawner>,
-    ) -> Result<Self, deferred_cache::BuildError> {
-        let timers = Arc::new(Timers {
-            wheel: Mutex::new(TimerWheel::new()),
-            due: AtomicU64::new(NEVER),
-        });
-        let on_removal = Arc::clone(&timers);
-        let mut builder = Cache::builder()
-            .initial_capacity(initial_capacity)
-            .hasher(hasher)
-            .eviction_listener(move |key: &K, entry: &Entry<V, E>, cause| {
-                on_removal.cancel(entry.timer.load(Acquire));
-                if let (Some(listener), Ok(value)) = (&listener, &entry.slot) {
-                    listener(key, value, cause);
-                }
-            });
-        if let Some(capacity) = capacity {
-            builder = builder.max_capacity(capacity);
-        }
-        if let Some(weigher) = weigher {
-            builder = builder.weigher(move |key: &K, entry: &Entry<V, E>| match &entry.slot {
-                Ok(value) => weigher(key, value),
-                Err(_) => 1,
-            });
-        }
-        Ok(ExpiringCache {
-            core: Arc::new(Core {
-                inner: builder.try_build()?,
-                timers,
-                clock,
-                policy,
-                next_id: AtomicU64::new(0),
-                counters: Counters::default(),
-                loader,
-                spawner,
-                pending: std::sync::Mutex::new(VecDeque::new()),
-                pending_len: AtomicUsize::new(0),
-            }),
-        })
-    }
-}
-
 impl<K, V, E> ExpiringCache<K, V, E, RandomState, SystemClock> {
     /// A builder: expiry, capacity, clock, listener, loader.
     ///
@@ -537,6 +477,57 @@ where
     S: BuildHasher + Send + Sync + 'static,
     C: Clock,
 {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn from_parts(
+        capacity: Option<u64>,
+        weigher: Option<Weigher<K, V>>,
+        initial_capacity: usize,
+        hasher: S,
+        clock: C,
+        policy: Policy<K, V>,
+        listener: Option<UserListener<K, V>>,
+        loader: Option<DynLoader<K, V, E>>,
+        spawner: Option<Spawner>,
+    ) -> Result<Self, deferred_cache::BuildError> {
+        let timers = Arc::new(Timers {
+            wheel: Mutex::new(TimerWheel::new()),
+            due: AtomicU64::new(NEVER),
+        });
+        let on_removal = Arc::clone(&timers);
+        let mut builder = Cache::builder()
+            .initial_capacity(initial_capacity)
+            .hasher(hasher)
+            .eviction_listener(move |key: &K, entry: &Entry<V, E>, cause| {
+                on_removal.cancel(entry.timer.load(Acquire));
+                if let (Some(listener), Ok(value)) = (&listener, &entry.slot) {
+                    listener(key, value, cause);
+                }
+            });
+        if let Some(capacity) = capacity {
+            builder = builder.max_capacity(capacity);
+        }
+        if let Some(weigher) = weigher {
+            builder = builder.weigher(move |key: &K, entry: &Entry<V, E>| match &entry.slot {
+                Ok(value) => weigher(key, value),
+                Err(_) => 1,
+            });
+        }
+        Ok(ExpiringCache {
+            core: Arc::new(Core {
+                inner: builder.try_build()?,
+                timers,
+                clock,
+                policy,
+                next_id: AtomicU64::new(0),
+                counters: Counters::default(),
+                loader,
+                spawner,
+                pending: std::sync::Mutex::new(VecDeque::new()),
+                pending_len: AtomicUsize::new(0),
+            }),
+        })
+    }
+
     /// The value at `key`, loading it with `loader` on a miss or after expiry; one load per
     /// key at a time however many callers miss (see [`Cache::get_with`]). A value this call
     /// loaded or joined is returned even if its deadline has passed meanwhile; a stored
@@ -1469,6 +1460,28 @@ where
         pending.extend(tasks);
         self.pending_len.store(pending.len(), Relaxed);
     }
+
+    /// The future stored in an inner entry: the user's load, turned into an `Entry`.
+    pub(crate) async fn load_entry<Fut>(self: Arc<Self>, key: K, fut: Fut) -> Result<Entry<V, E>, E>
+    where
+        Fut: Future<Output = Result<V, E>> + Send + 'static,
+    {
+        self.loaded(&key, fut.await)
+    }
+
+    /// The future stored in an inner entry by `optionally_get_with`: the user's load, its
+    /// value turned into an `Entry` (`None`, no value, is not stored).
+    pub(crate) async fn load_optional_entry<Fut>(
+        self: Arc<Self>,
+        key: K,
+        fut: Fut,
+    ) -> Option<Entry<V, E>>
+    where
+        Fut: Future<Output = Option<V>> + Send + 'static,
+    {
+        let value = fut.await?;
+        Some(self.new_entry(&key, Ok(value), None))
+    }
 }
 
 /// The most reader-driven refreshes one operation polls.
@@ -1504,42 +1517,6 @@ impl Drop for FailGuard {
             failed();
         }
     }
-}
-
-/// The future stored in an inner entry: the user's load, turned into an `Entry`.
-pub(crate) async fn load_entry<K, V, E, S, C, Fut>(
-    core: Arc<Core<K, V, E, S, C>>,
-    key: K,
-    fut: Fut,
-) -> Result<Entry<V, E>, E>
-where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
-    V: Clone + Send + Sync + 'static,
-    E: Send + Sync + 'static,
-    S: BuildHasher + Send + Sync + 'static,
-    C: Clock,
-    Fut: Future<Output = Result<V, E>> + Send + 'static,
-{
-    core.loaded(&key, fut.await)
-}
-
-/// The future stored in an inner entry by `optionally_get_with`: the user's load, its value
-/// turned into an `Entry` (`None`, no value, is not stored).
-pub(crate) async fn load_optional_entry<K, V, E, S, C, Fut>(
-    core: Arc<Core<K, V, E, S, C>>,
-    key: K,
-    fut: Fut,
-) -> Option<Entry<V, E>>
-where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
-    V: Clone + Send + Sync + 'static,
-    E: Send + Sync + 'static,
-    S: BuildHasher + Send + Sync + 'static,
-    C: Clock,
-    Fut: Future<Output = Option<V>> + Send + 'static,
-{
-    let value = fut.await?;
-    Some(core.new_entry(&key, Ok(value), None))
 }
 
 impl<K, V, E, S, C> Clone for ExpiringCache<K, V, E, S, C> {

@@ -16,9 +16,7 @@ use deferred_cache::{LoadError, Loader, Source};
 use futures_core::FusedFuture;
 
 use crate::{
-    cache::{
-        load_entry, load_optional_entry, lock_std, BoxLoad, Core, DynLoader, Entry, Read, ReadFor,
-    },
+    cache::{lock_std, BoxLoad, Core, DynLoader, Entry, Read, ReadFor},
     expiry::now_nanos,
     loom::Ordering::Relaxed,
     Clock, ExpiringCache,
@@ -161,7 +159,7 @@ impl<K, V, E, L: Loader<K, V, E>> Attempt<K, V, E> for Required<L> {
         C: Clock,
     {
         let (load_core, load_key) = (Arc::clone(core), key.clone());
-        let start = start_load(slot, move |fut| load_entry(load_core, load_key, fut));
+        let start = start_load(slot, move |fut| Core::load_entry(load_core, load_key, fut));
         Inner::Required(core.inner.get_with(key, start).with_source())
     }
 }
@@ -204,7 +202,7 @@ where
     {
         let (load_core, load_key) = (Arc::clone(core), key.clone());
         let start = start_load(slot, move |fut| {
-            load_optional_entry(load_core, load_key, fut)
+            Core::load_optional_entry(load_core, load_key, fut)
         });
         Inner::Optional(core.inner.optionally_get_with(key, start), false)
     }
