@@ -64,6 +64,10 @@ struct Node<T> {
 /// Single-threaded: the expiring cache keeps one behind a lock. Items scheduled for a tick
 /// at or before the current one fire on the next `advance`.
 ///
+/// Public on purpose, as a building block: a caller with deadlines of its own (sessions,
+/// leases, retries) can keep one beside the cache; the fuzz target and the miri subset check
+/// it as such. Its API follows the crate's semver like the caches'.
+///
 /// ```
 /// use deferred_expiring::TimerWheel;
 /// let mut wheel = TimerWheel::new();
