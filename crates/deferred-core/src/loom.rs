@@ -90,10 +90,32 @@ impl LockWaits {
 /// switches only at its own operations, none of which happen while that mutex is held. No
 /// loom `Mutex` here: the lock is released during unwinding too (a waiting future dropped by a
 /// panic), and a loom mutex guard dropped while panicking poisons it for good.
+///
+/// A contender parks on its thread's one park token, which the code around the lock may use
+/// too (a blocking wait parks on it, a waker unparks it). Two rules keep the lock's waits
+/// from changing what that code sees, as on hardware, where a contender only spins and
+/// yields and never touches the token:
+/// - a releaser unparks only the contenders that are parked (marked just before `park`,
+///   with no loom operation between the mark and the park), so no unpark of the lock's is
+///   left over as a token for a later `park` of the caller's (which would hide a lost
+///   wake-up there);
+/// - a contender whose `park` returned with no releaser behind it used up an unpark meant
+///   for the caller (loom keeps no token for a blocked thread: the unpark just ends its
+///   `park`), and unparks itself before it returns, so the caller's next `park` still sees
+///   it (a lost token would be a deadlock no hardware has).
 #[cfg(loom)]
 #[derive(Debug, Default)]
 pub(crate) struct LockWaits {
-    parked: std::sync::Mutex<std::vec::Vec<loom::thread::Thread>>,
+    contenders: std::sync::Mutex<std::vec::Vec<Contender>>,
+}
+
+/// A listed contender: its thread, and whether it is parked (or about to, with no loom
+/// operation left before its `park`).
+#[cfg(loom)]
+#[derive(Debug)]
+struct Contender {
+    thread: loom::thread::Thread,
+    parked: bool,
 }
 
 #[cfg(loom)]
@@ -102,8 +124,8 @@ impl LockWaits {
         Self::default()
     }
 
-    fn parked(&self) -> std::sync::MutexGuard<'_, std::vec::Vec<loom::thread::Thread>> {
-        self.parked
+    fn contenders(&self) -> std::sync::MutexGuard<'_, std::vec::Vec<Contender>> {
+        self.contenders
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -116,28 +138,66 @@ impl LockWaits {
         is_locked: impl Fn() -> bool,
     ) {
         let me = loom::thread::current();
+        // Whether a `park` here ended by an unpark meant for the caller (see the type).
+        let mut owed = false;
         loop {
             // Listed before the lock word is read, and the releaser takes the list after it
-            // cleared the word: either the check below sees the lock free, or the releaser
-            // unparks this contender (an unpark before the park is kept for it).
+            // cleared the word: either the check below sees the lock free, or this contender
+            // is on the list the releaser takes, parked.
             {
-                let mut parked = self.parked();
-                if !parked.iter().any(|t| t.id() == me.id()) {
-                    parked.push(me.clone());
+                let mut contenders = self.contenders();
+                if !contenders.iter().any(|c| c.thread.id() == me.id()) {
+                    contenders.push(Contender {
+                        thread: me.clone(),
+                        parked: false,
+                    });
                 }
             }
             if !is_locked() {
-                self.parked().retain(|t| t.id() != me.id());
+                self.contenders().retain(|c| c.thread.id() != me.id());
+                if owed {
+                    me.unpark();
+                }
                 return;
             }
+            // No loom operation from here to the `park`: a releaser sees this mark only
+            // once this thread is blocked in it. (Still listed: a releaser takes only the
+            // parked contenders.)
+            if let Some(c) = self
+                .contenders()
+                .iter_mut()
+                .find(|c| c.thread.id() == me.id())
+            {
+                c.parked = true;
+            }
             loom::thread::park();
+            // Still listed as parked: no releaser took the list, so another thread's unpark
+            // (or a token it left earlier) ended the `park`. A releaser that took the list
+            // unparked this thread itself; if another unpark came too, loom kept one of the
+            // two as a token, and the caller gets it.
+            let mut contenders = self.contenders();
+            if let Some(c) = contenders.iter_mut().find(|c| c.thread.id() == me.id()) {
+                if c.parked {
+                    owed = true;
+                    c.parked = false;
+                }
+            }
         }
     }
 
-    /// The lock was released: wake the contenders, if any.
+    /// The lock was released: wake the parked contenders, taking them off the list. Those
+    /// listed but not parked have not read the lock word yet and stay listed: what they read
+    /// may still say "wait" (a reader-writer lock's WAITING bit, other readers), and then
+    /// they park, to be woken by a later release.
     pub(crate) fn released(&self) {
-        let waiting = core::mem::take(&mut *self.parked());
-        for thread in waiting {
+        let mut woken = std::vec::Vec::new();
+        self.contenders().retain(|c| {
+            if c.parked {
+                woken.push(c.thread.clone());
+            }
+            !c.parked
+        });
+        for thread in woken {
             thread.unpark();
         }
     }
@@ -146,8 +206,11 @@ impl LockWaits {
 /// Under loom only: what `SpinMutex` and `SpinRwLock` put in front of their spin protocol
 /// (unless made by `new_unmodelled`), so that the models of the layers above explore their
 /// own protocols rather than every way two threads can meet inside a lock: one holder at a
-/// time, readers included (two readers' accesses inside a read section are loads and
-/// reference-count increments, which commute).
+/// time, readers included. That removes schedules hardware allows: two read sections that
+/// overlap (a cache hit's use counter, a load then a store under the read lock, can lose an
+/// increment to a second hit; under the gate it never does). No model above asserts on what
+/// two overlapping readers do; a protocol that comes to depend on it needs a model with
+/// `new_unmodelled` locks (see the core README, "What the models do not see").
 ///
 /// The gate's flag is a loom atomic, so taking the gate is one of loom's operations: loom may
 /// switch threads right before it, and another thread may take the lock between this thread's

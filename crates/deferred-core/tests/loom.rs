@@ -720,6 +720,67 @@ fn spin_rwlock_reader_never_sees_a_half_written_pair() {
 }
 
 #[test]
+fn spin_rwlock_two_writers_never_overlap() {
+    // Two writers on the spin reader-writer lock with no gate in front: the second writer's
+    // CAS (and its WAITING bit, set while the first holds the lock) must exclude the first,
+    // and the first's release must publish both halves of its write to the second.
+    loom::model(|| {
+        let lock = Arc::new(deferred_core::sync::SpinRwLock::new_unmodelled((
+            0usize, 0usize,
+        )));
+        let l = lock.clone();
+        let add = |v: &mut (usize, usize)| {
+            assert_eq!(v.0, v.1, "half a write");
+            v.0 += 1;
+            v.1 += 1;
+        };
+        let writer = thread::spawn(move || l.write(add));
+        lock.write(add);
+        writer.join().unwrap();
+        assert_eq!(lock.read(|v| *v), (2, 2));
+    });
+}
+
+/// A thread that waits for a lock under loom parks on its one park token, which the code
+/// around the lock uses too: here a future's waker unparks the thread that polls it, and that
+/// thread takes a lock before it parks for the wake. If the wake lands while the thread is
+/// parked in the lock's wait, the lock's wait must hand it on (on hardware a contender only
+/// spins, and the token is untouched): an earlier wait used it up, and the caller's `park`
+/// then never returned, a deadlock no hardware has.
+#[test]
+fn a_lock_wait_keeps_the_callers_park_token() {
+    struct Unparker(loom::thread::Thread);
+    impl ArcWake for Unparker {
+        fn wake_by_ref(this: &std::sync::Arc<Self>) {
+            this.0.unpark();
+        }
+    }
+    loom::model(|| {
+        let cell = leaked_cell();
+        let lock = Arc::new(deferred_core::sync::SpinMutex::new(()));
+        let l = lock.clone();
+        let holder = thread::spawn(move || l.with(|_| ()));
+        let completer = thread::spawn(move || cell.succeed(1).unwrap());
+        let waker = futures::task::waker(std::sync::Arc::new(Unparker(thread::current())));
+        let mut wait = pin!(cell.wait());
+        let mut first = true;
+        loop {
+            if let Poll::Ready(got) = poll_with(wait.as_mut(), &waker) {
+                assert_eq!(got, Ok(&1));
+                break;
+            }
+            if first {
+                first = false;
+                lock.with(|_| ());
+            }
+            thread::park();
+        }
+        holder.join().unwrap();
+        completer.join().unwrap();
+    });
+}
+
+#[test]
 fn spin_rwlock_writer_preference_vs_a_late_reader() {
     // A writer that finds a reader inside sets WAITING, which holds new readers off; a
     // reader arriving then waits behind the writer. If the first reader's unlock did not
