@@ -238,25 +238,26 @@ fn get_or_insert_with_counts_one_call_once() {
 // dropped without cancelling that timer; the load's callers now cancel it.
 // ---------------------------------------------------------------------------------------
 
-/// `optionally_get_with` whose load is invalidated in flight: its value goes to its
-/// caller, is not stored, and its timer should not stay in the wheel.
-#[test]
-fn optional_load_invalidated_in_flight_leaves_no_timer() {
+/// Starts a load with `start` (its loader waits for the gate), invalidates the key while
+/// the load is in flight, lets the load finish and checks that its caller gets `expected`,
+/// that nothing is stored and that no timer is left for the unstored value.
+fn load_invalidated_in_flight<T: PartialEq + std::fmt::Debug>(
+    start: impl for<'c> FnOnce(
+        &'c Cache,
+        futures::channel::oneshot::Receiver<()>,
+    ) -> futures::future::LocalBoxFuture<'c, T>,
+    expected: T,
+) {
     use futures::{channel::oneshot, future::FutureExt};
     let (_clock, cache) = ttl_cache(86_400);
     let (go, gate) = oneshot::channel::<()>();
-    let mut get = cache
-        .optionally_get_with(1, || async move {
-            gate.await.ok();
-            Some(5)
-        })
-        .boxed_local();
+    let mut get = start(&cache, gate);
     let waker = futures::task::noop_waker();
     let mut cx = std::task::Context::from_waker(&waker);
     assert!(get.poll_unpin(&mut cx).is_pending());
     cache.invalidate(&1);
     go.send(()).unwrap();
-    assert_eq!(get.poll_unpin(&mut cx), std::task::Poll::Ready(Ok(Some(5))));
+    assert_eq!(get.poll_unpin(&mut cx), std::task::Poll::Ready(expected));
     assert!(cache.is_empty(), "an invalidated load's value was stored");
     assert_eq!(
         cache.timers(),
@@ -265,28 +266,37 @@ fn optional_load_invalidated_in_flight_leaves_no_timer() {
     );
 }
 
+/// `optionally_get_with` whose load is invalidated in flight: its value goes to its
+/// caller, is not stored, and its timer should not stay in the wheel.
+#[test]
+fn optional_load_invalidated_in_flight_leaves_no_timer() {
+    use futures::future::FutureExt;
+    load_invalidated_in_flight(
+        |cache, gate| {
+            cache
+                .optionally_get_with(1, || async move {
+                    gate.await.ok();
+                    Some(5)
+                })
+                .boxed_local()
+        },
+        Ok(Some(5)),
+    );
+}
+
 /// The same with `get_with` (the shared cause, older than `optionally_get_with`'s).
 #[test]
 fn get_with_load_invalidated_in_flight_leaves_no_timer() {
-    use futures::{channel::oneshot, future::FutureExt};
-    let (_clock, cache) = ttl_cache(86_400);
-    let (go, gate) = oneshot::channel::<()>();
-    let mut get = cache
-        .get_with(1, || async move {
-            gate.await.ok();
-            Ok(5)
-        })
-        .boxed_local();
-    let waker = futures::task::noop_waker();
-    let mut cx = std::task::Context::from_waker(&waker);
-    assert!(get.poll_unpin(&mut cx).is_pending());
-    cache.invalidate(&1);
-    go.send(()).unwrap();
-    assert_eq!(get.poll_unpin(&mut cx), std::task::Poll::Ready(Ok(5)));
-    assert!(cache.is_empty(), "an invalidated load's value was stored");
-    assert_eq!(
-        cache.timers(),
-        0,
-        "the unstored value's timer is still in the wheel"
+    use futures::future::FutureExt;
+    load_invalidated_in_flight(
+        |cache, gate| {
+            cache
+                .get_with(1, || async move {
+                    gate.await.ok();
+                    Ok(5)
+                })
+                .boxed_local()
+        },
+        Ok(5),
     );
 }
