@@ -239,7 +239,7 @@ where
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 /// use deferred_redis::{HybridCache, Utf8};
 /// let client = redis::Client::open("redis://127.0.0.1:6379/")?;
-/// let users: HybridCache<String, String, Utf8> =
+/// let users: HybridCache<String, std::io::Error, Utf8> =
 ///     HybridCache::builder(client, "users:", Utf8).build()?;
 /// let name = users.get_with("7", || async { Ok("Ada".to_string()) }).await?;
 /// assert_eq!(name, "Ada");
