@@ -1,6 +1,7 @@
-//! Single flight across OS processes: this test binary re-invoked as 4 workers (the
-//! `worker` test, which does nothing unless `WORKER_URL` is set), 1000 tasks each, on one
-//! cold key of a real `redis-server`: exactly one load.
+//! Single flight across OS processes: this test binary re-invoked as worker processes (the
+//! `worker` test, which does nothing unless `WORKER_URL` is set) on a real `redis-server`.
+//! 4 workers x 1000 tasks on one cold key: exactly one load. A leader killed (SIGKILL) while
+//! loading: exactly one other process takes over.
 
 #![allow(clippy::std_instead_of_core)] // a `std` test
 
@@ -16,6 +17,9 @@ use redis::{AsyncCommands, Commands};
 use support::server::RedisServer;
 
 const WORKER_URL: &str = "DEFERRED_REDIS_WORKER_URL";
+/// `dies` (a leader that loads until it is killed) or `takes-over`; unset: the 1000-task
+/// worker.
+const WORKER_ROLE: &str = "DEFERRED_REDIS_WORKER_ROLE";
 const PROCESSES: usize = 4;
 const TASKS: usize = 1000;
 /// The bound on every wait in this test; a healthy run takes a fraction of a second.
@@ -96,18 +100,139 @@ async fn work(url: String) {
     );
 }
 
+/// The lease in the leader-dies test: short, so the takeover comes soon.
+const SHORT_LEASE: Duration = Duration::from_millis(400);
+
+/// The worker of the leader-dies test: `dies` takes the lease and loads until killed;
+/// `takes-over` waits on that lease, and loads when it expires.
+async fn die_or_take_over(url: String, dies: bool) {
+    let client = redis::Client::open(url).unwrap();
+    let mut redis = client.get_multiplexed_async_connection().await.unwrap();
+    let cache: HybridCache<String, String, Utf8> =
+        HybridCache::builder(client.clone(), "dies:", Utf8)
+            .lease(SHORT_LEASE)
+            .poll_interval(Duration::from_millis(20))
+            .op_timeout(Duration::from_secs(2))
+            .build()
+            .unwrap();
+    assert!(cache.backplane_ready(LIMIT).await);
+    if !dies {
+        // Tell the test when this process waits on the leader's lease.
+        let (cache, mut redis) = (cache.clone(), redis.clone());
+        tokio::spawn(async move {
+            let start = Instant::now();
+            while cache.stats().lease_waits == 0 {
+                assert!(start.elapsed() < LIMIT);
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            let _: i64 = redis.incr("test:waiting", 1).await.unwrap();
+        });
+    }
+    let mut loader_redis = redis.clone();
+    let value = cache
+        .get_with("cold", move || async move {
+            let _: i64 = loader_redis.incr("test:loads", 1).await.unwrap();
+            if dies {
+                // Loads "forever" (bounded): the test kills this process meanwhile.
+                tokio::time::sleep(LIMIT).await;
+                return Err("the leader was not killed".to_string());
+            }
+            Ok("taken over".to_string())
+        })
+        .await;
+    assert_eq!(value, Ok("taken over".to_string()));
+    let stats = cache.stats();
+    println!(
+        "worker {}: lease waits {}, takeovers {}, l2 hits {}",
+        std::process::id(),
+        stats.lease_waits,
+        stats.takeovers,
+        stats.l2_hits
+    );
+    assert_eq!(stats.lease_waits, 1);
+    let _: i64 = redis.incr("test:takeovers", stats.takeovers).await.unwrap();
+}
+
 /// Not a test of its own: the body of each worker process (see the module docs).
 #[test]
 fn worker() {
     let Ok(url) = std::env::var(WORKER_URL) else {
         return;
     };
-    tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .unwrap()
-        .block_on(work(url));
+        .unwrap();
+    match std::env::var(WORKER_ROLE).as_deref() {
+        Ok("dies") => runtime.block_on(die_or_take_over(url, true)),
+        Ok("takes-over") => runtime.block_on(die_or_take_over(url, false)),
+        _ => runtime.block_on(work(url)),
+    }
+}
+
+fn spawn_worker(server: &RedisServer, role: Option<&str>) -> Child {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
+        .args(["worker", "--exact", "--nocapture", "--test-threads=1"])
+        .env(WORKER_URL, server.url());
+    if let Some(role) = role {
+        command.env(WORKER_ROLE, role);
+    }
+    command.spawn().expect("start a worker process")
+}
+
+/// Waits (bounded) until the integer at `key` is `n`, failing if `child` exits meanwhile.
+fn wait_for(redis: &mut redis::Connection, key: &str, n: i64, child: &mut Child) {
+    let start = Instant::now();
+    loop {
+        let now: Option<i64> = redis.get(key).unwrap();
+        if now == Some(n) {
+            return;
+        }
+        let exited = matches!(child.try_wait(), Ok(Some(_)));
+        assert!(
+            !exited && start.elapsed() < LIMIT,
+            "waiting for {key} = {n}"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn a_killed_leader_is_taken_over_by_exactly_one_process() {
+    let server = RedisServer::start();
+    let mut redis = server.connection();
+    let mut leader = spawn_worker(&server, Some("dies"));
+    // The leader holds the lease and is loading...
+    wait_for(&mut redis, "test:loads", 1, &mut leader);
+    let exists: bool = redis.exists("dies:l:cold").unwrap();
+    assert!(exists, "the leader holds the lease");
+    // ...while two more processes come for the key and wait on its lease; then the leader
+    // is killed.
+    let mut others = [
+        spawn_worker(&server, Some("takes-over")),
+        spawn_worker(&server, Some("takes-over")),
+    ];
+    wait_for(&mut redis, "test:waiting", 2, &mut leader);
+    let killed_at = Instant::now();
+    leader.kill().unwrap();
+    let _ = leader.wait();
+    let deadline = Instant::now() + LIMIT;
+    let ok: Vec<bool> = others.iter_mut().map(|c| wait_child(c, deadline)).collect();
+    let took = killed_at.elapsed();
+    assert!(
+        ok.iter().all(|&ok| ok),
+        "both processes got the value: {ok:?}"
+    );
+    let loads: i64 = redis.get("test:loads").unwrap();
+    let takeovers: i64 = redis.get("test:takeovers").unwrap();
+    println!(
+        "killed leader: {loads} loads in all, {takeovers} takeover, the others done {took:?} \
+         after the kill (lease {SHORT_LEASE:?})"
+    );
+    assert_eq!(loads, 2, "the killed leader's load and exactly one more");
+    assert_eq!(takeovers, 1, "exactly one process took over");
 }
 
 fn wait_child(child: &mut Child, deadline: Instant) -> bool {
@@ -125,16 +250,9 @@ fn wait_child(child: &mut Child, deadline: Instant) -> bool {
 #[test]
 fn four_processes_a_thousand_tasks_each_one_load() {
     let server = RedisServer::start();
-    let exe = std::env::current_exe().unwrap();
     let started = Instant::now();
     let mut children: Vec<Child> = (0..PROCESSES)
-        .map(|_| {
-            Command::new(&exe)
-                .args(["worker", "--exact", "--nocapture", "--test-threads=1"])
-                .env(WORKER_URL, server.url())
-                .spawn()
-                .expect("start a worker process")
-        })
+        .map(|_| spawn_worker(&server, None))
         .collect();
     let mut redis = server.connection();
     let ready_by = Instant::now() + LIMIT;
