@@ -60,16 +60,23 @@ impl Library {
 /// Every library's optional features as one `--features` value for a workspace-wide command
 /// (`deferred-cache/serde,deferred-cache/tracing,...`); `None` when no library has any.
 pub fn optional_features() -> Option<String> {
-    let all: Vec<String> = LIBRARIES
+    let libraries = LIBRARIES
         .iter()
-        .flat_map(|lib| {
-            lib.optional_features
+        .map(|lib| (lib.name, lib.optional_features));
+    let all: Vec<String> = libraries
+        .chain(OTHER_OPTIONAL_FEATURES.iter().copied())
+        .flat_map(|(name, features)| {
+            features
                 .iter()
-                .map(move |feature| format!("{}/{feature}", lib.name))
+                .map(move |feature| format!("{name}/{feature}"))
         })
         .collect();
     (!all.is_empty()).then(|| all.join(","))
 }
+
+/// Optional features of the workspace's crates that are not in [`LIBRARIES`] (see there why
+/// deferred-redis is not): `test`, `doc` and `clippy` turn them on as they do the libraries'.
+pub const OTHER_OPTIONAL_FEATURES: &[(&str, &[&str])] = &[("deferred-redis", &["serde"])];
 
 /// The library crates, bottom layer first. A new layer is one line here: clippy, test, no-std
 /// and miri pick it up, and test-loom does as soon as it has a `tests/loom.rs`.

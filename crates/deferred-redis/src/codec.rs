@@ -139,3 +139,34 @@ macro_rules! decimal {
 }
 
 decimal!(u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize);
+
+/// Any serde value in [postcard](https://docs.rs/postcard)'s compact binary format (the
+/// `serde` feature). Bytes that are not a valid encoding of `V` do not decode.
+///
+/// ```
+/// use deferred_redis::{Codec, Postcard};
+/// #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+/// struct User { id: u32, name: String }
+/// let user = User { id: 7, name: "Ada".into() };
+/// let bytes = Postcard.encode(&user).unwrap();
+/// assert_eq!(bytes.len(), 5); // varint id (1 byte), length (1 byte), "Ada"
+/// assert_eq!(Codec::<User>::decode(&Postcard, &bytes).unwrap(), user);
+/// assert!(Codec::<User>::decode(&Postcard, &[0x80]).is_err());
+/// ```
+#[cfg(feature = "serde")]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Postcard;
+
+#[cfg(feature = "serde")]
+impl<V> Codec<V> for Postcard
+where
+    V: serde::Serialize + serde::de::DeserializeOwned,
+{
+    fn encode(&self, value: &V) -> Result<Vec<u8>, CodecError> {
+        postcard::to_allocvec(value).map_err(|e| CodecError::new(e.to_string()))
+    }
+
+    fn decode(&self, bytes: &[u8]) -> Result<V, CodecError> {
+        postcard::from_bytes(bytes).map_err(|e| CodecError::new(e.to_string()))
+    }
+}

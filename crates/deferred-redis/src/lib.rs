@@ -8,6 +8,8 @@ mod error;
 mod hybrid;
 mod stats;
 
+#[cfg(feature = "serde")]
+pub use codec::Postcard;
 pub use codec::{Codec, CodecError, Decimal, Raw, Utf8};
 pub use deferred_cache::LoadError;
 pub use error::{BuildError, L2Error};

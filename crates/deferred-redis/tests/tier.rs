@@ -426,3 +426,50 @@ async fn a_panicking_leader_hands_the_lease_back() {
     assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(b.stats().lease_wins, 1);
 }
+
+#[cfg(feature = "serde")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serde_values_cross_the_wire_and_bad_bytes_are_a_miss() {
+    use deferred_redis::Postcard;
+
+    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct User {
+        id: u32,
+        name: String,
+    }
+    let server = RedisServer::start();
+    let mut raw = server.connection();
+    // A truncated varint: not a `User` in any version of the program.
+    let _: () = raw.set("serde:v:bad", &[0x80_u8][..]).unwrap();
+    let make = || {
+        HybridCache::<User, String, Postcard>::builder(server.client(), "serde:", Postcard)
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (make(), make());
+    let ada = User {
+        id: 7,
+        name: "Ada".into(),
+    };
+    let loaded = ada.clone();
+    assert_eq!(
+        a.get_with("7", || async move { Ok(loaded) }).await,
+        Ok(ada.clone())
+    );
+    // `b` decodes `a`'s bytes.
+    let got = b
+        .get_with("7", || async { Err("b must read Redis".to_string()) })
+        .await;
+    assert_eq!(got, Ok(ada));
+    assert_eq!(b.stats().l2_hits, 1);
+    let fresh = User {
+        id: 8,
+        name: "Grace".into(),
+    };
+    let loaded = fresh.clone();
+    assert_eq!(
+        a.get_with("bad", || async move { Ok(loaded) }).await,
+        Ok(fresh)
+    );
+    assert_eq!(a.stats().decode_errors, 1);
+}
