@@ -730,10 +730,13 @@ where
         };
         let deadline = Instant::now() + self.config.max_wait;
         // Every round trip and every wait is bounded in time; the rounds are bounded in
-        // number too, in case a clock misbehaves.
-        let max_rounds =
-            self.config.max_wait.as_millis() / self.config.poll_interval.as_millis().max(1) + 2;
+        // number too, in case a clock misbehaves: a poll per `poll_interval`, and as many
+        // again for wakes by backplane messages.
+        let max_rounds = 2
+            * (self.config.max_wait.as_millis() / self.config.poll_interval.as_millis().max(1))
+            + 2;
         let mut waited = false;
+        let mut l2_failed = false;
         let mut next = Next::Local;
         for _ in 0..max_rounds.min(1_000_000) {
             // Registered before the round trip, so an announcement that comes between the
@@ -774,7 +777,6 @@ where
                     }
                     let now = Instant::now();
                     if now >= deadline {
-                        bump(&self.counters.wait_timeouts);
                         break;
                     }
                     let nap = self.config.poll_interval.min(deadline - now);
@@ -783,8 +785,15 @@ where
                         () = tokio::time::sleep(nap) => {}
                     }
                 }
-                Err(_) => break,
+                Err(_) => {
+                    l2_failed = true;
+                    break;
+                }
             }
+        }
+        if matches!(next, Next::Local) && !l2_failed {
+            // The wait ran past `max_wait` (or past its number of rounds).
+            bump(&self.counters.wait_timeouts);
         }
         drop(waiting);
         match next {

@@ -109,3 +109,29 @@ async fn after_a_lost_subscription_the_l1_is_dropped() {
     let got = b.get_with("k", || async { Ok("again".to_string()) }).await;
     assert_eq!(got, Ok("again".to_string()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_messages_on_the_channel_are_ignored() {
+    let server = RedisServer::start();
+    let (a, b) = (
+        ready_cache(&server, "junk:").await,
+        ready_cache(&server, "junk:").await,
+    );
+    load_both(&a, &b, "k", "v").await;
+    let mut raw = server.connection();
+    let received = b.stats().backplane_received;
+    for junk in [&b""[..], b"I", b"Ishort", &[0xff; 40][..]] {
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg("junk:bp")
+            .arg(junk)
+            .query(&mut raw)
+            .unwrap();
+    }
+    // The backplane goes on: a real invalidation still arrives, and `k` was kept until then.
+    let start = Instant::now();
+    assert!(b.contains_local("k"));
+    a.invalidate("k").await.unwrap();
+    assert!(reach(&b, "k", start).await.is_some());
+    // The junk was dropped before being counted: only the invalidation counts.
+    assert_eq!(b.stats().backplane_received, received + 1);
+}

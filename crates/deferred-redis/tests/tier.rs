@@ -473,3 +473,82 @@ async fn serde_values_cross_the_wire_and_bad_bytes_are_a_miss() {
     );
     assert_eq!(a.stats().decode_errors, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_whose_callers_all_went_hands_the_lease_back() {
+    let server = RedisServer::start();
+    let (a, b) = (
+        cache(&server, "gone:", Duration::from_secs(30)),
+        cache(&server, "gone:", Duration::from_secs(30)),
+    );
+    let runs = Arc::new(AtomicUsize::new(0));
+    let never = Arc::new(Semaphore::new(0));
+    let leader = {
+        let (a, load) = (a.clone(), gated(&runs, &never, "a"));
+        tokio::spawn(async move { a.get_with("k", load).await })
+    };
+    assert!(eventually(PATIENCE, || runs.load(Ordering::SeqCst) == 1).await);
+    leader.abort();
+    assert!(leader.await.unwrap_err().is_cancelled());
+    // The load went with its last caller, and the lease (30 s) with it.
+    let mut raw = server.connection();
+    let mut released = false;
+    for _ in 0..500 {
+        let exists: bool = raw.exists("gone:l:k").unwrap();
+        if !exists {
+            released = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(released);
+    assert_eq!(
+        b.get_with("k", || async { Ok("b".to_string()) }).await,
+        Ok("b".into())
+    );
+    assert_eq!((b.stats().lease_wins, b.stats().lease_waits), (1, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_caller_leaves_the_load_to_the_others() {
+    let server = RedisServer::start();
+    let a = cache(&server, "cancel:", Duration::from_secs(5));
+    let runs = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(Semaphore::new(0));
+    // The caller whose loader runs is cancelled; another caller of the same load stays.
+    let first = {
+        let (a, load) = (a.clone(), gated(&runs, &gate, "v"));
+        tokio::spawn(async move { a.get_with("k", load).await })
+    };
+    assert!(eventually(PATIENCE, || runs.load(Ordering::SeqCst) == 1).await);
+    let second = {
+        let (a, load) = (a.clone(), gated(&runs, &gate, "other"));
+        tokio::spawn(async move { a.get_with("k", load).await })
+    };
+    assert!(eventually(PATIENCE, || a.stats().l1.cache.coalesced == 1).await);
+    first.abort();
+    assert!(first.await.unwrap_err().is_cancelled());
+    gate.add_permits(10);
+    assert_eq!(second.await.unwrap(), Ok("v".to_string()));
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    assert_eq!(a.stats().l2_writes, 1);
+}
+
+#[test]
+fn handles_and_futures_are_send_and_sync() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>(_: &T) {}
+    send_sync::<Strings>();
+    send_sync::<deferred_redis::HybridStats>();
+    send_sync::<deferred_redis::L2Error>();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _guard = runtime.enter();
+    let client = redis::Client::open("redis://127.0.0.1:1/").unwrap();
+    let c: Strings = HybridCache::builder(client, "t:", Utf8).build().unwrap();
+    send(&c.get_with("k", || async { Ok("v".to_string()) }));
+    send(&c.insert("k", "v".to_string()));
+    send(&c.invalidate("k"));
+}
