@@ -87,6 +87,7 @@ pub(crate) struct Config {
     pub(crate) poll_interval: Duration,
     pub(crate) max_wait: Duration,
     pub(crate) reconnect_backoff: Duration,
+    pub(crate) backplane: bool,
 }
 
 /// Builds a [`HybridCache`]: see [`HybridCache::builder`].
@@ -169,6 +170,15 @@ where
         self
     }
 
+    /// Whether to subscribe to the backplane (default `true`). Without it, other processes'
+    /// writes reach this L1 only when its copies expire (`l1_time_to_live`), and loads
+    /// waiting on another process's lease find its value by polling (`poll_interval`).
+    /// This cache still announces its own writes to the others.
+    pub fn backplane(mut self, subscribe: bool) -> Self {
+        self.config.backplane = subscribe;
+        self
+    }
+
     /// The cache, with its backplane task spawned on the current tokio runtime. Connects to
     /// nothing yet: the first read does (so a cache built while Redis is down works, on its
     /// L1 and loader alone, until Redis is back).
@@ -218,7 +228,9 @@ where
             subscribed,
             _stop: stop_tx,
         });
-        handle.spawn(backplane::run(Arc::downgrade(&inner), stop_rx));
+        if inner.config.backplane {
+            handle.spawn(backplane::run(Arc::downgrade(&inner), stop_rx));
+        }
         Ok(HybridCache { inner })
     }
 }
@@ -373,6 +385,7 @@ where
                 poll_interval: Duration::from_millis(100),
                 max_wait: Duration::from_secs(30),
                 reconnect_backoff: Duration::from_millis(250),
+                backplane: true,
             },
             _types: core::marker::PhantomData,
         }

@@ -552,3 +552,58 @@ fn handles_and_futures_are_send_and_sync() {
     send(&c.insert("k", "v".to_string()));
     send(&c.invalidate("k"));
 }
+
+/// A load waiting on another's lease, and the leader's value becoming available.
+async fn wait_for_leader(waiter: &Strings, leader: &Strings) -> Duration {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(Semaphore::new(0));
+    let leading = {
+        let (l, load) = (leader.clone(), gated(&runs, &gate, "led"));
+        tokio::spawn(async move { l.get_with("k", load).await })
+    };
+    assert!(eventually(PATIENCE, || runs.load(Ordering::SeqCst) == 1).await);
+    let waiting = {
+        let (w, load) = (waiter.clone(), gated(&runs, &gate, "waiter"));
+        tokio::spawn(async move { w.get_with("k", load).await })
+    };
+    assert!(eventually(PATIENCE, || waiter.stats().lease_waits == 1).await);
+    let released = Instant::now();
+    gate.add_permits(10);
+    assert_eq!(waiting.await.unwrap(), Ok("led".to_string()));
+    let took = released.elapsed();
+    assert_eq!(leading.await.unwrap(), Ok("led".to_string()));
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    took
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backplane_wakes_a_waiter_long_before_its_next_poll() {
+    let server = RedisServer::start();
+    let leader = cache(&server, "wake:", Duration::from_secs(5));
+    let waiter = HybridCache::builder(server.client(), "wake:", Utf8)
+        .poll_interval(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    assert!(waiter.backplane_ready(PATIENCE).await);
+    let took = wait_for_leader(&waiter, &leader).await;
+    println!("woken by the backplane {took:?} after the leader's loader was released");
+    assert!(
+        took < Duration::from_secs(5),
+        "took {took:?}: not woken, polled"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_backplane_a_waiter_finds_the_value_by_polling() {
+    let server = RedisServer::start();
+    let leader = cache(&server, "poll:", Duration::from_secs(5));
+    let waiter = HybridCache::builder(server.client(), "poll:", Utf8)
+        .poll_interval(Duration::from_millis(50))
+        .backplane(false)
+        .build()
+        .unwrap();
+    assert!(!waiter.backplane_ready(Duration::from_millis(50)).await);
+    let took = wait_for_leader(&waiter, &leader).await;
+    println!("found by polling (50 ms) {took:?} after the leader's loader was released");
+    assert_eq!(waiter.stats().backplane_subscriptions, 0);
+}
