@@ -607,3 +607,38 @@ async fn without_the_backplane_a_waiter_finds_the_value_by_polling() {
     println!("found by polling (50 ms) {took:?} after the leader's loader was released");
     assert_eq!(waiter.stats().backplane_subscriptions, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_insert_elsewhere_during_a_load_wins_over_the_load() {
+    let server = RedisServer::start();
+    let (a, b) = (
+        cache(&server, "wins:", Duration::from_secs(5)),
+        cache(&server, "wins:", Duration::from_secs(5)),
+    );
+    assert!(a.backplane_ready(PATIENCE).await);
+    let runs = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(Semaphore::new(0));
+    let loading = {
+        let (a, load) = (a.clone(), gated(&runs, &gate, "loaded"));
+        tokio::spawn(async move { a.get_with("k", load).await })
+    };
+    assert!(eventually(PATIENCE, || runs.load(Ordering::SeqCst) == 1).await);
+    b.insert("k", "inserted".to_string()).await.unwrap();
+    gate.add_permits(1);
+    // The load's callers get its value; Redis keeps the insert, which came later.
+    assert_eq!(loading.await.unwrap(), Ok("loaded".to_string()));
+    assert_eq!(a.stats().fenced_writes, 1);
+    let mut raw = server.connection();
+    let stored: String = redis::Commands::get(&mut raw, "wins:v:k").unwrap();
+    assert_eq!(stored, "inserted");
+    // And `a`'s L1 does not keep the load's value past the insert's message.
+    assert!(
+        eventually(PATIENCE, || a.stats().backplane_received >= 1
+            && !a.contains_local("k"))
+        .await
+    );
+    let got = a
+        .get_with("k", || async { Ok("reloaded".to_string()) })
+        .await;
+    assert_eq!(got, Ok("inserted".to_string()));
+}
