@@ -17,7 +17,8 @@ const RETRY: Duration = Duration::from_millis(100);
 
 /// The backplane task. It ends when the cache is dropped (`stop` closes); until then it
 /// (re)subscribes after every loss, each attempt bounded by the operation timeout and
-/// spaced by `RETRY`.
+/// spaced by `RETRY`. A subscription counts as lost when its connection ends or a PING
+/// (every `backplane_ping`) goes unanswered for the operation timeout.
 pub(crate) async fn run<V, E, C>(cache: Weak<Inner<V, E, C>>, mut stop: oneshot::Receiver<()>)
 where
     V: Clone + Send + Sync + 'static,
@@ -25,10 +26,11 @@ where
     C: Codec<V>,
 {
     loop {
-        let Some((client, channel, timeout)) = cache
-            .upgrade()
-            .map(|c| (c.client.clone(), c.channel.clone(), c.config.op_timeout))
-        else {
+        let Some((client, channel, timeout, ping_every)) = cache.upgrade().map(|c| {
+            let config = &c.config;
+            let settings = (config.op_timeout, config.backplane_ping);
+            (c.client.clone(), c.channel.clone(), settings.0, settings.1)
+        }) else {
             return;
         };
         let subscribe = async {
@@ -53,12 +55,23 @@ where
                 // Waiting loads may have missed an announcement: let them look again.
                 inner.wake(None);
             }
-            let mut messages = pubsub.into_on_message();
+            let (mut sink, mut messages) = pubsub.split();
+            let mut ping_at = tokio::time::Instant::now() + ping_every;
             loop {
                 let next = core::future::poll_fn(|cx| Pin::new(&mut messages).poll_next(cx));
                 let message = tokio::select! {
                     _ = &mut stop => return,
                     message = next => message,
+                    () = tokio::time::sleep_until(ping_at) => {
+                        // A connection that hangs without closing (a partition, a paused
+                        // server) would otherwise look subscribed forever.
+                        let pong = tokio::time::timeout(timeout, sink.ping::<redis::Value>());
+                        if !matches!(pong.await, Ok(Ok(_))) {
+                            break;
+                        }
+                        ping_at = tokio::time::Instant::now() + ping_every;
+                        continue;
+                    }
                 };
                 let Some(message) = message else { break };
                 let Some(inner) = cache.upgrade() else { return };

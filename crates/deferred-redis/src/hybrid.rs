@@ -88,6 +88,7 @@ pub(crate) struct Config {
     pub(crate) max_wait: Duration,
     pub(crate) reconnect_backoff: Duration,
     pub(crate) backplane: bool,
+    pub(crate) backplane_ping: Duration,
 }
 
 /// Builds a [`HybridCache`]: see [`HybridCache::builder`].
@@ -179,6 +180,16 @@ where
         self
     }
 
+    /// How often the backplane's connection is checked with a PING (default 1 s). One
+    /// unanswered within `op_timeout` counts as a lost subscription: the backplane
+    /// resubscribes, and then drops the L1's values, since messages may have been missed.
+    /// Without it a connection that hangs without closing (a network partition) would look
+    /// subscribed forever.
+    pub fn backplane_ping(mut self, every: Duration) -> Self {
+        self.config.backplane_ping = every;
+        self
+    }
+
     /// The cache, with its backplane task spawned on the current tokio runtime. Connects to
     /// nothing yet: the first read does (so a cache built while Redis is down works, on its
     /// L1 and loader alone, until Redis is back).
@@ -192,9 +203,9 @@ where
         if c.lease < Duration::from_millis(3) {
             return Err(BuildError::Invalid("the lease must be at least 3 ms"));
         }
-        if zero(c.op_timeout) || zero(c.poll_interval) {
+        if zero(c.op_timeout) || zero(c.poll_interval) || zero(c.backplane_ping) {
             return Err(BuildError::Invalid(
-                "op_timeout and poll_interval must be more than zero",
+                "op_timeout, poll_interval and backplane_ping must be more than zero",
             ));
         }
         let l1 = ExpiringCache::builder()
@@ -386,6 +397,7 @@ where
                 max_wait: Duration::from_secs(30),
                 reconnect_backoff: Duration::from_millis(250),
                 backplane: true,
+                backplane_ping: Duration::from_secs(1),
             },
             _types: core::marker::PhantomData,
         }

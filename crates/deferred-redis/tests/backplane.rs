@@ -135,3 +135,36 @@ async fn malformed_messages_on_the_channel_are_ignored() {
     // The junk was dropped before being counted: only the invalidation counts.
     assert_eq!(b.stats().backplane_received, received + 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_connection_is_noticed_by_the_ping_and_drops_the_l1() {
+    let server = RedisServer::start();
+    let a = ready_cache(&server, "hung:").await;
+    let b = HybridCache::builder(server.client(), "hung:", Utf8)
+        .op_timeout(Duration::from_millis(200))
+        .backplane_ping(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    assert!(b.backplane_ready(Duration::from_secs(5)).await);
+    load_both(&a, &b, "k", "v").await;
+    // A paused server keeps the socket open: only the unanswered PING shows the loss.
+    server.pause();
+    let noticed = tokio::time::timeout(Duration::from_secs(5), async {
+        while b.backplane_ready(Duration::from_millis(1)).await {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    server.resume();
+    assert!(noticed.is_ok(), "the ping did not notice the paused server");
+    // The L1 goes when the backplane subscribes again, once the server answers.
+    assert!(
+        eventually(Duration::from_secs(5), || b.stats().backplane_subscriptions
+            == 2)
+        .await
+    );
+    assert!(
+        !b.contains_local("k"),
+        "the L1 went with the lost subscription"
+    );
+}
