@@ -642,3 +642,26 @@ async fn an_insert_elsewhere_during_a_load_wins_over_the_load() {
         .await;
     assert_eq!(got, Ok("inserted".to_string()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_caller_holds_no_one_up() {
+    let server = RedisServer::start();
+    let a = cache(&server, "stalled:", Duration::from_secs(5));
+    let runs = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(Semaphore::new(0));
+    // The caller whose loader runs is polled until the loader starts, then never again
+    // (and not dropped).
+    let mut stalled = Box::pin(a.get_with("k", gated(&runs, &gate, "v")));
+    tokio::select! {
+        _ = &mut stalled => panic!("the load cannot finish before the gate opens"),
+        started = eventually(PATIENCE, || runs.load(Ordering::SeqCst) == 1) => assert!(started),
+    }
+    // Another caller of the same load drives it to the end, and the value is written.
+    gate.add_permits(1);
+    let other = a.get_with("k", || async { Ok("unused".to_string()) });
+    let got = tokio::time::timeout(PATIENCE, other).await;
+    assert_eq!(got.ok(), Some(Ok("v".to_string())));
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    assert_eq!(a.stats().l2_writes, 1);
+    drop(stalled);
+}
