@@ -23,10 +23,11 @@ use crate::{
 /// Reads the value, or takes the lease when there is neither a value nor a lease: one round
 /// trip, atomic, so no process can see "no value, no lease" between another's write and its
 /// lease release (the write and the release are one script too, `COMMIT`).
-/// KEYS: value, lease. ARGV: token, lease in ms. Returns {1, value} | {2} (leased) | {0} (held).
+/// KEYS: value, lease. ARGV: token, lease in ms. Returns {1, value, its PTTL} | {2} (leased)
+/// | {0} (held).
 const GET_OR_LEASE: &str = r"
 local v = redis.call('GET', KEYS[1])
-if v then return {1, v} end
+if v then return {1, v, redis.call('PTTL', KEYS[1])} end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2} end
 return {0}
 ";
@@ -123,8 +124,10 @@ where
         self
     }
 
-    /// How long a value lives in this process's L1 (from when the L1 got it). Default: the
-    /// Redis TTL. It bounds how stale an L1 copy can get when backplane messages are lost.
+    /// The longest a value lives in this process's L1, from when the L1 got it. Default: the
+    /// Redis TTL. A value read from Redis lives in the L1 no longer than it had left there
+    /// (its `PTTL`), so an L1 copy never outlives the Redis value it copies; this bounds how
+    /// stale a copy can get when backplane messages are lost.
     pub fn l1_time_to_live(mut self, ttl: Duration) -> Self {
         self.config.l1_ttl = ttl;
         self
@@ -210,7 +213,7 @@ where
         }
         let l1 = ExpiringCache::builder()
             .max_capacity(c.l1_capacity)
-            .time_to_live(c.l1_ttl)
+            .expire_after(L1Expiry)
             .build();
         let origin = format!("{:016x}", random_u64());
         let (stop_tx, stop_rx) = oneshot::channel();
@@ -300,7 +303,7 @@ struct Scripts {
 }
 
 pub(crate) struct Inner<V, E, C> {
-    pub(crate) l1: ExpiringCache<String, V, E>,
+    pub(crate) l1: ExpiringCache<String, Tiered<V>, E>,
     codec: C,
     pub(crate) config: Config,
     prefix: String,
@@ -327,7 +330,7 @@ pub(crate) struct Inner<V, E, C> {
 }
 
 /// The L1's load future, boxed (see `get_with`).
-type BoxLoad<V, E> = core::pin::Pin<Box<dyn Future<Output = Result<V, E>> + Send>>;
+type BoxLoad<V, E> = core::pin::Pin<Box<dyn Future<Output = Result<Tiered<V>, E>> + Send>>;
 
 /// What a load does once it stops asking Redis.
 enum Next {
@@ -336,9 +339,49 @@ enum Next {
     Local,
 }
 
-/// What `GET_OR_LEASE` found.
+/// A value in the L1, with how long it may stay there: no longer than it has left in Redis
+/// when it came from there, and never longer than `l1_time_to_live`.
+#[derive(Clone)]
+pub(crate) struct Tiered<V> {
+    pub(crate) value: V,
+    ttl: Duration,
+}
+
+/// The L1's read with the `Tiered` wrapper taken off its value. A named future rather than
+/// an `async` block, which would bring back the "`Send` is not general enough" error that
+/// `BoxLoad` avoids (the L1's futures are `Unpin`, so no pinning is needed).
+struct Untier<Fut> {
+    read: Fut,
+}
+
+impl<Fut, V, E> Future for Untier<Fut>
+where
+    Fut: Future<Output = Result<Tiered<V>, LoadError<E>>> + Unpin,
+{
+    type Output = Result<V, LoadError<E>>;
+
+    fn poll(
+        mut self: core::pin::Pin<&mut Self>,
+        cx: &mut core::task::Context<'_>,
+    ) -> core::task::Poll<Self::Output> {
+        core::pin::Pin::new(&mut self.read)
+            .poll(cx)
+            .map(|read| read.map(|tiered| tiered.value))
+    }
+}
+
+/// The L1's expiry: each value's own `ttl`, from when the L1 got it.
+struct L1Expiry;
+
+impl<V: 'static> deferred_expiring::Expiry<String, Tiered<V>> for L1Expiry {
+    fn expire_after_create(&self, _: &String, value: &Tiered<V>, _: Duration) -> Option<Duration> {
+        Some(value.ttl)
+    }
+}
+
+/// What `GET_OR_LEASE` found: the bytes and, if the key has one, its time to live.
 enum Probe {
-    Value(Vec<u8>),
+    Value(Vec<u8>, Option<Duration>),
     Leased,
     Held,
 }
@@ -443,7 +486,7 @@ where
         let key = key.into();
         let inner = Arc::clone(&self.inner);
         let load_key = key.clone();
-        self.inner.l1.get_with(key, move || {
+        let read = self.inner.l1.get_with(key, move || {
             let load = loader();
             // Boxed as `dyn Send`: the compiler then proves the load `Send` here, once,
             // instead of failing to in callers' spawned futures ("`Send` is not general
@@ -451,7 +494,8 @@ where
             // per L1 miss, next to a Redis round trip.
             let boxed: BoxLoad<V, E> = Box::pin(inner.load(load_key, load));
             boxed
-        })
+        });
+        Untier { read }
     }
 
     /// Stores `value` at `key`: in this L1 at once, then in Redis (with the TTL), where it
@@ -476,7 +520,8 @@ where
             bump(&self.inner.counters.encode_errors);
             L2Error::Codec(e)
         });
-        self.inner.l1.insert(key.clone(), value);
+        let ttl = self.inner.config.ttl.min(self.inner.config.l1_ttl);
+        self.inner.l1.insert(key.clone(), Tiered { value, ttl });
         self.inner.write(&key, Some(bytes?)).await
     }
 
@@ -723,7 +768,10 @@ where
             })
             .await?;
         match reply.as_slice() {
-            [Value::Int(1), Value::BulkString(bytes)] => Ok(Probe::Value(bytes.clone())),
+            [Value::Int(1), Value::BulkString(bytes), Value::Int(pttl)] => {
+                let ttl = u64::try_from(*pttl).ok().map(Duration::from_millis);
+                Ok(Probe::Value(bytes.clone(), ttl))
+            }
             [Value::Int(2)] => Ok(Probe::Leased),
             [Value::Int(0)] => Ok(Probe::Held),
             _ => {
@@ -737,7 +785,7 @@ where
     }
 
     /// The L1's load of `key`: Redis, else the lease and `load`, else a wait.
-    async fn load<Fut>(self: Arc<Self>, key: String, load: Fut) -> Result<V, E>
+    async fn load<Fut>(self: Arc<Self>, key: String, load: Fut) -> Result<Tiered<V>, E>
     where
         Fut: Future<Output = Result<V, E>> + Send,
     {
@@ -770,10 +818,11 @@ where
             let mut notified = core::pin::pin!(notified);
             notified.as_mut().enable();
             match self.probe(&value_key, &lease_key, &token).await {
-                Ok(Probe::Value(bytes)) => match self.codec.decode(&bytes) {
+                Ok(Probe::Value(bytes, ttl)) => match self.codec.decode(&bytes) {
                     Ok(value) => {
                         bump(&self.counters.l2_hits);
-                        return Ok(value);
+                        let ttl = ttl.map_or(self.config.l1_ttl, |t| t.min(self.config.l1_ttl));
+                        return Ok(Tiered { value, ttl });
                     }
                     Err(_) => {
                         bump(&self.counters.decode_errors);
@@ -821,7 +870,7 @@ where
             bump(&self.counters.wait_timeouts);
         }
         drop(waiting);
-        match next {
+        let value = match next {
             Next::Lead => Arc::clone(&self).lead(key, token, load).await,
             Next::Replace => {
                 self.replace_undecodable(&key, &lease_key, token, load)
@@ -832,7 +881,10 @@ where
                 bump(&self.counters.local_fallbacks);
                 load.await
             }
-        }
+        };
+        // A value loaded here lives in the L1 as it does in Redis (if it got there).
+        let ttl = self.config.ttl.min(self.config.l1_ttl);
+        value.map(|value| Tiered { value, ttl })
     }
 
     /// A value in Redis that does not decode: load, and replace it if the lease is free.

@@ -665,3 +665,27 @@ async fn a_stalled_caller_holds_no_one_up() {
     assert_eq!(a.stats().l2_writes, 1);
     drop(stalled);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_l1_copy_lives_no_longer_than_its_redis_value() {
+    let server = RedisServer::start();
+    let a = cache(&server, "pttl:", Duration::from_secs(5)); // L1 TTL 5 minutes
+    let mut raw = server.connection();
+    let _: () = redis::cmd("SET")
+        .arg("pttl:v:k")
+        .arg("short-lived")
+        .arg("PX")
+        .arg(300)
+        .query(&mut raw)
+        .unwrap();
+    let got = a
+        .get_with("k", || async { Err("a must read Redis".to_string()) })
+        .await;
+    assert_eq!(got, Ok("short-lived".to_string()));
+    assert!(a.contains_local("k"));
+    let started = Instant::now();
+    assert!(eventually(PATIENCE, || !a.contains_local("k")).await);
+    let took = started.elapsed();
+    println!("the L1 copy of a value with 300 ms left in Redis went after {took:?}");
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+}
