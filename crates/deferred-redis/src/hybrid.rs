@@ -81,7 +81,8 @@ return 1
 #[derive(Clone, Debug)]
 pub(crate) struct Config {
     pub(crate) ttl: Duration,
-    pub(crate) l1_ttl: Duration,
+    /// `None`: the Redis TTL.
+    pub(crate) l1_ttl: Option<Duration>,
     pub(crate) l1_capacity: u64,
     pub(crate) lease: Duration,
     pub(crate) op_timeout: Duration,
@@ -90,6 +91,13 @@ pub(crate) struct Config {
     pub(crate) reconnect_backoff: Duration,
     pub(crate) backplane: bool,
     pub(crate) backplane_ping: Duration,
+}
+
+impl Config {
+    /// The longest a value stays in the L1.
+    pub(crate) fn l1_ttl(&self) -> Duration {
+        self.l1_ttl.unwrap_or(self.ttl)
+    }
 }
 
 /// Builds a [`HybridCache`]: see [`HybridCache::builder`].
@@ -116,11 +124,11 @@ where
     E: Send + Sync + 'static,
     C: Codec<V>,
 {
-    /// How long a value lives in Redis (`PX`). Default 5 minutes. Also the L1's time to
-    /// live unless [`l1_time_to_live`](Self::l1_time_to_live) says otherwise.
+    /// How long a value lives in Redis (`PX`). Default 5 minutes. Also the L1's longest time
+    /// to live unless [`l1_time_to_live`](Self::l1_time_to_live) says otherwise (in either
+    /// order).
     pub fn time_to_live(mut self, ttl: Duration) -> Self {
         self.config.ttl = ttl;
-        self.config.l1_ttl = ttl;
         self
     }
 
@@ -129,7 +137,7 @@ where
     /// (its `PTTL`), so an L1 copy never outlives the Redis value it copies; this bounds how
     /// stale a copy can get when backplane messages are lost.
     pub fn l1_time_to_live(mut self, ttl: Duration) -> Self {
-        self.config.l1_ttl = ttl;
+        self.config.l1_ttl = Some(ttl);
         self
     }
 
@@ -200,7 +208,7 @@ where
         let handle = tokio::runtime::Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
         let c = &self.config;
         let zero = |d: Duration| d.is_zero();
-        if zero(c.ttl) || zero(c.l1_ttl) {
+        if zero(c.ttl) || zero(c.l1_ttl()) {
             return Err(BuildError::Invalid("time to live must be more than zero"));
         }
         if c.lease < Duration::from_millis(3) {
@@ -432,7 +440,7 @@ where
             codec,
             config: Config {
                 ttl: Duration::from_secs(300),
-                l1_ttl: Duration::from_secs(300),
+                l1_ttl: None,
                 l1_capacity: 10_000,
                 lease: Duration::from_secs(5),
                 op_timeout: Duration::from_millis(250),
@@ -520,7 +528,7 @@ where
             bump(&self.inner.counters.encode_errors);
             L2Error::Codec(e)
         });
-        let ttl = self.inner.config.ttl.min(self.inner.config.l1_ttl);
+        let ttl = self.inner.config.ttl.min(self.inner.config.l1_ttl());
         self.inner.l1.insert(key.clone(), Tiered { value, ttl });
         self.inner.write(&key, Some(bytes?)).await
     }
@@ -821,7 +829,8 @@ where
                 Ok(Probe::Value(bytes, ttl)) => match self.codec.decode(&bytes) {
                     Ok(value) => {
                         bump(&self.counters.l2_hits);
-                        let ttl = ttl.map_or(self.config.l1_ttl, |t| t.min(self.config.l1_ttl));
+                        let most = self.config.l1_ttl();
+                        let ttl = ttl.map_or(most, |t| t.min(most));
                         return Ok(Tiered { value, ttl });
                     }
                     Err(_) => {
@@ -883,7 +892,7 @@ where
             }
         };
         // A value loaded here lives in the L1 as it does in Redis (if it got there).
-        let ttl = self.config.ttl.min(self.config.l1_ttl);
+        let ttl = self.config.ttl.min(self.config.l1_ttl());
         value.map(|value| Tiered { value, ttl })
     }
 
