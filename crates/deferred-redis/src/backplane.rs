@@ -107,7 +107,6 @@ where
     };
     let own = origin == inner.origin.as_bytes();
     if !own {
-        bump(&inner.counters.backplane_received);
         match kind {
             // Another process loaded the key: a copy here is older. A load of this process
             // waiting on the key is about to read that value; its entry is left alone so
@@ -126,5 +125,10 @@ where
         inner.wake(None);
     } else {
         inner.wake(Some(key));
+    }
+    // Counted last: whoever sees the count sees the message applied (the tests wait on it
+    // before their next step).
+    if !own {
+        bump(&inner.counters.backplane_received);
     }
 }

@@ -54,7 +54,8 @@ pub struct HybridStats {
     pub local_fallbacks: u64,
     /// Of `local_fallbacks`, those whose wait for another load ran past `max_wait`.
     pub wait_timeouts: u64,
-    /// Backplane messages received from other caches (this cache's own are not counted).
+    /// Backplane messages received from other caches and applied to this L1 (this cache's
+    /// own, and malformed ones, are not counted). Counted after the message is applied.
     pub backplane_received: u64,
     /// Times the backplane subscription was made (the first time, then after each loss).
     /// Each one after the first dropped the whole L1, since messages may have been missed.

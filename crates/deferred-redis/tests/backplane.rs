@@ -39,7 +39,14 @@ async fn load_both(a: &Strings, b: &Strings, key: &str, value: &str) {
         .get_with(key, || async { Err("b must read Redis".to_string()) })
         .await;
     assert_eq!(got, Ok(value.to_string()));
-    assert!(a.contains_local(key) && b.contains_local(key));
+    assert!(
+        a.contains_local(key) && b.contains_local(key),
+        "a: {} {:?}\nb: {} {:?}",
+        a.contains_local(key),
+        a.stats(),
+        b.contains_local(key),
+        b.stats()
+    );
 }
 
 /// How long after `start` (the write's call) `b`'s L1 has lost `key` (`None`: not within
