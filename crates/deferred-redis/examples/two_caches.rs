@@ -6,6 +6,8 @@
 //! `REDIS_URL=unix:///tmp/r.sock cargo run -p deferred-redis --example two_caches`.
 //! Without one it still runs: every read falls back to its loader, and the stats say so.
 
+#![allow(clippy::std_instead_of_core)] // a `std` program
+
 use std::{
     sync::atomic::{AtomicUsize, Ordering},
     sync::Arc,
