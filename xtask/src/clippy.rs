@@ -29,5 +29,10 @@ pub fn run() -> Result {
             cmd::run(cmd.args([features.as_str(), "--", "-D", "warnings"]))?;
         }
     }
+    for &(name, features) in crate::OTHER_OPTIONAL_FEATURES {
+        let features = features.join(",");
+        let mut cmd = cargo(["clippy", "-p", name, "--all-targets", "--features"]);
+        cmd::run(cmd.args([features.as_str(), "--", "-D", "warnings"]))?;
+    }
     Ok(())
 }

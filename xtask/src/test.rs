@@ -1,12 +1,15 @@
 //! `cargo xtask test`: the test suites with default features plus the optional ones (`serde`,
 //! `tracing`, whose tests are gated on them), then each library again with only its non-`std`
 //! features, so the `alloc`-only build is exercised and not just compiled. The build without
-//! the optional features is the one `clippy`, `doc` and `msrv` check.
+//! the optional features is the one `clippy`, `doc` and `msrv` check. `redis-server` is
+//! installed first when absent, for deferred-redis's tests (see `redis.rs`).
 
 use crate::cmd::{self, cargo, Result};
 use crate::LIBRARIES;
 
 pub fn run() -> Result {
+    // deferred-redis's tests start real `redis-server` processes.
+    crate::redis::ensure_server()?;
     // The bench crate is excluded: its "tests" are criterion benches, built by `bench --no-run`.
     let mut all = cargo(["test", "--workspace", "--exclude", "deferred-benches"]);
     if let Some(features) = crate::optional_features() {

@@ -1,0 +1,134 @@
+//! The backplane: one pub/sub subscription per cache that carries the other processes'
+//! writes and invalidations to this L1, and wakes this process's loads that wait on a key.
+//!
+//! A message is `kind ++ origin ++ key`: `kind` one byte (`L` a load wrote the key, `R` a
+//! lease was handed back without a value, `S` an insert, `I` an invalidation, `A`
+//! invalidate-all), `origin` the sender cache's 16-hex-digit id.
+
+use std::{pin::Pin, sync::Weak, time::Duration};
+
+use futures_core::Stream;
+use tokio::sync::oneshot;
+
+use crate::{hybrid::Inner, stats::bump, Codec};
+
+/// How long the task waits between subscription attempts while Redis is away.
+const RETRY: Duration = Duration::from_millis(100);
+
+/// The backplane task. It ends when the cache is dropped (`stop` closes); until then it
+/// (re)subscribes after every loss, each attempt bounded by the operation timeout and
+/// spaced by `RETRY`. A subscription counts as lost when its connection ends or a PING
+/// (every `backplane_ping`) goes unanswered for the operation timeout.
+pub(crate) async fn run<V, E, C>(cache: Weak<Inner<V, E, C>>, mut stop: oneshot::Receiver<()>)
+where
+    V: Clone + Send + Sync + 'static,
+    E: Send + Sync + 'static,
+    C: Codec<V>,
+{
+    loop {
+        let Some((client, channel, timeout, ping_every)) = cache.upgrade().map(|c| {
+            let config = &c.config;
+            let settings = (config.op_timeout, config.backplane_ping);
+            (c.client.clone(), c.channel.clone(), settings.0, settings.1)
+        }) else {
+            return;
+        };
+        let subscribe = async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        let subscribed = tokio::select! {
+            _ = &mut stop => return,
+            attempt = tokio::time::timeout(timeout, subscribe) => attempt,
+        };
+        if let Ok(Ok(pubsub)) = subscribed {
+            {
+                let Some(inner) = cache.upgrade() else { return };
+                // Messages sent while this cache was not subscribed are lost: whatever the
+                // L1 holds may be stale, so it goes (also on the first subscription, which
+                // costs nothing on an empty L1). Loads in flight stay, so callers that
+                // share one keep sharing it.
+                inner.l1.retain(|_, _| false);
+                bump(&inner.counters.backplane_subscriptions);
+                inner.subscribed.send_replace(true);
+                // Waiting loads may have missed an announcement: let them look again.
+                inner.wake(None);
+            }
+            let (mut sink, mut messages) = pubsub.split();
+            let mut ping_at = tokio::time::Instant::now() + ping_every;
+            loop {
+                let next = core::future::poll_fn(|cx| Pin::new(&mut messages).poll_next(cx));
+                let message = tokio::select! {
+                    _ = &mut stop => return,
+                    message = next => message,
+                    () = tokio::time::sleep_until(ping_at) => {
+                        // A connection that hangs without closing (a partition, a paused
+                        // server) would otherwise look subscribed forever.
+                        let pong = tokio::time::timeout(timeout, sink.ping::<redis::Value>());
+                        if !matches!(pong.await, Ok(Ok(_))) {
+                            break;
+                        }
+                        ping_at = tokio::time::Instant::now() + ping_every;
+                        continue;
+                    }
+                };
+                let Some(message) = message else { break };
+                let Some(inner) = cache.upgrade() else { return };
+                receive(&inner, message.get_payload_bytes());
+            }
+            let Some(inner) = cache.upgrade() else { return };
+            inner.subscribed.send_replace(false);
+        }
+        tokio::select! {
+            _ = &mut stop => return,
+            () = tokio::time::sleep(RETRY) => {}
+        }
+    }
+}
+
+/// Applies one message to this cache.
+fn receive<V, E, C>(inner: &Inner<V, E, C>, payload: &[u8])
+where
+    V: Clone + Send + Sync + 'static,
+    E: Send + Sync + 'static,
+    C: Codec<V>,
+{
+    let origin_len = inner.origin.len();
+    let (Some(&kind), Some(origin), Some(key)) = (
+        payload.first(),
+        payload.get(1..1 + origin_len),
+        payload.get(1 + origin_len..),
+    ) else {
+        return; // not ours: ignore
+    };
+    let Ok(key) = core::str::from_utf8(key) else {
+        return;
+    };
+    let own = origin == inner.origin.as_bytes();
+    if !own {
+        match kind {
+            // Another process loaded the key: a copy here is older. A load of this process
+            // waiting on the key is about to read that value; its entry is left alone so
+            // the load's value is kept.
+            b'L' if !inner.is_waiting(key) => {
+                inner.l1.invalidate(key);
+            }
+            b'S' | b'I' => {
+                inner.l1.invalidate(key);
+            }
+            b'A' => inner.l1.invalidate_all(),
+            _ => {}
+        }
+    }
+    if kind == b'A' {
+        inner.wake(None);
+    } else {
+        inner.wake(Some(key));
+    }
+    // Counted last: whoever sees the count sees the message applied (the tests wait on it
+    // before their next step).
+    if !own {
+        bump(&inner.counters.backplane_received);
+    }
+}

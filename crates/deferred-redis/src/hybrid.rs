@@ -1,0 +1,1176 @@
+//! The hybrid cache: the L1 (a local `ExpiringCache`) whose loads go through Redis.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    future::Future,
+    hash::{BuildHasher, Hasher},
+    sync::{atomic::AtomicU64, Arc, Mutex, PoisonError},
+    time::{Duration, Instant, SystemTime},
+};
+
+use deferred_cache::LoadError;
+use deferred_expiring::ExpiringCache;
+use redis::{aio::ConnectionManager, Client, RedisResult, Script, Value};
+use tokio::sync::{oneshot, watch, Notify};
+
+use crate::{
+    backplane,
+    stats::{bump, Counters},
+    BuildError, Codec, HybridStats, L2Error,
+};
+
+/// Reads the value, or takes the lease when there is neither a value nor a lease: one round
+/// trip, atomic, so no process can see "no value, no lease" between another's write and its
+/// lease release (the write and the release are one script too, `COMMIT`).
+/// KEYS: value, lease. ARGV: token, lease in ms. Returns {1, value, its PTTL} | {2} (leased)
+/// | {0} (held).
+const GET_OR_LEASE: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v then return {1, v, redis.call('PTTL', KEYS[1])} end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2} end
+return {0}
+";
+
+/// The fenced write: only the holder of the lease writes, releases and announces.
+/// KEYS: value, lease. ARGV: token, bytes, ttl in ms, channel, message. Returns 1 or 0.
+const COMMIT: &str = r"
+if redis.call('GET', KEYS[2]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  redis.call('DEL', KEYS[2])
+  redis.call('PUBLISH', ARGV[4], ARGV[5])
+  return 1
+end
+return 0
+";
+
+/// Extends the lease if it is still this token's. KEYS: lease. ARGV: token, lease in ms.
+const RENEW: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+";
+
+/// Gives the lease up if it is still this token's, and tells the waiters to try again.
+/// KEYS: lease. ARGV: token, channel, message.
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('PUBLISH', ARGV[2], ARGV[3])
+  return 1
+end
+return 0
+";
+
+/// A write from outside any load: it also deletes the key's lease, so that a load running
+/// anywhere cannot overwrite it afterwards (its `COMMIT` finds the lease gone: writes win).
+/// KEYS: value, lease. ARGV: bytes ('' with mode 'del'), ttl in ms, channel, message, mode.
+const WRITE: &str = r"
+if ARGV[5] == 'set' then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+else
+  redis.call('DEL', KEYS[1])
+end
+redis.call('DEL', KEYS[2])
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+return 1
+";
+
+/// The settings, with their defaults in [`Builder`]'s docs.
+#[derive(Clone, Debug)]
+pub(crate) struct Config {
+    pub(crate) ttl: Duration,
+    /// `None`: the Redis TTL.
+    pub(crate) l1_ttl: Option<Duration>,
+    pub(crate) l1_capacity: u64,
+    pub(crate) lease: Duration,
+    pub(crate) op_timeout: Duration,
+    pub(crate) poll_interval: Duration,
+    pub(crate) max_wait: Duration,
+    pub(crate) reconnect_backoff: Duration,
+    pub(crate) backplane: bool,
+    pub(crate) backplane_ping: Duration,
+}
+
+impl Config {
+    /// The longest a value stays in the L1.
+    pub(crate) fn l1_ttl(&self) -> Duration {
+        self.l1_ttl.unwrap_or(self.ttl)
+    }
+}
+
+/// Builds a [`HybridCache`]: see [`HybridCache::builder`].
+pub struct Builder<V, E, C> {
+    client: Client,
+    prefix: String,
+    codec: C,
+    config: Config,
+    _types: core::marker::PhantomData<fn() -> (V, E)>,
+}
+
+impl<V, E, C> fmt::Debug for Builder<V, E, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("prefix", &self.prefix)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<V, E, C> Builder<V, E, C>
+where
+    V: Clone + Send + Sync + 'static,
+    E: Send + Sync + 'static,
+    C: Codec<V>,
+{
+    /// How long a value lives in Redis (`PX`). Default 5 minutes. Also the L1's longest time
+    /// to live unless [`l1_time_to_live`](Self::l1_time_to_live) says otherwise (in either
+    /// order).
+    pub fn time_to_live(mut self, ttl: Duration) -> Self {
+        self.config.ttl = ttl;
+        self
+    }
+
+    /// The longest a value lives in this process's L1, from when the L1 got it. Default: the
+    /// Redis TTL. A value read from Redis lives in the L1 no longer than it had left there
+    /// (its `PTTL`), so an L1 copy never outlives the Redis value it copies; this bounds how
+    /// stale a copy can get when backplane messages are lost.
+    pub fn l1_time_to_live(mut self, ttl: Duration) -> Self {
+        self.config.l1_ttl = Some(ttl);
+        self
+    }
+
+    /// The L1's capacity in entries. Default 10 000.
+    pub fn l1_max_capacity(mut self, entries: u64) -> Self {
+        self.config.l1_capacity = entries;
+        self
+    }
+
+    /// How long a load's lease lasts before another process may take over (`PX`). The
+    /// leader renews it every third of this while its loader runs. Default 5 s.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.config.lease = lease;
+        self
+    }
+
+    /// The bound on each Redis round trip (connecting included). Past it the round trip
+    /// counts as an L2 error and the read goes on without Redis. Default 250 ms.
+    pub fn op_timeout(mut self, timeout: Duration) -> Self {
+        self.config.op_timeout = timeout;
+        self
+    }
+
+    /// How often a load waiting on another's lease asks Redis again when no backplane
+    /// message woke it. Default 100 ms.
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.config.poll_interval = interval;
+        self
+    }
+
+    /// How long a load waits on another's lease before running its loader locally.
+    /// Default 30 s.
+    pub fn max_wait(mut self, wait: Duration) -> Self {
+        self.config.max_wait = wait;
+        self
+    }
+
+    /// After a failed connection, how long calls skip Redis before one tries again.
+    /// Default 250 ms.
+    pub fn reconnect_backoff(mut self, backoff: Duration) -> Self {
+        self.config.reconnect_backoff = backoff;
+        self
+    }
+
+    /// Whether to subscribe to the backplane (default `true`). Without it, other processes'
+    /// writes reach this L1 only when its copies expire (`l1_time_to_live`), and loads
+    /// waiting on another process's lease find its value by polling (`poll_interval`).
+    /// This cache still announces its own writes to the others.
+    pub fn backplane(mut self, subscribe: bool) -> Self {
+        self.config.backplane = subscribe;
+        self
+    }
+
+    /// How often the backplane's connection is checked with a PING (default 1 s). One
+    /// unanswered within `op_timeout` counts as a lost subscription: the backplane
+    /// resubscribes, and then drops the L1's values, since messages may have been missed.
+    /// Without it a connection that hangs without closing (a network partition) would look
+    /// subscribed forever.
+    pub fn backplane_ping(mut self, every: Duration) -> Self {
+        self.config.backplane_ping = every;
+        self
+    }
+
+    /// The cache, with its backplane task spawned on the current tokio runtime. Connects to
+    /// nothing yet: the first read does (so a cache built while Redis is down works, on its
+    /// L1 and loader alone, until Redis is back).
+    pub fn build(self) -> Result<HybridCache<V, E, C>, BuildError> {
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
+        let c = &self.config;
+        let zero = |d: Duration| d.is_zero();
+        if zero(c.ttl) || zero(c.l1_ttl()) {
+            return Err(BuildError::Invalid("time to live must be more than zero"));
+        }
+        if c.lease < Duration::from_millis(3) {
+            return Err(BuildError::Invalid("the lease must be at least 3 ms"));
+        }
+        if zero(c.op_timeout) || zero(c.poll_interval) || zero(c.backplane_ping) {
+            return Err(BuildError::Invalid(
+                "op_timeout, poll_interval and backplane_ping must be more than zero",
+            ));
+        }
+        let l1 = ExpiringCache::builder()
+            .max_capacity(c.l1_capacity)
+            .expire_after(L1Expiry)
+            .build();
+        let origin = format!("{:016x}", random_u64());
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let (subscribed, _) = watch::channel(false);
+        let channel = format!("{}bp", self.prefix);
+        let inner = Arc::new(Inner {
+            l1,
+            codec: self.codec,
+            config: self.config,
+            prefix: self.prefix,
+            channel,
+            client: self.client,
+            manager: tokio::sync::Mutex::new(None),
+            failed_at: Mutex::new(None),
+            scripts: Scripts {
+                get_or_lease: Script::new(GET_OR_LEASE),
+                commit: Script::new(COMMIT),
+                renew: Script::new(RENEW),
+                release: Script::new(RELEASE),
+                write: Script::new(WRITE),
+            },
+            counters: Counters::default(),
+            waiters: Mutex::new(HashMap::new()),
+            origin,
+            tokens: AtomicU64::new(0),
+            subscribed,
+            _stop: stop_tx,
+        });
+        if inner.config.backplane {
+            handle.spawn(backplane::run(Arc::downgrade(&inner), stop_rx));
+        }
+        Ok(HybridCache { inner })
+    }
+}
+
+/// A cache in two tiers with one load per key across processes: this process's
+/// [`ExpiringCache`] (L1) in front of Redis (L2), and a Redis pub/sub channel (the
+/// backplane) that carries writes and invalidations to every process's L1.
+///
+/// Reads ([`get_with`](Self::get_with)) never fail because Redis failed: Redis down, slow or
+/// emptied means the L1, then the caller's own loader, within the per-operation timeout.
+/// See the crate docs for the round trips, the guarantees and the failure table.
+///
+/// Needs a tokio runtime: reads, writes and the backplane run on it. A cheap `Clone` (an
+/// `Arc` inside); the backplane task ends when the last handle is dropped.
+///
+/// ```no_run
+/// // `no_run`: needs a Redis server at this address.
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use deferred_redis::{HybridCache, Utf8};
+/// let client = redis::Client::open("redis://127.0.0.1:6379/")?;
+/// let users: HybridCache<String, std::io::Error, Utf8> =
+///     HybridCache::builder(client, "users:", Utf8).build()?;
+/// let name = users.get_with("7", || async { Ok("Ada".to_string()) }).await?;
+/// assert_eq!(name, "Ada");
+/// # Ok(()) }
+/// ```
+pub struct HybridCache<V, E, C> {
+    inner: Arc<Inner<V, E, C>>,
+}
+
+impl<V, E, C> Clone for HybridCache<V, E, C> {
+    fn clone(&self) -> Self {
+        HybridCache {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<V, E, C> fmt::Debug for HybridCache<V, E, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HybridCache")
+            .field("prefix", &self.inner.prefix)
+            .field("origin", &self.inner.origin)
+            .field("config", &self.inner.config)
+            .field("l1_len", &self.inner.l1.len())
+            .finish_non_exhaustive()
+    }
+}
+
+struct Scripts {
+    get_or_lease: Script,
+    commit: Script,
+    renew: Script,
+    release: Script,
+    write: Script,
+}
+
+pub(crate) struct Inner<V, E, C> {
+    pub(crate) l1: ExpiringCache<String, Tiered<V>, E>,
+    codec: C,
+    pub(crate) config: Config,
+    prefix: String,
+    pub(crate) channel: String,
+    pub(crate) client: Client,
+    /// The L2 connection once made (it reconnects by itself after that). An async mutex:
+    /// whoever makes it holds it across the connect, and the others wait (each within its
+    /// own operation timeout) instead of opening one connection each.
+    manager: tokio::sync::Mutex<Option<ConnectionManager>>,
+    /// When the last attempt to connect failed, for the reconnect backoff.
+    failed_at: Mutex<Option<Instant>>,
+    scripts: Scripts,
+    pub(crate) counters: Counters,
+    /// The loads of this process waiting on another's lease, by key: a backplane message
+    /// about the key wakes them at once instead of at their next poll.
+    pub(crate) waiters: Mutex<HashMap<String, Arc<Notify>>>,
+    /// This cache's id on the backplane: its own messages come back to it and are skipped.
+    pub(crate) origin: String,
+    tokens: AtomicU64,
+    /// Whether the backplane is subscribed now.
+    pub(crate) subscribed: watch::Sender<bool>,
+    /// Dropped with the cache, which tells the backplane task to end.
+    _stop: oneshot::Sender<()>,
+}
+
+/// The L1's load future, boxed (see `get_with`).
+type BoxLoad<V, E> = core::pin::Pin<Box<dyn Future<Output = Result<Tiered<V>, E>> + Send>>;
+
+/// What a load does once it stops asking Redis.
+enum Next {
+    Lead,
+    Replace,
+    Local,
+}
+
+/// A value in the L1, with how long it may stay there: no longer than it has left in Redis
+/// when it came from there, and never longer than `l1_time_to_live`.
+#[derive(Clone)]
+pub(crate) struct Tiered<V> {
+    pub(crate) value: V,
+    ttl: Duration,
+}
+
+/// The L1's read with the `Tiered` wrapper taken off its value. A named future rather than
+/// an `async` block, which would bring back the "`Send` is not general enough" error that
+/// `BoxLoad` avoids (the L1's futures are `Unpin`, so no pinning is needed).
+struct Untier<Fut> {
+    read: Fut,
+}
+
+impl<Fut, V, E> Future for Untier<Fut>
+where
+    Fut: Future<Output = Result<Tiered<V>, LoadError<E>>> + Unpin,
+{
+    type Output = Result<V, LoadError<E>>;
+
+    fn poll(
+        mut self: core::pin::Pin<&mut Self>,
+        cx: &mut core::task::Context<'_>,
+    ) -> core::task::Poll<Self::Output> {
+        core::pin::Pin::new(&mut self.read)
+            .poll(cx)
+            .map(|read| read.map(|tiered| tiered.value))
+    }
+}
+
+/// The L1's expiry: each value's own `ttl`, from when the L1 got it.
+struct L1Expiry;
+
+impl<V: 'static> deferred_expiring::Expiry<String, Tiered<V>> for L1Expiry {
+    fn expire_after_create(&self, _: &String, value: &Tiered<V>, _: Duration) -> Option<Duration> {
+        Some(value.ttl)
+    }
+}
+
+/// What `GET_OR_LEASE` found: the bytes and, if the key has one, its time to live.
+enum Probe {
+    Value(Vec<u8>, Option<Duration>),
+    Leased,
+    Held,
+}
+
+/// Random bits for ids and lease tokens (std's hasher keys are random per process; the time
+/// and the process id separate processes that were somehow seeded alike).
+fn random_u64() -> u64 {
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    hasher.write_u128(nanos);
+    hasher.write_u32(std::process::id());
+    hasher.finish()
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+impl<V, E, C> HybridCache<V, E, C>
+where
+    V: Clone + Send + Sync + 'static,
+    E: Send + Sync + 'static,
+    C: Codec<V>,
+{
+    /// A builder for a cache on `client`'s Redis whose keys all start with `prefix`, and
+    /// whose values cross the wire through `codec`.
+    ///
+    /// Two caches with different prefixes share nothing (values, leases, backplane
+    /// channel); two with the same prefix, in one process or many, are one cache.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use deferred_redis::{HybridCache, Decimal};
+    /// let client = redis::Client::open("redis://127.0.0.1:6379/").unwrap(); // connects later
+    /// let builder = HybridCache::<u64, String, _>::builder(client, "scores:", Decimal)
+    ///     .time_to_live(Duration::from_secs(60))
+    ///     .lease(Duration::from_secs(2))
+    ///     .op_timeout(Duration::from_millis(100));
+    /// # let _ = builder;
+    /// ```
+    pub fn builder(client: Client, prefix: impl Into<String>, codec: C) -> Builder<V, E, C> {
+        Builder {
+            client,
+            prefix: prefix.into(),
+            codec,
+            config: Config {
+                ttl: Duration::from_secs(300),
+                l1_ttl: None,
+                l1_capacity: 10_000,
+                lease: Duration::from_secs(5),
+                op_timeout: Duration::from_millis(250),
+                poll_interval: Duration::from_millis(100),
+                max_wait: Duration::from_secs(30),
+                reconnect_backoff: Duration::from_millis(250),
+                backplane: true,
+                backplane_ping: Duration::from_secs(1),
+            },
+            _types: core::marker::PhantomData,
+        }
+    }
+
+    /// The value at `key`: from the L1; else from Redis; else loaded by `loader`, in one
+    /// process at a time across every cache with this prefix, and written to Redis.
+    ///
+    /// Callers of one process that miss the same key share one L1 load (as in
+    /// `deferred-cache`). That load reads Redis; on a miss it takes the key's lease and runs
+    /// `loader`, or, when another load holds the lease, waits for its value (woken by the
+    /// backplane, polling every `poll_interval` behind it) and takes over if the lease goes
+    /// away without one. If Redis fails or times out, `loader` runs here (fail-safe).
+    ///
+    /// Errors and panics are the L1's: a loader error reaches every caller of that load as
+    /// one `Arc<E>` and is not cached (in the L1 or in Redis: the lease is released so that
+    /// another process may try); a panic unwinds the caller that ran it and gives the
+    /// others [`LoadError::Panicked`].
+    ///
+    /// ```no_run
+    /// // `no_run`: needs a Redis server at this address.
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use deferred_redis::{HybridCache, Raw};
+    /// let client = redis::Client::open("redis://127.0.0.1:6379/")?;
+    /// let pages: HybridCache<Vec<u8>, std::io::Error, Raw> =
+    ///     HybridCache::builder(client, "pages:", Raw).build()?;
+    /// let page = pages.get_with("/", || async { Ok(b"<html>".to_vec()) }).await?;
+    /// assert_eq!(page, b"<html>");
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// The future is `Send` when `F` is (a plain function returning the L1's future, not an
+    /// `async fn`, so that `tokio::spawn` accepts it).
+    pub fn get_with<'a, F, Fut>(
+        &'a self,
+        key: impl Into<String>,
+        loader: F,
+    ) -> impl Future<Output = Result<V, LoadError<E>>> + 'a
+    where
+        F: FnOnce() -> Fut + 'a,
+        Fut: Future<Output = Result<V, E>> + Send + 'static,
+    {
+        let key = key.into();
+        let inner = Arc::clone(&self.inner);
+        let load_key = key.clone();
+        let read = self.inner.l1.get_with(key, move || {
+            let load = loader();
+            // Boxed as `dyn Send`: the compiler then proves the load `Send` here, once,
+            // instead of failing to in callers' spawned futures ("`Send` is not general
+            // enough", a known limit with references held across awaits). One allocation
+            // per L1 miss, next to a Redis round trip.
+            let boxed: BoxLoad<V, E> = Box::pin(inner.load(load_key, load));
+            boxed
+        });
+        Untier { read }
+    }
+
+    /// Stores `value` at `key`: in this L1 at once, then in Redis (with the TTL), where it
+    /// also wins over any load of the key in flight anywhere (its lease is deleted, so that
+    /// load's write is refused), and tells the other processes to drop their L1 copy.
+    ///
+    /// An `Err` means the L1 was written but Redis was not (the error says why); other
+    /// processes may still hold an older value until their L1 TTL.
+    ///
+    /// ```no_run
+    /// // `no_run`: needs a Redis server at this address.
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let client = redis::Client::open("redis://127.0.0.1:6379/")?;
+    /// # let cache: deferred_redis::HybridCache<String, (), _> =
+    /// #     deferred_redis::HybridCache::builder(client, "app:", deferred_redis::Utf8).build()?;
+    /// cache.insert("greeting", "hello".to_string()).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn insert(&self, key: impl Into<String>, value: V) -> Result<(), L2Error> {
+        let key = key.into();
+        let bytes = self.inner.codec.encode(&value).map_err(|e| {
+            bump(&self.inner.counters.encode_errors);
+            L2Error::Codec(e)
+        });
+        let ttl = self.inner.config.ttl.min(self.inner.config.l1_ttl());
+        self.inner.l1.insert(key.clone(), Tiered { value, ttl });
+        self.inner.write(&key, Some(bytes?)).await
+    }
+
+    /// Removes `key` from this L1, from Redis, and (through the backplane) from every other
+    /// process's L1. A load of the key in flight anywhere finishes for its callers but its
+    /// value is not stored. `Err`: the L1 was cleared, Redis was not.
+    ///
+    /// ```no_run
+    /// // `no_run`: needs a Redis server at this address.
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let client = redis::Client::open("redis://127.0.0.1:6379/")?;
+    /// # let cache: deferred_redis::HybridCache<String, (), _> =
+    /// #     deferred_redis::HybridCache::builder(client, "app:", deferred_redis::Utf8).build()?;
+    /// cache.invalidate("greeting").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn invalidate(&self, key: &str) -> Result<(), L2Error> {
+        self.inner.l1.invalidate(key);
+        self.inner.write(key, None).await
+    }
+
+    /// Removes every value of this prefix: from this L1, from every other process's L1
+    /// (backplane), and from Redis (a bounded `SCAN` over the prefix's keys, then `DEL`).
+    /// `Err`: the L1 was cleared; Redis and the other processes perhaps not all.
+    ///
+    /// ```no_run
+    /// // `no_run`: needs a Redis server at this address.
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let client = redis::Client::open("redis://127.0.0.1:6379/")?;
+    /// # let cache: deferred_redis::HybridCache<String, (), _> =
+    /// #     deferred_redis::HybridCache::builder(client, "app:", deferred_redis::Utf8).build()?;
+    /// cache.invalidate_all().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn invalidate_all(&self) -> Result<(), L2Error> {
+        self.inner.l1.invalidate_all();
+        self.inner.clear_l2().await
+    }
+
+    /// Whether this process's L1 holds a value for `key` (no Redis round trip; counts
+    /// nothing). For tests and diagnostics: what the backplane has reached.
+    ///
+    /// ```no_run
+    /// // `no_run`: needs a Redis server at this address.
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let client = redis::Client::open("redis://127.0.0.1:6379/")?;
+    /// # let cache: deferred_redis::HybridCache<String, (), _> =
+    /// #     deferred_redis::HybridCache::builder(client, "app:", deferred_redis::Utf8).build()?;
+    /// cache.insert("k", "v".to_string()).await?;
+    /// assert!(cache.contains_local("k"));
+    /// # Ok(()) }
+    /// ```
+    pub fn contains_local(&self, key: &str) -> bool {
+        self.inner.l1.contains_key(key)
+    }
+
+    /// Waits, up to `timeout`, until the backplane is subscribed; `true` if it is. Messages
+    /// published before that moment do not reach this cache (a fresh subscription drops
+    /// the L1, so nothing stale survives it).
+    ///
+    /// ```no_run
+    /// // `no_run`: needs a Redis server at this address.
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let client = redis::Client::open("redis://127.0.0.1:6379/")?;
+    /// # let cache: deferred_redis::HybridCache<String, (), _> =
+    /// #     deferred_redis::HybridCache::builder(client, "app:", deferred_redis::Utf8).build()?;
+    /// assert!(cache.backplane_ready(std::time::Duration::from_secs(1)).await);
+    /// # Ok(()) }
+    /// ```
+    pub async fn backplane_ready(&self, timeout: Duration) -> bool {
+        let mut state = self.inner.subscribed.subscribe();
+        let ready = tokio::time::timeout(timeout, state.wait_for(|up| *up)).await;
+        matches!(ready, Ok(Ok(_)))
+    }
+
+    /// The counters: the L1's, and the tier's (see [`HybridStats`]).
+    ///
+    /// ```no_run
+    /// // `no_run`: needs a Redis server at this address.
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let client = redis::Client::open("redis://127.0.0.1:6379/")?;
+    /// # let cache: deferred_redis::HybridCache<String, (), _> =
+    /// #     deferred_redis::HybridCache::builder(client, "app:", deferred_redis::Utf8).build()?;
+    /// let stats = cache.stats();
+    /// println!("{} L2 errors, {} lease waits", stats.l2_errors, stats.lease_waits);
+    /// # Ok(()) }
+    /// ```
+    pub fn stats(&self) -> HybridStats {
+        self.inner.counters.snapshot(self.inner.l1.stats())
+    }
+}
+
+/// Deregisters a waiting load from `Inner::waiters` when it ends, however it ends.
+struct Waiting<'a, V, E, C> {
+    inner: &'a Inner<V, E, C>,
+    key: &'a str,
+    notify: Arc<Notify>,
+}
+
+impl<V, E, C> Drop for Waiting<'_, V, E, C> {
+    fn drop(&mut self) {
+        let mut waiters = self
+            .inner
+            .waiters
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // Two references: the map's and this one. Another load of the same key (one that
+        // started after an invalidation) may hold a third, and keeps the entry.
+        if Arc::strong_count(&self.notify) == 2 {
+            waiters.remove(self.key);
+        }
+    }
+}
+
+/// Releases the lease if the load that holds it ends without writing: a loader that
+/// panicked, or a load dropped by its last caller. Runs the release on the runtime, since
+/// a drop cannot wait.
+struct LeaseGuard<V, E, C>
+where
+    V: Clone + Send + Sync + 'static,
+    E: Send + Sync + 'static,
+    C: Codec<V>,
+{
+    inner: Arc<Inner<V, E, C>>,
+    key: String,
+    token: String,
+    armed: bool,
+}
+
+impl<V, E, C> Drop for LeaseGuard<V, E, C>
+where
+    V: Clone + Send + Sync + 'static,
+    E: Send + Sync + 'static,
+    C: Codec<V>,
+{
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let inner = Arc::clone(&self.inner);
+            let key = core::mem::take(&mut self.key);
+            let token = core::mem::take(&mut self.token);
+            handle.spawn(async move { inner.release(&key, &token).await });
+        }
+        // Outside a runtime nothing can run the release: the lease expires by itself.
+    }
+}
+
+impl<V, E, C> Inner<V, E, C>
+where
+    V: Clone + Send + Sync + 'static,
+    E: Send + Sync + 'static,
+    C: Codec<V>,
+{
+    fn value_key(&self, key: &str) -> String {
+        format!("{}v:{key}", self.prefix)
+    }
+
+    fn lease_key(&self, key: &str) -> String {
+        format!("{}l:{key}", self.prefix)
+    }
+
+    /// A backplane message: kind, this cache's origin, the key.
+    pub(crate) fn message(&self, kind: u8, key: &str) -> Vec<u8> {
+        let mut message = Vec::with_capacity(1 + self.origin.len() + key.len());
+        message.push(kind);
+        message.extend_from_slice(self.origin.as_bytes());
+        message.extend_from_slice(key.as_bytes());
+        message
+    }
+
+    fn token(&self) -> String {
+        let n = self
+            .tokens
+            .fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+        format!("{}{n:016x}", self.origin)
+    }
+
+    /// The connection, made on first use (and again after a failure, past the backoff).
+    async fn connection(&self) -> Result<ConnectionManager, L2Error> {
+        let mut slot = self.manager.lock().await;
+        if let Some(manager) = slot.as_ref() {
+            return Ok(manager.clone());
+        }
+        let failed_at = *self
+            .failed_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if failed_at.is_some_and(|at| at.elapsed() < self.config.reconnect_backoff) {
+            return Err(L2Error::Unavailable);
+        }
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(self.config.op_timeout)
+            .set_response_timeout(self.config.op_timeout)
+            .set_number_of_retries(1);
+        match self.client.get_connection_manager_with_config(config).await {
+            Ok(manager) => {
+                *slot = Some(manager.clone());
+                Ok(manager)
+            }
+            Err(error) => {
+                *self
+                    .failed_at
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+                Err(L2Error::Redis(error))
+            }
+        }
+    }
+
+    /// One Redis operation within the per-operation timeout; failures are counted.
+    async fn l2<T, F, Fut>(&self, op: F) -> Result<T, L2Error>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        let attempt = async {
+            let connection = self.connection().await?;
+            op(connection).await.map_err(L2Error::Redis)
+        };
+        let outcome = match tokio::time::timeout(self.config.op_timeout, attempt).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(L2Error::Timeout),
+        };
+        if outcome.is_err() {
+            bump(&self.counters.l2_errors);
+        }
+        outcome
+    }
+
+    async fn probe(&self, value_key: &str, lease_key: &str, token: &str) -> Result<Probe, L2Error> {
+        let lease_ms = millis(self.config.lease);
+        let reply: Vec<Value> = self
+            .l2(|mut c| async move {
+                self.scripts
+                    .get_or_lease
+                    .key(value_key)
+                    .key(lease_key)
+                    .arg(token)
+                    .arg(lease_ms)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        match reply.as_slice() {
+            [Value::Int(1), Value::BulkString(bytes), Value::Int(pttl)] => {
+                let ttl = u64::try_from(*pttl).ok().map(Duration::from_millis);
+                Ok(Probe::Value(bytes.clone(), ttl))
+            }
+            [Value::Int(2)] => Ok(Probe::Leased),
+            [Value::Int(0)] => Ok(Probe::Held),
+            _ => {
+                bump(&self.counters.l2_errors);
+                Err(L2Error::Redis(redis::RedisError::from((
+                    redis::ErrorKind::TypeError,
+                    "unexpected reply from the lease script",
+                ))))
+            }
+        }
+    }
+
+    /// The L1's load of `key`: Redis, else the lease and `load`, else a wait.
+    async fn load<Fut>(self: Arc<Self>, key: String, load: Fut) -> Result<Tiered<V>, E>
+    where
+        Fut: Future<Output = Result<V, E>> + Send,
+    {
+        let value_key = self.value_key(&key);
+        let lease_key = self.lease_key(&key);
+        let token = self.token();
+        let notify = {
+            let mut waiters = self.waiters.lock().unwrap_or_else(PoisonError::into_inner);
+            Arc::clone(waiters.entry(key.clone()).or_default())
+        };
+        let waiting = Waiting {
+            inner: &self,
+            key: &key,
+            notify,
+        };
+        let deadline = Instant::now() + self.config.max_wait;
+        // Every round trip and every wait is bounded in time; the rounds are bounded in
+        // number too, in case a clock misbehaves: a poll per `poll_interval`, and as many
+        // again for wakes by backplane messages.
+        let max_rounds = 2
+            * (self.config.max_wait.as_millis() / self.config.poll_interval.as_millis().max(1))
+            + 2;
+        let mut waited = false;
+        let mut l2_failed = false;
+        let mut next = Next::Local;
+        for _ in 0..max_rounds.min(1_000_000) {
+            // Registered before the round trip, so an announcement that comes between the
+            // round trip and the wait is not missed.
+            let notified = waiting.notify.notified();
+            let mut notified = core::pin::pin!(notified);
+            notified.as_mut().enable();
+            match self.probe(&value_key, &lease_key, &token).await {
+                Ok(Probe::Value(bytes, ttl)) => match self.codec.decode(&bytes) {
+                    Ok(value) => {
+                        bump(&self.counters.l2_hits);
+                        let most = self.config.l1_ttl();
+                        let ttl = ttl.map_or(most, |t| t.min(most));
+                        return Ok(Tiered { value, ttl });
+                    }
+                    Err(_) => {
+                        bump(&self.counters.decode_errors);
+                        if !waited {
+                            bump(&self.counters.l2_misses);
+                        }
+                        next = Next::Replace;
+                        break;
+                    }
+                },
+                Ok(Probe::Leased) => {
+                    if waited {
+                        bump(&self.counters.takeovers);
+                    } else {
+                        bump(&self.counters.l2_misses);
+                        bump(&self.counters.lease_wins);
+                    }
+                    next = Next::Lead;
+                    break;
+                }
+                Ok(Probe::Held) => {
+                    if !waited {
+                        waited = true;
+                        bump(&self.counters.l2_misses);
+                        bump(&self.counters.lease_waits);
+                    }
+                    let now = Instant::now();
+                    if now >= deadline {
+                        break;
+                    }
+                    let nap = self.config.poll_interval.min(deadline - now);
+                    tokio::select! {
+                        () = notified => {}
+                        () = tokio::time::sleep(nap) => {}
+                    }
+                }
+                Err(_) => {
+                    l2_failed = true;
+                    break;
+                }
+            }
+        }
+        if matches!(next, Next::Local) && !l2_failed {
+            // The wait ran past `max_wait` (or past its number of rounds).
+            bump(&self.counters.wait_timeouts);
+        }
+        drop(waiting);
+        let value = match next {
+            Next::Lead => Arc::clone(&self).lead(key, token, load).await,
+            Next::Replace => {
+                self.replace_undecodable(&key, &lease_key, token, load)
+                    .await
+            }
+            Next::Local => {
+                // Redis failed (fail-safe), or the wait ran past `max_wait`.
+                bump(&self.counters.local_fallbacks);
+                load.await
+            }
+        };
+        // A value loaded here lives in the L1 as it does in Redis (if it got there).
+        let ttl = self.config.ttl.min(self.config.l1_ttl());
+        value.map(|value| Tiered { value, ttl })
+    }
+
+    /// A value in Redis that does not decode: load, and replace it if the lease is free.
+    async fn replace_undecodable<Fut>(
+        self: &Arc<Self>,
+        key: &str,
+        lease_key: &str,
+        token: String,
+        load: Fut,
+    ) -> Result<V, E>
+    where
+        Fut: Future<Output = Result<V, E>> + Send,
+    {
+        let lease_ms = millis(self.config.lease);
+        let token_ref = token.as_str();
+        let leased: Result<Option<String>, L2Error> = self
+            .l2(|mut c| async move {
+                redis::cmd("SET")
+                    .arg(lease_key)
+                    .arg(token_ref)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(lease_ms)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await;
+        match leased {
+            Ok(Some(_)) => {
+                bump(&self.counters.lease_wins);
+                Arc::clone(self).lead(key.to_string(), token, load).await
+            }
+            // Someone else is loading (or Redis failed): load for this process alone.
+            _ => {
+                bump(&self.counters.local_fallbacks);
+                load.await
+            }
+        }
+    }
+
+    /// Runs `load` holding the lease (renewing it), then writes its value, fenced.
+    async fn lead<Fut>(self: Arc<Self>, key: String, token: String, load: Fut) -> Result<V, E>
+    where
+        Fut: Future<Output = Result<V, E>> + Send,
+    {
+        let mut guard = LeaseGuard {
+            inner: Arc::clone(&self),
+            key: key.clone(),
+            token: token.clone(),
+            armed: true,
+        };
+        let outcome = self.run_renewing(&key, &token, load).await;
+        if let Ok(value) = &outcome {
+            match self.codec.encode(value) {
+                Ok(bytes) => {
+                    if self.commit(&key, &token, bytes).await.is_ok() {
+                        // Written, or refused because the lease is not ours any more:
+                        // either way there is nothing left to release.
+                        guard.armed = false;
+                    }
+                }
+                Err(_) => bump(&self.counters.encode_errors),
+            }
+        }
+        if guard.armed {
+            // A failed load (errors are not cached), a value that did not encode, or a
+            // commit whose outcome is unknown: hand the lease back so a waiter can go on.
+            guard.armed = false;
+            self.release(&key, &token).await;
+        }
+        outcome
+    }
+
+    async fn run_renewing<Fut>(&self, key: &str, token: &str, load: Fut) -> Result<V, E>
+    where
+        Fut: Future<Output = Result<V, E>> + Send,
+    {
+        let lease_key = self.lease_key(key);
+        let lease_ms = millis(self.config.lease);
+        let period = self.config.lease / 3;
+        let mut load = core::pin::pin!(load);
+        let mut next = Some(tokio::time::Instant::now() + period);
+        loop {
+            let Some(at) = next else {
+                return load.await;
+            };
+            tokio::select! {
+                biased;
+                outcome = &mut load => return outcome,
+                () = tokio::time::sleep_until(at) => {
+                    let lease_key = lease_key.as_str();
+                    let renewed: Result<i64, L2Error> = self
+                        .l2(|mut c| async move {
+                            self.scripts
+                                .renew
+                                .key(lease_key)
+                                .arg(token)
+                                .arg(lease_ms)
+                                .invoke_async(&mut c)
+                                .await
+                        })
+                        .await;
+                    next = match renewed {
+                        Ok(1) => {
+                            bump(&self.counters.lease_renewals);
+                            Some(tokio::time::Instant::now() + period)
+                        }
+                        // Gone or someone else's: the write will be refused; stop renewing.
+                        Ok(_) => {
+                            bump(&self.counters.leases_lost);
+                            None
+                        }
+                        // Try again soon: the lease may still be ours.
+                        Err(_) => Some(tokio::time::Instant::now() + period),
+                    };
+                }
+            }
+        }
+    }
+
+    /// The fenced write; `Ok(true)` if written, `Ok(false)` if the lease was not ours.
+    async fn commit(&self, key: &str, token: &str, bytes: Vec<u8>) -> Result<bool, L2Error> {
+        let value_key = self.value_key(key);
+        let lease_key = self.lease_key(key);
+        let ttl_ms = millis(self.config.ttl);
+        let message = self.message(b'L', key);
+        let (value_key, lease_key, bytes, message) = (&value_key, &lease_key, &bytes, &message);
+        let written: i64 = self
+            .l2(|mut c| async move {
+                self.scripts
+                    .commit
+                    .key(value_key)
+                    .key(lease_key)
+                    .arg(token)
+                    .arg(bytes.as_slice())
+                    .arg(ttl_ms)
+                    .arg(&self.channel)
+                    .arg(message.as_slice())
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        if written == 1 {
+            bump(&self.counters.l2_writes);
+        } else {
+            bump(&self.counters.fenced_writes);
+        }
+        Ok(written == 1)
+    }
+
+    async fn release(&self, key: &str, token: &str) {
+        let lease_key = self.lease_key(key);
+        let message = self.message(b'R', key);
+        let (lease_key, message) = (&lease_key, &message);
+        let _released: Result<i64, L2Error> = self
+            .l2(|mut c| async move {
+                self.scripts
+                    .release
+                    .key(lease_key)
+                    .arg(token)
+                    .arg(&self.channel)
+                    .arg(message.as_slice())
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await;
+        // A failure is counted; the lease then expires by itself.
+    }
+
+    /// `insert` (`Some`) or `invalidate` (`None`) in Redis, announced.
+    async fn write(&self, key: &str, bytes: Option<Vec<u8>>) -> Result<(), L2Error> {
+        let value_key = self.value_key(key);
+        let lease_key = self.lease_key(key);
+        let ttl_ms = millis(self.config.ttl);
+        let (kind, mode) = if bytes.is_some() {
+            (b'S', "set")
+        } else {
+            (b'I', "del")
+        };
+        let message = self.message(kind, key);
+        let bytes = bytes.unwrap_or_default();
+        let (value_key, lease_key, bytes, message) = (&value_key, &lease_key, &bytes, &message);
+        let _: i64 = self
+            .l2(|mut c| async move {
+                self.scripts
+                    .write
+                    .key(value_key)
+                    .key(lease_key)
+                    .arg(bytes.as_slice())
+                    .arg(ttl_ms)
+                    .arg(&self.channel)
+                    .arg(message.as_slice())
+                    .arg(mode)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes the prefix's keys in Redis, then tells the other processes to clear their L1.
+    async fn clear_l2(&self) -> Result<(), L2Error> {
+        let pattern = format!("{}*", glob_escape(&self.prefix));
+        let pattern = pattern.as_str();
+        let mut cursor: u64 = 0;
+        // Bounded: SCAN ends in a number of rounds about the number of keys over COUNT; a
+        // cap stops a keyspace that grows faster than it is scanned.
+        for _ in 0..100_000 {
+            let (next, keys): (u64, Vec<Vec<u8>>) = self
+                .l2(|mut c| async move {
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(pattern)
+                        .arg("COUNT")
+                        .arg(1000)
+                        .query_async(&mut c)
+                        .await
+                })
+                .await?;
+            if !keys.is_empty() {
+                let keys = &keys;
+                let _: i64 =
+                    self.l2(|mut c| async move {
+                        redis::cmd("DEL").arg(keys).query_async(&mut c).await
+                    })
+                    .await?;
+            }
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        let message = self.message(b'A', "");
+        let message = &message;
+        let _: i64 = self
+            .l2(|mut c| async move {
+                redis::cmd("PUBLISH")
+                    .arg(&self.channel)
+                    .arg(message.as_slice())
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Wakes this process's loads waiting on `key` (all of them for `None`).
+    pub(crate) fn wake(&self, key: Option<&str>) {
+        let waiters = self.waiters.lock().unwrap_or_else(PoisonError::into_inner);
+        match key {
+            Some(key) => {
+                if let Some(notify) = waiters.get(key) {
+                    notify.notify_waiters();
+                }
+            }
+            None => waiters.values().for_each(|n| n.notify_waiters()),
+        }
+    }
+
+    /// Whether a load of this process is waiting on `key`.
+    pub(crate) fn is_waiting(&self, key: &str) -> bool {
+        self.waiters
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(key)
+    }
+}
+
+/// `text` with Redis glob characters escaped, for `SCAN MATCH`.
+fn glob_escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
+}

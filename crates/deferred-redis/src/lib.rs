@@ -1,0 +1,17 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+#![allow(clippy::std_instead_of_core, clippy::alloc_instead_of_core)] // a `std` crate
+
+mod backplane;
+mod codec;
+mod error;
+mod hybrid;
+mod stats;
+
+#[cfg(feature = "serde")]
+pub use codec::Postcard;
+pub use codec::{Codec, CodecError, Decimal, Raw, Utf8};
+pub use deferred_cache::LoadError;
+pub use error::{BuildError, L2Error};
+pub use hybrid::{Builder, HybridCache};
+pub use stats::HybridStats;

@@ -1,0 +1,691 @@
+//! The tier against a real `redis-server` (started per test on a Unix socket): single
+//! flight across caches with separate L1s, leases (takeover, renewal, fencing), codecs,
+//! prefixes, and fail-safe reads with Redis down or paused.
+
+#![allow(clippy::std_instead_of_core)] // a `std` test
+
+mod support;
+
+use std::{
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use deferred_redis::{HybridCache, LoadError, Utf8};
+use redis::Commands;
+use support::{eventually, server::RedisServer};
+use tokio::sync::Semaphore;
+
+type Strings = HybridCache<String, String, Utf8>;
+
+/// A bound for waits on conditions that real time decides; never reached when all is well.
+const PATIENCE: Duration = Duration::from_secs(5);
+
+fn cache(server: &RedisServer, prefix: &str, lease: Duration) -> Strings {
+    HybridCache::builder(server.client(), prefix, Utf8)
+        .lease(lease)
+        .op_timeout(Duration::from_millis(500))
+        .poll_interval(Duration::from_millis(20))
+        .reconnect_backoff(Duration::from_millis(50))
+        .build()
+        .expect("build inside a runtime")
+}
+
+/// A loader that counts its runs and then waits for `gate` before answering `value`.
+fn gated(
+    runs: &Arc<AtomicUsize>,
+    gate: &Arc<Semaphore>,
+    value: &'static str,
+) -> impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, String>> + Send>>
+{
+    let (runs, gate, value) = (Arc::clone(runs), Arc::clone(gate), value.to_string());
+    move || {
+        Box::pin(async move {
+            runs.fetch_add(1, Ordering::SeqCst);
+            let _permit = gate.acquire().await.map_err(|e| e.to_string())?;
+            Ok(value)
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caches_with_separate_l1s_share_one_load() {
+    let server = RedisServer::start();
+    let caches: Vec<Strings> = (0..4)
+        .map(|_| cache(&server, "sf:", Duration::from_secs(5)))
+        .collect();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(Semaphore::new(0));
+    // The first cache's load starts and holds the lease...
+    let first = {
+        let (c, load) = (caches[0].clone(), gated(&runs, &gate, "v"));
+        tokio::spawn(async move { c.get_with("k", load).await })
+    };
+    assert!(eventually(PATIENCE, || caches[0].stats().lease_wins == 1).await);
+    // ...then 250 callers on each cache miss the key while it does.
+    let mut tasks = Vec::new();
+    for c in &caches {
+        for _ in 0..250 {
+            let (c, load) = (c.clone(), gated(&runs, &gate, "other"));
+            tasks.push(tokio::spawn(async move { c.get_with("k", load).await }));
+        }
+    }
+    // Every other cache's one L1 load is waiting on the lease before the leader finishes.
+    assert!(
+        eventually(PATIENCE, || caches[1..]
+            .iter()
+            .all(|c| c.stats().lease_waits == 1))
+        .await
+    );
+    gate.add_permits(10_000);
+    assert_eq!(first.await.unwrap(), Ok("v".to_string()));
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), Ok("v".to_string()));
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "exactly one loader ran");
+    for c in &caches[1..] {
+        let stats = c.stats();
+        assert_eq!(
+            (stats.l2_hits, stats.lease_wins, stats.takeovers),
+            (1, 0, 0)
+        );
+    }
+    assert_eq!(caches[0].stats().l2_writes, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_caches_run_one_load() {
+    let server = RedisServer::start();
+    let caches: Vec<Strings> = (0..4)
+        .map(|_| cache(&server, "race:", Duration::from_secs(5)))
+        .collect();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let start = Arc::new(tokio::sync::Barrier::new(4 * 250));
+    let mut tasks = Vec::new();
+    for c in &caches {
+        for _ in 0..250 {
+            let (c, runs, start) = (c.clone(), Arc::clone(&runs), Arc::clone(&start));
+            tasks.push(tokio::spawn(async move {
+                start.wait().await;
+                c.get_with("k", move || async move {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    Ok("v".to_string())
+                })
+                .await
+            }));
+        }
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), Ok("v".to_string()));
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_lost_its_lease_cannot_overwrite() {
+    let server = RedisServer::start();
+    let (a, b) = (
+        cache(&server, "fence:", Duration::from_secs(5)),
+        cache(&server, "fence:", Duration::from_secs(5)),
+    );
+    let runs = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(Semaphore::new(0));
+    let old = {
+        let (a, load) = (a.clone(), gated(&runs, &gate, "old"));
+        tokio::spawn(async move { a.get_with("k", load).await })
+    };
+    assert!(eventually(PATIENCE, || runs.load(Ordering::SeqCst) == 1).await);
+    // The lease goes as if it had expired while `a` stalled, and `b` loads a newer value.
+    let mut raw = server.connection();
+    let deleted: i64 = raw.del("fence:l:k").unwrap();
+    assert_eq!(deleted, 1);
+    let new = b.get_with("k", || async { Ok("new".to_string()) }).await;
+    assert_eq!(new, Ok("new".to_string()));
+    // `a`'s loader now finishes: its callers get its value, Redis keeps the newer one.
+    gate.add_permits(1);
+    assert_eq!(old.await.unwrap(), Ok("old".to_string()));
+    assert_eq!(a.stats().fenced_writes, 1);
+    assert_eq!(a.stats().l2_writes, 0);
+    let stored: String = raw.get("fence:v:k").unwrap();
+    assert_eq!(stored, "new");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_leaders_lease_expires_and_one_waiter_takes_over() {
+    let server = RedisServer::start();
+    let lease = Duration::from_millis(300);
+    let (a, b, c) = (
+        cache(&server, "stall:", lease),
+        cache(&server, "stall:", lease),
+        cache(&server, "stall:", lease),
+    );
+    let runs = Arc::new(AtomicUsize::new(0));
+    let never = Arc::new(Semaphore::new(0));
+    // `a` is polled until it holds the lease and its loader runs, then never again (a
+    // stalled process): nothing renews its lease.
+    let mut stalled = Box::pin(a.get_with("k", gated(&runs, &never, "a")));
+    tokio::select! {
+        _ = &mut stalled => panic!("the stalled load cannot finish"),
+        held = eventually(PATIENCE, || runs.load(Ordering::SeqCst) == 1) => assert!(held),
+    }
+    let started = Instant::now();
+    let (rb, rc) = (Arc::clone(&runs), Arc::clone(&runs));
+    let (vb, vc) = tokio::join!(
+        b.get_with("k", move || async move {
+            rb.fetch_add(1, Ordering::SeqCst);
+            Ok("taken over".to_string())
+        }),
+        c.get_with("k", move || async move {
+            rc.fetch_add(1, Ordering::SeqCst);
+            Ok("taken over".to_string())
+        }),
+    );
+    let took = started.elapsed();
+    assert_eq!((vb, vc), (Ok("taken over".into()), Ok("taken over".into())));
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        2,
+        "one load beyond the stalled one"
+    );
+    assert_eq!(b.stats().takeovers + c.stats().takeovers, 1);
+    assert!(took < lease + Duration::from_secs(2), "took {took:?}");
+    println!("takeover after a stalled leader took {took:?} (lease {lease:?})");
+    drop(stalled);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_loader_renews_its_lease_and_nobody_takes_over() {
+    let server = RedisServer::start();
+    let lease = Duration::from_millis(150);
+    let (a, b) = (
+        cache(&server, "slow:", lease),
+        cache(&server, "slow:", lease),
+    );
+    let runs = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(Semaphore::new(0));
+    let leader = {
+        let (a, load) = (a.clone(), gated(&runs, &gate, "slow"));
+        tokio::spawn(async move { a.get_with("k", load).await })
+    };
+    assert!(eventually(PATIENCE, || runs.load(Ordering::SeqCst) == 1).await);
+    let waiter = {
+        let (b, load) = (b.clone(), gated(&runs, &gate, "b"));
+        tokio::spawn(async move { b.get_with("k", load).await })
+    };
+    assert!(eventually(PATIENCE, || b.stats().lease_waits == 1).await);
+    // The loader outlives its lease several times over, renewing it.
+    assert!(eventually(PATIENCE, || a.stats().lease_renewals >= 6).await);
+    gate.add_permits(10);
+    assert_eq!(leader.await.unwrap(), Ok("slow".to_string()));
+    assert_eq!(waiter.await.unwrap(), Ok("slow".to_string()));
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    assert_eq!((b.stats().takeovers, a.stats().leases_lost), (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_that_does_not_decode_is_a_miss() {
+    let server = RedisServer::start();
+    let mut raw = server.connection();
+    let _: () = raw.set("dec:v:k", &[0xff_u8, 0xfe][..]).unwrap();
+    let a = cache(&server, "dec:", Duration::from_secs(5));
+    let got = a.get_with("k", || async { Ok("fresh".to_string()) }).await;
+    assert_eq!(got, Ok("fresh".to_string()));
+    assert_eq!(a.stats().decode_errors, 1);
+    let stored: String = raw.get("dec:v:k").unwrap();
+    assert_eq!(stored, "fresh", "the bad bytes were replaced");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefixes_keep_caches_apart() {
+    let server = RedisServer::start();
+    let (a, b) = (
+        cache(&server, "one:", Duration::from_secs(5)),
+        cache(&server, "two:", Duration::from_secs(5)),
+    );
+    let va = a.get_with("k", || async { Ok("a".to_string()) }).await;
+    let vb = b.get_with("k", || async { Ok("b".to_string()) }).await;
+    assert_eq!((va, vb), (Ok("a".to_string()), Ok("b".to_string())));
+    assert_eq!((a.stats().l2_hits, b.stats().l2_hits), (0, 0));
+    a.invalidate_all().await.unwrap();
+    let mut raw = server.connection();
+    let (one, two): (Option<String>, Option<String>) =
+        (raw.get("one:v:k").unwrap(), raw.get("two:v:k").unwrap());
+    assert_eq!((one, two), (None, Some("b".to_string())));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_down_reads_still_get_values_and_count_errors() {
+    let mut server = RedisServer::start();
+    let a = cache(&server, "down:", Duration::from_secs(5));
+    // A fresh subscription drops the L1 (it may have missed messages): let the first one
+    // happen before the L1 gets the value this test reads back with Redis down.
+    assert!(a.backplane_ready(PATIENCE).await);
+    assert_eq!(
+        a.get_with("k1", || async { Ok("1".to_string()) }).await,
+        Ok("1".into())
+    );
+    assert_eq!(a.stats().l2_writes, 1);
+    server.stop();
+    let started = Instant::now();
+    let got = a.get_with("k2", || async { Ok("2".to_string()) }).await;
+    let took = started.elapsed();
+    assert_eq!(got, Ok("2".to_string()));
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    let stats = a.stats();
+    assert!(
+        stats.l2_errors >= 1 && stats.local_fallbacks == 1,
+        "{stats:?}"
+    );
+    // The L1 still answers what it has.
+    assert_eq!(
+        a.get_with("k1", || async { Err("unused".to_string()) })
+            .await,
+        Ok("1".into())
+    );
+    // An empty server comes back: the cache finds it by itself.
+    server.restart();
+    let mut recovered = false;
+    for round in 0..200 {
+        let key = format!("after{round}");
+        let _ = a.get_with(key, || async { Ok("3".to_string()) }).await;
+        if a.stats().l2_writes >= 2 {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(recovered, "{:?}", a.stats());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_built_while_redis_is_down_serves_and_recovers() {
+    let mut server = RedisServer::start();
+    server.stop();
+    let a = cache(&server, "late:", Duration::from_secs(5));
+    assert_eq!(
+        a.get_with("k", || async { Ok("local".to_string()) }).await,
+        Ok("local".into())
+    );
+    assert!(a.stats().l2_errors >= 1);
+    server.restart();
+    let mut recovered = false;
+    for round in 0..200 {
+        let _ = a
+            .get_with(format!("k{round}"), || async { Ok("v".to_string()) })
+            .await;
+        if a.stats().l2_writes >= 1 {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(recovered, "{:?}", a.stats());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_server_costs_a_call_no_more_than_the_timeout() {
+    let server = RedisServer::start();
+    let a = HybridCache::builder(server.client(), "pause:", Utf8)
+        .op_timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    assert_eq!(
+        a.get_with("warm", || async { Ok::<_, String>("w".to_string()) })
+            .await,
+        Ok("w".into())
+    );
+    server.pause();
+    let started = Instant::now();
+    let got = a.get_with("k", || async { Ok("local".to_string()) }).await;
+    let took = started.elapsed();
+    server.resume();
+    assert_eq!(got, Ok("local".to_string()));
+    println!("a read with Redis paused took {took:?} (op_timeout 100ms)");
+    assert!(took < Duration::from_millis(1000), "took {took:?}");
+    assert!(a.stats().l2_errors >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_are_shared_not_cached_and_a_waiter_elsewhere_loads_next() {
+    let server = RedisServer::start();
+    let (a, b) = (
+        cache(&server, "err:", Duration::from_secs(5)),
+        cache(&server, "err:", Duration::from_secs(5)),
+    );
+    let runs = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(Semaphore::new(0));
+    let failing = {
+        let (runs, gate) = (Arc::clone(&runs), Arc::clone(&gate));
+        move || async move {
+            runs.fetch_add(1, Ordering::SeqCst);
+            let _permit = gate.acquire().await;
+            Err::<String, String>("backend down".to_string())
+        }
+    };
+    let (a1, a2) = (a.clone(), a.clone());
+    let failing2 = failing.clone();
+    let first = tokio::spawn(async move { a1.get_with("k", failing).await });
+    let second = tokio::spawn(async move { a2.get_with("k", failing2).await });
+    assert!(eventually(PATIENCE, || runs.load(Ordering::SeqCst) == 1).await);
+    let waiter = {
+        let b = b.clone();
+        tokio::spawn(async move { b.get_with("k", || async { Ok("from b".to_string()) }).await })
+    };
+    assert!(eventually(PATIENCE, || b.stats().lease_waits == 1).await);
+    gate.add_permits(10);
+    let (e1, e2) = (first.await.unwrap(), second.await.unwrap());
+    match (e1, e2) {
+        (Err(LoadError::Failed(x)), Err(LoadError::Failed(y))) => assert!(Arc::ptr_eq(&x, &y)),
+        other => panic!("expected one shared error, got {other:?}"),
+    }
+    // The lease was handed back at once: `b` took over and loaded.
+    assert_eq!(waiter.await.unwrap(), Ok("from b".to_string()));
+    assert_eq!(b.stats().takeovers, 1);
+    // Nothing of the error was cached: `a` now reads `b`'s value.
+    assert_eq!(
+        a.get_with("k", || async { Ok("again".to_string()) }).await,
+        Ok("from b".into())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_leader_hands_the_lease_back() {
+    let server = RedisServer::start();
+    let (a, b) = (
+        cache(&server, "panic:", Duration::from_secs(30)),
+        cache(&server, "panic:", Duration::from_secs(30)),
+    );
+    let leader = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            a.get_with("k", || async { panic!("loader panicked on purpose") })
+                .await
+        })
+    };
+    assert!(leader.await.unwrap_err().is_panic());
+    // The lease (30 s) is released by the dropped load, not left to expire.
+    let mut raw = server.connection();
+    let mut released = false;
+    for _ in 0..500 {
+        let exists: bool = raw.exists("panic:l:k").unwrap();
+        if !exists {
+            released = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(released);
+    let started = Instant::now();
+    assert_eq!(
+        b.get_with("k", || async { Ok("b".to_string()) }).await,
+        Ok("b".into())
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(b.stats().lease_wins, 1);
+}
+
+#[cfg(feature = "serde")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serde_values_cross_the_wire_and_bad_bytes_are_a_miss() {
+    use deferred_redis::Postcard;
+
+    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct User {
+        id: u32,
+        name: String,
+    }
+    let server = RedisServer::start();
+    let mut raw = server.connection();
+    // A truncated varint: not a `User` in any version of the program.
+    let _: () = raw.set("serde:v:bad", &[0x80_u8][..]).unwrap();
+    let make = || {
+        HybridCache::<User, String, Postcard>::builder(server.client(), "serde:", Postcard)
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (make(), make());
+    let ada = User {
+        id: 7,
+        name: "Ada".into(),
+    };
+    let loaded = ada.clone();
+    assert_eq!(
+        a.get_with("7", || async move { Ok(loaded) }).await,
+        Ok(ada.clone())
+    );
+    // `b` decodes `a`'s bytes.
+    let got = b
+        .get_with("7", || async { Err("b must read Redis".to_string()) })
+        .await;
+    assert_eq!(got, Ok(ada));
+    assert_eq!(b.stats().l2_hits, 1);
+    let fresh = User {
+        id: 8,
+        name: "Grace".into(),
+    };
+    let loaded = fresh.clone();
+    assert_eq!(
+        a.get_with("bad", || async move { Ok(loaded) }).await,
+        Ok(fresh)
+    );
+    assert_eq!(a.stats().decode_errors, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_whose_callers_all_went_hands_the_lease_back() {
+    let server = RedisServer::start();
+    let (a, b) = (
+        cache(&server, "gone:", Duration::from_secs(30)),
+        cache(&server, "gone:", Duration::from_secs(30)),
+    );
+    let runs = Arc::new(AtomicUsize::new(0));
+    let never = Arc::new(Semaphore::new(0));
+    let leader = {
+        let (a, load) = (a.clone(), gated(&runs, &never, "a"));
+        tokio::spawn(async move { a.get_with("k", load).await })
+    };
+    assert!(eventually(PATIENCE, || runs.load(Ordering::SeqCst) == 1).await);
+    leader.abort();
+    assert!(leader.await.unwrap_err().is_cancelled());
+    // The load went with its last caller, and the lease (30 s) with it.
+    let mut raw = server.connection();
+    let mut released = false;
+    for _ in 0..500 {
+        let exists: bool = raw.exists("gone:l:k").unwrap();
+        if !exists {
+            released = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(released);
+    assert_eq!(
+        b.get_with("k", || async { Ok("b".to_string()) }).await,
+        Ok("b".into())
+    );
+    assert_eq!((b.stats().lease_wins, b.stats().lease_waits), (1, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_caller_leaves_the_load_to_the_others() {
+    let server = RedisServer::start();
+    let a = cache(&server, "cancel:", Duration::from_secs(5));
+    let runs = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(Semaphore::new(0));
+    // The caller whose loader runs is cancelled; another caller of the same load stays.
+    let first = {
+        let (a, load) = (a.clone(), gated(&runs, &gate, "v"));
+        tokio::spawn(async move { a.get_with("k", load).await })
+    };
+    assert!(eventually(PATIENCE, || runs.load(Ordering::SeqCst) == 1).await);
+    let second = {
+        let (a, load) = (a.clone(), gated(&runs, &gate, "other"));
+        tokio::spawn(async move { a.get_with("k", load).await })
+    };
+    assert!(eventually(PATIENCE, || a.stats().l1.cache.coalesced == 1).await);
+    first.abort();
+    assert!(first.await.unwrap_err().is_cancelled());
+    gate.add_permits(10);
+    assert_eq!(second.await.unwrap(), Ok("v".to_string()));
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    assert_eq!(a.stats().l2_writes, 1);
+}
+
+#[test]
+fn handles_and_futures_are_send_and_sync() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>(_: &T) {}
+    send_sync::<Strings>();
+    send_sync::<deferred_redis::HybridStats>();
+    send_sync::<deferred_redis::L2Error>();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _guard = runtime.enter();
+    let client = redis::Client::open("redis://127.0.0.1:1/").unwrap();
+    let c: Strings = HybridCache::builder(client, "t:", Utf8).build().unwrap();
+    send(&c.get_with("k", || async { Ok("v".to_string()) }));
+    send(&c.insert("k", "v".to_string()));
+    send(&c.invalidate("k"));
+}
+
+/// A load waiting on another's lease, and the leader's value becoming available.
+async fn wait_for_leader(waiter: &Strings, leader: &Strings) -> Duration {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(Semaphore::new(0));
+    let leading = {
+        let (l, load) = (leader.clone(), gated(&runs, &gate, "led"));
+        tokio::spawn(async move { l.get_with("k", load).await })
+    };
+    assert!(eventually(PATIENCE, || runs.load(Ordering::SeqCst) == 1).await);
+    let waiting = {
+        let (w, load) = (waiter.clone(), gated(&runs, &gate, "waiter"));
+        tokio::spawn(async move { w.get_with("k", load).await })
+    };
+    assert!(eventually(PATIENCE, || waiter.stats().lease_waits == 1).await);
+    let released = Instant::now();
+    gate.add_permits(10);
+    assert_eq!(waiting.await.unwrap(), Ok("led".to_string()));
+    let took = released.elapsed();
+    assert_eq!(leading.await.unwrap(), Ok("led".to_string()));
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    took
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backplane_wakes_a_waiter_long_before_its_next_poll() {
+    let server = RedisServer::start();
+    let leader = cache(&server, "wake:", Duration::from_secs(5));
+    let waiter = HybridCache::builder(server.client(), "wake:", Utf8)
+        .poll_interval(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    assert!(waiter.backplane_ready(PATIENCE).await);
+    let took = wait_for_leader(&waiter, &leader).await;
+    println!("woken by the backplane {took:?} after the leader's loader was released");
+    assert!(
+        took < Duration::from_secs(5),
+        "took {took:?}: not woken, polled"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_backplane_a_waiter_finds_the_value_by_polling() {
+    let server = RedisServer::start();
+    let leader = cache(&server, "poll:", Duration::from_secs(5));
+    let waiter = HybridCache::builder(server.client(), "poll:", Utf8)
+        .poll_interval(Duration::from_millis(50))
+        .backplane(false)
+        .build()
+        .unwrap();
+    assert!(!waiter.backplane_ready(Duration::from_millis(50)).await);
+    let took = wait_for_leader(&waiter, &leader).await;
+    println!("found by polling (50 ms) {took:?} after the leader's loader was released");
+    assert_eq!(waiter.stats().backplane_subscriptions, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_insert_elsewhere_during_a_load_wins_over_the_load() {
+    let server = RedisServer::start();
+    let (a, b) = (
+        cache(&server, "wins:", Duration::from_secs(5)),
+        cache(&server, "wins:", Duration::from_secs(5)),
+    );
+    assert!(a.backplane_ready(PATIENCE).await);
+    let runs = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(Semaphore::new(0));
+    let loading = {
+        let (a, load) = (a.clone(), gated(&runs, &gate, "loaded"));
+        tokio::spawn(async move { a.get_with("k", load).await })
+    };
+    assert!(eventually(PATIENCE, || runs.load(Ordering::SeqCst) == 1).await);
+    b.insert("k", "inserted".to_string()).await.unwrap();
+    gate.add_permits(1);
+    // The load's callers get its value; Redis keeps the insert, which came later.
+    assert_eq!(loading.await.unwrap(), Ok("loaded".to_string()));
+    assert_eq!(a.stats().fenced_writes, 1);
+    let mut raw = server.connection();
+    let stored: String = redis::Commands::get(&mut raw, "wins:v:k").unwrap();
+    assert_eq!(stored, "inserted");
+    // And `a`'s L1 does not keep the load's value past the insert's message.
+    assert!(
+        eventually(PATIENCE, || a.stats().backplane_received >= 1
+            && !a.contains_local("k"))
+        .await
+    );
+    let got = a
+        .get_with("k", || async { Ok("reloaded".to_string()) })
+        .await;
+    assert_eq!(got, Ok("inserted".to_string()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_caller_holds_no_one_up() {
+    let server = RedisServer::start();
+    let a = cache(&server, "stalled:", Duration::from_secs(5));
+    let runs = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(Semaphore::new(0));
+    // The caller whose loader runs is polled until the loader starts, then never again
+    // (and not dropped).
+    let mut stalled = Box::pin(a.get_with("k", gated(&runs, &gate, "v")));
+    tokio::select! {
+        _ = &mut stalled => panic!("the load cannot finish before the gate opens"),
+        started = eventually(PATIENCE, || runs.load(Ordering::SeqCst) == 1) => assert!(started),
+    }
+    // Another caller of the same load drives it to the end, and the value is written.
+    gate.add_permits(1);
+    let other = a.get_with("k", || async { Ok("unused".to_string()) });
+    let got = tokio::time::timeout(PATIENCE, other).await;
+    assert_eq!(got.ok(), Some(Ok("v".to_string())));
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    assert_eq!(a.stats().l2_writes, 1);
+    drop(stalled);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_l1_copy_lives_no_longer_than_its_redis_value() {
+    let server = RedisServer::start();
+    let a = cache(&server, "pttl:", Duration::from_secs(5)); // L1 TTL 5 minutes
+    let mut raw = server.connection();
+    let _: () = redis::cmd("SET")
+        .arg("pttl:v:k")
+        .arg("short-lived")
+        .arg("PX")
+        .arg(300)
+        .query(&mut raw)
+        .unwrap();
+    let got = a
+        .get_with("k", || async { Err("a must read Redis".to_string()) })
+        .await;
+    assert_eq!(got, Ok("short-lived".to_string()));
+    assert!(a.contains_local("k"));
+    let started = Instant::now();
+    assert!(eventually(PATIENCE, || !a.contains_local("k")).await);
+    let took = started.elapsed();
+    println!("the L1 copy of a value with 300 ms left in Redis went after {took:?}");
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+}
