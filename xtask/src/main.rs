@@ -85,11 +85,11 @@ pub const OTHER_OPTIONAL_FEATURES: &[(&str, &[&str])] = &[("deferred-redis", &["
 /// `doc` (which run over `--workspace`) cover it, while the per-library steps would not fit
 /// it: it is `std`-only with no `unsafe` and no loom models, and its tests start a
 /// `redis-server` process, which miri and the sanitizers cannot run (`test` installs the
-/// server first: see `redis.rs`). `msrv` does not build it: redis 0.32's own rust-version
-/// (1.80) is within ours, but its dependencies as locked are not. Tried on 2026-12-06 with
-/// `cargo +1.81 check --lib -p deferred-redis`: icu_collections 2.4 (through url and idna)
-/// and backon 1.6 need the 2024 edition, and tokio 1.54 needs Rust 1.85; pinning them down
-/// would change the lock file every crate shares.
+/// server first: see `redis.rs`). `msrv` builds it through [`OTHER_OPTIONAL_FEATURES`]. Its
+/// dependencies as first locked did not fit Rust 1.81 (icu 2.x through url's IDNA, backon 1.6
+/// and tokio 1.54, checked on 2026-12-06); the lock holds them where they do: `idna_adapter`
+/// 1.1 (the unicode-rs backend, no icu), backon 1.5, tokio 1.47 (its LTS line), tokio-util
+/// 0.7.16, utf8_iter 1.0.4. A `cargo update` that moves them up fails `msrv`, not a user.
 pub const LIBRARIES: &[Library] = &[
     Library {
         name: "deferred-core",

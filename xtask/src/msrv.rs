@@ -6,7 +6,7 @@
 
 use crate::cmd::{self, cargo, command, Result};
 use crate::no_std::{NO_CAS, NO_CAS_TARGET};
-use crate::LIBRARIES;
+use crate::{LIBRARIES, OTHER_OPTIONAL_FEATURES};
 
 pub fn run() -> Result {
     let version = rust_version()?;
@@ -55,6 +55,18 @@ pub fn run() -> Result {
             cmd.args(["--features", &lib.optional_features.join(",")]);
             cmd::run(&mut cmd)?;
         }
+    }
+    // The crates beside the stack (deferred-redis): std only, so default features and the
+    // optional ones. Their dependencies as locked fit this Rust too: the lock holds tokio on
+    // its 1.47 LTS line and url's IDNA on the unicode-rs backend (see `LIBRARIES`).
+    for &(name, features) in OTHER_OPTIONAL_FEATURES {
+        let mut cmd = cargo([plus.as_str(), "check", "--lib", "-p", name]);
+        cmd.arg("--target-dir").arg(&target_dir);
+        cmd::run(&mut cmd)?;
+        let mut cmd = cargo([plus.as_str(), "check", "--lib", "-p", name]);
+        cmd.arg("--target-dir").arg(&target_dir);
+        cmd.args(["--features", &features.join(",")]);
+        cmd::run(&mut cmd)?;
     }
     for &(name, features) in NO_CAS {
         let mut cmd = cargo([plus.as_str(), "check", "--lib", "-p", name]);
