@@ -195,7 +195,6 @@ pub fn summary(sum: &Summary<'_>) -> bool {
         rss_launch,
         rss_cleared,
     } = *sum;
-    let (end_snap, warm) = (run.end, run.warm);
     let mut report = String::new();
     let secs = run.elapsed.as_secs_f64();
     let growth = match (run.rss_start, run.rss_end) {
@@ -216,6 +215,45 @@ pub fn summary(sum: &Summary<'_>) -> bool {
         warmup.as_secs_f64(),
         stop_time.as_secs_f64()
     );
+    layer_table(&mut report, run, &loads, secs);
+    callers_and_panics(&mut report, run, warmup, secs, counted.callers_ok);
+    stats(&mut report, counted);
+    at_rest_and_cleared(&mut report, at_rest, cleared);
+    let _ = writeln!(
+        report,
+        "memory (VmRSS): launch {}, start (after warm-up) {}, middle {}, end {}, growth {} (limit +{:.0}%); after clearing {}",
+        mib(rss_launch),
+        mib(run.rss_start),
+        mib(run.rss_mid),
+        mib(run.rss_end),
+        growth.map_or_else(|| "n/a".into(), |g| format!("{:+.1}%", g * 100.0)),
+        RSS_GROWTH_LIMIT * 100.0,
+        mib(rss_cleared),
+    );
+    let violations = BOOKS.violations.load(Relaxed);
+    let hung = BOOKS.hung.load(Relaxed);
+    let unexpected = BOOKS.panics_unexpected.load(Relaxed);
+    let pass = violations == 0 && hung == 0 && unexpected == 0 && counted.callers_ok && rss_ok;
+    let _ = writeln!(
+        report,
+        "checks: {violations} violations, {hung} hung, {unexpected} unexpected panics, memory {}",
+        if rss_ok { "flat" } else { "GREW" }
+    );
+    if violations > 0 {
+        let messages = BOOKS.messages.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = writeln!(report, "first violations:");
+        for m in messages.iter() {
+            let _ = writeln!(report, "  {m}");
+        }
+    }
+    let _ = writeln!(report, "RESULT: {}", if pass { "PASS" } else { "FAIL" });
+    print!("{report}");
+    pass
+}
+
+/// The table of operations, loads and callers per layer.
+fn layer_table(report: &mut String, run: &Run, loads: &[u64; 4], secs: f64) {
+    let end_snap = run.end;
     let _ = writeln!(
         report,
         "{:<10} {:>12} {:>10} {:>11} {:>10} {:>10} {:>10} {:>10}",
@@ -249,6 +287,17 @@ pub fn summary(sum: &Summary<'_>) -> bool {
         BOOKS.dropped.total(),
         BOOKS.panicked.total(),
     );
+}
+
+/// Callers after the warm-up and in all, and the panics raised.
+fn callers_and_panics(
+    report: &mut String,
+    run: &Run,
+    warmup: Duration,
+    secs: f64,
+    callers_ok: bool,
+) {
+    let (end_snap, warm) = (run.end, run.warm);
     let after_warm: u64 = end_snap.ops.iter().sum::<u64>() - warm.ops.iter().sum::<u64>();
     let _ = writeln!(
         report,
@@ -271,7 +320,7 @@ pub fn summary(sum: &Summary<'_>) -> bool {
         } else {
             String::new()
         },
-        if counted.callers_ok {
+        if callers_ok {
             "nobody hung"
         } else {
             "MISMATCH"
@@ -284,6 +333,10 @@ pub fn summary(sum: &Summary<'_>) -> bool {
         BOOKS.panicked.total(),
         BOOKS.panics_unexpected.load(Relaxed),
     );
+}
+
+/// What became of the loader futures, the layers' statistics, the clock's moves.
+fn stats(report: &mut String, counted: &Counted) {
     let _ = writeln!(report, "loader futures:");
     for p in BOOKS.loads.all() {
         let _ = writeln!(report, "  {}", p.summary());
@@ -328,6 +381,10 @@ pub fn summary(sum: &Summary<'_>) -> bool {
         BOOKS.clock_leap.load(Relaxed),
         BOOKS.ref_races.load(Relaxed),
     );
+}
+
+/// What was left once the callers were gone, and after clearing.
+fn at_rest_and_cleared(report: &mut String, at_rest: &AtRest, cleared: &Cleared) {
     let _ = writeln!(
         report,
         "at the end: map len {}; cache len {} (weighted {}, capacity {CACHE_CAP}); \
@@ -350,34 +407,4 @@ pub fn summary(sum: &Summary<'_>) -> bool {
         cleared.exp_timers,
         cleared.sys_timers,
     );
-    let _ = writeln!(
-        report,
-        "memory (VmRSS): launch {}, start (after warm-up) {}, middle {}, end {}, growth {} (limit +{:.0}%); after clearing {}",
-        mib(rss_launch),
-        mib(run.rss_start),
-        mib(run.rss_mid),
-        mib(run.rss_end),
-        growth.map_or_else(|| "n/a".into(), |g| format!("{:+.1}%", g * 100.0)),
-        RSS_GROWTH_LIMIT * 100.0,
-        mib(rss_cleared),
-    );
-    let violations = BOOKS.violations.load(Relaxed);
-    let hung = BOOKS.hung.load(Relaxed);
-    let unexpected = BOOKS.panics_unexpected.load(Relaxed);
-    let pass = violations == 0 && hung == 0 && unexpected == 0 && counted.callers_ok && rss_ok;
-    let _ = writeln!(
-        report,
-        "checks: {violations} violations, {hung} hung, {unexpected} unexpected panics, memory {}",
-        if rss_ok { "flat" } else { "GREW" }
-    );
-    if violations > 0 {
-        let messages = BOOKS.messages.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = writeln!(report, "first violations:");
-        for m in messages.iter() {
-            let _ = writeln!(report, "  {m}");
-        }
-    }
-    let _ = writeln!(report, "RESULT: {}", if pass { "PASS" } else { "FAIL" });
-    print!("{report}");
-    pass
 }

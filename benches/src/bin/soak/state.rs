@@ -15,9 +15,10 @@ use crate::{CACHE_CAP, CACHE_KEYS, EXP_CAP, EXP_KEYS, MAP_KEYS, SYS_CAP, SYS_KEY
 
 pub type ExpCache = ExpiringCache<u64, u64, Fail, RandomState, ManualClock>;
 pub type SysCache = ExpiringLoadingCache<u64, u64, Fail>;
+pub type Map = DeferredMap<u64, u64, Fail>;
 
 pub struct State {
-    pub map: DeferredMap<u64, u64, Fail>,
+    pub map: Map,
     pub cache: Cache<u64, u64, Fail>,
     pub exp: ExpCache,
     pub sys: SysCache,
