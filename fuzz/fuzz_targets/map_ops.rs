@@ -537,6 +537,36 @@ impl<'a> Harness<'a> {
     }
 
     fn step(&mut self, op: &Op) {
+        match op {
+            Op::AddValue(..) | Op::AddCell(..) | Op::AddWith(..) => self.adds(op),
+            Op::Wait(..)
+            | Op::WaitIfPresent(..)
+            | Op::GetOrAddValue(..)
+            | Op::GetOrAddWith(..)
+            | Op::GetOrAddCell(..)
+            | Op::Poll(..)
+            | Op::DropGet(..) => self.gets(op),
+            Op::CellOf(..) | Op::CellOrAdd(..) | Op::CellIfPresent(..) => self.handles_out(op),
+            Op::Insert(..)
+            | Op::ReplaceIf(..)
+            | Op::Remove(..)
+            | Op::RemoveIf(..)
+            | Op::RemoveIfCompleted(..)
+            | Op::RemoveIfIncomplete(..)
+            | Op::Complete(..)
+            | Op::Retain(..)
+            | Op::RetainDone
+            | Op::Clear => self.takes_out(op),
+            Op::Finish(..)
+            | Op::Abort(..)
+            | Op::Attach(..)
+            | Op::DriveNow(..)
+            | Op::DropHandle(..) => self.on_handles(op),
+        }
+    }
+
+    /// The `add_*` calls: a new entry, or what they do to the one there.
+    fn adds(&mut self, op: &Op) {
         let map = self.map;
         let key = |k: &u8| *k % KEYS;
         match *op {
@@ -616,6 +646,15 @@ impl<'a> Harness<'a> {
                     "add_with({k}, {comp:?})"
                 );
             }
+            _ => unreachable!("{op:?} is not one of these calls"),
+        }
+    }
+
+    /// The calls that give a `Get`, and what becomes of the held ones.
+    fn gets(&mut self, op: &Op) {
+        let map = self.map;
+        let key = |k: &u8| *k % KEYS;
+        match *op {
             Op::Wait(k, poll) => {
                 let k = key(&k);
                 let get = map.wait(k);
@@ -723,6 +762,15 @@ impl<'a> Harness<'a> {
                     self.drop_get(held);
                 }
             }
+            _ => unreachable!("{op:?} is not one of these calls"),
+        }
+    }
+
+    /// The calls that give out a handle to the cell at a key.
+    fn handles_out(&mut self, op: &Op) {
+        let map = self.map;
+        let key = |k: &u8| *k % KEYS;
+        match *op {
             Op::CellOf(k) => {
                 let k = key(&k);
                 let cell = map.cell(k);
@@ -761,6 +809,15 @@ impl<'a> Harness<'a> {
                     }
                 }
             }
+            _ => unreachable!("{op:?} is not one of these calls"),
+        }
+    }
+
+    /// The calls that replace, remove or complete the entry at a key.
+    fn takes_out(&mut self, op: &Op) {
+        let map = self.map;
+        let key = |k: &u8| *k % KEYS;
+        match *op {
             Op::Insert(k, fresh) => {
                 let k = key(&k);
                 let cell = real_cell(fresh);
@@ -842,6 +899,25 @@ impl<'a> Harness<'a> {
                     "complete({k}, {result:?})"
                 );
             }
+            Op::Retain(mask) => {
+                map.retain(|k, _| mask & (1 << (k % 8)) != 0);
+                self.model.remove_all(|_, k, _| mask & (1 << (k % 8)) == 0);
+            }
+            Op::RetainDone => {
+                map.retain(|_, c| c.is_done());
+                self.model.remove_all(|m, _, e| !m.done(e.cell));
+            }
+            Op::Clear => {
+                map.clear();
+                self.model.remove_all(|_, _, _| true);
+            }
+            _ => unreachable!("{op:?} is not one of these calls"),
+        }
+    }
+
+    /// The calls on a held handle.
+    fn on_handles(&mut self, op: &Op) {
+        match *op {
             Op::Finish(i, finish) => {
                 let Some(i) = pick(self.handles.len(), i) else {
                     return;
@@ -896,18 +972,7 @@ impl<'a> Harness<'a> {
                     self.drop_handle(i);
                 }
             }
-            Op::Retain(mask) => {
-                map.retain(|k, _| mask & (1 << (k % 8)) != 0);
-                self.model.remove_all(|_, k, _| mask & (1 << (k % 8)) == 0);
-            }
-            Op::RetainDone => {
-                map.retain(|_, c| c.is_done());
-                self.model.remove_all(|m, _, e| !m.done(e.cell));
-            }
-            Op::Clear => {
-                map.clear();
-                self.model.remove_all(|_, _, _| true);
-            }
+            _ => unreachable!("{op:?} is not one of these calls"),
         }
     }
 
