@@ -49,7 +49,7 @@ impl Outcome {
     }
 }
 
-pub fn check_value(ctx: &Ctx, key: u64, value: u64, what: &str) {
+pub fn check_value(ctx: &Ctx, key: u64, value: u64, what: impl std::fmt::Display) {
     if value / KEY_MULT != key {
         violation(
             ctx,

@@ -1,23 +1,35 @@
 //! cache: one bounded `Cache` under `get_with` bursts, `get_if_present`, `peek`, `insert`,
 //! `invalidate`, rarely `invalidate_all`.
 
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
+use super::keyed::{self, Call, Mix};
 use super::{cache_key, read_burst};
 use crate::counters::{Ctx, Layer, BOOKS};
-use crate::invariants::{check_value, Outcome};
+use crate::invariants::Outcome;
 use crate::loaders::{probed, run_plan};
-use crate::rng::{value_for, Rng};
+use crate::rng::Rng;
 use crate::state::State;
 use crate::CACHE_KEYS;
 
+const MIX: Mix = Mix {
+    roll: 1000,
+    calls: &[
+        (449, "cache/get_with", Call::Burst),
+        (599, "cache/get_if_present", Call::GetIfPresent),
+        (699, "cache/peek", Call::Peek),
+        (899, "cache/insert", Call::Insert),
+        (998, "cache/invalidate", Call::Invalidate),
+        (999, "cache/invalidate_all", Call::InvalidateAll),
+    ],
+    // Each counts a miss and no load, which the final checks account for.
+    empty_reads: Some(&BOOKS.cache_empty_reads),
+};
+
 pub async fn cache_op(s: &Arc<State>, ctx: &mut Ctx, rng: &mut Rng) -> u64 {
     let key = cache_key(rng, CACHE_KEYS);
-    let cache = &s.cache;
-    match rng.below(1000) {
-        0..=449 => {
-            ctx.op = "cache/get_with";
+    match MIX.pick(ctx, rng) {
+        Call::Burst => {
             read_burst(ctx, rng, Layer::Cache, key, |_, plan| {
                 let s = Arc::clone(s);
                 async move {
@@ -27,37 +39,6 @@ pub async fn cache_op(s: &Arc<State>, ctx: &mut Ctx, rng: &mut Rng) -> u64 {
             })
             .await
         }
-        450..=599 => {
-            ctx.op = "cache/get_if_present";
-            match cache.get_if_present(&key) {
-                Some(v) => check_value(ctx, key, v, "cache get_if_present"),
-                None => {
-                    BOOKS.cache_empty_reads.fetch_add(1, Relaxed);
-                }
-            }
-            1
-        }
-        600..=699 => {
-            ctx.op = "cache/peek";
-            if let Some(v) = cache.peek(&key) {
-                check_value(ctx, key, v, "cache peek");
-            }
-            1
-        }
-        700..=899 => {
-            ctx.op = "cache/insert";
-            cache.insert(key, value_for(key, rng));
-            1
-        }
-        900..=998 => {
-            ctx.op = "cache/invalidate";
-            cache.invalidate(&key);
-            1
-        }
-        _ => {
-            ctx.op = "cache/invalidate_all";
-            cache.invalidate_all();
-            1
-        }
+        call => keyed::run(ctx, rng, &MIX, &s.cache, key, call),
     }
 }

@@ -7,21 +7,35 @@ use std::time::Duration;
 
 use deferred_expiring::{Clock, ExpiringRef, ManualClock, SystemClock};
 
+use super::keyed::{self, Call, Mix};
 use super::{cache_key, read_burst};
 use crate::callers::{caller, join, Style};
 use crate::counters::{violation, Ctx, Layer, BOOKS};
-use crate::invariants::{check_value, Outcome};
+use crate::invariants::Outcome;
 use crate::loaders::{probed, run_plan};
-use crate::rng::{value_for, Rng};
+use crate::rng::Rng;
 use crate::state::State;
 use crate::{EXP_KEYS, SYS_KEYS};
 
+const EXP_MIX: Mix = Mix {
+    roll: 1000,
+    calls: &[
+        (449, "expiring/get_with", Call::Burst),
+        (649, "expiring/get_if_present", Call::GetIfPresent),
+        (749, "expiring/peek", Call::Peek),
+        (849, "expiring/insert", Call::Insert),
+        (993, "expiring/invalidate", Call::Invalidate),
+        (998, "expiring/run_maintenance", Call::RunMaintenance),
+        (999, "expiring/invalidate_all", Call::InvalidateAll),
+    ],
+    empty_reads: None,
+};
+
+/// The `ExpiringCache` on the manual clock.
 async fn exp_op(s: &Arc<State>, ctx: &mut Ctx, rng: &mut Rng) -> u64 {
     let key = cache_key(rng, EXP_KEYS);
-    let exp = &s.exp;
-    match rng.below(1000) {
-        0..=449 => {
-            ctx.op = "expiring/get_with";
+    match EXP_MIX.pick(ctx, rng) {
+        Call::Burst => {
             read_burst(ctx, rng, Layer::Expiring, key, |_, plan| {
                 let s = Arc::clone(s);
                 async move {
@@ -31,49 +45,33 @@ async fn exp_op(s: &Arc<State>, ctx: &mut Ctx, rng: &mut Rng) -> u64 {
             })
             .await
         }
-        450..=649 => {
-            ctx.op = "expiring/get_if_present";
-            if let Some(v) = exp.get_if_present(&key) {
-                check_value(ctx, key, v, "expiring get_if_present");
-            }
+        Call::RunMaintenance => {
+            s.exp.run_maintenance();
             1
         }
-        650..=749 => {
-            ctx.op = "expiring/peek";
-            if let Some(v) = exp.peek(&key) {
-                check_value(ctx, key, v, "expiring peek");
-            }
-            1
-        }
-        750..=849 => {
-            ctx.op = "expiring/insert";
-            exp.insert(key, value_for(key, rng));
-            1
-        }
-        850..=993 => {
-            ctx.op = "expiring/invalidate";
-            exp.invalidate(&key);
-            1
-        }
-        994..=998 => {
-            ctx.op = "expiring/run_maintenance";
-            exp.run_maintenance();
-            1
-        }
-        _ => {
-            ctx.op = "expiring/invalidate_all";
-            exp.invalidate_all();
-            1
-        }
+        call => keyed::run(ctx, rng, &EXP_MIX, &s.exp, key, call),
     }
 }
 
+const SYS_MIX: Mix = Mix {
+    roll: 100,
+    calls: &[
+        (49, "expiring-sys/get", Call::Burst),
+        // May start a refresh with the cache-wide loader, on the spawner.
+        (74, "expiring-sys/get_if_present", Call::GetIfPresent),
+        (84, "expiring-sys/insert", Call::Insert),
+        (94, "expiring-sys/invalidate", Call::Invalidate),
+        (99, "expiring-sys/peek", Call::Peek),
+    ],
+    empty_reads: None,
+};
+
+/// The `ExpiringLoadingCache` on the system clock: a burst's callers use the cache-wide
+/// loader, or (one in four) their own.
 async fn sys_op(s: &Arc<State>, ctx: &mut Ctx, rng: &mut Rng) -> u64 {
     let key = cache_key(rng, SYS_KEYS);
-    let sys = &s.sys;
-    match rng.percent() {
-        0..=49 => {
-            ctx.op = "expiring-sys/get";
+    match SYS_MIX.pick(ctx, rng) {
+        Call::Burst => {
             read_burst(ctx, rng, Layer::Expiring, key, |rng, plan| {
                 let s = Arc::clone(s);
                 let own_loader = rng.below(4) == 0;
@@ -88,31 +86,7 @@ async fn sys_op(s: &Arc<State>, ctx: &mut Ctx, rng: &mut Rng) -> u64 {
             })
             .await
         }
-        50..=74 => {
-            // May start a refresh with the cache-wide loader, on the spawner.
-            ctx.op = "expiring-sys/get_if_present";
-            if let Some(v) = sys.get_if_present(&key) {
-                check_value(ctx, key, v, "expiring-sys get_if_present");
-            }
-            1
-        }
-        75..=84 => {
-            ctx.op = "expiring-sys/insert";
-            sys.insert(key, value_for(key, rng));
-            1
-        }
-        85..=94 => {
-            ctx.op = "expiring-sys/invalidate";
-            sys.invalidate(&key);
-            1
-        }
-        _ => {
-            ctx.op = "expiring-sys/peek";
-            if let Some(v) = sys.peek(&key) {
-                check_value(ctx, key, v, "expiring-sys peek");
-            }
-            1
-        }
+        call => keyed::run(ctx, rng, &SYS_MIX, &s.sys, key, call),
     }
 }
 

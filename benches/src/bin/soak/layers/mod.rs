@@ -4,6 +4,7 @@
 pub mod cache;
 pub mod core;
 pub mod expiring;
+pub mod keyed;
 pub mod map;
 
 use std::future::Future;
