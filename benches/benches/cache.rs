@@ -16,11 +16,11 @@
 //! Workloads:
 //!
 //! * `cache/hit`: read a present value, [`KEYS`] warm keys visited in a scattered cycle
-//!   (see [`next_key`]), on one thread: `deferred` is the synchronous `get_if_present`,
+//!   (see [`CYCLE`]), on one thread: `deferred` is the synchronous `get_if_present`,
 //!   `moka` polls `future::Cache::get` once with a no-op waker, `quick_cache` is `get`,
 //!   `dashmap` is `get` and a copy;
-//! * `cache/hit_2t`: the same reads from two threads at once (see [`two_threads`] for
-//!   what the figure means);
+//! * `cache/hit_2t`: the same reads from two threads at once (see
+//!   [`deferred_benches::two_threads`] for what the figure means);
 //! * `cache/get_with_hit`: get-or-load of a present key, polled once with a no-op waker
 //!   (it must be ready, and the loader must not run): `deferred` is `get_with`,
 //!   `deferred_get_if_present` the synchronous read for scale, `moka` is `get_with`,
@@ -39,19 +39,13 @@ use core::{
     sync::atomic::{AtomicUsize, Ordering},
     time::Duration,
 };
-use std::{
-    collections::hash_map::RandomState,
-    sync::{Arc, Barrier},
-    thread,
-    time::Instant,
-};
+use std::{collections::hash_map::RandomState, sync::Arc};
 
-use criterion::measurement::WallTime;
-use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, SamplingMode};
+use criterion::{Criterion, SamplingMode};
 use dashmap::DashMap;
 use deferred_benches::{
-    deferred_cache, drive, next_scattered, quick_cache, ready_now, stampedes, value_of,
-    DeferredCache, QuickCache, HOT_KEY,
+    bench_reads, bench_stampede, deferred_cache, drive, group, quick_cache, ready_now, value_of,
+    DeferredCache, KeyCycle, QuickCache, Read, Readers, HOT_KEY,
 };
 use deferred_cache::Source;
 
@@ -84,15 +78,11 @@ fn moka(capacity: u64) -> Moka {
         .build_with_hasher(RandomState::new())
 }
 
-fn group<'c>(c: &'c mut Criterion, workload: &str) -> BenchmarkGroup<'c, WallTime> {
-    c.benchmark_group(format!("cache/{workload}"))
-}
-
-/// The next key of the read cycle over `0..KEYS`.
-#[inline]
-fn next_key(key: &mut u64) -> u64 {
-    next_scattered(key, KEYS, STRIDE)
-}
+/// The read cycle over `0..KEYS` (see [`STRIDE`]).
+const CYCLE: KeyCycle = KeyCycle {
+    keys: KEYS,
+    stride: STRIDE,
+};
 
 /// The caches of the read workloads, each holding `KEYS` values (bounded at twice that, so
 /// nothing is evicted).
@@ -160,9 +150,7 @@ fn read_dashmap(caches: &ReadCaches, k: u64) -> u64 {
     caches.dashmap.get(&k).map(|r| *r).unwrap_or(0)
 }
 
-type Read = fn(&ReadCaches, u64) -> u64;
-
-const READS: [(&str, Read); 4] = [
+const READS: [(&str, Read<ReadCaches>); 4] = [
     ("deferred", read_deferred),
     ("moka", read_moka),
     ("quick_cache", read_quick_cache),
@@ -182,59 +170,17 @@ fn check_reads(caches: &ReadCaches) {
 // cache/hit
 
 fn hit(c: &mut Criterion, caches: &ReadCaches) {
-    let mut g = group(c, "hit");
-    for (name, read) in READS {
-        g.bench_function(name, |b| {
-            let mut key = 0;
-            b.iter(|| read(black_box(caches), black_box(next_key(&mut key))))
-        });
-    }
+    let mut g = group(c, "cache", "hit");
+    bench_reads(&mut g, caches, CYCLE, Readers::One, &READS);
     g.finish();
 }
 
 // ---------------------------------------------------------------------------------------
 // cache/hit_2t
 
-/// Two threads each do `iters` reads at once; returns the longer thread's time.
-///
-/// The figure is therefore the *latency of one read while another thread reads the same
-/// cache* (`iters` reads per thread in that time), not the throughput of both threads
-/// together, which would be half of it: it compares directly with `cache/hit`, and a cache
-/// whose threads get in each other's way shows it as a higher figure. Each thread times
-/// itself from the moment a barrier releases both, so spawning and joining the threads are
-/// not measured; the threads start half the key cycle apart.
-fn two_threads(caches: &ReadCaches, iters: u64, read: Read) -> Duration {
-    let barrier = Barrier::new(2);
-    thread::scope(|s| {
-        let handles: Vec<_> = (0..2)
-            .map(|t| {
-                let barrier = &barrier;
-                s.spawn(move || {
-                    let mut key = t * (KEYS / 2);
-                    barrier.wait();
-                    let start = Instant::now();
-                    for _ in 0..iters {
-                        black_box(read(black_box(caches), black_box(next_key(&mut key))));
-                    }
-                    start.elapsed()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("reader thread panicked"))
-            .max()
-            .unwrap_or_default()
-    })
-}
-
 fn hit_2t(c: &mut Criterion, caches: &ReadCaches) {
-    let mut g = group(c, "hit_2t");
-    for (name, read) in READS {
-        g.bench_function(name, |b| {
-            b.iter_custom(|iters| two_threads(caches, iters, read))
-        });
-    }
+    let mut g = group(c, "cache", "hit_2t");
+    bench_reads(&mut g, caches, CYCLE, Readers::Two, &READS);
     g.finish();
 }
 
@@ -252,22 +198,22 @@ fn get_with_hit(c: &mut Criterion, caches: &ReadCaches) {
         assert_eq!((value, source), (Ok(value_of(k)), Source::Hit));
     }
 
-    let mut g = group(c, "get_with_hit");
+    let mut g = group(c, "cache", "get_with_hit");
     g.bench_function("deferred", |b| {
         let mut key = 0;
         b.iter(|| {
-            let k = black_box(next_key(&mut key));
+            let k = black_box(CYCLE.next(&mut key));
             ready_now(caches.deferred.get_with(k, must_not_load)).unwrap()
         })
     });
     g.bench_function("deferred_get_if_present", |b| {
         let mut key = 0;
-        b.iter(|| read_deferred(black_box(caches), black_box(next_key(&mut key))))
+        b.iter(|| read_deferred(black_box(caches), black_box(CYCLE.next(&mut key))))
     });
     g.bench_function("moka", |b| {
         let mut key = 0;
         b.iter(|| {
-            let k = black_box(next_key(&mut key));
+            let k = black_box(CYCLE.next(&mut key));
             drive(
                 caches
                     .moka
@@ -278,7 +224,7 @@ fn get_with_hit(c: &mut Criterion, caches: &ReadCaches) {
     g.bench_function("quick_cache", |b| {
         let mut key = 0;
         b.iter(|| {
-            let k = black_box(next_key(&mut key));
+            let k = black_box(CYCLE.next(&mut key));
             match drive(caches.quick_cache.get_value_or_guard_async(&k)) {
                 Ok(v) => v,
                 Err(_guard) => panic!("quick_cache missed a warm key"),
@@ -304,7 +250,7 @@ fn reads(c: &mut Criterion) {
 // cache/miss_ready
 
 fn miss_ready(c: &mut Criterion) {
-    let mut g = group(c, "miss_ready");
+    let mut g = group(c, "cache", "miss_ready");
 
     // Each cache is filled to capacity first, so that every measured miss also evicts. The
     // caches live across criterion's calls of each routine, and keys only grow: each
@@ -389,7 +335,7 @@ async fn load(runs: Arc<AtomicUsize>) -> u64 {
 }
 
 fn stampede(c: &mut Criterion) {
-    let mut g = group(c, "stampede");
+    let mut g = group(c, "cache", "stampede");
     // Each iteration takes at least `LOAD_TIME`: flat sampling and few samples keep the
     // group to seconds (criterion's default linear sampling would need 55 iterations).
     g.sampling_mode(SamplingMode::Flat)
@@ -402,67 +348,48 @@ fn stampede(c: &mut Criterion) {
         .build()
         .expect("tokio runtime");
 
-    g.bench_function("deferred", |b| {
-        b.iter_custom(|iters| {
-            stampedes(
-                &rt,
-                iters,
-                CALLERS,
-                || ours(16),
-                |cache, runs| async move {
-                    cache
-                        .get_with(HOT_KEY, || async move { Ok(load(runs).await) })
-                        .await
-                        .expect("load failed")
-                },
-            )
-        })
-    });
+    bench_stampede(
+        &mut g,
+        "deferred",
+        &rt,
+        CALLERS,
+        || ours(16),
+        |cache, runs| async move {
+            cache
+                .get_with(HOT_KEY, || async move { Ok(load(runs).await) })
+                .await
+                .expect("load failed")
+        },
+    );
 
-    g.bench_function("moka", |b| {
-        b.iter_custom(|iters| {
-            stampedes(
-                &rt,
-                iters,
-                CALLERS,
-                || moka(16),
-                |cache, runs| async move { cache.get_with(HOT_KEY, load(runs)).await },
-            )
-        })
-    });
+    bench_stampede(
+        &mut g,
+        "moka",
+        &rt,
+        CALLERS,
+        || moka(16),
+        |cache, runs| async move { cache.get_with(HOT_KEY, load(runs)).await },
+    );
 
-    g.bench_function("quick_cache", |b| {
-        b.iter_custom(|iters| {
-            stampedes(
-                &rt,
-                iters,
-                CALLERS,
-                || quick_cache(16),
-                |cache, runs| async move {
-                    match cache.get_value_or_guard_async(&HOT_KEY).await {
-                        Ok(v) => v,
-                        Err(guard) => {
-                            let v = load(runs).await;
-                            let _ = guard.insert(v);
-                            v
-                        }
-                    }
-                },
-            )
-        })
-    });
+    bench_stampede(
+        &mut g,
+        "quick_cache",
+        &rt,
+        CALLERS,
+        || quick_cache(16),
+        |cache, runs| async move {
+            match cache.get_value_or_guard_async(&HOT_KEY).await {
+                Ok(v) => v,
+                Err(guard) => {
+                    let v = load(runs).await;
+                    let _ = guard.insert(v);
+                    v
+                }
+            }
+        },
+    );
 
     g.finish();
 }
 
-/// The shared settings: `deferred_benches::criterion_config`.
-mod suite {
-    use super::*;
-
-    criterion_group! {
-        name = benches;
-        config = deferred_benches::criterion_config();
-        targets = reads, miss_ready, stampede
-    }
-}
-criterion_main!(suite::benches);
+deferred_benches::criterion_suite!(reads, miss_ready, stampede);

@@ -26,9 +26,8 @@ use core::{
 };
 use std::{sync::Arc, time::Instant};
 
-use criterion::{criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion};
-use criterion::{measurement::WallTime, Throughput};
-use deferred_benches::{chain, ready_now, WakeCounter};
+use criterion::{BenchmarkId, Criterion, Throughput};
+use deferred_benches::{chain, group, ready_now, WakeCounter};
 use deferred_core::Deferred;
 use futures::FutureExt as _;
 
@@ -37,10 +36,6 @@ const VALUE: u64 = 7;
 
 /// Waiter counts of `core/wake_all`.
 const WAKE_ALL_N: [usize; 4] = [1, 16, 256, 4096];
-
-fn group<'c>(c: &'c mut Criterion, workload: &str) -> BenchmarkGroup<'c, WallTime> {
-    c.benchmark_group(format!("core/{workload}"))
-}
 
 // ---------------------------------------------------------------------------------------
 // core/read_completed
@@ -65,7 +60,7 @@ impl Flagged {
 }
 
 fn read_completed(c: &mut Criterion) {
-    let mut g = group(c, "read_completed");
+    let mut g = group(c, "core", "read_completed");
 
     let cell: Deferred<u64> = Deferred::new();
     cell.succeed(VALUE).unwrap();
@@ -110,7 +105,7 @@ fn read_completed(c: &mut Criterion) {
 // core/create_complete_await
 
 fn create_complete_await(c: &mut Criterion) {
-    let mut g = group(c, "create_complete_await");
+    let mut g = group(c, "core", "create_complete_await");
 
     g.bench_function("deferred", |b| {
         b.iter(|| {
@@ -147,7 +142,7 @@ fn create_complete_await(c: &mut Criterion) {
 // core/arc_create_complete_await
 
 fn arc_create_complete_await(c: &mut Criterion) {
-    let mut g = group(c, "arc_create_complete_await");
+    let mut g = group(c, "core", "arc_create_complete_await");
 
     // The `Arc` is the channel; `wait_owned` is the receiver, made before the value is
     // sent, and the completer's handle is dropped after sending, as a `Sender` is.
@@ -292,7 +287,7 @@ fn wake_all_event_listener(iters: u64, n: usize) -> Duration {
 }
 
 fn wake_all(c: &mut Criterion) {
-    let mut g = group(c, "wake_all");
+    let mut g = group(c, "core", "wake_all");
     // The estimate of each benchmark is already per waiter (see `wake_all_rounds!`), so
     // one "element" per iteration makes criterion's throughput read as waiters/s.
     g.throughput(Throughput::Elements(1));
@@ -317,7 +312,7 @@ fn wake_all(c: &mut Criterion) {
 // core/get_or_init
 
 fn get_or_init(c: &mut Criterion) {
-    let mut g = group(c, "get_or_init");
+    let mut g = group(c, "core", "get_or_init");
 
     g.bench_function("deferred", |b| {
         b.iter(|| {
@@ -346,15 +341,10 @@ fn get_or_init(c: &mut Criterion) {
     g.finish();
 }
 
-/// The shared settings: `deferred_benches::criterion_config`.
-mod suite {
-    use super::*;
-
-    criterion_group! {
-        name = benches;
-        config = deferred_benches::criterion_config();
-        targets = read_completed, create_complete_await, arc_create_complete_await,
-            wake_all, get_or_init
-    }
-}
-criterion_main!(suite::benches);
+deferred_benches::criterion_suite!(
+    read_completed,
+    create_complete_await,
+    arc_create_complete_await,
+    wake_all,
+    get_or_init
+);

@@ -40,9 +40,8 @@
 use core::{convert::Infallible, fmt::Write as _, hint::black_box, time::Duration};
 use std::{collections::hash_map::RandomState, thread, time::Instant};
 
-use criterion::measurement::WallTime;
-use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, SamplingMode};
-use deferred_benches::{drive, next_scattered, value_of};
+use criterion::{Criterion, SamplingMode};
+use deferred_benches::{drive, group, value_of, KeyCycle};
 use deferred_cache::Cache;
 use deferred_expiring::{ExpiringCache, ManualClock, SystemClock, TICK};
 
@@ -86,15 +85,11 @@ const INSERT_CAPACITY: u64 = 100_000;
 /// Where this bench writes its own figures (`key=value` lines), if set.
 const EXTRAS_VAR: &str = "DEFERRED_BENCH_EXTRAS";
 
-fn group<'c>(c: &'c mut Criterion, workload: &str) -> BenchmarkGroup<'c, WallTime> {
-    c.benchmark_group(format!("expiring/{workload}"))
-}
-
-/// The next key of the read cycle over `0..KEYS`.
-#[inline]
-fn next_key(key: &mut u64) -> u64 {
-    next_scattered(key, KEYS, STRIDE)
-}
+/// The read cycle over `0..KEYS` (see [`STRIDE`]).
+const CYCLE: KeyCycle = KeyCycle {
+    keys: KEYS,
+    stride: STRIDE,
+};
 
 // ---------------------------------------------------------------------------------------
 // expiring/hit_tti
@@ -135,32 +130,32 @@ fn hit_tti(c: &mut Criterion) {
         assert_eq!(drive(moka.get(&k)), Some(value_of(k)));
     }
 
-    let mut g = group(c, "hit_tti");
+    let mut g = group(c, "expiring", "hit_tti");
     g.bench_function("deferred", |b| {
         let mut key = 0;
         b.iter(|| {
-            let k = black_box(next_key(&mut key));
+            let k = black_box(CYCLE.next(&mut key));
             black_box(&ours).get_if_present(&k).unwrap_or(0)
         })
     });
     g.bench_function("deferred_no_tti", |b| {
         let mut key = 0;
         b.iter(|| {
-            let k = black_box(next_key(&mut key));
+            let k = black_box(CYCLE.next(&mut key));
             black_box(&no_tti).get_if_present(&k).unwrap_or(0)
         })
     });
     g.bench_function("deferred_cache_no_expiry", |b| {
         let mut key = 0;
         b.iter(|| {
-            let k = black_box(next_key(&mut key));
+            let k = black_box(CYCLE.next(&mut key));
             black_box(&plain).get_if_present(&k).unwrap_or(0)
         })
     });
     g.bench_function("moka", |b| {
         let mut key = 0;
         b.iter(|| {
-            let k = black_box(next_key(&mut key));
+            let k = black_box(CYCLE.next(&mut key));
             drive(black_box(&moka).get(&k)).unwrap_or(0)
         })
     });
@@ -317,7 +312,7 @@ impl Passes {
 }
 
 fn maintenance(c: &mut Criterion) -> String {
-    let mut g = group(c, "maintenance_1m_1pct");
+    let mut g = group(c, "expiring", "maintenance_1m_1pct");
     // Each pass needs a fresh cache of a million entries (about a second to build): one pass
     // per sample, a warm-up of one pass. Criterion warns that it cannot fit the samples in
     // the (deliberately tiny) measurement time; that is what keeps the group short.
@@ -475,7 +470,7 @@ impl moka::Expiry<u64, u64> for Spread {
 }
 
 fn insert_per_entry(c: &mut Criterion) {
-    let mut g = group(c, "insert_per_entry");
+    let mut g = group(c, "expiring", "insert_per_entry");
 
     // Each cache is filled to capacity first, so every measured insert also evicts. Keys
     // only grow: each iteration's key was never seen before.
@@ -539,14 +534,4 @@ fn expiring(c: &mut Criterion) {
     }
 }
 
-/// The shared settings: `deferred_benches::criterion_config`.
-mod suite {
-    use super::*;
-
-    criterion_group! {
-        name = benches;
-        config = deferred_benches::criterion_config();
-        targets = expiring
-    }
-}
-criterion_main!(suite::benches);
+deferred_benches::criterion_suite!(expiring);

@@ -16,7 +16,7 @@
 //!   on one thread: `deferred` is the synchronous `try_get`, `deferred_await` polls
 //!   `get(k)` once with a no-op waker (ready at once);
 //! * `map/get_completed_2t`: the same reads from two threads at once (see
-//!   [`two_threads`] for what the figure means);
+//!   [`deferred_benches::two_threads`] for what the figure means);
 //! * `map/miss_ready`: get-or-add of a fresh key whose computation is ready at once,
 //!   polled once with a no-op waker; maps are made anew every [`CHUNK`] keys, outside the
 //!   measurement, so memory stays bounded;
@@ -26,23 +26,18 @@
 //!   included), not per caller.
 
 use core::{
-    future::Future,
     hint::black_box,
-    pin::pin,
     sync::atomic::{AtomicUsize, Ordering},
-    task::Poll,
     time::Duration,
 };
-use std::{
-    sync::{Arc, Barrier},
-    thread,
-    time::Instant,
-};
+use std::{sync::Arc, time::Instant};
 
-use criterion::measurement::WallTime;
-use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion};
+use criterion::Criterion;
 use dashmap::DashMap;
-use deferred_benches::{poll_noop, ready_now, stampedes, value_of, HOT_KEY};
+use deferred_benches::{
+    bench_reads, bench_stampede, drive, group, ready_now, value_of, KeyCycle, Read, Readers,
+    HOT_KEY,
+};
 use deferred_map::DeferredMap;
 use quick_cache::sync::GuardResult;
 
@@ -55,28 +50,11 @@ const CHUNK: u64 = 10_000;
 /// Concurrent callers in `map/stampede_1000`.
 const CALLERS: usize = 1000;
 
-fn group<'c>(c: &'c mut Criterion, workload: &str) -> BenchmarkGroup<'c, WallTime> {
-    c.benchmark_group(format!("map/{workload}"))
-}
-
-/// The next key of the read workloads' cycle over `0..KEYS`.
-#[inline]
-fn next_key(key: &mut u64) -> u64 {
-    let k = *key;
-    *key = if k + 1 == KEYS { 0 } else { k + 1 };
-    k
-}
-
-/// Polls `fut` once with a no-op waker; if it is not ready (an anchor that might park on
-/// an uncontended async lock), finishes it on `futures`' executor instead of panicking.
-#[inline]
-fn drive<F: Future>(fut: F) -> F::Output {
-    let mut fut = pin!(fut);
-    match poll_noop(fut.as_mut()) {
-        Poll::Ready(out) => out,
-        Poll::Pending => futures::executor::block_on(fut),
-    }
-}
+/// The read cycle over `0..KEYS`, in order.
+const CYCLE: KeyCycle = KeyCycle {
+    keys: KEYS,
+    stride: 1,
+};
 
 /// The maps of the read workloads, each holding `KEYS` completed values.
 struct ReadMaps {
@@ -142,78 +120,33 @@ fn read_quick_cache(maps: &ReadMaps, k: u64) -> u64 {
     maps.quick_cache.get(&k).unwrap_or(0)
 }
 
-type Read = fn(&ReadMaps, u64) -> u64;
-
 // ---------------------------------------------------------------------------------------
 // map/get_completed_1t
 
 fn get_completed_1t(c: &mut Criterion, maps: &ReadMaps) {
-    let mut g = group(c, "get_completed_1t");
-    let reads: [(&str, Read); 5] = [
+    let mut g = group(c, "map", "get_completed_1t");
+    let reads: [(&str, Read<ReadMaps>); 5] = [
         ("deferred", read_deferred),
         ("deferred_await", read_deferred_await),
         ("dashmap", read_dashmap),
         ("moka", read_moka),
         ("quick_cache", read_quick_cache),
     ];
-    for (name, read) in reads {
-        g.bench_function(name, |b| {
-            let mut key = 0;
-            b.iter(|| read(black_box(maps), black_box(next_key(&mut key))))
-        });
-    }
+    bench_reads(&mut g, maps, CYCLE, Readers::One, &reads);
     g.finish();
 }
 
 // ---------------------------------------------------------------------------------------
 // map/get_completed_2t
 
-/// Two threads each do `iters` reads at once; returns the longer thread's time.
-///
-/// The figure is therefore the *latency of one read while another thread reads the same
-/// map* (`iters` reads per thread in that time), not the throughput of both threads
-/// together, which would be half of it: it compares directly with `get_completed_1t`,
-/// and a map whose threads get in each other's way shows it as a higher figure. Each
-/// thread times itself from the moment a barrier releases both, so spawning and joining
-/// the threads are not measured; the threads start half the key cycle apart, so they do
-/// not walk the same keys in lockstep.
-fn two_threads(maps: &ReadMaps, iters: u64, read: Read) -> Duration {
-    let barrier = Barrier::new(2);
-    thread::scope(|s| {
-        let handles: Vec<_> = (0..2)
-            .map(|t| {
-                let barrier = &barrier;
-                s.spawn(move || {
-                    let mut key = t * (KEYS / 2);
-                    barrier.wait();
-                    let start = Instant::now();
-                    for _ in 0..iters {
-                        black_box(read(black_box(maps), black_box(next_key(&mut key))));
-                    }
-                    start.elapsed()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("reader thread panicked"))
-            .max()
-            .unwrap_or_default()
-    })
-}
-
 fn get_completed_2t(c: &mut Criterion, maps: &ReadMaps) {
-    let mut g = group(c, "get_completed_2t");
-    let reads: [(&str, Read); 3] = [
+    let mut g = group(c, "map", "get_completed_2t");
+    let reads: [(&str, Read<ReadMaps>); 3] = [
         ("deferred", read_deferred),
         ("deferred_await", read_deferred_await),
         ("dashmap", read_dashmap),
     ];
-    for (name, read) in reads {
-        g.bench_function(name, |b| {
-            b.iter_custom(|iters| two_threads(maps, iters, read))
-        });
-    }
+    bench_reads(&mut g, maps, CYCLE, Readers::Two, &reads);
     g.finish();
 }
 
@@ -247,7 +180,7 @@ fn misses<M>(iters: u64, fresh: impl Fn() -> M, miss: impl Fn(&M, u64) -> u64) -
 }
 
 fn miss_ready(c: &mut Criterion) {
-    let mut g = group(c, "miss_ready");
+    let mut g = group(c, "map", "miss_ready");
 
     g.bench_function("deferred", |b| {
         b.iter_custom(|iters| {
@@ -323,51 +256,35 @@ async fn compute(runs: Arc<AtomicUsize>) -> u64 {
 }
 
 fn stampede_1000(c: &mut Criterion) {
-    let mut g = group(c, "stampede_1000");
+    let mut g = group(c, "map", "stampede_1000");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .build()
         .expect("tokio runtime");
 
-    g.bench_function("deferred", |b| {
-        b.iter_custom(|iters| {
-            stampedes(
-                &rt,
-                iters,
-                CALLERS,
-                DeferredMap::<u64, u64>::new,
-                |map, runs| async move {
-                    map.get_or_add_with(HOT_KEY, || async move { Ok(compute(runs).await) })
-                        .await
-                        .expect("computation failed")
-                },
-            )
-        })
-    });
+    bench_stampede(
+        &mut g,
+        "deferred",
+        &rt,
+        CALLERS,
+        DeferredMap::<u64, u64>::new,
+        |map, runs| async move {
+            map.get_or_add_with(HOT_KEY, || async move { Ok(compute(runs).await) })
+                .await
+                .expect("computation failed")
+        },
+    );
 
-    g.bench_function("moka", |b| {
-        b.iter_custom(|iters| {
-            stampedes(
-                &rt,
-                iters,
-                CALLERS,
-                || moka::future::Cache::<u64, u64>::new(16),
-                |cache, runs| async move { cache.get_with(HOT_KEY, compute(runs)).await },
-            )
-        })
-    });
+    bench_stampede(
+        &mut g,
+        "moka",
+        &rt,
+        CALLERS,
+        || moka::future::Cache::<u64, u64>::new(16),
+        |cache, runs| async move { cache.get_with(HOT_KEY, compute(runs)).await },
+    );
 
     g.finish();
 }
 
-/// The shared settings: `deferred_benches::criterion_config`.
-mod suite {
-    use super::*;
-
-    criterion_group! {
-        name = benches;
-        config = deferred_benches::criterion_config();
-        targets = reads, miss_ready, stampede_1000
-    }
-}
-criterion_main!(suite::benches);
+deferred_benches::criterion_suite!(reads, miss_ready, stampede_1000);

@@ -16,6 +16,11 @@
 //! their deterministic key streams, the cache constructors ([`deferred_cache`],
 //! [`quick_cache`]), [`markdown_table`] and [`report_path`]; [`chart`] draws their SVG charts.
 //!
+//! The criterion benches share their scaffolding here too: [`group`] names a group
+//! `<layer>/<workload>`, [`criterion_suite!`] is their `main`, [`KeyCycle`] walks the warm
+//! keys of a read workload, [`bench_reads`] times a list of read paths on one thread or two
+//! ([`two_threads`]), and [`bench_stampede`] times [`stampedes`].
+//!
 //! This crate, like every crate of the workspace but `deferred-core`, has no `unsafe`.
 
 pub mod chart;
@@ -23,11 +28,21 @@ pub mod chart;
 use core::time::Duration;
 use core::{
     future::{Future, IntoFuture},
+    hint::black_box,
     pin::{pin, Pin},
     sync::atomic::{AtomicUsize, Ordering},
     task::{Context, Poll, Waker},
 };
-use std::{collections::hash_map::RandomState, path::PathBuf, sync::Arc, task::Wake};
+use std::{
+    collections::hash_map::RandomState,
+    path::PathBuf,
+    sync::{Arc, Barrier},
+    task::Wake,
+    thread,
+    time::Instant,
+};
+
+use criterion::{measurement::WallTime, BenchmarkGroup, Criterion};
 
 use quick_cache::{sync::DefaultLifecycle, UnitWeighter};
 
@@ -39,6 +54,25 @@ pub fn criterion_config() -> criterion::Criterion {
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(2))
         .sample_size(50)
+}
+
+/// The `main` of a criterion bench, `deferred_benches::criterion_suite!(reads, stampede);`:
+/// runs the targets (functions taking `&mut Criterion`) with [`criterion_config`].
+#[macro_export]
+macro_rules! criterion_suite {
+    ($($target:path),+ $(,)?) => {
+        /// The shared settings: `deferred_benches::criterion_config`.
+        mod suite {
+            use super::*;
+
+            ::criterion::criterion_group! {
+                name = benches;
+                config = $crate::criterion_config();
+                targets = $($target),+
+            }
+        }
+        ::criterion::criterion_main!(suite::benches);
+    };
 }
 
 /// Polls `fut` once with a waker that does nothing ([`Waker::noop`]).
@@ -253,6 +287,24 @@ where
     elapsed
 }
 
+/// Function `name` of group `g`: [`stampedes`] of `callers` on `rt`, each on a fresh
+/// structure from `fresh`, its callers all calling `get`.
+pub fn bench_stampede<C, F>(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    rt: &tokio::runtime::Runtime,
+    callers: usize,
+    fresh: impl Fn() -> C,
+    get: fn(Arc<C>, Arc<AtomicUsize>) -> F,
+) where
+    C: Send + Sync + 'static,
+    F: Future<Output = u64> + Send + 'static,
+{
+    g.bench_function(name, |b| {
+        b.iter_custom(|iters| stampedes(rt, iters, callers, &fresh, get))
+    });
+}
+
 /// Polls `fut` once with a no-op waker; if it is not ready (an anchor that may park on an
 /// uncontended async lock, or run housekeeping), finishes it on `futures`' executor instead
 /// of panicking.
@@ -283,6 +335,115 @@ pub fn next_scattered(key: &mut u64, keys: u64, stride: u64) -> u64 {
     let next = k + stride;
     *key = if next >= keys { next - keys } else { next };
     k
+}
+
+/// The criterion group `<layer>/<workload>`: every criterion bench names its groups so
+/// (`cargo xtask bench` finds a layer's groups by that prefix).
+pub fn group<'c>(
+    c: &'c mut Criterion,
+    layer: &str,
+    workload: &str,
+) -> BenchmarkGroup<'c, WallTime> {
+    c.benchmark_group(format!("{layer}/{workload}"))
+}
+
+/// The key cycle of a read workload: every key of `0..keys` once per cycle, in steps of
+/// `stride` (coprime with `keys`; 1 reads them in order), see [`next_scattered`].
+///
+/// ```
+/// use deferred_benches::KeyCycle;
+///
+/// let cycle = KeyCycle { keys: 5, stride: 3 };
+/// let mut key = 0;
+/// let seen: Vec<u64> = (0..5).map(|_| cycle.next(&mut key)).collect();
+/// assert_eq!(seen, [0, 3, 1, 4, 2]);
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub struct KeyCycle {
+    /// The warm keys, `0..keys`.
+    pub keys: u64,
+    /// The step between consecutive reads.
+    pub stride: u64,
+}
+
+impl KeyCycle {
+    /// The key after `key` in the cycle; returns `key` and moves it on.
+    #[inline]
+    pub fn next(self, key: &mut u64) -> u64 {
+        next_scattered(key, self.keys, self.stride)
+    }
+}
+
+/// A read of a bench's warm structures (`target`) at a key, as a plain function: the read
+/// workloads list theirs as `(function name, read)`.
+pub type Read<T> = fn(&T, u64) -> u64;
+
+/// How many threads read at once in [`bench_reads`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Readers {
+    /// One thread: the figure is one read's time.
+    One,
+    /// Two threads at once: see [`two_threads`] for what the figure means.
+    Two,
+}
+
+/// One function of group `g` per `(name, read)`: each iteration reads the next key of
+/// `cycle` from `target`, on one thread or on two at once.
+pub fn bench_reads<T: Sync + ?Sized>(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    target: &T,
+    cycle: KeyCycle,
+    readers: Readers,
+    reads: &[(&str, Read<T>)],
+) {
+    for &(name, read) in reads {
+        g.bench_function(name, |b| match readers {
+            Readers::One => {
+                let mut key = 0;
+                b.iter(|| read(black_box(target), black_box(cycle.next(&mut key))))
+            }
+            Readers::Two => b.iter_custom(|iters| two_threads(target, iters, cycle, read)),
+        });
+    }
+}
+
+/// Two threads each do `iters` reads of `target` at once; returns the longer thread's time.
+///
+/// The figure is therefore the *latency of one read while another thread reads the same
+/// structure* (`iters` reads per thread in that time), not the throughput of both threads
+/// together, which would be half of it: it compares directly with the one-thread figure
+/// ([`bench_reads`]), and a structure whose threads get in each other's way shows it as a
+/// higher figure. Each thread times itself from the moment a barrier releases both, so
+/// spawning and joining the threads are not measured; the threads start half the key cycle
+/// apart, so they do not walk the same keys in lockstep.
+pub fn two_threads<T: Sync + ?Sized>(
+    target: &T,
+    iters: u64,
+    cycle: KeyCycle,
+    read: Read<T>,
+) -> Duration {
+    let barrier = Barrier::new(2);
+    thread::scope(|s| {
+        let handles: Vec<_> = (0..2)
+            .map(|t| {
+                let barrier = &barrier;
+                s.spawn(move || {
+                    let mut key = t * (cycle.keys / 2);
+                    barrier.wait();
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        black_box(read(black_box(target), black_box(cycle.next(&mut key))));
+                    }
+                    start.elapsed()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("reader thread panicked"))
+            .max()
+            .unwrap_or_default()
+    })
 }
 
 /// Our cache as every cache bench builds it: bounded at `capacity` entries of weight one,

@@ -1,21 +1,27 @@
 //! `DeferredMap<u8, u16, u8>` under random operation sequences, driven on one thread, against
-//! a sequential model.
+//! a model of what its user can observe.
 //!
-//! The model is the map as its documentation describes it: each key holds one cell (by
-//! identity), of a kind (a `wait` placeholder, the map's own computation, or kept), with a
-//! count of the `Get` futures interested in it; each cell is pending or complete (value,
-//! error, cancelled, panicked) and may carry a computation (one that is ready at once, one
-//! that never finishes, or one that follows another cell). A placeholder taken out of the map
-//! is settled: a removal cancels it, a replacement makes it follow the new cell (it completes
-//! when a waiter drives it); a placeholder that an added cell claimed is cancelled when that
-//! cell is dropped pending. `Get` futures are
-//! polled by hand with a no-op waker, so nothing ever blocks: a future that is not ready is
-//! kept (or dropped) by later operations. Handles to cells (from `cell`, `insert`, ...) are
-//! kept and completed, aborted or given computations later.
+//! The model knows only what the documentation promises (the README's guarantees and each
+//! method's docs), not how the map keeps its entries. Per key: the cell there (by identity),
+//! and whether the map made that entry itself for a caller that waits on it (`wait` on an
+//! absent key, `get_or_add_with` on a miss) with nobody since adding to it, taking a handle to
+//! it or giving it a completer. Such an entry goes away by itself once it fails, or once it is
+//! pending and no unfinished `Get` made on it is left: the harness knows which `Get`s it still
+//! holds, so the model counts no interest of its own. A `wait` placeholder that is taken out
+//! is settled: a removal cancels it, a replacement makes it follow the new cell; one left to
+//! an added cell is cancelled if that cell is dropped pending. Cells are modelled as `Lazy`
+//! documents them: pending or complete (value, error, cancelled, panicked), with a
+//! computation (ready at once, never finishing, or following another cell) that runs when
+//! someone awaits the cell. `Get` futures are polled by hand with a no-op waker, so nothing
+//! ever blocks: a future that is not ready is kept (or dropped) by later operations. Handles
+//! to cells (from `cell`, `insert`, ...) are kept and completed, aborted or given
+//! computations later.
 //!
-//! Checked: every return value, every `Get` outcome and `added()`, and after every operation
-//! `len`, `is_empty`, `keys`, `try_get` and `is_completed` of every key, and the outcome of
-//! every held handle.
+//! Checked: every return value, every `Get` outcome and `added()`, how many times
+//! `get_or_add_with` ran `make` (once on a miss, never on a hit), and after every operation
+//! `len`, `is_empty`, `keys`, `try_get` and `is_completed` of every key, the outcome of every
+//! held handle and future, and how many computations have run to their end (each at most
+//! once, and only when awaited).
 
 #![no_main]
 
@@ -24,6 +30,7 @@ use std::{
     future::Future,
     hash::BuildHasherDefault,
     pin::Pin,
+    sync::atomic::{AtomicUsize, Ordering::Relaxed},
     task::{Context, Poll, Waker},
 };
 
@@ -158,56 +165,31 @@ struct MCell {
     forwards: Vec<(usize, bool)>,
 }
 
-/// Who can complete an entry's cell.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Placeholder,
-    Computation,
-    Kept,
+/// Why the map made an entry itself, for a caller that waits on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Made {
+    /// `wait` on an absent key: a placeholder that only a later add can complete.
+    ForWait,
+    /// `get_or_add_with` on an absent key: its waiters drive the work.
+    ForWork,
 }
 
-impl Kind {
-    fn transient(self) -> bool {
-        self != Kind::Kept
-    }
-}
-
-/// Which entry found at the key an insertion makes `Kept`.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Claim {
-    Never,
-    PendingPlaceholder,
-    Pending,
-    Always,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct MSlot {
+/// The entry at a key, as a user can tell it apart (README, "Which entries go away by
+/// themselves"): its cell, and whether the map made it for a waiting caller and nobody has
+/// since added to it, taken a handle to it or given it a completer. Such an entry goes away
+/// by itself once it fails, or once it is pending and its last waiter has gone.
+#[derive(Clone, Copy, Debug)]
+struct Entry {
     cell: usize,
-    kind: Kind,
-    interest: usize,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Lookup {
-    Peek,
-    Wait,
-    Live,
-    /// A handle is given out: the entry becomes `Kept`.
-    Hold,
+    made: Option<Made>,
 }
 
 #[derive(Default)]
 struct Model {
     cells: Vec<MCell>,
-    slots: HashMap<u8, MSlot>,
-}
-
-struct Placed {
-    cell: usize,
-    inserted: bool,
-    interest: bool,
-    claimed_placeholder: bool,
+    entries: HashMap<u8, Entry>,
+    /// Computations given to the map (or to a held cell) that have run to their end.
+    runs: usize,
 }
 
 impl Model {
@@ -264,6 +246,7 @@ impl Model {
         match self.cells[id].comp {
             MComp::Ready(result) => {
                 self.cells[id].comp = MComp::None;
+                self.runs += 1;
                 self.complete(id, result.map_err(Error::Failed));
             }
             MComp::Follow(other) => {
@@ -291,21 +274,46 @@ impl Model {
         }
     }
 
-    /// Takes the entry at `key` out of the map; a placeholder is cancelled.
-    fn remove(&mut self, key: u8) -> Option<usize> {
-        let slot = self.slots.remove(&key)?;
-        if slot.kind == Kind::Placeholder {
-            self.abort(slot.cell);
+    /// A `wait` placeholder still pending: the one cell nothing but the map can complete.
+    fn placeholder(&self, entry: Entry) -> bool {
+        entry.made == Some(Made::ForWait) && !self.done(entry.cell)
+    }
+
+    /// Whether a `Get` made now on `entry` is one of the waiters that keep it (README,
+    /// "Nothing is left behind"): it is the map's own and pending.
+    fn waits_on(&self, entry: Entry) -> bool {
+        entry.made.is_some() && !self.done(entry.cell)
+    }
+
+    /// A new entry at `key`.
+    fn add(&mut self, key: u8, cell: usize, made: Option<Made>) {
+        assert!(self.entries.insert(key, Entry { cell, made }).is_none());
+    }
+
+    /// The entry at `key` is the user's from now on: they added to it, took a handle to it
+    /// or gave it a completer, so it stays until removed.
+    fn take_over(&mut self, key: u8) {
+        if let Some(entry) = self.entries.get_mut(&key) {
+            entry.made = None;
         }
-        Some(slot.cell)
+    }
+
+    /// Takes the entry at `key` out of the map (README, "No waiter is orphaned"): a pending
+    /// placeholder is cancelled, any other cell is left to whoever can complete it.
+    fn remove(&mut self, key: u8) -> Option<usize> {
+        let entry = self.entries.remove(&key)?;
+        if self.placeholder(entry) {
+            self.abort(entry.cell);
+        }
+        Some(entry.cell)
     }
 
     /// Removes the entries for which `remove` says so, as `remove` does.
-    fn remove_all(&mut self, mut remove: impl FnMut(&Self, u8, &MSlot) -> bool) {
+    fn remove_all(&mut self, mut remove: impl FnMut(&Self, u8, Entry) -> bool) {
         let mut keys: Vec<u8> = self
-            .slots
+            .entries
             .iter()
-            .filter(|(k, s)| remove(self, **k, s))
+            .filter(|(k, e)| remove(self, **k, **e))
             .map(|(k, _)| *k)
             .collect();
         keys.sort_unstable();
@@ -314,19 +322,17 @@ impl Model {
         }
     }
 
-    /// Stores cell `new` at `key` (kept); a placeholder replaced follows it. The old cell.
+    /// Stores cell `new` at `key` as the user's; a pending placeholder it replaces follows
+    /// it (its waiters get `new`'s outcome). The old cell.
     fn replace(&mut self, key: u8, new: usize) -> Option<usize> {
-        let fresh = MSlot {
-            cell: new,
-            kind: Kind::Kept,
-            interest: 0,
-        };
-        let old = self.slots.insert(key, fresh)?;
-        if old.kind == Kind::Placeholder
-            && old.cell != new
-            && !self.done(old.cell)
-            && self.cells[old.cell].comp == MComp::None
-        {
+        let old = self.entries.insert(
+            key,
+            Entry {
+                cell: new,
+                made: None,
+            },
+        )?;
+        if self.placeholder(old) {
             self.cells[old.cell].comp = MComp::Follow(new);
         }
         Some(old.cell)
@@ -343,98 +349,6 @@ impl Model {
             Comp::Never => MComp::Never,
         };
         true
-    }
-
-    fn find(&mut self, key: u8, how: Lookup) -> Option<(usize, bool)> {
-        let slot = *self.slots.get(&key)?;
-        if how == Lookup::Live && slot.kind.transient() && self.failed(slot.cell) {
-            self.slots.remove(&key);
-            return None;
-        }
-        if how == Lookup::Hold {
-            self.slots.get_mut(&key).unwrap().kind = Kind::Kept;
-            return Some((slot.cell, false));
-        }
-        let interest = how != Lookup::Peek && slot.kind.transient() && !self.done(slot.cell);
-        if interest {
-            self.slots.get_mut(&key).unwrap().interest += 1;
-        }
-        Some((slot.cell, interest))
-    }
-
-    fn insert_or_find(
-        &mut self,
-        key: u8,
-        cell: usize,
-        kind: Kind,
-        interested: bool,
-        claim: Claim,
-    ) -> Placed {
-        if let Some(slot) = self.slots.get(&key).copied() {
-            let pending = !self.done(slot.cell);
-            let claimed = match claim {
-                Claim::Never => false,
-                Claim::PendingPlaceholder => slot.kind == Kind::Placeholder && pending,
-                Claim::Pending => pending,
-                Claim::Always => true,
-            };
-            let slot = self.slots.get_mut(&key).unwrap();
-            let claimed_placeholder = claimed && slot.kind == Kind::Placeholder;
-            if claimed {
-                slot.kind = Kind::Kept;
-            }
-            let interest = interested && slot.kind.transient() && pending;
-            if interest {
-                slot.interest += 1;
-            }
-            return Placed {
-                cell: slot.cell,
-                inserted: false,
-                interest,
-                claimed_placeholder,
-            };
-        }
-        let interest = kind.transient() && interested;
-        self.slots.insert(
-            key,
-            MSlot {
-                cell,
-                kind,
-                interest: usize::from(interest),
-            },
-        );
-        Placed {
-            cell,
-            inserted: true,
-            interest,
-            claimed_placeholder: false,
-        }
-    }
-
-    /// Settles the entry that holds cell `id`, if any (found by identity).
-    fn release(&mut self, id: usize, had_interest: bool, pin: bool) {
-        let Some(key) = self
-            .slots
-            .iter()
-            .find(|(_, s)| s.cell == id)
-            .map(|(k, _)| *k)
-        else {
-            return;
-        };
-        let slot = self.slots.get_mut(&key).unwrap();
-        if pin {
-            slot.kind = Kind::Kept;
-        }
-        if had_interest {
-            slot.interest = slot.interest.saturating_sub(1);
-        }
-        let slot = *slot;
-        let failed = self.failed(id);
-        let abandoned = slot.interest == 0 && !self.done(id);
-        if slot.kind.transient() && (failed || abandoned) {
-            self.slots.remove(&key);
-            self.abort(id);
-        }
     }
 
     fn pred(&self, pred: Pred, id: usize, handles: &[(Lazy<u16, u8>, usize)]) -> bool {
@@ -455,7 +369,8 @@ impl Model {
 struct Held<'a> {
     get: MapGet<'a>,
     cell: usize,
-    interest: bool,
+    /// It waits on an entry the map made (see [`Model::waits_on`]) and has not finished.
+    waiter: bool,
 }
 
 fn pick(len: usize, index: u8) -> Option<usize> {
@@ -469,10 +384,19 @@ fn real_cell(fresh: Fresh) -> Lazy<u16, u8> {
     }
 }
 
+/// Computations made by [`future`] that ran to their end, in this input.
+static RUNS: AtomicUsize = AtomicUsize::new(0);
+
 fn future(comp: Comp) -> Pin<Box<dyn Future<Output = Result<u16, u8>> + Send>> {
     match comp {
-        Comp::Ok(v) => Box::pin(async move { Ok(v) }),
-        Comp::Err(e) => Box::pin(async move { Err(e) }),
+        Comp::Ok(v) => Box::pin(async move {
+            RUNS.fetch_add(1, Relaxed);
+            Ok(v)
+        }),
+        Comp::Err(e) => Box::pin(async move {
+            RUNS.fetch_add(1, Relaxed);
+            Err(e)
+        }),
         Comp::Never => Box::pin(std::future::pending()),
     }
 }
@@ -513,7 +437,7 @@ impl<'a> Harness<'a> {
     fn drop_handle(&mut self, i: usize) {
         let (_, id) = self.handles.remove(i);
         let held = self.handles.iter().any(|(_, h)| *h == id)
-            || self.model.slots.values().any(|s| s.cell == id)
+            || self.model.entries.values().any(|e| e.cell == id)
             || self.gets.iter().any(|g| g.cell == id)
             || self
                 .model
@@ -540,24 +464,20 @@ impl<'a> Harness<'a> {
         }
     }
 
-    /// A `Get` the map just made, and the model's (cell, interest, added); polled now if
+    /// A `Get` the map just made, and the model's (cell, waiter, added); polled now if
     /// `poll`, else held.
     fn got(
         &mut self,
         what: &str,
         get: MapGet<'a>,
         cell: usize,
-        interest: bool,
+        waiter: bool,
         added: bool,
         poll: bool,
     ) {
         assert_eq!(get.added(), added, "{what}: added()");
         self.same_cell(what, get.cell(), cell);
-        let mut held = Held {
-            get,
-            cell,
-            interest,
-        };
+        let mut held = Held { get, cell, waiter };
         if poll && self.poll(what, &mut held) {
             return;
         }
@@ -577,10 +497,7 @@ impl<'a> Harness<'a> {
         match polled {
             Poll::Ready(outcome) => {
                 assert_eq!(Some(outcome), expect, "{what}: the future's outcome");
-                if held.interest {
-                    held.interest = false;
-                    self.model.release(held.cell, true, false);
-                }
+                held.waiter = false;
                 true
             }
             Poll::Pending => {
@@ -595,56 +512,109 @@ impl<'a> Harness<'a> {
 
     fn drop_get(&mut self, held: Held<'a>) {
         drop(held.get);
-        if held.interest {
-            self.model.release(held.cell, true, false);
+    }
+
+    /// What the map does by itself after each operation (README, "Nothing is left behind",
+    /// "Failures reach everyone and are not kept"): an entry it made for waiting callers
+    /// goes once it has failed, or once it is pending and no unfinished `Get` waits on it
+    /// any more; the work of an abandoned one is dropped and its cell cancelled.
+    fn settle(&mut self) {
+        let model = &self.model;
+        let mut gone: Vec<u8> = model
+            .entries
+            .iter()
+            .filter(|(_, e)| {
+                let waited_on = || self.gets.iter().any(|g| g.waiter && g.cell == e.cell);
+                e.made.is_some() && (model.failed(e.cell) || (!model.done(e.cell) && !waited_on()))
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        gone.sort_unstable();
+        for k in gone {
+            let entry = self.model.entries.remove(&k).unwrap();
+            self.model.abort(entry.cell);
         }
     }
 
     fn step(&mut self, op: &Op) {
+        match op {
+            Op::AddValue(..) | Op::AddCell(..) | Op::AddWith(..) => self.adds(op),
+            Op::Wait(..)
+            | Op::WaitIfPresent(..)
+            | Op::GetOrAddValue(..)
+            | Op::GetOrAddWith(..)
+            | Op::GetOrAddCell(..)
+            | Op::Poll(..)
+            | Op::DropGet(..) => self.gets(op),
+            Op::CellOf(..) | Op::CellOrAdd(..) | Op::CellIfPresent(..) => self.handles_out(op),
+            Op::Insert(..)
+            | Op::ReplaceIf(..)
+            | Op::Remove(..)
+            | Op::RemoveIf(..)
+            | Op::RemoveIfCompleted(..)
+            | Op::RemoveIfIncomplete(..)
+            | Op::Complete(..)
+            | Op::Retain(..)
+            | Op::RetainDone
+            | Op::Clear => self.takes_out(op),
+            Op::Finish(..)
+            | Op::Abort(..)
+            | Op::Attach(..)
+            | Op::DriveNow(..)
+            | Op::DropHandle(..) => self.on_handles(op),
+        }
+    }
+
+    /// The `add_*` calls: a new entry, or what they do to the one there.
+    fn adds(&mut self, op: &Op) {
         let map = self.map;
         let key = |k: &u8| *k % KEYS;
         match *op {
             Op::AddValue(k, v) => {
                 let k = key(&k);
-                let fresh = self.model.new_cell(None, MComp::None);
-                let placed = self.model.insert_or_find(
-                    k,
-                    fresh,
-                    Kind::Kept,
-                    true,
-                    Claim::PendingPlaceholder,
-                );
-                let stored = self.model.complete(placed.cell, Ok(v));
-                self.model
-                    .release(placed.cell, placed.interest, stored && !placed.inserted);
-                if stored && !placed.inserted {
-                    self.model.abort(placed.cell);
-                }
-                assert_eq!(map.add_value(k, v), stored, "add_value({k}, {v})");
+                // Stored in a pending entry (its waiters get it, its work is dropped unrun)
+                // or a new one; a complete entry is left as it is.
+                let expect = match self.model.entries.get(&k).copied() {
+                    None => {
+                        let id = self.model.new_cell(Some(Ok(v)), MComp::None);
+                        self.model.add(k, id, None);
+                        true
+                    }
+                    Some(e) if !self.model.done(e.cell) => {
+                        self.model.complete(e.cell, Ok(v));
+                        self.model.cells[e.cell].comp = MComp::None;
+                        self.model.take_over(k);
+                        true
+                    }
+                    Some(_) => false,
+                };
+                assert_eq!(map.add_value(k, v), expect, "add_value({k}, {v})");
             }
             Op::AddCell(k, fresh) => {
                 let k = key(&k);
                 let cell = real_cell(fresh);
                 let id = self.model.fresh(fresh);
-                let placed = self
-                    .model
-                    .insert_or_find(k, id, Kind::Kept, false, Claim::Pending);
-                let expect = if placed.inserted {
-                    true
-                } else {
-                    let existing = placed.cell;
-                    if !self.model.done(existing) {
-                        match self.model.cells[id].outcome {
-                            Some(outcome) => {
-                                self.model.complete(existing, outcome);
-                                self.model.cells[existing].comp = MComp::None;
-                            }
-                            None => self.model.cells[id]
-                                .forwards
-                                .push((existing, placed.claimed_placeholder)),
-                        }
+                // A pending entry is completed with the added cell's outcome, when it has
+                // one; a placeholder left to the cell is cancelled if it is dropped unrun.
+                let expect = match self.model.entries.get(&k).copied() {
+                    None => {
+                        self.model.add(k, id, None);
+                        true
                     }
-                    false
+                    Some(e) => {
+                        if !self.model.done(e.cell) {
+                            let placeholder = self.model.placeholder(e);
+                            self.model.take_over(k);
+                            match self.model.cells[id].outcome {
+                                Some(outcome) => {
+                                    self.model.complete(e.cell, outcome);
+                                    self.model.cells[e.cell].comp = MComp::None;
+                                }
+                                None => self.model.cells[id].forwards.push((e.cell, placeholder)),
+                            }
+                        }
+                        false
+                    }
                 };
                 assert_eq!(
                     map.add_cell(k, cell.clone()),
@@ -655,51 +625,61 @@ impl<'a> Harness<'a> {
             }
             Op::AddWith(k, comp) => {
                 let k = key(&k);
-                let fresh = self.model.new_cell(None, MComp::None);
-                let placed = self.model.insert_or_find(
-                    k,
-                    fresh,
-                    Kind::Kept,
-                    false,
-                    Claim::PendingPlaceholder,
-                );
-                let taken = self.model.attach(placed.cell, comp);
+                // The work goes to a new entry, or to a pending one that has none.
+                let expect = match self.model.entries.get(&k).copied() {
+                    None => {
+                        let id = self.model.new_cell(None, MComp::None);
+                        self.model.attach(id, comp);
+                        self.model.add(k, id, None);
+                        true
+                    }
+                    Some(e) => {
+                        if self.model.placeholder(e) {
+                            self.model.take_over(k);
+                        }
+                        self.model.attach(e.cell, comp)
+                    }
+                };
                 assert_eq!(
                     map.add_with(k, future(comp)),
-                    taken,
+                    expect,
                     "add_with({k}, {comp:?})"
                 );
             }
+            _ => unreachable!("{op:?} is not one of these calls"),
+        }
+    }
+
+    /// The calls that give a `Get`, and what becomes of the held ones.
+    fn gets(&mut self, op: &Op) {
+        let map = self.map;
+        let key = |k: &u8| *k % KEYS;
+        match *op {
             Op::Wait(k, poll) => {
                 let k = key(&k);
                 let get = map.wait(k);
-                let (cell, interest, added) = match self.model.find(k, Lookup::Wait) {
-                    Some((cell, interest)) => (cell, interest, false),
+                let (cell, waiter, added) = match self.model.entries.get(&k).copied() {
+                    Some(e) => (e.cell, self.model.waits_on(e), false),
                     None => {
-                        let fresh = self.model.new_cell(None, MComp::None);
-                        let placed = self.model.insert_or_find(
-                            k,
-                            fresh,
-                            Kind::Placeholder,
-                            true,
-                            Claim::Never,
-                        );
-                        (placed.cell, placed.interest, placed.inserted)
+                        let id = self.model.new_cell(None, MComp::None);
+                        self.model.add(k, id, Some(Made::ForWait));
+                        (id, true, true)
                     }
                 };
-                self.got(&format!("get({k})"), get, cell, interest, added, poll);
+                self.got(&format!("wait({k})"), get, cell, waiter, added, poll);
             }
             Op::WaitIfPresent(k, poll) => {
                 let k = key(&k);
                 let get = map.wait_if_present(&k);
-                let found = self.model.find(k, Lookup::Wait);
+                let found = self.model.entries.get(&k).copied();
                 match (get, found) {
-                    (Some(get), Some((cell, interest))) => {
+                    (Some(get), Some(e)) => {
+                        let waiter = self.model.waits_on(e);
                         self.got(
                             &format!("wait_if_present({k})"),
                             get,
-                            cell,
-                            interest,
+                            e.cell,
+                            waiter,
                             false,
                             poll,
                         );
@@ -714,51 +694,43 @@ impl<'a> Harness<'a> {
             Op::GetOrAddValue(k, v, poll) => {
                 let k = key(&k);
                 let get = map.get_or_add_value(k, v);
-                let (cell, interest, added) = match self.model.find(k, Lookup::Wait) {
-                    Some((cell, interest)) => (cell, interest, false),
+                let (cell, waiter, added) = match self.model.entries.get(&k).copied() {
+                    Some(e) => (e.cell, self.model.waits_on(e), false),
                     None => {
-                        let fresh = self.model.new_cell(Some(Ok(v)), MComp::None);
-                        let placed =
-                            self.model
-                                .insert_or_find(k, fresh, Kind::Kept, true, Claim::Never);
-                        (placed.cell, placed.interest, placed.inserted)
+                        let id = self.model.new_cell(Some(Ok(v)), MComp::None);
+                        self.model.add(k, id, None);
+                        (id, false, true)
                     }
                 };
                 self.got(
                     &format!("get_or_add_value({k}, {v})"),
                     get,
                     cell,
-                    interest,
+                    waiter,
                     added,
                     poll,
                 );
             }
             Op::GetOrAddWith(k, comp, poll) => {
                 let k = key(&k);
-                let get = map.get_or_add_with(k, || future(comp));
-                let (cell, interest, added) = match self.model.find(k, Lookup::Live) {
-                    Some((cell, interest)) => (cell, interest, false),
+                let mut made = 0;
+                let get = map.get_or_add_with(k, || {
+                    made += 1;
+                    future(comp)
+                });
+                let (cell, waiter, added) = match self.model.entries.get(&k).copied() {
+                    Some(e) => (e.cell, self.model.waits_on(e), false),
                     None => {
-                        let fresh = self.model.new_cell(None, MComp::None);
-                        self.model.attach(fresh, comp);
-                        let placed = self.model.insert_or_find(
-                            k,
-                            fresh,
-                            Kind::Computation,
-                            true,
-                            Claim::Never,
-                        );
-                        (placed.cell, placed.interest, placed.inserted)
+                        let id = self.model.new_cell(None, MComp::None);
+                        self.model.attach(id, comp);
+                        self.model.add(k, id, Some(Made::ForWork));
+                        (id, true, true)
                     }
                 };
-                self.got(
-                    &format!("get_or_add_with({k}, {comp:?})"),
-                    get,
-                    cell,
-                    interest,
-                    added,
-                    poll,
-                );
+                let what = format!("get_or_add_with({k}, {comp:?})");
+                // The work is made on a miss only, once.
+                assert_eq!(made, usize::from(added), "{what}: times make ran");
+                self.got(&what, get, cell, waiter, added, poll);
             }
             Op::GetOrAddCell(k, fresh, poll) => {
                 let k = key(&k);
@@ -766,18 +738,15 @@ impl<'a> Harness<'a> {
                 let id = self.model.fresh(fresh);
                 let get = map.get_or_add_cell(k, cell.clone());
                 self.hold_handle(cell, id);
-                let placed = self
-                    .model
-                    .insert_or_find(k, id, Kind::Kept, true, Claim::Never);
+                let (cell, waiter, added) = match self.model.entries.get(&k).copied() {
+                    Some(e) => (e.cell, self.model.waits_on(e), false),
+                    None => {
+                        self.model.add(k, id, None);
+                        (id, false, true)
+                    }
+                };
                 let what = format!("get_or_add_cell({k}, {fresh:?})");
-                self.got(
-                    &what,
-                    get,
-                    placed.cell,
-                    placed.interest,
-                    placed.inserted,
-                    poll,
-                );
+                self.got(&what, get, cell, waiter, added, poll);
             }
             Op::Poll(i) => {
                 if let Some(i) = pick(self.gets.len(), i) {
@@ -793,6 +762,15 @@ impl<'a> Harness<'a> {
                     self.drop_get(held);
                 }
             }
+            _ => unreachable!("{op:?} is not one of these calls"),
+        }
+    }
+
+    /// The calls that give out a handle to the cell at a key.
+    fn handles_out(&mut self, op: &Op) {
+        let map = self.map;
+        let key = |k: &u8| *k % KEYS;
+        match *op {
             Op::CellOf(k) => {
                 let k = key(&k);
                 let cell = map.cell(k);
@@ -818,11 +796,12 @@ impl<'a> Harness<'a> {
             Op::CellIfPresent(k) => {
                 let k = key(&k);
                 let cell = map.cell_if_present(&k);
-                let found = self.model.find(k, Lookup::Hold);
+                let found = self.model.entries.get(&k).copied();
+                self.model.take_over(k);
                 match (cell, found) {
-                    (Some(cell), Some((id, _))) => {
-                        self.same_cell(&format!("cell_if_present({k})"), &cell, id);
-                        self.hold_handle(cell, id);
+                    (Some(cell), Some(e)) => {
+                        self.same_cell(&format!("cell_if_present({k})"), &cell, e.cell);
+                        self.hold_handle(cell, e.cell);
                     }
                     (None, None) => {}
                     (cell, found) => {
@@ -830,6 +809,15 @@ impl<'a> Harness<'a> {
                     }
                 }
             }
+            _ => unreachable!("{op:?} is not one of these calls"),
+        }
+    }
+
+    /// The calls that replace, remove or complete the entry at a key.
+    fn takes_out(&mut self, op: &Op) {
+        let map = self.map;
+        let key = |k: &u8| *k % KEYS;
+        match *op {
             Op::Insert(k, fresh) => {
                 let k = key(&k);
                 let cell = real_cell(fresh);
@@ -845,8 +833,8 @@ impl<'a> Harness<'a> {
                 let id = self.model.fresh(fresh);
                 let handles = &self.handles;
                 let result = map.replace_if(&k, cell.clone(), |c| real_pred(pred, c, handles));
-                let expect = match self.model.slots.get(&k).copied() {
-                    Some(slot) if self.model.pred(pred, slot.cell, &self.handles) => {
+                let expect = match self.model.entries.get(&k).copied() {
+                    Some(e) if self.model.pred(pred, e.cell, &self.handles) => {
                         self.model.replace(k, id)
                     }
                     _ => None,
@@ -871,10 +859,8 @@ impl<'a> Harness<'a> {
                 let k = key(&k);
                 let handles = &self.handles;
                 let old = map.remove_if(&k, |c| real_pred(pred, c, handles));
-                let expect = match self.model.slots.get(&k).copied() {
-                    Some(slot) if self.model.pred(pred, slot.cell, &self.handles) => {
-                        self.model.remove(k)
-                    }
+                let expect = match self.model.entries.get(&k).copied() {
+                    Some(e) if self.model.pred(pred, e.cell, &self.handles) => self.model.remove(k),
                     _ => None,
                 };
                 self.check_removed(&format!("remove_if({k}, {pred:?})"), old, expect);
@@ -887,8 +873,8 @@ impl<'a> Harness<'a> {
                 } else {
                     map.remove_if_incomplete(&k)
                 };
-                let expect = self.model.slots.get(&k).copied().map(|slot| {
-                    let remove = self.model.done(slot.cell) == want_done;
+                let expect = self.model.entries.get(&k).copied().map(|e| {
+                    let remove = self.model.done(e.cell) == want_done;
                     if remove {
                         self.model.remove(k);
                     }
@@ -898,11 +884,11 @@ impl<'a> Harness<'a> {
             }
             Op::Complete(k, result) => {
                 let k = key(&k);
-                let expect = match self.model.find(k, Lookup::Peek) {
-                    Some((id, _)) => {
-                        let completed = self.model.complete(id, result.map_err(Error::Failed));
-                        self.model.abort(id);
-                        self.model.release(id, false, false);
+                // Completes a pending cell (its work, if any, is dropped unrun).
+                let expect = match self.model.entries.get(&k).copied() {
+                    Some(e) => {
+                        let completed = self.model.complete(e.cell, result.map_err(Error::Failed));
+                        self.model.cells[e.cell].comp = MComp::None;
                         completed
                     }
                     None => false,
@@ -913,6 +899,25 @@ impl<'a> Harness<'a> {
                     "complete({k}, {result:?})"
                 );
             }
+            Op::Retain(mask) => {
+                map.retain(|k, _| mask & (1 << (k % 8)) != 0);
+                self.model.remove_all(|_, k, _| mask & (1 << (k % 8)) == 0);
+            }
+            Op::RetainDone => {
+                map.retain(|_, c| c.is_done());
+                self.model.remove_all(|m, _, e| !m.done(e.cell));
+            }
+            Op::Clear => {
+                map.clear();
+                self.model.remove_all(|_, _, _| true);
+            }
+            _ => unreachable!("{op:?} is not one of these calls"),
+        }
+    }
+
+    /// The calls on a held handle.
+    fn on_handles(&mut self, op: &Op) {
+        match *op {
             Op::Finish(i, finish) => {
                 let Some(i) = pick(self.handles.len(), i) else {
                     return;
@@ -967,26 +972,23 @@ impl<'a> Harness<'a> {
                     self.drop_handle(i);
                 }
             }
-            Op::Retain(mask) => {
-                map.retain(|k, _| mask & (1 << (k % 8)) != 0);
-                self.model.remove_all(|_, k, _| mask & (1 << (k % 8)) == 0);
-            }
-            Op::RetainDone => {
-                map.retain(|_, c| c.is_done());
-                self.model.remove_all(|m, _, s| !m.done(s.cell));
-            }
-            Op::Clear => {
-                map.clear();
-                self.model.remove_all(|_, _, _| true);
-            }
+            _ => unreachable!("{op:?} is not one of these calls"),
         }
     }
 
-    /// The model's `cell_or_add(key, fresh)`: the cell now at `key`.
+    /// The model's `cell_or_add(key, fresh)`: the cell now at `key`, the user's from now on
+    /// (a handle to it is out).
     fn cell_or_add(&mut self, key: u8, fresh: usize) -> usize {
-        self.model
-            .insert_or_find(key, fresh, Kind::Kept, false, Claim::Always)
-            .cell
+        match self.model.entries.get(&key).copied() {
+            Some(e) => {
+                self.model.take_over(key);
+                e.cell
+            }
+            None => {
+                self.model.add(key, fresh, None);
+                fresh
+            }
+        }
     }
 
     fn check_removed(&self, what: &str, got: Option<Lazy<u16, u8>>, expect: Option<usize>) {
@@ -1000,18 +1002,23 @@ impl<'a> Harness<'a> {
     /// Every observable of the map and the held handles against the model.
     fn check(&self) {
         let map = self.map;
-        assert_eq!(map.len(), self.model.slots.len(), "len()");
-        assert_eq!(map.is_empty(), self.model.slots.is_empty(), "is_empty()");
+        assert_eq!(map.len(), self.model.entries.len(), "len()");
+        assert_eq!(map.is_empty(), self.model.entries.is_empty(), "is_empty()");
         let mut keys = map.keys();
         keys.sort_unstable();
-        let mut expect: Vec<u8> = self.model.slots.keys().copied().collect();
+        let mut expect: Vec<u8> = self.model.entries.keys().copied().collect();
         expect.sort_unstable();
         assert_eq!(keys, expect, "keys()");
+        assert_eq!(
+            RUNS.load(Relaxed),
+            self.model.runs,
+            "computations run to their end"
+        );
         for k in 0..KEYS {
-            let slot = self.model.slots.get(&k);
-            let outcome = slot.and_then(|s| self.model.cells[s.cell].outcome);
+            let entry = self.model.entries.get(&k);
+            let outcome = entry.and_then(|e| self.model.cells[e.cell].outcome);
             assert_eq!(map.try_get(&k), outcome, "try_get({k})");
-            let done = slot.map(|s| self.model.done(s.cell));
+            let done = entry.map(|e| self.model.done(e.cell));
             assert_eq!(map.is_completed(&k), done, "is_completed({k})");
         }
         for (i, (cell, id)) in self.handles.iter().enumerate() {
@@ -1039,13 +1046,16 @@ fuzz_target!(|input: Input| {
         handles: Vec::new(),
         gets: Vec::new(),
     };
+    RUNS.store(0, Relaxed);
     for op in &input.0 {
         harness.step(op);
+        harness.settle();
         harness.check();
     }
-    // Dropping every future settles its interest: transient entries nobody waits on go.
+    // With every future dropped, the entries the map made that nobody waits on go.
     for held in std::mem::take(&mut harness.gets) {
         harness.drop_get(held);
     }
+    harness.settle();
     harness.check();
 });

@@ -2,7 +2,7 @@
 //! random load for `N` minutes (not part of `ci`: it takes as long as it is told to).
 //!
 //! The load itself is the `soak` program of the `deferred-benches` package
-//! (`benches/src/bin/soak.rs`), built in release mode: loaders that fail, panic and stall,
+//! (`benches/src/bin/soak/`), built in release mode: loaders that fail, panic and stall,
 //! callers that are dropped or stop polling, a manual clock that jumps both ways. It prints a
 //! progress line every 10 s and a summary at the end (ops/s per layer, loads run, callers
 //! started and finished, memory at the start, middle and end), and exits non-zero if a caller
