@@ -148,45 +148,70 @@ impl<H: CellRef> Waiter<H> {
         // SAFETY: nothing is moved out of the pinned waiter; the node stays where it is.
         let this = unsafe { self.get_unchecked_mut() };
         let cell = this.handle.cell();
-        let node = &this.node;
+        // Acquire (`state_acquire`): pairs with the Release in `publish`.
         let state = cell.state_acquire();
         if state & DONE != 0 {
             return Polled::Done(state);
         }
         if this.linked.is_some() {
-            let state = cell.lock();
-            // SAFETY: the lock is held; the node is ours and belongs to this cell.
-            let (status, current) = unsafe {
-                node.with_links(|l| {
-                    (
-                        l.status,
-                        l.status == Status::Linked && wake.is_current(&l.notify),
-                    )
-                })
-            };
-            if state & DONE != 0 || status == Status::Granted || current {
-                if state & DONE == 0 && status == Status::Granted {
-                    // SAFETY: the lock is held. The grant is consumed here, so a later poll
-                    // cannot take it a second time.
-                    unsafe { node.with_links(|l| l.status = Status::Idle) };
-                }
-                // SAFETY: we hold the lock and changed no list.
-                unsafe { cell.unlock(0, 0) };
-                if state & DONE != 0 {
-                    return Polled::Done(state);
-                }
-                if status == Status::Granted {
-                    this.linked = None;
-                    return Polled::Granted;
-                }
-                return Polled::Pending;
+            if let Some(polled) = this.repoll_linked(wake) {
+                return polled;
             }
-            // SAFETY: as above.
-            unsafe { cell.unlock(0, 0) };
         } else if which == Which::Claimants && cell.try_claim_bit() {
             return Polled::Granted;
         }
+        // SAFETY: `self` is pinned (this method takes `Pin<&mut Self>`).
+        unsafe { this.link(which, wake) }
+    }
 
+    /// A re-poll of a linked waiter, decided under the lock without touching the lists if
+    /// it can be: the cell has completed, the claim was handed to this node, or the node
+    /// already carries a notify for `wake`. `None` if the notify must be renewed (`link`).
+    fn repoll_linked(&mut self, wake: WakeBy<'_>) -> Option<Polled> {
+        let cell = self.handle.cell();
+        let node = &self.node;
+        let state = cell.lock();
+        // SAFETY: the lock is held; the node is ours and belongs to this cell.
+        let (status, current) = unsafe {
+            node.with_links(|l| {
+                (
+                    l.status,
+                    l.status == Status::Linked && wake.is_current(&l.notify),
+                )
+            })
+        };
+        if state & DONE != 0 || status == Status::Granted || current {
+            if state & DONE == 0 && status == Status::Granted {
+                // SAFETY: the lock is held. The grant is consumed here, so a later poll
+                // cannot take it a second time.
+                unsafe { node.with_links(|l| l.status = Status::Idle) };
+            }
+            // SAFETY: we hold the lock and changed no list.
+            unsafe { cell.unlock(0, 0) };
+            if state & DONE != 0 {
+                return Some(Polled::Done(state));
+            }
+            if status == Status::Granted {
+                self.linked = None;
+                return Some(Polled::Granted);
+            }
+            return Some(Polled::Pending);
+        }
+        // SAFETY: as above.
+        unsafe { cell.unlock(0, 0) };
+        None
+    }
+
+    /// The slow path of `poll`: links the node in list `which` with a fresh notify for
+    /// `wake`, or renews the notify of a node that is linked already, unless the cell has
+    /// completed or (for a claimant) the claim has come to this node meanwhile.
+    ///
+    /// # Safety
+    ///
+    /// `self` is pinned (its node may be linked here, and must not move until `Drop`).
+    unsafe fn link(&mut self, which: Which, wake: WakeBy<'_>) -> Polled {
+        let cell = self.handle.cell();
+        let node = &self.node;
         // Make the notify with no lock held: cloning a waker runs user code.
         let fresh = wake.notify();
         let state = cell.lock();
@@ -194,7 +219,7 @@ impl<H: CellRef> Waiter<H> {
         let mut granted = false;
         let mut pushed = false;
         if state & DONE == 0 {
-            // SAFETY: the lock is held; the node is ours, pinned (`self: Pin`), and unlinked
+            // SAFETY: the lock is held; the node is ours, pinned (the caller), and unlinked
             // by `Drop` before it is freed.
             unsafe {
                 let status = node.with_links(|l| l.status);
@@ -234,13 +259,15 @@ impl<H: CellRef> Waiter<H> {
             // `Claim` guard owns yet: if that panics, pass the claim on rather than leak it.
             on_unwind(|| drop(stale), || cell.release_claim());
         } else {
+            // (Nothing when `pushed`: a freshly linked node had no notify to replace, so
+            // `linked` can be set after this without a panic here leaving it unrecorded.)
             drop(stale);
         }
         if pushed {
-            this.linked = Some(which);
+            self.linked = Some(which);
         }
         if granted {
-            this.linked = None;
+            self.linked = None;
             return Polled::Granted;
         }
         if state & DONE != 0 {
@@ -287,43 +314,16 @@ impl<H: CellRef> Waiter<H> {
         // Cloning a waker runs user code: outside the lock.
         let fresh = Notify::Closer(waker.clone());
         let state = cell.lock();
-        let mut stale = Notify::None;
-        let mut pushed = false;
-        let mut unlinked = false;
-        let closed = if state & (WON | DONE) != 0 {
-            stale = fresh;
-            true
+        let (closer, stale) = if state & (WON | DONE) != 0 {
+            (Closer::Closed { unlinked: false }, fresh)
         } else {
             // SAFETY: the lock is held; the node is ours, pinned (`self: Pin`), and unlinked
             // by `Drop` before it is freed.
-            unsafe {
-                let is_linked = node.with_links(|l| l.status) == Status::Linked;
-                cell.with_lists(|lists| {
-                    // Whether a node that is not a closer waits (leaked closers do not count).
-                    let others = !lists.claimants.is_empty() || !lists.waiters.all_closers();
-                    if !others {
-                        if is_linked {
-                            // Unreachable while the invariant of `take_lone_closers`
-                            // holds; kept total.
-                            lists.waiters.remove(node);
-                            node.with_links(|l| stale = mem::replace(&mut l.notify, fresh));
-                            unlinked = true;
-                        } else {
-                            stale = fresh;
-                        }
-                        true
-                    } else {
-                        if is_linked {
-                            node.with_links(|l| stale = mem::replace(&mut l.notify, fresh));
-                        } else {
-                            lists.waiters.push_back(node);
-                            node.with_links(|l| l.notify = fresh);
-                            pushed = true;
-                        }
-                        false
-                    }
-                })
-            }
+            unsafe { cell.relink_closer(node, fresh) }
+        };
+        let (closed, pushed, unlinked) = match closer {
+            Closer::Closed { unlinked } => (true, false, unlinked),
+            Closer::Waiting { pushed } => (false, pushed, false),
         };
         // Leaked closers left alone by our unlinking (unreachable with ours, kept total).
         let leaked = if unlinked {
@@ -420,7 +420,55 @@ impl<H: CellRef> Drop for Waiter<H> {
     }
 }
 
+/// What `poll_closer` did with a producer's closer under the lock of a pending cell.
+enum Closer {
+    /// No node that is not a closer waits: the producer's work is wanted by no one.
+    /// `unlinked`: the closer was linked, and has been taken off.
+    Closed { unlinked: bool },
+    /// Someone waits: the closer is linked beside them. `pushed`: it was linked just now.
+    Waiting { pushed: bool },
+}
+
 impl<T, E> Deferred<T, E> {
+    /// The locked step of `Waiter::poll_closer` on a pending cell: links the closer `node`
+    /// with `fresh` (or renews its notify) if a node that is not a closer waits, or else
+    /// takes it off the list if it is linked. Returns what it did and the notify replaced
+    /// (or `fresh` unused), to be dropped once the lock is released.
+    ///
+    /// # Safety
+    ///
+    /// The lock is held and the cell is pending; `node` is a closer's of this cell, pinned,
+    /// and unlinked by its owner before it is freed.
+    unsafe fn relink_closer(&self, node: &Node, fresh: Notify) -> (Closer, Notify) {
+        // SAFETY: the lock is held (caller); `node` is this cell's and pinned (caller).
+        unsafe {
+            let is_linked = node.with_links(|l| l.status) == Status::Linked;
+            self.with_lists(|lists| {
+                // Whether a node that is not a closer waits (leaked closers do not count).
+                let others = !lists.claimants.is_empty() || !lists.waiters.all_closers();
+                match (others, is_linked) {
+                    (false, true) => {
+                        // Unreachable while the invariant of `take_lone_closers` holds;
+                        // kept total.
+                        lists.waiters.remove(node);
+                        let stale = node.with_links(|l| mem::replace(&mut l.notify, fresh));
+                        (Closer::Closed { unlinked: true }, stale)
+                    }
+                    (false, false) => (Closer::Closed { unlinked: false }, fresh),
+                    (true, true) => {
+                        let stale = node.with_links(|l| mem::replace(&mut l.notify, fresh));
+                        (Closer::Waiting { pushed: false }, stale)
+                    }
+                    (true, false) => {
+                        lists.waiters.push_back(node);
+                        node.with_links(|l| l.notify = fresh);
+                        (Closer::Waiting { pushed: true }, Notify::None)
+                    }
+                }
+            })
+        }
+    }
+
     /// Wakes every plain waiter linked now, without completing the cell: each one that is
     /// polled again sees the cell still pending and links itself anew, behind a sentinel
     /// node that marks where this round ends (so waiters that relink at once are not woken
