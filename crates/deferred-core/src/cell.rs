@@ -581,11 +581,11 @@ impl<T, E> Deferred<T, E> {
     }
 
     /// Wakes every node of both lists, a batch per lock acquisition, wakers called with
-    /// the lock released. If a waker panics, the rest are still woken (the guards below);
-    /// a second panic while unwinding aborts, as any panic in `Drop` during unwinding does.
+    /// the lock released. If a waker panics, the rest are still woken (the batch wakes what
+    /// it holds as it is dropped, and `on_unwind` drains the rest); a second panic while
+    /// unwinding aborts, as any panic in `Drop` during unwinding does.
     #[cold]
     pub(crate) fn drain(&self) {
-        // If a waker panics, finish the job while unwinding.
         on_unwind(|| self.drain_batches(), || self.drain_batches());
     }
 

@@ -112,7 +112,7 @@ pub(crate) struct Waiter<H: CellRef> {
     handle: H,
     node: Node,
     /// Which list the node is in, if any: set only by `poll`/`poll_closer` (as they link
-    /// it) and cleared by them (when it is granted, or taken off) and by `cancel`.
+    /// it), cleared by them (when it is granted, or was taken off) and by `unlink`.
     linked: Option<Which>,
 }
 
