@@ -352,8 +352,9 @@ impl<T, E> Future for Closed<'_, T, E> {
             this.done = true;
             return Poll::Ready(());
         };
-        // SAFETY: the waiter is a field of the pinned future (structural pinning); the
-        // producer this future borrows mutably holds the claim for as long as it lives.
+        // SAFETY: the waiter is a field of the pinned future (structural pinning: the
+        // `Option` is set once, when the future is made, and never replaced); the producer
+        // this future borrows mutably holds the claim for as long as it lives.
         if unsafe { Pin::new_unchecked(waiter).poll_closer(cx.waker()) } {
             this.done = true;
             Poll::Ready(())
