@@ -3,25 +3,10 @@
 use core::pin::pin;
 
 use crate::{
-    cell::{Polled, Which},
-    list::{Node, Notify},
     loom::thread,
+    waiter::{Polled, Waiter, WakeBy, Which},
     Deferred, Error,
 };
-
-/// Unlinks the stack node on every way out of a blocking wait, unwinding included.
-struct Unlink<'a, T, E> {
-    cell: &'a Deferred<T, E>,
-    node: &'a Node,
-    linked: Option<Which>,
-}
-
-impl<T, E> Drop for Unlink<'_, T, E> {
-    fn drop(&mut self) {
-        // SAFETY: the node is pinned on the waiting thread's stack and outlives this guard.
-        unsafe { self.cell.cancel_node(self.node, &mut self.linked) };
-    }
-}
 
 #[cfg(not(loom))]
 type Deadline = Option<std::time::Instant>;
@@ -117,25 +102,10 @@ impl<T, E> Deferred<T, E> {
         if let Some(outcome) = self.try_get() {
             return Some(outcome);
         }
-        let node = pin!(Node::new());
-        let mut guard = Unlink {
-            cell: self,
-            node: &node,
-            linked: None,
-        };
+        // Pinned on this frame; its `Drop` unlinks it on every way out, unwinding included.
+        let mut waiter = pin!(Waiter::new(self));
         loop {
-            // SAFETY: the node is pinned on this stack frame and `guard` unlinks it before
-            // the frame goes away.
-            let polled = unsafe {
-                self.poll_node(
-                    guard.node,
-                    &mut guard.linked,
-                    Which::Waiters,
-                    |n| matches!(n, Notify::Thread(_)),
-                    || Notify::Thread(thread::current()),
-                )
-            };
-            if let Polled::Done(state) = polled {
+            if let Polled::Done(state) = waiter.as_mut().poll(Which::Waiters, WakeBy::Thread) {
                 // SAFETY: `state` has DONE, loaded with Acquire.
                 return Some(unsafe { self.outcome_of(state) });
             }
@@ -146,7 +116,7 @@ impl<T, E> Deferred<T, E> {
                 Some(deadline) => {
                     let now = std::time::Instant::now();
                     if now >= deadline {
-                        drop(guard);
+                        waiter.as_mut().cancel();
                         return self.try_get();
                     }
                     thread::park_timeout(deadline - now);
@@ -157,7 +127,7 @@ impl<T, E> Deferred<T, E> {
                 None => thread::park(),
                 Some(Passed) => {
                     // Passed: the time-out path above, with `now >= deadline`.
-                    drop(guard);
+                    waiter.as_mut().cancel();
                     return self.try_get();
                 }
             }

@@ -145,7 +145,7 @@ impl<T, E> CallbackHandle<'_, T, E> {
                 cell.with_lists(|lists| lists.waiters.remove(node));
                 (true, notify, cell.take_lone_closers(state))
             } else {
-                (false, Notify::None, crate::cell::WakeOnDrop::NONE)
+                (false, Notify::None, crate::waiter::WakeOnDrop::NONE)
             }
         };
         // SAFETY: we hold the lock.

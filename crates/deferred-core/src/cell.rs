@@ -1,18 +1,19 @@
-//! The cell itself: its state word, its payload, completion, probes, and the wait-list
-//! protocol that the futures, the claim and the blocking waits share.
+//! The cell itself: its state word, its payload, completion, probes, the lock over its wait
+//! lists, and the drain that wakes them. The waiter protocol built on these is in `waiter`,
+//! the claim hand-off in `claim`.
 
 use core::{
     convert::Infallible,
     fmt,
-    mem::{self, ManuallyDrop, MaybeUninit},
-    task::Waker,
+    mem::{ManuallyDrop, MaybeUninit},
 };
 
 use crossbeam_utils::Backoff;
 
 use crate::{
-    list::{List, Node, Notify, Status},
+    list::{List, Notify, Status},
     loom::{AtomicUsize, LockWaits, Ordering::*, UnsafeCell},
+    waiter::{on_unwind, Which},
     Error,
 };
 
@@ -53,26 +54,18 @@ pub(crate) fn is_closed(state: usize) -> bool {
 /// How many waiters a completion wakes per lock acquisition. Small under loom so that the
 /// models can span more than one batch with three waiters.
 #[cfg(not(loom))]
-const BATCH: usize = 32;
+pub(crate) const BATCH: usize = 32;
 #[cfg(loom)]
-const BATCH: usize = 2;
+pub(crate) const BATCH: usize = 2;
 
-/// Which of the two wait lists a node waits in.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) enum Which {
-    /// Plain waiters: woken only by completion.
-    Waiters,
-    /// Waiting initializers: woken by completion, and one at a time by a released claim.
-    Claimants,
-}
-
+/// The cell's two wait lists. Guarded by LOCKED.
 pub(crate) struct Lists {
     pub(crate) waiters: List,
-    claimants: List,
+    pub(crate) claimants: List,
 }
 
 impl Lists {
-    fn get(&mut self, which: Which) -> &mut List {
+    pub(crate) fn get(&mut self, which: Which) -> &mut List {
         match which {
             Which::Waiters => &mut self.waiters,
             Which::Claimants => &mut self.claimants,
@@ -92,16 +85,6 @@ impl Lists {
 union Payload<T, E> {
     ok: ManuallyDrop<T>,
     err: ManuallyDrop<E>,
-}
-
-/// What polling a node found.
-pub(crate) enum Polled {
-    /// The cell is complete; the state word as read with Acquire.
-    Done(usize),
-    /// The node was handed the claim (claimant nodes only).
-    Granted,
-    /// Still waiting; the node is linked with the caller's current waker.
-    Pending,
 }
 
 /// A cell that is completed at most once, with a value, an error, cancellation or a panic,
@@ -327,10 +310,29 @@ impl<T, E> Deferred<T, E> {
         self.state.fetch_or(WON, Relaxed) & WON == 0
     }
 
+    /// Takes the claim if it is free and the cell is not being completed.
+    #[inline]
+    pub(crate) fn try_claim_bit(&self) -> bool {
+        let mut state = self.state.load(Relaxed);
+        loop {
+            if state & (CLAIMED | WON) != 0 {
+                return false;
+            }
+            // Acquire: pairs with the Release in `unlock` of the claim's previous holder.
+            match self
+                .state
+                .compare_exchange_weak(state, state | CLAIMED, Acquire, Relaxed)
+            {
+                Ok(_) => return true,
+                Err(actual) => state = actual,
+            }
+        }
+    }
+
     /// Publishes the payload written by the winner and wakes everyone who waits.
     #[inline]
     fn publish(&self, kind: usize) {
-        // Release: pairs with the Acquire loads that see DONE (`try_get`, `poll_node`,
+        // Release: pairs with the Acquire loads that see DONE (`try_get`, `Waiter::poll`,
         // `lock`), which then read the payload.
         let prev = self.state.fetch_or(DONE | (kind << KIND_SHIFT), Release);
         if prev & (WAITERS | CLAIMANTS) != 0 {
@@ -578,127 +580,13 @@ impl<T, E> Deferred<T, E> {
         self.lists.with_mut(|lists| f(unsafe { &mut *lists }))
     }
 
-    /// Wakes every plain waiter linked now, without completing the cell: each one that is
-    /// polled again sees the cell still pending and links itself anew, behind a sentinel
-    /// node that marks where this round ends (so waiters that relink at once are not woken
-    /// again and again). `Lazy` uses it to let any waiter drive the computation.
-    ///
-    /// Completion callbacks stay: a round re-queues each one it meets behind its sentinel.
-    /// Rounds may overlap one another and a completion's drain; a round ends as soon as its
-    /// sentinel is off the list, whoever took it off, since whoever did woke every node
-    /// ahead of it. It always ends: nodes are only ever linked at the back, so the nodes
-    /// ahead of a linked sentinel only ever get fewer (a re-queued callback goes behind it).
-    #[cfg(feature = "alloc")]
-    pub(crate) fn notify_waiters(&self) {
-        let sentinel = core::pin::pin!(Node::new());
-        let sentinel: &Node = &sentinel;
-        let state = self.lock();
-        if state & DONE != 0 {
-            // SAFETY: we hold the lock and changed nothing.
-            unsafe { self.unlock(0, 0) };
-            // The completion wakes (or woke) everyone.
-            return;
-        }
-        // SAFETY: the lock is held; the sentinel is pinned on this frame, and `Notifier`
-        // below does not let the frame end before the sentinel is off the list.
-        unsafe { self.with_lists(|lists| lists.waiters.push_back(sentinel)) };
-        // SAFETY: we hold the lock.
-        let before = unsafe { self.unlock(0, 0) };
-        if self.owes_drain(before, true) {
-            // Completed while we linked the sentinel: the drain takes it off with the rest.
-            self.drain();
-            return;
-        }
-
-        struct Notifier<'a, T, E> {
-            cell: &'a Deferred<T, E>,
-            sentinel: &'a Node,
-        }
-        impl<T, E> Notifier<'_, T, E> {
-            fn run(&self) {
-                loop {
-                    let mut batch = Batch::new(self.cell);
-                    let state = self.cell.lock();
-                    let sentinel: *const Node = self.sentinel;
-                    // SAFETY: the lock is held; popped nodes are marked Notified and never
-                    // touched again.
-                    let finished = unsafe {
-                        self.cell.with_lists(|lists| loop {
-                            // Another round (whose sentinel is behind ours) or a completion's
-                            // drain may have taken our sentinel: then every node that was ahead
-                            // of it has been woken, and this round is over. Going on would
-                            // re-queue a callback behind no sentinel of ours, for ever.
-                            // SAFETY: the lock is held and the sentinel is ours.
-                            if self.sentinel.with_links(|l| l.status) != Status::Linked {
-                                break true;
-                            }
-                            if batch.len == BATCH {
-                                break false;
-                            }
-                            match lists.waiters.pop_front(Status::Notified) {
-                                Some((node, _)) if node == sentinel => break true,
-                                Some((node, notify)) if notify.is_callback() => {
-                                    // Callbacks wait for the completion itself: put it
-                                    // back, behind the sentinel. (A producer's closer is
-                                    // woken like a waiter, and looks again: its owner may
-                                    // skip the lock once it is marked Notified, so it must
-                                    // not be linked again here.)
-                                    // SAFETY: callback nodes live on the heap until run.
-                                    let node = &*node;
-                                    node.with_links(|l| l.notify = notify);
-                                    lists.waiters.push_back(node);
-                                }
-                                Some((_, notify)) => batch.push(notify),
-                                // Unreachable while our sentinel is linked; kept total.
-                                None => break true,
-                            }
-                        })
-                    };
-                    // The round took waiters off the list; if only closers are left, the
-                    // producer's is owed its wake (see `take_lone_closers`). A guard: if a
-                    // waker of the batch panics, unwinding still wakes it.
-                    // SAFETY: we hold the lock.
-                    let closer = unsafe { self.cell.take_lone_closers(state) };
-                    // SAFETY: we hold the lock.
-                    unsafe { self.cell.unlock(0, 0) };
-                    batch.wake_all();
-                    drop(closer);
-                    if finished {
-                        return;
-                    }
-                }
-            }
-        }
-        impl<T, E> Drop for Notifier<'_, T, E> {
-            fn drop(&mut self) {
-                // Only reached while unwinding from a panicking waker: finish the round, so
-                // the sentinel is off the list before its frame goes away.
-                self.run();
-            }
-        }
-        let notifier = Notifier {
-            cell: self,
-            sentinel,
-        };
-        notifier.run();
-        mem::forget(notifier);
-    }
-
     /// Wakes every node of both lists, a batch per lock acquisition, wakers called with
-    /// the lock released. If a waker panics, the rest are still woken (the guards below);
-    /// a second panic while unwinding aborts, as any panic in `Drop` during unwinding does.
+    /// the lock released. If a waker panics, the rest are still woken (the batch wakes what
+    /// it holds as it is dropped, and `on_unwind` drains the rest); a second panic while
+    /// unwinding aborts, as any panic in `Drop` during unwinding does.
     #[cold]
     pub(crate) fn drain(&self) {
-        struct Finish<'a, T, E>(&'a Deferred<T, E>);
-        impl<T, E> Drop for Finish<'_, T, E> {
-            fn drop(&mut self) {
-                // Only reached while unwinding from a panicking waker: finish the job.
-                self.0.drain_batches();
-            }
-        }
-        let finish = Finish(self);
-        self.drain_batches();
-        mem::forget(finish);
+        on_unwind(|| self.drain_batches(), || self.drain_batches());
     }
 
     fn drain_batches(&self) {
@@ -710,7 +598,7 @@ impl<T, E> Deferred<T, E> {
             // linked again, so this ends.
             let more = unsafe {
                 self.with_lists(|lists| {
-                    while batch.len < BATCH {
+                    while !batch.is_full() {
                         let next = match lists.waiters.pop_front(Status::Notified) {
                             Some((_, n)) => n,
                             None => match lists.claimants.pop_front(Status::Notified) {
@@ -731,437 +619,13 @@ impl<T, E> Deferred<T, E> {
             }
         }
     }
-
-    /// Polls `node` as a waiter in list `which`: returns `Done` if the cell is complete,
-    /// `Granted` if a claimant node was handed the claim (or took a free one), and
-    /// otherwise makes sure the node is linked with a notify that `is_current` accepts,
-    /// made by `make` (outside the lock), and returns `Pending`.
-    ///
-    /// A node that is linked in one list stays there (only its notify is renewed), whatever
-    /// `which` says: an initializer holding the claim waits in the plain list, and if its
-    /// completion then loses to one still being published, it is woken from there.
-    ///
-    /// # Safety
-    ///
-    /// `node` belongs to this cell alone, is pinned, and `cancel_node` runs before it is
-    /// moved or freed. `linked` is the caller's record of which list it is in, if any; it
-    /// is only ever changed here and in `cancel_node`.
-    pub(crate) unsafe fn poll_node(
-        &self,
-        node: &Node,
-        linked: &mut Option<Which>,
-        which: Which,
-        is_current: impl Fn(&Notify) -> bool,
-        make: impl FnOnce() -> Notify,
-    ) -> Polled {
-        // Acquire: pairs with the Release in `publish`.
-        let state = self.state.load(Acquire);
-        if state & DONE != 0 {
-            return Polled::Done(state);
-        }
-        if linked.is_some() {
-            let state = self.lock();
-            // SAFETY: the lock is held; the node is ours and belongs to this cell.
-            let (status, current) = unsafe {
-                node.with_links(|l| {
-                    (
-                        l.status,
-                        l.status == Status::Linked && is_current(&l.notify),
-                    )
-                })
-            };
-            if state & DONE != 0 || status == Status::Granted || current {
-                if state & DONE == 0 && status == Status::Granted {
-                    // SAFETY: the lock is held. The grant is consumed here, so a later poll
-                    // cannot take it a second time.
-                    unsafe { node.with_links(|l| l.status = Status::Idle) };
-                }
-                // SAFETY: we hold the lock and changed no list.
-                unsafe { self.unlock(0, 0) };
-                if state & DONE != 0 {
-                    return Polled::Done(state);
-                }
-                if status == Status::Granted {
-                    *linked = None;
-                    return Polled::Granted;
-                }
-                return Polled::Pending;
-            }
-            // SAFETY: as above.
-            unsafe { self.unlock(0, 0) };
-        } else if which == Which::Claimants && self.try_claim_bit() {
-            return Polled::Granted;
-        }
-
-        // Make the notify with no lock held: cloning a waker runs user code.
-        let fresh = make();
-        let state = self.lock();
-        let mut stale = Notify::None;
-        let mut granted = false;
-        let mut pushed = false;
-        if state & DONE == 0 {
-            // SAFETY: the lock is held; the node is ours and, per the caller, pinned and
-            // unlinked before it is freed.
-            unsafe {
-                let status = node.with_links(|l| l.status);
-                match status {
-                    Status::Granted => {
-                        // Consumed here, so a later poll cannot take it a second time.
-                        node.with_links(|l| l.status = Status::Idle);
-                        granted = true;
-                        stale = fresh;
-                    }
-                    Status::Linked => {
-                        node.with_links(|l| stale = mem::replace(&mut l.notify, fresh))
-                    }
-                    Status::Idle | Status::Notified => {
-                        // Take the claim if it is free: no one is queued for it then (a
-                        // released claim goes straight to the head of the queue). It must
-                        // be taken atomically here, not judged from `state`: `try_claim`
-                        // does not wait for the lock.
-                        if which == Which::Claimants && self.try_claim_bit() {
-                            granted = true;
-                            stale = fresh;
-                        } else {
-                            self.with_lists(|lists| lists.get(which).push_back(node));
-                            node.with_links(|l| l.notify = fresh);
-                            pushed = true;
-                        }
-                    }
-                }
-            }
-        } else {
-            stale = fresh;
-        }
-        // SAFETY: we hold the lock.
-        let before = unsafe { self.unlock(0, 0) };
-        if granted {
-            // Our unused waker clone is dropped (user code) while we hold a claim that no
-            // `Claim` guard owns yet: if that panics, pass the claim on rather than leak it.
-            struct Release<'a, T, E>(&'a Deferred<T, E>);
-            impl<T, E> Drop for Release<'_, T, E> {
-                fn drop(&mut self) {
-                    self.0.release_claim();
-                }
-            }
-            let release = Release(self);
-            drop(stale);
-            mem::forget(release);
-        } else {
-            drop(stale);
-        }
-        if pushed {
-            *linked = Some(which);
-        }
-        if granted {
-            *linked = None;
-            return Polled::Granted;
-        }
-        if state & DONE != 0 {
-            return Polled::Done(state);
-        }
-        if self.owes_drain(before, pushed) {
-            // The cell completed while we linked, unseen by its completer: wake the lists
-            // (our own node included) and report the outcome now.
-            self.drain();
-            // Acquire: pairs with the Release in `publish` (DONE was in `before`).
-            return Polled::Done(self.state.load(Acquire));
-        }
-        Polled::Pending
-    }
-
-    /// Unlinks `node` if it is linked; if it had been handed the claim, passes the claim on.
-    /// After this returns the cell never touches `node` again.
-    ///
-    /// # Safety
-    ///
-    /// As for `poll_node`.
-    pub(crate) unsafe fn cancel_node(&self, node: &Node, linked: &mut Option<Which>) {
-        let Some(which) = linked.take() else {
-            return;
-        };
-        if node.is_notified() {
-            // A completion took the node off the list and took its waker: nothing to undo,
-            // and no lock needed.
-            return;
-        }
-        let state = self.lock();
-        // SAFETY: the lock is held; the node belongs to this cell.
-        let (status, notify) =
-            unsafe { node.with_links(|l| (l.status, mem::replace(&mut l.notify, Notify::None))) };
-        let mut handoff = WakeOnDrop::NONE;
-        let mut clear = 0;
-        let mut closer = WakeOnDrop::NONE;
-        match status {
-            // SAFETY: the lock is held and the node is linked in `which`.
-            Status::Linked => unsafe {
-                self.with_lists(|lists| lists.get(which).remove(node));
-                closer = self.take_lone_closers(state);
-            },
-            // (No closer can be linked: closers exist only under a `Producer`, which never
-            // passes the claim on: it completes or cancels.) SAFETY: the lock is held, and the
-            // granted node's owner (us) holds the claim. `next` comes off the claimant list,
-            // which holds no callbacks, and is woken once, by the guard.
-            Status::Granted => unsafe {
-                let next;
-                (next, clear) = self.pass_claim_locked(state);
-                handoff = WakeOnDrop::new(next);
-            },
-            Status::Idle | Status::Notified => {}
-        }
-        // SAFETY: we hold the lock.
-        unsafe { self.unlock(0, clear) };
-        // Both wakes before the leaving node's own waker is dropped (user code that may
-        // panic); the guards wake them even if one of these wakes panics.
-        drop(handoff);
-        drop(closer);
-        // A future's own waker (callbacks have no future, so none is ever cancelled here).
-        drop(notify);
-    }
-
-    /// With the lock held, after a node was taken off a list: if the cell is pending and
-    /// every node left is a producer's closer (`Producer::closed`), takes them all off and
-    /// returns a guard that wakes the last of them once dropped (after the lock is
-    /// released): no one waits any more.
-    ///
-    /// This keeps the invariant that `Producer::is_closed` reads from the state word alone:
-    /// while the cell is pending, a closer is linked only beside a node that is not a closer
-    /// (it links itself only then, under the lock, and every path that unlinks a node of a
-    /// pending cell calls this before it unlocks), so WAITERS | CLAIMANTS clear means no one
-    /// waits. A completion (WON) wakes closers itself: it drains every list.
-    ///
-    /// There is usually one closer. More are linked only if a `Closed` was leaked while
-    /// linked (`mem::forget`, safe code): that ends its `&mut Producer` borrow, so another
-    /// `Closed` can link. A leaked future is never polled or dropped again, so at most one
-    /// closer in the list can still be polled: the one linked last (the list is FIFO and a
-    /// `Closed` can only be made once every earlier one is leaked or dropped, and a dropped
-    /// one unlinks itself). That one's notify is taken and woken; the ones ahead of it are
-    /// unlinked with their wakers left in their (leaked) nodes, never dropped, as a leaked
-    /// future's waker never is. This is liveness, not safety: were an earlier one still
-    /// live, it would only miss its wake (its node is marked Notified, so its owner frees it
-    /// without the lock, dropping the waker with it).
-    ///
-    /// # Safety
-    ///
-    /// The lock is held; `state` is the word `lock` returned.
-    pub(crate) unsafe fn take_lone_closers(&self, state: usize) -> WakeOnDrop {
-        if state & (WON | DONE) != 0 {
-            return WakeOnDrop::NONE;
-        }
-        // SAFETY: the lock is held (caller). Linked nodes are alive (list invariant); each
-        // popped one is marked Notified and not touched again. The last notify taken is a
-        // closer's (not a callback), taken off its node under the lock: the guard's one call.
-        unsafe {
-            let last = self.with_lists(|lists| {
-                if !lists.claimants.is_empty()
-                    || lists.waiters.is_empty()
-                    || !lists.waiters.all_closers()
-                {
-                    return None;
-                }
-                while lists.waiters.single().is_none() {
-                    lists.waiters.pop_front_leaving_notify(Status::Notified);
-                }
-                lists
-                    .waiters
-                    .pop_front(Status::Notified)
-                    .map(|(_, notify)| notify)
-            });
-            WakeOnDrop::new(last)
-        }
-    }
-
-    /// Polls a producer's closer `node` (`Producer::closed`): returns `true` once the cell is
-    /// complete or being completed, or no waiter is linked; otherwise links the node (or
-    /// renews its waker) beside the waiters and returns `false`.
-    ///
-    /// # Safety
-    ///
-    /// As for `poll_node`; and the caller holds the claim (through `&mut Producer`), so no
-    /// claim is passed on while the node is linked. Other closers may be linked: those of
-    /// `Closed` futures leaked while linked (safe code), never polled or dropped again. That
-    /// is a liveness matter, not a safety one: every closer is a node of this cell, and each
-    /// is handled as any node is (see `take_lone_closers`).
-    pub(crate) unsafe fn poll_closer(
-        &self,
-        node: &Node,
-        linked: &mut Option<Which>,
-        waker: &Waker,
-    ) -> bool {
-        if linked.is_some() && node.is_notified() {
-            // Taken off by a completion or by the last waiter to leave, which woke us; the
-            // cell does not touch the node again.
-            *linked = None;
-        }
-        if linked.is_none() {
-            // Acquire: pairs with the Release in `unlock` (the list bits) and in `publish`.
-            if is_closed(self.state.load(Acquire)) {
-                return true;
-            }
-        }
-        // Cloning a waker runs user code: outside the lock.
-        let fresh = Notify::Closer(waker.clone());
-        let state = self.lock();
-        let mut stale = Notify::None;
-        let mut pushed = false;
-        let mut unlinked = false;
-        let closed = if state & (WON | DONE) != 0 {
-            stale = fresh;
-            true
-        } else {
-            // SAFETY: the lock is held; the node is ours, pinned, and unlinked before it is
-            // freed (the caller's contract).
-            unsafe {
-                let is_linked = node.with_links(|l| l.status) == Status::Linked;
-                self.with_lists(|lists| {
-                    // Whether a node that is not a closer waits (leaked closers do not count).
-                    let others = !lists.claimants.is_empty() || !lists.waiters.all_closers();
-                    if !others {
-                        if is_linked {
-                            // Unreachable while the invariant of `take_lone_closers`
-                            // holds; kept total.
-                            lists.waiters.remove(node);
-                            node.with_links(|l| stale = mem::replace(&mut l.notify, fresh));
-                            unlinked = true;
-                        } else {
-                            stale = fresh;
-                        }
-                        true
-                    } else {
-                        if is_linked {
-                            node.with_links(|l| stale = mem::replace(&mut l.notify, fresh));
-                        } else {
-                            lists.waiters.push_back(node);
-                            node.with_links(|l| l.notify = fresh);
-                            pushed = true;
-                        }
-                        false
-                    }
-                })
-            }
-        };
-        // Leaked closers left alone by our unlinking (unreachable with ours, kept total).
-        let leaked = if unlinked {
-            // SAFETY: we hold the lock; `state` is the word `lock` returned.
-            unsafe { self.take_lone_closers(state) }
-        } else {
-            WakeOnDrop::NONE
-        };
-        // SAFETY: we hold the lock.
-        let before = unsafe { self.unlock(0, 0) };
-        // Set before any user code (a wake, the stale waker's drop) can unwind: `Drop`
-        // unlinks by it.
-        if pushed {
-            *linked = Some(Which::Waiters);
-        }
-        if unlinked {
-            *linked = None;
-        }
-        drop(leaked);
-        drop(stale);
-        if closed {
-            return true;
-        }
-        if self.owes_drain(before, pushed) {
-            // The cell completed while we linked, unseen by its completer.
-            self.drain();
-            return true;
-        }
-        false
-    }
-
-    /// With the lock held by a claim holder who is giving up without completing: hands the
-    /// claim to the oldest waiting claimant (returned, to be notified once unlocked), or
-    /// says to clear CLAIMED if there is none or the cell is already being completed.
-    ///
-    /// # Safety
-    ///
-    /// The lock is held and the caller holds the claim.
-    unsafe fn pass_claim_locked(&self, state: usize) -> (Option<Notify>, usize) {
-        if state & WON != 0 {
-            // A completion is under way: it will wake every claimant with the outcome.
-            return (None, CLAIMED);
-        }
-        // SAFETY: the lock is held.
-        match unsafe { self.with_lists(|lists| lists.claimants.pop_front(Status::Granted)) } {
-            Some((_, next)) => (Some(next), 0),
-            None => (None, CLAIMED),
-        }
-    }
-
-    /// Releases a claim without completing: the oldest waiting claimant gets it, and only
-    /// that one is woken; plain waiters sleep on.
-    pub(crate) fn release_claim(&self) {
-        let state = self.lock();
-        // SAFETY: the lock is held and the caller holds the claim.
-        let (handoff, clear) = unsafe { self.pass_claim_locked(state) };
-        // SAFETY: `handoff` came off the claimant list under the lock (no callbacks there)
-        // and is woken once, by the guard.
-        let handoff = unsafe { WakeOnDrop::new(handoff) };
-        // SAFETY: we hold the lock.
-        unsafe { self.unlock(0, clear) };
-        drop(handoff);
-    }
-
-    /// Takes the claim if it is free and the cell is not being completed.
-    #[inline]
-    pub(crate) fn try_claim_bit(&self) -> bool {
-        let mut state = self.state.load(Relaxed);
-        loop {
-            if state & (CLAIMED | WON) != 0 {
-                return false;
-            }
-            // Acquire: pairs with the Release in `unlock` of the claim's previous holder.
-            match self
-                .state
-                .compare_exchange_weak(state, state | CLAIMED, Acquire, Relaxed)
-            {
-                Ok(_) => return true,
-                Err(actual) => state = actual,
-            }
-        }
-    }
-
-    /// A polled waker's notify.
-    pub(crate) fn waker_notify(waker: &Waker) -> Notify {
-        Notify::Waker(waker.clone())
-    }
-}
-
-/// A notify taken off a list under the lock, woken (with no cell: never a callback) when the
-/// guard is dropped, after the lock is released. Dropped during unwinding too, so a panic in
-/// user code that runs first (a waker's drop or wake) does not strand it.
-#[must_use]
-pub(crate) struct WakeOnDrop(Option<Notify>);
-
-impl WakeOnDrop {
-    pub(crate) const NONE: WakeOnDrop = WakeOnDrop(None);
-
-    /// # Safety
-    ///
-    /// `notify` was taken off its node under the cell's lock, is not a callback, and is
-    /// given to no one else (this guard makes its one call). The guard is dropped only
-    /// once the lock is released.
-    pub(crate) unsafe fn new(notify: Option<Notify>) -> Self {
-        WakeOnDrop(notify)
-    }
-}
-
-impl Drop for WakeOnDrop {
-    fn drop(&mut self) {
-        if let Some(notify) = self.0.take() {
-            // SAFETY: the contract of `new`: taken off its node, not a callback (so a null
-            // cell is fine), and this is its one call, made with the lock released.
-            unsafe { notify.notify(core::ptr::null()) };
-        }
-    }
 }
 
 /// Up to `BATCH` notifies taken from the lists under the lock, woken after it is released.
 /// Dropping a batch wakes whatever it still holds, so a panicking waker does not strand the
 /// rest of its batch. The slots are left uninitialized until used, so a completion that
 /// wakes one waiter does not pay for 32.
-struct Batch {
+pub(crate) struct Batch {
     /// The cell, handed to callbacks.
     cell: *const (),
     items: [MaybeUninit<Notify>; BATCH],
@@ -1171,7 +635,7 @@ struct Batch {
 }
 
 impl Batch {
-    fn new<T, E>(cell: &Deferred<T, E>) -> Self {
+    pub(crate) fn new<T, E>(cell: &Deferred<T, E>) -> Self {
         Batch {
             cell: (cell as *const Deferred<T, E>).cast(),
             items: [const { MaybeUninit::uninit() }; BATCH],
@@ -1180,12 +644,16 @@ impl Batch {
         }
     }
 
-    fn push(&mut self, notify: Notify) {
+    pub(crate) fn is_full(&self) -> bool {
+        self.len == BATCH
+    }
+
+    pub(crate) fn push(&mut self, notify: Notify) {
         self.items[self.len].write(notify);
         self.len += 1;
     }
 
-    fn wake_all(&mut self) {
+    pub(crate) fn wake_all(&mut self) {
         while self.next < self.len {
             // SAFETY: `items[next..len]` are initialized; `next` moves past this one before
             // it is woken, so it is read exactly once even if the wake panics.

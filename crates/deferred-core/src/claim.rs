@@ -11,9 +11,9 @@ use core::{
 use futures_core::FusedFuture;
 
 use crate::{
-    cell::{Polled, Which},
-    list::Node,
-    wait::same_waker,
+    cell::{CLAIMED, WON},
+    list::{Notify, Status},
+    waiter::{Polled, Waiter, WakeBy, WakeOnDrop, Which},
     Deferred, Error,
 };
 
@@ -307,9 +307,7 @@ impl<'a, T, E> Producer<'a, T, E> {
     /// ```
     pub fn closed(&mut self) -> Closed<'_, T, E> {
         Closed {
-            cell: self.cell,
-            node: Node::new(),
-            linked: None,
+            waiter: self.cell.map(Waiter::new),
             done: false,
         }
     }
@@ -334,9 +332,7 @@ impl<'a, T, E> Producer<'a, T, E> {
 #[must_use = "futures do nothing unless polled"]
 pub struct Closed<'p, T, E = core::convert::Infallible> {
     /// `None` only for a producer that has already completed (never seen from outside).
-    cell: Option<&'p Deferred<T, E>>,
-    node: Node,
-    linked: Option<Which>,
+    waiter: Option<Waiter<&'p Deferred<T, E>>>,
     done: bool,
 }
 
@@ -352,13 +348,14 @@ impl<T, E> Future for Closed<'_, T, E> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         // SAFETY: we never move out of the pinned future.
         let this = unsafe { self.get_unchecked_mut() };
-        let Some(cell) = this.cell else {
+        let Some(waiter) = this.waiter.as_mut() else {
             this.done = true;
             return Poll::Ready(());
         };
-        // SAFETY: `node` is pinned inside `self` and `Drop` unlinks it; the producer this
-        // future borrows mutably holds the claim for as long as it lives.
-        if unsafe { cell.poll_closer(&this.node, &mut this.linked, cx.waker()) } {
+        // SAFETY: the waiter is a field of the pinned future (structural pinning: the
+        // `Option` is set once, when the future is made, and never replaced); the producer
+        // this future borrows mutably holds the claim for as long as it lives.
+        if unsafe { Pin::new_unchecked(waiter).poll_closer(cx.waker()) } {
             this.done = true;
             Poll::Ready(())
         } else {
@@ -373,20 +370,13 @@ impl<T, E> FusedFuture for Closed<'_, T, E> {
     }
 }
 
-impl<T, E> Drop for Closed<'_, T, E> {
-    fn drop(&mut self) {
-        if let Some(cell) = self.cell {
-            // SAFETY: the node is pinned and belongs to `cell`; after this the cell never
-            // touches it.
-            unsafe { cell.cancel_node(&self.node, &mut self.linked) };
-        }
-    }
-}
-
 impl<T, E> fmt::Debug for Closed<'_, T, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Closed")
-            .field("linked", &self.linked.is_some())
+            .field(
+                "linked",
+                &self.waiter.as_ref().is_some_and(Waiter::is_linked),
+            )
             .field("done", &self.done)
             .finish_non_exhaustive()
     }
@@ -458,9 +448,7 @@ impl<T, E> Deferred<T, E> {
     /// ```
     pub fn claim(&self) -> ClaimWait<'_, T, E> {
         ClaimWait {
-            cell: self,
-            node: Node::new(),
-            linked: None,
+            waiter: Waiter::new(self),
             done: false,
         }
     }
@@ -516,27 +504,6 @@ impl<T, E> Deferred<T, E> {
     }
 }
 
-/// Polls `node` in list `which`: as a claimant, or as a plain waiter (never granted the
-/// claim), which a `get_or_init` is while its own initializer runs.
-///
-/// # Safety
-///
-/// As for `Deferred::poll_node`.
-unsafe fn poll_in<T, E>(
-    cell: &Deferred<T, E>,
-    node: &Node,
-    linked: &mut Option<Which>,
-    which: Which,
-    cx: &Context<'_>,
-) -> Polled {
-    // SAFETY: forwarded to the caller.
-    unsafe {
-        cell.poll_node(node, linked, which, same_waker(cx), || {
-            Deferred::<T, E>::waker_notify(cx.waker())
-        })
-    }
-}
-
 /// A future that waits for the claim of a [`Deferred`]. Made by [`Deferred::claim`].
 ///
 /// # Cancel safety
@@ -558,9 +525,7 @@ unsafe fn poll_in<T, E>(
 /// ```
 #[must_use = "futures do nothing unless polled"]
 pub struct ClaimWait<'a, T, E = core::convert::Infallible> {
-    cell: &'a Deferred<T, E>,
-    node: Node,
-    linked: Option<Which>,
+    waiter: Waiter<&'a Deferred<T, E>>,
     done: bool,
 }
 
@@ -576,24 +541,18 @@ impl<'a, T, E> Future for ClaimWait<'a, T, E> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         // SAFETY: we never move out of the pinned future.
         let this = unsafe { self.get_unchecked_mut() };
-        // SAFETY: `node` is pinned inside `self` and `Drop` unlinks it.
-        match unsafe {
-            poll_in(
-                this.cell,
-                &this.node,
-                &mut this.linked,
-                Which::Claimants,
-                cx,
-            )
-        } {
+        let cell: &'a Deferred<T, E> = this.waiter.handle();
+        // SAFETY: the waiter is a field of the pinned future (structural pinning).
+        let waiter = unsafe { Pin::new_unchecked(&mut this.waiter) };
+        match waiter.poll(Which::Claimants, WakeBy::Task(cx.waker())) {
             Polled::Done(state) => {
                 this.done = true;
                 // SAFETY: `state` has DONE, loaded with Acquire.
-                Poll::Ready(Err(unsafe { this.cell.outcome_of(state) }))
+                Poll::Ready(Err(unsafe { cell.outcome_of(state) }))
             }
             Polled::Granted => {
                 this.done = true;
-                Poll::Ready(Ok(Claim { cell: this.cell }))
+                Poll::Ready(Ok(Claim { cell }))
             }
             Polled::Pending => Poll::Pending,
         }
@@ -606,17 +565,10 @@ impl<T, E> FusedFuture for ClaimWait<'_, T, E> {
     }
 }
 
-impl<T, E> Drop for ClaimWait<'_, T, E> {
-    fn drop(&mut self) {
-        // SAFETY: the node is pinned and belongs to `self.cell`.
-        unsafe { self.cell.cancel_node(&self.node, &mut self.linked) };
-    }
-}
-
 impl<T, E> fmt::Debug for ClaimWait<'_, T, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClaimWait")
-            .field("linked", &self.linked.is_some())
+            .field("linked", &self.waiter.is_linked())
             .field("done", &self.done)
             .finish_non_exhaustive()
     }
@@ -639,9 +591,9 @@ impl<T, E> fmt::Debug for ClaimWait<'_, T, E> {
 /// ```
 #[must_use = "futures do nothing unless polled"]
 pub struct GetOrInit<'a, T, E, F, Fut: Future> {
-    cell: &'a Deferred<T, E>,
-    node: Node,
-    linked: Option<Which>,
+    // Field order matters: the waiter is unlinked (passing on a claim it was handed and did
+    // not take) before `fut` and `claim` are dropped.
+    waiter: Waiter<&'a Deferred<T, E>>,
     done: bool,
     init: Option<F>,
     convert: fn(Fut::Output) -> Result<T, E>,
@@ -664,9 +616,7 @@ where
 {
     fn new(cell: &'a Deferred<T, E>, init: F, convert: fn(Fut::Output) -> Result<T, E>) -> Self {
         GetOrInit {
-            cell,
-            node: Node::new(),
-            linked: None,
+            waiter: Waiter::new(cell),
             done: false,
             init: Some(init),
             convert,
@@ -684,11 +634,13 @@ where
     type Output = Result<&'a T, Error<&'a E>>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        // SAFETY: we never move `node` or `fut` out of the pinned future; `fut` is only
+        // SAFETY: we never move `waiter` or `fut` out of the pinned future; `fut` is only
         // dropped in place.
         let this = unsafe { self.get_unchecked_mut() };
+        let cell: &'a Deferred<T, E> = this.waiter.handle();
+        let wake = WakeBy::Task(cx.waker());
         loop {
-            if this.fut.is_some() && this.cell.is_done() {
+            if this.fut.is_some() && cell.is_done() {
                 // Completed directly (not through our claim) while our initializer ran: its
                 // work is not wanted. Dropped in place (pinning holds), then the claim is
                 // given up, which hands nothing on: the cell is complete.
@@ -706,7 +658,7 @@ where
                         // claim matters.
                         match this.claim.take() {
                             Some(claim) => drop(claim.complete(result)),
-                            None => drop(this.cell.complete(result)),
+                            None => drop(cell.complete(result)),
                         }
                         // Fall through: wait for DONE (it is set unless another completer
                         // is between its WON and its DONE, which then wakes us).
@@ -714,11 +666,10 @@ where
                     Poll::Pending => {
                         // Wait as a plain waiter meanwhile, so that a direct completion of
                         // the cell wakes us too, not only our initializer's progress.
-                        // SAFETY: `node` is pinned inside `self` and `Drop` unlinks it.
-                        let polled = unsafe {
-                            poll_in(this.cell, &this.node, &mut this.linked, Which::Waiters, cx)
-                        };
-                        if let Polled::Done(_) = polled {
+                        // SAFETY: the waiter is a field of the pinned future (structural
+                        // pinning).
+                        let waiter = unsafe { Pin::new_unchecked(&mut this.waiter) };
+                        if let Polled::Done(_) = waiter.poll(Which::Waiters, wake) {
                             // Go round: drop the initializer and report the outcome.
                             continue;
                         }
@@ -726,23 +677,16 @@ where
                     }
                 }
             }
-            // SAFETY: `node` is pinned inside `self` and `Drop` unlinks it.
-            match unsafe {
-                poll_in(
-                    this.cell,
-                    &this.node,
-                    &mut this.linked,
-                    Which::Claimants,
-                    cx,
-                )
-            } {
+            // SAFETY: the waiter is a field of the pinned future (structural pinning).
+            let waiter = unsafe { Pin::new_unchecked(&mut this.waiter) };
+            match waiter.poll(Which::Claimants, wake) {
                 Polled::Done(state) => {
                     this.done = true;
                     // SAFETY: `state` has DONE, loaded with Acquire.
-                    return Poll::Ready(unsafe { this.cell.outcome_of(state) });
+                    return Poll::Ready(unsafe { cell.outcome_of(state) });
                 }
                 Polled::Granted => {
-                    let claim = Claim { cell: this.cell };
+                    let claim = Claim { cell };
                     match this.init.take() {
                         Some(init) => {
                             // Hold the claim before running user code, so a panic in
@@ -771,20 +715,49 @@ where
     }
 }
 
-impl<T, E, F, Fut: Future> Drop for GetOrInit<'_, T, E, F, Fut> {
-    fn drop(&mut self) {
-        // SAFETY: the node is pinned and belongs to `self.cell`. `fut` and `claim` are
-        // dropped after this, in that order.
-        unsafe { self.cell.cancel_node(&self.node, &mut self.linked) };
-    }
-}
-
 impl<T, E, F, Fut: Future> fmt::Debug for GetOrInit<'_, T, E, F, Fut> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GetOrInit")
             .field("running", &self.fut.is_some())
-            .field("linked", &self.linked.is_some())
+            .field("linked", &self.waiter.is_linked())
             .field("done", &self.done)
             .finish_non_exhaustive()
+    }
+}
+
+// ----- the hand-off of a released claim -------------------------------------------------
+
+impl<T, E> Deferred<T, E> {
+    /// With the lock held by a claim holder who is giving up without completing: hands the
+    /// claim to the oldest waiting claimant (returned, to be notified once unlocked), or
+    /// says to clear CLAIMED if there is none or the cell is already being completed.
+    ///
+    /// # Safety
+    ///
+    /// The lock is held and the caller holds the claim.
+    pub(crate) unsafe fn pass_claim_locked(&self, state: usize) -> (Option<Notify>, usize) {
+        if state & WON != 0 {
+            // A completion is under way: it will wake every claimant with the outcome.
+            return (None, CLAIMED);
+        }
+        // SAFETY: the lock is held.
+        match unsafe { self.with_lists(|lists| lists.claimants.pop_front(Status::Granted)) } {
+            Some((_, next)) => (Some(next), 0),
+            None => (None, CLAIMED),
+        }
+    }
+
+    /// Releases a claim without completing: the oldest waiting claimant gets it, and only
+    /// that one is woken; plain waiters sleep on.
+    pub(crate) fn release_claim(&self) {
+        let state = self.lock();
+        // SAFETY: the lock is held and the caller holds the claim.
+        let (handoff, clear) = unsafe { self.pass_claim_locked(state) };
+        // SAFETY: `handoff` came off the claimant list under the lock (no callbacks there)
+        // and is woken once, by the guard.
+        let handoff = unsafe { WakeOnDrop::new(handoff) };
+        // SAFETY: we hold the lock.
+        unsafe { self.unlock(0, clear) };
+        drop(handoff);
     }
 }

@@ -7,6 +7,7 @@ use alloc::{
     task::Wake,
 };
 use core::{
+    borrow::Borrow,
     convert::Infallible,
     fmt,
     future::{Future, IntoFuture},
@@ -18,10 +19,8 @@ use core::{
 use futures_core::FusedFuture;
 
 use crate::{
-    cell::Which,
-    list::Node,
     loom::{AtomicUsize, Ordering::*, UnsafeCell},
-    wait::same_waker,
+    waiter::{on_unwind, CellRef, Polled, Waiter, WakeBy, Which},
     Deferred, Error,
 };
 
@@ -81,6 +80,26 @@ impl<T, E, F, Fut> Drop for Shared<T, E, F, Fut> {
 impl<T, E, F, Fut> Drop for Lazy<T, E, F, Fut> {
     fn drop(&mut self) {
         self.shared.release_handle();
+    }
+}
+
+// SAFETY: a `Lazy` always leads to the cell of the one `Shared` its `Arc` keeps alive.
+unsafe impl<T, E, F, Fut> CellRef for Lazy<T, E, F, Fut> {
+    type T = T;
+    type E = E;
+    #[inline]
+    fn cell(&self) -> &Deferred<T, E> {
+        &self.shared.cell
+    }
+}
+
+// SAFETY: as for `Lazy`; the reference keeps the handle, and so the cell, alive.
+unsafe impl<T, E, F, Fut> CellRef for &Lazy<T, E, F, Fut> {
+    type T = T;
+    type E = E;
+    #[inline]
+    fn cell(&self) -> &Deferred<T, E> {
+        &self.shared.cell
     }
 }
 
@@ -395,9 +414,7 @@ impl<T, E, F, Fut> Lazy<T, E, F, Fut> {
     /// ```
     pub fn wait(&self) -> LazyWait<'_, T, E, F, Fut> {
         LazyWait {
-            shared: &self.shared,
-            node: Node::new(),
-            linked: None,
+            waiter: Waiter::new(self),
             done: false,
         }
     }
@@ -554,26 +571,29 @@ where
 {
     /// Polls the computation once; DRIVING is held by the caller and released here.
     fn drive(self: &Arc<Self>) {
-        /// If the computation panics: the cell dies, the computation is dropped, DRIVING is
-        /// released, and the panic goes on.
-        struct Bail<'a, T, E, F, Fut>(&'a Shared<T, E, F, Fut>);
-        impl<T, E, F, Fut> Drop for Bail<'_, T, E, F, Fut> {
-            fn drop(&mut self) {
-                // SAFETY: DRIVING is held by this thread (we are unwinding out of `drive`).
-                self.0
-                    .computation
-                    .with_mut(|c| unsafe { *c = Computation::Finished });
-                self.0.cell.die();
-                self.0.release_drive(true);
-            }
-        }
-
-        let bail = Bail(self);
         let waker = Waker::from(Arc::clone(&self.relay));
         let mut cx = Context::from_waker(&waker);
+        // If the computation panics: the cell dies, the computation is dropped, DRIVING is
+        // released, and the panic goes on.
+        let (result, finished) = on_unwind(|| self.poll_computation(&mut cx), || self.bail());
+        if let Some(result) = result {
+            // A completion from outside may have won; our result is then dropped.
+            drop(self.cell.complete(result));
+        }
+        if self.release_drive(finished) && !self.cell.is_done() {
+            // Woken while we polled: that wake may have reached no one (a waiter that
+            // linked later missed it), so pass it on to every waiter now.
+            self.cell.notify_waiters();
+        }
+    }
+
+    /// Polls the computation (starting it first if need be), unless the cell is already
+    /// complete; returns its result if it finished, and whether it is gone. DRIVING is held
+    /// by the caller.
+    fn poll_computation(&self, cx: &mut Context<'_>) -> (Option<Result<T, E>>, bool) {
         // SAFETY: DRIVING gives this thread sole access to `computation`. The future lives
         // in the `Arc`'s allocation and is only ever dropped in place, so pinning holds.
-        let (result, finished) = self.computation.with_mut(|c| unsafe {
+        self.computation.with_mut(|c| unsafe {
             let c = &mut *c;
             if self.cell.is_done() {
                 // Completed (or aborted) from outside: the computation has nothing left to
@@ -587,7 +607,7 @@ where
                 }
             }
             let result = match c {
-                Computation::Running(fut) => match Pin::new_unchecked(fut).poll(&mut cx) {
+                Computation::Running(fut) => match Pin::new_unchecked(fut).poll(cx) {
                     Poll::Ready(result) => {
                         *c = Computation::Finished;
                         Some(result)
@@ -603,17 +623,16 @@ where
                 _ => None,
             };
             (result, matches!(c, Computation::Finished))
-        });
-        core::mem::forget(bail);
-        if let Some(result) = result {
-            // A completion from outside may have won; our result is then dropped.
-            drop(self.cell.complete(result));
-        }
-        if self.release_drive(finished) && !self.cell.is_done() {
-            // Woken while we polled: that wake may have reached no one (a waiter that
-            // linked later missed it), so pass it on to every waiter now.
-            self.cell.notify_waiters();
-        }
+        })
+    }
+
+    /// The unwinding path of `drive`, when the computation panicked.
+    fn bail(&self) {
+        // SAFETY: DRIVING is held by this thread (we are unwinding out of `drive`).
+        self.computation
+            .with_mut(|c| unsafe { *c = Computation::Finished });
+        self.cell.die();
+        self.release_drive(true);
     }
 }
 
@@ -664,9 +683,7 @@ where
 /// ```
 #[must_use = "futures do nothing unless polled"]
 pub struct LazyWait<'a, T, E, F, Fut> {
-    shared: &'a Arc<Shared<T, E, F, Fut>>,
-    node: Node,
-    linked: Option<Which>,
+    waiter: Waiter<&'a Lazy<T, E, F, Fut>>,
     done: bool,
 }
 
@@ -688,47 +705,37 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         // SAFETY: we never move out of the pinned future.
         let this = unsafe { self.get_unchecked_mut() };
-        let shared: &'a Arc<Shared<T, E, F, Fut>> = this.shared;
-        // SAFETY: `node` is pinned inside `self` and `Drop` unlinks it.
-        let state =
-            core::task::ready!(unsafe { poll_lazy(shared, &this.node, &mut this.linked, cx) });
+        let lazy: &'a Lazy<T, E, F, Fut> = this.waiter.handle();
+        // SAFETY: the waiter is a field of the pinned future (structural pinning).
+        let waiter = unsafe { Pin::new_unchecked(&mut this.waiter) };
+        let state = core::task::ready!(poll_lazy(waiter, cx));
         this.done = true;
         // SAFETY: `state` has DONE, loaded with Acquire.
-        Poll::Ready(unsafe { shared.cell.outcome_of(state) })
+        Poll::Ready(unsafe { lazy.shared.cell.outcome_of(state) })
     }
 }
 
-/// Polls an awaiter of a lazy cell: links it, then drives the computation if no one else
-/// is. `Ready(state)` once the cell is complete.
-///
-/// # Safety
-///
-/// As for `Deferred::poll_node`.
-unsafe fn poll_lazy<T, E, F, Fut>(
-    shared: &Arc<Shared<T, E, F, Fut>>,
-    node: &Node,
-    linked: &mut Option<Which>,
-    cx: &Context<'_>,
-) -> Poll<usize>
+/// Polls an awaiter of a lazy cell (whose handle is a `Lazy` or a `&Lazy`): links it, then
+/// drives the computation if no one else is. `Ready(state)` once the cell is complete.
+fn poll_lazy<H, T, E, F, Fut>(mut waiter: Pin<&mut Waiter<H>>, cx: &Context<'_>) -> Poll<usize>
 where
+    H: CellRef<T = T, E = E> + Borrow<Lazy<T, E, F, Fut>>,
     T: Send + Sync + 'static,
     E: Send + Sync + 'static,
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = Result<T, E>> + Send + 'static,
 {
-    let cell = &shared.cell;
     // Link first, then try to drive: a wake of the computation that lands after we linked
     // reaches us, and one that lands while someone drives is passed on by that driver
     // (REPOLL).
-    // SAFETY: forwarded to the caller.
-    let polled = unsafe {
-        cell.poll_node(node, linked, Which::Waiters, same_waker(cx), || {
-            Deferred::<T, E>::waker_notify(cx.waker())
-        })
-    };
-    if let crate::cell::Polled::Done(state) = polled {
+    let polled = waiter
+        .as_mut()
+        .poll(Which::Waiters, WakeBy::Task(cx.waker()));
+    if let Polled::Done(state) = polled {
         return Poll::Ready(state);
     }
+    let shared = &waiter.handle().borrow().shared;
+    let cell = &shared.cell;
     if shared.try_drive() {
         shared.drive();
         if cell.is_done() {
@@ -800,9 +807,7 @@ impl<T, E, F, Fut> Lazy<T, E, F, Fut> {
     /// ```
     pub fn wait_owned(self) -> OwnedLazyWait<T, E, F, Fut> {
         OwnedLazyWait {
-            lazy: self,
-            node: Node::new(),
-            linked: None,
+            waiter: Waiter::new(self),
             done: false,
         }
     }
@@ -824,9 +829,7 @@ impl<T, E, F, Fut> Lazy<T, E, F, Fut> {
 /// ```
 #[must_use = "futures do nothing unless polled"]
 pub struct OwnedLazyWait<T, E = Infallible, F = BoxInit<T, E>, Fut = BoxFuture<T, E>> {
-    lazy: Lazy<T, E, F, Fut>,
-    node: Node,
-    linked: Option<Which>,
+    waiter: Waiter<Lazy<T, E, F, Fut>>,
     done: bool,
 }
 
@@ -851,7 +854,7 @@ impl<T, E, F, Fut> OwnedLazyWait<T, E, F, Fut> {
     /// assert!(Lazy::ptr_eq(fut.lazy(), &lazy));
     /// ```
     pub fn lazy(&self) -> &Lazy<T, E, F, Fut> {
-        &self.lazy
+        self.waiter.handle()
     }
 }
 
@@ -867,13 +870,12 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         // SAFETY: we never move out of the pinned future.
         let this = unsafe { self.get_unchecked_mut() };
-        // SAFETY: `node` is pinned inside `self` and `Drop` unlinks it.
-        let state = core::task::ready!(unsafe {
-            poll_lazy(&this.lazy.shared, &this.node, &mut this.linked, cx)
-        });
+        // SAFETY: the waiter is a field of the pinned future (structural pinning).
+        let waiter = unsafe { Pin::new_unchecked(&mut this.waiter) };
+        let state = core::task::ready!(poll_lazy(waiter, cx));
         this.done = true;
         // SAFETY: `state` has DONE, loaded with Acquire.
-        let outcome = unsafe { this.lazy.shared.cell.outcome_of(state) };
+        let outcome = unsafe { this.waiter.handle().shared.cell.outcome_of(state) };
         Poll::Ready(outcome.cloned().map_err(Error::cloned))
     }
 }
@@ -890,22 +892,10 @@ where
     }
 }
 
-impl<T, E, F, Fut> Drop for OwnedLazyWait<T, E, F, Fut> {
-    fn drop(&mut self) {
-        // SAFETY: the node is pinned and belongs to the cell, which `self.lazy` keeps alive.
-        unsafe {
-            self.lazy
-                .shared
-                .cell
-                .cancel_node(&self.node, &mut self.linked)
-        };
-    }
-}
-
 impl<T, E, F, Fut> fmt::Debug for OwnedLazyWait<T, E, F, Fut> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OwnedLazyWait")
-            .field("linked", &self.linked.is_some())
+            .field("linked", &self.waiter.is_linked())
             .field("done", &self.done)
             .finish_non_exhaustive()
     }
@@ -923,14 +913,6 @@ where
     }
 }
 
-impl<T, E, F, Fut> Drop for LazyWait<'_, T, E, F, Fut> {
-    fn drop(&mut self) {
-        // SAFETY: the node is pinned and belongs to the shared cell, which `self.shared`
-        // keeps alive.
-        unsafe { self.shared.cell.cancel_node(&self.node, &mut self.linked) };
-    }
-}
-
 impl<T: fmt::Debug, E: fmt::Debug, F, Fut> fmt::Debug for Lazy<T, E, F, Fut> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Lazy")
@@ -942,7 +924,7 @@ impl<T: fmt::Debug, E: fmt::Debug, F, Fut> fmt::Debug for Lazy<T, E, F, Fut> {
 impl<T, E, F, Fut> fmt::Debug for LazyWait<'_, T, E, F, Fut> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LazyWait")
-            .field("linked", &self.linked.is_some())
+            .field("linked", &self.waiter.is_linked())
             .field("done", &self.done)
             .finish_non_exhaustive()
     }

@@ -20,6 +20,7 @@ pub mod sync;
 #[cfg(feature = "std")]
 pub mod time;
 mod wait;
+mod waiter;
 
 #[cfg(feature = "std")]
 mod blocking;

@@ -1,5 +1,5 @@
-//! The intrusive wait list: pinned nodes that live inside the futures (or on the stack of a
-//! blocking waiter) and are linked into a cell's list while they wait.
+//! The intrusive wait list: pinned nodes that live inside the futures' `Waiter`s (or on the
+//! stack of a blocking waiter) and are linked into a cell's list while they wait.
 //!
 //! Every field here is guarded by the `LOCKED` bit of the owning cell's state word. A node
 //! is linked and unlinked in O(1); it is never touched by the cell after the cell has set its
@@ -108,7 +108,9 @@ pub(crate) struct Links {
 }
 
 /// One waiter. `!Unpin`: once linked, it must not move until it is unlinked, which its
-/// owner's `Drop` guarantees.
+/// owner guarantees (a `Waiter`, pinned while linked, unlinks it in its `Drop`; a
+/// callback's node lives on the heap until it is run or freed; `notify_waiters`' sentinel
+/// is pinned on a frame that ends only once it is off the list).
 pub(crate) struct Node {
     pub(crate) links: UnsafeCell<Links>,
     /// Set (with Release, under the lock, as the very last touch) when a completion takes the

@@ -4,43 +4,20 @@ use core::{
     fmt,
     future::{Future, IntoFuture},
     pin::Pin,
-    task::{Context, Poll, Waker},
+    task::{Context, Poll},
 };
 
 use futures_core::FusedFuture;
 
 use crate::{
-    cell::{Polled, Which},
-    list::{Node, Notify},
+    waiter::{CellRef, Polled, Waiter, WakeBy, Which},
     Deferred, Error,
 };
 
-/// Whether `notify` already wakes the task that `cx` belongs to, so a re-poll need not
-/// clone its waker.
+/// Polls `waiter` as a plain waiter of its cell; `Ready(state)` once the cell is complete.
 #[inline]
-pub(crate) fn same_waker<'a>(cx: &'a Context<'_>) -> impl Fn(&Notify) -> bool + 'a {
-    let waker: &'a Waker = cx.waker();
-    move |notify| matches!(notify, Notify::Waker(w) if w.will_wake(waker))
-}
-
-/// Polls `node` as a plain waiter of `cell`; `Ready(state)` once the cell is complete.
-///
-/// # Safety
-///
-/// As for `Deferred::poll_node`.
-#[inline]
-unsafe fn poll_waiter<T, E>(
-    cell: &Deferred<T, E>,
-    node: &Node,
-    linked: &mut Option<Which>,
-    cx: &Context<'_>,
-) -> Poll<usize> {
-    // SAFETY: forwarded to the caller.
-    match unsafe {
-        cell.poll_node(node, linked, Which::Waiters, same_waker(cx), || {
-            Deferred::<T, E>::waker_notify(cx.waker())
-        })
-    } {
+fn poll_waiter<H: CellRef>(waiter: Pin<&mut Waiter<H>>, cx: &Context<'_>) -> Poll<usize> {
+    match waiter.poll(Which::Waiters, WakeBy::Task(cx.waker())) {
         Polled::Done(state) => Poll::Ready(state),
         // Plain waiters are never granted the claim.
         Polled::Granted | Polled::Pending => Poll::Pending,
@@ -69,9 +46,7 @@ unsafe fn poll_waiter<T, E>(
 /// ```
 #[must_use = "futures do nothing unless polled"]
 pub struct Wait<'a, T, E = core::convert::Infallible> {
-    cell: &'a Deferred<T, E>,
-    node: Node,
-    linked: Option<Which>,
+    waiter: Waiter<&'a Deferred<T, E>>,
     done: bool,
 }
 
@@ -95,9 +70,7 @@ impl<T, E> Deferred<T, E> {
     /// ```
     pub fn wait(&self) -> Wait<'_, T, E> {
         Wait {
-            cell: self,
-            node: Node::new(),
-            linked: None,
+            waiter: Waiter::new(self),
             done: false,
         }
     }
@@ -135,14 +108,15 @@ impl<'a, T, E> Future for Wait<'a, T, E> {
     type Output = Result<&'a T, Error<&'a E>>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        // SAFETY: we never move out of the pinned future; `node` stays where it is.
+        // SAFETY: we never move out of the pinned future; the waiter stays where it is.
         let this = unsafe { self.get_unchecked_mut() };
-        // SAFETY: `node` is pinned inside `self` and `Drop` unlinks it.
-        let state =
-            core::task::ready!(unsafe { poll_waiter(this.cell, &this.node, &mut this.linked, cx) });
+        let cell: &'a Deferred<T, E> = this.waiter.handle();
+        // SAFETY: the waiter is a field of the pinned future (structural pinning).
+        let waiter = unsafe { Pin::new_unchecked(&mut this.waiter) };
+        let state = core::task::ready!(poll_waiter(waiter, cx));
         this.done = true;
         // SAFETY: `poll_waiter` returns a state with DONE, loaded with Acquire.
-        Poll::Ready(unsafe { this.cell.outcome_of(state) })
+        Poll::Ready(unsafe { cell.outcome_of(state) })
     }
 }
 
@@ -152,18 +126,10 @@ impl<T, E> FusedFuture for Wait<'_, T, E> {
     }
 }
 
-impl<T, E> Drop for Wait<'_, T, E> {
-    fn drop(&mut self) {
-        // SAFETY: the node is pinned (we are in `drop`, it has not moved) and belongs to
-        // `self.cell`; after this the cell never touches it.
-        unsafe { self.cell.cancel_node(&self.node, &mut self.linked) };
-    }
-}
-
 impl<T, E> fmt::Debug for Wait<'_, T, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Wait")
-            .field("linked", &self.linked.is_some())
+            .field("linked", &self.waiter.is_linked())
             .field("done", &self.done)
             .finish_non_exhaustive()
     }
@@ -232,9 +198,7 @@ mod owned {
     /// ```
     #[must_use = "futures do nothing unless polled"]
     pub struct OwnedWait<T, E = core::convert::Infallible> {
-        cell: Arc<Deferred<T, E>>,
-        node: Node,
-        linked: Option<Which>,
+        waiter: Waiter<Arc<Deferred<T, E>>>,
         done: bool,
     }
 
@@ -257,9 +221,7 @@ mod owned {
         /// ```
         pub fn wait_owned(this: Arc<Self>) -> OwnedWait<T, E> {
             OwnedWait {
-                cell: this,
-                node: Node::new(),
-                linked: None,
+                waiter: Waiter::new(this),
                 done: false,
             }
         }
@@ -271,13 +233,12 @@ mod owned {
         fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
             // SAFETY: we never move out of the pinned future.
             let this = unsafe { self.get_unchecked_mut() };
-            // SAFETY: `node` is pinned inside `self` and `Drop` unlinks it.
-            let state = core::task::ready!(unsafe {
-                poll_waiter(&this.cell, &this.node, &mut this.linked, cx)
-            });
+            // SAFETY: the waiter is a field of the pinned future (structural pinning).
+            let waiter = unsafe { Pin::new_unchecked(&mut this.waiter) };
+            let state = core::task::ready!(poll_waiter(waiter, cx));
             this.done = true;
             // SAFETY: `state` has DONE, loaded with Acquire.
-            let outcome = unsafe { this.cell.outcome_of(state) };
+            let outcome = unsafe { this.waiter.handle().outcome_of(state) };
             Poll::Ready(outcome.cloned().map_err(Error::cloned))
         }
     }
@@ -288,18 +249,10 @@ mod owned {
         }
     }
 
-    impl<T, E> Drop for OwnedWait<T, E> {
-        fn drop(&mut self) {
-            // SAFETY: the node is pinned and belongs to `self.cell`, which the `Arc` keeps
-            // alive until after this.
-            unsafe { self.cell.cancel_node(&self.node, &mut self.linked) };
-        }
-    }
-
     impl<T, E> fmt::Debug for OwnedWait<T, E> {
         fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             f.debug_struct("OwnedWait")
-                .field("linked", &self.linked.is_some())
+                .field("linked", &self.waiter.is_linked())
                 .field("done", &self.done)
                 .finish_non_exhaustive()
         }
