@@ -67,8 +67,6 @@ pub type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 pub(crate) type Spawner = Box<dyn Fn(Task) + Send + Sync>;
 
-pub(crate) type Weigher<K, V> = Box<dyn Fn(&K, &V) -> u32 + Send + Sync>;
-
 pub(crate) type UserListener<K, V> = Arc<dyn Fn(&K, &V, RemovalCause) + Send + Sync>;
 
 /// What the inner cache stores: a value (or a cached error) with its deadlines. In
@@ -447,10 +445,7 @@ where
 {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn from_parts(
-        capacity: Option<u64>,
-        weigher: Option<Weigher<K, V>>,
-        initial_capacity: usize,
-        hasher: S,
+        inner: deferred_cache::Builder<K, Entry<V, E>, E, S>,
         clock: C,
         policy: Policy<K, V>,
         listener: Option<UserListener<K, V>>,
@@ -462,24 +457,12 @@ where
             due: AtomicU64::new(NEVER),
         });
         let on_removal = Arc::clone(&timers);
-        let mut builder = Cache::builder()
-            .initial_capacity(initial_capacity)
-            .hasher(hasher)
-            .eviction_listener(move |key: &K, entry: &Entry<V, E>, cause| {
-                on_removal.cancel(entry.timer.load(Acquire));
-                if let (Some(listener), Ok(value)) = (&listener, &entry.slot) {
-                    listener(key, value, cause);
-                }
-            });
-        if let Some(capacity) = capacity {
-            builder = builder.max_capacity(capacity);
-        }
-        if let Some(weigher) = weigher {
-            builder = builder.weigher(move |key: &K, entry: &Entry<V, E>| match &entry.slot {
-                Ok(value) => weigher(key, value),
-                Err(_) => 1,
-            });
-        }
+        let builder = inner.eviction_listener(move |key: &K, entry: &Entry<V, E>, cause| {
+            on_removal.cancel(entry.timer.load(Acquire));
+            if let (Some(listener), Ok(value)) = (&listener, &entry.slot) {
+                listener(key, value, cause);
+            }
+        });
         Ok(ExpiringCache {
             core: Arc::new(Core {
                 inner: builder.try_build()?,
