@@ -16,6 +16,7 @@ use super::{
 use crate::Lazy;
 
 impl<K, V, E, S> DeferredMap<K, V, E, S> {
+    /// The shard that entries of `hash` live in.
     pub(super) fn shard(&self, hash: u64) -> &SpinRwLock<HashTable<Slot<K, V, E>>> {
         // The top bits pick the shard; hashbrown uses the low ones within it.
         let index = if self.shift == u64::BITS {
