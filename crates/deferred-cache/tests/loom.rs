@@ -3,8 +3,8 @@
 //! Two or three threads each. The map's shard locks, the cells' state words, the policy's
 //! locks and the cache's own atomics and thread-locals all come through loom, so loom
 //! explores their interleavings: claim, complete, error, panic, cancel hand-off, stalled
-//! leader, cancel-all, and admission racing invalidation.
-#![cfg(loom)]
+//! leader, cancel-all, and admission racing invalidation. Without `--cfg loom` each model
+//! runs once on std threads (`deferred_test_support::loom`), a plain test.
 #![allow(clippy::std_instead_of_core)]
 
 use std::{
@@ -12,25 +12,22 @@ use std::{
     panic::{catch_unwind, AssertUnwindSafe},
     pin::{pin, Pin},
     sync::atomic::Ordering::SeqCst,
-    task::{Context, Poll},
+    task::Poll,
 };
 
 use deferred_cache::{Cache, LoadError, Source};
-use futures::task::noop_waker;
-use loom::{
+use deferred_test_support::loom::{
+    self,
     future::block_on,
     sync::{atomic::AtomicUsize, Arc},
     thread,
 };
+use deferred_test_support::{poll_once, quiet_panics_saying, FixedHasher};
 
-/// A fixed hasher: `RandomState` would pick other shards (other loom objects) on every
-/// run, and a loom model must be deterministic.
-type Hasher = std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher>;
-
-type C = Cache<u8, usize, &'static str, Hasher>;
+type C = Cache<u8, usize, &'static str, FixedHasher>;
 
 fn cache(capacity: Option<u64>) -> Arc<C> {
-    let builder = Cache::builder().hasher(Hasher::default());
+    let builder = Cache::builder().hasher(FixedHasher::default());
     Arc::new(match capacity {
         Some(c) => builder.max_capacity(c).build(),
         None => builder.build(),
@@ -39,29 +36,6 @@ fn cache(capacity: Option<u64>) -> Arc<C> {
 
 /// The message of the panics the models raise on purpose.
 const EXPECTED_PANIC: &str = "loader panics";
-
-/// Keeps the panics this model raises on purpose quiet: a model runs thousands of times, and
-/// the test harness would keep every message (and backtrace) in memory. Any other panic
-/// goes to the default hook.
-fn quiet_expected_panics() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let default = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            let expected = info
-                .payload()
-                .downcast_ref::<&str>()
-                .is_some_and(|msg| *msg == EXPECTED_PANIC);
-            if !expected {
-                default(info);
-            }
-        }));
-    });
-}
-
-fn poll_once<F: Future>(fut: Pin<&mut F>) -> Poll<F::Output> {
-    fut.poll(&mut Context::from_waker(&noop_waker()))
-}
 
 /// Counts a loader's start and its drop (finished or not).
 #[derive(Clone)]
@@ -189,7 +163,7 @@ fn an_error_reaches_the_waiter_and_is_not_kept() {
 
 #[test]
 fn a_panic_unwinds_only_the_driver() {
-    quiet_expected_panics();
+    quiet_panics_saying(EXPECTED_PANIC);
     // One preemption: loom runs its threads as fibers of one OS thread, which share
     // `std::thread::panicking()`. With more preemptions, loom can switch from a thread that
     // is unwinding to one that drops a lock guard taken before the panic; the std mutex
@@ -357,7 +331,7 @@ fn concurrent_inserts_stay_within_capacity() {
 fn admissions_in_two_shards_evict_once_for_one_overflow() {
     use std::hash::BuildHasher;
     // 512 is split into two policy shards of 256, picked by the low bit of the hash.
-    let low_bit = |k: u8| Hasher::default().hash_one(k) & 1;
+    let low_bit = |k: u8| FixedHasher::default().hash_one(k) & 1;
     let a = 0u8;
     let b = (1..=u8::MAX)
         .find(|&k| low_bit(k) != low_bit(a))
@@ -365,7 +339,7 @@ fn admissions_in_two_shards_evict_once_for_one_overflow() {
     loom::model(move || {
         let cache: Arc<C> = Arc::new(
             Cache::builder()
-                .hasher(Hasher::default())
+                .hasher(FixedHasher::default())
                 .max_capacity(512)
                 .weigher(|_, v: &usize| *v as u32)
                 .build(),
@@ -392,18 +366,19 @@ mod review_12 {
     use std::{pin::Pin, sync::atomic::Ordering::SeqCst, task::Poll};
 
     use deferred_cache::Cache;
-    use loom::{
+    use deferred_test_support::loom::{
+        self,
         future::block_on,
         sync::{atomic::AtomicUsize, Arc},
         thread,
     };
+    use deferred_test_support::FixedHasher;
 
-    type Hasher = std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher>;
-    type C = Cache<u8, usize, &'static str, Hasher>;
+    type C = Cache<u8, usize, &'static str, FixedHasher>;
 
     fn cache(capacity: u64) -> C {
         Cache::builder()
-            .hasher(Hasher::default())
+            .hasher(FixedHasher::default())
             .max_capacity(capacity)
             .build()
     }

@@ -15,18 +15,11 @@
 
 #![allow(clippy::std_instead_of_core)] // tests run on std; `core::` paths matter in the library only.
 
-use std::{
-    cell::Cell,
-    collections::HashMap,
-    future::Future,
-    pin::pin,
-    sync::Arc,
-    task::{Context, Poll},
-    time::Duration,
-};
+use std::{cell::Cell, collections::HashMap, sync::Arc, task::Poll, time::Duration};
 
 use deferred_cache::{Cache, LoadError, Source, Stats};
-use futures::{executor::block_on, task::noop_waker};
+use deferred_test_support::poll_once;
+use futures::executor::block_on;
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
@@ -64,11 +57,6 @@ fn op(keys: u8) -> impl Strategy<Value = Op> {
 
 type TestCache = Cache<u8, u32, u32>;
 type Outcome = (Result<u32, LoadError<u32>>, Source);
-
-fn poll_once<F: Future>(fut: F) -> Poll<F::Output> {
-    let fut = pin!(fut);
-    fut.poll(&mut Context::from_waker(&noop_waker()))
-}
 
 /// `get_with(k)` with a loader that returns `result`; also whether the loader was called.
 fn load(cache: &TestCache, k: u8, result: Result<u32, u32>) -> (Outcome, bool) {

@@ -13,11 +13,12 @@ use std::{
     panic::{catch_unwind, AssertUnwindSafe},
     sync::{
         atomic::{AtomicUsize, Ordering::SeqCst},
-        Arc, Mutex, Once,
+        Arc, Mutex,
     },
 };
 
 use deferred_cache::{Cache, RemovalCause};
+use deferred_test_support::quiet_panics_saying;
 
 type Log = Arc<Mutex<Vec<(u64, u32, RemovalCause)>>>;
 
@@ -43,19 +44,8 @@ const WEIGHER_PANIC: &str = "weigher panics on purpose";
 
 /// Keeps the panics raised here on purpose quiet; any other panic goes to the default hook.
 fn quiet_expected_panics() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let default = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            let expected = info
-                .payload()
-                .downcast_ref::<&str>()
-                .is_some_and(|msg| *msg == LISTENER_PANIC || *msg == WEIGHER_PANIC);
-            if !expected {
-                default(info);
-            }
-        }));
-    });
+    quiet_panics_saying(LISTENER_PANIC);
+    quiet_panics_saying(WEIGHER_PANIC);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -477,14 +467,8 @@ mod review_12 {
     const HANG: Duration = Duration::from_secs(5);
 
     fn quiet_panics() {
-        // Expected panics are noise; keep the hook's default for anything else.
-        let default = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            let msg = info.to_string();
-            if !msg.contains("review:") {
-                default(info);
-            }
-        }));
+        // Expected panics are noise; any other panic still prints.
+        deferred_test_support::quiet_panics_containing("review:");
     }
 
     // ---------------------------------------------------------------------------------------

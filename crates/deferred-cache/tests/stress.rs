@@ -35,7 +35,7 @@ use std::{
     pin::Pin,
     sync::{
         atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst},
-        mpsc, Arc, Mutex, Once,
+        mpsc, Arc, Mutex,
     },
     task::Poll,
     time::{Duration, Instant},
@@ -547,15 +547,7 @@ impl Shared {
 
 /// Silences the panic hook for loader panics (expected, and many); any other panic prints.
 fn quiet_loader_panics() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let default = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            if info.payload().downcast_ref::<LoaderPanic>().is_none() {
-                default(info);
-            }
-        }));
-    });
+    deferred_test_support::quiet_panics_of::<LoaderPanic>();
 }
 
 fn env_u64(name: &str) -> Option<u64> {

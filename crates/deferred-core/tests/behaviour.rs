@@ -15,8 +15,9 @@ use std::{
     thread,
 };
 
-use common::{counting_waker, poll_once, Counts};
+use common::{counting_waker, Counts};
 use deferred_core::{Deferred, Error};
+use deferred_test_support::{poll_once, poll_with};
 use futures::{executor::block_on, task::noop_waker};
 
 /// Loop counts shrink under Miri, which is slow.
@@ -147,7 +148,7 @@ fn a_waiter_registered_after_completion_never_sleeps() {
     let counts = Arc::new(Counts::default());
     let waker = counting_waker(&counts);
     let mut fut = pin!(cell.wait());
-    assert_eq!(poll_once(fut.as_mut(), &waker), Poll::Ready(Ok(&1)));
+    assert_eq!(poll_with(fut.as_mut(), &waker), Poll::Ready(Ok(&1)));
     assert_eq!(counts.clones(), 0, "a ready wait must not store a waker");
 }
 
@@ -157,7 +158,7 @@ fn every_waiter_is_woken_exactly_once() {
     let counts: Vec<_> = (0..n(100)).map(|_| Arc::new(Counts::default())).collect();
     let mut futs: Vec<_> = counts.iter().map(|_| Box::pin(cell.wait())).collect();
     for (fut, c) in futs.iter_mut().zip(&counts) {
-        assert!(poll_once(fut.as_mut(), &counting_waker(c)).is_pending());
+        assert!(poll_with(fut.as_mut(), &counting_waker(c)).is_pending());
     }
     cell.succeed(9).unwrap();
     for c in &counts {
@@ -165,7 +166,7 @@ fn every_waiter_is_woken_exactly_once() {
     }
     for (fut, c) in futs.iter_mut().zip(&counts) {
         assert_eq!(
-            poll_once(fut.as_mut(), &counting_waker(c)),
+            poll_with(fut.as_mut(), &counting_waker(c)),
             Poll::Ready(Ok(&9))
         );
     }
@@ -182,16 +183,16 @@ fn repolling_with_the_same_waker_does_not_clone_it() {
     let counts = Arc::new(Counts::default());
     let waker = counting_waker(&counts);
     let mut fut = pin!(cell.wait());
-    assert!(poll_once(fut.as_mut(), &waker).is_pending());
+    assert!(poll_with(fut.as_mut(), &waker).is_pending());
     assert_eq!(counts.clones(), 1);
     for _ in 0..5 {
-        assert!(poll_once(fut.as_mut(), &waker).is_pending());
+        assert!(poll_with(fut.as_mut(), &waker).is_pending());
     }
     assert_eq!(counts.clones(), 1, "will_wake must spare the clone");
 
     // A different waker replaces the stored one, and only the new one is woken.
     let other = Arc::new(Counts::default());
-    assert!(poll_once(fut.as_mut(), &counting_waker(&other)).is_pending());
+    assert!(poll_with(fut.as_mut(), &counting_waker(&other)).is_pending());
     cell.succeed(1).unwrap();
     assert_eq!((counts.wakes(), other.wakes()), (0, 1));
 }
@@ -202,7 +203,7 @@ fn dropping_a_waiting_future_unlinks_it() {
     let counts: Vec<_> = (0..3).map(|_| Arc::new(Counts::default())).collect();
     let mut futs: Vec<_> = (0..3).map(|_| Some(Box::pin(cell.wait()))).collect();
     for (fut, c) in futs.iter_mut().zip(&counts) {
-        assert!(poll_once(fut.as_mut().unwrap().as_mut(), &counting_waker(c)).is_pending());
+        assert!(poll_with(fut.as_mut().unwrap().as_mut(), &counting_waker(c)).is_pending());
     }
     futs[1] = None; // the middle one goes away
     futs[0] = None; // then the head
@@ -228,7 +229,7 @@ fn a_panicking_waker_does_not_stop_the_others_being_woken() {
         .collect();
     let mut futs: Vec<_> = counts.iter().map(|_| Box::pin(cell.wait())).collect();
     for (fut, c) in futs.iter_mut().zip(&counts) {
-        assert!(poll_once(fut.as_mut(), &counting_waker(c)).is_pending());
+        assert!(poll_with(fut.as_mut(), &counting_waker(c)).is_pending());
     }
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cell.succeed(5)));
     assert!(result.is_err(), "the waker's panic reaches the completer");
@@ -299,7 +300,7 @@ fn futures_are_fused() {
     let cell: Deferred<u8> = Deferred::with_value(1);
     let mut fut = pin!(cell.wait());
     assert!(!fut.is_terminated());
-    assert!(poll_once(fut.as_mut(), &noop_waker()).is_ready());
+    assert!(poll_once(fut.as_mut()).is_ready());
     assert!(fut.is_terminated());
 }
 
@@ -312,11 +313,11 @@ fn one_claim_at_a_time_and_a_dropped_claim_passes_to_the_oldest_claimant() {
     let (a, b) = (Arc::new(Counts::default()), Arc::new(Counts::default()));
     let plain = Arc::new(Counts::default());
     let mut wait = pin!(cell.wait());
-    assert!(poll_once(wait.as_mut(), &counting_waker(&plain)).is_pending());
+    assert!(poll_with(wait.as_mut(), &counting_waker(&plain)).is_pending());
     let mut claim_a = pin!(cell.claim());
     let mut claim_b = pin!(cell.claim());
-    assert!(poll_once(claim_a.as_mut(), &counting_waker(&a)).is_pending());
-    assert!(poll_once(claim_b.as_mut(), &counting_waker(&b)).is_pending());
+    assert!(poll_with(claim_a.as_mut(), &counting_waker(&a)).is_pending());
+    assert!(poll_with(claim_b.as_mut(), &counting_waker(&b)).is_pending());
 
     drop(first);
     assert_eq!(
@@ -324,18 +325,18 @@ fn one_claim_at_a_time_and_a_dropped_claim_passes_to_the_oldest_claimant() {
         (1, 0, 0),
         "only the oldest claimant wakes"
     );
-    let Poll::Ready(Ok(claim)) = poll_once(claim_a.as_mut(), &counting_waker(&a)) else {
+    let Poll::Ready(Ok(claim)) = poll_with(claim_a.as_mut(), &counting_waker(&a)) else {
         panic!("the oldest claimant must hold the claim")
     };
     assert!(cell.try_claim().is_none());
     drop(claim);
     assert_eq!((a.wakes(), b.wakes(), plain.wakes()), (1, 1, 0));
-    let Poll::Ready(Ok(claim)) = poll_once(claim_b.as_mut(), &counting_waker(&b)) else {
+    let Poll::Ready(Ok(claim)) = poll_with(claim_b.as_mut(), &counting_waker(&b)) else {
         panic!("the next claimant must hold the claim")
     };
     claim.succeed(3).unwrap();
     assert_eq!(plain.wakes(), 1);
-    assert_eq!(poll_once(wait.as_mut(), &noop_waker()), Poll::Ready(Ok(&3)));
+    assert_eq!(poll_once(wait.as_mut()), Poll::Ready(Ok(&3)));
 }
 
 #[test]
@@ -344,14 +345,11 @@ fn a_granted_claimant_dropped_before_it_polls_passes_the_claim_on() {
     let first = cell.try_claim().unwrap();
     let mut a = Box::pin(cell.claim());
     let mut b = pin!(cell.claim());
-    assert!(poll_once(a.as_mut(), &noop_waker()).is_pending());
-    assert!(poll_once(b.as_mut(), &noop_waker()).is_pending());
+    assert!(poll_once(a.as_mut()).is_pending());
+    assert!(poll_once(b.as_mut()).is_pending());
     drop(first); // granted to `a`
     drop(a); // which never looks: the claim moves to `b`
-    assert!(matches!(
-        poll_once(b.as_mut(), &noop_waker()),
-        Poll::Ready(Ok(_))
-    ));
+    assert!(matches!(poll_once(b.as_mut()), Poll::Ready(Ok(_))));
 }
 
 #[test]
@@ -370,15 +368,15 @@ fn get_or_init_runs_one_initializer_and_hands_over_when_it_is_dropped() {
     let mut second = pin!(cell.get_or_init(init(2)));
     let mut third = pin!(cell.get_or_init(init(3)));
     let w = noop_waker();
-    assert!(poll_once(first.as_mut(), &w).is_pending());
-    assert!(poll_once(second.as_mut(), &w).is_pending());
-    assert!(poll_once(third.as_mut(), &w).is_pending());
+    assert!(poll_with(first.as_mut(), &w).is_pending());
+    assert!(poll_with(second.as_mut(), &w).is_pending());
+    assert!(poll_with(third.as_mut(), &w).is_pending());
     assert_eq!(runs.load(SeqCst), 1, "one initializer at a time");
     drop(first); // cancelled mid-flight: the claim goes to `second`
-    assert!(poll_once(second.as_mut(), &w).is_pending());
+    assert!(poll_with(second.as_mut(), &w).is_pending());
     assert_eq!(runs.load(SeqCst), 2);
-    assert_eq!(poll_once(second.as_mut(), &w), Poll::Ready(Ok(&2)));
-    assert_eq!(poll_once(third.as_mut(), &w), Poll::Ready(Ok(&2)));
+    assert_eq!(poll_with(second.as_mut(), &w), Poll::Ready(Ok(&2)));
+    assert_eq!(poll_with(third.as_mut(), &w), Poll::Ready(Ok(&2)));
     assert_eq!(runs.load(SeqCst), 2);
 }
 
@@ -392,14 +390,14 @@ fn a_panicking_initializer_releases_the_claim() {
             futures::pending!();
             panic!("initializer failed")
         }));
-        assert!(poll_once(panicking.as_mut(), &w).is_pending());
-        assert!(poll_once(waiting.as_mut(), &w).is_pending());
+        assert!(poll_with(panicking.as_mut(), &w).is_pending());
+        assert!(poll_with(waiting.as_mut(), &w).is_pending());
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            poll_once(panicking.as_mut(), &w)
+            poll_with(panicking.as_mut(), &w)
         }));
         assert!(r.is_err());
     }
-    assert_eq!(poll_once(waiting.as_mut(), &w), Poll::Ready(Ok(&2)));
+    assert_eq!(poll_with(waiting.as_mut(), &w), Poll::Ready(Ok(&2)));
 }
 
 #[test]
@@ -407,13 +405,13 @@ fn get_or_try_init_error_reaches_every_waiter() {
     let cell: Deferred<u32, &str> = Deferred::new();
     let w = noop_waker();
     let mut plain = pin!(cell.wait());
-    assert!(poll_once(plain.as_mut(), &w).is_pending());
+    assert!(poll_with(plain.as_mut(), &w).is_pending());
     assert_eq!(
         block_on(cell.get_or_try_init(|| async { Err("nope") })),
         Err(Error::Failed(&"nope"))
     );
     assert_eq!(
-        poll_once(plain.as_mut(), &w),
+        poll_with(plain.as_mut(), &w),
         Poll::Ready(Err(Error::Failed(&"nope")))
     );
 }
@@ -426,9 +424,9 @@ fn a_direct_completion_beats_a_running_initializer() {
         futures::pending!();
         1
     }));
-    assert!(poll_once(init.as_mut(), &w).is_pending());
+    assert!(poll_with(init.as_mut(), &w).is_pending());
     cell.succeed(9).unwrap();
-    assert_eq!(poll_once(init.as_mut(), &w), Poll::Ready(Ok(&9)));
+    assert_eq!(poll_with(init.as_mut(), &w), Poll::Ready(Ok(&9)));
 }
 
 #[test]
@@ -436,13 +434,10 @@ fn a_dropped_producer_cancels_the_cell_and_wakes_waiters() {
     let cell: Deferred<u8> = Deferred::new();
     let counts = Arc::new(Counts::default());
     let mut wait = pin!(cell.wait());
-    assert!(poll_once(wait.as_mut(), &counting_waker(&counts)).is_pending());
+    assert!(poll_with(wait.as_mut(), &counting_waker(&counts)).is_pending());
     drop(cell.producer().unwrap());
     assert_eq!(counts.wakes(), 1);
-    assert_eq!(
-        poll_once(wait.as_mut(), &noop_waker()),
-        Poll::Ready(Err(Error::Cancelled))
-    );
+    assert_eq!(poll_once(wait.as_mut()), Poll::Ready(Err(Error::Cancelled)));
 }
 
 #[test]
@@ -450,12 +445,9 @@ fn a_claim_waiter_sees_a_completion_that_happens_while_it_waits() {
     let cell: Deferred<u8> = Deferred::new();
     let holder = cell.try_claim().unwrap();
     let mut c = pin!(cell.claim());
-    assert!(poll_once(c.as_mut(), &noop_waker()).is_pending());
+    assert!(poll_once(c.as_mut()).is_pending());
     holder.succeed(4).unwrap();
-    assert!(matches!(
-        poll_once(c.as_mut(), &noop_waker()),
-        Poll::Ready(Err(Ok(&4)))
-    ));
+    assert!(matches!(poll_once(c.as_mut()), Poll::Ready(Err(Ok(&4)))));
 }
 
 #[test]
@@ -517,17 +509,14 @@ fn a_failed_producer_does_not_hand_the_claim_to_a_waiter() {
     let cell = Deferred::<u8>::new();
     let holder = cell.try_claim().unwrap();
     let mut claimant = pin!(cell.claim());
-    assert!(poll_once(claimant.as_mut(), &noop_waker()).is_pending());
+    assert!(poll_once(claimant.as_mut()).is_pending());
     assert!(cell.producer().is_none());
     assert!(
-        poll_once(claimant.as_mut(), &noop_waker()).is_pending(),
+        poll_once(claimant.as_mut()).is_pending(),
         "the claimant was granted while `holder` is alive"
     );
     drop(holder);
-    assert!(matches!(
-        poll_once(claimant.as_mut(), &noop_waker()),
-        Poll::Ready(Ok(_))
-    ));
+    assert!(matches!(poll_once(claimant.as_mut()), Poll::Ready(Ok(_))));
 }
 
 #[test]
@@ -535,12 +524,12 @@ fn repolling_a_granted_claim_wait_does_not_mint_a_second_claim() {
     let cell = Deferred::<u8>::new();
     let first = cell.try_claim().unwrap();
     let mut claimant = pin!(cell.claim());
-    assert!(poll_once(claimant.as_mut(), &noop_waker()).is_pending());
+    assert!(poll_once(claimant.as_mut()).is_pending());
     drop(first); // handed to `claimant`
-    let Poll::Ready(Ok(claim)) = poll_once(claimant.as_mut(), &noop_waker()) else {
+    let Poll::Ready(Ok(claim)) = poll_once(claimant.as_mut()) else {
         panic!("the claimant must hold the claim")
     };
-    let again = poll_once(claimant.as_mut(), &noop_waker());
+    let again = poll_once(claimant.as_mut());
     assert!(
         !matches!(again, Poll::Ready(Ok(_))),
         "a second Claim while the first is held"
@@ -556,16 +545,16 @@ fn a_producer_is_closed_exactly_while_no_one_waits() {
     let mut wait = Box::pin(cell.wait());
     let mut claim = Box::pin(cell.claim());
     let waker = noop_waker();
-    assert!(poll_once(wait.as_mut(), &waker).is_pending());
+    assert!(poll_with(wait.as_mut(), &waker).is_pending());
     assert!(!producer.is_closed(), "a linked waiter");
-    assert!(poll_once(claim.as_mut(), &waker).is_pending());
+    assert!(poll_with(claim.as_mut(), &waker).is_pending());
     drop(wait);
     assert!(!producer.is_closed(), "a claimant still waits");
     drop(claim);
     assert!(producer.is_closed(), "the last waiter went");
     // Not final: a new waiter opens it again.
     let mut again = Box::pin(cell.wait());
-    assert!(poll_once(again.as_mut(), &waker).is_pending());
+    assert!(poll_with(again.as_mut(), &waker).is_pending());
     assert!(!producer.is_closed());
     let handle = cell.on_complete(|_| {});
     drop(again);
@@ -579,7 +568,7 @@ fn a_producer_is_closed_once_someone_else_completes_the_cell() {
     let cell: Deferred<u8> = Deferred::new();
     let producer = cell.producer().unwrap();
     let mut wait = Box::pin(cell.wait());
-    assert!(poll_once(wait.as_mut(), &noop_waker()).is_pending());
+    assert!(poll_once(wait.as_mut()).is_pending());
     assert!(!producer.is_closed());
     cell.succeed(1).unwrap();
     assert!(producer.is_closed());
@@ -593,19 +582,19 @@ fn closed_is_woken_by_the_last_waiter_to_leave_and_not_before() {
     let waker = noop_waker();
     let mut waits: Vec<_> = (0..3).map(|_| Some(Box::pin(cell.wait()))).collect();
     for w in &mut waits {
-        assert!(poll_once(w.as_mut().unwrap().as_mut(), &waker).is_pending());
+        assert!(poll_with(w.as_mut().unwrap().as_mut(), &waker).is_pending());
     }
     let counts = Arc::new(Counts::default());
     {
         let mut closed = pin!(producer.closed());
-        assert!(poll_once(closed.as_mut(), &counting_waker(&counts)).is_pending());
+        assert!(poll_with(closed.as_mut(), &counting_waker(&counts)).is_pending());
         waits[1] = None;
         waits[0] = None;
         assert_eq!(counts.wakes(), 0, "a waiter is left");
-        assert!(poll_once(closed.as_mut(), &counting_waker(&counts)).is_pending());
+        assert!(poll_with(closed.as_mut(), &counting_waker(&counts)).is_pending());
         waits[2] = None;
         assert_eq!(counts.wakes(), 1, "the last waiter woke it");
-        assert!(poll_once(closed.as_mut(), &counting_waker(&counts)).is_ready());
+        assert!(poll_with(closed.as_mut(), &counting_waker(&counts)).is_ready());
     }
     assert!(producer.is_closed());
     drop(producer);
@@ -617,14 +606,14 @@ fn closed_is_woken_by_a_completion_by_someone_else() {
     let cell: Deferred<u8> = Deferred::new();
     let mut producer = cell.producer().unwrap();
     let mut wait = Box::pin(cell.wait());
-    assert!(poll_once(wait.as_mut(), &noop_waker()).is_pending());
+    assert!(poll_once(wait.as_mut()).is_pending());
     let counts = Arc::new(Counts::default());
     {
         let mut closed = pin!(producer.closed());
-        assert!(poll_once(closed.as_mut(), &counting_waker(&counts)).is_pending());
+        assert!(poll_with(closed.as_mut(), &counting_waker(&counts)).is_pending());
         cell.succeed(3).unwrap();
         assert_eq!(counts.wakes(), 1);
-        assert!(poll_once(closed.as_mut(), &counting_waker(&counts)).is_ready());
+        assert!(poll_with(closed.as_mut(), &counting_waker(&counts)).is_ready());
     }
     drop(producer);
 }
@@ -655,17 +644,17 @@ fn a_dropped_closed_future_unlinks_and_leaves_the_waiters_alone() {
     let mut producer = cell.producer().unwrap();
     let counts = Arc::new(Counts::default());
     let mut wait = Box::pin(cell.wait());
-    assert!(poll_once(wait.as_mut(), &counting_waker(&counts)).is_pending());
+    assert!(poll_with(wait.as_mut(), &counting_waker(&counts)).is_pending());
     {
         let mut closed = Box::pin(producer.closed());
-        assert!(poll_once(closed.as_mut(), &noop_waker()).is_pending());
+        assert!(poll_once(closed.as_mut()).is_pending());
         // Re-polled with another waker: renewed, still linked.
-        assert!(poll_once(closed.as_mut(), &noop_waker()).is_pending());
+        assert!(poll_once(closed.as_mut()).is_pending());
     }
     assert!(!producer.is_closed());
     producer.succeed(5).unwrap();
     assert_eq!(counts.wakes(), 1);
-    assert_eq!(poll_once(wait.as_mut(), &noop_waker()), Poll::Ready(Ok(&5)));
+    assert_eq!(poll_once(wait.as_mut()), Poll::Ready(Ok(&5)));
 }
 
 #[test]
@@ -679,7 +668,7 @@ fn closed_races_waiters_on_threads_without_hanging() {
                 let (c, s) = (Arc::clone(&cell), Arc::clone(&start));
                 thread::spawn(move || {
                     let mut w = Box::pin(c.wait());
-                    let _ = poll_once(w.as_mut(), &noop_waker());
+                    let _ = poll_once(w.as_mut());
                     s.wait();
                     drop(w);
                 })

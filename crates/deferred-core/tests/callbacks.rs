@@ -10,8 +10,9 @@ use std::sync::{
     Arc, Mutex,
 };
 
-use common::{counting_waker, poll_once, Counts};
+use common::{counting_waker, Counts};
 use deferred_core::{Deferred, Error};
+use deferred_test_support::poll_with;
 
 type Log = Arc<Mutex<Vec<String>>>;
 type Recorder = Box<dyn Fn(String) + Send>;
@@ -43,7 +44,7 @@ fn callbacks_run_once_with_the_outcome_in_order_with_waiters() {
     cell.on_complete(move |o| a(format!("{o:?}")));
     let counts = Arc::new(Counts::default());
     let mut wait = Box::pin(cell.wait());
-    assert!(poll_once(wait.as_mut(), &counting_waker(&counts)).is_pending());
+    assert!(poll_with(wait.as_mut(), &counting_waker(&counts)).is_pending());
     cell.on_complete(move |o| b(format!("{o:?}")));
     assert!(log.lock().unwrap().is_empty());
     cell.fail("e").unwrap();
@@ -120,10 +121,10 @@ fn a_lazy_relay_wake_does_not_run_callbacks() {
     let r = rec("cb");
     lazy.deferred().on_complete(move |o| r(format!("{o:?}")));
     let mut w = Box::pin(lazy.wait());
-    assert!(poll_once(w.as_mut(), &futures::task::noop_waker()).is_pending());
+    assert!(poll_with(w.as_mut(), &futures::task::noop_waker()).is_pending());
     assert!(log.lock().unwrap().is_empty(), "woken, not completed");
     assert_eq!(
-        poll_once(w.as_mut(), &futures::task::noop_waker()),
+        poll_with(w.as_mut(), &futures::task::noop_waker()),
         std::task::Poll::Ready(Ok(&5))
     );
     assert_eq!(*log.lock().unwrap(), ["cb:Ok(5)"]);

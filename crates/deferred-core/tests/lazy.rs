@@ -8,38 +8,16 @@ use std::{
     future::Future,
     pin::{pin, Pin},
     sync::{
-        atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst},
-        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering::SeqCst},
+        Arc,
     },
-    task::{Context, Poll, Waker},
+    task::Poll,
 };
 
-use common::{counting_waker, poll_once, Counts};
+use common::{counting_waker, Counts};
 use deferred_core::{Error, Lazy};
-use futures::{executor::block_on, task::noop_waker};
-
-/// A future that stays pending until `open` is called, then wakes whoever polled it last.
-#[derive(Default, Clone)]
-struct Gate(Arc<(AtomicBool, Mutex<Option<Waker>>)>);
-
-impl Gate {
-    fn open(&self) {
-        self.0 .0.store(true, SeqCst);
-        if let Some(w) = self.0 .1.lock().unwrap().take() {
-            w.wake();
-        }
-    }
-    fn wait(&self) -> impl Future<Output = ()> + Send + 'static {
-        let gate = self.clone();
-        futures::future::poll_fn(move |cx: &mut Context<'_>| {
-            if gate.0 .0.load(SeqCst) {
-                return Poll::Ready(());
-            }
-            *gate.0 .1.lock().unwrap() = Some(cx.waker().clone());
-            Poll::Pending
-        })
-    }
-}
+use deferred_test_support::{poll_once, poll_with, Gate};
+use futures::executor::block_on;
 
 #[test]
 fn starts_on_first_await_and_runs_once() {
@@ -66,17 +44,17 @@ fn a_stalled_driver_does_not_block_another_awaiter() {
     // A polls once (starting the computation) and is then never polled again.
     let mut a = Box::pin(lazy.wait());
     let a_counts = Arc::new(Counts::default());
-    assert!(poll_once(a.as_mut(), &counting_waker(&a_counts)).is_pending());
+    assert!(poll_with(a.as_mut(), &counting_waker(&a_counts)).is_pending());
     // B arrives later.
     let b_counts = Arc::new(Counts::default());
     let mut b = pin!(lazy.wait());
-    assert!(poll_once(b.as_mut(), &counting_waker(&b_counts)).is_pending());
+    assert!(poll_with(b.as_mut(), &counting_waker(&b_counts)).is_pending());
     gate.open();
     assert!(
         b_counts.wakes() >= 1,
         "the computation's wake must reach B, not only A"
     );
-    assert_eq!(poll_once(b.as_mut(), &noop_waker()), Poll::Ready(Ok(&1)));
+    assert_eq!(poll_once(b.as_mut()), Poll::Ready(Ok(&1)));
     drop(a);
 }
 
@@ -89,12 +67,12 @@ fn a_dropped_awaiter_does_not_stop_the_computation() {
         Ok::<_, ()>(2)
     });
     let mut a = Box::pin(lazy.wait());
-    assert!(poll_once(a.as_mut(), &noop_waker()).is_pending());
+    assert!(poll_once(a.as_mut()).is_pending());
     drop(a);
     let mut b = pin!(lazy.wait());
-    assert!(poll_once(b.as_mut(), &noop_waker()).is_pending());
+    assert!(poll_once(b.as_mut()).is_pending());
     gate.open();
-    assert_eq!(poll_once(b.as_mut(), &noop_waker()), Poll::Ready(Ok(&2)));
+    assert_eq!(poll_once(b.as_mut()), Poll::Ready(Ok(&2)));
 }
 
 #[test]
@@ -108,10 +86,7 @@ fn a_panicking_computation_completes_the_cell_as_panicked() {
     let mut other = pin!(lazy.wait());
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| block_on(lazy.wait())));
     assert!(r.is_err(), "the panic goes on in the awaiter that ran it");
-    assert_eq!(
-        poll_once(other.as_mut(), &noop_waker()),
-        Poll::Ready(Err(Error::Panicked))
-    );
+    assert_eq!(poll_once(other.as_mut()), Poll::Ready(Err(Error::Panicked)));
 }
 
 #[test]
@@ -172,7 +147,7 @@ fn try_attach_gives_a_pending_cell_a_computation_and_wakes_its_awaiters() {
     let cell: Lazy<u8, ()> = Lazy::pending();
     let counts = Arc::new(Counts::default());
     let mut w = Box::pin(cell.wait());
-    assert!(poll_once(w.as_mut(), &counting_waker(&counts)).is_pending());
+    assert!(poll_with(w.as_mut(), &counting_waker(&counts)).is_pending());
     assert!(cell.try_attach(Box::pin(async { Ok(8) })).is_ok());
     assert_eq!(
         counts.wakes(),
@@ -183,7 +158,7 @@ fn try_attach_gives_a_pending_cell_a_computation_and_wakes_its_awaiters() {
         cell.try_attach(Box::pin(async { Ok(9) })).is_err(),
         "one computation at a time"
     );
-    assert_eq!(poll_once(w.as_mut(), &noop_waker()), Poll::Ready(Ok(&8)));
+    assert_eq!(poll_once(w.as_mut()), Poll::Ready(Ok(&8)));
     assert!(
         cell.try_attach(Box::pin(async { Ok(9) })).is_err(),
         "complete cells take none"
@@ -206,14 +181,11 @@ fn abort_cancels_and_drops_the_computation() {
         Ok(1)
     });
     let mut w = Box::pin(lazy.wait());
-    assert!(poll_once(w.as_mut(), &noop_waker()).is_pending());
+    assert!(poll_once(w.as_mut()).is_pending());
     assert_eq!(drops.load(SeqCst), 0);
     assert!(lazy.abort());
     assert_eq!(drops.load(SeqCst), 1, "the computation is dropped at once");
-    assert_eq!(
-        poll_once(w.as_mut(), &noop_waker()),
-        Poll::Ready(Err(Error::Cancelled))
-    );
+    assert_eq!(poll_once(w.as_mut()), Poll::Ready(Err(Error::Cancelled)));
     assert!(!lazy.abort());
 }
 
@@ -225,20 +197,20 @@ fn a_relay_wake_wakes_a_producer_waiting_on_closed_and_it_looks_again() {
     let lazy: Lazy<u8, ()> = Lazy::pending();
     let mut producer = lazy.producer().unwrap();
     let mut wait = Box::pin(lazy.wait());
-    assert!(poll_once(wait.as_mut(), &noop_waker()).is_pending());
+    assert!(poll_once(wait.as_mut()).is_pending());
     let counts = Arc::new(Counts::default());
     let mut closed = Box::pin(producer.closed());
-    assert!(poll_once(closed.as_mut(), &counting_waker(&counts)).is_pending());
+    assert!(poll_with(closed.as_mut(), &counting_waker(&counts)).is_pending());
     assert!(lazy
         .try_attach(Box::pin(std::future::pending::<Result<u8, ()>>()))
         .is_ok());
     assert_eq!(counts.wakes(), 1, "the relay round woke the closer");
     // The awaiter drives the (pending) computation and links again: someone waits.
-    assert!(poll_once(wait.as_mut(), &noop_waker()).is_pending());
-    assert!(poll_once(closed.as_mut(), &counting_waker(&counts)).is_pending());
+    assert!(poll_once(wait.as_mut()).is_pending());
+    assert!(poll_with(closed.as_mut(), &counting_waker(&counts)).is_pending());
     drop(wait);
     assert_eq!(counts.wakes(), 2, "the last awaiter's leaving woke it");
-    assert!(poll_once(closed.as_mut(), &counting_waker(&counts)).is_ready());
+    assert!(poll_with(closed.as_mut(), &counting_waker(&counts)).is_ready());
     drop(closed);
     drop(producer);
     assert_eq!(block_on(lazy.wait()), Err(Error::Cancelled));

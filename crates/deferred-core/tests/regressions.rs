@@ -18,8 +18,9 @@ use std::{
     time::Duration,
 };
 
-use common::{counting_waker, poll_once, Counts};
+use common::{counting_waker, Counts};
 use deferred_core::{Closed, Deferred, Lazy};
+use deferred_test_support::{poll_once, poll_with};
 use futures::task::{noop_waker, ArcWake};
 
 /// Runs `f` on its own thread and fails if it has not returned within 20 s (a hang, such as
@@ -88,9 +89,9 @@ fn a_notify_round_whose_sentinel_a_later_round_took_ends() {
         });
         let first = Waker::from(Arc::clone(&reentrant));
         let mut waits: Vec<_> = (0..33).map(|_| Box::pin(lazy.wait())).collect();
-        assert!(poll_once(waits[0].as_mut(), &first).is_pending());
+        assert!(poll_with(waits[0].as_mut(), &first).is_pending());
         for w in &mut waits[1..] {
-            assert!(poll_once(w.as_mut(), &noop_waker()).is_pending());
+            assert!(poll_once(w.as_mut()).is_pending());
         }
         let relay = slot
             .lock()
@@ -107,7 +108,7 @@ fn a_notify_round_whose_sentinel_a_later_round_took_ends() {
             "the callback runs once, at completion"
         );
         for w in &mut waits {
-            assert_eq!(poll_once(w.as_mut(), &noop_waker()), Poll::Ready(Ok(&7)));
+            assert_eq!(poll_once(w.as_mut()), Poll::Ready(Ok(&7)));
         }
     });
 }
@@ -147,13 +148,13 @@ fn get_or_init_sees_a_direct_completion_while_its_initializer_runs() {
     }));
     let counts = Arc::new(Counts::default());
     let waker = counting_waker(&counts);
-    assert!(poll_once(fut.as_mut(), &waker).is_pending());
+    assert!(poll_with(fut.as_mut(), &waker).is_pending());
     assert!(cell.succeed(5).is_ok());
     assert!(
         counts.wakes() >= 1,
         "the completion wakes the initializing caller"
     );
-    assert_eq!(poll_once(fut.as_mut(), &waker), Poll::Ready(Ok(&5)));
+    assert_eq!(poll_with(fut.as_mut(), &waker), Poll::Ready(Ok(&5)));
     assert!(
         dropped.load(SeqCst),
         "its initializer is dropped once the cell is done"
@@ -189,14 +190,14 @@ fn closer_is_woken_even_if_the_leaving_waiters_waker_panics_on_drop() {
     let mut wait = Box::pin(cell.wait());
     {
         let bomb = futures::task::waker(Arc::new(BombOnDrop));
-        assert!(poll_once(wait.as_mut(), &bomb).is_pending());
+        assert!(poll_with(wait.as_mut(), &bomb).is_pending());
         // `bomb` dropped here: the clone in the node is the last reference.
     }
     let counts = Arc::new(Counts::default());
     let waker = counting_waker(&counts);
     let mut closed = Box::pin(producer.closed());
     assert!(
-        poll_once(closed.as_mut(), &waker).is_pending(),
+        poll_with(closed.as_mut(), &waker).is_pending(),
         "a waiter waits"
     );
     let r = catch_unwind(AssertUnwindSafe(|| drop(wait)));
@@ -205,7 +206,7 @@ fn closer_is_woken_even_if_the_leaving_waiters_waker_panics_on_drop() {
     let now_ready = {
         // (peek without consuming the wake count)
         let noop = noop_waker();
-        poll_once(closed.as_mut(), &noop).is_ready()
+        poll_with(closed.as_mut(), &noop).is_ready()
     };
     assert!(
         now_ready,
@@ -231,9 +232,9 @@ fn a_leaked_closed_does_not_make_the_next_closed_hang() {
     let cell: Deferred<u8> = Deferred::new();
     let mut producer = cell.producer().unwrap();
     let mut wait = Box::pin(cell.wait());
-    assert!(poll_once(wait.as_mut(), &noop_waker()).is_pending());
+    assert!(poll_once(wait.as_mut()).is_pending());
     let mut leaked = Box::pin(producer.closed());
-    assert!(poll_once(leaked.as_mut(), &noop_waker()).is_pending());
+    assert!(poll_once(leaked.as_mut()).is_pending());
     // As `mem::forget(leaked)` (safe: the node stays linked, never dropped), but keeping the
     // address, untyped (so the borrow of `producer` ends), to free the memory at the end
     // (miri's leak check).
@@ -242,7 +243,7 @@ fn a_leaked_closed_does_not_make_the_next_closed_hang() {
     let leaked = Box::into_raw(unsafe { Pin::into_inner_unchecked(leaked) }).cast::<u8>();
     let counts = Arc::new(Counts::default());
     let mut closed = Box::pin(producer.closed());
-    assert!(poll_once(closed.as_mut(), &counting_waker(&counts)).is_pending());
+    assert!(poll_with(closed.as_mut(), &counting_waker(&counts)).is_pending());
     drop(wait); // the last (only) waiter leaves
     assert_eq!(
         counts.wakes(),
@@ -277,7 +278,7 @@ impl ArcWake for PollCloserOnWake {
         let counts = CLOSER_COUNTS.with(|c| c.borrow().clone()).unwrap();
         CLOSER.with(|c| {
             if let Some(closed) = c.borrow_mut().as_mut() {
-                let r = poll_once(closed.as_mut(), &counting_waker(&counts));
+                let r = poll_with(closed.as_mut(), &counting_waker(&counts));
                 assert!(r.is_pending(), "waiters are still linked");
             }
         });
@@ -317,7 +318,7 @@ fn closer_is_woken_even_if_a_waker_in_the_last_relay_batch_panics() {
             32 => bomb.clone(),
             _ => noop_waker(),
         };
-        assert!(poll_once(w.as_mut(), &waker).is_pending());
+        assert!(poll_with(w.as_mut(), &waker).is_pending());
     }
     let counts = Arc::new(Counts::default());
     CLOSER_COUNTS.with(|c| *c.borrow_mut() = Some(counts.clone()));
@@ -334,7 +335,7 @@ fn closer_is_woken_even_if_a_waker_in_the_last_relay_batch_panics() {
     drop(waits);
     let ready = CLOSER.with(|c| {
         let mut c = c.borrow_mut();
-        poll_once(c.as_mut().unwrap().as_mut(), &noop_waker()).is_ready()
+        poll_once(c.as_mut().unwrap().as_mut()).is_ready()
     });
     assert!(
         ready,

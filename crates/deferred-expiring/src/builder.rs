@@ -5,15 +5,14 @@ use std::{
     fmt,
     future::Future,
     hash::{BuildHasher, Hash},
-    marker::PhantomData,
     sync::Arc,
     time::Duration,
 };
 
-use deferred_cache::RemovalCause;
+use deferred_cache::{Cache, RemovalCause};
 
 use crate::{
-    cache::{BoxLoad, DynLoader, Spawner, Task, UserListener, Weigher},
+    cache::{BoxLoad, DynLoader, Entry, Spawner, Task, UserListener},
     expiry::Policy,
     Clock, ExpiringCache, ExpiringLoadingCache, Expiry, SystemClock,
 };
@@ -37,29 +36,25 @@ use crate::{
 /// # });
 /// ```
 pub struct ExpiringBuilder<K, V, E, S = RandomState, C = SystemClock> {
-    capacity: Option<u64>,
-    weigher: Option<Weigher<K, V>>,
-    initial_capacity: usize,
-    hasher: S,
+    /// The inner cache's settings: capacity, weigher, initial capacity and hasher, set
+    /// through it, so that they are stored and checked in one place. Its weigher weighs an
+    /// entry by its value (a cached error weighs 1); its listener is set at build time,
+    /// where the timers it cancels are made.
+    inner: deferred_cache::Builder<K, Entry<V, E>, E, S>,
     clock: C,
     policy: Policy<K, V>,
     listener: Option<UserListener<K, V>>,
     spawner: Option<Spawner>,
-    _error: PhantomData<fn() -> E>,
 }
 
 impl<K, V, E> ExpiringBuilder<K, V, E, RandomState, SystemClock> {
     pub(crate) fn new() -> Self {
         ExpiringBuilder {
-            capacity: None,
-            weigher: None,
-            initial_capacity: 0,
-            hasher: RandomState::new(),
+            inner: Cache::builder(),
             clock: SystemClock,
             policy: Policy::new(),
             listener: None,
             spawner: None,
-            _error: PhantomData,
         }
     }
 }
@@ -75,7 +70,7 @@ impl<K, V, E, S, C> ExpiringBuilder<K, V, E, S, C> {
     /// assert!(cache.len() <= 2);
     /// ```
     pub fn max_capacity(mut self, capacity: u64) -> Self {
-        self.capacity = Some(capacity);
+        self.inner = self.inner.max_capacity(capacity);
         self
     }
 
@@ -90,7 +85,12 @@ impl<K, V, E, S, C> ExpiringBuilder<K, V, E, S, C> {
     /// assert_eq!(cache.get_if_present(&1), None);
     /// ```
     pub fn weigher(mut self, weigher: impl Fn(&K, &V) -> u32 + Send + Sync + 'static) -> Self {
-        self.weigher = Some(Box::new(weigher));
+        self.inner = self
+            .inner
+            .weigher(move |key: &K, entry: &Entry<V, E>| match &entry.slot {
+                Ok(value) => weigher(key, value),
+                Err(_) => 1,
+            });
         self
     }
 
@@ -108,7 +108,7 @@ impl<K, V, E, S, C> ExpiringBuilder<K, V, E, S, C> {
     /// assert!(cache.is_empty());
     /// ```
     pub fn initial_capacity(mut self, entries: usize) -> Self {
-        self.initial_capacity = entries;
+        self.inner = self.inner.initial_capacity(entries);
         self
     }
 
@@ -328,15 +328,11 @@ impl<K, V, E, S, C> ExpiringBuilder<K, V, E, S, C> {
     /// ```
     pub fn hasher<H>(self, hasher: H) -> ExpiringBuilder<K, V, E, H, C> {
         ExpiringBuilder {
-            capacity: self.capacity,
-            weigher: self.weigher,
-            initial_capacity: self.initial_capacity,
-            hasher,
+            inner: self.inner.hasher(hasher),
             clock: self.clock,
             policy: self.policy,
             listener: self.listener,
             spawner: self.spawner,
-            _error: PhantomData,
         }
     }
 
@@ -350,15 +346,11 @@ impl<K, V, E, S, C> ExpiringBuilder<K, V, E, S, C> {
     /// ```
     pub fn clock<C2: Clock>(self, clock: C2) -> ExpiringBuilder<K, V, E, S, C2> {
         ExpiringBuilder {
-            capacity: self.capacity,
-            weigher: self.weigher,
-            initial_capacity: self.initial_capacity,
-            hasher: self.hasher,
+            inner: self.inner,
             clock,
             policy: self.policy,
             listener: self.listener,
             spawner: self.spawner,
-            _error: PhantomData,
         }
     }
 }
@@ -495,10 +487,7 @@ where
     ) -> Result<ExpiringCache<K, V, E, S, C>, ExpiringBuildError> {
         self.check()?;
         ExpiringCache::from_parts(
-            self.capacity,
-            self.weigher,
-            self.initial_capacity,
-            self.hasher,
+            self.inner,
             self.clock,
             self.policy,
             self.listener,
@@ -616,8 +605,7 @@ impl std::error::Error for ExpiringBuildError {
 impl<K, V, E, S, C: fmt::Debug> fmt::Debug for ExpiringBuilder<K, V, E, S, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ExpiringBuilder")
-            .field("capacity", &self.capacity)
-            .field("initial_capacity", &self.initial_capacity)
+            .field("inner", &self.inner)
             .field("policy", &self.policy)
             .field("clock", &self.clock)
             .finish_non_exhaustive()

@@ -1,19 +1,18 @@
 //! Loom models of the expiring layer's races: `cargo xtask test-loom`.
 //!
 //! The clock, the entries' deadlines and refresh flags, the timer wheel's lock, and
-//! everything beneath (the inner cache's map locks and cells) come through loom.
-#![cfg(loom)]
+//! everything beneath (the inner cache's map locks and cells) come through loom. Without
+//! `--cfg loom` each model runs once on std threads (`deferred_test_support::loom`), a plain
+//! test.
 #![allow(clippy::std_instead_of_core)]
 
 use std::time::Duration;
 
 use deferred_expiring::{ExpiringCache, ExpiringRef, ManualClock, TICK};
-use loom::{future::block_on, sync::Arc, thread};
+use deferred_test_support::loom::{self, future::block_on, sync::Arc, thread};
+use deferred_test_support::FixedHasher;
 
-/// A fixed hasher: a loom model must pick the same shards on every run.
-type Hasher = std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher>;
-
-type C = ExpiringCache<u8, u32, &'static str, Hasher, ManualClock>;
+type C = ExpiringCache<u8, u32, &'static str, FixedHasher, ManualClock>;
 
 fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
@@ -30,7 +29,7 @@ fn renewal_races_expiry() {
         let clock = ManualClock::new();
         let cache: Arc<C> = Arc::new(
             ExpiringCache::builder()
-                .hasher(Hasher::default())
+                .hasher(FixedHasher::default())
                 .clock(clock.clone())
                 .time_to_idle(secs(10))
                 .build(),
@@ -69,7 +68,7 @@ fn refresh_races_write() {
         let clock = ManualClock::new();
         let cache: Arc<C> = Arc::new(
             ExpiringCache::builder()
-                .hasher(Hasher::default())
+                .hasher(FixedHasher::default())
                 .clock(clock.clone())
                 .refresh_after(secs(1))
                 .build(),

@@ -14,19 +14,18 @@
 
 use std::{
     convert::Infallible,
-    future::Future,
     hint::black_box,
-    pin::pin,
     sync::{
         atomic::{AtomicUsize, Ordering::SeqCst},
         Arc,
     },
-    task::{Context, Poll},
+    task::Poll,
     time::Duration,
 };
 
 use deferred_expiring::{ExpiringBuilder, ExpiringCache, ManualClock};
-use futures::{executor::block_on, task::noop_waker};
+use deferred_test_support::poll_once;
+use futures::executor::block_on;
 
 /// The allocations (and reallocations: the allocator's `realloc` goes through `alloc`) that
 /// `f` makes on this thread, after checking that the counter counts: one known allocation is
@@ -80,13 +79,6 @@ fn the_counter_counts_this_threads_allocations_only() {
     stop.store(1, SeqCst);
     assert!(noisy.join().unwrap() > 0);
     assert_eq!(info.count_total, 1, "only this thread's one box is counted");
-}
-
-/// Polls `fut` once: a hit must be ready on its first poll.
-fn poll_once<F: Future>(fut: F) -> Poll<F::Output> {
-    let waker = noop_waker();
-    let mut cx = Context::from_waker(&waker);
-    pin!(fut).poll(&mut cx)
 }
 
 type Builder =

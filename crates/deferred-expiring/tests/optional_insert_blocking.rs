@@ -11,15 +11,13 @@
 use std::{
     collections::hash_map::RandomState,
     convert::Infallible,
-    future::Future,
     panic::{catch_unwind, AssertUnwindSafe},
-    pin::Pin,
     rc::Rc,
     sync::{
         atomic::{AtomicUsize, Ordering::SeqCst},
         Arc, Barrier,
     },
-    task::{Context, Poll},
+    task::Poll,
     thread,
     time::{Duration, Instant},
 };
@@ -28,7 +26,8 @@ use deferred_expiring::{
     ExpiringCache, Expiry, LoadError, ManualClock, OptionallyGetWith, RemovalCause, Source,
     SystemClock,
 };
-use futures::{channel::oneshot, executor::block_on, future::FusedFuture, task::noop_waker};
+use deferred_test_support::poll_once;
+use futures::{channel::oneshot, executor::block_on, future::FusedFuture};
 
 type Cache<E = Infallible> = ExpiringCache<u32, u32, E, RandomState, ManualClock>;
 
@@ -43,11 +42,6 @@ fn ttl_cache<E: Send + Sync + 'static>(ttl: u64) -> (ManualClock, Cache<E>) {
         .clock(clock.clone())
         .build();
     (clock, cache)
-}
-
-fn poll_once<F: Future + Unpin>(fut: &mut F) -> Poll<F::Output> {
-    let waker = noop_waker();
-    Pin::new(fut).poll(&mut Context::from_waker(&waker))
 }
 
 /// Waits (yielding) until `done` says yes; the deadline only bounds a hang, it orders

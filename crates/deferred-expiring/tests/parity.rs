@@ -8,26 +8,19 @@
 
 use std::{
     collections::hash_map::RandomState,
-    future::Future,
-    pin::Pin,
     sync::{Arc, Mutex},
-    task::{Context, Poll},
     time::Duration,
 };
 
 use deferred_expiring::{ExpiringBuilder, ExpiringCache, LoadError, ManualClock, RemovalCause};
-use futures::{channel::oneshot, executor::block_on, task::noop_waker};
+use deferred_test_support::poll_once;
+use futures::{channel::oneshot, executor::block_on};
 
 type Cache = ExpiringCache<u32, u32, String, RandomState, ManualClock>;
 type Log = Arc<Mutex<Vec<(u32, u32, RemovalCause)>>>;
 
 fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
-}
-
-fn poll_once<F: Future + Unpin>(fut: &mut F) -> Poll<F::Output> {
-    let waker = noop_waker();
-    Pin::new(fut).poll(&mut Context::from_waker(&waker))
 }
 
 /// A cache with a time-to-live of 10 s (and `more` applied), whose listener is logged.

@@ -8,20 +8,19 @@
 
 use std::{
     convert::Infallible,
-    future::Future,
     panic::{catch_unwind, AssertUnwindSafe},
-    pin::Pin,
     rc::Rc,
     sync::{
         atomic::{AtomicUsize, Ordering::SeqCst},
         Arc,
     },
-    task::{Context, Poll},
+    task::Poll,
     time::Duration,
 };
 
 use deferred_expiring::{ExpiringCache, GetWith, LoadError, ManualClock, Source, SystemClock};
-use futures::{channel::oneshot, executor::block_on, future::FusedFuture, task::noop_waker};
+use deferred_test_support::poll_once;
+use futures::{channel::oneshot, executor::block_on, future::FusedFuture};
 
 type Cache<E = Infallible> =
     ExpiringCache<u32, u32, E, std::collections::hash_map::RandomState, ManualClock>;
@@ -37,11 +36,6 @@ fn ttl_cache(ttl: u64) -> (ManualClock, Cache) {
         .clock(clock.clone())
         .build();
     (clock, cache)
-}
-
-fn poll_once<F: Future + Unpin>(fut: &mut F) -> Poll<F::Output> {
-    let waker = noop_waker();
-    Pin::new(fut).poll(&mut Context::from_waker(&waker))
 }
 
 // ---------------------------------------------------------------------------------------

@@ -5,50 +5,19 @@
 
 use std::{
     future::Future,
-    pin::{pin, Pin},
+    pin::pin,
     sync::{
         atomic::{AtomicUsize, Ordering::SeqCst},
-        mpsc, Arc, Barrier, Mutex,
+        mpsc, Arc, Barrier,
     },
-    task::{Context, Poll, Waker},
+    task::Poll,
     thread,
     time::Duration,
 };
 
 use deferred_map::{DeferredMap, Error, Lazy};
-use futures::{executor::block_on, task::noop_waker};
-
-fn poll_once<F: Future + ?Sized>(fut: Pin<&mut F>) -> Poll<F::Output> {
-    fut.poll(&mut Context::from_waker(&noop_waker()))
-}
-
-/// A future that stays pending until `open`, then wakes whoever polled it last.
-#[derive(Default, Clone)]
-struct Gate(Arc<Mutex<(bool, Option<Waker>)>>);
-
-impl Gate {
-    fn open(&self) {
-        let waker = {
-            let mut g = self.0.lock().unwrap();
-            g.0 = true;
-            g.1.take()
-        };
-        if let Some(w) = waker {
-            w.wake();
-        }
-    }
-    fn wait(&self) -> impl Future<Output = ()> + Send + 'static {
-        let gate = self.clone();
-        futures::future::poll_fn(move |cx| {
-            let mut g = gate.0.lock().unwrap();
-            if g.0 {
-                return Poll::Ready(());
-            }
-            g.1 = Some(cx.waker().clone());
-            Poll::Pending
-        })
-    }
-}
+use deferred_test_support::{poll_once, Gate};
+use futures::executor::block_on;
 
 /// A computation counting its runs, finishing when `gate` opens.
 fn counted(

@@ -1,50 +1,24 @@
 //! Loom models of the map's single-flight protocol: `cargo xtask test-loom`.
 //!
 //! Two or three threads each; the map's shard locks and the cells' state words are loom's
-//! (through `deferred-core`'s shim), so loom explores their interleavings.
-#![cfg(loom)]
+//! (through `deferred-core`'s shim), so loom explores their interleavings. Without
+//! `--cfg loom` each model runs once on std threads (`deferred_test_support::loom`), a plain
+//! test that `cargo test` and miri run too.
 #![allow(clippy::std_instead_of_core)] // tests run on std; `core::` paths matter in the library only.
 
-use std::{
-    future::Future,
-    pin::{pin, Pin},
-    sync::atomic::Ordering::SeqCst,
-    task::{Context, Poll},
-};
+use std::{future::Future, pin::pin, sync::atomic::Ordering::SeqCst, task::Poll};
 
 use deferred_map::{DeferredMap, Error, Lazy};
-use futures::task::noop_waker;
-use loom::{
+use deferred_test_support::loom::{
+    self,
     future::block_on,
     sync::{atomic::AtomicUsize, Arc},
     thread,
 };
+use deferred_test_support::{poll_once, quiet_panics_saying, FixedHasher};
 
 /// The message of the panics the models raise on purpose.
 const EXPECTED_PANIC: &str = "computation panics";
-
-/// Keeps the panics this model raises on purpose quiet: a model runs thousands of times, and
-/// the test harness would keep every message (and backtrace) in memory. Any other panic
-/// goes to the default hook.
-fn quiet_expected_panics() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let default = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            let expected = info
-                .payload()
-                .downcast_ref::<&str>()
-                .is_some_and(|msg| *msg == EXPECTED_PANIC);
-            if !expected {
-                default(info);
-            }
-        }));
-    });
-}
-
-fn poll_once<F: Future>(fut: Pin<&mut F>) -> Poll<F::Output> {
-    fut.poll(&mut Context::from_waker(&noop_waker()))
-}
 
 /// A computation that returns `value` at once.
 fn ready(runs: &Arc<AtomicUsize>, value: usize) -> impl Future<Output = Result<usize, ()>> {
@@ -75,14 +49,10 @@ fn yielding(runs: &Arc<AtomicUsize>, value: usize) -> impl Future<Output = Resul
     }
 }
 
-/// A fixed hasher: `RandomState` would pick other shards (other loom objects) on every
-/// run, and a loom model must be deterministic.
-type Hasher = std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher>;
-
-type Map = DeferredMap<u8, usize, (), Hasher>;
+type Map = DeferredMap<u8, usize, (), FixedHasher>;
 
 fn new_map() -> Map {
-    Map::with_hasher(Hasher::default())
+    Map::with_hasher(FixedHasher::default())
 }
 
 #[test]
@@ -150,7 +120,7 @@ fn stalled_driver_vs_second_caller() {
 
 #[test]
 fn a_panicking_computation_reaches_the_other_waiter_as_panicked() {
-    quiet_expected_panics();
+    quiet_panics_saying(EXPECTED_PANIC);
     loom::model(|| {
         let map = Arc::new(new_map());
         let cell: Lazy<usize, ()> = Lazy::pending();

@@ -3,15 +3,10 @@
 
 #![allow(clippy::std_instead_of_core)] // tests run on std; `core::` paths matter in the library only.
 
-use std::{
-    collections::HashMap,
-    future::Future,
-    pin::pin,
-    task::{Context, Poll},
-};
+use std::{collections::HashMap, task::Poll};
 
 use deferred_map::{DeferredMap, Error, Lazy};
-use futures::task::noop_waker;
+use deferred_test_support::poll_once;
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
@@ -44,11 +39,6 @@ fn op() -> impl Strategy<Value = Op> {
         (k, any::<u32>()).prop_map(|(k, v)| Op::GetOrAddReady(k, v)),
         Just(Op::Len),
     ]
-}
-
-fn poll_once<F: Future>(fut: F) -> Poll<F::Output> {
-    let fut = pin!(fut);
-    fut.poll(&mut Context::from_waker(&noop_waker()))
 }
 
 proptest! {

@@ -5,24 +5,20 @@
 
 use std::{
     cell::RefCell,
-    future::Future,
     hash::{Hash, Hasher},
     pin::Pin,
     sync::{
         atomic::{AtomicUsize, Ordering::SeqCst},
         mpsc, Arc, OnceLock,
     },
-    task::{Context, Poll},
+    task::Poll,
     thread,
     time::Duration,
 };
 
 use deferred_map::{DeferredMap, Error, Lazy};
-use futures::{executor::block_on, task::noop_waker};
-
-fn poll_once<F: Future + ?Sized>(fut: Pin<&mut F>) -> Poll<F::Output> {
-    fut.poll(&mut Context::from_waker(&noop_waker()))
-}
+use deferred_test_support::poll_once;
+use futures::executor::block_on;
 
 // The window between finding an entry and acting on it, opened deterministically: the
 // unused key's `Drop` (user code, run after the lookup) drops the entry's last waiter.

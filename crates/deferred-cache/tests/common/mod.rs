@@ -4,36 +4,13 @@
 
 use std::{
     future::Future,
-    pin::Pin,
     sync::{
         atomic::{AtomicUsize, Ordering::SeqCst},
         Arc,
     },
-    task::{Context, Poll},
 };
 
-use deferred_core::Deferred;
-
-/// A one-shot gate loaders wait on, opened by the test: orders events without sleeping.
-#[derive(Clone, Default)]
-pub struct Gate(Arc<Deferred<()>>);
-
-impl Gate {
-    pub fn new() -> Self {
-        Gate::default()
-    }
-
-    pub fn open(&self) {
-        let _ = self.0.succeed(());
-    }
-
-    pub fn wait(&self) -> impl Future<Output = ()> + Send + 'static {
-        let wait = Deferred::wait_owned(Arc::clone(&self.0));
-        async move {
-            let _ = wait.await;
-        }
-    }
-}
+pub use deferred_test_support::{poll_once, Gate};
 
 /// Counts loads that ran (a loader's future polled) and those dropped after they started.
 /// Loaders call `enter` inside their future, so a future that is dropped unpolled (a caller
@@ -84,9 +61,4 @@ impl Drop for RunGuard {
     fn drop(&mut self) {
         self.0.fetch_add(1, SeqCst);
     }
-}
-
-/// Polls `fut` once with a waker that does nothing.
-pub fn poll_once<F: Future + Unpin>(fut: &mut F) -> Poll<F::Output> {
-    Pin::new(fut).poll(&mut Context::from_waker(&futures::task::noop_waker()))
 }

@@ -3,12 +3,11 @@
 #![allow(clippy::std_instead_of_core)] // tests run on std; `core::` paths matter in the library only.
 
 use std::{
-    pin::Pin,
     sync::{
         atomic::{AtomicUsize, Ordering::SeqCst},
         Arc,
     },
-    task::{Context, Poll, RawWaker, RawWakerVTable, Waker},
+    task::{RawWaker, RawWakerVTable, Waker},
 };
 
 /// What happened to the clones of one counting waker.
@@ -77,12 +76,4 @@ unsafe fn drop_waker(ptr: *const ()) {
     unsafe { &*ptr.cast::<Counts>() }.drops.fetch_add(1, SeqCst);
     // SAFETY: releases the strong count this waker carried.
     unsafe { Arc::decrement_strong_count(ptr.cast::<Counts>()) };
-}
-
-/// Polls `fut` once with `waker`.
-pub fn poll_once<F: std::future::Future + ?Sized>(
-    fut: Pin<&mut F>,
-    waker: &Waker,
-) -> Poll<F::Output> {
-    fut.poll(&mut Context::from_waker(waker))
 }
