@@ -56,7 +56,7 @@ where
                 inner.wake(None);
             }
             let (mut sink, mut messages) = pubsub.split();
-            let mut ping_at = tokio::time::Instant::now() + ping_every;
+            let mut ping_at = crate::hybrid::after(ping_every);
             loop {
                 let next = core::future::poll_fn(|cx| Pin::new(&mut messages).poll_next(cx));
                 let message = tokio::select! {
@@ -69,7 +69,7 @@ where
                         if !matches!(pong.await, Ok(Ok(_))) {
                             break;
                         }
-                        ping_at = tokio::time::Instant::now() + ping_every;
+                        ping_at = crate::hybrid::after(ping_every);
                         continue;
                     }
                 };

@@ -407,8 +407,25 @@ fn random_u64() -> u64 {
     hasher.finish()
 }
 
+/// The longest time Redis is given in milliseconds (`PX`, `PEXPIRE`): about 35 000 years.
+/// Redis refuses a time that, added to its clock, overflows; `Duration::MAX` ("no bound")
+/// would otherwise fail every write.
+const MAX_MILLIS: u64 = 1 << 50;
+
+/// `d` in whole milliseconds for Redis: at least 1, at most [`MAX_MILLIS`].
 fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+    u64::try_from(d.as_millis())
+        .unwrap_or(u64::MAX)
+        .clamp(1, MAX_MILLIS)
+}
+
+/// The instant `d` from now, or (for a `d` too long to add, such as `Duration::MAX`) about
+/// a century from now: a deadline that never comes, without the panic of `Instant + d`.
+pub(crate) fn after(d: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(d)
+        .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 24 * 3600)))
+        .unwrap_or(now)
 }
 
 impl<V, E, C> HybridCache<V, E, C>
@@ -809,7 +826,7 @@ where
             key: &key,
             notify,
         };
-        let deadline = Instant::now() + self.config.max_wait;
+        let deadline = after(self.config.max_wait);
         // Every round trip and every wait is bounded in time; the rounds are bounded in
         // number too, in case a clock misbehaves: a poll per `poll_interval`, and as many
         // again for wakes by backplane messages.
@@ -858,7 +875,7 @@ where
                         bump(&self.counters.l2_misses);
                         bump(&self.counters.lease_waits);
                     }
-                    let now = Instant::now();
+                    let now = tokio::time::Instant::now();
                     if now >= deadline {
                         break;
                     }
@@ -975,7 +992,7 @@ where
         let lease_ms = millis(self.config.lease);
         let period = self.config.lease / 3;
         let mut load = core::pin::pin!(load);
-        let mut next = Some(tokio::time::Instant::now() + period);
+        let mut next = Some(after(period));
         loop {
             let Some(at) = next else {
                 return load.await;
@@ -999,7 +1016,7 @@ where
                     next = match renewed {
                         Ok(1) => {
                             bump(&self.counters.lease_renewals);
-                            Some(tokio::time::Instant::now() + period)
+                            Some(after(period))
                         }
                         // Gone or someone else's: the write will be refused; stop renewing.
                         Ok(_) => {
@@ -1007,7 +1024,7 @@ where
                             None
                         }
                         // Try again soon: the lease may still be ours.
-                        Err(_) => Some(tokio::time::Instant::now() + period),
+                        Err(_) => Some(after(period)),
                     };
                 }
             }

@@ -1,0 +1,101 @@
+//! Findings of a review of the protocol, each a test that failed before its fix (see the
+//! commit that added it): huge durations, invalidate_all and this cache's own L1, nested
+//! prefixes, fenced values kept in the loader's L1, and a lease taken by a cancelled probe.
+
+#![allow(clippy::std_instead_of_core)] // a `std` test
+
+mod support;
+
+use std::{
+    future::Future,
+    pin::{pin, Pin},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use deferred_redis::{HybridCache, Utf8};
+use redis::Commands;
+use support::{eventually, server::RedisServer};
+use tokio::sync::Semaphore;
+
+type Strings = HybridCache<String, String, Utf8>;
+
+/// A bound for waits on conditions that real time decides; never reached when all is well.
+const PATIENCE: Duration = Duration::from_secs(5);
+
+/// A cache whose round trips outlast a short pause of the server, and whose backplane does
+/// not ping during one (a failed ping would drop the L1 and hide what a test looks at).
+fn cache(server: &RedisServer, prefix: &str) -> Strings {
+    HybridCache::builder(server.client(), prefix, Utf8)
+        .lease(Duration::from_secs(30))
+        .op_timeout(Duration::from_secs(5))
+        .poll_interval(Duration::from_millis(20))
+        .backplane_ping(Duration::from_secs(60))
+        .build()
+        .expect("build inside a runtime")
+}
+
+fn ok(
+    value: &'static str,
+) -> impl FnOnce() -> Pin<Box<dyn Future<Output = Result<String, String>> + Send>> {
+    move || Box::pin(async move { Ok(value.to_string()) })
+}
+
+/// A loader that counts its runs and then waits for `gate` before answering `value`.
+fn gated(
+    runs: &Arc<AtomicUsize>,
+    gate: &Arc<Semaphore>,
+    value: &'static str,
+) -> impl FnOnce() -> Pin<Box<dyn Future<Output = Result<String, String>> + Send>> {
+    let (runs, gate) = (Arc::clone(runs), Arc::clone(gate));
+    move || {
+        Box::pin(async move {
+            runs.fetch_add(1, Ordering::SeqCst);
+            let _permit = gate.acquire().await.map_err(|e| e.to_string())?;
+            Ok(value.to_string())
+        })
+    }
+}
+
+/// Polls `future` exactly once (it must not finish: the server is paused).
+async fn poll_once<F: Future>(future: Pin<&mut F>) {
+    let mut future = future;
+    tokio::select! {
+        biased;
+        _ = &mut future => panic!("finished while the server was paused"),
+        () = std::future::ready(()) => {}
+    }
+}
+
+/// Finding 1: `Duration::MAX` (a natural "no bound") as `max_wait`, `lease`,
+/// `time_to_live` or `backplane_ping` panicked (`Instant + Duration` overflow) on every
+/// L1 miss, or made every Redis write fail (`PX` out of Redis' range).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_1_unbounded_durations_neither_panic_nor_fail_redis() {
+    let server = RedisServer::start();
+    let a: Strings = HybridCache::builder(server.client(), "huge:", Utf8)
+        .max_wait(Duration::MAX)
+        .lease(Duration::MAX)
+        .time_to_live(Duration::MAX)
+        .backplane_ping(Duration::MAX)
+        .op_timeout(Duration::from_secs(5))
+        .build()
+        .expect("build");
+    assert!(
+        a.backplane_ready(PATIENCE).await,
+        "the backplane task is alive"
+    );
+    assert_eq!(a.get_with("k", ok("v")).await, Ok("v".to_string()));
+    a.insert("j", "w".to_string())
+        .await
+        .expect("insert reaches Redis");
+    let stats = a.stats();
+    assert_eq!((stats.l2_writes, stats.l2_errors), (1, 0));
+    let mut raw = server.connection();
+    let (k, j): (Option<String>, Option<String>) =
+        (raw.get("huge:v:k").unwrap(), raw.get("huge:v:j").unwrap());
+    assert_eq!((k.as_deref(), j.as_deref()), (Some("v"), Some("w")));
+}
