@@ -565,7 +565,12 @@ where
     /// ```
     pub async fn invalidate(&self, key: &str) -> Result<(), L2Error> {
         self.inner.l1.invalidate(key);
-        self.inner.write(key, None).await
+        let written = self.inner.write(key, None).await;
+        // A read of this cache that started after the first invalidation may have copied
+        // the value Redis still held into the L1 before the write reached Redis, and this
+        // cache skips its own announcement: drop the key again, now that Redis has no value.
+        self.inner.l1.invalidate(key);
+        written
     }
 
     /// Removes every value of this prefix: from this L1, from every other process's L1
@@ -583,7 +588,12 @@ where
     /// ```
     pub async fn invalidate_all(&self) -> Result<(), L2Error> {
         self.inner.l1.invalidate_all();
-        self.inner.clear_l2().await
+        let cleared = self.inner.clear_l2().await;
+        // The deletes take several round trips, and a read of this cache in between copies
+        // whatever Redis still held into the L1 (its own announcement is skipped): clear the
+        // L1 again once Redis has been cleared, so no value from before this call survives.
+        self.inner.l1.invalidate_all();
+        cleared
     }
 
     /// Whether this process's L1 holds a value for `key` (no Redis round trip; counts

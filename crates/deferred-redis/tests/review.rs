@@ -99,3 +99,28 @@ async fn finding_1_unbounded_durations_neither_panic_nor_fail_redis() {
         (raw.get("huge:v:k").unwrap(), raw.get("huge:v:j").unwrap());
     assert_eq!((k.as_deref(), j.as_deref()), (Some("v"), Some("w")));
 }
+
+/// Finding 2: `invalidate_all` clears this L1 first and then deletes in Redis over several
+/// round trips, and ignores its own announcement: a read of this cache in between copied a
+/// value from before the invalidation into the L1, where it stayed after `Ok`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_2_invalidate_all_leaves_no_older_value_in_its_own_l1() {
+    let server = RedisServer::start();
+    let a = cache(&server, "all:");
+    assert!(a.backplane_ready(PATIENCE).await);
+    assert_eq!(a.get_with("k", ok("old")).await, Ok("old".to_string()));
+    server.pause();
+    let mut clear = pin!(a.invalidate_all());
+    poll_once(clear.as_mut()).await; // L1 cleared, SCAN sent
+    assert!(!a.contains_local("k"));
+    let mut read = pin!(a.get_with("k", ok("loaded")));
+    poll_once(read.as_mut()).await; // an L1 miss: GET_OR_LEASE sent after the SCAN
+    server.resume();
+    let (cleared, _concurrent) = tokio::join!(clear, read);
+    cleared.expect("invalidate_all reached Redis");
+    assert_eq!(
+        a.get_with("k", ok("new")).await,
+        Ok("new".to_string()),
+        "a read that starts after invalidate_all returned sees no value from before it"
+    );
+}
