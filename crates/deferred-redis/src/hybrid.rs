@@ -1123,7 +1123,9 @@ where
 
     /// Deletes the prefix's keys in Redis, then tells the other processes to clear their L1.
     async fn clear_l2(&self) -> Result<(), L2Error> {
-        let pattern = format!("{}*", glob_escape(&self.prefix));
+        // Only this cache's own keys, `{prefix}v:*` and `{prefix}l:*`: a bare `{prefix}*`
+        // also matched every cache whose prefix extends this one (`app:` and `app:users:`).
+        let pattern = format!("{}[vl]:*", glob_escape(&self.prefix));
         let pattern = pattern.as_str();
         let mut cursor: u64 = 0;
         // Bounded: SCAN ends in a number of rounds about the number of keys over COUNT; a

@@ -124,3 +124,47 @@ async fn finding_2_invalidate_all_leaves_no_older_value_in_its_own_l1() {
         "a read that starts after invalidate_all returned sees no value from before it"
     );
 }
+
+/// Finding 3: `invalidate_all` scanned `{prefix}*`, which also matches the keys of every
+/// cache whose prefix starts with this one's (`app:` and `app:users:`, `users` and
+/// `users2`): it deleted their values and leases too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_3_invalidate_all_spares_caches_whose_prefix_extends_this_one() {
+    let server = RedisServer::start();
+    let app = cache(&server, "app:");
+    let users = cache(&server, "app:users:");
+    let plain = cache(&server, "users");
+    let plain2 = cache(&server, "users2");
+    app.insert("x", "1".to_string()).await.unwrap();
+    users.insert("7", "Ada".to_string()).await.unwrap();
+    plain.insert("x", "2".to_string()).await.unwrap();
+    plain2.insert("7", "Bob".to_string()).await.unwrap();
+    app.invalidate_all().await.unwrap();
+    plain.invalidate_all().await.unwrap();
+    let mut raw = server.connection();
+    let got: Vec<Option<String>> = ["app:v:x", "app:users:v:7", "usersv:x", "users2v:7"]
+        .iter()
+        .map(|key| raw.get(*key).unwrap())
+        .collect();
+    assert_eq!(
+        got,
+        [None, Some("Ada".to_string()), None, Some("Bob".to_string())],
+        "invalidate_all deletes only its own prefix's keys"
+    );
+}
+
+/// Checked sound (no fix needed): glob characters in a prefix are escaped for `SCAN MATCH`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn glob_characters_in_a_prefix_match_only_themselves() {
+    let server = RedisServer::start();
+    let (glob, plain) = (cache(&server, "g[1]*?\\:"), cache(&server, "g1x\\:"));
+    glob.insert("k", "a".to_string()).await.unwrap();
+    plain.insert("k", "b".to_string()).await.unwrap();
+    glob.invalidate_all().await.unwrap();
+    let mut raw = server.connection();
+    let got: (Option<String>, Option<String>) = (
+        raw.get("g[1]*?\\:v:k").unwrap(),
+        raw.get("g1x\\:v:k").unwrap(),
+    );
+    assert_eq!(got, (None, Some("b".to_string())));
+}
