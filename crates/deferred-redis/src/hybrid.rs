@@ -915,12 +915,21 @@ where
             Next::Local => {
                 // Redis failed (fail-safe), or the wait ran past `max_wait`.
                 bump(&self.counters.local_fallbacks);
-                load.await
+                load.await.map(|value| (value, false))
             }
         };
-        // A value loaded here lives in the L1 as it does in Redis (if it got there).
-        let ttl = self.config.ttl.min(self.config.l1_ttl());
-        value.map(|value| Tiered { value, ttl })
+        value.map(|(value, fenced)| {
+            // A value loaded here lives in the L1 as it does in Redis (if it got there). One
+            // whose write was refused lost to a write elsewhere (writes win): its callers
+            // have it, but the L1 keeps nothing over that write, whether or not the
+            // backplane brings its announcement (it may be off, or resubscribing).
+            let ttl = if fenced {
+                Duration::ZERO
+            } else {
+                self.config.ttl.min(self.config.l1_ttl())
+            };
+            Tiered { value, ttl }
+        })
     }
 
     /// A value in Redis that does not decode: load, and replace it if the lease is free.
@@ -930,7 +939,7 @@ where
         lease_key: &str,
         token: String,
         load: Fut,
-    ) -> Result<V, E>
+    ) -> Result<(V, bool), E>
     where
         Fut: Future<Output = Result<V, E>> + Send,
     {
@@ -956,13 +965,20 @@ where
             // Someone else is loading (or Redis failed): load for this process alone.
             _ => {
                 bump(&self.counters.local_fallbacks);
-                load.await
+                load.await.map(|value| (value, false))
             }
         }
     }
 
-    /// Runs `load` holding the lease (renewing it), then writes its value, fenced.
-    async fn lead<Fut>(self: Arc<Self>, key: String, token: String, load: Fut) -> Result<V, E>
+    /// Runs `load` holding the lease (renewing it), then writes its value, fenced. The flag:
+    /// whether the write was refused (fenced), the lease having gone to a write or another
+    /// load meanwhile.
+    async fn lead<Fut>(
+        self: Arc<Self>,
+        key: String,
+        token: String,
+        load: Fut,
+    ) -> Result<(V, bool), E>
     where
         Fut: Future<Output = Result<V, E>> + Send,
     {
@@ -973,13 +989,15 @@ where
             armed: true,
         };
         let outcome = self.run_renewing(&key, &token, load).await;
+        let mut fenced = false;
         if let Ok(value) = &outcome {
             match self.codec.encode(value) {
                 Ok(bytes) => {
-                    if self.commit(&key, &token, bytes).await.is_ok() {
+                    if let Ok(written) = self.commit(&key, &token, bytes).await {
                         // Written, or refused because the lease is not ours any more:
                         // either way there is nothing left to release.
                         guard.armed = false;
+                        fenced = !written;
                     }
                 }
                 Err(_) => bump(&self.counters.encode_errors),
@@ -991,7 +1009,7 @@ where
             guard.armed = false;
             self.release(&key, &token).await;
         }
-        outcome
+        outcome.map(|value| (value, fenced))
     }
 
     async fn run_renewing<Fut>(&self, key: &str, token: &str, load: Fut) -> Result<V, E>

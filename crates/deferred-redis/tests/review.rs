@@ -168,3 +168,78 @@ async fn glob_characters_in_a_prefix_match_only_themselves() {
     );
     assert_eq!(got, (None, Some("b".to_string())));
 }
+
+/// Finding 4: a load whose COMMIT was fenced (an `insert` elsewhere deleted its lease:
+/// writes win) still left its value in its own L1; only the backplane's message about the
+/// insert removed it. Without the backplane, or with the message lost to a resubscription
+/// during the load, the loser's value stayed in the L1 over the insert that won.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_4_a_fenced_value_does_not_stay_in_the_loaders_l1() {
+    let server = RedisServer::start();
+    let a: Strings = HybridCache::builder(server.client(), "wins:", Utf8)
+        .backplane(false)
+        .op_timeout(Duration::from_secs(5))
+        .build()
+        .expect("build");
+    let b = cache(&server, "wins:");
+    let (runs, gate) = (Arc::new(AtomicUsize::new(0)), Arc::new(Semaphore::new(0)));
+    let load = {
+        let (a, loader) = (a.clone(), gated(&runs, &gate, "old"));
+        tokio::spawn(async move { a.get_with("k", loader).await })
+    };
+    assert!(eventually(PATIENCE, || runs.load(Ordering::SeqCst) == 1).await);
+    b.insert("k", "new".to_string()).await.unwrap();
+    gate.add_permits(1);
+    assert_eq!(
+        load.await.unwrap(),
+        Ok("old".to_string()),
+        "its callers get its value"
+    );
+    assert_eq!(a.stats().fenced_writes, 1);
+    assert_eq!(
+        a.get_with("k", ok("loaded")).await,
+        Ok("new".to_string()),
+        "the insert won in Redis; the loader's L1 keeps no value over it"
+    );
+}
+
+/// Finding 4 across a resubscription: the backplane is cut while the load runs, the insert
+/// elsewhere is announced while this cache is not subscribed, and the resubscription's L1
+/// purge skips loads in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_4_a_resubscription_during_a_fenced_load_keeps_no_stale_value() {
+    let server = RedisServer::start();
+    let (a, b) = (cache(&server, "resub:"), cache(&server, "resub:"));
+    assert!(a.backplane_ready(PATIENCE).await);
+    let (runs, gate) = (Arc::new(AtomicUsize::new(0)), Arc::new(Semaphore::new(0)));
+    let load = {
+        let (a, loader) = (a.clone(), gated(&runs, &gate, "old"));
+        tokio::spawn(async move { a.get_with("k", loader).await })
+    };
+    assert!(eventually(PATIENCE, || runs.load(Ordering::SeqCst) == 1).await);
+    let mut raw = server.connection();
+    let _: redis::Value = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query(&mut raw)
+        .unwrap();
+    let mut down = false;
+    for _ in 0..5000 {
+        if !a.backplane_ready(Duration::ZERO).await {
+            down = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert!(down, "the subscription was lost");
+    b.insert("k", "new".to_string()).await.unwrap();
+    assert!(eventually(PATIENCE, || a.stats().backplane_subscriptions == 2).await);
+    gate.add_permits(1);
+    assert_eq!(load.await.unwrap(), Ok("old".to_string()));
+    assert_eq!(
+        a.get_with("k", ok("loaded")).await,
+        Ok("new".to_string()),
+        "the insert that won is what this cache reads next"
+    );
+}
