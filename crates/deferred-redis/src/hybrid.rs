@@ -846,13 +846,28 @@ where
         let mut waited = false;
         let mut l2_failed = false;
         let mut next = Next::Local;
+        // Armed while a `GET_OR_LEASE` is in flight: the script may take the lease, and a
+        // load dropped before its answer arrives would otherwise leave that lease to expire
+        // (`lease`), holding every other process's waiters up that long. RELEASE checks the
+        // token, so releasing a lease the script did not take is harmless.
+        let mut probing = LeaseGuard {
+            inner: Arc::clone(&self),
+            key: key.clone(),
+            token: token.clone(),
+            armed: false,
+        };
         for _ in 0..max_rounds.min(1_000_000) {
             // Registered before the round trip, so an announcement that comes between the
             // round trip and the wait is not missed.
             let notified = waiting.notify.notified();
             let mut notified = core::pin::pin!(notified);
             notified.as_mut().enable();
-            match self.probe(&value_key, &lease_key, &token).await {
+            probing.armed = true;
+            let probed = self.probe(&value_key, &lease_key, &token).await;
+            // Answered: a lease it took goes to `lead` below (with no await in between),
+            // which guards it from then on.
+            probing.armed = false;
+            match probed {
                 Ok(Probe::Value(bytes, ttl)) => match self.codec.decode(&bytes) {
                     Ok(value) => {
                         bump(&self.counters.l2_hits);
@@ -945,6 +960,13 @@ where
     {
         let lease_ms = millis(self.config.lease);
         let token_ref = token.as_str();
+        // As around `GET_OR_LEASE`: a load dropped during this SET hands back what it took.
+        let mut taking = LeaseGuard {
+            inner: Arc::clone(self),
+            key: key.to_string(),
+            token: token.clone(),
+            armed: true,
+        };
         let leased: Result<Option<String>, L2Error> = self
             .l2(|mut c| async move {
                 redis::cmd("SET")
@@ -957,6 +979,7 @@ where
                     .await
             })
             .await;
+        taking.armed = false;
         match leased {
             Ok(Some(_)) => {
                 bump(&self.counters.lease_wins);

@@ -243,3 +243,25 @@ async fn finding_4_a_resubscription_during_a_fenced_load_keeps_no_stale_value() 
         "the insert that won is what this cache reads next"
     );
 }
+
+/// Finding 5: a load dropped by its last caller while its `GET_OR_LEASE` was in flight
+/// left the lease that script took in Redis until it expired (`lease`, here 30 s), so
+/// every other process waited that long: the release on drop covered only the loader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_5_a_load_dropped_during_its_lease_probe_hands_the_lease_back() {
+    let server = RedisServer::start();
+    let a = cache(&server, "probe:");
+    // Connected, and the lease script loaded (so GET_OR_LEASE is one EVALSHA).
+    assert_eq!(a.get_with("warm", ok("w")).await, Ok("w".to_string()));
+    server.pause();
+    {
+        let mut read = pin!(a.get_with("k", ok("never")));
+        poll_once(read.as_mut()).await; // GET_OR_LEASE sent; its answer never read
+    }
+    server.resume();
+    let mut raw = server.connection();
+    assert!(
+        eventually(PATIENCE, || !raw.exists::<_, bool>("probe:l:k").unwrap()).await,
+        "the lease taken for a load nobody waits for any more is handed back"
+    );
+}
