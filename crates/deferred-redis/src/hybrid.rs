@@ -23,25 +23,33 @@ use crate::{
 /// Reads the value, or takes the lease when there is neither a value nor a lease: one round
 /// trip, atomic, so no process can see "no value, no lease" between another's write and its
 /// lease release (the write and the release are one script too, `COMMIT`).
-/// KEYS: value, lease. ARGV: token, lease in ms. Returns {1, value, its PTTL} | {2} (leased)
-/// | {0} (held).
+/// It also returns the prefix's generation (bumped by every `invalidate_all`), which the
+/// load's `COMMIT` checks.
+/// KEYS: value, lease, generation. ARGV: token, lease in ms. Returns
+/// {1, value, its PTTL, generation} | {2, generation} (leased) | {0} (held).
 const GET_OR_LEASE: &str = r"
+local g = redis.call('GET', KEYS[3]) or '0'
 local v = redis.call('GET', KEYS[1])
-if v then return {1, v, redis.call('PTTL', KEYS[1])} end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2} end
+if v then return {1, v, redis.call('PTTL', KEYS[1]), g} end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2, g} end
 return {0}
 ";
 
-/// The fenced write: only the holder of the lease writes, releases and announces.
-/// KEYS: value, lease. ARGV: token, bytes, ttl in ms, channel, message. Returns 1 or 0.
+/// The fenced write: only the holder of the lease writes, releases and announces, and only
+/// if no `invalidate_all` began since the lease was taken (the generation is the one
+/// `GET_OR_LEASE` returned; else the lease is given up, announced, and nothing written).
+/// KEYS: value, lease, generation. ARGV: token, bytes, ttl in ms, channel, message,
+/// generation. Returns 1 (written) or 0 (refused).
 const COMMIT: &str = r"
-if redis.call('GET', KEYS[2]) == ARGV[1] then
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[2])
+local written = 0
+if (redis.call('GET', KEYS[3]) or '0') == ARGV[6] then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-  redis.call('DEL', KEYS[2])
-  redis.call('PUBLISH', ARGV[4], ARGV[5])
-  return 1
+  written = 1
 end
-return 0
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+return written
 ";
 
 /// Extends the lease if it is still this token's. KEYS: lease. ARGV: token, lease in ms.
@@ -387,10 +395,11 @@ impl<V: 'static> deferred_expiring::Expiry<String, Tiered<V>> for L1Expiry {
     }
 }
 
-/// What `GET_OR_LEASE` found: the bytes and, if the key has one, its time to live.
+/// What `GET_OR_LEASE` found: the bytes and, if the key has one, its time to live; and for
+/// a value or a lease, the prefix's generation.
 enum Probe {
-    Value(Vec<u8>, Option<Duration>),
-    Leased,
+    Value(Vec<u8>, Option<Duration>, Vec<u8>),
+    Leased(Vec<u8>),
     Held,
 }
 
@@ -720,6 +729,12 @@ where
         format!("{}l:{key}", self.prefix)
     }
 
+    /// The prefix's generation: bumped by every `invalidate_all`, so that a load whose lease
+    /// is older cannot write (see `COMMIT`). Outside `invalidate_all`'s `[vl]:*` pattern.
+    fn generation_key(&self) -> String {
+        format!("{}gen", self.prefix)
+    }
+
     /// A backplane message: kind, this cache's origin, the key.
     pub(crate) fn message(&self, kind: u8, key: &str) -> Vec<u8> {
         let mut message = Vec::with_capacity(1 + self.origin.len() + key.len());
@@ -790,12 +805,15 @@ where
 
     async fn probe(&self, value_key: &str, lease_key: &str, token: &str) -> Result<Probe, L2Error> {
         let lease_ms = millis(self.config.lease);
+        let generation_key = self.generation_key();
+        let generation_key = generation_key.as_str();
         let reply: Vec<Value> = self
             .l2(|mut c| async move {
                 self.scripts
                     .get_or_lease
                     .key(value_key)
                     .key(lease_key)
+                    .key(generation_key)
                     .arg(token)
                     .arg(lease_ms)
                     .invoke_async(&mut c)
@@ -803,11 +821,12 @@ where
             })
             .await?;
         match reply.as_slice() {
-            [Value::Int(1), Value::BulkString(bytes), Value::Int(pttl)] => {
+            [Value::Int(1), Value::BulkString(bytes), Value::Int(pttl), Value::BulkString(generation)] =>
+            {
                 let ttl = u64::try_from(*pttl).ok().map(Duration::from_millis);
-                Ok(Probe::Value(bytes.clone(), ttl))
+                Ok(Probe::Value(bytes.clone(), ttl, generation.clone()))
             }
-            [Value::Int(2)] => Ok(Probe::Leased),
+            [Value::Int(2), Value::BulkString(generation)] => Ok(Probe::Leased(generation.clone())),
             [Value::Int(0)] => Ok(Probe::Held),
             _ => {
                 bump(&self.counters.l2_errors);
@@ -846,6 +865,8 @@ where
         let mut waited = false;
         let mut l2_failed = false;
         let mut next = Next::Local;
+        // The generation the lease is taken under (see `COMMIT`).
+        let mut generation = Vec::new();
         // Armed while a `GET_OR_LEASE` is in flight: the script may take the lease, and a
         // load dropped before its answer arrives would otherwise leave that lease to expire
         // (`lease`), holding every other process's waiters up that long. RELEASE checks the
@@ -868,7 +889,7 @@ where
             // which guards it from then on.
             probing.armed = false;
             match probed {
-                Ok(Probe::Value(bytes, ttl)) => match self.codec.decode(&bytes) {
+                Ok(Probe::Value(bytes, ttl, seen)) => match self.codec.decode(&bytes) {
                     Ok(value) => {
                         bump(&self.counters.l2_hits);
                         let most = self.config.l1_ttl();
@@ -880,11 +901,13 @@ where
                         if !waited {
                             bump(&self.counters.l2_misses);
                         }
+                        generation = seen;
                         next = Next::Replace;
                         break;
                     }
                 },
-                Ok(Probe::Leased) => {
+                Ok(Probe::Leased(seen)) => {
+                    generation = seen;
                     if waited {
                         bump(&self.counters.takeovers);
                     } else {
@@ -922,9 +945,9 @@ where
         }
         drop(waiting);
         let value = match next {
-            Next::Lead => Arc::clone(&self).lead(key, token, load).await,
+            Next::Lead => Arc::clone(&self).lead(key, token, generation, load).await,
             Next::Replace => {
-                self.replace_undecodable(&key, &lease_key, token, load)
+                self.replace_undecodable(&key, &lease_key, token, generation, load)
                     .await
             }
             Next::Local => {
@@ -953,6 +976,7 @@ where
         key: &str,
         lease_key: &str,
         token: String,
+        generation: Vec<u8>,
         load: Fut,
     ) -> Result<(V, bool), E>
     where
@@ -983,7 +1007,9 @@ where
         match leased {
             Ok(Some(_)) => {
                 bump(&self.counters.lease_wins);
-                Arc::clone(self).lead(key.to_string(), token, load).await
+                Arc::clone(self)
+                    .lead(key.to_string(), token, generation, load)
+                    .await
             }
             // Someone else is loading (or Redis failed): load for this process alone.
             _ => {
@@ -1000,6 +1026,7 @@ where
         self: Arc<Self>,
         key: String,
         token: String,
+        generation: Vec<u8>,
         load: Fut,
     ) -> Result<(V, bool), E>
     where
@@ -1016,7 +1043,7 @@ where
         if let Ok(value) = &outcome {
             match self.codec.encode(value) {
                 Ok(bytes) => {
-                    if let Ok(written) = self.commit(&key, &token, bytes).await {
+                    if let Ok(written) = self.commit(&key, &token, &generation, bytes).await {
                         // Written, or refused because the lease is not ours any more:
                         // either way there is nothing left to release.
                         guard.armed = false;
@@ -1083,9 +1110,17 @@ where
     }
 
     /// The fenced write; `Ok(true)` if written, `Ok(false)` if the lease was not ours.
-    async fn commit(&self, key: &str, token: &str, bytes: Vec<u8>) -> Result<bool, L2Error> {
+    async fn commit(
+        &self,
+        key: &str,
+        token: &str,
+        generation: &[u8],
+        bytes: Vec<u8>,
+    ) -> Result<bool, L2Error> {
         let value_key = self.value_key(key);
         let lease_key = self.lease_key(key);
+        let generation_key = self.generation_key();
+        let generation_key = generation_key.as_str();
         let ttl_ms = millis(self.config.ttl);
         let message = self.message(b'L', key);
         let (value_key, lease_key, bytes, message) = (&value_key, &lease_key, &bytes, &message);
@@ -1095,11 +1130,13 @@ where
                     .commit
                     .key(value_key)
                     .key(lease_key)
+                    .key(generation_key)
                     .arg(token)
                     .arg(bytes.as_slice())
                     .arg(ttl_ms)
                     .arg(&self.channel)
                     .arg(message.as_slice())
+                    .arg(generation)
                     .invoke_async(&mut c)
                     .await
             })
@@ -1168,6 +1205,19 @@ where
         // also matched every cache whose prefix extends this one (`app:` and `app:users:`).
         let pattern = format!("{}[vl]:*", glob_escape(&self.prefix));
         let pattern = pattern.as_str();
+        // First a new generation: a load whose lease predates this call cannot write any
+        // more (its COMMIT checks the generation), so no value from before it lands in Redis
+        // behind the SCAN, which may have passed over it (or found only its lease).
+        let generation_key = self.generation_key();
+        let generation_key = generation_key.as_str();
+        let _: i64 = self
+            .l2(|mut c| async move {
+                redis::cmd("INCR")
+                    .arg(generation_key)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
         let mut cursor: u64 = 0;
         // Bounded: SCAN ends in a number of rounds about the number of keys over COUNT; a
         // cap stops a keyspace that grows faster than it is scanned.

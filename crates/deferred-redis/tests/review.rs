@@ -265,3 +265,99 @@ async fn finding_5_a_load_dropped_during_its_lease_probe_hands_the_lease_back() 
         "the lease taken for a load nobody waits for any more is handed back"
     );
 }
+
+/// `INFO clients`' `blocked_clients`: clients whose command waits (here: on `CLIENT PAUSE`).
+fn blocked_clients(raw: &mut redis::Connection) -> usize {
+    let info: String = redis::cmd("INFO").arg("clients").query(raw).unwrap();
+    info.lines()
+        .find_map(|line| line.strip_prefix("blocked_clients:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Finding 6: a load in flight elsewhere could overwrite `invalidate_all`. Its COMMIT landing
+/// between the SCAN (which found only its lease) and the DEL wrote its value, from before the
+/// invalidation, where nothing deleted it: it outlived the `Ok`, in Redis and so in every L1.
+/// `invalidate` fences such a load (it deletes the lease); `invalidate_all` did not.
+/// Ordered with `CLIENT PAUSE WRITE`: reads (SCAN) go on, writes wait and then run in the
+/// order they came (COMMIT, then DEL).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_6_a_load_in_flight_cannot_overwrite_invalidate_all() {
+    let server = RedisServer::start();
+    let (a, b) = (cache(&server, "scan:"), cache(&server, "scan:"));
+    assert!(a.backplane_ready(PATIENCE).await && b.backplane_ready(PATIENCE).await);
+    // Scripts loaded on B's connection (the COMMIT below is then one EVALSHA).
+    assert_eq!(b.get_with("warm", ok("w")).await, Ok("w".to_string()));
+    let (runs, gate) = (Arc::new(AtomicUsize::new(0)), Arc::new(Semaphore::new(0)));
+    let load = {
+        let (b, loader) = (b.clone(), gated(&runs, &gate, "before"));
+        tokio::spawn(async move { b.get_with("k", loader).await })
+    };
+    assert!(eventually(PATIENCE, || runs.load(Ordering::SeqCst) == 1).await);
+    let mut raw = server.connection();
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(10_000)
+        .arg("WRITE")
+        .query(&mut raw)
+        .unwrap();
+    gate.add_permits(1); // B's COMMIT waits on the pause
+    assert!(eventually(PATIENCE, || blocked_clients(&mut raw) == 1).await);
+    let clear = {
+        let a = a.clone();
+        tokio::spawn(async move { a.invalidate_all().await })
+    };
+    // A's SCAN ran (it found B's lease); its DEL waits behind B's COMMIT.
+    assert!(eventually(PATIENCE, || blocked_clients(&mut raw) == 2).await);
+    let _: () = redis::cmd("CLIENT").arg("UNPAUSE").query(&mut raw).unwrap();
+    clear.await.unwrap().expect("invalidate_all reached Redis");
+    assert_eq!(load.await.unwrap(), Ok("before".to_string()));
+    let left: Option<String> = raw.get("scan:v:k").unwrap();
+    assert_eq!(
+        left, None,
+        "no value from before invalidate_all outlives it in Redis"
+    );
+    assert_eq!(a.get_with("k", ok("after")).await, Ok("after".to_string()));
+}
+
+/// Finding 6, the fence itself: `invalidate_all` begins (its first write waits on the
+/// pause), then the load's COMMIT comes; the COMMIT runs after the new generation and is
+/// refused, although its lease is still in place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_6_a_commit_after_invalidate_all_began_is_refused() {
+    let server = RedisServer::start();
+    let (a, b) = (cache(&server, "gen:"), cache(&server, "gen:"));
+    assert!(a.backplane_ready(PATIENCE).await && b.backplane_ready(PATIENCE).await);
+    assert_eq!(b.get_with("warm", ok("w")).await, Ok("w".to_string()));
+    let (runs, gate) = (Arc::new(AtomicUsize::new(0)), Arc::new(Semaphore::new(0)));
+    let load = {
+        let (b, loader) = (b.clone(), gated(&runs, &gate, "before"));
+        tokio::spawn(async move { b.get_with("k", loader).await })
+    };
+    assert!(eventually(PATIENCE, || runs.load(Ordering::SeqCst) == 1).await);
+    let mut raw = server.connection();
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(10_000)
+        .arg("WRITE")
+        .query(&mut raw)
+        .unwrap();
+    let clear = {
+        let a = a.clone();
+        tokio::spawn(async move { a.invalidate_all().await })
+    };
+    assert!(eventually(PATIENCE, || blocked_clients(&mut raw) == 1).await);
+    gate.add_permits(1);
+    assert!(eventually(PATIENCE, || blocked_clients(&mut raw) == 2).await);
+    let _: () = redis::cmd("CLIENT").arg("UNPAUSE").query(&mut raw).unwrap();
+    clear.await.unwrap().expect("invalidate_all reached Redis");
+    assert_eq!(load.await.unwrap(), Ok("before".to_string()));
+    assert_eq!((b.stats().fenced_writes, b.stats().l2_writes), (1, 1));
+    let left: (Option<String>, bool) =
+        (raw.get("gen:v:k").unwrap(), raw.exists("gen:l:k").unwrap());
+    assert_eq!(
+        left,
+        (None, false),
+        "no value written, and the lease given up"
+    );
+}
