@@ -335,7 +335,10 @@ pub(crate) struct Inner<V, E, C> {
     pub(crate) counters: Counters,
     /// The loads of this process waiting on another's lease, by key: a backplane message
     /// about the key wakes them at once instead of at their next poll.
-    pub(crate) waiters: Mutex<HashMap<String, Arc<Notify>>>,
+    /// With each, how many loads hold it (counted under the lock, so that the last one to
+    /// go removes it: `Arc::strong_count` read there could not tell, since two loads that
+    /// end at once could each see the other's reference and both leave the entry behind).
+    pub(crate) waiters: Mutex<HashMap<String, (Arc<Notify>, usize)>>,
     /// This cache's id on the backplane: its own messages come back to it and are skipped.
     pub(crate) origin: String,
     tokens: AtomicU64,
@@ -672,10 +675,13 @@ impl<V, E, C> Drop for Waiting<'_, V, E, C> {
             .waiters
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        // Two references: the map's and this one. Another load of the same key (one that
-        // started after an invalidation) may hold a third, and keeps the entry.
-        if Arc::strong_count(&self.notify) == 2 {
-            waiters.remove(self.key);
+        // Another load of the same key (one that started after an invalidation) may hold
+        // the entry too, and keeps it.
+        if let Some((_, holders)) = waiters.get_mut(self.key) {
+            *holders = holders.saturating_sub(1);
+            if *holders == 0 {
+                waiters.remove(self.key);
+            }
         }
     }
 }
@@ -848,7 +854,9 @@ where
         let token = self.token();
         let notify = {
             let mut waiters = self.waiters.lock().unwrap_or_else(PoisonError::into_inner);
-            Arc::clone(waiters.entry(key.clone()).or_default())
+            let (notify, holders) = waiters.entry(key.clone()).or_default();
+            *holders += 1;
+            Arc::clone(notify)
         };
         let waiting = Waiting {
             inner: &self,
@@ -1266,11 +1274,11 @@ where
         let waiters = self.waiters.lock().unwrap_or_else(PoisonError::into_inner);
         match key {
             Some(key) => {
-                if let Some(notify) = waiters.get(key) {
+                if let Some((notify, _)) = waiters.get(key) {
                     notify.notify_waiters();
                 }
             }
-            None => waiters.values().for_each(|n| n.notify_waiters()),
+            None => waiters.values().for_each(|(n, _)| n.notify_waiters()),
         }
     }
 
