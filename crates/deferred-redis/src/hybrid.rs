@@ -715,7 +715,7 @@ where
             let inner = Arc::clone(&self.inner);
             let key = core::mem::take(&mut self.key);
             let token = core::mem::take(&mut self.token);
-            handle.spawn(async move { inner.release(&key, &token).await });
+            handle.spawn(async move { inner.release_in_background(&key, &token).await });
         }
         // Outside a runtime nothing can run the release: the lease expires by itself.
     }
@@ -894,8 +894,9 @@ where
             probing.armed = true;
             let probed = self.probe(&value_key, &lease_key, &token).await;
             // Answered: a lease it took goes to `lead` below (with no await in between),
-            // which guards it from then on.
-            probing.armed = false;
+            // which guards it from then on. Timed out: Redis may still run the script and
+            // take the lease for nobody; the guard stays armed and releases it (below).
+            probing.armed = probed.as_ref().err().is_some_and(may_have_run);
             match probed {
                 Ok(Probe::Value(bytes, ttl, seen)) => match self.codec.decode(&bytes) {
                     Ok(value) => {
@@ -947,6 +948,9 @@ where
                 }
             }
         }
+        // Armed only after a timed-out probe: hand back whatever that probe may take, in the
+        // background (RELEASE goes after it on the same connection), while the loader runs.
+        drop(probing);
         if matches!(next, Next::Local) && !l2_failed {
             // The wait ran past `max_wait` (or past its number of rounds).
             bump(&self.counters.wait_timeouts);
@@ -1011,7 +1015,9 @@ where
                     .await
             })
             .await;
-        taking.armed = false;
+        // As in `load`: after a timeout the SET may still run; hand back what it takes.
+        taking.armed = leased.as_ref().err().is_some_and(may_have_run);
+        drop(taking);
         match leased {
             Ok(Some(_)) => {
                 bump(&self.counters.lease_wins);
@@ -1157,11 +1163,30 @@ where
         Ok(written == 1)
     }
 
-    async fn release(&self, key: &str, token: &str) {
+    /// `release`, tried again (every `op_timeout`, at most 4 times, and never past the
+    /// lease, after which there is nothing left to release) until Redis answers: for the
+    /// background releases of `LeaseGuard`, whose first try may come while Redis is still
+    /// paused or reconnecting, the very moment that left the lease behind.
+    async fn release_in_background(&self, key: &str, token: &str) {
+        let until = after(self.config.lease);
+        for _ in 0..4 {
+            if self.release(key, token).await {
+                return;
+            }
+            let next = after(self.config.op_timeout);
+            if next >= until {
+                return;
+            }
+            tokio::time::sleep_until(next).await;
+        }
+    }
+
+    /// `true` when Redis answered (whether or not the lease was still this token's).
+    async fn release(&self, key: &str, token: &str) -> bool {
         let lease_key = self.lease_key(key);
         let message = self.message(b'R', key);
         let (lease_key, message) = (&lease_key, &message);
-        let _released: Result<i64, L2Error> = self
+        let released: Result<i64, L2Error> = self
             .l2(|mut c| async move {
                 self.scripts
                     .release
@@ -1174,6 +1199,7 @@ where
             })
             .await;
         // A failure is counted; the lease then expires by itself.
+        released.is_ok()
     }
 
     /// `insert` (`Some`) or `invalidate` (`None`) in Redis, announced.
@@ -1288,6 +1314,16 @@ where
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .contains_key(key)
+    }
+}
+
+/// Whether a round trip that failed this way may still have run in Redis: it timed out
+/// (ours, or the connection's response timeout) or its connection dropped after sending.
+fn may_have_run(error: &L2Error) -> bool {
+    match error {
+        L2Error::Timeout => true,
+        L2Error::Redis(e) => e.is_timeout() || e.is_connection_dropped(),
+        L2Error::Unavailable | L2Error::Codec(_) => false,
     }
 }
 

@@ -361,3 +361,28 @@ async fn finding_6_a_commit_after_invalidate_all_began_is_refused() {
         "no value written, and the lease given up"
     );
 }
+
+/// Finding 8: a `GET_OR_LEASE` that ran past `op_timeout` (a paused, slow or partitioned
+/// server) fell back to the loader here, and when Redis got to the script later it took the
+/// lease, for nobody: every other process waited the whole lease (here 30 s) for a value
+/// that was never coming. Finding 5's cancellation, reached through the timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_8_a_lease_probe_that_timed_out_hands_the_lease_back() {
+    let server = RedisServer::start();
+    let a: Strings = HybridCache::builder(server.client(), "late:", Utf8)
+        .lease(Duration::from_secs(30))
+        .op_timeout(Duration::from_millis(200))
+        .backplane_ping(Duration::from_secs(60))
+        .build()
+        .expect("build");
+    assert_eq!(a.get_with("warm", ok("w")).await, Ok("w".to_string()));
+    server.pause();
+    assert_eq!(a.get_with("k", ok("local")).await, Ok("local".to_string()));
+    assert_eq!(a.stats().local_fallbacks, 1);
+    server.resume();
+    let mut raw = server.connection();
+    assert!(
+        eventually(PATIENCE, || !raw.exists::<_, bool>("late:l:k").unwrap()).await,
+        "a lease taken by a probe that timed out is handed back"
+    );
+}
