@@ -26,10 +26,12 @@ use crate::{
 /// It also returns the prefix's generation (bumped by every `invalidate_all`), which the
 /// load's `COMMIT` checks.
 /// KEYS: value, lease, generation. ARGV: token, lease in ms. Returns
-/// {1, value, its PTTL, generation} | {2, generation} (leased) | {0} (held).
+/// {1, value, its PTTL, generation} | {2, generation} (leased) | {0} (held) | {3, generation}
+/// (the value key holds another type: WRONGTYPE).
 const GET_OR_LEASE: &str = r"
 local g = redis.call('GET', KEYS[3]) or '0'
-local v = redis.call('GET', KEYS[1])
+local v = redis.pcall('GET', KEYS[1])
+if type(v) == 'table' then return {3, g} end
 if v then return {1, v, redis.call('PTTL', KEYS[1]), g} end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2, g} end
 return {0}
@@ -404,6 +406,8 @@ enum Probe {
     Value(Vec<u8>, Option<Duration>, Vec<u8>),
     Leased(Vec<u8>),
     Held,
+    /// The value key holds another type than a string.
+    Foreign(Vec<u8>),
 }
 
 /// Random bits for ids and lease tokens (std's hasher keys are random per process; the time
@@ -834,6 +838,9 @@ where
             }
             [Value::Int(2), Value::BulkString(generation)] => Ok(Probe::Leased(generation.clone())),
             [Value::Int(0)] => Ok(Probe::Held),
+            [Value::Int(3), Value::BulkString(generation)] => {
+                Ok(Probe::Foreign(generation.clone()))
+            }
             _ => {
                 bump(&self.counters.l2_errors);
                 Err(L2Error::Redis(redis::RedisError::from((
@@ -898,23 +905,32 @@ where
             // take the lease for nobody; the guard stays armed and releases it (below).
             probing.armed = probed.as_ref().err().is_some_and(may_have_run);
             match probed {
-                Ok(Probe::Value(bytes, ttl, seen)) => match self.codec.decode(&bytes) {
-                    Ok(value) => {
+                Ok(Probe::Value(bytes, ttl, seen)) => {
+                    if let Ok(value) = self.codec.decode(&bytes) {
                         bump(&self.counters.l2_hits);
                         let most = self.config.l1_ttl();
                         let ttl = ttl.map_or(most, |t| t.min(most));
                         return Ok(Tiered { value, ttl });
                     }
-                    Err(_) => {
-                        bump(&self.counters.decode_errors);
-                        if !waited {
-                            bump(&self.counters.l2_misses);
-                        }
-                        generation = seen;
-                        next = Next::Replace;
-                        break;
+                    bump(&self.counters.decode_errors);
+                    if !waited {
+                        bump(&self.counters.l2_misses);
                     }
-                },
+                    generation = seen;
+                    next = Next::Replace;
+                    break;
+                }
+                // A key of another type where the value belongs: no value this cache can
+                // read, so the same as one that does not decode.
+                Ok(Probe::Foreign(seen)) => {
+                    bump(&self.counters.decode_errors);
+                    if !waited {
+                        bump(&self.counters.l2_misses);
+                    }
+                    generation = seen;
+                    next = Next::Replace;
+                    break;
+                }
                 Ok(Probe::Leased(seen)) => {
                     generation = seen;
                     if waited {

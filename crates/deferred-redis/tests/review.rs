@@ -386,3 +386,28 @@ async fn finding_8_a_lease_probe_that_timed_out_hands_the_lease_back() {
         "a lease taken by a probe that timed out is handed back"
     );
 }
+
+/// Finding 9: a value key of another type (a list where a string belongs: written by hand,
+/// or by another program sharing the prefix) made `GET_OR_LEASE` fail with WRONGTYPE on
+/// every read: each read cost a failed round trip and ran its loader locally, forever,
+/// and the key was never replaced. Now it is a value that does not decode: a miss whose
+/// loaded value replaces it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_9_a_value_key_of_another_type_is_a_miss_and_replaced() {
+    let server = RedisServer::start();
+    let a = cache(&server, "type:");
+    let mut raw = server.connection();
+    let _: i64 = raw.lpush("type:v:k", "x").unwrap();
+    assert_eq!(a.get_with("k", ok("v")).await, Ok("v".to_string()));
+    let stats = a.stats();
+    assert_eq!(
+        (stats.l2_errors, stats.decode_errors, stats.l2_writes),
+        (0, 1, 1)
+    );
+    let stored: Option<String> = raw.get("type:v:k").unwrap();
+    assert_eq!(
+        stored.as_deref(),
+        Some("v"),
+        "the loaded value replaced the foreign key"
+    );
+}
