@@ -25,14 +25,20 @@ use crate::{
 /// lease release (the write and the release are one script too, `COMMIT`).
 /// It also returns the prefix's generation (bumped by every `invalidate_all`), which the
 /// load's `COMMIT` checks.
-/// KEYS: value, lease, generation. ARGV: token, lease in ms. Returns
-/// {1, value, its PTTL, generation} | {2, generation} (leased) | {0} (held) | {3, generation}
-/// (the value key holds another type: WRONGTYPE).
+/// A value the caller could not read (ARGV[3] 'bad' with those bytes in ARGV[4], or
+/// 'foreign' for a key of another type) counts as no value, so that replacing it is one
+/// load across processes like any miss.
+/// KEYS: value, lease, generation. ARGV: token, lease in ms, unreadable ('', 'bad' or
+/// 'foreign'), the bad bytes. Returns {1, value, its PTTL, generation} | {2, generation}
+/// (leased) | {0} (held) | {3, generation} (the value key holds another type: WRONGTYPE).
 const GET_OR_LEASE: &str = r"
 local g = redis.call('GET', KEYS[3]) or '0'
 local v = redis.pcall('GET', KEYS[1])
-if type(v) == 'table' then return {3, g} end
-if v then return {1, v, redis.call('PTTL', KEYS[1]), g} end
+if type(v) == 'table' then
+  if ARGV[3] ~= 'foreign' then return {3, g} end
+elseif v and not (ARGV[3] == 'bad' and v == ARGV[4]) then
+  return {1, v, redis.call('PTTL', KEYS[1]), g}
+end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2, g} end
 return {0}
 ";
@@ -356,7 +362,6 @@ type BoxLoad<V, E> = core::pin::Pin<Box<dyn Future<Output = Result<Tiered<V>, E>
 /// What a load does once it stops asking Redis.
 enum Next {
     Lead,
-    Replace,
     Local,
 }
 
@@ -400,14 +405,14 @@ impl<V: 'static> deferred_expiring::Expiry<String, Tiered<V>> for L1Expiry {
     }
 }
 
-/// What `GET_OR_LEASE` found: the bytes and, if the key has one, its time to live; and for
-/// a value or a lease, the prefix's generation.
+/// What `GET_OR_LEASE` found: the bytes and, if the key has one, its time to live; and with
+/// a lease, the prefix's generation it was taken under.
 enum Probe {
-    Value(Vec<u8>, Option<Duration>, Vec<u8>),
+    Value(Vec<u8>, Option<Duration>),
     Leased(Vec<u8>),
     Held,
     /// The value key holds another type than a string.
-    Foreign(Vec<u8>),
+    Foreign,
 }
 
 /// Random bits for ids and lease tokens (std's hasher keys are random per process; the time
@@ -813,7 +818,14 @@ where
         outcome
     }
 
-    async fn probe(&self, value_key: &str, lease_key: &str, token: &str) -> Result<Probe, L2Error> {
+    /// `GET_OR_LEASE`; `unreadable`: what this load found and could not read (see the script).
+    async fn probe(
+        &self,
+        value_key: &str,
+        lease_key: &str,
+        token: &str,
+        unreadable: (&str, &[u8]),
+    ) -> Result<Probe, L2Error> {
         let lease_ms = millis(self.config.lease);
         let generation_key = self.generation_key();
         let generation_key = generation_key.as_str();
@@ -826,21 +838,20 @@ where
                     .key(generation_key)
                     .arg(token)
                     .arg(lease_ms)
+                    .arg(unreadable.0)
+                    .arg(unreadable.1)
                     .invoke_async(&mut c)
                     .await
             })
             .await?;
         match reply.as_slice() {
-            [Value::Int(1), Value::BulkString(bytes), Value::Int(pttl), Value::BulkString(generation)] =>
-            {
+            [Value::Int(1), Value::BulkString(bytes), Value::Int(pttl), _] => {
                 let ttl = u64::try_from(*pttl).ok().map(Duration::from_millis);
-                Ok(Probe::Value(bytes.clone(), ttl, generation.clone()))
+                Ok(Probe::Value(bytes.clone(), ttl))
             }
             [Value::Int(2), Value::BulkString(generation)] => Ok(Probe::Leased(generation.clone())),
             [Value::Int(0)] => Ok(Probe::Held),
-            [Value::Int(3), Value::BulkString(generation)] => {
-                Ok(Probe::Foreign(generation.clone()))
-            }
+            [Value::Int(3), _] => Ok(Probe::Foreign),
             _ => {
                 bump(&self.counters.l2_errors);
                 Err(L2Error::Redis(redis::RedisError::from((
@@ -878,6 +889,11 @@ where
             * (self.config.max_wait.as_millis() / self.config.poll_interval.as_millis().max(1))
             + 2;
         let mut waited = false;
+        // `l2_misses` counts a load once, however its misses go (unreadable, lease, wait).
+        let mut missed = false;
+        // A value found in Redis that this load could not read: the next probe treats it as
+        // no value (and so takes the lease, or waits on whoever has it).
+        let mut unreadable: (&str, Vec<u8>) = ("", Vec::new());
         let mut l2_failed = false;
         let mut next = Next::Local;
         // The generation the lease is taken under (see `COMMIT`).
@@ -899,53 +915,62 @@ where
             let mut notified = core::pin::pin!(notified);
             notified.as_mut().enable();
             probing.armed = true;
-            let probed = self.probe(&value_key, &lease_key, &token).await;
+            let probed = self
+                .probe(
+                    &value_key,
+                    &lease_key,
+                    &token,
+                    (unreadable.0, unreadable.1.as_slice()),
+                )
+                .await;
             // Answered: a lease it took goes to `lead` below (with no await in between),
             // which guards it from then on. Timed out: Redis may still run the script and
             // take the lease for nobody; the guard stays armed and releases it (below).
             probing.armed = probed.as_ref().err().is_some_and(may_have_run);
             match probed {
-                Ok(Probe::Value(bytes, ttl, seen)) => {
+                Ok(Probe::Value(bytes, ttl)) => {
                     if let Ok(value) = self.codec.decode(&bytes) {
                         bump(&self.counters.l2_hits);
                         let most = self.config.l1_ttl();
                         let ttl = ttl.map_or(most, |t| t.min(most));
                         return Ok(Tiered { value, ttl });
                     }
+                    // A miss: ask again at once, this value counting as none (the lease,
+                    // or a wait on whoever replaces it).
                     bump(&self.counters.decode_errors);
-                    if !waited {
+                    if !core::mem::replace(&mut missed, true) {
                         bump(&self.counters.l2_misses);
                     }
-                    generation = seen;
-                    next = Next::Replace;
-                    break;
+                    unreadable = ("bad", bytes);
                 }
                 // A key of another type where the value belongs: no value this cache can
                 // read, so the same as one that does not decode.
-                Ok(Probe::Foreign(seen)) => {
+                Ok(Probe::Foreign) => {
                     bump(&self.counters.decode_errors);
-                    if !waited {
+                    if !core::mem::replace(&mut missed, true) {
                         bump(&self.counters.l2_misses);
                     }
-                    generation = seen;
-                    next = Next::Replace;
-                    break;
+                    unreadable = ("foreign", Vec::new());
                 }
                 Ok(Probe::Leased(seen)) => {
                     generation = seen;
+                    if !core::mem::replace(&mut missed, true) {
+                        bump(&self.counters.l2_misses);
+                    }
                     if waited {
                         bump(&self.counters.takeovers);
                     } else {
-                        bump(&self.counters.l2_misses);
                         bump(&self.counters.lease_wins);
                     }
                     next = Next::Lead;
                     break;
                 }
                 Ok(Probe::Held) => {
+                    if !core::mem::replace(&mut missed, true) {
+                        bump(&self.counters.l2_misses);
+                    }
                     if !waited {
                         waited = true;
-                        bump(&self.counters.l2_misses);
                         bump(&self.counters.lease_waits);
                     }
                     let now = tokio::time::Instant::now();
@@ -974,10 +999,6 @@ where
         drop(waiting);
         let value = match next {
             Next::Lead => Arc::clone(&self).lead(key, token, generation, load).await,
-            Next::Replace => {
-                self.replace_undecodable(&key, &lease_key, token, generation, load)
-                    .await
-            }
             Next::Local => {
                 // Redis failed (fail-safe), or the wait ran past `max_wait`.
                 bump(&self.counters.local_fallbacks);
@@ -996,57 +1017,6 @@ where
             };
             Tiered { value, ttl }
         })
-    }
-
-    /// A value in Redis that does not decode: load, and replace it if the lease is free.
-    async fn replace_undecodable<Fut>(
-        self: &Arc<Self>,
-        key: &str,
-        lease_key: &str,
-        token: String,
-        generation: Vec<u8>,
-        load: Fut,
-    ) -> Result<(V, bool), E>
-    where
-        Fut: Future<Output = Result<V, E>> + Send,
-    {
-        let lease_ms = millis(self.config.lease);
-        let token_ref = token.as_str();
-        // As around `GET_OR_LEASE`: a load dropped during this SET hands back what it took.
-        let mut taking = LeaseGuard {
-            inner: Arc::clone(self),
-            key: key.to_string(),
-            token: token.clone(),
-            armed: true,
-        };
-        let leased: Result<Option<String>, L2Error> = self
-            .l2(|mut c| async move {
-                redis::cmd("SET")
-                    .arg(lease_key)
-                    .arg(token_ref)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(lease_ms)
-                    .query_async(&mut c)
-                    .await
-            })
-            .await;
-        // As in `load`: after a timeout the SET may still run; hand back what it takes.
-        taking.armed = leased.as_ref().err().is_some_and(may_have_run);
-        drop(taking);
-        match leased {
-            Ok(Some(_)) => {
-                bump(&self.counters.lease_wins);
-                Arc::clone(self)
-                    .lead(key.to_string(), token, generation, load)
-                    .await
-            }
-            // Someone else is loading (or Redis failed): load for this process alone.
-            _ => {
-                bump(&self.counters.local_fallbacks);
-                load.await.map(|value| (value, false))
-            }
-        }
     }
 
     /// Runs `load` holding the lease (renewing it), then writes its value, fenced. The flag:

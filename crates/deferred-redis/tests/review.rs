@@ -411,3 +411,34 @@ async fn finding_9_a_value_key_of_another_type_is_a_miss_and_replaced() {
         "the loaded value replaced the foreign key"
     );
 }
+
+/// Finding 10: a value that does not decode was a miss without single flight: the first
+/// load took the lease to replace it, and every other process that read the bad bytes
+/// meanwhile found the lease taken and ran its own loader at once instead of waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_10_a_value_that_does_not_decode_is_loaded_once_across_caches() {
+    let server = RedisServer::start();
+    let mut raw = server.connection();
+    let _: () = raw.set("bad:v:k", &[0xff_u8, 0xfe][..]).unwrap();
+    let (a, b) = (cache(&server, "bad:"), cache(&server, "bad:"));
+    let (runs, gate) = (Arc::new(AtomicUsize::new(0)), Arc::new(Semaphore::new(0)));
+    let first = {
+        let (a, loader) = (a.clone(), gated(&runs, &gate, "fresh"));
+        tokio::spawn(async move { a.get_with("k", loader).await })
+    };
+    assert!(eventually(PATIENCE, || runs.load(Ordering::SeqCst) == 1).await);
+    let second = {
+        let (b, loader) = (b.clone(), gated(&runs, &gate, "other"));
+        tokio::spawn(async move { b.get_with("k", loader).await })
+    };
+    assert!(eventually(PATIENCE, || b.stats().decode_errors == 1).await);
+    gate.add_permits(10);
+    assert_eq!(first.await.unwrap(), Ok("fresh".to_string()));
+    assert_eq!(second.await.unwrap(), Ok("fresh".to_string()));
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        1,
+        "one loader run for the bad bytes"
+    );
+    assert_eq!((b.stats().lease_waits, b.stats().local_fallbacks), (1, 0));
+}
