@@ -49,6 +49,11 @@ where
                 // L1 holds may be stale, so it goes (also on the first subscription, which
                 // costs nothing on an empty L1). Loads in flight stay, so callers that
                 // share one keep sharing it.
+                // The epoch first: a load that ends after this purge sees it changed and
+                // keeps nothing (the purge itself skips loads in flight).
+                inner
+                    .subscription_epoch
+                    .fetch_add(1, core::sync::atomic::Ordering::SeqCst);
                 inner.l1.retain(|_, _| false);
                 bump(&inner.counters.backplane_subscriptions);
                 inner.subscribed.send_replace(true);

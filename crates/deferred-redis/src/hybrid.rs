@@ -5,7 +5,10 @@ use std::{
     fmt,
     future::Future,
     hash::{BuildHasher, Hasher},
-    sync::{atomic::AtomicU64, Arc, Mutex, PoisonError},
+    sync::{
+        atomic::{AtomicU64, Ordering::SeqCst},
+        Arc, Mutex, PoisonError,
+    },
     time::{Duration, Instant, SystemTime},
 };
 
@@ -263,6 +266,7 @@ where
             waiters: Mutex::new(HashMap::new()),
             origin,
             tokens: AtomicU64::new(0),
+            subscription_epoch: AtomicU64::new(0),
             subscribed,
             _stop: stop_tx,
         });
@@ -350,6 +354,10 @@ pub(crate) struct Inner<V, E, C> {
     /// This cache's id on the backplane: its own messages come back to it and are skipped.
     pub(crate) origin: String,
     tokens: AtomicU64,
+    /// Bumped by the backplane at each (re)subscription, before it drops the L1's values.
+    /// A load that sees it change kept nothing in the L1: it may have read Redis before a
+    /// message this cache missed, and the drop skips loads in flight.
+    pub(crate) subscription_epoch: AtomicU64,
     /// Whether the backplane is subscribed now.
     pub(crate) subscribed: watch::Sender<bool>,
     /// Dropped with the cache, which tells the backplane task to end.
@@ -870,6 +878,16 @@ where
         let value_key = self.value_key(&key);
         let lease_key = self.lease_key(&key);
         let token = self.token();
+        let epoch = self.subscription_epoch.load(SeqCst);
+        // How long the L1 keeps what this load returns: nothing if the backplane
+        // resubscribed meanwhile (messages about the key may have been missed).
+        let keep = |ttl: Duration| {
+            if self.subscription_epoch.load(SeqCst) == epoch {
+                ttl
+            } else {
+                Duration::ZERO
+            }
+        };
         let notify = {
             let mut waiters = self.waiters.lock().unwrap_or_else(PoisonError::into_inner);
             let (notify, holders) = waiters.entry(key.clone()).or_default();
@@ -932,7 +950,7 @@ where
                     if let Ok(value) = self.codec.decode(&bytes) {
                         bump(&self.counters.l2_hits);
                         let most = self.config.l1_ttl();
-                        let ttl = ttl.map_or(most, |t| t.min(most));
+                        let ttl = keep(ttl.map_or(most, |t| t.min(most)));
                         return Ok(Tiered { value, ttl });
                     }
                     // A miss: ask again at once, this value counting as none (the lease,
@@ -1013,7 +1031,7 @@ where
             let ttl = if fenced {
                 Duration::ZERO
             } else {
-                self.config.ttl.min(self.config.l1_ttl())
+                keep(self.config.ttl.min(self.config.l1_ttl()))
             };
             Tiered { value, ttl }
         })

@@ -442,3 +442,63 @@ async fn finding_10_a_value_that_does_not_decode_is_loaded_once_across_caches() 
     );
     assert_eq!((b.stats().lease_waits, b.stats().local_fallbacks), (1, 0));
 }
+
+/// The number of EVALSHA calls the server has run (`INFO commandstats`).
+fn evalsha_calls(raw: &mut redis::Connection) -> u64 {
+    let info: String = redis::cmd("INFO").arg("commandstats").query(raw).unwrap();
+    info.lines()
+        .find_map(|line| line.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Finding 11: a resubscription drops the L1's values because messages may have been
+/// missed, but it skipped loads in flight: a load that read Redis before an insert elsewhere
+/// (announced while this cache was not subscribed) stored that older value after the
+/// resubscription, where it stayed. Ordered by driving the read by hand: its GET_OR_LEASE
+/// has run in Redis (counted there) before the insert, and its L1 store comes after the
+/// resubscription.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_11_a_load_across_a_resubscription_keeps_nothing_it_read_before() {
+    let server = RedisServer::start();
+    let (a, b) = (cache(&server, "epoch:"), cache(&server, "epoch:"));
+    assert!(a.backplane_ready(PATIENCE).await);
+    b.insert("k", "old".to_string()).await.unwrap();
+    assert_eq!(a.get_with("warm", ok("w")).await, Ok("w".to_string()));
+    assert!(!a.contains_local("k"));
+    let mut raw = server.connection();
+    let before = evalsha_calls(&mut raw);
+    let mut read = pin!(a.get_with("k", ok("loaded")));
+    server.pause(); // so that this one poll cannot also see the answer
+    poll_once(read.as_mut()).await; // GET_OR_LEASE sent
+    server.resume();
+    assert!(eventually(PATIENCE, || evalsha_calls(&mut raw) > before).await);
+    let _: redis::Value = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query(&mut raw)
+        .unwrap();
+    let mut down = false;
+    for _ in 0..5000 {
+        if !a.backplane_ready(Duration::ZERO).await {
+            down = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert!(down, "the subscription was lost");
+    b.insert("k", "new".to_string()).await.unwrap(); // its announcement is lost to A
+    assert!(eventually(PATIENCE, || a.stats().backplane_subscriptions == 2).await);
+    assert_eq!(
+        read.await,
+        Ok("old".to_string()),
+        "it read Redis before the insert"
+    );
+    assert_eq!(
+        a.get_with("k", ok("loaded")).await,
+        Ok("new".to_string()),
+        "no value read before the resubscription stays in the L1 after it"
+    );
+}
