@@ -502,3 +502,71 @@ async fn finding_11_a_load_across_a_resubscription_keeps_nothing_it_read_before(
         "no value read before the resubscription stays in the L1 after it"
     );
 }
+
+/// Checked sound (no fix needed): an invalidation elsewhere that lands between another
+/// cache's Redis read and its L1 store (the read driven by hand, as in finding 11, with the
+/// backplane up) detaches that load in the L1: its value goes to its callers only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidation_between_a_read_and_its_l1_store_wins() {
+    let server = RedisServer::start();
+    let (a, b) = (cache(&server, "gap:"), cache(&server, "gap:"));
+    assert!(a.backplane_ready(PATIENCE).await);
+    b.insert("k", "old".to_string()).await.unwrap();
+    assert_eq!(a.get_with("warm", ok("w")).await, Ok("w".to_string()));
+    let mut raw = server.connection();
+    let before = evalsha_calls(&mut raw);
+    let mut read = pin!(a.get_with("k", ok("loaded")));
+    server.pause();
+    poll_once(read.as_mut()).await;
+    server.resume();
+    assert!(eventually(PATIENCE, || evalsha_calls(&mut raw) > before).await);
+    let received = a.stats().backplane_received;
+    b.invalidate("k").await.unwrap();
+    assert!(eventually(PATIENCE, || a.stats().backplane_received > received).await);
+    assert_eq!(read.await, Ok("old".to_string()));
+    assert!(!a.contains_local("k"));
+    assert_eq!(
+        a.get_with("k", ok("loaded")).await,
+        Ok("loaded".to_string())
+    );
+}
+
+/// Checked sound (no fix needed): the last caller cancelled while its load's COMMIT is in
+/// flight. The COMMIT still lands (it was sent), the guard's RELEASE after it does nothing,
+/// and another cache reads the value without loading.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_cancelled_during_its_commit_still_writes_and_leaks_no_lease() {
+    let server = RedisServer::start();
+    let (a, b) = (cache(&server, "cc:"), cache(&server, "cc:"));
+    // The scripts loaded (COMMIT is then one EVALSHA, which runs once sent).
+    assert_eq!(a.get_with("warm", ok("w")).await, Ok("w".to_string()));
+    let (runs, gate) = (Arc::new(AtomicUsize::new(0)), Arc::new(Semaphore::new(0)));
+    {
+        let mut read = pin!(a.get_with("k", gated(&runs, &gate, "v")));
+        for _ in 0..5000 {
+            poll_once(read.as_mut()).await;
+            if runs.load(Ordering::SeqCst) == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            1,
+            "the loader runs, holding the lease"
+        );
+        server.pause();
+        gate.add_permits(1);
+        poll_once(read.as_mut()).await; // the loader ends; COMMIT sent
+    } // the last caller goes
+    server.resume();
+    let mut raw = server.connection();
+    assert!(
+        eventually(PATIENCE, || {
+            let value: Option<String> = raw.get("cc:v:k").unwrap();
+            value.as_deref() == Some("v") && !raw.exists::<_, bool>("cc:l:k").unwrap()
+        })
+        .await
+    );
+    assert_eq!(b.get_with("k", ok("other")).await, Ok("v".to_string()));
+}
