@@ -50,10 +50,19 @@ where
                 // costs nothing on an empty L1). Loads in flight stay, so callers that
                 // share one keep sharing it.
                 // The epoch first: a load that ends after this purge sees it changed and
-                // keeps nothing (the purge itself skips loads in flight).
-                inner
-                    .subscription_epoch
-                    .fetch_add(1, core::sync::atomic::Ordering::SeqCst);
+                // keeps nothing (the purge itself skips loads in flight). Not on the first
+                // subscription, which loads of a new cache race as a rule (what reaches the
+                // cache before it is documented: see `backplane_ready`).
+                let resubscription = inner
+                    .counters
+                    .backplane_subscriptions
+                    .load(core::sync::atomic::Ordering::SeqCst)
+                    > 0;
+                if resubscription {
+                    inner
+                        .subscription_epoch
+                        .fetch_add(1, core::sync::atomic::Ordering::SeqCst);
+                }
                 inner.l1.retain(|_, _| false);
                 bump(&inner.counters.backplane_subscriptions);
                 inner.subscribed.send_replace(true);
