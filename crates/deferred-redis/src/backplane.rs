@@ -49,6 +49,20 @@ where
                 // L1 holds may be stale, so it goes (also on the first subscription, which
                 // costs nothing on an empty L1). Loads in flight stay, so callers that
                 // share one keep sharing it.
+                // The epoch first: a load that ends after this purge sees it changed and
+                // keeps nothing (the purge itself skips loads in flight). Not on the first
+                // subscription, which loads of a new cache race as a rule (what reaches the
+                // cache before it is documented: see `backplane_ready`).
+                let resubscription = inner
+                    .counters
+                    .backplane_subscriptions
+                    .load(core::sync::atomic::Ordering::SeqCst)
+                    > 0;
+                if resubscription {
+                    inner
+                        .subscription_epoch
+                        .fetch_add(1, core::sync::atomic::Ordering::SeqCst);
+                }
                 inner.l1.retain(|_, _| false);
                 bump(&inner.counters.backplane_subscriptions);
                 inner.subscribed.send_replace(true);
@@ -56,7 +70,7 @@ where
                 inner.wake(None);
             }
             let (mut sink, mut messages) = pubsub.split();
-            let mut ping_at = tokio::time::Instant::now() + ping_every;
+            let mut ping_at = crate::hybrid::after(ping_every);
             loop {
                 let next = core::future::poll_fn(|cx| Pin::new(&mut messages).poll_next(cx));
                 let message = tokio::select! {
@@ -69,7 +83,7 @@ where
                         if !matches!(pong.await, Ok(Ok(_))) {
                             break;
                         }
-                        ping_at = tokio::time::Instant::now() + ping_every;
+                        ping_at = crate::hybrid::after(ping_every);
                         continue;
                     }
                 };

@@ -5,7 +5,10 @@ use std::{
     fmt,
     future::Future,
     hash::{BuildHasher, Hasher},
-    sync::{atomic::AtomicU64, Arc, Mutex, PoisonError},
+    sync::{
+        atomic::{AtomicU64, Ordering::SeqCst},
+        Arc, Mutex, PoisonError,
+    },
     time::{Duration, Instant, SystemTime},
 };
 
@@ -23,25 +26,41 @@ use crate::{
 /// Reads the value, or takes the lease when there is neither a value nor a lease: one round
 /// trip, atomic, so no process can see "no value, no lease" between another's write and its
 /// lease release (the write and the release are one script too, `COMMIT`).
-/// KEYS: value, lease. ARGV: token, lease in ms. Returns {1, value, its PTTL} | {2} (leased)
-/// | {0} (held).
+/// It also returns the prefix's generation (bumped by every `invalidate_all`), which the
+/// load's `COMMIT` checks.
+/// A value the caller could not read (ARGV[3] 'bad' with those bytes in ARGV[4], or
+/// 'foreign' for a key of another type) counts as no value, so that replacing it is one
+/// load across processes like any miss.
+/// KEYS: value, lease, generation. ARGV: token, lease in ms, unreadable ('', 'bad' or
+/// 'foreign'), the bad bytes. Returns {1, value, its PTTL, generation} | {2, generation}
+/// (leased) | {0} (held) | {3, generation} (the value key holds another type: WRONGTYPE).
 const GET_OR_LEASE: &str = r"
-local v = redis.call('GET', KEYS[1])
-if v then return {1, v, redis.call('PTTL', KEYS[1])} end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2} end
+local g = redis.call('GET', KEYS[3]) or '0'
+local v = redis.pcall('GET', KEYS[1])
+if type(v) == 'table' then
+  if ARGV[3] ~= 'foreign' then return {3, g} end
+elseif v and not (ARGV[3] == 'bad' and v == ARGV[4]) then
+  return {1, v, redis.call('PTTL', KEYS[1]), g}
+end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2, g} end
 return {0}
 ";
 
-/// The fenced write: only the holder of the lease writes, releases and announces.
-/// KEYS: value, lease. ARGV: token, bytes, ttl in ms, channel, message. Returns 1 or 0.
+/// The fenced write: only the holder of the lease writes, releases and announces, and only
+/// if no `invalidate_all` began since the lease was taken (the generation is the one
+/// `GET_OR_LEASE` returned; else the lease is given up, announced, and nothing written).
+/// KEYS: value, lease, generation. ARGV: token, bytes, ttl in ms, channel, message,
+/// generation. Returns 1 (written) or 0 (refused).
 const COMMIT: &str = r"
-if redis.call('GET', KEYS[2]) == ARGV[1] then
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[2])
+local written = 0
+if (redis.call('GET', KEYS[3]) or '0') == ARGV[6] then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-  redis.call('DEL', KEYS[2])
-  redis.call('PUBLISH', ARGV[4], ARGV[5])
-  return 1
+  written = 1
 end
-return 0
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+return written
 ";
 
 /// Extends the lease if it is still this token's. KEYS: lease. ARGV: token, lease in ms.
@@ -247,6 +266,7 @@ where
             waiters: Mutex::new(HashMap::new()),
             origin,
             tokens: AtomicU64::new(0),
+            subscription_epoch: AtomicU64::new(0),
             subscribed,
             _stop: stop_tx,
         });
@@ -327,10 +347,17 @@ pub(crate) struct Inner<V, E, C> {
     pub(crate) counters: Counters,
     /// The loads of this process waiting on another's lease, by key: a backplane message
     /// about the key wakes them at once instead of at their next poll.
-    pub(crate) waiters: Mutex<HashMap<String, Arc<Notify>>>,
+    /// With each, how many loads hold it (counted under the lock, so that the last one to
+    /// go removes it: `Arc::strong_count` read there could not tell, since two loads that
+    /// end at once could each see the other's reference and both leave the entry behind).
+    pub(crate) waiters: Mutex<HashMap<String, (Arc<Notify>, usize)>>,
     /// This cache's id on the backplane: its own messages come back to it and are skipped.
     pub(crate) origin: String,
     tokens: AtomicU64,
+    /// Bumped by the backplane at each (re)subscription, before it drops the L1's values.
+    /// A load that sees it change kept nothing in the L1: it may have read Redis before a
+    /// message this cache missed, and the drop skips loads in flight.
+    pub(crate) subscription_epoch: AtomicU64,
     /// Whether the backplane is subscribed now.
     pub(crate) subscribed: watch::Sender<bool>,
     /// Dropped with the cache, which tells the backplane task to end.
@@ -343,7 +370,6 @@ type BoxLoad<V, E> = core::pin::Pin<Box<dyn Future<Output = Result<Tiered<V>, E>
 /// What a load does once it stops asking Redis.
 enum Next {
     Lead,
-    Replace,
     Local,
 }
 
@@ -387,11 +413,14 @@ impl<V: 'static> deferred_expiring::Expiry<String, Tiered<V>> for L1Expiry {
     }
 }
 
-/// What `GET_OR_LEASE` found: the bytes and, if the key has one, its time to live.
+/// What `GET_OR_LEASE` found: the bytes and, if the key has one, its time to live; and with
+/// a lease, the prefix's generation it was taken under.
 enum Probe {
     Value(Vec<u8>, Option<Duration>),
-    Leased,
+    Leased(Vec<u8>),
     Held,
+    /// The value key holds another type than a string.
+    Foreign,
 }
 
 /// Random bits for ids and lease tokens (std's hasher keys are random per process; the time
@@ -407,8 +436,25 @@ fn random_u64() -> u64 {
     hasher.finish()
 }
 
+/// The longest time Redis is given in milliseconds (`PX`, `PEXPIRE`): about 35 000 years.
+/// Redis refuses a time that, added to its clock, overflows; `Duration::MAX` ("no bound")
+/// would otherwise fail every write.
+const MAX_MILLIS: u64 = 1 << 50;
+
+/// `d` in whole milliseconds for Redis: at least 1, at most [`MAX_MILLIS`].
 fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+    u64::try_from(d.as_millis())
+        .unwrap_or(u64::MAX)
+        .clamp(1, MAX_MILLIS)
+}
+
+/// The instant `d` from now, or (for a `d` too long to add, such as `Duration::MAX`) about
+/// a century from now: a deadline that never comes, without the panic of `Instant + d`.
+pub(crate) fn after(d: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(d)
+        .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 24 * 3600)))
+        .unwrap_or(now)
 }
 
 impl<V, E, C> HybridCache<V, E, C>
@@ -548,7 +594,12 @@ where
     /// ```
     pub async fn invalidate(&self, key: &str) -> Result<(), L2Error> {
         self.inner.l1.invalidate(key);
-        self.inner.write(key, None).await
+        let written = self.inner.write(key, None).await;
+        // A read of this cache that started after the first invalidation may have copied
+        // the value Redis still held into the L1 before the write reached Redis, and this
+        // cache skips its own announcement: drop the key again, now that Redis has no value.
+        self.inner.l1.invalidate(key);
+        written
     }
 
     /// Removes every value of this prefix: from this L1, from every other process's L1
@@ -566,7 +617,12 @@ where
     /// ```
     pub async fn invalidate_all(&self) -> Result<(), L2Error> {
         self.inner.l1.invalidate_all();
-        self.inner.clear_l2().await
+        let cleared = self.inner.clear_l2().await;
+        // The deletes take several round trips, and a read of this cache in between copies
+        // whatever Redis still held into the L1 (its own announcement is skipped): clear the
+        // L1 again once Redis has been cleared, so no value from before this call survives.
+        self.inner.l1.invalidate_all();
+        cleared
     }
 
     /// Whether this process's L1 holds a value for `key` (no Redis round trip; counts
@@ -636,10 +692,13 @@ impl<V, E, C> Drop for Waiting<'_, V, E, C> {
             .waiters
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        // Two references: the map's and this one. Another load of the same key (one that
-        // started after an invalidation) may hold a third, and keeps the entry.
-        if Arc::strong_count(&self.notify) == 2 {
-            waiters.remove(self.key);
+        // Another load of the same key (one that started after an invalidation) may hold
+        // the entry too, and keeps it.
+        if let Some((_, holders)) = waiters.get_mut(self.key) {
+            *holders = holders.saturating_sub(1);
+            if *holders == 0 {
+                waiters.remove(self.key);
+            }
         }
     }
 }
@@ -673,7 +732,7 @@ where
             let inner = Arc::clone(&self.inner);
             let key = core::mem::take(&mut self.key);
             let token = core::mem::take(&mut self.token);
-            handle.spawn(async move { inner.release(&key, &token).await });
+            handle.spawn(async move { inner.release_in_background(&key, &token).await });
         }
         // Outside a runtime nothing can run the release: the lease expires by itself.
     }
@@ -691,6 +750,12 @@ where
 
     fn lease_key(&self, key: &str) -> String {
         format!("{}l:{key}", self.prefix)
+    }
+
+    /// The prefix's generation: bumped by every `invalidate_all`, so that a load whose lease
+    /// is older cannot write (see `COMMIT`). Outside `invalidate_all`'s `[vl]:*` pattern.
+    fn generation_key(&self) -> String {
+        format!("{}gen", self.prefix)
     }
 
     /// A backplane message: kind, this cache's origin, the key.
@@ -761,27 +826,40 @@ where
         outcome
     }
 
-    async fn probe(&self, value_key: &str, lease_key: &str, token: &str) -> Result<Probe, L2Error> {
+    /// `GET_OR_LEASE`; `unreadable`: what this load found and could not read (see the script).
+    async fn probe(
+        &self,
+        value_key: &str,
+        lease_key: &str,
+        token: &str,
+        unreadable: (&str, &[u8]),
+    ) -> Result<Probe, L2Error> {
         let lease_ms = millis(self.config.lease);
+        let generation_key = self.generation_key();
+        let generation_key = generation_key.as_str();
         let reply: Vec<Value> = self
             .l2(|mut c| async move {
                 self.scripts
                     .get_or_lease
                     .key(value_key)
                     .key(lease_key)
+                    .key(generation_key)
                     .arg(token)
                     .arg(lease_ms)
+                    .arg(unreadable.0)
+                    .arg(unreadable.1)
                     .invoke_async(&mut c)
                     .await
             })
             .await?;
         match reply.as_slice() {
-            [Value::Int(1), Value::BulkString(bytes), Value::Int(pttl)] => {
+            [Value::Int(1), Value::BulkString(bytes), Value::Int(pttl), _] => {
                 let ttl = u64::try_from(*pttl).ok().map(Duration::from_millis);
                 Ok(Probe::Value(bytes.clone(), ttl))
             }
-            [Value::Int(2)] => Ok(Probe::Leased),
+            [Value::Int(2), Value::BulkString(generation)] => Ok(Probe::Leased(generation.clone())),
             [Value::Int(0)] => Ok(Probe::Held),
+            [Value::Int(3), _] => Ok(Probe::Foreign),
             _ => {
                 bump(&self.counters.l2_errors);
                 Err(L2Error::Redis(redis::RedisError::from((
@@ -800,16 +878,28 @@ where
         let value_key = self.value_key(&key);
         let lease_key = self.lease_key(&key);
         let token = self.token();
+        let epoch = self.subscription_epoch.load(SeqCst);
+        // How long the L1 keeps what this load returns: nothing if the backplane
+        // resubscribed meanwhile (messages about the key may have been missed).
+        let keep = |ttl: Duration| {
+            if self.subscription_epoch.load(SeqCst) == epoch {
+                ttl
+            } else {
+                Duration::ZERO
+            }
+        };
         let notify = {
             let mut waiters = self.waiters.lock().unwrap_or_else(PoisonError::into_inner);
-            Arc::clone(waiters.entry(key.clone()).or_default())
+            let (notify, holders) = waiters.entry(key.clone()).or_default();
+            *holders += 1;
+            Arc::clone(notify)
         };
         let waiting = Waiting {
             inner: &self,
             key: &key,
             notify,
         };
-        let deadline = Instant::now() + self.config.max_wait;
+        let deadline = after(self.config.max_wait);
         // Every round trip and every wait is bounded in time; the rounds are bounded in
         // number too, in case a clock misbehaves: a poll per `poll_interval`, and as many
         // again for wakes by backplane messages.
@@ -817,48 +907,91 @@ where
             * (self.config.max_wait.as_millis() / self.config.poll_interval.as_millis().max(1))
             + 2;
         let mut waited = false;
+        // `l2_misses` counts a load once, however its misses go (unreadable, lease, wait).
+        let mut missed = false;
+        // A value found in Redis that this load could not read: the next probe treats it as
+        // no value (and so takes the lease, or waits on whoever has it).
+        let mut unreadable: (&str, Vec<u8>) = ("", Vec::new());
         let mut l2_failed = false;
         let mut next = Next::Local;
+        // The generation the lease is taken under (see `COMMIT`).
+        let mut generation = Vec::new();
+        // Armed while a `GET_OR_LEASE` is in flight: the script may take the lease, and a
+        // load dropped before its answer arrives would otherwise leave that lease to expire
+        // (`lease`), holding every other process's waiters up that long. RELEASE checks the
+        // token, so releasing a lease the script did not take is harmless.
+        let mut probing = LeaseGuard {
+            inner: Arc::clone(&self),
+            key: key.clone(),
+            token: token.clone(),
+            armed: false,
+        };
         for _ in 0..max_rounds.min(1_000_000) {
             // Registered before the round trip, so an announcement that comes between the
             // round trip and the wait is not missed.
             let notified = waiting.notify.notified();
             let mut notified = core::pin::pin!(notified);
             notified.as_mut().enable();
-            match self.probe(&value_key, &lease_key, &token).await {
-                Ok(Probe::Value(bytes, ttl)) => match self.codec.decode(&bytes) {
-                    Ok(value) => {
+            probing.armed = true;
+            let probed = self
+                .probe(
+                    &value_key,
+                    &lease_key,
+                    &token,
+                    (unreadable.0, unreadable.1.as_slice()),
+                )
+                .await;
+            // Answered: a lease it took goes to `lead` below (with no await in between),
+            // which guards it from then on. Timed out: Redis may still run the script and
+            // take the lease for nobody; the guard stays armed and releases it (below).
+            probing.armed = probed.as_ref().err().is_some_and(may_have_run);
+            match probed {
+                Ok(Probe::Value(bytes, ttl)) => {
+                    if let Ok(value) = self.codec.decode(&bytes) {
                         bump(&self.counters.l2_hits);
                         let most = self.config.l1_ttl();
-                        let ttl = ttl.map_or(most, |t| t.min(most));
+                        let ttl = keep(ttl.map_or(most, |t| t.min(most)));
                         return Ok(Tiered { value, ttl });
                     }
-                    Err(_) => {
-                        bump(&self.counters.decode_errors);
-                        if !waited {
-                            bump(&self.counters.l2_misses);
-                        }
-                        next = Next::Replace;
-                        break;
+                    // A miss: ask again at once, this value counting as none (the lease,
+                    // or a wait on whoever replaces it).
+                    bump(&self.counters.decode_errors);
+                    if !core::mem::replace(&mut missed, true) {
+                        bump(&self.counters.l2_misses);
                     }
-                },
-                Ok(Probe::Leased) => {
+                    unreadable = ("bad", bytes);
+                }
+                // A key of another type where the value belongs: no value this cache can
+                // read, so the same as one that does not decode.
+                Ok(Probe::Foreign) => {
+                    bump(&self.counters.decode_errors);
+                    if !core::mem::replace(&mut missed, true) {
+                        bump(&self.counters.l2_misses);
+                    }
+                    unreadable = ("foreign", Vec::new());
+                }
+                Ok(Probe::Leased(seen)) => {
+                    generation = seen;
+                    if !core::mem::replace(&mut missed, true) {
+                        bump(&self.counters.l2_misses);
+                    }
                     if waited {
                         bump(&self.counters.takeovers);
                     } else {
-                        bump(&self.counters.l2_misses);
                         bump(&self.counters.lease_wins);
                     }
                     next = Next::Lead;
                     break;
                 }
                 Ok(Probe::Held) => {
+                    if !core::mem::replace(&mut missed, true) {
+                        bump(&self.counters.l2_misses);
+                    }
                     if !waited {
                         waited = true;
-                        bump(&self.counters.l2_misses);
                         bump(&self.counters.lease_waits);
                     }
-                    let now = Instant::now();
+                    let now = tokio::time::Instant::now();
                     if now >= deadline {
                         break;
                     }
@@ -874,68 +1007,46 @@ where
                 }
             }
         }
+        // Armed only after a timed-out probe: hand back whatever that probe may take, in the
+        // background (RELEASE goes after it on the same connection), while the loader runs.
+        drop(probing);
         if matches!(next, Next::Local) && !l2_failed {
             // The wait ran past `max_wait` (or past its number of rounds).
             bump(&self.counters.wait_timeouts);
         }
         drop(waiting);
         let value = match next {
-            Next::Lead => Arc::clone(&self).lead(key, token, load).await,
-            Next::Replace => {
-                self.replace_undecodable(&key, &lease_key, token, load)
-                    .await
-            }
+            Next::Lead => Arc::clone(&self).lead(key, token, generation, load).await,
             Next::Local => {
                 // Redis failed (fail-safe), or the wait ran past `max_wait`.
                 bump(&self.counters.local_fallbacks);
-                load.await
+                load.await.map(|value| (value, false))
             }
         };
-        // A value loaded here lives in the L1 as it does in Redis (if it got there).
-        let ttl = self.config.ttl.min(self.config.l1_ttl());
-        value.map(|value| Tiered { value, ttl })
+        value.map(|(value, fenced)| {
+            // A value loaded here lives in the L1 as it does in Redis (if it got there). One
+            // whose write was refused lost to a write elsewhere (writes win): its callers
+            // have it, but the L1 keeps nothing over that write, whether or not the
+            // backplane brings its announcement (it may be off, or resubscribing).
+            let ttl = if fenced {
+                Duration::ZERO
+            } else {
+                keep(self.config.ttl.min(self.config.l1_ttl()))
+            };
+            Tiered { value, ttl }
+        })
     }
 
-    /// A value in Redis that does not decode: load, and replace it if the lease is free.
-    async fn replace_undecodable<Fut>(
-        self: &Arc<Self>,
-        key: &str,
-        lease_key: &str,
+    /// Runs `load` holding the lease (renewing it), then writes its value, fenced. The flag:
+    /// whether the write was refused (fenced), the lease having gone to a write or another
+    /// load meanwhile.
+    async fn lead<Fut>(
+        self: Arc<Self>,
+        key: String,
         token: String,
+        generation: Vec<u8>,
         load: Fut,
-    ) -> Result<V, E>
-    where
-        Fut: Future<Output = Result<V, E>> + Send,
-    {
-        let lease_ms = millis(self.config.lease);
-        let token_ref = token.as_str();
-        let leased: Result<Option<String>, L2Error> = self
-            .l2(|mut c| async move {
-                redis::cmd("SET")
-                    .arg(lease_key)
-                    .arg(token_ref)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(lease_ms)
-                    .query_async(&mut c)
-                    .await
-            })
-            .await;
-        match leased {
-            Ok(Some(_)) => {
-                bump(&self.counters.lease_wins);
-                Arc::clone(self).lead(key.to_string(), token, load).await
-            }
-            // Someone else is loading (or Redis failed): load for this process alone.
-            _ => {
-                bump(&self.counters.local_fallbacks);
-                load.await
-            }
-        }
-    }
-
-    /// Runs `load` holding the lease (renewing it), then writes its value, fenced.
-    async fn lead<Fut>(self: Arc<Self>, key: String, token: String, load: Fut) -> Result<V, E>
+    ) -> Result<(V, bool), E>
     where
         Fut: Future<Output = Result<V, E>> + Send,
     {
@@ -946,13 +1057,15 @@ where
             armed: true,
         };
         let outcome = self.run_renewing(&key, &token, load).await;
+        let mut fenced = false;
         if let Ok(value) = &outcome {
             match self.codec.encode(value) {
                 Ok(bytes) => {
-                    if self.commit(&key, &token, bytes).await.is_ok() {
+                    if let Ok(written) = self.commit(&key, &token, &generation, bytes).await {
                         // Written, or refused because the lease is not ours any more:
                         // either way there is nothing left to release.
                         guard.armed = false;
+                        fenced = !written;
                     }
                 }
                 Err(_) => bump(&self.counters.encode_errors),
@@ -964,7 +1077,7 @@ where
             guard.armed = false;
             self.release(&key, &token).await;
         }
-        outcome
+        outcome.map(|value| (value, fenced))
     }
 
     async fn run_renewing<Fut>(&self, key: &str, token: &str, load: Fut) -> Result<V, E>
@@ -975,7 +1088,7 @@ where
         let lease_ms = millis(self.config.lease);
         let period = self.config.lease / 3;
         let mut load = core::pin::pin!(load);
-        let mut next = Some(tokio::time::Instant::now() + period);
+        let mut next = Some(after(period));
         loop {
             let Some(at) = next else {
                 return load.await;
@@ -999,7 +1112,7 @@ where
                     next = match renewed {
                         Ok(1) => {
                             bump(&self.counters.lease_renewals);
-                            Some(tokio::time::Instant::now() + period)
+                            Some(after(period))
                         }
                         // Gone or someone else's: the write will be refused; stop renewing.
                         Ok(_) => {
@@ -1007,7 +1120,7 @@ where
                             None
                         }
                         // Try again soon: the lease may still be ours.
-                        Err(_) => Some(tokio::time::Instant::now() + period),
+                        Err(_) => Some(after(period)),
                     };
                 }
             }
@@ -1015,9 +1128,17 @@ where
     }
 
     /// The fenced write; `Ok(true)` if written, `Ok(false)` if the lease was not ours.
-    async fn commit(&self, key: &str, token: &str, bytes: Vec<u8>) -> Result<bool, L2Error> {
+    async fn commit(
+        &self,
+        key: &str,
+        token: &str,
+        generation: &[u8],
+        bytes: Vec<u8>,
+    ) -> Result<bool, L2Error> {
         let value_key = self.value_key(key);
         let lease_key = self.lease_key(key);
+        let generation_key = self.generation_key();
+        let generation_key = generation_key.as_str();
         let ttl_ms = millis(self.config.ttl);
         let message = self.message(b'L', key);
         let (value_key, lease_key, bytes, message) = (&value_key, &lease_key, &bytes, &message);
@@ -1027,11 +1148,13 @@ where
                     .commit
                     .key(value_key)
                     .key(lease_key)
+                    .key(generation_key)
                     .arg(token)
                     .arg(bytes.as_slice())
                     .arg(ttl_ms)
                     .arg(&self.channel)
                     .arg(message.as_slice())
+                    .arg(generation)
                     .invoke_async(&mut c)
                     .await
             })
@@ -1044,11 +1167,30 @@ where
         Ok(written == 1)
     }
 
-    async fn release(&self, key: &str, token: &str) {
+    /// `release`, tried again (every `op_timeout`, at most 4 times, and never past the
+    /// lease, after which there is nothing left to release) until Redis answers: for the
+    /// background releases of `LeaseGuard`, whose first try may come while Redis is still
+    /// paused or reconnecting, the very moment that left the lease behind.
+    async fn release_in_background(&self, key: &str, token: &str) {
+        let until = after(self.config.lease);
+        for _ in 0..4 {
+            if self.release(key, token).await {
+                return;
+            }
+            let next = after(self.config.op_timeout);
+            if next >= until {
+                return;
+            }
+            tokio::time::sleep_until(next).await;
+        }
+    }
+
+    /// `true` when Redis answered (whether or not the lease was still this token's).
+    async fn release(&self, key: &str, token: &str) -> bool {
         let lease_key = self.lease_key(key);
         let message = self.message(b'R', key);
         let (lease_key, message) = (&lease_key, &message);
-        let _released: Result<i64, L2Error> = self
+        let released: Result<i64, L2Error> = self
             .l2(|mut c| async move {
                 self.scripts
                     .release
@@ -1061,6 +1203,7 @@ where
             })
             .await;
         // A failure is counted; the lease then expires by itself.
+        released.is_ok()
     }
 
     /// `insert` (`Some`) or `invalidate` (`None`) in Redis, announced.
@@ -1096,8 +1239,23 @@ where
 
     /// Deletes the prefix's keys in Redis, then tells the other processes to clear their L1.
     async fn clear_l2(&self) -> Result<(), L2Error> {
-        let pattern = format!("{}*", glob_escape(&self.prefix));
+        // Only this cache's own keys, `{prefix}v:*` and `{prefix}l:*`: a bare `{prefix}*`
+        // also matched every cache whose prefix extends this one (`app:` and `app:users:`).
+        let pattern = format!("{}[vl]:*", glob_escape(&self.prefix));
         let pattern = pattern.as_str();
+        // First a new generation: a load whose lease predates this call cannot write any
+        // more (its COMMIT checks the generation), so no value from before it lands in Redis
+        // behind the SCAN, which may have passed over it (or found only its lease).
+        let generation_key = self.generation_key();
+        let generation_key = generation_key.as_str();
+        let _: i64 = self
+            .l2(|mut c| async move {
+                redis::cmd("INCR")
+                    .arg(generation_key)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
         let mut cursor: u64 = 0;
         // Bounded: SCAN ends in a number of rounds about the number of keys over COUNT; a
         // cap stops a keyspace that grows faster than it is scanned.
@@ -1146,11 +1304,11 @@ where
         let waiters = self.waiters.lock().unwrap_or_else(PoisonError::into_inner);
         match key {
             Some(key) => {
-                if let Some(notify) = waiters.get(key) {
+                if let Some((notify, _)) = waiters.get(key) {
                     notify.notify_waiters();
                 }
             }
-            None => waiters.values().for_each(|n| n.notify_waiters()),
+            None => waiters.values().for_each(|(n, _)| n.notify_waiters()),
         }
     }
 
@@ -1160,6 +1318,16 @@ where
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .contains_key(key)
+    }
+}
+
+/// Whether a round trip that failed this way may still have run in Redis: it timed out
+/// (ours, or the connection's response timeout) or its connection dropped after sending.
+fn may_have_run(error: &L2Error) -> bool {
+    match error {
+        L2Error::Timeout => true,
+        L2Error::Redis(e) => e.is_timeout() || e.is_connection_dropped(),
+        L2Error::Unavailable | L2Error::Codec(_) => false,
     }
 }
 

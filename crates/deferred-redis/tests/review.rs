@@ -1,0 +1,576 @@
+//! Findings of a review of the protocol, each a test that failed before its fix (see the
+//! commit that added it): huge durations, invalidate_all and this cache's own L1, nested
+//! prefixes, fenced values kept in the loader's L1, and a lease taken by a cancelled probe.
+
+#![allow(clippy::std_instead_of_core)] // a `std` test
+
+mod support;
+
+use std::{
+    future::Future,
+    pin::{pin, Pin},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use deferred_redis::{HybridCache, Utf8};
+use redis::Commands;
+use support::{eventually, server::RedisServer};
+use tokio::sync::Semaphore;
+
+type Strings = HybridCache<String, String, Utf8>;
+
+/// A bound for waits on conditions that real time decides; never reached when all is well.
+const PATIENCE: Duration = Duration::from_secs(5);
+
+/// A cache whose round trips outlast a short pause of the server, and whose backplane does
+/// not ping during one (a failed ping would drop the L1 and hide what a test looks at).
+fn cache(server: &RedisServer, prefix: &str) -> Strings {
+    HybridCache::builder(server.client(), prefix, Utf8)
+        .lease(Duration::from_secs(30))
+        .op_timeout(Duration::from_secs(5))
+        .poll_interval(Duration::from_millis(20))
+        .backplane_ping(Duration::from_secs(60))
+        .build()
+        .expect("build inside a runtime")
+}
+
+fn ok(
+    value: &'static str,
+) -> impl FnOnce() -> Pin<Box<dyn Future<Output = Result<String, String>> + Send>> {
+    move || Box::pin(async move { Ok(value.to_string()) })
+}
+
+/// A loader that counts its runs and then waits for `gate` before answering `value`.
+fn gated(
+    runs: &Arc<AtomicUsize>,
+    gate: &Arc<Semaphore>,
+    value: &'static str,
+) -> impl FnOnce() -> Pin<Box<dyn Future<Output = Result<String, String>> + Send>> {
+    let (runs, gate) = (Arc::clone(runs), Arc::clone(gate));
+    move || {
+        Box::pin(async move {
+            runs.fetch_add(1, Ordering::SeqCst);
+            let _permit = gate.acquire().await.map_err(|e| e.to_string())?;
+            Ok(value.to_string())
+        })
+    }
+}
+
+/// Polls `future` exactly once (it must not finish: the server is paused).
+async fn poll_once<F: Future>(future: Pin<&mut F>) {
+    let mut future = future;
+    tokio::select! {
+        biased;
+        _ = &mut future => panic!("finished while the server was paused"),
+        () = std::future::ready(()) => {}
+    }
+}
+
+/// Finding 1: `Duration::MAX` (a natural "no bound") as `max_wait`, `lease`,
+/// `time_to_live` or `backplane_ping` panicked (`Instant + Duration` overflow) on every
+/// L1 miss, or made every Redis write fail (`PX` out of Redis' range).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_1_unbounded_durations_neither_panic_nor_fail_redis() {
+    let server = RedisServer::start();
+    let a: Strings = HybridCache::builder(server.client(), "huge:", Utf8)
+        .max_wait(Duration::MAX)
+        .lease(Duration::MAX)
+        .time_to_live(Duration::MAX)
+        .backplane_ping(Duration::MAX)
+        .op_timeout(Duration::from_secs(5))
+        .build()
+        .expect("build");
+    assert!(
+        a.backplane_ready(PATIENCE).await,
+        "the backplane task is alive"
+    );
+    assert_eq!(a.get_with("k", ok("v")).await, Ok("v".to_string()));
+    a.insert("j", "w".to_string())
+        .await
+        .expect("insert reaches Redis");
+    let stats = a.stats();
+    assert_eq!((stats.l2_writes, stats.l2_errors), (1, 0));
+    let mut raw = server.connection();
+    let (k, j): (Option<String>, Option<String>) =
+        (raw.get("huge:v:k").unwrap(), raw.get("huge:v:j").unwrap());
+    assert_eq!((k.as_deref(), j.as_deref()), (Some("v"), Some("w")));
+}
+
+/// Finding 2: `invalidate_all` clears this L1 first and then deletes in Redis over several
+/// round trips, and ignores its own announcement: a read of this cache in between copied a
+/// value from before the invalidation into the L1, where it stayed after `Ok`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_2_invalidate_all_leaves_no_older_value_in_its_own_l1() {
+    let server = RedisServer::start();
+    let a = cache(&server, "all:");
+    assert!(a.backplane_ready(PATIENCE).await);
+    assert_eq!(a.get_with("k", ok("old")).await, Ok("old".to_string()));
+    server.pause();
+    let mut clear = pin!(a.invalidate_all());
+    poll_once(clear.as_mut()).await; // L1 cleared, SCAN sent
+    assert!(!a.contains_local("k"));
+    let mut read = pin!(a.get_with("k", ok("loaded")));
+    poll_once(read.as_mut()).await; // an L1 miss: GET_OR_LEASE sent after the SCAN
+    server.resume();
+    let (cleared, _concurrent) = tokio::join!(clear, read);
+    cleared.expect("invalidate_all reached Redis");
+    // "new" as a rule; "loaded" if the concurrent read reached Redis only after the deletes
+    // (then it loaded, legitimately): never the value from before.
+    assert_ne!(
+        a.get_with("k", ok("new")).await,
+        Ok("old".to_string()),
+        "a read that starts after invalidate_all returned sees no value from before it"
+    );
+}
+
+/// Finding 3: `invalidate_all` scanned `{prefix}*`, which also matches the keys of every
+/// cache whose prefix starts with this one's (`app:` and `app:users:`, `users` and
+/// `users2`): it deleted their values and leases too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_3_invalidate_all_spares_caches_whose_prefix_extends_this_one() {
+    let server = RedisServer::start();
+    let app = cache(&server, "app:");
+    let users = cache(&server, "app:users:");
+    let plain = cache(&server, "users");
+    let plain2 = cache(&server, "users2");
+    app.insert("x", "1".to_string()).await.unwrap();
+    users.insert("7", "Ada".to_string()).await.unwrap();
+    plain.insert("x", "2".to_string()).await.unwrap();
+    plain2.insert("7", "Bob".to_string()).await.unwrap();
+    app.invalidate_all().await.unwrap();
+    plain.invalidate_all().await.unwrap();
+    let mut raw = server.connection();
+    let got: Vec<Option<String>> = ["app:v:x", "app:users:v:7", "usersv:x", "users2v:7"]
+        .iter()
+        .map(|key| raw.get(*key).unwrap())
+        .collect();
+    assert_eq!(
+        got,
+        [None, Some("Ada".to_string()), None, Some("Bob".to_string())],
+        "invalidate_all deletes only its own prefix's keys"
+    );
+}
+
+/// Checked sound (no fix needed): glob characters in a prefix are escaped for `SCAN MATCH`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn glob_characters_in_a_prefix_match_only_themselves() {
+    let server = RedisServer::start();
+    let (glob, plain) = (cache(&server, "g[1]*?\\:"), cache(&server, "g1x\\:"));
+    glob.insert("k", "a".to_string()).await.unwrap();
+    plain.insert("k", "b".to_string()).await.unwrap();
+    glob.invalidate_all().await.unwrap();
+    let mut raw = server.connection();
+    let got: (Option<String>, Option<String>) = (
+        raw.get("g[1]*?\\:v:k").unwrap(),
+        raw.get("g1x\\:v:k").unwrap(),
+    );
+    assert_eq!(got, (None, Some("b".to_string())));
+}
+
+/// Finding 4: a load whose COMMIT was fenced (an `insert` elsewhere deleted its lease:
+/// writes win) still left its value in its own L1; only the backplane's message about the
+/// insert removed it. Without the backplane, or with the message lost to a resubscription
+/// during the load, the loser's value stayed in the L1 over the insert that won.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_4_a_fenced_value_does_not_stay_in_the_loaders_l1() {
+    let server = RedisServer::start();
+    let a: Strings = HybridCache::builder(server.client(), "wins:", Utf8)
+        .backplane(false)
+        .op_timeout(Duration::from_secs(5))
+        .build()
+        .expect("build");
+    let b = cache(&server, "wins:");
+    let (runs, gate) = (Arc::new(AtomicUsize::new(0)), Arc::new(Semaphore::new(0)));
+    let load = {
+        let (a, loader) = (a.clone(), gated(&runs, &gate, "old"));
+        tokio::spawn(async move { a.get_with("k", loader).await })
+    };
+    assert!(eventually(PATIENCE, || runs.load(Ordering::SeqCst) == 1).await);
+    b.insert("k", "new".to_string()).await.unwrap();
+    gate.add_permits(1);
+    assert_eq!(
+        load.await.unwrap(),
+        Ok("old".to_string()),
+        "its callers get its value"
+    );
+    assert_eq!(a.stats().fenced_writes, 1);
+    assert_eq!(
+        a.get_with("k", ok("loaded")).await,
+        Ok("new".to_string()),
+        "the insert won in Redis; the loader's L1 keeps no value over it"
+    );
+}
+
+/// Finding 4 across a resubscription: the backplane is cut while the load runs, the insert
+/// elsewhere is announced while this cache is not subscribed, and the resubscription's L1
+/// purge skips loads in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_4_a_resubscription_during_a_fenced_load_keeps_no_stale_value() {
+    let server = RedisServer::start();
+    let (a, b) = (cache(&server, "resub:"), cache(&server, "resub:"));
+    assert!(a.backplane_ready(PATIENCE).await);
+    let (runs, gate) = (Arc::new(AtomicUsize::new(0)), Arc::new(Semaphore::new(0)));
+    let load = {
+        let (a, loader) = (a.clone(), gated(&runs, &gate, "old"));
+        tokio::spawn(async move { a.get_with("k", loader).await })
+    };
+    assert!(eventually(PATIENCE, || runs.load(Ordering::SeqCst) == 1).await);
+    let mut raw = server.connection();
+    let _: redis::Value = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query(&mut raw)
+        .unwrap();
+    let mut down = false;
+    for _ in 0..5000 {
+        if !a.backplane_ready(Duration::ZERO).await {
+            down = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert!(down, "the subscription was lost");
+    b.insert("k", "new".to_string()).await.unwrap();
+    assert!(eventually(PATIENCE, || a.stats().backplane_subscriptions == 2).await);
+    gate.add_permits(1);
+    assert_eq!(load.await.unwrap(), Ok("old".to_string()));
+    assert_eq!(
+        a.get_with("k", ok("loaded")).await,
+        Ok("new".to_string()),
+        "the insert that won is what this cache reads next"
+    );
+}
+
+/// Finding 5: a load dropped by its last caller while its `GET_OR_LEASE` was in flight
+/// left the lease that script took in Redis until it expired (`lease`, here 30 s), so
+/// every other process waited that long: the release on drop covered only the loader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_5_a_load_dropped_during_its_lease_probe_hands_the_lease_back() {
+    let server = RedisServer::start();
+    let a = cache(&server, "probe:");
+    // Connected, and the lease script loaded (so GET_OR_LEASE is one EVALSHA).
+    assert_eq!(a.get_with("warm", ok("w")).await, Ok("w".to_string()));
+    server.pause();
+    {
+        let mut read = pin!(a.get_with("k", ok("never")));
+        poll_once(read.as_mut()).await; // GET_OR_LEASE sent; its answer never read
+    }
+    server.resume();
+    let mut raw = server.connection();
+    assert!(
+        eventually(PATIENCE, || !raw.exists::<_, bool>("probe:l:k").unwrap()).await,
+        "the lease taken for a load nobody waits for any more is handed back"
+    );
+}
+
+/// `INFO clients`' `blocked_clients`: clients whose command waits (here: on `CLIENT PAUSE`).
+fn blocked_clients(raw: &mut redis::Connection) -> usize {
+    let info: String = redis::cmd("INFO").arg("clients").query(raw).unwrap();
+    info.lines()
+        .find_map(|line| line.strip_prefix("blocked_clients:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Finding 6: a load in flight elsewhere could overwrite `invalidate_all`. Its COMMIT landing
+/// between the SCAN (which found only its lease) and the DEL wrote its value, from before the
+/// invalidation, where nothing deleted it: it outlived the `Ok`, in Redis and so in every L1.
+/// `invalidate` fences such a load (it deletes the lease); `invalidate_all` did not.
+/// Ordered with `CLIENT PAUSE WRITE`: reads (SCAN) go on, writes wait and then run in the
+/// order they came (COMMIT, then DEL).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_6_a_load_in_flight_cannot_overwrite_invalidate_all() {
+    let server = RedisServer::start();
+    let (a, b) = (cache(&server, "scan:"), cache(&server, "scan:"));
+    assert!(a.backplane_ready(PATIENCE).await && b.backplane_ready(PATIENCE).await);
+    // Scripts loaded on B's connection (the COMMIT below is then one EVALSHA).
+    assert_eq!(b.get_with("warm", ok("w")).await, Ok("w".to_string()));
+    let (runs, gate) = (Arc::new(AtomicUsize::new(0)), Arc::new(Semaphore::new(0)));
+    let load = {
+        let (b, loader) = (b.clone(), gated(&runs, &gate, "before"));
+        tokio::spawn(async move { b.get_with("k", loader).await })
+    };
+    assert!(eventually(PATIENCE, || runs.load(Ordering::SeqCst) == 1).await);
+    let mut raw = server.connection();
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(10_000)
+        .arg("WRITE")
+        .query(&mut raw)
+        .unwrap();
+    gate.add_permits(1); // B's COMMIT waits on the pause
+    assert!(eventually(PATIENCE, || blocked_clients(&mut raw) == 1).await);
+    let clear = {
+        let a = a.clone();
+        tokio::spawn(async move { a.invalidate_all().await })
+    };
+    // A's SCAN ran (it found B's lease); its DEL waits behind B's COMMIT.
+    assert!(eventually(PATIENCE, || blocked_clients(&mut raw) == 2).await);
+    let _: () = redis::cmd("CLIENT").arg("UNPAUSE").query(&mut raw).unwrap();
+    clear.await.unwrap().expect("invalidate_all reached Redis");
+    assert_eq!(load.await.unwrap(), Ok("before".to_string()));
+    let left: Option<String> = raw.get("scan:v:k").unwrap();
+    assert_eq!(
+        left, None,
+        "no value from before invalidate_all outlives it in Redis"
+    );
+    assert_eq!(a.get_with("k", ok("after")).await, Ok("after".to_string()));
+}
+
+/// Finding 6, the fence itself: `invalidate_all` begins (its first write waits on the
+/// pause), then the load's COMMIT comes; the COMMIT runs after the new generation and is
+/// refused, although its lease is still in place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_6_a_commit_after_invalidate_all_began_is_refused() {
+    let server = RedisServer::start();
+    let (a, b) = (cache(&server, "gen:"), cache(&server, "gen:"));
+    assert!(a.backplane_ready(PATIENCE).await && b.backplane_ready(PATIENCE).await);
+    assert_eq!(b.get_with("warm", ok("w")).await, Ok("w".to_string()));
+    let (runs, gate) = (Arc::new(AtomicUsize::new(0)), Arc::new(Semaphore::new(0)));
+    let load = {
+        let (b, loader) = (b.clone(), gated(&runs, &gate, "before"));
+        tokio::spawn(async move { b.get_with("k", loader).await })
+    };
+    assert!(eventually(PATIENCE, || runs.load(Ordering::SeqCst) == 1).await);
+    let mut raw = server.connection();
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(10_000)
+        .arg("WRITE")
+        .query(&mut raw)
+        .unwrap();
+    let clear = {
+        let a = a.clone();
+        tokio::spawn(async move { a.invalidate_all().await })
+    };
+    assert!(eventually(PATIENCE, || blocked_clients(&mut raw) == 1).await);
+    gate.add_permits(1);
+    assert!(eventually(PATIENCE, || blocked_clients(&mut raw) == 2).await);
+    let _: () = redis::cmd("CLIENT").arg("UNPAUSE").query(&mut raw).unwrap();
+    clear.await.unwrap().expect("invalidate_all reached Redis");
+    assert_eq!(load.await.unwrap(), Ok("before".to_string()));
+    assert_eq!((b.stats().fenced_writes, b.stats().l2_writes), (1, 1));
+    let left: (Option<String>, bool) =
+        (raw.get("gen:v:k").unwrap(), raw.exists("gen:l:k").unwrap());
+    assert_eq!(
+        left,
+        (None, false),
+        "no value written, and the lease given up"
+    );
+}
+
+/// Finding 8: a `GET_OR_LEASE` that ran past `op_timeout` (a paused, slow or partitioned
+/// server) fell back to the loader here, and when Redis got to the script later it took the
+/// lease, for nobody: every other process waited the whole lease (here 30 s) for a value
+/// that was never coming. Finding 5's cancellation, reached through the timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_8_a_lease_probe_that_timed_out_hands_the_lease_back() {
+    let server = RedisServer::start();
+    let a: Strings = HybridCache::builder(server.client(), "late:", Utf8)
+        .lease(Duration::from_secs(30))
+        .op_timeout(Duration::from_millis(200))
+        .backplane_ping(Duration::from_secs(60))
+        .build()
+        .expect("build");
+    assert_eq!(a.get_with("warm", ok("w")).await, Ok("w".to_string()));
+    server.pause();
+    assert_eq!(a.get_with("k", ok("local")).await, Ok("local".to_string()));
+    assert_eq!(a.stats().local_fallbacks, 1);
+    server.resume();
+    let mut raw = server.connection();
+    assert!(
+        eventually(PATIENCE, || !raw.exists::<_, bool>("late:l:k").unwrap()).await,
+        "a lease taken by a probe that timed out is handed back"
+    );
+}
+
+/// Finding 9: a value key of another type (a list where a string belongs: written by hand,
+/// or by another program sharing the prefix) made `GET_OR_LEASE` fail with WRONGTYPE on
+/// every read: each read cost a failed round trip and ran its loader locally, forever,
+/// and the key was never replaced. Now it is a value that does not decode: a miss whose
+/// loaded value replaces it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_9_a_value_key_of_another_type_is_a_miss_and_replaced() {
+    let server = RedisServer::start();
+    let a = cache(&server, "type:");
+    let mut raw = server.connection();
+    let _: i64 = raw.lpush("type:v:k", "x").unwrap();
+    assert_eq!(a.get_with("k", ok("v")).await, Ok("v".to_string()));
+    let stats = a.stats();
+    assert_eq!(
+        (stats.l2_errors, stats.decode_errors, stats.l2_writes),
+        (0, 1, 1)
+    );
+    let stored: Option<String> = raw.get("type:v:k").unwrap();
+    assert_eq!(
+        stored.as_deref(),
+        Some("v"),
+        "the loaded value replaced the foreign key"
+    );
+}
+
+/// Finding 10: a value that does not decode was a miss without single flight: the first
+/// load took the lease to replace it, and every other process that read the bad bytes
+/// meanwhile found the lease taken and ran its own loader at once instead of waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_10_a_value_that_does_not_decode_is_loaded_once_across_caches() {
+    let server = RedisServer::start();
+    let mut raw = server.connection();
+    let _: () = raw.set("bad:v:k", &[0xff_u8, 0xfe][..]).unwrap();
+    let (a, b) = (cache(&server, "bad:"), cache(&server, "bad:"));
+    let (runs, gate) = (Arc::new(AtomicUsize::new(0)), Arc::new(Semaphore::new(0)));
+    let first = {
+        let (a, loader) = (a.clone(), gated(&runs, &gate, "fresh"));
+        tokio::spawn(async move { a.get_with("k", loader).await })
+    };
+    assert!(eventually(PATIENCE, || runs.load(Ordering::SeqCst) == 1).await);
+    let second = {
+        let (b, loader) = (b.clone(), gated(&runs, &gate, "other"));
+        tokio::spawn(async move { b.get_with("k", loader).await })
+    };
+    assert!(eventually(PATIENCE, || b.stats().decode_errors == 1).await);
+    gate.add_permits(10);
+    assert_eq!(first.await.unwrap(), Ok("fresh".to_string()));
+    assert_eq!(second.await.unwrap(), Ok("fresh".to_string()));
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        1,
+        "one loader run for the bad bytes"
+    );
+    assert_eq!((b.stats().lease_waits, b.stats().local_fallbacks), (1, 0));
+}
+
+/// The number of EVALSHA calls the server has run (`INFO commandstats`).
+fn evalsha_calls(raw: &mut redis::Connection) -> u64 {
+    let info: String = redis::cmd("INFO").arg("commandstats").query(raw).unwrap();
+    info.lines()
+        .find_map(|line| line.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Finding 11: a resubscription drops the L1's values because messages may have been
+/// missed, but it skipped loads in flight: a load that read Redis before an insert elsewhere
+/// (announced while this cache was not subscribed) stored that older value after the
+/// resubscription, where it stayed. Ordered by driving the read by hand: its GET_OR_LEASE
+/// has run in Redis (counted there) before the insert, and its L1 store comes after the
+/// resubscription.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_11_a_load_across_a_resubscription_keeps_nothing_it_read_before() {
+    let server = RedisServer::start();
+    let (a, b) = (cache(&server, "epoch:"), cache(&server, "epoch:"));
+    assert!(a.backplane_ready(PATIENCE).await);
+    b.insert("k", "old".to_string()).await.unwrap();
+    assert_eq!(a.get_with("warm", ok("w")).await, Ok("w".to_string()));
+    assert!(!a.contains_local("k"));
+    let mut raw = server.connection();
+    let before = evalsha_calls(&mut raw);
+    let mut read = pin!(a.get_with("k", ok("loaded")));
+    server.pause(); // so that this one poll cannot also see the answer
+    poll_once(read.as_mut()).await; // GET_OR_LEASE sent
+    server.resume();
+    assert!(eventually(PATIENCE, || evalsha_calls(&mut raw) > before).await);
+    let _: redis::Value = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query(&mut raw)
+        .unwrap();
+    let mut down = false;
+    for _ in 0..5000 {
+        if !a.backplane_ready(Duration::ZERO).await {
+            down = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert!(down, "the subscription was lost");
+    b.insert("k", "new".to_string()).await.unwrap(); // its announcement is lost to A
+    assert!(eventually(PATIENCE, || a.stats().backplane_subscriptions == 2).await);
+    assert_eq!(
+        read.await,
+        Ok("old".to_string()),
+        "it read Redis before the insert"
+    );
+    assert_eq!(
+        a.get_with("k", ok("loaded")).await,
+        Ok("new".to_string()),
+        "no value read before the resubscription stays in the L1 after it"
+    );
+}
+
+/// Checked sound (no fix needed): an invalidation elsewhere that lands between another
+/// cache's Redis read and its L1 store (the read driven by hand, as in finding 11, with the
+/// backplane up) detaches that load in the L1: its value goes to its callers only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidation_between_a_read_and_its_l1_store_wins() {
+    let server = RedisServer::start();
+    let (a, b) = (cache(&server, "gap:"), cache(&server, "gap:"));
+    assert!(a.backplane_ready(PATIENCE).await);
+    b.insert("k", "old".to_string()).await.unwrap();
+    assert_eq!(a.get_with("warm", ok("w")).await, Ok("w".to_string()));
+    let mut raw = server.connection();
+    let before = evalsha_calls(&mut raw);
+    let mut read = pin!(a.get_with("k", ok("loaded")));
+    server.pause();
+    poll_once(read.as_mut()).await;
+    server.resume();
+    assert!(eventually(PATIENCE, || evalsha_calls(&mut raw) > before).await);
+    let received = a.stats().backplane_received;
+    b.invalidate("k").await.unwrap();
+    assert!(eventually(PATIENCE, || a.stats().backplane_received > received).await);
+    assert_eq!(read.await, Ok("old".to_string()));
+    assert!(!a.contains_local("k"));
+    assert_eq!(
+        a.get_with("k", ok("loaded")).await,
+        Ok("loaded".to_string())
+    );
+}
+
+/// Checked sound (no fix needed): the last caller cancelled while its load's COMMIT is in
+/// flight. The COMMIT still lands (it was sent), the guard's RELEASE after it does nothing,
+/// and another cache reads the value without loading; in no case is the lease left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_cancelled_during_its_commit_still_writes_and_leaks_no_lease() {
+    let server = RedisServer::start();
+    let (a, b) = (cache(&server, "cc:"), cache(&server, "cc:"));
+    // The scripts loaded (COMMIT is then one EVALSHA, which runs once sent).
+    assert_eq!(a.get_with("warm", ok("w")).await, Ok("w".to_string()));
+    let (runs, gate) = (Arc::new(AtomicUsize::new(0)), Arc::new(Semaphore::new(0)));
+    {
+        let mut read = pin!(a.get_with("k", gated(&runs, &gate, "v")));
+        for _ in 0..5000 {
+            poll_once(read.as_mut()).await;
+            if runs.load(Ordering::SeqCst) == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            1,
+            "the loader runs, holding the lease"
+        );
+        server.pause();
+        gate.add_permits(1);
+        poll_once(read.as_mut()).await; // the loader ends; COMMIT sent
+    } // the last caller goes
+    server.resume();
+    let mut raw = server.connection();
+    assert!(
+        eventually(PATIENCE, || !raw.exists::<_, bool>("cc:l:k").unwrap()).await,
+        "no lease left behind"
+    );
+    // Written when the COMMIT left in that last poll (as a rule); a COMMIT dropped before
+    // it was sent writes nothing, which is allowed: the lease went back all the same.
+    let written: Option<String> = raw.get("cc:v:k").unwrap();
+    let expected = written.clone().unwrap_or_else(|| "other".to_string());
+    assert!(written.is_none() || written.as_deref() == Some("v"));
+    assert_eq!(b.get_with("k", ok("other")).await, Ok(expected));
+}
