@@ -280,7 +280,7 @@ where
 /// # Ok(()) }
 /// ```
 pub struct HybridCache<V, E, C> {
-    inner: Arc<Inner<V, E, C>>,
+    pub(crate) inner: Arc<Inner<V, E, C>>,
 }
 
 impl<V, E, C> Clone for HybridCache<V, E, C> {

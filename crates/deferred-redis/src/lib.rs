@@ -6,6 +6,7 @@ mod backplane;
 mod codec;
 mod error;
 mod hybrid;
+mod local;
 mod stats;
 
 #[cfg(feature = "serde")]
