@@ -17,7 +17,7 @@ use tokio::sync::{oneshot, watch, Notify};
 use crate::{
     backplane,
     stats::{bump, Counters},
-    BuildError, Codec, HybridStats, L2Error,
+    BuildError, Codec, HybridStats, L2Error, TtlPolicy,
 };
 
 /// Reads the value, or takes the lease when there is neither a value nor a lease: one round
@@ -91,6 +91,8 @@ pub(crate) struct Config {
     pub(crate) reconnect_backoff: Duration,
     pub(crate) backplane: bool,
     pub(crate) backplane_ping: Duration,
+    /// `Builder::cache_errors_for`: how long the L1 keeps a loader error.
+    pub(crate) negative_ttl: Option<Duration>,
 }
 
 impl Config {
@@ -105,7 +107,9 @@ pub struct Builder<V, E, C> {
     client: Client,
     prefix: String,
     codec: C,
-    config: Config,
+    pub(crate) config: Config,
+    /// `Builder::expire_after`: the time to live of each value.
+    pub(crate) ttl_policy: Option<Arc<dyn TtlPolicy<V>>>,
     _types: core::marker::PhantomData<fn() -> (V, E)>,
 }
 
@@ -219,10 +223,18 @@ where
                 "op_timeout, poll_interval and backplane_ping must be more than zero",
             ));
         }
-        let l1 = ExpiringCache::builder()
+        if c.negative_ttl.is_some_and(zero) {
+            return Err(BuildError::Invalid(
+                "cache_errors_for must be more than zero",
+            ));
+        }
+        let mut l1 = ExpiringCache::builder()
             .max_capacity(c.l1_capacity)
-            .expire_after(L1Expiry)
-            .build();
+            .expire_after(L1Expiry);
+        if let Some(ttl) = c.negative_ttl {
+            l1 = l1.cache_errors_for(ttl);
+        }
+        let l1 = l1.build();
         let origin = format!("{:016x}", random_u64());
         let (stop_tx, stop_rx) = oneshot::channel();
         let (subscribed, _) = watch::channel(false);
@@ -231,6 +243,7 @@ where
             l1,
             codec: self.codec,
             config: self.config,
+            ttl_policy: self.ttl_policy,
             prefix: self.prefix,
             channel,
             client: self.client,
@@ -314,6 +327,7 @@ pub(crate) struct Inner<V, E, C> {
     pub(crate) l1: ExpiringCache<String, Tiered<V>, E>,
     codec: C,
     pub(crate) config: Config,
+    pub(crate) ttl_policy: Option<Arc<dyn TtlPolicy<V>>>,
     prefix: String,
     pub(crate) channel: String,
     pub(crate) client: Client,
@@ -449,7 +463,9 @@ where
                 reconnect_backoff: Duration::from_millis(250),
                 backplane: true,
                 backplane_ping: Duration::from_secs(1),
+                negative_ttl: None,
             },
+            ttl_policy: None,
             _types: core::marker::PhantomData,
         }
     }
@@ -528,9 +544,12 @@ where
             bump(&self.inner.counters.encode_errors);
             L2Error::Codec(e)
         });
-        let ttl = self.inner.config.ttl.min(self.inner.config.l1_ttl());
-        self.inner.l1.insert(key.clone(), Tiered { value, ttl });
-        self.inner.write(&key, Some(bytes?)).await
+        let ttl = self.inner.ttl_for(&key, &value);
+        let l1_ttl = self.inner.l1_ttl_for(ttl);
+        self.inner
+            .l1
+            .insert(key.clone(), Tiered { value, ttl: l1_ttl });
+        self.inner.write(&key, Some(bytes?), ttl).await
     }
 
     /// Removes `key` from this L1, from Redis, and (through the backplane) from every other
@@ -548,7 +567,7 @@ where
     /// ```
     pub async fn invalidate(&self, key: &str) -> Result<(), L2Error> {
         self.inner.l1.invalidate(key);
-        self.inner.write(key, None).await
+        self.inner.write(key, None, self.inner.config.ttl).await
     }
 
     /// Removes every value of this prefix: from this L1, from every other process's L1
@@ -830,7 +849,7 @@ where
                     Ok(value) => {
                         bump(&self.counters.l2_hits);
                         let most = self.config.l1_ttl();
-                        let ttl = ttl.map_or(most, |t| t.min(most));
+                        let ttl = ttl.map_or(most, |t| self.l1_ttl_for(t));
                         return Ok(Tiered { value, ttl });
                     }
                     Err(_) => {
@@ -880,7 +899,7 @@ where
         }
         drop(waiting);
         let value = match next {
-            Next::Lead => Arc::clone(&self).lead(key, token, load).await,
+            Next::Lead => Arc::clone(&self).lead(key.clone(), token, load).await,
             Next::Replace => {
                 self.replace_undecodable(&key, &lease_key, token, load)
                     .await
@@ -892,8 +911,10 @@ where
             }
         };
         // A value loaded here lives in the L1 as it does in Redis (if it got there).
-        let ttl = self.config.ttl.min(self.config.l1_ttl());
-        value.map(|value| Tiered { value, ttl })
+        value.map(|value| {
+            let ttl = self.l1_ttl_for(self.ttl_for(&key, &value));
+            Tiered { value, ttl }
+        })
     }
 
     /// A value in Redis that does not decode: load, and replace it if the lease is free.
@@ -949,7 +970,8 @@ where
         if let Ok(value) = &outcome {
             match self.codec.encode(value) {
                 Ok(bytes) => {
-                    if self.commit(&key, &token, bytes).await.is_ok() {
+                    let ttl = self.ttl_for(&key, value);
+                    if self.commit(&key, &token, bytes, ttl).await.is_ok() {
                         // Written, or refused because the lease is not ours any more:
                         // either way there is nothing left to release.
                         guard.armed = false;
@@ -1015,10 +1037,16 @@ where
     }
 
     /// The fenced write; `Ok(true)` if written, `Ok(false)` if the lease was not ours.
-    async fn commit(&self, key: &str, token: &str, bytes: Vec<u8>) -> Result<bool, L2Error> {
+    async fn commit(
+        &self,
+        key: &str,
+        token: &str,
+        bytes: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<bool, L2Error> {
         let value_key = self.value_key(key);
         let lease_key = self.lease_key(key);
-        let ttl_ms = millis(self.config.ttl);
+        let ttl_ms = millis(ttl);
         let message = self.message(b'L', key);
         let (value_key, lease_key, bytes, message) = (&value_key, &lease_key, &bytes, &message);
         let written: i64 = self
@@ -1064,10 +1092,10 @@ where
     }
 
     /// `insert` (`Some`) or `invalidate` (`None`) in Redis, announced.
-    async fn write(&self, key: &str, bytes: Option<Vec<u8>>) -> Result<(), L2Error> {
+    async fn write(&self, key: &str, bytes: Option<Vec<u8>>, ttl: Duration) -> Result<(), L2Error> {
         let value_key = self.value_key(key);
         let lease_key = self.lease_key(key);
-        let ttl_ms = millis(self.config.ttl);
+        let ttl_ms = millis(ttl);
         let (kind, mode) = if bytes.is_some() {
             (b'S', "set")
         } else {
