@@ -508,9 +508,11 @@ where
         Fut: Future<Output = Result<V, E>> + Send + 'static,
     {
         let key = key.into();
-        let inner = Arc::clone(&self.inner);
+        let inner = &self.inner;
+        // Cloned here (a hit pays for it) because the L1 gives its loader no key.
         let load_key = key.clone();
         let read = self.inner.l1.get_with(key, move || {
+            let inner = Arc::clone(inner); // on a miss only
             let load = loader();
             // Boxed as `dyn Send`: the compiler then proves the load `Send` here, once,
             // instead of failing to in callers' spawned futures ("`Send` is not general
