@@ -130,7 +130,7 @@ where
 {
     /// How long a value lives in Redis (`PX`). Default 5 minutes. Also the L1's longest time
     /// to live unless [`l1_time_to_live`](Self::l1_time_to_live) says otherwise (in either
-    /// order).
+    /// order). [`expire_after`](Self::expire_after) replaces it with a TTL per value.
     pub fn time_to_live(mut self, ttl: Duration) -> Self {
         self.config.ttl = ttl;
         self
