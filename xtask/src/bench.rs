@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime};
 use crate::cmd::{self, cargo, Result};
 
 /// One bench target per layer, `benches/benches/<layer>.rs`, in layer order.
-const LAYERS: &[&str] = &["core", "map", "cache", "expiring"];
+const LAYERS: &[&str] = &["core", "map", "cache", "expiring", "redis"];
 const PACKAGE: &str = "deferred-benches";
 
 /// Plain programs (`harness = false`, not criterion) that a layer runs after its criterion
@@ -183,6 +183,56 @@ const TARGETS: &[Target] = &[
         at_most: Some(0.5),
         goal: "<= 0.5x moka",
     },
+    // Issue #14: the hybrid tier against what it stands on, in the same run
+    // (`benches/benches/redis.rs`, which starts its own redis-server on a Unix socket).
+    Target {
+        layer: "redis",
+        workload: "L2 hit (L1 miss)",
+        measure: Measure::Ratio {
+            group: "redis/l2_hit",
+            ours: "deferred",
+            anchor: "redis_get",
+        },
+        at_most: Some(1.1),
+        goal: "<= 1.1x a bare GET on the same connection kind",
+    },
+    Target {
+        layer: "redis",
+        workload: "L1 hit, tier on",
+        measure: Measure::Ratio {
+            group: "redis/l1_hit",
+            ours: "deferred",
+            anchor: "expiring",
+        },
+        at_most: Some(1.05),
+        goal: "<= 1.05x deferred-expiring's hit, same settings",
+    },
+    Target {
+        layer: "redis",
+        workload: "4 processes x 1000 tasks, one cold key, 50 ms loader",
+        measure: Measure::Extra {
+            label: "redis/stampede: loader runs across the 4 processes",
+            key: "stampede_loads",
+            per: None,
+            nanos: false,
+            passes: None,
+        },
+        at_most: Some(1.0),
+        goal: "1 load",
+    },
+    Target {
+        layer: "redis",
+        workload: "4 processes x 1000 tasks, one cold key, 50 ms loader",
+        measure: Measure::Extra {
+            label: "redis/stampede: wall, start signal to the last process done",
+            key: "stampede_wall_ns",
+            per: None,
+            nanos: true,
+            passes: None,
+        },
+        at_most: Some(60e6),
+        goal: "wall <= 60 ms",
+    },
 ];
 
 /// The programs of `layer`: see [`PROGRAMS`].
@@ -265,6 +315,10 @@ pub fn run(args: &[String]) -> Result {
         return cmd::run(&mut cmd);
     }
 
+    if layers.contains(&"redis") {
+        // The redis bench starts its own server; install it first if it is missing.
+        crate::redis::ensure_server()?;
+    }
     let target = target_dir()?;
     let every_layer = layer.is_none();
     let mut all: Vec<(&str, Vec<Sample>)> = Vec::new();

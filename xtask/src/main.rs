@@ -18,6 +18,7 @@ mod miri;
 mod msrv;
 mod no_std;
 mod redis;
+mod redis_demo;
 mod sanitize;
 mod soak;
 mod test;
@@ -133,6 +134,10 @@ tasks:
                            (apt-get) first if absent, for deferred-redis's tests
   redis-server             install redis-server (apt-get) if it is not on PATH; `test`
                            does this first
+  redis-demo               deferred-redis's two-process example, whole: installs and
+                           starts redis-server (Unix socket, temp dir), runs two processes
+                           (one load across both, an invalidation reaching the other),
+                           stops the server
   test-loom [--preemptions N] [FILTER]
                            loom models, each crate at its bound (core 3, the rest 2);
                            --preemptions N (or LOOM_MAX_PREEMPTIONS) runs every crate at N
@@ -143,8 +148,9 @@ tasks:
   sanitize [--short]       stress tests under thread and address (+leak) sanitizers (nightly)
   doc                      rustdoc with -D warnings, optional features (`serde`, `tracing`)
                            on
-  bench [LAYER] [--no-run] run criterion benches (core, map, cache, expiring) and print
-                           ratio tables (cache: hit ratios too); --no-run only builds them
+  bench [LAYER] [--no-run] run criterion benches (core, map, cache, expiring, redis) and print
+                           ratio tables (cache: hit ratios too; redis: starts its own
+                           redis-server, adds a 4-process stampede); --no-run only builds them
   fuzz TARGET|all [--seconds N]
                            cargo-fuzz (nightly) on map_ops, cache_ops or timer_wheel
                            against sequential models; 60 s each by default
@@ -170,6 +176,7 @@ fn main() -> ExitCode {
         "clippy" => no_args(task, rest).and_then(|()| clippy::run()),
         "test" => no_args(task, rest).and_then(|()| test::run()),
         "redis-server" => no_args(task, rest).and_then(|()| redis::ensure_server()),
+        "redis-demo" => no_args(task, rest).and_then(|()| redis_demo::run()),
         "test-loom" => loom::run_args(rest),
         "miri" => no_args(task, rest).and_then(|()| miri::run()),
         "msrv" => no_args(task, rest).and_then(|()| msrv::run()),

@@ -20,7 +20,7 @@ use tokio::sync::{oneshot, watch, Notify};
 use crate::{
     backplane,
     stats::{bump, Counters},
-    BuildError, Codec, HybridStats, L2Error,
+    BuildError, Codec, HybridStats, L2Error, TtlPolicy,
 };
 
 /// Reads the value, or takes the lease when there is neither a value nor a lease: one round
@@ -110,6 +110,8 @@ pub(crate) struct Config {
     pub(crate) reconnect_backoff: Duration,
     pub(crate) backplane: bool,
     pub(crate) backplane_ping: Duration,
+    /// `Builder::cache_errors_for`: how long the L1 keeps a loader error.
+    pub(crate) negative_ttl: Option<Duration>,
 }
 
 impl Config {
@@ -124,7 +126,9 @@ pub struct Builder<V, E, C> {
     client: Client,
     prefix: String,
     codec: C,
-    config: Config,
+    pub(crate) config: Config,
+    /// `Builder::expire_after`: the time to live of each value.
+    pub(crate) ttl_policy: Option<Arc<dyn TtlPolicy<V>>>,
     _types: core::marker::PhantomData<fn() -> (V, E)>,
 }
 
@@ -145,7 +149,7 @@ where
 {
     /// How long a value lives in Redis (`PX`). Default 5 minutes. Also the L1's longest time
     /// to live unless [`l1_time_to_live`](Self::l1_time_to_live) says otherwise (in either
-    /// order).
+    /// order). [`expire_after`](Self::expire_after) replaces it with a TTL per value.
     pub fn time_to_live(mut self, ttl: Duration) -> Self {
         self.config.ttl = ttl;
         self
@@ -238,10 +242,18 @@ where
                 "op_timeout, poll_interval and backplane_ping must be more than zero",
             ));
         }
-        let l1 = ExpiringCache::builder()
+        if c.negative_ttl.is_some_and(zero) {
+            return Err(BuildError::Invalid(
+                "cache_errors_for must be more than zero",
+            ));
+        }
+        let mut l1 = ExpiringCache::builder()
             .max_capacity(c.l1_capacity)
-            .expire_after(L1Expiry)
-            .build();
+            .expire_after(L1Expiry);
+        if let Some(ttl) = c.negative_ttl {
+            l1 = l1.cache_errors_for(ttl);
+        }
+        let l1 = l1.build();
         let origin = format!("{:016x}", random_u64());
         let (stop_tx, stop_rx) = oneshot::channel();
         let (subscribed, _) = watch::channel(false);
@@ -250,6 +262,7 @@ where
             l1,
             codec: self.codec,
             config: self.config,
+            ttl_policy: self.ttl_policy,
             prefix: self.prefix,
             channel,
             client: self.client,
@@ -300,7 +313,7 @@ where
 /// # Ok(()) }
 /// ```
 pub struct HybridCache<V, E, C> {
-    inner: Arc<Inner<V, E, C>>,
+    pub(crate) inner: Arc<Inner<V, E, C>>,
 }
 
 impl<V, E, C> Clone for HybridCache<V, E, C> {
@@ -334,6 +347,7 @@ pub(crate) struct Inner<V, E, C> {
     pub(crate) l1: ExpiringCache<String, Tiered<V>, E>,
     codec: C,
     pub(crate) config: Config,
+    pub(crate) ttl_policy: Option<Arc<dyn TtlPolicy<V>>>,
     prefix: String,
     pub(crate) channel: String,
     pub(crate) client: Client,
@@ -495,7 +509,9 @@ where
                 reconnect_backoff: Duration::from_millis(250),
                 backplane: true,
                 backplane_ping: Duration::from_secs(1),
+                negative_ttl: None,
             },
+            ttl_policy: None,
             _types: core::marker::PhantomData,
         }
     }
@@ -538,9 +554,11 @@ where
         Fut: Future<Output = Result<V, E>> + Send + 'static,
     {
         let key = key.into();
-        let inner = Arc::clone(&self.inner);
+        let inner = &self.inner;
+        // Cloned here (a hit pays for it) because the L1 gives its loader no key.
         let load_key = key.clone();
         let read = self.inner.l1.get_with(key, move || {
+            let inner = Arc::clone(inner); // on a miss only
             let load = loader();
             // Boxed as `dyn Send`: the compiler then proves the load `Send` here, once,
             // instead of failing to in callers' spawned futures ("`Send` is not general
@@ -574,9 +592,12 @@ where
             bump(&self.inner.counters.encode_errors);
             L2Error::Codec(e)
         });
-        let ttl = self.inner.config.ttl.min(self.inner.config.l1_ttl());
-        self.inner.l1.insert(key.clone(), Tiered { value, ttl });
-        self.inner.write(&key, Some(bytes?)).await
+        let ttl = self.inner.ttl_for(&key, &value);
+        let l1_ttl = self.inner.l1_ttl_for(ttl);
+        self.inner
+            .l1
+            .insert(key.clone(), Tiered { value, ttl: l1_ttl });
+        self.inner.write(&key, Some(bytes?), ttl).await
     }
 
     /// Removes `key` from this L1, from Redis, and (through the backplane) from every other
@@ -594,7 +615,7 @@ where
     /// ```
     pub async fn invalidate(&self, key: &str) -> Result<(), L2Error> {
         self.inner.l1.invalidate(key);
-        let written = self.inner.write(key, None).await;
+        let written = self.inner.write(key, None, self.inner.config.ttl).await;
         // A read of this cache that started after the first invalidation may have copied
         // the value Redis still held into the L1 before the write reached Redis, and this
         // cache skips its own announcement: drop the key again, now that Redis has no value.
@@ -950,7 +971,7 @@ where
                     if let Ok(value) = self.codec.decode(&bytes) {
                         bump(&self.counters.l2_hits);
                         let most = self.config.l1_ttl();
-                        let ttl = keep(ttl.map_or(most, |t| t.min(most)));
+                        let ttl = keep(ttl.map_or(most, |t| self.l1_ttl_for(t)));
                         return Ok(Tiered { value, ttl });
                     }
                     // A miss: ask again at once, this value counting as none (the lease,
@@ -1016,7 +1037,11 @@ where
         }
         drop(waiting);
         let value = match next {
-            Next::Lead => Arc::clone(&self).lead(key, token, generation, load).await,
+            Next::Lead => {
+                Arc::clone(&self)
+                    .lead(key.clone(), token, generation, load)
+                    .await
+            }
             Next::Local => {
                 // Redis failed (fail-safe), or the wait ran past `max_wait`.
                 bump(&self.counters.local_fallbacks);
@@ -1031,7 +1056,7 @@ where
             let ttl = if fenced {
                 Duration::ZERO
             } else {
-                keep(self.config.ttl.min(self.config.l1_ttl()))
+                keep(self.l1_ttl_for(self.ttl_for(&key, &value)))
             };
             Tiered { value, ttl }
         })
@@ -1061,7 +1086,8 @@ where
         if let Ok(value) = &outcome {
             match self.codec.encode(value) {
                 Ok(bytes) => {
-                    if let Ok(written) = self.commit(&key, &token, &generation, bytes).await {
+                    let ttl = self.ttl_for(&key, value);
+                    if let Ok(written) = self.commit(&key, &token, &generation, bytes, ttl).await {
                         // Written, or refused because the lease is not ours any more:
                         // either way there is nothing left to release.
                         guard.armed = false;
@@ -1134,12 +1160,13 @@ where
         token: &str,
         generation: &[u8],
         bytes: Vec<u8>,
+        ttl: Duration,
     ) -> Result<bool, L2Error> {
         let value_key = self.value_key(key);
         let lease_key = self.lease_key(key);
         let generation_key = self.generation_key();
         let generation_key = generation_key.as_str();
-        let ttl_ms = millis(self.config.ttl);
+        let ttl_ms = millis(ttl);
         let message = self.message(b'L', key);
         let (value_key, lease_key, bytes, message) = (&value_key, &lease_key, &bytes, &message);
         let written: i64 = self
@@ -1207,10 +1234,10 @@ where
     }
 
     /// `insert` (`Some`) or `invalidate` (`None`) in Redis, announced.
-    async fn write(&self, key: &str, bytes: Option<Vec<u8>>) -> Result<(), L2Error> {
+    async fn write(&self, key: &str, bytes: Option<Vec<u8>>, ttl: Duration) -> Result<(), L2Error> {
         let value_key = self.value_key(key);
         let lease_key = self.lease_key(key);
-        let ttl_ms = millis(self.config.ttl);
+        let ttl_ms = millis(ttl);
         let (kind, mode) = if bytes.is_some() {
             (b'S', "set")
         } else {

@@ -5,7 +5,10 @@
 mod backplane;
 mod codec;
 mod error;
+mod expiry;
 mod hybrid;
+mod loading;
+mod local;
 mod stats;
 
 #[cfg(feature = "serde")]
@@ -13,5 +16,7 @@ pub use codec::Postcard;
 pub use codec::{Codec, CodecError, Decimal, Raw, Utf8};
 pub use deferred_cache::LoadError;
 pub use error::{BuildError, L2Error};
+pub use expiry::TtlPolicy;
 pub use hybrid::{Builder, HybridCache};
+pub use loading::HybridLoadingCache;
 pub use stats::HybridStats;

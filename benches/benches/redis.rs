@@ -1,0 +1,421 @@
+//! `redis`: what the hybrid tier costs against what it stands on, in the same run.
+//!
+//! * `redis/l2_hit`: an L1 miss served by Redis (`get_with` after
+//!   `invalidate_local`, the drop outside the timing) against a bare `GET` of the same
+//!   value key, on the same connection kind (a redis-rs `ConnectionManager` on the same
+//!   Unix socket). Target: at most 1.1x. A third row, `evalsha_script`, runs the tier's
+//!   lease script alone on that connection (no target: it splits the cost).
+//! * `redis/l1_hit`: an L1 hit with the tier on against `deferred-expiring`'s own hit, built
+//!   with the L1's settings (10 000 entries, a per-entry `Expiry`), both polled once by hand.
+//!   Target: at most 1.05x.
+//! * the stampede (a plain measurement, not criterion): 4 processes (this program
+//!   re-invoked as workers) x 1000 tasks on one cold key, a 50 ms loader. Targets: 1 load,
+//!   wall at most 60 ms from the start signal to the last process done. Its figures go to
+//!   the extras file (`DEFERRED_BENCH_EXTRAS`) for `cargo xtask bench redis`.
+//!
+//! The program starts its own `redis-server` (Unix socket only, `--port 0`, in a temporary
+//! directory, persistence off) and kills it at the end.
+
+#![allow(clippy::std_instead_of_core)] // a `std` program
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use criterion::Criterion;
+use deferred_benches::ready_now;
+use deferred_expiring::{ExpiringCache, Expiry};
+use deferred_redis::{HybridCache, Raw};
+
+const EXTRAS_VAR: &str = "DEFERRED_BENCH_EXTRAS";
+/// Set in a worker process: the server's URL.
+const WORKER_VAR: &str = "DEFERRED_REDIS_BENCH_WORKER";
+/// Set in a worker process: the key prefix of this run.
+const PREFIX_VAR: &str = "DEFERRED_REDIS_BENCH_PREFIX";
+const PROCESSES: usize = 4;
+const TASKS: usize = 1000;
+const LOAD: Duration = Duration::from_millis(50);
+/// A value of 64 bytes, the same for every workload.
+const VALUE: [u8; 64] = [7; 64];
+
+/// A `redis-server` on a Unix socket in its own temporary directory, killed when dropped.
+struct Server {
+    child: Child,
+    dir: PathBuf,
+    url: String,
+}
+
+impl Server {
+    fn start() -> Server {
+        let dir = std::env::temp_dir().join(format!("deferred-redis-bench-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create the server's directory");
+        let socket = dir.join("redis.sock");
+        let child = Command::new("redis-server")
+            .args(["--port", "0", "--unixsocket"])
+            .arg(&socket)
+            .args([
+                "--unixsocketperm",
+                "700",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("could not start redis-server ({e}): run `cargo xtask redis-server`")
+            });
+        let url = format!("unix://{}", socket.display());
+        let server = Server { child, dir, url };
+        let client = server.client();
+        let start = Instant::now();
+        // Bounded: 5 s of 10 ms naps at most.
+        while start.elapsed() < Duration::from_secs(5) {
+            let up = client
+                .get_connection_with_timeout(Duration::from_millis(200))
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
+            if up.is_ok() {
+                return server;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("redis-server did not answer PING within 5 s");
+    }
+
+    fn client(&self) -> redis::Client {
+        redis::Client::open(self.url.as_str()).expect("a valid unix socket URL")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+type Cache = HybridCache<Vec<u8>, std::io::Error, Raw>;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+/// The L1's settings, for the plain cache: a per-entry TTL (here the same for all).
+struct Fixed(Duration);
+
+impl<V> Expiry<String, V> for Fixed {
+    fn expire_after_create(&self, _: &String, _: &V, _: Duration) -> Option<Duration> {
+        Some(self.0)
+    }
+}
+
+fn l2_hit(c: &mut Criterion, server: &Server, rt: &tokio::runtime::Runtime) {
+    let cache: Cache = {
+        let _enter = rt.enter();
+        HybridCache::builder(server.client(), "bench-l2:", Raw)
+            .build()
+            .expect("build")
+    };
+    let mut bare = rt
+        .block_on(server.client().get_connection_manager())
+        .expect("connect");
+    rt.block_on(async {
+        // The first subscription drops the L1: wait for it before filling the L1.
+        assert!(cache.backplane_ready(Duration::from_secs(5)).await);
+        cache.insert("k", VALUE.to_vec()).await.expect("insert");
+        let got = cache
+            .get_with("k", || async { Ok(Vec::new()) })
+            .await
+            .expect("read");
+        assert_eq!(got, VALUE);
+        let bytes: Vec<u8> = redis::cmd("GET")
+            .arg("bench-l2:v:k")
+            .query_async(&mut bare)
+            .await
+            .expect("GET");
+        assert_eq!(bytes, VALUE, "the anchor reads the same bytes");
+    });
+    let mut group = c.benchmark_group("redis/l2_hit");
+    // Timed one read at a time (`iter_custom`): the L1 drop before each read stays outside
+    // the timing, and must come right before it (criterion's batched setup would run all
+    // the drops of a batch first). The anchor is timed the same way.
+    group.bench_function("deferred", |b| {
+        b.to_async(rt).iter_custom(|iters| {
+            let cache = &cache;
+            async move {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    cache.invalidate_local("k");
+                    let start = Instant::now();
+                    let v = cache
+                        .get_with("k", || async { Ok(Vec::new()) })
+                        .await
+                        .expect("read");
+                    total += start.elapsed();
+                    assert_eq!(v.len(), VALUE.len(), "an L2 hit, not a load");
+                }
+                total
+            }
+        });
+    });
+    group.bench_function("redis_get", |b| {
+        b.to_async(rt).iter_custom(|iters| {
+            let mut conn = bare.clone();
+            async move {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let start = Instant::now();
+                    let v: Vec<u8> = redis::cmd("GET")
+                        .arg("bench-l2:v:k")
+                        .query_async(&mut conn)
+                        .await
+                        .expect("GET");
+                    total += start.elapsed();
+                    assert_eq!(v.len(), VALUE.len());
+                }
+                total
+            }
+        });
+    });
+    // Not an anchor with a target: the tier's Redis side alone (the same Lua as its
+    // `GET_OR_LEASE`, run with EVALSHA on the same connection), to split an L2 hit's cost
+    // into the server's script and the tier's own work around it.
+    let script = redis::Script::new(
+        "local v = redis.call('GET', KEYS[1]) \
+         if v then return {1, v, redis.call('PTTL', KEYS[1])} end \
+         if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2} end \
+         return {0}",
+    );
+    group.bench_function("evalsha_script", |b| {
+        b.to_async(rt).iter_custom(|iters| {
+            let (mut conn, script) = (bare.clone(), &script);
+            async move {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let start = Instant::now();
+                    let v: Vec<redis::Value> = script
+                        .key("bench-l2:v:k")
+                        .key("bench-l2:l:k")
+                        .arg("token")
+                        .arg(5000)
+                        .invoke_async(&mut conn)
+                        .await
+                        .expect("EVALSHA");
+                    total += start.elapsed();
+                    assert_eq!(v.len(), 3, "a hit");
+                }
+                total
+            }
+        });
+    });
+    group.finish();
+    let stats = cache.stats();
+    println!(
+        "redis/l2_hit: deferred made {} L2 hits, {} loads fell back to the loader",
+        stats.l2_hits, stats.local_fallbacks
+    );
+}
+
+fn l1_hit(c: &mut Criterion, server: &Server, rt: &tokio::runtime::Runtime) {
+    let ttl = Duration::from_secs(300);
+    let cache: Cache = {
+        let _enter = rt.enter();
+        HybridCache::builder(server.client(), "bench-l1:", Raw)
+            .time_to_live(ttl)
+            .l1_max_capacity(10_000)
+            .build()
+            .expect("build")
+    };
+    let plain: ExpiringCache<String, Vec<u8>, std::io::Error> = ExpiringCache::builder()
+        .max_capacity(10_000)
+        .expire_after(Fixed(ttl))
+        .build();
+    rt.block_on(async {
+        assert!(cache.backplane_ready(Duration::from_secs(5)).await);
+        cache.insert("k", VALUE.to_vec()).await.expect("insert");
+    });
+    plain.insert("k".to_string(), VALUE.to_vec());
+    assert!(cache.contains_local("k"));
+    let mut group = c.benchmark_group("redis/l1_hit");
+    group.bench_function("deferred", |b| {
+        b.iter(|| ready_now(cache.get_with("k", || async { Ok(Vec::new()) })).expect("an L1 hit"));
+    });
+    group.bench_function("expiring", |b| {
+        b.iter(|| {
+            ready_now(plain.get_with("k".to_string(), || async { Ok(Vec::new()) })).expect("a hit")
+        });
+    });
+    group.finish();
+}
+
+/// The worker's side of the stampede: connect, say `ready`, wait for `go` on stdin, run
+/// 1000 tasks on the cold key, print `done <loads> <nanos>`.
+fn worker(url: &str) {
+    let prefix = std::env::var(PREFIX_VAR).expect("the prefix");
+    let rt = runtime();
+    rt.block_on(async {
+        let client = redis::Client::open(url).expect("url");
+        let cache: Cache = HybridCache::builder(client, prefix, Raw)
+            .build()
+            .expect("build");
+        // Connected and subscribed before the start, as a running service would be.
+        cache
+            .get_with("warm", || async { Ok(b"w".to_vec()) })
+            .await
+            .expect("warm-up");
+        assert!(cache.backplane_ready(Duration::from_secs(5)).await);
+        println!("ready");
+        std::io::stdout().flush().expect("stdout");
+        let go = tokio::task::spawn_blocking(|| {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).map(|_| line)
+        })
+        .await
+        .expect("join")
+        .expect("stdin");
+        assert_eq!(go.trim(), "go");
+        let start = Instant::now();
+        let loads = Arc::new(AtomicU64::new(0));
+        // When the first caller of this process got its value, from the start.
+        let first = Arc::new(AtomicU64::new(u64::MAX));
+        let tasks: Vec<_> = (0..TASKS)
+            .map(|_| {
+                let (cache, loads, first) = (cache.clone(), Arc::clone(&loads), Arc::clone(&first));
+                tokio::spawn(async move {
+                    let read = cache
+                        .get_with("cold", move || async move {
+                            loads.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(LOAD).await;
+                            Ok(VALUE.to_vec())
+                        })
+                        .await
+                        .map(|v| v.len());
+                    let at = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                    first.fetch_min(at, Ordering::SeqCst);
+                    read
+                })
+            })
+            .collect();
+        for task in tasks {
+            let len = task.await.expect("a task").expect("a value");
+            assert_eq!(len, VALUE.len());
+        }
+        let nanos = start.elapsed().as_nanos();
+        println!(
+            "done {} {nanos} {}",
+            loads.load(Ordering::SeqCst),
+            first.load(Ordering::SeqCst)
+        );
+        std::io::stdout().flush().expect("stdout");
+    });
+}
+
+/// The stampede, from the parent: its figures as extras lines.
+fn stampede(server: &Server) -> String {
+    let exe = std::env::current_exe().expect("this program's path");
+    let prefix = format!("bench-stampede-{}:", std::process::id());
+    let mut workers: Vec<_> = (0..PROCESSES)
+        .map(|_| {
+            let mut child = Command::new(&exe)
+                .env(WORKER_VAR, &server.url)
+                .env(PREFIX_VAR, &prefix)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("spawn a worker");
+            let stdout = BufReader::new(child.stdout.take().expect("piped"));
+            (child, stdout)
+        })
+        .collect();
+    let mut line = String::new();
+    for (_, out) in &mut workers {
+        line.clear();
+        out.read_line(&mut line).expect("a worker's line");
+        assert_eq!(line.trim(), "ready", "a worker failed to start");
+    }
+    let go = Instant::now();
+    for (child, _) in &mut workers {
+        let stdin = child.stdin.as_mut().expect("piped");
+        stdin
+            .write_all(b"go\n")
+            .and_then(|()| stdin.flush())
+            .expect("go");
+    }
+    let (mut loads, mut slowest) = (0_u64, 0_u128);
+    let mut each = Vec::new();
+    for (_, out) in &mut workers {
+        line.clear();
+        out.read_line(&mut line).expect("a worker's line");
+        let mut words = line.split_whitespace();
+        assert_eq!(words.next(), Some("done"), "a worker failed: {line:?}");
+        loads += words
+            .next()
+            .and_then(|w| w.parse::<u64>().ok())
+            .expect("loads");
+        let own = words
+            .next()
+            .and_then(|w| w.parse::<u128>().ok())
+            .expect("nanos");
+        slowest = slowest.max(own);
+        let first = words
+            .next()
+            .and_then(|w| w.parse::<u128>().ok())
+            .expect("first");
+        each.push(format!("{:.1}/{:.1}", first as f64 / 1e6, own as f64 / 1e6));
+    }
+    let wall = go.elapsed();
+    for (mut child, _) in workers {
+        let status = child.wait().expect("wait for a worker");
+        assert!(status.success(), "a worker exited with {status}");
+    }
+    println!(
+        "redis/stampede: {PROCESSES} processes x {TASKS} tasks, one cold key, {LOAD:?} loader: \
+         {loads} load(s), wall {:.1} ms (each worker's first value / last, ms: {}); \
+         targets 1 load, <= 60 ms",
+        wall.as_secs_f64() * 1e3,
+        each.join(", ")
+    );
+    format!(
+        "stampede_loads={loads}\nstampede_wall_ns={}\nstampede_worker_max_ns={slowest}\n\
+         stampede_processes={PROCESSES}\nstampede_tasks={TASKS}\n",
+        wall.as_nanos()
+    )
+}
+
+fn main() {
+    if let Ok(url) = std::env::var(WORKER_VAR) {
+        worker(&url);
+        return;
+    }
+    let server = Server::start();
+    let extras = stampede(&server);
+    if let Some(path) = std::env::var_os(EXTRAS_VAR) {
+        std::fs::write(&path, &extras).unwrap_or_else(|e| {
+            panic!(
+                "could not write {}: {e}",
+                std::path::Path::new(&path).display()
+            )
+        });
+    }
+    let rt = runtime();
+    let mut c = deferred_benches::criterion_config().configure_from_args();
+    l2_hit(&mut c, &server, &rt);
+    l1_hit(&mut c, &server, &rt);
+    c.final_summary();
+}
