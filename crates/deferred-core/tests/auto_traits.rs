@@ -88,6 +88,7 @@ assert_not_impl!(Deferred<Rc<u8>>, Send);
 assert_not_impl!(Deferred<Rc<u8>>, Sync);
 // Waiters are list nodes: pinned while linked.
 assert_not_impl!(Wait<'static, u8>, Unpin);
+assert_not_impl!(WaitCloned<'static, u8>, Unpin);
 assert_not_impl!(OwnedWait<u8>, Unpin);
 assert_not_impl!(ClaimWait<'static, u8>, Unpin);
 assert_not_impl!(Closed<'static, u8>, Unpin);

@@ -683,3 +683,33 @@ fn closed_races_waiters_on_threads_without_hanging() {
         drop(producer);
     }
 }
+
+/// `OwnedWait`s (each holding an `Arc` of the cell) linked, then dropped or awaited on
+/// their own threads while the cell completes and the test lets go of its own `Arc`: the
+/// last `Arc` may go on any thread, and always after its `Waiter` unlinked (or was taken off
+/// by the drain). Under miri's many seeds a cell freed before an unlink, or a node touched
+/// after its future went, is a use after free.
+#[test]
+fn owned_waits_dropped_on_threads_while_the_cell_completes() {
+    for _ in 0..n(50) {
+        let cell = Arc::new(Deferred::<u32>::new());
+        let waiters: Vec<_> = (0..3)
+            .map(|i| {
+                let mut wait = Box::pin(Deferred::wait_owned(Arc::clone(&cell)));
+                assert!(poll_once(wait.as_mut(), &noop_waker()).is_pending());
+                thread::spawn(move || {
+                    if i == 1 {
+                        assert_eq!(block_on(wait), Ok(5));
+                    } else {
+                        drop(wait);
+                    }
+                })
+            })
+            .collect();
+        assert_eq!(cell.succeed(5), Ok(()));
+        drop(cell);
+        for waiter in waiters {
+            waiter.join().unwrap();
+        }
+    }
+}

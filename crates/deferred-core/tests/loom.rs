@@ -1150,8 +1150,9 @@ fn two_last_unlinkers_vs_closed() {
 }
 
 /// The producer drops its `Closed` unwoken (select! lost) while the last waiter's leaving
-/// takes the closer off the list: the fast path of `cancel_node` (is_notified, no lock) vs
-/// `take_lone_closers`'s pop; loom flags a touch of the freed node as a data race.
+/// takes the closer off the list: the fast path of `Waiter::unlink` (the `Closed`'s `Drop`:
+/// is_notified, no lock) vs `take_lone_closers`'s pop; loom flags a touch of the freed node
+/// as a data race.
 #[test]
 fn closed_dropped_vs_the_last_waiter_leaving() {
     loom::model(|| {
@@ -1342,5 +1343,123 @@ fn dispose_vs_a_relay_round_with_closed_linked() {
         assert!(producer.is_closed());
         assert_eq!(producer.succeed(1), Ok(()));
         assert_eq!(runs.load(SeqCst), 0, "a disposed callback ran");
+    });
+}
+
+/// The producer re-polls its `Closed` with a new waker (the closer's notify is renewed in
+/// place, `relink_closer`) while the last waiter leaves on another thread, whose unlink
+/// takes the closer off (`take_lone_closers`). The re-poll resolves, or leaves the new
+/// waker to be woken: if the leaving woke the old waker and the re-poll returned Pending,
+/// the producer would sleep for ever (a lost wake, as for `repoll_with_a_new_waker_vs_drain`).
+#[test]
+fn closed_repolled_with_a_new_waker_vs_the_last_waiter_leaving() {
+    loom::model(|| {
+        let cell = leaked_cell();
+        let mut producer = cell.producer().unwrap();
+        let mut wait = Box::pin(cell.wait());
+        assert!(poll_once(wait.as_mut()).is_pending());
+        {
+            let mut closed = pin!(producer.closed());
+            let (old, _) = CountingWaker::new();
+            assert!(
+                poll_with(closed.as_mut(), &old).is_pending(),
+                "a waiter waits"
+            );
+            let leaver = thread::spawn(move || drop(wait));
+            let (new, new_wakes) = CountingWaker::new();
+            let polled = poll_with(closed.as_mut(), &new);
+            leaver.join().unwrap();
+            if polled.is_pending() {
+                assert_eq!(new_wakes.wakes(), 1, "the newest waker is woken");
+                assert_eq!(poll_with(closed.as_mut(), &new), Poll::Ready(()));
+            }
+        }
+        assert!(producer.is_closed());
+    });
+}
+
+/// A lazy cell's awaiter is re-polled with a new waker while a relay round (the
+/// computation woken) takes its node off the list: the re-poll renews the notify of a node
+/// the round may have just marked Notified, and must then link it anew (behind the round's
+/// sentinel) rather than believe it still linked; the round must end. The completion that
+/// follows wakes and resolves the awaiter (a node left off the list, or linked twice, shows
+/// up as a hang or a data race).
+#[test]
+fn repoll_with_a_new_waker_vs_a_relay_round() {
+    loom::model(|| {
+        let mut fixture = relay_fixture(1);
+        let relay = fixture.relay.clone();
+        let round = thread::spawn(move || relay.wake_by_ref());
+        let (new, new_wakes) = CountingWaker::new();
+        assert!(poll_with(fixture.waits[0].as_mut(), &new).is_pending());
+        round.join().unwrap();
+        let _ = fixture.lazy.succeed(1);
+        assert!(
+            new_wakes.wakes() >= 1,
+            "the completion wakes the newest waker"
+        );
+        fixture.check_completed();
+    });
+}
+
+/// A `get_or_init` whose initializer is running (it holds the claim; its node waits in the
+/// plain list meanwhile) is dropped on one thread while a claimant waits: the `Waiter`
+/// unlinks first, then the initializer is dropped, then the claim is passed on (the
+/// fields' drop order). The claimant gets the claim; the initializer is dropped once.
+#[test]
+fn get_or_init_dropped_while_initializing_vs_a_claimant() {
+    loom::model(|| {
+        let cell = leaked_cell();
+        let dropped = Arc::new(AtomicUsize::new(0));
+        let guard = CountOnDrop(dropped.clone());
+        let mut init = Box::pin(cell.get_or_init(move || async move {
+            let _guard = guard;
+            std::future::pending::<usize>().await
+        }));
+        assert!(poll_once(init.as_mut()).is_pending());
+        let mut claimant = Box::pin(cell.claim());
+        assert!(poll_once(claimant.as_mut()).is_pending());
+        let dropper = thread::spawn(move || drop(init));
+        let claim = block_on(claimant).expect("the claim is passed on, the cell is pending");
+        assert!(cell.try_claim().is_none(), "two claim holders");
+        dropper.join().unwrap();
+        assert_eq!(dropped.load(Acquire), 1, "the initializer is dropped once");
+        assert_eq!(claim.succeed(3), Ok(()));
+        assert_eq!(cell.try_get(), Some(Ok(&3)));
+    });
+}
+
+/// Counts its drops (Release: pairs with the model's Acquire load).
+struct CountOnDrop(Arc<AtomicUsize>);
+
+impl Drop for CountOnDrop {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Release);
+    }
+}
+
+/// A blocking waiter (`wait_blocking` on a lazy cell's `Deferred`: a node with a thread's
+/// notify) is unparked by a relay round, which takes its node off the list without
+/// completing the cell; it polls again, finds its node Notified, links it anew with a fresh
+/// thread notify and parks; the completion that follows must unpark it again. A node that
+/// believed itself still linked would park for ever (a loom deadlock).
+#[test]
+fn a_blocking_waiter_woken_by_a_relay_round_relinks_and_sees_the_completion() {
+    loom::model(|| {
+        let slot: std::sync::Arc<std::sync::Mutex<Option<Waker>>> = Default::default();
+        let s = std::sync::Arc::clone(&slot);
+        let lazy: Lazy<usize, ()> = Lazy::boxed(futures::future::poll_fn(move |cx| {
+            *s.lock().unwrap() = Some(cx.waker().clone());
+            Poll::<Result<usize, ()>>::Pending
+        }));
+        // A first poll hands out the computation's waker (the cell's relay).
+        assert!(!lazy.drive_now());
+        let relay = slot.lock().unwrap().clone().unwrap();
+        let l = lazy.clone();
+        let blocker = thread::spawn(move || *l.deferred().wait_blocking().unwrap());
+        let round = thread::spawn(move || relay.wake_by_ref());
+        round.join().unwrap();
+        let _ = lazy.succeed(1);
+        assert_eq!(blocker.join().unwrap(), 1);
     });
 }

@@ -178,11 +178,11 @@ impl Drop for BombOnDrop {
     }
 }
 
-/// F1: `cancel_node` takes the lone closer off the list under the lock, then drops the
-/// leaving waiter's waker (user code) BEFORE waking the closer. If that drop panics, the
-/// closer's notify (already popped, node marked Notified) is dropped unwoken: the
-/// producer's task is never woken, although no one waits any more, and no later event
-/// can wake it (its node is off the list).
+/// F1: `Waiter::unlink` (the leaving waiter's `Drop`) takes the lone closer off the list
+/// under the lock, then dropped (before the fix) the leaving waiter's waker (user code)
+/// BEFORE waking the closer. If that drop panics, the closer's notify (already popped,
+/// node marked Notified) is dropped unwoken: the producer's task is never woken, although
+/// no one waits any more, and no later event can wake it (its node is off the list).
 #[test]
 fn closer_is_woken_even_if_the_leaving_waiters_waker_panics_on_drop() {
     let cell: Deferred<u8> = Deferred::new();
@@ -354,4 +354,117 @@ fn closer_is_woken_even_if_a_waker_in_the_last_relay_batch_panics() {
         drop(Box::from_raw(producer_ptr));
         drop(Box::from_raw(lazy_ptr));
     }
+}
+
+// ----- issue #15 review: the `Waiter` refactor's drop order and `on_unwind` --------------
+
+/// The futures that hold their cell's handle (an `Arc`, a `Lazy`) keep it inside their
+/// `Waiter`, which unlinks its node in its own `Drop`, before its fields (the handle) are
+/// dropped. Were the handle dropped first, a future holding the last one would free the
+/// cell and then unlink from it: miri reports the use after free. A second waiter behind
+/// the first makes the unlink write into the freed cell's list and the neighbour's links.
+#[test]
+fn an_owned_wait_holding_the_last_arc_unlinks_before_the_cell_goes() {
+    let cell = Arc::new(Deferred::<u8>::new());
+    let mut first = Box::pin(Deferred::wait_owned(Arc::clone(&cell)));
+    let mut second = Box::pin(Deferred::wait_owned(Arc::clone(&cell)));
+    assert!(poll_once(first.as_mut(), &noop_waker()).is_pending());
+    assert!(poll_once(second.as_mut(), &noop_waker()).is_pending());
+    drop(cell);
+    drop(first); // unlinks from between the list's head and `second`
+    drop(second); // holds the last `Arc`: unlinks, then frees the cell
+}
+
+/// As `an_owned_wait_holding_the_last_arc_unlinks_before_the_cell_goes`, for an
+/// `OwnedLazyWait` holding the last `Lazy` handle (its cell lives in the handle's shared
+/// allocation).
+#[test]
+fn an_owned_lazy_wait_holding_the_last_handle_unlinks_before_the_cell_goes() {
+    let lazy: Lazy<u8, ()> = Lazy::pending();
+    let mut first = Box::pin(lazy.clone().wait_owned());
+    let mut second = Box::pin(lazy.clone().wait_owned());
+    assert!(poll_once(first.as_mut(), &noop_waker()).is_pending());
+    assert!(poll_once(second.as_mut(), &noop_waker()).is_pending());
+    drop(lazy);
+    drop(second); // the tail leaves: the list's tail moves back to `first`
+    drop(first); // holds the last handle: unlinks, then frees the cell
+}
+
+// A waker whose clone releases the claim a test holds (so the claimant's link, just after
+// the clone, finds the claim free and takes it under the lock: `Waiter::link`'s granted
+// path), and whose drop panics while `PANIC_ON_DROP` is set.
+thread_local! {
+    static HELD_CLAIM: RefCell<Option<deferred_core::Claim<'static, u8>>> =
+        const { RefCell::new(None) };
+    static PANIC_ON_DROP: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+static RELEASING_VTABLE: std::task::RawWakerVTable =
+    std::task::RawWakerVTable::new(releasing_clone, |_| {}, |_| {}, releasing_drop);
+
+fn releasing_clone(_: *const ()) -> std::task::RawWaker {
+    drop(HELD_CLAIM.with(|c| c.borrow_mut().take()));
+    std::task::RawWaker::new(std::ptr::null(), &RELEASING_VTABLE)
+}
+
+fn releasing_drop(_: *const ()) {
+    if PANIC_ON_DROP.with(|p| p.replace(false)) {
+        panic!("waker dropped: boom");
+    }
+}
+
+fn releasing_waker() -> Waker {
+    // SAFETY: the vtable's functions ignore the (null) data pointer and own nothing.
+    unsafe {
+        Waker::from_raw(std::task::RawWaker::new(
+            std::ptr::null(),
+            &RELEASING_VTABLE,
+        ))
+    }
+}
+
+/// `Waiter::link` takes a claim freed while it cloned the waker, then drops its unused
+/// clone inside `on_unwind(.., release_claim)`. That cleanup must run only if the drop
+/// unwinds: run on the normal path, it would release the claim the caller was just handed,
+/// and a second caller could take it (two holders).
+#[test]
+fn a_claim_taken_while_linking_is_not_released_on_the_normal_path() {
+    // A static (`new` is `const`): the `Claim` the waker holds borrows it for `'static`.
+    static CELL: Deferred<u8> = Deferred::new();
+    let cell = &CELL;
+    HELD_CLAIM.with(|c| *c.borrow_mut() = Some(cell.try_claim().unwrap()));
+    let mut claimant = Box::pin(cell.claim());
+    let waker = releasing_waker();
+    let claim = match poll_once(claimant.as_mut(), &waker) {
+        Poll::Ready(Ok(claim)) => claim,
+        _ => panic!("the claim freed by the waker's clone is taken while linking"),
+    };
+    assert!(cell.try_claim().is_none(), "two claim holders");
+    drop(claim);
+    assert!(cell.try_claim().is_some(), "the claim is free once dropped");
+}
+
+/// The unwinding path of the same `on_unwind`: the unused clone's drop panics after the
+/// claim was taken under the lock and before any `Claim` guard owns it. The claim must be
+/// passed on (here: freed, no one queued), not leaked with CLAIMED set for ever.
+#[test]
+fn a_claim_taken_while_linking_is_released_if_the_waker_drop_panics() {
+    static CELL: Deferred<u8> = Deferred::new();
+    let cell = &CELL;
+    HELD_CLAIM.with(|c| *c.borrow_mut() = Some(cell.try_claim().unwrap()));
+    let mut claimant = Box::pin(cell.claim());
+    let waker = releasing_waker();
+    PANIC_ON_DROP.with(|p| p.set(true));
+    let polled = catch_unwind(AssertUnwindSafe(|| poll_once(claimant.as_mut(), &waker)));
+    assert!(polled.is_err(), "the clone's drop panicked");
+    assert!(
+        !PANIC_ON_DROP.with(std::cell::Cell::get),
+        "the panic came from the unused clone's drop"
+    );
+    drop(claimant);
+    let claim = cell.try_claim();
+    assert!(
+        claim.is_some(),
+        "LEAKED CLAIM: the panicking drop stranded it"
+    );
 }
