@@ -23,7 +23,8 @@ pub enum L2Error {
     /// backoff (`Builder::reconnect_backoff`) has passed, so that a down Redis costs
     /// callers nothing but this check.
     Unavailable,
-    /// The value could not be encoded, so there was nothing to write.
+    /// The value could not be encoded, so there was nothing to write: Redis keeps what it
+    /// had, and nothing is announced.
     Codec(CodecError),
 }
 

@@ -480,8 +480,11 @@ where
     /// A builder for a cache on `client`'s Redis whose keys all start with `prefix`, and
     /// whose values cross the wire through `codec`.
     ///
-    /// Two caches with different prefixes share nothing (values, leases, backplane
-    /// channel); two with the same prefix, in one process or many, are one cache.
+    /// Two caches with different prefixes share nothing (values, leases, generation,
+    /// backplane channel); two with the same prefix, in one process or many, are one cache.
+    /// Except: a prefix that equals another plus `v:` or `l:` (`app:` and `app:v:`) shares
+    /// keys with it, since the keys are `{prefix}v:{key}`, `{prefix}l:{key}` and
+    /// `{prefix}gen`.
     ///
     /// ```
     /// use std::time::Duration;
@@ -575,7 +578,8 @@ where
     /// load's write is refused), and tells the other processes to drop their L1 copy.
     ///
     /// An `Err` means the L1 was written but Redis was not (the error says why); other
-    /// processes may still hold an older value until their L1 TTL.
+    /// processes may still hold an older value until their L1 TTL. A value the codec cannot
+    /// encode is such a case: `Err(L2Error::Codec)`, Redis keeping its old value.
     ///
     /// ```no_run
     /// // `no_run`: needs a Redis server at this address.
@@ -624,7 +628,9 @@ where
     }
 
     /// Removes every value of this prefix: from this L1, from every other process's L1
-    /// (backplane), and from Redis (a bounded `SCAN` over the prefix's keys, then `DEL`).
+    /// (backplane), and from Redis (a bounded `SCAN MATCH {prefix}[vl]:*`, then `DEL`).
+    /// It first bumps the prefix's generation (`{prefix}gen`), so that a load in flight
+    /// anywhere, whose lease is older, cannot write its value afterwards.
     /// `Err`: the L1 was cleared; Redis and the other processes perhaps not all.
     ///
     /// ```no_run

@@ -26,9 +26,11 @@ pub struct HybridStats {
     pub l2_hits: u64,
     /// L1 loads that found no value in Redis (counted once per load, however long it waited).
     pub l2_misses: u64,
-    /// Values in Redis that did not decode: each made its read a miss.
+    /// Values in Redis that did not decode, or value keys of another Redis type: each made
+    /// its read a miss, loaded once across the processes like any other.
     pub decode_errors: u64,
-    /// Loaded values the codec could not encode: returned and kept in L1, not written.
+    /// Values the codec could not encode: a loaded one is returned and kept in L1, not
+    /// written; one given to `insert` is kept in this L1, and Redis keeps its old value.
     pub encode_errors: u64,
     /// Loads that took the key's lease on their first try and ran the loader.
     pub lease_wins: u64,
@@ -44,8 +46,10 @@ pub struct HybridStats {
     pub leases_lost: u64,
     /// Loaded values written to Redis (and announced).
     pub l2_writes: u64,
-    /// Writes refused because the writer's lease was no longer its own (fencing): its value
-    /// went to its own callers but did not overwrite Redis.
+    /// Writes refused because the writer's lease was no longer its own (a write or another
+    /// load took it), or because an `invalidate_all` began after the lease was taken (the
+    /// prefix's generation changed): fencing. Its value went to its own callers, but
+    /// neither to Redis nor to this L1.
     pub fenced_writes: u64,
     /// Redis round trips that failed or ran past the per-operation timeout.
     pub l2_errors: u64,
