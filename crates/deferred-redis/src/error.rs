@@ -5,7 +5,8 @@ use std::fmt;
 use crate::CodecError;
 
 /// Why a write did not reach Redis (and so the other processes). The local cache (L1) was
-/// written anyway; reads never return this: they fall back to the L1 and the loader.
+/// written anyway, except for [`L2Error::Codec`] (nothing is written anywhere); reads never
+/// return this: they fall back to the L1 and the loader.
 ///
 /// ```
 /// let error = deferred_redis::L2Error::Timeout;
@@ -23,8 +24,8 @@ pub enum L2Error {
     /// backoff (`Builder::reconnect_backoff`) has passed, so that a down Redis costs
     /// callers nothing but this check.
     Unavailable,
-    /// The value could not be encoded, so there was nothing to write: Redis keeps what it
-    /// had, and nothing is announced.
+    /// The value could not be encoded, so there was nothing to write: Redis and this L1
+    /// keep what they had, and nothing is announced.
     Codec(CodecError),
 }
 

@@ -578,8 +578,9 @@ where
     /// load's write is refused), and tells the other processes to drop their L1 copy.
     ///
     /// An `Err` means the L1 was written but Redis was not (the error says why); other
-    /// processes may still hold an older value until their L1 TTL. A value the codec cannot
-    /// encode is such a case: `Err(L2Error::Codec)`, Redis keeping its old value.
+    /// processes may still hold an older value until their L1 TTL. The one exception is a
+    /// value the codec cannot encode: `Err(L2Error::Codec)`, and nothing changed anywhere
+    /// (neither this L1 nor Redis).
     ///
     /// ```no_run
     /// // `no_run`: needs a Redis server at this address.
@@ -592,16 +593,18 @@ where
     /// ```
     pub async fn insert(&self, key: impl Into<String>, value: V) -> Result<(), L2Error> {
         let key = key.into();
+        // Encoded first: a value that cannot go to Redis does not go into this L1 either,
+        // or this process would read it while every other one reads Redis's.
         let bytes = self.inner.codec.encode(&value).map_err(|e| {
             bump(&self.inner.counters.encode_errors);
             L2Error::Codec(e)
-        });
+        })?;
         let ttl = self.inner.ttl_for(&key, &value);
         let l1_ttl = self.inner.l1_ttl_for(ttl);
         self.inner
             .l1
             .insert(key.clone(), Tiered { value, ttl: l1_ttl });
-        self.inner.write(&key, Some(bytes?), ttl).await
+        self.inner.write(&key, Some(bytes), ttl).await
     }
 
     /// Removes `key` from this L1, from Redis, and (through the backplane) from every other

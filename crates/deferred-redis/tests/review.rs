@@ -1,6 +1,7 @@
 //! Findings of a review of the protocol, each a test that failed before its fix (see the
 //! commit that added it): huge durations, invalidate_all and this cache's own L1, nested
-//! prefixes, fenced values kept in the loader's L1, and a lease taken by a cancelled probe.
+//! prefixes, fenced values kept in the loader's L1, a lease taken by a cancelled probe, and an
+//! insert that did not encode.
 
 #![allow(clippy::std_instead_of_core)] // a `std` test
 
@@ -573,4 +574,45 @@ async fn a_load_cancelled_during_its_commit_still_writes_and_leaks_no_lease() {
     let expected = written.clone().unwrap_or_else(|| "other".to_string());
     assert!(written.is_none() || written.as_deref() == Some("v"));
     assert_eq!(b.get_with("k", ok("other")).await, Ok(expected));
+}
+
+/// Utf8, except that it refuses to encode "unencodable".
+struct Picky;
+
+impl deferred_redis::Codec<String> for Picky {
+    fn encode(&self, value: &String) -> Result<Vec<u8>, deferred_redis::CodecError> {
+        if value == "unencodable" {
+            return Err(deferred_redis::CodecError::new("refused"));
+        }
+        deferred_redis::Codec::<String>::encode(&Utf8, value)
+    }
+
+    fn decode(&self, bytes: &[u8]) -> Result<String, deferred_redis::CodecError> {
+        deferred_redis::Codec::<String>::decode(&Utf8, bytes)
+    }
+}
+
+/// An `insert` whose value the codec cannot encode changed this L1 and not Redis: this
+/// process read the new value while every other read the old one, with nothing to bring
+/// them back in step but the L1 TTL. Now it changes nothing anywhere and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_insert_that_does_not_encode_changes_nothing_anywhere() {
+    let server = RedisServer::start();
+    let build = || {
+        HybridCache::<String, String, Picky>::builder(server.client(), "picky:", Picky)
+            .op_timeout(Duration::from_secs(5))
+            .build()
+            .expect("build inside a runtime")
+    };
+    let (a, b) = (build(), build());
+    a.insert("k", "old".to_string()).await.expect("encodes");
+    let result = a.insert("k", "unencodable".to_string()).await;
+    assert!(
+        matches!(result, Err(deferred_redis::L2Error::Codec(_))),
+        "{result:?}"
+    );
+    assert_eq!(a.stats().encode_errors, 1);
+    let mine = a.get_with("k", ok("loaded")).await.expect("a value");
+    let theirs = b.get_with("k", ok("loaded")).await.expect("a value");
+    assert_eq!((mine.as_str(), theirs.as_str()), ("old", "old"));
 }
