@@ -696,7 +696,7 @@ fn owned_waits_dropped_on_threads_while_the_cell_completes() {
         let waiters: Vec<_> = (0..3)
             .map(|i| {
                 let mut wait = Box::pin(Deferred::wait_owned(Arc::clone(&cell)));
-                assert!(poll_once(wait.as_mut(), &noop_waker()).is_pending());
+                assert!(poll_with(wait.as_mut(), &noop_waker()).is_pending());
                 thread::spawn(move || {
                     if i == 1 {
                         assert_eq!(block_on(wait), Ok(5));

@@ -368,8 +368,8 @@ fn an_owned_wait_holding_the_last_arc_unlinks_before_the_cell_goes() {
     let cell = Arc::new(Deferred::<u8>::new());
     let mut first = Box::pin(Deferred::wait_owned(Arc::clone(&cell)));
     let mut second = Box::pin(Deferred::wait_owned(Arc::clone(&cell)));
-    assert!(poll_once(first.as_mut(), &noop_waker()).is_pending());
-    assert!(poll_once(second.as_mut(), &noop_waker()).is_pending());
+    assert!(poll_with(first.as_mut(), &noop_waker()).is_pending());
+    assert!(poll_with(second.as_mut(), &noop_waker()).is_pending());
     drop(cell);
     drop(first); // unlinks from between the list's head and `second`
     drop(second); // holds the last `Arc`: unlinks, then frees the cell
@@ -383,8 +383,8 @@ fn an_owned_lazy_wait_holding_the_last_handle_unlinks_before_the_cell_goes() {
     let lazy: Lazy<u8, ()> = Lazy::pending();
     let mut first = Box::pin(lazy.clone().wait_owned());
     let mut second = Box::pin(lazy.clone().wait_owned());
-    assert!(poll_once(first.as_mut(), &noop_waker()).is_pending());
-    assert!(poll_once(second.as_mut(), &noop_waker()).is_pending());
+    assert!(poll_with(first.as_mut(), &noop_waker()).is_pending());
+    assert!(poll_with(second.as_mut(), &noop_waker()).is_pending());
     drop(lazy);
     drop(second); // the tail leaves: the list's tail moves back to `first`
     drop(first); // holds the last handle: unlinks, then frees the cell
@@ -435,7 +435,7 @@ fn a_claim_taken_while_linking_is_not_released_on_the_normal_path() {
     HELD_CLAIM.with(|c| *c.borrow_mut() = Some(cell.try_claim().unwrap()));
     let mut claimant = Box::pin(cell.claim());
     let waker = releasing_waker();
-    let claim = match poll_once(claimant.as_mut(), &waker) {
+    let claim = match poll_with(claimant.as_mut(), &waker) {
         Poll::Ready(Ok(claim)) => claim,
         _ => panic!("the claim freed by the waker's clone is taken while linking"),
     };
@@ -455,7 +455,7 @@ fn a_claim_taken_while_linking_is_released_if_the_waker_drop_panics() {
     let mut claimant = Box::pin(cell.claim());
     let waker = releasing_waker();
     PANIC_ON_DROP.with(|p| p.set(true));
-    let polled = catch_unwind(AssertUnwindSafe(|| poll_once(claimant.as_mut(), &waker)));
+    let polled = catch_unwind(AssertUnwindSafe(|| poll_with(claimant.as_mut(), &waker)));
     assert!(polled.is_err(), "the clone's drop panicked");
     assert!(
         !PANIC_ON_DROP.with(std::cell::Cell::get),
