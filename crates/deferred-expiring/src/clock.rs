@@ -38,8 +38,10 @@ pub trait Clock: Send + Sync + 'static {
 
 /// The real clock: the coarse monotonic clock of the OS (`CLOCK_MONOTONIC_COARSE` on
 /// Linux, read through the [`coarsetime`] crate), a few nanoseconds a reading, with the
-/// resolution of the kernel tick (1 to 4 ms on Linux; the OS's coarse clock elsewhere).
-/// Its readings never go backwards. Deadlines are met within one such tick.
+/// resolution of the kernel tick (1 to 4 ms on Linux; `GetTickCount64`'s 10 to 16 ms on
+/// Windows; the OS's cheap monotonic clock on macOS, FreeBSD and DragonFly). On other Unix
+/// systems, where coarsetime would read the wall clock, it is [`std::time::Instant`]. Its
+/// readings never go backwards. Deadlines are met within one such tick.
 ///
 /// [`wake_at`](Clock::wake_at) is served by one timer thread for the process, started on
 /// its first use; reading the time never starts it.
@@ -76,11 +78,39 @@ impl Clock for SystemClock {
 /// shared cache line on every cache hit of every thread. The origin is coarsetime's tick 0,
 /// so no origin needs storing either; the conversion from its 32.32 fixed point to
 /// nanoseconds is monotonic (within a nanosecond of the OS's reading).
+#[cfg(not(all(
+    unix,
+    not(any(
+        target_os = "linux",
+        target_os = "android",
+        target_os = "macos",
+        target_os = "freebsd",
+        target_os = "dragonfly"
+    ))
+)))]
 #[inline]
 fn coarse_now() -> Duration {
     let since_origin = coarsetime::Instant::now_without_cache_update()
         .duration_since(coarsetime::Instant::from_ticks(0));
     Duration::new(since_origin.as_secs(), since_origin.subsec_nanos())
+}
+
+/// On the Unix systems where coarsetime reads `gettimeofday` (the wall clock, which can
+/// step back), `Instant` against a process-wide origin, as the clock promises monotonic
+/// readings.
+#[cfg(all(
+    unix,
+    not(any(
+        target_os = "linux",
+        target_os = "android",
+        target_os = "macos",
+        target_os = "freebsd",
+        target_os = "dragonfly"
+    ))
+))]
+fn coarse_now() -> Duration {
+    static ORIGIN: OnceLock<std::time::Instant> = OnceLock::new();
+    ORIGIN.get_or_init(std::time::Instant::now).elapsed()
 }
 
 /// The wake-ups that [`SystemClock`] owes, served by one thread.
