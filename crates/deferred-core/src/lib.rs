@@ -17,8 +17,6 @@ mod lazy;
 mod list;
 pub(crate) mod loom;
 pub mod sync;
-#[cfg(feature = "std")]
-pub mod time;
 mod wait;
 mod waiter;
 

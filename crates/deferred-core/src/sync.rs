@@ -1,5 +1,44 @@
-//! A small lock for short critical sections, shared with the layers above (`deferred-map`
-//! keeps its shards behind it), so that they need no `unsafe` and no `std`.
+//! Two small spin locks, [`SpinMutex`] and [`SpinRwLock`]: a building block for the layers
+//! above this crate, not a general-purpose lock.
+//!
+//! # Why it is public
+//!
+//! `deferred-map` keeps its shards behind a [`SpinRwLock`] (and so `deferred-cache` and
+//! `deferred-expiring`, built on it, do too). Those crates are `#![forbid(unsafe_code)]`,
+//! and a lock that hands out `&mut T` needs `unsafe` (an `UnsafeCell` and `unsafe impl
+//! Sync`); the map must also build without `std`, where `std::sync` does not exist. So the
+//! locks live here, with the rest of the workspace's `unsafe`, checked by the same loom
+//! models and miri runs (`tests/loom.rs`, `tests/sync.rs`), and are public so that the
+//! crates above can use them. Anyone else may use them too, knowing what they are and are
+//! not (below).
+//!
+//! # What they are not
+//!
+//! - **Not for long critical sections, nor for user code.** A contender never sleeps or
+//!   parks: it backs off with [`crossbeam_utils::Backoff::snooze`], seven rounds of 1, 2,
+//!   4 … 64 spin hints, then, with `std`, one `std::thread::yield_now` per try for as long
+//!   as the lock is held; without `std` it keeps spinning, in rounds of up to 2048 hints. A
+//!   holder that blocks, sleeps or runs long keeps every contender busy on its core. Hold
+//!   one for a few instructions (a hash-table probe), never around code you do not control.
+//! - **Not fair.** No queue: whoever's compare-and-swap lands first gets it. [`SpinRwLock`]
+//!   only keeps a waiting writer from being starved by a stream of new readers.
+//! - **Not poisoned.** A closure that panics releases the lock on unwinding, and the next
+//!   holder sees the value as the panic left it: keep it consistent at every step.
+//! - **Not re-entrant.** Taking a lock again inside its own closure (a `write` inside a
+//!   `read` or `write` of the same [`SpinRwLock`], a `with` inside a `with`) spins for ever.
+//! - **No guards, no `try_lock`, no time-outs.** The value is reached only through a
+//!   closure, so no guard can be held across an `.await` or leaked.
+//! - **Not for interrupt handlers** on `no_std`: a handler that spins on a lock held by the
+//!   code it interrupted never returns (see "Interrupts and single-core `no_std`" in the
+//!   README).
+//!
+//! # Stability
+//!
+//! The module is covered by semver like the rest of the crate: [`SpinMutex`] and
+//! [`SpinRwLock`], their constructors and closure methods, and the guarantees above will
+//! not change in a patch or minor release. How they spin, how they are laid out, and
+//! whether the crates above keep using them are not part of that promise (another lock can
+//! replace them in `deferred-map` without a major release of this crate).
 
 use core::fmt;
 

@@ -36,9 +36,12 @@ pub trait Clock: Send + Sync + 'static {
     fn wake_at(&self, deadline: Duration, waker: Waker);
 }
 
-/// The real clock: the coarse monotonic clock of the OS
-/// ([`deferred_core::time::coarse_now`]), a few nanoseconds a reading, with the resolution
-/// of the kernel tick (1 to 4 ms on Linux). Deadlines are met within one such tick.
+/// The real clock: the coarse monotonic clock of the OS (`CLOCK_MONOTONIC_COARSE` on
+/// Linux, read through the [`coarsetime`] crate), a few nanoseconds a reading, with the
+/// resolution of the kernel tick (1 to 4 ms on Linux; `GetTickCount64`'s 10 to 16 ms on
+/// Windows; the OS's cheap monotonic clock on macOS, FreeBSD and DragonFly). On other Unix
+/// systems, where coarsetime would read the wall clock, it is [`std::time::Instant`]. Its
+/// readings never go backwards. Deadlines are met within one such tick.
 ///
 /// [`wake_at`](Clock::wake_at) is served by one timer thread for the process, started on
 /// its first use; reading the time never starts it.
@@ -55,7 +58,7 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     #[inline]
     fn now(&self) -> Duration {
-        deferred_core::time::coarse_now()
+        coarse_now()
     }
 
     fn wake_at(&self, deadline: Duration, waker: Waker) {
@@ -65,6 +68,49 @@ impl Clock for SystemClock {
         }
         timer_thread().add(deadline, waker);
     }
+}
+
+/// [`SystemClock`]'s reading: the time since an unspecified fixed point, the same for the
+/// whole process (on Linux, boot).
+///
+/// `now_without_cache_update`, not `now`: coarsetime's `now` also stores each reading in a
+/// process-wide atomic (for its `recent`, which this crate does not use), a write to one
+/// shared cache line on every cache hit of every thread. The origin is coarsetime's tick 0,
+/// so no origin needs storing either; the conversion from its 32.32 fixed point to
+/// nanoseconds is monotonic (within a nanosecond of the OS's reading).
+#[cfg(not(all(
+    unix,
+    not(any(
+        target_os = "linux",
+        target_os = "android",
+        target_os = "macos",
+        target_os = "freebsd",
+        target_os = "dragonfly"
+    ))
+)))]
+#[inline]
+fn coarse_now() -> Duration {
+    let since_origin = coarsetime::Instant::now_without_cache_update()
+        .duration_since(coarsetime::Instant::from_ticks(0));
+    Duration::new(since_origin.as_secs(), since_origin.subsec_nanos())
+}
+
+/// On the Unix systems where coarsetime reads `gettimeofday` (the wall clock, which can
+/// step back), `Instant` against a process-wide origin, as the clock promises monotonic
+/// readings.
+#[cfg(all(
+    unix,
+    not(any(
+        target_os = "linux",
+        target_os = "android",
+        target_os = "macos",
+        target_os = "freebsd",
+        target_os = "dragonfly"
+    ))
+))]
+fn coarse_now() -> Duration {
+    static ORIGIN: OnceLock<std::time::Instant> = OnceLock::new();
+    ORIGIN.get_or_init(std::time::Instant::now).elapsed()
 }
 
 /// The wake-ups that [`SystemClock`] owes, served by one thread.
@@ -94,7 +140,7 @@ impl TimerThread {
     fn run(&self) {
         let mut pending = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         loop {
-            let now = deferred_core::time::coarse_now();
+            let now = coarse_now();
             let mut due = Vec::new();
             while let Some(Reverse((deadline, id))) = pending.heap.peek().copied() {
                 if deadline > now {

@@ -72,3 +72,19 @@ fn cache_paths() {
     cache.invalidate_all();
     assert!(cache.is_empty());
 }
+
+/// The real clock under miri: coarsetime's `clock_gettime(CLOCK_MONOTONIC_COARSE)` is one of
+/// the clocks miri emulates, so `SystemClock` needs no fallback there. Monotonic, and a hit
+/// with time-to-idle on it reads it.
+#[test]
+fn system_clock_reads() {
+    use deferred_expiring::{Clock, SystemClock};
+    let a = SystemClock.now();
+    let b = SystemClock.now();
+    assert!(b >= a);
+    let cache: ExpiringCache<u32, u32> = ExpiringCache::builder()
+        .time_to_idle(Duration::from_secs(3600))
+        .build();
+    cache.insert(1, 10);
+    assert_eq!(cache.get_if_present(&1), Some(10));
+}
