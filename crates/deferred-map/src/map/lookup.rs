@@ -6,18 +6,18 @@ use core::{
     hash::{BuildHasher, Hash},
 };
 
-use deferred_core::{sync::SpinRwLock, Error};
+use deferred_core::Error;
 use hashbrown::HashTable;
 
 use super::{
     entry::{Kind, Slot},
     DeferredMap,
 };
-use crate::Lazy;
+use crate::{lock::ShardLock, Lazy};
 
 impl<K, V, E, S> DeferredMap<K, V, E, S> {
     /// The shard that entries of `hash` live in.
-    pub(super) fn shard(&self, hash: u64) -> &SpinRwLock<HashTable<Slot<K, V, E>>> {
+    pub(super) fn shard(&self, hash: u64) -> &ShardLock<HashTable<Slot<K, V, E>>> {
         // The top bits pick the shard; hashbrown uses the low ones within it.
         let index = if self.shift == u64::BITS {
             0
