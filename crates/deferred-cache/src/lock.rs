@@ -1,16 +1,15 @@
-//! The policy shard lock, chosen at compile time (issue #13, point B), as the map's is.
-//!
-//! Under `--cfg loom` it is always `deferred_core`'s `SpinMutex`, which the loom models see
-//! through its gate. The `std-shard-lock` feature (an experiment, for the benches only)
-//! makes it `std::sync::Mutex` behind the same closure API.
+//! The policy shard lock, chosen at compile time, as the map's shard lock is (see
+//! `deferred_map`'s `lock.rs` for the measurement of issue #13): `std::sync::Mutex`, a
+//! futex lock, behind `SpinMutex`'s closure API; under `--cfg loom`, `deferred_core`'s
+//! `SpinMutex`, which the loom models see through its gate.
 
-#[cfg(any(loom, not(feature = "std-shard-lock")))]
+#[cfg(loom)]
 pub(crate) use deferred_core::sync::SpinMutex as ShardMutex;
 
-#[cfg(all(not(loom), feature = "std-shard-lock"))]
+#[cfg(not(loom))]
 pub(crate) use self::futex::ShardMutex;
 
-#[cfg(all(not(loom), feature = "std-shard-lock"))]
+#[cfg(not(loom))]
 mod futex {
     use std::sync::{Mutex, PoisonError};
 
