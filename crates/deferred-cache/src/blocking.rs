@@ -85,15 +85,20 @@ where
         key: K,
         loader: impl FnOnce() -> Result<V, E>,
     ) -> Result<V, LoadError<E>> {
-        if let Some(value) = self.read(&key) {
+        // The one hash of this call: every step below takes it from here.
+        let hash = self.hash(&key);
+        if let Some(value) = self.read_hashed(hash, &key) {
             self.inner.counters.hit();
             return Ok(value);
         }
         // The load's span-to-be, made before this caller's cell can be in the map: what a
         // subscriber does here (panic, read the key) strands no one.
-        let trace = trace::Load::new(|| self.hash(&key));
+        let trace = trace::Load::new(|| hash);
         let mine: CacheCell<V, E> = Lazy::pending();
-        let get = self.inner.map.get_or_add_cell(key.clone(), mine.clone());
+        let get = self
+            .inner
+            .map
+            .get_or_add_cell_hashed(hash, key.clone(), mine.clone());
         self.inner.counters.miss(!get.added());
         if !get.added() {
             let id = id(get.cell());
@@ -106,7 +111,7 @@ where
             // its own key gets `LoadError::Reentrant` instead of waiting on itself.
             return match block_on(get, id) {
                 Ok(stored) => {
-                    self.admit_loaded(key, &cell);
+                    self.admit_loaded(key, hash, &cell);
                     Ok(stored.value)
                 }
                 Err(error) => Err(error.into()),
@@ -118,6 +123,7 @@ where
         let mut load = Running {
             cache: self,
             key: &key,
+            hash,
             cell: &mine,
             started: Instant::now(),
             finished: false,
@@ -139,14 +145,14 @@ where
                 self.inner.counters.load(Outcome::Ok, took);
                 drop(get);
                 if won {
-                    self.admit_loaded(key, &mine);
+                    self.admit_loaded(key, hash, &mine);
                     return Ok(value);
                 }
                 // `get_or_insert_with` settled the key first (its completion may still be
                 // under way: this waits for its write only): its value is the key's, and its
                 // callers', so it is this caller's too.
                 let settled = settled_value(&mine);
-                self.admit_loaded(key, &mine);
+                self.admit_loaded(key, hash, &mine);
                 settled
             }
             Err(error) => {
@@ -155,7 +161,7 @@ where
                 self.inner.counters.load(Outcome::Failed, took);
                 drop(get);
                 let error = Arc::new(error);
-                let failed = self.settle_failed(&key, &mine, |cell| {
+                let failed = self.settle_failed(&key, hash, &mine, |cell| {
                     cell.fail(Failure::Error(Arc::clone(&error))).is_ok()
                 });
                 if failed {
@@ -163,7 +169,7 @@ where
                 }
                 // As in the `Ok` arm: `get_or_insert_with` settled the key first.
                 let settled = settled_value(&mine);
-                self.admit_loaded(key, &mine);
+                self.admit_loaded(key, hash, &mine);
                 settled
             }
         }
@@ -178,10 +184,11 @@ where
     fn settle_failed(
         &self,
         key: &K,
+        hash: u64,
         mine: &CacheCell<V, E>,
         fail: impl FnOnce(&Deferred<Stored<V>, Failure<E>>) -> bool,
     ) -> bool {
-        let removed = self.inner.map.remove_if(key, |cell| {
+        let removed = self.inner.map.remove_if_hashed(hash, key, |cell| {
             Lazy::ptr_eq(cell, mine) && cell.try_get().is_none()
         });
         if fail(mine.deferred()) {
@@ -190,7 +197,7 @@ where
         if let Some(old) = removed {
             // Lost to a completion under way: wait for its write, then book it.
             let _ = old.deferred().wait_blocking();
-            self.book_removed(key, &old, RemovalCause::Explicit);
+            self.book_removed(key, hash, &old, RemovalCause::Explicit);
         }
         false
     }
@@ -219,6 +226,7 @@ where
 {
     cache: &'a Cache<K, V, E, S>,
     key: &'a K,
+    hash: u64,
     cell: &'a CacheCell<V, E>,
     started: Instant,
     finished: bool,
@@ -253,7 +261,8 @@ where
         if self.finished {
             return;
         }
-        self.cache.settle_failed(self.key, self.cell, Deferred::die);
+        self.cache
+            .settle_failed(self.key, self.hash, self.cell, Deferred::die);
         let took = self.started.elapsed();
         self.trace.finish(Outcome::Panicked, took);
         self.cache

@@ -313,12 +313,13 @@ where
     /// [`Stats::loads_cancelled`]: crate::Stats::loads_cancelled
     /// [`Stats::loads_ok`]: crate::Stats::loads_ok
     pub fn get_or_insert_with(&self, key: K, make: impl FnOnce() -> V) -> V {
-        if let Some(value) = self.read(&key) {
+        let hash = self.hash(&key);
+        if let Some(value) = self.read_hashed(hash, &key) {
             self.inner.counters.hit();
             return value;
         }
         self.inner.counters.miss(false);
-        self.put_absent(key, make())
+        self.put_absent(key, hash, make())
     }
 
     /// As [`get_or_insert_with`](Self::get_or_insert_with), but counts nothing (neither a
@@ -334,24 +335,28 @@ where
     /// assert_eq!((cache.stats().hits, cache.stats().misses), (0, 0));
     /// ```
     pub fn get_or_insert_with_uncounted(&self, key: K, make: impl FnOnce() -> V) -> V {
-        if let Some(value) = self.read(&key) {
+        let hash = self.hash(&key);
+        if let Some(value) = self.read_hashed(hash, &key) {
             return value;
         }
-        self.put_absent(key, make())
+        self.put_absent(key, hash, make())
     }
 
     /// The heart of `get_or_insert_with`: stores `value` at `key` unless a value is there
     /// (or a load in flight completes first), and returns the one stored. Counts nothing.
-    fn put_absent(&self, key: K, value: V) -> V {
+    fn put_absent(&self, key: K, hash: u64, value: V) -> V {
         loop {
             // A ready cell of our own, stored if the key is absent. Found otherwise: the
             // entry there, held (`Get`) so that a load in flight is not dropped as abandoned
             // meanwhile, and never claimed (made `Kept`): a load's failure must still go.
             let mine: CacheCell<V, E> = Lazy::ready(Stored::new(value.clone()));
-            let get = self.inner.map.get_or_add_cell(key.clone(), mine.clone());
+            let get = self
+                .inner
+                .map
+                .get_or_add_cell_hashed(hash, key.clone(), mine.clone());
             if get.added() {
                 drop(get);
-                self.admit_loaded(key, &mine);
+                self.admit_loaded(key, hash, &mine);
                 return value;
             }
             let cell = get.cell().clone();
@@ -362,7 +367,7 @@ where
                 // (which could find, and claim, another entry).
                 cell.abort();
                 drop(get);
-                self.admit_loaded(key, &cell);
+                self.admit_loaded(key, hash, &cell);
                 return value;
             }
             // Complete, or being completed right now by its load (the completion is under
@@ -373,12 +378,12 @@ where
             };
             drop(get);
             if let Some(stored) = stored {
-                self.admit_loaded(key, &cell);
+                self.admit_loaded(key, hash, &cell);
                 return stored;
             }
             // A failed load is no value: out with it (its callers hold their own handles),
             // and try again.
-            self.inner.map.remove_if(&key, |c| {
+            self.inner.map.remove_if_hashed(hash, &key, |c| {
                 Lazy::ptr_eq(c, &cell) && matches!(c.try_get(), Some(Err(_)))
             });
         }
@@ -509,7 +514,10 @@ where
         let weight = self.weigh(&key, &value);
         let cell = Lazy::ready(Stored::new(value));
         let hash = self.hash(&key);
-        let old = self.inner.map.insert(key.clone(), cell.clone());
+        let old = self
+            .inner
+            .map
+            .insert_hashed(hash, key.clone(), cell.clone());
         if let Some(old) = old {
             self.retire(hash, &old);
             self.inner.counters.invalidated(1);
@@ -587,8 +595,9 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
     {
-        let old = self.inner.map.remove(key)?;
-        self.retire(self.hash(key), &old);
+        let hash = self.hash(key);
+        let old = self.inner.map.remove_hashed(hash, key)?;
+        self.retire(hash, &old);
         self.inner.counters.invalidated(1);
         self.notify_borrowed(key, &old, RemovalCause::Explicit);
         Some(old)
@@ -892,11 +901,14 @@ where
             None => Some(1), // unbounded: the weight is never used
         };
         let cell = Lazy::ready(Stored::new(value));
-        let swapped = self.inner.map.replace_if(key, cell.clone(), |old| {
-            old.get().is_some_and(|stored| pred(&stored.value))
-        });
-        let Ok(old) = swapped else { return false };
         let hash = self.hash(key);
+        let swapped = self
+            .inner
+            .map
+            .replace_if_hashed(hash, key, cell.clone(), |old| {
+                old.get().is_some_and(|stored| pred(&stored.value))
+            });
+        let Ok(old) = swapped else { return false };
         self.retire(hash, &old);
         self.inner.counters.invalidated(1);
         if let Some(owned) = &owned {
@@ -914,11 +926,11 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
     {
-        let removed = self.inner.map.remove_if(key, |cell| {
+        let hash = self.hash(key);
+        let removed = self.inner.map.remove_if_hashed(hash, key, |cell| {
             cell.get().is_some_and(|stored| pred(&stored.value))
         });
         let Some(old) = removed else { return false };
-        let hash = self.hash(key);
         self.retire(hash, &old);
         trace::removed(hash, cause);
         if cause == RemovalCause::Expired {
@@ -934,8 +946,14 @@ where
     /// Books a value that left the map by another way than the cache's removals (a blocking
     /// load's entry taken out just as `get_or_insert_with` settled it): off the policy's
     /// books, counted as invalidated, told to the listener as `cause`.
-    pub(crate) fn book_removed(&self, key: &K, cell: &CacheCell<V, E>, cause: RemovalCause) {
-        self.retire(self.hash(key), cell);
+    pub(crate) fn book_removed(
+        &self,
+        key: &K,
+        hash: u64,
+        cell: &CacheCell<V, E>,
+        cause: RemovalCause,
+    ) {
+        self.retire(hash, cell);
         self.inner.counters.invalidated(1);
         self.notify(key, cell, cause);
     }
@@ -973,9 +991,19 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
+        self.read_hashed(self.hash(key), key)
+    }
+
+    /// As [`read`](Self::read), with the key's hash given (`self.hash(key)`).
+    #[inline]
+    pub(crate) fn read_hashed<Q>(&self, hash: u64, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
         // Cloned under the shard lock, as `DeferredMap::try_get` does: taking a handle to
         // clone after unlocking would bounce the cell's reference count between readers.
-        self.read_with(key, |value| Some(value.clone()))
+        self.read_with_hashed(hash, key, |value| Some(value.clone()))
     }
 
     /// Runs `f` on the value at `key` under the shard lock, recording a use if it says
@@ -986,9 +1014,24 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
+        self.read_with_hashed(self.hash(key), key, f)
+    }
+
+    /// As [`read_with`](Self::read_with), with the key's hash given (`self.hash(key)`).
+    #[inline]
+    fn read_with_hashed<Q, R>(
+        &self,
+        hash: u64,
+        key: &Q,
+        f: impl FnOnce(&V) -> Option<R>,
+    ) -> Option<R>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
         self.inner
             .map
-            .try_get_with(key, |outcome| match outcome {
+            .try_get_with_hashed(hash, key, |outcome| match outcome {
                 Ok(stored) => {
                     let found = f(&stored.value);
                     if found.is_some() {
@@ -1034,13 +1077,13 @@ where
     /// Counts the value that a load just put in `cell` against capacity, evicting as
     /// needed. Any caller that saw the value may call this; the first one that gets here
     /// admits it, if it is still the key's value.
-    pub(crate) fn admit_loaded(&self, key: K, cell: &CacheCell<V, E>) {
+    /// `hash` is the key's (`self.hash(&key)`), computed once by the caller's operation.
+    pub(crate) fn admit_loaded(&self, key: K, hash: u64, cell: &CacheCell<V, E>) {
         let Some(stored) = cell.get() else { return };
         if self.inner.policy.is_none() || !Policy::<K, V, E>::needs_admission(&stored.meta) {
             return;
         }
         let weight = self.weigh(&key, &stored.value);
-        let hash = self.hash(&key);
         self.admit(key, hash, cell, weight);
     }
 
@@ -1051,7 +1094,8 @@ where
         let Some(stored) = cell.get() else { return };
         // Still the value at `key`? An invalidate or insert may have replaced it; one that
         // does so after this check retires it under the policy lock, which `admit` sees.
-        let current = self.inner.map.try_get_with(
+        let current = self.inner.map.try_get_with_hashed(
+            hash,
             &key,
             |outcome| matches!(outcome, Ok(s) if core::ptr::eq(s, stored)),
         );
@@ -1066,7 +1110,7 @@ where
                 let gone = self
                     .inner
                     .map
-                    .remove_if(&out.node.key, |c| Lazy::ptr_eq(c, cell));
+                    .remove_if_hashed(out.node.hash, &out.node.key, |c| Lazy::ptr_eq(c, cell));
                 if gone.is_some() {
                     removed += 1;
                     trace::removed(out.node.hash, RemovalCause::Size);

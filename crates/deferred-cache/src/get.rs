@@ -151,6 +151,8 @@ enum State<'a, K, V, E, S, L> {
     Wait {
         get: deferred_map::Get<'a, K, Stored<V>, Failure<E>, S>,
         key: K,
+        /// The key's hash, computed once on the first poll (issue #13: hash once).
+        hash: u64,
         source: Source,
     },
     Done,
@@ -268,8 +270,11 @@ where
     {
         let cache = self.cache;
         if let State::Start { key, .. } = &self.state {
+            // The one hash of this read: the lookup, the load's entry and its admission
+            // all take it from here.
+            let hash = cache.hash(key);
             // The hit path reads through a reference: nothing moves.
-            if let Some(value) = cache.read(key) {
+            if let Some(value) = cache.read_hashed(hash, key) {
                 cache.inner.counters.hit();
                 self.state = State::Done;
                 return Poll::Ready((Ok(value), Source::Hit));
@@ -279,17 +284,25 @@ where
                 unreachable!("matched above");
             };
             let counters = Arc::clone(&cache.inner.counters);
-            let get = cache.inner.map.get_or_add_with(key.clone(), || {
-                let trace = trace::Load::new(|| cache.hash(&key));
-                load(start(loader, &key), counters, trace)
-            });
+            let get = cache
+                .inner
+                .map
+                .get_or_add_with_hashed(hash, key.clone(), || {
+                    let trace = trace::Load::new(|| hash);
+                    load(start(loader, &key), counters, trace)
+                });
             let source = if get.added() {
                 Source::Loaded
             } else {
                 Source::Joined
             };
             cache.inner.counters.miss(source == Source::Joined);
-            self.state = State::Wait { get, key, source };
+            self.state = State::Wait {
+                get,
+                key,
+                hash,
+                source,
+            };
         }
         let State::Wait { get, source, .. } = &mut self.state else {
             panic!("`GetWith` polled after it completed");
@@ -313,12 +326,13 @@ where
                 Poll::Pending => return Poll::Pending,
             }
         };
-        let State::Wait { key, get, .. } = core::mem::replace(&mut self.state, State::Done) else {
+        let State::Wait { key, hash, get, .. } = core::mem::replace(&mut self.state, State::Done)
+        else {
             unreachable!("matched above");
         };
         match outcome {
             Ok(stored) => {
-                cache.admit_loaded(key, get.cell());
+                cache.admit_loaded(key, hash, get.cell());
                 Poll::Ready((Ok(stored.value), source))
             }
             Err(error) => Poll::Ready((Err(error.into()), source)),

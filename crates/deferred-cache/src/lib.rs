@@ -9,6 +9,7 @@ mod error;
 mod get;
 mod listener;
 mod loading;
+mod lock;
 mod loom;
 mod policy;
 mod reentrancy;

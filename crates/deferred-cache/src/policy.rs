@@ -32,12 +32,13 @@
 use std::{collections::VecDeque, fmt};
 
 use crossbeam_utils::CachePadded;
-use deferred_core::{sync::SpinMutex, WeakLazy};
+use deferred_core::WeakLazy;
 use deferred_map::Lazy;
 use hashbrown::HashTable;
 
 use crate::{
     error::Failure,
+    lock::ShardMutex,
     loom::{AtomicU64, Ordering::Relaxed},
     stored::{CacheCell, Meta, Stored, ADMITTED, NEW, REMOVED},
 };
@@ -314,7 +315,7 @@ impl<K, V, E> Fifo<K, V, E> {
 }
 
 /// One policy shard, on its own cache line.
-type Shard<K, V, E> = CachePadded<SpinMutex<Fifo<K, V, E>>>;
+type Shard<K, V, E> = CachePadded<ShardMutex<Fifo<K, V, E>>>;
 
 /// The eviction policy of a bounded cache: S3-FIFO in shards picked by key hash, bounded
 /// by the cache's total weight.
@@ -346,7 +347,7 @@ impl<K, V, E> Policy<K, V, E> {
             shards: (0..count)
                 .map(|i| {
                     let cap = per_shard + u64::from((i as u64) < extra);
-                    CachePadded::new(SpinMutex::new(Fifo::new(cap)))
+                    CachePadded::new(ShardMutex::new(Fifo::new(cap)))
                 })
                 .collect(),
             capacity,
@@ -410,7 +411,7 @@ impl<K, V, E> Policy<K, V, E> {
         (hash as usize) & (self.shards.len() - 1)
     }
 
-    fn shard(&self, hash: u64) -> &SpinMutex<Fifo<K, V, E>> {
+    fn shard(&self, hash: u64) -> &ShardMutex<Fifo<K, V, E>> {
         &self.shards[self.index(hash)]
     }
 

@@ -7,6 +7,7 @@ extern crate alloc;
 extern crate std;
 
 mod get;
+mod lock;
 mod map;
 
 pub use deferred_core::{Error, Lazy};

@@ -15,13 +15,12 @@ use core::{
 };
 
 use crossbeam_utils::CachePadded;
-use deferred_core::sync::SpinRwLock;
 use hashbrown::HashTable;
 
 use self::entry::{cancel_if_placeholder, Claim, Kind, Slot};
 #[cfg(doc)]
 use crate::Error;
-use crate::Lazy;
+use crate::{lock::ShardLock, Lazy};
 #[cfg(doc)]
 use core::borrow::Borrow;
 
@@ -37,7 +36,7 @@ pub type DefaultHashBuilder = std::collections::hash_map::RandomState;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DefaultHashBuilder(());
 
-type Shard<K, V, E> = CachePadded<SpinRwLock<HashTable<Slot<K, V, E>>>>;
+type Shard<K, V, E> = CachePadded<ShardLock<HashTable<Slot<K, V, E>>>>;
 
 /// A concurrent map whose values are shared [`Lazy`]s (`Deferred` cells that may carry
 /// the computation that completes them): await a value by key while it is still being
@@ -159,7 +158,7 @@ impl<K, V, E, S> DeferredMap<K, V, E, S> {
         DeferredMap {
             hasher,
             shards: (0..shards)
-                .map(|_| CachePadded::new(SpinRwLock::new(HashTable::with_capacity(per_shard))))
+                .map(|_| CachePadded::new(ShardLock::new(HashTable::with_capacity(per_shard))))
                 .collect(),
             shift: u64::BITS - shards.trailing_zeros(),
         }

@@ -192,7 +192,19 @@ where
         V: Clone + Send + Sync + 'static,
         E: Clone + Send + Sync + 'static,
     {
-        let hash = self.hash(&key);
+        self.insert_hashed(self.hash(&key), key, cell)
+    }
+
+    /// As [`insert`](Self::insert), with the key's hash given: `hash` must be
+    /// `self.hasher().hash_one(key)`. For layers built on this map, which hash a key once per
+    /// operation and pass the hash down; not part of the stable API. A wrong hash makes the
+    /// call miss the entry, or put it where lookups by key do not find it (never unsoundness).
+    #[doc(hidden)]
+    pub fn insert_hashed(&self, hash: u64, key: K, cell: Lazy<V, E>) -> Option<Lazy<V, E>>
+    where
+        V: Clone + Send + Sync + 'static,
+        E: Clone + Send + Sync + 'static,
+    {
         let replaced = self.shard(hash).write(|t| {
             match t.entry(hash, |s| s.key == key, |s| s.hash) {
                 hashbrown::hash_table::Entry::Occupied(mut o) => {
@@ -264,7 +276,27 @@ where
         V: Clone + Send + Sync + 'static,
         E: Clone + Send + Sync + 'static,
     {
-        let hash = self.hash(key);
+        self.replace_if_hashed(self.hash(key), key, cell, pred)
+    }
+
+    /// As [`replace_if`](Self::replace_if), with the key's hash given: `hash` must be
+    /// `self.hasher().hash_one(key)`. For layers built on this map, which hash a key once per
+    /// operation and pass the hash down; not part of the stable API. A wrong hash makes the
+    /// call miss the entry, or put it where lookups by key do not find it (never unsoundness).
+    #[doc(hidden)]
+    pub fn replace_if_hashed<Q>(
+        &self,
+        hash: u64,
+        key: &Q,
+        cell: Lazy<V, E>,
+        pred: impl FnOnce(&Lazy<V, E>) -> bool,
+    ) -> Result<Lazy<V, E>, Lazy<V, E>>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+        V: Clone + Send + Sync + 'static,
+        E: Clone + Send + Sync + 'static,
+    {
         let (old, new) = self.shard(hash).write(|t| {
             match t.find_mut(hash, |s| Borrow::<Q>::borrow(&s.key) == key) {
                 Some(slot) if pred(&slot.cell) => {

@@ -6,18 +6,18 @@ use core::{
     hash::{BuildHasher, Hash},
 };
 
-use deferred_core::{sync::SpinRwLock, Error};
+use deferred_core::Error;
 use hashbrown::HashTable;
 
 use super::{
     entry::{Kind, Slot},
     DeferredMap,
 };
-use crate::Lazy;
+use crate::{lock::ShardLock, Lazy};
 
 impl<K, V, E, S> DeferredMap<K, V, E, S> {
     /// The shard that entries of `hash` live in.
-    pub(super) fn shard(&self, hash: u64) -> &SpinRwLock<HashTable<Slot<K, V, E>>> {
+    pub(super) fn shard(&self, hash: u64) -> &ShardLock<HashTable<Slot<K, V, E>>> {
         // The top bits pick the shard; hashbrown uses the low ones within it.
         let index = if self.shift == u64::BITS {
             0
@@ -180,7 +180,25 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let hash = self.hash(key);
+        self.try_get_with_hashed(self.hash(key), key, read)
+    }
+
+    /// As [`try_get_with`](Self::try_get_with), with the key's hash given: `hash` must be
+    /// `self.hasher().hash_one(key)`. For layers built on this map, which hash a key once per
+    /// operation and pass the hash down; not part of the stable API. A wrong hash makes the
+    /// call miss the entry, or put it where lookups by key do not find it (never unsoundness).
+    #[doc(hidden)]
+    #[inline]
+    pub fn try_get_with_hashed<Q, R>(
+        &self,
+        hash: u64,
+        key: &Q,
+        read: impl FnOnce(Result<&V, Error<&E>>) -> R,
+    ) -> Option<R>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
         self.shard(hash).read(|t| {
             let slot = t.find(hash, |s| Borrow::<Q>::borrow(&s.key) == key)?;
             slot.cell.try_get().map(read)

@@ -51,7 +51,21 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.remove_where(key, |_| true).map(|(cell, _)| cell)
+        self.remove_where(self.hash(key), key, |_| true)
+            .map(|(cell, _)| cell)
+    }
+
+    /// As [`remove`](Self::remove), with the key's hash given: `hash` must be
+    /// `self.hasher().hash_one(key)`. For layers built on this map, which hash a key once per
+    /// operation and pass the hash down; not part of the stable API. A wrong hash makes the
+    /// call miss the entry, or put it where lookups by key do not find it (never unsoundness).
+    #[doc(hidden)]
+    pub fn remove_hashed<Q>(&self, hash: u64, key: &Q) -> Option<Lazy<V, E>>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        self.remove_where(hash, key, |_| true).map(|(cell, _)| cell)
     }
 
     /// Removes the entry at `key` if its cell is complete, atomically (fs2-es
@@ -131,14 +145,14 @@ where
 
     fn remove_where<Q>(
         &self,
+        hash: u64,
         key: &Q,
         pred: impl FnOnce(&Lazy<V, E>) -> bool,
     ) -> Option<(Lazy<V, E>, K)>
     where
         K: Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
+        Q: Eq + ?Sized,
     {
-        let hash = self.hash(key);
         let removed = self.shard(hash).write(|t| {
             let entry = t
                 .find_entry(hash, |s| Borrow::<Q>::borrow(&s.key) == key)
@@ -179,6 +193,25 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.remove_where(key, pred).map(|(cell, _)| cell)
+        self.remove_where(self.hash(key), key, pred)
+            .map(|(cell, _)| cell)
+    }
+
+    /// As [`remove_if`](Self::remove_if), with the key's hash given: `hash` must be
+    /// `self.hasher().hash_one(key)`. For layers built on this map, which hash a key once per
+    /// operation and pass the hash down; not part of the stable API. A wrong hash makes the
+    /// call miss the entry, or put it where lookups by key do not find it (never unsoundness).
+    #[doc(hidden)]
+    pub fn remove_if_hashed<Q>(
+        &self,
+        hash: u64,
+        key: &Q,
+        pred: impl FnOnce(&Lazy<V, E>) -> bool,
+    ) -> Option<Lazy<V, E>>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        self.remove_where(hash, key, pred).map(|(cell, _)| cell)
     }
 }
