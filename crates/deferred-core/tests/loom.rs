@@ -7,6 +7,10 @@
 //! `--cfg loom` each model runs once on std threads (`deferred_test_support::loom`), a plain
 //! test that `cargo test` and miri run too. Five models are loom's alone: four of
 //! `new_unmodelled` locks (a loom-only constructor), and one that counts loom's schedules.
+
+// The models use blocking waits and std threads: a build without the `std` feature (xtask's
+// `test` runs one, `--no-default-features --features alloc`) has neither.
+#![cfg(any(loom, feature = "std"))]
 #![allow(clippy::std_instead_of_core)] // tests run on std; `core::` paths matter in the library only.
 
 use std::{
