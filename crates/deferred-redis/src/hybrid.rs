@@ -381,10 +381,45 @@ pub(crate) struct Inner<V, E, C> {
 /// The L1's load future, boxed (see `get_with`).
 type BoxLoad<V, E> = core::pin::Pin<Box<dyn Future<Output = Result<Tiered<V>, E>> + Send>>;
 
-/// What a load does once it stops asking Redis.
-enum Next {
-    Lead,
+/// What a load does once it stops asking Redis (`Inner::ask`).
+enum Next<V> {
+    /// Redis had a value this cache reads, kept in the L1 for so long.
+    Found(Tiered<V>),
+    /// This load took the lease, under this generation (see `COMMIT`): it runs the loader.
+    Lead(Vec<u8>),
+    /// Redis failed (fail-safe), or the wait ran past `max_wait`: the loader runs here.
     Local,
+}
+
+/// What one answer of `GET_OR_LEASE` leads a load to (`Inner::answer`).
+enum Round<V> {
+    /// Redis had a value this cache reads.
+    Found(Tiered<V>),
+    /// Ask again at once: the value there could not be read, and counts as none.
+    Again,
+    /// Another load holds the lease: ask again after this long, or on its announcement.
+    Wait(Duration),
+    /// This load took the lease, under this generation.
+    Lead(Vec<u8>),
+    /// The wait on another's lease ran past `max_wait`.
+    TimedOut,
+    /// Redis failed.
+    Failed,
+}
+
+/// A load's state over its rounds of `GET_OR_LEASE` (`Inner::ask`).
+struct Asking {
+    /// The backplane's subscription epoch when the load started (see `Inner::keep`).
+    epoch: u64,
+    /// When the wait on another's lease gives up (`max_wait`).
+    deadline: tokio::time::Instant,
+    /// Whether it has waited on another's lease (a lease it takes then is a takeover).
+    waited: bool,
+    /// `l2_misses` counts a load once, however its misses go (unreadable, lease, wait).
+    missed: bool,
+    /// A value found in Redis that this load could not read: the next probe treats it as
+    /// no value (and so takes the lease, or waits on whoever has it).
+    unreadable: (&'static str, Vec<u8>),
 }
 
 /// A value in the L1, with how long it may stay there: no longer than it has left in Redis
@@ -909,144 +944,12 @@ where
         let lease_key = self.lease_key(&key);
         let token = self.token();
         let epoch = self.subscription_epoch.load(SeqCst);
-        // How long the L1 keeps what this load returns: nothing if the backplane
-        // resubscribed meanwhile (messages about the key may have been missed).
-        let keep = |ttl: Duration| {
-            if self.subscription_epoch.load(SeqCst) == epoch {
-                ttl
-            } else {
-                Duration::ZERO
-            }
-        };
-        let notify = {
-            let mut waiters = self.waiters.lock().unwrap_or_else(PoisonError::into_inner);
-            let (notify, holders) = waiters.entry(key.clone()).or_default();
-            *holders += 1;
-            Arc::clone(notify)
-        };
-        let waiting = Waiting {
-            inner: &self,
-            key: &key,
-            notify,
-        };
-        let deadline = after(self.config.max_wait);
-        // Every round trip and every wait is bounded in time; the rounds are bounded in
-        // number too, in case a clock misbehaves: a poll per `poll_interval`, and as many
-        // again for wakes by backplane messages.
-        let max_rounds = 2
-            * (self.config.max_wait.as_millis() / self.config.poll_interval.as_millis().max(1))
-            + 2;
-        let mut waited = false;
-        // `l2_misses` counts a load once, however its misses go (unreadable, lease, wait).
-        let mut missed = false;
-        // A value found in Redis that this load could not read: the next probe treats it as
-        // no value (and so takes the lease, or waits on whoever has it).
-        let mut unreadable: (&str, Vec<u8>) = ("", Vec::new());
-        let mut l2_failed = false;
-        let mut next = Next::Local;
-        // The generation the lease is taken under (see `COMMIT`).
-        let mut generation = Vec::new();
-        // Armed while a `GET_OR_LEASE` is in flight: the script may take the lease, and a
-        // load dropped before its answer arrives would otherwise leave that lease to expire
-        // (`lease`), holding every other process's waiters up that long. RELEASE checks the
-        // token, so releasing a lease the script did not take is harmless.
-        let mut probing = LeaseGuard {
-            inner: Arc::clone(&self),
-            key: key.clone(),
-            token: token.clone(),
-            armed: false,
-        };
-        for _ in 0..max_rounds.min(1_000_000) {
-            // Registered before the round trip, so an announcement that comes between the
-            // round trip and the wait is not missed.
-            let notified = waiting.notify.notified();
-            let mut notified = core::pin::pin!(notified);
-            notified.as_mut().enable();
-            probing.armed = true;
-            let probed = self
-                .probe(
-                    &value_key,
-                    &lease_key,
-                    &token,
-                    (unreadable.0, unreadable.1.as_slice()),
-                )
-                .await;
-            // Answered: a lease it took goes to `lead` below (with no await in between),
-            // which guards it from then on. Timed out: Redis may still run the script and
-            // take the lease for nobody; the guard stays armed and releases it (below).
-            probing.armed = probed.as_ref().err().is_some_and(may_have_run);
-            match probed {
-                Ok(Probe::Value(bytes, ttl)) => {
-                    if let Ok(value) = self.codec.decode(&bytes) {
-                        bump(&self.counters.l2_hits);
-                        let most = self.config.l1_ttl();
-                        let ttl = keep(ttl.map_or(most, |t| self.l1_ttl_for(t)));
-                        return Ok(Tiered { value, ttl });
-                    }
-                    // A miss: ask again at once, this value counting as none (the lease,
-                    // or a wait on whoever replaces it).
-                    bump(&self.counters.decode_errors);
-                    if !core::mem::replace(&mut missed, true) {
-                        bump(&self.counters.l2_misses);
-                    }
-                    unreadable = ("bad", bytes);
-                }
-                // A key of another type where the value belongs: no value this cache can
-                // read, so the same as one that does not decode.
-                Ok(Probe::Foreign) => {
-                    bump(&self.counters.decode_errors);
-                    if !core::mem::replace(&mut missed, true) {
-                        bump(&self.counters.l2_misses);
-                    }
-                    unreadable = ("foreign", Vec::new());
-                }
-                Ok(Probe::Leased(seen)) => {
-                    generation = seen;
-                    if !core::mem::replace(&mut missed, true) {
-                        bump(&self.counters.l2_misses);
-                    }
-                    if waited {
-                        bump(&self.counters.takeovers);
-                    } else {
-                        bump(&self.counters.lease_wins);
-                    }
-                    next = Next::Lead;
-                    break;
-                }
-                Ok(Probe::Held) => {
-                    if !core::mem::replace(&mut missed, true) {
-                        bump(&self.counters.l2_misses);
-                    }
-                    if !waited {
-                        waited = true;
-                        bump(&self.counters.lease_waits);
-                    }
-                    let now = tokio::time::Instant::now();
-                    if now >= deadline {
-                        break;
-                    }
-                    let nap = self.config.poll_interval.min(deadline - now);
-                    tokio::select! {
-                        () = notified => {}
-                        () = tokio::time::sleep(nap) => {}
-                    }
-                }
-                Err(_) => {
-                    l2_failed = true;
-                    break;
-                }
-            }
-        }
-        // Armed only after a timed-out probe: hand back whatever that probe may take, in the
-        // background (RELEASE goes after it on the same connection), while the loader runs.
-        drop(probing);
-        if matches!(next, Next::Local) && !l2_failed {
-            // The wait ran past `max_wait` (or past its number of rounds).
-            bump(&self.counters.wait_timeouts);
-        }
-        drop(waiting);
-        let value = match next {
-            Next::Lead => {
+        let value = match self
+            .ask(&key, (&value_key, &lease_key), &token, epoch)
+            .await
+        {
+            Next::Found(tiered) => return Ok(tiered),
+            Next::Lead(generation) => {
                 Arc::clone(&self)
                     .lead(key.clone(), token, generation, load)
                     .await
@@ -1065,10 +968,167 @@ where
             let ttl = if fenced {
                 Duration::ZERO
             } else {
-                keep(self.l1_ttl_for(self.ttl_for(&key, &value)))
+                self.keep(epoch, self.l1_ttl_for(self.ttl_for(&key, &value)))
             };
             Tiered { value, ttl }
         })
+    }
+
+    /// How long the L1 keeps what a load that started at backplane `epoch` returns: nothing
+    /// if the backplane resubscribed meanwhile (messages about the key may have been missed).
+    fn keep(&self, epoch: u64, ttl: Duration) -> Duration {
+        if self.subscription_epoch.load(SeqCst) == epoch {
+            ttl
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    /// `load`'s rounds of `GET_OR_LEASE` on `keys` (value, lease): until Redis has a value
+    /// this cache reads, this load takes the lease, Redis fails, or the wait on another's
+    /// lease runs past `max_wait`. Registered as a waiter on `key` meanwhile.
+    async fn ask(
+        self: &Arc<Self>,
+        key: &str,
+        (value_key, lease_key): (&str, &str),
+        token: &str,
+        epoch: u64,
+    ) -> Next<V> {
+        let notify = {
+            let mut waiters = self.waiters.lock().unwrap_or_else(PoisonError::into_inner);
+            let (notify, holders) = waiters.entry(key.to_owned()).or_default();
+            *holders += 1;
+            Arc::clone(notify)
+        };
+        let waiting = Waiting {
+            inner: self,
+            key,
+            notify,
+        };
+        let mut asking = Asking {
+            epoch,
+            deadline: after(self.config.max_wait),
+            waited: false,
+            missed: false,
+            unreadable: ("", Vec::new()),
+        };
+        // Every round trip and every wait is bounded in time; the rounds are bounded in
+        // number too, in case a clock misbehaves: a poll per `poll_interval`, and as many
+        // again for wakes by backplane messages.
+        let max_rounds = 2
+            * (self.config.max_wait.as_millis() / self.config.poll_interval.as_millis().max(1))
+            + 2;
+        let mut l2_failed = false;
+        let mut next = Next::Local;
+        // Armed while a `GET_OR_LEASE` is in flight: the script may take the lease, and a
+        // load dropped before its answer arrives would otherwise leave that lease to expire
+        // (`lease`), holding every other process's waiters up that long. RELEASE checks the
+        // token, so releasing a lease the script did not take is harmless.
+        let mut probing = LeaseGuard {
+            inner: Arc::clone(self),
+            key: key.to_owned(),
+            token: token.to_owned(),
+            armed: false,
+        };
+        for _ in 0..max_rounds.min(1_000_000) {
+            // Registered before the round trip, so an announcement that comes between the
+            // round trip and the wait is not missed.
+            let notified = waiting.notify.notified();
+            let mut notified = core::pin::pin!(notified);
+            notified.as_mut().enable();
+            probing.armed = true;
+            let unreadable = (asking.unreadable.0, asking.unreadable.1.as_slice());
+            let probed = self.probe(value_key, lease_key, token, unreadable).await;
+            // Answered: a lease it took goes to `lead` (with no await in between), which
+            // guards it from then on. Timed out: Redis may still run the script and take the
+            // lease for nobody; the guard stays armed and releases it (below).
+            probing.armed = probed.as_ref().err().is_some_and(may_have_run);
+            match self.answer(&mut asking, probed) {
+                Round::Found(tiered) => return Next::Found(tiered),
+                Round::Again => {}
+                Round::Wait(nap) => {
+                    tokio::select! {
+                        () = notified => {}
+                        () = tokio::time::sleep(nap) => {}
+                    }
+                }
+                Round::Lead(generation) => {
+                    next = Next::Lead(generation);
+                    break;
+                }
+                Round::TimedOut => break,
+                Round::Failed => {
+                    l2_failed = true;
+                    break;
+                }
+            }
+        }
+        // Armed only after a timed-out probe: hand back whatever that probe may take, in the
+        // background (RELEASE goes after it on the same connection), while the loader runs.
+        drop(probing);
+        if matches!(next, Next::Local) && !l2_failed {
+            // The wait ran past `max_wait` (or past its number of rounds).
+            bump(&self.counters.wait_timeouts);
+        }
+        drop(waiting);
+        next
+    }
+
+    /// What a load does with one answer of `GET_OR_LEASE`, counted.
+    fn answer(&self, asking: &mut Asking, probed: Result<Probe, L2Error>) -> Round<V> {
+        match probed {
+            Ok(Probe::Value(bytes, ttl)) => {
+                if let Ok(value) = self.codec.decode(&bytes) {
+                    bump(&self.counters.l2_hits);
+                    let most = self.config.l1_ttl();
+                    let ttl = self.keep(asking.epoch, ttl.map_or(most, |t| self.l1_ttl_for(t)));
+                    return Round::Found(Tiered { value, ttl });
+                }
+                // A miss: ask again at once, this value counting as none (the lease, or a
+                // wait on whoever replaces it).
+                bump(&self.counters.decode_errors);
+                self.miss(asking);
+                asking.unreadable = ("bad", bytes);
+                Round::Again
+            }
+            // A key of another type where the value belongs: no value this cache can read,
+            // so the same as one that does not decode.
+            Ok(Probe::Foreign) => {
+                bump(&self.counters.decode_errors);
+                self.miss(asking);
+                asking.unreadable = ("foreign", Vec::new());
+                Round::Again
+            }
+            Ok(Probe::Leased(generation)) => {
+                self.miss(asking);
+                if asking.waited {
+                    bump(&self.counters.takeovers);
+                } else {
+                    bump(&self.counters.lease_wins);
+                }
+                Round::Lead(generation)
+            }
+            Ok(Probe::Held) => {
+                self.miss(asking);
+                if !asking.waited {
+                    asking.waited = true;
+                    bump(&self.counters.lease_waits);
+                }
+                let now = tokio::time::Instant::now();
+                if now >= asking.deadline {
+                    return Round::TimedOut;
+                }
+                Round::Wait(self.config.poll_interval.min(asking.deadline - now))
+            }
+            Err(_) => Round::Failed,
+        }
+    }
+
+    /// Counts a load's first miss in `l2_misses`.
+    fn miss(&self, asking: &mut Asking) {
+        if !core::mem::replace(&mut asking.missed, true) {
+            bump(&self.counters.l2_misses);
+        }
     }
 
     /// Runs `load` holding the lease (renewing it), then writes its value, fenced. The flag:
