@@ -81,6 +81,29 @@ where
         GetWith::new(self, key, loader)
     }
 
+    /// [`get_with`](Self::get_with) whose `loader` is given the key: a caller that hands its
+    /// key over need not clone it into the loader, a clone every hit would pay for.
+    ///
+    /// ```
+    /// use deferred_cache::Cache;
+    /// # futures::executor::block_on(async {
+    /// let lengths: Cache<String, usize> = Cache::new();
+    /// let key = "four".to_string();
+    /// let len = lengths.get_with_key(key, |key| {
+    ///     let len = key.len();
+    ///     async move { Ok(len) }
+    /// });
+    /// assert_eq!(len.await, Ok(4));
+    /// # });
+    /// ```
+    pub fn get_with_key<F, Fut>(&self, key: K, loader: F) -> GetWith<'_, K, V, E, S, WithKey<F>>
+    where
+        F: FnOnce(&K) -> Fut,
+        Fut: Future<Output = Result<V, E>> + Send + 'static,
+    {
+        GetWith::new(self, key, WithKey(loader))
+    }
+
     /// The value at `key`, loading it with `loader` on a miss, where the loader may find no
     /// value: `Ok(None)` then, and nothing is cached (the next read loads again), as for an
     /// error. Single flight holds as in [`get_with`](Self::get_with): callers that miss the
@@ -137,6 +160,50 @@ where
 
     fn start(self, _key: &K) -> Fut {
         self()
+    }
+}
+
+/// A [`Loader`] that is given the key: the loader of [`Cache::get_with_key`] (and of the
+/// expiring layer's `get_with_key`).
+///
+/// ```
+/// use deferred_cache::{Loader, WithKey};
+/// let loader = WithKey::new(|key: &u32| {
+///     let doubled = key * 2;
+///     async move { Ok::<_, ()>(doubled) }
+/// });
+/// let load = Loader::<u32, u32, ()>::start(loader, &21);
+/// assert_eq!(futures::executor::block_on(load), Ok(42));
+/// ```
+pub struct WithKey<F>(F);
+
+impl<F> WithKey<F> {
+    /// Wraps `loader`, called with the key when a load starts.
+    ///
+    /// ```
+    /// # use deferred_cache::WithKey;
+    /// let _loader = WithKey::new(|key: &String| std::future::ready(Ok::<_, ()>(key.len())));
+    /// ```
+    pub fn new(loader: F) -> Self {
+        WithKey(loader)
+    }
+}
+
+impl<K, V, E, F, Fut> Loader<K, V, E> for WithKey<F>
+where
+    F: FnOnce(&K) -> Fut,
+    Fut: Future<Output = Result<V, E>> + Send + 'static,
+{
+    type Future = Fut;
+
+    fn start(self, key: &K) -> Fut {
+        (self.0)(key)
+    }
+}
+
+impl<F> fmt::Debug for WithKey<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WithKey").finish_non_exhaustive()
     }
 }
 

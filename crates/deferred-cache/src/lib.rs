@@ -20,7 +20,7 @@ mod trace;
 pub use builder::{BuildError, Builder};
 pub use cache::{Cache, Iter};
 pub use error::LoadError;
-pub use get::{GetWith, Loader, OptionallyGetWith, Source, WithSource};
+pub use get::{GetWith, Loader, OptionallyGetWith, Source, WithKey, WithSource};
 pub use listener::RemovalCause;
 pub use loading::{Get, LoadingCache, SharedLoader};
 pub use stats::Stats;

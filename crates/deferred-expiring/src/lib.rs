@@ -17,7 +17,7 @@ mod timer;
 pub use builder::{ExpiringBuildError, ExpiringBuilder};
 pub use cache::{BoxLoad, ExpiringCache, ExpiringStats, Task, TICK};
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use deferred_cache::{Iter, LoadError, Loader, RemovalCause, Source, Stats};
+pub use deferred_cache::{Iter, LoadError, Loader, RemovalCause, Source, Stats, WithKey};
 pub use expiring_ref::{Expired, ExpiringRef, Use};
 pub use expiry::Expiry;
 pub use get::{Get, GetWith, OptionallyGetWith, SharedLoader, WithSource};

@@ -114,6 +114,34 @@ where
         GetWith::new(self, key, loader)
     }
 
+    /// [`get_with`](Self::get_with) whose `loader` is given the key: a caller that hands its
+    /// key over need not clone it into the loader, a clone every hit would pay for.
+    ///
+    /// ```
+    /// use deferred_expiring::ExpiringCache;
+    /// # futures::executor::block_on(async {
+    /// let lengths: ExpiringCache<String, usize> = ExpiringCache::builder()
+    ///     .time_to_live(std::time::Duration::from_secs(5))
+    ///     .build();
+    /// let len = lengths.get_with_key("four".to_string(), |key| {
+    ///     let len = key.len();
+    ///     async move { Ok(len) }
+    /// });
+    /// assert_eq!(len.await, Ok(4));
+    /// # });
+    /// ```
+    pub fn get_with_key<F, Fut>(
+        &self,
+        key: K,
+        loader: F,
+    ) -> GetWith<'_, K, V, E, S, C, deferred_cache::WithKey<F>>
+    where
+        F: FnOnce(&K) -> Fut,
+        Fut: Future<Output = Result<V, E>> + Send + 'static,
+    {
+        GetWith::new(self, key, deferred_cache::WithKey::new(loader))
+    }
+
     /// The value at `key`, loading it with `loader` on a miss or after expiry, where the
     /// loader may find no value: `Ok(None)` then, and nothing is cached (the next read
     /// loads again), as for an error without negative caching. A value it finds is stored
