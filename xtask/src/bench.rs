@@ -198,6 +198,19 @@ const TARGETS: &[Target] = &[
     },
     Target {
         layer: "redis",
+        workload: "L2 hit (L1 miss), paired",
+        measure: Measure::Extra {
+            label: "redis/l2_hit paired: median L2 hit / median GET, one beside the other",
+            key: "l2_paired_deferred_ns",
+            per: Some("l2_paired_get_ns"),
+            nanos: false,
+            passes: None,
+        },
+        at_most: Some(1.1),
+        goal: "<= 1.1x a bare GET, timed in the same rounds",
+    },
+    Target {
+        layer: "redis",
         workload: "L1 hit, tier on",
         measure: Measure::Ratio {
             group: "redis/l1_hit",

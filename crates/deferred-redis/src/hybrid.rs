@@ -443,6 +443,7 @@ where
 {
     type Output = Result<V, LoadError<E>>;
 
+    #[inline]
     fn poll(
         mut self: core::pin::Pin<&mut Self>,
         cx: &mut core::task::Context<'_>,
@@ -462,14 +463,27 @@ impl<V: 'static> deferred_expiring::Expiry<String, Tiered<V>> for L1Expiry {
     }
 }
 
-/// What `GET_OR_LEASE` found: the bytes and, if the key has one, its time to live; and with
-/// a lease, the prefix's generation it was taken under.
+/// What a round of a load found: the bytes and, if the key has one, its time to live; and
+/// with a lease (`GET_OR_LEASE`), the prefix's generation it was taken under.
 enum Probe {
     Value(Vec<u8>, Option<Duration>),
     Leased(Vec<u8>),
     Held,
     /// The value key holds another type than a string.
     Foreign,
+    /// The first round's plain read (`peek`) found no value it could return: the lease
+    /// script decides what that means.
+    Absent,
+}
+
+/// A value's time to live from its `PTTL`: `None` when it has none (-1); zero when it is
+/// gone (-2: deleted or expired since the read of the value), so that no L1 keeps it.
+fn ttl_of(pttl: i64) -> Option<Duration> {
+    match u64::try_from(pttl) {
+        Ok(ms) => Some(Duration::from_millis(ms)),
+        Err(_) if pttl == -2 => Some(Duration::ZERO),
+        Err(_) => None,
+    }
 }
 
 /// Random bits for ids and lease tokens (std's hasher keys are random per process; the time
@@ -582,6 +596,7 @@ where
     ///
     /// The future is `Send` when `F` is (a plain function returning the L1's future, not an
     /// `async fn`, so that `tokio::spawn` accepts it).
+    #[inline]
     pub fn get_with<'a, F, Fut>(
         &'a self,
         key: impl Into<String>,
@@ -591,12 +606,10 @@ where
         F: FnOnce() -> Fut + 'a,
         Fut: Future<Output = Result<V, E>> + Send + 'static,
     {
-        let key = key.into();
         let inner = &self.inner;
-        // Cloned here (a hit pays for it) because the L1 gives its loader no key.
-        let load_key = key.clone();
-        let read = self.inner.l1.get_with(key, move || {
-            let inner = Arc::clone(inner); // on a miss only
+        let read = self.inner.l1.get_with_key(key.into(), move |key: &String| {
+            // On a miss only: a hit neither clones the key nor touches the tier.
+            let (inner, load_key) = (Arc::clone(inner), key.clone());
             let load = loader();
             // Boxed as `dyn Send`: the compiler then proves the load `Send` here, once,
             // instead of failing to in callers' spawned futures ("`Send` is not general
@@ -919,8 +932,7 @@ where
             .await?;
         match reply.as_slice() {
             [Value::Int(1), Value::BulkString(bytes), Value::Int(pttl), _] => {
-                let ttl = u64::try_from(*pttl).ok().map(Duration::from_millis);
-                Ok(Probe::Value(bytes.clone(), ttl))
+                Ok(Probe::Value(bytes.clone(), ttl_of(*pttl)))
             }
             [Value::Int(2), Value::BulkString(generation)] => Ok(Probe::Leased(generation.clone())),
             [Value::Int(0)] => Ok(Probe::Held),
@@ -933,6 +945,27 @@ where
                 ))))
             }
         }
+    }
+
+    /// A load's first round: a plain `GET` of the value with its `PTTL` (one round trip, no
+    /// script), the cheapest read of a value that is there: an L2 hit costs what a `GET`
+    /// does. Anything else (no value; a key of another type) is `Absent`, and the lease
+    /// script's rounds follow.
+    async fn peek(&self, value_key: &str) -> Result<Probe, L2Error> {
+        self.l2(|mut c| async move {
+            let read: RedisResult<(Option<Vec<u8>>, i64)> = redis::pipe()
+                .get(value_key)
+                .pttl(value_key)
+                .query_async(&mut c)
+                .await;
+            match read {
+                Ok((Some(bytes), pttl)) => Ok(Probe::Value(bytes, ttl_of(pttl))),
+                Ok((None, _)) => Ok(Probe::Absent),
+                Err(error) if error.code() == Some("WRONGTYPE") => Ok(Probe::Absent),
+                Err(error) => Err(error),
+            }
+        })
+        .await
     }
 
     /// The L1's load of `key`: Redis, else the lease and `load`, else a wait.
@@ -984,9 +1017,10 @@ where
         }
     }
 
-    /// `load`'s rounds of `GET_OR_LEASE` on `keys` (value, lease): until Redis has a value
-    /// this cache reads, this load takes the lease, Redis fails, or the wait on another's
-    /// lease runs past `max_wait`. Registered as a waiter on `key` meanwhile.
+    /// `load`'s rounds on `keys` (value, lease): a plain read first (`peek`: all an L2 hit
+    /// costs), then `GET_OR_LEASE` until Redis has a value this cache reads, this load takes
+    /// the lease, Redis fails, or the wait on another's lease runs past `max_wait`.
+    /// Registered as a waiter on `key` during those rounds.
     async fn ask(
         self: &Arc<Self>,
         key: &str,
@@ -994,6 +1028,21 @@ where
         token: &str,
         epoch: u64,
     ) -> Next<V> {
+        let mut asking = Asking {
+            epoch,
+            deadline: after(self.config.max_wait),
+            waited: false,
+            missed: false,
+            unreadable: ("", Vec::new()),
+        };
+        // Nothing registered and no lease to guard for this round: it takes none, and if it
+        // finds no value the lease script's round comes next at once (registered before it).
+        match self.answer(&mut asking, self.peek(value_key).await) {
+            Round::Found(tiered) => return Next::Found(tiered),
+            Round::Failed => return Next::Local,
+            // No value, or one this cache cannot read (`answer` noted it for the script).
+            _ => {}
+        }
         let notify = {
             let mut waiters = self.waiters.lock().unwrap_or_else(PoisonError::into_inner);
             let (notify, holders) = waiters.entry(key.to_owned()).or_default();
@@ -1005,16 +1054,9 @@ where
             key,
             notify,
         };
-        let mut asking = Asking {
-            epoch,
-            deadline: after(self.config.max_wait),
-            waited: false,
-            missed: false,
-            unreadable: ("", Vec::new()),
-        };
         // Every round trip and every wait is bounded in time; the rounds are bounded in
-        // number too, in case a clock misbehaves: a poll per `poll_interval`, and as many
-        // again for wakes by backplane messages.
+        // number too, in case a clock misbehaves: a poll per `poll_interval`, as many again
+        // for wakes by backplane messages.
         let max_rounds = 2
             * (self.config.max_wait.as_millis() / self.config.poll_interval.as_millis().max(1))
             + 2;
@@ -1108,6 +1150,8 @@ where
                 }
                 Round::Lead(generation)
             }
+            // Not counted: the lease script's round, next, says what it is.
+            Ok(Probe::Absent) => Round::Again,
             Ok(Probe::Held) => {
                 self.miss(asking);
                 if !asking.waited {

@@ -115,7 +115,7 @@ async fn finding_2_invalidate_all_leaves_no_older_value_in_its_own_l1() {
     poll_once(clear.as_mut()).await; // L1 cleared, SCAN sent
     assert!(!a.contains_local("k"));
     let mut read = pin!(a.get_with("k", ok("loaded")));
-    poll_once(read.as_mut()).await; // an L1 miss: GET_OR_LEASE sent after the SCAN
+    poll_once(read.as_mut()).await; // an L1 miss: its read of Redis sent after the SCAN
     server.resume();
     let (cleared, _concurrent) = tokio::join!(clear, read);
     cleared.expect("invalidate_all reached Redis");
@@ -250,23 +250,41 @@ async fn finding_4_a_resubscription_during_a_fenced_load_keeps_no_stale_value() 
 /// Finding 5: a load dropped by its last caller while its `GET_OR_LEASE` was in flight
 /// left the lease that script took in Redis until it expired (`lease`, here 30 s), so
 /// every other process waited that long: the release on drop covered only the loader.
+/// Ordered with `CLIENT PAUSE WRITE`: the load's first round (a plain read) is answered,
+/// its lease script waits on the pause, and the load is dropped then.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finding_5_a_load_dropped_during_its_lease_probe_hands_the_lease_back() {
     let server = RedisServer::start();
     let a = cache(&server, "probe:");
     // Connected, and the lease script loaded (so GET_OR_LEASE is one EVALSHA).
     assert_eq!(a.get_with("warm", ok("w")).await, Ok("w".to_string()));
-    server.pause();
+    let mut raw = server.connection();
+    pause_writes(&mut raw);
     {
         let mut read = pin!(a.get_with("k", ok("never")));
-        poll_once(read.as_mut()).await; // GET_OR_LEASE sent; its answer never read
-    }
-    server.resume();
-    let mut raw = server.connection();
+        tokio::select! {
+            _ = read.as_mut() => panic!("a load cannot end while its lease script waits"),
+            sent = eventually(PATIENCE, || blocked_clients(&mut raw) == 1) => {
+                assert!(sent, "GET_OR_LEASE sent, and waiting on the pause");
+            }
+        }
+    } // dropped: its answer is never read
+    let _: () = redis::cmd("CLIENT").arg("UNPAUSE").query(&mut raw).unwrap();
     assert!(
         eventually(PATIENCE, || !raw.exists::<_, bool>("probe:l:k").unwrap()).await,
         "the lease taken for a load nobody waits for any more is handed back"
     );
+}
+
+/// `CLIENT PAUSE WRITE` for 10 s: reads go on, writes (and scripts that may write) wait,
+/// then run in the order they came, at `CLIENT UNPAUSE`.
+fn pause_writes(raw: &mut redis::Connection) {
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(10_000)
+        .arg("WRITE")
+        .query(raw)
+        .unwrap();
 }
 
 /// `INFO clients`' `blocked_clients`: clients whose command waits (here: on `CLIENT PAUSE`).
@@ -298,12 +316,7 @@ async fn finding_6_a_load_in_flight_cannot_overwrite_invalidate_all() {
     };
     assert!(eventually(PATIENCE, || runs.load(Ordering::SeqCst) == 1).await);
     let mut raw = server.connection();
-    let _: () = redis::cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(10_000)
-        .arg("WRITE")
-        .query(&mut raw)
-        .unwrap();
+    pause_writes(&mut raw);
     gate.add_permits(1); // B's COMMIT waits on the pause
     assert!(eventually(PATIENCE, || blocked_clients(&mut raw) == 1).await);
     let clear = {
@@ -339,12 +352,7 @@ async fn finding_6_a_commit_after_invalidate_all_began_is_refused() {
     };
     assert!(eventually(PATIENCE, || runs.load(Ordering::SeqCst) == 1).await);
     let mut raw = server.connection();
-    let _: () = redis::cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(10_000)
-        .arg("WRITE")
-        .query(&mut raw)
-        .unwrap();
+    pause_writes(&mut raw);
     let clear = {
         let a = a.clone();
         tokio::spawn(async move { a.invalidate_all().await })
@@ -368,7 +376,8 @@ async fn finding_6_a_commit_after_invalidate_all_began_is_refused() {
 /// Finding 8: a `GET_OR_LEASE` that ran past `op_timeout` (a paused, slow or partitioned
 /// server) fell back to the loader here, and when Redis got to the script later it took the
 /// lease, for nobody: every other process waited the whole lease (here 30 s) for a value
-/// that was never coming. Finding 5's cancellation, reached through the timeout.
+/// that was never coming. Finding 5's cancellation, reached through the timeout. The
+/// script is held by `CLIENT PAUSE WRITE` (the load's plain read before it is answered).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finding_8_a_lease_probe_that_timed_out_hands_the_lease_back() {
     let server = RedisServer::start();
@@ -379,11 +388,16 @@ async fn finding_8_a_lease_probe_that_timed_out_hands_the_lease_back() {
         .build()
         .expect("build");
     assert_eq!(a.get_with("warm", ok("w")).await, Ok("w".to_string()));
-    server.pause();
-    assert_eq!(a.get_with("k", ok("local")).await, Ok("local".to_string()));
-    assert_eq!(a.stats().local_fallbacks, 1);
-    server.resume();
     let mut raw = server.connection();
+    pause_writes(&mut raw);
+    assert_eq!(a.get_with("k", ok("local")).await, Ok("local".to_string()));
+    assert_eq!((a.stats().local_fallbacks, a.stats().l2_errors), (1, 1));
+    assert_eq!(
+        blocked_clients(&mut raw),
+        1,
+        "the timed-out GET_OR_LEASE still waits"
+    );
+    let _: () = redis::cmd("CLIENT").arg("UNPAUSE").query(&mut raw).unwrap();
     assert!(
         eventually(PATIENCE, || !raw.exists::<_, bool>("late:l:k").unwrap()).await,
         "a lease taken by a probe that timed out is handed back"
@@ -446,11 +460,12 @@ async fn finding_10_a_value_that_does_not_decode_is_loaded_once_across_caches() 
     assert_eq!((b.stats().lease_waits, b.stats().local_fallbacks), (1, 0));
 }
 
-/// The number of EVALSHA calls the server has run (`INFO commandstats`).
-fn evalsha_calls(raw: &mut redis::Connection) -> u64 {
+/// The number of GET calls the server has run (`INFO commandstats`; a load's first round
+/// is a plain GET).
+fn get_calls(raw: &mut redis::Connection) -> u64 {
     let info: String = redis::cmd("INFO").arg("commandstats").query(raw).unwrap();
     info.lines()
-        .find_map(|line| line.strip_prefix("cmdstat_evalsha:calls="))
+        .find_map(|line| line.strip_prefix("cmdstat_get:calls="))
         .and_then(|rest| rest.split(',').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
@@ -459,7 +474,7 @@ fn evalsha_calls(raw: &mut redis::Connection) -> u64 {
 /// Finding 11: a resubscription drops the L1's values because messages may have been
 /// missed, but it skipped loads in flight: a load that read Redis before an insert elsewhere
 /// (announced while this cache was not subscribed) stored that older value after the
-/// resubscription, where it stayed. Ordered by driving the read by hand: its GET_OR_LEASE
+/// resubscription, where it stayed. Ordered by driving the read by hand: its GET
 /// has run in Redis (counted there) before the insert, and its L1 store comes after the
 /// resubscription.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -471,12 +486,12 @@ async fn finding_11_a_load_across_a_resubscription_keeps_nothing_it_read_before(
     assert_eq!(a.get_with("warm", ok("w")).await, Ok("w".to_string()));
     assert!(!a.contains_local("k"));
     let mut raw = server.connection();
-    let before = evalsha_calls(&mut raw);
+    let before = get_calls(&mut raw);
     let mut read = pin!(a.get_with("k", ok("loaded")));
     server.pause(); // so that this one poll cannot also see the answer
-    poll_once(read.as_mut()).await; // GET_OR_LEASE sent
+    poll_once(read.as_mut()).await; // its GET sent
     server.resume();
-    assert!(eventually(PATIENCE, || evalsha_calls(&mut raw) > before).await);
+    assert!(eventually(PATIENCE, || get_calls(&mut raw) > before).await);
     let _: redis::Value = redis::cmd("CLIENT")
         .arg("KILL")
         .arg("TYPE")
@@ -517,12 +532,12 @@ async fn an_invalidation_between_a_read_and_its_l1_store_wins() {
     b.insert("k", "old".to_string()).await.unwrap();
     assert_eq!(a.get_with("warm", ok("w")).await, Ok("w".to_string()));
     let mut raw = server.connection();
-    let before = evalsha_calls(&mut raw);
+    let before = get_calls(&mut raw);
     let mut read = pin!(a.get_with("k", ok("loaded")));
     server.pause();
     poll_once(read.as_mut()).await;
     server.resume();
-    assert!(eventually(PATIENCE, || evalsha_calls(&mut raw) > before).await);
+    assert!(eventually(PATIENCE, || get_calls(&mut raw) > before).await);
     let received = a.stats().backplane_received;
     b.invalidate("k").await.unwrap();
     assert!(eventually(PATIENCE, || a.stats().backplane_received > received).await);
