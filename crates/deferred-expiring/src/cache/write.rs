@@ -1,31 +1,22 @@
 //! Writes: the entries that loads and inserts make (each with its deadline and timer), and
 //! the public inserts and invalidations.
 
-use std::{
-    borrow::Borrow,
-    future::Future,
-    hash::{BuildHasher, Hash},
-    sync::Arc,
-};
+use std::{borrow::Borrow, future::Future, hash::Hash, sync::Arc};
 
 use super::{Core, Entry, ExpiringCache};
 use crate::{
     clock::Clock,
     expiry::{now_nanos, NEVER},
     loom::{AtomicU64, Ordering::*},
+    ExpiringHasher, ExpiringKey, Shared, Value,
 };
 
 // Named in docs only.
 #[cfg(doc)]
 use deferred_cache::RemovalCause;
 
-impl<K, V, E, S, C> ExpiringCache<K, V, E, S, C>
-where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
-    V: Clone + Send + Sync + 'static,
-    E: Send + Sync + 'static,
-    S: BuildHasher + Send + Sync + 'static,
-    C: Clock,
+impl<K: ExpiringKey, V: Value, E: Shared, S: ExpiringHasher, C: Clock>
+    ExpiringCache<K, V, E, S, C>
 {
     /// Stores `value` at `key` with a fresh deadline (time-to-live / time-to-idle, or the
     /// [`Expiry`](crate::Expiry) policy's `expire_after_update` over an old value, else
@@ -266,14 +257,7 @@ where
     }
 }
 
-impl<K, V, E, S, C> Core<K, V, E, S, C>
-where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
-    V: Clone + Send + Sync + 'static,
-    E: Send + Sync + 'static,
-    S: BuildHasher + Send + Sync + 'static,
-    C: Clock,
-{
+impl<K: ExpiringKey, V: Value, E: Shared, S: ExpiringHasher, C: Clock> Core<K, V, E, S, C> {
     /// The future stored in an inner entry: the user's load, turned into an `Entry`.
     pub(crate) async fn load_entry<Fut>(self: Arc<Self>, key: K, fut: Fut) -> Result<Entry<V, E>, E>
     where
