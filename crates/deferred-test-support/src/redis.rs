@@ -56,12 +56,22 @@ impl core::error::Error for StartError {}
 /// A `redis-server` listening only on a Unix socket (`--port 0`) in its own temporary
 /// directory, with persistence off; killed, and the directory removed, when dropped.
 ///
-/// ```no_run
+/// It needs `redis-server` on PATH (`cargo xtask redis-server` installs it):
+///
+/// ```
 /// use deferred_test_support::redis::RedisServer;
 ///
-/// let server = RedisServer::start("my-test");
-/// let url = server.url(); // `unix:///tmp/my-test-…/redis.sock`, for a Redis client
-/// # drop(url);
+/// let mut server = RedisServer::start("doc-server");
+/// assert!(server.url().starts_with("unix://")); // for a Redis client
+/// assert!(server.socket().exists());
+/// server.pause(); // SIGSTOP: connections stay open, nothing answers
+/// server.resume();
+/// let pid = server.pid();
+/// server.restart(); // an empty server on the same socket
+/// assert_ne!(server.pid(), pid);
+/// let dir = server.dir().to_owned();
+/// drop(server); // killed, and its directory removed
+/// assert!(!dir.exists());
 /// ```
 #[derive(Debug)]
 pub struct RedisServer {
