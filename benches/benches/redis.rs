@@ -22,8 +22,7 @@
 
 use std::{
     io::{BufRead, BufReader, Write},
-    path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
@@ -35,6 +34,7 @@ use criterion::Criterion;
 use deferred_benches::ready_now;
 use deferred_expiring::{ExpiringCache, Expiry};
 use deferred_redis::{HybridCache, Raw};
+use deferred_test_support::redis::RedisServer;
 
 const EXTRAS_VAR: &str = "DEFERRED_BENCH_EXTRAS";
 /// Set in a worker process: the server's URL.
@@ -47,65 +47,16 @@ const LOAD: Duration = Duration::from_millis(50);
 /// A value of 64 bytes, the same for every workload.
 const VALUE: [u8; 64] = [7; 64];
 
-/// A `redis-server` on a Unix socket in its own temporary directory, killed when dropped.
-struct Server {
-    child: Child,
-    dir: PathBuf,
-    url: String,
-}
+/// The bench's `redis-server`, with the client the bench reaches it through.
+struct Server(RedisServer);
 
 impl Server {
     fn start() -> Server {
-        let dir = std::env::temp_dir().join(format!("deferred-redis-bench-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create the server's directory");
-        let socket = dir.join("redis.sock");
-        let child = Command::new("redis-server")
-            .args(["--port", "0", "--unixsocket"])
-            .arg(&socket)
-            .args([
-                "--unixsocketperm",
-                "700",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .arg("--dir")
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("could not start redis-server ({e}): run `cargo xtask redis-server`")
-            });
-        let url = format!("unix://{}", socket.display());
-        let server = Server { child, dir, url };
-        let client = server.client();
-        let start = Instant::now();
-        // Bounded: 5 s of 10 ms naps at most.
-        while start.elapsed() < Duration::from_secs(5) {
-            let up = client
-                .get_connection_with_timeout(Duration::from_millis(200))
-                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
-            if up.is_ok() {
-                return server;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        panic!("redis-server did not answer PING within 5 s");
+        Server(RedisServer::start("deferred-redis-bench"))
     }
 
     fn client(&self) -> redis::Client {
-        redis::Client::open(self.url.as_str()).expect("a valid unix socket URL")
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        redis::Client::open(self.0.url()).expect("a valid unix socket URL")
     }
 }
 
@@ -347,7 +298,7 @@ fn stampede(server: &Server) -> String {
     let mut workers: Vec<_> = (0..PROCESSES)
         .map(|_| {
             let mut child = Command::new(&exe)
-                .env(WORKER_VAR, &server.url)
+                .env(WORKER_VAR, server.0.url())
                 .env(PREFIX_VAR, &prefix)
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())

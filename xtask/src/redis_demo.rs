@@ -5,20 +5,18 @@
 //! (both load one cold key at once; one invalidates it; the other's L1 loses it), prints
 //! what they say, and stops the server.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Stdio};
-use std::time::{Duration, Instant};
 
-use crate::cmd::{self, cargo, command, Result};
+use deferred_test_support::redis::RedisServer;
 
-/// The server and the two processes, killed (and the directory removed) however the demo
-/// ends.
+use crate::cmd::{self, cargo, Result};
+
+/// The server and the two processes, killed (and the server's directory removed) however
+/// the demo ends: the processes first, then (as a field, after `drop`) the server.
 struct Demo {
-    server: Option<Child>,
-    dir: PathBuf,
     processes: Vec<Process>,
+    _server: RedisServer,
 }
 
 struct Process {
@@ -34,11 +32,6 @@ impl Drop for Demo {
             let _ = p.child.kill();
             let _ = p.child.wait();
         }
-        if let Some(mut server) = self.server.take() {
-            let _ = server.kill();
-            let _ = server.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -61,18 +54,6 @@ impl Process {
     }
 }
 
-/// Whether the server at `socket` answers PING.
-fn pong(socket: &Path) -> bool {
-    let Ok(mut stream) = UnixStream::connect(socket) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
-    let mut reply = [0_u8; 7];
-    stream.write_all(b"PING\r\n").is_ok()
-        && stream.read_exact(&mut reply).is_ok()
-        && &reply == b"+PONG\r\n"
-}
-
 /// `loads_here=N` in an answer to `load`.
 fn loads_in(answer: &str) -> Option<u64> {
     let rest = answer.split("loads_here=").nth(1)?;
@@ -89,50 +70,20 @@ pub fn run() -> Result {
         "two_processes",
     ]))?;
 
-    let dir = std::env::temp_dir().join(format!("deferred-redis-demo-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| format!("could not create {}: {e}", dir.display()))?;
-    let mut demo = Demo {
-        server: None,
-        dir: dir.clone(),
-        processes: Vec::new(),
-    };
-    let socket = dir.join("redis.sock");
-    let mut server = command("redis-server", ["--port", "0", "--unixsocket"]);
-    server
-        .arg(&socket)
-        .args([
-            "--unixsocketperm",
-            "700",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-        ])
-        .arg(&dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    // The shared launcher: Unix socket only, `--port 0`, persistence off, PING within 5 s.
+    let mut server = RedisServer::in_temp_dir("deferred-redis-demo").map_err(|e| e.to_string())?;
+    let (dir, socket) = (server.dir().to_owned(), server.socket().to_owned());
     println!(
         "$ redis-server --port 0 --unixsocket {} (in {})",
         socket.display(),
         dir.display()
     );
-    demo.server = Some(
-        server
-            .spawn()
-            .map_err(|e| format!("could not start redis-server: {e}"))?,
-    );
-    let start = Instant::now();
-    // Bounded: 5 s of 10 ms naps.
-    while !pong(&socket) {
-        if start.elapsed() > Duration::from_secs(5) {
-            return Err("redis-server did not answer PING within 5 s".into());
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let url = format!("unix://{}", socket.display());
+    server.spawn().map_err(|e| e.to_string())?;
+    let url = server.url();
+    let mut demo = Demo {
+        processes: Vec::new(),
+        _server: server,
+    };
     let prefix = format!("demo-{}:", std::process::id());
     for name in ["a", "b"] {
         let mut cmd = cargo([

@@ -3,7 +3,7 @@
 
 use std::{
     future::Future,
-    hash::{BuildHasher, Hash},
+    hash::BuildHasher,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll, Wake, Waker},
@@ -19,16 +19,10 @@ use crate::{
     reentrancy,
     stats::Outcome,
     stored::{CacheCell, Stored},
-    trace, Cache, LoadError, RemovalCause,
+    trace, Cache, Key, LoadError, RemovalCause, Shared, Value,
 };
 
-impl<K, V, E, S> Cache<K, V, E, S>
-where
-    K: Hash + Eq + Clone,
-    V: Clone + Send + Sync + 'static,
-    E: Send + Sync + 'static,
-    S: BuildHasher,
-{
+impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
     /// The value at `key`, loading it with `loader` on a miss, for a thread with no async
     /// executor: it blocks (parks) until the value is there. Single flight holds across
     /// threads and with async callers: callers that miss the key at once share one load,
@@ -217,13 +211,7 @@ fn settled_value<V: Clone, E>(mine: &CacheCell<V, E>) -> Result<V, LoadError<E>>
 /// completes the cell as panicked and takes the entry out of the map (as `settle_failed`
 /// does: unless `get_or_insert_with` settled it with a value first), so that the callers
 /// who joined it get `LoadError::Panicked` instead of waiting forever.
-struct Running<'a, K, V, E, S>
-where
-    K: Hash + Eq + Clone,
-    V: Clone + Send + Sync + 'static,
-    E: Send + Sync + 'static,
-    S: BuildHasher,
-{
+struct Running<'a, K: Key, V: Value, E: Shared, S: BuildHasher> {
     cache: &'a Cache<K, V, E, S>,
     key: &'a K,
     hash: u64,
@@ -233,13 +221,7 @@ where
     trace: trace::Load,
 }
 
-impl<K, V, E, S> Running<'_, K, V, E, S>
-where
-    K: Hash + Eq + Clone,
-    V: Clone + Send + Sync + 'static,
-    E: Send + Sync + 'static,
-    S: BuildHasher,
-{
+impl<K: Key, V: Value, E: Shared, S: BuildHasher> Running<'_, K, V, E, S> {
     /// The loader returned: disarms the guard, records `outcome` on the span, and returns
     /// how long the load took.
     fn finish(&mut self, outcome: Outcome) -> Duration {
@@ -250,13 +232,7 @@ where
     }
 }
 
-impl<K, V, E, S> Drop for Running<'_, K, V, E, S>
-where
-    K: Hash + Eq + Clone,
-    V: Clone + Send + Sync + 'static,
-    E: Send + Sync + 'static,
-    S: BuildHasher,
-{
+impl<K: Key, V: Value, E: Shared, S: BuildHasher> Drop for Running<'_, K, V, E, S> {
     fn drop(&mut self) {
         if self.finished {
             return;

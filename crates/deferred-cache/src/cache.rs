@@ -20,7 +20,7 @@ use crate::{
     policy::{Evicted, Node, Policy},
     stats::{Counters, Outcome, Stats},
     stored::{CacheCell, Stored},
-    trace, Builder, RemovalCause,
+    trace, Builder, Key, RemovalCause, Shared, Value,
 };
 
 pub(crate) type Map<K, V, E, S> = DeferredMap<K, Stored<V>, Failure<E>, S>;
@@ -270,13 +270,7 @@ impl<K, V, E, S> Cache<K, V, E, S> {
     }
 }
 
-impl<K, V, E, S> Cache<K, V, E, S>
-where
-    K: Hash + Eq + Clone,
-    V: Clone + Send + Sync + 'static,
-    E: Send + Sync + 'static,
-    S: BuildHasher,
-{
+impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
     /// The value at `key`, or, if there is none, the value `make` returns, stored
     /// atomically: for synchronous code that must insert only if absent. Never waits for a
     /// load. Counts a hit or a miss, as [`get_with`](Self::get_with) does.

@@ -11,7 +11,10 @@ use std::{
 
 use futures_core::FusedFuture;
 
-use crate::{cache::load, error::Failure, reentrancy, stored::Stored, trace, Cache, LoadError};
+use crate::{
+    cache::load, error::Failure, reentrancy, stored::Stored, trace, Cache, Key, LoadError, Shared,
+    Value,
+};
 
 /// Where a read's outcome came from: see [`GetWith::with_source`].
 ///
@@ -37,13 +40,7 @@ pub enum Source {
 
 // The loading reads live here, beside the futures they return (the blocking one is in
 // `blocking.rs`), so that `cache.rs` need not know these futures.
-impl<K, V, E, S> Cache<K, V, E, S>
-where
-    K: Hash + Eq + Clone,
-    V: Clone + Send + Sync + 'static,
-    E: Send + Sync + 'static,
-    S: BuildHasher,
-{
+impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
     /// The value at `key`, loading it with `loader` on a miss. However many callers miss the
     /// same key at once, one loader runs (the first caller's; the others' are dropped
     /// unrun) and all of them get its outcome. See [`GetWith`] for cancellation and
@@ -292,12 +289,8 @@ impl<'a, K, V, E, S, L> GetWith<'a, K, V, E, S, L> {
     }
 }
 
-impl<K, V, E, S, L> GetWith<'_, K, V, E, S, L>
+impl<K: Key, V: Value, E: Shared, S: BuildHasher, L> GetWith<'_, K, V, E, S, L>
 where
-    K: Hash + Eq + Clone,
-    V: Clone + Send + Sync + 'static,
-    E: Send + Sync + 'static,
-    S: BuildHasher,
     L: Loader<K, V, E>,
 {
     #[inline]
@@ -318,13 +311,7 @@ where
     async move { fut.await.map_err(Failure::error) }
 }
 
-impl<K, V, E, S, L> GetWith<'_, K, V, E, S, L>
-where
-    K: Hash + Eq + Clone,
-    V: Clone + Send + Sync + 'static,
-    E: Send + Sync + 'static,
-    S: BuildHasher,
-{
+impl<K: Key, V: Value, E: Shared, S: BuildHasher, L> GetWith<'_, K, V, E, S, L> {
     /// The read, with `start` making the load from the loader on a miss.
     #[inline]
     fn poll_with<Fut>(
@@ -412,12 +399,8 @@ fn cell_id<K, V, E, S>(get: &deferred_map::Get<'_, K, V, E, S>) -> usize {
     get.cell().deferred() as *const deferred_core::Deferred<V, E> as usize
 }
 
-impl<K, V, E, S, L> Future for GetWith<'_, K, V, E, S, L>
+impl<K: Key, V: Value, E: Shared, S: BuildHasher, L> Future for GetWith<'_, K, V, E, S, L>
 where
-    K: Hash + Eq + Clone,
-    V: Clone + Send + Sync + 'static,
-    E: Send + Sync + 'static,
-    S: BuildHasher,
     L: Loader<K, V, E>,
 {
     type Output = Result<V, LoadError<E>>;
@@ -428,12 +411,8 @@ where
     }
 }
 
-impl<K, V, E, S, L> FusedFuture for GetWith<'_, K, V, E, S, L>
+impl<K: Key, V: Value, E: Shared, S: BuildHasher, L> FusedFuture for GetWith<'_, K, V, E, S, L>
 where
-    K: Hash + Eq + Clone,
-    V: Clone + Send + Sync + 'static,
-    E: Send + Sync + 'static,
-    S: BuildHasher,
     L: Loader<K, V, E>,
 {
     fn is_terminated(&self) -> bool {
@@ -462,12 +441,8 @@ impl<K, V, E, S, L> fmt::Debug for GetWith<'_, K, V, E, S, L> {
 #[must_use = "futures do nothing unless polled"]
 pub struct WithSource<'a, K, V, E, S, L>(GetWith<'a, K, V, E, S, L>);
 
-impl<K, V, E, S, L> Future for WithSource<'_, K, V, E, S, L>
+impl<K: Key, V: Value, E: Shared, S: BuildHasher, L> Future for WithSource<'_, K, V, E, S, L>
 where
-    K: Hash + Eq + Clone,
-    V: Clone + Send + Sync + 'static,
-    E: Send + Sync + 'static,
-    S: BuildHasher,
     L: Loader<K, V, E>,
 {
     type Output = (Result<V, LoadError<E>>, Source);
@@ -477,12 +452,8 @@ where
     }
 }
 
-impl<K, V, E, S, L> FusedFuture for WithSource<'_, K, V, E, S, L>
+impl<K: Key, V: Value, E: Shared, S: BuildHasher, L> FusedFuture for WithSource<'_, K, V, E, S, L>
 where
-    K: Hash + Eq + Clone,
-    V: Clone + Send + Sync + 'static,
-    E: Send + Sync + 'static,
-    S: BuildHasher,
     L: Loader<K, V, E>,
 {
     fn is_terminated(&self) -> bool {
@@ -520,12 +491,9 @@ impl<'a, K, V, E, S, F> OptionallyGetWith<'a, K, V, E, S, F> {
     }
 }
 
-impl<K, V, E, S, F, Fut> Future for OptionallyGetWith<'_, K, V, E, S, F>
+impl<K: Key, V: Value, E: Shared, S: BuildHasher, F, Fut> Future
+    for OptionallyGetWith<'_, K, V, E, S, F>
 where
-    K: Hash + Eq + Clone,
-    V: Clone + Send + Sync + 'static,
-    E: Send + Sync + 'static,
-    S: BuildHasher,
     F: FnOnce() -> Fut,
     Fut: Future<Output = Option<V>> + Send + 'static,
 {
@@ -547,12 +515,9 @@ where
     }
 }
 
-impl<K, V, E, S, F, Fut> FusedFuture for OptionallyGetWith<'_, K, V, E, S, F>
+impl<K: Key, V: Value, E: Shared, S: BuildHasher, F, Fut> FusedFuture
+    for OptionallyGetWith<'_, K, V, E, S, F>
 where
-    K: Hash + Eq + Clone,
-    V: Clone + Send + Sync + 'static,
-    E: Send + Sync + 'static,
-    S: BuildHasher,
     F: FnOnce() -> Fut,
     Fut: Future<Output = Option<V>> + Send + 'static,
 {

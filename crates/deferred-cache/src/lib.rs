@@ -3,6 +3,7 @@
 #![allow(clippy::std_instead_of_core, clippy::alloc_instead_of_core)] // a `std` crate
 
 mod blocking;
+mod bounds;
 mod builder;
 mod cache;
 mod error;
@@ -17,6 +18,7 @@ mod stats;
 mod stored;
 mod trace;
 
+pub use bounds::{Key, Shared, Value};
 pub use builder::{BuildError, Builder};
 pub use cache::{Cache, Iter};
 pub use error::LoadError;

@@ -1,18 +1,13 @@
 //! `LoadingCache`: a `Cache` with one loader for every key.
 
 use std::{
-    collections::hash_map::RandomState,
-    convert::Infallible,
-    fmt,
-    future::Future,
-    hash::{BuildHasher, Hash},
-    ops::Deref,
-    sync::Arc,
+    collections::hash_map::RandomState, convert::Infallible, fmt, future::Future,
+    hash::BuildHasher, ops::Deref, sync::Arc,
 };
 
 use deferred_core::BoxFuture;
 
-use crate::{get::Loader, Cache, GetWith};
+use crate::{get::Loader, Cache, GetWith, Key, Shared, Value};
 
 type DynLoader<K, V, E> = Box<dyn Fn(&K) -> BoxFuture<V, E> + Send + Sync>;
 
@@ -102,13 +97,7 @@ impl<K, V, E, S> LoadingCache<K, V, E, S> {
     }
 }
 
-impl<K, V, E, S> LoadingCache<K, V, E, S>
-where
-    K: Hash + Eq + Clone,
-    V: Clone + Send + Sync + 'static,
-    E: Send + Sync + 'static,
-    S: BuildHasher,
-{
+impl<K: Key, V: Value, E: Shared, S: BuildHasher> LoadingCache<K, V, E, S> {
     /// The value at `key`, loaded with the cache's loader on a miss: one load however many
     /// callers miss at once. See [`Cache::get_with`] and [`GetWith`].
     ///

@@ -1,9 +1,6 @@
 //! `get_with_blocking`: single-flight loads for plain threads, deadline-aware.
 
-use std::{
-    borrow::Cow,
-    hash::{BuildHasher, Hash},
-};
+use std::borrow::Cow;
 
 use deferred_cache::LoadError;
 
@@ -11,16 +8,11 @@ use crate::{
     cache::{Core, Read, ReadFor},
     expiry::now_nanos,
     loom::Ordering::{Acquire, Relaxed},
-    Clock, ExpiringCache,
+    Clock, ExpiringCache, ExpiringHasher, ExpiringKey, Shared, Value,
 };
 
-impl<K, V, E, S, C> ExpiringCache<K, V, E, S, C>
-where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
-    V: Clone + Send + Sync + 'static,
-    E: Send + Sync + 'static,
-    S: BuildHasher + Send + Sync + 'static,
-    C: Clock,
+impl<K: ExpiringKey, V: Value, E: Shared, S: ExpiringHasher, C: Clock>
+    ExpiringCache<K, V, E, S, C>
 {
     /// The value at `key`, loading it with `loader` on a miss or after expiry, for a thread
     /// with no async executor: it blocks (parks) until the value is there. Single flight

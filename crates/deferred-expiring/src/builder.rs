@@ -1,20 +1,14 @@
 //! `ExpiringBuilder`: expiry, capacity, clock, listener, loader.
 
-use std::{
-    collections::hash_map::RandomState,
-    fmt,
-    future::Future,
-    hash::{BuildHasher, Hash},
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::hash_map::RandomState, fmt, future::Future, sync::Arc, time::Duration};
 
 use deferred_cache::{Cache, RemovalCause};
 
 use crate::{
     cache::{BoxLoad, DynLoader, Entry, Spawner, Task, UserListener},
     expiry::Policy,
-    Clock, ExpiringCache, ExpiringLoadingCache, Expiry, SystemClock,
+    Clock, ExpiringCache, ExpiringHasher, ExpiringKey, ExpiringLoadingCache, Expiry, Shared,
+    SystemClock, Value,
 };
 
 /// Configures an [`ExpiringCache`]. Made by [`ExpiringCache::builder`].
@@ -355,13 +349,8 @@ impl<K, V, E, S, C> ExpiringBuilder<K, V, E, S, C> {
     }
 }
 
-impl<K, V, E, S, C> ExpiringBuilder<K, V, E, S, C>
-where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
-    V: Clone + Send + Sync + 'static,
-    E: Send + Sync + 'static,
-    S: BuildHasher + Send + Sync + 'static,
-    C: Clock,
+impl<K: ExpiringKey, V: Value, E: Shared, S: ExpiringHasher, C: Clock>
+    ExpiringBuilder<K, V, E, S, C>
 {
     /// A cache whose loads are given per call ([`ExpiringCache::get_with`]).
     ///

@@ -10,7 +10,6 @@ use std::{
     convert::Infallible,
     fmt,
     future::Future,
-    hash::{BuildHasher, Hash},
     pin::Pin,
     sync::{atomic::AtomicUsize, Arc},
     time::Duration,
@@ -23,7 +22,7 @@ use crate::{
     expiry::{Policy, NEVER},
     loom::{lock, AtomicU64, Mutex, Ordering::*},
     timer::{TimerHandle, TimerWheel},
-    ExpiringBuilder,
+    ExpiringBuilder, ExpiringHasher, ExpiringKey, Shared, Value,
 };
 
 // Named in docs only.
@@ -435,13 +434,8 @@ impl<K, V, E, S, C> ExpiringCache<K, V, E, S, C> {
     }
 }
 
-impl<K, V, E, S, C> ExpiringCache<K, V, E, S, C>
-where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
-    V: Clone + Send + Sync + 'static,
-    E: Send + Sync + 'static,
-    S: BuildHasher + Send + Sync + 'static,
-    C: Clock,
+impl<K: ExpiringKey, V: Value, E: Shared, S: ExpiringHasher, C: Clock>
+    ExpiringCache<K, V, E, S, C>
 {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn from_parts(

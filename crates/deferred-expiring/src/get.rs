@@ -5,7 +5,7 @@ use std::{
     borrow::Cow,
     fmt,
     future::Future,
-    hash::{BuildHasher, Hash},
+    hash::BuildHasher,
     pin::Pin,
     sync::{Arc, Mutex},
     task::{Context, Poll, Waker},
@@ -19,7 +19,7 @@ use crate::{
     cache::{lock_std, BoxLoad, Core, DynLoader, Entry, Read, ReadFor},
     expiry::now_nanos,
     loom::Ordering::Relaxed,
-    Clock, ExpiringCache,
+    Clock, ExpiringCache, ExpiringHasher, ExpiringKey, Key, Shared, Value,
 };
 
 /// What the inner cache calls on a miss to start the key's load, whose outcome is `T`. It
@@ -64,13 +64,7 @@ enum Inner<'a, K, V, E, S> {
     Optional(InnerOptional<'a, K, V, E, S>, bool),
 }
 
-impl<K, V, E, S> Inner<'_, K, V, E, S>
-where
-    K: Hash + Eq + Clone,
-    V: Clone + Send + Sync + 'static,
-    E: Send + Sync + 'static,
-    S: BuildHasher,
-{
+impl<K: Key, V: Value, E: Shared, S: BuildHasher> Inner<'_, K, V, E, S> {
     /// Polls the attempt; `started`: whether this caller's loader started the key's load.
     /// An optional load that found no value is `LoadError::NotFound` here.
     fn poll(&mut self, cx: &mut Context<'_>, started: bool) -> Poll<Attempted<V, E>> {
@@ -109,17 +103,15 @@ trait Attempt<K, V, E>: Handed<K, V, E> + Sized {
 
     /// The inner cache's future for an attempt at `key`, whose load, if this caller starts
     /// it, takes the loader's future from `slot`.
-    fn inner<'a, S, C>(
+    fn inner<'a, S: ExpiringHasher, C: Clock>(
         core: &'a Arc<Core<K, V, E, S, C>>,
         key: K,
         slot: &Arc<Mutex<Slot<Self::Fut>>>,
     ) -> Inner<'a, K, V, E, S>
     where
-        K: Hash + Eq + Clone + Send + Sync + 'static,
-        V: Clone + Send + Sync + 'static,
-        E: Send + Sync + 'static,
-        S: BuildHasher + Send + Sync + 'static,
-        C: Clock;
+        K: ExpiringKey,
+        V: Value,
+        E: Shared;
 }
 
 /// The type of the future a caller's loader makes, which the key's load takes over. Apart
@@ -146,17 +138,15 @@ impl<K, V, E, L: Loader<K, V, E>> Attempt<K, V, E> for Required<L> {
         outcome.ok()
     }
 
-    fn inner<'a, S, C>(
+    fn inner<'a, S: ExpiringHasher, C: Clock>(
         core: &'a Arc<Core<K, V, E, S, C>>,
         key: K,
         slot: &Arc<Mutex<Slot<L::Future>>>,
     ) -> Inner<'a, K, V, E, S>
     where
-        K: Hash + Eq + Clone + Send + Sync + 'static,
-        V: Clone + Send + Sync + 'static,
-        E: Send + Sync + 'static,
-        S: BuildHasher + Send + Sync + 'static,
-        C: Clock,
+        K: ExpiringKey,
+        V: Value,
+        E: Shared,
     {
         let (load_core, load_key) = (Arc::clone(core), key.clone());
         let start = start_load(slot, move |fut| Core::load_entry(load_core, load_key, fut));
@@ -188,17 +178,15 @@ where
         outcome
     }
 
-    fn inner<'a, S, C>(
+    fn inner<'a, S: ExpiringHasher, C: Clock>(
         core: &'a Arc<Core<K, V, E, S, C>>,
         key: K,
         slot: &Arc<Mutex<Slot<OptionalLoad<V>>>>,
     ) -> Inner<'a, K, V, E, S>
     where
-        K: Hash + Eq + Clone + Send + Sync + 'static,
-        V: Clone + Send + Sync + 'static,
-        E: Send + Sync + 'static,
-        S: BuildHasher + Send + Sync + 'static,
-        C: Clock,
+        K: ExpiringKey,
+        V: Value,
+        E: Shared,
     {
         let (load_core, load_key) = (Arc::clone(core), key.clone());
         let start = start_load(slot, move |fut| {
@@ -415,13 +403,9 @@ impl<'a, K, V, E, S, C, L: Handed<K, V, E>> Run<'a, K, V, E, S, C, L> {
     }
 }
 
-impl<'a, K, V, E, S, C, L> Run<'a, K, V, E, S, C, L>
+impl<'a, K: ExpiringKey, V: Value, E: Shared, S: ExpiringHasher, C: Clock, L>
+    Run<'a, K, V, E, S, C, L>
 where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
-    V: Clone + Send + Sync + 'static,
-    E: Send + Sync + 'static,
-    S: BuildHasher + Send + Sync + 'static,
-    C: Clock,
     L: Attempt<K, V, E>,
     L::Fut: 'static,
 {
@@ -537,13 +521,9 @@ where
     }
 }
 
-impl<'a, K, V, E, S, C, L> Future for GetWith<'a, K, V, E, S, C, L>
+impl<'a, K: ExpiringKey, V: Value, E: Shared, S: ExpiringHasher, C: Clock, L> Future
+    for GetWith<'a, K, V, E, S, C, L>
 where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
-    V: Clone + Send + Sync + 'static,
-    E: Send + Sync + 'static,
-    S: BuildHasher + Send + Sync + 'static,
-    C: Clock,
     L: Loader<K, V, E>,
 {
     type Output = Result<V, LoadError<E>>;
@@ -554,13 +534,9 @@ where
     }
 }
 
-impl<'a, K, V, E, S, C, L> FusedFuture for GetWith<'a, K, V, E, S, C, L>
+impl<'a, K: ExpiringKey, V: Value, E: Shared, S: ExpiringHasher, C: Clock, L> FusedFuture
+    for GetWith<'a, K, V, E, S, C, L>
 where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
-    V: Clone + Send + Sync + 'static,
-    E: Send + Sync + 'static,
-    S: BuildHasher + Send + Sync + 'static,
-    C: Clock,
     L: Loader<K, V, E>,
 {
     fn is_terminated(&self) -> bool {
@@ -590,13 +566,9 @@ impl<K, V, E, S, C, L: Loader<K, V, E>> fmt::Debug for GetWith<'_, K, V, E, S, C
 #[must_use = "futures do nothing unless polled"]
 pub struct WithSource<'a, K, V, E, S, C, L: Loader<K, V, E>>(GetWith<'a, K, V, E, S, C, L>);
 
-impl<'a, K, V, E, S, C, L> Future for WithSource<'a, K, V, E, S, C, L>
+impl<'a, K: ExpiringKey, V: Value, E: Shared, S: ExpiringHasher, C: Clock, L> Future
+    for WithSource<'a, K, V, E, S, C, L>
 where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
-    V: Clone + Send + Sync + 'static,
-    E: Send + Sync + 'static,
-    S: BuildHasher + Send + Sync + 'static,
-    C: Clock,
     L: Loader<K, V, E>,
 {
     type Output = (Result<V, LoadError<E>>, Source);
@@ -606,13 +578,9 @@ where
     }
 }
 
-impl<'a, K, V, E, S, C, L> FusedFuture for WithSource<'a, K, V, E, S, C, L>
+impl<'a, K: ExpiringKey, V: Value, E: Shared, S: ExpiringHasher, C: Clock, L> FusedFuture
+    for WithSource<'a, K, V, E, S, C, L>
 where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
-    V: Clone + Send + Sync + 'static,
-    E: Send + Sync + 'static,
-    S: BuildHasher + Send + Sync + 'static,
-    C: Clock,
     L: Loader<K, V, E>,
 {
     fn is_terminated(&self) -> bool {
@@ -657,13 +625,9 @@ impl<'a, K, V, E, S, C, F> OptionallyGetWith<'a, K, V, E, S, C, F> {
     }
 }
 
-impl<K, V, E, S, C, F, Fut> Future for OptionallyGetWith<'_, K, V, E, S, C, F>
+impl<K: ExpiringKey, V: Value, E: Shared, S: ExpiringHasher, C: Clock, F, Fut> Future
+    for OptionallyGetWith<'_, K, V, E, S, C, F>
 where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
-    V: Clone + Send + Sync + 'static,
-    E: Send + Sync + 'static,
-    S: BuildHasher + Send + Sync + 'static,
-    C: Clock,
     F: FnOnce() -> Fut,
     Fut: Future<Output = Option<V>> + Send + 'static,
 {
@@ -681,13 +645,9 @@ where
     }
 }
 
-impl<K, V, E, S, C, F, Fut> FusedFuture for OptionallyGetWith<'_, K, V, E, S, C, F>
+impl<K: ExpiringKey, V: Value, E: Shared, S: ExpiringHasher, C: Clock, F, Fut> FusedFuture
+    for OptionallyGetWith<'_, K, V, E, S, C, F>
 where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
-    V: Clone + Send + Sync + 'static,
-    E: Send + Sync + 'static,
-    S: BuildHasher + Send + Sync + 'static,
-    C: Clock,
     F: FnOnce() -> Fut,
     Fut: Future<Output = Option<V>> + Send + 'static,
 {

@@ -1,24 +1,16 @@
 //! `get_or_insert_with`: insert-if-absent for synchronous code, deadline-aware.
 
-use std::{
-    borrow::Cow,
-    hash::{BuildHasher, Hash},
-};
+use std::borrow::Cow;
 
 use crate::{
     cache::{Core, Read, ReadFor},
     expiry::now_nanos,
     loom::Ordering::{Acquire, Relaxed},
-    Clock, ExpiringCache,
+    Clock, ExpiringCache, ExpiringHasher, ExpiringKey, Shared, Value,
 };
 
-impl<K, V, E, S, C> ExpiringCache<K, V, E, S, C>
-where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
-    V: Clone + Send + Sync + 'static,
-    E: Send + Sync + 'static,
-    S: BuildHasher + Send + Sync + 'static,
-    C: Clock,
+impl<K: ExpiringKey, V: Value, E: Shared, S: ExpiringHasher, C: Clock>
+    ExpiringCache<K, V, E, S, C>
 {
     /// The live value at `key`, or, if there is none, the value `make` returns, stored
     /// atomically with a fresh deadline: for synchronous code that must insert only if

@@ -3,6 +3,7 @@
 #![allow(clippy::std_instead_of_core, clippy::alloc_instead_of_core)] // a `std` crate
 
 mod blocking;
+mod bounds;
 mod builder;
 mod cache;
 mod clock;
@@ -14,10 +15,13 @@ mod loading;
 mod loom;
 mod timer;
 
+pub use bounds::{ExpiringHasher, ExpiringKey};
 pub use builder::{ExpiringBuildError, ExpiringBuilder};
 pub use cache::{BoxLoad, ExpiringCache, ExpiringStats, Task, TICK};
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use deferred_cache::{Iter, LoadError, Loader, RemovalCause, Source, Stats, WithKey};
+pub use deferred_cache::{
+    Iter, Key, LoadError, Loader, RemovalCause, Shared, Source, Stats, Value, WithKey,
+};
 pub use expiring_ref::{Expired, ExpiringRef, Use};
 pub use expiry::Expiry;
 pub use get::{Get, GetWith, OptionallyGetWith, SharedLoader, WithSource};

@@ -1,18 +1,11 @@
 //! `ExpiringLoadingCache`: an `ExpiringCache` with one loader for every key.
 
-use std::{
-    collections::hash_map::RandomState,
-    convert::Infallible,
-    fmt,
-    hash::{BuildHasher, Hash},
-    ops::Deref,
-    sync::Arc,
-};
+use std::{collections::hash_map::RandomState, convert::Infallible, fmt, ops::Deref, sync::Arc};
 
 use crate::{
     cache::DynLoader,
     get::{Get, GetWith, SharedLoader},
-    Clock, ExpiringCache, SystemClock,
+    Clock, ExpiringCache, ExpiringHasher, ExpiringKey, Shared, SystemClock, Value,
 };
 
 /// An [`ExpiringCache`] with one loader for every key: `get(key)` loads what is missing or
@@ -47,13 +40,8 @@ impl<K, V, E, S, C> ExpiringLoadingCache<K, V, E, S, C> {
     }
 }
 
-impl<K, V, E, S, C> ExpiringLoadingCache<K, V, E, S, C>
-where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
-    V: Clone + Send + Sync + 'static,
-    E: Send + Sync + 'static,
-    S: BuildHasher + Send + Sync + 'static,
-    C: Clock,
+impl<K: ExpiringKey, V: Value, E: Shared, S: ExpiringHasher, C: Clock>
+    ExpiringLoadingCache<K, V, E, S, C>
 {
     /// The value at `key`, loaded with the cache's loader on a miss or after expiry (see
     /// [`ExpiringCache::get_with`]): a named future, [`Get`], with

@@ -8,8 +8,9 @@
 #![forbid(unsafe_code)]
 #![allow(clippy::std_instead_of_core)]
 
+mod support;
+
 use std::{
-    collections::hash_map::RandomState,
     convert::Infallible,
     panic::{catch_unwind, AssertUnwindSafe},
     rc::Rc,
@@ -28,21 +29,7 @@ use deferred_expiring::{
 };
 use deferred_test_support::poll_once;
 use futures::{channel::oneshot, executor::block_on, future::FusedFuture};
-
-type Cache<E = Infallible> = ExpiringCache<u32, u32, E, RandomState, ManualClock>;
-
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
-
-fn ttl_cache<E: Send + Sync + 'static>(ttl: u64) -> (ManualClock, Cache<E>) {
-    let clock = ManualClock::new();
-    let cache = ExpiringCache::builder()
-        .time_to_live(secs(ttl))
-        .clock(clock.clone())
-        .build();
-    (clock, cache)
-}
+use support::{secs, ttl_cache, Cache};
 
 /// Waits (yielding) until `done` says yes; the deadline only bounds a hang, it orders
 /// nothing.

@@ -6,6 +6,8 @@
 #![forbid(unsafe_code)]
 #![allow(clippy::std_instead_of_core)]
 
+mod support;
+
 use std::{
     convert::Infallible,
     panic::{catch_unwind, AssertUnwindSafe},
@@ -21,22 +23,7 @@ use std::{
 use deferred_expiring::{ExpiringCache, GetWith, LoadError, ManualClock, Source, SystemClock};
 use deferred_test_support::poll_once;
 use futures::{channel::oneshot, executor::block_on, future::FusedFuture};
-
-type Cache<E = Infallible> =
-    ExpiringCache<u32, u32, E, std::collections::hash_map::RandomState, ManualClock>;
-
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
-
-fn ttl_cache(ttl: u64) -> (ManualClock, Cache) {
-    let clock = ManualClock::new();
-    let cache = ExpiringCache::builder()
-        .time_to_live(secs(ttl))
-        .clock(clock.clone())
-        .build();
-    (clock, cache)
-}
+use support::{secs, ttl_cache};
 
 // ---------------------------------------------------------------------------------------
 // GetWith
@@ -46,7 +33,7 @@ fn ttl_cache(ttl: u64) -> (ManualClock, Cache) {
 /// a live value, a reload after expiry, and a cached error (a hit, with no loader call).
 #[test]
 fn with_source_tells_loaded_joined_hit_and_expired() {
-    let (clock, cache) = ttl_cache(10);
+    let (clock, cache) = ttl_cache::<Infallible>(10);
     let calls = AtomicUsize::new(0);
     let (go, gate) = oneshot::channel::<()>();
     let mut a = cache
@@ -98,7 +85,7 @@ fn with_source_tells_loaded_joined_hit_and_expired() {
 /// that joined drives the load to its end alone.
 #[test]
 fn a_stalled_loader_caller_holds_no_one_up() {
-    let (_clock, cache) = ttl_cache(10);
+    let (_clock, cache) = ttl_cache::<Infallible>(10);
     let (go, gate) = oneshot::channel::<()>();
     let mut stalled = cache.get_with(1, move || async move {
         gate.await.ok();
@@ -117,7 +104,7 @@ fn a_stalled_loader_caller_holds_no_one_up() {
 /// poll, leaves no entry behind, and the next call loads.
 #[test]
 fn a_loader_that_panics_when_called_leaves_nothing_behind() {
-    let (_clock, cache) = ttl_cache(10);
+    let (_clock, cache) = ttl_cache::<Infallible>(10);
     let panicked = catch_unwind(AssertUnwindSafe(|| {
         let mut get = cache.get_with(1, || -> std::future::Ready<Result<u32, Infallible>> {
             panic!("loader closure")
@@ -135,7 +122,7 @@ fn a_loader_that_panics_when_called_leaves_nothing_behind() {
 /// get `LoadError::Panicked`), and the cache stays usable.
 #[test]
 fn callers_joined_to_an_abandoned_load_are_not_stranded() {
-    let (_clock, cache) = ttl_cache(10);
+    let (_clock, cache) = ttl_cache::<Infallible>(10);
     let mut first = cache.get_with(1, || -> std::future::Ready<Result<u32, Infallible>> {
         panic!("loader closure")
     });
@@ -162,7 +149,7 @@ fn callers_joined_to_an_abandoned_load_are_not_stranded() {
 /// The future is fused and says what it is doing.
 #[test]
 fn get_with_is_fused_and_debug() {
-    let (_clock, cache) = ttl_cache(10);
+    let (_clock, cache) = ttl_cache::<Infallible>(10);
     let mut get = cache.get_with(1, || async { Ok(1) });
     assert!(!get.is_terminated());
     assert!(format!("{get:?}").contains("start"));
@@ -261,7 +248,7 @@ fn probes_see_live_values_only_and_renew_nothing() {
 /// unreclaimed entries included, a cached error weighing 1; both `None` unbounded.
 #[test]
 fn capacity_and_weighted_size() {
-    let (_clock, unbounded) = ttl_cache(10);
+    let (_clock, unbounded) = ttl_cache::<Infallible>(10);
     assert_eq!(
         (unbounded.capacity(), unbounded.weighted_size()),
         (None, None)
@@ -372,7 +359,7 @@ fn invalidate_if_removes_live_values_and_reclaims_expired_ones() {
 /// loads stay single-flight across handles, and the counters are shared.
 #[test]
 fn clones_share_one_cache() {
-    let (clock, cache) = ttl_cache(10);
+    let (clock, cache) = ttl_cache::<Infallible>(10);
     let other = cache.clone();
     cache.insert(1, 10);
     assert_eq!(other.peek(&1), Some(10));

@@ -7,33 +7,19 @@
 
 #![allow(clippy::std_instead_of_core)]
 
+mod support;
+
 use std::{
-    collections::hash_map::RandomState,
     convert::Infallible,
     sync::{
         mpsc::{channel, Receiver, Sender},
         Mutex,
     },
     thread,
-    time::Duration,
 };
 
 use deferred_expiring::{Clock, ExpiringCache, ManualClock, RemovalCause};
-
-type Cache = ExpiringCache<u32, u32, Infallible, RandomState, ManualClock>;
-
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
-
-fn ttl_cache(ttl: u64) -> (ManualClock, Cache) {
-    let clock = ManualClock::new();
-    let cache = ExpiringCache::builder()
-        .time_to_live(secs(ttl))
-        .clock(clock.clone())
-        .build();
-    (clock, cache)
-}
+use support::{secs, ttl_cache, Cache};
 
 // ---------------------------------------------------------------------------------------
 // The entry the inner cache stores for get_or_insert_with / get_with_blocking is a *clone*
@@ -45,7 +31,7 @@ fn ttl_cache(ttl: u64) -> (ManualClock, Cache) {
 /// Control: `insert` then `invalidate` leaves no timer.
 #[test]
 fn control_insert_then_invalidate_leaves_no_timer() {
-    let (_clock, cache) = ttl_cache(86_400);
+    let (_clock, cache) = ttl_cache::<Infallible>(86_400);
     cache.insert(1, 10);
     assert_eq!(cache.timers(), 1);
     assert!(cache.invalidate(&1));
@@ -55,7 +41,7 @@ fn control_insert_then_invalidate_leaves_no_timer() {
 /// `get_or_insert_with` then `invalidate`: no timer stays in the wheel.
 #[test]
 fn get_or_insert_with_then_invalidate_leaves_no_timer() {
-    let (_clock, cache) = ttl_cache(86_400);
+    let (_clock, cache) = ttl_cache::<Infallible>(86_400);
     assert_eq!(cache.get_or_insert_with(1, || 10), 10);
     assert_eq!(cache.timers(), 1);
     assert!(cache.invalidate(&1));
@@ -69,7 +55,7 @@ fn get_or_insert_with_then_invalidate_leaves_no_timer() {
 /// `get_with_blocking` then `invalidate`: no timer stays in the wheel.
 #[test]
 fn get_with_blocking_then_invalidate_leaves_no_timer() {
-    let (_clock, cache) = ttl_cache(86_400);
+    let (_clock, cache) = ttl_cache::<Infallible>(86_400);
     assert_eq!(cache.get_with_blocking(1, || Ok(10)), Ok(10));
     assert_eq!(cache.timers(), 1);
     assert!(cache.invalidate(&1));
@@ -85,7 +71,7 @@ fn get_with_blocking_then_invalidate_leaves_no_timer() {
 /// cancel the old timer too.
 #[test]
 fn churn_through_get_or_insert_with_leaves_no_timer() {
-    let (_clock, cache) = ttl_cache(86_400);
+    let (_clock, cache) = ttl_cache::<Infallible>(86_400);
     for round in 0..1000 {
         cache.get_or_insert_with(1, || round);
         cache.insert(1, round); // replaces: the old timer should be cancelled
@@ -249,7 +235,7 @@ fn load_invalidated_in_flight<T: PartialEq + std::fmt::Debug>(
     expected: T,
 ) {
     use futures::{channel::oneshot, future::FutureExt};
-    let (_clock, cache) = ttl_cache(86_400);
+    let (_clock, cache) = ttl_cache::<Infallible>(86_400);
     let (go, gate) = oneshot::channel::<()>();
     let mut get = start(&cache, gate);
     let waker = futures::task::noop_waker();

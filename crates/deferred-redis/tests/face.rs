@@ -141,6 +141,8 @@ async fn expire_after_sets_each_values_ttl_in_redis_and_in_the_l1() {
             .time_to_live(Duration::from_millis(200))
             .build()
             .expect("build");
+    // Its first subscription drops its L1: wait for it before the read it must keep.
+    assert!(other.backplane_ready(PATIENCE).await);
     let read = other
         .get_with("long-inserted", || async { Err("no load".to_string()) })
         .await;

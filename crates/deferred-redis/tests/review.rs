@@ -17,10 +17,10 @@ use std::{
     time::Duration,
 };
 
-use deferred_redis::{HybridCache, Utf8};
+use deferred_redis::{HybridCache, LoadError, Utf8};
 use redis::Commands;
 use support::{eventually, server::RedisServer};
-use tokio::sync::Semaphore;
+use tokio::{sync::Semaphore, task::JoinHandle};
 
 type Strings = HybridCache<String, String, Utf8>;
 
@@ -45,20 +45,103 @@ fn ok(
     move || Box::pin(async move { Ok(value.to_string()) })
 }
 
-/// A loader that counts its runs and then waits for `gate` before answering `value`.
-fn gated(
-    runs: &Arc<AtomicUsize>,
-    gate: &Arc<Semaphore>,
-    value: &'static str,
-) -> impl FnOnce() -> Pin<Box<dyn Future<Output = Result<String, String>> + Send>> {
-    let (runs, gate) = (Arc::clone(runs), Arc::clone(gate));
-    move || {
-        Box::pin(async move {
-            runs.fetch_add(1, Ordering::SeqCst);
-            let _permit = gate.acquire().await.map_err(|e| e.to_string())?;
-            Ok(value.to_string())
-        })
+/// Loaders that count their runs and then wait for the gate to open before answering.
+struct Gated {
+    runs: Arc<AtomicUsize>,
+    gate: Arc<Semaphore>,
+}
+
+impl Gated {
+    fn new() -> Self {
+        Gated {
+            runs: Arc::new(AtomicUsize::new(0)),
+            gate: Arc::new(Semaphore::new(0)),
+        }
     }
+
+    /// A loader that counts its run and then waits for the gate before answering `value`.
+    fn loader(
+        &self,
+        value: &'static str,
+    ) -> impl FnOnce() -> Pin<Box<dyn Future<Output = Result<String, String>> + Send>> {
+        let (runs, gate) = (Arc::clone(&self.runs), Arc::clone(&self.gate));
+        move || {
+            Box::pin(async move {
+                runs.fetch_add(1, Ordering::SeqCst);
+                let _permit = gate.acquire().await.map_err(|e| e.to_string())?;
+                Ok(value.to_string())
+            })
+        }
+    }
+
+    /// How many of the loaders ran.
+    fn runs(&self) -> usize {
+        self.runs.load(Ordering::SeqCst)
+    }
+
+    /// Waits until one loader runs (and waits at the gate).
+    async fn first_running(&self) {
+        assert!(eventually(PATIENCE, || self.runs() == 1).await);
+    }
+
+    /// Lets `n` loaders through.
+    fn open(&self, n: usize) {
+        self.gate.add_permits(n);
+    }
+
+    /// `cache.get_with("k", ..)` on a task of its own, with a loader answering `value`.
+    fn spawn_get(
+        &self,
+        cache: &Strings,
+        value: &'static str,
+    ) -> JoinHandle<Result<String, LoadError<String>>> {
+        let (cache, loader) = (cache.clone(), self.loader(value));
+        tokio::spawn(async move { cache.get_with("k", loader).await })
+    }
+}
+
+/// Kills every pub/sub connection (`CLIENT KILL TYPE pubsub`) and waits until `cache`'s
+/// backplane has seen its subscription go.
+async fn cut_backplane(raw: &mut redis::Connection, cache: &Strings) {
+    let _: redis::Value = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query(raw)
+        .unwrap();
+    let mut down = false;
+    for _ in 0..5000 {
+        if !cache.backplane_ready(Duration::ZERO).await {
+            down = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert!(down, "the subscription was lost");
+}
+
+/// Cuts `a`'s backplane, inserts "new" at "k" through `b` while `a` is not subscribed (so
+/// that its announcement is lost to `a`), and waits until `a` has subscribed again.
+async fn insert_while_unsubscribed(raw: &mut redis::Connection, a: &Strings, b: &Strings) {
+    cut_backplane(raw, a).await;
+    b.insert("k", "new".to_string()).await.unwrap();
+    assert!(eventually(PATIENCE, || a.stats().backplane_subscriptions == 2).await);
+}
+
+/// `CLIENT PAUSE 10000 WRITE`: reads go on; writes (and scripts that may write) wait, and
+/// then run in the order they came, at [`unpause`].
+fn pause_writes(raw: &mut redis::Connection) {
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(10_000)
+        .arg("WRITE")
+        .query(raw)
+        .unwrap();
+}
+
+/// `CLIENT UNPAUSE`.
+fn unpause(raw: &mut redis::Connection) {
+    let _: () = redis::cmd("CLIENT").arg("UNPAUSE").query(raw).unwrap();
 }
 
 /// Polls `future` exactly once (it must not finish: the server is paused).
@@ -185,14 +268,11 @@ async fn finding_4_a_fenced_value_does_not_stay_in_the_loaders_l1() {
         .build()
         .expect("build");
     let b = cache(&server, "wins:");
-    let (runs, gate) = (Arc::new(AtomicUsize::new(0)), Arc::new(Semaphore::new(0)));
-    let load = {
-        let (a, loader) = (a.clone(), gated(&runs, &gate, "old"));
-        tokio::spawn(async move { a.get_with("k", loader).await })
-    };
-    assert!(eventually(PATIENCE, || runs.load(Ordering::SeqCst) == 1).await);
+    let gated = Gated::new();
+    let load = gated.spawn_get(&a, "old");
+    gated.first_running().await;
     b.insert("k", "new".to_string()).await.unwrap();
-    gate.add_permits(1);
+    gated.open(1);
     assert_eq!(
         load.await.unwrap(),
         Ok("old".to_string()),
@@ -214,31 +294,11 @@ async fn finding_4_a_resubscription_during_a_fenced_load_keeps_no_stale_value() 
     let server = RedisServer::start();
     let (a, b) = (cache(&server, "resub:"), cache(&server, "resub:"));
     assert!(a.backplane_ready(PATIENCE).await);
-    let (runs, gate) = (Arc::new(AtomicUsize::new(0)), Arc::new(Semaphore::new(0)));
-    let load = {
-        let (a, loader) = (a.clone(), gated(&runs, &gate, "old"));
-        tokio::spawn(async move { a.get_with("k", loader).await })
-    };
-    assert!(eventually(PATIENCE, || runs.load(Ordering::SeqCst) == 1).await);
-    let mut raw = server.connection();
-    let _: redis::Value = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("pubsub")
-        .query(&mut raw)
-        .unwrap();
-    let mut down = false;
-    for _ in 0..5000 {
-        if !a.backplane_ready(Duration::ZERO).await {
-            down = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    assert!(down, "the subscription was lost");
-    b.insert("k", "new".to_string()).await.unwrap();
-    assert!(eventually(PATIENCE, || a.stats().backplane_subscriptions == 2).await);
-    gate.add_permits(1);
+    let gated = Gated::new();
+    let load = gated.spawn_get(&a, "old");
+    gated.first_running().await;
+    insert_while_unsubscribed(&mut server.connection(), &a, &b).await;
+    gated.open(1);
     assert_eq!(load.await.unwrap(), Ok("old".to_string()));
     assert_eq!(
         a.get_with("k", ok("loaded")).await,
@@ -269,22 +329,11 @@ async fn finding_5_a_load_dropped_during_its_lease_probe_hands_the_lease_back() 
             }
         }
     } // dropped: its answer is never read
-    let _: () = redis::cmd("CLIENT").arg("UNPAUSE").query(&mut raw).unwrap();
+    unpause(&mut raw);
     assert!(
         eventually(PATIENCE, || !raw.exists::<_, bool>("probe:l:k").unwrap()).await,
         "the lease taken for a load nobody waits for any more is handed back"
     );
-}
-
-/// `CLIENT PAUSE WRITE` for 10 s: reads go on, writes (and scripts that may write) wait,
-/// then run in the order they came, at `CLIENT UNPAUSE`.
-fn pause_writes(raw: &mut redis::Connection) {
-    let _: () = redis::cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(10_000)
-        .arg("WRITE")
-        .query(raw)
-        .unwrap();
 }
 
 /// `INFO clients`' `blocked_clients`: clients whose command waits (here: on `CLIENT PAUSE`).
@@ -309,15 +358,12 @@ async fn finding_6_a_load_in_flight_cannot_overwrite_invalidate_all() {
     assert!(a.backplane_ready(PATIENCE).await && b.backplane_ready(PATIENCE).await);
     // Scripts loaded on B's connection (the COMMIT below is then one EVALSHA).
     assert_eq!(b.get_with("warm", ok("w")).await, Ok("w".to_string()));
-    let (runs, gate) = (Arc::new(AtomicUsize::new(0)), Arc::new(Semaphore::new(0)));
-    let load = {
-        let (b, loader) = (b.clone(), gated(&runs, &gate, "before"));
-        tokio::spawn(async move { b.get_with("k", loader).await })
-    };
-    assert!(eventually(PATIENCE, || runs.load(Ordering::SeqCst) == 1).await);
+    let gated = Gated::new();
+    let load = gated.spawn_get(&b, "before");
+    gated.first_running().await;
     let mut raw = server.connection();
     pause_writes(&mut raw);
-    gate.add_permits(1); // B's COMMIT waits on the pause
+    gated.open(1); // B's COMMIT waits on the pause
     assert!(eventually(PATIENCE, || blocked_clients(&mut raw) == 1).await);
     let clear = {
         let a = a.clone();
@@ -325,7 +371,7 @@ async fn finding_6_a_load_in_flight_cannot_overwrite_invalidate_all() {
     };
     // A's SCAN ran (it found B's lease); its DEL waits behind B's COMMIT.
     assert!(eventually(PATIENCE, || blocked_clients(&mut raw) == 2).await);
-    let _: () = redis::cmd("CLIENT").arg("UNPAUSE").query(&mut raw).unwrap();
+    unpause(&mut raw);
     clear.await.unwrap().expect("invalidate_all reached Redis");
     assert_eq!(load.await.unwrap(), Ok("before".to_string()));
     let left: Option<String> = raw.get("scan:v:k").unwrap();
@@ -345,12 +391,9 @@ async fn finding_6_a_commit_after_invalidate_all_began_is_refused() {
     let (a, b) = (cache(&server, "gen:"), cache(&server, "gen:"));
     assert!(a.backplane_ready(PATIENCE).await && b.backplane_ready(PATIENCE).await);
     assert_eq!(b.get_with("warm", ok("w")).await, Ok("w".to_string()));
-    let (runs, gate) = (Arc::new(AtomicUsize::new(0)), Arc::new(Semaphore::new(0)));
-    let load = {
-        let (b, loader) = (b.clone(), gated(&runs, &gate, "before"));
-        tokio::spawn(async move { b.get_with("k", loader).await })
-    };
-    assert!(eventually(PATIENCE, || runs.load(Ordering::SeqCst) == 1).await);
+    let gated = Gated::new();
+    let load = gated.spawn_get(&b, "before");
+    gated.first_running().await;
     let mut raw = server.connection();
     pause_writes(&mut raw);
     let clear = {
@@ -358,9 +401,9 @@ async fn finding_6_a_commit_after_invalidate_all_began_is_refused() {
         tokio::spawn(async move { a.invalidate_all().await })
     };
     assert!(eventually(PATIENCE, || blocked_clients(&mut raw) == 1).await);
-    gate.add_permits(1);
+    gated.open(1);
     assert!(eventually(PATIENCE, || blocked_clients(&mut raw) == 2).await);
-    let _: () = redis::cmd("CLIENT").arg("UNPAUSE").query(&mut raw).unwrap();
+    unpause(&mut raw);
     clear.await.unwrap().expect("invalidate_all reached Redis");
     assert_eq!(load.await.unwrap(), Ok("before".to_string()));
     assert_eq!((b.stats().fenced_writes, b.stats().l2_writes), (1, 1));
@@ -397,7 +440,7 @@ async fn finding_8_a_lease_probe_that_timed_out_hands_the_lease_back() {
         1,
         "the timed-out GET_OR_LEASE still waits"
     );
-    let _: () = redis::cmd("CLIENT").arg("UNPAUSE").query(&mut raw).unwrap();
+    unpause(&mut raw);
     assert!(
         eventually(PATIENCE, || !raw.exists::<_, bool>("late:l:k").unwrap()).await,
         "a lease taken by a probe that timed out is handed back"
@@ -438,25 +481,15 @@ async fn finding_10_a_value_that_does_not_decode_is_loaded_once_across_caches() 
     let mut raw = server.connection();
     let _: () = raw.set("bad:v:k", &[0xff_u8, 0xfe][..]).unwrap();
     let (a, b) = (cache(&server, "bad:"), cache(&server, "bad:"));
-    let (runs, gate) = (Arc::new(AtomicUsize::new(0)), Arc::new(Semaphore::new(0)));
-    let first = {
-        let (a, loader) = (a.clone(), gated(&runs, &gate, "fresh"));
-        tokio::spawn(async move { a.get_with("k", loader).await })
-    };
-    assert!(eventually(PATIENCE, || runs.load(Ordering::SeqCst) == 1).await);
-    let second = {
-        let (b, loader) = (b.clone(), gated(&runs, &gate, "other"));
-        tokio::spawn(async move { b.get_with("k", loader).await })
-    };
+    let gated = Gated::new();
+    let first = gated.spawn_get(&a, "fresh");
+    gated.first_running().await;
+    let second = gated.spawn_get(&b, "other");
     assert!(eventually(PATIENCE, || b.stats().decode_errors == 1).await);
-    gate.add_permits(10);
+    gated.open(10);
     assert_eq!(first.await.unwrap(), Ok("fresh".to_string()));
     assert_eq!(second.await.unwrap(), Ok("fresh".to_string()));
-    assert_eq!(
-        runs.load(Ordering::SeqCst),
-        1,
-        "one loader run for the bad bytes"
-    );
+    assert_eq!(gated.runs(), 1, "one loader run for the bad bytes");
     assert_eq!((b.stats().lease_waits, b.stats().local_fallbacks), (1, 0));
 }
 
@@ -469,6 +502,20 @@ fn get_calls(raw: &mut redis::Connection) -> u64 {
         .and_then(|rest| rest.split(',').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
+}
+
+/// Polls `read` once, while the server is paused so that the poll cannot also see the
+/// answer (it sends its first round, a GET), and waits until Redis has run that GET.
+async fn read_redis_once<F: Future>(
+    server: &RedisServer,
+    raw: &mut redis::Connection,
+    read: Pin<&mut F>,
+) {
+    let before = get_calls(raw);
+    server.pause();
+    poll_once(read).await; // its GET sent
+    server.resume();
+    assert!(eventually(PATIENCE, || get_calls(raw) > before).await);
 }
 
 /// Finding 11: a resubscription drops the L1's values because messages may have been
@@ -486,29 +533,9 @@ async fn finding_11_a_load_across_a_resubscription_keeps_nothing_it_read_before(
     assert_eq!(a.get_with("warm", ok("w")).await, Ok("w".to_string()));
     assert!(!a.contains_local("k"));
     let mut raw = server.connection();
-    let before = get_calls(&mut raw);
     let mut read = pin!(a.get_with("k", ok("loaded")));
-    server.pause(); // so that this one poll cannot also see the answer
-    poll_once(read.as_mut()).await; // its GET sent
-    server.resume();
-    assert!(eventually(PATIENCE, || get_calls(&mut raw) > before).await);
-    let _: redis::Value = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("pubsub")
-        .query(&mut raw)
-        .unwrap();
-    let mut down = false;
-    for _ in 0..5000 {
-        if !a.backplane_ready(Duration::ZERO).await {
-            down = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    assert!(down, "the subscription was lost");
-    b.insert("k", "new".to_string()).await.unwrap(); // its announcement is lost to A
-    assert!(eventually(PATIENCE, || a.stats().backplane_subscriptions == 2).await);
+    read_redis_once(&server, &mut raw, read.as_mut()).await;
+    insert_while_unsubscribed(&mut raw, &a, &b).await;
     assert_eq!(
         read.await,
         Ok("old".to_string()),
@@ -531,13 +558,8 @@ async fn an_invalidation_between_a_read_and_its_l1_store_wins() {
     assert!(a.backplane_ready(PATIENCE).await);
     b.insert("k", "old".to_string()).await.unwrap();
     assert_eq!(a.get_with("warm", ok("w")).await, Ok("w".to_string()));
-    let mut raw = server.connection();
-    let before = get_calls(&mut raw);
     let mut read = pin!(a.get_with("k", ok("loaded")));
-    server.pause();
-    poll_once(read.as_mut()).await;
-    server.resume();
-    assert!(eventually(PATIENCE, || get_calls(&mut raw) > before).await);
+    read_redis_once(&server, &mut server.connection(), read.as_mut()).await;
     let received = a.stats().backplane_received;
     b.invalidate("k").await.unwrap();
     assert!(eventually(PATIENCE, || a.stats().backplane_received > received).await);
@@ -558,23 +580,19 @@ async fn a_load_cancelled_during_its_commit_still_writes_and_leaks_no_lease() {
     let (a, b) = (cache(&server, "cc:"), cache(&server, "cc:"));
     // The scripts loaded (COMMIT is then one EVALSHA, which runs once sent).
     assert_eq!(a.get_with("warm", ok("w")).await, Ok("w".to_string()));
-    let (runs, gate) = (Arc::new(AtomicUsize::new(0)), Arc::new(Semaphore::new(0)));
+    let gated = Gated::new();
     {
-        let mut read = pin!(a.get_with("k", gated(&runs, &gate, "v")));
+        let mut read = pin!(a.get_with("k", gated.loader("v")));
         for _ in 0..5000 {
             poll_once(read.as_mut()).await;
-            if runs.load(Ordering::SeqCst) == 1 {
+            if gated.runs() == 1 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        assert_eq!(
-            runs.load(Ordering::SeqCst),
-            1,
-            "the loader runs, holding the lease"
-        );
+        assert_eq!(gated.runs(), 1, "the loader runs, holding the lease");
         server.pause();
-        gate.add_permits(1);
+        gated.open(1);
         poll_once(read.as_mut()).await; // the loader ends; COMMIT sent
     } // the last caller goes
     server.resume();

@@ -2,12 +2,17 @@
 #![forbid(unsafe_code)]
 
 mod gate;
+#[cfg(feature = "futures")]
 pub mod loom;
 mod panic;
+#[cfg(feature = "futures")]
 mod poll;
+#[cfg(all(feature = "redis", unix))]
+pub mod redis;
 
 pub use gate::Gate;
 pub use panic::{quiet_panics_containing, quiet_panics_of, quiet_panics_saying};
+#[cfg(feature = "futures")]
 pub use poll::{poll_once, poll_with};
 
 /// A hasher that picks the same shards on every run: `RandomState` would put a key in

@@ -5,7 +5,7 @@
 use std::{
     borrow::{Borrow, Cow},
     future::Future,
-    hash::{BuildHasher, Hash},
+    hash::Hash,
     sync::Arc,
     time::Duration,
 };
@@ -18,6 +18,7 @@ use crate::{
     expiry::{now_nanos, NEVER},
     get::{GetWith, OptionallyGetWith},
     loom::Ordering::*,
+    ExpiringHasher, ExpiringKey, Shared, Value,
 };
 
 // Named in docs only.
@@ -70,13 +71,8 @@ impl ReadFor {
     }
 }
 
-impl<K, V, E, S, C> ExpiringCache<K, V, E, S, C>
-where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
-    V: Clone + Send + Sync + 'static,
-    E: Send + Sync + 'static,
-    S: BuildHasher + Send + Sync + 'static,
-    C: Clock,
+impl<K: ExpiringKey, V: Value, E: Shared, S: ExpiringHasher, C: Clock>
+    ExpiringCache<K, V, E, S, C>
 {
     /// The value at `key`, loading it with `loader` on a miss or after expiry; one load per
     /// key at a time however many callers miss (see [`Cache::get_with`]). A value this call
@@ -392,14 +388,7 @@ where
     }
 }
 
-impl<K, V, E, S, C> Core<K, V, E, S, C>
-where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
-    V: Clone + Send + Sync + 'static,
-    E: Send + Sync + 'static,
-    S: BuildHasher + Send + Sync + 'static,
-    C: Clock,
-{
+impl<K: ExpiringKey, V: Value, E: Shared, S: ExpiringHasher, C: Clock> Core<K, V, E, S, C> {
     /// Reads `key` at `now`: a hit (renewed under time-to-idle, perhaps claiming a refresh),
     /// a cached error, an expired entry, or nothing.
     #[inline]

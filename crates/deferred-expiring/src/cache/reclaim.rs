@@ -1,17 +1,14 @@
 //! Reclamation: every operation first advances the timer wheel to the clock and removes the
 //! entries whose deadline has passed, telling the listener; `run_maintenance` does only that.
 
-use std::{
-    borrow::Borrow,
-    hash::{BuildHasher, Hash},
-    time::Duration,
-};
+use std::{borrow::Borrow, hash::Hash, time::Duration};
 
 use super::{tick_at_or_after, tick_of, Core, ExpiringCache};
 use crate::{
     clock::Clock,
     expiry::{now_nanos, NEVER},
     loom::{lock, Ordering::*},
+    ExpiringHasher, ExpiringKey, Shared, Value,
 };
 
 // Named in docs only.
@@ -20,13 +17,8 @@ use super::TICK;
 #[cfg(doc)]
 use crate::ExpiringBuilder;
 
-impl<K, V, E, S, C> ExpiringCache<K, V, E, S, C>
-where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
-    V: Clone + Send + Sync + 'static,
-    E: Send + Sync + 'static,
-    S: BuildHasher + Send + Sync + 'static,
-    C: Clock,
+impl<K: ExpiringKey, V: Value, E: Shared, S: ExpiringHasher, C: Clock>
+    ExpiringCache<K, V, E, S, C>
 {
     /// Reclaims every entry whose deadline has passed now, telling the listener, and polls
     /// the refreshes that have no spawner; returns how many entries it removed. Optional:
@@ -58,14 +50,7 @@ where
     }
 }
 
-impl<K, V, E, S, C> Core<K, V, E, S, C>
-where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
-    V: Clone + Send + Sync + 'static,
-    E: Send + Sync + 'static,
-    S: BuildHasher + Send + Sync + 'static,
-    C: Clock,
-{
+impl<K: ExpiringKey, V: Value, E: Shared, S: ExpiringHasher, C: Clock> Core<K, V, E, S, C> {
     /// The start of every operation: reads the clock, reclaims what is due (if anything
     /// is: one atomic load otherwise), polls reader-driven refreshes.
     #[inline]

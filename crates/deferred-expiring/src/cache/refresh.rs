@@ -4,23 +4,15 @@
 
 use std::{
     future::Future,
-    hash::{BuildHasher, Hash},
     panic::{catch_unwind, AssertUnwindSafe},
     sync::{Arc, Weak},
     task::{Context, Poll, Wake, Waker},
 };
 
 use super::{lock_std, Core, Task};
-use crate::{clock::Clock, loom::Ordering::*};
+use crate::{clock::Clock, loom::Ordering::*, ExpiringHasher, ExpiringKey, Shared, Value};
 
-impl<K, V, E, S, C> Core<K, V, E, S, C>
-where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
-    V: Clone + Send + Sync + 'static,
-    E: Send + Sync + 'static,
-    S: BuildHasher + Send + Sync + 'static,
-    C: Clock,
-{
+impl<K: ExpiringKey, V: Value, E: Shared, S: ExpiringHasher, C: Clock> Core<K, V, E, S, C> {
     /// Starts the refresh of entry `id` at `key` with the cache-wide loader, if there is
     /// one (a read claims a refresh with no loader of its own only when there is).
     pub(crate) fn refresh_with_loader(this: &Arc<Self>, key: K, id: u64) {

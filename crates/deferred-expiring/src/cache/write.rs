@@ -1,31 +1,22 @@
 //! Writes: the entries that loads and inserts make (each with its deadline and timer), and
 //! the public inserts and invalidations.
 
-use std::{
-    borrow::Borrow,
-    future::Future,
-    hash::{BuildHasher, Hash},
-    sync::Arc,
-};
+use std::{borrow::Borrow, future::Future, hash::Hash, sync::Arc, time::Duration};
 
 use super::{Core, Entry, ExpiringCache};
 use crate::{
     clock::Clock,
     expiry::{now_nanos, NEVER},
     loom::{AtomicU64, Ordering::*},
+    ExpiringHasher, ExpiringKey, Shared, Value,
 };
 
 // Named in docs only.
 #[cfg(doc)]
 use deferred_cache::RemovalCause;
 
-impl<K, V, E, S, C> ExpiringCache<K, V, E, S, C>
-where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
-    V: Clone + Send + Sync + 'static,
-    E: Send + Sync + 'static,
-    S: BuildHasher + Send + Sync + 'static,
-    C: Clock,
+impl<K: ExpiringKey, V: Value, E: Shared, S: ExpiringHasher, C: Clock>
+    ExpiringCache<K, V, E, S, C>
 {
     /// Stores `value` at `key` with a fresh deadline (time-to-live / time-to-idle, or the
     /// [`Expiry`](crate::Expiry) policy's `expire_after_update` over an old value, else
@@ -110,18 +101,8 @@ where
     {
         let core = &*self.core;
         let now = core.tend();
-        let now_nanos = now_nanos(now);
-        let mut expired = None;
-        let removed = core.inner.invalidate_if(key, |entry| {
-            if entry.deadline.load(Acquire) <= now_nanos {
-                expired = Some(entry.id);
-                return false;
-            }
-            entry.slot.as_ref().is_ok_and(pred)
-        });
-        if let Some(id) = expired {
-            core.expire(key, id, now);
-        }
+        let (removed, _expired) =
+            core.invalidate_live_if(key, now, |entry| entry.slot.as_ref().is_ok_and(pred));
         removed
     }
 
@@ -164,31 +145,22 @@ where
     {
         let core = &*self.core;
         let now = core.tend();
-        let now_nanos = now_nanos(now);
-        let mut expired = None;
         let mut value = None;
-        // A complete entry (a value or a cached error) is tested and removed atomically, so
-        // one whose deadline passed is never taken for a live one.
-        let removed = core.inner.invalidate_if(key, |entry| {
-            if entry.deadline.load(Acquire) <= now_nanos {
-                expired = Some(entry.id);
-                return false;
-            }
+        let (removed, expired) = core.invalidate_live_if(key, now, |entry| {
             value = entry.slot.as_ref().ok().cloned();
             true
         });
         if removed {
             return value;
         }
-        if let Some(id) = expired {
-            core.expire(key, id, now);
+        if expired {
             return None;
         }
         // Absent, or a load in flight, which `invalidate_if` leaves: removed as `invalidate`
         // removes it. (Had it completed just now, what is removed is its fresh entry.)
         let entry = core.inner.remove(key)?;
         match entry.slot {
-            Ok(value) if entry.deadline.load(Acquire) > now_nanos => Some(value),
+            Ok(value) if entry.deadline.load(Acquire) > now_nanos(now) => Some(value),
             _ => None,
         }
     }
@@ -266,14 +238,37 @@ where
     }
 }
 
-impl<K, V, E, S, C> Core<K, V, E, S, C>
-where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
-    V: Clone + Send + Sync + 'static,
-    E: Send + Sync + 'static,
-    S: BuildHasher + Send + Sync + 'static,
-    C: Clock,
-{
+impl<K: ExpiringKey, V: Value, E: Shared, S: ExpiringHasher, C: Clock> Core<K, V, E, S, C> {
+    /// Removes the complete entry (a value or a cached error) at `key` if it is live at `now`
+    /// and `pred` says so; one past its deadline is left to `pred` unseen and reclaimed as
+    /// expired instead. Tested and removed atomically, so an entry whose deadline passed is
+    /// never taken for a live one. Returns whether `pred`'s entry was removed, and whether an
+    /// expired one was found (and reclaimed).
+    fn invalidate_live_if<Q>(
+        &self,
+        key: &Q,
+        now: Duration,
+        pred: impl FnOnce(&Entry<V, E>) -> bool,
+    ) -> (bool, bool)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        let now_nanos = now_nanos(now);
+        let mut expired = None;
+        let removed = self.inner.invalidate_if(key, |entry| {
+            if entry.deadline.load(Acquire) <= now_nanos {
+                expired = Some(entry.id);
+                return false;
+            }
+            pred(entry)
+        });
+        if let Some(id) = expired {
+            self.expire(key, id, now);
+        }
+        (removed, expired.is_some())
+    }
+
     /// The future stored in an inner entry: the user's load, turned into an `Entry`.
     pub(crate) async fn load_entry<Fut>(self: Arc<Self>, key: K, fut: Fut) -> Result<Entry<V, E>, E>
     where
