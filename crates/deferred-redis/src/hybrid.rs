@@ -974,13 +974,29 @@ where
         Fut: Future<Output = Result<V, E>> + Send,
     {
         let value_key = self.value_key(&key);
-        let lease_key = self.lease_key(&key);
-        let token = self.token();
         let epoch = self.subscription_epoch.load(SeqCst);
-        let value = match self
-            .ask(&key, (&value_key, &lease_key), &token, epoch)
-            .await
-        {
+        let mut asking = Asking {
+            epoch,
+            deadline: after(self.config.max_wait),
+            waited: false,
+            missed: false,
+            unreadable: ("", Vec::new()),
+        };
+        // A plain read first: all an L2 hit costs. Nothing registered and no lease to guard
+        // (it takes none); if it finds no value, the lease rounds follow at once.
+        let mut token = String::new(); // made for the lease rounds only
+        let next = match self.answer(&mut asking, self.peek(&value_key).await) {
+            Round::Found(tiered) => return Ok(tiered),
+            Round::Failed => Next::Local,
+            // No value, or one this cache cannot read (`answer` noted it for the script).
+            _ => {
+                let lease_key = self.lease_key(&key);
+                token = self.token();
+                self.ask(&key, (&value_key, &lease_key), &token, &mut asking)
+                    .await
+            }
+        };
+        let value = match next {
             Next::Found(tiered) => return Ok(tiered),
             Next::Lead(generation) => {
                 Arc::clone(&self)
@@ -1017,32 +1033,17 @@ where
         }
     }
 
-    /// `load`'s rounds on `keys` (value, lease): a plain read first (`peek`: all an L2 hit
-    /// costs), then `GET_OR_LEASE` until Redis has a value this cache reads, this load takes
-    /// the lease, Redis fails, or the wait on another's lease runs past `max_wait`.
-    /// Registered as a waiter on `key` during those rounds.
+    /// `load`'s rounds of `GET_OR_LEASE` on `keys` (value, lease), after its plain read found
+    /// no value it reads: until Redis has one, this load takes the lease, Redis fails, or the
+    /// wait on another's lease runs past `max_wait`. Registered as a waiter on `key`
+    /// meanwhile.
     async fn ask(
         self: &Arc<Self>,
         key: &str,
         (value_key, lease_key): (&str, &str),
         token: &str,
-        epoch: u64,
+        asking: &mut Asking,
     ) -> Next<V> {
-        let mut asking = Asking {
-            epoch,
-            deadline: after(self.config.max_wait),
-            waited: false,
-            missed: false,
-            unreadable: ("", Vec::new()),
-        };
-        // Nothing registered and no lease to guard for this round: it takes none, and if it
-        // finds no value the lease script's round comes next at once (registered before it).
-        match self.answer(&mut asking, self.peek(value_key).await) {
-            Round::Found(tiered) => return Next::Found(tiered),
-            Round::Failed => return Next::Local,
-            // No value, or one this cache cannot read (`answer` noted it for the script).
-            _ => {}
-        }
         let notify = {
             let mut waiters = self.waiters.lock().unwrap_or_else(PoisonError::into_inner);
             let (notify, holders) = waiters.entry(key.to_owned()).or_default();
@@ -1085,7 +1086,7 @@ where
             // guards it from then on. Timed out: Redis may still run the script and take the
             // lease for nobody; the guard stays armed and releases it (below).
             probing.armed = probed.as_ref().err().is_some_and(may_have_run);
-            match self.answer(&mut asking, probed) {
+            match self.answer(asking, probed) {
                 Round::Found(tiered) => return Next::Found(tiered),
                 Round::Again => {}
                 Round::Wait(nap) => {

@@ -143,7 +143,10 @@ async fn malformed_messages_on_the_channel_are_ignored() {
     // counted just after it is applied: wait for that count. Messages on the channel arrive
     // in order, so every piece of junk was handled before it.)
     let counted = || b.stats().backplane_received == received + 1;
-    assert!(eventually(BOUND, counted).await, "the invalidation counted, no junk");
+    assert!(
+        eventually(BOUND, counted).await,
+        "the invalidation counted, no junk"
+    );
     assert_eq!(b.stats().backplane_received, received + 1);
 }
 
