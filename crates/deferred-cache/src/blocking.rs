@@ -94,37 +94,63 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
             .map
             .get_or_add_cell_hashed(hash, key.clone(), mine.clone());
         self.inner.counters.miss(!get.added());
-        if !get.added() {
-            let id = id(get.cell());
-            if reentrancy::is_inside(id) {
-                return Err(LoadError::Reentrant);
-            }
-            let cell = get.cell().clone();
-            // Polling the map's future may drive an async load on this thread: inside the
-            // load's re-entrancy scope, as an async caller's poll is, so that the load reading
-            // its own key gets `LoadError::Reentrant` instead of waiting on itself.
-            return match block_on(get, id) {
-                Ok(stored) => {
-                    self.admit_loaded(key, hash, &cell);
-                    Ok(stored.value)
-                }
-                Err(error) => Err(error.into()),
-            };
+        if get.added() {
+            self.load_blocking(key, hash, &mine, get, trace, loader)
+        } else {
+            self.join_blocking(key, hash, get)
         }
-        // This caller's load. The guard settles the entry if the span's subscriber, the
-        // loader, or the clone of its value, unwinds: it stays armed until the cell is
-        // completed.
+    }
+
+    /// `get_with_blocking` on a key whose load another caller started: waits for it (`get`),
+    /// parked.
+    fn join_blocking(
+        &self,
+        key: K,
+        hash: u64,
+        get: deferred_map::Get<'_, K, Stored<V>, Failure<E>, S>,
+    ) -> Result<V, LoadError<E>> {
+        let id = id(get.cell());
+        if reentrancy::is_inside(id) {
+            return Err(LoadError::Reentrant);
+        }
+        let cell = get.cell().clone();
+        // Polling the map's future may drive an async load on this thread: inside the load's
+        // re-entrancy scope, as an async caller's poll is, so that the load reading its own
+        // key gets `LoadError::Reentrant` instead of waiting on itself.
+        match block_on(get, id) {
+            Ok(stored) => {
+                self.admit_loaded(key, hash, &cell);
+                Ok(stored.value)
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// `get_with_blocking`'s own load: runs `loader` on this thread for `mine`, the entry
+    /// this caller added (`get` holds its interest in it), and settles the entry with the
+    /// outcome.
+    fn load_blocking(
+        &self,
+        key: K,
+        hash: u64,
+        mine: &CacheCell<V, E>,
+        get: deferred_map::Get<'_, K, Stored<V>, Failure<E>, S>,
+        trace: trace::Load,
+        loader: impl FnOnce() -> Result<V, E>,
+    ) -> Result<V, LoadError<E>> {
+        // The guard settles the entry if the span's subscriber, the loader, or the clone of
+        // its value, unwinds: it stays armed until the cell is completed.
         let mut load = Running {
             cache: self,
             key: &key,
             hash,
-            cell: &mine,
+            cell: mine,
             started: Instant::now(),
             finished: false,
             trace,
         };
         let result = {
-            let _inside = reentrancy::enter(id(&mine));
+            let _inside = reentrancy::enter(id(mine));
             // Opened inside the guard and the re-entrancy scope: a subscriber that panics
             // fails the load as a panicking loader does, and one that reads the key gets
             // `LoadError::Reentrant`, as the async path's span (opened in the load's poll).
@@ -139,14 +165,14 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
                 self.inner.counters.load(Outcome::Ok, took);
                 drop(get);
                 if won {
-                    self.admit_loaded(key, hash, &mine);
+                    self.admit_loaded(key, hash, mine);
                     return Ok(value);
                 }
                 // `get_or_insert_with` settled the key first (its completion may still be
                 // under way: this waits for its write only): its value is the key's, and its
                 // callers', so it is this caller's too.
-                let settled = settled_value(&mine);
-                self.admit_loaded(key, hash, &mine);
+                let settled = settled_value(mine);
+                self.admit_loaded(key, hash, mine);
                 settled
             }
             Err(error) => {
@@ -155,15 +181,15 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
                 self.inner.counters.load(Outcome::Failed, took);
                 drop(get);
                 let error = Arc::new(error);
-                let failed = self.settle_failed(&key, hash, &mine, |cell| {
+                let failed = self.settle_failed(&key, hash, mine, |cell| {
                     cell.fail(Failure::Error(Arc::clone(&error))).is_ok()
                 });
                 if failed {
                     return Err(LoadError::Failed(error));
                 }
                 // As in the `Ok` arm: `get_or_insert_with` settled the key first.
-                let settled = settled_value(&mine);
-                self.admit_loaded(key, hash, &mine);
+                let settled = settled_value(mine);
+                self.admit_loaded(key, hash, mine);
                 settled
             }
         }
