@@ -1120,7 +1120,8 @@ where
         next
     }
 
-    /// What a load does with one answer of `GET_OR_LEASE`, counted.
+    /// What a load does with one answer of `GET_OR_LEASE`, or of its first plain read
+    /// (`peek`), counted.
     fn answer(&self, asking: &mut Asking, probed: Result<Probe, L2Error>) -> Round<V> {
         match probed {
             Ok(Probe::Value(bytes, ttl)) => {
