@@ -471,8 +471,8 @@ enum Probe {
     Held,
     /// The value key holds another type than a string.
     Foreign,
-    /// The first round's plain read (`peek`) found no value it could return: the lease
-    /// script decides what that means.
+    /// The first round's plain read (`peek`) found no value: the lease script decides what
+    /// that means.
     Absent,
 }
 
@@ -949,8 +949,8 @@ where
 
     /// A load's first round: a plain `GET` of the value with its `PTTL` (one round trip, no
     /// script), the cheapest read of a value that is there: an L2 hit costs what a `GET`
-    /// does. Anything else (no value; a key of another type) is `Absent`, and the lease
-    /// script's rounds follow.
+    /// does. No value is `Absent`, a key of another type (WRONGTYPE: no L2 error) `Foreign`,
+    /// as the lease script would say; the lease script's rounds follow either.
     async fn peek(&self, value_key: &str) -> Result<Probe, L2Error> {
         self.l2(|mut c| async move {
             let read: RedisResult<(Option<Vec<u8>>, i64)> = redis::pipe()
@@ -961,7 +961,10 @@ where
             match read {
                 Ok((Some(bytes), pttl)) => Ok(Probe::Value(bytes, ttl_of(pttl))),
                 Ok((None, _)) => Ok(Probe::Absent),
-                Err(error) if error.code() == Some("WRONGTYPE") => Ok(Probe::Absent),
+                // Counted here, and told to the lease script (`unreadable`), as the script's
+                // own `Foreign` is: it takes the lease (or waits) at once, without a round
+                // that only says again what this one found.
+                Err(error) if error.code() == Some("WRONGTYPE") => Ok(Probe::Foreign),
                 Err(error) => Err(error),
             }
         })
@@ -1117,7 +1120,8 @@ where
         next
     }
 
-    /// What a load does with one answer of `GET_OR_LEASE`, counted.
+    /// What a load does with one answer of `GET_OR_LEASE`, or of its first plain read
+    /// (`peek`), counted.
     fn answer(&self, asking: &mut Asking, probed: Result<Probe, L2Error>) -> Round<V> {
         match probed {
             Ok(Probe::Value(bytes, ttl)) => {
@@ -1151,8 +1155,13 @@ where
                 }
                 Round::Lead(generation)
             }
-            // Not counted: the lease script's round, next, says what it is.
-            Ok(Probe::Absent) => Round::Again,
+            // The plain read found no value: a miss (once per load), counted now, since the
+            // lease script's round that follows may fail and say nothing. If that round finds
+            // a value written meanwhile, the load counts a hit too, as a waiter's does.
+            Ok(Probe::Absent) => {
+                self.miss(asking);
+                Round::Again
+            }
             Ok(Probe::Held) => {
                 self.miss(asking);
                 if !asking.waited {

@@ -649,3 +649,202 @@ async fn an_insert_that_does_not_encode_changes_nothing_anywhere() {
     let theirs = b.get_with("k", ok("loaded")).await.expect("a value");
     assert_eq!((mine.as_str(), theirs.as_str()), ("old", "old"));
 }
+
+// Review of the plain first read (`Inner::peek`: a pipelined `GET` + `PTTL`, no script, no
+// lease, no waiter registration) that an L1 miss makes before the lease script's rounds.
+
+/// A cache whose Redis round trips give up after 200 ms: a lease script held by
+/// `CLIENT PAUSE WRITE` then fails the load over to its loader here, as in finding 8.
+fn impatient(server: &RedisServer, prefix: &str) -> Strings {
+    HybridCache::builder(server.client(), prefix, Utf8)
+        .lease(Duration::from_secs(30))
+        .op_timeout(Duration::from_millis(200))
+        .backplane_ping(Duration::from_secs(60))
+        .build()
+        .expect("build")
+}
+
+/// The number of calls of `command` the server has run (`INFO commandstats`).
+fn calls(raw: &mut redis::Connection, command: &str) -> u64 {
+    let info: String = redis::cmd("INFO").arg("commandstats").query(raw).unwrap();
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|line| line.strip_prefix(prefix.as_str()))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Peek finding 1: a load whose plain read found no value, and whose lease script after it
+/// then failed (here: held by `CLIENT PAUSE WRITE` past `op_timeout`), counted no miss,
+/// although it found no value in Redis (`l2_misses`: "L1 loads that found no value in
+/// Redis"). The plain read's nil was "not counted: the lease script's round says what it is",
+/// and that round never answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peek_1_a_miss_seen_by_the_plain_read_is_counted_when_the_lease_script_fails() {
+    let server = RedisServer::start();
+    let a = impatient(&server, "pmiss:");
+    assert_eq!(a.get_with("warm", ok("w")).await, Ok("w".to_string()));
+    let before = a.stats();
+    let mut raw = server.connection();
+    pause_writes(&mut raw);
+    assert_eq!(a.get_with("k", ok("local")).await, Ok("local".to_string()));
+    unpause(&mut raw);
+    let after = a.stats();
+    assert_eq!(
+        (
+            after.local_fallbacks - before.local_fallbacks,
+            after.l2_errors - before.l2_errors
+        ),
+        (1, 1),
+        "the lease script timed out: the loader ran here"
+    );
+    assert_eq!(
+        after.l2_misses - before.l2_misses,
+        1,
+        "the plain read found no value in Redis: one miss"
+    );
+}
+
+/// Peek finding 1, a value key of another type: the plain read's WRONGTYPE was taken for
+/// "no value" and left to the lease script to count; with that script failing, the key of
+/// another type that made the read a miss was counted nowhere (`decode_errors`, `l2_misses`).
+/// It also cost one round trip more than a value that does not decode (the script's first
+/// answer only said what the plain read had already found).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peek_1_a_foreign_key_seen_by_the_plain_read_is_counted_when_the_lease_script_fails() {
+    let server = RedisServer::start();
+    let a = impatient(&server, "pforeign:");
+    assert_eq!(a.get_with("warm", ok("w")).await, Ok("w".to_string()));
+    let before = a.stats();
+    let mut raw = server.connection();
+    let _: i64 = raw.lpush("pforeign:v:k", "x").unwrap();
+    pause_writes(&mut raw);
+    assert_eq!(a.get_with("k", ok("local")).await, Ok("local".to_string()));
+    unpause(&mut raw);
+    let after = a.stats();
+    assert_eq!(
+        (
+            after.local_fallbacks - before.local_fallbacks,
+            after.l2_errors - before.l2_errors
+        ),
+        (1, 1),
+        "the lease script timed out (a WRONGTYPE is no L2 error)"
+    );
+    assert_eq!(
+        (
+            after.decode_errors - before.decode_errors,
+            after.l2_misses - before.l2_misses
+        ),
+        (1, 1),
+        "the plain read found a key of another type: one decode error, one miss"
+    );
+}
+
+/// Peek finding 1, the round trips: a value key of another type costs what a value that
+/// does not decode costs (the plain read, then the lease script told what it found, then
+/// `COMMIT`: 2 `EVALSHA`), not one lease script more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peek_1_a_foreign_key_costs_no_more_round_trips_than_bad_bytes() {
+    let server = RedisServer::start();
+    let a = cache(&server, "ptrips:");
+    assert_eq!(a.get_with("warm", ok("w")).await, Ok("w".to_string()));
+    let mut raw = server.connection();
+    let _: () = raw.set("ptrips:v:bad", &[0xff_u8][..]).unwrap();
+    let _: i64 = raw.lpush("ptrips:v:list", "x").unwrap();
+    let before = calls(&mut raw, "evalsha");
+    assert_eq!(a.get_with("bad", ok("b")).await, Ok("b".to_string()));
+    let bad = calls(&mut raw, "evalsha") - before;
+    let before = calls(&mut raw, "evalsha");
+    assert_eq!(a.get_with("list", ok("l")).await, Ok("l".to_string()));
+    let foreign = calls(&mut raw, "evalsha") - before;
+    assert_eq!(
+        (bad, foreign),
+        (2, 2),
+        "GET_OR_LEASE (taking the lease) and COMMIT, for either unreadable value"
+    );
+    assert_eq!(a.stats().decode_errors, 2);
+}
+
+/// Checked sound: an L2 hit is the plain read alone. It runs no script (so `CLIENT PAUSE
+/// WRITE`, which holds scripts, does not hold it), touches no lease (nothing to leak or
+/// release), registers no waiter, and counts one hit and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peek_checked_an_l2_hit_is_the_plain_read_alone() {
+    let server = RedisServer::start();
+    let (a, b) = (cache(&server, "phit:"), cache(&server, "phit:"));
+    b.insert("k", "v".to_string()).await.unwrap();
+    let mut raw = server.connection();
+    let scripts = calls(&mut raw, "evalsha") + calls(&mut raw, "eval");
+    pause_writes(&mut raw);
+    assert_eq!(a.get_with("k", ok("loaded")).await, Ok("v".to_string()));
+    unpause(&mut raw);
+    assert_eq!(
+        calls(&mut raw, "evalsha") + calls(&mut raw, "eval"),
+        scripts
+    );
+    assert!(
+        !raw.exists::<_, bool>("phit:l:k").unwrap(),
+        "no lease taken"
+    );
+    let stats = a.stats();
+    assert_eq!(
+        (
+            stats.l2_hits,
+            stats.l2_misses,
+            stats.l2_errors,
+            stats.decode_errors,
+            stats.lease_wins + stats.lease_waits + stats.takeovers,
+            stats.local_fallbacks
+        ),
+        (1, 0, 0, 0, 0, 0)
+    );
+    assert!(a.contains_local("k"));
+}
+
+/// Checked sound: `invalidate_all` elsewhere that lands between another cache's plain read
+/// (its `GET` has run in Redis) and that read's L1 store: its announcement detaches the load
+/// in the L1 (`invalidate_all` there removes loads in flight), so the value from before goes
+/// to that load's callers only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peek_checked_invalidate_all_between_a_plain_read_and_its_l1_store_wins() {
+    let server = RedisServer::start();
+    let (a, b) = (cache(&server, "pall:"), cache(&server, "pall:"));
+    assert!(a.backplane_ready(PATIENCE).await);
+    b.insert("k", "old".to_string()).await.unwrap();
+    assert_eq!(a.get_with("warm", ok("w")).await, Ok("w".to_string()));
+    let mut raw = server.connection();
+    let mut read = pin!(a.get_with("k", ok("loaded")));
+    read_redis_once(&server, &mut raw, read.as_mut()).await;
+    let received = a.stats().backplane_received;
+    b.invalidate_all().await.unwrap();
+    assert!(eventually(PATIENCE, || a.stats().backplane_received > received).await);
+    assert_eq!(read.await, Ok("old".to_string()), "it read Redis before");
+    assert!(!a.contains_local("k"));
+    assert_eq!(
+        a.get_with("k", ok("loaded")).await,
+        Ok("loaded".to_string())
+    );
+}
+
+/// Checked sound: this cache's own `invalidate` while one of its reads has done its plain
+/// read (the `GET` ran in Redis before the invalidation's write) but not stored it: the
+/// invalidation's L1 drop detaches that load, so after `Ok` this L1 keeps nothing from
+/// before, and the next read loads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peek_checked_own_invalidate_between_a_plain_read_and_its_l1_store_wins() {
+    let server = RedisServer::start();
+    let (a, b) = (cache(&server, "pown:"), cache(&server, "pown:"));
+    b.insert("k", "old".to_string()).await.unwrap();
+    assert_eq!(a.get_with("warm", ok("w")).await, Ok("w".to_string()));
+    let mut raw = server.connection();
+    let mut read = pin!(a.get_with("k", ok("loaded")));
+    read_redis_once(&server, &mut raw, read.as_mut()).await;
+    a.invalidate("k").await.unwrap();
+    assert_eq!(read.await, Ok("old".to_string()), "it read Redis before");
+    assert!(!a.contains_local("k"));
+    assert_eq!(
+        a.get_with("k", ok("loaded")).await,
+        Ok("loaded".to_string())
+    );
+}
