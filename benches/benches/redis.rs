@@ -224,7 +224,12 @@ fn l2_hit(c: &mut Criterion, server: &Server, rt: &tokio::runtime::Runtime) {
     );
 }
 
-fn l1_hit(c: &mut Criterion, server: &Server, rt: &tokio::runtime::Runtime) {
+/// The L1 hit's two caches, each holding `k`: the tier's, and the plain expiring cache with
+/// the L1's settings.
+fn l1_caches(
+    server: &Server,
+    rt: &tokio::runtime::Runtime,
+) -> (Cache, ExpiringCache<String, Vec<u8>, std::io::Error>) {
     let ttl = Duration::from_secs(300);
     let cache: Cache = {
         let _enter = rt.enter();
@@ -244,6 +249,58 @@ fn l1_hit(c: &mut Criterion, server: &Server, rt: &tokio::runtime::Runtime) {
     });
     plain.insert("k".to_string(), VALUE.to_vec());
     assert!(cache.contains_local("k"));
+    (cache, plain)
+}
+
+/// Rounds of the paired L1 hit, and the hits of each cache per round.
+const L1_ROUNDS: usize = 400;
+const L1_BATCH: u32 = 2_000;
+
+/// The L1 hit measured as the L2 hit is in `l2_hit_paired`: each round times a batch of
+/// hits on each cache, one batch beside the other (alternating which goes first), so that
+/// both see the same state of the machine. Its figures (medians of the rounds' batches, in
+/// ns per batch) as extras lines.
+fn l1_hit_paired(server: &Server, rt: &tokio::runtime::Runtime) -> String {
+    let (cache, plain) = l1_caches(server, rt);
+    let (mut ours, mut theirs) = (Vec::with_capacity(L1_ROUNDS), Vec::new());
+    for round in 0..L1_ROUNDS {
+        for tier_now in [round % 2 == 0, round % 2 == 1] {
+            let start = Instant::now();
+            for _ in 0..L1_BATCH {
+                let got = if tier_now {
+                    ready_now(cache.get_with("k", || async { Ok(Vec::new()) }))
+                } else {
+                    ready_now(plain.get_with("k".to_string(), || async { Ok(Vec::new()) }))
+                };
+                std::hint::black_box(got.expect("a hit"));
+            }
+            let batch = start.elapsed();
+            if tier_now {
+                ours.push(batch);
+            } else {
+                theirs.push(batch);
+            }
+        }
+    }
+    ours.sort_unstable();
+    theirs.sort_unstable();
+    let (ours, theirs) = (ours[L1_ROUNDS / 2], theirs[L1_ROUNDS / 2]);
+    println!(
+        "redis/l1_hit paired: {L1_ROUNDS} rounds of {L1_BATCH} hits on each cache: medians \
+         {:.2} ns / {:.2} ns a hit = {:.2}x; target <= 1.05x",
+        ours.as_secs_f64() * 1e9 / f64::from(L1_BATCH),
+        theirs.as_secs_f64() * 1e9 / f64::from(L1_BATCH),
+        ours.as_secs_f64() / theirs.as_secs_f64()
+    );
+    format!(
+        "l1_paired_deferred_ns={}\nl1_paired_expiring_ns={}\n",
+        ours.as_nanos(),
+        theirs.as_nanos()
+    )
+}
+
+fn l1_hit(c: &mut Criterion, server: &Server, rt: &tokio::runtime::Runtime) {
+    let (cache, plain) = l1_caches(server, rt);
     let mut group = c.benchmark_group("redis/l1_hit");
     group.bench_function("deferred", |b| {
         b.iter(|| ready_now(cache.get_with("k", || async { Ok(Vec::new()) })).expect("an L1 hit"));
@@ -465,6 +522,7 @@ fn main() {
     let rt = runtime();
     let mut extras = stampede(&server);
     extras.push_str(&l2_hit_paired(&server, &rt));
+    extras.push_str(&l1_hit_paired(&server, &rt));
     if let Some(path) = std::env::var_os(EXTRAS_VAR) {
         std::fs::write(&path, &extras).unwrap_or_else(|e| {
             panic!(

@@ -222,6 +222,19 @@ const TARGETS: &[Target] = &[
     },
     Target {
         layer: "redis",
+        workload: "L1 hit, tier on, paired",
+        measure: Measure::Extra {
+            label: "redis/l1_hit paired: median batch of 2000 hits / the plain cache's, side by side",
+            key: "l1_paired_deferred_ns",
+            per: Some("l1_paired_expiring_ns"),
+            nanos: false,
+            passes: None,
+        },
+        at_most: Some(1.05),
+        goal: "<= 1.05x deferred-expiring's hit, timed in the same rounds",
+    },
+    Target {
+        layer: "redis",
         workload: "4 processes x 1000 tasks, one cold key, 50 ms loader",
         measure: Measure::Extra {
             label: "redis/stampede: loader runs across the 4 processes",
