@@ -80,7 +80,21 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
         loader: impl FnOnce() -> Result<V, E>,
     ) -> Result<V, LoadError<E>> {
         // The one hash of this call: every step below takes it from here.
-        let hash = self.hash(&key);
+        self.get_with_blocking_hashed(self.hash(&key), key, loader)
+    }
+
+    /// As [`get_with_blocking`](Self::get_with_blocking), with the key's hash given: `hash`
+    /// must be `self.hash(&key)`. For layers built on this cache, which hash a key once per
+    /// operation (with [`hash`](Self::hash)) and pass the hash down; not part of the stable
+    /// API. A wrong hash makes the call miss the entry, or put it where lookups by key do
+    /// not find it (never unsoundness).
+    #[doc(hidden)]
+    pub fn get_with_blocking_hashed(
+        &self,
+        hash: u64,
+        key: K,
+        loader: impl FnOnce() -> Result<V, E>,
+    ) -> Result<V, LoadError<E>> {
         if let Some(value) = self.read_hashed(hash, &key) {
             self.inner.counters.hit();
             return Ok(value);

@@ -329,7 +329,22 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
     /// assert_eq!((cache.stats().hits, cache.stats().misses), (0, 0));
     /// ```
     pub fn get_or_insert_with_uncounted(&self, key: K, make: impl FnOnce() -> V) -> V {
-        let hash = self.hash(&key);
+        self.get_or_insert_with_uncounted_hashed(self.hash(&key), key, make)
+    }
+
+    /// As [`get_or_insert_with_uncounted`](Self::get_or_insert_with_uncounted), with the
+    /// key's hash given: `hash` must be `self.hash(&key)`.
+    /// For layers built on this cache, which hash a key once per operation (with
+    /// [`hash`](Self::hash)) and pass the hash down; not part of the stable API. A wrong hash
+    /// makes the call miss the entry, or put it where lookups by key do not find it (never
+    /// unsoundness).
+    #[doc(hidden)]
+    pub fn get_or_insert_with_uncounted_hashed(
+        &self,
+        hash: u64,
+        key: K,
+        make: impl FnOnce() -> V,
+    ) -> V {
         if let Some(value) = self.read_hashed(hash, &key) {
             return value;
         }
@@ -463,9 +478,24 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
+        self.peek_with_hashed(self.hash(key), key, f)
+    }
+
+    /// As [`peek_with`](Self::peek_with), with the key's hash given: `hash` must be
+    /// `self.hash(key)`.
+    /// For layers built on this cache, which hash a key once per operation (with
+    /// [`hash`](Self::hash)) and pass the hash down; not part of the stable API. A wrong hash
+    /// makes the call miss the entry, or put it where lookups by key do not find it (never
+    /// unsoundness).
+    #[doc(hidden)]
+    pub fn peek_with_hashed<Q, R>(&self, hash: u64, key: &Q, f: impl FnOnce(&V) -> R) -> Option<R>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
         self.inner
             .map
-            .try_get_with(key, |outcome| outcome.ok().map(|s| f(&s.value)))
+            .try_get_with_hashed(hash, key, |outcome| outcome.ok().map(|s| f(&s.value)))
             .flatten()
     }
 
@@ -505,9 +535,19 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
     /// assert_eq!(cache.peek(&1), Some(11));
     /// ```
     pub fn insert(&self, key: K, value: V) {
+        self.insert_hashed(self.hash(&key), key, value);
+    }
+
+    /// As [`insert`](Self::insert), with the key's hash given: `hash` must be
+    /// `self.hash(&key)`.
+    /// For layers built on this cache, which hash a key once per operation (with
+    /// [`hash`](Self::hash)) and pass the hash down; not part of the stable API. A wrong hash
+    /// makes the call miss the entry, or put it where lookups by key do not find it (never
+    /// unsoundness).
+    #[doc(hidden)]
+    pub fn insert_hashed(&self, hash: u64, key: K, value: V) {
         let weight = self.weigh(&key, &value);
         let cell = Lazy::ready(Stored::new(value));
-        let hash = self.hash(&key);
         let old = self
             .inner
             .map
@@ -544,7 +584,22 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
         K: Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
     {
-        self.remove_entry(key).is_some()
+        self.remove_entry(self.hash(key), key).is_some()
+    }
+
+    /// As [`invalidate`](Self::invalidate), with the key's hash given: `hash` must be
+    /// `self.hash(key)`.
+    /// For layers built on this cache, which hash a key once per operation (with
+    /// [`hash`](Self::hash)) and pass the hash down; not part of the stable API. A wrong hash
+    /// makes the call miss the entry, or put it where lookups by key do not find it (never
+    /// unsoundness).
+    #[doc(hidden)]
+    pub fn invalidate_hashed<Q>(&self, hash: u64, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        self.remove_entry(hash, key).is_some()
     }
 
     /// Removes the entry at `key` and returns its value: [`invalidate`](Self::invalidate)
@@ -576,20 +631,34 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
         K: Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
     {
-        let old = self.remove_entry(key)?;
+        self.remove_hashed(self.hash(key), key)
+    }
+
+    /// As [`remove`](Self::remove), with the key's hash given: `hash` must be
+    /// `self.hash(key)`.
+    /// For layers built on this cache, which hash a key once per operation (with
+    /// [`hash`](Self::hash)) and pass the hash down; not part of the stable API. A wrong hash
+    /// makes the call miss the entry, or put it where lookups by key do not find it (never
+    /// unsoundness).
+    #[doc(hidden)]
+    pub fn remove_hashed<Q>(&self, hash: u64, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        let old = self.remove_entry(hash, key)?;
         let value = old.get().map(|stored| stored.value.clone());
         drop(old);
         value
     }
 
-    /// Removes the entry at `key`, value or load in flight, with the books kept; returns
-    /// its cell.
-    fn remove_entry<Q>(&self, key: &Q) -> Option<CacheCell<V, E>>
+    /// Removes the entry at `key` (whose hash is `hash`), value or load in flight, with the
+    /// books kept; returns its cell.
+    fn remove_entry<Q>(&self, hash: u64, key: &Q) -> Option<CacheCell<V, E>>
     where
         K: Borrow<Q>,
-        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+        Q: Eq + ToOwned<Owned = K> + ?Sized,
     {
-        let hash = self.hash(key);
         let old = self.inner.map.remove_hashed(hash, key)?;
         self.retire(hash, &old);
         self.inner.counters.invalidated(1);
@@ -769,7 +838,27 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let found = self.read_with(key, f);
+        self.get_if_present_with_hashed(self.hash(key), key, f)
+    }
+
+    /// As [`get_if_present_with`](Self::get_if_present_with), with the key's hash given: `hash` must be
+    /// `self.hash(key)`.
+    /// For layers built on this cache, which hash a key once per operation (with
+    /// [`hash`](Self::hash)) and pass the hash down; not part of the stable API. A wrong hash
+    /// makes the call miss the entry, or put it where lookups by key do not find it (never
+    /// unsoundness).
+    #[doc(hidden)]
+    pub fn get_if_present_with_hashed<Q, R>(
+        &self,
+        hash: u64,
+        key: &Q,
+        f: impl FnOnce(&V) -> Option<R>,
+    ) -> Option<R>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        let found = self.read_with_hashed(hash, key, f);
         match found {
             Some(_) => self.inner.counters.hit(),
             None => self.inner.counters.miss(false),
@@ -800,7 +889,27 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let found = self.read_with(key, f);
+        self.hit_with_hashed(self.hash(key), key, f)
+    }
+
+    /// As [`hit_with`](Self::hit_with), with the key's hash given: `hash` must be
+    /// `self.hash(key)`.
+    /// For layers built on this cache, which hash a key once per operation (with
+    /// [`hash`](Self::hash)) and pass the hash down; not part of the stable API. A wrong hash
+    /// makes the call miss the entry, or put it where lookups by key do not find it (never
+    /// unsoundness).
+    #[doc(hidden)]
+    pub fn hit_with_hashed<Q, R>(
+        &self,
+        hash: u64,
+        key: &Q,
+        f: impl FnOnce(&V) -> Option<R>,
+    ) -> Option<R>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        let found = self.read_with_hashed(hash, key, f);
         if found.is_some() {
             self.inner.counters.hit();
         }
@@ -831,7 +940,22 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
         K: Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
     {
-        self.remove_where(key, pred, RemovalCause::Explicit)
+        self.remove_where(self.hash(key), key, pred, RemovalCause::Explicit)
+    }
+
+    /// As [`invalidate_if`](Self::invalidate_if), with the key's hash given: `hash` must be
+    /// `self.hash(key)`.
+    /// For layers built on this cache, which hash a key once per operation (with
+    /// [`hash`](Self::hash)) and pass the hash down; not part of the stable API. A wrong hash
+    /// makes the call miss the entry, or put it where lookups by key do not find it (never
+    /// unsoundness).
+    #[doc(hidden)]
+    pub fn invalidate_if_hashed<Q>(&self, hash: u64, key: &Q, pred: impl FnOnce(&V) -> bool) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        self.remove_where(hash, key, pred, RemovalCause::Explicit)
     }
 
     /// As [`invalidate_if`](Self::invalidate_if), but counted as an expiry
@@ -855,7 +979,22 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
         K: Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
     {
-        self.remove_where(key, pred, RemovalCause::Expired)
+        self.remove_where(self.hash(key), key, pred, RemovalCause::Expired)
+    }
+
+    /// As [`expire_if`](Self::expire_if), with the key's hash given: `hash` must be
+    /// `self.hash(key)`.
+    /// For layers built on this cache, which hash a key once per operation (with
+    /// [`hash`](Self::hash)) and pass the hash down; not part of the stable API. A wrong hash
+    /// makes the call miss the entry, or put it where lookups by key do not find it (never
+    /// unsoundness).
+    #[doc(hidden)]
+    pub fn expire_if_hashed<Q>(&self, hash: u64, key: &Q, pred: impl FnOnce(&V) -> bool) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        self.remove_where(hash, key, pred, RemovalCause::Expired)
     }
 
     /// Puts `value` at `key` in place of the value there, if there is one and `pred` says
@@ -886,6 +1025,27 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
         K: Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
     {
+        self.replace_if_hashed(self.hash(key), key, value, pred)
+    }
+
+    /// As [`replace_if`](Self::replace_if), with the key's hash given: `hash` must be
+    /// `self.hash(key)`.
+    /// For layers built on this cache, which hash a key once per operation (with
+    /// [`hash`](Self::hash)) and pass the hash down; not part of the stable API. A wrong hash
+    /// makes the call miss the entry, or put it where lookups by key do not find it (never
+    /// unsoundness).
+    #[doc(hidden)]
+    pub fn replace_if_hashed<Q>(
+        &self,
+        hash: u64,
+        key: &Q,
+        value: V,
+        pred: impl FnOnce(&V) -> bool,
+    ) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Eq + ToOwned<Owned = K> + ?Sized,
+    {
         // An owned key only for what takes one: the weigher and the policy's queue (when
         // bounded), the listener. Without either, a borrowed key allocates nothing.
         let owned =
@@ -895,7 +1055,6 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
             None => Some(1), // unbounded: the weight is never used
         };
         let cell = Lazy::ready(Stored::new(value));
-        let hash = self.hash(key);
         let swapped = self
             .inner
             .map
@@ -915,12 +1074,17 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
         true
     }
 
-    fn remove_where<Q>(&self, key: &Q, pred: impl FnOnce(&V) -> bool, cause: RemovalCause) -> bool
+    fn remove_where<Q>(
+        &self,
+        hash: u64,
+        key: &Q,
+        pred: impl FnOnce(&V) -> bool,
+        cause: RemovalCause,
+    ) -> bool
     where
         K: Borrow<Q>,
-        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+        Q: Eq + ToOwned<Owned = K> + ?Sized,
     {
-        let hash = self.hash(key);
         let removed = self.inner.map.remove_if_hashed(hash, key, |cell| {
             cell.get().is_some_and(|stored| pred(&stored.value))
         });
@@ -1000,18 +1164,8 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
         self.read_with_hashed(hash, key, |value| Some(value.clone()))
     }
 
-    /// Runs `f` on the value at `key` under the shard lock, recording a use if it says
-    /// `Some`.
-    #[inline]
-    fn read_with<Q, R>(&self, key: &Q, f: impl FnOnce(&V) -> Option<R>) -> Option<R>
-    where
-        K: Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
-    {
-        self.read_with_hashed(self.hash(key), key, f)
-    }
-
-    /// As [`read_with`](Self::read_with), with the key's hash given (`self.hash(key)`).
+    /// Runs `f` on the value at `key` (whose hash is `hash`) under the shard lock, recording a
+    /// use if it says `Some`.
     #[inline]
     fn read_with_hashed<Q, R>(
         &self,
@@ -1057,7 +1211,13 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
     /// The hash of a key, or of a borrowed form of it: the map's hasher over `key`, so that
     /// the policy's books (its shards and ghost hashes) see one hash per key whichever form
     /// it came in (`K: Borrow<Q>` promises that `Q` hashes as `K` does).
-    pub(crate) fn hash<Q: Hash + ?Sized>(&self, key: &Q) -> u64 {
+    ///
+    /// The hash that the `*_hashed` variants of the methods take: for layers built on this
+    /// cache, which hash a key once per operation and pass the hash down; not part of the
+    /// stable API.
+    #[doc(hidden)]
+    #[inline]
+    pub fn hash<Q: Hash + ?Sized>(&self, key: &Q) -> u64 {
         self.inner.map.hasher().hash_one(key)
     }
 

@@ -78,6 +78,26 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
         GetWith::new(self, key, loader)
     }
 
+    /// As [`get_with`](Self::get_with), with the key's hash given: `hash` must be
+    /// `self.hash(&key)`.
+    /// For layers built on this cache, which hash a key once per operation (with
+    /// [`hash`](Self::hash)) and pass the hash down; not part of the stable API. A wrong hash
+    /// makes the call miss the entry, or put it where lookups by key do not find it (never
+    /// unsoundness).
+    #[doc(hidden)]
+    pub fn get_with_hashed<F, Fut>(
+        &self,
+        hash: u64,
+        key: K,
+        loader: F,
+    ) -> GetWith<'_, K, V, E, S, F>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<V, E>> + Send + 'static,
+    {
+        GetWith::hashed(self, hash, key, loader)
+    }
+
     /// [`get_with`](Self::get_with) whose `loader` is given the key: a caller that hands its
     /// key over need not clone it into the loader, a clone every hit would pay for.
     ///
@@ -135,6 +155,26 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
         Fut: Future<Output = Option<V>> + Send + 'static,
     {
         OptionallyGetWith::new(self, key, loader)
+    }
+
+    /// As [`optionally_get_with`](Self::optionally_get_with), with the key's hash given:
+    /// `hash` must be `self.hash(&key)`.
+    /// For layers built on this cache, which hash a key once per operation (with
+    /// [`hash`](Self::hash)) and pass the hash down; not part of the stable API. A wrong hash
+    /// makes the call miss the entry, or put it where lookups by key do not find it (never
+    /// unsoundness).
+    #[doc(hidden)]
+    pub fn optionally_get_with_hashed<F, Fut>(
+        &self,
+        hash: u64,
+        key: K,
+        loader: F,
+    ) -> OptionallyGetWith<'_, K, V, E, S, F>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Option<V>> + Send + 'static,
+    {
+        OptionallyGetWith(GetWith::hashed(self, hash, key, loader))
     }
 }
 
@@ -209,6 +249,9 @@ enum State<'a, K, V, E, S, L> {
     Start {
         key: K,
         loader: L,
+        /// The key's hash if the caller computed it already (a layer above, hashing once
+        /// per operation); else it is computed on the first poll.
+        hash: Option<u64>,
     },
     /// Missed: waiting on (and helping drive) the key's load. `key` is kept to admit the
     /// value once it comes.
@@ -263,7 +306,23 @@ impl<'a, K, V, E, S, L> GetWith<'a, K, V, E, S, L> {
     pub(crate) fn new(cache: &'a Cache<K, V, E, S>, key: K, loader: L) -> Self {
         GetWith {
             cache,
-            state: State::Start { key, loader },
+            state: State::Start {
+                key,
+                loader,
+                hash: None,
+            },
+        }
+    }
+
+    /// As [`new`](Self::new), with the key's hash given (`cache.hash(&key)`).
+    pub(crate) fn hashed(cache: &'a Cache<K, V, E, S>, hash: u64, key: K, loader: L) -> Self {
+        GetWith {
+            cache,
+            state: State::Start {
+                key,
+                loader,
+                hash: Some(hash),
+            },
         }
     }
 
@@ -323,17 +382,17 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher, L> GetWith<'_, K, V, E, S, L> 
         Fut: Future<Output = Result<V, Failure<E>>> + Send + 'static,
     {
         let cache = self.cache;
-        if let State::Start { key, .. } = &self.state {
-            // The one hash of this read: the lookup, the load's entry and its admission
-            // all take it from here.
-            let hash = cache.hash(key);
+        if let State::Start { key, hash, .. } = &self.state {
+            // The one hash of this read (given by the layer above, or computed here): the
+            // lookup, the load's entry and its admission all take it from here.
+            let hash = hash.unwrap_or_else(|| cache.hash(key));
             // The hit path reads through a reference: nothing moves.
             if let Some(value) = cache.read_hashed(hash, key) {
                 cache.inner.counters.hit();
                 self.state = State::Done;
                 return Poll::Ready((Ok(value), Source::Hit));
             }
-            let State::Start { key, loader } = core::mem::replace(&mut self.state, State::Done)
+            let State::Start { key, loader, .. } = core::mem::replace(&mut self.state, State::Done)
             else {
                 unreachable!("matched above");
             };

@@ -82,30 +82,39 @@ impl<K: ExpiringKey, V: Value, E: Shared, S: ExpiringHasher, C: Clock>
         // Tries left after this one for a value found already expired (see below): a bound,
         // so that writers racing this call with lagging clocks cannot keep it looping.
         let mut retries = RETRIES;
+        // The one hash of this call, however many times it looks again: every step below
+        // takes it from here.
+        let hash = core.inner.hash(&key);
         loop {
-            match core.read(&key, || Cow::Borrowed(&key), now, ReadFor::BlockingLoad) {
+            match core.read(
+                hash,
+                &key,
+                || Cow::Borrowed(&key),
+                now,
+                ReadFor::BlockingLoad,
+            ) {
                 Read::Hit { value, refresh } => {
                     if let Some(id) = refresh {
-                        Core::refresh_with_loader(&self.core, key, id);
+                        Core::refresh_with_loader(&self.core, key, hash, id);
                     }
                     return Ok(value);
                 }
                 Read::Failed(error) => return Err(LoadError::Failed(error)),
-                Read::Expired(id) => core.expire(&key, id, now),
+                Read::Expired(id) => core.expire(hash, &key, id, now),
                 Read::CachedError | Read::Absent => {}
             }
             // The entry this call's loader made, if it ran: its id and timer.
             let mut mine = None;
-            let loaded = core.inner.get_with_blocking(key.clone(), || {
+            let loaded = core.inner.get_with_blocking_hashed(hash, key.clone(), || {
                 let loader = loader.take().expect("the loader runs at most once");
-                let entry = core.loaded(&key, loader())?;
+                let entry = core.loaded(hash, &key, loader())?;
                 mine = Some((entry.id, entry.timer.load(Relaxed)));
                 Ok(entry)
             });
             // The entry made here, if the key does not hold it now: a value that came
             // another way (`get_or_insert_with` settled the load) is the key's, and this
             // caller's; or the load was invalidated while it ran. Its timer goes.
-            core.discard_unless_stored(&key, mine);
+            core.discard_unless_stored(hash, &key, mine);
             let entry = loaded?;
             if loader.is_some() && retries > 0 && entry.deadline.load(Acquire) <= now_nanos(start) {
                 // This caller's loader did not run, and the value it got had expired before
@@ -114,7 +123,7 @@ impl<K: ExpiringKey, V: Value, E: Shared, S: ExpiringHasher, C: Clock>
                 // `get_with` checks. Out with it, and look again. (Joined loads started after
                 // this call did, so their values have later deadlines, unless the
                 // time-to-live is zero and the clock has not moved.)
-                core.expire(&key, entry.id, now);
+                core.expire(hash, &key, entry.id, now);
                 retries -= 1;
                 now = core.tend();
                 continue;

@@ -107,9 +107,18 @@ impl<V: Clone, E> Clone for Entry<V, E> {
     }
 }
 
+/// What a timer holds: the entry it is for (its key and the write that made it, `id`), and
+/// the key's hash, so that reclaiming the entry, or moving its timer, never hashes the key
+/// again (issue #13: hash once).
+pub(crate) struct Timed<K> {
+    key: K,
+    hash: u64,
+    id: u64,
+}
+
 /// The timer wheel and its summary for the fast path.
 pub(crate) struct Timers<K> {
-    wheel: Mutex<TimerWheel<(K, u64)>>,
+    wheel: Mutex<TimerWheel<Timed<K>>>,
     /// The first tick at which the wheel may have something due (`NEVER` if empty): an
     /// operation in an earlier tick skips maintenance with one load. Written under the
     /// wheel lock.
@@ -124,13 +133,15 @@ impl<K> Timers<K> {
         }
     }
 
-    fn schedule(&self, deadline: u64, key: K, id: u64) -> u64 {
+    /// Schedules the timer of entry `id` at `key` (whose hash is `hash`) for `deadline`;
+    /// returns its handle's bits, `NEVER` if the entry never expires.
+    fn schedule(&self, deadline: u64, key: K, hash: u64, id: u64) -> u64 {
         if deadline == NEVER {
             return NEVER;
         }
         let tick = tick_at_or_after(deadline);
         let mut wheel = lock(&self.wheel);
-        let handle = wheel.schedule(tick, (key, id));
+        let handle = wheel.schedule(tick, Timed { key, hash, id });
         // Under the lock, as maintenance's store is: the summary never misses a timer.
         if tick < self.due.load(Relaxed) {
             self.due.store(tick, Release);

@@ -101,10 +101,11 @@ trait Attempt<K, V, E>: Handed<K, V, E> + Sized {
     /// The value a refresh keeps from the loader's outcome; `None` if it failed.
     fn refreshed(outcome: <Self::Fut as Future>::Output) -> Option<V>;
 
-    /// The inner cache's future for an attempt at `key`, whose load, if this caller starts
-    /// it, takes the loader's future from `slot`.
+    /// The inner cache's future for an attempt at `key` (whose hash is `hash`, passed down),
+    /// whose load, if this caller starts it, takes the loader's future from `slot`.
     fn inner<'a, S: ExpiringHasher, C: Clock>(
         core: &'a Arc<Core<K, V, E, S, C>>,
+        hash: u64,
         key: K,
         slot: &Arc<Mutex<Slot<Self::Fut>>>,
     ) -> Inner<'a, K, V, E, S>
@@ -140,6 +141,7 @@ impl<K, V, E, L: Loader<K, V, E>> Attempt<K, V, E> for Required<L> {
 
     fn inner<'a, S: ExpiringHasher, C: Clock>(
         core: &'a Arc<Core<K, V, E, S, C>>,
+        hash: u64,
         key: K,
         slot: &Arc<Mutex<Slot<L::Future>>>,
     ) -> Inner<'a, K, V, E, S>
@@ -149,8 +151,10 @@ impl<K, V, E, L: Loader<K, V, E>> Attempt<K, V, E> for Required<L> {
         E: Shared,
     {
         let (load_core, load_key) = (Arc::clone(core), key.clone());
-        let start = start_load(slot, move |fut| Core::load_entry(load_core, load_key, fut));
-        Inner::Required(core.inner.get_with(key, start).with_source())
+        let start = start_load(slot, move |fut| {
+            Core::load_entry(load_core, hash, load_key, fut)
+        });
+        Inner::Required(core.inner.get_with_hashed(hash, key, start).with_source())
     }
 }
 
@@ -180,6 +184,7 @@ where
 
     fn inner<'a, S: ExpiringHasher, C: Clock>(
         core: &'a Arc<Core<K, V, E, S, C>>,
+        hash: u64,
         key: K,
         slot: &Arc<Mutex<Slot<OptionalLoad<V>>>>,
     ) -> Inner<'a, K, V, E, S>
@@ -190,9 +195,10 @@ where
     {
         let (load_core, load_key) = (Arc::clone(core), key.clone());
         let start = start_load(slot, move |fut| {
-            Core::load_optional_entry(load_core, load_key, fut)
+            Core::load_optional_entry(load_core, hash, load_key, fut)
         });
-        Inner::Optional(core.inner.optionally_get_with(key, start), false)
+        let get = core.inner.optionally_get_with_hashed(hash, key, start);
+        Inner::Optional(get, false)
     }
 }
 
@@ -280,11 +286,15 @@ enum State<'a, K, V, E, S, L: Handed<K, V, E>> {
     Start {
         key: K,
         loader: L,
+        /// The key's hash: computed on the first poll, kept for another try.
+        hash: Option<u64>,
     },
     /// Missed: waiting on (and helping drive) the key's load in the inner cache.
     Wait {
         inner: Inner<'a, K, V, E, S>,
         key: K,
+        /// The key's hash, the one of this call (issue #13: hash once).
+        hash: u64,
         /// The clock reading this attempt started with.
         now: Duration,
         /// The caller's loader until the inner cache claims the load for it (then it starts
@@ -385,7 +395,11 @@ impl<'a, K, V, E, S, C, L: Handed<K, V, E>> Run<'a, K, V, E, S, C, L> {
     fn new(cache: &'a ExpiringCache<K, V, E, S, C>, key: K, loader: L) -> Self {
         Run {
             cache,
-            state: State::Start { key, loader },
+            state: State::Start {
+                key,
+                loader,
+                hash: None,
+            },
         }
     }
 
@@ -413,11 +427,15 @@ where
         let cache: &'a ExpiringCache<K, V, E, S, C> = self.cache;
         let core: &'a Core<K, V, E, S, C> = &cache.core;
         loop {
-            if let State::Start { key, .. } = &self.state {
+            if let State::Start { key, hash, .. } = &self.state {
                 let now = core.tend();
-                match core.read(key, || Cow::Borrowed(key), now, ReadFor::Load) {
+                // The one hash of this call: the read, the reclamation of an expired entry,
+                // the inner cache's load (its map, its policy), the new entry's timer, and
+                // the check that it was stored all take it from here.
+                let hash = hash.unwrap_or_else(|| core.inner.hash(key));
+                match core.read(hash, key, || Cow::Borrowed(key), now, ReadFor::Load) {
                     Read::Hit { value, refresh } => {
-                        let State::Start { key, loader } =
+                        let State::Start { key, loader, .. } =
                             core::mem::replace(&mut self.state, State::Done)
                         else {
                             unreachable!("matched above");
@@ -425,7 +443,7 @@ where
                         if let Some(id) = refresh {
                             let load = loader.call(&key);
                             let refresh = async move { L::refreshed(load.await) };
-                            Core::refresh(&cache.core, key, id, refresh);
+                            Core::refresh(&cache.core, key, hash, id, refresh);
                         }
                         return Poll::Ready((Ok(value), Source::Hit));
                     }
@@ -433,18 +451,20 @@ where
                         self.state = State::Done;
                         return Poll::Ready((Err(LoadError::Failed(error)), Source::Hit));
                     }
-                    Read::Expired(id) => core.expire(key, id, now),
+                    Read::Expired(id) => core.expire(hash, key, id, now),
                     Read::CachedError | Read::Absent => {}
                 }
-                let State::Start { key, loader } = core::mem::replace(&mut self.state, State::Done)
+                let State::Start { key, loader, .. } =
+                    core::mem::replace(&mut self.state, State::Done)
                 else {
                     unreachable!("matched above");
                 };
                 let slot = Arc::new(Mutex::new(Slot::Idle));
-                let inner = L::inner(&cache.core, key.clone(), &slot);
+                let inner = L::inner(&cache.core, hash, key.clone(), &slot);
                 self.state = State::Wait {
                     inner,
                     key,
+                    hash,
                     now,
                     loader: Some(loader),
                     handover: Handover(slot),
@@ -490,7 +510,11 @@ where
     ) -> Option<(Result<V, LoadError<E>>, Source)> {
         let core: &Core<K, V, E, S, C> = &self.cache.core;
         let State::Wait {
-            key, now, loader, ..
+            key,
+            hash,
+            now,
+            loader,
+            ..
         } = core::mem::replace(&mut self.state, State::Done)
         else {
             unreachable!("called in `Wait` only");
@@ -502,15 +526,20 @@ where
         if source != Source::Hit {
             // A load that ended: if its entry is not at the key (invalidated while the load
             // ran, so never stored), its timer goes with it. A hit's entry was stored.
-            core.discard_unless_stored(&key, Some((entry.id, entry.timer.load(Relaxed))));
+            let made = Some((entry.id, entry.timer.load(Relaxed)));
+            core.discard_unless_stored(hash, &key, made);
         }
         if source == Source::Hit && entry.deadline.load(Relaxed) <= now_nanos(now) {
             // Stored by someone else between the two reads, already past its deadline (a
             // clock read on another thread lagging this one's): look again. A hit never
             // started the loader, so this caller still has it.
-            core.expire(&key, entry.id, now);
+            core.expire(hash, &key, entry.id, now);
             if let Some(loader) = loader {
-                self.state = State::Start { key, loader };
+                self.state = State::Start {
+                    key,
+                    loader,
+                    hash: Some(hash),
+                };
                 return None;
             }
         }

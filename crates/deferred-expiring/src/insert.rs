@@ -54,31 +54,35 @@ impl<K: ExpiringKey, V: Value, E: Shared, S: ExpiringHasher, C: Clock>
         let mut made: Option<V> = None;
         // The one read that counts this call (a hit, or a miss); what follows counts nothing.
         let mut now = core.tend();
-        match core.read(&key, || Cow::Borrowed(&key), now, ReadFor::Insert) {
+        // The one hash of this call: every step below takes it from here.
+        let hash = core.inner.hash(&key);
+        match core.read(hash, &key, || Cow::Borrowed(&key), now, ReadFor::Insert) {
             Read::Hit { value, refresh } => {
                 if let Some(id) = refresh {
-                    Core::refresh_with_loader(&self.core, key, id);
+                    Core::refresh_with_loader(&self.core, key, hash, id);
                 }
                 return value;
             }
-            Read::Expired(id) => core.expire(&key, id, now),
-            Read::CachedError => core.drop_cached_error(&key, now),
+            Read::Expired(id) => core.expire(hash, &key, id, now),
+            Read::CachedError => core.drop_cached_error(hash, &key, now),
             Read::Failed(_) | Read::Absent => {}
         }
         loop {
             // The entry this call made, if the inner cache asked for one: its id and timer.
             let mut mine = None;
-            let found = core.inner.get_or_insert_with_uncounted(key.clone(), || {
-                let value = match made.take() {
-                    Some(value) => value,
-                    None => make.take().expect("`make` runs at most once")(),
-                };
-                made = Some(value.clone());
-                let entry = core.new_entry(&key, Ok(value), None);
-                mine = Some((entry.id, entry.timer.load(Relaxed)));
-                entry
-            });
-            core.discard_unless_stored(&key, mine);
+            let found = core
+                .inner
+                .get_or_insert_with_uncounted_hashed(hash, key.clone(), || {
+                    let value = match made.take() {
+                        Some(value) => value,
+                        None => make.take().expect("`make` runs at most once")(),
+                    };
+                    made = Some(value.clone());
+                    let entry = core.new_entry(hash, &key, Ok(value), None);
+                    mine = Some((entry.id, entry.timer.load(Relaxed)));
+                    entry
+                });
+            core.discard_unless_stored(hash, &key, mine);
             let ours = mine.is_some_and(|(id, _)| id == found.id);
             match found.slot {
                 // This call's value is returned even if its deadline has passed (a
@@ -86,8 +90,8 @@ impl<K: ExpiringKey, V: Value, E: Shared, S: ExpiringHasher, C: Clock>
                 Ok(value) if ours || found.deadline.load(Acquire) > now_nanos(now) => return value,
                 // Stored by someone else since this call looked, and already expired, or a
                 // cached error: no value. Out with it, and try again.
-                Ok(_) => core.expire(&key, found.id, now),
-                Err(_) => core.drop_cached_error(&key, now),
+                Ok(_) => core.expire(hash, &key, found.id, now),
+                Err(_) => core.drop_cached_error(hash, &key, now),
             }
             now = core.tend();
         }

@@ -223,16 +223,24 @@ impl<K: ExpiringKey, V: Value, E: Shared, S: ExpiringHasher, C: Clock>
     {
         let core = &*self.core;
         let now = core.tend();
-        match core.read(key, || Cow::Owned(key.to_owned()), now, ReadFor::Probe) {
+        // The one hash of this call: the read, and the reclamation or refresh it may start.
+        let hash = core.inner.hash(key);
+        match core.read(
+            hash,
+            key,
+            || Cow::Owned(key.to_owned()),
+            now,
+            ReadFor::Probe,
+        ) {
             Read::Hit { value, refresh } => {
                 if let Some(id) = refresh {
-                    Core::refresh_with_loader(&self.core, key.to_owned(), id);
+                    Core::refresh_with_loader(&self.core, key.to_owned(), hash, id);
                 }
                 Some(value)
             }
             Read::Failed(_) | Read::CachedError => None,
             Read::Expired(id) => {
-                core.expire(key, id, now);
+                core.expire(hash, key, id, now);
                 None
             }
             Read::Absent => None,
@@ -389,15 +397,17 @@ impl<K: ExpiringKey, V: Value, E: Shared, S: ExpiringHasher, C: Clock>
 }
 
 impl<K: ExpiringKey, V: Value, E: Shared, S: ExpiringHasher, C: Clock> Core<K, V, E, S, C> {
-    /// Reads `key` at `now`: a hit (renewed under time-to-idle, perhaps claiming a refresh),
-    /// a cached error, an expired entry, or nothing.
-    #[inline]
+    /// Reads `key` (whose hash is `hash`: the caller's one hash of its operation) at `now`:
+    /// a hit (renewed under time-to-idle, perhaps claiming a refresh), a cached error, an
+    /// expired entry, or nothing.
     ///
     /// `key_of` gives the key as a `K` where one is needed (an `Expiry` policy's
     /// `expire_after_read`, a timer): borrowed when the caller has a `&K`, made owned from a
     /// borrowed form only then.
+    #[inline]
     pub(crate) fn read<'k, Q>(
         &self,
+        hash: u64,
         key: &Q,
         key_of: impl Fn() -> Cow<'k, K>,
         now: Duration,
@@ -405,7 +415,7 @@ impl<K: ExpiringKey, V: Value, E: Shared, S: ExpiringHasher, C: Clock> Core<K, V
     ) -> Read<V, E>
     where
         K: Borrow<Q> + 'k,
-        Q: Hash + Eq + ?Sized,
+        Q: Eq + ?Sized,
     {
         let now_nanos = now_nanos(now);
         let mut expired = None;
@@ -432,7 +442,8 @@ impl<K: ExpiringKey, V: Value, E: Shared, S: ExpiringHasher, C: Clock> Core<K, V
                         // Sooner than its timer: a timer for the new deadline (a later one
                         // is found when the old timer fires, and rescheduled then). Under
                         // the shard lock, as every timer swap is.
-                        let bits = self.timers.schedule(next, key_of().into_owned(), entry.id);
+                        let key = key_of().into_owned();
+                        let bits = self.timers.schedule(next, key, hash, entry.id);
                         self.timers.cancel(entry.timer.swap(bits, AcqRel));
                     }
                 } else {
@@ -464,9 +475,9 @@ impl<K: ExpiringKey, V: Value, E: Shared, S: ExpiringHasher, C: Clock> Core<K, V
             })
         };
         let found = if matches!(mode, ReadFor::Probe | ReadFor::Insert) {
-            self.inner.get_if_present_with(key, f)
+            self.inner.get_if_present_with_hashed(hash, key, f)
         } else {
-            self.inner.hit_with(key, f)
+            self.inner.hit_with_hashed(hash, key, f)
         };
         match found {
             Some(Read::Failed(error)) => {
@@ -479,29 +490,29 @@ impl<K: ExpiringKey, V: Value, E: Shared, S: ExpiringHasher, C: Clock> Core<K, V
         }
     }
 
-    /// Before a write at `key`: the deadline of the value there if it is live at `now` (for
-    /// `Expiry::expire_after_update`), and an expired one, not yet reclaimed, removed as
-    /// expired (not as replaced).
-    pub(super) fn live_deadline(&self, key: &K, now: Duration) -> Option<u64> {
+    /// Before a write at `key` (whose hash is `hash`): the deadline of the value there if it
+    /// is live at `now` (for `Expiry::expire_after_update`), and an expired one, not yet
+    /// reclaimed, removed as expired (not as replaced).
+    pub(super) fn live_deadline(&self, hash: u64, key: &K, now: Duration) -> Option<u64> {
         let now_nanos = now_nanos(now);
         let old = self
             .inner
-            .peek_with(key, |old| (old.id, old.deadline.load(Acquire)))?;
+            .peek_with_hashed(hash, key, |old| (old.id, old.deadline.load(Acquire)))?;
         match old {
             (_, deadline) if deadline > now_nanos => Some(deadline),
             (id, _) => {
-                self.expire(key, id, now);
+                self.expire(hash, key, id, now);
                 None
             }
         }
     }
 
-    /// Removes the cached error at `key`, if one is there before its deadline at `now`: it
-    /// is no value, for a write that takes its place. Counted as invalidated (not told to
-    /// the listener, which hears of values only).
-    pub(crate) fn drop_cached_error(&self, key: &K, now: Duration) {
+    /// Removes the cached error at `key` (whose hash is `hash`), if one is there before its
+    /// deadline at `now`: it is no value, for a write that takes its place. Counted as
+    /// invalidated (not told to the listener, which hears of values only).
+    pub(crate) fn drop_cached_error(&self, hash: u64, key: &K, now: Duration) {
         let now = now_nanos(now);
-        self.inner.invalidate_if(key, |entry| {
+        self.inner.invalidate_if_hashed(hash, key, |entry| {
             entry.slot.is_err() && entry.deadline.load(Acquire) > now
         });
     }

@@ -1,9 +1,9 @@
 //! Reclamation: every operation first advances the timer wheel to the clock and removes the
 //! entries whose deadline has passed, telling the listener; `run_maintenance` does only that.
 
-use std::{borrow::Borrow, hash::Hash, time::Duration};
+use std::{borrow::Borrow, time::Duration};
 
-use super::{tick_at_or_after, tick_of, Core, ExpiringCache};
+use super::{tick_at_or_after, tick_of, Core, ExpiringCache, Timed};
 use crate::{
     clock::Clock,
     expiry::{now_nanos, NEVER},
@@ -108,9 +108,10 @@ impl<K: ExpiringKey, V: Value, E: Shared, S: ExpiringHasher, C: Clock> Core<K, V
             fired
         };
         let mut removed = 0;
-        for (key, id) in fired {
+        for Timed { key, hash, id } in fired {
             let mut renewed = None;
-            let gone = self.inner.expire_if(&key, |entry| {
+            // The hash kept with the timer: reclaiming hashes no key.
+            let gone = self.inner.expire_if_hashed(hash, &key, |entry| {
                 if entry.id != id {
                     return false;
                 }
@@ -128,9 +129,9 @@ impl<K: ExpiringKey, V: Value, E: Shared, S: ExpiringHasher, C: Clock> Core<K, V
                 // cancels this one.
                 let timers = &self.timers;
                 let key2 = key.clone();
-                self.inner.peek_with(&key, |entry| {
+                self.inner.peek_with_hashed(hash, &key, |entry| {
                     if entry.id == id {
-                        let bits = timers.schedule(deadline, key2, id);
+                        let bits = timers.schedule(deadline, key2, hash, id);
                         let old = entry.timer.swap(bits, AcqRel);
                         timers.cancel(old);
                     }
@@ -140,14 +141,15 @@ impl<K: ExpiringKey, V: Value, E: Shared, S: ExpiringHasher, C: Clock> Core<K, V
         removed
     }
 
-    /// Removes the entry `id` at `key` if its deadline has passed at `now`.
-    pub(crate) fn expire<Q>(&self, key: &Q, id: u64, now: Duration)
+    /// Removes the entry `id` at `key` (whose hash is `hash`) if its deadline has passed at
+    /// `now`.
+    pub(crate) fn expire<Q>(&self, hash: u64, key: &Q, id: u64, now: Duration)
     where
         K: Borrow<Q>,
-        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+        Q: Eq + ToOwned<Owned = K> + ?Sized,
     {
         let now = now_nanos(now);
-        self.inner.expire_if(key, |entry| {
+        self.inner.expire_if_hashed(hash, key, |entry| {
             entry.id == id && entry.deadline.load(Acquire) <= now
         });
     }

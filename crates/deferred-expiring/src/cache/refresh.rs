@@ -13,18 +13,20 @@ use super::{lock_std, Core, Task};
 use crate::{clock::Clock, loom::Ordering::*, ExpiringHasher, ExpiringKey, Shared, Value};
 
 impl<K: ExpiringKey, V: Value, E: Shared, S: ExpiringHasher, C: Clock> Core<K, V, E, S, C> {
-    /// Starts the refresh of entry `id` at `key` with the cache-wide loader, if there is
-    /// one (a read claims a refresh with no loader of its own only when there is).
-    pub(crate) fn refresh_with_loader(this: &Arc<Self>, key: K, id: u64) {
+    /// Starts the refresh of entry `id` at `key` (whose hash is `hash`) with the cache-wide
+    /// loader, if there is one (a read claims a refresh with no loader of its own only when
+    /// there is).
+    pub(crate) fn refresh_with_loader(this: &Arc<Self>, key: K, hash: u64, id: u64) {
         if let Some(loader) = &this.loader {
             let load = loader(&key);
-            Core::refresh(this, key, id, async move { load.await.ok() });
+            Core::refresh(this, key, hash, id, async move { load.await.ok() });
         }
     }
 
-    /// Starts the refresh of entry `id` at `key` with `load` (`None`: it failed): on the
-    /// spawner, or polled once here and then by later operations.
-    pub(crate) fn refresh<Fut>(this: &Arc<Self>, key: K, id: u64, load: Fut)
+    /// Starts the refresh of entry `id` at `key` (whose hash is `hash`, kept for the refresh's
+    /// end) with `load` (`None`: it failed): on the spawner, or polled once here and then by
+    /// later operations.
+    pub(crate) fn refresh<Fut>(this: &Arc<Self>, key: K, hash: u64, id: u64, load: Fut)
     where
         Fut: Future<Output = Option<V>> + Send + 'static,
     {
@@ -34,7 +36,7 @@ impl<K: ExpiringKey, V: Value, E: Shared, S: ExpiringHasher, C: Clock> Core<K, V
         let (core, fail_core, fail_key) = (Arc::downgrade(this), Arc::downgrade(this), key.clone());
         let guard = FailGuard(Some(Box::new(move || {
             if let Some(core) = fail_core.upgrade() {
-                core.refresh_failed(&fail_key, id);
+                core.refresh_failed(hash, &fail_key, id);
             }
         })));
         let task: Task = Box::pin(async move {
@@ -45,8 +47,8 @@ impl<K: ExpiringKey, V: Value, E: Shared, S: ExpiringHasher, C: Clock> Core<K, V
                 return;
             };
             match result {
-                Some(value) => core.refresh_done(&key, id, value),
-                None => core.refresh_failed(&key, id),
+                Some(value) => core.refresh_done(hash, &key, id, value),
+                None => core.refresh_failed(hash, &key, id),
             }
         });
         match &this.spawner {
@@ -64,11 +66,14 @@ impl<K: ExpiringKey, V: Value, E: Shared, S: ExpiringHasher, C: Clock> Core<K, V
 
     /// Stores a refreshed value if the entry it refreshes is still the one at its key: a
     /// write, invalidation or expiry since the refresh started wins, and the value goes.
-    fn refresh_done(&self, key: &K, id: u64, value: V) {
-        let previous = self.live_deadline(key, self.clock.now());
-        let entry = self.new_entry(key, Ok(value), previous);
+    fn refresh_done(&self, hash: u64, key: &K, id: u64, value: V) {
+        let previous = self.live_deadline(hash, key, self.clock.now());
+        let entry = self.new_entry(hash, key, Ok(value), previous);
         let timer = entry.timer.load(Relaxed);
-        if self.inner.replace_if(key, entry, |old| old.id == id) {
+        if self
+            .inner
+            .replace_if_hashed(hash, key, entry, |old| old.id == id)
+        {
             self.counters.refreshes_ok.fetch_add(1, Relaxed);
         } else {
             self.timers.cancel(timer);
@@ -78,10 +83,10 @@ impl<K: ExpiringKey, V: Value, E: Shared, S: ExpiringHasher, C: Clock> Core<K, V
 
     /// A refresh failed: the old value stays, and the next refresh may start one interval
     /// from now.
-    fn refresh_failed(&self, key: &K, id: u64) {
+    fn refresh_failed(&self, hash: u64, key: &K, id: u64) {
         self.counters.refreshes_failed.fetch_add(1, Relaxed);
         let next = crate::expiry::deadline(self.clock.now(), self.policy.refresh_after);
-        self.inner.peek_with(key, |entry| {
+        self.inner.peek_with_hashed(hash, key, |entry| {
             if entry.id == id {
                 // The next refresh may start at `next`.
                 entry.refresh_at.store(next, Release);

@@ -31,9 +31,12 @@ impl<K: ExpiringKey, V: Value, E: Shared, S: ExpiringHasher, C: Clock>
     pub fn insert(&self, key: K, value: V) {
         let core = &*self.core;
         let now = core.tend();
-        let previous = core.live_deadline(&key, now);
-        let entry = core.new_entry(&key, Ok(value), previous);
-        core.inner.insert(key, entry);
+        // The one hash of this call: the old entry's deadline, the new one's timer, and the
+        // inner cache's insert all take it.
+        let hash = core.inner.hash(&key);
+        let previous = core.live_deadline(hash, &key, now);
+        let entry = core.new_entry(hash, &key, Ok(value), previous);
+        core.inner.insert_hashed(hash, key, entry);
     }
 
     /// Removes the entry at `key`; returns whether there was one (expired or not).
@@ -59,7 +62,8 @@ impl<K: ExpiringKey, V: Value, E: Shared, S: ExpiringHasher, C: Clock>
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
     {
         self.core.tend();
-        self.core.inner.invalidate(key)
+        let hash = self.core.inner.hash(key);
+        self.core.inner.invalidate_hashed(hash, key)
     }
 
     /// Removes the value at `key` if it is before its deadline and `pred` says so for it,
@@ -101,8 +105,9 @@ impl<K: ExpiringKey, V: Value, E: Shared, S: ExpiringHasher, C: Clock>
     {
         let core = &*self.core;
         let now = core.tend();
+        let hash = core.inner.hash(key);
         let (removed, _expired) =
-            core.invalidate_live_if(key, now, |entry| entry.slot.as_ref().is_ok_and(pred));
+            core.invalidate_live_if(hash, key, now, |entry| entry.slot.as_ref().is_ok_and(pred));
         removed
     }
 
@@ -146,7 +151,9 @@ impl<K: ExpiringKey, V: Value, E: Shared, S: ExpiringHasher, C: Clock>
         let core = &*self.core;
         let now = core.tend();
         let mut value = None;
-        let (removed, expired) = core.invalidate_live_if(key, now, |entry| {
+        // The one hash of this call, for both of its removals.
+        let hash = core.inner.hash(key);
+        let (removed, expired) = core.invalidate_live_if(hash, key, now, |entry| {
             value = entry.slot.as_ref().ok().cloned();
             true
         });
@@ -158,7 +165,7 @@ impl<K: ExpiringKey, V: Value, E: Shared, S: ExpiringHasher, C: Clock>
         }
         // Absent, or a load in flight, which `invalidate_if` leaves: removed as `invalidate`
         // removes it. (Had it completed just now, what is removed is its fresh entry.)
-        let entry = core.inner.remove(key)?;
+        let entry = core.inner.remove_hashed(hash, key)?;
         match entry.slot {
             Ok(value) if entry.deadline.load(Acquire) > now_nanos(now) => Some(value),
             _ => None,
@@ -239,24 +246,25 @@ impl<K: ExpiringKey, V: Value, E: Shared, S: ExpiringHasher, C: Clock>
 }
 
 impl<K: ExpiringKey, V: Value, E: Shared, S: ExpiringHasher, C: Clock> Core<K, V, E, S, C> {
-    /// Removes the complete entry (a value or a cached error) at `key` if it is live at `now`
-    /// and `pred` says so; one past its deadline is left to `pred` unseen and reclaimed as
-    /// expired instead. Tested and removed atomically, so an entry whose deadline passed is
-    /// never taken for a live one. Returns whether `pred`'s entry was removed, and whether an
-    /// expired one was found (and reclaimed).
+    /// Removes the complete entry (a value or a cached error) at `key` (whose hash is
+    /// `hash`) if it is live at `now` and `pred` says so; one past its deadline is left to
+    /// `pred` unseen and reclaimed as expired instead. Tested and removed atomically, so an
+    /// entry whose deadline passed is never taken for a live one. Returns whether `pred`'s
+    /// entry was removed, and whether an expired one was found (and reclaimed).
     fn invalidate_live_if<Q>(
         &self,
+        hash: u64,
         key: &Q,
         now: Duration,
         pred: impl FnOnce(&Entry<V, E>) -> bool,
     ) -> (bool, bool)
     where
         K: Borrow<Q>,
-        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+        Q: Eq + ToOwned<Owned = K> + ?Sized,
     {
         let now_nanos = now_nanos(now);
         let mut expired = None;
-        let removed = self.inner.invalidate_if(key, |entry| {
+        let removed = self.inner.invalidate_if_hashed(hash, key, |entry| {
             if entry.deadline.load(Acquire) <= now_nanos {
                 expired = Some(entry.id);
                 return false;
@@ -264,23 +272,30 @@ impl<K: ExpiringKey, V: Value, E: Shared, S: ExpiringHasher, C: Clock> Core<K, V
             pred(entry)
         });
         if let Some(id) = expired {
-            self.expire(key, id, now);
+            self.expire(hash, key, id, now);
         }
         (removed, expired.is_some())
     }
 
-    /// The future stored in an inner entry: the user's load, turned into an `Entry`.
-    pub(crate) async fn load_entry<Fut>(self: Arc<Self>, key: K, fut: Fut) -> Result<Entry<V, E>, E>
+    /// The future stored in an inner entry: the user's load at `key` (whose hash is
+    /// `hash`), turned into an `Entry`.
+    pub(crate) async fn load_entry<Fut>(
+        self: Arc<Self>,
+        hash: u64,
+        key: K,
+        fut: Fut,
+    ) -> Result<Entry<V, E>, E>
     where
         Fut: Future<Output = Result<V, E>> + Send + 'static,
     {
-        self.loaded(&key, fut.await)
+        self.loaded(hash, &key, fut.await)
     }
 
     /// The future stored in an inner entry by `optionally_get_with`: the user's load, its
     /// value turned into an `Entry` (`None`, no value, is not stored).
     pub(crate) async fn load_optional_entry<Fut>(
         self: Arc<Self>,
+        hash: u64,
         key: K,
         fut: Fut,
     ) -> Option<Entry<V, E>>
@@ -288,38 +303,48 @@ impl<K: ExpiringKey, V: Value, E: Shared, S: ExpiringHasher, C: Clock> Core<K, V
         Fut: Future<Output = Option<V>> + Send + 'static,
     {
         let value = fut.await?;
-        Some(self.new_entry(&key, Ok(value), None))
+        Some(self.new_entry(hash, &key, Ok(value), None))
     }
 
-    /// The entry a load's outcome makes: a value, or an error kept under negative caching
-    /// (counted then); an error not kept is given back.
-    pub(crate) fn loaded(&self, key: &K, outcome: Result<V, E>) -> Result<Entry<V, E>, E> {
+    /// The entry a load's outcome at `key` (whose hash is `hash`) makes: a value, or an
+    /// error kept under negative caching (counted then); an error not kept is given back.
+    pub(crate) fn loaded(
+        &self,
+        hash: u64,
+        key: &K,
+        outcome: Result<V, E>,
+    ) -> Result<Entry<V, E>, E> {
         match outcome {
-            Ok(value) => Ok(self.new_entry(key, Ok(value), None)),
+            Ok(value) => Ok(self.new_entry(hash, key, Ok(value), None)),
             Err(error) if self.policy.negative_ttl.is_some() => {
                 self.counters.negative_loads.fetch_add(1, Relaxed);
-                Ok(self.new_entry(key, Err(Arc::new(error)), None))
+                Ok(self.new_entry(hash, key, Err(Arc::new(error)), None))
             }
             Err(error) => Err(error),
         }
     }
 
-    /// Cancels the timer of `entry` (its id and timer), made for `key` by a load or an
-    /// insert that has ended, if the entry stored at `key` is not it: it was never stored
-    /// (another value settled the key, or the load was invalidated in flight), or it was
-    /// and has gone (its removal cancelled the timer already; cancelling again does
-    /// nothing). Once its load has ended, an entry not stored now never will be.
-    pub(crate) fn discard_unless_stored(&self, key: &K, entry: Option<(u64, u64)>) {
+    /// Cancels the timer of `entry` (its id and timer), made for `key` (whose hash is
+    /// `hash`) by a load or an insert that has ended, if the entry stored at `key` is not
+    /// it: it was never stored (another value settled the key, or the load was invalidated
+    /// in flight), or it was and has gone (its removal cancelled the timer already;
+    /// cancelling again does nothing). Once its load has ended, an entry not stored now
+    /// never will be.
+    pub(crate) fn discard_unless_stored(&self, hash: u64, key: &K, entry: Option<(u64, u64)>) {
         if let Some((id, timer)) = entry {
-            if timer != NEVER && self.inner.peek_with(key, |stored| stored.id) != Some(id) {
+            if timer != NEVER
+                && self.inner.peek_with_hashed(hash, key, |stored| stored.id) != Some(id)
+            {
                 self.timers.cancel(timer);
             }
         }
     }
 
-    /// A new entry for `slot` at `key`, with its deadline and its timer.
+    /// A new entry for `slot` at `key` (whose hash is `hash`, kept with its timer), with its
+    /// deadline and its timer.
     pub(crate) fn new_entry(
         &self,
+        hash: u64,
         key: &K,
         slot: Result<V, Arc<E>>,
         previous: Option<u64>,
@@ -337,7 +362,7 @@ impl<K: ExpiringKey, V: Value, E: Shared, S: ExpiringHasher, C: Clock> Core<K, V
                 (deadline, deadline, NEVER)
             }
         };
-        let timer = self.timers.schedule(deadline, key.clone(), id);
+        let timer = self.timers.schedule(deadline, key.clone(), hash, id);
         Entry {
             slot,
             id,
