@@ -8,35 +8,9 @@
 
 #![allow(clippy::std_instead_of_core)]
 
-use std::{
-    cell::Cell,
-    hash::{Hash, Hasher},
-};
-
 use deferred_cache::Cache;
+use deferred_test_support::{hashes, Counted};
 use futures::executor::block_on;
-
-thread_local! {
-    static HASHED: Cell<usize> = const { Cell::new(0) };
-}
-
-/// A key whose `Hash` counts its calls.
-#[derive(Clone, PartialEq, Eq, Debug)]
-struct Counted(u64);
-
-impl Hash for Counted {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        HASHED.with(|h| h.set(h.get() + 1));
-        self.0.hash(state);
-    }
-}
-
-/// How many times `op` hashed a `Counted` key.
-fn hashes<R>(op: impl FnOnce() -> R) -> (usize, R) {
-    HASHED.with(|h| h.set(0));
-    let r = op();
-    (HASHED.with(Cell::get), r)
-}
 
 /// Both kinds of cache: unbounded (no policy) and bounded (S3-FIFO admission on a load or
 /// an insert), where the admission path must not hash again either.

@@ -17,38 +17,11 @@
 
 #![allow(clippy::std_instead_of_core)]
 
-use std::{
-    cell::Cell,
-    collections::hash_map::RandomState,
-    convert::Infallible,
-    hash::{Hash, Hasher},
-    time::Duration,
-};
+use std::{collections::hash_map::RandomState, convert::Infallible, time::Duration};
 
 use deferred_expiring::{ExpiringBuilder, ExpiringCache, Expiry, ManualClock, Source};
+use deferred_test_support::{hashes, Counted};
 use futures::executor::block_on;
-
-thread_local! {
-    static HASHED: Cell<usize> = const { Cell::new(0) };
-}
-
-/// A key whose `Hash` counts its calls.
-#[derive(Clone, PartialEq, Eq, Debug)]
-struct Counted(u64);
-
-impl Hash for Counted {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        HASHED.with(|h| h.set(h.get() + 1));
-        self.0.hash(state);
-    }
-}
-
-/// How many times `op` hashed a `Counted` key.
-fn hashes<R>(op: impl FnOnce() -> R) -> (usize, R) {
-    HASHED.with(|h| h.set(0));
-    let r = op();
-    (HASHED.with(Cell::get), r)
-}
 
 type Cache = ExpiringCache<Counted, u64, String, RandomState, ManualClock>;
 type Builder = ExpiringBuilder<Counted, u64, String, RandomState, ManualClock>;

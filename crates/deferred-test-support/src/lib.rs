@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
 
+mod counted;
 mod gate;
 #[cfg(feature = "futures")]
 pub mod loom;
@@ -10,6 +11,7 @@ mod poll;
 #[cfg(all(feature = "redis", unix))]
 pub mod redis;
 
+pub use counted::{hashes, Counted};
 pub use gate::Gate;
 pub use panic::{quiet_panics_containing, quiet_panics_of, quiet_panics_saying};
 #[cfg(feature = "futures")]
