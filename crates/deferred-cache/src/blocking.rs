@@ -84,10 +84,7 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
     }
 
     /// As [`get_with_blocking`](Self::get_with_blocking), with the key's hash given: `hash`
-    /// must be `self.hash(&key)`. For layers built on this cache, which hash a key once per
-    /// operation (with [`hash`](Self::hash)) and pass the hash down; not part of the stable
-    /// API. A wrong hash makes the call miss the entry, or put it where lookups by key do
-    /// not find it (never unsoundness).
+    /// must be `self.hash(&key)`. See [`hash`](Self::hash).
     #[doc(hidden)]
     pub fn get_with_blocking_hashed(
         &self,

@@ -334,10 +334,7 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
 
     /// As [`get_or_insert_with_uncounted`](Self::get_or_insert_with_uncounted), with the
     /// key's hash given: `hash` must be `self.hash(&key)`.
-    /// For layers built on this cache, which hash a key once per operation (with
-    /// [`hash`](Self::hash)) and pass the hash down; not part of the stable API. A wrong hash
-    /// makes the call miss the entry, or put it where lookups by key do not find it (never
-    /// unsoundness).
+    /// See [`hash`](Self::hash).
     #[doc(hidden)]
     pub fn get_or_insert_with_uncounted_hashed(
         &self,
@@ -483,10 +480,7 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
 
     /// As [`peek_with`](Self::peek_with), with the key's hash given: `hash` must be
     /// `self.hash(key)`.
-    /// For layers built on this cache, which hash a key once per operation (with
-    /// [`hash`](Self::hash)) and pass the hash down; not part of the stable API. A wrong hash
-    /// makes the call miss the entry, or put it where lookups by key do not find it (never
-    /// unsoundness).
+    /// See [`hash`](Self::hash).
     #[doc(hidden)]
     pub fn peek_with_hashed<Q, R>(&self, hash: u64, key: &Q, f: impl FnOnce(&V) -> R) -> Option<R>
     where
@@ -540,10 +534,7 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
 
     /// As [`insert`](Self::insert), with the key's hash given: `hash` must be
     /// `self.hash(&key)`.
-    /// For layers built on this cache, which hash a key once per operation (with
-    /// [`hash`](Self::hash)) and pass the hash down; not part of the stable API. A wrong hash
-    /// makes the call miss the entry, or put it where lookups by key do not find it (never
-    /// unsoundness).
+    /// See [`hash`](Self::hash).
     #[doc(hidden)]
     pub fn insert_hashed(&self, hash: u64, key: K, value: V) {
         let weight = self.weigh(&key, &value);
@@ -589,10 +580,7 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
 
     /// As [`invalidate`](Self::invalidate), with the key's hash given: `hash` must be
     /// `self.hash(key)`.
-    /// For layers built on this cache, which hash a key once per operation (with
-    /// [`hash`](Self::hash)) and pass the hash down; not part of the stable API. A wrong hash
-    /// makes the call miss the entry, or put it where lookups by key do not find it (never
-    /// unsoundness).
+    /// See [`hash`](Self::hash).
     #[doc(hidden)]
     pub fn invalidate_hashed<Q>(&self, hash: u64, key: &Q) -> bool
     where
@@ -636,10 +624,7 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
 
     /// As [`remove`](Self::remove), with the key's hash given: `hash` must be
     /// `self.hash(key)`.
-    /// For layers built on this cache, which hash a key once per operation (with
-    /// [`hash`](Self::hash)) and pass the hash down; not part of the stable API. A wrong hash
-    /// makes the call miss the entry, or put it where lookups by key do not find it (never
-    /// unsoundness).
+    /// See [`hash`](Self::hash).
     #[doc(hidden)]
     pub fn remove_hashed<Q>(&self, hash: u64, key: &Q) -> Option<V>
     where
@@ -843,10 +828,7 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
 
     /// As [`get_if_present_with`](Self::get_if_present_with), with the key's hash given: `hash` must be
     /// `self.hash(key)`.
-    /// For layers built on this cache, which hash a key once per operation (with
-    /// [`hash`](Self::hash)) and pass the hash down; not part of the stable API. A wrong hash
-    /// makes the call miss the entry, or put it where lookups by key do not find it (never
-    /// unsoundness).
+    /// See [`hash`](Self::hash).
     #[doc(hidden)]
     pub fn get_if_present_with_hashed<Q, R>(
         &self,
@@ -894,10 +876,7 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
 
     /// As [`hit_with`](Self::hit_with), with the key's hash given: `hash` must be
     /// `self.hash(key)`.
-    /// For layers built on this cache, which hash a key once per operation (with
-    /// [`hash`](Self::hash)) and pass the hash down; not part of the stable API. A wrong hash
-    /// makes the call miss the entry, or put it where lookups by key do not find it (never
-    /// unsoundness).
+    /// See [`hash`](Self::hash).
     #[doc(hidden)]
     pub fn hit_with_hashed<Q, R>(
         &self,
@@ -945,10 +924,7 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
 
     /// As [`invalidate_if`](Self::invalidate_if), with the key's hash given: `hash` must be
     /// `self.hash(key)`.
-    /// For layers built on this cache, which hash a key once per operation (with
-    /// [`hash`](Self::hash)) and pass the hash down; not part of the stable API. A wrong hash
-    /// makes the call miss the entry, or put it where lookups by key do not find it (never
-    /// unsoundness).
+    /// See [`hash`](Self::hash).
     #[doc(hidden)]
     pub fn invalidate_if_hashed<Q>(&self, hash: u64, key: &Q, pred: impl FnOnce(&V) -> bool) -> bool
     where
@@ -984,10 +960,7 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
 
     /// As [`expire_if`](Self::expire_if), with the key's hash given: `hash` must be
     /// `self.hash(key)`.
-    /// For layers built on this cache, which hash a key once per operation (with
-    /// [`hash`](Self::hash)) and pass the hash down; not part of the stable API. A wrong hash
-    /// makes the call miss the entry, or put it where lookups by key do not find it (never
-    /// unsoundness).
+    /// See [`hash`](Self::hash).
     #[doc(hidden)]
     pub fn expire_if_hashed<Q>(&self, hash: u64, key: &Q, pred: impl FnOnce(&V) -> bool) -> bool
     where
@@ -1030,10 +1003,7 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
 
     /// As [`replace_if`](Self::replace_if), with the key's hash given: `hash` must be
     /// `self.hash(key)`.
-    /// For layers built on this cache, which hash a key once per operation (with
-    /// [`hash`](Self::hash)) and pass the hash down; not part of the stable API. A wrong hash
-    /// makes the call miss the entry, or put it where lookups by key do not find it (never
-    /// unsoundness).
+    /// See [`hash`](Self::hash).
     #[doc(hidden)]
     pub fn replace_if_hashed<Q>(
         &self,
@@ -1214,7 +1184,8 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
     ///
     /// The hash that the `*_hashed` variants of the methods take: for layers built on this
     /// cache, which hash a key once per operation and pass the hash down; not part of the
-    /// stable API.
+    /// stable API. A wrong hash makes such a call miss the entry, or put it where lookups by
+    /// key do not find it (never unsoundness).
     #[doc(hidden)]
     #[inline]
     pub fn hash<Q: Hash + ?Sized>(&self, key: &Q) -> u64 {
