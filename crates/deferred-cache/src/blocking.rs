@@ -84,7 +84,7 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
     }
 
     /// As [`get_with_blocking`](Self::get_with_blocking), with the key's hash given: `hash`
-    /// must be `self.hash(&key)`. See [`hash`](Self::hash).
+    /// must be `self.hash(&key)` (see [`hash`](Self::hash)).
     #[doc(hidden)]
     pub fn get_with_blocking_hashed(
         &self,

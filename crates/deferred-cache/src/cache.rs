@@ -333,8 +333,7 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
     }
 
     /// As [`get_or_insert_with_uncounted`](Self::get_or_insert_with_uncounted), with the
-    /// key's hash given: `hash` must be `self.hash(&key)`.
-    /// See [`hash`](Self::hash).
+    /// key's hash given: `hash` must be `self.hash(&key)` (see [`hash`](Self::hash)).
     #[doc(hidden)]
     pub fn get_or_insert_with_uncounted_hashed(
         &self,
@@ -479,8 +478,7 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
     }
 
     /// As [`peek_with`](Self::peek_with), with the key's hash given: `hash` must be
-    /// `self.hash(key)`.
-    /// See [`hash`](Self::hash).
+    /// `self.hash(key)` (see [`hash`](Self::hash)).
     #[doc(hidden)]
     pub fn peek_with_hashed<Q, R>(&self, hash: u64, key: &Q, f: impl FnOnce(&V) -> R) -> Option<R>
     where
@@ -533,8 +531,7 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
     }
 
     /// As [`insert`](Self::insert), with the key's hash given: `hash` must be
-    /// `self.hash(&key)`.
-    /// See [`hash`](Self::hash).
+    /// `self.hash(&key)` (see [`hash`](Self::hash)).
     #[doc(hidden)]
     pub fn insert_hashed(&self, hash: u64, key: K, value: V) {
         let weight = self.weigh(&key, &value);
@@ -579,8 +576,7 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
     }
 
     /// As [`invalidate`](Self::invalidate), with the key's hash given: `hash` must be
-    /// `self.hash(key)`.
-    /// See [`hash`](Self::hash).
+    /// `self.hash(key)` (see [`hash`](Self::hash)).
     #[doc(hidden)]
     pub fn invalidate_hashed<Q>(&self, hash: u64, key: &Q) -> bool
     where
@@ -623,8 +619,7 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
     }
 
     /// As [`remove`](Self::remove), with the key's hash given: `hash` must be
-    /// `self.hash(key)`.
-    /// See [`hash`](Self::hash).
+    /// `self.hash(key)` (see [`hash`](Self::hash)).
     #[doc(hidden)]
     pub fn remove_hashed<Q>(&self, hash: u64, key: &Q) -> Option<V>
     where
@@ -827,8 +822,7 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
     }
 
     /// As [`get_if_present_with`](Self::get_if_present_with), with the key's hash given: `hash` must be
-    /// `self.hash(key)`.
-    /// See [`hash`](Self::hash).
+    /// `self.hash(key)` (see [`hash`](Self::hash)).
     #[doc(hidden)]
     pub fn get_if_present_with_hashed<Q, R>(
         &self,
@@ -875,8 +869,7 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
     }
 
     /// As [`hit_with`](Self::hit_with), with the key's hash given: `hash` must be
-    /// `self.hash(key)`.
-    /// See [`hash`](Self::hash).
+    /// `self.hash(key)` (see [`hash`](Self::hash)).
     #[doc(hidden)]
     pub fn hit_with_hashed<Q, R>(
         &self,
@@ -923,8 +916,7 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
     }
 
     /// As [`invalidate_if`](Self::invalidate_if), with the key's hash given: `hash` must be
-    /// `self.hash(key)`.
-    /// See [`hash`](Self::hash).
+    /// `self.hash(key)` (see [`hash`](Self::hash)).
     #[doc(hidden)]
     pub fn invalidate_if_hashed<Q>(&self, hash: u64, key: &Q, pred: impl FnOnce(&V) -> bool) -> bool
     where
@@ -959,8 +951,7 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
     }
 
     /// As [`expire_if`](Self::expire_if), with the key's hash given: `hash` must be
-    /// `self.hash(key)`.
-    /// See [`hash`](Self::hash).
+    /// `self.hash(key)` (see [`hash`](Self::hash)).
     #[doc(hidden)]
     pub fn expire_if_hashed<Q>(&self, hash: u64, key: &Q, pred: impl FnOnce(&V) -> bool) -> bool
     where
@@ -1002,8 +993,7 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
     }
 
     /// As [`replace_if`](Self::replace_if), with the key's hash given: `hash` must be
-    /// `self.hash(key)`.
-    /// See [`hash`](Self::hash).
+    /// `self.hash(key)` (see [`hash`](Self::hash)).
     #[doc(hidden)]
     pub fn replace_if_hashed<Q>(
         &self,

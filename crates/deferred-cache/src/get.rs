@@ -79,8 +79,7 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
     }
 
     /// As [`get_with`](Self::get_with), with the key's hash given: `hash` must be
-    /// `self.hash(&key)`.
-    /// See [`hash`](Self::hash).
+    /// `self.hash(&key)` (see [`hash`](Self::hash)).
     #[doc(hidden)]
     pub fn get_with_hashed<F, Fut>(
         &self,
@@ -155,8 +154,7 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
     }
 
     /// As [`optionally_get_with`](Self::optionally_get_with), with the key's hash given:
-    /// `hash` must be `self.hash(&key)`.
-    /// See [`hash`](Self::hash).
+    /// `hash` must be `self.hash(&key)` (see [`hash`](Self::hash)).
     #[doc(hidden)]
     pub fn optionally_get_with_hashed<F, Fut>(
         &self,
