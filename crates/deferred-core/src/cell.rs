@@ -334,7 +334,13 @@ impl<T, E> Deferred<T, E> {
     fn publish(&self, kind: usize) {
         // Release: pairs with the Acquire loads that see DONE (`try_get`, `Waiter::poll`,
         // `lock`), which then read the payload.
-        let prev = self.state.fetch_or(DONE | (kind << KIND_SHIFT), Release);
+        //
+        // An add that sets the bits an or would: DONE and KIND are clear until this call, the
+        // one publish of the one winner of WON (and only `take`, under `&mut`, clears them
+        // again), so the add carries into nothing. It is one `lock xadd` on x86, where a
+        // `fetch_or` whose old value is used is a load and a compare-and-swap loop.
+        let prev = self.state.fetch_add(DONE | (kind << KIND_SHIFT), Release);
+        debug_assert_eq!(prev & (DONE | KIND_MASK), 0, "published twice");
         if prev & (WAITERS | CLAIMANTS) != 0 {
             self.drain();
         }
