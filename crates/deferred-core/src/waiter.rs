@@ -144,15 +144,26 @@ impl<H: CellRef> Waiter<H> {
     /// A node that is linked in one list stays there (only its notify is renewed), whatever
     /// `which` says: an initializer holding the claim waits in the plain list, and if its
     /// completion then loses to one still being published, it is woken from there.
+    ///
+    /// Inlined up to the first look at the state, so that polling a complete cell (every
+    /// poll of a future that finds its outcome ready) costs one load and a branch at the
+    /// call site; the rest is `poll_pending`, out of line.
+    #[inline]
     pub(crate) fn poll(self: Pin<&mut Self>, which: Which, wake: WakeBy<'_>) -> Polled {
-        // SAFETY: nothing is moved out of the pinned waiter; the node stays where it is.
-        let this = unsafe { self.get_unchecked_mut() };
-        let cell = this.handle.cell();
         // Acquire (`state_acquire`): pairs with the Release in `publish`.
-        let state = cell.state_acquire();
+        let state = self.handle.cell().state_acquire();
         if state & DONE != 0 {
             return Polled::Done(state);
         }
+        self.poll_pending(which, wake)
+    }
+
+    /// The rest of `poll`, once a load of the state has found the cell pending.
+    #[inline(never)]
+    fn poll_pending(self: Pin<&mut Self>, which: Which, wake: WakeBy<'_>) -> Polled {
+        // SAFETY: nothing is moved out of the pinned waiter; the node stays where it is.
+        let this = unsafe { self.get_unchecked_mut() };
+        let cell = this.handle.cell();
         if this.linked.is_some() {
             if let Some(polled) = this.repoll_linked(wake) {
                 return polled;
@@ -364,7 +375,9 @@ impl<H: CellRef> Waiter<H> {
     }
 
     /// Unlinks the node if it is linked; if it had been handed the claim, passes the claim
-    /// on. After this returns the cell never touches the node again.
+    /// on. After this returns the cell never touches the node again. Out of line: `Drop`
+    /// calls it only for a node it knows linked.
+    #[inline(never)]
     fn unlink(&mut self) {
         let Some(which) = self.linked.take() else {
             return;
@@ -413,10 +426,15 @@ impl<H: CellRef> Waiter<H> {
 }
 
 impl<H: CellRef> Drop for Waiter<H> {
+    #[inline]
     fn drop(&mut self) {
         // A linked node was linked through `Pin<&mut Self>` and so has not moved since; this
-        // is the last moment it is alive, and after `unlink` the cell never touches it.
-        self.unlink();
+        // is the last moment it is alive, and after `unlink` the cell never touches it. A
+        // waiter that never linked (or was taken off and knows it) has nothing to undo: the
+        // check is inline, so dropping a future that found its cell complete costs a branch.
+        if self.linked.is_some() {
+            self.unlink();
+        }
     }
 }
 
