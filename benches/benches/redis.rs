@@ -37,6 +37,7 @@ use deferred_benches::ready_now;
 use deferred_expiring::{ExpiringCache, Expiry};
 use deferred_redis::{HybridCache, Raw};
 use deferred_test_support::redis::RedisServer;
+use redis::aio::ConnectionManager;
 
 const EXTRAS_VAR: &str = "DEFERRED_BENCH_EXTRAS";
 /// Set in a worker process: the server's URL.
@@ -100,6 +101,40 @@ where
     tokio::spawn(work).await.expect("the timing task")
 }
 
+/// The plain expiring cache with the L1's value and error types.
+type Plain = ExpiringCache<String, Vec<u8>, std::io::Error>;
+
+/// Times `read` one call at a time (`iter_custom`) in a spawned task (`in_task`), each on a
+/// clone of `target` (a cheap handle) made outside the timing, after `before`: the L1 drop
+/// before each read must come right before it, where criterion's batched setup would run all
+/// the drops of a batch first. Every row of `redis/l2_hit` is timed this same way.
+fn time_reads<T, R, Fut>(
+    b: &mut criterion::Bencher<'_>,
+    rt: &tokio::runtime::Runtime,
+    target: &T,
+    before: fn(&T) -> R,
+    read: impl Fn(T) -> Fut + Clone + Send + 'static,
+) where
+    T: Clone + Send + 'static,
+    R: 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    b.to_async(rt).iter_custom(|iters| {
+        let (target, read) = (target.clone(), read.clone());
+        in_task(async move {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                before(&target);
+                let handle = target.clone();
+                let start = Instant::now();
+                read(handle).await;
+                total += start.elapsed();
+            }
+            total
+        })
+    });
+}
+
 fn l2_hit(c: &mut Criterion, server: &Server, rt: &tokio::runtime::Runtime) {
     let cache: Cache = {
         let _enter = rt.enter();
@@ -127,94 +162,53 @@ fn l2_hit(c: &mut Criterion, server: &Server, rt: &tokio::runtime::Runtime) {
         assert_eq!(bytes, VALUE, "the anchor reads the same bytes");
     });
     let mut group = c.benchmark_group("redis/l2_hit");
-    // Timed one read at a time (`iter_custom`): the L1 drop before each read stays outside
-    // the timing, and must come right before it (criterion's batched setup would run all
-    // the drops of a batch first). The anchor is timed the same way.
     group.bench_function("deferred", |b| {
-        b.to_async(rt).iter_custom(|iters| {
-            let cache = cache.clone();
-            in_task(async move {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    cache.invalidate_local("k");
-                    let start = Instant::now();
-                    let v = cache
-                        .get_with("k", || async { Ok(Vec::new()) })
-                        .await
-                        .expect("read");
-                    total += start.elapsed();
-                    assert_eq!(v.len(), VALUE.len(), "an L2 hit, not a load");
-                }
-                total
-            })
-        });
+        let read = |cache: Cache| async move {
+            let v = cache.get_with("k", || async { Ok(Vec::new()) }).await;
+            assert_eq!(v.expect("read").len(), VALUE.len(), "an L2 hit, not a load");
+        };
+        time_reads(b, rt, &cache, |cache| cache.invalidate_local("k"), read);
     });
     group.bench_function("redis_get", |b| {
-        b.to_async(rt).iter_custom(|iters| {
-            let mut conn = bare.clone();
-            in_task(async move {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    let start = Instant::now();
-                    let v: Vec<u8> = redis::cmd("GET")
-                        .arg("bench-l2:v:k")
-                        .query_async(&mut conn)
-                        .await
-                        .expect("GET");
-                    total += start.elapsed();
-                    assert_eq!(v.len(), VALUE.len());
-                }
-                total
-            })
-        });
+        let read = |mut conn: ConnectionManager| async move {
+            let v: Vec<u8> = redis::cmd("GET")
+                .arg("bench-l2:v:k")
+                .query_async(&mut conn)
+                .await
+                .expect("GET");
+            assert_eq!(v.len(), VALUE.len());
+        };
+        time_reads(b, rt, &bare, |_| (), read);
     });
     // Not an anchor with a target: the tier's Redis side alone (its first round: `GET` and
     // `PTTL` of the value in one pipeline, on the same connection), to split an L2 hit's
     // cost into the server's answer and the tier's own work around it.
     group.bench_function("get_pttl", |b| {
-        b.to_async(rt).iter_custom(|iters| {
-            let mut conn = bare.clone();
-            in_task(async move {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    let start = Instant::now();
-                    let (v, ttl): (Vec<u8>, i64) = redis::pipe()
-                        .get("bench-l2:v:k")
-                        .pttl("bench-l2:v:k")
-                        .query_async(&mut conn)
-                        .await
-                        .expect("GET and PTTL");
-                    total += start.elapsed();
-                    assert_eq!((v.len(), ttl > 0), (VALUE.len(), true));
-                }
-                total
-            })
-        });
+        let read = |mut conn: ConnectionManager| async move {
+            let (v, ttl): (Vec<u8>, i64) = redis::pipe()
+                .get("bench-l2:v:k")
+                .pttl("bench-l2:v:k")
+                .query_async(&mut conn)
+                .await
+                .expect("GET and PTTL");
+            assert_eq!((v.len(), ttl > 0), (VALUE.len(), true));
+        };
+        time_reads(b, rt, &bare, |_| (), read);
     });
     // Not an anchor either: the L1's own miss (the plain expiring cache with the L1's
     // settings, a loader that is ready at once), the other part of an L2 hit's cost.
-    let plain: ExpiringCache<String, Vec<u8>, std::io::Error> = ExpiringCache::builder()
+    let plain: Plain = ExpiringCache::builder()
         .max_capacity(10_000)
         .expire_after(Fixed(Duration::from_secs(300)))
         .build();
     group.bench_function("l1_miss_alone", |b| {
-        b.to_async(rt).iter_custom(|iters| {
-            let plain = plain.clone();
-            in_task(async move {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    plain.invalidate("k");
-                    let start = Instant::now();
-                    let v = plain
-                        .get_with("k".to_string(), || async { Ok(VALUE.to_vec()) })
-                        .await
-                        .expect("a load");
-                    total += start.elapsed();
-                    assert_eq!(v.len(), VALUE.len());
-                }
-                total
-            })
-        });
+        let read = |plain: Plain| async move {
+            let v = plain
+                .get_with("k".to_string(), || async { Ok(VALUE.to_vec()) })
+                .await;
+            assert_eq!(v.expect("a load").len(), VALUE.len());
+        };
+        time_reads(b, rt, &plain, |plain| plain.invalidate("k"), read);
     });
     group.finish();
     let stats = cache.stats();
@@ -226,10 +220,7 @@ fn l2_hit(c: &mut Criterion, server: &Server, rt: &tokio::runtime::Runtime) {
 
 /// The L1 hit's two caches, each holding `k`: the tier's, and the plain expiring cache with
 /// the L1's settings.
-fn l1_caches(
-    server: &Server,
-    rt: &tokio::runtime::Runtime,
-) -> (Cache, ExpiringCache<String, Vec<u8>, std::io::Error>) {
+fn l1_caches(server: &Server, rt: &tokio::runtime::Runtime) -> (Cache, Plain) {
     let ttl = Duration::from_secs(300);
     let cache: Cache = {
         let _enter = rt.enter();
@@ -239,7 +230,7 @@ fn l1_caches(
             .build()
             .expect("build")
     };
-    let plain: ExpiringCache<String, Vec<u8>, std::io::Error> = ExpiringCache::builder()
+    let plain: Plain = ExpiringCache::builder()
         .max_capacity(10_000)
         .expire_after(Fixed(ttl))
         .build();
