@@ -129,7 +129,7 @@ pub struct Cache<K, V, E = Infallible, S = RandomState> {
 /// What the handles of one cache share.
 pub(crate) struct Inner<K, V, E, S> {
     pub(crate) map: Map<K, V, E, S>,
-    policy: Option<Policy<K, V, E>>,
+    policy: Option<Policy<V, E>>,
     weigher: Option<Weigher<K, V>>,
     listener: Option<Listener<K, V>>,
     pub(crate) counters: Arc<Counters>,
@@ -361,7 +361,7 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
                 .get_or_add_cell_hashed(hash, key.clone(), mine.clone());
             if get.added() {
                 drop(get);
-                self.admit_loaded(key, hash, &mine);
+                self.admit_loaded(&key, hash, &mine);
                 return value;
             }
             let cell = get.cell().clone();
@@ -372,7 +372,7 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
                 // (which could find, and claim, another entry).
                 cell.abort();
                 drop(get);
-                self.admit_loaded(key, hash, &cell);
+                self.admit_loaded(&key, hash, &cell);
                 return value;
             }
             // Complete, or being completed right now by its load (the completion is under
@@ -383,7 +383,7 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
             };
             drop(get);
             if let Some(stored) = stored {
-                self.admit_loaded(key, hash, &cell);
+                self.admit_loaded(&key, hash, &cell);
                 return stored;
             }
             // A failed load is no value: out with it (its callers hold their own handles),
@@ -536,17 +536,19 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
     pub fn insert_hashed(&self, hash: u64, key: K, value: V) {
         let weight = self.weigh(&key, &value);
         let cell = Lazy::ready(Stored::new(value));
-        let old = self
-            .inner
-            .map
-            .insert_hashed(hash, key.clone(), cell.clone());
+        // The key goes into the map; a copy is made only for a listener, to tell it of a
+        // value this one replaces.
+        let listened = self.inner.listener.as_ref().map(|_| key.clone());
+        let old = self.inner.map.insert_hashed(hash, key, cell.clone());
         if let Some(old) = old {
             self.retire(hash, &old);
             self.inner.counters.invalidated(1);
-            self.notify(&key, &old, RemovalCause::Replaced);
+            if let Some(key) = &listened {
+                self.notify(key, &old, RemovalCause::Replaced);
+            }
             drop(old);
         }
-        self.admit(key, hash, &cell, weight);
+        self.admit(hash, &cell, weight);
     }
 
     /// Removes the entry at `key`; returns whether there was one. A load in flight goes on
@@ -1006,13 +1008,13 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
         K: Borrow<Q>,
         Q: Eq + ToOwned<Owned = K> + ?Sized,
     {
-        // An owned key only for what takes one: the weigher and the policy's queue (when
-        // bounded), the listener. Without either, a borrowed key allocates nothing.
-        let owned =
-            (self.inner.policy.is_some() || self.inner.listener.is_some()).then(|| key.to_owned());
+        // An owned key only for what takes one: the weigher (when bounded) and the
+        // listener. Without either, a borrowed key allocates nothing.
+        let weighed = self.inner.policy.is_some() && self.inner.weigher.is_some();
+        let owned = (weighed || self.inner.listener.is_some()).then(|| key.to_owned());
         let weight = match &owned {
             Some(owned) => self.weigh(owned, &value),
-            None => Some(1), // unbounded: the weight is never used
+            None => Some(1), // no weigher: every value weighs one
         };
         let cell = Lazy::ready(Stored::new(value));
         let swapped = self
@@ -1028,9 +1030,7 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
             self.notify(owned, &old, RemovalCause::Replaced);
         }
         drop(old);
-        if let Some(owned) = owned {
-            self.admit(owned, hash, &cell, weight);
-        }
+        self.admit(hash, &cell, weight);
         true
     }
 
@@ -1193,48 +1193,42 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
     /// needed. Any caller that saw the value may call this; the first one that gets here
     /// admits it, if it is still the key's value.
     /// `hash` is the key's (`self.hash(&key)`), computed once by the caller's operation.
-    pub(crate) fn admit_loaded(&self, key: K, hash: u64, cell: &CacheCell<V, E>) {
+    pub(crate) fn admit_loaded(&self, key: &K, hash: u64, cell: &CacheCell<V, E>) {
         let Some(stored) = cell.get() else { return };
-        if self.inner.policy.is_none() || !Policy::<K, V, E>::needs_admission(&stored.meta) {
+        if self.inner.policy.is_none() || !Policy::<V, E>::needs_admission(&stored.meta) {
             return;
         }
-        let weight = self.weigh(&key, &stored.value);
-        self.admit(key, hash, cell, weight);
+        let weight = self.weigh(key, &stored.value);
+        self.admit(hash, cell, weight);
     }
 
-    fn admit(&self, key: K, hash: u64, cell: &CacheCell<V, E>, weight: Option<u32>) {
+    /// Admits the complete value in `cell`, the entry at the key of `hash`, if it still
+    /// is; evicts, then removes the victims from the map and tells the listener.
+    fn admit(&self, hash: u64, cell: &CacheCell<V, E>, weight: Option<u32>) {
         let Some(policy) = &self.inner.policy else {
             return;
         };
-        let Some(stored) = cell.get() else { return };
-        // Still the value at `key`? An invalidate or insert may have replaced it; one that
+        // Still the key's value? An invalidate or insert may have replaced it; one that
         // does so after this check retires it under the policy lock, which `admit` sees.
-        let current = self.inner.map.try_get_with_hashed(
-            hash,
-            &key,
-            |outcome| matches!(outcome, Ok(s) if core::ptr::eq(s, stored)),
-        );
-        if current != Some(true) {
+        // The cell is the entry's identity: no key comparison, so no key is needed.
+        if !self.inner.map.contains_cell_hashed(hash, cell) {
             return;
         }
-        let mut evicted: Vec<Evicted<K, V, E>> = Vec::new();
-        policy.admit(Node::new(key, hash, cell), cell, weight, &mut evicted);
+        let mut evicted: Vec<Evicted<V, E>> = Vec::new();
+        policy.admit(Node::new(hash, cell), cell, weight, &mut evicted);
         let mut removed = 0;
         for out in &evicted {
             if let (true, Some(cell)) = (out.victim, &out.cell) {
-                let gone = self
-                    .inner
-                    .map
-                    .remove_if_hashed(out.node.hash, &out.node.key, |c| Lazy::ptr_eq(c, cell));
-                if gone.is_some() {
+                // Found by its hash and cell; the map hands back the victim's key.
+                if let Some(key) = self.inner.map.remove_cell_hashed(out.node.hash, cell) {
                     removed += 1;
                     trace::removed(out.node.hash, RemovalCause::Size);
-                    self.notify(&out.node.key, cell, RemovalCause::Size);
+                    self.notify(&key, cell, RemovalCause::Size);
                 }
             }
         }
         self.inner.counters.evicted(removed);
-        // Keys and values are dropped here, with no lock held.
+        // Values are dropped here, with no lock held.
         drop(evicted);
     }
 }

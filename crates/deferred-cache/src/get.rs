@@ -437,7 +437,7 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher, L> GetWith<'_, K, V, E, S, L> 
         };
         match outcome {
             Ok(stored) => {
-                cache.admit_loaded(key, hash, get.cell());
+                cache.admit_loaded(&key, hash, get.cell());
                 Poll::Ready((Ok(stored.value), source))
             }
             Err(error) => Poll::Ready((Err(error.into()), source)),

@@ -43,19 +43,19 @@ use crate::{
     stored::{CacheCell, Meta, Stored, ADMITTED, NEW, REMOVED},
 };
 
-/// A queued entry: its key, and a weak handle to its cell, so that a value removed from the
-/// map is dropped at once, not when its node comes round.
-pub(crate) struct Node<K, V, E> {
-    pub(crate) key: K,
+/// A queued entry: its key's hash, and a weak handle to its cell, so that a value removed
+/// from the map is dropped at once, not when its node comes round. No key: the hash and
+/// the cell find the entry in the map (`DeferredMap::remove_cell_hashed`), and the map
+/// hands back the key of what it removed, so a bounded cache keeps each key once.
+pub(crate) struct Node<V, E> {
     pub(crate) hash: u64,
     weight: u64,
     cell: WeakLazy<Stored<V>, Failure<E>>,
 }
 
-impl<K, V, E> Node<K, V, E> {
-    pub(crate) fn new(key: K, hash: u64, cell: &CacheCell<V, E>) -> Self {
+impl<V, E> Node<V, E> {
+    pub(crate) fn new(hash: u64, cell: &CacheCell<V, E>) -> Self {
         Node {
-            key,
             hash,
             weight: 1,
             cell: Lazy::downgrade(cell),
@@ -64,9 +64,9 @@ impl<K, V, E> Node<K, V, E> {
 }
 
 /// What eviction took out: the cache removes each victim from the map, and drops
-/// everything after the policy lock is released (keys and values are user code).
-pub(crate) struct Evicted<K, V, E> {
-    pub(crate) node: Node<K, V, E>,
+/// everything after the policy lock is released (values are user code).
+pub(crate) struct Evicted<V, E> {
+    pub(crate) node: Node<V, E>,
     /// The cell, upgraded from the node's weak handle; `None` if it was already gone.
     pub(crate) cell: Option<CacheCell<V, E>>,
     /// Whether the node was a live value to remove from the map (not a stale node).
@@ -74,12 +74,12 @@ pub(crate) struct Evicted<K, V, E> {
 }
 
 /// What one eviction step found.
-enum Step<K, V, E> {
+enum Step<V, E> {
     /// A victim, or a stale node.
-    Out(Evicted<K, V, E>),
+    Out(Evicted<V, E>),
     /// The value being admitted, which its own admission never evicts: set aside (with
     /// whether it came from the small queue), to be put back where it was.
-    Held(Node<K, V, E>, bool),
+    Held(Node<V, E>, bool),
     /// Both queues are empty.
     Empty,
     /// The cache was back within capacity when a victim came up (other threads made room
@@ -134,9 +134,9 @@ impl Ghost {
 }
 
 /// One shard's queues.
-struct Fifo<K, V, E> {
-    small: VecDeque<Node<K, V, E>>,
-    main: VecDeque<Node<K, V, E>>,
+struct Fifo<V, E> {
+    small: VecDeque<Node<V, E>>,
+    main: VecDeque<Node<V, E>>,
     ghost: Ghost,
     /// Weight of the nodes in each queue, stale ones included: the queue sizes S3-FIFO
     /// steers by.
@@ -152,7 +152,7 @@ struct Fifo<K, V, E> {
     small_capacity: u64,
 }
 
-impl<K, V, E> Fifo<K, V, E> {
+impl<V, E> Fifo<V, E> {
     fn new(capacity: u64) -> Self {
         Fifo {
             small: VecDeque::new(),
@@ -167,7 +167,7 @@ impl<K, V, E> Fifo<K, V, E> {
         }
     }
 
-    fn push(&mut self, node: Node<K, V, E>) {
+    fn push(&mut self, node: Node<V, E>) {
         if self.ghost.contains(node.hash) {
             self.main_weight += node.weight;
             self.main.push_back(node);
@@ -182,7 +182,7 @@ impl<K, V, E> Fifo<K, V, E> {
     /// `exempt` (being admitted) comes up, or both queues are empty. A victim is evicted
     /// only if its weight can still be taken off a `total` over `capacity` (the cache's);
     /// if not, it is put back and the step says `Enough`.
-    fn step(&mut self, exempt: Option<&Meta>, total: &AtomicU64, capacity: u64) -> Step<K, V, E> {
+    fn step(&mut self, exempt: Option<&Meta>, total: &AtomicU64, capacity: u64) -> Step<V, E> {
         // Bounds the second chances one step may give, in case readers keep re-marking
         // entries while it runs.
         let mut chances = 4 * (self.small.len() + self.main.len()) + 1;
@@ -265,7 +265,7 @@ impl<K, V, E> Fifo<K, V, E> {
 
     /// Puts back a node that `step` held: at the head of the queue it came from, where it
     /// was (every node ahead of it was popped; those behind it were queued after it).
-    fn restore(&mut self, node: Node<K, V, E>, from_small: bool) {
+    fn restore(&mut self, node: Node<V, E>, from_small: bool) {
         if from_small {
             self.small_weight += node.weight;
             self.small.push_front(node);
@@ -278,9 +278,9 @@ impl<K, V, E> Fifo<K, V, E> {
 
 /// A node dropped by a compaction, with the handle upgraded to check it: dropped after the
 /// lock is released.
-type Dead<K, V, E> = (Node<K, V, E>, Option<CacheCell<V, E>>);
+type Dead<V, E> = (Node<V, E>, Option<CacheCell<V, E>>);
 
-impl<K, V, E> Fifo<K, V, E> {
+impl<V, E> Fifo<V, E> {
     /// Whether dead nodes are at least half the queues (and more than a few): worth a
     /// compaction, whose cost the retirements since the last one then pay for.
     fn needs_compaction(&self) -> bool {
@@ -289,7 +289,7 @@ impl<K, V, E> Fifo<K, V, E> {
 
     /// Drops the nodes whose values are gone (handing them, and the handles upgraded to
     /// check them, to `dead`, for the caller to drop with no lock held).
-    fn compact(&mut self, dead: &mut Vec<Dead<K, V, E>>) {
+    fn compact(&mut self, dead: &mut Vec<Dead<V, E>>) {
         for queue in [&mut self.small, &mut self.main] {
             let mut kept = VecDeque::with_capacity(queue.len());
             for node in queue.drain(..) {
@@ -315,12 +315,12 @@ impl<K, V, E> Fifo<K, V, E> {
 }
 
 /// One policy shard, on its own cache line.
-type Shard<K, V, E> = CachePadded<ShardMutex<Fifo<K, V, E>>>;
+type Shard<V, E> = CachePadded<ShardMutex<Fifo<V, E>>>;
 
 /// The eviction policy of a bounded cache: S3-FIFO in shards picked by key hash, bounded
 /// by the cache's total weight.
-pub(crate) struct Policy<K, V, E> {
-    shards: Box<[Shard<K, V, E>]>,
+pub(crate) struct Policy<V, E> {
+    shards: Box<[Shard<V, E>]>,
     /// The cache's capacity: the sum of the shards' shares.
     capacity: u64,
     /// The weight of the ADMITTED values, all shards together: the sum of the shards'
@@ -332,7 +332,7 @@ pub(crate) struct Policy<K, V, E> {
     total: CachePadded<AtomicU64>,
 }
 
-impl<K, V, E> Policy<K, V, E> {
+impl<V, E> Policy<V, E> {
     /// A policy for `capacity` weight units in `shards` shards (a power of two; fewer when
     /// the capacity is small, so that each shard keeps a useful share).
     pub(crate) fn new(capacity: u64, shards: usize) -> Self {
@@ -364,10 +364,10 @@ impl<K, V, E> Policy<K, V, E> {
     /// is over its share; never `exempt` (the value being admitted). Victims go to `out`.
     fn shrink(
         &self,
-        fifo: &mut Fifo<K, V, E>,
+        fifo: &mut Fifo<V, E>,
         exempt: Option<&Meta>,
         any: bool,
-        out: &mut Vec<Evicted<K, V, E>>,
+        out: &mut Vec<Evicted<V, E>>,
     ) {
         let mut held = None;
         // Each turn takes a node off the queues for good, or sets `exempt` aside (once):
@@ -389,7 +389,7 @@ impl<K, V, E> Policy<K, V, E> {
     /// heavier than its shard's share), in any shard, `home` last. Ends within capacity
     /// unless the queues run out, which they do only for a value heavier than the
     /// capacity (refused before it gets here).
-    fn reclaim(&self, home: usize, exempt: &Meta, out: &mut Vec<Evicted<K, V, E>>) {
+    fn reclaim(&self, home: usize, exempt: &Meta, out: &mut Vec<Evicted<V, E>>) {
         let n = self.shards.len();
         for any in [false, true] {
             for k in 1..=n {
@@ -411,7 +411,7 @@ impl<K, V, E> Policy<K, V, E> {
         (hash as usize) & (self.shards.len() - 1)
     }
 
-    fn shard(&self, hash: u64) -> &ShardMutex<Fifo<K, V, E>> {
+    fn shard(&self, hash: u64) -> &ShardMutex<Fifo<V, E>> {
         &self.shards[self.index(hash)]
     }
 
@@ -429,10 +429,10 @@ impl<K, V, E> Policy<K, V, E> {
     /// and drop with no lock held.
     pub(crate) fn admit(
         &self,
-        mut node: Node<K, V, E>,
+        mut node: Node<V, E>,
         cell: &CacheCell<V, E>,
         weight: Option<u32>,
-        out: &mut Vec<Evicted<K, V, E>>,
+        out: &mut Vec<Evicted<V, E>>,
     ) {
         let Some(meta) = meta_of(cell) else { return };
         let refuse = weight.map_or(true, |w| self.capacity == 0 || u64::from(w) > self.capacity);
@@ -474,7 +474,7 @@ impl<K, V, E> Policy<K, V, E> {
         if admitted && self.over() {
             self.reclaim(home, meta, out);
         }
-        // Dropped outside the lock: its key is user code.
+        // A weak handle: dropped outside the lock, with nothing that needs it.
         drop(unused);
     }
 
@@ -501,7 +501,7 @@ impl<K, V, E> Policy<K, V, E> {
                 }
             }
         });
-        // Keys and values are user code: dropped with no lock held.
+        // Values are user code: dropped with no lock held.
         drop(dead);
     }
 
@@ -511,7 +511,7 @@ impl<K, V, E> Policy<K, V, E> {
         for shard in self.shards.iter() {
             let mut dead = Vec::new();
             shard.with(|fifo| fifo.compact(&mut dead));
-            drop(dead); // keys and values are user code: outside the lock
+            drop(dead); // values are user code: outside the lock
         }
     }
 
@@ -526,7 +526,7 @@ impl<K, V, E> Policy<K, V, E> {
     }
 }
 
-impl<K, V, E> fmt::Debug for Policy<K, V, E> {
+impl<V, E> fmt::Debug for Policy<V, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Policy")
             .field("shards", &self.shards.len())

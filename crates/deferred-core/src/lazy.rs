@@ -43,15 +43,20 @@ enum Computation<F, Fut> {
     Finished,
 }
 
+/// A strong handle to a cell's relay (see `Shared::relay`).
+type RelayHandle<T, E, F, Fut> = Arc<Relay<T, E, F, Fut>>;
+
 struct Shared<T, E, F, Fut> {
     cell: Deferred<T, E>,
     drive: AtomicUsize,
     /// Guarded by DRIVING.
     computation: UnsafeCell<Computation<F, Fut>>,
-    /// The waker target the computation is polled with. It points back here weakly, so a
+    /// The waker target the computation is polled with, made by its first drive: a cell
+    /// that is never driven (made ready, or completed from outside) never allocates one.
+    /// Guarded by DRIVING, as `computation` is. It points back here weakly, so a
     /// computation that keeps its own waker does not keep itself alive: when the last
     /// `Lazy` handle goes, the cell and its computation go too.
-    relay: Arc<Relay<T, E, F, Fut>>,
+    relay: UnsafeCell<Option<RelayHandle<T, E, F, Fut>>>,
     /// Under loom only: counts strong handles released. `Arc`'s own reference count is not
     /// loom's, so loom cannot see that the last drop happens after every other handle's
     /// accesses; each release adds to this (Release) and the final drop reads it
@@ -108,7 +113,7 @@ struct Relay<T, E, F, Fut> {
     shared: Weak<Shared<T, E, F, Fut>>,
 }
 
-// SAFETY: `computation` is only reached by the thread holding DRIVING, which may be any
+// SAFETY: `computation` and `relay` are only reached by the thread holding DRIVING, which may be any
 // thread (so `F` and `Fut` must be `Send`) but is only ever one at a time (so they need not
 // be `Sync`). The cell is `Send + Sync` under the bounds on `T` and `E`.
 unsafe impl<T: Send + Sync, E: Send + Sync, F: Send, Fut: Send> Sync for Shared<T, E, F, Fut> {}
@@ -309,13 +314,11 @@ impl<T, E, F, Fut> Lazy<T, E, F, Fut> {
     fn with_computation(computation: Computation<F, Fut>) -> Self {
         let empty = matches!(computation, Computation::Finished);
         Lazy {
-            shared: Arc::new_cyclic(|weak| Shared {
+            shared: Arc::new(Shared {
                 cell: Deferred::new(),
                 drive: AtomicUsize::new(if empty { EMPTY } else { 0 }),
                 computation: UnsafeCell::new(computation),
-                relay: Arc::new(Relay {
-                    shared: Weak::clone(weak),
-                }),
+                relay: UnsafeCell::new(None),
                 #[cfg(loom)]
                 released: AtomicUsize::new(0),
             }),
@@ -571,7 +574,15 @@ where
 {
     /// Polls the computation once; DRIVING is held by the caller and released here.
     fn drive(self: &Arc<Self>) {
-        let waker = Waker::from(Arc::clone(&self.relay));
+        // SAFETY: DRIVING, held by the caller, gives this thread sole access to `relay`.
+        let waker = self.relay.with_mut(|relay| unsafe {
+            let relay = (*relay).get_or_insert_with(|| {
+                Arc::new(Relay {
+                    shared: Arc::downgrade(self),
+                })
+            });
+            Waker::from(Arc::clone(relay))
+        });
         let mut cx = Context::from_waker(&waker);
         // If the computation panics: the cell dies, the computation is dropped, DRIVING is
         // released, and the panic goes on.
