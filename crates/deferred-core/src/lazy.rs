@@ -2,18 +2,16 @@
 //! and that any of its awaiters can drive.
 
 use alloc::boxed::Box;
-use alloc::{
-    sync::{Arc, Weak},
-    task::Wake,
-};
+use alloc::sync::{Arc, Weak};
 use core::{
     borrow::Borrow,
     convert::Infallible,
     fmt,
     future::{Future, IntoFuture},
+    mem::ManuallyDrop,
     ops::Deref,
     pin::Pin,
-    task::{Context, Poll, Waker},
+    task::{Context, Poll, RawWaker, RawWakerVTable, Waker},
 };
 
 use futures_core::FusedFuture;
@@ -43,20 +41,11 @@ enum Computation<F, Fut> {
     Finished,
 }
 
-/// A strong handle to a cell's relay (see `Shared::relay`).
-type RelayHandle<T, E, F, Fut> = Arc<Relay<T, E, F, Fut>>;
-
 struct Shared<T, E, F, Fut> {
     cell: Deferred<T, E>,
     drive: AtomicUsize,
     /// Guarded by DRIVING.
     computation: UnsafeCell<Computation<F, Fut>>,
-    /// The waker target the computation is polled with, made by its first drive: a cell
-    /// that is never driven (made ready, or completed from outside) never allocates one.
-    /// Guarded by DRIVING, as `computation` is. It points back here weakly, so a
-    /// computation that keeps its own waker does not keep itself alive: when the last
-    /// `Lazy` handle goes, the cell and its computation go too.
-    relay: UnsafeCell<Option<RelayHandle<T, E, F, Fut>>>,
     /// Under loom only: counts strong handles released. `Arc`'s own reference count is not
     /// loom's, so loom cannot see that the last drop happens after every other handle's
     /// accesses; each release adds to this (Release) and the final drop reads it
@@ -108,12 +97,7 @@ unsafe impl<T, E, F, Fut> CellRef for &Lazy<T, E, F, Fut> {
     }
 }
 
-/// What the computation's waker points at: the shared state, weakly.
-struct Relay<T, E, F, Fut> {
-    shared: Weak<Shared<T, E, F, Fut>>,
-}
-
-// SAFETY: `computation` and `relay` are only reached by the thread holding DRIVING, which may be any
+// SAFETY: `computation` is only reached by the thread holding DRIVING, which may be any
 // thread (so `F` and `Fut` must be `Send`) but is only ever one at a time (so they need not
 // be `Sync`). The cell is `Send + Sync` under the bounds on `T` and `E`.
 unsafe impl<T: Send + Sync, E: Send + Sync, F: Send, Fut: Send> Sync for Shared<T, E, F, Fut> {}
@@ -318,7 +302,6 @@ impl<T, E, F, Fut> Lazy<T, E, F, Fut> {
                 cell: Deferred::new(),
                 drive: AtomicUsize::new(if empty { EMPTY } else { 0 }),
                 computation: UnsafeCell::new(computation),
-                relay: UnsafeCell::new(None),
                 #[cfg(loom)]
                 released: AtomicUsize::new(0),
             }),
@@ -574,15 +557,7 @@ where
 {
     /// Polls the computation once; DRIVING is held by the caller and released here.
     fn drive(self: &Arc<Self>) {
-        // SAFETY: DRIVING, held by the caller, gives this thread sole access to `relay`.
-        let waker = self.relay.with_mut(|relay| unsafe {
-            let relay = (*relay).get_or_insert_with(|| {
-                Arc::new(Relay {
-                    shared: Arc::downgrade(self),
-                })
-            });
-            Waker::from(Arc::clone(relay))
-        });
+        let waker = Self::relay(Arc::downgrade(self));
         let mut cx = Context::from_waker(&waker);
         // If the computation panics: the cell dies, the computation is dropped, DRIVING is
         // released, and the panic goes on.
@@ -647,22 +622,65 @@ where
     }
 }
 
-impl<T, E, F, Fut> Wake for Relay<T, E, F, Fut>
+/// The computation's waker (the relay): the shared state itself, held weakly. Its data
+/// pointer is a `Weak<Shared>` (from `Weak::into_raw`), so the waker needs no allocation of
+/// its own, and a computation that keeps its own waker does not keep itself alive: when
+/// the last `Lazy` handle goes, the cell and its computation go too. Each `Waker` made
+/// from this vtable owns one weak count of the allocation, released by its drop.
+impl<T, E, F, Fut> Shared<T, E, F, Fut>
 where
     T: Send + Sync + 'static,
     E: Send + Sync + 'static,
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = Result<T, E>> + Send + 'static,
 {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
+    const RELAY: RawWakerVTable = RawWakerVTable::new(
+        Self::relay_clone,
+        Self::relay_wake,
+        Self::relay_wake_by_ref,
+        Self::relay_drop,
+    );
+
+    /// A waker that owns `weak`'s count.
+    fn relay(weak: Weak<Self>) -> Waker {
+        let data = Weak::into_raw(weak).cast::<()>();
+        // SAFETY: the vtable's functions uphold `RawWaker`'s contract for `data`, a pointer
+        // from `Weak::into_raw` whose weak count the waker owns (see `RELAY`): a clone
+        // takes a count of its own, a drop releases one, and a `Weak` is `Send + Sync`
+        // under the bounds on `Shared`, so the waker may go to any thread.
+        unsafe { Waker::from_raw(RawWaker::new(data, &Self::RELAY)) }
+    }
+
+    /// # Safety
+    /// `data` is the data pointer of a live waker made by `relay` (it owns a weak count).
+    unsafe fn relay_clone(data: *const ()) -> RawWaker {
+        // SAFETY: by the caller, `data` came from `Weak::into_raw` and its count is owned
+        // by the waker being cloned: borrowed here, never released (`ManuallyDrop`).
+        let weak = ManuallyDrop::new(unsafe { Weak::from_raw(data.cast::<Self>()) });
+        RawWaker::new(Weak::into_raw(Weak::clone(&weak)).cast(), &Self::RELAY)
+    }
+
+    /// # Safety
+    /// As for `relay_clone`; the waker is consumed.
+    unsafe fn relay_wake(data: *const ()) {
+        // SAFETY: as the caller promises; `relay_drop` then releases the consumed
+        // waker's count, once.
+        unsafe {
+            Self::relay_wake_by_ref(data);
+            Self::relay_drop(data);
+        }
     }
 
     /// The computation can make progress: tell the driver, if one is polling, and wake
     /// every waiter, so whichever is polled next drives it. Nothing to do if every handle
     /// is gone.
-    fn wake_by_ref(self: &Arc<Self>) {
-        if let Some(shared) = self.shared.upgrade() {
+    ///
+    /// # Safety
+    /// As for `relay_clone`.
+    unsafe fn relay_wake_by_ref(data: *const ()) {
+        // SAFETY: as in `relay_clone`: the waker's count, borrowed.
+        let weak = ManuallyDrop::new(unsafe { Weak::from_raw(data.cast::<Self>()) });
+        if let Some(shared) = weak.upgrade() {
             // Release: pairs with the Acquire of `try_drive`, which clears REPOLL. A driver
             // that takes DRIVING after this wake (and so consumes it) must see whatever the
             // waker's caller did before waking (the event that lets the computation go
@@ -674,6 +692,13 @@ where
             #[cfg(loom)]
             shared.release_handle();
         }
+    }
+
+    /// # Safety
+    /// As for `relay_clone`; the waker is dropped.
+    unsafe fn relay_drop(data: *const ()) {
+        // SAFETY: the dropped waker's count, released once, here.
+        drop(unsafe { Weak::from_raw(data.cast::<Self>()) });
     }
 }
 

@@ -215,3 +215,82 @@ fn a_relay_wake_wakes_a_producer_waiting_on_closed_and_it_looks_again() {
     drop(producer);
     assert_eq!(block_on(lazy.wait()), Err(Error::Cancelled));
 }
+
+/// Where a computation keeps the waker it was last polled with.
+type KeptWaker = Arc<std::sync::Mutex<Option<std::task::Waker>>>;
+
+/// A computation that keeps its waker (in `kept`) and stays pending until `go` is set;
+/// `dropped` counts its drops.
+fn keeping_computation(
+    kept: KeptWaker,
+    go: Arc<std::sync::atomic::AtomicBool>,
+    dropped: Arc<AtomicUsize>,
+) -> Lazy<u32> {
+    struct OnDrop(Arc<AtomicUsize>);
+    impl Drop for OnDrop {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, SeqCst);
+        }
+    }
+    let guard = OnDrop(dropped);
+    Lazy::boxed(async move {
+        let _guard = guard;
+        std::future::poll_fn(|cx| {
+            *kept.lock().unwrap() = Some(cx.waker().clone());
+            if go.load(SeqCst) {
+                Poll::Ready(Ok(5))
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    })
+}
+
+#[test]
+fn a_computation_that_keeps_its_waker_does_not_keep_itself_alive() {
+    let kept = KeptWaker::default();
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let go = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let lazy = keeping_computation(Arc::clone(&kept), go, Arc::clone(&dropped));
+    {
+        let mut wait = pin!(lazy.wait());
+        assert!(poll_once(wait.as_mut()).is_pending());
+    }
+    assert!(
+        kept.lock().unwrap().is_some(),
+        "the computation kept its waker"
+    );
+    // The last handle goes: the computation with it, although its waker is still held.
+    drop(lazy);
+    assert_eq!(dropped.load(SeqCst), 1, "the computation was dropped");
+    // The waker outlives the cell: waking it (by reference, then by value) does nothing,
+    // and dropping it frees what is left (miri checks that nothing leaks or dangles).
+    let waker = kept.lock().unwrap().take().unwrap();
+    waker.wake_by_ref();
+    let clone = waker.clone();
+    waker.wake();
+    drop(clone);
+}
+
+#[test]
+fn the_relay_woken_from_another_thread_lets_the_awaiter_finish() {
+    let kept = KeptWaker::default();
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let go = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let lazy = keeping_computation(Arc::clone(&kept), Arc::clone(&go), dropped);
+    let counts = Arc::new(Counts::default());
+    let mut wait = pin!(lazy.wait());
+    assert!(poll_with(wait.as_mut(), &counting_waker(&counts)).is_pending());
+    let waker = kept.lock().unwrap().take().expect("polled once");
+    // Another thread lets the computation finish and wakes it through its own waker: the
+    // relay wakes the awaiter, whose next poll drives the computation to its value.
+    std::thread::spawn(move || {
+        go.store(true, SeqCst);
+        waker.wake();
+    })
+    .join()
+    .unwrap();
+    assert!(counts.wakes() >= 1, "the relay woke the awaiter");
+    assert_eq!(poll_once(wait.as_mut()), Poll::Ready(Ok(&5)));
+}
