@@ -24,7 +24,10 @@
 //!
 //! moka applies its bound (and its entry count) in `run_pending_tasks`: it is called once
 //! after the last insert, and its time is part of moka's fill, since that is work the fill
-//! left to do. The fill's time over the inserts is the `ns/insert` figure.
+//! left to do. The fill's time over the inserts is the `ns/insert` figure. It includes the
+//! page faults of the memory the fill first touches, as every cache's does (a fresh process
+//! has no warm heap to reuse), and the table's growth from empty: no cache is pre-sized but
+//! quick_cache, whose constructor takes its size.
 //!
 //! ## The measure: resident bytes, not requested bytes
 //!
