@@ -5,8 +5,9 @@
 //! a `deferred_<path>` row where a second path of ours is worth seeing beside it), the
 //! anchors are `moka`, `quick_cache` and `dashmap` (a plain map: the floor, with no
 //! eviction bookkeeping). `cargo xtask bench cache` reads the estimates criterion writes
-//! and prints `deferred`'s ratio to each anchor, then runs `cache_hit_ratio` and
-//! `cache_mixed` (the mixed workload `cache/mixed`, by thread count).
+//! and prints `deferred`'s ratio to each anchor, then runs `cache_hit_ratio`, `cache_mixed`
+//! (the mixed workload `cache/mixed`, by thread count) and `cache_footprint` (resident bytes
+//! per entry and the time of a fill).
 //!
 //! Every cache and map here hashes with `std`'s `RandomState`, so no row wins on a faster
 //! hash. Keys and values are `u64`, so a read's clone is a copy. Bounded caches are bounded

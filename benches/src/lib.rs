@@ -12,9 +12,10 @@
 //!   of a recursion), so a workload with N waiters allocates nothing per waiter (beyond
 //!   what the crate under test allocates itself).
 //!
-//! The plain bench programs (`cache_hit_ratio`, `cache_mixed`) share [`SplitMix64`] for
-//! their deterministic key streams, the cache constructors ([`deferred_cache`],
-//! [`quick_cache`]), [`markdown_table`] and [`report_path`]; [`chart`] draws their SVG charts.
+//! The plain bench programs (`cache_hit_ratio`, `cache_mixed`, `cache_footprint`) share
+//! [`SplitMix64`] for their deterministic key streams, the cache constructors
+//! ([`deferred_cache`], [`quick_cache`]), [`markdown_table`], [`report_path`] and [`Program`];
+//! [`chart`] draws their SVG charts (and names the machine and the date).
 //!
 //! The criterion benches share their scaffolding here too: [`group`] names a group
 //! `<layer>/<workload>`, [`criterion_suite!`] is their `main`, [`KeyCycle`] walks the warm

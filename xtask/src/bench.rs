@@ -4,8 +4,10 @@
 //! `target/bench-cache-hit-ratio.md`, then runs the mixed workload `cache/mixed` at 1, 2, 16 and
 //! 64 threads and prints throughput and p99.99 with their ratios to quick_cache, saved as
 //! `target/bench-cache-mixed.md`; both draw SVG charts in `benches/charts/`, which the cache
-//! README shows). It saves the layer's tables, then each program's report, as
-//! `target/bench-<LAYER>.md`.
+//! README shows; last it measures resident bytes per entry and the time of a 1M-insert fill,
+//! unbounded and bounded, each in a child process of its own, saved as
+//! `target/bench-cache-footprint.md`). It saves the layer's tables, then each program's
+//! report, as `target/bench-<LAYER>.md`.
 //!
 //! Criterion's own output lists each benchmark on its own; the question we ask of a bench run is
 //! "how much faster or slower than the alternatives", so the table puts every function of a
@@ -47,6 +49,9 @@ const PROGRAMS: &[(&str, &str, &str, Option<&str>)] = &[
         "bench-cache-mixed.md",
         Some("benches/charts"),
     ),
+    // `cache/footprint`: resident bytes per entry and the time of a 1M-insert fill, unbounded
+    // and bounded, against quick_cache, moka and dashmap, with issue #13's targets; no chart.
+    ("cache", "cache_footprint", "bench-cache-footprint.md", None),
 ];
 
 /// The environment variable that names the file a bench writes its own figures to.

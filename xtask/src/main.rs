@@ -149,8 +149,9 @@ tasks:
   doc                      rustdoc with -D warnings, optional features (`serde`, `tracing`)
                            on
   bench [LAYER] [--no-run] run criterion benches (core, map, cache, expiring, redis) and print
-                           ratio tables (cache: hit ratios too; redis: starts its own
-                           redis-server, adds a 4-process stampede); --no-run only builds them
+                           ratio tables (cache: hit ratios, mixed-load throughput and
+                           bytes per entry too; redis: starts its own redis-server, adds
+                           a 4-process stampede); --no-run only builds them
   fuzz TARGET|all [--seconds N]
                            cargo-fuzz (nightly) on map_ops, cache_ops or timer_wheel
                            against sequential models; 60 s each by default
