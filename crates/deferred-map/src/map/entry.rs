@@ -14,8 +14,27 @@ pub(super) struct Slot<K, V, E> {
     pub(super) cell: Lazy<V, E>,
     /// Who can complete the cell, which decides what the map does with the entry.
     pub(super) kind: Kind,
-    /// Live `Get` futures counting on a transient entry.
-    pub(super) interest: usize,
+    /// Live `Get` futures counting on a transient entry. A `u32`, so that the slot is four
+    /// words for a word-sized key, not five (the map's tables are most of its memory); see
+    /// [`Slot::interested`] for what happens at `u32::MAX`.
+    pub(super) interest: u32,
+}
+
+impl<K, V, E> Slot<K, V, E> {
+    /// Counts one more `Get` future on the entry. The count sticks at `u32::MAX` (4 294 967 295
+    /// futures on one key at once, each some words of memory): from there on it is never
+    /// decremented, so the entry is no longer removed when its interest runs out. Its load
+    /// then runs to its end for whoever waits on it: a cost, never a lost load or waiter.
+    pub(super) fn interested(&mut self) {
+        self.interest = self.interest.saturating_add(1);
+    }
+
+    /// Counts one `Get` future less (see [`interested`](Self::interested)).
+    pub(super) fn uninterested(&mut self) {
+        if self.interest != u32::MAX {
+            self.interest = self.interest.saturating_sub(1);
+        }
+    }
 }
 
 /// Who can complete an entry's cell. Entries the map made itself for a waiting caller
@@ -175,5 +194,49 @@ impl<V, E> Drop for Forward<V, E> {
             self.into.die();
             self.into.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Kind, Slot};
+    use crate::Lazy;
+
+    fn slot(interest: u32) -> Slot<u64, u64, ()> {
+        Slot {
+            key: 1,
+            hash: 1,
+            cell: Lazy::pending(),
+            kind: Kind::Computation,
+            interest,
+        }
+    }
+
+    #[cfg(target_pointer_width = "64")]
+    #[test]
+    fn a_slot_of_a_word_sized_key_is_four_words() {
+        assert_eq!(core::mem::size_of::<Slot<u64, u64, ()>>(), 32);
+    }
+
+    #[test]
+    fn interest_counts_up_and_down() {
+        let mut s = slot(0);
+        s.interested();
+        s.interested();
+        s.uninterested();
+        assert_eq!(s.interest, 1);
+        s.uninterested();
+        s.uninterested(); // never below zero
+        assert_eq!(s.interest, 0);
+    }
+
+    #[test]
+    fn interest_sticks_at_its_maximum() {
+        let mut s = slot(u32::MAX - 1);
+        s.interested();
+        s.interested();
+        assert_eq!(s.interest, u32::MAX);
+        s.uninterested();
+        assert_eq!(s.interest, u32::MAX, "never decremented from the maximum");
     }
 }

@@ -105,7 +105,7 @@ where
             }
             let interest = interested && slot.kind.transient() && !slot.cell.is_done();
             if interest {
-                slot.interest += 1;
+                slot.interested();
             }
             Found::Hit(slot.cell.clone(), interest)
         });

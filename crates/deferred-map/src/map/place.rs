@@ -53,7 +53,7 @@ where
                     }
                     let interest = interested && slot.kind.transient() && !slot.cell.is_done();
                     if interest {
-                        slot.interest += 1;
+                        slot.interested();
                     }
                     Placed {
                         cell: slot.cell.clone(),
@@ -70,7 +70,7 @@ where
                         hash,
                         cell: cell.clone(),
                         kind,
-                        interest: usize::from(interest),
+                        interest: u32::from(interest),
                     });
                     Placed {
                         cell,
@@ -104,7 +104,7 @@ impl<K, V, E, S> DeferredMap<K, V, E, S> {
                 slot.kind = Kind::Kept;
             }
             if had_interest {
-                slot.interest = slot.interest.saturating_sub(1);
+                slot.uninterested();
             }
             let failed = matches!(slot.cell.try_get(), Some(Err(_)));
             let abandoned = slot.interest == 0 && !slot.cell.is_done();
