@@ -14,7 +14,7 @@
 //! group next to ours. Results are read from criterion's files (`<group>/<function>/<value>/new/`)
 //! with a few lines of hand parsing instead of pulling serde into xtask.
 //!
-//! A layer with targets ([`TARGETS`]: the issue's table, so far for `expiring`) gets a last table
+//! A layer with targets ([`TARGETS`]: the issues' tables, for `cache`, `expiring` and `redis`) gets a last table
 //! that checks each one, met or missed. Some targets are figures criterion does not measure (how
 //! many timers a pass touched, a pass's p99): the bench writes those itself, as `key=value` lines,
 //! to the file that `DEFERRED_BENCH_EXTRAS` names (`target/bench-<LAYER>-extras.txt`).
@@ -91,6 +91,52 @@ struct Target {
 
 /// The targets checked after a layer's run, in the order of the issue's table.
 const TARGETS: &[Target] = &[
+    // Issue #13's criterion targets for the cache (its bytes per entry and fill targets are
+    // checked by the `cache_footprint` program, its mixed-workload ones by `cache_mixed`).
+    Target {
+        layer: "cache",
+        workload: "hit on a warm key, 1 thread",
+        measure: Measure::Ratio {
+            group: "cache/hit",
+            ours: "deferred",
+            anchor: "quick_cache",
+        },
+        at_most: Some(1.1),
+        goal: "<= 1.1x quick_cache",
+    },
+    Target {
+        layer: "cache",
+        workload: "get_with on a hit",
+        measure: Measure::Ratio {
+            group: "cache/get_with_hit",
+            ours: "deferred",
+            anchor: "deferred_get_if_present",
+        },
+        at_most: Some(1.1),
+        goal: "<= 1.1x our get_if_present",
+    },
+    Target {
+        layer: "cache",
+        workload: "miss with a ready loader, full cache (evicts)",
+        measure: Measure::Ratio {
+            group: "cache/miss_ready",
+            ours: "deferred",
+            anchor: "quick_cache",
+        },
+        at_most: Some(1.5),
+        goal: "<= 1.5x quick_cache",
+    },
+    Target {
+        layer: "cache",
+        workload: "miss with a ready loader, full cache (evicts)",
+        measure: Measure::Ratio {
+            group: "cache/miss_ready",
+            ours: "deferred",
+            anchor: "moka",
+        },
+        at_most: Some(0.3),
+        goal: "<= 0.3x moka",
+    },
     Target {
         layer: "expiring",
         workload: "hit with TTI on",
