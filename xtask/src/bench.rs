@@ -14,8 +14,8 @@
 //! group next to ours. Results are read from criterion's files (`<group>/<function>/<value>/new/`)
 //! with a few lines of hand parsing instead of pulling serde into xtask.
 //!
-//! A layer with targets ([`TARGETS`]: the issues' tables, for `cache`, `expiring` and `redis`) gets a last table
-//! that checks each one, met or missed. Some targets are figures criterion does not measure (how
+//! A layer with targets ([`TARGETS`]: the issues' tables, for `cache`, `expiring` and
+//! `redis`) gets a last table that checks each one, met or missed. Some targets are figures criterion does not measure (how
 //! many timers a pass touched, a pass's p99): the bench writes those itself, as `key=value` lines,
 //! to the file that `DEFERRED_BENCH_EXTRAS` names (`target/bench-<LAYER>-extras.txt`).
 
