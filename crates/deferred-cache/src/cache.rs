@@ -1198,22 +1198,32 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
         if self.inner.policy.is_none() || !Policy::<V, E>::needs_admission(&stored.meta) {
             return;
         }
+        // Still the key's value? An invalidate or insert may have replaced it while it
+        // loaded, and a removal of a pending cell has no value to take off the books (its
+        // `retire` finds none), so a value that left before this check must not be
+        // admitted. One that leaves after it is retired under the policy lock, which
+        // `admit` sees. The cell is the entry's identity: no key comparison.
+        if !self.inner.map.contains_cell_hashed(hash, cell) {
+            return;
+        }
         let weight = self.weigh(key, &stored.value);
         self.admit(hash, cell, weight);
     }
 
-    /// Admits the complete value in `cell`, the entry at the key of `hash`, if it still
-    /// is; evicts, then removes the victims from the map and tells the listener.
+    /// Admits the complete value in `cell`, the entry at the key of `hash`, unless it was
+    /// admitted or removed already; evicts, then removes the victims from the map and tells
+    /// the listener.
+    ///
+    /// `cell` must have been complete before it went into the map (as `insert` and
+    /// `replace_if` make it), or checked to be in the map since it completed (as
+    /// `admit_loaded` does): then every removal of it from the map retires it afterwards
+    /// (every removal path calls `retire` on what it took out), and `retire` marks it
+    /// REMOVED under the policy lock that `Policy::admit` takes, so a removed value is
+    /// never admitted, and one removed after its admission is taken off the books.
     fn admit(&self, hash: u64, cell: &CacheCell<V, E>, weight: Option<u32>) {
         let Some(policy) = &self.inner.policy else {
             return;
         };
-        // Still the key's value? An invalidate or insert may have replaced it; one that
-        // does so after this check retires it under the policy lock, which `admit` sees.
-        // The cell is the entry's identity: no key comparison, so no key is needed.
-        if !self.inner.map.contains_cell_hashed(hash, cell) {
-            return;
-        }
         let mut evicted: Vec<Evicted<V, E>> = Vec::new();
         policy.admit(Node::new(hash, cell), cell, weight, &mut evicted);
         let mut removed = 0;
