@@ -1467,3 +1467,44 @@ fn a_blocking_waiter_woken_by_a_relay_round_relinks_and_sees_the_completion() {
         assert_eq!(blocker.join().unwrap(), 1);
     });
 }
+
+/// The relay (the waker target the computation is polled with) is made by the first drive
+/// and read by every later one, guarded by DRIVING like the computation. Two threads drive
+/// a fresh cell with no other synchronization between them (the waker slot is a std
+/// `Mutex`, which loom does not see): whichever drives first makes the relay, and a second
+/// drive by the other thread must see it through the DRIVING release/acquire alone (loom
+/// flags the `relay` cell's accesses otherwise), and poll with the same relay, not a second
+/// one. Every existing model makes the relay on the main thread before it spawns anyone.
+#[test]
+fn relay_made_by_one_driver_read_by_the_next() {
+    loom::model(|| {
+        let slot: std::sync::Arc<std::sync::Mutex<Vec<Waker>>> = Default::default();
+        let s = std::sync::Arc::clone(&slot);
+        let lazy: Lazy<usize, ()> = Lazy::boxed(futures::future::poll_fn(move |cx| {
+            let mut wakers = s.lock().unwrap();
+            wakers.push(cx.waker().clone());
+            if wakers.len() < 2 {
+                Poll::Pending
+            } else {
+                Poll::Ready(Ok(wakers.len()))
+            }
+        }));
+        let (l1, l2) = (lazy.clone(), lazy.clone());
+        let first = thread::spawn(move || {
+            l1.drive_now();
+        });
+        let second = thread::spawn(move || {
+            l2.drive_now();
+        });
+        first.join().unwrap();
+        second.join().unwrap();
+        // At least one of them drove it; finish here if they did not both.
+        while !lazy.drive_now() {}
+        assert_eq!(lazy.try_get(), Some(Ok(&2)));
+        let wakers = slot.lock().unwrap();
+        assert!(
+            wakers[0].will_wake(&wakers[1]),
+            "the second drive polled with a relay of its own"
+        );
+    });
+}
