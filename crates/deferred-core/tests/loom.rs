@@ -1468,15 +1468,16 @@ fn a_blocking_waiter_woken_by_a_relay_round_relinks_and_sees_the_completion() {
     });
 }
 
-/// The relay (the waker target the computation is polled with) is made by the first drive
-/// and read by every later one, guarded by DRIVING like the computation. Two threads drive
-/// a fresh cell with no other synchronization between them (the waker slot is a std
-/// `Mutex`, which loom does not see): whichever drives first makes the relay, and a second
-/// drive by the other thread must see it through the DRIVING release/acquire alone (loom
-/// flags the `relay` cell's accesses otherwise), and poll with the same relay, not a second
-/// one. Every existing model makes the relay on the main thread before it spawns anyone.
+/// Two threads drive a fresh cell in turn, with no other synchronization between them (the
+/// waker slot is a std `Mutex`, which loom does not see): the computation, started by one
+/// and polled again by the other, is ordered by DRIVING's release/acquire alone (loom flags
+/// the `computation` cell's accesses otherwise), and both polls get a waker to the same
+/// relay (the cell itself, weakly), not one each. Every other model that drives a cell
+/// twice makes its first drive on the main thread before it spawns anyone. (Written by the
+/// review of issue #13's relay change, when the relay was an `Arc` made by the first
+/// drive; it holds as well for the relay without an allocation of its own.)
 #[test]
-fn relay_made_by_one_driver_read_by_the_next() {
+fn two_threads_drive_a_fresh_cell_in_turn_with_one_relay() {
     loom::model(|| {
         let slot: std::sync::Arc<std::sync::Mutex<Vec<Waker>>> = Default::default();
         let s = std::sync::Arc::clone(&slot);
@@ -1504,7 +1505,7 @@ fn relay_made_by_one_driver_read_by_the_next() {
         let wakers = slot.lock().unwrap();
         assert!(
             wakers[0].will_wake(&wakers[1]),
-            "the second drive polled with a relay of its own"
+            "the second drive polled with a waker to another relay"
         );
     });
 }

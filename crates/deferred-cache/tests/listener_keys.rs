@@ -1,11 +1,11 @@
-//! Review of ea13498 (policy nodes keep no key): what key the eviction listener is told
-//! for a value evicted for size. The node used to hold a copy of the key the value was
-//! admitted under; now the map hands back the key its entry kept. For a key whose `Eq`
-//! looks at part of it only, the two differ after an `insert` that replaced a value: the
-//! map keeps the key of the first insert (`DeferredMap::insert` keeps the old, equal key),
-//! while the node held the replacing insert's key. This test pins the new behaviour (it
-//! passes at ea13498 and fails at ea13498^, where the listener got "second"): value 11,
-//! inserted under the key tagged "second", is reported evicted under "first".
+//! Which key the eviction listener is told. The cache keeps one key per entry, the one
+//! its entry was made with: an `insert` that replaces a value under an equal key keeps the
+//! key already there (as `HashMap::insert` does), and every later report of that entry
+//! (eviction for size, `invalidate_all`) names the kept key. This matters only for a key
+//! whose `Eq` looks at part of it; the test pins it with such a key. (Before issue #13's
+//! change to key-less eviction queues, a value evicted for size was reported under the key
+//! of the insert that stored it: the independent review showed this test failing there,
+//! with "second" where it now says "first".)
 
 #![allow(clippy::std_instead_of_core)]
 
