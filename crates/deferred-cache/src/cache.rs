@@ -17,7 +17,7 @@ use deferred_map::{DeferredMap, Lazy};
 use crate::{
     error::Failure,
     listener::Listener,
-    policy::{Evicted, Node, Policy},
+    policy::{Evicted, Policy},
     stats::{Counters, Outcome, Stats},
     stored::{CacheCell, Stored},
     trace, Builder, Key, RemovalCause, Shared, Value,
@@ -1225,16 +1225,14 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
             return;
         };
         let mut evicted: Vec<Evicted<V, E>> = Vec::new();
-        policy.admit(Node::new(hash, cell), cell, weight, &mut evicted);
+        policy.admit(hash, cell, weight, &mut evicted);
         let mut removed = 0;
         for out in &evicted {
-            if let (true, Some(cell)) = (out.victim, &out.cell) {
-                // Found by its hash and cell; the map hands back the victim's key.
-                if let Some(key) = self.inner.map.remove_cell_hashed(out.node.hash, cell) {
-                    removed += 1;
-                    trace::removed(out.node.hash, RemovalCause::Size);
-                    self.notify(&key, cell, RemovalCause::Size);
-                }
+            // Found by its hash and cell; the map hands back the victim's key.
+            if let Some(key) = self.inner.map.remove_cell_hashed(out.hash, &out.cell) {
+                removed += 1;
+                trace::removed(out.hash, RemovalCause::Size);
+                self.notify(&key, &out.cell, RemovalCause::Size);
             }
         }
         self.inner.counters.evicted(removed);

@@ -28,6 +28,14 @@
 //! * a value that weighs nothing frees nothing: it is never queued, so never a candidate.
 //!
 //! Only one shard lock is held at a time.
+//!
+//! A shard's books are a slab of entries (the key's hash, the weight, a weak handle to the
+//! cell) and queues of their indices, four bytes a position; a value's `Meta` holds its
+//! entry's index while it is admitted. A value that leaves the map otherwise than by
+//! eviction (invalidated, replaced, expired) kills its entry at once: the cell handle goes,
+//! so the cell's memory is freed with its last strong handle, and the dead entry waits in
+//! its queue until a step pops it or a compaction (once half the positions are dead) drops
+//! it, reading only the shard's own slab.
 
 use std::{collections::VecDeque, fmt};
 
@@ -40,46 +48,39 @@ use crate::{
     error::Failure,
     lock::ShardMutex,
     loom::{AtomicU64, Ordering::Relaxed},
-    stored::{CacheCell, Meta, Stored, ADMITTED, NEW, REMOVED},
+    stored::{CacheCell, Meta, Stored, ADMITTED, NEW, NO_SLOT, REMOVED},
 };
 
-/// A queued entry: its key's hash, and a weak handle to its cell, so that a value removed
-/// from the map is dropped at once, not when its node comes round. No key: the hash and
-/// the cell find the entry in the map (`DeferredMap::remove_cell_hashed`), and the map
-/// hands back the key of what it removed, so a bounded cache keeps each key once.
-pub(crate) struct Node<V, E> {
-    pub(crate) hash: u64,
-    weight: u64,
-    cell: WeakLazy<Stored<V>, Failure<E>>,
+/// A value on a shard's books: its key's hash, its weight, and a weak handle to its cell
+/// (weak, so that a value removed from the map is dropped at once, not when its queue
+/// position comes round). The queues hold indices of these (four bytes a position), and
+/// the value's `Meta` holds its index while it is ADMITTED. No key: the hash and the cell
+/// find the entry in the map (`DeferredMap::remove_cell_hashed`), which hands back the key.
+struct Entry<V, E> {
+    hash: u64,
+    weight: u32,
+    /// `None` once the value is retired (invalidated, replaced, expired) while its position
+    /// is still queued: the entry is dead, and freed when that position is popped or
+    /// compacted away. Every entry in use has exactly one queue position.
+    cell: Option<WeakLazy<Stored<V>, Failure<E>>>,
 }
 
-impl<V, E> Node<V, E> {
-    pub(crate) fn new(hash: u64, cell: &CacheCell<V, E>) -> Self {
-        Node {
-            hash,
-            weight: 1,
-            cell: Lazy::downgrade(cell),
-        }
-    }
-}
-
-/// What eviction took out: the cache removes each victim from the map, and drops
-/// everything after the policy lock is released (values are user code).
+/// What eviction took out: a victim for the cache to remove from the map (found by its
+/// key's hash and its cell) and to drop after the policy lock is released (values are
+/// user code).
 pub(crate) struct Evicted<V, E> {
-    pub(crate) node: Node<V, E>,
-    /// The cell, upgraded from the node's weak handle; `None` if it was already gone.
-    pub(crate) cell: Option<CacheCell<V, E>>,
-    /// Whether the node was a live value to remove from the map (not a stale node).
-    pub(crate) victim: bool,
+    pub(crate) hash: u64,
+    pub(crate) cell: CacheCell<V, E>,
 }
 
 /// What one eviction step found.
 enum Step<V, E> {
-    /// A victim, or a stale node.
+    /// A victim.
     Out(Evicted<V, E>),
-    /// The value being admitted, which its own admission never evicts: set aside (with
-    /// whether it came from the small queue), to be put back where it was.
-    Held(Node<V, E>, bool),
+    /// The value being admitted, which its own admission never evicts: set aside (its
+    /// entry's index, and whether it came from the small queue), to be put back where it
+    /// was.
+    Held(u32, bool),
     /// Both queues are empty.
     Empty,
     /// The cache was back within capacity when a victim came up (other threads made room
@@ -92,60 +93,58 @@ fn meta_of<V, E>(cell: &CacheCell<V, E>) -> Option<&Meta> {
     cell.get().map(|stored| &stored.meta)
 }
 
-/// Hashes of entries lately evicted from a small queue, oldest first, with counts for
-/// membership tests.
+/// Hashes of entries lately evicted from a small queue, oldest first, and the same hashes
+/// in a table for membership tests (a hash evicted twice is there twice: eight bytes a
+/// ghost, no counts).
 struct Ghost {
     order: VecDeque<u64>,
-    counts: HashTable<(u64, u32)>,
+    set: HashTable<u64>,
 }
 
 impl Ghost {
     fn new() -> Self {
         Ghost {
             order: VecDeque::new(),
-            counts: HashTable::new(),
+            set: HashTable::new(),
         }
     }
 
     fn contains(&self, hash: u64) -> bool {
-        self.counts.find(hash, |e| e.0 == hash).is_some()
+        self.set.find(hash, |&h| h == hash).is_some()
     }
 
     fn push(&mut self, hash: u64, cap: usize) {
         self.order.push_back(hash);
-        match self.counts.find_mut(hash, |e| e.0 == hash) {
-            Some(e) => e.1 += 1,
-            None => {
-                self.counts.insert_unique(hash, (hash, 1), |e| e.0);
-            }
-        }
+        self.set.insert_unique(hash, hash, |&h| h);
         while self.order.len() > cap {
             let Some(old) = self.order.pop_front() else {
                 break;
             };
-            if let Ok(mut e) = self.counts.find_entry(old, |e| e.0 == old) {
-                e.get_mut().1 -= 1;
-                if e.get().1 == 0 {
-                    e.remove();
-                }
+            if let Ok(entry) = self.set.find_entry(old, |&h| h == old) {
+                entry.remove();
             }
         }
     }
 }
 
-/// One shard's queues.
+/// One shard's books and queues.
 struct Fifo<V, E> {
-    small: VecDeque<Node<V, E>>,
-    main: VecDeque<Node<V, E>>,
+    /// The entries, in use or free; a value's `Meta::slot` is its index here.
+    entries: Vec<Entry<V, E>>,
+    /// Indices of free entries, reused before `entries` grows.
+    free: Vec<u32>,
+    /// Indices of entries, oldest first.
+    small: VecDeque<u32>,
+    main: VecDeque<u32>,
     ghost: Ghost,
-    /// Weight of the nodes in each queue, stale ones included: the queue sizes S3-FIFO
+    /// Weight of the entries queued in each, dead ones included: the queue sizes S3-FIFO
     /// steers by.
     small_weight: u64,
     main_weight: u64,
     /// Weight of the ADMITTED values in this shard (their share of the cache's total).
     live: u64,
-    /// Queued nodes whose values were retired (invalidated, replaced, expired) while
-    /// queued: dead weight until a step pops them, or a compaction drops them.
+    /// Dead entries (values retired while queued): dead weight until a step pops them, or
+    /// a compaction drops them.
     stale: usize,
     /// This shard's share of the cache's capacity: what steers where room is made.
     capacity: u64,
@@ -155,6 +154,8 @@ struct Fifo<V, E> {
 impl<V, E> Fifo<V, E> {
     fn new(capacity: u64) -> Self {
         Fifo {
+            entries: Vec::new(),
+            free: Vec::new(),
             small: VecDeque::new(),
             main: VecDeque::new(),
             ghost: Ghost::new(),
@@ -167,21 +168,56 @@ impl<V, E> Fifo<V, E> {
         }
     }
 
-    fn push(&mut self, node: Node<V, E>) {
-        if self.ghost.contains(node.hash) {
-            self.main_weight += node.weight;
-            self.main.push_back(node);
+    /// Puts a value on the books: a new entry (a free one if there is one), queued in the
+    /// main queue if its hash is a ghost, in the small one otherwise. `None` if this shard
+    /// has as many entries as a `u32` can index (4 294 967 295: never, in practice).
+    fn push(&mut self, hash: u64, weight: u32, cell: &CacheCell<V, E>) -> Option<u32> {
+        let entry = Entry {
+            hash,
+            weight,
+            cell: Some(Lazy::downgrade(cell)),
+        };
+        let index = match self.free.pop() {
+            Some(index) => {
+                self.entries[index as usize] = entry;
+                index
+            }
+            None => {
+                let index = u32::try_from(self.entries.len())
+                    .ok()
+                    .filter(|&i| i != NO_SLOT)?;
+                self.entries.push(entry);
+                index
+            }
+        };
+        if self.ghost.contains(hash) {
+            self.main_weight += u64::from(weight);
+            self.main.push_back(index);
         } else {
-            self.small_weight += node.weight;
-            self.small.push_back(node);
+            self.small_weight += u64::from(weight);
+            self.small.push_back(index);
         }
+        Some(index)
     }
 
-    /// One eviction step: takes nodes off the queues' heads, giving second chances to the
-    /// values read since they were queued, until one is evicted or found stale, the value
-    /// `exempt` (being admitted) comes up, or both queues are empty. A victim is evicted
-    /// only if its weight can still be taken off a `total` over `capacity` (the cache's);
-    /// if not, it is put back and the step says `Enough`.
+    /// Frees a dead entry whose queue position was just taken off `from_small`'s queue (or
+    /// the other), taking its weight off that queue's.
+    fn free_dead(&mut self, index: u32, from_small: bool) {
+        let weight = u64::from(self.entries[index as usize].weight);
+        if from_small {
+            self.small_weight -= weight;
+        } else {
+            self.main_weight -= weight;
+        }
+        self.free.push(index);
+        self.stale = self.stale.saturating_sub(1);
+    }
+
+    /// One eviction step: takes positions off the queues' heads, dropping dead entries and
+    /// giving second chances to the values read since they were queued, until one is
+    /// evicted, the value `exempt` (being admitted) comes up, or both queues are empty. A
+    /// victim is evicted only if its weight can still be taken off a `total` over
+    /// `capacity` (the cache's); if not, it is put back and the step says `Enough`.
     fn step(&mut self, exempt: Option<&Meta>, total: &AtomicU64, capacity: u64) -> Step<V, E> {
         // Bounds the second chances one step may give, in case readers keep re-marking
         // entries while it runs.
@@ -193,37 +229,27 @@ impl<V, E> Fifo<V, E> {
             } else {
                 self.main.pop_front()
             };
-            let Some(node) = popped else {
+            let Some(index) = popped else {
                 return Step::Empty;
             };
-            if from_small {
-                self.small_weight -= node.weight;
-            } else {
-                self.main_weight -= node.weight;
-            }
-            let cell = node.cell.upgrade();
+            let entry = &self.entries[index as usize];
+            let (hash, weight) = (entry.hash, u64::from(entry.weight));
+            // A live entry's cell is ADMITTED and in the map (retiring it kills the entry,
+            // under this lock), so the upgrade finds it; a dead entry has no cell.
+            let cell = entry.cell.as_ref().and_then(WeakLazy::upgrade);
             let Some(meta) = cell.as_ref().and_then(meta_of) else {
-                // Its value is gone from the map and dropped: retired already.
-                self.stale = self.stale.saturating_sub(1);
-                return Step::Out(Evicted {
-                    node,
-                    cell,
-                    victim: false,
-                });
+                self.free_dead(index, from_small);
+                continue;
             };
-            if meta.state.load(Relaxed) != ADMITTED {
-                // Retired (invalidated or replaced) while queued.
-                self.stale = self.stale.saturating_sub(1);
-                return Step::Out(Evicted {
-                    node,
-                    cell,
-                    victim: false,
-                });
+            if from_small {
+                self.small_weight -= weight;
+            } else {
+                self.main_weight -= weight;
             }
             if exempt.is_some_and(|m| core::ptr::eq(m, meta)) {
                 // Not the last handle: the map holds the value (it is ADMITTED).
                 drop(cell);
-                return Step::Held(node, from_small);
+                return Step::Held(index, from_small);
             }
             let freq = meta.freq.load(Relaxed);
             if freq > 0 && chances > 0 {
@@ -231,8 +257,8 @@ impl<V, E> Fifo<V, E> {
                 // Read while queued: a second chance, in the main queue.
                 let freq = if from_small { 0 } else { freq - 1 };
                 meta.freq.store(freq, Relaxed);
-                self.main_weight += node.weight;
-                self.main.push_back(node);
+                self.main_weight += weight;
+                self.main.push_back(index);
                 // The upgraded handle goes here, under the lock: the map still holds the
                 // value (it is ADMITTED), so this is never the last handle.
                 drop(cell);
@@ -241,76 +267,87 @@ impl<V, E> Fifo<V, E> {
             // Claims the room this eviction makes, in one read-modify-write: two threads
             // that both saw the cache over capacity (each admitting into its own shard) do
             // not both evict for one overflow.
-            let claimed = total.fetch_update(Relaxed, Relaxed, |t| {
-                (t > capacity).then(|| t - node.weight)
-            });
+            let claimed =
+                total.fetch_update(Relaxed, Relaxed, |t| (t > capacity).then(|| t - weight));
             if claimed.is_err() {
                 drop(cell); // not the last handle: the map holds the value
-                self.restore(node, from_small);
+                self.restore(index, from_small);
                 return Step::Enough;
             }
             if from_small {
                 let ghosts = (self.small.len() + self.main.len()).max(8);
-                self.ghost.push(node.hash, ghosts);
+                self.ghost.push(hash, ghosts);
             }
             meta.state.store(REMOVED, Relaxed);
-            self.live -= node.weight;
-            return Step::Out(Evicted {
-                node,
-                cell,
-                victim: true,
-            });
+            self.live -= weight;
+            self.entries[index as usize].cell = None;
+            self.free.push(index);
+            let Some(cell) = cell else {
+                unreachable!("`meta` was read from it");
+            };
+            return Step::Out(Evicted { hash, cell });
         }
     }
 
-    /// Puts back a node that `step` held: at the head of the queue it came from, where it
-    /// was (every node ahead of it was popped; those behind it were queued after it).
-    fn restore(&mut self, node: Node<V, E>, from_small: bool) {
+    /// Puts back an entry that `step` held: at the head of the queue it came from, where it
+    /// was (every position ahead of it was popped; those behind it were queued after it).
+    fn restore(&mut self, index: u32, from_small: bool) {
+        let weight = u64::from(self.entries[index as usize].weight);
         if from_small {
-            self.small_weight += node.weight;
-            self.small.push_front(node);
+            self.small_weight += weight;
+            self.small.push_front(index);
         } else {
-            self.main_weight += node.weight;
-            self.main.push_front(node);
+            self.main_weight += weight;
+            self.main.push_front(index);
         }
     }
-}
 
-/// A node dropped by a compaction, with the handle upgraded to check it: dropped after the
-/// lock is released.
-type Dead<V, E> = (Node<V, E>, Option<CacheCell<V, E>>);
+    /// Kills the entry of a value that left the map: its cell handle goes now (so that the
+    /// cell's memory does not wait for the position), the entry when its position does.
+    fn kill(&mut self, index: u32) {
+        if let Some(entry) = self.entries.get_mut(index as usize) {
+            entry.cell = None;
+        }
+        self.stale += 1;
+    }
 
-impl<V, E> Fifo<V, E> {
-    /// Whether dead nodes are at least half the queues (and more than a few): worth a
+    /// Whether dead entries are at least half the queues (and more than a few): worth a
     /// compaction, whose cost the retirements since the last one then pay for.
     fn needs_compaction(&self) -> bool {
         self.stale > 32 && self.stale * 2 > self.small.len() + self.main.len()
     }
 
-    /// Drops the nodes whose values are gone (handing them, and the handles upgraded to
-    /// check them, to `dead`, for the caller to drop with no lock held).
-    fn compact(&mut self, dead: &mut Vec<Dead<V, E>>) {
-        for queue in [&mut self.small, &mut self.main] {
-            let mut kept = VecDeque::with_capacity(queue.len());
-            for node in queue.drain(..) {
-                let cell = node.cell.upgrade();
-                let live = cell
-                    .as_ref()
-                    .and_then(meta_of)
-                    .is_some_and(|m| m.state.load(Relaxed) == ADMITTED);
-                if live {
-                    kept.push_back(node);
-                    // Not the last handle: the map holds the live value.
-                    drop(cell);
-                } else {
-                    dead.push((node, cell));
+    /// Drops the positions of dead entries from both queues, and frees those entries. Reads
+    /// only this shard's entries: no cell is reached, so nothing is upgraded or dropped.
+    fn compact(&mut self) {
+        let Fifo {
+            entries,
+            free,
+            small,
+            main,
+            small_weight,
+            main_weight,
+            ..
+        } = self;
+        for (queue, weight) in [(small, small_weight), (main, main_weight)] {
+            queue.retain(|&index| {
+                let entry = &entries[index as usize];
+                if entry.cell.is_some() {
+                    return true;
                 }
-            }
-            *queue = kept;
+                *weight -= u64::from(entry.weight);
+                free.push(index);
+                false
+            });
         }
-        self.small_weight = self.small.iter().map(|n| n.weight).sum();
-        self.main_weight = self.main.iter().map(|n| n.weight).sum();
         self.stale = 0;
+        if self.small.is_empty() && self.main.is_empty() {
+            // Nothing on the books: give the memory back (after `invalidate_all`).
+            self.entries = Vec::new();
+            self.free = Vec::new();
+            self.small = VecDeque::new();
+            self.main = VecDeque::new();
+        }
     }
 }
 
@@ -370,17 +407,17 @@ impl<V, E> Policy<V, E> {
         out: &mut Vec<Evicted<V, E>>,
     ) {
         let mut held = None;
-        // Each turn takes a node off the queues for good, or sets `exempt` aside (once):
+        // Each turn takes an entry off the queues for good, or sets `exempt` aside (once):
         // bounded by the queues' length, whatever readers do meanwhile.
         while (any || fifo.live > fifo.capacity) && self.over() {
             match fifo.step(exempt, &self.total, self.capacity) {
                 Step::Out(evicted) => out.push(evicted),
-                Step::Held(node, from_small) => held = Some((node, from_small)),
+                Step::Held(index, from_small) => held = Some((index, from_small)),
                 Step::Empty | Step::Enough => break,
             }
         }
-        if let Some((node, from_small)) = held {
-            fifo.restore(node, from_small);
+        if let Some((index, from_small)) = held {
+            fifo.restore(index, from_small);
         }
     }
 
@@ -429,7 +466,7 @@ impl<V, E> Policy<V, E> {
     /// and drop with no lock held.
     pub(crate) fn admit(
         &self,
-        mut node: Node<V, E>,
+        hash: u64,
         cell: &CacheCell<V, E>,
         weight: Option<u32>,
         out: &mut Vec<Evicted<V, E>>,
@@ -437,45 +474,55 @@ impl<V, E> Policy<V, E> {
         let Some(meta) = meta_of(cell) else { return };
         let refuse = weight.map_or(true, |w| self.capacity == 0 || u64::from(w) > self.capacity);
         let weight = weight.unwrap_or(0);
-        node.weight = u64::from(weight);
-        let home = self.index(node.hash);
-        let mut unused = None;
+        let home = self.index(hash);
         let mut admitted = false;
         self.shards[home].with(|fifo| {
             if meta.state.load(Relaxed) != NEW {
                 // Admitted by another caller, or removed, meanwhile.
-                unused = Some(node);
                 return;
             }
+            let slot = if refuse || weight == 0 {
+                NO_SLOT
+            } else {
+                match fifo.push(hash, weight, cell) {
+                    Some(index) => index,
+                    // A shard with 2^32 - 1 entries: no index for this one. Refused, as a
+                    // value the books cannot hold.
+                    None => {
+                        meta.state.store(REMOVED, Relaxed);
+                        out.push(Evicted {
+                            hash,
+                            cell: cell.clone(),
+                        });
+                        return;
+                    }
+                }
+            };
             if refuse {
                 // Never queued, never counted: it takes nothing else with it.
                 meta.state.store(REMOVED, Relaxed);
                 out.push(Evicted {
-                    node,
-                    cell: Some(cell.clone()),
-                    victim: true,
+                    hash,
+                    cell: cell.clone(),
                 });
                 return;
             }
-            meta.weight.store(weight, Relaxed);
+            meta.slot.store(slot, Relaxed);
             meta.state.store(ADMITTED, Relaxed);
-            if node.weight == 0 {
-                // Evicting it would free nothing: counted (as nothing), never queued, so
-                // never a candidate. It leaves when it is invalidated, replaced or expired.
-                unused = Some(node);
+            if slot == NO_SLOT {
+                // It weighs nothing: evicting it would free nothing. Counted (as nothing),
+                // never queued, so never a candidate. It leaves when it is invalidated,
+                // replaced or expired.
                 return;
             }
             admitted = true;
-            fifo.live += node.weight;
-            self.total.fetch_add(node.weight, Relaxed);
-            fifo.push(node);
+            fifo.live += u64::from(weight);
+            self.total.fetch_add(u64::from(weight), Relaxed);
             self.shrink(fifo, Some(meta), false, out);
         });
         if admitted && self.over() {
             self.reclaim(home, meta, out);
         }
-        // A weak handle: dropped outside the lock, with nothing that needs it.
-        drop(unused);
     }
 
     /// Takes a value that left the map (invalidated or replaced) off the books: it is never
@@ -483,35 +530,33 @@ impl<V, E> Policy<V, E> {
     /// holds `cell` until this returns.
     pub(crate) fn retire(&self, hash: u64, cell: &CacheCell<V, E>) {
         let Some(meta) = meta_of(cell) else { return };
-        let mut dead = Vec::new();
         self.shard(hash).with(|fifo| {
             let was = meta.state.load(Relaxed);
             meta.state.store(REMOVED, Relaxed);
-            let weight = meta.weight();
-            if was == ADMITTED && weight > 0 {
-                fifo.live -= weight;
-                self.total.fetch_sub(weight, Relaxed);
-                // Its node stays queued until a step pops it; values that leave this way
-                // rather than by eviction would otherwise pile nodes up in a cache that
-                // never fills, so the queues are compacted once half of them is dead.
-                // (A value that weighs nothing was never queued.)
-                fifo.stale += 1;
-                if fifo.needs_compaction() {
-                    fifo.compact(&mut dead);
-                }
+            let slot = meta.slot.load(Relaxed);
+            if was != ADMITTED || slot == NO_SLOT {
+                // Never on the books (not admitted, or weighing nothing).
+                return;
+            }
+            let weight = u64::from(fifo.entries[slot as usize].weight);
+            fifo.live -= weight;
+            self.total.fetch_sub(weight, Relaxed);
+            // Its entry dies now (the cell handle goes), and stays queued until a step pops
+            // it; values that leave this way rather than by eviction would otherwise pile
+            // dead entries up in a cache that never fills, so the queues are compacted once
+            // half of them is dead.
+            fifo.kill(slot);
+            if fifo.needs_compaction() {
+                fifo.compact();
             }
         });
-        // Values are user code: dropped with no lock held.
-        drop(dead);
     }
 
-    /// Drops the nodes whose values are gone, in every shard (after `invalidate_all`), so
-    /// that their allocations go now rather than when new values push them out.
+    /// Drops the dead entries in every shard (after `invalidate_all`), and gives the
+    /// memory of a shard left with none back.
     pub(crate) fn purge(&self) {
         for shard in self.shards.iter() {
-            let mut dead = Vec::new();
-            shard.with(|fifo| fifo.compact(&mut dead));
-            drop(dead); // values are user code: outside the lock
+            shard.with(Fifo::compact);
         }
     }
 
@@ -533,5 +578,219 @@ impl<V, E> fmt::Debug for Policy<V, E> {
             .field("weight", &self.weight())
             .field("capacity", &self.capacity())
             .finish()
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    //! The books of the slab design, checked after every operation of seeded random runs:
+    //! every entry in use, live or dead, has exactly one queue position, free entries none;
+    //! each queue's weight is the weight of the entries it holds; `live` is the weight of
+    //! the live entries and `stale` the number of dead ones; every admitted value's
+    //! `Meta::slot` names its own live entry.
+
+    use std::collections::HashMap;
+
+    use super::{Fifo, Ghost, Policy};
+    use crate::{
+        loom::Ordering::Relaxed,
+        stored::{CacheCell, Stored, ADMITTED, NO_SLOT},
+    };
+    use deferred_map::Lazy;
+
+    type Cell = CacheCell<u64, ()>;
+
+    fn cell(v: u64) -> Cell {
+        Lazy::ready(Stored::new(v))
+    }
+
+    fn check(fifo: &Fifo<u64, ()>) {
+        let mut seen = vec![0u32; fifo.entries.len()];
+        for (queue, weight) in [
+            (&fifo.small, fifo.small_weight),
+            (&fifo.main, fifo.main_weight),
+        ] {
+            let mut sum = 0;
+            for &i in queue {
+                seen[i as usize] += 1;
+                sum += u64::from(fifo.entries[i as usize].weight);
+            }
+            assert_eq!(sum, weight, "a queue's weight is its entries'");
+        }
+        for &i in &fifo.free {
+            seen[i as usize] += 10;
+        }
+        assert!(
+            seen.iter().all(|&n| n == 1 || n == 10),
+            "each entry queued once or free: {seen:?}"
+        );
+        let live: u64 = (0..fifo.entries.len())
+            .filter(|&i| seen[i] == 1 && fifo.entries[i].cell.is_some())
+            .map(|i| u64::from(fifo.entries[i].weight))
+            .sum();
+        assert_eq!(live, fifo.live, "live weight");
+        let dead = (0..fifo.entries.len())
+            .filter(|&i| seen[i] == 1 && fifo.entries[i].cell.is_none())
+            .count();
+        assert_eq!(dead, fifo.stale, "stale count");
+    }
+
+    fn check_all(policy: &Policy<u64, ()>, admitted: &HashMap<u64, (u64, Cell)>) {
+        let mut total = 0;
+        for shard in policy.shards.iter() {
+            shard.with(|fifo| {
+                check(fifo);
+                total += fifo.live;
+            });
+        }
+        assert_eq!(
+            total,
+            policy.weight(),
+            "the cache's total is the shards' sum"
+        );
+        for (hash, (_, cell)) in admitted {
+            let meta = &cell.get().unwrap().meta;
+            if meta.state.load(Relaxed) != ADMITTED {
+                continue;
+            }
+            let slot = meta.slot.load(Relaxed);
+            if slot == NO_SLOT {
+                continue;
+            }
+            policy.shard(*hash).with(|fifo| {
+                let entry = &fifo.entries[slot as usize];
+                assert_eq!(
+                    entry.hash, *hash,
+                    "an admitted value's slot is its own entry"
+                );
+                let mine = entry.cell.as_ref().and_then(|w| w.upgrade());
+                assert!(mine.is_some_and(|c| Lazy::ptr_eq(&c, cell)));
+            });
+        }
+    }
+
+    /// A seeded run of admissions (some weightless), reads, replacements and retirements
+    /// against a policy of `capacity` in `shards` shards.
+    fn run(seed: u64, capacity: u64, shards: usize, ops: usize) {
+        let policy: Policy<u64, ()> = Policy::new(capacity, shards);
+        let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        // hash -> (weight, cell) of what the "map" holds.
+        let mut map: HashMap<u64, (u64, Cell)> = HashMap::new();
+        for _ in 0..ops {
+            let hash = next() % (capacity * 3);
+            match next() % 10 {
+                0..=5 => {
+                    // Insert (replacing what is there).
+                    let weight = (next() % 4) as u32; // 0 now and then
+                    let new = cell(hash);
+                    if let Some((_, old)) = map.insert(hash, (u64::from(weight), new.clone())) {
+                        policy.retire(hash, &old);
+                    }
+                    let mut out = Vec::new();
+                    policy.admit(hash, &new, Some(weight), &mut out);
+                    for victim in out {
+                        let gone = map
+                            .get(&victim.hash)
+                            .filter(|(_, c)| Lazy::ptr_eq(c, &victim.cell));
+                        if gone.is_some() {
+                            map.remove(&victim.hash);
+                        }
+                    }
+                }
+                6..=7 => {
+                    if let Some((_, c)) = map.get(&hash) {
+                        c.get().unwrap().meta.touch();
+                    }
+                }
+                _ => {
+                    if let Some((_, old)) = map.remove(&hash) {
+                        policy.retire(hash, &old);
+                    }
+                }
+            }
+            check_all(&policy, &map);
+            assert!(policy.weight() <= capacity, "within capacity");
+        }
+        // Everything out (as `invalidate_all`): the books empty, and their memory given back.
+        for (hash, (_, old)) in map.drain() {
+            policy.retire(hash, &old);
+        }
+        policy.purge();
+        assert_eq!(policy.weight(), 0);
+        for shard in policy.shards.iter() {
+            shard.with(|fifo| {
+                check(fifo);
+                assert!(
+                    fifo.entries.is_empty() && fifo.free.is_empty(),
+                    "memory given back"
+                );
+            });
+        }
+    }
+
+    #[test]
+    fn the_books_stay_exact_through_random_runs() {
+        for seed in 1..=if cfg!(miri) { 2 } else { 40 } {
+            run(seed, 64, 1, if cfg!(miri) { 200 } else { 2_000 });
+        }
+    }
+
+    #[test]
+    fn the_books_stay_exact_across_shards() {
+        for seed in 1..=if cfg!(miri) { 1 } else { 3 } {
+            run(seed, 1_024, 8, if cfg!(miri) { 300 } else { 6_000 });
+        }
+    }
+
+    #[test]
+    fn replacements_reuse_entries_and_compact_without_growing() {
+        let policy: Policy<u64, ()> = Policy::new(1_000, 1);
+        let mut current: HashMap<u64, Cell> = HashMap::new();
+        for round in 0..50_u64 {
+            for hash in 0..100 {
+                let new = cell(round);
+                if let Some(old) = current.insert(hash, new.clone()) {
+                    policy.retire(hash, &old);
+                }
+                let mut out = Vec::new();
+                policy.admit(hash, &new, Some(1), &mut out);
+                assert!(
+                    out.is_empty(),
+                    "100 values in a capacity of 1000: nothing evicted"
+                );
+            }
+        }
+        policy.shards[0].with(|fifo| {
+            check(fifo);
+            // 5000 admissions of 100 keys: dead entries are compacted and their slots
+            // reused, so the slab stays near the live count (compaction at half dead).
+            assert!(
+                fifo.entries.len() <= 300,
+                "slab grew to {}",
+                fifo.entries.len()
+            );
+        });
+    }
+
+    #[test]
+    fn a_ghost_evicted_twice_stays_until_both_age_out() {
+        let mut ghost = Ghost::new();
+        ghost.push(7, 3);
+        ghost.push(8, 3);
+        ghost.push(7, 3); // 7 again: [7, 8, 7]
+        assert!(ghost.contains(7) && ghost.contains(8) && !ghost.contains(9));
+        ghost.push(9, 3); // the first 7 ages out: [8, 7, 9]
+        assert!(ghost.contains(7), "its second copy is still there");
+        ghost.push(10, 3); // 8 ages out: [7, 9, 10]
+        assert!(!ghost.contains(8));
+        ghost.push(11, 3); // the second 7 ages out: [9, 10, 11]
+        assert!(!ghost.contains(7));
+        assert_eq!((ghost.order.len(), ghost.set.len()), (3, 3));
     }
 }

@@ -51,8 +51,12 @@ pub(crate) type CacheCell<V, E> = Lazy<Stored<V>, Failure<E>>;
 pub(crate) const NEW: u8 = 0;
 /// In a queue of its policy shard, and counted in its weight.
 pub(crate) const ADMITTED: u8 = 1;
-/// Gone from the map (evicted, invalidated or replaced); its node, if any, is stale.
+/// Gone from the map (evicted, invalidated or replaced); its policy entry, if any, is dead.
 pub(crate) const REMOVED: u8 = 2;
+
+/// The `Meta::slot` of a value that is on no policy shard's books (not admitted yet, or
+/// weighing nothing, so never queued), and the one index a shard never hands out.
+pub(crate) const NO_SLOT: u32 = u32::MAX;
 
 /// The most uses a read records.
 const MAX_FREQ: u8 = 3;
@@ -66,8 +70,10 @@ pub(crate) struct Meta {
     /// NEW / ADMITTED / REMOVED; changed only under the policy shard's lock, which orders
     /// it. Read without the lock only as a hint (see `Policy::needs_admission`).
     pub(crate) state: AtomicU8,
-    /// Set at admission, under the lock.
-    pub(crate) weight: AtomicU32,
+    /// The index of the value's entry on its policy shard's books (where its weight and
+    /// queue position are) while it is ADMITTED, or [`NO_SLOT`] for a value that
+    /// weighs nothing. Set at admission, under the shard's lock, and read under it.
+    pub(crate) slot: AtomicU32,
 }
 
 impl Meta {
@@ -75,7 +81,7 @@ impl Meta {
         Meta {
             freq: AtomicU8::new(0),
             state: AtomicU8::new(NEW),
-            weight: AtomicU32::new(1),
+            slot: AtomicU32::new(NO_SLOT),
         }
     }
 
@@ -87,10 +93,6 @@ impl Meta {
         if freq < MAX_FREQ {
             self.freq.store(freq + 1, Relaxed);
         }
-    }
-
-    pub(crate) fn weight(&self) -> u64 {
-        u64::from(self.weight.load(Relaxed))
     }
 }
 
