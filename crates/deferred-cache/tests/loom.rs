@@ -339,7 +339,7 @@ fn insert_vs_invalidate_of_the_same_key_keeps_the_books() {
         assert_eq!(cache.weighted_size(), Some(cache.len() as u64));
         // The value is either still there or was counted once as it left.
         assert_eq!(cache.stats().invalidated + cache.len() as u64, 1);
-        assert_eq!(removed, cache.len() == 0);
+        assert_eq!(removed, cache.is_empty());
         // No capacity leaked: another key fits, evicting the first if it is there.
         cache.insert(2, 2);
         assert_eq!((cache.len(), cache.weighted_size()), (1, Some(1)));

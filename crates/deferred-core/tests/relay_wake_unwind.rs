@@ -78,7 +78,11 @@ fn a_relay_woken_by_value_releases_the_cell_even_when_a_waiters_waker_panics() {
         // by its first poll, keeps the relay.
         let mut wait = pin!(lazy.wait());
         assert!(poll_with(wait.as_mut(), &waiter).is_pending());
-        let relay = kept.lock().unwrap().take().expect("the computation was polled");
+        let relay = kept
+            .lock()
+            .unwrap()
+            .take()
+            .expect("the computation was polled");
         // The relay's round wakes the waiter, whose waker panics: the wake unwinds.
         let unwound = catch_unwind(AssertUnwindSafe(move || relay.wake()));
         assert!(unwound.is_err(), "the waiter's waker panicked");
