@@ -323,6 +323,53 @@ fn concurrent_inserts_stay_within_capacity() {
     });
 }
 
+/// `insert` racing an `invalidate` of the same key. `insert` admits its cell without looking
+/// it up in the map again: a cell complete before it enters the map is retired (under the
+/// policy lock `admit` takes) by whatever removes it, so either the admission comes first and
+/// the retire takes its weight off, or the retire comes first and the admission skips it.
+/// Either way the policy weighs exactly what the map holds, and nothing is counted twice.
+#[test]
+fn insert_vs_invalidate_of_the_same_key_keeps_the_books() {
+    loom::model(|| {
+        let cache = cache(Some(1));
+        let c = cache.clone();
+        let t = thread::spawn(move || c.insert(1, 1));
+        let removed = cache.invalidate(&1);
+        t.join().unwrap();
+        assert_eq!(cache.weighted_size(), Some(cache.len() as u64));
+        // The value is either still there or was counted once as it left.
+        assert_eq!(cache.stats().invalidated + cache.len() as u64, 1);
+        assert_eq!(removed, cache.is_empty());
+        // No capacity leaked: another key fits, evicting the first if it is there.
+        cache.insert(2, 2);
+        assert_eq!((cache.len(), cache.weighted_size()), (1, Some(1)));
+        assert_eq!(cache.get_if_present(&2), Some(2));
+    });
+}
+
+/// The same with `replace_if`, the other caller of `admit` that does not look its cell up
+/// again: the replacing value and the invalidate race; the books match the map.
+#[test]
+fn replace_if_vs_invalidate_of_the_same_key_keeps_the_books() {
+    loom::model(|| {
+        let cache = cache(Some(1));
+        cache.insert(1, 1);
+        let c = cache.clone();
+        let t = thread::spawn(move || c.replace_if(&1, 2, |_| true));
+        cache.invalidate(&1);
+        let replaced = t.join().unwrap();
+        assert_eq!(cache.weighted_size(), Some(cache.len() as u64));
+        // Two values went in (one by `replace_if` only if it found the first): each is
+        // either still there or was counted once as it left.
+        assert_eq!(
+            cache.stats().invalidated + cache.len() as u64,
+            1 + u64::from(replaced)
+        );
+        cache.insert(2, 2);
+        assert_eq!((cache.len(), cache.weighted_size()), (1, Some(1)));
+    });
+}
+
 /// Capacity is the cache's, not a policy shard's (issue #11): two values, each heavier than
 /// a shard's share and lighter than the capacity, admitted at once into two shards. Room is
 /// made across shards, for exactly one overflow: one value goes (not both), and the books

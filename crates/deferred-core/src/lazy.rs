@@ -663,23 +663,25 @@ where
     /// # Safety
     /// As for `relay_clone`; the waker is consumed.
     unsafe fn relay_wake(data: *const ()) {
-        // SAFETY: as the caller promises; `relay_drop` then releases the consumed
-        // waker's count, once.
-        unsafe {
-            Self::relay_wake_by_ref(data);
-            Self::relay_drop(data);
-        }
+        // SAFETY: as the caller promises: the consumed waker's count, owned here and
+        // released once, as this returns or unwinds (a waiter's waker may panic in the
+        // round, and `wake` consumes the waker even then).
+        let weak = unsafe { Weak::from_raw(data.cast::<Self>()) };
+        Self::wake_weak(&weak);
     }
 
-    /// The computation can make progress: tell the driver, if one is polling, and wake
-    /// every waiter, so whichever is polled next drives it. Nothing to do if every handle
-    /// is gone.
-    ///
     /// # Safety
     /// As for `relay_clone`.
     unsafe fn relay_wake_by_ref(data: *const ()) {
         // SAFETY: as in `relay_clone`: the waker's count, borrowed.
         let weak = ManuallyDrop::new(unsafe { Weak::from_raw(data.cast::<Self>()) });
+        Self::wake_weak(&weak);
+    }
+
+    /// The computation can make progress: tell the driver, if one is polling, and wake
+    /// every waiter, so whichever is polled next drives it. Nothing to do if every handle
+    /// is gone.
+    fn wake_weak(weak: &Weak<Self>) {
         if let Some(shared) = weak.upgrade() {
             // Release: pairs with the Acquire of `try_drive`, which clears REPOLL. A driver
             // that takes DRIVING after this wake (and so consumes it) must see whatever the

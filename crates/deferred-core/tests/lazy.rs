@@ -294,3 +294,87 @@ fn the_relay_woken_from_another_thread_lets_the_awaiter_finish() {
     assert!(counts.wakes() >= 1, "the relay woke the awaiter");
     assert_eq!(poll_once(wait.as_mut()), Poll::Ready(Ok(&5)));
 }
+
+/// A computation that clones its waker and sends the clone to another thread, which holds
+/// it (behind a barrier) until the cell has completed and every `Lazy` handle is gone; then
+/// it clones it again, compares, and wakes by reference and by value. The relay holds the
+/// cell weakly: each of these finds no cell and does nothing, and the last drop frees the
+/// allocation (miri checks that nothing dangles, leaks or is released twice).
+#[test]
+fn a_relay_clone_woken_on_another_thread_after_the_cell_is_gone() {
+    let (tx, rx) = std::sync::mpsc::channel::<std::task::Waker>();
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let go = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    struct OnDrop(Arc<AtomicUsize>);
+    impl Drop for OnDrop {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, SeqCst);
+        }
+    }
+    let guard = OnDrop(Arc::clone(&dropped));
+    let g = Arc::clone(&go);
+    let mut tx = Some(tx);
+    let lazy: Lazy<u32> = Lazy::boxed(async move {
+        let _guard = guard;
+        std::future::poll_fn(move |cx| {
+            if let Some(tx) = tx.take() {
+                tx.send(cx.waker().clone()).unwrap();
+            }
+            if g.load(SeqCst) {
+                Poll::Ready(Ok(9))
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    });
+    let barrier = Arc::new(std::sync::Barrier::new(2));
+    let b = Arc::clone(&barrier);
+    let holder = std::thread::spawn(move || {
+        let waker = rx.recv().expect("the computation sent its waker");
+        b.wait(); // the cell completed, every handle dropped
+        let again = waker.clone();
+        // Clones of one relay point at the same cell; whether `will_wake` says so is an
+        // optimisation only (it compares vtable addresses too), so it is reported, not
+        // asserted, here.
+        let same = again.will_wake(&waker);
+        again.wake_by_ref();
+        again.wake(); // by value, on a clone
+        waker.wake_by_ref();
+        drop(waker);
+        same
+    });
+    {
+        let mut wait = pin!(lazy.wait());
+        assert!(poll_once(wait.as_mut()).is_pending());
+        go.store(true, SeqCst);
+        assert_eq!(poll_once(wait.as_mut()), Poll::Ready(Ok(&9)));
+    }
+    let other = lazy.clone();
+    drop(lazy);
+    drop(other);
+    assert_eq!(dropped.load(SeqCst), 1, "the computation was dropped once");
+    barrier.wait();
+    let same = holder.join().unwrap();
+    eprintln!("relay clone will_wake the relay it was cloned from: {same}");
+}
+
+/// Relays of two cells never `will_wake` each other (a false positive would let a future
+/// keep the waker of the wrong cell and miss its wake).
+#[test]
+fn relays_of_two_cells_do_not_will_wake_each_other() {
+    let (ka, kb) = (KeptWaker::default(), KeptWaker::default());
+    let go = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let a = keeping_computation(Arc::clone(&ka), Arc::clone(&go), Arc::clone(&dropped));
+    let b = keeping_computation(Arc::clone(&kb), Arc::clone(&go), Arc::clone(&dropped));
+    assert!(poll_once(pin!(a.wait())).is_pending());
+    assert!(poll_once(pin!(b.wait())).is_pending());
+    let wa = ka.lock().unwrap().take().unwrap();
+    let wb = kb.lock().unwrap().take().unwrap();
+    assert!(!wa.will_wake(&wb));
+    assert!(!wa.clone().will_wake(&wb.clone()));
+    drop((a, b));
+    assert_eq!(dropped.load(SeqCst), 2);
+    drop((wa, wb));
+}

@@ -1509,3 +1509,38 @@ fn two_threads_drive_a_fresh_cell_in_turn_with_one_relay() {
         );
     });
 }
+
+/// The computation's waker (the relay, the cell held weakly) woken by value on another
+/// thread while the last `Lazy` handle is dropped. Either the wake upgrades first, and its
+/// handle may be the last (the cell and its computation are then dropped on the waking
+/// thread, after the wake's own accesses), or the drop comes first and the wake finds no
+/// cell. Either way the computation is dropped exactly once, and the allocation outlives
+/// the relay's last use (its `Weak`, released by the wake). (Review of the relay as a
+/// `RawWaker` over `Weak<Shared>`.)
+#[test]
+fn relay_wake_vs_the_last_handle_drop() {
+    loom::model(|| {
+        let slot: std::sync::Arc<std::sync::Mutex<Option<Waker>>> = Default::default();
+        let s = std::sync::Arc::clone(&slot);
+        let dropped = Arc::new(AtomicUsize::new(0));
+        let guard = CountOnDrop(dropped.clone());
+        let lazy: Lazy<usize, ()> = Lazy::boxed(futures::future::poll_fn(move |cx| {
+            let _keep = &guard;
+            *s.lock().unwrap() = Some(cx.waker().clone());
+            Poll::Pending
+        }));
+        assert!(!lazy.drive_now());
+        let relay = slot.lock().unwrap().take().expect("polled once");
+        let again = relay.clone();
+        let t = thread::spawn(move || {
+            again.wake_by_ref();
+            again.wake();
+        });
+        drop(lazy);
+        t.join().unwrap();
+        // Acquire: pairs with the Release of `CountOnDrop`.
+        assert_eq!(dropped.load(Acquire), 1, "the computation is dropped once");
+        // The relay kept here outlives the cell: waking it finds nothing.
+        relay.wake();
+    });
+}
