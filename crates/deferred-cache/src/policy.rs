@@ -594,7 +594,7 @@ mod tests {
     use super::{Fifo, Ghost, Policy};
     use crate::{
         loom::Ordering::Relaxed,
-        stored::{CacheCell, Stored, ADMITTED, NO_SLOT},
+        stored::{CacheCell, Stored, ADMITTED, NO_SLOT, REMOVED},
     };
     use deferred_map::Lazy;
 
@@ -712,6 +712,17 @@ mod tests {
                     let mut out = Vec::new();
                     policy.admit(hash, &new, Some(weight), &mut out);
                     for victim in out {
+                        let meta = &victim.cell.get().unwrap().meta;
+                        assert_eq!(
+                            meta.state.load(Relaxed),
+                            REMOVED,
+                            "a victim is off the books"
+                        );
+                        if next() % 2 == 0 {
+                            // A removal that took it out of the map before the evictor
+                            // could retires it too (its entry may be reused already).
+                            policy.retire(victim.hash, &victim.cell);
+                        }
                         let gone = map
                             .get(&victim.hash)
                             .filter(|(_, c)| Lazy::ptr_eq(c, &victim.cell));
@@ -788,6 +799,17 @@ mod tests {
                     let mut out = Vec::new();
                     policy.admit(hash, &new, weight, &mut out);
                     for victim in out {
+                        let meta = &victim.cell.get().unwrap().meta;
+                        assert_eq!(
+                            meta.state.load(Relaxed),
+                            REMOVED,
+                            "a victim is off the books"
+                        );
+                        if next() % 2 == 0 {
+                            // A removal that took it out of the map before the evictor
+                            // could retires it too (its entry may be reused already).
+                            policy.retire(victim.hash, &victim.cell);
+                        }
                         if policy.index(victim.hash) != policy.index(hash) {
                             elsewhere += 1;
                         }
