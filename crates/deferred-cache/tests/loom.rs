@@ -401,6 +401,32 @@ fn admissions_in_two_shards_evict_once_for_one_overflow() {
     });
 }
 
+/// From the review of 8df94b9 (the policy's books as a slab of entries, a value's
+/// `Meta::slot` its index): an eviction racing an `invalidate` of its victim. The eviction
+/// frees the victim's entry, and the next admission reuses it; the `invalidate`, if it took
+/// the victim out of the map first, retires it after that, and must find it REMOVED rather
+/// than kill the entry that now belongs to another value. The books match the map.
+#[test]
+fn eviction_vs_invalidate_of_the_victim_keeps_the_books() {
+    loom::model(|| {
+        let cache = cache(Some(1));
+        cache.insert(1, 1);
+        let c = cache.clone();
+        let t = thread::spawn(move || c.invalidate(&1));
+        cache.insert(2, 2); // evicts 1, freeing its entry
+        cache.insert(3, 3); // takes that entry, evicts 2
+        t.join().unwrap();
+        assert_eq!((cache.len(), cache.weighted_size()), (1, Some(1)));
+        assert_eq!(cache.get_if_present(&3), Some(3));
+        // 1 left once (evicted or invalidated), 2 was evicted.
+        let stats = cache.stats();
+        assert_eq!(stats.invalidated + stats.evicted, 2);
+        // The entry 3 holds is its own: invalidating it empties the books.
+        cache.invalidate(&3);
+        assert_eq!((cache.len(), cache.weighted_size()), (0, Some(0)));
+    });
+}
+
 /// Models from the review of the #12 additions: races the models above did not cover.
 ///
 /// The two `get_or_insert_with` models pin the F6 fix (the value returned is the value
