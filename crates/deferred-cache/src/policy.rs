@@ -538,7 +538,22 @@ impl<V, E> Policy<V, E> {
                 // Never on the books (not admitted, or weighing nothing).
                 return;
             }
-            let weight = u64::from(fifo.entries[slot as usize].weight);
+            // The value's entry is in the shard of the hash it was admitted with. A caller
+            // of the doc-hidden `*_hashed` calls that breaks their contract (a hash that is
+            // not its key's) could bring another shard's books here: leave those alone
+            // rather than kill another value's entry (or index past the slab).
+            let Some(entry) = fifo
+                .entries
+                .get(slot as usize)
+                .filter(|e| e.hash == hash && e.cell.is_some())
+            else {
+                debug_assert!(
+                    false,
+                    "retire: the hash is not the one the value was admitted with"
+                );
+                return;
+            };
+            let weight = u64::from(entry.weight);
             fifo.live -= weight;
             self.total.fetch_sub(weight, Relaxed);
             // Its entry dies now (the cell handle goes), and stays queued until a step pops
