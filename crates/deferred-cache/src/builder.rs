@@ -170,6 +170,13 @@ impl<K, V, E, S> Builder<K, V, E, S> {
     /// operation returns. Loads in flight and failed loads are not values: nothing is told
     /// about them.
     ///
+    /// Of two equal keys (which differ only if `Eq` looks at part of a key), a removal by
+    /// key (`invalidate`, `remove`, and the value an `insert` or `replace_if` replaces) is
+    /// told the key of its call; a removal the cache makes itself (an eviction, `retain`,
+    /// `invalidate_all`, `invalidate_entries_if`) is told the key the cache kept for the
+    /// entry, the key of the call that made it: an `insert` over an equal key does not
+    /// replace it, as `HashMap::insert` does not.
+    ///
     /// **A panicking listener** is caught, as moka does: the panic never leaves the cache's
     /// operation, which completes with every count exact (the value is removed and counted,
     /// the new value of a replace is admitted, the other victims of the same eviction are
