@@ -701,17 +701,63 @@ mod tests {
         }
     }
 
-    /// A seeded run of admissions (some weightless), reads, replacements and retirements
-    /// against a policy of `capacity` in `shards` shards.
-    fn run(seed: u64, capacity: u64, shards: usize, ops: usize) {
-        let policy: Policy<u64, ()> = Policy::new(capacity, shards);
+    /// A seeded xorshift generator.
+    fn xorshift(seed: u64) -> impl FnMut() -> u64 {
         let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        let mut next = || {
+        move || {
             rng ^= rng << 13;
             rng ^= rng >> 7;
             rng ^= rng << 17;
             rng
-        };
+        }
+    }
+
+    /// One insert of a seeded run: the value replaces what `map` holds at `hash` (retired),
+    /// is admitted with `weight`, and its victims leave `map`. Each victim must be off the
+    /// books; half the time it is retired after its eviction too, as a removal that took it
+    /// out of the map before the evictor could would (its entry may be reused already).
+    /// Returns the victims' hashes.
+    fn insert(
+        policy: &Policy<u64, ()>,
+        map: &mut HashMap<u64, (u64, Cell)>,
+        hash: u64,
+        weight: Option<u32>,
+        next: &mut impl FnMut() -> u64,
+    ) -> Vec<u64> {
+        let new = cell(hash);
+        let booked = u64::from(weight.unwrap_or(0));
+        if let Some((_, old)) = map.insert(hash, (booked, new.clone())) {
+            policy.retire(hash, &old);
+        }
+        let mut out = Vec::new();
+        policy.admit(hash, &new, weight, &mut out);
+        let mut victims = Vec::new();
+        for victim in out {
+            let meta = &victim.cell.get().unwrap().meta;
+            assert_eq!(
+                meta.state.load(Relaxed),
+                REMOVED,
+                "a victim is off the books"
+            );
+            if next() % 2 == 0 {
+                policy.retire(victim.hash, &victim.cell);
+            }
+            let gone = map
+                .get(&victim.hash)
+                .filter(|(_, c)| Lazy::ptr_eq(c, &victim.cell));
+            if gone.is_some() {
+                map.remove(&victim.hash);
+            }
+            victims.push(victim.hash);
+        }
+        victims
+    }
+
+    /// A seeded run of admissions (some weightless), reads, replacements and retirements
+    /// against a policy of `capacity` in `shards` shards.
+    fn run(seed: u64, capacity: u64, shards: usize, ops: usize) {
+        let policy: Policy<u64, ()> = Policy::new(capacity, shards);
+        let mut next = xorshift(seed);
         // hash -> (weight, cell) of what the "map" holds.
         let mut map: HashMap<u64, (u64, Cell)> = HashMap::new();
         for _ in 0..ops {
@@ -720,31 +766,7 @@ mod tests {
                 0..=5 => {
                     // Insert (replacing what is there).
                     let weight = (next() % 4) as u32; // 0 now and then
-                    let new = cell(hash);
-                    if let Some((_, old)) = map.insert(hash, (u64::from(weight), new.clone())) {
-                        policy.retire(hash, &old);
-                    }
-                    let mut out = Vec::new();
-                    policy.admit(hash, &new, Some(weight), &mut out);
-                    for victim in out {
-                        let meta = &victim.cell.get().unwrap().meta;
-                        assert_eq!(
-                            meta.state.load(Relaxed),
-                            REMOVED,
-                            "a victim is off the books"
-                        );
-                        if next() % 2 == 0 {
-                            // A removal that took it out of the map before the evictor
-                            // could retires it too (its entry may be reused already).
-                            policy.retire(victim.hash, &victim.cell);
-                        }
-                        let gone = map
-                            .get(&victim.hash)
-                            .filter(|(_, c)| Lazy::ptr_eq(c, &victim.cell));
-                        if gone.is_some() {
-                            map.remove(&victim.hash);
-                        }
-                    }
+                    insert(&policy, &mut map, hash, Some(weight), &mut next);
                 }
                 6..=7 => {
                     if let Some((_, c)) = map.get(&hash) {
@@ -783,13 +805,7 @@ mod tests {
     /// (weightless ones among them) are admitted.
     fn run_heavy(seed: u64, capacity: u64, shards: usize, ops: usize, max_weight: u64) -> usize {
         let policy: Policy<u64, ()> = Policy::new(capacity, shards);
-        let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        let mut next = || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng
-        };
+        let mut next = xorshift(seed);
         let mut map: HashMap<u64, (u64, Cell)> = HashMap::new();
         // What the run reached: victims in another shard than the admission's, refusals,
         // purges that gave a shard's slab back while values were admitted.
@@ -806,35 +822,11 @@ mod tests {
                         _ => Some(1 + next() % 8),
                     };
                     let weight = weight.map(|w| u32::try_from(w).unwrap());
-                    let new = cell(hash);
-                    let booked = u64::from(weight.unwrap_or(0));
-                    if let Some((_, old)) = map.insert(hash, (booked, new.clone())) {
-                        policy.retire(hash, &old);
-                    }
-                    let mut out = Vec::new();
-                    policy.admit(hash, &new, weight, &mut out);
-                    for victim in out {
-                        let meta = &victim.cell.get().unwrap().meta;
-                        assert_eq!(
-                            meta.state.load(Relaxed),
-                            REMOVED,
-                            "a victim is off the books"
-                        );
-                        if next() % 2 == 0 {
-                            // A removal that took it out of the map before the evictor
-                            // could retires it too (its entry may be reused already).
-                            policy.retire(victim.hash, &victim.cell);
-                        }
-                        if policy.index(victim.hash) != policy.index(hash) {
-                            elsewhere += 1;
-                        }
-                        let gone = map
-                            .get(&victim.hash)
-                            .filter(|(_, c)| Lazy::ptr_eq(c, &victim.cell));
-                        if gone.is_some() {
-                            map.remove(&victim.hash);
-                        }
-                    }
+                    let victims = insert(&policy, &mut map, hash, weight, &mut next);
+                    elsewhere += victims
+                        .iter()
+                        .filter(|&&v| policy.index(v) != policy.index(hash))
+                        .count();
                     if weight.map_or(true, |w| u64::from(w) > capacity) {
                         refused += 1;
                         assert!(!map.contains_key(&hash), "refused, so out of the map");

@@ -65,7 +65,7 @@ fn a_relay_woken_by_value_releases_the_cell_even_when_a_waiters_waker_panics() {
     });
     let waiter = counting_waker(&counts);
     RECORD.store(true, SeqCst);
-    // `Lazy::new` makes one allocation, the cell's (see tests/lazy_allocs.rs).
+    // `Lazy::new` makes one allocation, the cell's (see tests/no_alloc.rs).
     let lazy = Lazy::new(move || {
         poll_fn(move |cx| {
             *k.lock().unwrap() = Some(cx.waker().clone());
