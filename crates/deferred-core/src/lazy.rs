@@ -644,10 +644,9 @@ where
     /// A waker that owns `weak`'s count.
     fn relay(weak: Weak<Self>) -> Waker {
         let data = Weak::into_raw(weak).cast::<()>();
-        // SAFETY: the vtable's functions uphold `RawWaker`'s contract for `data`, a pointer
-        // from `Weak::into_raw` whose weak count the waker owns (see `RELAY`): a clone
-        // takes a count of its own, a drop releases one, and a `Weak` is `Send + Sync`
-        // under the bounds on `Shared`, so the waker may go to any thread.
+        // SAFETY: `RELAY` keeps `RawWaker`'s contract for `data`, a `Weak::into_raw` pointer
+        // whose count the waker owns (a clone takes one, a drop frees it); a `Weak` is
+        // `Send + Sync` under the bounds on `Shared`, so the waker may go to any thread.
         unsafe { Waker::from_raw(RawWaker::new(data, &Self::RELAY)) }
     }
 
