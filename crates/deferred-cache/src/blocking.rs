@@ -130,7 +130,7 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
         // key gets `LoadError::Reentrant` instead of waiting on itself.
         match block_on(get, id) {
             Ok(stored) => {
-                self.admit_loaded(&key, hash, &cell);
+                self.admit_loaded(Some(&key), hash, &cell);
                 Ok(stored.value)
             }
             Err(error) => Err(error.into()),
@@ -176,14 +176,14 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
                 self.inner.counters.load(Outcome::Ok, took);
                 drop(get);
                 if won {
-                    self.admit_loaded(&key, hash, mine);
+                    self.admit_loaded(Some(&key), hash, mine);
                     return Ok(value);
                 }
                 // `get_or_insert_with` settled the key first (its completion may still be
                 // under way: this waits for its write only): its value is the key's, and its
                 // callers', so it is this caller's too.
                 let settled = settled_value(mine);
-                self.admit_loaded(&key, hash, mine);
+                self.admit_loaded(Some(&key), hash, mine);
                 settled
             }
             Err(error) => {
@@ -200,7 +200,7 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
                 }
                 // As in the `Ok` arm: `get_or_insert_with` settled the key first.
                 let settled = settled_value(mine);
-                self.admit_loaded(&key, hash, mine);
+                self.admit_loaded(Some(&key), hash, mine);
                 settled
             }
         }

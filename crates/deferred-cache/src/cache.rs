@@ -361,7 +361,7 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
                 .get_or_add_cell_hashed(hash, key.clone(), mine.clone());
             if get.added() {
                 drop(get);
-                self.admit_loaded(&key, hash, &mine);
+                self.admit_loaded(Some(&key), hash, &mine);
                 return value;
             }
             let cell = get.cell().clone();
@@ -372,7 +372,7 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
                 // (which could find, and claim, another entry).
                 cell.abort();
                 drop(get);
-                self.admit_loaded(&key, hash, &cell);
+                self.admit_loaded(Some(&key), hash, &cell);
                 return value;
             }
             // Complete, or being completed right now by its load (the completion is under
@@ -383,7 +383,7 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
             };
             drop(get);
             if let Some(stored) = stored {
-                self.admit_loaded(&key, hash, &cell);
+                self.admit_loaded(Some(&key), hash, &cell);
                 return stored;
             }
             // A failed load is no value: out with it (its callers hold their own handles),
@@ -1010,8 +1010,7 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
     {
         // An owned key only for what takes one: the weigher (when bounded) and the
         // listener. Without either, a borrowed key allocates nothing.
-        let weighed = self.inner.policy.is_some() && self.inner.weigher.is_some();
-        let owned = (weighed || self.inner.listener.is_some()).then(|| key.to_owned());
+        let owned = (self.weighs() || self.inner.listener.is_some()).then(|| key.to_owned());
         let weight = match &owned {
             Some(owned) => self.weigh(owned, &value),
             None => Some(1), // no weigher: every value weighs one
@@ -1152,6 +1151,12 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
             .flatten()
     }
 
+    /// Whether values are weighed (bounded, with a weigher): the one use admission has for
+    /// a key.
+    pub(crate) fn weighs(&self) -> bool {
+        self.inner.policy.is_some() && self.inner.weigher.is_some()
+    }
+
     /// The weight of `value`, or `None` if the weigher panicked (caught and counted here:
     /// the caller refuses the value, whose weight is unknown). Without a capacity the
     /// weigher has no effect, and is not called.
@@ -1193,7 +1198,9 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
     /// needed. Any caller that saw the value may call this; the first one that gets here
     /// admits it, if it is still the key's value.
     /// `hash` is the key's (`self.hash(&key)`), computed once by the caller's operation.
-    pub(crate) fn admit_loaded(&self, key: &K, hash: u64, cell: &CacheCell<V, E>) {
+    /// `key` is needed only for the weigher: a caller may pass `None` when the cache does
+    /// not [`weigh`](Self::weighs) its values.
+    pub(crate) fn admit_loaded(&self, key: Option<&K>, hash: u64, cell: &CacheCell<V, E>) {
         let Some(stored) = cell.get() else { return };
         if self.inner.policy.is_none() || !Policy::<V, E>::needs_admission(&stored.meta) {
             return;
@@ -1206,7 +1213,16 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
         if !self.inner.map.contains_cell_hashed(hash, cell) {
             return;
         }
-        let weight = self.weigh(key, &stored.value);
+        let weight = match key {
+            Some(key) => self.weigh(key, &stored.value),
+            None => {
+                debug_assert!(
+                    !self.weighs(),
+                    "admit_loaded: a weighed value needs its key"
+                );
+                Some(1)
+            }
+        };
         self.admit(hash, cell, weight);
     }
 

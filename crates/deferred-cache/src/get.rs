@@ -245,11 +245,11 @@ enum State<'a, K, V, E, S, L> {
         /// per operation); else it is computed on the first poll.
         hash: Option<u64>,
     },
-    /// Missed: waiting on (and helping drive) the key's load. `key` is kept to admit the
-    /// value once it comes.
+    /// Missed: waiting on (and helping drive) the key's load. `key` is a copy kept for the
+    /// weigher when the cache has one (see `Cache::admit_loaded`), else `None`.
     Wait {
         get: deferred_map::Get<'a, K, Stored<V>, Failure<E>, S>,
-        key: K,
+        key: Option<K>,
         /// The key's hash, computed once on the first poll (issue #13: hash once).
         hash: u64,
         source: Source,
@@ -388,14 +388,13 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher, L> GetWith<'_, K, V, E, S, L> 
             else {
                 unreachable!("matched above");
             };
-            let counters = Arc::clone(&cache.inner.counters);
-            let get = cache
-                .inner
-                .map
-                .get_or_add_with_hashed(hash, key.clone(), || {
-                    let trace = trace::Load::new(|| hash);
-                    load(start(loader, &key), counters, trace)
-                });
+            // The key goes into the map (the loader borrows it there); a copy is kept only
+            // for the weigher, which admission asks for the value's weight.
+            let kept = cache.weighs().then(|| key.clone());
+            let get = cache.inner.map.get_or_add_with_hashed(hash, key, |key| {
+                let trace = trace::Load::new(|| hash);
+                load(start(loader, key), Arc::clone(&cache.inner.counters), trace)
+            });
             let source = if get.added() {
                 Source::Loaded
             } else {
@@ -404,7 +403,7 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher, L> GetWith<'_, K, V, E, S, L> 
             cache.inner.counters.miss(source == Source::Joined);
             self.state = State::Wait {
                 get,
-                key,
+                key: kept,
                 hash,
                 source,
             };
@@ -437,7 +436,7 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher, L> GetWith<'_, K, V, E, S, L> 
         };
         match outcome {
             Ok(stored) => {
-                cache.admit_loaded(&key, hash, get.cell());
+                cache.admit_loaded(key.as_ref(), hash, get.cell());
                 Poll::Ready((Ok(stored.value), source))
             }
             Err(error) => Poll::Ready((Err(error.into()), source)),

@@ -110,17 +110,19 @@ where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<V, E>> + Send + 'static,
     {
-        self.get_or_add_with_hashed(self.hash(&key), key, make)
+        self.get_or_add_with_hashed(self.hash(&key), key, |_| make())
     }
 
     /// As [`get_or_add_with`](Self::get_or_add_with), with the key's hash given: `hash` must be
-    /// `self.hasher().hash_one(key)`. For layers built on this map, which hash a key once per
-    /// operation and pass the hash down; not part of the stable API. A wrong hash makes the
-    /// call miss the entry, or put it where lookups by key do not find it (never unsoundness).
+    /// `self.hasher().hash_one(key)`, and with `make` given the key (so that a layer whose
+    /// computation needs it need not clone it). For layers built on this map, which hash a
+    /// key once per operation and pass the hash down; not part of the stable API. A wrong
+    /// hash makes the call miss the entry, or put it where lookups by key do not find it
+    /// (never unsoundness).
     #[doc(hidden)]
     pub fn get_or_add_with_hashed<F, Fut>(&self, hash: u64, key: K, make: F) -> Get<'_, K, V, E, S>
     where
-        F: FnOnce() -> Fut,
+        F: FnOnce(&K) -> Fut,
         Fut: Future<Output = Result<V, E>> + Send + 'static,
     {
         if let Found::Hit(cell, interest) = self.find(hash, &key, Lookup::Live) {
@@ -128,7 +130,7 @@ where
         }
         // Made with no lock held. If another caller's entry landed meanwhile, this future
         // is dropped unpolled: only one computation per miss ever runs.
-        let fresh = Lazy::boxed(make());
+        let fresh = Lazy::boxed(make(&key));
         let placed = self.insert_or_find(hash, key, fresh, Kind::Computation, true, Claim::Never);
         Get::new(self, hash, placed.cell, placed.interest, placed.inserted)
     }
