@@ -236,8 +236,11 @@ impl<V, E> Fifo<V, E> {
             let (hash, weight) = (entry.hash, u64::from(entry.weight));
             // A live entry's cell is ADMITTED and in the map (retiring it kills the entry,
             // under this lock), so the upgrade finds it; a dead entry has no cell.
-            let cell = entry.cell.as_ref().and_then(WeakLazy::upgrade);
-            let Some(meta) = cell.as_ref().and_then(meta_of) else {
+            let Some(cell) = entry.cell.as_ref().and_then(WeakLazy::upgrade) else {
+                self.free_dead(index, from_small);
+                continue;
+            };
+            let Some(meta) = meta_of(&cell) else {
                 self.free_dead(index, from_small);
                 continue;
             };
@@ -282,9 +285,6 @@ impl<V, E> Fifo<V, E> {
             self.live -= weight;
             self.entries[index as usize].cell = None;
             self.free.push(index);
-            let Some(cell) = cell else {
-                unreachable!("`meta` was read from it");
-            };
             return Step::Out(Evicted { hash, cell });
         }
     }
