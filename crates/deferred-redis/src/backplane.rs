@@ -47,23 +47,14 @@ where
                 let Some(inner) = cache.upgrade() else { return };
                 // Messages sent while this cache was not subscribed are lost: whatever the
                 // L1 holds may be stale, so it goes (also on the first subscription, which
-                // costs nothing on an empty L1). Loads in flight stay, so callers that
-                // share one keep sharing it.
-                // The epoch first: a load that ends after this purge sees it changed and
-                // keeps nothing (the purge itself skips loads in flight). Not on the first
-                // subscription, which loads of a new cache race as a rule (what reaches the
-                // cache before it is documented: see `backplane_ready`).
-                let resubscription = inner
-                    .counters
-                    .backplane_subscriptions
-                    .load(core::sync::atomic::Ordering::SeqCst)
-                    > 0;
-                if resubscription {
-                    inner
-                        .subscription_epoch
-                        .fetch_add(1, core::sync::atomic::Ordering::SeqCst);
-                }
-                inner.l1.retain(|_, _| false);
+                // costs nothing on an empty L1). Loads in flight go too: a load that read
+                // Redis before a message this cache missed must keep nothing, and one out
+                // of the L1's map stores nothing, whenever it ends (its callers still get
+                // its value). The first subscription is no exception: messages sent before
+                // it were missed as well. A caller that comes after this purge starts a
+                // new load, which finds this process's own lease and waits on it, so the
+                // loader still runs once.
+                inner.l1.invalidate_all();
                 bump(&inner.counters.backplane_subscriptions);
                 inner.subscribed.send_replace(true);
                 // Waiting loads may have missed an announcement: let them look again.

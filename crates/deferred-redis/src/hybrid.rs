@@ -5,10 +5,7 @@ use std::{
     fmt,
     future::Future,
     hash::{BuildHasher, Hasher},
-    sync::{
-        atomic::{AtomicU64, Ordering::SeqCst},
-        Arc, Mutex, PoisonError,
-    },
+    sync::{atomic::AtomicU64, Arc, Mutex, PoisonError},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -279,7 +276,6 @@ where
             waiters: Mutex::new(HashMap::new()),
             origin,
             tokens: AtomicU64::new(0),
-            subscription_epoch: AtomicU64::new(0),
             subscribed,
             _stop: stop_tx,
         });
@@ -368,10 +364,6 @@ pub(crate) struct Inner<V, E, C> {
     /// This cache's id on the backplane: its own messages come back to it and are skipped.
     pub(crate) origin: String,
     tokens: AtomicU64,
-    /// Bumped by the backplane at each (re)subscription, before it drops the L1's values.
-    /// A load that sees it change kept nothing in the L1: it may have read Redis before a
-    /// message this cache missed, and the drop skips loads in flight.
-    pub(crate) subscription_epoch: AtomicU64,
     /// Whether the backplane is subscribed now.
     pub(crate) subscribed: watch::Sender<bool>,
     /// Dropped with the cache, which tells the backplane task to end.
@@ -409,8 +401,6 @@ enum Round<V> {
 
 /// A load's state over its rounds of `GET_OR_LEASE` (`Inner::ask`).
 struct Asking {
-    /// The backplane's subscription epoch when the load started (see `Inner::keep`).
-    epoch: u64,
     /// When the wait on another's lease gives up (`max_wait`).
     deadline: tokio::time::Instant,
     /// Whether it has waited on another's lease (a lease it takes then is a takeover).
@@ -721,8 +711,12 @@ where
     }
 
     /// Waits, up to `timeout`, until the backplane is subscribed; `true` if it is. Messages
-    /// published before that moment do not reach this cache (a fresh subscription drops
-    /// the L1, so nothing stale survives it).
+    /// published before that moment do not reach this cache, so each subscription (the
+    /// first included) drops the L1: its values, and its loads in flight, whose callers
+    /// get their values but which keep nothing in the L1 (a caller that comes after starts
+    /// another load, which waits on the first's lease rather than running the loader
+    /// again). Call it before the first reads where an L1 that keeps them from the start
+    /// matters.
     ///
     /// ```no_run
     /// // `no_run`: needs a Redis server at this address.
@@ -977,9 +971,7 @@ where
         Fut: Future<Output = Result<V, E>> + Send,
     {
         let value_key = self.value_key(&key);
-        let epoch = self.subscription_epoch.load(SeqCst);
         let mut asking = Asking {
-            epoch,
             deadline: after(self.config.max_wait),
             waited: false,
             missed: false,
@@ -1020,20 +1012,10 @@ where
             let ttl = if fenced {
                 Duration::ZERO
             } else {
-                self.keep(epoch, self.l1_ttl_for(self.ttl_for(&key, &value)))
+                self.l1_ttl_for(self.ttl_for(&key, &value))
             };
             Tiered { value, ttl }
         })
-    }
-
-    /// How long the L1 keeps what a load that started at backplane `epoch` returns: nothing
-    /// if the backplane resubscribed meanwhile (messages about the key may have been missed).
-    fn keep(&self, epoch: u64, ttl: Duration) -> Duration {
-        if self.subscription_epoch.load(SeqCst) == epoch {
-            ttl
-        } else {
-            Duration::ZERO
-        }
     }
 
     /// `load`'s rounds of `GET_OR_LEASE` on `keys` (value, lease), after its plain read found
@@ -1128,7 +1110,7 @@ where
                 if let Ok(value) = self.codec.decode(&bytes) {
                     bump(&self.counters.l2_hits);
                     let most = self.config.l1_ttl();
-                    let ttl = self.keep(asking.epoch, ttl.map_or(most, |t| self.l1_ttl_for(t)));
+                    let ttl = ttl.map_or(most, |t| self.l1_ttl_for(t));
                     return Round::Found(Tiered { value, ttl });
                 }
                 // A miss: ask again at once, this value counting as none (the lease, or a

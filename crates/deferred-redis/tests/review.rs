@@ -548,6 +548,37 @@ async fn finding_11_a_load_across_a_resubscription_keeps_nothing_it_read_before(
     );
 }
 
+/// The first subscription drops loads in flight as every later one does: messages sent
+/// before it were missed too. It used to skip them (only resubscriptions counted), so a load
+/// that began before the backplane was up stored its value after the subscription, which
+/// then stayed in the L1 whatever the messages it had missed. Ordered on one thread: the
+/// load's entry is made by the first poll, before the backplane task has run at all, and
+/// the load is driven only after the subscription.
+#[tokio::test(flavor = "current_thread")]
+async fn a_load_in_flight_across_the_first_subscription_keeps_nothing() {
+    let server = RedisServer::start();
+    let a = cache(&server, "first:");
+    let mut read = pin!(a.get_with("k", ok("loaded")));
+    poll_once(read.as_mut()).await;
+    assert_eq!(
+        a.stats().backplane_subscriptions,
+        0,
+        "the load began before the first subscription"
+    );
+    assert!(a.backplane_ready(PATIENCE).await);
+    assert_eq!(
+        read.await,
+        Ok("loaded".to_string()),
+        "its callers get its value"
+    );
+    assert!(
+        !a.contains_local("k"),
+        "a load in flight across the first subscription keeps nothing in the L1"
+    );
+    assert_eq!(a.get_with("k", ok("again")).await, Ok("loaded".to_string()));
+    assert!(a.contains_local("k"), "a load after it keeps its value");
+}
+
 /// Checked sound (no fix needed): an invalidation elsewhere that lands between another
 /// cache's Redis read and its L1 store (the read driven by hand, as in finding 11, with the
 /// backplane up) detaches that load in the L1: its value goes to its callers only.
@@ -773,6 +804,8 @@ async fn peek_1_a_foreign_key_costs_no_more_round_trips_than_bad_bytes() {
 async fn peek_checked_an_l2_hit_is_the_plain_read_alone() {
     let server = RedisServer::start();
     let (a, b) = (cache(&server, "phit:"), cache(&server, "phit:"));
+    // Subscribed first: the first subscription takes loads in flight out of the L1.
+    assert!(a.backplane_ready(PATIENCE).await);
     b.insert("k", "v".to_string()).await.unwrap();
     let mut raw = server.connection();
     let scripts = calls(&mut raw, "evalsha") + calls(&mut raw, "eval");
@@ -835,6 +868,8 @@ async fn peek_checked_invalidate_all_between_a_plain_read_and_its_l1_store_wins(
 async fn peek_checked_own_invalidate_between_a_plain_read_and_its_l1_store_wins() {
     let server = RedisServer::start();
     let (a, b) = (cache(&server, "pown:"), cache(&server, "pown:"));
+    // Subscribed first: the first subscription takes loads in flight out of the L1.
+    assert!(a.backplane_ready(PATIENCE).await);
     b.insert("k", "old".to_string()).await.unwrap();
     assert_eq!(a.get_with("warm", ok("w")).await, Ok("w".to_string()));
     let mut raw = server.connection();

@@ -513,6 +513,9 @@ async fn a_load_whose_callers_all_went_hands_the_lease_back() {
 async fn a_cancelled_caller_leaves_the_load_to_the_others() {
     let server = RedisServer::start();
     let a = cache(&server, "cancel:", Duration::from_secs(5));
+    // Subscribed first: a (re)subscription takes the loads in flight out of the L1, and
+    // callers that come after it start another load instead of joining them.
+    assert!(a.backplane_ready(PATIENCE).await);
     let runs = Arc::new(AtomicUsize::new(0));
     let gate = Arc::new(Semaphore::new(0));
     // The caller whose loader runs is cancelled; another caller of the same load stays.
@@ -647,6 +650,9 @@ async fn an_insert_elsewhere_during_a_load_wins_over_the_load() {
 async fn a_stalled_caller_holds_no_one_up() {
     let server = RedisServer::start();
     let a = cache(&server, "stalled:", Duration::from_secs(5));
+    // Subscribed first: a (re)subscription takes the loads in flight out of the L1, and
+    // callers that come after it start another load instead of joining them.
+    assert!(a.backplane_ready(PATIENCE).await);
     let runs = Arc::new(AtomicUsize::new(0));
     let gate = Arc::new(Semaphore::new(0));
     // The caller whose loader runs is polled until the loader starts, then never again
@@ -670,6 +676,8 @@ async fn a_stalled_caller_holds_no_one_up() {
 async fn an_l1_copy_lives_no_longer_than_its_redis_value() {
     let server = RedisServer::start();
     let a = cache(&server, "pttl:", Duration::from_secs(5)); // L1 TTL 5 minutes
+                                                             // Subscribed first: the first subscription takes loads in flight out of the L1.
+    assert!(a.backplane_ready(PATIENCE).await);
     let mut raw = server.connection();
     let _: () = redis::cmd("SET")
         .arg("pttl:v:k")
