@@ -251,6 +251,35 @@ fn gated_optional(
     }
 }
 
+/// Two caches on `optional:` with separate L1s on one Redis (two processes of a service),
+/// both subscribed, and what their loaders share: a count of runs and a gate with
+/// `permits`.
+struct Two {
+    server: RedisServer,
+    runs: Arc<AtomicUsize>,
+    gate: Arc<Semaphore>,
+    a: Strings,
+    b: Strings,
+}
+
+impl Two {
+    async fn start(poll_interval: Duration, permits: usize) -> Two {
+        let server = RedisServer::start();
+        let (a, b) = (
+            optional(&server, poll_interval),
+            optional(&server, poll_interval),
+        );
+        assert!(a.backplane_ready(PATIENCE).await && b.backplane_ready(PATIENCE).await);
+        Two {
+            server,
+            runs: Arc::new(AtomicUsize::new(0)),
+            gate: Arc::new(Semaphore::new(permits)),
+            a,
+            b,
+        }
+    }
+}
+
 /// Whether Redis holds the key's value or its lease.
 fn in_redis(server: &RedisServer, key: &str) -> (bool, bool) {
     let mut redis = server.connection();
@@ -262,15 +291,13 @@ fn in_redis(server: &RedisServer, key: &str) -> (bool, bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn optionally_get_with_none_runs_once_per_cache_is_kept_nowhere_and_loads_again() {
     const CALLERS: u64 = 20;
-    let server = RedisServer::start();
-    let runs = Arc::new(AtomicUsize::new(0));
-    let gate = Arc::new(Semaphore::new(0));
-    // Two caches with separate L1s on one Redis: two processes of a service.
-    let (a, b) = (
-        optional(&server, Duration::from_millis(20)),
-        optional(&server, Duration::from_millis(20)),
-    );
-    assert!(a.backplane_ready(PATIENCE).await && b.backplane_ready(PATIENCE).await);
+    let Two {
+        server,
+        runs,
+        gate,
+        a,
+        b,
+    } = Two::start(Duration::from_millis(20), 0).await;
     let spawn_callers = |cache: &Strings| {
         (0..CALLERS)
             .map(|_| {
@@ -334,14 +361,13 @@ async fn optionally_get_with_none_runs_once_per_cache_is_kept_nowhere_and_loads_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn optionally_get_with_some_is_kept_in_the_l1_and_in_redis_like_get_with() {
-    let server = RedisServer::start();
-    let runs = Arc::new(AtomicUsize::new(0));
-    let gate = Arc::new(Semaphore::new(1));
-    let (a, b) = (
-        optional(&server, Duration::from_millis(20)),
-        optional(&server, Duration::from_millis(20)),
-    );
-    assert!(a.backplane_ready(PATIENCE).await && b.backplane_ready(PATIENCE).await);
+    let Two {
+        server,
+        runs,
+        gate,
+        a,
+        b,
+    } = Two::start(Duration::from_millis(20), 1).await;
     let got = a.optionally_get_with("k", gated_optional(&runs, &gate, Some("v")));
     assert_eq!(got.await, Ok(Some("v".to_string())));
     assert!(a.contains_local("k"), "kept in the L1");
@@ -368,16 +394,15 @@ async fn optionally_get_with_some_is_kept_in_the_l1_and_in_redis_like_get_with()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiter_elsewhere_does_not_hang_when_the_leader_finds_nothing() {
-    let server = RedisServer::start();
-    let runs = Arc::new(AtomicUsize::new(0));
-    let gate = Arc::new(Semaphore::new(0));
     // Polls 20 s apart, a lease of 30 s and a wait of 60 s: only the backplane's message
     // that the lease was handed back can wake the waiter within the test's patience.
-    let (a, b) = (
-        optional(&server, Duration::from_secs(20)),
-        optional(&server, Duration::from_secs(20)),
-    );
-    assert!(a.backplane_ready(PATIENCE).await && b.backplane_ready(PATIENCE).await);
+    let Two {
+        server: _server,
+        runs,
+        gate,
+        a,
+        b,
+    } = Two::start(Duration::from_secs(20), 0).await;
     let leader = tokio::spawn({
         let (a, load) = (a.clone(), gated_optional(&runs, &gate, None));
         async move { a.optionally_get_with("k", load).await }
