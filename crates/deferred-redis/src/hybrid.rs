@@ -370,8 +370,58 @@ pub(crate) struct Inner<V, E, C> {
     _stop: oneshot::Sender<()>,
 }
 
-/// The L1's load future, boxed (see `get_with`).
-type BoxLoad<V, E> = core::pin::Pin<Box<dyn Future<Output = Result<Tiered<V>, E>> + Send>>;
+/// The L1's load future, boxed (see `get_with`): `Result<Tiered<V>, E>` for `get_with`,
+/// `Option<Tiered<V>>` for `optionally_get_with`.
+type BoxLoad<T> = core::pin::Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// What a loader gives: `get_with`'s `Result<V, E>`, or `optionally_get_with`'s `Option<V>`.
+/// `Inner::load` and `Inner::lead` take either: a value is written to Redis (fenced) and kept
+/// in the L1; an error or a `None` is written nowhere, and hands the lease back.
+trait Loaded<V>: Send + 'static {
+    /// The same outcome with the value as the L1 keeps it.
+    type Tiered;
+
+    /// The value, if the loader gave one.
+    fn value(&self) -> Option<&V>;
+
+    /// The value (if any) wrapped for the L1 by `tier`.
+    fn tier(self, tier: impl FnOnce(V) -> Tiered<V>) -> Self::Tiered;
+
+    /// A value found in Redis, as this outcome.
+    fn found(tiered: Tiered<V>) -> Self::Tiered;
+}
+
+impl<V: Send + 'static, E: Send + 'static> Loaded<V> for Result<V, E> {
+    type Tiered = Result<Tiered<V>, E>;
+
+    fn value(&self) -> Option<&V> {
+        self.as_ref().ok()
+    }
+
+    fn tier(self, tier: impl FnOnce(V) -> Tiered<V>) -> Self::Tiered {
+        self.map(tier)
+    }
+
+    fn found(tiered: Tiered<V>) -> Self::Tiered {
+        Ok(tiered)
+    }
+}
+
+impl<V: Send + 'static> Loaded<V> for Option<V> {
+    type Tiered = Option<Tiered<V>>;
+
+    fn value(&self) -> Option<&V> {
+        self.as_ref()
+    }
+
+    fn tier(self, tier: impl FnOnce(V) -> Tiered<V>) -> Self::Tiered {
+        self.map(tier)
+    }
+
+    fn found(tiered: Tiered<V>) -> Self::Tiered {
+        Some(tiered)
+    }
+}
 
 /// What a load does once it stops asking Redis (`Inner::ask`).
 enum Next<V> {
@@ -427,11 +477,38 @@ struct Untier<Fut> {
     read: Fut,
 }
 
-impl<Fut, V, E> Future for Untier<Fut>
+/// What the L1 read gives, with the `Tiered` wrapper taken off: `get_with`'s `Tiered<V>`,
+/// `optionally_get_with`'s `Option<Tiered<V>>`.
+trait Untiered {
+    type Value;
+
+    fn untier(self) -> Self::Value;
+}
+
+impl<V> Untiered for Tiered<V> {
+    type Value = V;
+
+    #[inline]
+    fn untier(self) -> V {
+        self.value
+    }
+}
+
+impl<V> Untiered for Option<Tiered<V>> {
+    type Value = Option<V>;
+
+    #[inline]
+    fn untier(self) -> Option<V> {
+        self.map(|tiered| tiered.value)
+    }
+}
+
+impl<Fut, T, E> Future for Untier<Fut>
 where
-    Fut: Future<Output = Result<Tiered<V>, LoadError<E>>> + Unpin,
+    Fut: Future<Output = Result<T, LoadError<E>>> + Unpin,
+    T: Untiered,
 {
-    type Output = Result<V, LoadError<E>>;
+    type Output = Result<T::Value, LoadError<E>>;
 
     #[inline]
     fn poll(
@@ -440,7 +517,7 @@ where
     ) -> core::task::Poll<Self::Output> {
         core::pin::Pin::new(&mut self.read)
             .poll(cx)
-            .map(|read| read.map(|tiered| tiered.value))
+            .map(|read| read.map(Untiered::untier))
     }
 }
 
@@ -605,7 +682,66 @@ where
             // instead of failing to in callers' spawned futures ("`Send` is not general
             // enough", a known limit with references held across awaits). One allocation
             // per L1 miss, next to a Redis round trip.
-            let boxed: BoxLoad<V, E> = Box::pin(inner.load(load_key, load));
+            let boxed: BoxLoad<Result<Tiered<V>, E>> = Box::pin(inner.load(load_key, load));
+            boxed
+        });
+        Untier { read }
+    }
+
+    /// The value at `key`, as [`get_with`](Self::get_with), where `loader` may find no value
+    /// (`None`). A value it finds goes where `get_with`'s does (this L1, and Redis through the
+    /// fenced write); a `None` goes nowhere: every caller of that load gets `Ok(None)`, it is
+    /// counted (`stats().l1.cache.loads_empty`), and it is not kept, neither in the L1 (not
+    /// even with [`cache_errors_for`](Builder::cache_errors_for)) nor in Redis. The next read
+    /// asks Redis and loads again.
+    ///
+    /// Across processes a `None` is what a loader error is: the leader hands its lease back
+    /// (`RELEASE`, announced on the backplane), so a load of another process waiting on that
+    /// lease is woken at once (at its next `poll_interval` without the backplane), finds no
+    /// value and no lease, takes the lease over (counted in `takeovers`) and runs its own
+    /// loader, whose outcome its own callers get. So a key with no value costs one loader run
+    /// per process that asks while it has none (callers of one process share one load, as
+    /// ever), not one across the processes: nothing in Redis says "none".
+    ///
+    /// Loads are shared by key within the process whichever method started them: an
+    /// `optionally_get_with` caller that joins a `get_with` load gets its value or error; a
+    /// `get_with` caller that joins a load that found nothing gets
+    /// [`LoadError::NotFound`]. Panics are the L1's, as for `get_with`.
+    ///
+    /// ```no_run
+    /// // `no_run`: needs a Redis server at this address.
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use deferred_redis::{HybridCache, Utf8};
+    /// let client = redis::Client::open("redis://127.0.0.1:6379/")?;
+    /// let users: HybridCache<String, std::convert::Infallible, Utf8> =
+    ///     HybridCache::builder(client, "users:", Utf8).build()?;
+    /// let find = |id: u32| async move { (id < 100).then(|| format!("user {id}")) };
+    /// assert_eq!(users.optionally_get_with("7", || find(7)).await?, Some("user 7".into()));
+    /// assert_eq!(users.optionally_get_with("700", || find(700)).await?, None);
+    /// assert!(!users.contains_local("700")); // kept nowhere: the next read loads again
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// The future is `Send` when `F` is, as `get_with`'s.
+    #[inline]
+    pub fn optionally_get_with<'a, F, Fut>(
+        &'a self,
+        key: impl Into<String>,
+        loader: F,
+    ) -> impl Future<Output = Result<Option<V>, LoadError<E>>> + 'a
+    where
+        F: FnOnce() -> Fut + 'a,
+        Fut: Future<Output = Option<V>> + Send + 'static,
+    {
+        let key = key.into();
+        // The L1's `optionally_get_with` does not hand its loader the key: one clone per
+        // call, hit or miss.
+        let (inner, load_key) = (&self.inner, key.clone());
+        let read = self.inner.l1.optionally_get_with(key, move || {
+            let inner = Arc::clone(inner);
+            let load = loader();
+            // Boxed for the reason `get_with` gives.
+            let boxed: BoxLoad<Option<Tiered<V>>> = Box::pin(inner.load(load_key, load));
             boxed
         });
         Untier { read }
@@ -965,10 +1101,12 @@ where
         .await
     }
 
-    /// The L1's load of `key`: Redis, else the lease and `load`, else a wait.
-    async fn load<Fut>(self: Arc<Self>, key: String, load: Fut) -> Result<Tiered<V>, E>
+    /// The L1's load of `key`: Redis, else the lease and `load`, else a wait. `load` gives
+    /// `get_with`'s `Result<V, E>` or `optionally_get_with`'s `Option<V>` (see `Loaded`).
+    async fn load<O, Fut>(self: Arc<Self>, key: String, load: Fut) -> O::Tiered
     where
-        Fut: Future<Output = Result<V, E>> + Send,
+        O: Loaded<V>,
+        Fut: Future<Output = O> + Send,
     {
         let value_key = self.value_key(&key);
         let mut asking = Asking {
@@ -981,7 +1119,7 @@ where
         // (it takes none); if it finds no value, the lease rounds follow at once.
         let mut token = String::new(); // made for the lease rounds only
         let next = match self.answer(&mut asking, self.peek(&value_key).await) {
-            Round::Found(tiered) => return Ok(tiered),
+            Round::Found(tiered) => return O::found(tiered),
             Round::Failed => Next::Local,
             // No value, or one this cache cannot read (`answer` noted it for the script).
             _ => {
@@ -991,8 +1129,8 @@ where
                     .await
             }
         };
-        let value = match next {
-            Next::Found(tiered) => return Ok(tiered),
+        let (outcome, fenced) = match next {
+            Next::Found(tiered) => return O::found(tiered),
             Next::Lead(generation) => {
                 Arc::clone(&self)
                     .lead(key.clone(), token, generation, load)
@@ -1001,10 +1139,10 @@ where
             Next::Local => {
                 // Redis failed (fail-safe), or the wait ran past `max_wait`.
                 bump(&self.counters.local_fallbacks);
-                load.await.map(|value| (value, false))
+                (load.await, false)
             }
         };
-        value.map(|(value, fenced)| {
+        outcome.tier(|value| {
             // A value loaded here lives in the L1 as it does in Redis (if it got there). One
             // whose write was refused lost to a write elsewhere (writes win): its callers
             // have it, but the L1 keeps nothing over that write, whether or not the
@@ -1167,18 +1305,19 @@ where
         }
     }
 
-    /// Runs `load` holding the lease (renewing it), then writes its value, fenced. The flag:
-    /// whether the write was refused (fenced), the lease having gone to a write or another
-    /// load meanwhile.
-    async fn lead<Fut>(
+    /// Runs `load` holding the lease (renewing it), then writes its value, fenced; an error
+    /// or a `None` is written nowhere and hands the lease back. The flag: whether the write
+    /// was refused (fenced), the lease having gone to a write or another load meanwhile.
+    async fn lead<O, Fut>(
         self: Arc<Self>,
         key: String,
         token: String,
         generation: Vec<u8>,
         load: Fut,
-    ) -> Result<(V, bool), E>
+    ) -> (O, bool)
     where
-        Fut: Future<Output = Result<V, E>> + Send,
+        O: Loaded<V>,
+        Fut: Future<Output = O> + Send,
     {
         let mut guard = LeaseGuard {
             inner: Arc::clone(&self),
@@ -1188,7 +1327,7 @@ where
         };
         let outcome = self.run_renewing(&key, &token, load).await;
         let mut fenced = false;
-        if let Ok(value) = &outcome {
+        if let Some(value) = outcome.value() {
             match self.codec.encode(value) {
                 Ok(bytes) => {
                     let ttl = self.ttl_for(&key, value);
@@ -1203,17 +1342,18 @@ where
             }
         }
         if guard.armed {
-            // A failed load (errors are not cached), a value that did not encode, or a
-            // commit whose outcome is unknown: hand the lease back so a waiter can go on.
+            // A failed load (errors are not cached), one that found nothing (`None`: not
+            // cached either), a value that did not encode, or a commit whose outcome is
+            // unknown: hand the lease back (announced, 'R') so a waiter can go on.
             guard.armed = false;
             self.release(&key, &token).await;
         }
-        outcome.map(|value| (value, fenced))
+        (outcome, fenced)
     }
 
-    async fn run_renewing<Fut>(&self, key: &str, token: &str, load: Fut) -> Result<V, E>
+    async fn run_renewing<O, Fut>(&self, key: &str, token: &str, load: Fut) -> O
     where
-        Fut: Future<Output = Result<V, E>> + Send,
+        Fut: Future<Output = O> + Send,
     {
         let lease_key = self.lease_key(key);
         let lease_ms = millis(self.config.lease);

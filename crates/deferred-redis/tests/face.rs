@@ -1,6 +1,6 @@
-//! The loading face (`build_with_loader`, `get`, `get_if_present`), per-value TTLs
-//! (`expire_after`) and negative caching (`cache_errors_for`), against a real `redis-server`
-//! started per test on a Unix socket.
+//! The loading face (`build_with_loader`, `get`, `get_if_present`), `optionally_get_with`,
+//! per-value TTLs (`expire_after`) and negative caching (`cache_errors_for`), against a real
+//! `redis-server` started per test on a Unix socket.
 
 #![allow(clippy::std_instead_of_core)] // a `std` test
 
@@ -219,4 +219,214 @@ async fn cache_errors_for_keeps_an_error_in_the_l1_only() {
         .cache_errors_for(Duration::ZERO)
         .build();
     assert!(matches!(zero, Err(BuildError::Invalid(_))));
+}
+
+type Strings = HybridCache<String, String, Utf8>;
+
+/// A cache on `optional:` whose lease outlasts every test's patience, so that no lease
+/// left behind can expire in time to hide a waiter that hangs on it.
+fn optional(server: &RedisServer, poll_interval: Duration) -> Strings {
+    HybridCache::builder(server.client(), "optional:", Utf8)
+        .lease(Duration::from_secs(30))
+        .op_timeout(Duration::from_millis(500))
+        .poll_interval(poll_interval)
+        .max_wait(Duration::from_secs(60))
+        .build()
+        .expect("build inside a runtime")
+}
+
+/// An optional loader that counts its runs, waits for `gate`, then answers `value`.
+fn gated_optional(
+    runs: &Arc<AtomicUsize>,
+    gate: &Arc<Semaphore>,
+    value: Option<&'static str>,
+) -> impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<String>> + Send>> {
+    let (runs, gate) = (Arc::clone(runs), Arc::clone(gate));
+    move || {
+        Box::pin(async move {
+            runs.fetch_add(1, Ordering::SeqCst);
+            let _permit = gate.acquire().await.ok()?;
+            value.map(str::to_string)
+        })
+    }
+}
+
+/// Two caches on `optional:` with separate L1s on one Redis (two processes of a service),
+/// both subscribed, and what their loaders share: a count of runs and a gate with
+/// `permits`.
+struct Two {
+    server: RedisServer,
+    runs: Arc<AtomicUsize>,
+    gate: Arc<Semaphore>,
+    a: Strings,
+    b: Strings,
+}
+
+impl Two {
+    async fn start(poll_interval: Duration, permits: usize) -> Two {
+        let server = RedisServer::start();
+        let (a, b) = (
+            optional(&server, poll_interval),
+            optional(&server, poll_interval),
+        );
+        assert!(a.backplane_ready(PATIENCE).await && b.backplane_ready(PATIENCE).await);
+        Two {
+            server,
+            runs: Arc::new(AtomicUsize::new(0)),
+            gate: Arc::new(Semaphore::new(permits)),
+            a,
+            b,
+        }
+    }
+}
+
+/// Whether Redis holds the key's value or its lease.
+fn in_redis(server: &RedisServer, key: &str) -> (bool, bool) {
+    let mut redis = server.connection();
+    let value: bool = redis.exists(format!("optional:v:{key}")).expect("EXISTS");
+    let lease: bool = redis.exists(format!("optional:l:{key}")).expect("EXISTS");
+    (value, lease)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn optionally_get_with_none_runs_once_per_cache_is_kept_nowhere_and_loads_again() {
+    const CALLERS: u64 = 20;
+    let Two {
+        server,
+        runs,
+        gate,
+        a,
+        b,
+    } = Two::start(Duration::from_millis(20), 0).await;
+    let spawn_callers = |cache: &Strings| {
+        (0..CALLERS)
+            .map(|_| {
+                let (cache, load) = (cache.clone(), gated_optional(&runs, &gate, None));
+                tokio::spawn(async move { cache.optionally_get_with("k", load).await })
+            })
+            .collect::<Vec<_>>()
+    };
+    // `a`'s callers share one load, which holds the lease while its loader waits on the
+    // gate; a `get_with` caller joins it too.
+    let mut callers = spawn_callers(&a);
+    assert!(eventually(PATIENCE, || a.stats().l1.cache.coalesced == CALLERS - 1).await);
+    let joined = tokio::spawn({
+        let a = a.clone();
+        async move {
+            a.get_with("k", || async { Ok("not run".to_string()) })
+                .await
+        }
+    });
+    assert!(eventually(PATIENCE, || a.stats().l1.cache.coalesced == CALLERS).await);
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    // `b`'s callers share one load, which waits on `a`'s lease.
+    callers.extend(spawn_callers(&b));
+    assert!(eventually(PATIENCE, || b.stats().lease_waits == 1).await);
+    assert!(eventually(PATIENCE, || b.stats().l1.cache.coalesced == CALLERS - 1).await);
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "b waits, it does not load");
+
+    // `a`'s loader finds nothing: its lease is handed back, `b`'s load takes it over and
+    // runs its own loader, which finds nothing too.
+    gate.add_permits(2);
+    for caller in callers {
+        let got = tokio::time::timeout(PATIENCE, caller).await;
+        assert_eq!(got.expect("no caller hangs").expect("join"), Ok(None));
+    }
+    let joined = tokio::time::timeout(PATIENCE, joined).await;
+    assert!(
+        matches!(
+            joined.expect("no hang").expect("join"),
+            Err(LoadError::NotFound)
+        ),
+        "a get_with caller that joined a load that found nothing"
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 2, "one run per cache");
+    assert_eq!(b.stats().takeovers, 1, "b took the released lease over");
+    for cache in [&a, &b] {
+        assert_eq!(cache.stats().l1.cache.loads_empty, 1);
+        assert!(!cache.contains_local("k"), "None is not kept in the L1");
+        assert_eq!(cache.stats().l2_writes, 0);
+    }
+    assert_eq!(
+        in_redis(&server, "k"),
+        (false, false),
+        "no value in Redis, no lease left behind"
+    );
+
+    // Nothing kept: the next read asks again, and a value it finds is kept as usual.
+    let again = a.optionally_get_with("k", gated_optional(&runs, &gate, Some("found")));
+    assert_eq!(again.await, Ok(Some("found".to_string())));
+    assert_eq!(runs.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn optionally_get_with_some_is_kept_in_the_l1_and_in_redis_like_get_with() {
+    let Two {
+        server,
+        runs,
+        gate,
+        a,
+        b,
+    } = Two::start(Duration::from_millis(20), 1).await;
+    let got = a.optionally_get_with("k", gated_optional(&runs, &gate, Some("v")));
+    assert_eq!(got.await, Ok(Some("v".to_string())));
+    assert!(a.contains_local("k"), "kept in the L1");
+    assert_eq!(
+        in_redis(&server, "k"),
+        (true, false),
+        "written, lease released"
+    );
+    let stored: String = server.connection().get("optional:v:k").expect("GET");
+    assert_eq!(stored, "v");
+    assert_eq!(a.stats().l2_writes, 1);
+    // The L1 answers the next read (no loader run), whichever face asks.
+    let hit = a.optionally_get_with("k", gated_optional(&runs, &gate, None));
+    assert_eq!(hit.await, Ok(Some("v".to_string())));
+    let hit = a.get_with("k", || async { Ok("not run".to_string()) });
+    assert_eq!(hit.await.as_deref(), Ok("v"));
+    // Another process reads it from Redis.
+    let other = b.optionally_get_with("k", gated_optional(&runs, &gate, None));
+    assert_eq!(other.await, Ok(Some("v".to_string())));
+    assert_eq!(b.stats().l2_hits, 1);
+    assert!(b.contains_local("k"));
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "one loader run in all");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_elsewhere_does_not_hang_when_the_leader_finds_nothing() {
+    // Polls 20 s apart, a lease of 30 s and a wait of 60 s: only the backplane's message
+    // that the lease was handed back can wake the waiter within the test's patience.
+    let Two {
+        server: _server,
+        runs,
+        gate,
+        a,
+        b,
+    } = Two::start(Duration::from_secs(20), 0).await;
+    let leader = tokio::spawn({
+        let (a, load) = (a.clone(), gated_optional(&runs, &gate, None));
+        async move { a.optionally_get_with("k", load).await }
+    });
+    assert!(eventually(PATIENCE, || runs.load(Ordering::SeqCst) == 1).await);
+    // The waiter is a `get_with` caller: it takes the lease over and loads a value, which
+    // it writes to Redis for everyone.
+    let waiter = tokio::spawn({
+        let b = b.clone();
+        async move { b.get_with("k", || async { Ok("from b".to_string()) }).await }
+    });
+    assert!(eventually(PATIENCE, || b.stats().lease_waits == 1).await);
+    gate.add_permits(1);
+    let led = tokio::time::timeout(PATIENCE, leader).await;
+    assert_eq!(led.expect("the leader ends").expect("join"), Ok(None));
+    let waited = tokio::time::timeout(PATIENCE, waiter).await;
+    let waited = waited.expect("the waiter does not hang").expect("join");
+    assert_eq!(waited.as_deref(), Ok("from b"));
+    assert_eq!(b.stats().takeovers, 1);
+    assert_eq!(b.stats().wait_timeouts, 0);
+    // `a` kept nothing: its next read finds `b`'s value in Redis.
+    assert!(!a.contains_local("k"));
+    let now = a.optionally_get_with("k", gated_optional(&runs, &gate, None));
+    assert_eq!(now.await, Ok(Some("from b".to_string())));
+    assert_eq!(a.stats().l2_hits, 1);
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
 }

@@ -552,6 +552,7 @@ fn handles_and_futures_are_send_and_sync() {
     let client = redis::Client::open("redis://127.0.0.1:1/").unwrap();
     let c: Strings = HybridCache::builder(client, "t:", Utf8).build().unwrap();
     send(&c.get_with("k", || async { Ok("v".to_string()) }));
+    send(&c.optionally_get_with("k", || async { Some("v".to_string()) }));
     send(&c.insert("k", "v".to_string()));
     send(&c.invalidate("k"));
 }
