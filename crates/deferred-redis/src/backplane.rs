@@ -53,7 +53,9 @@ where
                 // its value). The first subscription is no exception: messages sent before
                 // it were missed as well. A caller that comes after this purge starts a
                 // new load, which finds this process's own lease and waits on it, so the
-                // loader still runs once.
+                // loader still runs once; unless that load holds no lease (it runs its
+                // loader here after a failed Redis read, or past `max_wait`): the new load
+                // then runs its loader too.
                 inner.l1.invalidate_all();
                 bump(&inner.counters.backplane_subscriptions);
                 inner.subscribed.send_replace(true);
@@ -114,9 +116,15 @@ where
     if !own {
         match kind {
             // Another process loaded the key: a copy here is older. A load of this process
-            // waiting on the key is about to read that value; its entry is left alone so
-            // the load's value is kept.
-            b'L' if !inner.is_waiting(key) => {
+            // waiting on the key is about to read that value; a load in flight at the key
+            // is left alone then, so the load's value is kept. A value there goes all the
+            // same: the waiting load is not the key's entry then, but one that a
+            // subscription or an invalidation took out of the L1 (it stays registered as
+            // long as it waits, stalled callers included), and the value is older.
+            b'L' if inner.is_waiting(key) => {
+                inner.l1.invalidate_if(key, |_| true);
+            }
+            b'L' => {
                 inner.l1.invalidate(key);
             }
             b'S' | b'I' => {

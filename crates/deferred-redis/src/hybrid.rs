@@ -851,8 +851,9 @@ where
     /// first included) drops the L1: its values, and its loads in flight, whose callers
     /// get their values but which keep nothing in the L1 (a caller that comes after starts
     /// another load, which waits on the first's lease rather than running the loader
-    /// again). Call it before the first reads where an L1 that keeps them from the start
-    /// matters.
+    /// again, if the first holds one: not if it runs its loader here because Redis failed
+    /// or its wait ran past `max_wait`). Call it before the first reads where an L1 that
+    /// keeps them from the start matters.
     ///
     /// ```no_run
     /// // `no_run`: needs a Redis server at this address.

@@ -883,3 +883,190 @@ async fn peek_checked_own_invalidate_between_a_plain_read_and_its_l1_store_wins(
         Ok("loaded".to_string())
     );
 }
+
+/// Review of 3568cf6 (rev1): a load that holds no lease, here one that fell back to its
+/// loader because Redis did not answer within `op_timeout` (the outage that a
+/// resubscription follows), is taken out of the L1's map by the subscription after the
+/// outage. A caller that comes after it has no lease to wait on: it takes one and runs its
+/// loader while the first load still runs, and its value (written to Redis) is the one the
+/// L1 keeps. The README said such a caller "waits on it (one loader run still)", which
+/// this test, asserting one run, showed false (runs 2, second got Ok("second"),
+/// lease_wins 2); before 3568cf6 the later caller joined the load in flight (one run).
+/// Ordered by the server's pause, the loaders' gate and the subscription count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rev1_a_caller_after_a_subscription_reruns_a_load_without_a_lease() {
+    let server = RedisServer::start();
+    let a: Strings = HybridCache::builder(server.client(), "rev1:", Utf8)
+        .lease(Duration::from_secs(30))
+        .op_timeout(Duration::from_millis(200))
+        .reconnect_backoff(Duration::from_millis(1))
+        .poll_interval(Duration::from_millis(20))
+        .backplane_ping(Duration::from_secs(60))
+        .build()
+        .expect("build inside a runtime");
+    assert!(a.backplane_ready(PATIENCE).await);
+    assert_eq!(a.get_with("warm", ok("w")).await, Ok("w".to_string()));
+    let gated = Gated::new();
+    server.pause();
+    let first = gated.spawn_get(&a, "first");
+    // Redis does not answer: the first load runs its loader here, with no lease.
+    gated.first_running().await;
+    server.resume();
+    assert_eq!(a.stats().local_fallbacks, 1);
+    let mut raw = server.connection();
+    cut_backplane(&mut raw, &a).await;
+    assert!(eventually(PATIENCE, || a.stats().backplane_subscriptions == 2).await);
+    let second = gated.spawn_get(&a, "second");
+    // No lease to wait on: the later load takes it and runs its loader too.
+    assert!(eventually(PATIENCE, || gated.runs() == 2).await);
+    assert_eq!(
+        a.stats().lease_wins,
+        2,
+        "the warm-up's and the later load's"
+    );
+    gated.open(2);
+    assert_eq!(first.await.unwrap(), Ok("first".to_string()));
+    assert_eq!(second.await.unwrap(), Ok("second".to_string()));
+    assert!(
+        a.contains_local("k"),
+        "the later load read after the subscription"
+    );
+    assert_eq!(
+        a.get_with("k", ok("unused")).await,
+        Ok("second".to_string())
+    );
+}
+
+/// Review of 3568cf6 (rev1), checked sound: a load holding its lease, whose only caller
+/// stalls (not polled, not dropped) and which a resubscription takes out of the L1, holds
+/// a caller that comes after it up no longer than the lease (nothing renews it while the
+/// load is not polled): that caller takes over and runs its loader, its value is kept; the
+/// stalled load, driven to its end afterwards, gives its caller its own value, its write
+/// fenced, and the L1 keeps the later one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rev1_checked_a_stalled_detached_leader_holds_a_later_caller_up_for_a_lease_at_most() {
+    let server = RedisServer::start();
+    let a: Strings = HybridCache::builder(server.client(), "rev1s:", Utf8)
+        .lease(Duration::from_millis(600))
+        .op_timeout(Duration::from_secs(5))
+        .poll_interval(Duration::from_millis(20))
+        .backplane_ping(Duration::from_secs(60))
+        .build()
+        .expect("build inside a runtime");
+    assert!(a.backplane_ready(PATIENCE).await);
+    let gated = Gated::new();
+    let mut stalled = Box::pin(a.get_with("k", gated.loader("first")));
+    tokio::select! {
+        _ = &mut stalled => panic!("the load cannot finish before the gate opens"),
+        () = gated.first_running() => {}
+    }
+    assert_eq!(a.stats().lease_wins, 1);
+    let mut raw = server.connection();
+    cut_backplane(&mut raw, &a).await;
+    assert!(eventually(PATIENCE, || a.stats().backplane_subscriptions == 2).await);
+    let started = std::time::Instant::now();
+    let later = a.get_with("k", ok("second"));
+    let got = tokio::time::timeout(PATIENCE, later).await;
+    let waited = started.elapsed();
+    assert_eq!(got.ok(), Some(Ok("second".to_string())));
+    assert!(
+        waited < Duration::from_millis(600 + 20 + 400),
+        "waited {waited:?}"
+    );
+    assert_eq!((a.stats().lease_waits, a.stats().takeovers), (1, 1));
+    assert!(a.contains_local("k"));
+    gated.open(1);
+    assert_eq!(
+        tokio::time::timeout(PATIENCE, stalled).await.ok(),
+        Some(Ok("first".to_string()))
+    );
+    assert_eq!(a.stats().fenced_writes, 1);
+    assert_eq!(
+        a.get_with("k", ok("unused")).await,
+        Ok("second".to_string())
+    );
+    let stored: Option<String> = raw.get("rev1s:v:k").unwrap();
+    assert_eq!(stored.as_deref(), Some("second"));
+}
+
+/// Review of 3568cf6 (rev1), checked sound: a load holding its lease and taken out of the
+/// L1 by a resubscription is waited on by a caller that comes after it (one loader run),
+/// and its `COMMIT`'s announcement, this cache's own, wakes that waiter well before its
+/// next poll (`poll_interval` 10 s here); the waiter's read, made after the subscription,
+/// is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rev1_checked_a_detached_leaders_commit_wakes_the_later_caller() {
+    let server = RedisServer::start();
+    let a: Strings = HybridCache::builder(server.client(), "rev1w:", Utf8)
+        .lease(Duration::from_secs(30))
+        .op_timeout(Duration::from_secs(5))
+        .poll_interval(Duration::from_secs(10))
+        .backplane_ping(Duration::from_secs(60))
+        .build()
+        .expect("build inside a runtime");
+    assert!(a.backplane_ready(PATIENCE).await);
+    let gated = Gated::new();
+    let first = gated.spawn_get(&a, "first");
+    gated.first_running().await;
+    let mut raw = server.connection();
+    cut_backplane(&mut raw, &a).await;
+    assert!(eventually(PATIENCE, || a.stats().backplane_subscriptions == 2).await);
+    let second = gated.spawn_get(&a, "second");
+    assert!(eventually(PATIENCE, || a.stats().lease_waits == 1).await);
+    gated.open(1);
+    let got = tokio::time::timeout(Duration::from_secs(5), second).await;
+    assert_eq!(got.ok().map(Result::unwrap), Some(Ok("first".to_string())));
+    assert_eq!(first.await.unwrap(), Ok("first".to_string()));
+    assert_eq!(gated.runs(), 1);
+    assert!(
+        a.contains_local("k"),
+        "the waiter read Redis after the subscription"
+    );
+}
+
+/// Review of 3568cf6 (rev1): a load of this process waiting on `k` keeps another process's
+/// announcement of a load of `k` (`L`) from dropping the L1's copy, on the grounds that the
+/// waiting load is the key's entry, about to read that value. A load that a subscription
+/// took out of the L1's map is no longer the key's entry, yet stays registered as a waiter
+/// while it waits, for as long as its callers stall: a copy that a later load of the key
+/// put in the L1 then outlives a load elsewhere that replaced it in Redis after the copy's
+/// value left without a message (an eviction, a `DEL` from outside), up to its L1 TTL.
+/// Before 3568cf6 the later caller joined the waiting load (one entry, one waiter: it
+/// drove the load to its end, which unregistered it), so the announcement dropped the copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rev1_a_detached_waiter_does_not_shield_a_copy_from_a_load_elsewhere() {
+    let server = RedisServer::start();
+    let (a, b) = (cache(&server, "rev1l:"), cache(&server, "rev1l:"));
+    assert!(a.backplane_ready(PATIENCE).await);
+    let mut raw = server.connection();
+    // `b` loads `k` (its loader held at the gate, the lease taken)...
+    let gated = Gated::new();
+    let leader = gated.spawn_get(&b, "v1");
+    gated.first_running().await;
+    // ...and a load of `a` waits on its lease, then stalls (its one caller neither polled
+    // nor dropped).
+    let mut stalled = Box::pin(a.get_with("k", ok("unused")));
+    tokio::select! {
+        _ = &mut stalled => panic!("it waits on the lease"),
+        waiting = eventually(PATIENCE, || a.stats().lease_waits == 1) => assert!(waiting),
+    }
+    // A resubscription of `a`.
+    cut_backplane(&mut raw, &a).await;
+    assert!(eventually(PATIENCE, || a.stats().backplane_subscriptions == 2).await);
+    // `b`'s load writes "v1", announced; a caller of `a` reads it into `a`'s L1.
+    gated.open(1);
+    assert_eq!(leader.await.unwrap(), Ok("v1".to_string()));
+    assert!(eventually(PATIENCE, || a.stats().backplane_received == 1).await);
+    assert_eq!(a.get_with("k", ok("unused")).await, Ok("v1".to_string()));
+    // "v1" leaves Redis without a message; another process loads "v2", announced.
+    let _: () = raw.del("rev1l:v:k").unwrap();
+    let c = cache(&server, "rev1l:");
+    assert_eq!(c.get_with("k", ok("v2")).await, Ok("v2".to_string()));
+    assert!(eventually(PATIENCE, || a.stats().backplane_received == 2).await);
+    assert_eq!(
+        a.get_with("k", ok("unused")).await,
+        Ok("v2".to_string()),
+        "another process's load drops this L1's older copy"
+    );
+    drop(stalled);
+}
