@@ -365,10 +365,25 @@ where
     where
         Fut: Future<Output = Result<V, Failure<E>>> + Send + 'static,
     {
-        if let Some(value) = self.read(hash, &key, |value, _| value.clone()) {
-            return Lookup::Ready(value);
-        }
+        // The hit, under the read lock. A load in flight is joined under the write lock
+        // without making a loader; only a key with neither makes one.
         let shard = self.shard(hash);
+        let loading =
+            shard
+                .table
+                .read(|t| match t.find(hash, |s| s.key == key).map(|s| &s.state) {
+                    Some(State::Ready { value, .. }) => Err(value.clone()),
+                    Some(State::Loading { .. }) => Ok(true),
+                    None => Ok(false),
+                });
+        let key = match loading {
+            Err(value) => return Lookup::Ready(value),
+            Ok(true) => match self.join_or_add(hash, key, None) {
+                Found::Absent(key) => key,
+                found => return self.lookup(hash, found, None),
+            },
+            Ok(false) => key,
+        };
         let id = shard.next_id.fetch_add(1, Relaxed);
         let cell = LoadCell::pending();
         let load = run_load(
@@ -380,7 +395,21 @@ where
         );
         // Attaching to a fresh cell cannot be refused.
         drop(cell.try_attach(Box::pin(load)));
-        let found = shard.table.write(|t| {
+        let found = self.join_or_add(hash, key, Some((&cell, id)));
+        // Our cell, and its unpolled loader if another load landed first, are dropped
+        // with no lock held.
+        self.lookup(hash, found, Some((cell, id)))
+    }
+
+    /// Under the write lock: the value at `key`, or its load in flight joined, or, if
+    /// there is neither and `add` is given, that load put there.
+    fn join_or_add(
+        &self,
+        hash: u64,
+        key: K,
+        add: Option<(&LoadCell<V, E>, u32)>,
+    ) -> Found<K, V, E> {
+        self.shard(hash).table.write(|t| {
             if let Some(slot) = t.find_mut(hash, |s| s.key == key) {
                 return match &mut slot.state {
                     State::Ready { value, .. } => Found::Ready(value.clone(), key),
@@ -390,6 +419,9 @@ where
                     }
                 };
             }
+            let Some((cell, id)) = add else {
+                return Found::Absent(key);
+            };
             let state = State::Loading {
                 cell: cell.clone(),
                 id,
@@ -397,24 +429,39 @@ where
             };
             t.insert_unique(hash, Slot { hash, key, state }, |s| s.hash);
             Found::Added
-        });
-        // Dropped here, with no lock held (the unused key, and our cell and its unpolled
-        // loader if another load landed first).
-        match found {
-            Found::Ready(value, _key) => Lookup::Ready(value),
-            Found::Joined(theirs, id, _key) => {
+        })
+    }
+
+    /// What `join_or_add` found, as a lookup; `added` is the load it was given, if any.
+    fn lookup(
+        &self,
+        hash: u64,
+        found: Found<K, V, E>,
+        added: Option<(LoadCell<V, E>, u32)>,
+    ) -> Lookup<'_, K, V, E, S> {
+        match (found, added) {
+            (Found::Ready(value, _key), _) => Lookup::Ready(value),
+            (Found::Joined(theirs, id, _key), _) => {
                 Lookup::Wait(Waiter::new(self, hash, id, theirs, false))
             }
-            Found::Added => Lookup::Wait(Waiter::new(self, hash, id, cell, true)),
+            (Found::Added, Some((cell, id))) => {
+                Lookup::Wait(Waiter::new(self, hash, id, cell, true))
+            }
+            (Found::Added | Found::Absent(_), _) => unreachable!("added only when given a load"),
         }
     }
 }
 
-/// What the write-locked step of [`Store::get_or_load`] found.
+/// What the write-locked step of [`Store::get_or_load`] (`join_or_add`) found.
 enum Found<K, V, E> {
+    /// A value (the key, unused, to be dropped with no lock held).
     Ready(V, K),
+    /// A load in flight, joined.
     Joined(LoadCell<V, E>, u32, K),
+    /// The load given, put there.
     Added,
+    /// Neither, and no load given.
+    Absent(K),
 }
 
 /// What the write-locked step of [`Store::put_absent`] found; what it carries out of the

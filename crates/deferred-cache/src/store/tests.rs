@@ -187,6 +187,21 @@ mod unit {
     }
 
     #[test]
+    fn a_caller_that_joins_a_load_makes_no_loader() {
+        let store = store();
+        let runs = Runs::new();
+        let first = waiter(load(&store, 1, runs.loader(1, Some(Ok(10)))));
+        let mut made = false;
+        let joined = waiter(store.get_or_load(store.hash(&1u8), 1, |_| {
+            made = true;
+            runs.loader(0, Some(Ok(20)))
+        }));
+        assert!(!made && !joined.added());
+        let (a, b) = block_on(futures::future::join(first, joined));
+        assert_eq!((value(&a), value(&b)), (Some(10), Some(10)));
+    }
+
+    #[test]
     fn a_failure_reaches_every_waiter_and_is_not_kept() {
         for (error, found) in [(Some("down"), false), (None, true)] {
             let store = store();
