@@ -22,7 +22,7 @@ use tokio::sync::Semaphore;
 /// A bound for waits on conditions that real time decides; never reached when all is well.
 const PATIENCE: Duration = Duration::from_secs(5);
 
-type Loading = HybridLoadingCache<String, String, Utf8>;
+type Loading = HybridLoadingCache<String, String, String, Utf8>;
 
 /// A loading cache whose loader counts its runs, and waits for `gate` before answering.
 fn loading(server: &RedisServer, runs: &Arc<AtomicUsize>, gate: &Arc<Semaphore>) -> Loading {
@@ -30,8 +30,8 @@ fn loading(server: &RedisServer, runs: &Arc<AtomicUsize>, gate: &Arc<Semaphore>)
     HybridCache::builder(server.client(), "face:", Utf8)
         .op_timeout(Duration::from_millis(500))
         .poll_interval(Duration::from_millis(20))
-        .build_with_loader(move |key: &str| {
-            let (runs, gate, key) = (Arc::clone(&runs), Arc::clone(&gate), key.to_string());
+        .build_with_loader(move |key: &String| {
+            let (runs, gate, key) = (Arc::clone(&runs), Arc::clone(&gate), key.clone());
             async move {
                 runs.fetch_add(1, Ordering::SeqCst);
                 let _permit = gate.acquire().await.map_err(|e| e.to_string())?;
@@ -99,10 +99,10 @@ async fn the_loading_face_loads_once_across_caches_and_get_if_present_reads_the_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expire_after_sets_each_values_ttl_in_redis_and_in_the_l1() {
     let server = RedisServer::start();
-    let cache: HybridCache<String, String, Utf8> =
+    let cache: HybridCache<String, String, String, Utf8> =
         HybridCache::builder(server.client(), "ttl:", Utf8)
             .time_to_live(Duration::from_secs(300))
-            .expire_after(|key: &str, _: &String| {
+            .expire_after(|key: &String, _: &String| {
                 if key.starts_with("short") {
                     Duration::from_millis(1000)
                 } else {
@@ -136,7 +136,7 @@ async fn expire_after_sets_each_values_ttl_in_redis_and_in_the_l1() {
     // Another cache (another process) reads the long value from Redis and keeps it for
     // what it has left there: more than `time_to_live`'s 300 s, since no l1_time_to_live
     // was set.
-    let other: HybridCache<String, String, Utf8> =
+    let other: HybridCache<String, String, String, Utf8> =
         HybridCache::builder(server.client(), "ttl:", Utf8)
             .time_to_live(Duration::from_millis(200))
             .build()
@@ -161,7 +161,8 @@ async fn cache_errors_for_keeps_an_error_in_the_l1_only() {
     let server = RedisServer::start();
     let runs = Arc::new(AtomicUsize::new(0));
     let make = |negative: Option<Duration>| {
-        let builder = HybridCache::<String, String, Utf8>::builder(server.client(), "neg:", Utf8);
+        let builder =
+            HybridCache::<String, String, String, Utf8>::builder(server.client(), "neg:", Utf8);
         match negative {
             Some(ttl) => builder.cache_errors_for(ttl),
             None => builder,
@@ -215,13 +216,13 @@ async fn cache_errors_for_keeps_an_error_in_the_l1_only() {
     assert!(plain.get_with("e", failing(&runs)).await.is_err());
     assert_eq!(runs.load(Ordering::SeqCst), 3);
 
-    let zero = HybridCache::<String, String, Utf8>::builder(server.client(), "neg:", Utf8)
+    let zero = HybridCache::<String, String, String, Utf8>::builder(server.client(), "neg:", Utf8)
         .cache_errors_for(Duration::ZERO)
         .build();
     assert!(matches!(zero, Err(BuildError::Invalid(_))));
 }
 
-type Strings = HybridCache<String, String, Utf8>;
+type Strings = HybridCache<String, String, String, Utf8>;
 
 /// A cache on `optional:` whose lease outlasts every test's patience, so that no lease
 /// left behind can expire in time to hide a waiter that hangs on it.
