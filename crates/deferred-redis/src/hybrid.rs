@@ -614,9 +614,10 @@ where
     ///
     /// Two caches with different prefixes share nothing (values, leases, generation,
     /// backplane channel); two with the same prefix, in one process or many, are one cache.
-    /// Except: a prefix that equals another plus `v:` or `l:` (`app:` and `app:v:`) shares
-    /// keys with it, since the keys are `{prefix}v:{key}`, `{prefix}l:{key}` and
-    /// `{prefix}gen` (`{key}`: the key's text, as [`WriteKey`] writes it).
+    /// Except: a prefix that starts with another followed by `v:` or `l:` (`app:` and
+    /// `app:v:`, or `app:` and `app:v:users:`) shares keys with it, since the keys are
+    /// `{prefix}v:{key}`, `{prefix}l:{key}` and `{prefix}gen` (`{key}`: the key's text, as
+    /// [`WriteKey`] writes it): `app:v:users:`'s key `1` is `app:`'s key `users:v:1`.
     ///
     /// ```
     /// use std::time::Duration;

@@ -1,0 +1,141 @@
+//! Review 2 of `optionally_get_with` and generic keys, against a real `redis-server`.
+
+#![allow(clippy::std_instead_of_core)] // a `std` test
+
+mod support;
+
+use std::{
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use deferred_redis::{HybridCache, Utf8};
+use redis::Commands;
+use support::{eventually, server::RedisServer};
+use tokio::sync::Semaphore;
+
+type Strings = HybridCache<String, String, String, Utf8>;
+
+const PATIENCE: Duration = Duration::from_secs(5);
+
+fn strings(server: &RedisServer, prefix: &str, backplane: bool) -> Strings {
+    HybridCache::builder(server.client(), prefix, Utf8)
+        .op_timeout(Duration::from_millis(500))
+        .poll_interval(Duration::from_millis(20))
+        .lease(Duration::from_secs(30))
+        .backplane(backplane)
+        .build()
+        .expect("build inside a runtime")
+}
+
+async fn ready(cache: &Strings) {
+    assert!(cache.backplane_ready(PATIENCE).await);
+}
+
+/// An optional loader that counts its runs, waits for `gate`, then answers `value`.
+fn gated(
+    runs: &Arc<AtomicUsize>,
+    gate: &Arc<Semaphore>,
+    value: Option<&'static str>,
+) -> impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<String>> + Send>> {
+    let (runs, gate) = (Arc::clone(runs), Arc::clone(gate));
+    move || {
+        Box::pin(async move {
+            runs.fetch_add(1, Ordering::SeqCst);
+            let _permit = gate.acquire().await.ok()?;
+            value.map(str::to_string)
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_none_after_an_insert_in_the_same_process_leaves_the_insert() {
+    let server = RedisServer::start();
+    let a = strings(&server, "p:", true);
+    ready(&a).await;
+    let (runs, gate) = (Arc::new(AtomicUsize::new(0)), Arc::new(Semaphore::new(0)));
+    let loading = tokio::spawn({
+        let (a, load) = (a.clone(), gated(&runs, &gate, None));
+        async move { a.optionally_get_with("k", load).await }
+    });
+    assert!(eventually(PATIENCE, || runs.load(Ordering::SeqCst) == 1).await);
+    a.insert("k", "v".to_string()).await.unwrap();
+    gate.add_permits(1);
+    assert_eq!(loading.await.unwrap(), Ok(None));
+    assert_eq!(a.get_if_present("k").as_deref(), Some("v"), "{:?}", a.stats());
+    let stored: String = server.connection().get("p:v:k").unwrap();
+    assert_eq!(stored, "v");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_optional_value_fenced_by_an_insert_elsewhere_is_not_kept() {
+    let server = RedisServer::start();
+    // `a` without a backplane: only the fence keeps the loser's value out of its L1.
+    let (a, b) = (strings(&server, "p:", false), strings(&server, "p:", true));
+    ready(&b).await;
+    let (runs, gate) = (Arc::new(AtomicUsize::new(0)), Arc::new(Semaphore::new(0)));
+    let loading = tokio::spawn({
+        let (a, load) = (a.clone(), gated(&runs, &gate, Some("old")));
+        async move { a.optionally_get_with("k", load).await }
+    });
+    assert!(eventually(PATIENCE, || runs.load(Ordering::SeqCst) == 1).await);
+    b.insert("k", "new".to_string()).await.unwrap();
+    gate.add_permits(1);
+    assert_eq!(loading.await.unwrap(), Ok(Some("old".to_string())));
+    assert_eq!(a.stats().fenced_writes, 1);
+    assert!(!a.contains_local("k") || a.get_if_present("k").is_none());
+    let stored: String = server.connection().get("p:v:k").unwrap();
+    assert_eq!(stored, "new");
+    let next = a.optionally_get_with("k", || async { None }).await;
+    assert_eq!(next, Ok(Some("new".to_string())));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_string_key_crosses_the_backplane() {
+    let server = RedisServer::start();
+    let (a, b) = (strings(&server, "p:", true), strings(&server, "p:", true));
+    ready(&a).await;
+    ready(&b).await;
+    let received = b.stats().backplane_received;
+    a.insert("", "empty".to_string()).await.unwrap();
+    assert!(eventually(PATIENCE, || b.stats().backplane_received > received).await);
+    let got = b.get_with("", || async { Err("b reads Redis".to_string()) }).await;
+    assert_eq!(got.as_deref(), Ok("empty"));
+    assert!(b.contains_local(""));
+    a.invalidate("").await.unwrap();
+    assert!(eventually(PATIENCE, || !b.contains_local("")).await);
+}
+
+/// A prefix that starts with another followed by `v:` (or `l:`) shares keys with it, not
+/// only one that equals it plus `v:` (what the README said before review 2): `app:v:users:`'s
+/// key `1` is `app:`'s key `users:v:1`, and `app:`'s `invalidate_all` deletes it. Prefixes
+/// that extend one another otherwise (`app:` and `app:users:`) stay apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefixes_that_extend_another_past_v_or_l_share_keys() {
+    let server = RedisServer::start();
+    let (app, users, apart) = (
+        strings(&server, "app:", true),
+        strings(&server, "app:v:users:", true),
+        strings(&server, "app:users:", true),
+    );
+    for cache in [&app, &users, &apart] {
+        ready(cache).await;
+    }
+    users.insert("1", "ada".to_string()).await.unwrap();
+    apart.insert("1", "grace".to_string()).await.unwrap();
+    let got = app
+        .get_with("users:v:1", || async { Ok("app's own".to_string()) })
+        .await;
+    assert_eq!(got.as_deref(), Ok("ada"), "one key in Redis: app:v:users:v:1");
+    let got = app
+        .get_with("users:1", || async { Ok("app's own".to_string()) })
+        .await;
+    assert_eq!(got.as_deref(), Ok("app's own"), "app:users: stays apart");
+    app.invalidate_all().await.unwrap();
+    let mut raw = server.connection();
+    assert!(!raw.exists::<_, bool>("app:v:users:v:1").unwrap());
+    assert!(raw.exists::<_, bool>("app:users:v:1").unwrap());
+}
