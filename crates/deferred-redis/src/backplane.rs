@@ -113,16 +113,17 @@ where
     ) else {
         return; // not ours: ignore
     };
-    let Ok(text) = core::str::from_utf8(key) else {
-        return;
-    };
     let own = origin == inner.origin.as_bytes();
     if kind == b'A' {
+        // Names no key: what follows the origin (empty from this crate) is not read.
         if !own {
             inner.l1.invalidate_all();
         }
         inner.wake(None);
     } else {
+        let Ok(text) = core::str::from_utf8(key) else {
+            return;
+        };
         // The key the text names: text that no key of this cache's type writes (another
         // type's cache on this prefix, a hand-made message) is ignored.
         let Some(key) = K::read_key(text) else {

@@ -24,7 +24,10 @@ fn allocations(f: impl FnOnce()) -> u64 {
     let live = allocation_counter::measure(|| {
         black_box(Box::new(black_box(7_u64)));
     });
-    assert_eq!(live.count_total, 1, "the counting allocator is not installed");
+    assert_eq!(
+        live.count_total, 1,
+        "the counting allocator is not installed"
+    );
     allocation_counter::measure(f).count_total
 }
 

@@ -65,7 +65,12 @@ async fn a_none_after_an_insert_in_the_same_process_leaves_the_insert() {
     a.insert("k", "v".to_string()).await.unwrap();
     gate.add_permits(1);
     assert_eq!(loading.await.unwrap(), Ok(None));
-    assert_eq!(a.get_if_present("k").as_deref(), Some("v"), "{:?}", a.stats());
+    assert_eq!(
+        a.get_if_present("k").as_deref(),
+        Some("v"),
+        "{:?}",
+        a.stats()
+    );
     let stored: String = server.connection().get("p:v:k").unwrap();
     assert_eq!(stored, "v");
 }
@@ -102,7 +107,9 @@ async fn an_empty_string_key_crosses_the_backplane() {
     let received = b.stats().backplane_received;
     a.insert("", "empty".to_string()).await.unwrap();
     assert!(eventually(PATIENCE, || b.stats().backplane_received > received).await);
-    let got = b.get_with("", || async { Err("b reads Redis".to_string()) }).await;
+    let got = b
+        .get_with("", || async { Err("b reads Redis".to_string()) })
+        .await;
     assert_eq!(got.as_deref(), Ok("empty"));
     assert!(b.contains_local(""));
     a.invalidate("").await.unwrap();
@@ -129,7 +136,11 @@ async fn prefixes_that_extend_another_past_v_or_l_share_keys() {
     let got = app
         .get_with("users:v:1", || async { Ok("app's own".to_string()) })
         .await;
-    assert_eq!(got.as_deref(), Ok("ada"), "one key in Redis: app:v:users:v:1");
+    assert_eq!(
+        got.as_deref(),
+        Ok("ada"),
+        "one key in Redis: app:v:users:v:1"
+    );
     let got = app
         .get_with("users:1", || async { Ok("app's own".to_string()) })
         .await;
@@ -138,4 +149,36 @@ async fn prefixes_that_extend_another_past_v_or_l_share_keys() {
     let mut raw = server.connection();
     assert!(!raw.exists::<_, bool>("app:v:users:v:1").unwrap());
     assert!(raw.exists::<_, bool>("app:users:v:1").unwrap());
+}
+
+/// `A` (invalidate-all) names no key: whatever follows its origin is not read. Before
+/// review 2, an `A` followed by bytes that are not UTF-8 was dropped (the text check came
+/// before the kind's), while one followed by other text cleared the L1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidate_all_message_clears_the_l1_whatever_follows_its_origin() {
+    let server = RedisServer::start();
+    let (a, b) = (strings(&server, "p:", true), strings(&server, "p:", true));
+    ready(&a).await;
+    ready(&b).await;
+    let mut raw = server.connection();
+    for tail in [&b"\xff"[..], b"junk", b""] {
+        let received = b.stats().backplane_received;
+        a.insert("k", "v".to_string()).await.unwrap();
+        assert!(eventually(PATIENCE, || b.stats().backplane_received > received).await);
+        let got = b
+            .get_with("k", || async { Err("b reads Redis".to_string()) })
+            .await;
+        assert_eq!(got.as_deref(), Ok("v"));
+        assert!(b.contains_local("k"));
+        let message = [&b"A"[..], b"0123456789abcdef", tail].concat();
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg("p:bp")
+            .arg(message)
+            .query(&mut raw)
+            .unwrap();
+        assert!(
+            eventually(PATIENCE, || !b.contains_local("k")).await,
+            "an A followed by {tail:?} left the L1 as it was"
+        );
+    }
 }
