@@ -120,6 +120,15 @@ impl Config {
 }
 
 /// Builds a [`HybridCache`]: see [`HybridCache::builder`].
+///
+/// ```
+/// use std::time::Duration;
+/// use deferred_redis::{Builder, HybridCache, Utf8};
+/// let client = redis::Client::open("redis://127.0.0.1:6379/").unwrap(); // connects later
+/// let builder: Builder<String, String, std::io::Error, Utf8> =
+///     HybridCache::builder(client, "users:", Utf8).time_to_live(Duration::from_secs(60));
+/// assert!(format!("{builder:?}").contains("\"users:\""));
+/// ```
 pub struct Builder<K, V, E, C> {
     client: Client,
     prefix: String,
@@ -149,6 +158,15 @@ where
     /// How long a value lives in Redis (`PX`). Default 5 minutes. Also the L1's longest time
     /// to live unless [`l1_time_to_live`](Self::l1_time_to_live) says otherwise (in either
     /// order). [`expire_after`](Self::expire_after) replaces it with a TTL per value.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use deferred_redis::{HybridCache, Utf8};
+    /// # let client = redis::Client::open("redis://127.0.0.1:6379/").unwrap(); // connects later
+    /// let builder = HybridCache::<String, String, (), _>::builder(client, "app:", Utf8)
+    ///     .time_to_live(Duration::from_secs(60));
+    /// assert!(format!("{builder:?}").contains("ttl: 60s"));
+    /// ```
     pub fn time_to_live(mut self, ttl: Duration) -> Self {
         self.config.ttl = ttl;
         self
@@ -158,12 +176,30 @@ where
     /// Redis TTL. A value read from Redis lives in the L1 no longer than it had left there
     /// (its `PTTL`), so an L1 copy never outlives the Redis value it copies; this bounds how
     /// stale a copy can get when backplane messages are lost.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use deferred_redis::{HybridCache, Utf8};
+    /// # let client = redis::Client::open("redis://127.0.0.1:6379/").unwrap(); // connects later
+    /// let builder = HybridCache::<String, String, (), _>::builder(client, "app:", Utf8)
+    ///     .l1_time_to_live(Duration::from_secs(10));
+    /// assert!(format!("{builder:?}").contains("l1_ttl: Some(10s)"));
+    /// ```
     pub fn l1_time_to_live(mut self, ttl: Duration) -> Self {
         self.config.l1_ttl = Some(ttl);
         self
     }
 
     /// The L1's capacity in entries. Default 10 000.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use deferred_redis::{HybridCache, Utf8};
+    /// # let client = redis::Client::open("redis://127.0.0.1:6379/").unwrap(); // connects later
+    /// let builder = HybridCache::<String, String, (), _>::builder(client, "app:", Utf8)
+    ///     .l1_max_capacity(500);
+    /// assert!(format!("{builder:?}").contains("l1_capacity: 500"));
+    /// ```
     pub fn l1_max_capacity(mut self, entries: u64) -> Self {
         self.config.l1_capacity = entries;
         self
@@ -171,6 +207,15 @@ where
 
     /// How long a load's lease lasts before another process may take over (`PX`). The
     /// leader renews it every third of this while its loader runs. Default 5 s.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use deferred_redis::{HybridCache, Utf8};
+    /// # let client = redis::Client::open("redis://127.0.0.1:6379/").unwrap(); // connects later
+    /// let builder = HybridCache::<String, String, (), _>::builder(client, "app:", Utf8)
+    ///     .lease(Duration::from_secs(2));
+    /// assert!(format!("{builder:?}").contains("lease: 2s"));
+    /// ```
     pub fn lease(mut self, lease: Duration) -> Self {
         self.config.lease = lease;
         self
@@ -178,6 +223,15 @@ where
 
     /// The bound on each Redis round trip (connecting included). Past it the round trip
     /// counts as an L2 error and the read goes on without Redis. Default 250 ms.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use deferred_redis::{HybridCache, Utf8};
+    /// # let client = redis::Client::open("redis://127.0.0.1:6379/").unwrap(); // connects later
+    /// let builder = HybridCache::<String, String, (), _>::builder(client, "app:", Utf8)
+    ///     .op_timeout(Duration::from_millis(100));
+    /// assert!(format!("{builder:?}").contains("op_timeout: 100ms"));
+    /// ```
     pub fn op_timeout(mut self, timeout: Duration) -> Self {
         self.config.op_timeout = timeout;
         self
@@ -185,6 +239,15 @@ where
 
     /// How often a load waiting on another's lease asks Redis again when no backplane
     /// message woke it. Default 100 ms.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use deferred_redis::{HybridCache, Utf8};
+    /// # let client = redis::Client::open("redis://127.0.0.1:6379/").unwrap(); // connects later
+    /// let builder = HybridCache::<String, String, (), _>::builder(client, "app:", Utf8)
+    ///     .poll_interval(Duration::from_millis(50));
+    /// assert!(format!("{builder:?}").contains("poll_interval: 50ms"));
+    /// ```
     pub fn poll_interval(mut self, interval: Duration) -> Self {
         self.config.poll_interval = interval;
         self
@@ -192,6 +255,15 @@ where
 
     /// How long a load waits on another's lease before running its loader locally.
     /// Default 30 s.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use deferred_redis::{HybridCache, Utf8};
+    /// # let client = redis::Client::open("redis://127.0.0.1:6379/").unwrap(); // connects later
+    /// let builder = HybridCache::<String, String, (), _>::builder(client, "app:", Utf8)
+    ///     .max_wait(Duration::from_secs(5));
+    /// assert!(format!("{builder:?}").contains("max_wait: 5s"));
+    /// ```
     pub fn max_wait(mut self, wait: Duration) -> Self {
         self.config.max_wait = wait;
         self
@@ -199,6 +271,15 @@ where
 
     /// After a failed connection, how long calls skip Redis before one tries again.
     /// Default 250 ms.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use deferred_redis::{HybridCache, Utf8};
+    /// # let client = redis::Client::open("redis://127.0.0.1:6379/").unwrap(); // connects later
+    /// let builder = HybridCache::<String, String, (), _>::builder(client, "app:", Utf8)
+    ///     .reconnect_backoff(Duration::from_secs(1));
+    /// assert!(format!("{builder:?}").contains("reconnect_backoff: 1s"));
+    /// ```
     pub fn reconnect_backoff(mut self, backoff: Duration) -> Self {
         self.config.reconnect_backoff = backoff;
         self
@@ -208,6 +289,15 @@ where
     /// writes reach this L1 only when its copies expire (`l1_time_to_live`), and loads
     /// waiting on another process's lease find its value by polling (`poll_interval`).
     /// This cache still announces its own writes to the others.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use deferred_redis::{HybridCache, Utf8};
+    /// # let client = redis::Client::open("redis://127.0.0.1:6379/").unwrap(); // connects later
+    /// let builder = HybridCache::<String, String, (), _>::builder(client, "app:", Utf8)
+    ///     .backplane(false);
+    /// assert!(format!("{builder:?}").contains("backplane: false"));
+    /// ```
     pub fn backplane(mut self, subscribe: bool) -> Self {
         self.config.backplane = subscribe;
         self
@@ -218,6 +308,15 @@ where
     /// resubscribes, and then drops the L1's values, since messages may have been missed.
     /// Without it a connection that hangs without closing (a network partition) would look
     /// subscribed forever.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use deferred_redis::{HybridCache, Utf8};
+    /// # let client = redis::Client::open("redis://127.0.0.1:6379/").unwrap(); // connects later
+    /// let builder = HybridCache::<String, String, (), _>::builder(client, "app:", Utf8)
+    ///     .backplane_ping(Duration::from_millis(500));
+    /// assert!(format!("{builder:?}").contains("backplane_ping: 500ms"));
+    /// ```
     pub fn backplane_ping(mut self, every: Duration) -> Self {
         self.config.backplane_ping = every;
         self
@@ -226,6 +325,24 @@ where
     /// The cache, with its backplane task spawned on the current tokio runtime. Connects to
     /// nothing yet: the first read does (so a cache built while Redis is down works, on its
     /// L1 and loader alone, until Redis is back).
+    ///
+    /// Fails outside a tokio runtime ([`BuildError::NoRuntime`]), or with a setting out of
+    /// range ([`BuildError::Invalid`]: a zero time to live, `op_timeout`, `poll_interval`,
+    /// `backplane_ping` or `cache_errors_for`, a lease under 3 ms).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use deferred_redis::{BuildError, HybridCache, Utf8};
+    /// let client = redis::Client::open("redis://127.0.0.1:6379/").unwrap(); // connects later
+    /// let builder = || HybridCache::<String, String, (), _>::builder(client.clone(), "app:", Utf8);
+    /// assert!(matches!(builder().build(), Err(BuildError::NoRuntime)));
+    /// let runtime = tokio::runtime::Runtime::new().unwrap();
+    /// let _inside = runtime.enter();
+    /// let zero = builder().time_to_live(Duration::ZERO).build();
+    /// assert!(matches!(zero, Err(BuildError::Invalid(_))));
+    /// let cache = builder().backplane(false).build().unwrap(); // no connection yet
+    /// assert!(!cache.contains_local("k"));
+    /// ```
     pub fn build(self) -> Result<HybridCache<K, V, E, C>, BuildError> {
         let handle = tokio::runtime::Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
         let c = &self.config;

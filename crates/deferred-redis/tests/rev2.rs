@@ -182,3 +182,27 @@ async fn an_invalidate_all_message_clears_the_l1_whatever_follows_its_origin() {
         );
     }
 }
+
+/// The README's "Not done yet": an `Arc<str>` key is looked up by `&Arc<str>` (the L1's
+/// `ToOwned` bound), except by `contains_local`, which takes `&str` too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_arc_str_key_is_looked_up_by_arc_and_contains_local_takes_str() {
+    let server = RedisServer::start();
+    let cache: HybridCache<Arc<str>, String, String, Utf8> =
+        HybridCache::builder(server.client(), "arc:", Utf8)
+            .op_timeout(Duration::from_millis(500))
+            .build()
+            .expect("build inside a runtime");
+    assert!(cache.backplane_ready(PATIENCE).await);
+    let key: Arc<str> = "k".into();
+    cache
+        .insert(Arc::clone(&key), "v".to_string())
+        .await
+        .unwrap();
+    assert!(cache.contains_local("k"));
+    assert_eq!(cache.get_if_present(&key).as_deref(), Some("v"));
+    let stored: String = server.connection().get("arc:v:k").unwrap();
+    assert_eq!(stored, "v");
+    cache.invalidate(&key).await.unwrap();
+    assert!(!cache.contains_local("k"));
+}
