@@ -1305,7 +1305,7 @@ where
                     .await
             }
         };
-        let (outcome, fenced) = match next {
+        let (outcome, l1_ttl) = match next {
             Next::Found(tiered) => return O::found(tiered),
             Next::Lead(generation) => {
                 Arc::clone(&self)
@@ -1315,19 +1315,17 @@ where
             Next::Local => {
                 // Redis failed (fail-safe), or the wait ran past `max_wait`.
                 bump(&self.counters.local_fallbacks);
-                (load.await, false)
+                (load.await, None)
             }
         };
         outcome.tier(|value| {
-            // A value loaded here lives in the L1 as it does in Redis (if it got there). One
-            // whose write was refused lost to a write elsewhere (writes win): its callers
-            // have it, but the L1 keeps nothing over that write, whether or not the
-            // backplane brings its announcement (it may be off, or resubscribing).
-            let ttl = if fenced {
-                Duration::ZERO
-            } else {
-                self.l1_ttl_for(self.ttl_for(&key, &value))
-            };
+            // A value loaded here lives in the L1 as it does in Redis (if it got there): the
+            // TTL `lead` gave Redis, the policy asked once per value (it may answer
+            // differently from call to call). One whose write was refused lost to a write
+            // elsewhere (writes win): its callers have it, but the L1 keeps nothing over
+            // that write (`lead` gives zero), whether or not the backplane brings its
+            // announcement (it may be off, or resubscribing).
+            let ttl = l1_ttl.unwrap_or_else(|| self.l1_ttl_for(self.ttl_for(&key, &value)));
             Tiered { value, ttl }
         })
     }
@@ -1482,9 +1480,11 @@ where
     }
 
     /// Runs `load` holding the lease (renewing it), then writes its value, fenced; an error
-    /// or a `None` is written nowhere and hands the lease back. The flag: whether the write
-    /// was refused (fenced), the lease having gone to a write or another load meanwhile.
-    /// `key` is the key (for the TTL policy), `text` what it writes.
+    /// or a `None` is written nowhere and hands the lease back. With the outcome, the L1
+    /// TTL of its value when the TTL policy was asked for the write (so that it is asked
+    /// once per value, and the L1 copy never outlives the Redis value): zero if the write
+    /// was refused (fenced: the lease went to a write or another load meanwhile). `key` is
+    /// the key (for the TTL policy), `text` what it writes.
     async fn lead<O, Fut>(
         self: Arc<Self>,
         key: &K,
@@ -1492,7 +1492,7 @@ where
         token: String,
         generation: Vec<u8>,
         load: Fut,
-    ) -> (O, bool)
+    ) -> (O, Option<Duration>)
     where
         O: Loaded<V>,
         Fut: Future<Output = O> + Send,
@@ -1504,16 +1504,19 @@ where
             armed: true,
         };
         let outcome = self.run_renewing(&text, &token, load).await;
-        let mut fenced = false;
+        let mut l1_ttl = None;
         if let Some(value) = outcome.value() {
             match self.codec.encode(value) {
                 Ok(bytes) => {
                     let ttl = self.ttl_for(key, value);
+                    l1_ttl = Some(self.l1_ttl_for(ttl));
                     if let Ok(written) = self.commit(&text, &token, &generation, bytes, ttl).await {
                         // Written, or refused because the lease is not ours any more:
                         // either way there is nothing left to release.
                         guard.armed = false;
-                        fenced = !written;
+                        if !written {
+                            l1_ttl = Some(Duration::ZERO);
+                        }
                     }
                 }
                 Err(_) => bump(&self.counters.encode_errors),
@@ -1526,7 +1529,7 @@ where
             guard.armed = false;
             self.release(&text, &token).await;
         }
-        (outcome, fenced)
+        (outcome, l1_ttl)
     }
 
     async fn run_renewing<O, Fut>(&self, key: &str, token: &str, load: Fut) -> O

@@ -206,3 +206,55 @@ async fn an_arc_str_key_is_looked_up_by_arc_and_contains_local_takes_str() {
     cache.invalidate(&key).await.unwrap();
     assert!(!cache.contains_local("k"));
 }
+
+/// `expire_after` decides a loaded value's TTL once, for Redis and the L1 alike: a policy
+/// that answers differently from call to call (jitter) must not give the L1 copy longer
+/// than the Redis value. Before review 2 the leader asked the policy twice, once for the
+/// `COMMIT`'s `PX` and once for its own L1, so its L1 copy could outlive the Redis value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loaded_values_ttl_is_decided_once_for_redis_and_the_l1() {
+    let server = RedisServer::start();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let policy = {
+        let calls = Arc::clone(&calls);
+        // Jitter at its worst: short, then long, then short...
+        move |_: &String, _: &String| {
+            if calls.fetch_add(1, Ordering::SeqCst) % 2 == 0 {
+                Duration::from_millis(200)
+            } else {
+                Duration::from_secs(60)
+            }
+        }
+    };
+    let cache: Strings = HybridCache::builder(server.client(), "jitter:", Utf8)
+        .op_timeout(Duration::from_millis(500))
+        .expire_after(policy)
+        .build()
+        .expect("build inside a runtime");
+    ready(&cache).await;
+    let got = cache.get_with("k", || async { Ok("v".to_string()) }).await;
+    assert_eq!(got.as_deref(), Ok("v"));
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "the policy decides once per loaded value"
+    );
+    let pttl: i64 = server.connection().pttl("jitter:v:k").unwrap();
+    assert!(pttl > 0 && pttl <= 200, "{pttl}");
+    // Once the Redis value is gone, the L1 copy is gone too (give or take the COMMIT's
+    // reply: the L1 counts its TTL from when it got the value; 50 ms covers that).
+    assert!(
+        eventually(PATIENCE, || server
+            .connection()
+            .pttl::<_, i64>("jitter:v:k")
+            .unwrap()
+            == -2)
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        cache.get_if_present("k"),
+        None,
+        "the L1 copy outlived the Redis value"
+    );
+}
