@@ -8,8 +8,11 @@ use std::sync::Arc;
 /// messages (`kind ++ origin ++ key`).
 ///
 /// What is written must be **injective** (two different keys never write the same text,
-/// else they share one value in Redis) and **the same in every process** on the prefix
-/// (no addresses, no per-process hash seeds). A borrowed form `Q` that a cache's lookups
+/// else they share one value in Redis), **a function of the key as `Eq` sees it** (keys
+/// that are equal write the same text: a key type whose `Eq` ignores case must not keep
+/// the case in its text, else the L1 holds one entry where Redis holds two, and an
+/// invalidation of one spelling leaves the other's value in Redis) and **the same in every
+/// process** on the prefix (no addresses, no per-process hash seeds). A borrowed form `Q` that a cache's lookups
 /// take (`K: Borrow<Q>`) must write exactly what the owned key writes.
 ///
 /// Implemented for `str`, `String`, `Box<str>`, `Arc<str>` (the text as it is: so a
