@@ -16,7 +16,7 @@ use std::{
 
 use deferred_redis::{BuildError, HybridCache, HybridLoadingCache, LoadError, Utf8};
 use redis::Commands;
-use support::{eventually, server::RedisServer};
+use support::{eventually, gated_optional, server::RedisServer};
 use tokio::sync::Semaphore;
 
 /// A bound for waits on conditions that real time decides; never reached when all is well.
@@ -234,22 +234,6 @@ fn optional(server: &RedisServer, poll_interval: Duration) -> Strings {
         .max_wait(Duration::from_secs(60))
         .build()
         .expect("build inside a runtime")
-}
-
-/// An optional loader that counts its runs, waits for `gate`, then answers `value`.
-fn gated_optional(
-    runs: &Arc<AtomicUsize>,
-    gate: &Arc<Semaphore>,
-    value: Option<&'static str>,
-) -> impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<String>> + Send>> {
-    let (runs, gate) = (Arc::clone(runs), Arc::clone(gate));
-    move || {
-        Box::pin(async move {
-            runs.fetch_add(1, Ordering::SeqCst);
-            let _permit = gate.acquire().await.ok()?;
-            value.map(str::to_string)
-        })
-    }
 }
 
 /// Two caches on `optional:` with separate L1s on one Redis (two processes of a service),

@@ -14,7 +14,7 @@ use std::{
 
 use deferred_redis::{HybridCache, Utf8};
 use redis::Commands;
-use support::{eventually, server::RedisServer};
+use support::{eventually, gated_optional, server::RedisServer};
 use tokio::sync::Semaphore;
 
 type Strings = HybridCache<String, String, String, Utf8>;
@@ -35,22 +35,6 @@ async fn ready(cache: &Strings) {
     assert!(cache.backplane_ready(PATIENCE).await);
 }
 
-/// An optional loader that counts its runs, waits for `gate`, then answers `value`.
-fn gated(
-    runs: &Arc<AtomicUsize>,
-    gate: &Arc<Semaphore>,
-    value: Option<&'static str>,
-) -> impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<String>> + Send>> {
-    let (runs, gate) = (Arc::clone(runs), Arc::clone(gate));
-    move || {
-        Box::pin(async move {
-            runs.fetch_add(1, Ordering::SeqCst);
-            let _permit = gate.acquire().await.ok()?;
-            value.map(str::to_string)
-        })
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_none_after_an_insert_in_the_same_process_leaves_the_insert() {
     let server = RedisServer::start();
@@ -58,7 +42,7 @@ async fn a_none_after_an_insert_in_the_same_process_leaves_the_insert() {
     ready(&a).await;
     let (runs, gate) = (Arc::new(AtomicUsize::new(0)), Arc::new(Semaphore::new(0)));
     let loading = tokio::spawn({
-        let (a, load) = (a.clone(), gated(&runs, &gate, None));
+        let (a, load) = (a.clone(), gated_optional(&runs, &gate, None));
         async move { a.optionally_get_with("k", load).await }
     });
     assert!(eventually(PATIENCE, || runs.load(Ordering::SeqCst) == 1).await);
@@ -83,7 +67,7 @@ async fn an_optional_value_fenced_by_an_insert_elsewhere_is_not_kept() {
     ready(&b).await;
     let (runs, gate) = (Arc::new(AtomicUsize::new(0)), Arc::new(Semaphore::new(0)));
     let loading = tokio::spawn({
-        let (a, load) = (a.clone(), gated(&runs, &gate, Some("old")));
+        let (a, load) = (a.clone(), gated_optional(&runs, &gate, Some("old")));
         async move { a.optionally_get_with("k", load).await }
     });
     assert!(eventually(PATIENCE, || runs.load(Ordering::SeqCst) == 1).await);
