@@ -63,7 +63,7 @@ impl Server {
     }
 }
 
-type Cache = HybridCache<Vec<u8>, std::io::Error, Raw>;
+type Cache = HybridCache<String, Vec<u8>, std::io::Error, Raw>;
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()

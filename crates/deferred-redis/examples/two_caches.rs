@@ -22,9 +22,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let client = redis::Client::open(url.as_str())?;
     let prefix = format!("example-{}:", std::process::id());
     let make = || {
-        HybridCache::<String, std::io::Error, Utf8>::builder(client.clone(), prefix.as_str(), Utf8)
-            .time_to_live(Duration::from_secs(60))
-            .build()
+        HybridCache::<String, String, std::io::Error, Utf8>::builder(
+            client.clone(),
+            prefix.as_str(),
+            Utf8,
+        )
+        .time_to_live(Duration::from_secs(60))
+        .build()
     };
     let (a, b) = (make()?, make()?);
     let ready = a.backplane_ready(Duration::from_secs(1)).await

@@ -31,7 +31,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into());
     let name = std::env::var("DEMO_NAME").unwrap_or_else(|_| "?".into());
     let prefix = std::env::var("DEMO_PREFIX").unwrap_or_else(|_| "demo:".into());
-    let cache: HybridCache<String, std::io::Error, Utf8> =
+    let cache: HybridCache<String, String, std::io::Error, Utf8> =
         HybridCache::builder(redis::Client::open(url.as_str())?, prefix, Utf8)
             .time_to_live(Duration::from_secs(60))
             .build()?;

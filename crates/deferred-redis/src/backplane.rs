@@ -3,14 +3,16 @@
 //!
 //! A message is `kind ++ origin ++ key`: `kind` one byte (`L` a load wrote the key, `R` a
 //! lease was handed back without a value, `S` an insert, `I` an invalidation, `A`
-//! invalidate-all), `origin` the sender cache's 16-hex-digit id.
+//! invalidate-all), `origin` the sender cache's 16-hex-digit id, `key` the key's text as
+//! [`WriteKey`](crate::WriteKey) writes it (empty for `A`), read back with
+//! [`RedisKey::read_key`].
 
 use std::{pin::Pin, sync::Weak, time::Duration};
 
 use futures_core::Stream;
 use tokio::sync::oneshot;
 
-use crate::{hybrid::Inner, stats::bump, Codec};
+use crate::{hybrid::Inner, stats::bump, Codec, RedisKey};
 
 /// How long the task waits between subscription attempts while Redis is away.
 const RETRY: Duration = Duration::from_millis(100);
@@ -19,8 +21,9 @@ const RETRY: Duration = Duration::from_millis(100);
 /// (re)subscribes after every loss, each attempt bounded by the operation timeout and
 /// spaced by `RETRY`. A subscription counts as lost when its connection ends or a PING
 /// (every `backplane_ping`) goes unanswered for the operation timeout.
-pub(crate) async fn run<V, E, C>(cache: Weak<Inner<V, E, C>>, mut stop: oneshot::Receiver<()>)
+pub(crate) async fn run<K, V, E, C>(cache: Weak<Inner<K, V, E, C>>, mut stop: oneshot::Receiver<()>)
 where
+    K: RedisKey,
     V: Clone + Send + Sync + 'static,
     E: Send + Sync + 'static,
     C: Codec<V>,
@@ -95,8 +98,9 @@ where
 }
 
 /// Applies one message to this cache.
-fn receive<V, E, C>(inner: &Inner<V, E, C>, payload: &[u8])
+fn receive<K, V, E, C>(inner: &Inner<K, V, E, C>, payload: &[u8])
 where
+    K: RedisKey,
     V: Clone + Send + Sync + 'static,
     E: Send + Sync + 'static,
     C: Codec<V>,
@@ -109,35 +113,44 @@ where
     ) else {
         return; // not ours: ignore
     };
-    let Ok(key) = core::str::from_utf8(key) else {
-        return;
-    };
     let own = origin == inner.origin.as_bytes();
-    if !own {
-        match kind {
-            // Another process loaded the key: a copy here is older. A load of this process
-            // waiting on the key is about to read that value; a load in flight at the key
-            // is left alone then, so the load's value is kept. A value there goes all the
-            // same: the waiting load is not the key's entry then, but one that a
-            // subscription or an invalidation took out of the L1 (it stays registered as
-            // long as it waits, stalled callers included), and the value is older.
-            b'L' if inner.is_waiting(key) => {
-                inner.l1.invalidate_if(key, |_| true);
-            }
-            b'L' => {
-                inner.l1.invalidate(key);
-            }
-            b'S' | b'I' => {
-                inner.l1.invalidate(key);
-            }
-            b'A' => inner.l1.invalidate_all(),
-            _ => {}
-        }
-    }
     if kind == b'A' {
+        // Names no key: what follows the origin (empty from this crate) is not read.
+        if !own {
+            inner.l1.invalidate_all();
+        }
         inner.wake(None);
     } else {
-        inner.wake(Some(key));
+        let Ok(text) = core::str::from_utf8(key) else {
+            return;
+        };
+        // The key the text names: text that no key of this cache's type writes (another
+        // type's cache on this prefix, a hand-made message) is ignored.
+        let Some(key) = K::read_key(text) else {
+            return;
+        };
+        if !own {
+            match kind {
+                // Another process loaded the key: a copy here is older. A load of this
+                // process waiting on the key is about to read that value; a load in flight
+                // at the key is left alone then, so the load's value is kept. A value there
+                // goes all the same: the waiting load is not the key's entry then, but one
+                // that a subscription or an invalidation took out of the L1 (it stays
+                // registered as long as it waits, stalled callers included), and the value
+                // is older.
+                b'L' if inner.is_waiting(text) => {
+                    inner.l1.invalidate_if(&key, |_| true);
+                }
+                b'L' => {
+                    inner.l1.invalidate(&key);
+                }
+                b'S' | b'I' => {
+                    inner.l1.invalidate(&key);
+                }
+                _ => {}
+            }
+        }
+        inner.wake(Some(text));
     }
     // Counted last: whoever sees the count sees the message applied (the tests wait on it
     // before their next step).

@@ -53,7 +53,13 @@ pub struct CodecError {
 }
 
 impl CodecError {
-    /// An error with this message.
+    /// An error with this message, for a [`Codec`] of your own.
+    ///
+    /// ```
+    /// use deferred_redis::CodecError;
+    /// let error = CodecError::new(format!("{} bytes, at most {}", 9, 8));
+    /// assert_eq!(error.to_string(), "codec error: 9 bytes, at most 8");
+    /// ```
     pub fn new(message: impl Into<String>) -> Self {
         CodecError {
             message: message.into(),

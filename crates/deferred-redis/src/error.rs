@@ -59,7 +59,7 @@ impl std::error::Error for L2Error {
 /// ```
 /// // No tokio runtime here: the backplane task has nowhere to run.
 /// let client = redis::Client::open("redis://127.0.0.1:1/").unwrap();
-/// let built = deferred_redis::HybridCache::<String, (), _>::builder(client, "app:", deferred_redis::Utf8).build();
+/// let built = deferred_redis::HybridCache::<String, String, (), _>::builder(client, "app:", deferred_redis::Utf8).build();
 /// assert!(matches!(built, Err(deferred_redis::BuildError::NoRuntime)));
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -3,7 +3,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use crate::{hybrid::Inner, Builder, Codec};
+use crate::{hybrid::Inner, Builder, Codec, RedisKey};
 
 /// How long each value lives in Redis: the tier's counterpart of `deferred-expiring`'s
 /// `Expiry`, set with [`Builder::expire_after`]. It decides once per value written (a load's
@@ -11,7 +11,10 @@ use crate::{hybrid::Inner, Builder, Codec};
 /// no longer (nor longer than [`l1_time_to_live`](Builder::l1_time_to_live), if set). Other
 /// processes reading the value from Redis keep it for what it has left there (`PTTL`).
 ///
-/// Implemented for every `Fn(&str, &V) -> Duration + Send + Sync + 'static`. It runs on the
+/// `K` is the cache's key type: the policy gets the key itself (`&String`, `&u64`), not its
+/// text in Redis.
+///
+/// Implemented for every `Fn(&K, &V) -> Duration + Send + Sync + 'static`. It runs on the
 /// path of a load or an insert, with no lock held: keep it short. A zero is taken as 1 ms.
 ///
 /// ```
@@ -19,31 +22,33 @@ use crate::{hybrid::Inner, Builder, Codec};
 /// use deferred_redis::TtlPolicy;
 /// /// Drafts live a minute, the rest an hour.
 /// struct ByKind;
-/// impl TtlPolicy<String> for ByKind {
-///     fn time_to_live(&self, _key: &str, value: &String) -> Duration {
+/// impl TtlPolicy<String, String> for ByKind {
+///     fn time_to_live(&self, _key: &String, value: &String) -> Duration {
 ///         if value.starts_with("draft:") { Duration::from_secs(60) } else { Duration::from_secs(3600) }
 ///     }
 /// }
-/// assert_eq!(ByKind.time_to_live("k", &"draft:x".to_string()), Duration::from_secs(60));
-/// let closure = |_: &str, v: &u64| Duration::from_secs(*v);
-/// assert_eq!(closure.time_to_live("k", &5), Duration::from_secs(5));
+/// assert_eq!(ByKind.time_to_live(&"k".into(), &"draft:x".into()), Duration::from_secs(60));
+/// // Keyed by `u64`: the first thousand ids are hot, kept briefly.
+/// let closure = |id: &u64, _: &String| Duration::from_secs(if *id < 1000 { 5 } else { 60 });
+/// assert_eq!(closure.time_to_live(&7, &String::new()), Duration::from_secs(5));
 /// ```
-pub trait TtlPolicy<V>: Send + Sync + 'static {
+pub trait TtlPolicy<K, V>: Send + Sync + 'static {
     /// The time to live of `value`, just loaded or inserted at `key`.
-    fn time_to_live(&self, key: &str, value: &V) -> Duration;
+    fn time_to_live(&self, key: &K, value: &V) -> Duration;
 }
 
-impl<V, F> TtlPolicy<V> for F
+impl<K, V, F> TtlPolicy<K, V> for F
 where
-    F: Fn(&str, &V) -> Duration + Send + Sync + 'static,
+    F: Fn(&K, &V) -> Duration + Send + Sync + 'static,
 {
-    fn time_to_live(&self, key: &str, value: &V) -> Duration {
+    fn time_to_live(&self, key: &K, value: &V) -> Duration {
         self(key, value)
     }
 }
 
-impl<V, E, C> Builder<V, E, C>
+impl<K, V, E, C> Builder<K, V, E, C>
 where
+    K: RedisKey,
     V: Clone + Send + Sync + 'static,
     E: Send + Sync + 'static,
     C: Codec<V>,
@@ -58,15 +63,15 @@ where
     /// use std::time::Duration;
     /// use deferred_redis::{HybridCache, Utf8};
     /// let client = redis::Client::open("redis://127.0.0.1:6379/").unwrap(); // connects later
-    /// let sessions: HybridCache<String, String, _> = HybridCache::builder(client, "s:", Utf8)
-    ///     .expire_after(|_key: &str, value: &String| {
+    /// let sessions: HybridCache<String, String, String, _> = HybridCache::builder(client, "s:", Utf8)
+    ///     .expire_after(|_key: &String, value: &String| {
     ///         if value.is_empty() { Duration::from_secs(5) } else { Duration::from_secs(600) }
     ///     })
     ///     .build()?;
     /// # let _ = sessions;
     /// # Ok(()) }
     /// ```
-    pub fn expire_after(mut self, policy: impl TtlPolicy<V>) -> Self {
+    pub fn expire_after(mut self, policy: impl TtlPolicy<K, V>) -> Self {
         self.ttl_policy = Some(Arc::new(policy));
         self
     }
@@ -88,7 +93,7 @@ where
     /// # async fn main() -> Result<(), deferred_redis::BuildError> {
     /// use std::time::Duration;
     /// let client = redis::Client::open("redis://127.0.0.1:6379/").unwrap(); // connects later
-    /// let users = deferred_redis::HybridCache::<String, String, _>::builder(
+    /// let users = deferred_redis::HybridCache::<String, String, String, _>::builder(
     ///     client,
     ///     "users:",
     ///     deferred_redis::Utf8,
@@ -104,9 +109,9 @@ where
     }
 }
 
-impl<V: 'static, E, C> Inner<V, E, C> {
+impl<K: 'static, V: 'static, E, C> Inner<K, V, E, C> {
     /// The time to live in Redis of `value` at `key`: the policy's, else `time_to_live`.
-    pub(crate) fn ttl_for(&self, key: &str, value: &V) -> Duration {
+    pub(crate) fn ttl_for(&self, key: &K, value: &V) -> Duration {
         self.ttl_policy
             .as_ref()
             .map_or(self.config.ttl, |policy| policy.time_to_live(key, value))

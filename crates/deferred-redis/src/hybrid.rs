@@ -1,10 +1,11 @@
 //! The hybrid cache: the L1 (a local `ExpiringCache`) whose loads go through Redis.
 
 use std::{
+    borrow::Borrow,
     collections::HashMap,
     fmt,
     future::Future,
-    hash::{BuildHasher, Hasher},
+    hash::{BuildHasher, Hash, Hasher},
     sync::{atomic::AtomicU64, Arc, Mutex, PoisonError},
     time::{Duration, Instant, SystemTime},
 };
@@ -17,7 +18,7 @@ use tokio::sync::{oneshot, watch, Notify};
 use crate::{
     backplane,
     stats::{bump, Counters},
-    BuildError, Codec, HybridStats, L2Error, TtlPolicy,
+    BuildError, Codec, HybridStats, L2Error, RedisKey, TtlPolicy, WriteKey,
 };
 
 /// Reads the value, or takes the lease when there is neither a value nor a lease: one round
@@ -119,17 +120,26 @@ impl Config {
 }
 
 /// Builds a [`HybridCache`]: see [`HybridCache::builder`].
-pub struct Builder<V, E, C> {
+///
+/// ```
+/// use std::time::Duration;
+/// use deferred_redis::{Builder, HybridCache, Utf8};
+/// let client = redis::Client::open("redis://127.0.0.1:6379/").unwrap(); // connects later
+/// let builder: Builder<String, String, std::io::Error, Utf8> =
+///     HybridCache::builder(client, "users:", Utf8).time_to_live(Duration::from_secs(60));
+/// assert!(format!("{builder:?}").contains("\"users:\""));
+/// ```
+pub struct Builder<K, V, E, C> {
     client: Client,
     prefix: String,
     codec: C,
     pub(crate) config: Config,
     /// `Builder::expire_after`: the time to live of each value.
-    pub(crate) ttl_policy: Option<Arc<dyn TtlPolicy<V>>>,
-    _types: core::marker::PhantomData<fn() -> (V, E)>,
+    pub(crate) ttl_policy: Option<Arc<dyn TtlPolicy<K, V>>>,
+    _types: core::marker::PhantomData<fn() -> E>,
 }
 
-impl<V, E, C> fmt::Debug for Builder<V, E, C> {
+impl<K, V, E, C> fmt::Debug for Builder<K, V, E, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Builder")
             .field("prefix", &self.prefix)
@@ -138,8 +148,9 @@ impl<V, E, C> fmt::Debug for Builder<V, E, C> {
     }
 }
 
-impl<V, E, C> Builder<V, E, C>
+impl<K, V, E, C> Builder<K, V, E, C>
 where
+    K: RedisKey,
     V: Clone + Send + Sync + 'static,
     E: Send + Sync + 'static,
     C: Codec<V>,
@@ -147,6 +158,15 @@ where
     /// How long a value lives in Redis (`PX`). Default 5 minutes. Also the L1's longest time
     /// to live unless [`l1_time_to_live`](Self::l1_time_to_live) says otherwise (in either
     /// order). [`expire_after`](Self::expire_after) replaces it with a TTL per value.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use deferred_redis::{HybridCache, Utf8};
+    /// # let client = redis::Client::open("redis://127.0.0.1:6379/").unwrap(); // connects later
+    /// let builder = HybridCache::<String, String, (), _>::builder(client, "app:", Utf8)
+    ///     .time_to_live(Duration::from_secs(60));
+    /// assert!(format!("{builder:?}").contains("ttl: 60s"));
+    /// ```
     pub fn time_to_live(mut self, ttl: Duration) -> Self {
         self.config.ttl = ttl;
         self
@@ -156,12 +176,30 @@ where
     /// Redis TTL. A value read from Redis lives in the L1 no longer than it had left there
     /// (its `PTTL`), so an L1 copy never outlives the Redis value it copies; this bounds how
     /// stale a copy can get when backplane messages are lost.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use deferred_redis::{HybridCache, Utf8};
+    /// # let client = redis::Client::open("redis://127.0.0.1:6379/").unwrap(); // connects later
+    /// let builder = HybridCache::<String, String, (), _>::builder(client, "app:", Utf8)
+    ///     .l1_time_to_live(Duration::from_secs(10));
+    /// assert!(format!("{builder:?}").contains("l1_ttl: Some(10s)"));
+    /// ```
     pub fn l1_time_to_live(mut self, ttl: Duration) -> Self {
         self.config.l1_ttl = Some(ttl);
         self
     }
 
     /// The L1's capacity in entries. Default 10 000.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use deferred_redis::{HybridCache, Utf8};
+    /// # let client = redis::Client::open("redis://127.0.0.1:6379/").unwrap(); // connects later
+    /// let builder = HybridCache::<String, String, (), _>::builder(client, "app:", Utf8)
+    ///     .l1_max_capacity(500);
+    /// assert!(format!("{builder:?}").contains("l1_capacity: 500"));
+    /// ```
     pub fn l1_max_capacity(mut self, entries: u64) -> Self {
         self.config.l1_capacity = entries;
         self
@@ -169,6 +207,15 @@ where
 
     /// How long a load's lease lasts before another process may take over (`PX`). The
     /// leader renews it every third of this while its loader runs. Default 5 s.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use deferred_redis::{HybridCache, Utf8};
+    /// # let client = redis::Client::open("redis://127.0.0.1:6379/").unwrap(); // connects later
+    /// let builder = HybridCache::<String, String, (), _>::builder(client, "app:", Utf8)
+    ///     .lease(Duration::from_secs(2));
+    /// assert!(format!("{builder:?}").contains("lease: 2s"));
+    /// ```
     pub fn lease(mut self, lease: Duration) -> Self {
         self.config.lease = lease;
         self
@@ -176,6 +223,15 @@ where
 
     /// The bound on each Redis round trip (connecting included). Past it the round trip
     /// counts as an L2 error and the read goes on without Redis. Default 250 ms.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use deferred_redis::{HybridCache, Utf8};
+    /// # let client = redis::Client::open("redis://127.0.0.1:6379/").unwrap(); // connects later
+    /// let builder = HybridCache::<String, String, (), _>::builder(client, "app:", Utf8)
+    ///     .op_timeout(Duration::from_millis(100));
+    /// assert!(format!("{builder:?}").contains("op_timeout: 100ms"));
+    /// ```
     pub fn op_timeout(mut self, timeout: Duration) -> Self {
         self.config.op_timeout = timeout;
         self
@@ -183,6 +239,15 @@ where
 
     /// How often a load waiting on another's lease asks Redis again when no backplane
     /// message woke it. Default 100 ms.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use deferred_redis::{HybridCache, Utf8};
+    /// # let client = redis::Client::open("redis://127.0.0.1:6379/").unwrap(); // connects later
+    /// let builder = HybridCache::<String, String, (), _>::builder(client, "app:", Utf8)
+    ///     .poll_interval(Duration::from_millis(50));
+    /// assert!(format!("{builder:?}").contains("poll_interval: 50ms"));
+    /// ```
     pub fn poll_interval(mut self, interval: Duration) -> Self {
         self.config.poll_interval = interval;
         self
@@ -190,6 +255,15 @@ where
 
     /// How long a load waits on another's lease before running its loader locally.
     /// Default 30 s.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use deferred_redis::{HybridCache, Utf8};
+    /// # let client = redis::Client::open("redis://127.0.0.1:6379/").unwrap(); // connects later
+    /// let builder = HybridCache::<String, String, (), _>::builder(client, "app:", Utf8)
+    ///     .max_wait(Duration::from_secs(5));
+    /// assert!(format!("{builder:?}").contains("max_wait: 5s"));
+    /// ```
     pub fn max_wait(mut self, wait: Duration) -> Self {
         self.config.max_wait = wait;
         self
@@ -197,6 +271,15 @@ where
 
     /// After a failed connection, how long calls skip Redis before one tries again.
     /// Default 250 ms.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use deferred_redis::{HybridCache, Utf8};
+    /// # let client = redis::Client::open("redis://127.0.0.1:6379/").unwrap(); // connects later
+    /// let builder = HybridCache::<String, String, (), _>::builder(client, "app:", Utf8)
+    ///     .reconnect_backoff(Duration::from_secs(1));
+    /// assert!(format!("{builder:?}").contains("reconnect_backoff: 1s"));
+    /// ```
     pub fn reconnect_backoff(mut self, backoff: Duration) -> Self {
         self.config.reconnect_backoff = backoff;
         self
@@ -206,6 +289,15 @@ where
     /// writes reach this L1 only when its copies expire (`l1_time_to_live`), and loads
     /// waiting on another process's lease find its value by polling (`poll_interval`).
     /// This cache still announces its own writes to the others.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use deferred_redis::{HybridCache, Utf8};
+    /// # let client = redis::Client::open("redis://127.0.0.1:6379/").unwrap(); // connects later
+    /// let builder = HybridCache::<String, String, (), _>::builder(client, "app:", Utf8)
+    ///     .backplane(false);
+    /// assert!(format!("{builder:?}").contains("backplane: false"));
+    /// ```
     pub fn backplane(mut self, subscribe: bool) -> Self {
         self.config.backplane = subscribe;
         self
@@ -216,6 +308,15 @@ where
     /// resubscribes, and then drops the L1's values, since messages may have been missed.
     /// Without it a connection that hangs without closing (a network partition) would look
     /// subscribed forever.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use deferred_redis::{HybridCache, Utf8};
+    /// # let client = redis::Client::open("redis://127.0.0.1:6379/").unwrap(); // connects later
+    /// let builder = HybridCache::<String, String, (), _>::builder(client, "app:", Utf8)
+    ///     .backplane_ping(Duration::from_millis(500));
+    /// assert!(format!("{builder:?}").contains("backplane_ping: 500ms"));
+    /// ```
     pub fn backplane_ping(mut self, every: Duration) -> Self {
         self.config.backplane_ping = every;
         self
@@ -224,7 +325,25 @@ where
     /// The cache, with its backplane task spawned on the current tokio runtime. Connects to
     /// nothing yet: the first read does (so a cache built while Redis is down works, on its
     /// L1 and loader alone, until Redis is back).
-    pub fn build(self) -> Result<HybridCache<V, E, C>, BuildError> {
+    ///
+    /// Fails outside a tokio runtime ([`BuildError::NoRuntime`]), or with a setting out of
+    /// range ([`BuildError::Invalid`]: a zero time to live, `op_timeout`, `poll_interval`,
+    /// `backplane_ping` or `cache_errors_for`, a lease under 3 ms).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use deferred_redis::{BuildError, HybridCache, Utf8};
+    /// let client = redis::Client::open("redis://127.0.0.1:6379/").unwrap(); // connects later
+    /// let builder = || HybridCache::<String, String, (), _>::builder(client.clone(), "app:", Utf8);
+    /// assert!(matches!(builder().build(), Err(BuildError::NoRuntime)));
+    /// let runtime = tokio::runtime::Runtime::new().unwrap();
+    /// let _inside = runtime.enter();
+    /// let zero = builder().time_to_live(Duration::ZERO).build();
+    /// assert!(matches!(zero, Err(BuildError::Invalid(_))));
+    /// let cache = builder().backplane(false).build().unwrap(); // no connection yet
+    /// assert!(!cache.contains_local("k"));
+    /// ```
+    pub fn build(self) -> Result<HybridCache<K, V, E, C>, BuildError> {
         let handle = tokio::runtime::Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
         let c = &self.config;
         let zero = |d: Duration| d.is_zero();
@@ -297,22 +416,33 @@ where
 /// Needs a tokio runtime: reads, writes and the backplane run on it. A cheap `Clone` (an
 /// `Arc` inside); the backplane task ends when the last handle is dropped.
 ///
+/// `HybridCache<K, V, E, C>`: keys `K`, values `V`, loader errors `E`, and the values'
+/// [`Codec`] `C`. A key is any [`RedisKey`] (`String`, `Box<str>`, `Arc<str>`, the integer
+/// types, or a type of your own): the L1 is keyed by `K` itself, and Redis by the key's text
+/// ([`WriteKey`]: `{prefix}v:{text}`, `{prefix}l:{text}`), which the backplane's messages
+/// carry and each process reads back into a `K` ([`RedisKey::read_key`]) to drop its L1
+/// entry. A `String` key's text is the string itself. The methods that only look a key up or
+/// remove it take a borrowed form (`&str` for a `String` key), as `HashMap`'s do; those that
+/// store one take `impl Into<K>` (`"k"` for a `String` key; `7_u64`, or a `u64` variable, for
+/// a `u64` key: a bare literal `7` is an `i32`). An L1 hit writes no text: on a hit an
+/// integer key allocates nothing.
+///
 /// ```no_run
 /// // `no_run`: needs a Redis server at this address.
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 /// use deferred_redis::{HybridCache, Utf8};
 /// let client = redis::Client::open("redis://127.0.0.1:6379/")?;
-/// let users: HybridCache<String, std::io::Error, Utf8> =
+/// let users: HybridCache<String, String, std::io::Error, Utf8> =
 ///     HybridCache::builder(client, "users:", Utf8).build()?;
 /// let name = users.get_with("7", || async { Ok("Ada".to_string()) }).await?;
 /// assert_eq!(name, "Ada");
 /// # Ok(()) }
 /// ```
-pub struct HybridCache<V, E, C> {
-    pub(crate) inner: Arc<Inner<V, E, C>>,
+pub struct HybridCache<K, V, E, C> {
+    pub(crate) inner: Arc<Inner<K, V, E, C>>,
 }
 
-impl<V, E, C> Clone for HybridCache<V, E, C> {
+impl<K, V, E, C> Clone for HybridCache<K, V, E, C> {
     fn clone(&self) -> Self {
         HybridCache {
             inner: Arc::clone(&self.inner),
@@ -320,7 +450,7 @@ impl<V, E, C> Clone for HybridCache<V, E, C> {
     }
 }
 
-impl<V, E, C> fmt::Debug for HybridCache<V, E, C> {
+impl<K, V, E, C> fmt::Debug for HybridCache<K, V, E, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HybridCache")
             .field("prefix", &self.inner.prefix)
@@ -339,11 +469,11 @@ struct Scripts {
     write: Script,
 }
 
-pub(crate) struct Inner<V, E, C> {
-    pub(crate) l1: ExpiringCache<String, Tiered<V>, E>,
+pub(crate) struct Inner<K, V, E, C> {
+    pub(crate) l1: ExpiringCache<K, Tiered<V>, E>,
     codec: C,
     pub(crate) config: Config,
-    pub(crate) ttl_policy: Option<Arc<dyn TtlPolicy<V>>>,
+    pub(crate) ttl_policy: Option<Arc<dyn TtlPolicy<K, V>>>,
     prefix: String,
     pub(crate) channel: String,
     pub(crate) client: Client,
@@ -355,8 +485,10 @@ pub(crate) struct Inner<V, E, C> {
     failed_at: Mutex<Option<Instant>>,
     scripts: Scripts,
     pub(crate) counters: Counters,
-    /// The loads of this process waiting on another's lease, by key: a backplane message
-    /// about the key wakes them at once instead of at their next poll.
+    /// The loads of this process waiting on another's lease, by the key's text (what the
+    /// backplane's messages carry, so a message finds its waiters without reading a `K`
+    /// back): a backplane message about the key wakes them at once instead of at their next
+    /// poll.
     /// With each, how many loads hold it (counted under the lock, so that the last one to
     /// go removes it: `Arc::strong_count` read there could not tell, since two loads that
     /// end at once could each see the other's reference and both leave the entry behind).
@@ -524,8 +656,8 @@ where
 /// The L1's expiry: each value's own `ttl`, from when the L1 got it.
 struct L1Expiry;
 
-impl<V: 'static> deferred_expiring::Expiry<String, Tiered<V>> for L1Expiry {
-    fn expire_after_create(&self, _: &String, value: &Tiered<V>, _: Duration) -> Option<Duration> {
+impl<K, V: 'static> deferred_expiring::Expiry<K, Tiered<V>> for L1Expiry {
+    fn expire_after_create(&self, _: &K, value: &Tiered<V>, _: Duration) -> Option<Duration> {
         Some(value.ttl)
     }
 }
@@ -587,8 +719,9 @@ pub(crate) fn after(d: Duration) -> tokio::time::Instant {
         .unwrap_or(now)
 }
 
-impl<V, E, C> HybridCache<V, E, C>
+impl<K, V, E, C> HybridCache<K, V, E, C>
 where
+    K: RedisKey,
     V: Clone + Send + Sync + 'static,
     E: Send + Sync + 'static,
     C: Codec<V>,
@@ -598,21 +731,23 @@ where
     ///
     /// Two caches with different prefixes share nothing (values, leases, generation,
     /// backplane channel); two with the same prefix, in one process or many, are one cache.
-    /// Except: a prefix that equals another plus `v:` or `l:` (`app:` and `app:v:`) shares
-    /// keys with it, since the keys are `{prefix}v:{key}`, `{prefix}l:{key}` and
-    /// `{prefix}gen`.
+    /// Except: a prefix that starts with another followed by `v:` or `l:` (`app:` and
+    /// `app:v:`, or `app:` and `app:v:users:`) shares keys with it, since the keys are
+    /// `{prefix}v:{key}`, `{prefix}l:{key}` and `{prefix}gen` (`{key}`: the key's text, as
+    /// [`WriteKey`] writes it): `app:v:users:`'s key `1` is `app:`'s key `users:v:1`.
     ///
     /// ```
     /// use std::time::Duration;
     /// use deferred_redis::{HybridCache, Decimal};
     /// let client = redis::Client::open("redis://127.0.0.1:6379/").unwrap(); // connects later
-    /// let builder = HybridCache::<u64, String, _>::builder(client, "scores:", Decimal)
+    /// // Keyed by `u64` player ids: in Redis, `scores:v:{id}`.
+    /// let builder = HybridCache::<u64, u64, String, _>::builder(client, "scores:", Decimal)
     ///     .time_to_live(Duration::from_secs(60))
     ///     .lease(Duration::from_secs(2))
     ///     .op_timeout(Duration::from_millis(100));
     /// # let _ = builder;
     /// ```
-    pub fn builder(client: Client, prefix: impl Into<String>, codec: C) -> Builder<V, E, C> {
+    pub fn builder(client: Client, prefix: impl Into<String>, codec: C) -> Builder<K, V, E, C> {
         Builder {
             client,
             prefix: prefix.into(),
@@ -654,7 +789,7 @@ where
     /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
     /// use deferred_redis::{HybridCache, Raw};
     /// let client = redis::Client::open("redis://127.0.0.1:6379/")?;
-    /// let pages: HybridCache<Vec<u8>, std::io::Error, Raw> =
+    /// let pages: HybridCache<String, Vec<u8>, std::io::Error, Raw> =
     ///     HybridCache::builder(client, "pages:", Raw).build()?;
     /// let page = pages.get_with("/", || async { Ok(b"<html>".to_vec()) }).await?;
     /// assert_eq!(page, b"<html>");
@@ -666,18 +801,33 @@ where
     #[inline]
     pub fn get_with<'a, F, Fut>(
         &'a self,
-        key: impl Into<String>,
+        key: impl Into<K>,
         loader: F,
     ) -> impl Future<Output = Result<V, LoadError<E>>> + 'a
     where
         F: FnOnce() -> Fut + 'a,
         Fut: Future<Output = Result<V, E>> + Send + 'static,
     {
+        self.get_with_key(key.into(), move |_: &K| loader())
+    }
+
+    /// `get_with` whose loader gets the key (on a miss only): `HybridLoadingCache::get`.
+    #[inline]
+    pub(crate) fn get_with_key<'a, F, Fut>(
+        &'a self,
+        key: K,
+        loader: F,
+    ) -> impl Future<Output = Result<V, LoadError<E>>> + 'a
+    where
+        F: FnOnce(&K) -> Fut + 'a,
+        Fut: Future<Output = Result<V, E>> + Send + 'static,
+    {
         let inner = &self.inner;
-        let read = self.inner.l1.get_with_key(key.into(), move |key: &String| {
-            // On a miss only: a hit neither clones the key nor touches the tier.
+        let read = self.inner.l1.get_with_key(key, move |key: &K| {
+            // On a miss only: a hit neither clones the key, nor writes its text, nor touches
+            // the tier.
             let (inner, load_key) = (Arc::clone(inner), key.clone());
-            let load = loader();
+            let load = loader(key);
             // Boxed as `dyn Send`: the compiler then proves the load `Send` here, once,
             // instead of failing to in callers' spawned futures ("`Send` is not general
             // enough", a known limit with references held across awaits). One allocation
@@ -713,7 +863,7 @@ where
     /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
     /// use deferred_redis::{HybridCache, Utf8};
     /// let client = redis::Client::open("redis://127.0.0.1:6379/")?;
-    /// let users: HybridCache<String, std::convert::Infallible, Utf8> =
+    /// let users: HybridCache<String, String, std::convert::Infallible, Utf8> =
     ///     HybridCache::builder(client, "users:", Utf8).build()?;
     /// let find = |id: u32| async move { (id < 100).then(|| format!("user {id}")) };
     /// assert_eq!(users.optionally_get_with("7", || find(7)).await?, Some("user 7".into()));
@@ -726,7 +876,7 @@ where
     #[inline]
     pub fn optionally_get_with<'a, F, Fut>(
         &'a self,
-        key: impl Into<String>,
+        key: impl Into<K>,
         loader: F,
     ) -> impl Future<Output = Result<Option<V>, LoadError<E>>> + 'a
     where
@@ -735,7 +885,7 @@ where
     {
         let key = key.into();
         // The L1's `optionally_get_with` does not hand its loader the key: one clone per
-        // call, hit or miss.
+        // call, hit or miss (nothing for an integer key).
         let (inner, load_key) = (&self.inner, key.clone());
         let read = self.inner.l1.optionally_get_with(key, move || {
             let inner = Arc::clone(inner);
@@ -760,12 +910,12 @@ where
     /// // `no_run`: needs a Redis server at this address.
     /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
     /// # let client = redis::Client::open("redis://127.0.0.1:6379/")?;
-    /// # let cache: deferred_redis::HybridCache<String, (), _> =
+    /// # let cache: deferred_redis::HybridCache<String, String, (), _> =
     /// #     deferred_redis::HybridCache::builder(client, "app:", deferred_redis::Utf8).build()?;
     /// cache.insert("greeting", "hello".to_string()).await?;
     /// # Ok(()) }
     /// ```
-    pub async fn insert(&self, key: impl Into<String>, value: V) -> Result<(), L2Error> {
+    pub async fn insert(&self, key: impl Into<K>, value: V) -> Result<(), L2Error> {
         let key = key.into();
         // Encoded first: a value that cannot go to Redis does not go into this L1 either,
         // or this process would read it while every other one reads Redis's.
@@ -783,18 +933,24 @@ where
 
     /// Removes `key` from this L1, from Redis, and (through the backplane) from every other
     /// process's L1. A load of the key in flight anywhere finishes for its callers but its
-    /// value is not stored. `Err`: the L1 was cleared, Redis was not.
+    /// value is not stored. `Err`: the L1 was cleared, Redis was not. Takes the key borrowed
+    /// (`&str` for a `String` key, `&7` for a `u64` one), written straight into the Redis
+    /// key names and the message.
     ///
     /// ```no_run
     /// // `no_run`: needs a Redis server at this address.
     /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
     /// # let client = redis::Client::open("redis://127.0.0.1:6379/")?;
-    /// # let cache: deferred_redis::HybridCache<String, (), _> =
+    /// # let cache: deferred_redis::HybridCache<String, String, (), _> =
     /// #     deferred_redis::HybridCache::builder(client, "app:", deferred_redis::Utf8).build()?;
     /// cache.invalidate("greeting").await?;
     /// # Ok(()) }
     /// ```
-    pub async fn invalidate(&self, key: &str) -> Result<(), L2Error> {
+    pub async fn invalidate<Q>(&self, key: &Q) -> Result<(), L2Error>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + WriteKey + ?Sized,
+    {
         self.inner.l1.invalidate(key);
         let written = self.inner.write(key, None, self.inner.config.ttl).await;
         // A read of this cache that started after the first invalidation may have copied
@@ -814,7 +970,7 @@ where
     /// // `no_run`: needs a Redis server at this address.
     /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
     /// # let client = redis::Client::open("redis://127.0.0.1:6379/")?;
-    /// # let cache: deferred_redis::HybridCache<String, (), _> =
+    /// # let cache: deferred_redis::HybridCache<String, String, (), _> =
     /// #     deferred_redis::HybridCache::builder(client, "app:", deferred_redis::Utf8).build()?;
     /// cache.invalidate_all().await?;
     /// # Ok(()) }
@@ -836,13 +992,17 @@ where
     /// // `no_run`: needs a Redis server at this address.
     /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
     /// # let client = redis::Client::open("redis://127.0.0.1:6379/")?;
-    /// # let cache: deferred_redis::HybridCache<String, (), _> =
+    /// # let cache: deferred_redis::HybridCache<String, String, (), _> =
     /// #     deferred_redis::HybridCache::builder(client, "app:", deferred_redis::Utf8).build()?;
     /// cache.insert("k", "v".to_string()).await?;
     /// assert!(cache.contains_local("k"));
     /// # Ok(()) }
     /// ```
-    pub fn contains_local(&self, key: &str) -> bool {
+    pub fn contains_local<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         self.inner.l1.contains_key(key)
     }
 
@@ -859,7 +1019,7 @@ where
     /// // `no_run`: needs a Redis server at this address.
     /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
     /// # let client = redis::Client::open("redis://127.0.0.1:6379/")?;
-    /// # let cache: deferred_redis::HybridCache<String, (), _> =
+    /// # let cache: deferred_redis::HybridCache<String, String, (), _> =
     /// #     deferred_redis::HybridCache::builder(client, "app:", deferred_redis::Utf8).build()?;
     /// assert!(cache.backplane_ready(std::time::Duration::from_secs(1)).await);
     /// # Ok(()) }
@@ -876,7 +1036,7 @@ where
     /// // `no_run`: needs a Redis server at this address.
     /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
     /// # let client = redis::Client::open("redis://127.0.0.1:6379/")?;
-    /// # let cache: deferred_redis::HybridCache<String, (), _> =
+    /// # let cache: deferred_redis::HybridCache<String, String, (), _> =
     /// #     deferred_redis::HybridCache::builder(client, "app:", deferred_redis::Utf8).build()?;
     /// let stats = cache.stats();
     /// println!("{} L2 errors, {} lease waits", stats.l2_errors, stats.lease_waits);
@@ -888,13 +1048,13 @@ where
 }
 
 /// Deregisters a waiting load from `Inner::waiters` when it ends, however it ends.
-struct Waiting<'a, V, E, C> {
-    inner: &'a Inner<V, E, C>,
+struct Waiting<'a, K, V, E, C> {
+    inner: &'a Inner<K, V, E, C>,
     key: &'a str,
     notify: Arc<Notify>,
 }
 
-impl<V, E, C> Drop for Waiting<'_, V, E, C> {
+impl<K, V, E, C> Drop for Waiting<'_, K, V, E, C> {
     fn drop(&mut self) {
         let mut waiters = self
             .inner
@@ -915,20 +1075,22 @@ impl<V, E, C> Drop for Waiting<'_, V, E, C> {
 /// Releases the lease if the load that holds it ends without writing: a loader that
 /// panicked, or a load dropped by its last caller. Runs the release on the runtime, since
 /// a drop cannot wait.
-struct LeaseGuard<V, E, C>
+struct LeaseGuard<K, V, E, C>
 where
+    K: RedisKey,
     V: Clone + Send + Sync + 'static,
     E: Send + Sync + 'static,
     C: Codec<V>,
 {
-    inner: Arc<Inner<V, E, C>>,
+    inner: Arc<Inner<K, V, E, C>>,
     key: String,
     token: String,
     armed: bool,
 }
 
-impl<V, E, C> Drop for LeaseGuard<V, E, C>
+impl<K, V, E, C> Drop for LeaseGuard<K, V, E, C>
 where
+    K: RedisKey,
     V: Clone + Send + Sync + 'static,
     E: Send + Sync + 'static,
     C: Codec<V>,
@@ -947,18 +1109,28 @@ where
     }
 }
 
-impl<V, E, C> Inner<V, E, C>
+impl<K, V, E, C> Inner<K, V, E, C>
 where
+    K: RedisKey,
     V: Clone + Send + Sync + 'static,
     E: Send + Sync + 'static,
     C: Codec<V>,
 {
-    fn value_key(&self, key: &str) -> String {
-        format!("{}v:{key}", self.prefix)
+    /// `{prefix}{part}{key}`: the key's value (`v:`) or lease (`l:`) in Redis.
+    fn redis_key<Q: WriteKey + ?Sized>(&self, part: &str, key: &Q) -> String {
+        let mut name = String::with_capacity(self.prefix.len() + part.len() + 16);
+        name.push_str(&self.prefix);
+        name.push_str(part);
+        key.write_key(&mut name);
+        name
     }
 
-    fn lease_key(&self, key: &str) -> String {
-        format!("{}l:{key}", self.prefix)
+    fn value_key<Q: WriteKey + ?Sized>(&self, key: &Q) -> String {
+        self.redis_key("v:", key)
+    }
+
+    fn lease_key<Q: WriteKey + ?Sized>(&self, key: &Q) -> String {
+        self.redis_key("l:", key)
     }
 
     /// The prefix's generation: bumped by every `invalidate_all`, so that a load whose lease
@@ -967,13 +1139,13 @@ where
         format!("{}gen", self.prefix)
     }
 
-    /// A backplane message: kind, this cache's origin, the key.
-    pub(crate) fn message(&self, kind: u8, key: &str) -> Vec<u8> {
-        let mut message = Vec::with_capacity(1 + self.origin.len() + key.len());
-        message.push(kind);
-        message.extend_from_slice(self.origin.as_bytes());
-        message.extend_from_slice(key.as_bytes());
-        message
+    /// A backplane message: kind (an ASCII letter), this cache's origin, the key.
+    pub(crate) fn message<Q: WriteKey + ?Sized>(&self, kind: u8, key: &Q) -> Vec<u8> {
+        let mut message = String::with_capacity(1 + self.origin.len() + 16);
+        message.push(char::from(kind));
+        message.push_str(&self.origin);
+        key.write_key(&mut message);
+        message.into_bytes()
     }
 
     fn token(&self) -> String {
@@ -1104,12 +1276,15 @@ where
 
     /// The L1's load of `key`: Redis, else the lease and `load`, else a wait. `load` gives
     /// `get_with`'s `Result<V, E>` or `optionally_get_with`'s `Option<V>` (see `Loaded`).
-    async fn load<O, Fut>(self: Arc<Self>, key: String, load: Fut) -> O::Tiered
+    async fn load<O, Fut>(self: Arc<Self>, key: K, load: Fut) -> O::Tiered
     where
         O: Loaded<V>,
         Fut: Future<Output = O> + Send,
     {
-        let value_key = self.value_key(&key);
+        // The key's text, written once for the load's names, messages and waiters.
+        let mut text = String::new();
+        key.write_key(&mut text);
+        let value_key = self.value_key(text.as_str());
         let mut asking = Asking {
             deadline: after(self.config.max_wait),
             waited: false,
@@ -1124,35 +1299,33 @@ where
             Round::Failed => Next::Local,
             // No value, or one this cache cannot read (`answer` noted it for the script).
             _ => {
-                let lease_key = self.lease_key(&key);
+                let lease_key = self.lease_key(text.as_str());
                 token = self.token();
-                self.ask(&key, (&value_key, &lease_key), &token, &mut asking)
+                self.ask(&text, (&value_key, &lease_key), &token, &mut asking)
                     .await
             }
         };
-        let (outcome, fenced) = match next {
+        let (outcome, l1_ttl) = match next {
             Next::Found(tiered) => return O::found(tiered),
             Next::Lead(generation) => {
                 Arc::clone(&self)
-                    .lead(key.clone(), token, generation, load)
+                    .lead(&key, text, token, generation, load)
                     .await
             }
             Next::Local => {
                 // Redis failed (fail-safe), or the wait ran past `max_wait`.
                 bump(&self.counters.local_fallbacks);
-                (load.await, false)
+                (load.await, None)
             }
         };
         outcome.tier(|value| {
-            // A value loaded here lives in the L1 as it does in Redis (if it got there). One
-            // whose write was refused lost to a write elsewhere (writes win): its callers
-            // have it, but the L1 keeps nothing over that write, whether or not the
-            // backplane brings its announcement (it may be off, or resubscribing).
-            let ttl = if fenced {
-                Duration::ZERO
-            } else {
-                self.l1_ttl_for(self.ttl_for(&key, &value))
-            };
+            // A value loaded here lives in the L1 as it does in Redis (if it got there): the
+            // TTL `lead` gave Redis, the policy asked once per value (it may answer
+            // differently from call to call). One whose write was refused lost to a write
+            // elsewhere (writes win): its callers have it, but the L1 keeps nothing over
+            // that write (`lead` gives zero), whether or not the backplane brings its
+            // announcement (it may be off, or resubscribing).
+            let ttl = l1_ttl.unwrap_or_else(|| self.l1_ttl_for(self.ttl_for(&key, &value)));
             Tiered { value, ttl }
         })
     }
@@ -1307,36 +1480,43 @@ where
     }
 
     /// Runs `load` holding the lease (renewing it), then writes its value, fenced; an error
-    /// or a `None` is written nowhere and hands the lease back. The flag: whether the write
-    /// was refused (fenced), the lease having gone to a write or another load meanwhile.
+    /// or a `None` is written nowhere and hands the lease back. With the outcome, the L1
+    /// TTL of its value when the TTL policy was asked for the write (so that it is asked
+    /// once per value, and the L1 copy never outlives the Redis value): zero if the write
+    /// was refused (fenced: the lease went to a write or another load meanwhile). `key` is
+    /// the key (for the TTL policy), `text` what it writes.
     async fn lead<O, Fut>(
         self: Arc<Self>,
-        key: String,
+        key: &K,
+        text: String,
         token: String,
         generation: Vec<u8>,
         load: Fut,
-    ) -> (O, bool)
+    ) -> (O, Option<Duration>)
     where
         O: Loaded<V>,
         Fut: Future<Output = O> + Send,
     {
         let mut guard = LeaseGuard {
             inner: Arc::clone(&self),
-            key: key.clone(),
+            key: text.clone(),
             token: token.clone(),
             armed: true,
         };
-        let outcome = self.run_renewing(&key, &token, load).await;
-        let mut fenced = false;
+        let outcome = self.run_renewing(&text, &token, load).await;
+        let mut l1_ttl = None;
         if let Some(value) = outcome.value() {
             match self.codec.encode(value) {
                 Ok(bytes) => {
-                    let ttl = self.ttl_for(&key, value);
-                    if let Ok(written) = self.commit(&key, &token, &generation, bytes, ttl).await {
+                    let ttl = self.ttl_for(key, value);
+                    l1_ttl = Some(self.l1_ttl_for(ttl));
+                    if let Ok(written) = self.commit(&text, &token, &generation, bytes, ttl).await {
                         // Written, or refused because the lease is not ours any more:
                         // either way there is nothing left to release.
                         guard.armed = false;
-                        fenced = !written;
+                        if !written {
+                            l1_ttl = Some(Duration::ZERO);
+                        }
                     }
                 }
                 Err(_) => bump(&self.counters.encode_errors),
@@ -1347,9 +1527,9 @@ where
             // cached either), a value that did not encode, or a commit whose outcome is
             // unknown: hand the lease back (announced, 'R') so a waiter can go on.
             guard.armed = false;
-            self.release(&key, &token).await;
+            self.release(&text, &token).await;
         }
-        (outcome, fenced)
+        (outcome, l1_ttl)
     }
 
     async fn run_renewing<O, Fut>(&self, key: &str, token: &str, load: Fut) -> O
@@ -1480,7 +1660,12 @@ where
     }
 
     /// `insert` (`Some`) or `invalidate` (`None`) in Redis, announced.
-    async fn write(&self, key: &str, bytes: Option<Vec<u8>>, ttl: Duration) -> Result<(), L2Error> {
+    async fn write<Q: WriteKey + ?Sized>(
+        &self,
+        key: &Q,
+        bytes: Option<Vec<u8>>,
+        ttl: Duration,
+    ) -> Result<(), L2Error> {
         let value_key = self.value_key(key);
         let lease_key = self.lease_key(key);
         let ttl_ms = millis(ttl);

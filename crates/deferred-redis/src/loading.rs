@@ -2,11 +2,11 @@
 
 use std::{fmt, future::Future, ops::Deref, pin::Pin, sync::Arc};
 
-use crate::{BuildError, Builder, Codec, HybridCache, LoadError};
+use crate::{BuildError, Builder, Codec, HybridCache, LoadError, RedisKey};
 
 /// The loader's future, boxed: made only on an L1 miss that goes on to load.
 type BoxFuture<V, E> = Pin<Box<dyn Future<Output = Result<V, E>> + Send>>;
-type DynLoader<V, E> = Arc<dyn Fn(&str) -> BoxFuture<V, E> + Send + Sync>;
+type DynLoader<K, V, E> = Arc<dyn Fn(&K) -> BoxFuture<V, E> + Send + Sync>;
 
 /// A [`HybridCache`] with one loader for every key, set at build
 /// ([`Builder::build_with_loader`]): [`get`](Self::get) reads the L1, then Redis, and runs
@@ -20,8 +20,8 @@ type DynLoader<V, E> = Arc<dyn Fn(&str) -> BoxFuture<V, E> + Send + Sync>;
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 /// use deferred_redis::{HybridCache, HybridLoadingCache, Decimal};
 /// let client = redis::Client::open("redis://127.0.0.1:6379/")?;
-/// let lengths: HybridLoadingCache<u64, std::io::Error, Decimal> =
-///     HybridCache::builder(client, "lengths:", Decimal).build_with_loader(|key: &str| {
+/// let lengths: HybridLoadingCache<String, u64, std::io::Error, Decimal> =
+///     HybridCache::builder(client, "lengths:", Decimal).build_with_loader(|key: &String| {
 ///         let n = key.len() as u64;
 ///         async move { Ok(n) }
 ///     })?;
@@ -29,13 +29,14 @@ type DynLoader<V, E> = Arc<dyn Fn(&str) -> BoxFuture<V, E> + Send + Sync>;
 /// assert_eq!(lengths.get_if_present("four"), Some(4)); // now in this process's L1
 /// # Ok(()) }
 /// ```
-pub struct HybridLoadingCache<V, E, C> {
-    cache: HybridCache<V, E, C>,
-    loader: DynLoader<V, E>,
+pub struct HybridLoadingCache<K, V, E, C> {
+    cache: HybridCache<K, V, E, C>,
+    loader: DynLoader<K, V, E>,
 }
 
-impl<V, E, C> Builder<V, E, C>
+impl<K, V, E, C> Builder<K, V, E, C>
 where
+    K: RedisKey,
     V: Clone + Send + Sync + 'static,
     E: Send + Sync + 'static,
     C: Codec<V>,
@@ -48,13 +49,13 @@ where
     /// // `no_run`: the loader runs only against a Redis server (this one connects later).
     /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
     /// let client = redis::Client::open("redis://127.0.0.1:6379/")?;
-    /// let users = deferred_redis::HybridCache::<String, std::io::Error, _>::builder(
+    /// let users = deferred_redis::HybridCache::<String, String, std::io::Error, _>::builder(
     ///     client,
     ///     "users:",
     ///     deferred_redis::Utf8,
     /// )
-    /// .build_with_loader(|id: &str| {
-    ///     let id = id.to_string();
+    /// .build_with_loader(|id: &String| {
+    ///     let id = id.clone();
     ///     async move { Ok(format!("user {id}")) }
     /// })?;
     /// assert_eq!(users.get("7").await?, "user 7");
@@ -63,13 +64,13 @@ where
     pub fn build_with_loader<F, Fut>(
         self,
         loader: F,
-    ) -> Result<HybridLoadingCache<V, E, C>, BuildError>
+    ) -> Result<HybridLoadingCache<K, V, E, C>, BuildError>
     where
-        F: Fn(&str) -> Fut + Send + Sync + 'static,
+        F: Fn(&K) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<V, E>> + Send + 'static,
     {
         let cache = self.build()?;
-        let loader: DynLoader<V, E> = Arc::new(move |key: &str| {
+        let loader: DynLoader<K, V, E> = Arc::new(move |key: &K| {
             let load: BoxFuture<V, E> = Box::pin(loader(key));
             load
         });
@@ -77,8 +78,9 @@ where
     }
 }
 
-impl<V, E, C> HybridLoadingCache<V, E, C>
+impl<K, V, E, C> HybridLoadingCache<K, V, E, C>
 where
+    K: RedisKey,
     V: Clone + Send + Sync + 'static,
     E: Send + Sync + 'static,
     C: Codec<V>,
@@ -93,27 +95,28 @@ where
     /// // `no_run`: needs a Redis server at this address.
     /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
     /// # let client = redis::Client::open("redis://127.0.0.1:6379/")?;
-    /// let doubled = deferred_redis::HybridCache::<u64, String, _>::builder(
+    /// // Keyed by `u64`: in Redis, `doubled:v:21`.
+    /// let doubled = deferred_redis::HybridCache::<u64, u64, String, _>::builder(
     ///     client,
     ///     "doubled:",
     ///     deferred_redis::Decimal,
     /// )
-    /// .build_with_loader(|key: &str| {
-    ///     let parsed = key.parse::<u64>().map_err(|e| e.to_string());
-    ///     async move { parsed.map(|n| n * 2) }
+    /// .build_with_loader(|n: &u64| {
+    ///     let doubled = n.checked_mul(2).ok_or_else(|| format!("{n} is too big"));
+    ///     async move { doubled }
     /// })?;
-    /// assert_eq!(doubled.get("21").await.ok(), Some(42));
-    /// assert!(doubled.get("x").await.is_err());
+    /// assert_eq!(doubled.get(21_u64).await.ok(), Some(42));
+    /// assert!(doubled.get(u64::MAX).await.is_err());
     /// # Ok(()) }
     /// ```
     pub fn get(
         &self,
-        key: impl Into<String>,
+        key: impl Into<K>,
     ) -> impl Future<Output = Result<V, LoadError<E>>> + Send + '_ {
-        let key = key.into();
-        let loader = Arc::clone(&self.loader);
-        let for_loader = key.clone();
-        self.cache.get_with(key, move || loader(&for_loader))
+        // The loader gets the L1's key, on a miss only: a hit clones nothing.
+        let loader = &self.loader;
+        self.cache
+            .get_with_key(key.into(), move |key: &K| loader(key))
     }
 
     /// The [`HybridCache`] underneath (also reached through `Deref`).
@@ -122,20 +125,20 @@ where
     /// // `no_run`: needs a Redis server at this address.
     /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
     /// # let client = redis::Client::open("redis://127.0.0.1:6379/")?;
-    /// let cache = deferred_redis::HybridCache::<String, (), _>::builder(
+    /// let cache = deferred_redis::HybridCache::<String, String, (), _>::builder(
     ///     client, "app:", deferred_redis::Utf8,
     /// )
-    /// .build_with_loader(|_: &str| async { Ok("v".to_string()) })?;
-    /// let plain: &deferred_redis::HybridCache<String, (), _> = cache.as_hybrid();
+    /// .build_with_loader(|_: &String| async { Ok("v".to_string()) })?;
+    /// let plain: &deferred_redis::HybridCache<String, String, (), _> = cache.as_hybrid();
     /// assert_eq!(plain.stats().l2_errors, 0);
     /// # Ok(()) }
     /// ```
-    pub fn as_hybrid(&self) -> &HybridCache<V, E, C> {
+    pub fn as_hybrid(&self) -> &HybridCache<K, V, E, C> {
         &self.cache
     }
 }
 
-impl<V, E, C> Clone for HybridLoadingCache<V, E, C> {
+impl<K, V, E, C> Clone for HybridLoadingCache<K, V, E, C> {
     /// Another handle on the same cache and loader (two `Arc` increments).
     fn clone(&self) -> Self {
         HybridLoadingCache {
@@ -145,15 +148,15 @@ impl<V, E, C> Clone for HybridLoadingCache<V, E, C> {
     }
 }
 
-impl<V, E, C> Deref for HybridLoadingCache<V, E, C> {
-    type Target = HybridCache<V, E, C>;
+impl<K, V, E, C> Deref for HybridLoadingCache<K, V, E, C> {
+    type Target = HybridCache<K, V, E, C>;
 
     fn deref(&self) -> &Self::Target {
         &self.cache
     }
 }
 
-impl<V, E, C> fmt::Debug for HybridLoadingCache<V, E, C> {
+impl<K, V, E, C> fmt::Debug for HybridLoadingCache<K, V, E, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_tuple("HybridLoadingCache")
             .field(&self.cache)

@@ -1,9 +1,12 @@
 //! Reads and removals in this process's L1 alone: no Redis round trip, no backplane message.
 
-use crate::{Codec, HybridCache};
+use std::{borrow::Borrow, hash::Hash};
 
-impl<V, E, C> HybridCache<V, E, C>
+use crate::{Codec, HybridCache, RedisKey};
+
+impl<K, V, E, C> HybridCache<K, V, E, C>
 where
+    K: RedisKey,
     V: Clone + Send + Sync + 'static,
     E: Send + Sync + 'static,
     C: Codec<V>,
@@ -16,14 +19,18 @@ where
     /// // `no_run`: needs a Redis server at this address.
     /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
     /// # let client = redis::Client::open("redis://127.0.0.1:6379/")?;
-    /// # let cache: deferred_redis::HybridCache<String, (), _> =
+    /// # let cache: deferred_redis::HybridCache<String, String, (), _> =
     /// #     deferred_redis::HybridCache::builder(client, "app:", deferred_redis::Utf8).build()?;
     /// assert_eq!(cache.get_if_present("k"), None);
     /// cache.insert("k", "v".to_string()).await?;
     /// assert_eq!(cache.get_if_present("k").as_deref(), Some("v"));
     /// # Ok(()) }
     /// ```
-    pub fn get_if_present(&self, key: &str) -> Option<V> {
+    pub fn get_if_present<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         self.inner.l1.get_if_present(key).map(|tiered| tiered.value)
     }
 
@@ -36,7 +43,7 @@ where
     /// // `no_run`: needs a Redis server at this address.
     /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
     /// # let client = redis::Client::open("redis://127.0.0.1:6379/")?;
-    /// # let cache: deferred_redis::HybridCache<String, (), _> =
+    /// # let cache: deferred_redis::HybridCache<String, String, (), _> =
     /// #     deferred_redis::HybridCache::builder(client, "app:", deferred_redis::Utf8).build()?;
     /// cache.insert("k", "v".to_string()).await?;
     /// assert!(cache.invalidate_local("k"));
@@ -46,7 +53,11 @@ where
     /// assert_eq!(v.ok().as_deref(), Some("v"));
     /// # Ok(()) }
     /// ```
-    pub fn invalidate_local(&self, key: &str) -> bool {
+    pub fn invalidate_local<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         self.inner.l1.invalidate(key)
     }
 }

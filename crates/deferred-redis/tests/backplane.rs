@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use deferred_redis::{HybridCache, Utf8};
 use support::{eventually, server::RedisServer};
 
-type Strings = HybridCache<String, String, Utf8>;
+type Strings = HybridCache<String, String, String, Utf8>;
 
 /// The bound the tests hold the backplane to (the README states it): far above what is
 /// measured, so a loaded machine does not fail it, and still a bound.

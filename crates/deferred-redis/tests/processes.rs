@@ -42,7 +42,7 @@ async fn wait_count(redis: &mut redis::aio::MultiplexedConnection, key: &str, n:
 async fn work(url: String) {
     let client = redis::Client::open(url).unwrap();
     let mut redis = client.get_multiplexed_async_connection().await.unwrap();
-    let cache: HybridCache<String, String, Utf8> =
+    let cache: HybridCache<String, String, String, Utf8> =
         HybridCache::builder(client.clone(), "proc:", Utf8)
             .op_timeout(Duration::from_secs(2))
             .poll_interval(Duration::from_millis(20))
@@ -108,7 +108,7 @@ const SHORT_LEASE: Duration = Duration::from_millis(400);
 async fn die_or_take_over(url: String, dies: bool) {
     let client = redis::Client::open(url).unwrap();
     let mut redis = client.get_multiplexed_async_connection().await.unwrap();
-    let cache: HybridCache<String, String, Utf8> =
+    let cache: HybridCache<String, String, String, Utf8> =
         HybridCache::builder(client.clone(), "dies:", Utf8)
             .lease(SHORT_LEASE)
             .poll_interval(Duration::from_millis(20))

@@ -22,7 +22,7 @@ use redis::Commands;
 use support::{eventually, server::RedisServer};
 use tokio::{sync::Semaphore, task::JoinHandle};
 
-type Strings = HybridCache<String, String, Utf8>;
+type Strings = HybridCache<String, String, String, Utf8>;
 
 /// A bound for waits on conditions that real time decides; never reached when all is well.
 const PATIENCE: Duration = Duration::from_secs(5);
@@ -663,7 +663,7 @@ impl deferred_redis::Codec<String> for Picky {
 async fn an_insert_that_does_not_encode_changes_nothing_anywhere() {
     let server = RedisServer::start();
     let build = || {
-        HybridCache::<String, String, Picky>::builder(server.client(), "picky:", Picky)
+        HybridCache::<String, String, String, Picky>::builder(server.client(), "picky:", Picky)
             .op_timeout(Duration::from_secs(5))
             .build()
             .expect("build inside a runtime")

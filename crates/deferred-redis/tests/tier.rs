@@ -19,7 +19,7 @@ use redis::Commands;
 use support::{eventually, server::RedisServer};
 use tokio::sync::Semaphore;
 
-type Strings = HybridCache<String, String, Utf8>;
+type Strings = HybridCache<String, String, String, Utf8>;
 
 /// A bound for waits on conditions that real time decides; never reached when all is well.
 const PATIENCE: Duration = Duration::from_secs(5);
@@ -328,7 +328,7 @@ async fn a_cache_built_while_redis_is_down_serves_and_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_server_costs_a_call_no_more_than_the_timeout() {
     let server = RedisServer::start();
-    let a = HybridCache::builder(server.client(), "pause:", Utf8)
+    let a: Strings = HybridCache::builder(server.client(), "pause:", Utf8)
         .op_timeout(Duration::from_millis(100))
         .build()
         .unwrap();
@@ -442,7 +442,7 @@ async fn serde_values_cross_the_wire_and_bad_bytes_are_a_miss() {
     // A truncated varint: not a `User` in any version of the program.
     let _: () = raw.set("serde:v:bad", &[0x80_u8][..]).unwrap();
     let make = || {
-        HybridCache::<User, String, Postcard>::builder(server.client(), "serde:", Postcard)
+        HybridCache::<String, User, String, Postcard>::builder(server.client(), "serde:", Postcard)
             .build()
             .unwrap()
     };

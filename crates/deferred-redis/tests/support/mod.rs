@@ -4,7 +4,17 @@
 
 pub mod server;
 
-use std::time::{Duration, Instant};
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use tokio::sync::Semaphore;
 
 /// Polls `condition` every millisecond until it holds or `limit` passes; `true` if it held.
 /// Only for conditions that real time decides (a lease expiring in Redis, a message
@@ -19,5 +29,22 @@ pub async fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) ->
             return false;
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// An `optionally_get_with` loader that counts its runs, waits for `gate`, then answers
+/// `value`.
+pub fn gated_optional(
+    runs: &Arc<AtomicUsize>,
+    gate: &Arc<Semaphore>,
+    value: Option<&'static str>,
+) -> impl FnOnce() -> Pin<Box<dyn Future<Output = Option<String>> + Send>> {
+    let (runs, gate) = (Arc::clone(runs), Arc::clone(gate));
+    move || {
+        Box::pin(async move {
+            runs.fetch_add(1, Ordering::SeqCst);
+            let _permit = gate.acquire().await.ok()?;
+            value.map(str::to_string)
+        })
     }
 }
