@@ -16,6 +16,10 @@ mod policy;
 mod reentrancy;
 mod stats;
 mod stored;
+// Step 1 of docs/value-slots.md: the store and its tests and models, unused by the cache
+// until step 2 moves the cache onto it.
+#[allow(dead_code)]
+mod store;
 mod trace;
 
 pub use bounds::{Key, Shared, Value};

@@ -1,0 +1,442 @@
+//! The store's unit tests, and the loom models of its protocols (docs/value-slots.md,
+//! models 1–3 and 6). The models import `loom` from `deferred_test_support`: built with
+//! `--cfg loom` they explore every interleaving up to the preemption bound
+//! (`cargo test --profile loom -p deferred-cache --lib store::tests::models`); built
+//! without it, each runs once on std threads, a plain test.
+
+use std::{
+    future::Future,
+    panic::{catch_unwind, AssertUnwindSafe},
+    pin::Pin,
+    sync::atomic::Ordering::SeqCst,
+    task::Poll,
+};
+
+use deferred_core::Error;
+use deferred_test_support::{
+    loom::{
+        self,
+        future::block_on,
+        sync::{atomic::AtomicUsize, Arc},
+        thread,
+    },
+    poll_once, quiet_panics_saying, FixedHasher,
+};
+
+use super::{Lookup, Probe, Store, Waiter};
+use crate::error::Failure;
+
+type S = Store<u8, usize, &'static str, FixedHasher>;
+type Outcome = Result<usize, Error<Failure<&'static str>>>;
+type Load = Pin<Box<dyn Future<Output = Result<usize, Failure<&'static str>>> + Send>>;
+
+fn store() -> std::sync::Arc<S> {
+    std::sync::Arc::new(Store::with_capacity_and_hasher(0, FixedHasher::default()))
+}
+
+/// The message of the panics the tests raise on purpose.
+const EXPECTED_PANIC: &str = "store loader panics";
+
+/// Counts a loader's starts, finishes (it returned) and drops (finished or not).
+#[derive(Clone)]
+struct Runs {
+    started: Arc<AtomicUsize>,
+    finished: Arc<AtomicUsize>,
+    dropped: Arc<AtomicUsize>,
+}
+
+struct Guard(Arc<AtomicUsize>);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, SeqCst);
+    }
+}
+
+impl Runs {
+    fn new() -> Self {
+        Runs {
+            started: Arc::new(AtomicUsize::new(0)),
+            finished: Arc::new(AtomicUsize::new(0)),
+            dropped: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    fn counts(&self) -> (usize, usize, usize) {
+        (
+            self.started.load(SeqCst),
+            self.finished.load(SeqCst),
+            self.dropped.load(SeqCst),
+        )
+    }
+
+    /// A load that yields `yields` times (waking itself), then returns `outcome`: a value,
+    /// an error (`Err(Some)`), nothing found (`Err(None)`), or, for `None`, a panic.
+    fn loader(&self, yields: usize, outcome: Option<Result<usize, Option<&'static str>>>) -> Load {
+        let runs = self.clone();
+        Box::pin(async move {
+            runs.started.fetch_add(1, SeqCst);
+            let _guard = Guard(runs.dropped.clone());
+            let mut left = yields;
+            std::future::poll_fn(|cx| {
+                if left == 0 {
+                    Poll::Ready(())
+                } else {
+                    left -= 1;
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
+                }
+            })
+            .await;
+            let outcome = match outcome {
+                Some(Ok(value)) => Ok(value),
+                Some(Err(Some(error))) => Err(Failure::error(error)),
+                Some(Err(None)) => Err(Failure::Absent),
+                None => std::panic::panic_any(EXPECTED_PANIC),
+            };
+            runs.finished.fetch_add(1, SeqCst);
+            outcome
+        })
+    }
+}
+
+/// The waiter of `lookup`, which must be one.
+fn waiter<'a>(
+    lookup: Lookup<'a, u8, usize, &'static str, FixedHasher>,
+) -> Waiter<'a, u8, usize, &'static str, FixedHasher> {
+    match lookup {
+        Lookup::Wait(waiter) => waiter,
+        Lookup::Ready(value) => panic!("a value ({value}), not a load"),
+    }
+}
+
+/// Starts (or joins) the load of `key` with `load`.
+fn load<'a>(
+    store: &'a std::sync::Arc<S>,
+    key: u8,
+    load: Load,
+) -> Lookup<'a, u8, usize, &'static str, FixedHasher> {
+    store.get_or_load(store.hash(&key), key, move |_| load)
+}
+
+fn value(outcome: &Outcome) -> Option<usize> {
+    match outcome {
+        Ok(value) => Some(*value),
+        Err(Error::Cancelled) => panic!("cancelled"),
+        Err(Error::Panicked) => panic!("panicked"),
+        Err(Error::Failed(Failure::Absent)) => panic!("absent"),
+        Err(Error::Failed(_)) => None,
+    }
+}
+
+fn failed(outcome: &Outcome) -> Option<&'static str> {
+    match outcome {
+        Err(Error::Failed(Failure::Error(error))) => Some(**error),
+        _ => None,
+    }
+}
+
+/// Plain tests (loom's atomics work only inside a model).
+#[cfg(not(loom))]
+mod unit {
+    use super::*;
+
+    #[cfg(target_pointer_width = "64")]
+    #[test]
+    fn slot_sizes() {
+        // hash, key, and the state: `Ready { value, meta }` (meta: freq, state and slot, 8
+        // bytes with padding) or `Loading { cell, id, interest }`, 16 bytes each, and the tag.
+        assert_eq!(std::mem::size_of::<crate::store::State<u64, ()>>(), 24);
+        assert_eq!(std::mem::size_of::<crate::store::Slot<u64, u64, ()>>(), 40);
+    }
+
+    #[test]
+    fn a_load_settles_its_own_slot() {
+        let store = store();
+        let runs = Runs::new();
+        let first = waiter(load(&store, 1, runs.loader(1, Some(Ok(10)))));
+        assert!(first.added());
+        assert_eq!(store.probe(&1), Probe::Loading(first.id, 1));
+        assert_eq!(value(&block_on(first)), Some(10));
+        assert_eq!(store.probe(&1), Probe::Ready(10));
+        assert!(matches!(
+            load(&store, 1, runs.loader(0, Some(Ok(11)))),
+            Lookup::Ready(10)
+        ));
+        assert_eq!(store.read(store.hash(&1u8), &1, |v, _| *v), Some(10));
+        assert_eq!(runs.counts(), (1, 1, 1), "one load, finished and dropped");
+        assert_eq!(store.len(), 1);
+    }
+
+    #[test]
+    fn callers_that_miss_at_once_share_one_load() {
+        let store = store();
+        let runs = Runs::new();
+        let first = waiter(load(&store, 1, runs.loader(1, Some(Ok(10)))));
+        let second = waiter(load(&store, 1, runs.loader(0, Some(Ok(20)))));
+        assert!(first.added() && !second.added());
+        assert_eq!(store.probe(&1), Probe::Loading(first.id, 2));
+        let (a, b) = block_on(futures::future::join(first, second));
+        assert_eq!((value(&a), value(&b)), (Some(10), Some(10)));
+        assert_eq!(
+            runs.counts(),
+            (1, 1, 1),
+            "the second loader is dropped unstarted"
+        );
+        assert_eq!(store.probe(&1), Probe::Ready(10));
+    }
+
+    #[test]
+    fn a_failure_reaches_every_waiter_and_is_not_kept() {
+        for (error, found) in [(Some("down"), false), (None, true)] {
+            let store = store();
+            let runs = Runs::new();
+            let first = waiter(load(&store, 1, runs.loader(1, Some(Err(error)))));
+            let second = waiter(load(&store, 1, runs.loader(0, Some(Ok(20)))));
+            let (a, b) = block_on(futures::future::join(first, second));
+            assert_eq!((failed(&a), failed(&b)), (error, error));
+            assert_eq!(
+                matches!(a, Err(Error::Failed(Failure::Absent))),
+                found,
+                "a load that found nothing"
+            );
+            assert_eq!(store.probe(&1), Probe::Absent, "the next read loads again");
+            assert_eq!(runs.counts(), (1, 1, 1));
+        }
+    }
+
+    #[test]
+    fn the_last_waiter_to_leave_removes_the_load_and_drops_it() {
+        let store = store();
+        let runs = Runs::new();
+        let mut first = waiter(load(&store, 1, runs.loader(usize::MAX, Some(Ok(1)))));
+        let mut second = waiter(load(&store, 1, runs.loader(0, Some(Ok(2)))));
+        assert!(poll_once(&mut first).is_pending());
+        assert!(poll_once(&mut second).is_pending());
+        drop(first);
+        assert_eq!(
+            store.probe(&1),
+            Probe::Loading(second.id, 1),
+            "one waiter left"
+        );
+        drop(second);
+        assert_eq!(store.probe(&1), Probe::Absent);
+        assert_eq!(runs.counts(), (1, 0, 1), "dropped unfinished");
+    }
+
+    #[test]
+    fn a_load_whose_slot_was_removed_stores_nothing() {
+        let store = store();
+        let runs = Runs::new();
+        let first = waiter(load(&store, 1, runs.loader(1, Some(Ok(10)))));
+        assert!(store.remove(store.hash(&1u8), &1).is_some());
+        assert_eq!(
+            value(&block_on(first)),
+            Some(10),
+            "the load goes on for its waiter"
+        );
+        assert_eq!(store.probe(&1), Probe::Absent);
+    }
+
+    #[test]
+    fn a_write_over_a_load_wins_and_the_waiters_get_the_load() {
+        let store = store();
+        let runs = Runs::new();
+        let first = waiter(load(&store, 1, runs.loader(1, Some(Ok(10)))));
+        assert!(store.insert(store.hash(&1u8), 1, 20).is_some());
+        assert_eq!(value(&block_on(first)), Some(10));
+        assert_eq!(store.probe(&1), Probe::Ready(20));
+        assert!(store.insert(store.hash(&1u8), 1, 30).is_some());
+        assert!(store.insert(store.hash(&2u8), 2, 40).is_none());
+        assert_eq!((store.probe(&1), store.len()), (Probe::Ready(30), 2));
+    }
+
+    #[test]
+    fn put_absent_stores_once_and_settles_a_load_in_flight() {
+        let store = store();
+        let hash = store.hash(&1u8);
+        assert_eq!(store.put_absent(hash, 1, 10), 10);
+        assert_eq!(
+            store.put_absent(hash, 1, 11),
+            10,
+            "a value there is the key's"
+        );
+
+        let runs = Runs::new();
+        let mut first = waiter(load(&store, 2, runs.loader(usize::MAX, Some(Ok(20)))));
+        assert!(poll_once(&mut first).is_pending());
+        assert_eq!(store.put_absent(store.hash(&2u8), 2, 21), 21);
+        assert_eq!(
+            value(&block_on(first)),
+            Some(21),
+            "the load's waiters get it too"
+        );
+        assert_eq!(store.probe(&2), Probe::Ready(21));
+        assert_eq!(runs.counts(), (1, 0, 1), "the load is dropped unfinished");
+    }
+
+    #[test]
+    fn put_absent_over_a_failed_load_stores_its_value() {
+        let store = store();
+        let runs = Runs::new();
+        let first = waiter(load(&store, 1, runs.loader(0, Some(Err(Some("down"))))));
+        let second = waiter(load(&store, 1, runs.loader(0, Some(Ok(2)))));
+        assert_eq!(failed(&block_on(first)), Some("down"));
+        assert_eq!(store.probe(&1), Probe::Absent);
+        assert_eq!(store.put_absent(store.hash(&1u8), 1, 3), 3);
+        assert_eq!(failed(&block_on(second)), Some("down"));
+        assert_eq!(store.probe(&1), Probe::Ready(3));
+    }
+
+    #[test]
+    fn a_panicking_load_leaves_no_loading_slot() {
+        quiet_panics_saying(EXPECTED_PANIC);
+        let store = store();
+        let runs = Runs::new();
+        let first = waiter(load(&store, 1, runs.loader(0, None)));
+        let mut second = waiter(load(&store, 1, runs.loader(0, Some(Ok(2)))));
+        assert!(catch_unwind(AssertUnwindSafe(|| block_on(first))).is_err());
+        assert_eq!(store.probe(&1), Probe::Absent, "removed while unwinding");
+        assert!(matches!(
+            poll_once(&mut second),
+            Poll::Ready(Err(Error::Panicked))
+        ));
+        assert!(
+            matches!(load(&store, 1, runs.loader(0, Some(Ok(3)))), Lookup::Wait(w) if w.added())
+        );
+    }
+}
+
+/// The loom models of docs/value-slots.md (1–3, 6).
+mod models {
+    use super::*;
+
+    /// Model 1: a load whose `Loading` slot an invalidation removes, racing the load's
+    /// settle, stores nothing; its waiter gets its value all the same.
+    #[test]
+    fn settle_vs_invalidate_of_the_loading_slot_stores_nothing() {
+        loom::model(|| {
+            let store = store();
+            let runs = Runs::new();
+            let first = waiter(load(&store, 1, runs.loader(1, Some(Ok(10)))));
+            let s = store.clone();
+            let t = thread::spawn(move || s.remove(s.hash(&1u8), &1).is_some());
+            let got = block_on(first);
+            let removed = t.join().unwrap();
+            assert_eq!(
+                store.probe(&1),
+                Probe::Absent,
+                "nothing stored after the removal"
+            );
+            assert!(removed, "the slot was there to remove");
+            assert_eq!(value(&got), Some(10));
+            assert_eq!(runs.counts(), (1, 1, 1));
+        });
+    }
+
+    /// Model 2: a write racing a load's settle wins, whichever comes first; the load's
+    /// waiter gets the load's value.
+    #[test]
+    fn settle_vs_insert_keeps_the_insert() {
+        loom::model(|| {
+            let store = store();
+            let runs = Runs::new();
+            let first = waiter(load(&store, 1, runs.loader(1, Some(Ok(10)))));
+            let s = store.clone();
+            let t = thread::spawn(move || drop(s.insert(s.hash(&1u8), 1, 20)));
+            let got = block_on(first);
+            t.join().unwrap();
+            assert_eq!(value(&got), Some(10));
+            assert_eq!(store.probe(&1), Probe::Ready(20));
+            assert_eq!(runs.counts(), (1, 1, 1));
+        });
+    }
+
+    /// Model 3: two waiters each poll once (the load needs two polls) and leave, racing
+    /// each other and the settle: the load is kept (settled to `Ready`) exactly when it
+    /// finished, and removed, its computation dropped, exactly when it did not; no waiter
+    /// is cancelled under another, and no `Loading` slot is left.
+    #[test]
+    fn last_waiter_drop_vs_settle_removes_or_keeps_exactly_once() {
+        loom::model(|| {
+            let store = store();
+            let runs = Runs::new();
+            let mut first = waiter(load(&store, 1, runs.loader(1, Some(Ok(10)))));
+            let (s, r) = (store.clone(), runs.clone());
+            let t = thread::spawn(move || match load(&s, 1, r.loader(1, Some(Ok(10)))) {
+                Lookup::Ready(value) => Poll::Ready(Ok(value)),
+                Lookup::Wait(mut theirs) => poll_once(&mut theirs),
+            });
+            let mine = poll_once(&mut first);
+            drop(first);
+            let theirs = t.join().unwrap();
+            for polled in [&mine, &theirs] {
+                if let Poll::Ready(outcome) = polled {
+                    assert_eq!(
+                        value(outcome),
+                        Some(10),
+                        "never cancelled: {:?}",
+                        outcome.is_err()
+                    );
+                }
+            }
+            let (started, finished, dropped) = runs.counts();
+            assert_eq!(started, dropped, "no load left running");
+            assert!(finished <= 1);
+            let expected = if finished == 1 {
+                Probe::Ready(10)
+            } else {
+                Probe::Absent
+            };
+            assert_eq!(store.probe(&1), expected);
+        });
+    }
+
+    /// Model 6: a load that panics, racing a caller of the same key: that caller gets
+    /// `Panicked` (it joined the load), or the panic (it drove it), or its own load's value
+    /// (it came after the panic); the panicking load's slot is gone once the panic has
+    /// been caught, and no `Loading` slot is left.
+    #[test]
+    fn panicking_load_vs_joiner_leaves_no_loading_slot() {
+        quiet_panics_saying(EXPECTED_PANIC);
+        // One preemption, as the cache's panic models (tests/loom.rs explains: loom's
+        // threads share `std::thread::panicking()`).
+        let mut builder = loom::model::Builder::new();
+        builder.preemption_bound = Some(1);
+        builder.check(|| {
+            let store = store();
+            let runs = Runs::new();
+            let first = waiter(load(&store, 1, runs.loader(0, None)));
+            let id = first.id;
+            let (s, r) = (store.clone(), runs.clone());
+            let t = thread::spawn(move || {
+                catch_unwind(AssertUnwindSafe(|| {
+                    match load(&s, 1, r.loader(0, Some(Ok(2)))) {
+                        Lookup::Ready(value) => Ok(value),
+                        Lookup::Wait(theirs) => block_on(theirs),
+                    }
+                }))
+            });
+            let mine = catch_unwind(AssertUnwindSafe(|| block_on(first)));
+            assert!(
+                !matches!(store.probe(&1), Probe::Loading(i, _) if i == id),
+                "the panicked load's slot is gone"
+            );
+            let theirs = t.join().unwrap();
+            let unwound = usize::from(mine.is_err()) + usize::from(theirs.is_err());
+            assert_eq!(unwound, 1, "the panic unwinds its driver only");
+            if let Ok(mine) = mine {
+                assert!(matches!(mine, Err(Error::Panicked)));
+            }
+            if let Ok(theirs) = theirs {
+                assert!(matches!(theirs, Err(Error::Panicked) | Ok(2)));
+            }
+            assert!(
+                matches!(store.probe(&1), Probe::Absent | Probe::Ready(2)),
+                "no loading slot left"
+            );
+            let (started, _, dropped) = runs.counts();
+            assert_eq!(started, dropped);
+        });
+    }
+}
