@@ -2,22 +2,22 @@
 //! `Lazy` cell only while a load is in flight (docs/value-slots.md).
 //!
 //! A slot is `Ready { value, meta }` (no allocation of its own) or
-//! `Loading { cell, id, interest }`. The protocols, each under one shard's write lock:
+//! `Loading { cell, interest }`. The protocols, each under one shard's write lock:
 //!
 //! * **Load.** A miss puts a `Loading` slot with a fresh cell whose computation is the
-//!   loader, and a load `id` unique in its shard; callers that miss meanwhile join it
-//!   (`interest += 1`). The cell is driven by its waiters, outside the lock.
+//!   loader; the load is known by its cell's address (its [`LoadId`]); callers that miss
+//!   meanwhile join it (`interest += 1`). The cell is driven by its waiters, outside the lock.
 //! * **Settle.** When the loader returns, the computation settles its own slot, once,
 //!   inside the poll that ran it: a value first completes the cell (so that a value put
 //!   by [`Store::put_absent`] and the load's value cannot both win), then, if that won,
-//!   replaces the slot that is still `Loading` with this `id` by `Ready`; an error or a
+//!   replaces the slot that is still `Loading` with this cell by `Ready`; an error or a
 //!   `None` removes that slot first, then fails the cell. A slot that is gone (removed) or
 //!   is another (a write replaced it, a new load) is left alone: nothing is stored.
 //! * **Cancellation.** A waiter that leaves before the load ends takes one `interest`
-//!   back; the last one removes the `Loading` slot with its `id` and aborts the cell, which
+//!   back; the last one removes the `Loading` slot with its cell and aborts the cell, which
 //!   drops the computation.
 //! * **Panics.** The computation's drop guard (`Unsettled`), run while the panic unwinds
-//!   through the poll that drove it, removes the `Loading` slot with its `id`, so the next
+//!   through the poll that drove it, removes the `Loading` slot with its cell, so the next
 //!   read loads again.
 //!
 //! No user code runs under a shard lock but keys' `Eq` and values' `Clone` (as in the
@@ -39,15 +39,21 @@ use crossbeam_utils::CachePadded;
 use deferred_core::{Error, Lazy, OwnedLazyWait, WeakLazy};
 use hashbrown::HashTable;
 
-use crate::{
-    error::Failure,
-    lock::ShardLock,
-    loom::{AtomicU32, Ordering::Relaxed},
-    stored::Meta,
-};
+use crate::{error::Failure, lock::ShardLock, stored::Meta};
 
 /// The cell of a load in flight.
 pub(crate) type LoadCell<V, E> = Lazy<V, Failure<E>>;
+
+/// A load in flight, as its settle, its drop guard and its waiters find its slot: the
+/// address of its cell. Whoever compares one holds a handle to that cell (a waiter a
+/// `Lazy`, the computation and its guard a `WeakLazy`, which keeps the allocation), so no
+/// other cell can have that address meanwhile: unlike a counter, it never wraps onto a
+/// newer load (rev3: a `u32` per shard did, after 2^32 misses in the shard).
+type LoadId = usize;
+
+fn load_id<V, E>(cell: &LoadCell<V, E>) -> LoadId {
+    std::ptr::from_ref(cell.deferred()).cast::<()>() as usize
+}
 
 /// A waiter's link on a load's cell.
 type LoadWait<V, E> = Pin<Box<OwnedLazyWait<V, Failure<E>>>>;
@@ -56,13 +62,9 @@ type LoadWait<V, E> = Pin<Box<OwnedLazyWait<V, Failure<E>>>>;
 pub(crate) enum State<V, E> {
     /// A complete value, with the policy's view of it.
     Ready { value: V, meta: Meta },
-    /// A load in flight: its cell (driven by its waiters), its id in the shard, and the
-    /// number of waiters counting on it (see [`Store::uninterested`]).
-    Loading {
-        cell: LoadCell<V, E>,
-        id: u32,
-        interest: u32,
-    },
+    /// A load in flight: its cell (driven by its waiters; its address is the load's
+    /// [`LoadId`]), and the number of waiters counting on it (see [`Store::uninterested`]).
+    Loading { cell: LoadCell<V, E>, interest: u32 },
 }
 
 impl<V, E> State<V, E> {
@@ -74,8 +76,8 @@ impl<V, E> State<V, E> {
     }
 
     /// Whether this is the load `id`.
-    fn is_load(&self, id: u32) -> bool {
-        matches!(self, State::Loading { id: i, .. } if *i == id)
+    fn is_load(&self, id: LoadId) -> bool {
+        matches!(self, State::Loading { cell, .. } if load_id(cell) == id)
     }
 }
 
@@ -86,14 +88,9 @@ struct Slot<K, V, E> {
     state: State<V, E>,
 }
 
-/// One shard: its table behind its lock, and the source of its load ids.
+/// One shard: its table behind its lock.
 struct Shard<K, V, E> {
     table: ShardLock<HashTable<Slot<K, V, E>>>,
-    /// The next load id. Only its uniqueness matters (a settle finds its slot by hash and
-    /// id), and the read-modify-writes of one atomic are totally ordered whatever their
-    /// ordering: Relaxed, pairing with nothing. Wraps after 2^32 loads in the shard: a load
-    /// would then have to be in flight that long, on a key of the same hash, to be mistaken.
-    next_id: AtomicU32,
 }
 
 /// The cache's table: `[CachePadded<Shard>; shards]`, the top bits of a hash picking the
@@ -136,7 +133,6 @@ impl<K, V, E, S> Store<K, V, E, S> {
                 .map(|_| {
                     CachePadded::new(Shard {
                         table: ShardLock::new(HashTable::with_capacity(per_shard)),
-                        next_id: AtomicU32::new(0),
                     })
                 })
                 .collect(),
@@ -175,7 +171,9 @@ impl<K, V, E, S: BuildHasher> Store<K, V, E, S> {
 
 impl<K: Eq, V: Clone, E, S> Store<K, V, E, S> {
     /// `f` on the value at `key` (whose hash is `hash`) if it is complete, under the
-    /// shard's read lock: keep `f` short.
+    /// shard's read lock: keep `f` short. A load whose cell has its value but whose settle
+    /// has not stored it yet counts as complete (with a fresh `Meta`): its waiters may
+    /// have it already, and a caller that got it must find it (rev3).
     pub(crate) fn read<Q, R>(&self, hash: u64, key: &Q, f: impl FnOnce(&V, &Meta) -> R) -> Option<R>
     where
         K: Borrow<Q>,
@@ -185,7 +183,10 @@ impl<K: Eq, V: Clone, E, S> Store<K, V, E, S> {
             .table
             .read(|t| match &t.find(hash, |s| s.key.borrow() == key)?.state {
                 State::Ready { value, meta } => Some(f(value, meta)),
-                State::Loading { .. } => None,
+                State::Loading { cell, .. } => match cell.try_get()? {
+                    Ok(value) => Some(f(value, &Meta::new())),
+                    Err(_) => None,
+                },
             })
     }
 
@@ -238,8 +239,8 @@ impl<K: Eq, V: Clone, E, S> Store<K, V, E, S> {
             };
             match &slot.state {
                 State::Ready { value: there, .. } => Put::There(there.clone(), key),
-                State::Loading { cell, id, .. } => match cell.try_get() {
-                    None => Put::Settle(cell.clone(), *id, key),
+                State::Loading { cell, .. } => match cell.try_get() {
+                    None => Put::Settle(cell.clone(), load_id(cell), key),
                     // Complete with a value: the load's settle, which completes the cell
                     // first, is about to store it; it is the key's.
                     Some(Ok(loaded)) => Put::There(loaded.clone(), key),
@@ -302,9 +303,9 @@ impl<K: Eq, V: Clone, E, S> Store<K, V, E, S> {
 
     /// Settles the load `id` at `hash`: its slot, if it is still that load, becomes
     /// `Ready(value)`, or is removed for `None`. Returns whether the slot was the load's.
-    fn settle(&self, hash: u64, id: u32, value: Option<V>) -> bool {
+    fn settle(&self, hash: u64, id: LoadId, value: Option<V>) -> bool {
         let (old, _unused) = self.shard(hash).table.write(|t| {
-            let Ok(entry) = t.find_entry(hash, |s| s.state.is_load(id)) else {
+            let Ok(entry) = t.find_entry(hash, |s| s.hash == hash && s.state.is_load(id)) else {
                 return (None, value);
             };
             match value {
@@ -330,7 +331,7 @@ impl<K: Eq, V: Clone, E, S> Store<K, V, E, S> {
             match t.find(hash, |s| s.key.borrow() == key).map(|s| &s.state) {
                 None => Probe::Absent,
                 Some(State::Ready { value, .. }) => Probe::Ready(value.clone()),
-                Some(State::Loading { id, interest, .. }) => Probe::Loading(*id, *interest),
+                Some(State::Loading { cell, interest }) => Probe::Loading(load_id(cell), *interest),
             }
         })
     }
@@ -343,7 +344,7 @@ enum Probe<V> {
     Absent,
     Ready(V),
     /// A load in flight: its id and interest.
-    Loading(u32, u32),
+    Loading(LoadId, u32),
 }
 
 impl<K, V, E, S> Store<K, V, E, S>
@@ -369,8 +370,8 @@ where
             return Lookup::Ready(value);
         }
         let shard = self.shard(hash);
-        let id = shard.next_id.fetch_add(1, Relaxed);
         let cell = LoadCell::pending();
+        let id = load_id(&cell);
         let load = run_load(
             start(&key),
             Arc::downgrade(self),
@@ -384,15 +385,14 @@ where
             if let Some(slot) = t.find_mut(hash, |s| s.key == key) {
                 return match &mut slot.state {
                     State::Ready { value, .. } => Found::Ready(value.clone(), key),
-                    State::Loading { cell, id, interest } => {
+                    State::Loading { cell, interest } => {
                         *interest = interest.saturating_add(1);
-                        Found::Joined(cell.clone(), *id, key)
+                        Found::Joined(cell.clone(), load_id(cell), key)
                     }
                 };
             }
             let state = State::Loading {
                 cell: cell.clone(),
-                id,
                 interest: 1,
             };
             t.insert_unique(hash, Slot { hash, key, state }, |s| s.hash);
@@ -413,7 +413,7 @@ where
 /// What the write-locked step of [`Store::get_or_load`] found.
 enum Found<K, V, E> {
     Ready(V, K),
-    Joined(LoadCell<V, E>, u32, K),
+    Joined(LoadCell<V, E>, LoadId, K),
     Added,
 }
 
@@ -425,7 +425,7 @@ enum Put<K, V, E> {
     /// The key's value (there, or its load's just completed).
     There(V, K),
     /// A load in flight, to be settled with `value`.
-    Settle(LoadCell<V, E>, u32, K),
+    Settle(LoadCell<V, E>, LoadId, K),
 }
 
 /// The computation of the load `id` at `hash`: the loader, then the settle.
@@ -434,26 +434,38 @@ async fn run_load<K, V, E, S, Fut>(
     store: Weak<Store<K, V, E, S>>,
     cell: WeakLazy<V, Failure<E>>,
     hash: u64,
-    id: u32,
+    id: LoadId,
 ) -> Result<V, Failure<E>>
 where
     K: Eq,
     V: Clone,
     Fut: Future<Output = Result<V, Failure<E>>>,
 {
-    let mut guard = Unsettled { store, hash, id };
+    let mut guard = Unsettled {
+        store,
+        _cell: cell.clone(),
+        hash,
+        id,
+    };
     let outcome = load.await;
+    // The clone for the cell is user code: taken while the guard is armed, so that a
+    // clone that panics is the load's panic (its slot goes, as the cache's README says of
+    // "the clone of the value it returned"; rev3).
+    let outcome = outcome.map(|value| {
+        let copy = value.clone();
+        (value, copy)
+    });
     // From here on this function settles the slot itself: the guard is disarmed.
     let store = std::mem::take(&mut guard.store);
     let (Some(store), Some(cell)) = (store.upgrade(), cell.upgrade()) else {
         // The store is gone, or the cell (no one is driving it then): nothing to settle.
-        return outcome;
+        return outcome.map(|(value, _)| value);
     };
     match outcome {
-        Ok(value) => {
+        Ok((value, copy)) => {
             // The cell first: if a value given by `put_absent` completed it meanwhile,
             // that value is the key's and `put_absent` stores it; ours is dropped.
-            if cell.succeed(value.clone()).is_ok() {
+            if cell.succeed(copy).is_ok() {
                 store.settle(hash, id, Some(value));
             }
             drop((cell, store));
@@ -473,8 +485,10 @@ where
 /// its last waiter removed its slot already, or with the store: both a no-op then).
 struct Unsettled<K, V, E, S> {
     store: Weak<Store<K, V, E, S>>,
+    /// Keeps the cell's allocation, so that `id` names no other cell while this lives.
+    _cell: WeakLazy<V, Failure<E>>,
     hash: u64,
-    id: u32,
+    id: LoadId,
 }
 
 impl<K, V, E, S> Drop for Unsettled<K, V, E, S> {
@@ -492,7 +506,7 @@ impl<K, V, E, S> Drop for Unsettled<K, V, E, S> {
 pub(crate) struct Waiter<'a, K, V, E, S> {
     store: &'a Store<K, V, E, S>,
     hash: u64,
-    id: u32,
+    id: LoadId,
     cell: LoadCell<V, E>,
     /// Made on the first `Pending`, so that reading a complete load allocates nothing.
     wait: Option<LoadWait<V, E>>,
@@ -504,7 +518,7 @@ impl<'a, K, V, E, S> Waiter<'a, K, V, E, S> {
     fn new(
         store: &'a Store<K, V, E, S>,
         hash: u64,
-        id: u32,
+        id: LoadId,
         cell: LoadCell<V, E>,
         added: bool,
     ) -> Self {
@@ -573,23 +587,26 @@ impl<K, V, E, S> Drop for Waiter<'_, K, V, E, S> {
     }
 }
 
-// Found by hash and id, never by key: no bounds, so that `Waiter`'s and `Unsettled`'s
-// `Drop` can call them.
+// Found by hash and load id (the cell's address), never by key: no bounds, so that
+// `Waiter`'s and `Unsettled`'s `Drop` can call them.
 impl<K, V, E, S> Store<K, V, E, S> {
     /// Removes the slot at `hash` if it is the load `id`; returns it, to be dropped with no
     /// lock held.
-    fn remove_load(&self, hash: u64, id: u32) -> Option<Slot<K, V, E>> {
+    fn remove_load(&self, hash: u64, id: LoadId) -> Option<Slot<K, V, E>> {
         self.shard(hash).table.write(|t| {
-            let entry = t.find_entry(hash, |s| s.state.is_load(id)).ok()?;
+            let entry = t
+                .find_entry(hash, |s| s.hash == hash && s.state.is_load(id))
+                .ok()?;
             Some(entry.remove().0)
         })
     }
 
     /// One waiter of the load `id` at `hash` less; the last one removes its slot (if it is
     /// still that load) and aborts its cell, which drops the computation.
-    fn uninterested(&self, hash: u64, id: u32) {
+    fn uninterested(&self, hash: u64, id: LoadId) {
         let removed = self.shard(hash).table.write(|t| {
-            let Ok(mut entry) = t.find_entry(hash, |s| s.state.is_load(id)) else {
+            let Ok(mut entry) = t.find_entry(hash, |s| s.hash == hash && s.state.is_load(id))
+            else {
                 return None;
             };
             let State::Loading { interest, .. } = &mut entry.get_mut().state else {

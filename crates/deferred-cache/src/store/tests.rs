@@ -372,14 +372,14 @@ mod unit {
         let runs = Runs::new();
         let first = waiter(load(&store, 1, runs.loader(1, Some(Ok(10)))));
         assert!(store.remove(hash, &1).is_some(), "invalidated");
-        // 2^32 - 1 more misses in the shard (the counter as they would leave it).
-        store
-            .shard(hash)
-            .next_id
-            .fetch_add(u32::MAX, std::sync::atomic::Ordering::Relaxed);
         let second = waiter(load(&store, 1, runs.loader(usize::MAX, Some(Ok(20)))));
         assert!(second.added());
-        assert_eq!(second.id, first.id, "the id wrapped");
+        // (At c616891, with `u32` ids per shard, 2^32 - 1 misses between the two loads gave
+        // `second` the id of `first`: `next_id.fetch_add(u32::MAX)` here.)
+        assert_ne!(
+            second.id, first.id,
+            "a load's id is its cell's, alive: never reused"
+        );
         assert_eq!(value(&block_on(first)), Some(10));
         assert_eq!(
             store.probe(&1),
@@ -399,12 +399,13 @@ mod unit {
         let mut first = waiter(load(&store, 1, runs.loader(usize::MAX, Some(Ok(10)))));
         assert!(poll_once(&mut first).is_pending());
         assert!(store.remove(hash, &1).is_some(), "invalidated");
-        store
-            .shard(hash)
-            .next_id
-            .fetch_add(u32::MAX, std::sync::atomic::Ordering::Relaxed);
         let second = waiter(load(&store, 1, runs.loader(1, Some(Ok(20)))));
-        assert_eq!(second.id, first.id, "the id wrapped");
+        // (At c616891, with `u32` ids per shard, 2^32 - 1 misses between the two loads gave
+        // `second` the id of `first`: `next_id.fetch_add(u32::MAX)` here.)
+        assert_ne!(
+            second.id, first.id,
+            "a load's id is its cell's, alive: never reused"
+        );
         drop(first);
         assert_eq!(store.probe(&1), Probe::Loading(second.id, 1));
         assert_eq!(value(&block_on(second)), Some(20), "not cancelled");
