@@ -11,11 +11,15 @@
 //!   inside the poll that ran it: a value first completes the cell (so that a value put
 //!   by [`Store::put_absent`] and the load's value cannot both win), then, if that won,
 //!   replaces the slot that is still `Loading` with this cell by `Ready`; an error or a
-//!   `None` removes that slot first, then fails the cell. A slot that is gone (removed) or
-//!   is another (a write replaced it, a new load) is left alone: nothing is stored.
+//!   `None` likewise fails the cell first, then, if that won, removes that slot (until
+//!   then the slot reads as absent, and a caller that misses replaces it). A slot that is
+//!   gone (removed) or is another (a write replaced it, a new load) is left alone: nothing
+//!   is stored. Whoever completes a load's cell settles its slot; waiters that get the
+//!   outcome take no lock.
 //! * **Cancellation.** A waiter that leaves before the load ends takes one `interest`
 //!   back; the last one removes the `Loading` slot with its cell and aborts the cell, which
-//!   drops the computation.
+//!   drops the computation (unless the cell is complete: its completer settles the slot).
+//!   `put_absent` holds one interest while it completes the cell and stores its value.
 //! * **Panics.** The computation's drop guard (`Unsettled`), run while the panic unwinds
 //!   through the poll that drove it, removes the `Loading` slot with its cell, so the next
 //!   read loads again.
@@ -227,8 +231,10 @@ impl<K: Eq, V: Clone, E, S> Store<K, V, E, S> {
 
     /// Stores `value` at `key` unless a value is there, and returns the one stored. A load
     /// in flight is settled with `value` (its waiters get it too) unless it is completing
-    /// at this very instant, in which case its value wins and is returned; a load that
-    /// failed is no value, and `value` takes its place.
+    /// at this very instant, in which case its value wins and is returned (this thread
+    /// parks for that completion, a write already under way); a load that failed is no
+    /// value, and `value` takes its place. A write or an invalidation that comes after the
+    /// load's waiters got `value` wins: `value` is returned, and not stored after it.
     pub(crate) fn put_absent(&self, hash: u64, key: K, value: V) -> V {
         let shard = self.shard(hash);
         let put = shard.table.write(|t| {
@@ -237,14 +243,21 @@ impl<K: Eq, V: Clone, E, S> Store<K, V, E, S> {
                 t.insert_unique(hash, Slot { hash, key, state }, |s| s.hash);
                 return Put::Stored(None, None);
             };
-            match &slot.state {
+            match &mut slot.state {
                 State::Ready { value: there, .. } => Put::There(there.clone(), key),
-                State::Loading { cell, .. } => match cell.try_get() {
-                    None => Put::Settle(cell.clone(), load_id(cell), key),
+                State::Loading { cell, interest } => match cell.try_get() {
+                    // One interest more while this call completes the cell and stores
+                    // `value` (rev3): the load's last waiter, leaving meanwhile, must not
+                    // remove the slot, which is how an invalidation is told apart.
+                    None => {
+                        *interest = interest.saturating_add(1);
+                        Put::Settle(cell.clone(), load_id(cell), key)
+                    }
                     // Complete with a value: the load's settle, which completes the cell
                     // first, is about to store it; it is the key's.
                     Some(Ok(loaded)) => Put::There(loaded.clone(), key),
-                    // Failed (its remover is on its way): no value, `value` takes its place.
+                    // Failed (its remover is on its way: the load's failure completes the
+                    // cell first, then removes its slot): no value, `value` takes its place.
                     Some(Err(_)) => Put::Stored(
                         Some(std::mem::replace(
                             &mut slot.state,
@@ -263,38 +276,33 @@ impl<K: Eq, V: Clone, E, S> Store<K, V, E, S> {
         };
         // Outside the lock: completing the cell wakes its waiters (user code).
         if cell.succeed(value.clone()).is_ok() {
-            // Its settle will find the cell complete and leave the slot to us: `value` goes
-            // in the slot that is still this load, or in its place if the load's failure
-            // or its last waiter removed it meanwhile. A write or a new load since is
-            // later: left alone.
-            let (_old, _key) = shard
-                .table
-                .write(|t| match t.find_entry(hash, |s| s.key == key) {
-                    Ok(entry) if entry.get().state.is_load(id) => {
+            // Its settle (or its failure) will find the cell complete and leave the slot to
+            // us, and our interest keeps its last waiter from removing it: `value` goes in
+            // the slot that is still this load. A slot gone or another is a write or an
+            // invalidation since (after the waiters got `value`): it wins, left alone.
+            let copy = value.clone();
+            let (_old, _copy) = shard.table.write(|t| {
+                match t.find_entry(hash, |s| s.hash == hash && s.state.is_load(id)) {
+                    Ok(entry) => {
                         let state = &mut entry.into_mut().state;
-                        (
-                            Some(std::mem::replace(state, State::ready(value.clone()))),
-                            None,
-                        )
+                        (Some(std::mem::replace(state, State::ready(copy))), None)
                     }
-                    Ok(_) => (None, Some(key)),
-                    Err(absent) => {
-                        let state = State::ready(value.clone());
-                        let t = absent.into_table();
-                        t.insert_unique(hash, Slot { hash, key, state }, |s| s.hash);
-                        (None, None)
-                    }
-                });
+                    Err(_) => (None, Some(copy)),
+                }
+            });
             // The computation has nothing left to do (after the slot is stored, so that
             // its drop guard finds no load to remove).
             cell.abort();
             return value;
         }
         // Being completed right now by its load (this waits for that write only): its
-        // value is the key's; if it failed, `value` takes its place.
-        match cell.wait_blocking() {
-            Ok(loaded) => loaded.clone(),
-            Err(_) => {
+        // value is the key's; if it failed, `value` takes its place. Our interest is given
+        // back once the cell is complete, so that it removes nothing (see `uninterested`).
+        let outcome = cell.wait_blocking().cloned().map_err(drop);
+        self.uninterested(hash, id);
+        match outcome {
+            Ok(loaded) => loaded,
+            Err(()) => {
                 drop(cell);
                 self.put_absent(hash, key, value)
             }
@@ -385,6 +393,18 @@ where
             if let Some(slot) = t.find_mut(hash, |s| s.key == key) {
                 return match &mut slot.state {
                     State::Ready { value, .. } => Found::Ready(value.clone(), key),
+                    // A load that failed is no value (its failure completes the cell,
+                    // then removes the slot): this load takes its place (rev3), so that
+                    // no later caller is served that failure.
+                    State::Loading { cell: theirs, .. }
+                        if matches!(theirs.try_get(), Some(Err(_))) =>
+                    {
+                        let state = State::Loading {
+                            cell: cell.clone(),
+                            interest: 1,
+                        };
+                        Found::AddedOver(std::mem::replace(&mut slot.state, state), key)
+                    }
                     State::Loading { cell, interest } => {
                         *interest = interest.saturating_add(1);
                         Found::Joined(cell.clone(), load_id(cell), key)
@@ -405,7 +425,9 @@ where
             Found::Joined(theirs, id, _key) => {
                 Lookup::Wait(Waiter::new(self, hash, id, theirs, false))
             }
-            Found::Added => Lookup::Wait(Waiter::new(self, hash, id, cell, true)),
+            Found::Added | Found::AddedOver(..) => {
+                Lookup::Wait(Waiter::new(self, hash, id, cell, true))
+            }
         }
     }
 }
@@ -415,6 +437,8 @@ enum Found<K, V, E> {
     Ready(V, K),
     Joined(LoadCell<V, E>, LoadId, K),
     Added,
+    /// Added in place of a failed load (carried out, with the unused key).
+    AddedOver(State<V, E>, K),
 }
 
 /// What the write-locked step of [`Store::put_absent`] found; what it carries out of the
@@ -473,9 +497,15 @@ where
             std::future::pending().await
         }
         Err(failure) => {
-            // The slot first, so that a read after the failure loads again.
-            store.settle(hash, id, None);
-            Err(failure)
+            // The cell first (rev3), as for a value: if `put_absent` completed it meanwhile,
+            // its value is the key's and it stores it. If this failure won, the slot goes;
+            // until then a read finds no value and a caller that misses replaces it
+            // (`get_or_load`), so that no later caller is served this failure.
+            if cell.fail(failure).is_ok() {
+                store.settle(hash, id, None);
+            }
+            drop((cell, store));
+            std::future::pending().await
         }
     }
 }
@@ -502,7 +532,9 @@ impl<K, V, E, S> Drop for Unsettled<K, V, E, S> {
 }
 
 /// A caller waiting on a load: resolves to a clone of its outcome, driving it when no one
-/// else is. Counts as one interest in the load until it resolves or is dropped.
+/// else is. Counts as one interest in the load until it resolves (the load is complete
+/// then, and its completer settles the slot: nothing is taken back) or is dropped
+/// unresolved (one interest is taken back, see [`Store::uninterested`]).
 pub(crate) struct Waiter<'a, K, V, E, S> {
     store: &'a Store<K, V, E, S>,
     hash: u64,
@@ -569,10 +601,10 @@ where
             }
         };
         this.wait = None;
-        if this.interested {
-            this.interested = false;
-            this.store.uninterested(this.hash, this.id);
-        }
+        // The load is complete: whoever completed it settles its slot (rev3). Taking the
+        // interest back here took the write lock once per waiter, and the last one removed
+        // a slot that `put_absent` was about to store.
+        this.interested = false;
         Poll::Ready(outcome)
     }
 }
@@ -601,8 +633,10 @@ impl<K, V, E, S> Store<K, V, E, S> {
         })
     }
 
-    /// One waiter of the load `id` at `hash` less; the last one removes its slot (if it is
-    /// still that load) and aborts its cell, which drops the computation.
+    /// One waiter of the load `id` at `hash` less (a waiter dropped before the load ended,
+    /// or `put_absent` done with it); the last one removes its slot (if it is still that
+    /// load, and the load is not complete: its completer settles it) and aborts its cell,
+    /// which drops the computation.
     fn uninterested(&self, hash: u64, id: LoadId) {
         let removed = self.shard(hash).table.write(|t| {
             let Ok(mut entry) = t.find_entry(hash, |s| s.hash == hash && s.state.is_load(id))
@@ -617,7 +651,11 @@ impl<K, V, E, S> Store<K, V, E, S> {
             if *interest != u32::MAX {
                 *interest -= 1;
             }
-            (*interest == 0).then(|| entry.remove().0)
+            // A complete load's slot is its completer's to settle (rev3).
+            let State::Loading { cell, interest } = &entry.get().state else {
+                unreachable!("found as a load");
+            };
+            (*interest == 0 && !cell.is_done()).then(|| entry.remove().0)
         });
         if let Some(Slot {
             state: State::Loading { cell, .. },

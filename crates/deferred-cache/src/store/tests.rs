@@ -611,4 +611,27 @@ mod models {
             assert_eq!(started, dropped, "no load left running");
         });
     }
+
+    /// rev3: `put_absent` settling a load in flight, racing an invalidation that comes
+    /// after a caller of the load got `put_absent`'s value: the invalidation wins (the
+    /// README's "writes win"; linearizability: the put came before that caller's read,
+    /// which came before the invalidation), so the value is not stored after it.
+    #[test]
+    fn put_absent_vs_invalidate_after_a_waiter_got_the_value() {
+        loom::model(|| {
+            let store = store();
+            // A load that never finishes (nor wakes) by itself: only `put_absent` settles it.
+            let first = waiter(load(&store, 1, Box::pin(std::future::pending())));
+            let s = store.clone();
+            let t = thread::spawn(move || s.put_absent(s.hash(&1u8), 1, 20));
+            assert_eq!(value(&block_on(first)), Some(20), "put_absent's value");
+            drop(store.remove(store.hash(&1u8), &1));
+            assert_eq!(t.join().unwrap(), 20);
+            assert_eq!(
+                store.probe(&1),
+                Probe::Absent,
+                "the invalidation, after a caller got the value, wins"
+            );
+        });
+    }
 }
