@@ -467,7 +467,7 @@ where
 {
     let mut guard = Unsettled {
         store,
-        _cell: cell.clone(),
+        cell: cell.clone(),
         hash,
         id,
     };
@@ -510,22 +510,33 @@ where
     }
 }
 
-/// Removes the `Loading` slot of the load `id` if its computation is dropped before its
-/// loader returned: a panic unwinding through it, or the load dropped unfinished (after
-/// its last waiter removed its slot already, or with the store: both a no-op then).
+/// Completes the load `id` as panicked and removes its `Loading` slot if its computation
+/// is dropped before its loader returned (a panic unwinding through it, or the load
+/// dropped unfinished) and no one completed its cell (its last waiter's abort or
+/// `put_absent` did: a no-op then, as with the store gone).
 struct Unsettled<K, V, E, S> {
     store: Weak<Store<K, V, E, S>>,
-    /// Keeps the cell's allocation, so that `id` names no other cell while this lives.
-    _cell: WeakLazy<V, Failure<E>>,
+    /// The load's cell; it also keeps the cell's allocation, so that `id` names no other
+    /// cell while this lives.
+    cell: WeakLazy<V, Failure<E>>,
     hash: u64,
     id: LoadId,
 }
 
 impl<K, V, E, S> Drop for Unsettled<K, V, E, S> {
     fn drop(&mut self) {
-        if let Some(store) = self.store.upgrade() {
+        // The cell first, as every completer of a load (rev3): a panic (or an unfinished
+        // drop of a cell no one completed) completes it as panicked, and only if that won
+        // does the slot go. A cell completed already (by `put_absent`, whose value the
+        // waiters got, or an abort, whose caller removed the slot) is its completer's to
+        // settle: removing its slot here made `put_absent` store nothing. With no strong
+        // handle left (the cell is being dropped), no slot holds it either.
+        let (Some(store), Some(cell)) = (self.store.upgrade(), self.cell.upgrade()) else {
+            return;
+        };
+        if cell.die() {
             // Dropped with no lock held; the cell in it is this computation's own, which
-            // its driver still holds.
+            // its driver (or aborter) still holds, as it holds `cell`'s.
             drop(store.remove_load(self.hash, self.id));
         }
     }
