@@ -21,8 +21,9 @@
 //!   drops the computation (unless the cell is complete: its completer settles the slot).
 //!   `put_absent` holds one interest while it completes the cell and stores its value.
 //! * **Panics.** The computation's drop guard (`Unsettled`), run while the panic unwinds
-//!   through the poll that drove it, removes the `Loading` slot with its cell, so the next
-//!   read loads again.
+//!   through the poll that drove it (the loader's, or the clone of its value's), completes
+//!   the cell as panicked and, if that won, removes the `Loading` slot with its cell, so
+//!   the next read loads again.
 //!
 //! No user code runs under a shard lock but keys' `Eq` and values' `Clone` (as in the
 //! map): loaders are made before it is taken, and what a call takes out of the table
