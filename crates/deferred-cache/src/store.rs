@@ -6,7 +6,10 @@
 //!
 //! * **Load.** A miss puts a `Loading` slot with a fresh cell whose computation is the
 //!   loader; the load is known by its cell's address (its [`LoadId`]); callers that miss
-//!   meanwhile join it (`interest += 1`). The cell is driven by its waiters, outside the lock.
+//!   meanwhile join it (`interest += 1`) without making a loader (the read probe tells a
+//!   load from an absent key). A load that failed counts as absent: a caller that misses
+//!   makes a loader, and its load takes the slot. The cell is driven by its waiters,
+//!   outside the lock.
 //! * **Settle.** When the loader returns, the computation settles its own slot, once,
 //!   inside the poll that ran it: a value first completes the cell (so that a value put
 //!   by [`Store::put_absent`] and the load's value cannot both win), then, if that won,
@@ -364,8 +367,10 @@ where
     S: Send + Sync + 'static,
 {
     /// The value at `key` (whose hash is `hash`), or a waiter on its load: joined if one is
-    /// in flight, else started with the future `start` makes (called with no lock held;
-    /// if another caller's load landed meanwhile, that future is dropped unpolled).
+    /// in flight (`start` is not called), else started with the future `start` makes
+    /// (called with no lock held; if another caller's load landed meanwhile, that future is
+    /// dropped unpolled). A load that failed, whose slot its failure is about to remove,
+    /// counts as none: this call's load takes its place.
     pub(crate) fn get_or_load<Fut>(
         self: &Arc<Self>,
         hash: u64,
@@ -375,31 +380,61 @@ where
     where
         Fut: Future<Output = Result<V, Failure<E>>> + Send + 'static,
     {
-        if let Some(value) = self.read(hash, &key, |value, _| value.clone()) {
-            return Lookup::Ready(value);
-        }
+        // The hit, under the read lock (a load whose cell has its value counts, as in
+        // `read`). A load in flight is joined under the write lock without making a loader
+        // (e4cc24a); only a key with neither, or whose load failed, makes one.
         let shard = self.shard(hash);
+        let probe = shard
+            .table
+            .read(|t| match t.find(hash, |s| s.key == key).map(|s| &s.state) {
+                None => Ok(false),
+                Some(State::Ready { value, .. }) => Err(value.clone()),
+                Some(State::Loading { cell, .. }) => match cell.try_get() {
+                    None => Ok(true),
+                    Some(Ok(value)) => Err(value.clone()),
+                    Some(Err(_)) => Ok(false),
+                },
+            });
+        let key = match probe {
+            Err(value) => return Lookup::Ready(value),
+            Ok(true) => match self.join_or_add(hash, key, None) {
+                Found::Absent(key) => key,
+                found => return self.lookup(hash, found, None),
+            },
+            Ok(false) => key,
+        };
         let cell = LoadCell::pending();
-        let id = load_id(&cell);
         let load = run_load(
             start(&key),
             Arc::downgrade(self),
             Lazy::downgrade(&cell),
             hash,
-            id,
+            load_id(&cell),
         );
         // Attaching to a fresh cell cannot be refused.
         drop(cell.try_attach(Box::pin(load)));
-        let found = shard.table.write(|t| {
+        let found = self.join_or_add(hash, key, Some(&cell));
+        // Our cell, and its unpolled loader if another load landed first, are dropped
+        // with no lock held.
+        self.lookup(hash, found, Some(cell))
+    }
+
+    /// Under the write lock: the value at `key`, or its load in flight joined, or, if
+    /// there is neither and `add` is given, that load put there. A load that failed is
+    /// no value (its failure completes the cell, then removes the slot): the load given
+    /// takes its place (rev3), so that no later caller is served that failure; with none
+    /// given it counts as absent, and the caller makes one.
+    fn join_or_add(&self, hash: u64, key: K, add: Option<&LoadCell<V, E>>) -> Found<K, V, E> {
+        self.shard(hash).table.write(|t| {
             if let Some(slot) = t.find_mut(hash, |s| s.key == key) {
                 return match &mut slot.state {
                     State::Ready { value, .. } => Found::Ready(value.clone(), key),
-                    // A load that failed is no value (its failure completes the cell,
-                    // then removes the slot): this load takes its place (rev3), so that
-                    // no later caller is served that failure.
                     State::Loading { cell: theirs, .. }
                         if matches!(theirs.try_get(), Some(Err(_))) =>
                     {
+                        let Some(cell) = add else {
+                            return Found::Absent(key);
+                        };
                         let state = State::Loading {
                             cell: cell.clone(),
                             interest: 1,
@@ -412,34 +447,53 @@ where
                     }
                 };
             }
+            let Some(cell) = add else {
+                return Found::Absent(key);
+            };
             let state = State::Loading {
                 cell: cell.clone(),
                 interest: 1,
             };
             t.insert_unique(hash, Slot { hash, key, state }, |s| s.hash);
             Found::Added
-        });
-        // Dropped here, with no lock held (the unused key, and our cell and its unpolled
-        // loader if another load landed first).
-        match found {
-            Found::Ready(value, _key) => Lookup::Ready(value),
-            Found::Joined(theirs, id, _key) => {
+        })
+    }
+
+    /// What `join_or_add` found, as a lookup; `added` is the load it was given, if any.
+    fn lookup(
+        &self,
+        hash: u64,
+        found: Found<K, V, E>,
+        added: Option<LoadCell<V, E>>,
+    ) -> Lookup<'_, K, V, E, S> {
+        match (found, added) {
+            (Found::Ready(value, _key), _) => Lookup::Ready(value),
+            (Found::Joined(theirs, id, _key), _) => {
                 Lookup::Wait(Waiter::new(self, hash, id, theirs, false))
             }
-            Found::Added | Found::AddedOver(..) => {
-                Lookup::Wait(Waiter::new(self, hash, id, cell, true))
+            (Found::Added | Found::AddedOver(..), Some(cell)) => {
+                Lookup::Wait(Waiter::new(self, hash, load_id(&cell), cell, true))
+            }
+            (Found::Added | Found::AddedOver(..) | Found::Absent(_), _) => {
+                unreachable!("added only when given a load")
             }
         }
     }
 }
 
-/// What the write-locked step of [`Store::get_or_load`] found.
+/// What the write-locked step of [`Store::get_or_load`] (`join_or_add`) found; what it
+/// carries out of the lock (an unused key, a replaced load) is dropped with no lock held.
 enum Found<K, V, E> {
+    /// A value (and the key, unused).
     Ready(V, K),
+    /// A load in flight, joined.
     Joined(LoadCell<V, E>, LoadId, K),
+    /// The load given, put there.
     Added,
-    /// Added in place of a failed load (carried out, with the unused key).
+    /// The load given, put in place of a failed load (carried out, with the unused key).
     AddedOver(State<V, E>, K),
+    /// Neither a value nor a load (or a failed one), and no load given.
+    Absent(K),
 }
 
 /// What the write-locked step of [`Store::put_absent`] found; what it carries out of the

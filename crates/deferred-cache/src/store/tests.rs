@@ -187,6 +187,61 @@ mod unit {
     }
 
     #[test]
+    fn a_caller_that_joins_a_load_makes_no_loader() {
+        let store = store();
+        let runs = Runs::new();
+        let first = waiter(load(&store, 1, runs.loader(1, Some(Ok(10)))));
+        let mut made = false;
+        let joined = waiter(store.get_or_load(store.hash(&1u8), 1, |_| {
+            made = true;
+            runs.loader(0, Some(Ok(20)))
+        }));
+        assert!(!made && !joined.added());
+        let (a, b) = block_on(futures::future::join(first, joined));
+        assert_eq!((value(&a), value(&b)), (Some(10), Some(10)));
+    }
+
+    /// A load that failed but whose slot its failure has not removed yet (the cell is
+    /// failed first, then the slot goes) is no value: a caller that misses then makes a
+    /// loader, and its load takes the slot (`Found::AddedOver`), rather than joining the
+    /// failure.
+    #[test]
+    fn a_miss_over_a_failed_load_makes_a_loader_and_replaces_it() {
+        let store = store();
+        let hash = store.hash(&1u8);
+        let failed_cell = crate::store::LoadCell::pending();
+        assert!(failed_cell.fail(Failure::error("down")).is_ok());
+        let old_id = crate::store::load_id(&failed_cell);
+        store.shard(hash).table.write(|t| {
+            let state = crate::store::State::Loading {
+                cell: failed_cell.clone(),
+                interest: 1,
+            };
+            let slot = crate::store::Slot {
+                hash,
+                key: 1,
+                state,
+            };
+            t.insert_unique(hash, slot, |s| s.hash);
+        });
+        assert_eq!(store.read(hash, &1, |v, _| *v), None, "no value");
+        let runs = Runs::new();
+        let mut made = false;
+        let second = waiter(store.get_or_load(hash, 1, |_| {
+            made = true;
+            runs.loader(0, Some(Ok(20)))
+        }));
+        assert!(made && second.added(), "a loader made, and its load added");
+        assert_ne!(second.id, old_id);
+        assert_eq!(store.probe(&1), Probe::Loading(second.id, 1));
+        assert_eq!(value(&block_on(second)), Some(20));
+        assert_eq!(store.probe(&1), Probe::Ready(20));
+        // The failed load's (late) removal finds another slot and leaves it.
+        assert!(!store.settle(hash, old_id, None));
+        assert_eq!(store.probe(&1), Probe::Ready(20));
+    }
+
+    #[test]
     fn a_failure_reaches_every_waiter_and_is_not_kept() {
         for (error, found) in [(Some("down"), false), (None, true)] {
             let store = store();
