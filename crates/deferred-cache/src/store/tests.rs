@@ -201,6 +201,46 @@ mod unit {
         assert_eq!((value(&a), value(&b)), (Some(10), Some(10)));
     }
 
+    /// A load that failed but whose slot its failure has not removed yet (the cell is
+    /// failed first, then the slot goes) is no value: a caller that misses then makes a
+    /// loader, and its load takes the slot (`Found::AddedOver`), rather than joining the
+    /// failure.
+    #[test]
+    fn a_miss_over_a_failed_load_makes_a_loader_and_replaces_it() {
+        let store = store();
+        let hash = store.hash(&1u8);
+        let failed_cell = crate::store::LoadCell::pending();
+        assert!(failed_cell.fail(Failure::error("down")).is_ok());
+        let old_id = crate::store::load_id(&failed_cell);
+        store.shard(hash).table.write(|t| {
+            let state = crate::store::State::Loading {
+                cell: failed_cell.clone(),
+                interest: 1,
+            };
+            let slot = crate::store::Slot {
+                hash,
+                key: 1,
+                state,
+            };
+            t.insert_unique(hash, slot, |s| s.hash);
+        });
+        assert_eq!(store.read(hash, &1, |v, _| *v), None, "no value");
+        let runs = Runs::new();
+        let mut made = false;
+        let second = waiter(store.get_or_load(hash, 1, |_| {
+            made = true;
+            runs.loader(0, Some(Ok(20)))
+        }));
+        assert!(made && second.added(), "a loader made, and its load added");
+        assert_ne!(second.id, old_id);
+        assert_eq!(store.probe(&1), Probe::Loading(second.id, 1));
+        assert_eq!(value(&block_on(second)), Some(20));
+        assert_eq!(store.probe(&1), Probe::Ready(20));
+        // The failed load's (late) removal finds another slot and leaves it.
+        assert!(!store.settle(hash, old_id, None));
+        assert_eq!(store.probe(&1), Probe::Ready(20));
+    }
+
     #[test]
     fn a_failure_reaches_every_waiter_and_is_not_kept() {
         for (error, found) in [(Some("down"), false), (None, true)] {
@@ -319,6 +359,111 @@ mod unit {
         assert!(
             matches!(load(&store, 1, runs.loader(0, Some(Ok(3)))), Lookup::Wait(w) if w.added())
         );
+    }
+
+    /// rev3: a value whose clone panics while `armed`.
+    #[derive(Debug)]
+    struct Brittle(usize, std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+    impl Clone for Brittle {
+        fn clone(&self) -> Self {
+            if self.1.load(SeqCst) {
+                std::panic::panic_any(EXPECTED_PANIC);
+            }
+            Brittle(self.0, self.1.clone())
+        }
+    }
+
+    /// rev3: the clone of a loaded value that panics is a panic of the load (the cache's
+    /// README and `blocking.rs`: "if it panics, or the clone of the value it returned
+    /// does"): the load's slot goes, and a later caller loads again instead of joining the
+    /// panicked cell.
+    #[test]
+    fn a_panicking_clone_of_the_loaded_value_leaves_no_loading_slot() {
+        quiet_panics_saying(EXPECTED_PANIC);
+        let store: std::sync::Arc<Store<u8, Brittle, &'static str, FixedHasher>> =
+            std::sync::Arc::new(Store::with_capacity_and_hasher(0, FixedHasher::default()));
+        let hash = store.hash(&1u8);
+        let armed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let a = armed.clone();
+        let loader = move |_: &u8| async move {
+            // Every clone from here on panics: the first is the load's own.
+            a.store(true, SeqCst);
+            Ok::<_, Failure<&'static str>>(Brittle(10, a))
+        };
+        let Lookup::Wait(first) = store.get_or_load(hash, 1, loader) else {
+            panic!("a load")
+        };
+        // A second caller of the load, stalled (polled never, not dropped).
+        let Lookup::Wait(_second) = store.get_or_load(hash, 1, |_| async {
+            Ok::<_, Failure<&'static str>>(Brittle(20, std::sync::Arc::default()))
+        }) else {
+            panic!("a load")
+        };
+        assert!(catch_unwind(AssertUnwindSafe(|| block_on(first))).is_err());
+        armed.store(false, SeqCst);
+        let probe = store.probe(&1);
+        assert!(
+            matches!(probe, Probe::Absent),
+            "the panicked load's slot is gone: {probe:?}"
+        );
+        let Lookup::Wait(third) = store.get_or_load(hash, 1, |_| async {
+            Ok::<_, Failure<&'static str>>(Brittle(30, std::sync::Arc::default()))
+        }) else {
+            panic!("a load")
+        };
+        assert!(third.added(), "a later caller loads again");
+        assert_eq!(block_on(third).map(|b| b.0).ok(), Some(30));
+    }
+
+    /// rev3: a load in flight across 2^32 id allocations in its shard (every miss takes
+    /// one) must not settle a newer load's slot that drew the same id: here the key was
+    /// invalidated and loaded again, and the old load's value (loaded before the
+    /// invalidation) lands over the new load's slot.
+    #[test]
+    fn an_old_load_does_not_settle_a_new_load_with_its_wrapped_id() {
+        let store = store();
+        let hash = store.hash(&1u8);
+        let runs = Runs::new();
+        let first = waiter(load(&store, 1, runs.loader(1, Some(Ok(10)))));
+        assert!(store.remove(hash, &1).is_some(), "invalidated");
+        let second = waiter(load(&store, 1, runs.loader(usize::MAX, Some(Ok(20)))));
+        assert!(second.added());
+        // (At c616891, with `u32` ids per shard, 2^32 - 1 misses between the two loads gave
+        // `second` the id of `first`: `next_id.fetch_add(u32::MAX)` here.)
+        assert_ne!(
+            second.id, first.id,
+            "a load's id is its cell's, alive: never reused"
+        );
+        assert_eq!(value(&block_on(first)), Some(10));
+        assert_eq!(
+            store.probe(&1),
+            Probe::Loading(second.id, 1),
+            "the new load's slot is its own"
+        );
+        drop(second);
+    }
+
+    /// rev3: likewise the last waiter of the old load, leaving, must not take the new
+    /// load's interest (and cancel its waiter).
+    #[test]
+    fn an_old_waiter_does_not_cancel_a_new_load_with_its_wrapped_id() {
+        let store = store();
+        let hash = store.hash(&1u8);
+        let runs = Runs::new();
+        let mut first = waiter(load(&store, 1, runs.loader(usize::MAX, Some(Ok(10)))));
+        assert!(poll_once(&mut first).is_pending());
+        assert!(store.remove(hash, &1).is_some(), "invalidated");
+        let second = waiter(load(&store, 1, runs.loader(1, Some(Ok(20)))));
+        // (At c616891, with `u32` ids per shard, 2^32 - 1 misses between the two loads gave
+        // `second` the id of `first`: `next_id.fetch_add(u32::MAX)` here.)
+        assert_ne!(
+            second.id, first.id,
+            "a load's id is its cell's, alive: never reused"
+        );
+        drop(first);
+        assert_eq!(store.probe(&1), Probe::Loading(second.id, 1));
+        assert_eq!(value(&block_on(second)), Some(20), "not cancelled");
     }
 }
 
@@ -452,6 +597,96 @@ mod models {
             );
             let (started, _, dropped) = runs.counts();
             assert_eq!(started, dropped);
+        });
+    }
+
+    /// rev3: a caller that got a load's value, and then reads the key, finds it (as
+    /// today's cache, whose map slot is the completed cell, does): the settle completes the
+    /// cell before it stores the slot, and a waiter woken by the completion may read in
+    /// between.
+    #[test]
+    fn a_value_a_waiter_got_is_readable_at_once() {
+        loom::model(|| {
+            let store = store();
+            let runs = Runs::new();
+            let first = waiter(load(&store, 1, runs.loader(0, Some(Ok(10)))));
+            let (s, r) = (store.clone(), runs.clone());
+            let t = thread::spawn(move || {
+                let got = match load(&s, 1, r.loader(0, Some(Ok(20)))) {
+                    Lookup::Ready(value) => value,
+                    Lookup::Wait(theirs) => value(&block_on(theirs)).unwrap(),
+                };
+                (got, s.read(s.hash(&1u8), &1, |v, _| *v))
+            });
+            assert_eq!(value(&block_on(first)), Some(10));
+            let (got, read) = t.join().unwrap();
+            assert_eq!(got, 10);
+            assert_eq!(read, Some(10), "the value a caller got is readable after");
+        });
+    }
+
+    /// rev3: `put_absent` racing a load's settle: the load's waiters, `put_absent`'s
+    /// return and the table agree on one value, and no load is left running.
+    #[test]
+    fn settle_vs_put_absent_agree_on_one_value() {
+        loom::model(|| {
+            let store = store();
+            let runs = Runs::new();
+            let first = waiter(load(&store, 1, runs.loader(1, Some(Ok(10)))));
+            let s = store.clone();
+            let t = thread::spawn(move || s.put_absent(s.hash(&1u8), 1, 20));
+            let got = value(&block_on(first)).unwrap();
+            let put = t.join().unwrap();
+            assert_eq!(got, put, "the waiter and put_absent agree");
+            assert_eq!(store.probe(&1), Probe::Ready(put));
+            let (started, _, dropped) = runs.counts();
+            assert_eq!(started, dropped, "no load left running");
+        });
+    }
+
+    /// rev3: the last waiter leaving races a new caller of the key: the new caller joins
+    /// the load (which then goes on) or starts its own, and is never cancelled.
+    #[test]
+    fn last_waiter_drop_vs_new_joiner_never_cancels_the_joiner() {
+        loom::model(|| {
+            let store = store();
+            let runs = Runs::new();
+            let mut first = waiter(load(&store, 1, runs.loader(1, Some(Ok(10)))));
+            let (s, r) = (store.clone(), runs.clone());
+            let t = thread::spawn(move || match load(&s, 1, r.loader(0, Some(Ok(20)))) {
+                Lookup::Ready(value) => value,
+                Lookup::Wait(theirs) => value(&block_on(theirs)).unwrap(),
+            });
+            let _ = poll_once(&mut first);
+            drop(first);
+            let got = t.join().unwrap();
+            assert!(got == 10 || got == 20);
+            assert_eq!(store.probe(&1), Probe::Ready(got));
+            let (started, _, dropped) = runs.counts();
+            assert_eq!(started, dropped, "no load left running");
+        });
+    }
+
+    /// rev3: `put_absent` settling a load in flight, racing an invalidation that comes
+    /// after a caller of the load got `put_absent`'s value: the invalidation wins (the
+    /// README's "writes win"; linearizability: the put came before that caller's read,
+    /// which came before the invalidation), so the value is not stored after it.
+    #[test]
+    fn put_absent_vs_invalidate_after_a_waiter_got_the_value() {
+        loom::model(|| {
+            let store = store();
+            // A load that never finishes (nor wakes) by itself: only `put_absent` settles it.
+            let first = waiter(load(&store, 1, Box::pin(std::future::pending())));
+            let s = store.clone();
+            let t = thread::spawn(move || s.put_absent(s.hash(&1u8), 1, 20));
+            assert_eq!(value(&block_on(first)), Some(20), "put_absent's value");
+            drop(store.remove(store.hash(&1u8), &1));
+            assert_eq!(t.join().unwrap(), 20);
+            assert_eq!(
+                store.probe(&1),
+                Probe::Absent,
+                "the invalidation, after a caller got the value, wins"
+            );
         });
     }
 }
