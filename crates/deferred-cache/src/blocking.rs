@@ -11,15 +11,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use deferred_core::Deferred;
-use deferred_map::Lazy;
-
 use crate::{
     error::Failure,
     reentrancy,
     stats::Outcome,
-    stored::{CacheCell, Stored},
-    trace, Cache, Key, LoadError, RemovalCause, Shared, Value,
+    store::{Claim, LoadCell, LoadId, Waiter},
+    trace, Cache, Key, LoadError, Shared, Value,
 };
 
 impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
@@ -96,72 +93,50 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
             self.inner.counters.hit();
             return Ok(value);
         }
-        // The load's span-to-be, made before this caller's cell can be in the map: what a
+        // The load's span-to-be, made before this caller's cell can be in the table: what a
         // subscriber does here (panic, read the key) strands no one.
         let trace = trace::Load::new(|| hash);
-        let mine: CacheCell<V, E> = Lazy::pending();
-        let get = self
-            .inner
-            .map
-            .get_or_add_cell_hashed(hash, key.clone(), mine.clone());
-        self.inner.counters.miss(!get.added());
-        if get.added() {
-            self.load_blocking(key, hash, &mine, get, trace, loader)
-        } else {
-            self.join_blocking(key, hash, get)
-        }
-    }
-
-    /// `get_with_blocking` on a key whose load another caller started: waits for it (`get`),
-    /// parked.
-    fn join_blocking(
-        &self,
-        key: K,
-        hash: u64,
-        get: deferred_map::Get<'_, K, Stored<V>, Failure<E>, S>,
-    ) -> Result<V, LoadError<E>> {
-        let id = id(get.cell());
-        if reentrancy::is_inside(id) {
-            return Err(LoadError::Reentrant);
-        }
-        let cell = get.cell().clone();
-        // Polling the map's future may drive an async load on this thread: inside the load's
-        // re-entrancy scope, as an async caller's poll is, so that the load reading its own
-        // key gets `LoadError::Reentrant` instead of waiting on itself.
-        match block_on(get, id) {
-            Ok(stored) => {
-                self.admit_loaded(Some(&key), hash, &cell);
-                Ok(stored.value)
+        match self.inner.claim(hash, key) {
+            Claim::Ready(value) => {
+                self.inner.counters.hit();
+                Ok(value)
             }
-            Err(error) => Err(error.into()),
+            Claim::Joined(waiter) => {
+                self.inner.counters.miss(true);
+                join_blocking(waiter)
+            }
+            Claim::Mine(cell, id, kept) => {
+                self.inner.counters.miss(false);
+                self.load_blocking(hash, &cell, id, kept, trace, loader)
+            }
         }
     }
 
-    /// `get_with_blocking`'s own load: runs `loader` on this thread for `mine`, the entry
-    /// this caller added (`get` holds its interest in it), and settles the entry with the
-    /// outcome.
+    /// `get_with_blocking`'s own load: runs `loader` on this thread for `cell`, the load
+    /// this caller put in the key's slot (counting its interest), completes the cell with
+    /// the outcome and settles the slot: whoever completes a load's cell settles its slot.
     fn load_blocking(
         &self,
-        key: K,
         hash: u64,
-        mine: &CacheCell<V, E>,
-        get: deferred_map::Get<'_, K, Stored<V>, Failure<E>, S>,
+        cell: &LoadCell<V, E>,
+        id: LoadId,
+        kept: Option<K>,
         trace: trace::Load,
         loader: impl FnOnce() -> Result<V, E>,
     ) -> Result<V, LoadError<E>> {
-        // The guard settles the entry if the span's subscriber, the loader, or the clone of
-        // its value, unwinds: it stays armed until the cell is completed.
+        // The guard settles the load if the span's subscriber, the loader, or the clones of
+        // its value, unwind: it stays armed until they are done.
         let mut load = Running {
             cache: self,
-            key: &key,
             hash,
-            cell: mine,
+            cell,
+            id,
             started: Instant::now(),
             finished: false,
             trace,
         };
         let result = {
-            let _inside = reentrancy::enter(id(mine));
+            let _inside = reentrancy::enter(id);
             // Opened inside the guard and the re-entrancy scope: a subscriber that panics
             // fails the load as a panicking loader does, and one that reads the key gets
             // `LoadError::Reentrant`, as the async path's span (opened in the load's poll).
@@ -170,95 +145,80 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
         };
         match result {
             Ok(value) => {
-                let won = mine.succeed(Stored::new(value.clone())).is_ok();
+                // The copies for the cell's waiters and for the slot, under the guard.
+                let copies = (value.clone(), value.clone());
                 let took = Some(load.finish(Outcome::Ok));
                 drop(load);
                 self.inner.counters.load(Outcome::Ok, took);
-                drop(get);
-                if won {
-                    self.admit_loaded(Some(&key), hash, mine);
+                let (waiters, stored) = copies;
+                // Weighed with no lock held, before the settle.
+                let weight = self.inner.weigh_loaded(kept.as_ref(), &value);
+                if cell.succeed(waiters).is_ok() {
+                    self.inner.settle(hash, id, Some((stored, weight)));
                     return Ok(value);
                 }
                 // `get_or_insert_with` settled the key first (its completion may still be
                 // under way: this waits for its write only): its value is the key's, and its
                 // callers', so it is this caller's too.
-                let settled = settled_value(mine);
-                self.admit_loaded(Some(&key), hash, mine);
-                settled
+                settled_value(cell)
             }
             Err(error) => {
                 let took = Some(load.finish(Outcome::Failed));
                 drop(load);
                 self.inner.counters.load(Outcome::Failed, took);
-                drop(get);
                 let error = Arc::new(error);
-                let failed = self.settle_failed(&key, hash, mine, |cell| {
-                    cell.fail(Failure::Error(Arc::clone(&error))).is_ok()
-                });
-                if failed {
+                // The cell first, then the slot, as an async load's failure: until the slot
+                // goes, a read finds no value, and a caller that misses replaces it.
+                if cell.fail(Failure::Error(Arc::clone(&error))).is_ok() {
+                    self.inner.settle(hash, id, None);
                     return Err(LoadError::Failed(error));
                 }
                 // As in the `Ok` arm: `get_or_insert_with` settled the key first.
-                let settled = settled_value(mine);
-                self.admit_loaded(Some(&key), hash, mine);
-                settled
+                settled_value(cell)
             }
         }
     }
+}
 
-    /// Completes this caller's load `mine` as failed (`fail` does it; `true` if it won),
-    /// taking its entry out of the map first, so that no later caller is served the
-    /// failure. Unless `get_or_insert_with` completed `mine` with a value first: then the
-    /// value stays (returns `false`). Only the entry with no value yet is removed; if the
-    /// value lands in it between the removal and `fail` (which then loses), the value has
-    /// left the map, and that is booked as a removal (policy, counter, listener).
-    fn settle_failed(
-        &self,
-        key: &K,
-        hash: u64,
-        mine: &CacheCell<V, E>,
-        fail: impl FnOnce(&Deferred<Stored<V>, Failure<E>>) -> bool,
-    ) -> bool {
-        let removed = self.inner.map.remove_if_hashed(hash, key, |cell| {
-            Lazy::ptr_eq(cell, mine) && cell.try_get().is_none()
-        });
-        if fail(mine.deferred()) {
-            return true;
-        }
-        if let Some(old) = removed {
-            // Lost to a completion under way: wait for its write, then book it.
-            let _ = old.deferred().wait_blocking();
-            self.book_removed(key, hash, &old, RemovalCause::Explicit);
-        }
-        false
+/// `get_with_blocking` on a key whose load another caller started: waits for it, parked.
+fn join_blocking<K, V: Value, E: Shared, S>(
+    waiter: Waiter<'_, K, V, E, S>,
+) -> Result<V, LoadError<E>> {
+    let id = waiter.id();
+    if reentrancy::is_inside(id) {
+        return Err(LoadError::Reentrant);
     }
+    // Polling the waiter may drive an async load on this thread: inside the load's
+    // re-entrancy scope, as an async caller's poll is, so that the load reading its own key
+    // gets `LoadError::Reentrant` instead of waiting on itself.
+    block_on(waiter, id).map_err(Into::into)
 }
 
 /// The outcome of this caller's cell once someone else completed it (or is completing it:
 /// the wait is for that write only). Only `get_or_insert_with` completes another caller's
 /// blocking cell, with a value.
-fn settled_value<V: Clone, E>(mine: &CacheCell<V, E>) -> Result<V, LoadError<E>> {
-    match mine.deferred().wait_blocking() {
-        Ok(stored) => Ok(stored.value.clone()),
+fn settled_value<V: Clone, E>(cell: &LoadCell<V, E>) -> Result<V, LoadError<E>> {
+    match cell.wait_blocking() {
+        Ok(value) => Ok(value.clone()),
         Err(error) => Err(error.cloned().into()),
     }
 }
 
 /// A blocking load in progress. If the loader (or the clone of its value) unwinds, it
-/// completes the cell as panicked and takes the entry out of the map (as `settle_failed`
-/// does: unless `get_or_insert_with` settled it with a value first), so that the callers
-/// who joined it get `LoadError::Panicked` instead of waiting forever.
-struct Running<'a, K: Key, V: Value, E: Shared, S: BuildHasher> {
+/// completes the cell as panicked and, if that won, takes the load's slot out (unless
+/// `get_or_insert_with` settled it with a value first: its completer settles it), so that
+/// the callers who joined it get `LoadError::Panicked` instead of waiting forever.
+struct Running<'a, K, V, E, S> {
     cache: &'a Cache<K, V, E, S>,
-    key: &'a K,
     hash: u64,
-    cell: &'a CacheCell<V, E>,
+    cell: &'a LoadCell<V, E>,
+    id: LoadId,
     started: Instant,
     finished: bool,
     trace: trace::Load,
 }
 
-impl<K: Key, V: Value, E: Shared, S: BuildHasher> Running<'_, K, V, E, S> {
+impl<K, V, E, S> Running<'_, K, V, E, S> {
     /// The loader returned: disarms the guard, records `outcome` on the span, and returns
     /// how long the load took.
     fn finish(&mut self, outcome: Outcome) -> Duration {
@@ -269,13 +229,14 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Running<'_, K, V, E, S> {
     }
 }
 
-impl<K: Key, V: Value, E: Shared, S: BuildHasher> Drop for Running<'_, K, V, E, S> {
+impl<K, V, E, S> Drop for Running<'_, K, V, E, S> {
     fn drop(&mut self) {
         if self.finished {
             return;
         }
-        self.cache
-            .settle_failed(self.key, self.hash, self.cell, Deferred::die);
+        if self.cell.die() {
+            self.cache.inner.drop_load(self.hash, self.id);
+        }
         let took = self.started.elapsed();
         self.trace.finish(Outcome::Panicked, took);
         self.cache
@@ -283,11 +244,6 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Drop for Running<'_, K, V, E, 
             .counters
             .load(Outcome::Panicked, Some(took));
     }
-}
-
-/// The identity of a cell, as the re-entrancy guard knows it.
-fn id<V, E>(cell: &CacheCell<V, E>) -> usize {
-    cell.deferred() as *const Deferred<Stored<V>, Failure<E>> as usize
 }
 
 /// Wakes a parked thread.
@@ -306,7 +262,7 @@ impl Wake for Unpark {
 /// Polls `fut` on this thread until it is ready, parking in between.
 /// Each poll runs inside the re-entrancy scope of the load of cell `id`, which it may
 /// drive.
-fn block_on<F: Future + Unpin>(mut fut: F, id: usize) -> F::Output {
+fn block_on<F: Future + Unpin>(mut fut: F, id: LoadId) -> F::Output {
     let waker = Waker::from(Arc::new(Unpark(thread::current())));
     let mut cx = Context::from_waker(&waker);
     loop {

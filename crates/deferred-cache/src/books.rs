@@ -126,6 +126,7 @@ impl Books {
     }
 
     /// The weight of this shard's values on the books.
+    #[cfg(all(test, not(loom)))]
     pub(crate) fn live(&self) -> u64 {
         self.live
     }

@@ -12,18 +12,13 @@ use std::{
     time::Instant,
 };
 
-use deferred_map::{DeferredMap, Lazy};
-
 use crate::{
     error::Failure,
     listener::Listener,
-    policy::{Evicted, Policy},
     stats::{Counters, Outcome, Stats},
-    stored::{CacheCell, Stored},
+    store::Store,
     trace, Builder, Key, RemovalCause, Shared, Value,
 };
-
-pub(crate) type Map<K, V, E, S> = DeferredMap<K, Stored<V>, Failure<E>, S>;
 
 /// How much of the capacity a value takes.
 pub(crate) type Weigher<K, V> = Box<dyn Fn(&K, &V) -> u32 + Send + Sync>;
@@ -126,14 +121,9 @@ pub struct Cache<K, V, E = Infallible, S = RandomState> {
     pub(crate) inner: Arc<Inner<K, V, E, S>>,
 }
 
-/// What the handles of one cache share.
-pub(crate) struct Inner<K, V, E, S> {
-    pub(crate) map: Map<K, V, E, S>,
-    policy: Option<Policy<V, E>>,
-    weigher: Option<Weigher<K, V>>,
-    listener: Option<Listener<K, V>>,
-    pub(crate) counters: Arc<Counters>,
-}
+/// What the handles of one cache share: the store (its table, books, weigher, listener
+/// and counters).
+pub(crate) type Inner<K, V, E, S> = Store<K, V, E, S>;
 
 impl<K, V, E, S> Clone for Cache<K, V, E, S> {
     /// Another handle to the same cache: one reference-count increment. Every handle sees
@@ -202,16 +192,14 @@ impl<K, V, E, S> Cache<K, V, E, S> {
         hasher: S,
         initial_capacity: usize,
     ) -> Self {
-        let map = DeferredMap::with_capacity_and_hasher(initial_capacity, hasher);
-        let policy = capacity.map(|c| Policy::new(c, map.shard_count()));
         Cache {
-            inner: Arc::new(Inner {
-                map,
-                policy,
+            inner: Arc::new(Store::new(
+                initial_capacity,
+                hasher,
+                capacity,
                 weigher,
                 listener,
-                counters: Arc::new(Counters::new()),
-            }),
+            )),
         }
     }
 
@@ -223,7 +211,7 @@ impl<K, V, E, S> Cache<K, V, E, S> {
     /// assert_eq!(cache.capacity(), Some(5));
     /// ```
     pub fn capacity(&self) -> Option<u64> {
-        self.inner.policy.as_ref().map(Policy::capacity)
+        self.inner.capacity()
     }
 
     /// The number of entries: values, and loads in flight. A snapshot.
@@ -234,7 +222,7 @@ impl<K, V, E, S> Cache<K, V, E, S> {
     /// assert_eq!(cache.len(), 1);
     /// ```
     pub fn len(&self) -> usize {
-        self.inner.map.len()
+        self.inner.len()
     }
 
     /// Whether the cache has no entries.
@@ -244,7 +232,7 @@ impl<K, V, E, S> Cache<K, V, E, S> {
     /// assert!(cache.is_empty());
     /// ```
     pub fn is_empty(&self) -> bool {
-        self.inner.map.is_empty()
+        self.inner.len() == 0
     }
 
     /// The weight of the values counted against capacity (their number when no weigher is
@@ -256,7 +244,7 @@ impl<K, V, E, S> Cache<K, V, E, S> {
     /// assert_eq!(cache.weighted_size(), Some(1));
     /// ```
     pub fn weighted_size(&self) -> Option<u64> {
-        self.inner.policy.as_ref().map(Policy::weight)
+        self.inner.weight()
     }
 
     /// A snapshot of the counters.
@@ -350,48 +338,9 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
     /// The heart of `get_or_insert_with`: stores `value` at `key` unless a value is there
     /// (or a load in flight completes first), and returns the one stored. Counts nothing.
     fn put_absent(&self, key: K, hash: u64, value: V) -> V {
-        loop {
-            // A ready cell of our own, stored if the key is absent. Found otherwise: the
-            // entry there, held (`Get`) so that a load in flight is not dropped as abandoned
-            // meanwhile, and never claimed (made `Kept`): a load's failure must still go.
-            let mine: CacheCell<V, E> = Lazy::ready(Stored::new(value.clone()));
-            let get = self
-                .inner
-                .map
-                .get_or_add_cell_hashed(hash, key.clone(), mine.clone());
-            if get.added() {
-                drop(get);
-                self.admit_loaded(Some(&key), hash, &mine);
-                return value;
-            }
-            let cell = get.cell().clone();
-            drop(mine);
-            if cell.succeed(Stored::new(value.clone())).is_ok() {
-                // A load in flight, settled with `value`: its computation has nothing left
-                // to do. Admitted through this very cell, never through a later lookup
-                // (which could find, and claim, another entry).
-                cell.abort();
-                drop(get);
-                self.admit_loaded(Some(&key), hash, &cell);
-                return value;
-            }
-            // Complete, or being completed right now by its load (the completion is under
-            // way: this waits for its write only): its outcome is the key's.
-            let stored = match cell.deferred().wait_blocking() {
-                Ok(stored) => Some(stored.value.clone()),
-                Err(_) => None,
-            };
-            drop(get);
-            if let Some(stored) = stored {
-                self.admit_loaded(Some(&key), hash, &cell);
-                return stored;
-            }
-            // A failed load is no value: out with it (its callers hold their own handles),
-            // and try again.
-            self.inner.map.remove_if_hashed(hash, &key, |c| {
-                Lazy::ptr_eq(c, &cell) && matches!(c.try_get(), Some(Err(_)))
-            });
-        }
+        // Weighed before the lock is taken (the weigher is user code).
+        let weight = self.inner.weigh(&key, &value);
+        self.inner.put_absent(hash, key, value, weight)
     }
 
     /// The value at `key` if it is present and loaded, counting a hit or a miss and
@@ -446,9 +395,7 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
         Q: Hash + Eq + ?Sized,
     {
         self.inner
-            .map
-            .try_get_with(key, |outcome| outcome.ok().map(|s| s.value.clone()))
-            .flatten()
+            .read(self.hash(key), key, false, |v| Some(v.clone()))
     }
 
     /// The value at `key` seen through a reference, without counting a read or recording a
@@ -485,10 +432,7 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
         K: Borrow<Q>,
         Q: Eq + ?Sized,
     {
-        self.inner
-            .map
-            .try_get_with_hashed(hash, key, |outcome| outcome.ok().map(|s| f(&s.value)))
-            .flatten()
+        self.inner.read(hash, key, false, |v| Some(f(v)))
     }
 
     /// Whether `key` has a loaded value. Counts nothing.
@@ -511,9 +455,8 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
         Q: Hash + Eq + ?Sized,
     {
         self.inner
-            .map
-            .try_get_with(key, |outcome| outcome.is_ok())
-            .unwrap_or(false)
+            .read(self.hash(key), key, false, |_| Some(()))
+            .is_some()
     }
 
     /// Stores `value` at `key`, replacing what was there. A load in flight for `key` goes on
@@ -534,21 +477,9 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
     /// `self.hash(&key)` (see [`hash`](Self::hash)).
     #[doc(hidden)]
     pub fn insert_hashed(&self, hash: u64, key: K, value: V) {
-        let weight = self.weigh(&key, &value);
-        let cell = Lazy::ready(Stored::new(value));
-        // The key goes into the map; a copy is made only for a listener, to tell it of a
-        // value this one replaces.
-        let listened = self.inner.listener.as_ref().map(|_| key.clone());
-        let old = self.inner.map.insert_hashed(hash, key, cell.clone());
-        if let Some(old) = old {
-            self.retire(hash, &old);
-            self.inner.counters.invalidated(1);
-            if let Some(key) = &listened {
-                self.notify(key, &old, RemovalCause::Replaced);
-            }
-            drop(old);
-        }
-        self.admit(hash, &cell, weight);
+        // Weighed before the lock is taken (the weigher is user code).
+        let weight = self.inner.weigh(&key, &value);
+        self.inner.insert(hash, key, value, weight);
     }
 
     /// Removes the entry at `key`; returns whether there was one. A load in flight goes on
@@ -628,24 +559,21 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
         K: Borrow<Q>,
         Q: Eq + ToOwned<Owned = K> + ?Sized,
     {
-        let old = self.remove_entry(hash, key)?;
-        let value = old.get().map(|stored| stored.value.clone());
-        drop(old);
-        value
+        self.inner
+            .remove(hash, key, |_| true, RemovalCause::Explicit, true)
+            .flatten()
     }
 
     /// Removes the entry at `key` (whose hash is `hash`), value or load in flight, with the
-    /// books kept; returns its cell.
-    fn remove_entry<Q>(&self, hash: u64, key: &Q) -> Option<CacheCell<V, E>>
+    /// books kept; returns whether there was one.
+    fn remove_entry<Q>(&self, hash: u64, key: &Q) -> Option<()>
     where
         K: Borrow<Q>,
         Q: Eq + ToOwned<Owned = K> + ?Sized,
     {
-        let old = self.inner.map.remove_hashed(hash, key)?;
-        self.retire(hash, &old);
-        self.inner.counters.invalidated(1);
-        self.notify_borrowed(key, &old, RemovalCause::Explicit);
-        Some(old)
+        self.inner
+            .remove(hash, key, |_| true, RemovalCause::Explicit, false)
+            .map(drop)
     }
 
     /// The loaded entries, as `(key, value)` clones, without counting reads or recording
@@ -674,15 +602,8 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
     /// assert_eq!(cache.stats().hits, 0);
     /// ```
     pub fn iter(&self) -> Iter<K, V> {
-        let mut entries = Vec::new();
-        // `for_each` hands each shard's snapshot to the closure with no lock held.
-        self.inner.map.for_each(|key, cell| {
-            if let Some(stored) = cell.get() {
-                entries.push((key.clone(), stored.value.clone()));
-            }
-        });
         Iter {
-            entries: entries.into_iter(),
+            entries: self.inner.snapshot().into_iter(),
         }
     }
 
@@ -731,41 +652,8 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
     /// ```
     ///
     /// [`Stats::invalidated`]: crate::Stats::invalidated
-    pub fn invalidate_entries_if(&self, mut pred: impl FnMut(&K, &V) -> bool) -> usize {
-        // `extract_if` goes shard by shard: a panic in `pred` unwinding through it would drop
-        // the entries of the shards already done, out of the map but not off the books. So
-        // the panic is caught here: `pred` is not called again, the entries it already said
-        // `true` to are removed and booked as usual, and then the panic goes on.
-        let mut panicked = None;
-        let gone = self.inner.map.extract_if(|key, cell| {
-            if panicked.is_some() {
-                return false;
-            }
-            let Some(stored) = cell.get() else {
-                return false;
-            };
-            match panic::catch_unwind(AssertUnwindSafe(|| pred(key, &stored.value))) {
-                Ok(remove) => remove,
-                Err(payload) => {
-                    panicked = Some(payload);
-                    false
-                }
-            }
-        });
-        // As in `invalidate_all`: off the policy's books once out of the map.
-        for (key, cell) in &gone {
-            self.retire(self.hash(key), cell);
-        }
-        self.inner.counters.invalidated(gone.len() as u64);
-        for (key, cell) in &gone {
-            self.notify(key, cell, RemovalCause::Explicit);
-        }
-        let removed = gone.len();
-        drop(gone);
-        if let Some(payload) = panicked {
-            panic::resume_unwind(payload);
-        }
-        removed
+    pub fn invalidate_entries_if(&self, pred: impl FnMut(&K, &V) -> bool) -> usize {
+        self.inner.remove_all_if(pred)
     }
 
     /// Removes every entry. Loads in flight go on for the callers already waiting on them;
@@ -779,20 +667,7 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
     /// assert_eq!(cache.weighted_size(), Some(0));
     /// ```
     pub fn invalidate_all(&self) {
-        // Each value is taken off the policy's books only once it is out of the map, as
-        // `invalidate` does: retired before, a load that completed and was admitted in
-        // between would leave without being retired, its weight counted for good.
-        let gone = self.inner.map.extract_if(|_, _| true);
-        for (key, cell) in &gone {
-            self.retire(self.hash(key), cell);
-        }
-        if let Some(policy) = &self.inner.policy {
-            policy.purge();
-        }
-        self.inner.counters.invalidated(gone.len() as u64);
-        for (key, cell) in &gone {
-            self.notify(key, cell, RemovalCause::Explicit);
-        }
+        self.inner.clear();
     }
 
     /// The value at `key` seen through a reference, for reads that want part of a value, or
@@ -1010,27 +885,15 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
     {
         // An owned key only for what takes one: the weigher (when bounded) and the
         // listener. Without either, a borrowed key allocates nothing.
-        let owned = (self.weighs() || self.inner.listener.is_some()).then(|| key.to_owned());
+        let weighs = self.inner.weighs();
+        let listens = self.inner.has_listener();
+        let owned = (weighs || listens).then(|| key.to_owned());
         let weight = match &owned {
-            Some(owned) => self.weigh(owned, &value),
-            None => Some(1), // no weigher: every value weighs one
+            Some(owned) if weighs => self.inner.weigh(owned, &value),
+            _ => self.inner.weigh_loaded(None, &value),
         };
-        let cell = Lazy::ready(Stored::new(value));
-        let swapped = self
-            .inner
-            .map
-            .replace_if_hashed(hash, key, cell.clone(), |old| {
-                old.get().is_some_and(|stored| pred(&stored.value))
-            });
-        let Ok(old) = swapped else { return false };
-        self.retire(hash, &old);
-        self.inner.counters.invalidated(1);
-        if let Some(owned) = &owned {
-            self.notify(owned, &old, RemovalCause::Replaced);
-        }
-        drop(old);
-        self.admit(hash, &cell, weight);
-        true
+        let told = owned.filter(|_| listens);
+        self.inner.replace_if(hash, key, value, weight, told, pred)
     }
 
     fn remove_where<Q>(
@@ -1044,61 +907,13 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
         K: Borrow<Q>,
         Q: Eq + ToOwned<Owned = K> + ?Sized,
     {
-        let removed = self.inner.map.remove_if_hashed(hash, key, |cell| {
-            cell.get().is_some_and(|stored| pred(&stored.value))
-        });
-        let Some(old) = removed else { return false };
-        self.retire(hash, &old);
-        trace::removed(hash, cause);
-        if cause == RemovalCause::Expired {
-            self.inner.counters.expired(1);
-        } else {
-            self.inner.counters.invalidated(1);
-        }
-        self.notify_borrowed(key, &old, cause);
-        drop(old);
-        true
-    }
-
-    /// Books a value that left the map by another way than the cache's removals (a blocking
-    /// load's entry taken out just as `get_or_insert_with` settled it): off the policy's
-    /// books, counted as invalidated, told to the listener as `cause`.
-    pub(crate) fn book_removed(
-        &self,
-        key: &K,
-        hash: u64,
-        cell: &CacheCell<V, E>,
-        cause: RemovalCause,
-    ) {
-        self.retire(hash, cell);
-        self.inner.counters.invalidated(1);
-        self.notify(key, cell, cause);
-    }
-
-    /// Tells the listener, if any, that the value in `cell` left the cache. No lock held.
-    ///
-    /// A panic in the listener is caught here and counted (`Stats::listener_panics`; the
-    /// panic hook has printed it already), never let out: the operation that removed the
-    /// value finishes its bookkeeping and the rest of its removals, whatever the listener
-    /// does, and the listener is called again for the next removal.
-    fn notify(&self, key: &K, cell: &CacheCell<V, E>, cause: RemovalCause) {
-        if let (Some(listener), Some(stored)) = (&self.inner.listener, cell.get()) {
-            if caught(|| listener(key, &stored.value, cause)).is_none() {
-                self.inner.counters.listener_panicked();
-            }
-        }
-    }
-
-    /// [`notify`](Self::notify) for a removal by a borrowed key: the listener takes a `&K`,
-    /// so the key is made owned (`to_owned`), but only when there is a listener to tell and
-    /// a value that left.
-    fn notify_borrowed<Q>(&self, key: &Q, cell: &CacheCell<V, E>, cause: RemovalCause)
-    where
-        Q: ToOwned<Owned = K> + ?Sized,
-    {
-        if self.inner.listener.is_some() && cell.get().is_some() {
-            self.notify(&key.to_owned(), cell, cause);
-        }
+        // A load in flight is not a value: never removed here. `pred` is asked once, of the
+        // key's value.
+        let mut pred = Some(pred);
+        let matches = |v: Option<&V>| v.is_some_and(|v| pred.take().is_some_and(|p| p(v)));
+        self.inner
+            .remove(hash, key, matches, cause, false)
+            .is_some()
     }
 
     /// Reads the value at `key` for a hit, recording the use.
@@ -1136,41 +951,7 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
         K: Borrow<Q>,
         Q: Eq + ?Sized,
     {
-        self.inner
-            .map
-            .try_get_with_hashed(hash, key, |outcome| match outcome {
-                Ok(stored) => {
-                    let found = f(&stored.value);
-                    if found.is_some() {
-                        stored.meta.touch();
-                    }
-                    found
-                }
-                Err(_) => None,
-            })
-            .flatten()
-    }
-
-    /// Whether values are weighed (bounded, with a weigher): the one use admission has for
-    /// a key.
-    pub(crate) fn weighs(&self) -> bool {
-        self.inner.policy.is_some() && self.inner.weigher.is_some()
-    }
-
-    /// The weight of `value`, or `None` if the weigher panicked (caught and counted here:
-    /// the caller refuses the value, whose weight is unknown). Without a capacity the
-    /// weigher has no effect, and is not called.
-    fn weigh(&self, key: &K, value: &V) -> Option<u32> {
-        match (&self.inner.policy, &self.inner.weigher) {
-            (Some(_), Some(weigher)) => {
-                let weight = caught(|| weigher(key, value));
-                if weight.is_none() {
-                    self.inner.counters.weigher_panicked();
-                }
-                weight
-            }
-            _ => Some(1),
-        }
+        self.inner.read(hash, key, true, f)
     }
 
     /// The hash of a key, or of a borrowed form of it: the map's hasher over `key`, so that
@@ -1184,82 +965,13 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
     #[doc(hidden)]
     #[inline]
     pub fn hash<Q: Hash + ?Sized>(&self, key: &Q) -> u64 {
-        self.inner.map.hasher().hash_one(key)
-    }
-
-    /// Takes a value that left the map (invalidated or replaced) off the policy's books.
-    fn retire(&self, hash: u64, old: &CacheCell<V, E>) {
-        if let Some(policy) = &self.inner.policy {
-            policy.retire(hash, old);
-        }
-    }
-
-    /// Counts the value that a load just put in `cell` against capacity, evicting as
-    /// needed. Any caller that saw the value may call this; the first one that gets here
-    /// admits it, if it is still the key's value.
-    /// `hash` is the key's (`self.hash(&key)`), computed once by the caller's operation.
-    /// `key` is needed only for the weigher: a caller may pass `None` when the cache does
-    /// not [`weigh`](Self::weighs) its values.
-    pub(crate) fn admit_loaded(&self, key: Option<&K>, hash: u64, cell: &CacheCell<V, E>) {
-        let Some(stored) = cell.get() else { return };
-        if self.inner.policy.is_none() || !Policy::<V, E>::needs_admission(&stored.meta) {
-            return;
-        }
-        // Still the key's value? An invalidate or insert may have replaced it while it
-        // loaded, and a removal of a pending cell has no value to take off the books (its
-        // `retire` finds none), so a value that left before this check must not be
-        // admitted. One that leaves after it is retired under the policy lock, which
-        // `admit` sees. The cell is the entry's identity: no key comparison.
-        if !self.inner.map.contains_cell_hashed(hash, cell) {
-            return;
-        }
-        let weight = match key {
-            Some(key) => self.weigh(key, &stored.value),
-            None => {
-                debug_assert!(
-                    !self.weighs(),
-                    "admit_loaded: a weighed value needs its key"
-                );
-                Some(1)
-            }
-        };
-        self.admit(hash, cell, weight);
-    }
-
-    /// Admits the complete value in `cell`, the entry at the key of `hash`, unless it was
-    /// admitted or removed already; evicts, then removes the victims from the map and tells
-    /// the listener.
-    ///
-    /// `cell` must have been complete before it went into the map (as `insert` and
-    /// `replace_if` make it), or checked to be in the map since it completed (as
-    /// `admit_loaded` does): then every removal of it from the map retires it afterwards
-    /// (every removal path calls `retire` on what it took out), and `retire` marks it
-    /// REMOVED under the policy lock that `Policy::admit` takes, so a removed value is
-    /// never admitted, and one removed after its admission is taken off the books.
-    fn admit(&self, hash: u64, cell: &CacheCell<V, E>, weight: Option<u32>) {
-        let Some(policy) = &self.inner.policy else {
-            return;
-        };
-        let mut evicted: Vec<Evicted<V, E>> = Vec::new();
-        policy.admit(hash, cell, weight, &mut evicted);
-        let mut removed = 0;
-        for out in &evicted {
-            // Found by its hash and cell; the map hands back the victim's key.
-            if let Some(key) = self.inner.map.remove_cell_hashed(out.hash, &out.cell) {
-                removed += 1;
-                trace::removed(out.hash, RemovalCause::Size);
-                self.notify(&key, &out.cell, RemovalCause::Size);
-            }
-        }
-        self.inner.counters.evicted(removed);
-        // Values are dropped here, with no lock held.
-        drop(evicted);
+        self.inner.hash(key)
     }
 }
 
 /// Runs user code that must not unwind through the cache's bookkeeping (a listener, a
 /// weigher): `None` if it panicked. The panic hook has reported the panic already.
-fn caught<R>(f: impl FnOnce() -> R) -> Option<R> {
+pub(crate) fn caught<R>(f: impl FnOnce() -> R) -> Option<R> {
     match panic::catch_unwind(AssertUnwindSafe(f)) {
         Ok(r) => Some(r),
         Err(payload) => {
@@ -1279,7 +991,7 @@ pub(crate) fn load<V, E, Fut>(
     fut: Fut,
     counters: Arc<Counters>,
     trace: trace::Load,
-) -> impl Future<Output = Result<Stored<V>, Failure<E>>> + Send + 'static
+) -> impl Future<Output = Result<V, Failure<E>>> + Send + 'static
 where
     Fut: Future<Output = Result<V, Failure<E>>> + Send + 'static,
     V: Send + 'static,
@@ -1300,7 +1012,7 @@ where
             Err(Failure::Error(_)) => Outcome::Failed,
             Err(Failure::Absent) => Outcome::Absent,
         });
-        result.map(Stored::new)
+        result
     }
 }
 
@@ -1388,8 +1100,8 @@ impl<K: fmt::Debug, V: fmt::Debug> fmt::Debug for Iter<K, V> {
 impl<K, V, E, S> fmt::Debug for Cache<K, V, E, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Cache")
-            .field("len", &self.inner.map.len())
-            .field("policy", &self.inner.policy)
+            .field("len", &self.inner.len())
+            .field("store", &self.inner)
             .field("stats", &self.inner.counters.snapshot())
             .finish_non_exhaustive()
     }

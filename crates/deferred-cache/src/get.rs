@@ -12,8 +12,11 @@ use std::{
 use futures_core::FusedFuture;
 
 use crate::{
-    cache::load, error::Failure, reentrancy, stored::Stored, trace, Cache, Key, LoadError, Shared,
-    Value,
+    cache::load,
+    error::Failure,
+    reentrancy,
+    store::{Lookup, Waiter},
+    trace, Cache, Key, LoadError, Shared, Value,
 };
 
 /// Where a read's outcome came from: see [`GetWith::with_source`].
@@ -40,7 +43,7 @@ pub enum Source {
 
 // The loading reads live here, beside the futures they return (the blocking one is in
 // `blocking.rs`), so that `cache.rs` need not know these futures.
-impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
+impl<K: Key + Shared, V: Value, E: Shared, S: BuildHasher + Shared> Cache<K, V, E, S> {
     /// The value at `key`, loading it with `loader` on a miss. However many callers miss the
     /// same key at once, one loader runs (the first caller's; the others' are dropped
     /// unrun) and all of them get its outcome. See [`GetWith`] for cancellation and
@@ -245,13 +248,10 @@ enum State<'a, K, V, E, S, L> {
         /// per operation); else it is computed on the first poll.
         hash: Option<u64>,
     },
-    /// Missed: waiting on (and helping drive) the key's load. `key` is a copy kept for the
-    /// weigher when the cache has one (see `Cache::admit_loaded`), else `None`.
+    /// Missed: waiting on (and helping drive) the key's load, which settles its own slot
+    /// (and weighs its value, with a copy of the key it keeps only when the cache weighs).
     Wait {
-        get: deferred_map::Get<'a, K, Stored<V>, Failure<E>, S>,
-        key: Option<K>,
-        /// The key's hash, computed once on the first poll (issue #13: hash once).
-        hash: u64,
+        waiter: Waiter<'a, K, V, E, S>,
         source: Source,
     },
     Done,
@@ -340,7 +340,7 @@ impl<'a, K, V, E, S, L> GetWith<'a, K, V, E, S, L> {
     }
 }
 
-impl<K: Key, V: Value, E: Shared, S: BuildHasher, L> GetWith<'_, K, V, E, S, L>
+impl<K: Key + Shared, V: Value, E: Shared, S: BuildHasher + Shared, L> GetWith<'_, K, V, E, S, L>
 where
     L: Loader<K, V, E>,
 {
@@ -362,7 +362,7 @@ where
     async move { fut.await.map_err(Failure::error) }
 }
 
-impl<K: Key, V: Value, E: Shared, S: BuildHasher, L> GetWith<'_, K, V, E, S, L> {
+impl<K: Key + Shared, V: Value, E: Shared, S: BuildHasher + Shared, L> GetWith<'_, K, V, E, S, L> {
     /// The read, with `start` making the load from the loader on a miss.
     #[inline]
     fn poll_with<Fut>(
@@ -374,82 +374,65 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher, L> GetWith<'_, K, V, E, S, L> 
         Fut: Future<Output = Result<V, Failure<E>>> + Send + 'static,
     {
         let cache = self.cache;
-        if let State::Start { key, hash, .. } = &self.state {
-            // The one hash of this read (given by the layer above, or computed here): the
-            // lookup, the load's entry and its admission all take it from here.
-            let hash = hash.unwrap_or_else(|| cache.hash(key));
-            // The hit path reads through a reference: nothing moves.
-            if let Some(value) = cache.read_hashed(hash, key) {
-                cache.inner.counters.hit();
-                self.state = State::Done;
-                return Poll::Ready((Ok(value), Source::Hit));
-            }
-            let State::Start { key, loader, .. } = core::mem::replace(&mut self.state, State::Done)
+        if let State::Start { .. } = &self.state {
+            let State::Start { key, loader, hash } =
+                core::mem::replace(&mut self.state, State::Done)
             else {
                 unreachable!("matched above");
             };
-            // The key goes into the map (the loader borrows it there); a copy is kept only
-            // for the weigher, which admission asks for the value's weight.
-            let kept = cache.weighs().then(|| key.clone());
-            let get = cache.inner.map.get_or_add_with_hashed(hash, key, |key| {
+            // The one hash of this read (given by the layer above, or computed here): the
+            // probe, the load's slot and its settle all take it from here.
+            let hash = hash.unwrap_or_else(|| cache.hash(&key));
+            // The hit under the read lock; on a miss, the key goes into the load's slot (the
+            // loader borrows it there).
+            let lookup = cache.inner.get_or_load(hash, key, |key| {
                 let trace = trace::Load::new(|| hash);
                 load(start(loader, key), Arc::clone(&cache.inner.counters), trace)
             });
-            let source = if get.added() {
+            let waiter = match lookup {
+                Lookup::Ready(value) => {
+                    cache.inner.counters.hit();
+                    return Poll::Ready((Ok(value), Source::Hit));
+                }
+                Lookup::Wait(waiter) => waiter,
+            };
+            let source = if waiter.added() {
                 Source::Loaded
             } else {
                 Source::Joined
             };
             cache.inner.counters.miss(source == Source::Joined);
-            self.state = State::Wait {
-                get,
-                key: kept,
-                hash,
-                source,
-            };
+            self.state = State::Wait { waiter, source };
         }
-        let State::Wait { get, source, .. } = &mut self.state else {
+        let State::Wait { waiter, source } = &mut self.state else {
             panic!("`GetWith` polled after it completed");
         };
         let source = *source;
-        let outcome = if get.cell().is_done() {
+        let outcome = if waiter.is_done() {
             // Ready on this poll: it drives nothing.
-            match Pin::new(get).poll(cx) {
+            match Pin::new(waiter).poll(cx) {
                 Poll::Ready(outcome) => outcome,
                 Poll::Pending => return Poll::Pending,
             }
         } else {
-            let id = cell_id(get);
+            let id = waiter.id();
             if reentrancy::is_inside(id) {
                 self.state = State::Done;
                 return Poll::Ready((Err(LoadError::Reentrant), source));
             }
             let _inside = reentrancy::enter(id);
-            match Pin::new(get).poll(cx) {
+            match Pin::new(waiter).poll(cx) {
                 Poll::Ready(outcome) => outcome,
                 Poll::Pending => return Poll::Pending,
             }
         };
-        let State::Wait { key, hash, get, .. } = core::mem::replace(&mut self.state, State::Done)
-        else {
-            unreachable!("matched above");
-        };
-        match outcome {
-            Ok(stored) => {
-                cache.admit_loaded(key.as_ref(), hash, get.cell());
-                Poll::Ready((Ok(stored.value), source))
-            }
-            Err(error) => Poll::Ready((Err(error.into()), source)),
-        }
+        self.state = State::Done;
+        Poll::Ready((outcome.map_err(Into::into), source))
     }
 }
 
-/// The address of the cell a map future waits on: its identity while the future holds it.
-fn cell_id<K, V, E, S>(get: &deferred_map::Get<'_, K, V, E, S>) -> usize {
-    get.cell().deferred() as *const deferred_core::Deferred<V, E> as usize
-}
-
-impl<K: Key, V: Value, E: Shared, S: BuildHasher, L> Future for GetWith<'_, K, V, E, S, L>
+impl<K: Key + Shared, V: Value, E: Shared, S: BuildHasher + Shared, L> Future
+    for GetWith<'_, K, V, E, S, L>
 where
     L: Loader<K, V, E>,
 {
@@ -461,7 +444,8 @@ where
     }
 }
 
-impl<K: Key, V: Value, E: Shared, S: BuildHasher, L> FusedFuture for GetWith<'_, K, V, E, S, L>
+impl<K: Key + Shared, V: Value, E: Shared, S: BuildHasher + Shared, L> FusedFuture
+    for GetWith<'_, K, V, E, S, L>
 where
     L: Loader<K, V, E>,
 {
@@ -491,7 +475,8 @@ impl<K, V, E, S, L> fmt::Debug for GetWith<'_, K, V, E, S, L> {
 #[must_use = "futures do nothing unless polled"]
 pub struct WithSource<'a, K, V, E, S, L>(GetWith<'a, K, V, E, S, L>);
 
-impl<K: Key, V: Value, E: Shared, S: BuildHasher, L> Future for WithSource<'_, K, V, E, S, L>
+impl<K: Key + Shared, V: Value, E: Shared, S: BuildHasher + Shared, L> Future
+    for WithSource<'_, K, V, E, S, L>
 where
     L: Loader<K, V, E>,
 {
@@ -502,7 +487,8 @@ where
     }
 }
 
-impl<K: Key, V: Value, E: Shared, S: BuildHasher, L> FusedFuture for WithSource<'_, K, V, E, S, L>
+impl<K: Key + Shared, V: Value, E: Shared, S: BuildHasher + Shared, L> FusedFuture
+    for WithSource<'_, K, V, E, S, L>
 where
     L: Loader<K, V, E>,
 {
@@ -541,7 +527,7 @@ impl<'a, K, V, E, S, F> OptionallyGetWith<'a, K, V, E, S, F> {
     }
 }
 
-impl<K: Key, V: Value, E: Shared, S: BuildHasher, F, Fut> Future
+impl<K: Key + Shared, V: Value, E: Shared, S: BuildHasher + Shared, F, Fut> Future
     for OptionallyGetWith<'_, K, V, E, S, F>
 where
     F: FnOnce() -> Fut,
@@ -565,7 +551,7 @@ where
     }
 }
 
-impl<K: Key, V: Value, E: Shared, S: BuildHasher, F, Fut> FusedFuture
+impl<K: Key + Shared, V: Value, E: Shared, S: BuildHasher + Shared, F, Fut> FusedFuture
     for OptionallyGetWith<'_, K, V, E, S, F>
 where
     F: FnOnce() -> Fut,

@@ -3,7 +3,6 @@
 #![allow(clippy::std_instead_of_core, clippy::alloc_instead_of_core)] // a `std` crate
 
 mod blocking;
-#[allow(dead_code)] // until the store takes its books (step 2)
 mod books;
 mod bounds;
 mod builder;
@@ -14,13 +13,8 @@ mod listener;
 mod loading;
 mod lock;
 mod loom;
-mod policy;
 mod reentrancy;
 mod stats;
-mod stored;
-// Step 1 of docs/value-slots.md: the store and its tests and models, unused by the cache
-// until step 2 moves the cache onto it.
-#[allow(dead_code)]
 mod store;
 mod trace;
 

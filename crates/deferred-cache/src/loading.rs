@@ -97,7 +97,7 @@ impl<K, V, E, S> LoadingCache<K, V, E, S> {
     }
 }
 
-impl<K: Key, V: Value, E: Shared, S: BuildHasher> LoadingCache<K, V, E, S> {
+impl<K: Key + Shared, V: Value, E: Shared, S: BuildHasher + Shared> LoadingCache<K, V, E, S> {
     /// The value at `key`, loaded with the cache's loader on a miss: one load however many
     /// callers miss at once. See [`Cache::get_with`] and [`GetWith`].
     ///

@@ -3,6 +3,6 @@
 //! a protocol, in `reentrancy`, picks loom's itself).
 
 #[cfg(not(loom))]
-pub(crate) use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+pub(crate) use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+pub(crate) use loom::sync::atomic::{AtomicU64, AtomicU8, Ordering};

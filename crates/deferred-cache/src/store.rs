@@ -1,37 +1,43 @@
 //! `Store`: the cache's own sharded table, whose slots hold complete values inline and a
 //! `Lazy` cell only while a load is in flight (docs/value-slots.md).
 //!
-//! A slot is `Ready { value, meta }` (no allocation of its own) or
-//! `Loading { cell, interest }`. The protocols, each under one shard's write lock:
+//! A shard is one lock over its table and its eviction books ([`Books`]): every write
+//! stores its slot, puts it on the books and evicts within its shard under that one write
+//! lock, so the books are exact per shard by construction. A slot is `Ready` (the value,
+//! its use count, its weight and its `stamp`, unique in the shard: no allocation of its
+//! own) or `Loading { cell, interest }`. The load protocols, each under one shard's write
+//! lock:
 //!
 //! * **Load.** A miss puts a `Loading` slot with a fresh cell whose computation is the
 //!   loader; the load is known by its cell's address (its [`LoadId`]); callers that miss
-//!   meanwhile join it (`interest += 1`) without making a loader (the read probe tells a
-//!   load from an absent key). A load that failed counts as absent: a caller that misses
-//!   makes a loader, and its load takes the slot. The cell is driven by its waiters,
-//!   outside the lock.
-//! * **Settle.** When the loader returns, the computation settles its own slot, once,
-//!   inside the poll that ran it: a value first completes the cell (so that a value put
-//!   by [`Store::put_absent`] and the load's value cannot both win), then, if that won,
-//!   replaces the slot that is still `Loading` with this cell by `Ready`; an error or a
-//!   `None` likewise fails the cell first, then, if that won, removes that slot (until
-//!   then the slot reads as absent, and a caller that misses replaces it). A slot that is
-//!   gone (removed) or is another (a write replaced it, a new load) is left alone: nothing
-//!   is stored. Whoever completes a load's cell settles its slot; waiters that get the
-//!   outcome take no lock.
+//!   meanwhile join it (`interest += 1`). The cell is driven by its waiters, outside the lock.
+//! * **Settle.** When the loader returns, the computation weighs the value (no lock held),
+//!   then settles its own slot, once, inside the poll that ran it: a value first completes
+//!   the cell (so that a value put by [`Store::put_absent`] and the load's value cannot
+//!   both win), then, if that won, replaces the slot that is still `Loading` with this
+//!   cell by `Ready` (on the books, evicting as need be); an error or a `None` likewise
+//!   fails the cell first, then, if that won, removes that slot (until then the slot reads
+//!   as absent, and a caller that misses replaces it). A slot that is gone (removed) or is
+//!   another (a write replaced it, a new load) is left alone: nothing is stored. Whoever
+//!   completes a load's cell settles its slot; waiters that get the outcome take no lock.
 //! * **Cancellation.** A waiter that leaves before the load ends takes one `interest`
 //!   back; the last one removes the `Loading` slot with its cell and aborts the cell, which
 //!   drops the computation (unless the cell is complete: its completer settles the slot).
-//!   `put_absent` holds one interest while it completes the cell and stores its value.
+//!   `put_absent` holds one interest while it completes the cell and stores its value; a
+//!   blocking load ([`Store::claim`]) holds one until its loader returns.
 //! * **Panics.** The computation's drop guard (`Unsettled`), run while the panic unwinds
 //!   through the poll that drove it (the loader's, or the clone of its value's), completes
 //!   the cell as panicked and, if that won, removes the `Loading` slot with its cell, so
 //!   the next read loads again.
 //!
+//! Capacity is the cache's (one total, `Bound::total`): a write that leaves the total over
+//! capacity evicts in its own shard while that shard is over its share, then, with no lock
+//! held, in the others one write lock at a time (`reclaim`).
+//!
 //! No user code runs under a shard lock but keys' `Eq` and values' `Clone` (as in the
-//! map): loaders are made before it is taken, and what a call takes out of the table
-//! (values, keys, cells, whose drops may drop a computation and so run its guard, which
-//! takes the lock again) is dropped after it is released.
+//! map): loaders and the weigher run before it is taken, and what a call takes out of the
+//! table (values, keys, cells, whose drops may drop a computation and so run its guard,
+//! which takes the lock again) is told to the listener and dropped after it is released.
 
 use std::{
     borrow::Borrow,
@@ -47,7 +53,16 @@ use crossbeam_utils::CachePadded;
 use deferred_core::{Error, Lazy, OwnedLazyWait, WeakLazy};
 use hashbrown::HashTable;
 
-use crate::{error::Failure, lock::ShardLock, stored::Meta};
+use crate::{
+    books::{Books, Pos, Step},
+    cache::{caught, Weigher},
+    error::Failure,
+    listener::Listener,
+    lock::ShardLock,
+    loom::{AtomicU64, AtomicU8, Ordering::Relaxed},
+    stats::Counters,
+    trace, RemovalCause,
+};
 
 /// The cell of a load in flight.
 pub(crate) type LoadCell<V, E> = Lazy<V, Failure<E>>;
@@ -57,57 +72,119 @@ pub(crate) type LoadCell<V, E> = Lazy<V, Failure<E>>;
 /// `Lazy`, the computation and its guard a `WeakLazy`, which keeps the allocation), so no
 /// other cell can have that address meanwhile: unlike a counter, it never wraps onto a
 /// newer load (rev3: a `u32` per shard did, after 2^32 misses in the shard).
-type LoadId = usize;
+pub(crate) type LoadId = usize;
 
-fn load_id<V, E>(cell: &LoadCell<V, E>) -> LoadId {
+pub(crate) fn load_id<V, E>(cell: &LoadCell<V, E>) -> LoadId {
     std::ptr::from_ref(cell.deferred()).cast::<()>() as usize
 }
 
 /// A waiter's link on a load's cell.
 type LoadWait<V, E> = Pin<Box<OwnedLazyWait<V, Failure<E>>>>;
 
+/// The most uses a read records.
+const MAX_FREQ: u8 = 3;
+
+/// Records a read in a value's use count. Stores only when the count changes, so that
+/// readers of a hot key do not keep writing its cache line. Relaxed: a hint to the policy,
+/// racy by design (a lost bump costs nothing but accuracy).
+#[inline]
+fn touch(freq: &AtomicU8) {
+    let n = freq.load(Relaxed);
+    if n < MAX_FREQ {
+        freq.store(n + 1, Relaxed);
+    }
+}
+
 /// What a slot holds.
 pub(crate) enum State<V, E> {
-    /// A complete value, with the policy's view of it.
-    Ready { value: V, meta: Meta },
+    /// A complete value, with the policy's view of it (its fields inline, so that the
+    /// small ones share the tag's word: 24 bytes for a `u64` value).
+    Ready {
+        value: V,
+        /// Reads since the value last left a queue, saturating at `MAX_FREQ` (see
+        /// [`touch`]); read and reset by eviction steps under the write lock.
+        freq: AtomicU8,
+        /// What it counts against capacity (0 when unbounded, or weightless: never
+        /// queued).
+        weight: u32,
+        /// Unique in its shard (a `u64` counter that never wraps): this stored value, as
+        /// the books and `remove_all_if` find it.
+        stamp: u64,
+    },
     /// A load in flight: its cell (driven by its waiters; its address is the load's
     /// [`LoadId`]), and the number of waiters counting on it (see [`Store::uninterested`]).
     Loading { cell: LoadCell<V, E>, interest: u32 },
 }
 
 impl<V, E> State<V, E> {
-    fn ready(value: V) -> Self {
-        State::Ready {
-            value,
-            meta: Meta::new(),
-        }
-    }
-
     /// Whether this is the load `id`.
     fn is_load(&self, id: LoadId) -> bool {
         matches!(self, State::Loading { cell, .. } if load_id(cell) == id)
     }
+
+    fn is_stamp(&self, stamp: u64) -> bool {
+        matches!(self, State::Ready { stamp: s, .. } if *s == stamp)
+    }
 }
 
 /// One entry.
-struct Slot<K, V, E> {
+pub(crate) struct Slot<K, V, E> {
+    pub(crate) hash: u64,
+    pub(crate) key: K,
+    pub(crate) state: State<V, E>,
+}
+
+/// What one shard's lock covers: the table, its books, and the source of its stamps.
+pub(crate) struct ShardData<K, V, E> {
+    pub(crate) table: HashTable<Slot<K, V, E>>,
+    books: Books,
+    next_stamp: u64,
+}
+
+/// One shard, on its own cache line.
+type Shard<K, V, E> = CachePadded<ShardLock<ShardData<K, V, E>>>;
+
+/// What a bounded store counts against.
+struct Bound {
+    capacity: u64,
+    /// The weight of the values on the books, all shards together: the sum of the shards'
+    /// `live`, changed with them under a shard's write lock. Relaxed: it orders nothing
+    /// (each shard's books are ordered by its lock); every change is a read-modify-write,
+    /// so a thread that added weight reads a total that includes its addition (the last one
+    /// to add makes room for all), and an eviction takes its weight off only while the
+    /// total is over capacity (so that concurrent admissions do not evict twice for one
+    /// overflow).
+    total: CachePadded<AtomicU64>,
+}
+
+impl Bound {
+    fn over(&self) -> bool {
+        self.total.load(Relaxed) > self.capacity
+    }
+}
+
+/// A slot that left the table under a lock: told (counted, traced, given to the listener)
+/// and dropped after the lock is released.
+pub(crate) struct Gone<K, V, E> {
     hash: u64,
-    key: K,
+    /// The key the listener is told (none where the caller made no copy for it).
+    key: Option<K>,
     state: State<V, E>,
+    cause: RemovalCause,
 }
 
-/// One shard: its table behind its lock.
-struct Shard<K, V, E> {
-    table: ShardLock<HashTable<Slot<K, V, E>>>,
-}
-
-/// The cache's table: `[CachePadded<Shard>; shards]`, the top bits of a hash picking the
-/// shard.
+/// The cache's table: `[CachePadded<ShardLock<ShardData>>; shards]`, the top bits of a
+/// hash picking the shard; and what its writes need: the capacity, the weigher, the
+/// listener and the counters.
 pub(crate) struct Store<K, V, E, S> {
     hasher: S,
-    shards: Box<[CachePadded<Shard<K, V, E>>]>,
+    shards: Box<[Shard<K, V, E>]>,
     /// `64 - log2(shards)`: a hash shifted right by it is its shard's index.
     shift: u32,
+    bound: Option<Bound>,
+    weigher: Option<Weigher<K, V>>,
+    listener: Option<Listener<K, V>>,
+    pub(crate) counters: Arc<Counters>,
 }
 
 /// The shard count: a power of two, about four per thread, as the map's.
@@ -125,49 +202,307 @@ pub(crate) enum Lookup<'a, K, V, E, S> {
 }
 
 impl<K, V, E, S> Store<K, V, E, S> {
-    /// An empty store with room for `capacity` entries, hashing keys with `hasher`.
+    /// An unbounded store with no weigher or listener, with room for `capacity` entries.
+    #[cfg(test)]
     pub(crate) fn with_capacity_and_hasher(capacity: usize, hasher: S) -> Self {
-        Self::with_shards(default_shards(), capacity, hasher)
+        Self::new(capacity, hasher, None, None, None)
     }
 
-    /// As [`with_capacity_and_hasher`](Self::with_capacity_and_hasher), with `shards`
-    /// shards (a power of two).
-    fn with_shards(shards: usize, capacity: usize, hasher: S) -> Self {
-        debug_assert!(shards.is_power_of_two());
-        let per_shard = capacity.div_ceil(shards);
+    /// A store with room for `initial` entries; bounded by `capacity` if given, each value
+    /// weighed by `weigher` (if given: one unit each otherwise); `listener` told of every
+    /// value that leaves. A bounded store has fewer shards when the capacity is small, so
+    /// that each shard's share is at least 256 units and its queues behave like one.
+    pub(crate) fn new(
+        initial: usize,
+        hasher: S,
+        capacity: Option<u64>,
+        weigher: Option<Weigher<K, V>>,
+        listener: Option<Listener<K, V>>,
+    ) -> Self {
+        let mut count = default_shards();
+        if let Some(capacity) = capacity {
+            while count > 1 && capacity / (count as u64) < 256 {
+                count /= 2;
+            }
+        }
+        let per_shard = initial.div_ceil(count);
+        let share = |i: usize| {
+            capacity.map_or(0, |c| {
+                c / count as u64 + u64::from((i as u64) < c % count as u64)
+            })
+        };
         Store {
             hasher,
-            shards: (0..shards)
-                .map(|_| {
-                    CachePadded::new(Shard {
-                        table: ShardLock::new(HashTable::with_capacity(per_shard)),
-                    })
+            shards: (0..count)
+                .map(|i| {
+                    CachePadded::new(ShardLock::new(ShardData {
+                        table: HashTable::with_capacity(per_shard),
+                        books: Books::new(share(i)),
+                        next_stamp: 0,
+                    }))
                 })
                 .collect(),
-            shift: u64::BITS - shards.trailing_zeros(),
+            shift: u64::BITS - count.trailing_zeros(),
+            bound: capacity.map(|capacity| Bound {
+                capacity,
+                total: CachePadded::new(AtomicU64::new(0)),
+            }),
+            weigher: if capacity.is_some() { weigher } else { None },
+            listener,
+            counters: Arc::new(Counters::new()),
         }
     }
 
-    pub(crate) fn hasher(&self) -> &S {
-        &self.hasher
-    }
-
-    pub(crate) fn shard_count(&self) -> usize {
-        self.shards.len()
-    }
-
-    fn shard(&self, hash: u64) -> &Shard<K, V, E> {
+    fn index(&self, hash: u64) -> usize {
         // `checked_shr`: one shard shifts by 64.
-        let index = hash.checked_shr(self.shift).unwrap_or(0);
-        &self.shards[index as usize]
+        hash.checked_shr(self.shift).unwrap_or(0) as usize
+    }
+
+    pub(crate) fn shard(&self, hash: u64) -> &ShardLock<ShardData<K, V, E>> {
+        &self.shards[self.index(hash)]
     }
 
     /// The number of entries: values and loads in flight. A snapshot.
     pub(crate) fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.table.read(HashTable::len))
-            .sum()
+        self.shards.iter().map(|s| s.read(|d| d.table.len())).sum()
+    }
+
+    /// The capacity, if bounded.
+    pub(crate) fn capacity(&self) -> Option<u64> {
+        self.bound.as_ref().map(|b| b.capacity)
+    }
+
+    /// The weight of the values on the books, if bounded. A snapshot.
+    pub(crate) fn weight(&self) -> Option<u64> {
+        self.bound.as_ref().map(|b| b.total.load(Relaxed))
+    }
+
+    /// Whether values are weighed with their key (bounded, with a weigher).
+    pub(crate) fn weighs(&self) -> bool {
+        self.weigher.is_some()
+    }
+
+    pub(crate) fn has_listener(&self) -> bool {
+        self.listener.is_some()
+    }
+
+    /// The weight of `value` at `key`, or `None` if the weigher panicked (caught and
+    /// counted here: the value is refused, its weight unknown). No lock held. Unbounded: 0,
+    /// and the weigher is not called; bounded with no weigher: 1.
+    pub(crate) fn weigh(&self, key: &K, value: &V) -> Option<u32> {
+        match (&self.bound, &self.weigher) {
+            (None, _) => Some(0),
+            (Some(_), None) => Some(1),
+            (Some(_), Some(weigher)) => {
+                let weight = caught(|| weigher(key, value));
+                if weight.is_none() {
+                    self.counters.weigher_panicked();
+                }
+                weight
+            }
+        }
+    }
+
+    /// Counts, traces and tells the listener of what left the table, then drops it: with
+    /// no lock held. A panicking listener is caught and counted, and the rest are told.
+    pub(crate) fn tell(&self, gone: Vec<Gone<K, V, E>>) {
+        if gone.is_empty() {
+            return;
+        }
+        let (mut evicted, mut invalidated, mut expired) = (0, 0, 0);
+        for g in &gone {
+            match g.cause {
+                RemovalCause::Size => evicted += 1,
+                RemovalCause::Expired => expired += 1,
+                _ => invalidated += 1,
+            }
+        }
+        self.counters.evicted(evicted);
+        self.counters.invalidated(invalidated);
+        self.counters.expired(expired);
+        for g in &gone {
+            if g.cause.was_evicted() {
+                trace::removed(g.hash, g.cause);
+            }
+            if let (Some(listener), Some(key), State::Ready { value, .. }) =
+                (&self.listener, &g.key, &g.state)
+            {
+                if caught(|| listener(key, value, g.cause)).is_none() {
+                    self.counters.listener_panicked();
+                }
+            }
+        }
+        drop(gone);
+    }
+
+    /// Makes room in the shards other than `home` (whose own pass is done), one write lock
+    /// at a time: first in the shards over their share, then, if that is not enough (a
+    /// value heavier than its shard's share), in any shard, `home` last (never evicting
+    /// `stamp` there, the value being stored). Victims go to `out`.
+    fn reclaim(&self, home: usize, stamp: u64, out: &mut Vec<Gone<K, V, E>>) {
+        let Some(bound) = &self.bound else { return };
+        let n = self.shards.len();
+        for any in [false, true] {
+            for k in 1..=n {
+                let j = (home + k) & (n - 1);
+                if j == home && !any {
+                    continue;
+                }
+                let exempt = (j == home).then_some(stamp);
+                self.shards[j].write(|d| d.shrink(bound, exempt, any, out));
+                if !bound.over() {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// After a write that stored `stamp` in shard `home` and left the cache over capacity
+    /// (`over`): reclaims in the other shards, then tells what left. No lock held.
+    fn finish(&self, hash: u64, stored: Option<u64>, mut out: Vec<Gone<K, V, E>>) {
+        if let (Some(stamp), Some(bound)) = (stored, &self.bound) {
+            if bound.over() {
+                self.reclaim(self.index(hash), stamp, &mut out);
+            }
+        }
+        self.tell(out);
+    }
+}
+
+impl<K, V, E> ShardData<K, V, E> {
+    /// The live value of a queue position, if it is still in the table.
+    fn find<'t>(table: &'t HashTable<Slot<K, V, E>>, pos: &Pos) -> Option<&'t AtomicU8> {
+        match &table.find(pos.hash, |s| s.state.is_stamp(pos.stamp))?.state {
+            State::Ready { freq, .. } => Some(freq),
+            State::Loading { .. } => None,
+        }
+    }
+
+    /// Takes a state that left the table otherwise than by eviction off the books.
+    fn unbook(&mut self, bound: Option<&Bound>, state: &State<V, E>) {
+        let (Some(bound), &State::Ready { weight, .. }) = (bound, state) else {
+            return;
+        };
+        if weight == 0 {
+            return;
+        }
+        bound.total.fetch_sub(u64::from(weight), Relaxed);
+        if self.books.left(weight) {
+            let table = &self.table;
+            self.books.compact(|pos| Self::find(table, pos).is_some());
+        }
+    }
+
+    /// Removes the entry at `hash` that `eq` finds, off the books, as a [`Gone`] of `cause`.
+    fn take(
+        &mut self,
+        bound: Option<&Bound>,
+        hash: u64,
+        eq: impl FnMut(&Slot<K, V, E>) -> bool,
+        cause: RemovalCause,
+    ) -> Option<Gone<K, V, E>> {
+        let slot = self.table.find_entry(hash, eq).ok()?.remove().0;
+        self.unbook(bound, &slot.state);
+        Some(Gone {
+            hash,
+            key: Some(slot.key),
+            state: slot.state,
+            cause,
+        })
+    }
+
+    /// Stores `value` at `key`, whose slot the caller took out of the table (or which had
+    /// none): on the books, evicting in this shard while it is over its share and the cache
+    /// over capacity. A value the cache refuses (heavier than the capacity, any value at
+    /// capacity 0, or of unknown weight: `None`) is not stored, and goes to `out` as
+    /// evicted. Returns the stored value's stamp, if it weighs something (for `reclaim`).
+    fn admit(
+        &mut self,
+        bound: Option<&Bound>,
+        hash: u64,
+        key: K,
+        value: V,
+        weight: Option<u32>,
+        out: &mut Vec<Gone<K, V, E>>,
+    ) -> Option<u64> {
+        self.next_stamp += 1;
+        let stamp = self.next_stamp;
+        let refused = bound
+            .is_some_and(|b| weight.map_or(true, |w| b.capacity == 0 || u64::from(w) > b.capacity));
+        let weight = if bound.is_some() {
+            weight.unwrap_or(0)
+        } else {
+            0
+        };
+        let state = State::Ready {
+            value,
+            freq: AtomicU8::new(0),
+            weight,
+            stamp,
+        };
+        if refused {
+            // Never queued, never counted: it takes nothing else with it.
+            out.push(Gone {
+                hash,
+                key: Some(key),
+                state,
+                cause: RemovalCause::Size,
+            });
+            return None;
+        }
+        self.table
+            .insert_unique(hash, Slot { hash, key, state }, |s| s.hash);
+        let bound = bound.filter(|_| weight > 0)?;
+        // A value that weighs nothing frees nothing: never queued, so never a candidate.
+        self.books.push(Pos {
+            hash,
+            stamp,
+            weight,
+        });
+        bound.total.fetch_add(u64::from(weight), Relaxed);
+        self.shrink(bound, Some(stamp), false, out);
+        Some(stamp)
+    }
+
+    /// Evicts from this shard while the cache is over capacity and, unless `any`, this
+    /// shard is over its share; never `exempt` (the value being stored). Victims go to
+    /// `out`.
+    fn shrink(
+        &mut self,
+        bound: &Bound,
+        exempt: Option<u64>,
+        any: bool,
+        out: &mut Vec<Gone<K, V, E>>,
+    ) {
+        let mut held = None;
+        // Each turn takes a position off the queues for good, or sets `exempt` aside
+        // (once): bounded by the queues' length, whatever readers do meanwhile.
+        while (any || self.books.over_share()) && bound.over() {
+            let ShardData { table, books, .. } = self;
+            let step = books.step(exempt, &bound.total, bound.capacity, |pos| {
+                Self::find(table, pos)
+            });
+            match step {
+                Step::Out(pos) => {
+                    let Ok(entry) = table.find_entry(pos.hash, |s| s.state.is_stamp(pos.stamp))
+                    else {
+                        unreachable!("a step evicts only a value it found");
+                    };
+                    let slot = entry.remove().0;
+                    out.push(Gone {
+                        hash: pos.hash,
+                        key: Some(slot.key),
+                        state: slot.state,
+                        cause: RemovalCause::Size,
+                    });
+                }
+                Step::Held(pos, from_small) => held = Some((pos, from_small)),
+                Step::Empty | Step::Enough => break,
+            }
+        }
+        if let Some((pos, from_small)) = held {
+            self.books.restore(pos, from_small);
+        }
     }
 }
 
@@ -179,73 +514,173 @@ impl<K, V, E, S: BuildHasher> Store<K, V, E, S> {
 
 impl<K: Eq, V: Clone, E, S> Store<K, V, E, S> {
     /// `f` on the value at `key` (whose hash is `hash`) if it is complete, under the
-    /// shard's read lock: keep `f` short. A load whose cell has its value but whose settle
-    /// has not stored it yet counts as complete (with a fresh `Meta`): its waiters may
-    /// have it already, and a caller that got it must find it (rev3).
-    pub(crate) fn read<Q, R>(&self, hash: u64, key: &Q, f: impl FnOnce(&V, &Meta) -> R) -> Option<R>
+    /// shard's read lock: keep `f` short. If `touch` and `f` says `Some`, the use is
+    /// recorded. A load whose cell has its value but whose settle has not stored it yet
+    /// counts as complete: its waiters may have it already, and a caller that got it must
+    /// find it (rev3).
+    #[inline]
+    pub(crate) fn read<Q, R>(
+        &self,
+        hash: u64,
+        key: &Q,
+        touch: bool,
+        f: impl FnOnce(&V) -> Option<R>,
+    ) -> Option<R>
     where
         K: Borrow<Q>,
         Q: Eq + ?Sized,
     {
-        self.shard(hash)
-            .table
-            .read(|t| match &t.find(hash, |s| s.key.borrow() == key)?.state {
-                State::Ready { value, meta } => Some(f(value, meta)),
+        self.shard(hash).read(
+            |d| match &d.table.find(hash, |s| s.key.borrow() == key)?.state {
+                State::Ready { value, freq, .. } => {
+                    let found = f(value);
+                    if touch && found.is_some() {
+                        self::touch(freq);
+                    }
+                    found
+                }
                 State::Loading { cell, .. } => match cell.try_get()? {
-                    Ok(value) => Some(f(value, &Meta::new())),
+                    Ok(value) => f(value),
                     Err(_) => None,
                 },
-            })
+            },
+        )
     }
 
-    /// Stores `value` at `key`, replacing what was there; returns what it replaced. A load
-    /// in flight that is replaced goes on for its waiters, but its settle finds another
-    /// slot and stores nothing: the write wins.
-    pub(crate) fn insert(&self, hash: u64, key: K, value: V) -> Option<State<V, E>> {
-        let (old, _unused_key) =
-            self.shard(hash)
-                .table
-                .write(|t| match t.find_mut(hash, |s| s.key == key) {
-                    Some(slot) => (
-                        Some(std::mem::replace(&mut slot.state, State::ready(value))),
-                        Some(key),
-                    ),
-                    None => {
-                        let state = State::ready(value);
-                        t.insert_unique(hash, Slot { hash, key, state }, |s| s.hash);
-                        (None, None)
-                    }
-                });
-        old
+    /// Stores `value` (of `weight`, `None` if its weigher panicked) at `key`, replacing
+    /// what was there (a value, told as `Replaced`; a load in flight, which goes on for
+    /// its waiters, but whose settle finds another slot and stores nothing: the write
+    /// wins).
+    pub(crate) fn insert(&self, hash: u64, key: K, value: V, weight: Option<u32>) {
+        let bound = self.bound.as_ref();
+        let mut out = Vec::new();
+        let stored = self.shard(hash).write(|d| {
+            // The key already there stays (as `HashMap::insert` keeps it); the value it held
+            // is told with the key given, which is equal.
+            let key = match d.take(bound, hash, |s| s.key == key, RemovalCause::Replaced) {
+                Some(mut old) => {
+                    let kept = old.key.replace(key);
+                    out.push(old);
+                    kept.unwrap_or_else(|| unreachable!("`take` gives the slot's key"))
+                }
+                None => key,
+            };
+            d.admit(bound, hash, key, value, weight, &mut out)
+        });
+        self.finish(hash, stored, out);
     }
 
-    /// Removes the entry at `key`, value or load in flight; returns its key and state. A
-    /// load removed goes on for its waiters, and its settle stores nothing.
-    pub(crate) fn remove<Q>(&self, hash: u64, key: &Q) -> Option<(K, State<V, E>)>
+    /// Removes the entry at `key`, value or load in flight, if `pred` says so for it (a
+    /// load is offered as `None`); tells it as `cause` and returns a clone of its value if
+    /// `give` (`Some(None)` for a load, or without `give`). A load removed goes on for its waiters, and its settle
+    /// stores nothing.
+    pub(crate) fn remove<Q>(
+        &self,
+        hash: u64,
+        key: &Q,
+        mut pred: impl FnMut(Option<&V>) -> bool,
+        cause: RemovalCause,
+        give: bool,
+    ) -> Option<Option<V>>
     where
         K: Borrow<Q>,
         Q: Eq + ?Sized,
     {
-        let slot = self.shard(hash).table.write(|t| {
-            let entry = t.find_entry(hash, |s| s.key.borrow() == key).ok()?;
-            Some(entry.remove().0)
+        let bound = self.bound.as_ref();
+        let gone = self.shard(hash).write(|d| {
+            let matches = |s: &Slot<K, V, E>| {
+                s.key.borrow() == key
+                    && match &s.state {
+                        State::Ready { value, .. } => pred(Some(value)),
+                        State::Loading { .. } => pred(None),
+                    }
+            };
+            d.take(bound, hash, matches, cause)
         })?;
-        Some((slot.key, slot.state))
+        let value = match &gone.state {
+            State::Ready { value, .. } if give => Some(value.clone()),
+            _ => None,
+        };
+        self.tell(vec![gone]);
+        Some(value)
     }
 
-    /// Stores `value` at `key` unless a value is there, and returns the one stored. A load
-    /// in flight is settled with `value` (its waiters get it too) unless it is completing
-    /// at this very instant, in which case its value wins and is returned (this thread
-    /// parks for that completion, a write already under way); a load that failed is no
-    /// value, and `value` takes its place. A write or an invalidation that comes after the
-    /// load's waiters got `value` wins: `value` is returned, and not stored after it.
-    pub(crate) fn put_absent(&self, hash: u64, key: K, value: V) -> V {
+    /// Puts `value` (of `weight`) at `key` in place of the value there, if there is one and
+    /// `pred` says so for it (under the lock); the old value is told as `Replaced`, with
+    /// the key `told` (the caller's copy, made only for a listener). The key stored stays
+    /// the one there. Returns whether it replaced.
+    pub(crate) fn replace_if<Q>(
+        &self,
+        hash: u64,
+        key: &Q,
+        value: V,
+        weight: Option<u32>,
+        told: Option<K>,
+        pred: impl FnOnce(&V) -> bool,
+    ) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        let bound = self.bound.as_ref();
+        let mut out = Vec::new();
+        let replaced = self.shard(hash).write(|d| {
+            let yes = d
+                .table
+                .find(hash, |s| s.key.borrow() == key)
+                .is_some_and(|s| matches!(&s.state, State::Ready { value, .. } if pred(value)));
+            if !yes {
+                return Err(value);
+            }
+            let Some(old) = d.take(
+                bound,
+                hash,
+                |s| s.key.borrow() == key,
+                RemovalCause::Replaced,
+            ) else {
+                unreachable!("found above");
+            };
+            let Gone {
+                key: Some(stored_key),
+                state,
+                ..
+            } = old
+            else {
+                unreachable!("`take` gives the slot's key");
+            };
+            out.push(Gone {
+                hash,
+                key: told,
+                state,
+                cause: RemovalCause::Replaced,
+            });
+            Ok(d.admit(bound, hash, stored_key, value, weight, &mut out))
+        });
+        match replaced {
+            Ok(stored) => {
+                self.finish(hash, stored, out);
+                true
+            }
+            // Dropped with no lock held.
+            Err(_value) => false,
+        }
+    }
+
+    /// Stores `value` (of `weight`) at `key` unless a value is there, and returns the one
+    /// stored. A load in flight is settled with `value` (its waiters get it too) unless it
+    /// is completing at this very instant, in which case its value wins and is returned
+    /// (this thread parks for that completion, a write already under way); a load that
+    /// failed is no value, and `value` takes its place. A write or an invalidation that
+    /// comes after the load's waiters got `value` wins: `value` is returned, and not stored
+    /// after it.
+    pub(crate) fn put_absent(&self, hash: u64, key: K, value: V, weight: Option<u32>) -> V {
+        let bound = self.bound.as_ref();
         let shard = self.shard(hash);
-        let put = shard.table.write(|t| {
-            let Some(slot) = t.find_mut(hash, |s| s.key == key) else {
-                let state = State::ready(value.clone());
-                t.insert_unique(hash, Slot { hash, key, state }, |s| s.hash);
-                return Put::Stored(None, None);
+        let mut out = Vec::new();
+        let put = shard.write(|d| {
+            let Some(slot) = d.table.find_mut(hash, |s| s.key == key) else {
+                let stored = d.admit(bound, hash, key, value.clone(), weight, &mut out);
+                return Put::Stored(stored, None);
             };
             match &mut slot.state {
                 State::Ready { value: there, .. } => Put::There(there.clone(), key),
@@ -262,19 +697,25 @@ impl<K: Eq, V: Clone, E, S> Store<K, V, E, S> {
                     Some(Ok(loaded)) => Put::There(loaded.clone(), key),
                     // Failed (its remover is on its way: the load's failure completes the
                     // cell first, then removes its slot): no value, `value` takes its place.
-                    Some(Err(_)) => Put::Stored(
-                        Some(std::mem::replace(
-                            &mut slot.state,
-                            State::ready(value.clone()),
-                        )),
-                        Some(key),
-                    ),
+                    Some(Err(_)) => {
+                        let Ok(entry) = d.table.find_entry(hash, |s| s.key == key) else {
+                            unreachable!("found above");
+                        };
+                        // The failed load leaves unannounced, as its own removal would
+                        // (dropped with no lock held).
+                        let old = entry.remove().0;
+                        let stored = d.admit(bound, hash, key, value.clone(), weight, &mut out);
+                        Put::Stored(stored, Some(old))
+                    }
                 },
             }
         });
-        // What the lock took out (a replaced load, an unused key) is dropped here.
+        // What the lock took out (a replaced load, an unused key, victims) goes here.
         let (cell, id, key) = match put {
-            Put::Stored(..) => return value,
+            Put::Stored(stored, _failed) => {
+                self.finish(hash, stored, out);
+                return value;
+            }
             Put::There(there, _) => return there,
             Put::Settle(cell, id, key) => (cell, id, key),
         };
@@ -284,16 +725,8 @@ impl<K: Eq, V: Clone, E, S> Store<K, V, E, S> {
             // us, and our interest keeps its last waiter from removing it: `value` goes in
             // the slot that is still this load. A slot gone or another is a write or an
             // invalidation since (after the waiters got `value`): it wins, left alone.
-            let copy = value.clone();
-            let (_old, _copy) = shard.table.write(|t| {
-                match t.find_entry(hash, |s| s.hash == hash && s.state.is_load(id)) {
-                    Ok(entry) => {
-                        let state = &mut entry.into_mut().state;
-                        (Some(std::mem::replace(state, State::ready(copy))), None)
-                    }
-                    Err(_) => (None, Some(copy)),
-                }
-            });
+            drop(key);
+            self.settle(hash, id, Some((value.clone(), weight)));
             // The computation has nothing left to do (after the slot is stored, so that
             // its drop guard finds no load to remove).
             cell.abort();
@@ -308,39 +741,151 @@ impl<K: Eq, V: Clone, E, S> Store<K, V, E, S> {
             Ok(loaded) => loaded,
             Err(()) => {
                 drop(cell);
-                self.put_absent(hash, key, value)
+                self.put_absent(hash, key, value, weight)
             }
         }
     }
 
-    /// Settles the load `id` at `hash`: its slot, if it is still that load, becomes
-    /// `Ready(value)`, or is removed for `None`. Returns whether the slot was the load's.
-    fn settle(&self, hash: u64, id: LoadId, value: Option<V>) -> bool {
-        let (old, _unused) = self.shard(hash).table.write(|t| {
-            let Ok(entry) = t.find_entry(hash, |s| s.hash == hash && s.state.is_load(id)) else {
-                return (None, value);
-            };
-            match value {
-                Some(value) => {
-                    let old = std::mem::replace(&mut entry.into_mut().state, State::ready(value));
-                    (Some(old), None)
+    /// The loaded entries, as `(key, value)` clones, one shard at a time under its read
+    /// lock.
+    pub(crate) fn snapshot(&self) -> Vec<(K, V)>
+    where
+        K: Clone,
+    {
+        let mut entries = Vec::new();
+        for shard in self.shards.iter() {
+            shard.read(|d| {
+                entries.extend(d.table.iter().filter_map(|s| match &s.state {
+                    State::Ready { value, .. } => Some((s.key.clone(), value.clone())),
+                    State::Loading { .. } => None,
+                }));
+            });
+        }
+        entries
+    }
+
+    /// Removes the values for which `pred(key, value)` says `true`, as `Explicit`
+    /// removals: `pred` runs with no lock held on a snapshot of each shard (key and value
+    /// clones), and a value replaced after `pred` saw it is not removed (its stamp is
+    /// another). If `pred` panics it is not called again: the values it said `true` to
+    /// are removed and told, then the panic goes on. Returns how many were removed.
+    pub(crate) fn remove_all_if(&self, mut pred: impl FnMut(&K, &V) -> bool) -> usize
+    where
+        K: Clone,
+    {
+        let bound = self.bound.as_ref();
+        let mut removed = 0;
+        for shard in self.shards.iter() {
+            let seen: Vec<(u64, u64, K, V)> = shard.read(|d| {
+                d.table
+                    .iter()
+                    .filter_map(|s| match &s.state {
+                        State::Ready { value, stamp, .. } => {
+                            Some((s.hash, *stamp, s.key.clone(), value.clone()))
+                        }
+                        State::Loading { .. } => None,
+                    })
+                    .collect()
+            });
+            let mut doomed = Vec::new();
+            let mut panicked = None;
+            for (hash, stamp, key, value) in &seen {
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pred(key, value))) {
+                    Ok(true) => doomed.push((*hash, *stamp)),
+                    Ok(false) => {}
+                    Err(payload) => {
+                        panicked = Some(payload);
+                        break;
+                    }
                 }
-                None => (Some(entry.remove().0.state), None),
             }
+            let gone: Vec<_> = shard.write(|d| {
+                doomed
+                    .iter()
+                    .filter_map(|&(hash, stamp)| {
+                        d.take(
+                            bound,
+                            hash,
+                            |s| s.state.is_stamp(stamp),
+                            RemovalCause::Explicit,
+                        )
+                    })
+                    .collect()
+            });
+            drop(seen);
+            removed += gone.len();
+            self.tell(gone);
+            if let Some(payload) = panicked {
+                std::panic::resume_unwind(payload);
+            }
+        }
+        removed
+    }
+
+    /// Removes every entry, values and loads in flight (which go on for their waiters,
+    /// storing nothing), shard by shard; each removal told as `Explicit`.
+    pub(crate) fn clear(&self) {
+        for shard in self.shards.iter() {
+            let gone: Vec<_> = shard.write(|d| {
+                if let Some(bound) = &self.bound {
+                    bound.total.fetch_sub(d.books.clear(), Relaxed);
+                }
+                d.table
+                    .drain()
+                    .map(|s| Gone {
+                        hash: s.hash,
+                        key: Some(s.key),
+                        state: s.state,
+                        cause: RemovalCause::Explicit,
+                    })
+                    .collect()
+            });
+            self.tell(gone);
+        }
+    }
+
+    /// Settles the load `id` at `hash`: its slot, if it is still that load, becomes
+    /// `Ready(value)` (on the books, or refused), or is removed for `None`. Returns whether
+    /// the slot was the load's.
+    pub(crate) fn settle(&self, hash: u64, id: LoadId, value: Option<(V, Option<u32>)>) -> bool {
+        let bound = self.bound.as_ref();
+        let mut out = Vec::new();
+        let settled = self.shard(hash).write(|d| {
+            let entry = d
+                .table
+                .find_entry(hash, |s| s.hash == hash && s.state.is_load(id))
+                .ok()?;
+            let slot = entry.remove().0;
+            Some(match value {
+                Some((value, weight)) => (
+                    d.admit(bound, hash, slot.key, value, weight, &mut out),
+                    None,
+                ),
+                // Dropped with no lock held: its cell, its key.
+                None => (None, Some(slot)),
+            })
         });
-        old.is_some()
+        let Some((stored, _removed)) = settled else {
+            return false;
+        };
+        self.finish(hash, stored, out);
+        true
     }
 
     #[cfg(test)]
-    fn probe<Q>(&self, key: &Q) -> Probe<V>
+    pub(crate) fn probe<Q>(&self, key: &Q) -> Probe<V>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
         S: BuildHasher,
     {
         let hash = self.hash(key);
-        self.shard(hash).table.read(|t| {
-            match t.find(hash, |s| s.key.borrow() == key).map(|s| &s.state) {
+        self.shard(hash).read(|d| {
+            match d
+                .table
+                .find(hash, |s| s.key.borrow() == key)
+                .map(|s| &s.state)
+            {
                 None => Probe::Absent,
                 Some(State::Ready { value, .. }) => Probe::Ready(value.clone()),
                 Some(State::Loading { cell, interest }) => Probe::Loading(load_id(cell), *interest),
@@ -352,71 +897,39 @@ impl<K: Eq, V: Clone, E, S> Store<K, V, E, S> {
 /// What a test sees at a key.
 #[cfg(test)]
 #[derive(Debug, PartialEq, Eq)]
-enum Probe<V> {
+pub(crate) enum Probe<V> {
     Absent,
     Ready(V),
     /// A load in flight: its id and interest.
     Loading(LoadId, u32),
 }
 
-impl<K, V, E, S> Store<K, V, E, S>
-where
-    K: Eq + Send + Sync + 'static,
-    V: Clone + Send + Sync + 'static,
-    E: Send + Sync + 'static,
-    S: Send + Sync + 'static,
-{
-    /// The value at `key` (whose hash is `hash`), or a waiter on its load: joined if one is
-    /// in flight (`start` is not called), else started with the future `start` makes
-    /// (called with no lock held; if another caller's load landed meanwhile, that future is
-    /// dropped unpolled). A load that failed, whose slot its failure is about to remove,
-    /// counts as none: this call's load takes its place.
-    pub(crate) fn get_or_load<Fut>(
-        self: &Arc<Self>,
-        hash: u64,
-        key: K,
-        start: impl FnOnce(&K) -> Fut,
-    ) -> Lookup<'_, K, V, E, S>
-    where
-        Fut: Future<Output = Result<V, Failure<E>>> + Send + 'static,
-    {
-        // The hit, under the read lock (a load whose cell has its value counts, as in
-        // `read`). A load in flight is joined under the write lock without making a loader
-        // (e4cc24a); only a key with neither, or whose load failed, makes one.
-        let shard = self.shard(hash);
-        let probe = shard
-            .table
-            .read(|t| match t.find(hash, |s| s.key == key).map(|s| &s.state) {
-                None => Ok(false),
-                Some(State::Ready { value, .. }) => Err(value.clone()),
+/// What a probe under the read lock found, for a read that may load.
+enum Seen<V> {
+    Value(V),
+    Loading,
+    Absent,
+}
+
+impl<K: Eq, V: Clone, E, S> Store<K, V, E, S> {
+    /// The read lock's probe of a read that may load: a value (its use recorded), a load
+    /// in flight, or neither (a load that failed, whose slot its failure is about to
+    /// remove, counts as none; one whose cell has its value counts as that value).
+    fn seen(&self, hash: u64, key: &K) -> Seen<V> {
+        self.shard(hash).read(
+            |d| match d.table.find(hash, |s| s.key == *key).map(|s| &s.state) {
+                None => Seen::Absent,
+                Some(State::Ready { value, freq, .. }) => {
+                    touch(freq);
+                    Seen::Value(value.clone())
+                }
                 Some(State::Loading { cell, .. }) => match cell.try_get() {
-                    None => Ok(true),
-                    Some(Ok(value)) => Err(value.clone()),
-                    Some(Err(_)) => Ok(false),
+                    None => Seen::Loading,
+                    Some(Ok(value)) => Seen::Value(value.clone()),
+                    Some(Err(_)) => Seen::Absent,
                 },
-            });
-        let key = match probe {
-            Err(value) => return Lookup::Ready(value),
-            Ok(true) => match self.join_or_add(hash, key, None) {
-                Found::Absent(key) => key,
-                found => return self.lookup(hash, found, None),
             },
-            Ok(false) => key,
-        };
-        let cell = LoadCell::pending();
-        let load = run_load(
-            start(&key),
-            Arc::downgrade(self),
-            Lazy::downgrade(&cell),
-            hash,
-            load_id(&cell),
-        );
-        // Attaching to a fresh cell cannot be refused.
-        drop(cell.try_attach(Box::pin(load)));
-        let found = self.join_or_add(hash, key, Some(&cell));
-        // Our cell, and its unpolled loader if another load landed first, are dropped
-        // with no lock held.
-        self.lookup(hash, found, Some(cell))
+        )
     }
 
     /// Under the write lock: the value at `key`, or its load in flight joined, or, if
@@ -425,13 +938,11 @@ where
     /// takes its place (rev3), so that no later caller is served that failure; with none
     /// given it counts as absent, and the caller makes one.
     fn join_or_add(&self, hash: u64, key: K, add: Option<&LoadCell<V, E>>) -> Found<K, V, E> {
-        self.shard(hash).table.write(|t| {
-            if let Some(slot) = t.find_mut(hash, |s| s.key == key) {
+        self.shard(hash).write(|d| {
+            if let Some(slot) = d.table.find_mut(hash, |s| s.key == key) {
                 return match &mut slot.state {
                     State::Ready { value, .. } => Found::Ready(value.clone(), key),
-                    State::Loading { cell: theirs, .. }
-                        if matches!(theirs.try_get(), Some(Err(_))) =>
-                    {
+                    State::Loading { cell, .. } if matches!(cell.try_get(), Some(Err(_))) => {
                         let Some(cell) = add else {
                             return Found::Absent(key);
                         };
@@ -454,11 +965,136 @@ where
                 cell: cell.clone(),
                 interest: 1,
             };
-            t.insert_unique(hash, Slot { hash, key, state }, |s| s.hash);
+            d.table
+                .insert_unique(hash, Slot { hash, key, state }, |s| s.hash);
             Found::Added
         })
     }
 
+    /// The value at `key` for a blocking caller, or the load in flight joined, or this
+    /// caller's own load put there (a pending cell with no computation: the caller runs
+    /// its loader, completes the cell and settles the slot itself). `Claim::Mine` carries
+    /// a copy of the key for the weigher, made only when the store weighs.
+    pub(crate) fn claim(&self, hash: u64, key: K) -> Claim<'_, K, V, E, S>
+    where
+        K: Clone,
+    {
+        match self.seen(hash, &key) {
+            Seen::Value(value) => Claim::Ready(value),
+            Seen::Loading => match self.join_or_add(hash, key, None) {
+                Found::Absent(k) => self.claim_new(hash, k),
+                found => self.claimed(hash, found, None),
+            },
+            Seen::Absent => self.claim_new(hash, key),
+        }
+    }
+
+    fn claim_new(&self, hash: u64, key: K) -> Claim<'_, K, V, E, S>
+    where
+        K: Clone,
+    {
+        let kept = self.weighs().then(|| key.clone());
+        let cell = LoadCell::pending();
+        let found = self.join_or_add(hash, key, Some(&cell));
+        self.claimed(hash, found, Some((cell, kept)))
+    }
+
+    fn claimed(
+        &self,
+        hash: u64,
+        found: Found<K, V, E>,
+        added: Option<(LoadCell<V, E>, Option<K>)>,
+    ) -> Claim<'_, K, V, E, S> {
+        match (found, added) {
+            (Found::Ready(value, _key), _) => Claim::Ready(value),
+            (Found::Joined(theirs, id, _key), _) => {
+                Claim::Joined(Waiter::new(self, hash, id, theirs, false))
+            }
+            (Found::Added | Found::AddedOver(..), Some((cell, kept))) => {
+                let id = load_id(&cell);
+                Claim::Mine(cell, id, kept)
+            }
+            (Found::Added | Found::AddedOver(..) | Found::Absent(_), _) => {
+                unreachable!("added only when given a load")
+            }
+        }
+    }
+
+    /// The weight of a loaded `value`: weighed with `key` if the store weighs (the load
+    /// kept a copy for it), else the unit weight (1 bounded, 0 unbounded).
+    pub(crate) fn weigh_loaded(&self, key: Option<&K>, value: &V) -> Option<u32> {
+        match (key, &self.weigher) {
+            (Some(key), Some(_)) => self.weigh(key, value),
+            _ => Some(u32::from(self.bound.is_some())),
+        }
+    }
+}
+
+/// What a blocking caller found: see [`Store::claim`].
+pub(crate) enum Claim<'a, K, V, E, S> {
+    /// A complete value (a clone).
+    Ready(V),
+    /// A load in flight, joined.
+    Joined(Waiter<'a, K, V, E, S>),
+    /// This caller's own load: its cell is in the slot, counting this caller's interest;
+    /// the caller completes it and settles the slot ([`Store::settle`]). With a copy of
+    /// the key for the weigher.
+    Mine(LoadCell<V, E>, LoadId, Option<K>),
+}
+
+impl<K, V, E, S> Store<K, V, E, S>
+where
+    K: Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    E: Send + Sync + 'static,
+    S: Send + Sync + 'static,
+{
+    /// The value at `key` (whose hash is `hash`), or a waiter on its load: joined if one is
+    /// in flight (`start` is not called), else started with the future `start` makes
+    /// (called with no lock held; if another caller's load landed meanwhile, that future is
+    /// dropped unpolled). A load that failed, whose slot its failure is about to remove,
+    /// counts as none: this call's load takes its place. The load carries a copy of the key
+    /// only when the store weighs its values.
+    pub(crate) fn get_or_load<Fut>(
+        self: &Arc<Self>,
+        hash: u64,
+        key: K,
+        start: impl FnOnce(&K) -> Fut,
+    ) -> Lookup<'_, K, V, E, S>
+    where
+        Fut: Future<Output = Result<V, Failure<E>>> + Send + 'static,
+    {
+        // The hit, under the read lock. A load in flight is joined under the write lock
+        // without making a loader (e4cc24a); only a key with neither, or whose load
+        // failed, makes one.
+        let key = match self.seen(hash, &key) {
+            Seen::Value(value) => return Lookup::Ready(value),
+            Seen::Loading => match self.join_or_add(hash, key, None) {
+                Found::Absent(key) => key,
+                found => return self.lookup(hash, found, None),
+            },
+            Seen::Absent => key,
+        };
+        let cell = LoadCell::pending();
+        let kept = self.weighs().then(|| key.clone());
+        let load = run_load(
+            start(&key),
+            Arc::downgrade(self),
+            Lazy::downgrade(&cell),
+            hash,
+            load_id(&cell),
+            kept,
+        );
+        // Attaching to a fresh cell cannot be refused.
+        drop(cell.try_attach(Box::pin(load)));
+        let found = self.join_or_add(hash, key, Some(&cell));
+        // Our cell, and its unpolled loader if another load landed first, are dropped
+        // with no lock held.
+        self.lookup(hash, found, Some(cell))
+    }
+}
+
+impl<K, V, E, S> Store<K, V, E, S> {
     /// What `join_or_add` found, as a lookup; `added` is the load it was given, if any.
     fn lookup(
         &self,
@@ -499,21 +1135,23 @@ enum Found<K, V, E> {
 /// What the write-locked step of [`Store::put_absent`] found; what it carries out of the
 /// lock (a replaced load, an unused key) is dropped with no lock held.
 enum Put<K, V, E> {
-    /// `value` is stored (in place of the failed load, if any).
-    Stored(Option<State<V, E>>, Option<K>),
+    /// `value` is stored (its stamp if on the books), in place of the failed load, if any.
+    Stored(Option<u64>, Option<Slot<K, V, E>>),
     /// The key's value (there, or its load's just completed).
     There(V, K),
     /// A load in flight, to be settled with `value`.
     Settle(LoadCell<V, E>, LoadId, K),
 }
 
-/// The computation of the load `id` at `hash`: the loader, then the settle.
+/// The computation of the load `id` at `hash`: the loader, then the weigher (with `key`,
+/// kept for it), then the settle.
 async fn run_load<K, V, E, S, Fut>(
     load: Fut,
     store: Weak<Store<K, V, E, S>>,
     cell: WeakLazy<V, Failure<E>>,
     hash: u64,
     id: LoadId,
+    key: Option<K>,
 ) -> Result<V, Failure<E>>
 where
     K: Eq,
@@ -542,10 +1180,13 @@ where
     };
     match outcome {
         Ok((value, copy)) => {
+            // Weighed with no lock held (a panic is caught: the value is refused).
+            let weight = store.weigh_loaded(key.as_ref(), &value);
+            drop(key);
             // The cell first: if a value given by `put_absent` completed it meanwhile,
             // that value is the key's and `put_absent` stores it; ours is dropped.
             if cell.succeed(copy).is_ok() {
-                store.settle(hash, id, Some(value));
+                store.settle(hash, id, Some((value, weight)));
             }
             drop((cell, store));
             // Complete: the driver drops this computation on seeing it pending.
@@ -636,11 +1277,20 @@ impl<'a, K, V, E, S> Waiter<'a, K, V, E, S> {
     pub(crate) fn added(&self) -> bool {
         self.added
     }
+
+    /// The load's id (its cell's address): what the re-entrancy guard knows it by.
+    pub(crate) fn id(&self) -> LoadId {
+        self.id
+    }
+
+    /// Whether the load is complete (a poll then drives nothing).
+    pub(crate) fn is_done(&self) -> bool {
+        self.cell.is_done()
+    }
 }
 
 impl<K, V, E, S> Future for Waiter<'_, K, V, E, S>
 where
-    K: Eq,
     V: Clone + Send + Sync + 'static,
     E: Send + Sync + 'static,
 {
@@ -688,11 +1338,18 @@ impl<K, V, E, S> Drop for Waiter<'_, K, V, E, S> {
 // Found by hash and load id (the cell's address), never by key: no bounds, so that
 // `Waiter`'s and `Unsettled`'s `Drop` can call them.
 impl<K, V, E, S> Store<K, V, E, S> {
+    /// Removes the slot at `hash` if it is the load `id` (a blocking load that panicked),
+    /// dropping it with no lock held.
+    pub(crate) fn drop_load(&self, hash: u64, id: LoadId) {
+        drop(self.remove_load(hash, id));
+    }
+
     /// Removes the slot at `hash` if it is the load `id`; returns it, to be dropped with no
     /// lock held.
     fn remove_load(&self, hash: u64, id: LoadId) -> Option<Slot<K, V, E>> {
-        self.shard(hash).table.write(|t| {
-            let entry = t
+        self.shard(hash).write(|d| {
+            let entry = d
+                .table
                 .find_entry(hash, |s| s.hash == hash && s.state.is_load(id))
                 .ok()?;
             Some(entry.remove().0)
@@ -704,8 +1361,10 @@ impl<K, V, E, S> Store<K, V, E, S> {
     /// load, and the load is not complete: its completer settles it) and aborts its cell,
     /// which drops the computation.
     fn uninterested(&self, hash: u64, id: LoadId) {
-        let removed = self.shard(hash).table.write(|t| {
-            let Ok(mut entry) = t.find_entry(hash, |s| s.hash == hash && s.state.is_load(id))
+        let removed = self.shard(hash).write(|d| {
+            let Ok(mut entry) = d
+                .table
+                .find_entry(hash, |s| s.hash == hash && s.state.is_load(id))
             else {
                 return None;
             };
@@ -739,6 +1398,16 @@ impl<K, V, E, S> fmt::Debug for Waiter<'_, K, V, E, S> {
             .field("id", &self.id)
             .field("interested", &self.interested)
             .field("added", &self.added)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K, V, E, S> fmt::Debug for Store<K, V, E, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("shards", &self.shards.len())
+            .field("weight", &self.weight())
+            .field("capacity", &self.capacity())
             .finish_non_exhaustive()
     }
 }

@@ -5,7 +5,6 @@ use std::{
     borrow::Cow,
     fmt,
     future::Future,
-    hash::BuildHasher,
     pin::Pin,
     sync::{Arc, Mutex},
     task::{Context, Poll, Waker},
@@ -19,7 +18,7 @@ use crate::{
     cache::{lock_std, BoxLoad, Core, DynLoader, Entry, Read, ReadFor},
     expiry::now_nanos,
     loom::Ordering::Relaxed,
-    Clock, ExpiringCache, ExpiringHasher, ExpiringKey, Key, Shared, Value,
+    Clock, ExpiringCache, ExpiringHasher, ExpiringKey, Shared, Value,
 };
 
 /// What the inner cache calls on a miss to start the key's load, whose outcome is `T`. It
@@ -64,7 +63,7 @@ enum Inner<'a, K, V, E, S> {
     Optional(InnerOptional<'a, K, V, E, S>, bool),
 }
 
-impl<K: Key, V: Value, E: Shared, S: BuildHasher> Inner<'_, K, V, E, S> {
+impl<K: ExpiringKey, V: Value, E: Shared, S: ExpiringHasher> Inner<'_, K, V, E, S> {
     /// Polls the attempt; `started`: whether this caller's loader started the key's load.
     /// An optional load that found no value is `LoadError::NotFound` here.
     fn poll(&mut self, cx: &mut Context<'_>, started: bool) -> Poll<Attempted<V, E>> {

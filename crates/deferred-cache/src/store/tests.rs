@@ -24,7 +24,7 @@ use deferred_test_support::{
 };
 
 use super::{Lookup, Probe, Store, Waiter};
-use crate::error::Failure;
+use crate::{error::Failure, RemovalCause};
 
 type S = Store<u8, usize, &'static str, FixedHasher>;
 type Outcome = Result<usize, Error<Failure<&'static str>>>;
@@ -119,6 +119,22 @@ fn load<'a>(
     store.get_or_load(store.hash(&key), key, move |_| load)
 }
 
+/// Stores `value` at `key` (unbounded: weightless); returns whether something was there.
+fn insert(store: &S, key: u8, value: usize) -> bool {
+    let had = store.probe(&key) != Probe::Absent;
+    store.insert(store.hash(&key), key, value, Some(0));
+    had
+}
+
+/// Removes the entry at `key`, value or load; returns whether there was one.
+fn remove(store: &S, key: u8) -> bool {
+    let hash = store.hash(&key);
+    let all = |_: Option<&usize>| true;
+    store
+        .remove(hash, &key, all, RemovalCause::Explicit, false)
+        .is_some()
+}
+
 fn value(outcome: &Outcome) -> Option<usize> {
     match outcome {
         Ok(value) => Some(*value),
@@ -163,7 +179,10 @@ mod unit {
             load(&store, 1, runs.loader(0, Some(Ok(11)))),
             Lookup::Ready(10)
         ));
-        assert_eq!(store.read(store.hash(&1u8), &1, |v, _| *v), Some(10));
+        assert_eq!(
+            store.read(store.hash(&1u8), &1, false, |v| Some(*v)),
+            Some(10)
+        );
         assert_eq!(runs.counts(), (1, 1, 1), "one load, finished and dropped");
         assert_eq!(store.len(), 1);
     }
@@ -212,7 +231,8 @@ mod unit {
         let failed_cell = crate::store::LoadCell::pending();
         assert!(failed_cell.fail(Failure::error("down")).is_ok());
         let old_id = crate::store::load_id(&failed_cell);
-        store.shard(hash).table.write(|t| {
+        store.shard(hash).write(|d| {
+            let t = &mut d.table;
             let state = crate::store::State::Loading {
                 cell: failed_cell.clone(),
                 interest: 1,
@@ -224,7 +244,7 @@ mod unit {
             };
             t.insert_unique(hash, slot, |s| s.hash);
         });
-        assert_eq!(store.read(hash, &1, |v, _| *v), None, "no value");
+        assert_eq!(store.read(hash, &1, false, |v| Some(*v)), None, "no value");
         let runs = Runs::new();
         let mut made = false;
         let second = waiter(store.get_or_load(hash, 1, |_| {
@@ -284,7 +304,7 @@ mod unit {
         let store = store();
         let runs = Runs::new();
         let first = waiter(load(&store, 1, runs.loader(1, Some(Ok(10)))));
-        assert!(store.remove(store.hash(&1u8), &1).is_some());
+        assert!(remove(&store, 1));
         assert_eq!(
             value(&block_on(first)),
             Some(10),
@@ -298,11 +318,11 @@ mod unit {
         let store = store();
         let runs = Runs::new();
         let first = waiter(load(&store, 1, runs.loader(1, Some(Ok(10)))));
-        assert!(store.insert(store.hash(&1u8), 1, 20).is_some());
+        assert!(insert(&store, 1, 20));
         assert_eq!(value(&block_on(first)), Some(10));
         assert_eq!(store.probe(&1), Probe::Ready(20));
-        assert!(store.insert(store.hash(&1u8), 1, 30).is_some());
-        assert!(store.insert(store.hash(&2u8), 2, 40).is_none());
+        assert!(insert(&store, 1, 30));
+        assert!(!insert(&store, 2, 40));
         assert_eq!((store.probe(&1), store.len()), (Probe::Ready(30), 2));
     }
 
@@ -310,9 +330,9 @@ mod unit {
     fn put_absent_stores_once_and_settles_a_load_in_flight() {
         let store = store();
         let hash = store.hash(&1u8);
-        assert_eq!(store.put_absent(hash, 1, 10), 10);
+        assert_eq!(store.put_absent(hash, 1, 10, Some(0)), 10);
         assert_eq!(
-            store.put_absent(hash, 1, 11),
+            store.put_absent(hash, 1, 11, Some(0)),
             10,
             "a value there is the key's"
         );
@@ -320,7 +340,7 @@ mod unit {
         let runs = Runs::new();
         let mut first = waiter(load(&store, 2, runs.loader(usize::MAX, Some(Ok(20)))));
         assert!(poll_once(&mut first).is_pending());
-        assert_eq!(store.put_absent(store.hash(&2u8), 2, 21), 21);
+        assert_eq!(store.put_absent(store.hash(&2u8), 2, 21, Some(0)), 21);
         assert_eq!(
             value(&block_on(first)),
             Some(21),
@@ -338,7 +358,7 @@ mod unit {
         let second = waiter(load(&store, 1, runs.loader(0, Some(Ok(2)))));
         assert_eq!(failed(&block_on(first)), Some("down"));
         assert_eq!(store.probe(&1), Probe::Absent);
-        assert_eq!(store.put_absent(store.hash(&1u8), 1, 3), 3);
+        assert_eq!(store.put_absent(store.hash(&1u8), 1, 3, Some(0)), 3);
         assert_eq!(failed(&block_on(second)), Some("down"));
         assert_eq!(store.probe(&1), Probe::Ready(3));
     }
@@ -423,10 +443,9 @@ mod unit {
     #[test]
     fn an_old_load_does_not_settle_a_new_load_with_its_wrapped_id() {
         let store = store();
-        let hash = store.hash(&1u8);
         let runs = Runs::new();
         let first = waiter(load(&store, 1, runs.loader(1, Some(Ok(10)))));
-        assert!(store.remove(hash, &1).is_some(), "invalidated");
+        assert!(remove(&store, 1), "invalidated");
         let second = waiter(load(&store, 1, runs.loader(usize::MAX, Some(Ok(20)))));
         assert!(second.added());
         // (At c616891, with `u32` ids per shard, 2^32 - 1 misses between the two loads gave
@@ -449,11 +468,10 @@ mod unit {
     #[test]
     fn an_old_waiter_does_not_cancel_a_new_load_with_its_wrapped_id() {
         let store = store();
-        let hash = store.hash(&1u8);
         let runs = Runs::new();
         let mut first = waiter(load(&store, 1, runs.loader(usize::MAX, Some(Ok(10)))));
         assert!(poll_once(&mut first).is_pending());
-        assert!(store.remove(hash, &1).is_some(), "invalidated");
+        assert!(remove(&store, 1), "invalidated");
         let second = waiter(load(&store, 1, runs.loader(1, Some(Ok(20)))));
         // (At c616891, with `u32` ids per shard, 2^32 - 1 misses between the two loads gave
         // `second` the id of `first`: `next_id.fetch_add(u32::MAX)` here.)
@@ -480,7 +498,7 @@ mod models {
             let runs = Runs::new();
             let first = waiter(load(&store, 1, runs.loader(1, Some(Ok(10)))));
             let s = store.clone();
-            let t = thread::spawn(move || s.remove(s.hash(&1u8), &1).is_some());
+            let t = thread::spawn(move || remove(&s, 1));
             let got = block_on(first);
             let removed = t.join().unwrap();
             assert_eq!(
@@ -503,7 +521,7 @@ mod models {
             let runs = Runs::new();
             let first = waiter(load(&store, 1, runs.loader(1, Some(Ok(10)))));
             let s = store.clone();
-            let t = thread::spawn(move || drop(s.insert(s.hash(&1u8), 1, 20)));
+            let t = thread::spawn(move || insert(&s, 1, 20));
             let got = block_on(first);
             t.join().unwrap();
             assert_eq!(value(&got), Some(10));
@@ -616,7 +634,7 @@ mod models {
                     Lookup::Ready(value) => value,
                     Lookup::Wait(theirs) => value(&block_on(theirs)).unwrap(),
                 };
-                (got, s.read(s.hash(&1u8), &1, |v, _| *v))
+                (got, s.read(s.hash(&1u8), &1, false, |v| Some(*v)))
             });
             assert_eq!(value(&block_on(first)), Some(10));
             let (got, read) = t.join().unwrap();
@@ -634,7 +652,7 @@ mod models {
             let runs = Runs::new();
             let first = waiter(load(&store, 1, runs.loader(1, Some(Ok(10)))));
             let s = store.clone();
-            let t = thread::spawn(move || s.put_absent(s.hash(&1u8), 1, 20));
+            let t = thread::spawn(move || s.put_absent(s.hash(&1u8), 1, 20, Some(0)));
             let got = value(&block_on(first)).unwrap();
             let put = t.join().unwrap();
             assert_eq!(got, put, "the waiter and put_absent agree");
@@ -678,9 +696,9 @@ mod models {
             // A load that never finishes (nor wakes) by itself: only `put_absent` settles it.
             let first = waiter(load(&store, 1, Box::pin(std::future::pending())));
             let s = store.clone();
-            let t = thread::spawn(move || s.put_absent(s.hash(&1u8), 1, 20));
+            let t = thread::spawn(move || s.put_absent(s.hash(&1u8), 1, 20, Some(0)));
             assert_eq!(value(&block_on(first)), Some(20), "put_absent's value");
-            drop(store.remove(store.hash(&1u8), &1));
+            remove(&store, 1);
             assert_eq!(t.join().unwrap(), 20);
             assert_eq!(
                 store.probe(&1),
