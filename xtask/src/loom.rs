@@ -1,5 +1,7 @@
 //! `cargo xtask test-loom [FILTER]`: runs each library's `tests/loom.rs` under loom with one
-//! fixed invocation, so a model that passes locally passes in CI.
+//! fixed invocation, so a model that passes locally passes in CI, and the models a library
+//! keeps inside itself (`Library::loom_lib_models`, e.g. the cache's `store::tests::models`,
+//! whose `Store` is crate-private) with `--lib`.
 
 use crate::cmd::{self, cargo, Result};
 use crate::LIBRARIES;
@@ -38,7 +40,8 @@ pub fn run(preemptions: Option<u32>, filter: Option<&str>) -> Result {
     let from_env = std::env::var("LOOM_MAX_PREEMPTIONS").ok();
     let mut ran = 0;
     for lib in LIBRARIES {
-        if !lib.has("tests/loom.rs") {
+        let has_tests = lib.has("tests/loom.rs");
+        if !has_tests && lib.loom_lib_models.is_none() {
             println!("skipping {}: it has no tests/loom.rs", lib.name);
             continue;
         }
@@ -47,33 +50,45 @@ pub fn run(preemptions: Option<u32>, filter: Option<&str>) -> Result {
             (None, Some(env)) => env.clone(),
             (None, None) => lib.loom_preemptions.to_string(),
         };
-        println!(
-            "test-loom: {} at LOOM_MAX_PREEMPTIONS={preemptions}",
-            lib.name
-        );
-        // `--profile loom` (opt-level 3, debug assertions on) keeps these builds, whose
-        // RUSTFLAGS differ, from evicting the normal test build from the cache.
-        let mut cmd = cargo([
-            "test",
-            "--profile",
-            "loom",
-            "-p",
-            lib.name,
-            "--test",
-            "loom",
-        ]);
-        cmd.env("RUSTFLAGS", "--cfg loom -C debug-assertions")
-            .env("LOOM_MAX_PREEMPTIONS", &preemptions)
-            // A model that panics on purpose does so on many of its runs: no backtraces.
-            .env("RUST_BACKTRACE", "0")
-            // Each model already runs many threads; two tests at a time keeps the machine usable.
-            .args(["--", "--test-threads=2"])
-            .args(filter);
-        cmd::run(&mut cmd)?;
-        ran += 1;
+        if has_tests {
+            println!(
+                "test-loom: {} at LOOM_MAX_PREEMPTIONS={preemptions}",
+                lib.name
+            );
+            let mut cmd = loom_test(lib.name, &["--test", "loom"], &preemptions);
+            cmd::run(cmd.args(filter))?;
+            ran += 1;
+        }
+        if let Some(models) = lib.loom_lib_models {
+            println!(
+                "test-loom: {} --lib {models} at LOOM_MAX_PREEMPTIONS={preemptions}",
+                lib.name
+            );
+            // Only the models are built into the library's tests under loom; a FILTER picks
+            // among them as among `tests/loom.rs`'s, without it they all run.
+            let mut cmd = loom_test(lib.name, &["--lib"], &preemptions);
+            cmd::run(cmd.arg(filter.unwrap_or(models)))?;
+            ran += 1;
+        }
     }
     if ran == 0 {
         println!("test-loom: no library has a tests/loom.rs yet; nothing to run");
     }
     Ok(())
+}
+
+/// `cargo test --profile loom -p <lib> <target>` under `--cfg loom` at `preemptions`, up to
+/// its `--`; the caller adds the test filter.
+fn loom_test(lib: &str, target: &[&str], preemptions: &str) -> std::process::Command {
+    // `--profile loom` (opt-level 3, debug assertions on) keeps these builds, whose
+    // RUSTFLAGS differ, from evicting the normal test build from the cache.
+    let mut cmd = cargo(["test", "--profile", "loom", "-p", lib]);
+    cmd.args(target)
+        .env("RUSTFLAGS", "--cfg loom -C debug-assertions")
+        .env("LOOM_MAX_PREEMPTIONS", preemptions)
+        // A model that panics on purpose does so on many of its runs: no backtraces.
+        .env("RUST_BACKTRACE", "0")
+        // Each model already runs many threads; two tests at a time keeps the machine usable.
+        .args(["--", "--test-threads=2"]);
+    cmd
 }

@@ -41,6 +41,9 @@ pub struct Library {
     /// The preemption bound its loom models run at in CI (`cargo xtask test-loom`): the
     /// highest at which the whole set finishes in minutes on two cores.
     pub loom_preemptions: u32,
+    /// Loom models inside the library (unit-level, for crate-private types), as a test
+    /// path filter for `--lib`: `test-loom` runs them too, at `loom_preemptions`.
+    pub loom_lib_models: Option<&'static str>,
     /// Optional features, off by default, that `test`, `clippy`, `doc` and `msrv` turn on
     /// too, so code behind them is tested, linted, documented and built like the rest.
     pub optional_features: &'static [&'static str],
@@ -97,6 +100,7 @@ pub const LIBRARIES: &[Library] = &[
         no_std_features: &["", "alloc"],
         miri_full_suite: true,
         loom_preemptions: 3,
+        loom_lib_models: None,
         optional_features: &[],
     },
     Library {
@@ -104,6 +108,7 @@ pub const LIBRARIES: &[Library] = &[
         no_std_features: &[""],
         miri_full_suite: true,
         loom_preemptions: 2,
+        loom_lib_models: None,
         optional_features: &[],
     },
     Library {
@@ -111,6 +116,7 @@ pub const LIBRARIES: &[Library] = &[
         no_std_features: &[],
         miri_full_suite: false,
         loom_preemptions: 2,
+        loom_lib_models: Some("store::tests::models"),
         optional_features: &["serde", "tracing"],
     },
     Library {
@@ -118,6 +124,7 @@ pub const LIBRARIES: &[Library] = &[
         no_std_features: &[],
         miri_full_suite: false,
         loom_preemptions: 2,
+        loom_lib_models: None,
         optional_features: &["serde", "tracing"],
     },
 ];
