@@ -283,8 +283,8 @@ impl<K, V, E, S> Builder<K, V, E, S> {
 
     /// What `try_build` refuses.
     fn check(&self) -> Result<(), BuildError> {
-        // A lower bound of what one entry of the map's table takes: its key, its hash and
-        // its cell's handle. Room for more than `isize::MAX` bytes can never be allocated.
+        // A lower bound of what one entry of the store's table takes: its key, its hash and
+        // at least a word of state. Room for more than `isize::MAX` bytes can never be allocated.
         let per_entry = core::mem::size_of::<K>() + 8 + core::mem::size_of::<usize>();
         let bytes = self.initial_capacity.checked_mul(per_entry);
         if bytes.map_or(true, |b| b > isize::MAX as usize) {

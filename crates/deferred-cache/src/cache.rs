@@ -1,4 +1,5 @@
-//! `Cache`: single-flight loads on a `DeferredMap`, with S3-FIFO capacity and counters.
+//! `Cache`: single-flight loads on the cache's own `Store`, with S3-FIFO capacity and
+//! counters.
 
 use std::{
     borrow::Borrow,
@@ -26,8 +27,8 @@ pub(crate) type Weigher<K, V> = Box<dyn Fn(&K, &V) -> u32 + Send + Sync>;
 /// A concurrent loading cache: N callers that miss one key at the same time run one load,
 /// and every one of them gets its outcome.
 ///
-/// * **Single flight.** The load lives in the key's entry (a
-///   [`DeferredMap`] cell) and is driven by whichever waiting caller is polled, so a caller
+/// * **Single flight.** The load lives in the key's entry (a `deferred-core` cell, kept
+///   only while it is in flight) and is driven by whichever waiting caller is polled, so a caller
 ///   that is dropped or stalls holds no one up, and no load runs twice.
 /// * **Failures are shared and not kept.** A loader error reaches every waiter as the same
 ///   `Arc<E>`; a panic reaches every other waiter as [`LoadError::Panicked`](crate::LoadError)
@@ -95,14 +96,14 @@ pub(crate) type Weigher<K, V> = Box<dyn Fn(&K, &V) -> u32 + Send + Sync>;
 ///   [`invalidate_if`](Self::invalidate_if), [`expire_if`](Self::expire_if),
 ///   [`replace_if`](Self::replace_if)) also need `Q: ToOwned<Owned = K>` (`str` → `String`,
 ///   `[T]` → `Vec<T>`, and any `K: Clone` as itself): the eviction listener and weigher take
-///   a `&K`, and the map hands back only the removed value, so `key.to_owned()` is made for
-///   them, and only when one is there to be given it (a listener, and a value that left;
-///   for `replace_if`, a capacity or a listener).
+///   a `&K`. A removal tells the listener the key its entry kept, moved out with the value
+///   (no copy); `replace_if` keeps the entry's key, so `key.to_owned()` is made for it, and
+///   only when one is there to be given it (a weigher, or a listener).
 ///
 /// As with `HashMap`, `Q`'s `Hash` and `Eq` must agree with `K`'s (the [`Borrow`] contract,
 /// which `String`/`str`, `Vec<T>`/`[T]` and `K`/`K` keep), and `to_owned` must give a key
 /// equal to the borrowed one. The cache hashes the borrowed form with the same hasher as
-/// the stored key, for the map and for the eviction policy's books alike. If a type breaks
+/// the stored key, for the table and for the eviction policy's books alike. If a type breaks
 /// the contract, lookups may miss entries that are there: never a panic or unsoundness.
 ///
 /// ```
@@ -933,8 +934,7 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
         K: Borrow<Q>,
         Q: Eq + ?Sized,
     {
-        // Cloned under the shard lock, as `DeferredMap::try_get` does: taking a handle to
-        // clone after unlocking would bounce the cell's reference count between readers.
+        // Cloned under the shard's read lock: the value is inline in the table's slot.
         self.read_with_hashed(hash, key, |value| Some(value.clone()))
     }
 
@@ -954,7 +954,7 @@ impl<K: Key, V: Value, E: Shared, S: BuildHasher> Cache<K, V, E, S> {
         self.inner.read(hash, key, true, f)
     }
 
-    /// The hash of a key, or of a borrowed form of it: the map's hasher over `key`, so that
+    /// The hash of a key, or of a borrowed form of it: the store's hasher over `key`, so that
     /// the policy's books (its shards and ghost hashes) see one hash per key whichever form
     /// it came in (`K: Borrow<Q>` promises that `Q` hashes as `K` does).
     ///

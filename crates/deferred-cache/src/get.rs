@@ -290,7 +290,7 @@ pub struct GetWith<'a, K, V, E, S, L> {
     state: State<'a, K, V, E, S, L>,
 }
 
-// No field is ever pinned: `poll` moves the key and the loader out by value, and the map's
+// No field is ever pinned: `poll` moves the key and the loader out by value, and the store's
 // future it holds is `Unpin`.
 impl<K, V, E, S, L> Unpin for GetWith<'_, K, V, E, S, L> {}
 

@@ -575,3 +575,113 @@ mod review_12 {
         });
     }
 }
+
+/// Models of docs/value-slots.md step 2: one write lock per store shard over its table and
+/// its S3-FIFO books (a queue position is a value's hash and stamp), and the cache's total
+/// reclaimed across shards with no lock held.
+mod store_books {
+    use std::hash::BuildHasher;
+
+    use deferred_cache::Cache;
+    use deferred_test_support::loom::{self, future::block_on, sync::Arc, thread};
+    use deferred_test_support::FixedHasher;
+
+    type C = Cache<u8, usize, &'static str, FixedHasher>;
+
+    /// A cache bounded at `capacity`, each value weighing itself.
+    fn weighed(capacity: u64) -> Arc<C> {
+        Arc::new(
+            Cache::builder()
+                .hasher(FixedHasher::default())
+                .max_capacity(capacity)
+                .weigher(|_, v: &usize| *v as u32)
+                .build(),
+        )
+    }
+
+    /// The weight of the values the cache holds, read value by value.
+    fn held(cache: &C, keys: &[u8]) -> u64 {
+        keys.iter()
+            .filter_map(|k| cache.peek(k))
+            .map(|v| v as u64)
+            .sum()
+    }
+
+    /// The store shard of `key` in a store of two shards (the top bit of its hash).
+    fn top_bit(key: u8) -> u64 {
+        FixedHasher::default().hash_one(key) >> 63
+    }
+
+    /// A load's settle races an `invalidate` of its key. An invalidate that removed
+    /// something (the load in flight, or the value it stored) leaves the key absent: the
+    /// settle of a removed load stores nothing. Either way the books count exactly what the
+    /// table holds. (Broken variant shown failing: a settle that stores its value in a new
+    /// slot when its load's slot is gone, as step 1's `put_absent` once did.)
+    #[test]
+    fn settle_vs_invalidate_keeps_the_books() {
+        loom::model(|| {
+            let cache = weighed(4);
+            let c = cache.clone();
+            let t = thread::spawn(move || block_on(c.get_with(1, || async { Ok(3) })));
+            let removed = cache.invalidate(&1);
+            assert_eq!(t.join().unwrap(), Ok(3), "the load's caller gets its value");
+            if removed {
+                assert!(
+                    !cache.contains_key(&1),
+                    "the write won: nothing stored after it"
+                );
+            }
+            assert_eq!(cache.weighted_size(), Some(held(&cache, &[1])));
+            assert_eq!(cache.len() as u64, u64::from(cache.contains_key(&1)));
+        });
+    }
+
+    /// A key that was stored, invalidated and loaded again has a dead position (its old
+    /// stamp) on the books while its new value settles; an eviction racing the settle pops
+    /// that dead position and must not take it for the new value (a position names its
+    /// value by hash and stamp). The books count exactly what the table holds. (Broken
+    /// variant shown failing: a step that finds a position's value by hash alone evicts the
+    /// reloaded value under the old position's weight, and the total keeps the difference.)
+    #[test]
+    fn eviction_vs_settle_of_a_reloaded_key_keeps_the_books() {
+        loom::model(|| {
+            let cache = weighed(2);
+            cache.insert(1, 1);
+            assert!(cache.invalidate(&1)); // its position stays, dead
+            let c = cache.clone();
+            let t = thread::spawn(move || block_on(c.get_with(1, || async { Ok(2) })));
+            cache.insert(2, 1);
+            assert_eq!(t.join().unwrap(), Ok(2));
+            let weight = cache.weighted_size().unwrap();
+            assert!(weight <= 2, "within capacity: {weight}");
+            assert_eq!(weight, held(&cache, &[1, 2]), "the books are the table's");
+            assert_eq!(cache.stats().evicted, 1, "one eviction for one overflow");
+        });
+    }
+
+    /// Two admissions into one store shard, under its share, push the cache's total over
+    /// capacity while another shard is over its share: the admission that sees the
+    /// overflow reclaims from that shard, with no lock of its own held, and the total ends
+    /// within capacity, with exactly one eviction. (Broken variant shown failing: no
+    /// reclaim in other shards, the total left over capacity.)
+    #[test]
+    fn cross_shard_reclaim_vs_admission_keeps_total_within_capacity() {
+        // Capacity 512 in two store shards of 256 each, picked by the top bit of the hash.
+        let x = 0u8;
+        let mut others = (1..=u8::MAX).filter(|&k| top_bit(k) != top_bit(x));
+        let (a, b) = (others.next().unwrap(), others.next().unwrap());
+        loom::model(move || {
+            let cache = weighed(512);
+            cache.insert(x, 300); // over its shard's share, within the capacity
+            let c = cache.clone();
+            let t = thread::spawn(move || c.insert(a, 150));
+            cache.insert(b, 100);
+            t.join().unwrap();
+            let weight = cache.weighted_size().unwrap();
+            assert!(weight <= 512, "within capacity: {weight}");
+            assert_eq!(weight, held(&cache, &[x, a, b]));
+            assert_eq!(cache.stats().evicted, 1);
+            assert_eq!(cache.peek(&x), None, "the shard over its share gave way");
+        });
+    }
+}
