@@ -127,9 +127,9 @@ impl<V, E> State<V, E> {
     }
 }
 
-/// One entry.
+/// One entry: no hash of its own (8 bytes an entry); the table rehashes keys when it grows,
+/// under the write lock (keys' `Hash` is one of the user code a shard lock covers).
 pub(crate) struct Slot<K, V, E> {
-    pub(crate) hash: u64,
     pub(crate) key: K,
     pub(crate) state: State<V, E>,
 }
@@ -171,6 +171,60 @@ pub(crate) struct Gone<K, V, E> {
     key: Option<K>,
     state: State<V, E>,
     cause: RemovalCause,
+}
+
+/// What one operation took out of the table, to be told and dropped with no lock held.
+/// Most writes take out at most one slot (the value they replace, or one victim): it is kept
+/// inline, so that a full cache's insert allocates nothing for it.
+pub(crate) struct Out<K, V, E> {
+    first: Option<Gone<K, V, E>>,
+    rest: Vec<Gone<K, V, E>>,
+}
+
+impl<K, V, E> Out<K, V, E> {
+    fn new() -> Self {
+        Out {
+            first: None,
+            rest: Vec::new(),
+        }
+    }
+
+    fn one(gone: Gone<K, V, E>) -> Self {
+        Out {
+            first: Some(gone),
+            rest: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, gone: Gone<K, V, E>) {
+        if self.first.is_none() {
+            self.first = Some(gone);
+        } else {
+            self.rest.push(gone);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.rest.len()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Gone<K, V, E>> {
+        self.first.iter().chain(self.rest.iter())
+    }
+}
+
+impl<K, V, E> FromIterator<Gone<K, V, E>> for Out<K, V, E> {
+    fn from_iter<I: IntoIterator<Item = Gone<K, V, E>>>(gones: I) -> Self {
+        let mut out = Out::new();
+        for gone in gones {
+            out.push(gone);
+        }
+        out
+    }
 }
 
 /// The cache's table: `[CachePadded<ShardLock<ShardData>>; shards]`, the top bits of a
@@ -305,12 +359,12 @@ impl<K, V, E, S> Store<K, V, E, S> {
 
     /// Counts, traces and tells the listener of what left the table, then drops it: with
     /// no lock held. A panicking listener is caught and counted, and the rest are told.
-    pub(crate) fn tell(&self, gone: Vec<Gone<K, V, E>>) {
+    pub(crate) fn tell(&self, gone: Out<K, V, E>) {
         if gone.is_empty() {
             return;
         }
         let (mut evicted, mut invalidated, mut expired) = (0, 0, 0);
-        for g in &gone {
+        for g in gone.iter() {
             match g.cause {
                 RemovalCause::Size => evicted += 1,
                 RemovalCause::Expired => expired += 1,
@@ -320,7 +374,7 @@ impl<K, V, E, S> Store<K, V, E, S> {
         self.counters.evicted(evicted);
         self.counters.invalidated(invalidated);
         self.counters.expired(expired);
-        for g in &gone {
+        for g in gone.iter() {
             if g.cause.was_evicted() {
                 trace::removed(g.hash, g.cause);
             }
@@ -339,7 +393,7 @@ impl<K, V, E, S> Store<K, V, E, S> {
     /// at a time: first in the shards over their share, then, if that is not enough (a
     /// value heavier than its shard's share), in any shard, `home` last (never evicting
     /// `stamp` there, the value being stored). Victims go to `out`.
-    fn reclaim(&self, home: usize, stamp: u64, out: &mut Vec<Gone<K, V, E>>) {
+    fn reclaim(&self, home: usize, stamp: u64, out: &mut Out<K, V, E>) {
         let Some(bound) = &self.bound else { return };
         let n = self.shards.len();
         for any in [false, true] {
@@ -359,7 +413,7 @@ impl<K, V, E, S> Store<K, V, E, S> {
 
     /// After a write that stored `stamp` in shard `home` and left the cache over capacity
     /// (`over`): reclaims in the other shards, then tells what left. No lock held.
-    fn finish(&self, hash: u64, stored: Option<u64>, mut out: Vec<Gone<K, V, E>>) {
+    fn finish(&self, hash: u64, stored: Option<u64>, mut out: Out<K, V, E>) {
         if let (Some(stamp), Some(bound)) = (stored, &self.bound) {
             if bound.over() {
                 self.reclaim(self.index(hash), stamp, &mut out);
@@ -416,15 +470,19 @@ impl<K, V, E> ShardData<K, V, E> {
     /// over capacity. A value the cache refuses (heavier than the capacity, any value at
     /// capacity 0, or of unknown weight: `None`) is not stored, and goes to `out` as
     /// evicted. Returns the stored value's stamp, if it weighs something (for `reclaim`).
-    fn admit(
+    fn admit<S: BuildHasher>(
         &mut self,
-        bound: Option<&Bound>,
+        store: &Store<K, V, E, S>,
         hash: u64,
         key: K,
         value: V,
         weight: Option<u32>,
-        out: &mut Vec<Gone<K, V, E>>,
-    ) -> Option<u64> {
+        out: &mut Out<K, V, E>,
+    ) -> Option<u64>
+    where
+        K: Hash,
+    {
+        let (hasher, bound) = (&store.hasher, store.bound.as_ref());
         self.next_stamp += 1;
         let stamp = self.next_stamp;
         let refused = bound
@@ -451,7 +509,7 @@ impl<K, V, E> ShardData<K, V, E> {
             return None;
         }
         self.table
-            .insert_unique(hash, Slot { hash, key, state }, |s| s.hash);
+            .insert_unique(hash, Slot { key, state }, |s| hasher.hash_one(&s.key));
         let bound = bound.filter(|_| weight > 0)?;
         // A value that weighs nothing frees nothing: never queued, so never a candidate.
         self.books.push(Pos {
@@ -467,13 +525,7 @@ impl<K, V, E> ShardData<K, V, E> {
     /// Evicts from this shard while the cache is over capacity and, unless `any`, this
     /// shard is over its share; never `exempt` (the value being stored). Victims go to
     /// `out`.
-    fn shrink(
-        &mut self,
-        bound: &Bound,
-        exempt: Option<u64>,
-        any: bool,
-        out: &mut Vec<Gone<K, V, E>>,
-    ) {
+    fn shrink(&mut self, bound: &Bound, exempt: Option<u64>, any: bool, out: &mut Out<K, V, E>) {
         let mut held = None;
         // Each turn takes a position off the queues for good, or sets `exempt` aside
         // (once): bounded by the queues' length, whatever readers do meanwhile.
@@ -512,7 +564,7 @@ impl<K, V, E, S: BuildHasher> Store<K, V, E, S> {
     }
 }
 
-impl<K: Eq, V: Clone, E, S> Store<K, V, E, S> {
+impl<K: Eq + Hash, V: Clone, E, S: BuildHasher> Store<K, V, E, S> {
     /// `f` on the value at `key` (whose hash is `hash`) if it is complete, under the
     /// shard's read lock: keep `f` short. If `touch` and `f` says `Some`, the use is
     /// recorded. A load whose cell has its value but whose settle has not stored it yet
@@ -553,7 +605,7 @@ impl<K: Eq, V: Clone, E, S> Store<K, V, E, S> {
     /// wins).
     pub(crate) fn insert(&self, hash: u64, key: K, value: V, weight: Option<u32>) {
         let bound = self.bound.as_ref();
-        let mut out = Vec::new();
+        let mut out = Out::new();
         let stored = self.shard(hash).write(|d| {
             // The key already there stays (as `HashMap::insert` keeps it); the value it held
             // is told with the key given, which is equal.
@@ -565,7 +617,7 @@ impl<K: Eq, V: Clone, E, S> Store<K, V, E, S> {
                 }
                 None => key,
             };
-            d.admit(bound, hash, key, value, weight, &mut out)
+            d.admit(self, hash, key, value, weight, &mut out)
         });
         self.finish(hash, stored, out);
     }
@@ -601,7 +653,7 @@ impl<K: Eq, V: Clone, E, S> Store<K, V, E, S> {
             State::Ready { value, .. } if give => Some(value.clone()),
             _ => None,
         };
-        self.tell(vec![gone]);
+        self.tell(Out::one(gone));
         Some(value)
     }
 
@@ -623,7 +675,7 @@ impl<K: Eq, V: Clone, E, S> Store<K, V, E, S> {
         Q: Eq + ?Sized,
     {
         let bound = self.bound.as_ref();
-        let mut out = Vec::new();
+        let mut out = Out::new();
         let replaced = self.shard(hash).write(|d| {
             let yes = d
                 .table
@@ -654,7 +706,7 @@ impl<K: Eq, V: Clone, E, S> Store<K, V, E, S> {
                 state,
                 cause: RemovalCause::Replaced,
             });
-            Ok(d.admit(bound, hash, stored_key, value, weight, &mut out))
+            Ok(d.admit(self, hash, stored_key, value, weight, &mut out))
         });
         match replaced {
             Ok(stored) => {
@@ -674,12 +726,11 @@ impl<K: Eq, V: Clone, E, S> Store<K, V, E, S> {
     /// comes after the load's waiters got `value` wins: `value` is returned, and not stored
     /// after it.
     pub(crate) fn put_absent(&self, hash: u64, key: K, value: V, weight: Option<u32>) -> V {
-        let bound = self.bound.as_ref();
         let shard = self.shard(hash);
-        let mut out = Vec::new();
+        let mut out = Out::new();
         let put = shard.write(|d| {
             let Some(slot) = d.table.find_mut(hash, |s| s.key == key) else {
-                let stored = d.admit(bound, hash, key, value.clone(), weight, &mut out);
+                let stored = d.admit(self, hash, key, value.clone(), weight, &mut out);
                 return Put::Stored(stored, None);
             };
             match &mut slot.state {
@@ -704,7 +755,7 @@ impl<K: Eq, V: Clone, E, S> Store<K, V, E, S> {
                         // The failed load leaves unannounced, as its own removal would
                         // (dropped with no lock held).
                         let old = entry.remove().0;
-                        let stored = d.admit(bound, hash, key, value.clone(), weight, &mut out);
+                        let stored = d.admit(self, hash, key, value.clone(), weight, &mut out);
                         Put::Stored(stored, Some(old))
                     }
                 },
@@ -776,12 +827,12 @@ impl<K: Eq, V: Clone, E, S> Store<K, V, E, S> {
         let bound = self.bound.as_ref();
         let mut removed = 0;
         for shard in self.shards.iter() {
-            let seen: Vec<(u64, u64, K, V)> = shard.read(|d| {
+            let seen: Vec<(u64, K, V)> = shard.read(|d| {
                 d.table
                     .iter()
                     .filter_map(|s| match &s.state {
                         State::Ready { value, stamp, .. } => {
-                            Some((s.hash, *stamp, s.key.clone(), value.clone()))
+                            Some((*stamp, s.key.clone(), value.clone()))
                         }
                         State::Loading { .. } => None,
                     })
@@ -789,9 +840,10 @@ impl<K: Eq, V: Clone, E, S> Store<K, V, E, S> {
             });
             let mut doomed = Vec::new();
             let mut panicked = None;
-            for (hash, stamp, key, value) in &seen {
+            for (stamp, key, value) in &seen {
                 match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pred(key, value))) {
-                    Ok(true) => doomed.push((*hash, *stamp)),
+                    // Hashed here, with no lock held: the slot keeps no hash.
+                    Ok(true) => doomed.push((self.hash(key), *stamp)),
                     Ok(false) => {}
                     Err(payload) => {
                         panicked = Some(payload);
@@ -799,7 +851,7 @@ impl<K: Eq, V: Clone, E, S> Store<K, V, E, S> {
                     }
                 }
             }
-            let gone: Vec<_> = shard.write(|d| {
+            let gone: Out<K, V, E> = shard.write(|d| {
                 doomed
                     .iter()
                     .filter_map(|&(hash, stamp)| {
@@ -826,14 +878,15 @@ impl<K: Eq, V: Clone, E, S> Store<K, V, E, S> {
     /// storing nothing), shard by shard; each removal told as `Explicit`.
     pub(crate) fn clear(&self) {
         for shard in self.shards.iter() {
-            let gone: Vec<_> = shard.write(|d| {
+            let gone: Out<K, V, E> = shard.write(|d| {
                 if let Some(bound) = &self.bound {
                     bound.total.fetch_sub(d.books.clear(), Relaxed);
                 }
                 d.table
                     .drain()
                     .map(|s| Gone {
-                        hash: s.hash,
+                        // Not hashed: only evictions and expiries are traced by hash.
+                        hash: 0,
                         key: Some(s.key),
                         state: s.state,
                         cause: RemovalCause::Explicit,
@@ -848,19 +901,14 @@ impl<K: Eq, V: Clone, E, S> Store<K, V, E, S> {
     /// `Ready(value)` (on the books, or refused), or is removed for `None`. Returns whether
     /// the slot was the load's.
     pub(crate) fn settle(&self, hash: u64, id: LoadId, value: Option<(V, Option<u32>)>) -> bool {
-        let bound = self.bound.as_ref();
-        let mut out = Vec::new();
+        let mut out = Out::new();
         let settled = self.shard(hash).write(|d| {
-            let entry = d
-                .table
-                .find_entry(hash, |s| s.hash == hash && s.state.is_load(id))
-                .ok()?;
+            let entry = d.table.find_entry(hash, |s| s.state.is_load(id)).ok()?;
             let slot = entry.remove().0;
             Some(match value {
-                Some((value, weight)) => (
-                    d.admit(bound, hash, slot.key, value, weight, &mut out),
-                    None,
-                ),
+                Some((value, weight)) => {
+                    (d.admit(self, hash, slot.key, value, weight, &mut out), None)
+                }
                 // Dropped with no lock held: its cell, its key.
                 None => (None, Some(slot)),
             })
@@ -911,7 +959,7 @@ enum Seen<V> {
     Absent,
 }
 
-impl<K: Eq, V: Clone, E, S> Store<K, V, E, S> {
+impl<K: Eq + Hash, V: Clone, E, S: BuildHasher> Store<K, V, E, S> {
     /// The read lock's probe of a read that may load: a value (its use recorded), a load
     /// in flight, or neither (a load that failed, whose slot its failure is about to
     /// remove, counts as none; one whose cell has its value counts as that value).
@@ -965,8 +1013,9 @@ impl<K: Eq, V: Clone, E, S> Store<K, V, E, S> {
                 cell: cell.clone(),
                 interest: 1,
             };
+            let hasher = &self.hasher;
             d.table
-                .insert_unique(hash, Slot { hash, key, state }, |s| s.hash);
+                .insert_unique(hash, Slot { key, state }, |s| hasher.hash_one(&s.key));
             Found::Added
         })
     }
@@ -1044,10 +1093,10 @@ pub(crate) enum Claim<'a, K, V, E, S> {
 
 impl<K, V, E, S> Store<K, V, E, S>
 where
-    K: Eq + Clone + Send + Sync + 'static,
+    K: Eq + Hash + Clone + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
     E: Send + Sync + 'static,
-    S: Send + Sync + 'static,
+    S: BuildHasher + Send + Sync + 'static,
 {
     /// The value at `key` (whose hash is `hash`), or a waiter on its load: joined if one is
     /// in flight (`start` is not called), else started with the future `start` makes
@@ -1154,8 +1203,9 @@ async fn run_load<K, V, E, S, Fut>(
     key: Option<K>,
 ) -> Result<V, Failure<E>>
 where
-    K: Eq,
+    K: Eq + Hash,
     V: Clone,
+    S: BuildHasher,
     Fut: Future<Output = Result<V, Failure<E>>>,
 {
     let mut guard = Unsettled {
@@ -1348,10 +1398,7 @@ impl<K, V, E, S> Store<K, V, E, S> {
     /// lock held.
     fn remove_load(&self, hash: u64, id: LoadId) -> Option<Slot<K, V, E>> {
         self.shard(hash).write(|d| {
-            let entry = d
-                .table
-                .find_entry(hash, |s| s.hash == hash && s.state.is_load(id))
-                .ok()?;
+            let entry = d.table.find_entry(hash, |s| s.state.is_load(id)).ok()?;
             Some(entry.remove().0)
         })
     }
@@ -1362,10 +1409,7 @@ impl<K, V, E, S> Store<K, V, E, S> {
     /// which drops the computation.
     fn uninterested(&self, hash: u64, id: LoadId) {
         let removed = self.shard(hash).write(|d| {
-            let Ok(mut entry) = d
-                .table
-                .find_entry(hash, |s| s.hash == hash && s.state.is_load(id))
-            else {
+            let Ok(mut entry) = d.table.find_entry(hash, |s| s.state.is_load(id)) else {
                 return None;
             };
             let State::Loading { interest, .. } = &mut entry.get_mut().state else {

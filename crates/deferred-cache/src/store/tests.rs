@@ -160,10 +160,11 @@ mod unit {
     #[cfg(target_pointer_width = "64")]
     #[test]
     fn slot_sizes() {
-        // hash, key, and the state: `Ready { value, meta }` (meta: freq, state and slot, 8
-        // bytes with padding) or `Loading { cell, id, interest }`, 16 bytes each, and the tag.
+        // key and state (no hash: the table rehashes keys when it grows). The state:
+        // `Ready { value, freq, weight, stamp }` (freq and weight share the tag's word) or
+        // `Loading { cell, interest }`.
         assert_eq!(std::mem::size_of::<crate::store::State<u64, ()>>(), 24);
-        assert_eq!(std::mem::size_of::<crate::store::Slot<u64, u64, ()>>(), 40);
+        assert_eq!(std::mem::size_of::<crate::store::Slot<u64, u64, ()>>(), 32);
     }
 
     #[test]
@@ -237,12 +238,11 @@ mod unit {
                 cell: failed_cell.clone(),
                 interest: 1,
             };
-            let slot = crate::store::Slot {
-                hash,
-                key: 1,
-                state,
-            };
-            t.insert_unique(hash, slot, |s| s.hash);
+            let slot = crate::store::Slot { key: 1, state };
+            let hasher = FixedHasher::default();
+            t.insert_unique(hash, slot, |s| {
+                std::hash::BuildHasher::hash_one(&hasher, s.key)
+            });
         });
         assert_eq!(store.read(hash, &1, false, |v| Some(*v)), None, "no value");
         let runs = Runs::new();
