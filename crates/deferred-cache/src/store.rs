@@ -369,6 +369,77 @@ impl<K, V, E, S> Store<K, V, E, S> {
     }
 }
 
+/// The books' invariants, for tests at quiescence (no write in flight).
+#[cfg(all(test, not(loom)))]
+impl<K, V, E, S> Store<K, V, E, S> {
+    /// Checks, shard by shard under its read lock: each shard's queue weights, `live` and
+    /// `stale` are what its positions say ([`Books::check`]); every `Ready` value of a
+    /// bounded store that weighs something has exactly one position, and no other slot
+    /// has one (weightless values and loads are never queued, nor is anything when
+    /// unbounded); stamps are unique and below the shard's next one; `live` is the weight
+    /// of the shard's `Ready` values. Then the cache's total is the sum of the shards'
+    /// `live`, and within capacity. Returns the total weight held.
+    pub(crate) fn check_books(&self) -> u64 {
+        use std::collections::HashMap;
+        let mut sum = 0u64;
+        for shard in self.shards.iter() {
+            sum += shard.read(|d| {
+                let table = &d.table;
+                d.books
+                    .check(|pos| ShardData::<K, V, E>::find(table, pos).is_some());
+                let mut queued: HashMap<(u64, u64), usize> = HashMap::new();
+                for p in d.books.positions() {
+                    *queued.entry((p.hash, p.stamp)).or_default() += 1;
+                }
+                let mut stamps = std::collections::HashSet::new();
+                let mut held = 0u64;
+                for slot in table.iter() {
+                    let State::Ready { weight, stamp, .. } = &slot.state else {
+                        continue;
+                    };
+                    assert!(
+                        stamps.insert(*stamp),
+                        "stamp {stamp} is unique in its shard"
+                    );
+                    assert!(*stamp <= d.next_stamp, "stamp {stamp} was handed out");
+                    let n = queued.remove(&(slot.hash, *stamp)).unwrap_or(0);
+                    if self.bound.is_some() {
+                        assert_eq!(
+                            n,
+                            usize::from(*weight > 0),
+                            "one position per weighed value"
+                        );
+                        held += u64::from(*weight);
+                    } else {
+                        assert_eq!((n, *weight), (0, 0), "unbounded: weightless, never queued");
+                    }
+                    if let Some(pos) = d.books.positions().find(|p| p.stamp == *stamp) {
+                        assert_eq!(pos.weight, *weight, "a position weighs its value");
+                    }
+                }
+                // What is left are dead positions: counted by `Books::check`'s stale.
+                assert_eq!(held, d.books.live(), "a shard's live weight is its values'");
+                held
+            });
+        }
+        if let Some(bound) = &self.bound {
+            let total = bound.total.load(Relaxed);
+            assert_eq!(total, sum, "the total is the sum of the shards' weights");
+            assert!(
+                total <= bound.capacity,
+                "within capacity: {total} > {}",
+                bound.capacity
+            );
+        }
+        sum
+    }
+
+    /// The number of shards.
+    pub(crate) fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+}
+
 impl<K, V, E> ShardData<K, V, E> {
     /// The live value of a queue position, if it is still in the table.
     fn find<'t>(table: &'t HashTable<Slot<K, V, E>>, pos: &Pos) -> Option<&'t AtomicU8> {

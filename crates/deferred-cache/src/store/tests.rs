@@ -713,3 +713,9 @@ mod models {
         });
     }
 }
+
+/// The books' invariants (`Store::check_books`) through seeded random runs on one thread
+/// (checked after every operation) and under several threads (checked at quiescence): from
+/// the review of step 2 (rev4).
+#[cfg(not(loom))]
+mod books;
