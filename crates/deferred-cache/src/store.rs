@@ -847,16 +847,16 @@ impl<K: Eq, V: Clone, E, S> Store<K, V, E, S> {
         let bound = self.bound.as_ref();
         let mut removed = 0;
         for shard in self.shards.iter() {
-            let seen: Vec<(u64, u64, K, V)> = shard.read(|d| {
-                d.table
-                    .iter()
-                    .filter_map(|s| match &s.state {
-                        State::Ready { value, stamp, .. } => {
-                            Some((s.hash, *stamp, s.key.clone(), value.clone()))
-                        }
-                        State::Loading { .. } => None,
-                    })
-                    .collect()
+            // Built outside the lock (rev4): if a clone panics, the clones made before it
+            // are dropped after the lock is released.
+            let mut seen: Vec<(u64, u64, K, V)> = Vec::new();
+            shard.read(|d| {
+                seen.extend(d.table.iter().filter_map(|s| match &s.state {
+                    State::Ready { value, stamp, .. } => {
+                        Some((s.hash, *stamp, s.key.clone(), value.clone()))
+                    }
+                    State::Loading { .. } => None,
+                }));
             });
             let mut doomed = Vec::new();
             let mut panicked = None;

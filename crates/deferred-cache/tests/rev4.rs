@@ -298,7 +298,6 @@ mod reentry {
     /// before it must be dropped with no lock held (one whose drop writes to the cache would
     /// wait on the shard lock its own thread holds).
     #[test]
-    #[ignore = "rev4: a panicking clone in invalidate_entries_if drops the clones made before it under the shard's read lock"]
     fn a_panicking_clone_in_invalidate_entries_if_drops_the_other_clones_unlocked() {
         quiet_panics_saying(CLONE_PANIC);
         within_timeout("invalidate_entries_if", || {
