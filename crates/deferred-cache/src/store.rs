@@ -112,8 +112,14 @@ pub(crate) enum State<V, E> {
         stamp: u64,
     },
     /// A load in flight: its cell (driven by its waiters; its address is the load's
-    /// [`LoadId`]), and the number of waiters counting on it (see [`Store::uninterested`]).
-    Loading { cell: LoadCell<V, E>, interest: u32 },
+    /// [`LoadId`]), the number of waiters counting on it (see [`Store::uninterested`]), and
+    /// the stamp its value takes when it settles (rev4: so that `remove_all_if` finds by
+    /// one stamp a load whose value is out, settled or not).
+    Loading {
+        cell: LoadCell<V, E>,
+        interest: u32,
+        stamp: u64,
+    },
 }
 
 impl<V, E> State<V, E> {
@@ -122,8 +128,29 @@ impl<V, E> State<V, E> {
         matches!(self, State::Loading { cell, .. } if load_id(cell) == id)
     }
 
+    /// Whether this is the value (or the load that settles as the value) stamped `stamp`.
     fn is_stamp(&self, stamp: u64) -> bool {
-        matches!(self, State::Ready { stamp: s, .. } if *s == stamp)
+        self.stamp() == stamp
+    }
+
+    fn stamp(&self) -> u64 {
+        match self {
+            State::Ready { stamp, .. } | State::Loading { stamp, .. } => *stamp,
+        }
+    }
+
+    /// The value this state holds: a `Ready` value, or the value of a load whose cell has
+    /// it but whose settle has not stored it yet. Its waiters may have it already, and a
+    /// caller that got it must find it (rev3): a read finds it, and so must every write
+    /// that acts on values, `iter`, and the listener when it leaves (rev4).
+    fn value(&self) -> Option<&V> {
+        match self {
+            State::Ready { value, .. } => Some(value),
+            State::Loading { cell, .. } => match cell.try_get() {
+                Some(Ok(value)) => Some(value),
+                _ => None,
+            },
+        }
     }
 }
 
@@ -324,8 +351,8 @@ impl<K, V, E, S> Store<K, V, E, S> {
             if g.cause.was_evicted() {
                 trace::removed(g.hash, g.cause);
             }
-            if let (Some(listener), Some(key), State::Ready { value, .. }) =
-                (&self.listener, &g.key, &g.state)
+            if let (Some(listener), Some(key), Some(value)) =
+                (&self.listener, &g.key, g.state.value())
             {
                 if caught(|| listener(key, value, g.cause)).is_none() {
                     self.counters.listener_panicked();
@@ -487,6 +514,9 @@ impl<K, V, E> ShardData<K, V, E> {
     /// over capacity. A value the cache refuses (heavier than the capacity, any value at
     /// capacity 0, or of unknown weight: `None`) is not stored, and goes to `out` as
     /// evicted. Returns the stored value's stamp, if it weighs something (for `reclaim`).
+    /// `stamp` is the value's if it has one (a settling load's own), else a fresh one is
+    /// taken.
+    #[allow(clippy::too_many_arguments)]
     fn admit(
         &mut self,
         bound: Option<&Bound>,
@@ -494,10 +524,10 @@ impl<K, V, E> ShardData<K, V, E> {
         key: K,
         value: V,
         weight: Option<u32>,
+        stamp: Option<u64>,
         out: &mut Vec<Gone<K, V, E>>,
     ) -> Option<u64> {
-        self.next_stamp += 1;
-        let stamp = self.next_stamp;
+        let stamp = stamp.unwrap_or_else(|| self.stamp());
         let refused = bound
             .is_some_and(|b| weight.map_or(true, |w| b.capacity == 0 || u64::from(w) > b.capacity));
         let weight = if bound.is_some() {
@@ -533,6 +563,12 @@ impl<K, V, E> ShardData<K, V, E> {
         bound.total.fetch_add(u64::from(weight), Relaxed);
         self.shrink(bound, Some(stamp), false, out);
         Some(stamp)
+    }
+
+    /// A fresh stamp of this shard.
+    fn stamp(&mut self) -> u64 {
+        self.next_stamp += 1;
+        self.next_stamp
     }
 
     /// Evicts from this shard while the cache is over capacity and, unless `any`, this
@@ -636,13 +672,14 @@ impl<K: Eq, V: Clone, E, S> Store<K, V, E, S> {
                 }
                 None => key,
             };
-            d.admit(bound, hash, key, value, weight, &mut out)
+            d.admit(bound, hash, key, value, weight, None, &mut out)
         });
         self.finish(hash, stored, out);
     }
 
     /// Removes the entry at `key`, value or load in flight, if `pred` says so for it (a
-    /// load is offered as `None`); tells it as `cause` and returns a clone of its value if
+    /// load is offered as `None`; one whose cell has its value, not yet settled, as that
+    /// value: see [`State::value`]); tells it as `cause` and returns a clone of its value if
     /// `give` (`Some(None)` for a load, or without `give`). A load removed goes on for its waiters, and its settle
     /// stores nothing.
     pub(crate) fn remove<Q>(
@@ -659,25 +696,17 @@ impl<K: Eq, V: Clone, E, S> Store<K, V, E, S> {
     {
         let bound = self.bound.as_ref();
         let gone = self.shard(hash).write(|d| {
-            let matches = |s: &Slot<K, V, E>| {
-                s.key.borrow() == key
-                    && match &s.state {
-                        State::Ready { value, .. } => pred(Some(value)),
-                        State::Loading { .. } => pred(None),
-                    }
-            };
+            let matches = |s: &Slot<K, V, E>| s.key.borrow() == key && pred(s.state.value());
             d.take(bound, hash, matches, cause)
         })?;
-        let value = match &gone.state {
-            State::Ready { value, .. } if give => Some(value.clone()),
-            _ => None,
-        };
+        let value = gone.state.value().filter(|_| give).cloned();
         self.tell(vec![gone]);
         Some(value)
     }
 
-    /// Puts `value` (of `weight`) at `key` in place of the value there, if there is one and
-    /// `pred` says so for it (under the lock); the old value is told as `Replaced`, with
+    /// Puts `value` (of `weight`) at `key` in place of the value there (or of a load whose
+    /// cell has its value: see [`State::value`]), if there is one and `pred` says so for it
+    /// (under the lock); the old value is told as `Replaced`, with
     /// the key `told` (the caller's copy, made only for a listener). The key stored stays
     /// the one there. Returns whether it replaced.
     pub(crate) fn replace_if<Q>(
@@ -699,7 +728,7 @@ impl<K: Eq, V: Clone, E, S> Store<K, V, E, S> {
             let yes = d
                 .table
                 .find(hash, |s| s.key.borrow() == key)
-                .is_some_and(|s| matches!(&s.state, State::Ready { value, .. } if pred(value)));
+                .is_some_and(|s| s.state.value().is_some_and(pred));
             if !yes {
                 return Err(value);
             }
@@ -725,7 +754,7 @@ impl<K: Eq, V: Clone, E, S> Store<K, V, E, S> {
                 state,
                 cause: RemovalCause::Replaced,
             });
-            Ok(d.admit(bound, hash, stored_key, value, weight, &mut out))
+            Ok(d.admit(bound, hash, stored_key, value, weight, None, &mut out))
         });
         match replaced {
             Ok(stored) => {
@@ -750,12 +779,12 @@ impl<K: Eq, V: Clone, E, S> Store<K, V, E, S> {
         let mut out = Vec::new();
         let put = shard.write(|d| {
             let Some(slot) = d.table.find_mut(hash, |s| s.key == key) else {
-                let stored = d.admit(bound, hash, key, value.clone(), weight, &mut out);
+                let stored = d.admit(bound, hash, key, value.clone(), weight, None, &mut out);
                 return Put::Stored(stored, None);
             };
             match &mut slot.state {
                 State::Ready { value: there, .. } => Put::There(there.clone(), key),
-                State::Loading { cell, interest } => match cell.try_get() {
+                State::Loading { cell, interest, .. } => match cell.try_get() {
                     // One interest more while this call completes the cell and stores
                     // `value` (rev3): the load's last waiter, leaving meanwhile, must not
                     // remove the slot, which is how an invalidation is told apart.
@@ -775,7 +804,8 @@ impl<K: Eq, V: Clone, E, S> Store<K, V, E, S> {
                         // The failed load leaves unannounced, as its own removal would
                         // (dropped with no lock held).
                         let old = entry.remove().0;
-                        let stored = d.admit(bound, hash, key, value.clone(), weight, &mut out);
+                        let stored =
+                            d.admit(bound, hash, key, value.clone(), weight, None, &mut out);
                         Put::Stored(stored, Some(old))
                     }
                 },
@@ -826,10 +856,11 @@ impl<K: Eq, V: Clone, E, S> Store<K, V, E, S> {
         let mut entries = Vec::new();
         for shard in self.shards.iter() {
             shard.read(|d| {
-                entries.extend(d.table.iter().filter_map(|s| match &s.state {
-                    State::Ready { value, .. } => Some((s.key.clone(), value.clone())),
-                    State::Loading { .. } => None,
-                }));
+                entries.extend(
+                    d.table
+                        .iter()
+                        .filter_map(|s| Some((s.key.clone(), s.state.value()?.clone()))),
+                );
             });
         }
         entries
@@ -851,11 +882,9 @@ impl<K: Eq, V: Clone, E, S> Store<K, V, E, S> {
             // are dropped after the lock is released.
             let mut seen: Vec<(u64, u64, K, V)> = Vec::new();
             shard.read(|d| {
-                seen.extend(d.table.iter().filter_map(|s| match &s.state {
-                    State::Ready { value, stamp, .. } => {
-                        Some((s.hash, *stamp, s.key.clone(), value.clone()))
-                    }
-                    State::Loading { .. } => None,
+                seen.extend(d.table.iter().filter_map(|s| {
+                    let value = s.state.value()?;
+                    Some((s.hash, s.state.stamp(), s.key.clone(), value.clone()))
                 }));
             });
             let mut doomed = Vec::new();
@@ -927,9 +956,10 @@ impl<K: Eq, V: Clone, E, S> Store<K, V, E, S> {
                 .find_entry(hash, |s| s.hash == hash && s.state.is_load(id))
                 .ok()?;
             let slot = entry.remove().0;
+            let stamp = slot.state.stamp();
             Some(match value {
                 Some((value, weight)) => (
-                    d.admit(bound, hash, slot.key, value, weight, &mut out),
+                    d.admit(bound, hash, slot.key, value, weight, Some(stamp), &mut out),
                     None,
                 ),
                 // Dropped with no lock held: its cell, its key.
@@ -959,7 +989,9 @@ impl<K: Eq, V: Clone, E, S> Store<K, V, E, S> {
             {
                 None => Probe::Absent,
                 Some(State::Ready { value, .. }) => Probe::Ready(value.clone()),
-                Some(State::Loading { cell, interest }) => Probe::Loading(load_id(cell), *interest),
+                Some(State::Loading { cell, interest, .. }) => {
+                    Probe::Loading(load_id(cell), *interest)
+                }
             }
         })
     }
@@ -1017,13 +1049,15 @@ impl<K: Eq, V: Clone, E, S> Store<K, V, E, S> {
                         let Some(cell) = add else {
                             return Found::Absent(key);
                         };
+                        d.next_stamp += 1;
                         let state = State::Loading {
                             cell: cell.clone(),
                             interest: 1,
+                            stamp: d.next_stamp,
                         };
                         Found::AddedOver(std::mem::replace(&mut slot.state, state), key)
                     }
-                    State::Loading { cell, interest } => {
+                    State::Loading { cell, interest, .. } => {
                         *interest = interest.saturating_add(1);
                         Found::Joined(cell.clone(), load_id(cell), key)
                     }
@@ -1035,6 +1069,7 @@ impl<K: Eq, V: Clone, E, S> Store<K, V, E, S> {
             let state = State::Loading {
                 cell: cell.clone(),
                 interest: 1,
+                stamp: d.stamp(),
             };
             d.table
                 .insert_unique(hash, Slot { hash, key, state }, |s| s.hash);
@@ -1448,7 +1483,7 @@ impl<K, V, E, S> Store<K, V, E, S> {
                 *interest -= 1;
             }
             // A complete load's slot is its completer's to settle (rev3).
-            let State::Loading { cell, interest } = &entry.get().state else {
+            let State::Loading { cell, interest, .. } = &entry.get().state else {
                 unreachable!("found as a load");
             };
             (*interest == 0 && !cell.is_done()).then(|| entry.remove().0)

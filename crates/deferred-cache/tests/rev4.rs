@@ -86,7 +86,6 @@ fn in_the_settle_window<R: Send + 'static>(
 }
 
 #[test]
-#[ignore = "rev4: a load completed but not yet settled is invisible to the writes on values, iter and remove"]
 fn invalidate_if_in_the_settle_window_removes_the_value() {
     let cache = C::new();
     let removed = in_the_settle_window(&cache, |c| c.invalidate_if(&1, |v| *v == 7));
@@ -99,7 +98,6 @@ fn invalidate_if_in_the_settle_window_removes_the_value() {
 }
 
 #[test]
-#[ignore = "rev4: a load completed but not yet settled is invisible to the writes on values, iter and remove"]
 fn expire_if_in_the_settle_window_removes_the_value() {
     let cache = C::new();
     let expired = in_the_settle_window(&cache, |c| c.expire_if(&1, |_| true));
@@ -113,7 +111,6 @@ fn expire_if_in_the_settle_window_removes_the_value() {
 }
 
 #[test]
-#[ignore = "rev4: a load completed but not yet settled is invisible to the writes on values, iter and remove"]
 fn replace_if_in_the_settle_window_replaces_the_value() {
     let cache = C::bounded(10);
     let replaced = in_the_settle_window(&cache, |c| c.replace_if(&1, 8, |v| *v == 7));
@@ -123,7 +120,6 @@ fn replace_if_in_the_settle_window_replaces_the_value() {
 }
 
 #[test]
-#[ignore = "rev4: a load completed but not yet settled is invisible to the writes on values, iter and remove"]
 fn invalidate_entries_if_in_the_settle_window_removes_the_value() {
     let cache = C::bounded(10);
     let removed = in_the_settle_window(&cache, |c| c.invalidate_entries_if(|_, _| true));
@@ -137,7 +133,6 @@ fn invalidate_entries_if_in_the_settle_window_removes_the_value() {
 }
 
 #[test]
-#[ignore = "rev4: a load completed but not yet settled is invisible to the writes on values, iter and remove"]
 fn retain_in_the_settle_window_removes_the_value() {
     let cache = C::new();
     in_the_settle_window(&cache, |c| c.retain(|_, _| false));
@@ -149,7 +144,6 @@ fn retain_in_the_settle_window_removes_the_value() {
 }
 
 #[test]
-#[ignore = "rev4: a load completed but not yet settled is invisible to the writes on values, iter and remove"]
 fn iter_in_the_settle_window_sees_the_value() {
     let cache = C::new();
     let seen: Vec<_> = in_the_settle_window(&cache, |c| c.iter().collect());
@@ -157,7 +151,6 @@ fn iter_in_the_settle_window_sees_the_value() {
 }
 
 #[test]
-#[ignore = "rev4: a load completed but not yet settled is invisible to the writes on values, iter and remove"]
 fn remove_in_the_settle_window_returns_the_value_and_tells_it() {
     let told = Arc::new(AtomicUsize::new(0));
     let t = Arc::clone(&told);

@@ -233,9 +233,11 @@ mod unit {
         let old_id = crate::store::load_id(&failed_cell);
         store.shard(hash).write(|d| {
             let t = &mut d.table;
+            d.next_stamp += 1;
             let state = crate::store::State::Loading {
                 cell: failed_cell.clone(),
                 interest: 1,
+                stamp: d.next_stamp,
             };
             let slot = crate::store::Slot {
                 hash,
