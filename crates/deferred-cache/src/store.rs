@@ -661,10 +661,20 @@ impl<K: Eq, V: Clone, E, S> Store<K, V, E, S> {
     pub(crate) fn insert(&self, hash: u64, key: K, value: V, weight: Option<u32>) {
         let bound = self.bound.as_ref();
         let mut out = Vec::new();
+        // Carried in, taken only once the probe (keys' `Eq`, user code) is done: if it
+        // panics, the key and value are dropped here, after the lock (rev4).
+        let mut carry = Some((key, value));
         let stored = self.shard(hash).write(|d| {
+            let Some((key, _)) = &carry else {
+                unreachable!("taken below only")
+            };
+            let old = d.take(bound, hash, |s| s.key == *key, RemovalCause::Replaced);
+            let Some((key, value)) = carry.take() else {
+                unreachable!("taken here only")
+            };
             // The key already there stays (as `HashMap::insert` keeps it); the value it held
             // is told with the key given, which is equal.
-            let key = match d.take(bound, hash, |s| s.key == key, RemovalCause::Replaced) {
+            let key = match old {
                 Some(mut old) => {
                     let kept = old.key.replace(key);
                     out.push(old);

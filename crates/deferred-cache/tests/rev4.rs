@@ -393,7 +393,6 @@ mod keys {
     /// An `insert` whose key's `Eq` panics unwinds with its key and value: they are dropped
     /// with no lock held.
     #[test]
-    #[ignore = "rev4: an insert whose key's Eq panics drops its key and value under the write lock"]
     fn an_insert_whose_key_eq_panics_drops_its_key_unlocked() {
         quiet_panics_saying(EQ_PANIC);
         within_timeout("insert", || {
