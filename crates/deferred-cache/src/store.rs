@@ -734,13 +734,17 @@ impl<K: Eq, V: Clone, E, S> Store<K, V, E, S> {
     {
         let bound = self.bound.as_ref();
         let mut out = Vec::new();
+        // The value and the listener's key copy are taken only once the lock's user code
+        // (keys' `Eq`, `pred`) is done and the value is replaced: otherwise they are dropped
+        // here, after the lock (rev4).
+        let mut carry = Some((value, told));
         let replaced = self.shard(hash).write(|d| {
             let yes = d
                 .table
                 .find(hash, |s| s.key.borrow() == key)
                 .is_some_and(|s| s.state.value().is_some_and(pred));
             if !yes {
-                return Err(value);
+                return None;
             }
             let Some(old) = d.take(
                 bound,
@@ -749,6 +753,9 @@ impl<K: Eq, V: Clone, E, S> Store<K, V, E, S> {
                 RemovalCause::Replaced,
             ) else {
                 unreachable!("found above");
+            };
+            let Some((value, told)) = carry.take() else {
+                unreachable!("taken here only")
             };
             let Gone {
                 key: Some(stored_key),
@@ -764,15 +771,15 @@ impl<K: Eq, V: Clone, E, S> Store<K, V, E, S> {
                 state,
                 cause: RemovalCause::Replaced,
             });
-            Ok(d.admit(bound, hash, stored_key, value, weight, None, &mut out))
+            Some(d.admit(bound, hash, stored_key, value, weight, None, &mut out))
         });
         match replaced {
-            Ok(stored) => {
+            Some(stored) => {
                 self.finish(hash, stored, out);
                 true
             }
-            // Dropped with no lock held.
-            Err(_value) => false,
+            // `carry` is dropped with no lock held.
+            None => false,
         }
     }
 

@@ -374,7 +374,6 @@ mod keys {
     /// `replace_if` that replaces nothing drops the copy of the key it made for the
     /// listener: with no lock held.
     #[test]
-    #[ignore = "rev4: replace_if drops the listener's key copy under the write lock when it replaces nothing"]
     fn replace_if_that_replaces_nothing_drops_the_key_copy_unlocked() {
         within_timeout("replace_if", || {
             let hook: Hook = Arc::default();
