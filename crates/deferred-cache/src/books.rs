@@ -312,7 +312,7 @@ impl Books {
 }
 
 #[cfg(all(test, not(loom)))]
-mod tests {
+pub(crate) mod tests {
     //! The books against a model table, checked after every operation of seeded random runs:
     //! each queue's weight is its positions'; `live` is the weight of the positions whose
     //! value is in the table and `stale` the number of the others; every value in the table
@@ -353,7 +353,8 @@ mod tests {
         );
     }
 
-    fn xorshift(seed: u64) -> impl FnMut() -> u64 {
+    /// A seeded xorshift generator, for the random runs here and in the store's.
+    pub(crate) fn xorshift(seed: u64) -> impl FnMut() -> u64 {
         let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
         move || {
             rng ^= rng << 13;

@@ -112,8 +112,14 @@ pub(crate) enum State<V, E> {
         stamp: u64,
     },
     /// A load in flight: its cell (driven by its waiters; its address is the load's
-    /// [`LoadId`]), and the number of waiters counting on it (see [`Store::uninterested`]).
-    Loading { cell: LoadCell<V, E>, interest: u32 },
+    /// [`LoadId`]), the number of waiters counting on it (see [`Store::uninterested`]), and
+    /// the stamp its value takes when it settles (rev4: so that `remove_all_if` finds by
+    /// one stamp a load whose value is out, settled or not).
+    Loading {
+        cell: LoadCell<V, E>,
+        interest: u32,
+        stamp: u64,
+    },
 }
 
 impl<V, E> State<V, E> {
@@ -122,8 +128,29 @@ impl<V, E> State<V, E> {
         matches!(self, State::Loading { cell, .. } if load_id(cell) == id)
     }
 
+    /// Whether this is the value (or the load that settles as the value) stamped `stamp`.
     fn is_stamp(&self, stamp: u64) -> bool {
-        matches!(self, State::Ready { stamp: s, .. } if *s == stamp)
+        self.stamp() == stamp
+    }
+
+    fn stamp(&self) -> u64 {
+        match self {
+            State::Ready { stamp, .. } | State::Loading { stamp, .. } => *stamp,
+        }
+    }
+
+    /// The value this state holds: a `Ready` value, or the value of a load whose cell has
+    /// it but whose settle has not stored it yet. Its waiters may have it already, and a
+    /// caller that got it must find it (rev3): a read finds it, and so must every write
+    /// that acts on values, `iter`, and the listener when it leaves (rev4).
+    fn value(&self) -> Option<&V> {
+        match self {
+            State::Ready { value, .. } => Some(value),
+            State::Loading { cell, .. } => match cell.try_get() {
+                Some(Ok(value)) => Some(value),
+                _ => None,
+            },
+        }
     }
 }
 
@@ -378,8 +405,8 @@ impl<K, V, E, S> Store<K, V, E, S> {
             if g.cause.was_evicted() {
                 trace::removed(g.hash, g.cause);
             }
-            if let (Some(listener), Some(key), State::Ready { value, .. }) =
-                (&self.listener, &g.key, &g.state)
+            if let (Some(listener), Some(key), Some(value)) =
+                (&self.listener, &g.key, g.state.value())
             {
                 if caught(|| listener(key, value, g.cause)).is_none() {
                     self.counters.listener_panicked();
@@ -420,6 +447,79 @@ impl<K, V, E, S> Store<K, V, E, S> {
             }
         }
         self.tell(out);
+    }
+}
+
+/// The books' invariants, for tests at quiescence (no write in flight).
+#[cfg(all(test, not(loom)))]
+impl<K: Hash, V, E, S: BuildHasher> Store<K, V, E, S> {
+    /// Checks, shard by shard under its read lock: each shard's queue weights, `live` and
+    /// `stale` are what its positions say ([`Books::check`]); every `Ready` value of a
+    /// bounded store that weighs something has exactly one position, and no other slot
+    /// has one (weightless values and loads are never queued, nor is anything when
+    /// unbounded); stamps are unique and below the shard's next one; `live` is the weight
+    /// of the shard's `Ready` values. Then the cache's total is the sum of the shards'
+    /// `live`, and within capacity. Returns the total weight held.
+    pub(crate) fn check_books(&self) -> u64 {
+        use std::collections::HashMap;
+        let mut sum = 0u64;
+        for shard in self.shards.iter() {
+            sum += shard.read(|d| {
+                let table = &d.table;
+                d.books
+                    .check(|pos| ShardData::<K, V, E>::find(table, pos).is_some());
+                let mut queued: HashMap<(u64, u64), usize> = HashMap::new();
+                for p in d.books.positions() {
+                    *queued.entry((p.hash, p.stamp)).or_default() += 1;
+                }
+                let mut stamps = std::collections::HashSet::new();
+                let mut held = 0u64;
+                for slot in table.iter() {
+                    let State::Ready { weight, stamp, .. } = &slot.state else {
+                        continue;
+                    };
+                    assert!(
+                        stamps.insert(*stamp),
+                        "stamp {stamp} is unique in its shard"
+                    );
+                    assert!(*stamp <= d.next_stamp, "stamp {stamp} was handed out");
+                    // The slot keeps no hash: its key's, as the position names it.
+                    let hash = self.hasher.hash_one(&slot.key);
+                    let n = queued.remove(&(hash, *stamp)).unwrap_or(0);
+                    if self.bound.is_some() {
+                        assert_eq!(
+                            n,
+                            usize::from(*weight > 0),
+                            "one position per weighed value"
+                        );
+                        held += u64::from(*weight);
+                    } else {
+                        assert_eq!((n, *weight), (0, 0), "unbounded: weightless, never queued");
+                    }
+                    if let Some(pos) = d.books.positions().find(|p| p.stamp == *stamp) {
+                        assert_eq!(pos.weight, *weight, "a position weighs its value");
+                    }
+                }
+                // What is left are dead positions: counted by `Books::check`'s stale.
+                assert_eq!(held, d.books.live(), "a shard's live weight is its values'");
+                held
+            });
+        }
+        if let Some(bound) = &self.bound {
+            let total = bound.total.load(Relaxed);
+            assert_eq!(total, sum, "the total is the sum of the shards' weights");
+            assert!(
+                total <= bound.capacity,
+                "within capacity: {total} > {}",
+                bound.capacity
+            );
+        }
+        sum
+    }
+
+    /// The number of shards.
+    pub(crate) fn shard_count(&self) -> usize {
+        self.shards.len()
     }
 }
 
@@ -470,6 +570,9 @@ impl<K, V, E> ShardData<K, V, E> {
     /// over capacity. A value the cache refuses (heavier than the capacity, any value at
     /// capacity 0, or of unknown weight: `None`) is not stored, and goes to `out` as
     /// evicted. Returns the stored value's stamp, if it weighs something (for `reclaim`).
+    /// `stamp` is the value's if it has one (a settling load's own), else a fresh one is
+    /// taken.
+    #[allow(clippy::too_many_arguments)]
     fn admit<S: BuildHasher>(
         &mut self,
         store: &Store<K, V, E, S>,
@@ -477,14 +580,14 @@ impl<K, V, E> ShardData<K, V, E> {
         key: K,
         value: V,
         weight: Option<u32>,
+        stamp: Option<u64>,
         out: &mut Out<K, V, E>,
     ) -> Option<u64>
     where
         K: Hash,
     {
         let (hasher, bound) = (&store.hasher, store.bound.as_ref());
-        self.next_stamp += 1;
-        let stamp = self.next_stamp;
+        let stamp = stamp.unwrap_or_else(|| self.stamp());
         let refused = bound
             .is_some_and(|b| weight.map_or(true, |w| b.capacity == 0 || u64::from(w) > b.capacity));
         let weight = if bound.is_some() {
@@ -520,6 +623,12 @@ impl<K, V, E> ShardData<K, V, E> {
         bound.total.fetch_add(u64::from(weight), Relaxed);
         self.shrink(bound, Some(stamp), false, out);
         Some(stamp)
+    }
+
+    /// A fresh stamp of this shard.
+    fn stamp(&mut self) -> u64 {
+        self.next_stamp += 1;
+        self.next_stamp
     }
 
     /// Evicts from this shard while the cache is over capacity and, unless `any`, this
@@ -606,10 +715,20 @@ impl<K: Eq + Hash, V: Clone, E, S: BuildHasher> Store<K, V, E, S> {
     pub(crate) fn insert(&self, hash: u64, key: K, value: V, weight: Option<u32>) {
         let bound = self.bound.as_ref();
         let mut out = Out::new();
+        // Carried in, taken only once the probe (keys' `Eq`, user code) is done: if it
+        // panics, the key and value are dropped here, after the lock (rev4).
+        let mut carry = Some((key, value));
         let stored = self.shard(hash).write(|d| {
+            let Some((key, _)) = &carry else {
+                unreachable!("taken below only")
+            };
+            let old = d.take(bound, hash, |s| s.key == *key, RemovalCause::Replaced);
+            let Some((key, value)) = carry.take() else {
+                unreachable!("taken here only")
+            };
             // The key already there stays (as `HashMap::insert` keeps it); the value it held
             // is told with the key given, which is equal.
-            let key = match d.take(bound, hash, |s| s.key == key, RemovalCause::Replaced) {
+            let key = match old {
                 Some(mut old) => {
                     let kept = old.key.replace(key);
                     out.push(old);
@@ -617,13 +736,14 @@ impl<K: Eq + Hash, V: Clone, E, S: BuildHasher> Store<K, V, E, S> {
                 }
                 None => key,
             };
-            d.admit(self, hash, key, value, weight, &mut out)
+            d.admit(self, hash, key, value, weight, None, &mut out)
         });
         self.finish(hash, stored, out);
     }
 
     /// Removes the entry at `key`, value or load in flight, if `pred` says so for it (a
-    /// load is offered as `None`); tells it as `cause` and returns a clone of its value if
+    /// load is offered as `None`; one whose cell has its value, not yet settled, as that
+    /// value: see [`State::value`]); tells it as `cause` and returns a clone of its value if
     /// `give` (`Some(None)` for a load, or without `give`). A load removed goes on for its waiters, and its settle
     /// stores nothing.
     pub(crate) fn remove<Q>(
@@ -640,25 +760,17 @@ impl<K: Eq + Hash, V: Clone, E, S: BuildHasher> Store<K, V, E, S> {
     {
         let bound = self.bound.as_ref();
         let gone = self.shard(hash).write(|d| {
-            let matches = |s: &Slot<K, V, E>| {
-                s.key.borrow() == key
-                    && match &s.state {
-                        State::Ready { value, .. } => pred(Some(value)),
-                        State::Loading { .. } => pred(None),
-                    }
-            };
+            let matches = |s: &Slot<K, V, E>| s.key.borrow() == key && pred(s.state.value());
             d.take(bound, hash, matches, cause)
         })?;
-        let value = match &gone.state {
-            State::Ready { value, .. } if give => Some(value.clone()),
-            _ => None,
-        };
+        let value = gone.state.value().filter(|_| give).cloned();
         self.tell(Out::one(gone));
         Some(value)
     }
 
-    /// Puts `value` (of `weight`) at `key` in place of the value there, if there is one and
-    /// `pred` says so for it (under the lock); the old value is told as `Replaced`, with
+    /// Puts `value` (of `weight`) at `key` in place of the value there (or of a load whose
+    /// cell has its value: see [`State::value`]), if there is one and `pred` says so for it
+    /// (under the lock); the old value is told as `Replaced`, with
     /// the key `told` (the caller's copy, made only for a listener). The key stored stays
     /// the one there. Returns whether it replaced.
     pub(crate) fn replace_if<Q>(
@@ -676,13 +788,17 @@ impl<K: Eq + Hash, V: Clone, E, S: BuildHasher> Store<K, V, E, S> {
     {
         let bound = self.bound.as_ref();
         let mut out = Out::new();
+        // The value and the listener's key copy are taken only once the lock's user code
+        // (keys' `Eq`, `pred`) is done and the value is replaced: otherwise they are dropped
+        // here, after the lock (rev4).
+        let mut carry = Some((value, told));
         let replaced = self.shard(hash).write(|d| {
             let yes = d
                 .table
                 .find(hash, |s| s.key.borrow() == key)
-                .is_some_and(|s| matches!(&s.state, State::Ready { value, .. } if pred(value)));
+                .is_some_and(|s| s.state.value().is_some_and(pred));
             if !yes {
-                return Err(value);
+                return None;
             }
             let Some(old) = d.take(
                 bound,
@@ -691,6 +807,9 @@ impl<K: Eq + Hash, V: Clone, E, S: BuildHasher> Store<K, V, E, S> {
                 RemovalCause::Replaced,
             ) else {
                 unreachable!("found above");
+            };
+            let Some((value, told)) = carry.take() else {
+                unreachable!("taken here only")
             };
             let Gone {
                 key: Some(stored_key),
@@ -706,15 +825,15 @@ impl<K: Eq + Hash, V: Clone, E, S: BuildHasher> Store<K, V, E, S> {
                 state,
                 cause: RemovalCause::Replaced,
             });
-            Ok(d.admit(self, hash, stored_key, value, weight, &mut out))
+            Some(d.admit(self, hash, stored_key, value, weight, None, &mut out))
         });
         match replaced {
-            Ok(stored) => {
+            Some(stored) => {
                 self.finish(hash, stored, out);
                 true
             }
-            // Dropped with no lock held.
-            Err(_value) => false,
+            // `carry` is dropped with no lock held.
+            None => false,
         }
     }
 
@@ -730,12 +849,12 @@ impl<K: Eq + Hash, V: Clone, E, S: BuildHasher> Store<K, V, E, S> {
         let mut out = Out::new();
         let put = shard.write(|d| {
             let Some(slot) = d.table.find_mut(hash, |s| s.key == key) else {
-                let stored = d.admit(self, hash, key, value.clone(), weight, &mut out);
+                let stored = d.admit(self, hash, key, value.clone(), weight, None, &mut out);
                 return Put::Stored(stored, None);
             };
             match &mut slot.state {
                 State::Ready { value: there, .. } => Put::There(there.clone(), key),
-                State::Loading { cell, interest } => match cell.try_get() {
+                State::Loading { cell, interest, .. } => match cell.try_get() {
                     // One interest more while this call completes the cell and stores
                     // `value` (rev3): the load's last waiter, leaving meanwhile, must not
                     // remove the slot, which is how an invalidation is told apart.
@@ -755,7 +874,8 @@ impl<K: Eq + Hash, V: Clone, E, S: BuildHasher> Store<K, V, E, S> {
                         // The failed load leaves unannounced, as its own removal would
                         // (dropped with no lock held).
                         let old = entry.remove().0;
-                        let stored = d.admit(self, hash, key, value.clone(), weight, &mut out);
+                        let stored =
+                            d.admit(self, hash, key, value.clone(), weight, None, &mut out);
                         Put::Stored(stored, Some(old))
                     }
                 },
@@ -806,10 +926,11 @@ impl<K: Eq + Hash, V: Clone, E, S: BuildHasher> Store<K, V, E, S> {
         let mut entries = Vec::new();
         for shard in self.shards.iter() {
             shard.read(|d| {
-                entries.extend(d.table.iter().filter_map(|s| match &s.state {
-                    State::Ready { value, .. } => Some((s.key.clone(), value.clone())),
-                    State::Loading { .. } => None,
-                }));
+                entries.extend(
+                    d.table
+                        .iter()
+                        .filter_map(|s| Some((s.key.clone(), s.state.value()?.clone()))),
+                );
             });
         }
         entries
@@ -827,16 +948,14 @@ impl<K: Eq + Hash, V: Clone, E, S: BuildHasher> Store<K, V, E, S> {
         let bound = self.bound.as_ref();
         let mut removed = 0;
         for shard in self.shards.iter() {
-            let seen: Vec<(u64, K, V)> = shard.read(|d| {
-                d.table
-                    .iter()
-                    .filter_map(|s| match &s.state {
-                        State::Ready { value, stamp, .. } => {
-                            Some((*stamp, s.key.clone(), value.clone()))
-                        }
-                        State::Loading { .. } => None,
-                    })
-                    .collect()
+            // Built outside the lock (rev4): if a clone panics, the clones made before it
+            // are dropped after the lock is released.
+            let mut seen: Vec<(u64, K, V)> = Vec::new();
+            shard.read(|d| {
+                seen.extend(d.table.iter().filter_map(|s| {
+                    let value = s.state.value()?;
+                    Some((s.state.stamp(), s.key.clone(), value.clone()))
+                }));
             });
             let mut doomed = Vec::new();
             let mut panicked = None;
@@ -905,10 +1024,12 @@ impl<K: Eq + Hash, V: Clone, E, S: BuildHasher> Store<K, V, E, S> {
         let settled = self.shard(hash).write(|d| {
             let entry = d.table.find_entry(hash, |s| s.state.is_load(id)).ok()?;
             let slot = entry.remove().0;
+            let stamp = slot.state.stamp();
             Some(match value {
-                Some((value, weight)) => {
-                    (d.admit(self, hash, slot.key, value, weight, &mut out), None)
-                }
+                Some((value, weight)) => (
+                    d.admit(self, hash, slot.key, value, weight, Some(stamp), &mut out),
+                    None,
+                ),
                 // Dropped with no lock held: its cell, its key.
                 None => (None, Some(slot)),
             })
@@ -936,7 +1057,9 @@ impl<K: Eq + Hash, V: Clone, E, S: BuildHasher> Store<K, V, E, S> {
             {
                 None => Probe::Absent,
                 Some(State::Ready { value, .. }) => Probe::Ready(value.clone()),
-                Some(State::Loading { cell, interest }) => Probe::Loading(load_id(cell), *interest),
+                Some(State::Loading { cell, interest, .. }) => {
+                    Probe::Loading(load_id(cell), *interest)
+                }
             }
         })
     }
@@ -994,13 +1117,15 @@ impl<K: Eq + Hash, V: Clone, E, S: BuildHasher> Store<K, V, E, S> {
                         let Some(cell) = add else {
                             return Found::Absent(key);
                         };
+                        d.next_stamp += 1;
                         let state = State::Loading {
                             cell: cell.clone(),
                             interest: 1,
+                            stamp: d.next_stamp,
                         };
                         Found::AddedOver(std::mem::replace(&mut slot.state, state), key)
                     }
-                    State::Loading { cell, interest } => {
+                    State::Loading { cell, interest, .. } => {
                         *interest = interest.saturating_add(1);
                         Found::Joined(cell.clone(), load_id(cell), key)
                     }
@@ -1012,6 +1137,7 @@ impl<K: Eq + Hash, V: Clone, E, S: BuildHasher> Store<K, V, E, S> {
             let state = State::Loading {
                 cell: cell.clone(),
                 interest: 1,
+                stamp: d.stamp(),
             };
             let hasher = &self.hasher;
             d.table
@@ -1421,7 +1547,7 @@ impl<K, V, E, S> Store<K, V, E, S> {
                 *interest -= 1;
             }
             // A complete load's slot is its completer's to settle (rev3).
-            let State::Loading { cell, interest } = &entry.get().state else {
+            let State::Loading { cell, interest, .. } = &entry.get().state else {
                 unreachable!("found as a load");
             };
             (*interest == 0 && !cell.is_done()).then(|| entry.remove().0)

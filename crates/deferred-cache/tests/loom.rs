@@ -685,3 +685,78 @@ mod store_books {
         });
     }
 }
+
+/// From the review of step 2 (rev4): the store's shard is picked by the top bits of a key's
+/// hash (the policy's shards were picked by the low bits), so the two keys of
+/// `admissions_in_two_shards_evict_once_for_one_overflow` (0 and 5, told apart by the low
+/// bit) share store shard 0 at capacity 512 (two shards): that model runs both admissions
+/// in one shard and never reaches the cross-shard reclaim. These models pick keys by the
+/// top bit.
+mod rev4 {
+    use std::hash::BuildHasher;
+
+    use deferred_cache::Cache;
+    use deferred_test_support::{
+        loom::{self, sync::Arc, thread},
+        FixedHasher,
+    };
+
+    type C = Cache<u8, usize, &'static str, FixedHasher>;
+
+    /// Two keys in the two store shards of a cache of capacity 512.
+    fn keys_in_two_shards() -> (u8, u8) {
+        let top = |k: u8| FixedHasher::default().hash_one(k) >> 63;
+        let a = 0u8;
+        let b = (1..=u8::MAX)
+            .find(|&k| top(k) != top(a))
+            .expect("a key in the other shard");
+        (a, b)
+    }
+
+    fn weighed() -> Arc<C> {
+        Arc::new(
+            Cache::builder()
+                .hasher(FixedHasher::default())
+                .max_capacity(512)
+                .weigher(|_, v: &usize| *v as u32)
+                .build(),
+        )
+    }
+
+    /// Two values, each heavier than a shard's share (256) and lighter than the capacity,
+    /// admitted at once into the two shards: each admission's reclaim reaches the other
+    /// shard with no lock held; one value goes (not both), and the total is the one left.
+    #[test]
+    fn admissions_in_two_store_shards_evict_once_for_one_overflow() {
+        let (a, b) = keys_in_two_shards();
+        loom::model(move || {
+            let cache = weighed();
+            let c = cache.clone();
+            let t = thread::spawn(move || c.insert(a, 300));
+            cache.insert(b, 300);
+            t.join().unwrap();
+            assert_eq!(cache.len(), 1, "evicted {}", cache.stats().evicted);
+            assert_eq!(cache.weighted_size(), Some(300));
+            assert_eq!(cache.stats().evicted, 1);
+        });
+    }
+
+    /// The cross-shard reclaim racing an `invalidate` of its victim: the victim leaves
+    /// once (evicted or invalidated), and the total is the value stored.
+    #[test]
+    fn cross_shard_reclaim_vs_invalidate_of_the_victim_keeps_the_books() {
+        let (a, b) = keys_in_two_shards();
+        loom::model(move || {
+            let cache = weighed();
+            cache.insert(a, 300);
+            let c = cache.clone();
+            let t = thread::spawn(move || c.insert(b, 300));
+            cache.invalidate(&a);
+            t.join().unwrap();
+            assert_eq!((cache.len(), cache.weighted_size()), (1, Some(300)));
+            assert_eq!(cache.get_if_present(&b), Some(300));
+            let stats = cache.stats();
+            assert_eq!(stats.invalidated + stats.evicted, 1);
+        });
+    }
+}

@@ -234,9 +234,11 @@ mod unit {
         let old_id = crate::store::load_id(&failed_cell);
         store.shard(hash).write(|d| {
             let t = &mut d.table;
+            d.next_stamp += 1;
             let state = crate::store::State::Loading {
                 cell: failed_cell.clone(),
                 interest: 1,
+                stamp: d.next_stamp,
             };
             let slot = crate::store::Slot { key: 1, state };
             let hasher = FixedHasher::default();
@@ -645,6 +647,33 @@ mod models {
         });
     }
 
+    /// rev4: as `a_value_a_waiter_got_is_readable_at_once`, for a write that acts on a
+    /// value (`invalidate_if`, `expire_if`): a caller that got a load's value, and then
+    /// removes it if it is that value, removes it, and the settle does not store it after.
+    #[test]
+    fn a_value_a_waiter_got_is_removable_at_once() {
+        loom::model(|| {
+            let store = store();
+            let runs = Runs::new();
+            let first = waiter(load(&store, 1, runs.loader(0, Some(Ok(10)))));
+            let (s, r) = (store.clone(), runs.clone());
+            let t = thread::spawn(move || {
+                let got = match load(&s, 1, r.loader(0, Some(Ok(20)))) {
+                    Lookup::Ready(value) => value,
+                    Lookup::Wait(theirs) => value(&block_on(theirs)).unwrap(),
+                };
+                let is_got = |v: Option<&usize>| v == Some(&got);
+                let removed = s.remove(s.hash(&1u8), &1, is_got, RemovalCause::Expired, false);
+                (got, removed.is_some())
+            });
+            assert_eq!(value(&block_on(first)), Some(10));
+            let (got, removed) = t.join().unwrap();
+            assert_eq!(got, 10);
+            assert!(removed, "the value a caller got is removable after");
+            assert_eq!(store.probe(&1), Probe::Absent, "and stays removed");
+        });
+    }
+
     /// rev3: `put_absent` racing a load's settle: the load's waiters, `put_absent`'s
     /// return and the table agree on one value, and no load is left running.
     #[test]
@@ -713,3 +742,9 @@ mod models {
         });
     }
 }
+
+/// The books' invariants (`Store::check_books`) through seeded random runs on one thread
+/// (checked after every operation) and under several threads (checked at quiescence): from
+/// the review of step 2 (rev4).
+#[cfg(not(loom))]
+mod books;
