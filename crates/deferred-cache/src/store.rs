@@ -260,13 +260,18 @@ impl<K, V, E> FromIterator<Gone<K, V, E>> for Out<K, V, E> {
 pub(crate) struct Store<K, V, E, S> {
     hasher: S,
     shards: Box<[Shard<K, V, E>]>,
-    /// `64 - log2(shards)`: a hash shifted right by it is its shard's index.
+    /// `57 - log2(shards)`: a hash shifted right by it, masked by `shards - 1`, is its
+    /// shard's index (see [`index`](Self::index)).
     shift: u32,
     bound: Option<Bound>,
     weigher: Option<Weigher<K, V>>,
     listener: Option<Listener<K, V>>,
     pub(crate) counters: Arc<Counters>,
 }
+
+/// Where a hash's shard bits end, counting from the low end: below the top 7 bits
+/// (hashbrown's h2), see [`Store::index`].
+const SHARD_BITS_END: u32 = u64::BITS - 7;
 
 /// The shard count: a power of two, about four per thread, as the map's.
 fn default_shards() -> usize {
@@ -323,7 +328,7 @@ impl<K, V, E, S> Store<K, V, E, S> {
                     }))
                 })
                 .collect(),
-            shift: u64::BITS - count.trailing_zeros(),
+            shift: SHARD_BITS_END - count.trailing_zeros(),
             bound: capacity.map(|capacity| Bound {
                 capacity,
                 total: CachePadded::new(AtomicU64::new(0)),
@@ -335,8 +340,12 @@ impl<K, V, E, S> Store<K, V, E, S> {
     }
 
     fn index(&self, hash: u64) -> usize {
-        // `checked_shr`: one shard shifts by 64.
-        hash.checked_shr(self.shift).unwrap_or(0) as usize
+        // The bits just below the top 7, which hashbrown keeps in each slot's control byte
+        // (h2) to tell keys apart in a probe: picked by the top bits, every key of a shard
+        // would share them, and with 8 shards a probe's group of 16 would match a wrong key
+        // about once (16 tags of 16 values) instead of once in 8 probes. Tables of fewer
+        // than 2^49 buckets never index by these bits (h1 is the low ones).
+        ((hash >> self.shift) as usize) & (self.shards.len() - 1)
     }
 
     pub(crate) fn shard(&self, hash: u64) -> &ShardLock<ShardData<K, V, E>> {
