@@ -641,6 +641,7 @@ pub(crate) struct Batch {
 }
 
 impl Batch {
+    #[inline]
     pub(crate) fn new<T, E>(cell: &Deferred<T, E>) -> Self {
         Batch {
             cell: (cell as *const Deferred<T, E>).cast(),
@@ -650,15 +651,18 @@ impl Batch {
         }
     }
 
+    #[inline]
     pub(crate) fn is_full(&self) -> bool {
         self.len == BATCH
     }
 
+    #[inline]
     pub(crate) fn push(&mut self, notify: Notify) {
         self.items[self.len].write(notify);
         self.len += 1;
     }
 
+    #[inline]
     pub(crate) fn wake_all(&mut self) {
         while self.next < self.len {
             // SAFETY: `items[next..len]` are initialized; `next` moves past this one before

@@ -43,6 +43,7 @@ impl Notify {
     /// The notify was taken off its node (a callback's node is then in no list), and this
     /// is the one call made for it. If it is a callback, `cell` is null or points to the
     /// `Deferred` the callback was registered on, alive and complete.
+    #[inline]
     pub(crate) unsafe fn notify(self, cell: *const ()) {
         #[cfg(not(feature = "alloc"))]
         let _ = cell;
@@ -206,6 +207,7 @@ impl List {
     ///
     /// The cell's lock is held; `node` is `Idle`, pinned, and stays alive until it is
     /// unlinked (by `remove` or `pop_front`).
+    #[inline]
     pub(crate) unsafe fn push_back(&mut self, node: &Node) {
         let node_ptr: *const Node = node;
         let old_tail = self.tail;
@@ -236,6 +238,7 @@ impl List {
     /// # Safety
     ///
     /// The cell's lock is held.
+    #[inline]
     pub(crate) unsafe fn pop_front(&mut self, status: Status) -> Option<(*const Node, Notify)> {
         // SAFETY: forwarded to the caller.
         unsafe { self.pop_front_with(status, true) }
@@ -256,6 +259,7 @@ impl List {
     /// # Safety
     ///
     /// The cell's lock is held.
+    #[inline]
     unsafe fn pop_front_with(
         &mut self,
         status: Status,
@@ -301,6 +305,7 @@ impl List {
     /// # Safety
     ///
     /// The cell's lock is held and `node` is `Linked` in this list.
+    #[inline]
     pub(crate) unsafe fn remove(&mut self, node: &Node) {
         // SAFETY: the lock is held; `node` and its neighbours are linked, hence alive.
         unsafe {
