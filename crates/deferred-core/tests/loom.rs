@@ -313,6 +313,27 @@ fn a_handed_over_initializer_losing_to_a_completer_does_not_spin() {
     });
 }
 
+/// A claim handed over by another thread, whose own completion then races the taker's: if
+/// the taker loses to a completion not yet published, it waits as a plain waiter, and that
+/// first plain link writes its node's notify before taking the lock (`Waiter::link_fresh`),
+/// in a node the granter last touched under the lock.
+#[test]
+fn a_claim_granted_by_another_thread_then_a_plain_wait_vs_its_completion() {
+    loom::model(|| {
+        let cell = leaked_cell();
+        let first = cell.try_claim().unwrap();
+        let mut init = Box::pin(cell.get_or_init(|| async { 2 }));
+        assert!(poll_once(init.as_mut()).is_pending()); // queued for the claim
+        let t = thread::spawn(move || {
+            drop(first); // handed to `init`, from this thread
+            let _ = cell.succeed(1);
+        });
+        let got = *block_on(init.as_mut()).unwrap();
+        t.join().unwrap();
+        assert_eq!(cell.get(), Some(&got));
+    });
+}
+
 #[test]
 fn on_complete_vs_complete_runs_the_callback_once() {
     loom::model(|| {
