@@ -488,10 +488,10 @@ impl<H: CellRef> Drop for Waiter<H> {
         // A linked node was linked through `Pin<&mut Self>` and so has not moved since; this
         // is the last moment it is alive, and after `unlink` the cell never touches it. A
         // waiter that never linked (or was taken off and knows it) has nothing to undo: the
-        // check is inline, so dropping a future that found its cell complete costs a branch;
-        // so is the look at `notified` (what `unlink` would do first), so dropping one that
-        // a completion woke (every waiter of a wake-all) costs a load and no call.
-        if self.linked.is_some() && !self.node.is_notified() {
+        // check is inline, so dropping a future that found its cell complete costs a branch.
+        // (Only that: with `unlink`'s look at `notified` inline too, the drop glue grew past
+        // what the compiler inlines, and every such drop paid a call.)
+        if self.linked.is_some() {
             self.unlink();
         }
     }
