@@ -252,8 +252,9 @@ impl List {
     ///
     /// # Safety
     ///
-    /// The cell's lock is held; `take` leaves a `Notify` in place (it takes the value with
-    /// `mem::replace`, as `pop_front` does).
+    /// The cell's lock is held; `take` takes the notify out, leaving `Notify::None` (as
+    /// `pop_front` does): the node's owner may free the node, and drop what is left in it,
+    /// as soon as it is marked `Notified`, with no wake.
     #[inline]
     pub(crate) unsafe fn pop_front_into(
         &mut self,

@@ -205,9 +205,10 @@ impl<H: CellRef> Waiter<H> {
             drop(unsafe { node.with_links(|l| mem::replace(&mut l.notify, Notify::None)) });
             return Polled::Done(state);
         }
-        // SAFETY: the lock is held; the node is ours, in no list (`Idle`, or `Notified` by a
-        // completion that is done with it), pinned (the caller), and unlinked by `Drop`
-        // before it is freed. Its notify, written before the lock was taken, is published
+        // SAFETY: the lock is held; the node is ours, in no list (`Idle`; `Notified` only if
+        // a relay round took it off before a claim was taken at it in `link`, never by a
+        // completion: a complete cell returned above), pinned (the caller), and unlinked by
+        // `Drop` before it is freed. Its notify, written before the lock was taken, is published
         // with the list by the Release in `unlock`.
         unsafe {
             debug_assert!(matches!(

@@ -313,10 +313,10 @@ fn a_handed_over_initializer_losing_to_a_completer_does_not_spin() {
     });
 }
 
-/// A claim handed over by another thread, whose own completion then races the taker's: if
-/// the taker loses to a completion not yet published, it waits as a plain waiter, and that
-/// first plain link writes its node's notify before taking the lock (`Waiter::link_fresh`),
-/// in a node the granter last touched under the lock.
+/// A claim handed over by another thread, whose own completion then races the taker's. The
+/// taker's initializer is ready at once, so a taker that loses to a completion not yet
+/// published waits again as a claimant (`Waiter::link`, under the lock): it never waits as a
+/// plain waiter, and never reaches `Waiter::link_fresh` (the next model does).
 #[test]
 fn a_claim_granted_by_another_thread_then_a_plain_wait_vs_its_completion() {
     loom::model(|| {
