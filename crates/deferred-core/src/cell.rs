@@ -605,14 +605,16 @@ impl<T, E> Deferred<T, E> {
             let more = unsafe {
                 self.with_lists(|lists| {
                     while !batch.is_full() {
-                        let next = match lists.waiters.pop_front(Status::Notified) {
-                            Some((_, n)) => n,
-                            None => match lists.claimants.pop_front(Status::Notified) {
-                                Some((_, n)) => n,
-                                None => break,
-                            },
-                        };
-                        batch.push(next);
+                        // Each notify moves from its node straight into the batch.
+                        if !lists
+                            .waiters
+                            .pop_front_into(Status::Notified, |n| batch.take_from(n))
+                            && !lists
+                                .claimants
+                                .pop_front_into(Status::Notified, |n| batch.take_from(n))
+                        {
+                            break;
+                        }
                     }
                     lists.bits() != 0
                 })
@@ -641,6 +643,7 @@ pub(crate) struct Batch {
 }
 
 impl Batch {
+    #[inline]
     pub(crate) fn new<T, E>(cell: &Deferred<T, E>) -> Self {
         Batch {
             cell: (cell as *const Deferred<T, E>).cast(),
@@ -650,15 +653,27 @@ impl Batch {
         }
     }
 
+    #[inline]
     pub(crate) fn is_full(&self) -> bool {
         self.len == BATCH
     }
 
+    /// (A relay round's push: `Lazy` needs `alloc`.)
+    #[cfg(feature = "alloc")]
+    #[inline]
     pub(crate) fn push(&mut self, notify: Notify) {
         self.items[self.len].write(notify);
         self.len += 1;
     }
 
+    /// Takes `notify` (leaving `Notify::None`) into the next slot, moved there in place.
+    #[inline]
+    pub(crate) fn take_from(&mut self, notify: &mut Notify) {
+        self.items[self.len].write(core::mem::replace(notify, Notify::None));
+        self.len += 1;
+    }
+
+    #[inline]
     pub(crate) fn wake_all(&mut self) {
         while self.next < self.len {
             // SAFETY: `items[next..len]` are initialized; `next` moves past this one before

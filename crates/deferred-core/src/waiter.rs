@@ -168,11 +168,67 @@ impl<H: CellRef> Waiter<H> {
             if let Some(polled) = this.repoll_linked(wake) {
                 return polled;
             }
-        } else if which == Which::Claimants && cell.try_claim_bit() {
+        } else if which == Which::Waiters {
+            // SAFETY: `self` is pinned (this method takes `Pin<&mut Self>`).
+            return unsafe { this.link_fresh(wake) };
+        } else if cell.try_claim_bit() {
             return Polled::Granted;
         }
         // SAFETY: `self` is pinned (this method takes `Pin<&mut Self>`).
         unsafe { this.link(which, wake) }
+    }
+
+    /// `link` for a plain waiter that is in no list (`linked` is `None`): the first poll of
+    /// every waiting future. Its node is reachable by no one but us (only this waiter links
+    /// it, and a completion or hand-off that took it off is done with it once we know), so
+    /// its notify is made in place before the lock is taken, rather than made beside it and
+    /// moved in under the lock; under the lock there is only the push.
+    ///
+    /// # Safety
+    ///
+    /// `self` is pinned (its node may be linked here, and must not move until `Drop`), and
+    /// `self.linked` is `None`.
+    unsafe fn link_fresh(&mut self, wake: WakeBy<'_>) -> Polled {
+        debug_assert!(self.linked.is_none());
+        let cell = self.handle.cell();
+        let node = &self.node;
+        // SAFETY: the node is in no list and no one else reaches it (above), so its links
+        // are ours without the lock. Cloning a waker runs user code, and so may dropping the
+        // notify this replaces (`None`: whatever takes a plain waiter's node off a list takes
+        // its notify too): no lock is held.
+        unsafe { node.with_links(|l| l.notify = wake.notify()) };
+        let state = cell.lock();
+        if state & DONE != 0 {
+            // SAFETY: we hold the lock and changed no list.
+            unsafe { cell.unlock(0, 0) };
+            // SAFETY: the node is still in no list; the notify is dropped with no lock held.
+            drop(unsafe { node.with_links(|l| mem::replace(&mut l.notify, Notify::None)) });
+            return Polled::Done(state);
+        }
+        // SAFETY: the lock is held; the node is ours, in no list (`Idle`; `Notified` only if
+        // a relay round took it off before a claim was taken at it in `link`, never by a
+        // completion: a complete cell returned above), pinned (the caller), and unlinked by
+        // `Drop` before it is freed. Its notify, written before the lock was taken, is published
+        // with the list by the Release in `unlock`.
+        unsafe {
+            debug_assert!(matches!(
+                node.with_links(|l| l.status),
+                Status::Idle | Status::Notified
+            ));
+            cell.with_lists(|lists| lists.waiters.push_back(node));
+        }
+        // SAFETY: we hold the lock.
+        let before = unsafe { cell.unlock(0, 0) };
+        // Nothing runs between the unlock and this, so `Drop` always knows the node linked.
+        self.linked = Some(Which::Waiters);
+        if cell.owes_drain(before, true) {
+            // The cell completed while we linked, unseen by its completer: wake the lists
+            // (our own node included) and report the outcome now.
+            cell.drain();
+            // Acquire: pairs with the Release in `publish` (DONE was in `before`).
+            return Polled::Done(cell.state_acquire());
+        }
+        Polled::Pending
     }
 
     /// A re-poll of a linked waiter, decided under the lock without touching the lists if
@@ -213,9 +269,11 @@ impl<H: CellRef> Waiter<H> {
         None
     }
 
-    /// The slow path of `poll`: links the node in list `which` with a fresh notify for
-    /// `wake`, or renews the notify of a node that is linked already, unless the cell has
-    /// completed or (for a claimant) the claim has come to this node meanwhile.
+    /// The slow path of `poll` for a claimant, and for a re-poll that must renew its
+    /// notify (a plain waiter's first link is `link_fresh`): links the node in list `which`
+    /// with a fresh notify for `wake`, or renews the notify of a node that is linked
+    /// already, unless the cell has completed or (for a claimant) the claim has come to
+    /// this node meanwhile.
     ///
     /// # Safety
     ///
@@ -432,6 +490,8 @@ impl<H: CellRef> Drop for Waiter<H> {
         // is the last moment it is alive, and after `unlink` the cell never touches it. A
         // waiter that never linked (or was taken off and knows it) has nothing to undo: the
         // check is inline, so dropping a future that found its cell complete costs a branch.
+        // (Only that: with `unlink`'s look at `notified` inline too, the drop glue grew past
+        // what the compiler inlines, and every such drop paid a call.)
         if self.linked.is_some() {
             self.unlink();
         }

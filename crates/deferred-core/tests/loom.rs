@@ -313,6 +313,51 @@ fn a_handed_over_initializer_losing_to_a_completer_does_not_spin() {
     });
 }
 
+/// A claim handed over by another thread, whose own completion then races the taker's. The
+/// taker's initializer is ready at once, so a taker that loses to a completion not yet
+/// published waits again as a claimant (`Waiter::link`, under the lock): it never waits as a
+/// plain waiter, and never reaches `Waiter::link_fresh` (the next model does).
+#[test]
+fn a_claim_granted_by_another_thread_then_a_plain_wait_vs_its_completion() {
+    loom::model(|| {
+        let cell = leaked_cell();
+        let first = cell.try_claim().unwrap();
+        let mut init = Box::pin(cell.get_or_init(|| async { 2 }));
+        assert!(poll_once(init.as_mut()).is_pending()); // queued for the claim
+        let t = thread::spawn(move || {
+            drop(first); // handed to `init`, from this thread
+            let _ = cell.succeed(1);
+        });
+        let got = *block_on(init.as_mut()).unwrap();
+        t.join().unwrap();
+        assert_eq!(cell.get(), Some(&got));
+    });
+}
+
+/// The same hand-over, to an initializer that is pending: its caller then waits as a plain
+/// waiter, and that first plain link writes its node's notify with no lock held
+/// (`Waiter::link_fresh`), in a node the granter last touched under the lock, while the
+/// granter completes the cell directly and drains the lists. (The model above completes its
+/// initializer at once, so it never waits as a plain waiter and never reaches
+/// `link_fresh`.)
+#[test]
+fn a_claim_granted_by_another_thread_to_a_pending_initializer_vs_a_direct_completion() {
+    loom::model(|| {
+        let cell = leaked_cell();
+        let first = cell.try_claim().unwrap();
+        let mut init = Box::pin(cell.get_or_init(std::future::pending::<usize>));
+        assert!(poll_once(init.as_mut()).is_pending()); // queued for the claim
+        let t = thread::spawn(move || {
+            drop(first); // handed to `init`, from this thread
+            let _ = cell.succeed(1);
+        });
+        // Woken by the hand-over, it runs its initializer and links as a plain waiter;
+        // woken again by the completion, it drops the initializer and reads the outcome.
+        assert_eq!(block_on(init.as_mut()), Ok(&1));
+        t.join().unwrap();
+    });
+}
+
 #[test]
 fn on_complete_vs_complete_runs_the_callback_once() {
     loom::model(|| {
