@@ -35,16 +35,20 @@ type C = Cache<u64, u64>;
 /// deadlock fails the test instead of hanging the suite; the thread is left behind).
 fn within_timeout(what: &str, f: impl FnOnce() + Send + 'static) {
     let (done, finished) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
+    let thread = std::thread::spawn(move || {
         f();
         let _ = done.send(());
     });
-    assert!(
-        finished
-            .recv_timeout(std::time::Duration::from_secs(20))
-            .is_ok(),
-        "{what}: no return within 20 s (a deadlock)"
-    );
+    match finished.recv_timeout(std::time::Duration::from_secs(20)) {
+        Ok(()) => {}
+        // The thread unwound (its sender dropped): its panic is the test's.
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            std::panic::resume_unwind(thread.join().expect_err("it unwound"))
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            panic!("{what}: no return within 20 s (a deadlock)")
+        }
+    }
 }
 
 /// A waker that runs its closure the first time it is woken.
@@ -325,13 +329,13 @@ mod keys {
         hash::{Hash, Hasher},
         panic::{catch_unwind, AssertUnwindSafe},
         sync::{
-            atomic::{AtomicBool, Ordering::SeqCst},
+            atomic::{AtomicI64, Ordering::SeqCst},
             Arc, OnceLock,
         },
     };
 
     use deferred_cache::Cache;
-    use deferred_test_support::quiet_panics_saying;
+    use deferred_test_support::{poll_once, quiet_panics_saying};
 
     use super::within_timeout;
 
@@ -340,14 +344,15 @@ mod keys {
     type Hook = Arc<OnceLock<Cache<Key, u64>>>;
 
     /// A key compared and hashed by its number; with a hook, its drop invalidates key 999
-    /// of the hooked cache, and its `Eq` panics while `panics` is on.
+    /// of the hooked cache; with a countdown, its `Eq` panics when the countdown is at 0
+    /// (each comparison counts one down).
     #[derive(Clone)]
-    struct Key(u64, Option<Hook>, Option<Arc<AtomicBool>>);
+    struct Key(u64, Option<Hook>, Option<Arc<AtomicI64>>);
 
     impl PartialEq for Key {
         fn eq(&self, other: &Self) -> bool {
             for k in [self, other] {
-                if k.2.as_ref().is_some_and(|p| p.load(SeqCst)) {
+                if k.2.as_ref().is_some_and(|n| n.fetch_sub(1, SeqCst) == 0) {
                     std::panic::panic_any(EQ_PANIC);
                 }
             }
@@ -399,12 +404,61 @@ mod keys {
             let cache: Cache<Key, u64> = Cache::bounded(10); // one shard
             assert!(hook.set(cache.clone()).is_ok());
             cache.insert(Key(1, None, None), 10);
-            let panics = Arc::new(AtomicBool::new(true));
-            let key = Key(1, Some(Arc::clone(&hook)), Some(Arc::clone(&panics)));
+            let countdown = Arc::new(AtomicI64::new(0));
+            let key = Key(1, Some(Arc::clone(&hook)), Some(Arc::clone(&countdown)));
             let unwound = catch_unwind(AssertUnwindSafe(|| cache.insert(key, 11)));
             assert!(unwound.is_err(), "the Eq's panic goes on");
-            panics.store(false, SeqCst);
             assert_eq!(cache.get_if_present(&Key(1, None, None)), Some(10));
+        });
+    }
+
+    /// `get_or_insert_with` over a load in flight, whose key's `Eq` passes the read probe and
+    /// panics under the write lock: its key is dropped with no lock held.
+    #[test]
+    #[ignore = "rev4: get_or_insert_with and get_with drop their key under the write lock when its Eq panics"]
+    fn get_or_insert_with_whose_key_eq_panics_drops_its_key_unlocked() {
+        quiet_panics_saying(EQ_PANIC);
+        within_timeout("get_or_insert_with", || {
+            let hook: Hook = Arc::default();
+            let cache: Cache<Key, u64> = Cache::bounded(10); // one shard
+            assert!(hook.set(cache.clone()).is_ok());
+            // A load in flight: the read finds no value, and the write probes the key.
+            let mut first = Box::pin(cache.get_with(Key(1, None, None), || {
+                std::future::pending::<Result<u64, _>>()
+            }));
+            assert!(poll_once(first.as_mut()).is_pending());
+            // The read probe's comparison passes (1 -> 0), the write's panics.
+            let countdown = Arc::new(AtomicI64::new(1));
+            let key = Key(1, Some(Arc::clone(&hook)), Some(countdown));
+            let unwound = catch_unwind(AssertUnwindSafe(|| cache.get_or_insert_with(key, || 11)));
+            assert!(unwound.is_err(), "the Eq's panic goes on");
+            drop(first);
+        });
+    }
+
+    /// `get_with` that joins a load in flight, whose key's `Eq` passes the read probe and
+    /// panics under the write lock: its key is dropped with no lock held.
+    #[test]
+    #[ignore = "rev4: get_or_insert_with and get_with drop their key under the write lock when its Eq panics"]
+    fn get_with_whose_key_eq_panics_in_the_join_drops_its_key_unlocked() {
+        quiet_panics_saying(EQ_PANIC);
+        within_timeout("get_with", || {
+            let hook: Hook = Arc::default();
+            let cache: Cache<Key, u64> = Cache::bounded(10); // one shard
+            assert!(hook.set(cache.clone()).is_ok());
+            let mut first = Box::pin(cache.get_with(Key(1, None, None), || {
+                std::future::pending::<Result<u64, _>>()
+            }));
+            assert!(poll_once(first.as_mut()).is_pending());
+            // The read probe's comparison passes (1 -> 0), the join's panics.
+            let countdown = Arc::new(AtomicI64::new(1));
+            let key = Key(1, Some(Arc::clone(&hook)), Some(countdown));
+            let unwound = catch_unwind(AssertUnwindSafe(|| {
+                let second = cache.get_with(key, || async { Ok(11) });
+                drop(poll_once(second));
+            }));
+            assert!(unwound.is_err(), "the Eq's panic goes on");
+            drop(first);
         });
     }
 }
