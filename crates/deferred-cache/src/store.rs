@@ -856,48 +856,60 @@ impl<K: Eq + Hash, V: Clone, E, S: BuildHasher> Store<K, V, E, S> {
     pub(crate) fn put_absent(&self, hash: u64, key: K, value: V, weight: Option<u32>) -> V {
         let shard = self.shard(hash);
         let mut out = Out::new();
+        // The key is carried in and taken only once the user code under the lock (keys'
+        // `Eq`, the value's `Clone`) is done: if it panics, the key is dropped here, after
+        // the lock (rev4).
+        let mut carry = Some(key);
         let put = shard.write(|d| {
-            let Some(slot) = d.table.find_mut(hash, |s| s.key == key) else {
-                let stored = d.admit(self, hash, key, value.clone(), weight, None, &mut out);
+            let Some(k) = &carry else {
+                unreachable!("taken below only")
+            };
+            let Some(slot) = d.table.find_mut(hash, |s| s.key == *k) else {
+                let copy = value.clone();
+                let key = taken(&mut carry);
+                let stored = d.admit(self, hash, key, copy, weight, None, &mut out);
                 return Put::Stored(stored, None);
             };
             match &mut slot.state {
-                State::Ready { value: there, .. } => Put::There(there.clone(), key),
+                State::Ready { value: there, .. } => Put::There(there.clone()),
                 State::Loading { cell, interest, .. } => match cell.try_get() {
                     // One interest more while this call completes the cell and stores
                     // `value` (rev3): the load's last waiter, leaving meanwhile, must not
                     // remove the slot, which is how an invalidation is told apart.
                     None => {
                         *interest = interest.saturating_add(1);
-                        Put::Settle(cell.clone(), load_id(cell), key)
+                        Put::Settle(cell.clone(), load_id(cell))
                     }
                     // Complete with a value: the load's settle, which completes the cell
                     // first, is about to store it; it is the key's.
-                    Some(Ok(loaded)) => Put::There(loaded.clone(), key),
+                    Some(Ok(loaded)) => Put::There(loaded.clone()),
                     // Failed (its remover is on its way: the load's failure completes the
                     // cell first, then removes its slot): no value, `value` takes its place.
                     Some(Err(_)) => {
-                        let Ok(entry) = d.table.find_entry(hash, |s| s.key == key) else {
+                        let id = load_id(cell);
+                        let copy = value.clone();
+                        let Ok(entry) = d.table.find_entry(hash, |s| s.state.is_load(id)) else {
                             unreachable!("found above");
                         };
                         // The failed load leaves unannounced, as its own removal would
                         // (dropped with no lock held).
                         let old = entry.remove().0;
-                        let stored =
-                            d.admit(self, hash, key, value.clone(), weight, None, &mut out);
+                        let key = taken(&mut carry);
+                        let stored = d.admit(self, hash, key, copy, weight, None, &mut out);
                         Put::Stored(stored, Some(old))
                     }
                 },
             }
         });
-        // What the lock took out (a replaced load, an unused key, victims) goes here.
-        let (cell, id, key) = match put {
+        // What the lock took out (a replaced load, victims) goes here, and `carry` (the key,
+        // unless stored) when this call returns.
+        let (cell, id) = match put {
             Put::Stored(stored, _failed) => {
                 self.finish(hash, stored, out);
                 return value;
             }
-            Put::There(there, _) => return there,
-            Put::Settle(cell, id, key) => (cell, id, key),
+            Put::There(there) => return there,
+            Put::Settle(cell, id) => (cell, id),
         };
         // Outside the lock: completing the cell wakes its waiters (user code).
         if cell.succeed(value.clone()).is_ok() {
@@ -905,7 +917,7 @@ impl<K: Eq + Hash, V: Clone, E, S: BuildHasher> Store<K, V, E, S> {
             // us, and our interest keeps its last waiter from removing it: `value` goes in
             // the slot that is still this load. A slot gone or another is a write or an
             // invalidation since (after the waiters got `value`): it wins, left alone.
-            drop(key);
+            drop(carry);
             self.settle(hash, id, Some((value.clone(), weight)));
             // The computation has nothing left to do (after the slot is stored, so that
             // its drop guard finds no load to remove).
@@ -921,7 +933,7 @@ impl<K: Eq + Hash, V: Clone, E, S: BuildHasher> Store<K, V, E, S> {
             Ok(loaded) => loaded,
             Err(()) => {
                 drop(cell);
-                self.put_absent(hash, key, value, weight)
+                self.put_absent(hash, taken(&mut carry), value, weight)
             }
         }
     }
@@ -1118,13 +1130,23 @@ impl<K: Eq + Hash, V: Clone, E, S: BuildHasher> Store<K, V, E, S> {
     /// takes its place (rev3), so that no later caller is served that failure; with none
     /// given it counts as absent, and the caller makes one.
     fn join_or_add(&self, hash: u64, key: K, add: Option<&LoadCell<V, E>>) -> Found<K, V, E> {
+        // The key is carried in and taken only once the user code under the lock (keys'
+        // `Eq`, the value's `Clone`) is done: if it panics, the key is dropped here, after
+        // the lock (rev4).
+        let mut carry = Some(key);
         self.shard(hash).write(|d| {
-            if let Some(slot) = d.table.find_mut(hash, |s| s.key == key) {
+            let Some(k) = &carry else {
+                unreachable!("taken below only")
+            };
+            if let Some(slot) = d.table.find_mut(hash, |s| s.key == *k) {
                 return match &mut slot.state {
-                    State::Ready { value, .. } => Found::Ready(value.clone(), key),
+                    State::Ready { value, .. } => {
+                        let value = value.clone();
+                        Found::Ready(value, taken(&mut carry))
+                    }
                     State::Loading { cell, .. } if matches!(cell.try_get(), Some(Err(_))) => {
                         let Some(cell) = add else {
-                            return Found::Absent(key);
+                            return Found::Absent(taken(&mut carry));
                         };
                         d.next_stamp += 1;
                         let state = State::Loading {
@@ -1132,16 +1154,19 @@ impl<K: Eq + Hash, V: Clone, E, S: BuildHasher> Store<K, V, E, S> {
                             interest: 1,
                             stamp: d.next_stamp,
                         };
-                        Found::AddedOver(std::mem::replace(&mut slot.state, state), key)
+                        Found::AddedOver(
+                            std::mem::replace(&mut slot.state, state),
+                            taken(&mut carry),
+                        )
                     }
                     State::Loading { cell, interest, .. } => {
                         *interest = interest.saturating_add(1);
-                        Found::Joined(cell.clone(), load_id(cell), key)
+                        Found::Joined(cell.clone(), load_id(cell), taken(&mut carry))
                     }
                 };
             }
             let Some(cell) = add else {
-                return Found::Absent(key);
+                return Found::Absent(taken(&mut carry));
             };
             let state = State::Loading {
                 cell: cell.clone(),
@@ -1149,6 +1174,7 @@ impl<K: Eq + Hash, V: Clone, E, S: BuildHasher> Store<K, V, E, S> {
                 stamp: d.stamp(),
             };
             let hasher = &self.hasher;
+            let key = taken(&mut carry);
             d.table
                 .insert_unique(hash, Slot { key, state }, |s| hasher.hash_one(&s.key));
             Found::Added
@@ -1301,6 +1327,14 @@ impl<K, V, E, S> Store<K, V, E, S> {
     }
 }
 
+/// Takes what a write carried into its lock (its key, its value), once the user code that
+/// may panic under the lock is done (rev4).
+fn taken<T>(carry: &mut Option<T>) -> T {
+    carry
+        .take()
+        .unwrap_or_else(|| unreachable!("taken once, after the probe"))
+}
+
 /// What the write-locked step of [`Store::get_or_load`] (`join_or_add`) found; what it
 /// carries out of the lock (an unused key, a replaced load) is dropped with no lock held.
 enum Found<K, V, E> {
@@ -1322,9 +1356,9 @@ enum Put<K, V, E> {
     /// `value` is stored (its stamp if on the books), in place of the failed load, if any.
     Stored(Option<u64>, Option<Slot<K, V, E>>),
     /// The key's value (there, or its load's just completed).
-    There(V, K),
+    There(V),
     /// A load in flight, to be settled with `value`.
-    Settle(LoadCell<V, E>, LoadId, K),
+    Settle(LoadCell<V, E>, LoadId),
 }
 
 /// The computation of the load `id` at `hash`: the loader, then the weigher (with `key`,

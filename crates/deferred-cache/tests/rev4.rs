@@ -415,7 +415,6 @@ mod keys {
     /// `get_or_insert_with` over a load in flight, whose key's `Eq` passes the read probe and
     /// panics under the write lock: its key is dropped with no lock held.
     #[test]
-    #[ignore = "rev4: get_or_insert_with and get_with drop their key under the write lock when its Eq panics"]
     fn get_or_insert_with_whose_key_eq_panics_drops_its_key_unlocked() {
         quiet_panics_saying(EQ_PANIC);
         within_timeout("get_or_insert_with", || {
@@ -439,7 +438,6 @@ mod keys {
     /// `get_with` that joins a load in flight, whose key's `Eq` passes the read probe and
     /// panics under the write lock: its key is dropped with no lock held.
     #[test]
-    #[ignore = "rev4: get_or_insert_with and get_with drop their key under the write lock when its Eq panics"]
     fn get_with_whose_key_eq_panics_in_the_join_drops_its_key_unlocked() {
         quiet_panics_saying(EQ_PANIC);
         within_timeout("get_with", || {
