@@ -370,37 +370,6 @@ fn replace_if_vs_invalidate_of_the_same_key_keeps_the_books() {
     });
 }
 
-/// Capacity is the cache's, not a policy shard's (issue #11): two values, each heavier than
-/// a shard's share and lighter than the capacity, admitted at once into two shards. Room is
-/// made across shards, for exactly one overflow: one value goes (not both), and the books
-/// match what the map holds.
-#[test]
-fn admissions_in_two_shards_evict_once_for_one_overflow() {
-    use std::hash::BuildHasher;
-    // 512 is split into two policy shards of 256, picked by the low bit of the hash.
-    let low_bit = |k: u8| FixedHasher::default().hash_one(k) & 1;
-    let a = 0u8;
-    let b = (1..=u8::MAX)
-        .find(|&k| low_bit(k) != low_bit(a))
-        .expect("a key in the other shard");
-    loom::model(move || {
-        let cache: Arc<C> = Arc::new(
-            Cache::builder()
-                .hasher(FixedHasher::default())
-                .max_capacity(512)
-                .weigher(|_, v: &usize| *v as u32)
-                .build(),
-        );
-        let c = cache.clone();
-        let t = thread::spawn(move || c.insert(a, 300));
-        cache.insert(b, 300);
-        t.join().unwrap();
-        assert_eq!(cache.len(), 1, "evicted {}", cache.stats().evicted);
-        assert_eq!(cache.weighted_size(), Some(300));
-        assert_eq!(cache.stats().evicted, 1);
-    });
-}
-
 /// From the review of 8df94b9 (the policy's books as a slab of entries, a value's
 /// `Meta::slot` its index): an eviction racing an `invalidate` of its victim. The eviction
 /// frees the victim's entry, and the next admission reuses it; the `invalidate`, if it took
@@ -688,11 +657,11 @@ mod store_books {
 }
 
 /// From the review of step 2 (rev4): the store's shard is picked by high bits of a key's
-/// hash (the policy's shards were picked by the low bits), so the two keys of
-/// `admissions_in_two_shards_evict_once_for_one_overflow` (0 and 5, told apart by the low
-/// bit) may share a store shard at capacity 512 (two shards): that model then runs both
-/// admissions in one shard and never reaches the cross-shard reclaim. These models pick
-/// keys by the store's shard bit (bit 56, just below hashbrown's top 7 bits).
+/// hash (the policy's shards were picked by the low bits), so the two keys of the model
+/// this module's first one replaces (`admissions_in_two_shards_evict_once_for_one_overflow`,
+/// 0 and 5, told apart by the low bit) shared a store shard at capacity 512 (two shards):
+/// it ran both admissions in one shard and never reached the cross-shard reclaim. These
+/// models pick keys by the store's shard bit (bit 56, just below hashbrown's top 7 bits).
 mod rev4 {
     use std::hash::BuildHasher;
 
@@ -724,9 +693,10 @@ mod rev4 {
         )
     }
 
-    /// Two values, each heavier than a shard's share (256) and lighter than the capacity,
-    /// admitted at once into the two shards: each admission's reclaim reaches the other
-    /// shard with no lock held; one value goes (not both), and the total is the one left.
+    /// Capacity is the cache's, not a shard's (issue #11): two values, each heavier than a
+    /// shard's share (256) and lighter than the capacity, admitted at once into the two
+    /// shards: each admission's reclaim reaches the other shard with no lock held; one
+    /// value goes (not both), and the total is the one left.
     #[test]
     fn admissions_in_two_store_shards_evict_once_for_one_overflow() {
         let (a, b) = keys_in_two_shards();
