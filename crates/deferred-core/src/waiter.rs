@@ -192,10 +192,11 @@ impl<H: CellRef> Waiter<H> {
         debug_assert!(self.linked.is_none());
         let cell = self.handle.cell();
         let node = &self.node;
+        // Cloning a waker runs user code, and so may dropping the notify this replaces
+        // (`None`: whatever takes a plain waiter's node off a list takes its notify too): no
+        // lock is held.
         // SAFETY: the node is in no list and no one else reaches it (above), so its links
-        // are ours without the lock. Cloning a waker runs user code, and so may dropping the
-        // notify this replaces (`None`: whatever takes a plain waiter's node off a list takes
-        // its notify too): no lock is held.
+        // are ours without the lock.
         unsafe { node.with_links(|l| l.notify = wake.notify()) };
         let state = cell.lock();
         if state & DONE != 0 {
@@ -205,11 +206,12 @@ impl<H: CellRef> Waiter<H> {
             drop(unsafe { node.with_links(|l| mem::replace(&mut l.notify, Notify::None)) });
             return Polled::Done(state);
         }
-        // SAFETY: the lock is held; the node is ours, in no list (`Idle`; `Notified` only if
-        // a relay round took it off before a claim was taken at it in `link`, never by a
-        // completion: a complete cell returned above), pinned (the caller), and unlinked by
-        // `Drop` before it is freed. Its notify, written before the lock was taken, is published
-        // with the list by the Release in `unlock`.
+        // The node is in no list: `Idle`, or `Notified` only if a relay round took it off
+        // before a claim was taken at it in `link` (never by a completion: a complete cell
+        // returned above). Its notify, written before the lock was taken, is published with
+        // the list by the Release in `unlock`.
+        // SAFETY: the lock is held; the node is ours, in no list (above), pinned (the
+        // caller), and unlinked by `Drop` before it is freed.
         unsafe {
             debug_assert!(matches!(
                 node.with_links(|l| l.status),
