@@ -382,7 +382,7 @@ where
             prefix: self.prefix,
             channel,
             client: self.client,
-            manager: tokio::sync::Mutex::new(None),
+            manager: tokio::sync::OnceCell::new(),
             failed_at: Mutex::new(None),
             scripts: Scripts {
                 get_or_lease: Script::new(GET_OR_LEASE),
@@ -477,10 +477,11 @@ pub(crate) struct Inner<K, V, E, C> {
     prefix: String,
     pub(crate) channel: String,
     pub(crate) client: Client,
-    /// The L2 connection once made (it reconnects by itself after that). An async mutex:
-    /// whoever makes it holds it across the connect, and the others wait (each within its
-    /// own operation timeout) instead of opening one connection each.
-    manager: tokio::sync::Mutex<Option<ConnectionManager>>,
+    /// The L2 connection once made (it reconnects by itself after that). Once made, every
+    /// operation reads it without a lock (an atomic load); until then, whoever makes it
+    /// holds the cell's initialisation across the connect, and the others wait (each within
+    /// its own operation timeout) instead of opening one connection each.
+    manager: tokio::sync::OnceCell<ConnectionManager>,
     /// When the last attempt to connect failed, for the reconnect backoff.
     failed_at: Mutex<Option<Instant>>,
     scripts: Scripts,
@@ -1157,34 +1158,40 @@ where
 
     /// The connection, made on first use (and again after a failure, past the backoff).
     async fn connection(&self) -> Result<ConnectionManager, L2Error> {
-        let mut slot = self.manager.lock().await;
-        if let Some(manager) = slot.as_ref() {
+        if let Some(manager) = self.manager.get() {
             return Ok(manager.clone());
         }
-        let failed_at = *self
-            .failed_at
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if failed_at.is_some_and(|at| at.elapsed() < self.config.reconnect_backoff) {
-            return Err(L2Error::Unavailable);
-        }
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(self.config.op_timeout)
-            .set_response_timeout(self.config.op_timeout)
-            .set_number_of_retries(1);
-        match self.client.get_connection_manager_with_config(config).await {
-            Ok(manager) => {
-                *slot = Some(manager.clone());
-                Ok(manager)
-            }
-            Err(error) => {
-                *self
+        self.manager
+            .get_or_try_init(|| async {
+                let failed_at = *self
                     .failed_at
                     .lock()
-                    .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
-                Err(L2Error::Redis(error))
-            }
-        }
+                    .unwrap_or_else(PoisonError::into_inner);
+                if failed_at.is_some_and(|at| at.elapsed() < self.config.reconnect_backoff) {
+                    return Err(L2Error::Unavailable);
+                }
+                // No response timeout of its own: every operation on it runs within `l2`'s
+                // (the same `op_timeout`, started earlier), and a second timer per round
+                // trip would only cost. A timed-out request does not make redis-rs
+                // reconnect either way (not an unrecoverable error). The connect (its
+                // handshake included) is bounded here, which also bounds the manager's own
+                // reconnects.
+                let config = redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(self.config.op_timeout)
+                    .set_number_of_retries(1);
+                self.client
+                    .get_connection_manager_with_config(config)
+                    .await
+                    .map_err(|error| {
+                        *self
+                            .failed_at
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+                        L2Error::Redis(error)
+                    })
+            })
+            .await
+            .cloned()
     }
 
     /// One Redis operation within the per-operation timeout; failures are counted.
