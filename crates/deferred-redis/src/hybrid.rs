@@ -1110,6 +1110,9 @@ where
     }
 }
 
+/// The part of a value key between the prefix and the key's text: `{prefix}v:{key}`.
+const VALUE_PART: &str = "v:";
+
 impl<K, V, E, C> Inner<K, V, E, C>
 where
     K: RedisKey,
@@ -1127,7 +1130,7 @@ where
     }
 
     fn value_key<Q: WriteKey + ?Sized>(&self, key: &Q) -> String {
-        self.redis_key("v:", key)
+        self.redis_key(VALUE_PART, key)
     }
 
     fn lease_key<Q: WriteKey + ?Sized>(&self, key: &Q) -> String {
@@ -1288,10 +1291,10 @@ where
         O: Loaded<V>,
         Fut: Future<Output = O> + Send,
     {
-        // The key's text, written once for the load's names, messages and waiters.
-        let mut text = String::new();
-        key.write_key(&mut text);
-        let value_key = self.value_key(text.as_str());
+        // The value key, written once (one string, all an L2 hit needs); the key's text, for
+        // the lease rounds' names, messages and waiters, is its tail.
+        let value_key = self.value_key(&key);
+        let text = &value_key[self.prefix.len() + VALUE_PART.len()..];
         let mut asking = Asking {
             deadline: after(self.config.max_wait),
             waited: false,
@@ -1306,9 +1309,9 @@ where
             Round::Failed => Next::Local,
             // No value, or one this cache cannot read (`answer` noted it for the script).
             _ => {
-                let lease_key = self.lease_key(text.as_str());
+                let lease_key = self.lease_key(text);
                 token = self.token();
-                self.ask(&text, (&value_key, &lease_key), &token, &mut asking)
+                self.ask(text, (&value_key, &lease_key), &token, &mut asking)
                     .await
             }
         };
@@ -1316,7 +1319,7 @@ where
             Next::Found(tiered) => return O::found(tiered),
             Next::Lead(generation) => {
                 Arc::clone(&self)
-                    .lead(&key, text, token, generation, load)
+                    .lead(&key, text.to_owned(), token, generation, load)
                     .await
             }
             Next::Local => {
