@@ -1164,6 +1164,14 @@ where
         if let Some(manager) = self.manager.get() {
             return Ok(manager.clone());
         }
+        // Boxed: the connect's future (redis-rs's) is about 3 KB, and held inline it would
+        // make every operation's future that much larger, moved and allocated with it (an
+        // L2 hit's boxed load among them), where the connect happens once.
+        Box::pin(self.connect()).await
+    }
+
+    /// `connection`'s connect, once for all callers.
+    async fn connect(&self) -> Result<ConnectionManager, L2Error> {
         self.manager
             .get_or_try_init(|| async {
                 let failed_at = *self
