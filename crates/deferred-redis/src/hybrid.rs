@@ -1302,7 +1302,6 @@ where
         // The value key, written once (one string, all an L2 hit needs); the key's text, for
         // the lease rounds' names, messages and waiters, is its tail.
         let value_key = self.value_key(&key);
-        let text = &value_key[self.prefix.len() + VALUE_PART.len()..];
         let mut asking = Asking {
             deadline: after(self.config.max_wait),
             waited: false,
@@ -1311,8 +1310,33 @@ where
         };
         // A plain read first: all an L2 hit costs. Nothing registered and no lease to guard
         // (it takes none); if it finds no value, the lease rounds follow at once.
+        let round = self.answer(&mut asking, self.peek(&value_key).await);
+        if let Round::Found(tiered) = round {
+            return O::found(tiered);
+        }
+        // Boxed: the lease rounds and the load make a future several times the size of the
+        // plain read's, which an L2 hit (ended above) would otherwise allocate (this future
+        // is boxed too, see `get_with`) and move whole, for nothing.
+        Box::pin(self.after_peek(key, value_key, asking, round, load)).await
+    }
+
+    /// `load` after its plain read found no value it reads (`round`: what that read said):
+    /// the lease rounds, then the lead (or a wait on another's), or the loader here.
+    async fn after_peek<O, Fut>(
+        self: Arc<Self>,
+        key: K,
+        value_key: String,
+        mut asking: Asking,
+        round: Round<V>,
+        load: Fut,
+    ) -> O::Tiered
+    where
+        O: Loaded<V>,
+        Fut: Future<Output = O> + Send,
+    {
+        let text = &value_key[self.prefix.len() + VALUE_PART.len()..];
         let mut token = String::new(); // made for the lease rounds only
-        let next = match self.answer(&mut asking, self.peek(&value_key).await) {
+        let next = match round {
             Round::Found(tiered) => return O::found(tiered),
             Round::Failed => Next::Local,
             // No value, or one this cache cannot read (`answer` noted it for the script).
