@@ -584,15 +584,26 @@ impl<K, V, E> ShardData<K, V, E> {
     /// at the same size, where hashbrown would double it (its items being over half its
     /// capacity) or rehash it in place (which drops slots if `Hash` panics). Otherwise it
     /// grows, as hashbrown would.
+    #[inline]
     fn room_in<S: BuildHasher>(&mut self, hasher: &S)
+    where
+        K: Hash,
+    {
+        if self.table.len() < self.table.capacity() {
+            return;
+        }
+        self.make_room(hasher);
+    }
+
+    /// `room_in`'s slow path: the table has no room left.
+    #[cold]
+    #[inline(never)]
+    fn make_room<S: BuildHasher>(&mut self, hasher: &S)
     where
         K: Hash,
     {
         let table = &mut self.table;
         let len = table.len();
-        if len < table.capacity() {
-            return;
-        }
         self.full = self.full.max(table.capacity());
         if len < self.full - self.full / 16 {
             // Hashed first, by reference: if a key's `Hash` panics, nothing has moved.
