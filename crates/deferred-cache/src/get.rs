@@ -15,7 +15,7 @@ use crate::{
     cache::load,
     error::Failure,
     reentrancy,
-    store::{Lookup, Waiter},
+    store::{Lookup, Seen, Waiter},
     trace, Cache, Key, LoadError, Shared, Value,
 };
 
@@ -374,18 +374,26 @@ impl<K: Key + Shared, V: Value, E: Shared, S: BuildHasher + Shared, L> GetWith<'
         Fut: Future<Output = Result<V, Failure<E>>> + Send + 'static,
     {
         let cache = self.cache;
-        if let State::Start { .. } = &self.state {
-            let State::Start { key, loader, hash } =
-                core::mem::replace(&mut self.state, State::Done)
+        if let State::Start { key, hash, .. } = &mut self.state {
+            // The one hash of this read (given by the layer above, or computed here): the
+            // probe, the load's slot and its settle all take it from here.
+            let hash = *hash.get_or_insert_with(|| cache.hash(key));
+            // The hit under the read lock, probed in place: a hit moves neither the key nor
+            // the loader (they are dropped where they are).
+            let seen = match cache.inner.seen(hash, key) {
+                Seen::Value(value) => {
+                    self.state = State::Done;
+                    cache.inner.counters.hit();
+                    return Poll::Ready((Ok(value), Source::Hit));
+                }
+                seen => seen,
+            };
+            let State::Start { key, loader, .. } = core::mem::replace(&mut self.state, State::Done)
             else {
                 unreachable!("matched above");
             };
-            // The one hash of this read (given by the layer above, or computed here): the
-            // probe, the load's slot and its settle all take it from here.
-            let hash = hash.unwrap_or_else(|| cache.hash(&key));
-            // The hit under the read lock; on a miss, the key goes into the load's slot (the
-            // loader borrows it there).
-            let lookup = cache.inner.get_or_load(hash, key, |key| {
+            // On a miss, the key goes into the load's slot (the loader borrows it there).
+            let lookup = cache.inner.get_or_load_seen(hash, key, seen, |key| {
                 let trace = trace::Load::new(|| hash);
                 load(start(loader, key), Arc::clone(&cache.inner.counters), trace)
             });

@@ -1197,7 +1197,7 @@ pub(crate) enum Probe<V> {
 }
 
 /// What a probe under the read lock found, for a read that may load.
-enum Seen<V> {
+pub(crate) enum Seen<V> {
     Value(V),
     Loading,
     Absent,
@@ -1207,7 +1207,8 @@ impl<K: Eq + Hash, V: Clone, E, S: BuildHasher> Store<K, V, E, S> {
     /// The read lock's probe of a read that may load: a value (its use recorded), a load
     /// in flight, or neither (a load that failed, whose slot its failure is about to
     /// remove, counts as none; one whose cell has its value counts as that value).
-    fn seen(&self, hash: u64, key: &K) -> Seen<V> {
+    #[inline]
+    pub(crate) fn seen(&self, hash: u64, key: &K) -> Seen<V> {
         self.shard(hash).read(
             |d| match d.table.find(hash, |s| s.key == *key).map(|s| &s.state) {
                 None => Seen::Absent,
@@ -1367,6 +1368,7 @@ where
     /// dropped unpolled). A load that failed, whose slot its failure is about to remove,
     /// counts as none: this call's load takes its place. The load carries a copy of the key
     /// only when the store weighs its values.
+    #[cfg(test)]
     pub(crate) fn get_or_load<Fut>(
         self: &Arc<Self>,
         hash: u64,
@@ -1376,10 +1378,29 @@ where
     where
         Fut: Future<Output = Result<V, Failure<E>>> + Send + 'static,
     {
-        // The hit, under the read lock. A load in flight is joined under the write lock
-        // without making a loader (e4cc24a); only a key with neither, or whose load
-        // failed, makes one.
-        let key = match self.seen(hash, &key) {
+        // The hit, under the read lock.
+        match self.seen(hash, &key) {
+            Seen::Value(value) => Lookup::Ready(value),
+            seen => self.get_or_load_seen(hash, key, seen, start),
+        }
+    }
+
+    /// [`get_or_load`](Self::get_or_load) after the caller's own probe ([`seen`](Self::seen))
+    /// found no value: `seen` is what it found (a `Seen::Value` is handed back as ready).
+    /// The hit stays in the caller's code, with no call and no move of its key and loader.
+    pub(crate) fn get_or_load_seen<Fut>(
+        self: &Arc<Self>,
+        hash: u64,
+        key: K,
+        seen: Seen<V>,
+        start: impl FnOnce(&K) -> Fut,
+    ) -> Lookup<'_, K, V, E, S>
+    where
+        Fut: Future<Output = Result<V, Failure<E>>> + Send + 'static,
+    {
+        // A load in flight is joined under the write lock without making a loader
+        // (e4cc24a); only a key with neither, or whose load failed, makes one.
+        let key = match seen {
             Seen::Value(value) => return Lookup::Ready(value),
             Seen::Loading => match self.join_or_add(hash, key, None) {
                 Found::Absent(key) => key,

@@ -149,20 +149,7 @@ where
     /// # });
     /// ```
     pub fn get_or_add_cell(&self, key: K, cell: Lazy<V, E>) -> Get<'_, K, V, E, S> {
-        self.get_or_add_cell_hashed(self.hash(&key), key, cell)
-    }
-
-    /// As [`get_or_add_cell`](Self::get_or_add_cell), with the key's hash given: `hash` must be
-    /// `self.hasher().hash_one(key)`. For layers built on this map, which hash a key once per
-    /// operation and pass the hash down; not part of the stable API. A wrong hash makes the
-    /// call miss the entry, or put it where lookups by key do not find it (never unsoundness).
-    #[doc(hidden)]
-    pub fn get_or_add_cell_hashed(
-        &self,
-        hash: u64,
-        key: K,
-        cell: Lazy<V, E>,
-    ) -> Get<'_, K, V, E, S> {
+        let hash = self.hash(&key);
         let placed = self.insert_or_find(hash, key, cell, Kind::Kept, true, Claim::Never);
         Get::new(self, hash, placed.cell, placed.interest, placed.inserted)
     }

@@ -205,18 +205,6 @@ where
         })
     }
 
-    /// Whether an entry of the map holds `cell` (the same allocation: [`Lazy::ptr_eq`]),
-    /// found by `hash` alone, without comparing keys. `hash` must be
-    /// `self.hasher().hash_one(key)` for the entry's key. For layers built on this map that
-    /// keep cells and hashes; not part of the stable API. A wrong hash gives `false`
-    /// (never unsoundness).
-    #[doc(hidden)]
-    #[inline]
-    pub fn contains_cell_hashed(&self, hash: u64, cell: &Lazy<V, E>) -> bool {
-        self.shard(hash)
-            .read(|t| t.find(hash, |s| Lazy::ptr_eq(&s.cell, cell)).is_some())
-    }
-
     /// Whether the cell at `key` is complete; `None` if the key is absent (fs2-es
     /// `checkCompleted`).
     ///

@@ -164,24 +164,6 @@ where
         Some((removed.cell, removed.key))
     }
 
-    /// Removes the entry whose cell is `cell` (the same allocation: [`Lazy::ptr_eq`]),
-    /// found by `hash` alone, without comparing keys, and returns its key; `None` if no
-    /// entry holds `cell`. `hash` must be `self.hasher().hash_one(key)` for the entry's key.
-    /// For layers built on this map that keep cells and hashes but not keys (a cache's
-    /// eviction queues); not part of the stable API. A wrong hash makes the call miss the
-    /// entry (never unsoundness). A removed placeholder is cancelled, as in
-    /// [`remove`](Self::remove).
-    #[doc(hidden)]
-    pub fn remove_cell_hashed(&self, hash: u64, cell: &Lazy<V, E>) -> Option<K> {
-        let removed = self.shard(hash).write(|t| {
-            let entry = t.find_entry(hash, |s| Lazy::ptr_eq(&s.cell, cell)).ok()?;
-            Some(entry.remove().0)
-        })?;
-        // Outside the lock: cancelling wakes waiters, and the cell is dropped here.
-        cancel_if_placeholder(&removed.cell, removed.kind);
-        Some(removed.key)
-    }
-
     /// Removes the entry at `key` if `pred` says so for its cell, atomically; returns the
     /// removed cell. `pred` runs under the key's shard lock: keep it short, and never touch
     /// this map from inside it. The cell is handed back (and so dropped) after the lock is
