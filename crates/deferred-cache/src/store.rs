@@ -606,12 +606,19 @@ impl<K, V, E> ShardData<K, V, E> {
         let len = table.len();
         self.full = self.full.max(table.capacity());
         if len < self.full - self.full / 16 {
-            // Hashed first, by reference: if a key's `Hash` panics, nothing has moved.
-            let hashes: Vec<u64> = table.iter().map(|s| hasher.hash_one(&s.key)).collect();
+            // Hashed first, by reference: if a key's `Hash` panics, nothing has moved. With
+            // each slot's stamp (unique in the shard), to check the order below without
+            // user code: a `Hash` run again there, mid-`drain`, that panicked dropped every
+            // slot under the lock, on the books (rev5).
+            let hashes: Vec<(u64, u64)> = table
+                .iter()
+                .map(|s| (hasher.hash_one(&s.key), s.state.stamp()))
+                .collect();
             let mut fresh = HashTable::with_capacity(self.full);
             // `drain` yields the slots in `iter`'s order (both walk the buckets in order).
-            for (slot, hash) in table.drain().zip(hashes) {
-                debug_assert_eq!(hash, hasher.hash_one(&slot.key), "drained as iterated");
+            for (slot, (hash, stamp)) in table.drain().zip(hashes) {
+                debug_assert_eq!(stamp, slot.state.stamp(), "drained as iterated");
+                // Never grows (room for all): the hasher is not called.
                 fresh.insert_unique(hash, slot, |s| hasher.hash_one(&s.key));
             }
             *table = fresh;

@@ -256,6 +256,60 @@ mod unit {
         assert_eq!(store.check_books(), before + 1);
     }
 
+    /// A key whose `Hash` panics while a table full of tombstones is rebuilt at its size,
+    /// once every key was hashed (the first pass): the rebuild must run no user code while
+    /// it moves the slots (rev5: its debug check hashed each key again mid-`drain`, and a
+    /// panic there dropped every slot under the lock, off the table but on the books).
+    #[test]
+    fn a_hash_that_panics_mid_rebuild_loses_no_slot() {
+        use std::sync::atomic::AtomicI64;
+        /// Hash calls left before one panics (negative: never).
+        static FUSE: AtomicI64 = AtomicI64::new(-1);
+        const HASH_PANIC: &str = "store key hash panics mid-rebuild";
+        #[derive(Clone, PartialEq, Eq, Debug)]
+        struct Key(u64);
+        impl std::hash::Hash for Key {
+            fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+                if FUSE.fetch_sub(1, SeqCst) == 0 {
+                    std::panic::panic_any(HASH_PANIC);
+                }
+                self.0.hash(state);
+            }
+        }
+        quiet_panics_saying(HASH_PANIC);
+        // Bounded, unit weights, one shard (256): reserved up front, rebuilt at its size.
+        let store: Store<Key, u64, (), FixedHasher> =
+            Store::new(0, FixedHasher::default(), Some(256), None, None);
+        assert_eq!(store.shard_count(), 1);
+        let mut key = 0;
+        // Steady state until the next insert finds no room left (tombstones): a rebuild.
+        loop {
+            let no_room = store.shards[0].read(|d| {
+                d.table.len() == d.table.capacity() && d.table.len() < d.full - d.full / 16
+            });
+            if no_room {
+                break;
+            }
+            store.insert(store.hash(&Key(key)), Key(key), key, Some(1));
+            key += 1;
+        }
+        let before = store.check_books();
+        let len = store.len();
+        let hash = store.hash(&Key(key));
+        // The rebuild's first pass hashes `len` keys; the next call panics.
+        FUSE.store(i64::try_from(len).unwrap(), SeqCst);
+        let caught = catch_unwind(AssertUnwindSafe(|| {
+            store.insert(hash, Key(key), key, Some(1));
+        }));
+        FUSE.store(-1, SeqCst);
+        assert_eq!(store.len(), len, "every slot still there (one in, one evicted)");
+        assert_eq!(store.check_books(), before, "the books exact");
+        assert!(caught.is_ok(), "the rebuild hashes each key once, before moving any");
+        let next = Key(key + 1);
+        store.insert(store.hash(&next), next, key, Some(1));
+        assert_eq!(store.check_books(), before);
+    }
+
     #[test]
     fn a_load_settles_its_own_slot() {
         let store = store();
