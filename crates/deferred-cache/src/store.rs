@@ -1134,9 +1134,13 @@ impl<K: Eq + Hash, V: Clone, E, S: BuildHasher> Store<K, V, E, S> {
     pub(crate) fn settle(&self, hash: u64, id: LoadId, value: Option<(V, Option<u32>)>) -> bool {
         let bound = self.bound.as_ref();
         let mut out = Out::new();
+        // Carried in, taken only once the slot is found to be the load's: a slot gone or
+        // another (an invalidation, a write since) leaves the value here, dropped with no
+        // lock held (rev5: moved into the closure, it was dropped under the write lock).
+        let mut carry = value;
         let settled = self.shard(hash).write(|d| {
             let mut entry = d.table.find_entry(hash, |s| s.state.is_load(id)).ok()?;
-            let Some((value, weight)) = value else {
+            let Some((value, weight)) = carry.take() else {
                 // Dropped with no lock held: its cell, its key.
                 return Some((None, Some(entry.remove().0), None));
             };
