@@ -1035,17 +1035,22 @@ impl<K: Eq + Hash, V: Clone, E, S: BuildHasher> Store<K, V, E, S> {
     where
         K: Clone,
     {
-        let mut entries = Vec::new();
+        // Keys and values apart, each clone owned out here as soon as it is made: if a
+        // clone panics, those made before it (the key of its pair too) are dropped after
+        // the lock (rev5: a key cloned in a pair whose value's clone panicked was dropped
+        // under it).
+        let (mut keys, mut values) = (Vec::new(), Vec::new());
         for shard in self.shards.iter() {
             shard.read(|d| {
-                entries.extend(
-                    d.table
-                        .iter()
-                        .filter_map(|s| Some((s.key.clone(), s.state.value()?.clone()))),
-                );
+                for s in d.table.iter() {
+                    if let Some(value) = s.state.value() {
+                        keys.push(s.key.clone());
+                        values.push(value.clone());
+                    }
+                }
             });
         }
-        entries
+        keys.into_iter().zip(values).collect()
     }
 
     /// Removes the values for which `pred(key, value)` says `true`, as `Explicit`
@@ -1061,17 +1066,21 @@ impl<K: Eq + Hash, V: Clone, E, S: BuildHasher> Store<K, V, E, S> {
         let mut removed = 0;
         for shard in self.shards.iter() {
             // Built outside the lock (rev4): if a clone panics, the clones made before it
-            // are dropped after the lock is released.
-            let mut seen: Vec<(u64, K, V)> = Vec::new();
+            // are dropped after the lock is released; keys and values apart, so that this
+            // holds for the key of a pair whose value's clone panics (rev5).
+            let mut keys: Vec<(u64, K)> = Vec::new();
+            let mut values: Vec<V> = Vec::new();
             shard.read(|d| {
-                seen.extend(d.table.iter().filter_map(|s| {
-                    let value = s.state.value()?;
-                    Some((s.state.stamp(), s.key.clone(), value.clone()))
-                }));
+                for s in d.table.iter() {
+                    if let Some(value) = s.state.value() {
+                        keys.push((s.state.stamp(), s.key.clone()));
+                        values.push(value.clone());
+                    }
+                }
             });
             let mut doomed = Vec::new();
             let mut panicked = None;
-            for (stamp, key, value) in &seen {
+            for ((stamp, key), value) in keys.iter().zip(&values) {
                 match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pred(key, value))) {
                     // Hashed here, with no lock held: the slot keeps no hash.
                     Ok(true) => doomed.push((self.hash(key), *stamp)),
@@ -1095,7 +1104,7 @@ impl<K: Eq + Hash, V: Clone, E, S: BuildHasher> Store<K, V, E, S> {
                     })
                     .collect()
             });
-            drop(seen);
+            drop((keys, values));
             removed += gone.len();
             self.tell(gone);
             if let Some(payload) = panicked {
