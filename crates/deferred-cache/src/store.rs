@@ -695,7 +695,9 @@ impl<K, V, E> ShardData<K, V, E> {
             });
             return None;
         };
-        // Room first (keys' `Hash` may run): a panic leaves the value off the books.
+        // Room first (keys' `Hash` may run): a panic leaves the value off the books. The
+        // callers made it already, before taking the key and value they carry in, so that
+        // these are not dropped under the lock then (rev5): a no-op check here.
         self.room_in(hasher);
         let main = weight > 0 && self.books.to_main(hash);
         let state = ready(value, weight, stamp, main);
@@ -823,6 +825,9 @@ impl<K: Eq + Hash, V: Clone, E, S: BuildHasher> Store<K, V, E, S> {
                 unreachable!("taken below only")
             };
             let old = d.take(bound, hash, |s| s.key == *key, RemovalCause::Replaced);
+            // Room before the key and value are taken (keys' `Hash` may run; a no-op if a
+            // value was taken): if it panics they are dropped after the lock (rev5).
+            d.room_in(&self.hasher);
             let Some((key, value)) = carry.take() else {
                 unreachable!("taken here only")
             };
@@ -956,6 +961,9 @@ impl<K: Eq + Hash, V: Clone, E, S: BuildHasher> Store<K, V, E, S> {
                 unreachable!("taken below only")
             };
             let Some(slot) = d.table.find_mut(hash, |s| s.key == *k) else {
+                // Room before the key is taken and the value cloned (keys' `Hash` may run):
+                // if it panics, the key is dropped after the lock (rev5).
+                d.room_in(&self.hasher);
                 let copy = value.clone();
                 let key = taken(&mut carry);
                 let stored = d.admit(self, hash, key, copy, weight, None, &mut out);
