@@ -561,6 +561,12 @@ impl<K: Hash, V, E, S: BuildHasher> Store<K, V, E, S> {
     pub(crate) fn shard_count(&self) -> usize {
         self.shards.len()
     }
+
+    /// Whether this thread (or another) holds any shard's lock, for tests that check no
+    /// user code runs under it.
+    pub(crate) fn any_shard_held(&self) -> bool {
+        self.shards.iter().any(|s| s.is_held())
+    }
 }
 
 impl<K, V, E> ShardData<K, V, E> {

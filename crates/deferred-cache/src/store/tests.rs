@@ -891,3 +891,8 @@ mod models {
 /// the review of step 2 (rev4).
 #[cfg(not(loom))]
 mod books;
+
+/// User code that panics (keys' `Hash` and `Eq`, values' `Clone`, the weigher) in seeded
+/// random runs of every write, loads included, checked after each (rev5).
+#[cfg(not(loom))]
+mod panics;
