@@ -302,9 +302,16 @@ mod unit {
             store.insert(hash, Key(key), key, Some(1));
         }));
         FUSE.store(-1, SeqCst);
-        assert_eq!(store.len(), len, "every slot still there (one in, one evicted)");
+        assert_eq!(
+            store.len(),
+            len,
+            "every slot still there (one in, one evicted)"
+        );
         assert_eq!(store.check_books(), before, "the books exact");
-        assert!(caught.is_ok(), "the rebuild hashes each key once, before moving any");
+        assert!(
+            caught.is_ok(),
+            "the rebuild hashes each key once, before moving any"
+        );
         let next = Key(key + 1);
         store.insert(store.hash(&next), next, key, Some(1));
         assert_eq!(store.check_books(), before);
