@@ -15,11 +15,17 @@
 //! * leaving the main queue, a value that was read goes round again with one use fewer, and
 //!   one that was not is evicted.
 //!
-//! A queue position is a [`Pos`]: the key's hash, the value's `stamp` (unique in its shard,
-//! never reused) and its weight; no key, no handle. A step finds the value by probing the
-//! table for (hash, stamp) under the write lock it already holds: absent, the position is
-//! dead (the value was invalidated, replaced or expired: counted in `stale` when it left),
-//! and is dropped. Once half the positions are dead, a compaction drops them all.
+//! A queue position is a [`Pos`]: the key's hash and the value's `stamp` (unique in its
+//! shard, never reused), 16 bytes; no key, no handle, no weight. A step finds the value by
+//! probing the table for (hash, stamp) under the write lock it already holds, and reads its
+//! weight there: absent, the position is dead (the value was invalidated, replaced or
+//! expired: counted in `stale` when it left), weighs nothing, and is dropped. Once half the
+//! positions are dead, a compaction drops them all.
+//!
+//! The queues' weights count live positions only: a value that leaves the table otherwise
+//! than by eviction takes its weight off the queue its position is in, which its slot
+//! tells by the [`IN_MAIN`] bit of its use count byte (set when its position goes to the
+//! main queue, only ever changed under the write lock).
 //!
 //! The books are exact by construction: every change to them is made under the write lock
 //! of the table they describe, in the same critical section as the table's change.
@@ -30,14 +36,59 @@ use hashbrown::HashTable;
 
 use crate::loom::{AtomicU64, AtomicU8, Ordering::Relaxed};
 
+/// The most uses a read records (the low bits of a value's use count byte).
+pub(crate) const MAX_FREQ: u8 = 3;
+
+/// The use count byte's bit saying that the value's position is in the main queue (clear:
+/// in the small one, or not queued). Changed only under the shard's write lock, where no
+/// reader runs; readers keep it as they found it (see [`touch`]).
+pub(crate) const IN_MAIN: u8 = 0x80;
+
+/// The uses recorded in a use count byte.
+fn uses(byte: u8) -> u8 {
+    byte & !IN_MAIN
+}
+
+/// Records a read in a value's use count byte. Stores only when the count changes, so that
+/// readers of a hot key do not keep writing its cache line. Relaxed: a hint to the policy,
+/// racy by design (a lost bump costs nothing but accuracy); the [`IN_MAIN`] bit, which only
+/// the write lock's holder changes (no reader then), is stored back as it was read.
+#[inline]
+pub(crate) fn touch(freq: &AtomicU8) {
+    let n = freq.load(Relaxed);
+    if uses(n) < MAX_FREQ {
+        freq.store(n + 1, Relaxed);
+    }
+}
+
+/// Whether a value's position is in the main queue, by its use count byte (under the
+/// write lock).
+pub(crate) fn in_main(freq: &AtomicU8) -> bool {
+    freq.load(Relaxed) & IN_MAIN != 0
+}
+
 /// A value's place in a queue: where to find it in the table (its key's hash and its
-/// stamp), and what it weighs (the queue's weight counts dead positions too, until they
-/// are popped or compacted away).
+/// stamp). Its weight is read from its slot (a dead position weighs nothing).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Pos {
     pub(crate) hash: u64,
     pub(crate) stamp: u64,
-    pub(crate) weight: u32,
+}
+
+/// What a step reads of a live position's value in the table: its use count byte and its
+/// weight.
+pub(crate) type Live<'t> = (&'t AtomicU8, u32);
+
+/// A ghost: a hash folded to 32 bits (a false match only sends a new value to the main
+/// queue).
+fn fingerprint(hash: u64) -> u32 {
+    (hash ^ (hash >> 32)) as u32
+}
+
+/// The ghost table's hash of a fingerprint: its bits in both halves, so that hashbrown's
+/// h1 (low bits) and h2 (top 7) both vary.
+fn ghost_hash(fp: u32) -> u64 {
+    u64::from(fp) << 32 | u64::from(fp)
 }
 
 /// What one eviction step found.
@@ -46,8 +97,8 @@ pub(crate) enum Step {
     /// A victim, off the books: the caller takes it out of the table.
     Out(Pos),
     /// The value being stored, which its own admission never evicts: set aside (with
-    /// whether it came from the small queue), to be put back where it was.
-    Held(Pos, bool),
+    /// whether it came from the small queue, and its weight), to be put back where it was.
+    Held(Pos, bool, u32),
     /// Both queues are empty.
     Empty,
     /// The cache was back within capacity when a victim came up (other threads made room
@@ -55,13 +106,13 @@ pub(crate) enum Step {
     Enough,
 }
 
-/// Hashes of values lately evicted from a small queue, oldest first, and the same hashes
-/// in a table for membership tests (a hash evicted twice is there twice: eight bytes a
-/// ghost, no counts).
+/// Hashes of values lately evicted from a small queue, as 32-bit fingerprints, oldest
+/// first, and the same fingerprints in a table for membership tests (one evicted twice is
+/// there twice: about ten bytes a ghost, no counts).
 #[derive(Debug)]
 struct Ghost {
-    order: VecDeque<u64>,
-    set: HashTable<u64>,
+    order: VecDeque<u32>,
+    set: HashTable<u32>,
 }
 
 impl Ghost {
@@ -73,17 +124,20 @@ impl Ghost {
     }
 
     fn contains(&self, hash: u64) -> bool {
-        self.set.find(hash, |&h| h == hash).is_some()
+        let fp = fingerprint(hash);
+        self.set.find(ghost_hash(fp), |&h| h == fp).is_some()
     }
 
     fn push(&mut self, hash: u64, cap: usize) {
-        self.order.push_back(hash);
-        self.set.insert_unique(hash, hash, |&h| h);
+        let fp = fingerprint(hash);
+        self.order.push_back(fp);
+        self.set
+            .insert_unique(ghost_hash(fp), fp, |&h| ghost_hash(h));
         while self.order.len() > cap {
             let Some(old) = self.order.pop_front() else {
                 break;
             };
-            if let Ok(entry) = self.set.find_entry(old, |&h| h == old) {
+            if let Ok(entry) = self.set.find_entry(ghost_hash(old), |&h| h == old) {
                 entry.remove();
             }
         }
@@ -96,14 +150,14 @@ pub(crate) struct Books {
     small: VecDeque<Pos>,
     main: VecDeque<Pos>,
     ghost: Ghost,
-    /// Weight of the positions queued in each, dead ones included: the queue sizes S3-FIFO
-    /// steers by.
+    /// Weight of the live positions queued in each (a dead one weighs nothing): the queue
+    /// sizes S3-FIFO steers by.
     small_weight: u64,
     main_weight: u64,
     /// Weight of the values of this shard on the books (its part of the cache's total).
     live: u64,
-    /// Dead positions (values that left the table while queued): dead weight until a step
-    /// pops them, or a compaction drops them.
+    /// Dead positions (values that left the table while queued): dropped when a step pops
+    /// them, or by a compaction.
     stale: usize,
     /// This shard's share of the cache's capacity: what steers where room is made.
     capacity: u64,
@@ -136,13 +190,20 @@ impl Books {
         self.live > self.capacity
     }
 
-    /// Puts a stored value on the books: queued in the main queue if its hash is a ghost,
-    /// in the small one otherwise. A value that weighs nothing is never queued (evicting
-    /// it would free nothing): the caller does not push it.
-    pub(crate) fn push(&mut self, pos: Pos) {
-        debug_assert!(pos.weight > 0, "a weightless value is never queued");
-        let weight = u64::from(pos.weight);
-        if self.ghost.contains(pos.hash) {
+    /// Whether a value stored at `hash` goes to the main queue (its hash is a ghost): its
+    /// slot's use count byte starts with [`IN_MAIN`] then.
+    pub(crate) fn to_main(&self, hash: u64) -> bool {
+        self.ghost.contains(hash)
+    }
+
+    /// Puts a stored value of `weight` on the books: queued in the main queue if `main`
+    /// (what [`to_main`](Self::to_main) said, as its slot says), in the small one
+    /// otherwise. A value that weighs nothing is never queued (evicting it would free
+    /// nothing): the caller does not push it.
+    pub(crate) fn push(&mut self, pos: Pos, weight: u32, main: bool) {
+        debug_assert!(weight > 0, "a weightless value is never queued");
+        let weight = u64::from(weight);
+        if main {
             self.main_weight += weight;
             self.main.push_back(pos);
         } else {
@@ -152,14 +213,20 @@ impl Books {
         self.live += weight;
     }
 
-    /// A value of `weight` (on the books: weighing something) left the table otherwise
-    /// than by eviction: its weight goes off `live`, and its position is dead until a step
-    /// pops it or a compaction drops it. Returns whether the queues are worth compacting
-    /// now (see [`compact`](Self::compact)).
+    /// A value of `weight` (on the books: weighing something), queued in the main queue if
+    /// `main`, left the table otherwise than by eviction: its weight goes off `live` and off
+    /// its queue's, and its position is dead until a step pops it or a compaction drops it.
+    /// Returns whether the queues are worth compacting now (see [`compact`](Self::compact)).
     #[must_use]
-    pub(crate) fn left(&mut self, weight: u32) -> bool {
+    pub(crate) fn left(&mut self, weight: u32, main: bool) -> bool {
         debug_assert!(weight > 0, "a weightless value is never queued");
-        self.live -= u64::from(weight);
+        let weight = u64::from(weight);
+        self.live -= weight;
+        if main {
+            self.main_weight -= weight;
+        } else {
+            self.small_weight -= weight;
+        }
         self.stale += 1;
         // At least half the queues dead (and more than a few): the retirements since the
         // last compaction pay for this one.
@@ -170,7 +237,8 @@ impl Books {
     /// giving second chances to the values read since they were queued, until one is
     /// evicted, the value stamped `exempt` (being stored) comes up, or both queues are
     /// empty. `freq` finds a position's value in the table (by hash and stamp) and gives
-    /// its use count, or `None` if the value is gone. A victim is evicted only if its
+    /// its use count byte and weight, or `None` if the value is gone. A victim is evicted
+    /// only if its
     /// weight can still be taken off a `total` over `capacity` (the cache's); if not, it is
     /// put back and the step says `Enough`.
     pub(crate) fn step<'t>(
@@ -178,7 +246,7 @@ impl Books {
         exempt: Option<u64>,
         total: &AtomicU64,
         capacity: u64,
-        freq: impl Fn(&Pos) -> Option<&'t AtomicU8>,
+        freq: impl Fn(&Pos) -> Option<Live<'t>>,
     ) -> Step {
         // Bounds the second chances one step may give, in case readers keep re-marking
         // values while it runs (a position it re-queues is one it may meet again).
@@ -193,25 +261,27 @@ impl Books {
             let Some(pos) = popped else {
                 return Step::Empty;
             };
-            let weight = u64::from(pos.weight);
+            let Some((uses, w)) = freq(&pos) else {
+                // Dead: its value left the table (counted stale then, its weight taken
+                // off its queue's).
+                self.stale = self.stale.saturating_sub(1);
+                continue;
+            };
+            let weight = u64::from(w);
             if from_small {
                 self.small_weight -= weight;
             } else {
                 self.main_weight -= weight;
             }
-            let Some(uses) = freq(&pos) else {
-                // Dead: its value left the table (counted stale then).
-                self.stale = self.stale.saturating_sub(1);
-                continue;
-            };
             if exempt == Some(pos.stamp) {
-                return Step::Held(pos, from_small);
+                return Step::Held(pos, from_small, w);
             }
-            let f = uses.load(Relaxed);
+            let byte = uses.load(Relaxed);
+            let f = self::uses(byte);
             if f > 0 && chances > 0 {
                 chances -= 1;
-                // Read while queued: a second chance, in the main queue.
-                uses.store(if from_small { 0 } else { f - 1 }, Relaxed);
+                // Read while queued: a second chance, in the main queue (its slot says so).
+                uses.store(IN_MAIN | if from_small { 0 } else { f - 1 }, Relaxed);
                 self.main_weight += weight;
                 self.main.push_back(pos);
                 continue;
@@ -223,7 +293,7 @@ impl Books {
             let claimed =
                 total.fetch_update(Relaxed, Relaxed, |t| (t > capacity).then(|| t - weight));
             if claimed.is_err() {
-                self.restore(pos, from_small);
+                self.restore(pos, from_small, w);
                 return Step::Enough;
             }
             if from_small {
@@ -238,8 +308,8 @@ impl Books {
     /// Puts back a position that `step` held or could not evict: at the head of the queue
     /// it came from, where it was (every position ahead of it was popped; those behind it
     /// were queued after it).
-    pub(crate) fn restore(&mut self, pos: Pos, from_small: bool) {
-        let weight = u64::from(pos.weight);
+    pub(crate) fn restore(&mut self, pos: Pos, from_small: bool, weight: u32) {
+        let weight = u64::from(weight);
         if from_small {
             self.small_weight += weight;
             self.small.push_front(pos);
@@ -250,20 +320,10 @@ impl Books {
     }
 
     /// Drops the dead positions from both queues: `alive` says whether a position's value
-    /// is still in the table (by hash and stamp).
+    /// is still in the table (by hash and stamp). They weigh nothing already.
     pub(crate) fn compact(&mut self, alive: impl Fn(&Pos) -> bool) {
-        for (queue, weight) in [
-            (&mut self.small, &mut self.small_weight),
-            (&mut self.main, &mut self.main_weight),
-        ] {
-            queue.retain(|pos| {
-                let keep = alive(pos);
-                if !keep {
-                    *weight -= u64::from(pos.weight);
-                }
-                keep
-            });
-        }
+        self.small.retain(|pos| alive(pos));
+        self.main.retain(|pos| alive(pos));
         self.stale = 0;
         if self.small.is_empty() && self.main.is_empty() {
             // Nothing on the books: give the memory back (after `invalidate_all`).
@@ -292,21 +352,35 @@ impl Books {
         self.small.iter().chain(self.main.iter())
     }
 
-    /// The books' own sums, checked against `positions`: (small weight, main weight,
-    /// small positions, stale).
+    /// The books' own sums, checked against `positions`: each queue's weight is its live
+    /// positions', whose values' slots say they are in that queue; `live` is both queues';
+    /// `stale` the number of dead positions. `alive` gives a live position's value's weight
+    /// and whether its slot says it is in the main queue.
     #[cfg(all(test, not(loom)))]
-    pub(crate) fn check(&self, alive: impl Fn(&Pos) -> bool) {
-        let small: u64 = self.small.iter().map(|p| u64::from(p.weight)).sum();
-        let main: u64 = self.main.iter().map(|p| u64::from(p.weight)).sum();
-        assert_eq!(small, self.small_weight, "the small queue's weight");
-        assert_eq!(main, self.main_weight, "the main queue's weight");
-        let live: u64 = self
-            .positions()
-            .filter(|p| alive(p))
-            .map(|p| u64::from(p.weight))
-            .sum();
-        assert_eq!(live, self.live, "live weight");
-        let dead = self.positions().filter(|p| !alive(p)).count();
+    pub(crate) fn check(&self, alive: impl Fn(&Pos) -> Option<(u32, bool)>) {
+        let mut dead = 0;
+        for (queue, weight, main) in [
+            (&self.small, self.small_weight, false),
+            (&self.main, self.main_weight, true),
+        ] {
+            let mut sum = 0u64;
+            for p in queue {
+                match alive(p) {
+                    Some((w, m)) => {
+                        assert_eq!(m, main, "{p:?}'s slot says which queue it is in");
+                        sum += u64::from(w);
+                    }
+                    None => dead += 1,
+                }
+            }
+            let name = if main { "main" } else { "small" };
+            assert_eq!(sum, weight, "the {name} queue's weight");
+        }
+        assert_eq!(
+            self.small_weight + self.main_weight,
+            self.live,
+            "live weight"
+        );
         assert_eq!(dead, self.stale, "stale count");
     }
 }
@@ -320,7 +394,7 @@ pub(crate) mod tests {
 
     use std::collections::HashMap;
 
-    use super::{Books, Ghost, Pos, Step};
+    use super::{in_main, touch, Books, Ghost, Pos, Step, IN_MAIN};
     use crate::loom::{AtomicU64, AtomicU8, Ordering::Relaxed};
 
     /// A one-shard "table": hash -> (stamp, weight, freq).
@@ -331,7 +405,10 @@ pub(crate) mod tests {
     }
 
     fn check(books: &Books, table: &Table, total: &AtomicU64) {
-        books.check(alive(table));
+        books.check(|p| {
+            let (s, w, f) = table.get(&p.hash)?;
+            (*s == p.stamp).then(|| (*w, in_main(f)))
+        });
         let mut queued: HashMap<(u64, u64), usize> = HashMap::new();
         for p in books.positions() {
             *queued.entry((p.hash, p.stamp)).or_default() += 1;
@@ -384,9 +461,9 @@ pub(crate) mod tests {
                     };
                     let weight = u32::try_from(weight).unwrap();
                     stamp += 1;
-                    if let Some((_, w, _)) = table.remove(&hash) {
+                    if let Some((_, w, f)) = table.remove(&hash) {
                         total.fetch_sub(u64::from(w), Relaxed);
-                        if w > 0 && books.left(w) {
+                        if w > 0 && books.left(w, in_main(&f)) {
                             books.compact(alive(&table));
                         }
                     }
@@ -395,13 +472,11 @@ pub(crate) mod tests {
                         check(&books, &table, &total);
                         continue;
                     }
-                    table.insert(hash, (stamp, weight, AtomicU8::new(0)));
+                    let main = weight > 0 && books.to_main(hash);
+                    let byte = if main { IN_MAIN } else { 0 };
+                    table.insert(hash, (stamp, weight, AtomicU8::new(byte)));
                     if weight > 0 {
-                        books.push(Pos {
-                            hash,
-                            stamp,
-                            weight,
-                        });
+                        books.push(Pos { hash, stamp }, weight, main);
                         total.fetch_add(u64::from(weight), Relaxed);
                     }
                     let mut held = None;
@@ -410,7 +485,7 @@ pub(crate) mod tests {
                             table
                                 .get(&p.hash)
                                 .filter(|(s, ..)| *s == p.stamp)
-                                .map(|(.., f)| f)
+                                .map(|(_, w, f)| (f, *w))
                         });
                         match step {
                             Step::Out(pos) => {
@@ -419,26 +494,23 @@ pub(crate) mod tests {
                                 evicted += 1;
                             }
                             // Set aside, put back after the pass, as the store does.
-                            Step::Held(pos, small) => held = Some((pos, small)),
+                            Step::Held(pos, small, w) => held = Some((pos, small, w)),
                             Step::Empty | Step::Enough => break,
                         }
                     }
-                    if let Some((pos, small)) = held {
-                        books.restore(pos, small);
+                    if let Some((pos, small, w)) = held {
+                        books.restore(pos, small, w);
                     }
                 }
                 6..=7 => {
                     if let Some((.., f)) = table.get(&hash) {
-                        let n = f.load(Relaxed);
-                        if n < 3 {
-                            f.store(n + 1, Relaxed);
-                        }
+                        touch(f);
                     }
                 }
                 _ => {
-                    if let Some((_, w, _)) = table.remove(&hash) {
+                    if let Some((_, w, f)) = table.remove(&hash) {
                         total.fetch_sub(u64::from(w), Relaxed);
-                        if w > 0 && books.left(w) {
+                        if w > 0 && books.left(w, in_main(&f)) {
                             books.compact(alive(&table));
                         }
                     }
@@ -477,19 +549,20 @@ pub(crate) mod tests {
         for _ in 0..50 {
             for hash in 0..100 {
                 stamp += 1;
-                if let Some((_, w, _)) = table.insert(hash, (stamp, 1, AtomicU8::new(0))) {
-                    if books.left(w) {
+                let main = books.to_main(hash);
+                let byte = AtomicU8::new(if main { IN_MAIN } else { 0 });
+                if let Some((_, w, f)) = table.insert(hash, (stamp, 1, byte)) {
+                    if books.left(w, in_main(&f)) {
                         books.compact(alive(&table));
                     }
                 }
-                books.push(Pos {
-                    hash,
-                    stamp,
-                    weight: 1,
-                });
+                books.push(Pos { hash, stamp }, 1, main);
             }
         }
-        books.check(alive(&table));
+        books.check(|p| {
+            let (s, w, f) = table.get(&p.hash)?;
+            (*s == p.stamp).then(|| (*w, in_main(f)))
+        });
         // 5000 stores of 100 keys: dead positions are compacted once half are dead.
         assert!(books.positions().count() <= 300, "the queues grew");
     }

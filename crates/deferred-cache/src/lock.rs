@@ -34,5 +34,12 @@ mod futex {
         pub(crate) fn write<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
             f(&mut self.0.write().unwrap_or_else(PoisonError::into_inner))
         }
+
+        /// Whether the lock is held (read or write), for tests that check no user code
+        /// runs under it (from the holder's thread: `try_write` never blocks).
+        #[cfg(test)]
+        pub(crate) fn is_held(&self) -> bool {
+            matches!(self.0.try_write(), Err(std::sync::TryLockError::WouldBlock))
+        }
     }
 }

@@ -54,7 +54,7 @@ use deferred_core::{Error, Lazy, OwnedLazyWait, WeakLazy};
 use hashbrown::HashTable;
 
 use crate::{
-    books::{Books, Pos, Step},
+    books::{in_main, touch, Books, Live, Pos, Step, IN_MAIN},
     cache::{caught, Weigher},
     error::Failure,
     listener::Listener,
@@ -81,20 +81,6 @@ pub(crate) fn load_id<V, E>(cell: &LoadCell<V, E>) -> LoadId {
 /// A waiter's link on a load's cell.
 type LoadWait<V, E> = Pin<Box<OwnedLazyWait<V, Failure<E>>>>;
 
-/// The most uses a read records.
-const MAX_FREQ: u8 = 3;
-
-/// Records a read in a value's use count. Stores only when the count changes, so that
-/// readers of a hot key do not keep writing its cache line. Relaxed: a hint to the policy,
-/// racy by design (a lost bump costs nothing but accuracy).
-#[inline]
-fn touch(freq: &AtomicU8) {
-    let n = freq.load(Relaxed);
-    if n < MAX_FREQ {
-        freq.store(n + 1, Relaxed);
-    }
-}
-
 /// What a slot holds.
 pub(crate) enum State<V, E> {
     /// A complete value, with the policy's view of it (its fields inline, so that the
@@ -102,7 +88,8 @@ pub(crate) enum State<V, E> {
     Ready {
         value: V,
         /// Reads since the value last left a queue, saturating at `MAX_FREQ` (see
-        /// [`touch`]); read and reset by eviction steps under the write lock.
+        /// [`touch`]); read and reset by eviction steps under the write lock, which also
+        /// keep its [`IN_MAIN`] bit (which queue the value's position is in).
         freq: AtomicU8,
         /// What it counts against capacity (0 when unbounded, or weightless: never
         /// queued).
@@ -164,8 +151,37 @@ pub(crate) struct Slot<K, V, E> {
 /// What one shard's lock covers: the table, its books, and the source of its stamps.
 pub(crate) struct ShardData<K, V, E> {
     pub(crate) table: HashTable<Slot<K, V, E>>,
+    /// The table's capacity when it was last built (allocated or resized, see
+    /// [`room_in`](Self::room_in)): what it falls short of now is its tombstones.
+    full: usize,
     books: Books,
     next_stamp: u64,
+}
+
+/// The most slots a bounded store's shard reserves up front (for its share of the
+/// capacity), and the most all its shards do together: an empty big cache allocates
+/// little.
+const RESERVE_PER_SHARD: usize = 1 << 15;
+const RESERVE_IN_ALL: usize = 1 << 18;
+
+/// The weight a value is stored with (0 unbounded), or `None` if the cache refuses it
+/// (heavier than the capacity, any value at capacity 0, or of unknown weight: `None`).
+fn admitted(bound: Option<&Bound>, weight: Option<u32>) -> Option<u32> {
+    match bound {
+        None => Some(0),
+        Some(b) => weight.filter(|&w| b.capacity != 0 && u64::from(w) <= b.capacity),
+    }
+}
+
+/// A complete value's state: queued in the main queue if `main` (its use count byte says
+/// so).
+fn ready<V, E>(value: V, weight: u32, stamp: u64, main: bool) -> State<V, E> {
+    State::Ready {
+        value,
+        freq: AtomicU8::new(if main { IN_MAIN } else { 0 }),
+        weight,
+        stamp,
+    }
 }
 
 /// One shard, on its own cache line.
@@ -311,18 +327,34 @@ impl<K, V, E, S> Store<K, V, E, S> {
                 count /= 2;
             }
         }
-        let per_shard = initial.div_ceil(count);
         let share = |i: usize| {
             capacity.map_or(0, |c| {
                 c / count as u64 + u64::from((i as u64) < c % count as u64)
             })
         };
+        // A bounded store of unit weights holds its share in each shard at steady state,
+        // one more while a write evicts for the value it stored: reserved up front (capped),
+        // so that its tables do not grow while it fills, with room enough that `room_in`
+        // rebuilds them at their size rather than grow them.
+        let unit = capacity.is_some() && weigher.is_none();
+        let per_shard = |i: usize| {
+            let reserve = if unit {
+                let cap = RESERVE_PER_SHARD.min(RESERVE_IN_ALL / count);
+                let share = usize::try_from(share(i)).unwrap_or(usize::MAX).min(cap);
+                (share + 1) * 16 / 15 + 1
+            } else {
+                0
+            };
+            initial.div_ceil(count).max(reserve)
+        };
         Store {
             hasher,
             shards: (0..count)
                 .map(|i| {
+                    let table = HashTable::with_capacity(per_shard(i));
                     CachePadded::new(ShardLock::new(ShardData {
-                        table: HashTable::with_capacity(per_shard),
+                        full: table.capacity(),
+                        table,
                         books: Books::new(share(i)),
                         next_stamp: 0,
                     }))
@@ -475,8 +507,10 @@ impl<K: Hash, V, E, S: BuildHasher> Store<K, V, E, S> {
         for shard in self.shards.iter() {
             sum += shard.read(|d| {
                 let table = &d.table;
-                d.books
-                    .check(|pos| ShardData::<K, V, E>::find(table, pos).is_some());
+                d.books.check(|pos| {
+                    let (freq, weight) = ShardData::<K, V, E>::find(table, pos)?;
+                    Some((weight, in_main(freq)))
+                });
                 let mut queued: HashMap<(u64, u64), usize> = HashMap::new();
                 for p in d.books.positions() {
                     *queued.entry((p.hash, p.stamp)).or_default() += 1;
@@ -505,9 +539,6 @@ impl<K: Hash, V, E, S: BuildHasher> Store<K, V, E, S> {
                     } else {
                         assert_eq!((n, *weight), (0, 0), "unbounded: weightless, never queued");
                     }
-                    if let Some(pos) = d.books.positions().find(|p| p.stamp == *stamp) {
-                        assert_eq!(pos.weight, *weight, "a position weighs its value");
-                    }
                 }
                 // What is left are dead positions: counted by `Books::check`'s stale.
                 assert_eq!(held, d.books.live(), "a shard's live weight is its values'");
@@ -530,27 +561,90 @@ impl<K: Hash, V, E, S: BuildHasher> Store<K, V, E, S> {
     pub(crate) fn shard_count(&self) -> usize {
         self.shards.len()
     }
+
+    /// Whether this thread (or another) holds any shard's lock, for tests that check no
+    /// user code runs under it.
+    pub(crate) fn any_shard_held(&self) -> bool {
+        self.shards.iter().any(|s| s.is_held())
+    }
 }
 
 impl<K, V, E> ShardData<K, V, E> {
-    /// The live value of a queue position, if it is still in the table.
-    fn find<'t>(table: &'t HashTable<Slot<K, V, E>>, pos: &Pos) -> Option<&'t AtomicU8> {
+    /// The live value of a queue position, if it is still in the table: its use count
+    /// byte and its weight.
+    fn find<'t>(table: &'t HashTable<Slot<K, V, E>>, pos: &Pos) -> Option<Live<'t>> {
         match &table.find(pos.hash, |s| s.state.is_stamp(pos.stamp))?.state {
-            State::Ready { freq, .. } => Some(freq),
+            State::Ready { freq, weight, .. } => Some((freq, *weight)),
             State::Loading { .. } => None,
         }
     }
 
+    /// Makes room in the table for one more slot, so that the insert that follows neither
+    /// grows nor rehashes it (all of which happens here, before anything is put on the
+    /// books: keys' `Hash` runs here, and if it panics the new value is not on the books,
+    /// the table as it was).
+    ///
+    /// A table with no room left whose items are well under its capacity when it was last
+    /// built is full of tombstones (hashbrown's `erase` leaves one where a probe may have
+    /// passed; a bounded shard at steady state erases one for each insert): it is rebuilt
+    /// at the same size, where hashbrown would double it (its items being over half its
+    /// capacity) or rehash it in place (which drops slots if `Hash` panics). Otherwise it
+    /// grows, as hashbrown would.
+    #[inline]
+    fn room_in<S: BuildHasher>(&mut self, hasher: &S)
+    where
+        K: Hash,
+    {
+        if self.table.len() < self.table.capacity() {
+            return;
+        }
+        self.make_room(hasher);
+    }
+
+    /// `room_in`'s slow path: the table has no room left.
+    #[cold]
+    #[inline(never)]
+    fn make_room<S: BuildHasher>(&mut self, hasher: &S)
+    where
+        K: Hash,
+    {
+        let table = &mut self.table;
+        let len = table.len();
+        self.full = self.full.max(table.capacity());
+        if len < self.full - self.full / 16 {
+            // Hashed first, by reference: if a key's `Hash` panics, nothing has moved. With
+            // each slot's stamp (unique in the shard), to check the order below without
+            // user code: a `Hash` run again there, mid-`drain`, that panicked dropped every
+            // slot under the lock, on the books (rev5).
+            let hashes: Vec<(u64, u64)> = table
+                .iter()
+                .map(|s| (hasher.hash_one(&s.key), s.state.stamp()))
+                .collect();
+            let mut fresh = HashTable::with_capacity(self.full);
+            // `drain` yields the slots in `iter`'s order (both walk the buckets in order).
+            for (slot, (hash, stamp)) in table.drain().zip(hashes) {
+                debug_assert_eq!(stamp, slot.state.stamp(), "drained as iterated");
+                // Never grows (room for all): the hasher is not called.
+                fresh.insert_unique(hash, slot, |s| hasher.hash_one(&s.key));
+            }
+            *table = fresh;
+        } else {
+            table.reserve(1, |s| hasher.hash_one(&s.key));
+        }
+        self.full = table.capacity();
+    }
+
     /// Takes a state that left the table otherwise than by eviction off the books.
     fn unbook(&mut self, bound: Option<&Bound>, state: &State<V, E>) {
-        let (Some(bound), &State::Ready { weight, .. }) = (bound, state) else {
+        let (Some(bound), State::Ready { weight, freq, .. }) = (bound, state) else {
             return;
         };
+        let weight = *weight;
         if weight == 0 {
             return;
         }
         bound.total.fetch_sub(u64::from(weight), Relaxed);
-        if self.books.left(weight) {
+        if self.books.left(weight, in_main(freq)) {
             let table = &self.table;
             self.books.compact(|pos| Self::find(table, pos).is_some());
         }
@@ -597,38 +691,43 @@ impl<K, V, E> ShardData<K, V, E> {
     {
         let (hasher, bound) = (&store.hasher, store.bound.as_ref());
         let stamp = stamp.unwrap_or_else(|| self.stamp());
-        let refused = bound
-            .is_some_and(|b| weight.map_or(true, |w| b.capacity == 0 || u64::from(w) > b.capacity));
-        let weight = if bound.is_some() {
-            weight.unwrap_or(0)
-        } else {
-            0
-        };
-        let state = State::Ready {
-            value,
-            freq: AtomicU8::new(0),
-            weight,
-            stamp,
-        };
-        if refused {
+        let Some(weight) = admitted(bound, weight) else {
             // Never queued, never counted: it takes nothing else with it.
             out.push(Gone {
                 hash,
                 key: Some(key),
-                state,
+                state: ready(value, 0, stamp, false),
                 cause: RemovalCause::Size,
             });
             return None;
-        }
+        };
+        // Room first (keys' `Hash` may run): a panic leaves the value off the books. The
+        // callers made it already, before taking the key and value they carry in, so that
+        // these are not dropped under the lock then (rev5): a no-op check here.
+        self.room_in(hasher);
+        let main = weight > 0 && self.books.to_main(hash);
+        let state = ready(value, weight, stamp, main);
         self.table
             .insert_unique(hash, Slot { key, state }, |s| hasher.hash_one(&s.key));
-        let bound = bound.filter(|_| weight > 0)?;
+        self.book(bound, hash, stamp, weight, main, out)
+    }
+
+    /// Puts a value just stored (stamped `stamp`, of `weight`, queued in the main queue
+    /// if `main`, as its slot says) on the books, evicting in this shard while it is over
+    /// its share and the cache over capacity. Returns its stamp if it weighs something
+    /// (for `reclaim`).
+    fn book(
+        &mut self,
+        bound: Option<&Bound>,
+        hash: u64,
+        stamp: u64,
+        weight: u32,
+        main: bool,
+        out: &mut Out<K, V, E>,
+    ) -> Option<u64> {
         // A value that weighs nothing frees nothing: never queued, so never a candidate.
-        self.books.push(Pos {
-            hash,
-            stamp,
-            weight,
-        });
+        let bound = bound.filter(|_| weight > 0)?;
+        self.books.push(Pos { hash, stamp }, weight, main);
         bound.total.fetch_add(u64::from(weight), Relaxed);
         self.shrink(bound, Some(stamp), false, out);
         Some(stamp)
@@ -666,12 +765,12 @@ impl<K, V, E> ShardData<K, V, E> {
                         cause: RemovalCause::Size,
                     });
                 }
-                Step::Held(pos, from_small) => held = Some((pos, from_small)),
+                Step::Held(pos, from_small, weight) => held = Some((pos, from_small, weight)),
                 Step::Empty | Step::Enough => break,
             }
         }
-        if let Some((pos, from_small)) = held {
-            self.books.restore(pos, from_small);
+        if let Some((pos, from_small, weight)) = held {
+            self.books.restore(pos, from_small, weight);
         }
     }
 }
@@ -732,6 +831,9 @@ impl<K: Eq + Hash, V: Clone, E, S: BuildHasher> Store<K, V, E, S> {
                 unreachable!("taken below only")
             };
             let old = d.take(bound, hash, |s| s.key == *key, RemovalCause::Replaced);
+            // Room before the key and value are taken (keys' `Hash` may run; a no-op if a
+            // value was taken): if it panics they are dropped after the lock (rev5).
+            d.room_in(&self.hasher);
             let Some((key, value)) = carry.take() else {
                 unreachable!("taken here only")
             };
@@ -865,6 +967,9 @@ impl<K: Eq + Hash, V: Clone, E, S: BuildHasher> Store<K, V, E, S> {
                 unreachable!("taken below only")
             };
             let Some(slot) = d.table.find_mut(hash, |s| s.key == *k) else {
+                // Room before the key is taken and the value cloned (keys' `Hash` may run):
+                // if it panics, the key is dropped after the lock (rev5).
+                d.room_in(&self.hasher);
                 let copy = value.clone();
                 let key = taken(&mut carry);
                 let stored = d.admit(self, hash, key, copy, weight, None, &mut out);
@@ -944,17 +1049,22 @@ impl<K: Eq + Hash, V: Clone, E, S: BuildHasher> Store<K, V, E, S> {
     where
         K: Clone,
     {
-        let mut entries = Vec::new();
+        // Keys and values apart, each clone owned out here as soon as it is made: if a
+        // clone panics, those made before it (the key of its pair too) are dropped after
+        // the lock (rev5: a key cloned in a pair whose value's clone panicked was dropped
+        // under it).
+        let (mut keys, mut values) = (Vec::new(), Vec::new());
         for shard in self.shards.iter() {
             shard.read(|d| {
-                entries.extend(
-                    d.table
-                        .iter()
-                        .filter_map(|s| Some((s.key.clone(), s.state.value()?.clone()))),
-                );
+                for s in d.table.iter() {
+                    if let Some(value) = s.state.value() {
+                        keys.push(s.key.clone());
+                        values.push(value.clone());
+                    }
+                }
             });
         }
-        entries
+        keys.into_iter().zip(values).collect()
     }
 
     /// Removes the values for which `pred(key, value)` says `true`, as `Explicit`
@@ -970,17 +1080,21 @@ impl<K: Eq + Hash, V: Clone, E, S: BuildHasher> Store<K, V, E, S> {
         let mut removed = 0;
         for shard in self.shards.iter() {
             // Built outside the lock (rev4): if a clone panics, the clones made before it
-            // are dropped after the lock is released.
-            let mut seen: Vec<(u64, K, V)> = Vec::new();
+            // are dropped after the lock is released; keys and values apart, so that this
+            // holds for the key of a pair whose value's clone panics (rev5).
+            let mut keys: Vec<(u64, K)> = Vec::new();
+            let mut values: Vec<V> = Vec::new();
             shard.read(|d| {
-                seen.extend(d.table.iter().filter_map(|s| {
-                    let value = s.state.value()?;
-                    Some((s.state.stamp(), s.key.clone(), value.clone()))
-                }));
+                for s in d.table.iter() {
+                    if let Some(value) = s.state.value() {
+                        keys.push((s.state.stamp(), s.key.clone()));
+                        values.push(value.clone());
+                    }
+                }
             });
             let mut doomed = Vec::new();
             let mut panicked = None;
-            for (stamp, key, value) in &seen {
+            for ((stamp, key), value) in keys.iter().zip(&values) {
                 match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pred(key, value))) {
                     // Hashed here, with no lock held: the slot keeps no hash.
                     Ok(true) => doomed.push((self.hash(key), *stamp)),
@@ -1004,7 +1118,7 @@ impl<K: Eq + Hash, V: Clone, E, S: BuildHasher> Store<K, V, E, S> {
                     })
                     .collect()
             });
-            drop(seen);
+            drop((keys, values));
             removed += gone.len();
             self.tell(gone);
             if let Some(payload) = panicked {
@@ -1038,24 +1152,44 @@ impl<K: Eq + Hash, V: Clone, E, S: BuildHasher> Store<K, V, E, S> {
     }
 
     /// Settles the load `id` at `hash`: its slot, if it is still that load, becomes
-    /// `Ready(value)` (on the books, or refused), or is removed for `None`. Returns whether
-    /// the slot was the load's.
+    /// `Ready(value)` in place (on the books), or is removed if the value is refused (told
+    /// as evicted) or for `None`. Returns whether the slot was the load's.
     pub(crate) fn settle(&self, hash: u64, id: LoadId, value: Option<(V, Option<u32>)>) -> bool {
+        let bound = self.bound.as_ref();
         let mut out = Out::new();
+        // Carried in, taken only once the slot is found to be the load's: a slot gone or
+        // another (an invalidation, a write since) leaves the value here, dropped with no
+        // lock held (rev5: moved into the closure, it was dropped under the write lock).
+        let mut carry = value;
         let settled = self.shard(hash).write(|d| {
-            let entry = d.table.find_entry(hash, |s| s.state.is_load(id)).ok()?;
-            let slot = entry.remove().0;
-            let stamp = slot.state.stamp();
-            Some(match value {
-                Some((value, weight)) => (
-                    d.admit(self, hash, slot.key, value, weight, Some(stamp), &mut out),
-                    None,
-                ),
+            let mut entry = d.table.find_entry(hash, |s| s.state.is_load(id)).ok()?;
+            let Some((value, weight)) = carry.take() else {
                 // Dropped with no lock held: its cell, its key.
-                None => (None, Some(slot)),
-            })
+                return Some((None, Some(entry.remove().0), None));
+            };
+            let stamp = entry.get().state.stamp();
+            let Some(weight) = admitted(bound, weight) else {
+                // Refused: never queued, never counted; the load's slot goes.
+                let slot = entry.remove().0;
+                out.push(Gone {
+                    hash,
+                    key: Some(slot.key),
+                    state: ready(value, 0, stamp, false),
+                    cause: RemovalCause::Size,
+                });
+                return Some((None, None, Some(slot.state)));
+            };
+            // In place: the table neither grows nor rehashes.
+            let main = weight > 0 && d.books.to_main(hash);
+            let load = std::mem::replace(
+                &mut entry.get_mut().state,
+                ready(value, weight, stamp, main),
+            );
+            let stored = d.book(bound, hash, stamp, weight, main, &mut out);
+            // The load's state (its cell) is dropped with no lock held.
+            Some((stored, None, Some(load)))
         });
-        let Some((stored, _removed)) = settled else {
+        let Some((stored, _removed, _load)) = settled else {
             return false;
         };
         self.finish(hash, stored, out);
@@ -1169,12 +1303,14 @@ impl<K: Eq + Hash, V: Clone, E, S: BuildHasher> Store<K, V, E, S> {
             let Some(cell) = add else {
                 return Found::Absent(taken(&mut carry));
             };
+            let hasher = &self.hasher;
+            // Room first (keys' `Hash` may run), the key taken after it.
+            d.room_in(hasher);
             let state = State::Loading {
                 cell: cell.clone(),
                 interest: 1,
                 stamp: d.stamp(),
             };
-            let hasher = &self.hasher;
             let key = taken(&mut carry);
             d.table
                 .insert_unique(hash, Slot { key, state }, |s| hasher.hash_one(&s.key));

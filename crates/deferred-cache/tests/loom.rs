@@ -656,6 +656,57 @@ mod store_books {
     }
 }
 
+/// From the review of the bounded store's storage (rev5): a queue position keeps no weight
+/// and no queue; a value's slot says which queue its position is in by the `IN_MAIN` bit of
+/// its use count byte, which reads store back (under the read lock) while only the write
+/// lock's holder changes it.
+mod rev5 {
+    use deferred_cache::Cache;
+    use deferred_test_support::loom::{self, sync::Arc, thread};
+    use deferred_test_support::FixedHasher;
+
+    type C = Cache<u8, usize, &'static str, FixedHasher>;
+
+    /// Reads of a value (each records a use: a load and a store of its use count byte)
+    /// race an admission whose eviction step gives the value a second chance, moving its
+    /// position to the main queue (the bit set, under the write lock). A read that stored
+    /// back a byte without the bit would send the value's weight, when it leaves, off the
+    /// small queue's: both invalidations below then take more off it than it holds (a debug
+    /// overflow), and the books would not be the table's. (Broken variant shown failing: a
+    /// `touch` that stores the use count alone, `(n & !IN_MAIN) + 1`.)
+    #[test]
+    fn reads_vs_a_second_chance_keep_the_queue_bit() {
+        loom::model(|| {
+            let cache: Arc<C> = Arc::new(
+                Cache::builder()
+                    .hasher(FixedHasher::default())
+                    .max_capacity(2)
+                    .weigher(|_, v: &usize| *v as u32)
+                    .build(),
+            );
+            cache.insert(1, 1);
+            cache.insert(2, 1);
+            let c = cache.clone();
+            let t = thread::spawn(move || {
+                let _ = c.get_if_present(&1);
+                let _ = c.get_if_present(&1);
+            });
+            // Over capacity: the step pops 1 (read: to the main queue; not yet read:
+            // evicted), then 2 if 1 was spared.
+            cache.insert(3, 1);
+            t.join().unwrap();
+            cache.invalidate(&1);
+            cache.invalidate(&2);
+            cache.invalidate(&3);
+            assert_eq!(cache.weighted_size(), Some(0), "the books are the table's");
+            cache.insert(4, 1);
+            cache.insert(5, 1);
+            cache.insert(6, 1);
+            assert_eq!(cache.weighted_size(), Some(2));
+        });
+    }
+}
+
 /// From the review of step 2 (rev4): the store's shard is picked by high bits of a key's
 /// hash (the policy's shards were picked by the low bits), so the two keys of the model
 /// this module's first one replaces (`admissions_in_two_shards_evict_once_for_one_overflow`,

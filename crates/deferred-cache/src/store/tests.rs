@@ -165,6 +165,156 @@ mod unit {
         // `Loading { cell, interest }`.
         assert_eq!(std::mem::size_of::<crate::store::State<u64, ()>>(), 24);
         assert_eq!(std::mem::size_of::<crate::store::Slot<u64, u64, ()>>(), 32);
+        // A queue position: hash and stamp (its weight is read from its slot).
+        assert_eq!(std::mem::size_of::<crate::books::Pos>(), 16);
+    }
+
+    /// A bounded shard at steady state erases one slot for each it inserts: the tombstones
+    /// `erase` leaves made hashbrown double its table once it ran out of room (its items
+    /// being over half its capacity); `room_in` rebuilds it at its size instead (issue #13).
+    #[test]
+    fn a_bounded_shard_at_steady_state_keeps_its_table_size() {
+        let store: Store<u64, u64, (), FixedHasher> =
+            Store::new(0, FixedHasher::default(), Some(4_096), None, None);
+        let built: Vec<usize> = store
+            .shards
+            .iter()
+            .map(|s| s.read(|d| d.table.capacity()))
+            .collect();
+        let n = if cfg!(miri) { 3_000 } else { 200_000 };
+        for key in 0..n {
+            store.insert(store.hash(&key), key, key, Some(1));
+        }
+        store.check_books();
+        assert_eq!(store.len(), 4_096, "full");
+        for (shard, built) in store.shards.iter().zip(built) {
+            shard.read(|d| {
+                assert_eq!(d.full, built, "the table kept its size");
+                assert!(d.table.capacity() <= built);
+            });
+        }
+    }
+
+    /// A key whose `Hash` panics while the table makes room for another key: nothing moved
+    /// (the table as it was, every key in it), and the new value is not on the books.
+    #[test]
+    fn a_hash_that_panics_while_making_room_leaves_the_books_exact() {
+        use std::sync::atomic::AtomicBool;
+        static POISONED: AtomicBool = AtomicBool::new(false);
+        const HASH_PANIC: &str = "store key hash panics";
+        #[derive(Clone, PartialEq, Eq, Debug)]
+        struct Key(u64);
+        impl std::hash::Hash for Key {
+            fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+                if POISONED.load(SeqCst) {
+                    std::panic::panic_any(HASH_PANIC);
+                }
+                self.0.hash(state);
+            }
+        }
+        quiet_panics_saying(HASH_PANIC);
+        // Weighed (one each): no table reserved up front, so that they grow.
+        let store: Store<Key, u64, (), FixedHasher> = Store::new(
+            0,
+            FixedHasher::default(),
+            Some(1_000_000),
+            Some(Box::new(|_: &Key, _: &u64| 1)),
+            None,
+        );
+        let mut key = 0;
+        // Fills until the shard of the next key has no room left.
+        let hash = loop {
+            let hash = store.hash(&Key(key));
+            let full = store
+                .shard(hash)
+                .read(|d| d.table.len() == d.table.capacity() && d.table.len() > 100);
+            if full {
+                break hash;
+            }
+            store.insert(hash, Key(key), key, Some(1));
+            key += 1;
+        };
+        let before = store.check_books();
+        POISONED.store(true, SeqCst);
+        let caught = catch_unwind(AssertUnwindSafe(|| {
+            store.insert(hash, Key(key), key, Some(1));
+        }));
+        POISONED.store(false, SeqCst);
+        assert!(caught.is_err(), "the rehash ran the key's Hash");
+        assert_eq!(store.check_books(), before, "nothing more on the books");
+        assert_eq!(
+            store.len(),
+            usize::try_from(key).unwrap(),
+            "every key still there"
+        );
+        for k in 0..key {
+            let found = store.read(store.hash(&Key(k)), &Key(k), false, |v| Some(*v));
+            assert_eq!(found, Some(k));
+        }
+        // And the write goes through once `Hash` behaves.
+        store.insert(hash, Key(key), key, Some(1));
+        assert_eq!(store.check_books(), before + 1);
+    }
+
+    /// A key whose `Hash` panics while a table full of tombstones is rebuilt at its size,
+    /// once every key was hashed (the first pass): the rebuild must run no user code while
+    /// it moves the slots (rev5: its debug check hashed each key again mid-`drain`, and a
+    /// panic there dropped every slot under the lock, off the table but on the books).
+    #[test]
+    fn a_hash_that_panics_mid_rebuild_loses_no_slot() {
+        use std::sync::atomic::AtomicI64;
+        /// Hash calls left before one panics (negative: never).
+        static FUSE: AtomicI64 = AtomicI64::new(-1);
+        const HASH_PANIC: &str = "store key hash panics mid-rebuild";
+        #[derive(Clone, PartialEq, Eq, Debug)]
+        struct Key(u64);
+        impl std::hash::Hash for Key {
+            fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+                if FUSE.fetch_sub(1, SeqCst) == 0 {
+                    std::panic::panic_any(HASH_PANIC);
+                }
+                self.0.hash(state);
+            }
+        }
+        quiet_panics_saying(HASH_PANIC);
+        // Bounded, unit weights, one shard (256): reserved up front, rebuilt at its size.
+        let store: Store<Key, u64, (), FixedHasher> =
+            Store::new(0, FixedHasher::default(), Some(256), None, None);
+        assert_eq!(store.shard_count(), 1);
+        let mut key = 0;
+        // Steady state until the next insert finds no room left (tombstones): a rebuild.
+        loop {
+            let no_room = store.shards[0].read(|d| {
+                d.table.len() == d.table.capacity() && d.table.len() < d.full - d.full / 16
+            });
+            if no_room {
+                break;
+            }
+            store.insert(store.hash(&Key(key)), Key(key), key, Some(1));
+            key += 1;
+        }
+        let before = store.check_books();
+        let len = store.len();
+        let hash = store.hash(&Key(key));
+        // The rebuild's first pass hashes `len` keys; the next call panics.
+        FUSE.store(i64::try_from(len).unwrap(), SeqCst);
+        let caught = catch_unwind(AssertUnwindSafe(|| {
+            store.insert(hash, Key(key), key, Some(1));
+        }));
+        FUSE.store(-1, SeqCst);
+        assert_eq!(
+            store.len(),
+            len,
+            "every slot still there (one in, one evicted)"
+        );
+        assert_eq!(store.check_books(), before, "the books exact");
+        assert!(
+            caught.is_ok(),
+            "the rebuild hashes each key once, before moving any"
+        );
+        let next = Key(key + 1);
+        store.insert(store.hash(&next), next, key, Some(1));
+        assert_eq!(store.check_books(), before);
     }
 
     #[test]
@@ -748,3 +898,8 @@ mod models {
 /// the review of step 2 (rev4).
 #[cfg(not(loom))]
 mod books;
+
+/// User code that panics (keys' `Hash` and `Eq`, values' `Clone`, the weigher) in seeded
+/// random runs of every write, loads included, checked after each (rev5).
+#[cfg(not(loom))]
+mod panics;
