@@ -156,6 +156,13 @@ pub(crate) struct ShardData<K, V, E> {
     full: usize,
     books: Books,
     next_stamp: u64,
+    /// `next_stamp` when `room_in` last rebuilt the table: the stamps handed out since
+    /// count the values stored since (loads and writes), what the rebuild's room bought.
+    rebuilt_at: u64,
+    /// How many times `room_in` rebuilt the table at its size (for the tests' bound on
+    /// what rebuilds cost per insert).
+    #[cfg(all(test, not(loom)))]
+    rebuilds: usize,
 }
 
 /// The most slots a bounded store's shard reserves up front (for its share of the
@@ -334,14 +341,14 @@ impl<K, V, E, S> Store<K, V, E, S> {
         };
         // A bounded store of unit weights holds its share in each shard at steady state,
         // one more while a write evicts for the value it stored: reserved up front (capped),
-        // so that its tables do not grow while it fills, with room enough that `room_in`
-        // rebuilds them at their size rather than grow them.
+        // so that its tables do not grow while it fills, with room enough (an eighth of the
+        // table at least) that `room_in` rebuilds them at their size rather than grow them.
         let unit = capacity.is_some() && weigher.is_none();
         let per_shard = |i: usize| {
             let reserve = if unit {
                 let cap = RESERVE_PER_SHARD.min(RESERVE_IN_ALL / count);
                 let share = usize::try_from(share(i)).unwrap_or(usize::MAX).min(cap);
-                (share + 1) * 16 / 15 + 1
+                (share + 1) * 8 / 7 + 1
             } else {
                 0
             };
@@ -357,6 +364,9 @@ impl<K, V, E, S> Store<K, V, E, S> {
                         table,
                         books: Books::new(share(i)),
                         next_stamp: 0,
+                        rebuilt_at: 0,
+                        #[cfg(all(test, not(loom)))]
+                        rebuilds: 0,
                     }))
                 })
                 .collect(),
@@ -590,6 +600,15 @@ impl<K, V, E> ShardData<K, V, E> {
     /// at the same size, where hashbrown would double it (its items being over half its
     /// capacity) or rehash it in place (which drops slots if `Hash` panics). Otherwise it
     /// grows, as hashbrown would.
+    ///
+    /// "Well under" is at most 7/8 of it, and only if the last rebuild bought room for a
+    /// quarter as many stores as the table has slots: a rebuild moves every slot, and buys
+    /// room for the tombstones of the stores that follow, which the fuller the table, the
+    /// fewer (and the more of its erases leave one). A shard held at 15/16 of its table
+    /// rebuilt every 50 stores or so (5.6 slots moved per store, rev5); now a rebuild moves
+    /// at most four slots per store since the last one, and a table that would need
+    /// more grows instead (`rebuilds_at_a_full_share_stay_rare`). A table at most half full
+    /// is always rebuilt: hashbrown would rehash it in place.
     #[inline]
     fn room_in<S: BuildHasher>(&mut self, hasher: &S)
     where
@@ -611,7 +630,10 @@ impl<K, V, E> ShardData<K, V, E> {
         let table = &mut self.table;
         let len = table.len();
         self.full = self.full.max(table.capacity());
-        if len < self.full - self.full / 16 {
+        let since = usize::try_from(self.next_stamp - self.rebuilt_at).unwrap_or(usize::MAX);
+        // Strictly under: a rebuild must make room (a small table's eighth is 0).
+        let worth = len < self.full - self.full / 8 && since.saturating_mul(4) >= len;
+        if len < self.full && (worth || len <= self.full / 2) {
             // Hashed first, by reference: if a key's `Hash` panics, nothing has moved. With
             // each slot's stamp (unique in the shard), to check the order below without
             // user code: a `Hash` run again there, mid-`drain`, that panicked dropped every
@@ -628,6 +650,11 @@ impl<K, V, E> ShardData<K, V, E> {
                 fresh.insert_unique(hash, slot, |s| hasher.hash_one(&s.key));
             }
             *table = fresh;
+            self.rebuilt_at = self.next_stamp;
+            #[cfg(all(test, not(loom)))]
+            {
+                self.rebuilds += 1;
+            }
         } else {
             table.reserve(1, |s| hasher.hash_one(&s.key));
         }
@@ -702,8 +729,9 @@ impl<K, V, E> ShardData<K, V, E> {
             return None;
         };
         // Room first (keys' `Hash` may run): a panic leaves the value off the books. The
-        // callers made it already, before taking the key and value they carry in, so that
-        // these are not dropped under the lock then (rev5): a no-op check here.
+        // callers made it already, before they took anything out of the table or the key
+        // and value they carry in, so that none of these is dropped under the lock then
+        // (rev5): a no-op check here (an erase since never uses room up).
         self.room_in(hasher);
         let main = weight > 0 && self.books.to_main(hash);
         let state = ready(value, weight, stamp, main);
@@ -830,10 +858,12 @@ impl<K: Eq + Hash, V: Clone, E, S: BuildHasher> Store<K, V, E, S> {
             let Some((key, _)) = &carry else {
                 unreachable!("taken below only")
             };
-            let old = d.take(bound, hash, |s| s.key == *key, RemovalCause::Replaced);
-            // Room before the key and value are taken (keys' `Hash` may run; a no-op if a
-            // value was taken): if it panics they are dropped after the lock (rev5).
+            // Room before anything is taken (keys' `Hash` may run): if it panics, the key
+            // and value carried in are dropped after the lock (rev5), and the table holds
+            // what it held. After it, no erase takes the room away (an erase leaves a
+            // tombstone or frees a slot; it never uses one up).
             d.room_in(&self.hasher);
+            let old = d.take(bound, hash, |s| s.key == *key, RemovalCause::Replaced);
             let Some((key, value)) = carry.take() else {
                 unreachable!("taken here only")
             };
@@ -993,6 +1023,10 @@ impl<K: Eq + Hash, V: Clone, E, S: BuildHasher> Store<K, V, E, S> {
                     Some(Err(_)) => {
                         let id = load_id(cell);
                         let copy = value.clone();
+                        // Room before the failed load's slot is taken out (keys' `Hash` may
+                        // run): if it panics, that slot stays, and the key and the copy are
+                        // dropped after the lock.
+                        d.room_in(&self.hasher);
                         let Ok(entry) = d.table.find_entry(hash, |s| s.state.is_load(id)) else {
                             unreachable!("found above");
                         };
