@@ -125,7 +125,7 @@ fn gated(gate: Arc<AtomicBool>, outcome: Result<u32, Failure<&'static str>>) -> 
     }))
 }
 
-/// A bounded store: unit weights (tables reserved, rebuilt at their size) or weighed by a
+/// A bounded store: unit weights (tables rebuilt at their size once full) or weighed by a
 /// weigher that is user code too.
 fn store(capacity: u64, weighed: bool) -> Arc<S> {
     let weigher: Option<crate::cache::Weigher<Key, Val>> = weighed.then(|| {
@@ -284,7 +284,7 @@ fn run(seed: u64, capacity: u64, keys: u64, weighed: bool, ops: usize) {
 #[test]
 fn the_books_stay_exact_when_user_code_panics_unit_weights() {
     for seed in 1..=16 {
-        // One shard of 256 (reserved, rebuilt at its size), many keys: steady eviction.
+        // One shard of 256 (rebuilt at its size), many keys: steady eviction.
         run(seed, 256, 700, false, 4_000);
     }
 }
