@@ -51,11 +51,15 @@ fn store(capacity: u64, told: &Arc<AtomicUsize>) -> Arc<S> {
     ))
 }
 
-/// A boxed load of these runs.
-type GatedLoad = Pin<Box<dyn Future<Output = Result<u32, Failure<&'static str>>> + Send>>;
+/// A boxed load of these runs (and of `panics.rs`'s).
+pub(super) type GatedLoad<T> =
+    Pin<Box<dyn Future<Output = Result<T, Failure<&'static str>>> + Send>>;
 
 /// A load held open until its gate opens, then returning `outcome`.
-fn gated(gate: Arc<AtomicBool>, outcome: Result<u32, Failure<&'static str>>) -> GatedLoad {
+pub(super) fn gated<T: Send + 'static>(
+    gate: Arc<AtomicBool>,
+    outcome: Result<T, Failure<&'static str>>,
+) -> GatedLoad<T> {
     let mut outcome = Some(outcome);
     Box::pin(std::future::poll_fn(move |cx| {
         if gate.load(SeqCst) {

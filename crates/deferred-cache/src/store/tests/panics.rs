@@ -7,7 +7,6 @@
 
 use std::{
     cell::{Cell, RefCell},
-    future::Future,
     hash::{Hash, Hasher},
     panic::{catch_unwind, AssertUnwindSafe},
     pin::Pin,
@@ -20,6 +19,7 @@ use std::{
 
 use deferred_test_support::{poll_once, quiet_panics_saying, FixedHasher};
 
+use super::books::gated;
 use crate::{
     books::tests::xorshift,
     error::Failure,
@@ -111,19 +111,6 @@ impl Drop for Val {
 
 type S = Store<Key, Val, &'static str, FixedHasher>;
 type W<'a> = Waiter<'a, Key, Val, &'static str, FixedHasher>;
-type GatedLoad = Pin<Box<dyn Future<Output = Result<Val, Failure<&'static str>>> + Send>>;
-
-fn gated(gate: Arc<AtomicBool>, outcome: Result<u32, Failure<&'static str>>) -> GatedLoad {
-    let mut outcome = Some(outcome);
-    Box::pin(std::future::poll_fn(move |cx| {
-        if gate.load(SeqCst) {
-            Poll::Ready(outcome.take().expect("polled after Ready").map(Val))
-        } else {
-            cx.waker().wake_by_ref();
-            Poll::Pending
-        }
-    }))
-}
 
 /// A bounded store: unit weights (tables rebuilt at their size once full) or weighed by a
 /// weigher that is user code too.
@@ -208,7 +195,7 @@ fn step<'a>(
                 1 => Err(Failure::Absent),
                 _ => Ok(v),
             };
-            let load = gated(Arc::clone(&gate), outcome);
+            let load = gated(Arc::clone(&gate), outcome.map(Val));
             match store.get_or_load(hash, Key(k), move |_| load) {
                 Lookup::Ready(_) => {}
                 Lookup::Wait(mut waiter) => {
