@@ -8,7 +8,8 @@
 //! queue move); the queues move only when something is stored:
 //!
 //! * a new value goes to the small queue, or straight to the main queue if its hash is a
-//!   ghost (it was evicted lately and came back);
+//!   ghost (it was evicted lately and came back); a value that `insert` replaces in its
+//!   slot goes to the tail of the queue the old one was in, with its use count;
 //! * leaving the small queue, a value that was read there moves to the main queue, and one
 //!   that was not is evicted (its hash becomes a ghost): one-hit wonders and scans pass
 //!   through without pushing out the working set;

@@ -207,6 +207,16 @@ impl Bound {
     }
 }
 
+/// What [`ShardData::replace_in_place`] did.
+enum Replace<K, V, E> {
+    /// Replaced where it was: the stamp to make room for in other shards, as `admit`'s.
+    Done(Option<u64>),
+    /// Taken out of the table and off the books: the caller stores the new value anew.
+    Taken(Gone<K, V, E>),
+    /// No slot at the key.
+    Absent,
+}
+
 /// A slot that left the table under a lock: told (counted, traced, given to the listener)
 /// and dropped after the lock is released.
 pub(crate) struct Gone<K, V, E> {
@@ -680,6 +690,93 @@ impl<K, V, E> ShardData<K, V, E> {
         })
     }
 
+    /// `insert`'s probe: the slot at the key carried in, if there is one, replaced in place
+    /// when it holds a complete value and the new one stands as it did on the books (both
+    /// weigh something, or both nothing): the new value takes the old one's place in the
+    /// slot (no erase, no insert, no room made) with a new stamp, its position goes to the
+    /// tail of the queue it was in (the use count kept), the weights move by the difference
+    /// (evicting others in this shard if it grew), and the old value goes to `out` as
+    /// replaced (told with the key given, equal to the one kept). Otherwise the
+    /// slot is taken out, off the books (as [`take`](Self::take)), for the caller to store
+    /// the new value anew: a load in flight (which goes on for its waiters), a value the
+    /// cache refuses, or one that starts or stops weighing something.
+    ///
+    /// The key and value are taken from `carry` only once the probe (keys' `Eq`) is done.
+    fn replace_in_place(
+        &mut self,
+        bound: Option<&Bound>,
+        hash: u64,
+        weight: Option<u32>,
+        carry: &mut Option<(K, V)>,
+        out: &mut Out<K, V, E>,
+    ) -> Replace<K, V, E>
+    where
+        K: Eq,
+    {
+        let Some((key, _)) = carry.as_ref() else {
+            unreachable!("taken below only")
+        };
+        let Ok(mut entry) = self.table.find_entry(hash, |s| s.key == *key) else {
+            return Replace::Absent;
+        };
+        let new = admitted(bound, weight);
+        let fits = matches!(
+            (&entry.get().state, new),
+            (State::Ready { weight: old, .. }, Some(new)) if (*old > 0) == (new > 0)
+        );
+        let Some(new) = new.filter(|_| fits) else {
+            let slot = entry.remove().0;
+            self.unbook(bound, &slot.state);
+            return Replace::Taken(Gone {
+                hash,
+                key: Some(slot.key),
+                state: slot.state,
+                cause: RemovalCause::Replaced,
+            });
+        };
+        let (key, value) = taken(carry);
+        // A new value, a new stamp: a write that acts on the value it saw (by its stamp:
+        // `invalidate_entries_if`, `retain`) leaves this one alone.
+        self.next_stamp += 1;
+        let fresh = self.next_stamp;
+        let State::Ready {
+            value: there,
+            weight: was,
+            freq,
+            stamp,
+        } = &mut entry.get_mut().state
+        else {
+            unreachable!("fits: a complete value");
+        };
+        let old = std::mem::replace(there, value);
+        let old_weight = std::mem::replace(was, new);
+        let old_stamp = std::mem::replace(stamp, fresh);
+        let main = in_main(freq);
+        out.push(Gone {
+            hash,
+            key: Some(key),
+            state: ready(old, old_weight, old_stamp, main),
+            cause: RemovalCause::Replaced,
+        });
+        let Some(bound) = bound.filter(|_| new > 0) else {
+            return Replace::Done(None);
+        };
+        // Re-queued at the tail of the queue it was in (its use count kept): the old
+        // position is dead.
+        self.books.push(Pos { hash, stamp: fresh }, new, main);
+        if self.books.left(old_weight, main) {
+            let table = &self.table;
+            self.books.compact(|pos| Self::find(table, pos).is_some());
+        }
+        if new >= old_weight {
+            bound.total.fetch_add(u64::from(new - old_weight), Relaxed);
+            self.shrink(bound, Some(fresh), false, out);
+        } else {
+            bound.total.fetch_sub(u64::from(old_weight - new), Relaxed);
+        }
+        Replace::Done(Some(fresh))
+    }
+
     /// Stores `value` at `key`, whose slot the caller took out of the table (or which had
     /// none): on the books, evicting in this shard while it is over its share and the cache
     /// over capacity. A value the cache refuses (heavier than the capacity, any value at
@@ -840,15 +937,16 @@ impl<K: Eq + Hash, V: Clone, E, S: BuildHasher> Store<K, V, E, S> {
         // panics, the key and value are dropped here, after the lock (rev4).
         let mut carry = Some((key, value));
         let stored = self.shard(hash).write(|d| {
-            let Some((key, _)) = &carry else {
-                unreachable!("taken below only")
-            };
             // Room before anything is taken (keys' `Hash` may run): if it panics, the key
             // and value carried in are dropped after the lock (rev5), and the table holds
             // what it held. After it, no erase takes the room away (an erase leaves a
             // tombstone or frees a slot; it never uses one up).
             d.room_in(&self.hasher);
-            let old = d.take(bound, hash, |s| s.key == *key, RemovalCause::Replaced);
+            let old = match d.replace_in_place(bound, hash, weight, &mut carry, &mut out) {
+                Replace::Done(stored) => return stored,
+                Replace::Taken(old) => Some(old),
+                Replace::Absent => None,
+            };
             let Some((key, value)) = carry.take() else {
                 unreachable!("taken here only")
             };
