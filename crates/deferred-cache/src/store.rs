@@ -681,13 +681,25 @@ impl<K, V, E> ShardData<K, V, E> {
         cause: RemovalCause,
     ) -> Option<Gone<K, V, E>> {
         let slot = self.table.find_entry(hash, eq).ok()?.remove().0;
+        Some(self.taken_out(bound, hash, slot, cause))
+    }
+
+    /// A slot just removed from the table at `hash`, off the books, as a [`Gone`] of
+    /// `cause`.
+    fn taken_out(
+        &mut self,
+        bound: Option<&Bound>,
+        hash: u64,
+        slot: Slot<K, V, E>,
+        cause: RemovalCause,
+    ) -> Gone<K, V, E> {
         self.unbook(bound, &slot.state);
-        Some(Gone {
+        Gone {
             hash,
             key: Some(slot.key),
             state: slot.state,
             cause,
-        })
+        }
     }
 
     /// `insert`'s probe: the slot at the key carried in, if there is one, replaced in place
@@ -726,13 +738,7 @@ impl<K, V, E> ShardData<K, V, E> {
         );
         let Some(new) = new.filter(|_| fits) else {
             let slot = entry.remove().0;
-            self.unbook(bound, &slot.state);
-            return Replace::Taken(Gone {
-                hash,
-                key: Some(slot.key),
-                state: slot.state,
-                cause: RemovalCause::Replaced,
-            });
+            return Replace::Taken(self.taken_out(bound, hash, slot, RemovalCause::Replaced));
         };
         let (key, value) = taken(carry);
         // A new value, a new stamp: a write that acts on the value it saw (by its stamp:
