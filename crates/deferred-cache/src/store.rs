@@ -1030,6 +1030,11 @@ impl<K: Eq + Hash, V: Clone, E, S: BuildHasher> Store<K, V, E, S> {
             if !yes {
                 return None;
             }
+            // Room before the old value is taken out (keys' `Hash` may run): if it panics,
+            // the table holds what it held, and the value and key carried in are dropped
+            // after the lock (rev6: made in `admit` only, after an erase that left a
+            // tombstone, it dropped them under the lock).
+            d.room_in(&self.hasher);
             let Some(old) = d.take(
                 bound,
                 hash,

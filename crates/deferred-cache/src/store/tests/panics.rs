@@ -283,3 +283,61 @@ fn the_books_stay_exact_when_user_code_panics_weighed() {
         run(seed, 2_048, 1_200, true, 4_000);
     }
 }
+
+/// rev6: `replace_if` over a value in a table with no room left: a key's `Hash` that
+/// panics while room is made must drop neither the new value nor the listener's key copy
+/// under the lock. Room was made only in `admit`, after the old slot was taken out: an
+/// erase that left a tombstone left no room, and the rebuild's `Hash` panicked with the
+/// value and key owned under the lock (`insert` and `put_absent` make room first, 8d9111a).
+#[test]
+fn replace_if_makes_room_before_it_takes_the_old_value() {
+    quiet_panics_saying(USER_PANIC);
+    // Unit weights, one shard of 256, never full: no eviction, the table grows as it fills.
+    let store = store(100_000, false);
+    let mut key = 0u16;
+    let mut panicked = 0;
+    for _ in 0..2_000 {
+        // Filled until the next key's table has no room left (and holds a few).
+        loop {
+            let hash = store.hash(&Key(key));
+            if store
+                .shard(hash)
+                .read(|d| d.table.len() == d.table.capacity() && d.table.len() > 20)
+            {
+                break;
+            }
+            store.insert(hash, Key(key), Val(0), Some(1));
+            key += 1;
+        }
+        // Over a key in that shard (the newest there): two `Eq` (the probes) run first,
+        // then the rebuild's `Hash` panics.
+        let shard = store.index(store.hash(&Key(key)));
+        let Some(k) = (0..key)
+            .rev()
+            .find(|&k| store.index(store.hash(&Key(k))) == shard)
+        else {
+            unreachable!("a full shard holds a key");
+        };
+        let hash = store.hash(&Key(k));
+        FUSE.with(|f| f.set(Some(2)));
+        let caught = catch_unwind(AssertUnwindSafe(|| {
+            store.replace_if(hash, &Key(k), Val(1), Some(1), Some(Key(k)), |_| true);
+        }));
+        FUSE.with(|f| f.set(None));
+        let under = UNDER_LOCK.with(|u| std::mem::take(&mut *u.borrow_mut()));
+        assert!(under.is_empty(), "key {k}: under a lock: {under:?}");
+        store.check_books();
+        if caught.is_err() {
+            panicked += 1;
+            if panicked == 8 {
+                break;
+            }
+        } else {
+            // Replaced: the next key fills the room the erase made, if any.
+            store.insert(store.hash(&Key(key)), Key(key), Val(0), Some(1));
+            key += 1;
+        }
+    }
+    assert!(panicked > 0, "no replace_if met a table with no room left");
+    HELD.with(|h| drop(h.borrow_mut().take()));
+}
