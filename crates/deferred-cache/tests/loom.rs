@@ -782,3 +782,110 @@ mod rev4 {
         });
     }
 }
+
+/// From the review of `insert`'s replace in place (rev6): an `insert` over a complete value
+/// that stands as the new one does on the books keeps its slot, takes a new stamp, and
+/// re-queues its position at the tail of the queue its slot's `IN_MAIN` bit names (the old
+/// position dead). None of the models above inserts over a value that is there.
+mod rev6 {
+    use deferred_cache::Cache;
+    use deferred_test_support::loom::{self, sync::Arc, thread};
+    use deferred_test_support::FixedHasher;
+
+    type C = Cache<u8, usize, &'static str, FixedHasher>;
+
+    /// One shard (capacity under 512), each value weighing itself.
+    fn weighed(capacity: u64) -> Arc<C> {
+        Arc::new(
+            Cache::builder()
+                .hasher(FixedHasher::default())
+                .max_capacity(capacity)
+                .weigher(|_, v: &usize| *v as u32)
+                .build(),
+        )
+    }
+
+    /// Reads of a value (under the read lock, each a load and a store of its use count
+    /// byte) race an eviction step that gives it a second chance (its `IN_MAIN` bit set
+    /// under the write lock) and then an `insert` over it in place, which re-queues it by
+    /// that bit. Every value then leaves by `invalidate`, taking its weight off the queue
+    /// its bit names: a wrong bit overflows a queue's weight (a debug panic) or leaves
+    /// weight behind. (Broken variant shown failing: a replace in place that re-queues in
+    /// the small queue whatever the bit says.)
+    #[test]
+    fn replace_in_place_vs_reads_and_a_second_chance_keep_the_queue_bit() {
+        loom::model(|| {
+            let cache = weighed(2);
+            cache.insert(1, 1);
+            cache.insert(2, 1);
+            let c = cache.clone();
+            let t = thread::spawn(move || {
+                let _ = c.get_if_present(&1);
+                let _ = c.get_if_present(&1);
+            });
+            // Over capacity: the step pops 1 (read: to the main queue; not yet: evicted).
+            cache.insert(3, 1);
+            // Over 1 in place if it is there (else stored anew, evicting 2 or 3).
+            cache.insert(1, 1);
+            t.join().unwrap();
+            assert_eq!(cache.get_if_present(&1), Some(1));
+            assert_eq!(cache.weighted_size(), Some(cache.len() as u64));
+            for k in 1..=3 {
+                cache.invalidate(&k);
+            }
+            assert_eq!(cache.weighted_size(), Some(0), "the books are the table's");
+            for k in 4..=6 {
+                cache.insert(k, 1);
+            }
+            assert_eq!((cache.len(), cache.weighted_size()), (2, Some(2)));
+        });
+    }
+
+    /// `invalidate_entries_if` saw the old value (its snapshot, under the read lock) and
+    /// removes by that value's stamp (under the write lock): an `insert` in place between
+    /// the two gave the slot a new stamp, so the new value, which the predicate never saw,
+    /// stays. Whatever the order, the old value leaves once (invalidated or replaced) and
+    /// the new one is there. (Broken variant shown failing: a replace in place that keeps
+    /// the old stamp.)
+    #[test]
+    fn replace_in_place_vs_invalidate_entries_if_leaves_the_new_value() {
+        loom::model(|| {
+            let cache = weighed(8);
+            cache.insert(1, 1);
+            let c = cache.clone();
+            let t = thread::spawn(move || c.invalidate_entries_if(|_, v| *v == 1));
+            cache.insert(1, 2);
+            let removed = t.join().unwrap();
+            assert!(removed <= 1);
+            assert_eq!(cache.get_if_present(&1), Some(2), "the new value stays");
+            assert_eq!(cache.weighted_size(), Some(2));
+            assert_eq!(cache.stats().invalidated, 1, "the old value left once");
+        });
+    }
+
+    /// An eviction step in one thread (storing 2 over a full cache) races an `insert` over
+    /// 1 in place in another: the step finds 1 by its old stamp (evicting it) or finds that
+    /// position dead (1 re-queued behind it under its new stamp) and goes on to the next.
+    /// One eviction for one overflow, and the books are the table's.
+    #[test]
+    fn replace_in_place_vs_eviction_of_the_old_value_keeps_the_books() {
+        loom::model(|| {
+            let cache = weighed(2);
+            cache.insert(1, 1);
+            cache.insert(3, 1);
+            let c = cache.clone();
+            let t = thread::spawn(move || c.insert(2, 1));
+            cache.insert(1, 1);
+            t.join().unwrap();
+            assert_eq!((cache.len(), cache.weighted_size()), (2, Some(2)));
+            // Four values stored, two held: the other two left once each (1 replaced or
+            // evicted, 3 evicted).
+            let stats = cache.stats();
+            assert_eq!(stats.evicted + stats.invalidated, 2);
+            for k in 1..=3 {
+                cache.invalidate(&k);
+            }
+            assert_eq!((cache.len(), cache.weighted_size()), (0, Some(0)));
+        });
+    }
+}
