@@ -558,7 +558,7 @@ mod store_books {
     type C = Cache<u8, usize, &'static str, FixedHasher>;
 
     /// A cache bounded at `capacity`, each value weighing itself.
-    fn weighed(capacity: u64) -> Arc<C> {
+    pub(super) fn weighed(capacity: u64) -> Arc<C> {
         Arc::new(
             Cache::builder()
                 .hasher(FixedHasher::default())
@@ -787,23 +787,13 @@ mod rev4 {
 /// that stands as the new one does on the books keeps its slot, takes a new stamp, and
 /// re-queues its position at the tail of the queue its slot's `IN_MAIN` bit names (the old
 /// position dead). None of the models above inserts over a value that is there.
+///
+/// The caches are `store_books::weighed`'s: one shard (capacity under 512), each value
+/// weighing itself.
 mod rev6 {
-    use deferred_cache::Cache;
-    use deferred_test_support::loom::{self, sync::Arc, thread};
-    use deferred_test_support::FixedHasher;
+    use deferred_test_support::loom::{self, thread};
 
-    type C = Cache<u8, usize, &'static str, FixedHasher>;
-
-    /// One shard (capacity under 512), each value weighing itself.
-    fn weighed(capacity: u64) -> Arc<C> {
-        Arc::new(
-            Cache::builder()
-                .hasher(FixedHasher::default())
-                .max_capacity(capacity)
-                .weigher(|_, v: &usize| *v as u32)
-                .build(),
-        )
-    }
+    use super::store_books::weighed;
 
     /// Reads of a value (under the read lock, each a load and a store of its use count
     /// byte) race an eviction step that gives it a second chance (its `IN_MAIN` bit set
