@@ -667,6 +667,23 @@ mod rev5 {
 
     type C = Cache<u8, usize, &'static str, FixedHasher>;
 
+    /// Stores 1 and 2 in `cache` (full at 2), then reads 1 twice in another thread while
+    /// this one stores 3 and runs `then`.
+    pub(super) fn reads_vs_a_second_chance(cache: &Arc<C>, then: impl FnOnce()) {
+        cache.insert(1, 1);
+        cache.insert(2, 1);
+        let c = cache.clone();
+        let t = thread::spawn(move || {
+            let _ = c.get_if_present(&1);
+            let _ = c.get_if_present(&1);
+        });
+        // Over capacity: the step pops 1 (read: to the main queue; not yet read: evicted),
+        // then 2 if 1 was spared.
+        cache.insert(3, 1);
+        then();
+        t.join().unwrap();
+    }
+
     /// Reads of a value (each records a use: a load and a store of its use count byte)
     /// race an admission whose eviction step gives the value a second chance, moving its
     /// position to the main queue (the bit set, under the write lock). A read that stored
@@ -684,17 +701,7 @@ mod rev5 {
                     .weigher(|_, v: &usize| *v as u32)
                     .build(),
             );
-            cache.insert(1, 1);
-            cache.insert(2, 1);
-            let c = cache.clone();
-            let t = thread::spawn(move || {
-                let _ = c.get_if_present(&1);
-                let _ = c.get_if_present(&1);
-            });
-            // Over capacity: the step pops 1 (read: to the main queue; not yet read:
-            // evicted), then 2 if 1 was spared.
-            cache.insert(3, 1);
-            t.join().unwrap();
+            reads_vs_a_second_chance(&cache, || {});
             cache.invalidate(&1);
             cache.invalidate(&2);
             cache.invalidate(&3);
@@ -793,7 +800,7 @@ mod rev4 {
 mod rev6 {
     use deferred_test_support::loom::{self, thread};
 
-    use super::store_books::weighed;
+    use super::{rev5::reads_vs_a_second_chance, store_books::weighed};
 
     /// Reads of a value (under the read lock, each a load and a store of its use count
     /// byte) race an eviction step that gives it a second chance (its `IN_MAIN` bit set
@@ -806,18 +813,9 @@ mod rev6 {
     fn replace_in_place_vs_reads_and_a_second_chance_keep_the_queue_bit() {
         loom::model(|| {
             let cache = weighed(2);
-            cache.insert(1, 1);
-            cache.insert(2, 1);
-            let c = cache.clone();
-            let t = thread::spawn(move || {
-                let _ = c.get_if_present(&1);
-                let _ = c.get_if_present(&1);
-            });
-            // Over capacity: the step pops 1 (read: to the main queue; not yet: evicted).
-            cache.insert(3, 1);
-            // Over 1 in place if it is there (else stored anew, evicting 2 or 3).
-            cache.insert(1, 1);
-            t.join().unwrap();
+            // After 3, over 1 in place if it is there (else stored anew, evicting 2 or 3),
+            // the reads still racing.
+            reads_vs_a_second_chance(&cache, || cache.insert(1, 1));
             assert_eq!(cache.get_if_present(&1), Some(1));
             assert_eq!(cache.weighted_size(), Some(cache.len() as u64));
             for k in 1..=3 {
