@@ -18,6 +18,7 @@ use tokio::sync::{oneshot, watch, Notify};
 use crate::{
     backplane,
     stats::{bump, Counters},
+    wire::{self, Unframed},
     BuildError, Codec, HybridStats, L2Error, RedisKey, TtlPolicy, WriteKey,
 };
 
@@ -174,8 +175,10 @@ where
 
     /// The longest a value lives in this process's L1, from when the L1 got it. Default: the
     /// Redis TTL. A value read from Redis lives in the L1 no longer than it had left there
-    /// (its `PTTL`), so an L1 copy never outlives the Redis value it copies; this bounds how
-    /// stale a copy can get when backplane messages are lost.
+    /// (the absolute expiry its writer stored with it, read on this machine's clock), so an L1
+    /// copy outlives the Redis value it copies by at most the clock skew between the writing
+    /// and the reading machines; this bounds how stale a copy can get when backplane
+    /// messages are lost.
     ///
     /// ```
     /// # use std::time::Duration;
@@ -663,8 +666,10 @@ impl<K, V: 'static> deferred_expiring::Expiry<K, Tiered<V>> for L1Expiry {
     }
 }
 
-/// What a round of a load found: the bytes and, if the key has one, its time to live; and
-/// with a lease (`GET_OR_LEASE`), the prefix's generation it was taken under.
+/// What a round of a load found: the stored bytes (framed, see `wire`) and the key's time to
+/// live in Redis when the round read it (the lease script's `PTTL`; `None` from the plain
+/// `GET`, or for no expiry); and with a lease (`GET_OR_LEASE`), the prefix's generation it
+/// was taken under.
 enum Probe {
     Value(Vec<u8>, Option<Duration>),
     Leased(Vec<u8>),
@@ -1268,20 +1273,18 @@ where
         }
     }
 
-    /// A load's first round: a plain `GET` of the value with its `PTTL` (one round trip, no
+    /// A load's first round: a plain `GET` of the value (one round trip, one command, no
     /// script), the cheapest read of a value that is there: an L2 hit costs what a `GET`
-    /// does. No value is `Absent`, a key of another type (WRONGTYPE: no L2 error) `Foreign`,
+    /// does. How long the L1 may keep it comes with it, in its header (`wire`), not from a
+    /// `PTTL`. No value is `Absent`, a key of another type (WRONGTYPE: no L2 error) `Foreign`,
     /// as the lease script would say; the lease script's rounds follow either.
     async fn peek(&self, value_key: &str) -> Result<Probe, L2Error> {
         self.l2(|mut c| async move {
-            let read: RedisResult<(Option<Vec<u8>>, i64)> = redis::pipe()
-                .get(value_key)
-                .pttl(value_key)
-                .query_async(&mut c)
-                .await;
+            let read: RedisResult<Option<Vec<u8>>> =
+                redis::cmd("GET").arg(value_key).query_async(&mut c).await;
             match read {
-                Ok((Some(bytes), pttl)) => Ok(Probe::Value(bytes, ttl_of(pttl))),
-                Ok((None, _)) => Ok(Probe::Absent),
+                Ok(Some(stored)) => Ok(Probe::Value(stored, None)),
+                Ok(None) => Ok(Probe::Absent),
                 // Counted here, and told to the lease script (`unreadable`), as the script's
                 // own `Foreign` is: it takes the lease (or waits) at once, without a round
                 // that only says again what this one found.
@@ -1460,18 +1463,31 @@ where
     /// (`peek`), counted.
     fn answer(&self, asking: &mut Asking, probed: Result<Probe, L2Error>) -> Round<V> {
         match probed {
-            Ok(Probe::Value(bytes, ttl)) => {
-                if let Ok(value) = self.codec.decode(&bytes) {
-                    bump(&self.counters.l2_hits);
-                    let most = self.config.l1_ttl();
-                    let ttl = ttl.map_or(most, |t| self.l1_ttl_for(t));
-                    return Round::Found(Tiered { value, ttl });
+            Ok(Probe::Value(stored, pttl)) => {
+                match wire::unframe(&stored) {
+                    Unframed::Live(bytes, left) => {
+                        if let Ok(value) = self.codec.decode(bytes) {
+                            bump(&self.counters.l2_hits);
+                            // The header's time left (the lease script's `PTTL` too, when
+                            // it read the value), at most the L1's own.
+                            let ttl = match (left, pttl) {
+                                (Some(a), Some(b)) => Some(a.min(b)),
+                                (a, b) => a.or(b),
+                            };
+                            let ttl = ttl.map_or(self.config.l1_ttl(), |t| self.l1_ttl_for(t));
+                            return Round::Found(Tiered { value, ttl });
+                        }
+                        bump(&self.counters.decode_errors);
+                    }
+                    // Past its expiry on this clock (Redis's may differ): gone, as it would
+                    // be from Redis soon. Not a decode error.
+                    Unframed::Expired => {}
+                    Unframed::Malformed => bump(&self.counters.decode_errors),
                 }
                 // A miss: ask again at once, this value counting as none (the lease, or a
                 // wait on whoever replaces it).
-                bump(&self.counters.decode_errors);
                 self.miss(asking);
-                asking.unreadable = ("bad", bytes);
+                asking.unreadable = ("bad", stored);
                 Round::Again
             }
             // A key of another type where the value belongs: no value this cache can read,
@@ -1635,6 +1651,7 @@ where
         let generation_key = self.generation_key();
         let generation_key = generation_key.as_str();
         let ttl_ms = millis(ttl);
+        let bytes = wire::frame(&bytes, ttl_ms);
         let message = self.message(b'L', key);
         let (value_key, lease_key, bytes, message) = (&value_key, &lease_key, &bytes, &message);
         let written: i64 = self
@@ -1717,7 +1734,7 @@ where
             (b'I', "del")
         };
         let message = self.message(kind, key);
-        let bytes = bytes.unwrap_or_default();
+        let bytes = bytes.map_or_else(Vec::new, |bytes| wire::frame(&bytes, ttl_ms));
         let (value_key, lease_key, bytes, message) = (&value_key, &lease_key, &bytes, &message);
         let _: i64 = self
             .l2(|mut c| async move {

@@ -11,6 +11,7 @@ mod key;
 mod loading;
 mod local;
 mod stats;
+mod wire;
 
 #[cfg(feature = "serde")]
 pub use codec::Postcard;

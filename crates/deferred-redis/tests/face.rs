@@ -16,7 +16,7 @@ use std::{
 
 use deferred_redis::{BuildError, HybridCache, HybridLoadingCache, LoadError, Utf8};
 use redis::Commands;
-use support::{eventually, gated_optional, server::RedisServer};
+use support::{eventually, gated_optional, read_value, server::RedisServer};
 use tokio::sync::Semaphore;
 
 /// A bound for waits on conditions that real time decides; never reached when all is well.
@@ -364,7 +364,7 @@ async fn optionally_get_with_some_is_kept_in_the_l1_and_in_redis_like_get_with()
         (true, false),
         "written, lease released"
     );
-    let stored: String = server.connection().get("optional:v:k").expect("GET");
+    let stored = read_value(&mut server.connection(), "optional:v:k").expect("a value");
     assert_eq!(stored, "v");
     assert_eq!(a.stats().l2_writes, 1);
     // The L1 answers the next read (no loader run), whichever face asks.

@@ -17,7 +17,7 @@ use std::{
 
 use deferred_redis::{HybridCache, Utf8};
 use redis::Commands;
-use support::{eventually, server::RedisServer};
+use support::{eventually, read_value, server::RedisServer};
 use tokio::sync::Semaphore;
 
 type ById = HybridCache<u64, String, String, Utf8>;
@@ -90,7 +90,7 @@ async fn u64_keys_share_one_load_across_l1s_and_invalidations_cross_the_backplan
     assert_eq!(runs.load(Ordering::SeqCst), 1);
     // In Redis under the key's decimal text, with the policy's TTL for id 7 (a minute).
     let mut raw = server.connection();
-    let stored: String = raw.get("ids:v:7").unwrap();
+    let stored = read_value(&mut raw, "ids:v:7").unwrap();
     assert_eq!(stored, "seven");
     let pttl: i64 = raw.pttl("ids:v:7").unwrap();
     assert!(pttl > 0 && pttl <= 60_000, "{pttl}");
@@ -188,7 +188,7 @@ async fn string_keys_keep_their_redis_names_and_message_format() {
     let mut raw = server.connection();
 
     cache.insert("k", "v".to_string()).await.unwrap();
-    let stored: String = raw.get("names:v:k").unwrap();
+    let stored = read_value(&mut raw, "names:v:k").unwrap();
     assert_eq!(stored, "v");
     assert_eq!(message(&mut sub), format!("S{origin}k").into_bytes());
 
@@ -212,7 +212,7 @@ async fn string_keys_keep_their_redis_names_and_message_format() {
     assert!(lease.is_some_and(|token| token.starts_with(&origin)));
     gate.add_permits(1);
     assert_eq!(loading.await.unwrap(), Ok("loaded".to_string()));
-    let stored: String = raw.get("names:v:a b/é").unwrap();
+    let stored = read_value(&mut raw, "names:v:a b/é").unwrap();
     assert_eq!(stored, "loaded");
     assert_eq!(message(&mut sub), format!("L{origin}a b/é").into_bytes());
 

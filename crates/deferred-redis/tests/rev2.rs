@@ -14,7 +14,7 @@ use std::{
 
 use deferred_redis::{HybridCache, Utf8};
 use redis::Commands;
-use support::{eventually, gated_optional, server::RedisServer};
+use support::{eventually, gated_optional, read_value, server::RedisServer};
 use tokio::sync::Semaphore;
 
 type Strings = HybridCache<String, String, String, Utf8>;
@@ -55,7 +55,7 @@ async fn a_none_after_an_insert_in_the_same_process_leaves_the_insert() {
         "{:?}",
         a.stats()
     );
-    let stored: String = server.connection().get("p:v:k").unwrap();
+    let stored = read_value(&mut server.connection(), "p:v:k").unwrap();
     assert_eq!(stored, "v");
 }
 
@@ -76,7 +76,7 @@ async fn an_optional_value_fenced_by_an_insert_elsewhere_is_not_kept() {
     assert_eq!(loading.await.unwrap(), Ok(Some("old".to_string())));
     assert_eq!(a.stats().fenced_writes, 1);
     assert!(!a.contains_local("k") || a.get_if_present("k").is_none());
-    let stored: String = server.connection().get("p:v:k").unwrap();
+    let stored = read_value(&mut server.connection(), "p:v:k").unwrap();
     assert_eq!(stored, "new");
     let next = a.optionally_get_with("k", || async { None }).await;
     assert_eq!(next, Ok(Some("new".to_string())));
@@ -185,7 +185,7 @@ async fn an_arc_str_key_is_looked_up_by_arc_and_contains_local_takes_str() {
         .unwrap();
     assert!(cache.contains_local("k"));
     assert_eq!(cache.get_if_present(&key).as_deref(), Some("v"));
-    let stored: String = server.connection().get("arc:v:k").unwrap();
+    let stored = read_value(&mut server.connection(), "arc:v:k").unwrap();
     assert_eq!(stored, "v");
     cache.invalidate(&key).await.unwrap();
     assert!(!cache.contains_local("k"));

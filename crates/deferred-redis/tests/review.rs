@@ -19,7 +19,7 @@ use std::{
 
 use deferred_redis::{HybridCache, LoadError, Utf8};
 use redis::Commands;
-use support::{eventually, server::RedisServer};
+use support::{eventually, framed, read_value, server::RedisServer};
 use tokio::{sync::Semaphore, task::JoinHandle};
 
 type Strings = HybridCache<String, String, String, Utf8>;
@@ -179,8 +179,10 @@ async fn finding_1_unbounded_durations_neither_panic_nor_fail_redis() {
     let stats = a.stats();
     assert_eq!((stats.l2_writes, stats.l2_errors), (1, 0));
     let mut raw = server.connection();
-    let (k, j): (Option<String>, Option<String>) =
-        (raw.get("huge:v:k").unwrap(), raw.get("huge:v:j").unwrap());
+    let (k, j): (Option<String>, Option<String>) = (
+        read_value(&mut raw, "huge:v:k"),
+        read_value(&mut raw, "huge:v:j"),
+    );
     assert_eq!((k.as_deref(), j.as_deref()), (Some("v"), Some("w")));
 }
 
@@ -230,7 +232,7 @@ async fn finding_3_invalidate_all_spares_caches_whose_prefix_extends_this_one() 
     let mut raw = server.connection();
     let got: Vec<Option<String>> = ["app:v:x", "app:users:v:7", "usersv:x", "users2v:7"]
         .iter()
-        .map(|key| raw.get(*key).unwrap())
+        .map(|key| read_value(&mut raw, key))
         .collect();
     assert_eq!(
         got,
@@ -249,8 +251,8 @@ async fn glob_characters_in_a_prefix_match_only_themselves() {
     glob.invalidate_all().await.unwrap();
     let mut raw = server.connection();
     let got: (Option<String>, Option<String>) = (
-        raw.get("g[1]*?\\:v:k").unwrap(),
-        raw.get("g1x\\:v:k").unwrap(),
+        read_value(&mut raw, "g[1]*?\\:v:k"),
+        read_value(&mut raw, "g1x\\:v:k"),
     );
     assert_eq!(got, (None, Some("b".to_string())));
 }
@@ -374,7 +376,7 @@ async fn finding_6_a_load_in_flight_cannot_overwrite_invalidate_all() {
     unpause(&mut raw);
     clear.await.unwrap().expect("invalidate_all reached Redis");
     assert_eq!(load.await.unwrap(), Ok("before".to_string()));
-    let left: Option<String> = raw.get("scan:v:k").unwrap();
+    let left = read_value(&mut raw, "scan:v:k");
     assert_eq!(
         left, None,
         "no value from before invalidate_all outlives it in Redis"
@@ -407,8 +409,10 @@ async fn finding_6_a_commit_after_invalidate_all_began_is_refused() {
     clear.await.unwrap().expect("invalidate_all reached Redis");
     assert_eq!(load.await.unwrap(), Ok("before".to_string()));
     assert_eq!((b.stats().fenced_writes, b.stats().l2_writes), (1, 1));
-    let left: (Option<String>, bool) =
-        (raw.get("gen:v:k").unwrap(), raw.exists("gen:l:k").unwrap());
+    let left: (Option<String>, bool) = (
+        read_value(&mut raw, "gen:v:k"),
+        raw.exists("gen:l:k").unwrap(),
+    );
     assert_eq!(
         left,
         (None, false),
@@ -464,7 +468,7 @@ async fn finding_9_a_value_key_of_another_type_is_a_miss_and_replaced() {
         (stats.l2_errors, stats.decode_errors, stats.l2_writes),
         (0, 1, 1)
     );
-    let stored: Option<String> = raw.get("type:v:k").unwrap();
+    let stored = read_value(&mut raw, "type:v:k");
     assert_eq!(
         stored.as_deref(),
         Some("v"),
@@ -479,7 +483,9 @@ async fn finding_9_a_value_key_of_another_type_is_a_miss_and_replaced() {
 async fn finding_10_a_value_that_does_not_decode_is_loaded_once_across_caches() {
     let server = RedisServer::start();
     let mut raw = server.connection();
-    let _: () = raw.set("bad:v:k", &[0xff_u8, 0xfe][..]).unwrap();
+    let _: () = raw
+        .set("bad:v:k", framed(&[0xff, 0xfe], Duration::from_secs(60)))
+        .unwrap();
     let (a, b) = (cache(&server, "bad:"), cache(&server, "bad:"));
     let gated = Gated::new();
     let first = gated.spawn_get(&a, "fresh");
@@ -634,7 +640,7 @@ async fn a_load_cancelled_during_its_commit_still_writes_and_leaks_no_lease() {
     );
     // Written when the COMMIT left in that last poll (as a rule); a COMMIT dropped before
     // it was sent writes nothing, which is allowed: the lease went back all the same.
-    let written: Option<String> = raw.get("cc:v:k").unwrap();
+    let written = read_value(&mut raw, "cc:v:k");
     let expected = written.clone().unwrap_or_else(|| "other".to_string());
     assert!(written.is_none() || written.as_deref() == Some("v"));
     assert_eq!(b.get_with("k", ok("other")).await, Ok(expected));
@@ -781,7 +787,9 @@ async fn peek_1_a_foreign_key_costs_no_more_round_trips_than_bad_bytes() {
     let a = cache(&server, "ptrips:");
     assert_eq!(a.get_with("warm", ok("w")).await, Ok("w".to_string()));
     let mut raw = server.connection();
-    let _: () = raw.set("ptrips:v:bad", &[0xff_u8][..]).unwrap();
+    let _: () = raw
+        .set("ptrips:v:bad", framed(&[0xff], Duration::from_secs(60)))
+        .unwrap();
     let _: i64 = raw.lpush("ptrips:v:list", "x").unwrap();
     let before = calls(&mut raw, "evalsha");
     assert_eq!(a.get_with("bad", ok("b")).await, Ok("b".to_string()));
@@ -985,7 +993,7 @@ async fn rev1_checked_a_stalled_detached_leader_holds_a_later_caller_up_for_a_le
         a.get_with("k", ok("unused")).await,
         Ok("second".to_string())
     );
-    let stored: Option<String> = raw.get("rev1s:v:k").unwrap();
+    let stored = read_value(&mut raw, "rev1s:v:k");
     assert_eq!(stored.as_deref(), Some("second"));
 }
 

@@ -16,7 +16,7 @@ use std::{
 
 use deferred_redis::{HybridCache, LoadError, Utf8};
 use redis::Commands;
-use support::{eventually, server::RedisServer};
+use support::{eventually, framed, read_value, server::RedisServer};
 use tokio::sync::Semaphore;
 
 type Strings = HybridCache<String, String, String, Utf8>;
@@ -149,7 +149,7 @@ async fn a_leader_that_lost_its_lease_cannot_overwrite() {
     assert_eq!(old.await.unwrap(), Ok("old".to_string()));
     assert_eq!(a.stats().fenced_writes, 1);
     assert_eq!(a.stats().l2_writes, 0);
-    let stored: String = raw.get("fence:v:k").unwrap();
+    let stored = read_value(&mut raw, "fence:v:k").unwrap();
     assert_eq!(stored, "new");
 }
 
@@ -229,12 +229,14 @@ async fn a_slow_loader_renews_its_lease_and_nobody_takes_over() {
 async fn a_value_that_does_not_decode_is_a_miss() {
     let server = RedisServer::start();
     let mut raw = server.connection();
-    let _: () = raw.set("dec:v:k", &[0xff_u8, 0xfe][..]).unwrap();
+    let _: () = raw
+        .set("dec:v:k", framed(&[0xff, 0xfe], Duration::from_secs(60)))
+        .unwrap();
     let a = cache(&server, "dec:", Duration::from_secs(5));
     let got = a.get_with("k", || async { Ok("fresh".to_string()) }).await;
     assert_eq!(got, Ok("fresh".to_string()));
     assert_eq!(a.stats().decode_errors, 1);
-    let stored: String = raw.get("dec:v:k").unwrap();
+    let stored = read_value(&mut raw, "dec:v:k").unwrap();
     assert_eq!(stored, "fresh", "the bad bytes were replaced");
 }
 
@@ -251,8 +253,10 @@ async fn prefixes_keep_caches_apart() {
     assert_eq!((a.stats().l2_hits, b.stats().l2_hits), (0, 0));
     a.invalidate_all().await.unwrap();
     let mut raw = server.connection();
-    let (one, two): (Option<String>, Option<String>) =
-        (raw.get("one:v:k").unwrap(), raw.get("two:v:k").unwrap());
+    let (one, two): (Option<String>, Option<String>) = (
+        read_value(&mut raw, "one:v:k"),
+        read_value(&mut raw, "two:v:k"),
+    );
     assert_eq!((one, two), (None, Some("b".to_string())));
 }
 
@@ -445,7 +449,9 @@ async fn serde_values_cross_the_wire_and_bad_bytes_are_a_miss() {
     let server = RedisServer::start();
     let mut raw = server.connection();
     // A truncated varint: not a `User` in any version of the program.
-    let _: () = raw.set("serde:v:bad", &[0x80_u8][..]).unwrap();
+    let _: () = raw
+        .set("serde:v:bad", framed(&[0x80], Duration::from_secs(60)))
+        .unwrap();
     let make = || {
         HybridCache::<String, User, String, Postcard>::builder(server.client(), "serde:", Postcard)
             .build()
@@ -638,7 +644,7 @@ async fn an_insert_elsewhere_during_a_load_wins_over_the_load() {
     assert_eq!(loading.await.unwrap(), Ok("loaded".to_string()));
     assert_eq!(a.stats().fenced_writes, 1);
     let mut raw = server.connection();
-    let stored: String = redis::Commands::get(&mut raw, "wins:v:k").unwrap();
+    let stored = read_value(&mut raw, "wins:v:k").unwrap();
     assert_eq!(stored, "inserted");
     // And `a`'s L1 does not keep the load's value past the insert's message.
     assert!(
@@ -687,7 +693,7 @@ async fn an_l1_copy_lives_no_longer_than_its_redis_value() {
     let mut raw = server.connection();
     let _: () = redis::cmd("SET")
         .arg("pttl:v:k")
-        .arg("short-lived")
+        .arg(framed(b"short-lived", Duration::from_millis(300)))
         .arg("PX")
         .arg(300)
         .query(&mut raw)
@@ -702,4 +708,68 @@ async fn an_l1_copy_lives_no_longer_than_its_redis_value() {
     let took = started.elapsed();
     println!("the L1 copy of a value with 300 ms left in Redis went after {took:?}");
     assert!(took < Duration::from_secs(2), "took {took:?}");
+}
+
+/// The header's expiry (the writer's clock), not Redis's `PTTL`, bounds the L1's copy: a
+/// value Redis keeps a minute whose header says 300 ms leaves the L1 within about that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_headers_expiry_bounds_the_l1_copy() {
+    let server = RedisServer::start();
+    let a = cache(&server, "hdr:", Duration::from_secs(5));
+    assert!(a.backplane_ready(PATIENCE).await);
+    let mut raw = server.connection();
+    let stored = framed(b"short-lived", Duration::from_millis(300));
+    let _: () = raw.pset_ex("hdr:v:k", stored, 60_000).unwrap();
+    let got = a
+        .get_with("k", || async { Err("a must read Redis".to_string()) })
+        .await;
+    assert_eq!(got, Ok("short-lived".to_string()));
+    assert_eq!(a.stats().l2_hits, 1);
+    let started = Instant::now();
+    assert!(eventually(PATIENCE, || !a.contains_local("k")).await);
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+}
+
+/// A value whose header's expiry has passed (on this clock) is a miss, not a decode error,
+/// even while Redis still keeps it (clock skew): the loader runs once and its value replaces
+/// it. A header that is short or of another format is a decode error: a miss too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_or_malformed_header_is_a_miss() {
+    let server = RedisServer::start();
+    let mut raw = server.connection();
+    let mut expired = vec![0xD1_u8];
+    expired.extend_from_slice(&1_000_u64.to_be_bytes()); // 1970
+    expired.extend_from_slice(b"stale");
+    let _: () = raw.pset_ex("hdrs:v:expired", expired, 60_000).unwrap();
+    let _: () = raw
+        .pset_ex("hdrs:v:short", &[0xD1_u8, 0, 0][..], 60_000)
+        .unwrap();
+    let _: () = raw.pset_ex("hdrs:v:bare", "unframed", 60_000).unwrap();
+    let a = cache(&server, "hdrs:", Duration::from_secs(5));
+    let fresh = |text: &'static str| move || async move { Ok(text.to_string()) };
+    assert_eq!(a.get_with("expired", fresh("e")).await, Ok("e".to_string()));
+    assert_eq!(
+        (
+            a.stats().decode_errors,
+            a.stats().l2_hits,
+            a.stats().l2_misses
+        ),
+        (0, 0, 1)
+    );
+    assert_eq!(a.get_with("short", fresh("s")).await, Ok("s".to_string()));
+    assert_eq!(a.get_with("bare", fresh("b")).await, Ok("b".to_string()));
+    assert_eq!(
+        (
+            a.stats().decode_errors,
+            a.stats().l2_hits,
+            a.stats().l2_misses
+        ),
+        (2, 0, 3)
+    );
+    assert_eq!(a.stats().l2_writes, 3);
+    for (key, value) in [("expired", "e"), ("short", "s"), ("bare", "b")] {
+        let stored = read_value(&mut raw, &format!("hdrs:v:{key}"));
+        assert_eq!(stored.as_deref(), Some(value), "{key} replaced");
+    }
 }
