@@ -17,6 +17,7 @@ use tokio::sync::{oneshot, watch, Notify};
 
 use crate::{
     backplane,
+    deadline::{Deadlines, Elapsed},
     stats::{bump, Counters},
     wire::{self, Unframed},
     BuildError, Codec, HybridStats, L2Error, RedisKey, TtlPolicy, WriteKey,
@@ -377,6 +378,7 @@ where
         let (stop_tx, stop_rx) = oneshot::channel();
         let (subscribed, _) = watch::channel(false);
         let channel = format!("{}bp", self.prefix);
+        let op_timeout = self.config.op_timeout;
         let inner = Arc::new(Inner {
             l1,
             codec: self.codec,
@@ -386,6 +388,7 @@ where
             channel,
             client: self.client,
             manager: tokio::sync::OnceCell::new(),
+            deadlines: Deadlines::new(op_timeout),
             failed_at: Mutex::new(None),
             scripts: Scripts {
                 get_or_lease: Script::new(GET_OR_LEASE),
@@ -485,6 +488,8 @@ pub(crate) struct Inner<K, V, E, C> {
     /// holds the cell's initialisation across the connect, and the others wait (each within
     /// its own operation timeout) instead of opening one connection each.
     manager: tokio::sync::OnceCell<ConnectionManager>,
+    /// Bounds each operation by `op_timeout` (a watchdog, no timer per operation).
+    deadlines: Arc<Deadlines>,
     /// When the last attempt to connect failed, for the reconnect backoff.
     failed_at: Mutex<Option<Instant>>,
     scripts: Scripts,
@@ -1220,9 +1225,9 @@ where
             let connection = self.connection().await?;
             op(connection).await.map_err(L2Error::Redis)
         };
-        let outcome = match tokio::time::timeout(self.config.op_timeout, attempt).await {
+        let outcome = match self.deadlines.bound(attempt).await {
             Ok(outcome) => outcome,
-            Err(_) => Err(L2Error::Timeout),
+            Err(Elapsed) => Err(L2Error::Timeout),
         };
         if outcome.is_err() {
             bump(&self.counters.l2_errors);

@@ -4,6 +4,7 @@
 
 mod backplane;
 mod codec;
+mod deadline;
 mod error;
 mod expiry;
 mod hybrid;

@@ -773,3 +773,107 @@ async fn an_expired_or_malformed_header_is_a_miss() {
         assert_eq!(stored.as_deref(), Some(value), "{key} replaced");
     }
 }
+
+/// A cache made and used on a multi-thread runtime (its connection's driver runs there),
+/// then used from other runtimes with Redis paused: each call still gets its local value
+/// within about the per-operation timeout (the operations' deadlines belong to no runtime).
+#[test]
+fn a_second_runtime_is_bounded_by_the_first_ones_watchdog() {
+    let server = RedisServer::start();
+    let first = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let a: Strings = first.block_on(async {
+        let a: Strings = HybridCache::builder(server.client(), "rt1:", Utf8)
+            .op_timeout(Duration::from_millis(100))
+            .build()
+            .unwrap();
+        for key in ["w1", "w2", "w3"] {
+            let got = a.get_with(key, || async { Ok("w".to_string()) }).await;
+            assert_eq!(got, Ok("w".into()));
+        }
+        a
+    });
+    server.pause();
+    for flavor in ["current", "multi"] {
+        let second = match flavor {
+            "current" => tokio::runtime::Builder::new_current_thread(),
+            _ => tokio::runtime::Builder::new_multi_thread(),
+        }
+        .enable_all()
+        .build()
+        .unwrap();
+        second.block_on(async {
+            for round in 0..3 {
+                let key = format!("{flavor}{round}");
+                let started = Instant::now();
+                let got = a.get_with(key, || async { Ok("local".to_string()) }).await;
+                let took = started.elapsed();
+                assert_eq!(got, Ok("local".to_string()));
+                assert!(
+                    took < Duration::from_millis(1000),
+                    "{flavor} {round}: {took:?}"
+                );
+            }
+        });
+    }
+    server.resume();
+    assert!(a.stats().l2_errors >= 6, "{:?}", a.stats());
+    drop(first);
+}
+
+/// A cache made on a current-thread runtime that then sits idle (its connection's driver
+/// with it), used from a multi-thread runtime with Redis paused, and back: every call is
+/// bounded by about the per-operation timeout, whichever runtime drives it.
+#[test]
+fn an_idle_current_thread_runtime_does_not_hold_up_another() {
+    let server = RedisServer::start();
+    let first = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let a: Strings = first.block_on(async {
+        let a: Strings = HybridCache::builder(server.client(), "rt2:", Utf8)
+            .op_timeout(Duration::from_millis(100))
+            .build()
+            .unwrap();
+        let got = a.get_with("w", || async { Ok("w".to_string()) }).await;
+        assert_eq!(got, Ok("w".into()));
+        a
+    });
+    let second = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    server.pause();
+    let timed = |runtime: &tokio::runtime::Runtime, key: String| {
+        let a = a.clone();
+        runtime.block_on(async move {
+            let started = Instant::now();
+            let got = a.get_with(key, || async { Ok("local".to_string()) }).await;
+            assert_eq!(got, Ok("local".to_string()));
+            started.elapsed()
+        })
+    };
+    for round in 0..3 {
+        let took = timed(&second, format!("m{round}"));
+        assert!(
+            took < Duration::from_millis(1000),
+            "multi {round}: {took:?}"
+        );
+    }
+    // And back on the first runtime: its calls are bounded as well.
+    for round in 0..3 {
+        let took = timed(&first, format!("c{round}"));
+        assert!(
+            took < Duration::from_millis(1000),
+            "current {round}: {took:?}"
+        );
+    }
+    server.resume();
+    drop(second);
+    drop(first);
+}

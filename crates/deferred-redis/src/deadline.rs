@@ -1,0 +1,210 @@
+//! Bounds every Redis operation by `op_timeout` without registering a timer per operation.
+//!
+//! Time is cut into ticks of a quarter of `op_timeout`, numbered from when the cache was
+//! built (an operation's epoch: the tick it started in). A watchdog thread per cache wakes
+//! at each tick, publishes it, and wakes the operations that started [`TICKS`] ticks before
+//! (a `Notify` per epoch, in a ring of [`SLOTS`]); each of them fails with a timeout. So an
+//! operation ends with a timeout between 3/4 of `op_timeout` and `op_timeout` after it
+//! started; what it costs is a clock read, a few atomic loads and a `Notify` registration (no
+//! lock of a runtime's timer driver, no wake of it).
+//!
+//! An OS thread, not a task: a tokio timer belongs to the runtime it was made in, a cache may
+//! be used from several, and a task on a current-thread runtime runs only while a thread
+//! drives that runtime. The thread belongs to none; a `Notify` wakes a task on whatever
+//! runtime it runs. It parks when no operation started for two `op_timeout`s (an operation
+//! that finds it parked unparks it) and ends when the cache is dropped. If it cannot be
+//! started, each operation takes a timer of its own runtime, as before.
+
+use std::{
+    future::Future,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering::SeqCst},
+        Arc, OnceLock, Weak,
+    },
+    thread::Thread,
+    time::{Duration, Instant},
+};
+
+use tokio::sync::Notify;
+
+/// Ticks per `op_timeout`.
+const TICKS: u64 = 4;
+
+/// The ring of epochs' `Notify`s: more than `TICKS`, so that one is fired before it is used
+/// again (a wake that comes early, from a late watchdog, is checked and waited again).
+const SLOTS: u64 = 8;
+
+/// The operation ran past its time.
+#[derive(Debug)]
+pub(crate) struct Elapsed;
+
+/// The deadlines of one cache's Redis operations.
+pub(crate) struct Deadlines {
+    op_timeout: Duration,
+    tick: Duration,
+    base: Instant,
+    /// The last epoch the watchdog published (`u64::MAX` before the first).
+    published: AtomicU64,
+    /// The epoch of the last operation that started.
+    last_start: AtomicU64,
+    /// Whether the watchdog is parked (or about to park): the next operation unparks it.
+    parked: AtomicBool,
+    /// The watchdog thread, once started (`None` in it: it could not be started).
+    watchdog: OnceLock<Option<Thread>>,
+    slots: [Notify; SLOTS as usize],
+}
+
+impl Deadlines {
+    pub(crate) fn new(op_timeout: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            op_timeout,
+            tick: (op_timeout / 4).max(Duration::from_millis(1)),
+            base: Instant::now(),
+            published: AtomicU64::new(u64::MAX),
+            last_start: AtomicU64::new(0),
+            parked: AtomicBool::new(false),
+            watchdog: OnceLock::new(),
+            slots: core::array::from_fn(|_| Notify::new()),
+        })
+    }
+
+    /// The epoch of `at`.
+    fn epoch_at(&self, at: Instant) -> u64 {
+        let ticks = at.saturating_duration_since(self.base).as_nanos() / self.tick.as_nanos();
+        u64::try_from(ticks).unwrap_or(u64::MAX)
+    }
+
+    /// The instant epoch `epoch` begins.
+    fn start_of(&self, epoch: u64) -> Instant {
+        let nanos = self.tick.as_nanos().saturating_mul(u128::from(epoch));
+        let offset = Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX));
+        self.base.checked_add(offset).unwrap_or(self.base)
+    }
+
+    fn slot(&self, epoch: u64) -> &Notify {
+        &self.slots[usize::try_from(epoch % SLOTS).unwrap_or(0)]
+    }
+
+    /// Whether an operation that started in `epoch` is past its time.
+    fn expired(&self, epoch: u64) -> bool {
+        let published = self.published.load(SeqCst);
+        published != u64::MAX && published >= epoch.saturating_add(TICKS)
+    }
+
+    /// `op`, or `Elapsed` once it ran past its time.
+    pub(crate) async fn bound<T>(
+        self: &Arc<Self>,
+        op: impl Future<Output = T>,
+    ) -> Result<T, Elapsed> {
+        let epoch = self.epoch_at(Instant::now());
+        // Mostly loads: the first operation of an epoch writes it, the first after an idle
+        // spell unparks the watchdog.
+        if self.last_start.load(SeqCst) < epoch {
+            self.last_start.fetch_max(epoch, SeqCst);
+        }
+        let watchdog = self.watchdog.get_or_init(|| self.start());
+        let Some(watchdog) = watchdog else {
+            return self.bound_by_timer(epoch, op).await;
+        };
+        if self.parked.load(SeqCst) && self.parked.swap(false, SeqCst) {
+            watchdog.unpark();
+        }
+        let mut op = core::pin::pin!(op);
+        loop {
+            // Made before the check: a wake of this epoch's slot after it is not missed, and
+            // one before it published an epoch the check sees.
+            let notified = self.slot(epoch).notified();
+            if self.expired(epoch) {
+                return Err(Elapsed);
+            }
+            tokio::select! {
+                biased;
+                out = &mut op => return Ok(out),
+                () = notified => {}
+            }
+            if self.expired(epoch) {
+                return Err(Elapsed);
+            }
+            // Woken early, by a late watchdog firing the slot's previous epoch: again.
+        }
+    }
+
+    /// `op` within its time by a timer of the current runtime.
+    async fn bound_by_timer<T>(
+        &self,
+        epoch: u64,
+        op: impl Future<Output = T>,
+    ) -> Result<T, Elapsed> {
+        let deadline = self.start_of(epoch).checked_add(self.op_timeout);
+        let deadline = deadline.unwrap_or_else(|| crate::hybrid::after(self.op_timeout).into_std());
+        tokio::time::timeout_at(deadline.into(), op)
+            .await
+            .map_err(|_| Elapsed)
+    }
+
+    /// Starts the watchdog thread.
+    fn start(self: &Arc<Self>) -> Option<Thread> {
+        let deadlines = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("deferred-redis-deadlines".into())
+            .spawn(move || watch(&deadlines))
+            .ok()
+            .map(|handle| handle.thread().clone())
+    }
+
+    /// Publishes `now` and fails the operations of the epochs that it puts past their time
+    /// (`fired`: the last epoch fired so far, or `None`).
+    fn tick(&self, now: u64, fired: &mut Option<u64>) {
+        self.published.store(now, SeqCst);
+        let Some(due) = now.checked_sub(TICKS) else {
+            return;
+        };
+        let first = fired
+            .map_or(0, |f| f + 1)
+            .max(due.saturating_sub(SLOTS - 1));
+        for epoch in first..=due {
+            self.slot(epoch).notify_waiters();
+        }
+        *fired = Some(due);
+    }
+
+    /// Whether no operation started for two `op_timeout`s before `now` (so none is running).
+    fn idle(&self, now: u64) -> bool {
+        self.last_start.load(SeqCst).saturating_add(2 * TICKS) < now
+    }
+}
+
+impl Drop for Deadlines {
+    fn drop(&mut self) {
+        // Its watchdog, parked or asleep, ends at its next look.
+        if let Some(Some(watchdog)) = self.watchdog.get() {
+            watchdog.unpark();
+        }
+    }
+}
+
+/// The watchdog: a tick each `tick` while operations start, parked in between; ends with the
+/// cache.
+fn watch(deadlines: &Weak<Deadlines>) {
+    let mut fired = None;
+    loop {
+        let Some(d) = deadlines.upgrade() else {
+            return;
+        };
+        let now = d.epoch_at(Instant::now());
+        d.tick(now, &mut fired);
+        if d.idle(now) {
+            // Parked unless an operation started since (it saw `parked` and unparks us).
+            d.parked.store(true, SeqCst);
+            if d.idle(now) {
+                drop(d);
+                std::thread::park();
+                continue;
+            }
+            d.parked.store(false, SeqCst);
+        }
+        let next = d.start_of(now + 1);
+        drop(d);
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+    }
+}
