@@ -4,6 +4,9 @@ use std::fmt;
 
 /// Turns values into the bytes kept in Redis (L2) and back.
 ///
+/// The cache stores them behind a 9-byte header of its own (the value's absolute expiry; see
+/// the crate's "Values in Redis"): a codec sees only its own bytes.
+///
 /// A value that fails to decode (written by another version of the program, or by hand) is
 /// treated as a miss, never as a panic: the caller's loader runs and its value replaces the
 /// bytes that did not decode. Counted in [`HybridStats::decode_errors`](crate::HybridStats).

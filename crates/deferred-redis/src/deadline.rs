@@ -208,3 +208,33 @@ fn watch(deadlines: &Weak<Deadlines>) {
         std::thread::sleep(next.saturating_duration_since(Instant::now()));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A round trip that never answers fails between 3/4 of its time and (the watchdog's
+    /// wake allowing) not much after all of it; one that answers is untouched. On a
+    /// current-thread runtime, whose timers play no part.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_pending_operation_fails_within_its_time() {
+        let deadlines = Deadlines::new(Duration::from_millis(40));
+        assert_eq!(deadlines.bound(async { 7 }).await.ok(), Some(7));
+        for _ in 0..3 {
+            let started = Instant::now();
+            let out = deadlines.bound(core::future::pending::<()>()).await;
+            let took = started.elapsed();
+            assert!(out.is_err());
+            assert!(took >= Duration::from_millis(29), "{took:?}");
+            assert!(took < Duration::from_secs(1), "{took:?}");
+        }
+        // After an idle spell (the watchdog parked), the next one is bounded as well.
+        std::thread::sleep(Duration::from_millis(150));
+        let started = Instant::now();
+        assert!(deadlines
+            .bound(core::future::pending::<()>())
+            .await
+            .is_err());
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+}

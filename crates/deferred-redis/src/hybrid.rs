@@ -226,7 +226,10 @@ where
     }
 
     /// The bound on each Redis round trip (connecting included). Past it the round trip
-    /// counts as an L2 error and the read goes on without Redis. Default 250 ms.
+    /// counts as an L2 error and the read goes on without Redis. Default 250 ms. Kept by a
+    /// watchdog thread per cache (no timer per round trip, and whichever runtime drives the
+    /// call), in ticks of a quarter of it: a round trip past its time fails between 3/4 of
+    /// `op_timeout` and `op_timeout` after it started.
     ///
     /// ```
     /// # use std::time::Duration;
