@@ -9,7 +9,8 @@ use crate::{hybrid::Inner, Builder, Codec, RedisKey};
 /// `Expiry`, set with [`Builder::expire_after`]. It decides once per value written (a load's
 /// value, or an `insert`); the value's key in Redis gets that `PX`, and the L1 keeps its copy
 /// no longer (nor longer than [`l1_time_to_live`](Builder::l1_time_to_live), if set). Other
-/// processes reading the value from Redis keep it for what it has left there (`PTTL`).
+/// processes reading the value from Redis keep it for what it has left there (the
+/// expiry stored in its header, on their clock).
 ///
 /// `K` is the cache's key type: the policy gets the key itself (`&String`, `&u64`), not its
 /// text in Redis.
@@ -55,7 +56,7 @@ where
 {
     /// A time to live per value, in Redis and in the L1 (see [`TtlPolicy`]), in place of
     /// [`time_to_live`](Self::time_to_live) for every value written. `time_to_live` still
-    /// bounds the L1's copy of a value read from Redis whose `PTTL` is unknown.
+    /// bounds the L1's copy of a value read from Redis that has no expiry.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]

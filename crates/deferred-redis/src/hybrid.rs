@@ -1195,8 +1195,8 @@ where
                     return Err(L2Error::Unavailable);
                 }
                 // No response timeout of its own: every operation on it runs within `l2`'s
-                // (the same `op_timeout`, started earlier), and a second timer per round
-                // trip would only cost. A timed-out request does not make redis-rs
+                // (the same `op_timeout`, started earlier, kept by the watchdog), and a timer
+                // per round trip would only cost. A timed-out request does not make redis-rs
                 // reconnect either way (not an unrecoverable error). The connect (its
                 // handshake included) is bounded here, which also bounds the manager's own
                 // reconnects.

@@ -749,29 +749,32 @@ async fn an_expired_or_malformed_header_is_a_miss() {
     let a = cache(&server, "hdrs:", Duration::from_secs(5));
     let fresh = |text: &'static str| move || async move { Ok(text.to_string()) };
     assert_eq!(a.get_with("expired", fresh("e")).await, Ok("e".to_string()));
-    assert_eq!(
-        (
-            a.stats().decode_errors,
-            a.stats().l2_hits,
-            a.stats().l2_misses
-        ),
-        (0, 0, 1)
-    );
+    let counts = || {
+        let stats = a.stats();
+        (stats.decode_errors, stats.l2_hits, stats.l2_misses)
+    };
+    assert_eq!(counts(), (0, 0, 1));
     assert_eq!(a.get_with("short", fresh("s")).await, Ok("s".to_string()));
     assert_eq!(a.get_with("bare", fresh("b")).await, Ok("b".to_string()));
-    assert_eq!(
-        (
-            a.stats().decode_errors,
-            a.stats().l2_hits,
-            a.stats().l2_misses
-        ),
-        (2, 0, 3)
-    );
+    assert_eq!(counts(), (2, 0, 3));
     assert_eq!(a.stats().l2_writes, 3);
     for (key, value) in [("expired", "e"), ("short", "s"), ("bare", "b")] {
         let stored = read_value(&mut raw, &format!("hdrs:v:{key}"));
         assert_eq!(stored.as_deref(), Some(value), "{key} replaced");
     }
+}
+
+/// A cache with a 100 ms `op_timeout`, after `reads` L2 round trips (each its own key).
+async fn warm_cache(server: &RedisServer, prefix: &str, reads: usize) -> Strings {
+    let a: Strings = HybridCache::builder(server.client(), prefix, Utf8)
+        .op_timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    for read in 0..reads {
+        let got = a.get_with(format!("w{read}"), || async { Ok("w".to_string()) });
+        assert_eq!(got.await, Ok("w".into()));
+    }
+    a
 }
 
 /// A cache made and used on a multi-thread runtime (its connection's driver runs there),
@@ -785,17 +788,7 @@ fn a_second_runtime_is_bounded_by_the_first_ones_watchdog() {
         .enable_all()
         .build()
         .unwrap();
-    let a: Strings = first.block_on(async {
-        let a: Strings = HybridCache::builder(server.client(), "rt1:", Utf8)
-            .op_timeout(Duration::from_millis(100))
-            .build()
-            .unwrap();
-        for key in ["w1", "w2", "w3"] {
-            let got = a.get_with(key, || async { Ok("w".to_string()) }).await;
-            assert_eq!(got, Ok("w".into()));
-        }
-        a
-    });
+    let a = first.block_on(warm_cache(&server, "rt1:", 3));
     server.pause();
     for flavor in ["current", "multi"] {
         let second = match flavor {
@@ -834,15 +827,7 @@ fn an_idle_current_thread_runtime_does_not_hold_up_another() {
         .enable_all()
         .build()
         .unwrap();
-    let a: Strings = first.block_on(async {
-        let a: Strings = HybridCache::builder(server.client(), "rt2:", Utf8)
-            .op_timeout(Duration::from_millis(100))
-            .build()
-            .unwrap();
-        let got = a.get_with("w", || async { Ok("w".to_string()) }).await;
-        assert_eq!(got, Ok("w".into()));
-        a
-    });
+    let a = first.block_on(warm_cache(&server, "rt2:", 1));
     let second = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
