@@ -602,7 +602,10 @@ impl<K, V, E> ShardData<K, V, E> {
     /// fewer (and the more of its erases leave one). A shard held at 15/16 of its table
     /// rebuilt every 50 stores or so (5.6 slots moved per store, rev5); now a rebuild moves
     /// at most four slots per store since the last one, and a table that would need
-    /// more grows instead (`rebuilds_at_a_full_share_stay_rare`). A table at most half full
+    /// more grows instead (`rebuilds_at_a_full_share_stay_rare`). A store here is a stamp
+    /// taken: an in-place replace takes one and no slot, so per store that takes a slot
+    /// the bound is looser, under eight (the 7/8 rule's: a rebuild leaves over an
+    /// eighth of the table free for the stores that follow; rev6). A table at most half full
     /// is always rebuilt: hashbrown would rehash it in place.
     #[inline]
     fn room_in<S: BuildHasher>(&mut self, hasher: &S)
@@ -705,7 +708,9 @@ impl<K, V, E> ShardData<K, V, E> {
     /// `insert`'s probe: the slot at the key carried in, if there is one, replaced in place
     /// when it holds a complete value and the new one stands as it did on the books (both
     /// weigh something, or both nothing): the new value takes the old one's place in the
-    /// slot (no erase, no insert, no room made) with a new stamp, its position goes to the
+    /// slot (no erase, no insert; the caller made room before this probe, as it must before
+    /// anything is taken out, so a full table is rebuilt or grown a store early even when
+    /// the replace goes in place: rev6) with a new stamp, its position goes to the
     /// tail of the queue it was in (the use count kept), the weights move by the difference
     /// (evicting others in this shard if it grew), and the old value goes to `out` as
     /// replaced (told with the key given, equal to the one kept). Otherwise the
