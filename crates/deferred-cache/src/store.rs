@@ -75,7 +75,7 @@ pub(crate) type LoadCell<V, E> = Lazy<V, Failure<E>>;
 pub(crate) type LoadId = usize;
 
 pub(crate) fn load_id<V, E>(cell: &LoadCell<V, E>) -> LoadId {
-    std::ptr::from_ref(cell.deferred()).cast::<()>() as usize
+    LoadCell::as_ptr(cell) as usize
 }
 
 /// A waiter's link on a load's cell.
@@ -1575,18 +1575,14 @@ where
             },
             Seen::Absent => key,
         };
-        let cell = LoadCell::pending();
         let kept = self.weighs().then(|| key.clone());
-        let load = run_load(
-            start(&key),
-            Arc::downgrade(self),
-            Lazy::downgrade(&cell),
-            hash,
-            load_id(&cell),
-            kept,
-        );
-        // Attaching to a fresh cell cannot be refused.
-        drop(cell.try_attach(Box::pin(load)));
+        let load = start(&key);
+        // The cell made with its computation, which knows it by a weak handle and its
+        // address (its id), in one step: no computation to attach, no one to wake.
+        let cell = LoadCell::boxed_cyclic(|me| {
+            let id = me.as_ptr() as LoadId;
+            run_load(load, Arc::downgrade(self), me, hash, id, kept)
+        });
         let found = self.join_or_add(hash, key, Some(&cell));
         // Our cell, and its unpolled loader if another load landed first, are dropped
         // with no lock held.
@@ -1667,9 +1663,11 @@ where
     S: BuildHasher,
     Fut: Future<Output = Result<V, Failure<E>>>,
 {
+    // The guard keeps the cell's weak handle (and its allocation) until the computation
+    // is dropped; the settle below upgrades it from there.
     let mut guard = Unsettled {
         store,
-        cell: cell.clone(),
+        cell,
         hash,
         id,
     };
@@ -1683,7 +1681,7 @@ where
     });
     // From here on this function settles the slot itself: the guard is disarmed.
     let store = std::mem::take(&mut guard.store);
-    let (Some(store), Some(cell)) = (store.upgrade(), cell.upgrade()) else {
+    let (Some(store), Some(cell)) = (store.upgrade(), guard.cell.upgrade()) else {
         // The store is gone, or the cell (no one is driving it then): nothing to settle.
         return outcome.map(|(value, _)| value);
     };

@@ -54,6 +54,20 @@ struct Shared<T, E, F, Fut> {
     released: AtomicUsize,
 }
 
+impl<T, E, F, Fut> Shared<T, E, F, Fut> {
+    /// The shared state of a fresh cell with `computation` (none if `Finished`).
+    fn with_computation(computation: Computation<F, Fut>) -> Self {
+        let empty = matches!(computation, Computation::Finished);
+        Shared {
+            cell: Deferred::new(),
+            drive: AtomicUsize::new(if empty { EMPTY } else { 0 }),
+            computation: UnsafeCell::new(computation),
+            #[cfg(loom)]
+            released: AtomicUsize::new(0),
+        }
+    }
+}
+
 #[cfg(loom)]
 impl<T, E, F, Fut> Shared<T, E, F, Fut> {
     /// Records that a strong handle is about to be released (see `released`).
@@ -179,6 +193,11 @@ impl<T, E, F, Fut> Lazy<T, E, F, Fut> {
 }
 
 impl<T, E, F, Fut> WeakLazy<T, E, F, Fut> {
+    /// The address of the cell's shared state, as [`Lazy::as_ptr`] gives it.
+    pub fn as_ptr(&self) -> *const () {
+        self.shared.as_ptr().cast()
+    }
+
     /// A [`Lazy`] handle to the cell, if one still exists.
     ///
     /// ```
@@ -263,6 +282,34 @@ impl<T, E> Lazy<T, E> {
         Self::with_computation(Computation::Running(Box::pin(fut)))
     }
 
+    /// A cell whose boxed computation `make` builds from a [`WeakLazy`] handle to the cell
+    /// itself (a computation that settles something about its own cell, and must not keep
+    /// it alive): what [`pending`](Lazy::pending) then [`try_attach`](Lazy::try_attach)
+    /// would make, in one step, with no awaiter to wake since no one else has a handle yet.
+    /// `make` runs once, before the cell exists: its handle upgrades to nothing until this
+    /// returns, but [`WeakLazy::as_ptr`] already names the cell.
+    ///
+    /// ```
+    /// use deferred_core::Lazy;
+    /// # futures::executor::block_on(async {
+    /// let lazy: Lazy<bool, ()> = Lazy::boxed_cyclic(|me| async move { Ok(me.upgrade().is_some()) });
+    /// assert_eq!(lazy.wait().await, Ok(&true)); // polled once the cell exists
+    /// # });
+    /// ```
+    pub fn boxed_cyclic<Fut>(make: impl FnOnce(WeakLazy<T, E>) -> Fut) -> Self
+    where
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+    {
+        Lazy {
+            shared: Arc::new_cyclic(|weak| {
+                let fut: BoxFuture<T, E> = Box::pin(make(WeakLazy {
+                    shared: weak.clone(),
+                }));
+                Shared::with_computation(Computation::Running(fut))
+            }),
+        }
+    }
+
     /// A cell with no computation: it completes when someone completes it (through
     /// `Deref` to [`Deferred`]), or when a computation is attached with
     /// [`try_attach`](Lazy::try_attach).
@@ -296,16 +343,23 @@ impl<T, E> Lazy<T, E> {
 
 impl<T, E, F, Fut> Lazy<T, E, F, Fut> {
     fn with_computation(computation: Computation<F, Fut>) -> Self {
-        let empty = matches!(computation, Computation::Finished);
         Lazy {
-            shared: Arc::new(Shared {
-                cell: Deferred::new(),
-                drive: AtomicUsize::new(if empty { EMPTY } else { 0 }),
-                computation: UnsafeCell::new(computation),
-                #[cfg(loom)]
-                released: AtomicUsize::new(0),
-            }),
+            shared: Arc::new(Shared::with_computation(computation)),
         }
+    }
+
+    /// The address of the cell's shared state: the same for every handle to one cell,
+    /// strong or weak, and no other cell's while a handle to this one lives.
+    ///
+    /// ```
+    /// use deferred_core::Lazy;
+    /// let cell: Lazy<u8> = Lazy::pending();
+    /// assert_eq!(Lazy::as_ptr(&cell), Lazy::downgrade(&cell).as_ptr());
+    /// let other: Lazy<u8> = Lazy::pending();
+    /// assert_ne!(Lazy::as_ptr(&cell), Lazy::as_ptr(&other));
+    /// ```
+    pub fn as_ptr(this: &Self) -> *const () {
+        Arc::as_ptr(&this.shared).cast()
     }
 
     /// Whether `a` and `b` are handles to the same cell.

@@ -378,3 +378,25 @@ fn relays_of_two_cells_do_not_will_wake_each_other() {
     assert_eq!(dropped.load(SeqCst), 2);
     drop((wa, wb));
 }
+
+#[test]
+fn a_cyclic_computation_knows_its_own_cell() {
+    // `make` sees the cell's address before the cell exists, and its weak handle upgrades
+    // to that very cell once it does; the computation does not keep the cell alive.
+    let mut seen = None;
+    let lazy: Lazy<usize, ()> = Lazy::boxed_cyclic(|me| {
+        seen = Some(me.as_ptr());
+        async move {
+            let cell = me.upgrade().expect("polled while a handle lives");
+            Ok(Lazy::as_ptr(&cell) as usize)
+        }
+    });
+    assert_eq!(seen, Some(Lazy::as_ptr(&lazy)));
+    assert_eq!(block_on(lazy.wait()), Ok(&(Lazy::as_ptr(&lazy) as usize)));
+    let weak = Lazy::downgrade(&lazy);
+    drop(lazy);
+    assert!(
+        weak.upgrade().is_none(),
+        "the computation kept no strong handle"
+    );
+}
