@@ -2,7 +2,7 @@
 //!
 //! Time is cut into ticks of a quarter of `op_timeout`, numbered from when the cache was
 //! built (an operation's epoch: the tick it started in). A watchdog thread per cache wakes
-//! at each tick, publishes it, and wakes the operations that started [`TICKS`] ticks before
+//! at each tick, publishes it, and wakes the operations that started [`TICKS`](crate::epochs::TICKS) ticks before
 //! (a `Notify` per epoch, in a ring of [`SLOTS`]); each of them fails with a timeout. So an
 //! operation ends with a timeout between 3/4 of `op_timeout` and `op_timeout` after it
 //! started; what it costs is a clock read, a few atomic loads and a `Notify` registration (no
@@ -17,38 +17,22 @@
 
 use std::{
     future::Future,
-    sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering::SeqCst},
-        Arc, OnceLock, Weak,
-    },
+    sync::{Arc, OnceLock, Weak},
     thread::Thread,
     time::{Duration, Instant},
 };
 
 use tokio::sync::Notify;
 
-/// Ticks per `op_timeout`.
-const TICKS: u64 = 4;
-
-/// The ring of epochs' `Notify`s: more than `TICKS`, so that one is fired before it is used
-/// again (a wake that comes early, from a late watchdog, is checked and waited again).
-const SLOTS: u64 = 8;
-
-/// The operation ran past its time.
-#[derive(Debug)]
-pub(crate) struct Elapsed;
+pub(crate) use crate::epochs::Elapsed;
+use crate::epochs::{Epochs, SLOTS};
 
 /// The deadlines of one cache's Redis operations.
 pub(crate) struct Deadlines {
     op_timeout: Duration,
     tick: Duration,
     base: Instant,
-    /// The last epoch the watchdog published (`u64::MAX` before the first).
-    published: AtomicU64,
-    /// The epoch of the last operation that started.
-    last_start: AtomicU64,
-    /// Whether the watchdog is parked (or about to park): the next operation unparks it.
-    parked: AtomicBool,
+    epochs: Epochs,
     /// The watchdog thread, once started (`None` in it: it could not be started).
     watchdog: OnceLock<Option<Thread>>,
     slots: [Notify; SLOTS as usize],
@@ -60,9 +44,7 @@ impl Deadlines {
             op_timeout,
             tick: (op_timeout / 4).max(Duration::from_millis(1)),
             base: Instant::now(),
-            published: AtomicU64::new(u64::MAX),
-            last_start: AtomicU64::new(0),
-            parked: AtomicBool::new(false),
+            epochs: Epochs::new(),
             watchdog: OnceLock::new(),
             slots: core::array::from_fn(|_| Notify::new()),
         })
@@ -85,44 +67,28 @@ impl Deadlines {
         &self.slots[usize::try_from(epoch % SLOTS).unwrap_or(0)]
     }
 
-    /// Whether an operation that started in `epoch` is past its time.
-    fn expired(&self, epoch: u64) -> bool {
-        let published = self.published.load(SeqCst);
-        published != u64::MAX && published >= epoch.saturating_add(TICKS)
-    }
-
     /// `op`, or `Elapsed` once it ran past its time.
     pub(crate) async fn bound<T>(
         self: &Arc<Self>,
         op: impl Future<Output = T>,
     ) -> Result<T, Elapsed> {
         let epoch = self.epoch_at(Instant::now());
-        // Mostly loads: the first operation of an epoch writes it, the first after an idle
-        // spell unparks the watchdog.
-        if self.last_start.load(SeqCst) < epoch {
-            self.last_start.fetch_max(epoch, SeqCst);
-        }
         let watchdog = self.watchdog.get_or_init(|| self.start());
         let Some(watchdog) = watchdog else {
             return self.bound_by_timer(epoch, op).await;
         };
-        if self.parked.load(SeqCst) && self.parked.swap(false, SeqCst) {
+        if self.epochs.start(epoch) {
             watchdog.unpark();
         }
         let mut op = core::pin::pin!(op);
         loop {
-            // Made before the check: a wake of this epoch's slot after it is not missed, and
-            // one before it published an epoch the check sees.
-            let notified = self.slot(epoch).notified();
-            if self.expired(epoch) {
-                return Err(Elapsed);
-            }
+            let notified = self.epochs.arm(epoch, || self.slot(epoch).notified())?;
             tokio::select! {
                 biased;
                 out = &mut op => return Ok(out),
                 () = notified => {}
             }
-            if self.expired(epoch) {
+            if self.epochs.expired(epoch) {
                 return Err(Elapsed);
             }
             // Woken early, by a late watchdog firing the slot's previous epoch: again.
@@ -155,22 +121,8 @@ impl Deadlines {
     /// Publishes `now` and fails the operations of the epochs that it puts past their time
     /// (`fired`: the last epoch fired so far, or `None`).
     fn tick(&self, now: u64, fired: &mut Option<u64>) {
-        self.published.store(now, SeqCst);
-        let Some(due) = now.checked_sub(TICKS) else {
-            return;
-        };
-        let first = fired
-            .map_or(0, |f| f + 1)
-            .max(due.saturating_sub(SLOTS - 1));
-        for epoch in first..=due {
-            self.slot(epoch).notify_waiters();
-        }
-        *fired = Some(due);
-    }
-
-    /// Whether no operation started for two `op_timeout`s before `now` (so none is running).
-    fn idle(&self, now: u64) -> bool {
-        self.last_start.load(SeqCst).saturating_add(2 * TICKS) < now
+        self.epochs
+            .tick(now, fired, |epoch| self.slot(epoch).notify_waiters());
     }
 }
 
@@ -193,15 +145,10 @@ fn watch(deadlines: &Weak<Deadlines>) {
         };
         let now = d.epoch_at(Instant::now());
         d.tick(now, &mut fired);
-        if d.idle(now) {
-            // Parked unless an operation started since (it saw `parked` and unparks us).
-            d.parked.store(true, SeqCst);
-            if d.idle(now) {
-                drop(d);
-                std::thread::park();
-                continue;
-            }
-            d.parked.store(false, SeqCst);
+        if d.epochs.may_park(now) {
+            drop(d);
+            std::thread::park();
+            continue;
         }
         let next = d.start_of(now + 1);
         drop(d);
@@ -209,7 +156,7 @@ fn watch(deadlines: &Weak<Deadlines>) {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
 
