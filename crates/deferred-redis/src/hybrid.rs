@@ -6,7 +6,7 @@ use std::{
     fmt,
     future::Future,
     hash::{BuildHasher, Hash, Hasher},
-    sync::{atomic::AtomicU64, Arc, Mutex, PoisonError},
+    sync::{atomic::AtomicU64, Arc, Mutex, PoisonError, RwLock},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -390,7 +390,7 @@ where
             prefix: self.prefix,
             channel,
             client: self.client,
-            manager: tokio::sync::OnceCell::new(),
+            manager: RwLock::default(),
             deadlines: Deadlines::new(op_timeout),
             failed_at: Mutex::new(None),
             scripts: Scripts {
@@ -486,11 +486,13 @@ pub(crate) struct Inner<K, V, E, C> {
     prefix: String,
     pub(crate) channel: String,
     pub(crate) client: Client,
-    /// The L2 connection once made (it reconnects by itself after that). Once made, every
-    /// operation reads it without a lock (an atomic load); until then, whoever makes it
-    /// holds the cell's initialisation across the connect, and the others wait (each within
-    /// its own operation timeout) instead of opening one connection each.
-    manager: tokio::sync::OnceCell<ConnectionManager>,
+    /// The L2 connection once made (it reconnects by itself after that, on the runtime it was
+    /// made on). Once made, every operation reads it under the read lock; until then, whoever
+    /// makes it holds the cell's initialisation across the connect, and the others wait (each
+    /// within its own operation timeout) instead of opening one connection each. A new cell
+    /// replaces it once that runtime has shut down (its driver and a reconnect begun there
+    /// went with it: awaited elsewhere, such a reconnect's timer panicked).
+    manager: RwLock<Arc<tokio::sync::OnceCell<Connected>>>,
     /// Bounds each operation by `op_timeout` (a watchdog, no timer per operation).
     deadlines: Arc<Deadlines>,
     /// When the last attempt to connect failed, for the reconnect backoff.
@@ -710,6 +712,24 @@ fn random_u64() -> u64 {
     hasher.write_u128(nanos);
     hasher.write_u32(std::process::id());
     hasher.finish()
+}
+
+/// The L2 connection and a watch on the runtime it was made on (whose tasks drive it).
+struct Connected {
+    manager: ConnectionManager,
+    /// Closed once that runtime has shut down: its task holding the other end is gone.
+    runtime: oneshot::Sender<()>,
+}
+
+/// A watch on the current runtime: a task of it that waits on the returned sender, so the
+/// sender is closed once the runtime has shut down (and the task ends once the sender is
+/// dropped with the connection).
+fn runtime_watch() -> oneshot::Sender<()> {
+    let (sender, receiver) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let _ = receiver.await;
+    });
+    sender
 }
 
 /// The longest time Redis is given in milliseconds (`PX`, `PEXPIRE`): about 35 000 years.
@@ -1172,50 +1192,74 @@ where
         format!("{}{n:016x}", self.origin)
     }
 
-    /// The connection, made on first use (and again after a failure, past the backoff).
+    /// The connection, made on first use (and again after a failure, past the backoff, or
+    /// once the runtime it was made on has shut down).
     async fn connection(&self) -> Result<ConnectionManager, L2Error> {
-        if let Some(manager) = self.manager.get() {
-            return Ok(manager.clone());
-        }
+        let cell = {
+            let cell = self.manager.read().unwrap_or_else(PoisonError::into_inner);
+            match cell.get() {
+                Some(connected) if !connected.runtime.is_closed() => {
+                    return Ok(connected.manager.clone())
+                }
+                _ => Arc::clone(&cell),
+            }
+        };
+        let cell = if cell.initialized() {
+            // Its runtime is gone: a new cell, unless another call made one already.
+            let mut current = self.manager.write().unwrap_or_else(PoisonError::into_inner);
+            if Arc::ptr_eq(&current, &cell) {
+                *current = Arc::default();
+            }
+            Arc::clone(&current)
+        } else {
+            cell
+        };
         // Boxed: the connect's future (redis-rs's) is about 3 KB, and held inline it would
         // make every operation's future that much larger, moved and allocated with it (an
         // L2 hit's boxed load among them), where the connect happens once.
-        Box::pin(self.connect()).await
+        Box::pin(self.connect(&cell)).await
     }
 
-    /// `connection`'s connect, once for all callers.
-    async fn connect(&self) -> Result<ConnectionManager, L2Error> {
-        self.manager
-            .get_or_try_init(|| async {
-                let failed_at = *self
-                    .failed_at
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner);
-                if failed_at.is_some_and(|at| at.elapsed() < self.config.reconnect_backoff) {
-                    return Err(L2Error::Unavailable);
-                }
-                // No response timeout of its own: every operation on it runs within `l2`'s
-                // (the same `op_timeout`, started earlier, kept by the watchdog), and a timer
-                // per round trip would only cost. A timed-out request does not make redis-rs
-                // reconnect either way (not an unrecoverable error). The connect (its
-                // handshake included) is bounded here, which also bounds the manager's own
-                // reconnects.
-                let config = redis::aio::ConnectionManagerConfig::new()
-                    .set_connection_timeout(self.config.op_timeout)
-                    .set_number_of_retries(1);
-                self.client
-                    .get_connection_manager_with_config(config)
-                    .await
-                    .map_err(|error| {
-                        *self
-                            .failed_at
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
-                        L2Error::Redis(error)
-                    })
+    /// `connection`'s connect, once for all callers of `cell`.
+    async fn connect(
+        &self,
+        cell: &tokio::sync::OnceCell<Connected>,
+    ) -> Result<ConnectionManager, L2Error> {
+        cell.get_or_try_init(|| async {
+            let failed_at = *self
+                .failed_at
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if failed_at.is_some_and(|at| at.elapsed() < self.config.reconnect_backoff) {
+                return Err(L2Error::Unavailable);
+            }
+            // No response timeout of its own: every operation on it runs within `l2`'s
+            // (the same `op_timeout`, started earlier, kept by the watchdog), and a timer
+            // per round trip would only cost. A timed-out request does not make redis-rs
+            // reconnect either way (not an unrecoverable error). The connect (its
+            // handshake included) is bounded here, which also bounds the manager's own
+            // reconnects.
+            let config = redis::aio::ConnectionManagerConfig::new()
+                .set_connection_timeout(self.config.op_timeout)
+                .set_number_of_retries(1);
+            let manager = self
+                .client
+                .get_connection_manager_with_config(config)
+                .await
+                .map_err(|error| {
+                    *self
+                        .failed_at
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+                    L2Error::Redis(error)
+                })?;
+            Ok(Connected {
+                manager,
+                runtime: runtime_watch(),
             })
-            .await
-            .cloned()
+        })
+        .await
+        .map(|connected| connected.manager.clone())
     }
 
     /// One Redis operation within the per-operation timeout; failures are counted.

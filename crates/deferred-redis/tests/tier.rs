@@ -862,3 +862,50 @@ fn an_idle_current_thread_runtime_does_not_hold_up_another() {
     drop(second);
     drop(first);
 }
+
+/// A cache whose reconnect began on a runtime that has since shut down, used from another
+/// runtime (rev7): no call panics, each gets a value, and the cache is back on Redis at once.
+/// redis-rs's reconnect, begun on the first runtime (its retry's backoff timer that
+/// runtime's), was awaited on the second, whose calls panicked in it: "A Tokio 1.x context
+/// was found, but it is being shutdown".
+#[test]
+fn a_cache_outlives_the_runtime_that_connected_it() {
+    let mut server = RedisServer::start();
+    for flavor in ["current", "multi"] {
+        let first = match flavor {
+            "current" => tokio::runtime::Builder::new_current_thread(),
+            _ => tokio::runtime::Builder::new_multi_thread(),
+        }
+        .enable_all()
+        .build()
+        .unwrap();
+        let a = first.block_on(warm_cache(&server, &format!("gone-{flavor}:"), 1));
+        // Redis goes: a call on the first runtime finds its connection closed and begins
+        // the reconnect there, which fails and waits to retry.
+        server.stop();
+        first.block_on(async {
+            let got = a.get_with("before", || async { Ok("local".to_string()) });
+            assert_eq!(got.await, Ok("local".to_string()), "{flavor}");
+            // On the current-thread runtime, the reconnect (a task of it) runs now: its
+            // connect fails at once and it waits on its timer to retry.
+            tokio::task::yield_now().await;
+        });
+        drop(first);
+        server.restart();
+        let second = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let written = a.stats().l2_writes;
+        second.block_on(async {
+            let got = a.get_with("after", || async { Ok("local".to_string()) });
+            assert_eq!(got.await, Ok("local".to_string()), "{flavor}");
+        });
+        assert_eq!(
+            a.stats().l2_writes,
+            written + 1,
+            "{flavor}: {:?}",
+            a.stats()
+        );
+    }
+}
