@@ -34,6 +34,16 @@ fn cache(server: &RedisServer, prefix: &str, lease: Duration) -> Strings {
         .expect("build inside a runtime")
 }
 
+/// A runtime of the given flavor (`"current"`, else multi-thread), its I/O and time on.
+fn runtime(flavor: &str) -> tokio::runtime::Runtime {
+    let mut builder = if flavor == "current" {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    builder.enable_all().build().unwrap()
+}
+
 /// A loader that counts its runs and then waits for `gate` before answering `value`.
 fn gated(
     runs: &Arc<AtomicUsize>,
@@ -555,10 +565,7 @@ fn handles_and_futures_are_send_and_sync() {
     send_sync::<Strings>();
     send_sync::<deferred_redis::HybridStats>();
     send_sync::<deferred_redis::L2Error>();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = runtime("current");
     let _guard = runtime.enter();
     let client = redis::Client::open("redis://127.0.0.1:1/").unwrap();
     let c: Strings = HybridCache::builder(client, "t:", Utf8).build().unwrap();
@@ -791,13 +798,7 @@ fn a_second_runtime_is_bounded_by_the_first_ones_watchdog() {
     let a = first.block_on(warm_cache(&server, "rt1:", 3));
     server.pause();
     for flavor in ["current", "multi"] {
-        let second = match flavor {
-            "current" => tokio::runtime::Builder::new_current_thread(),
-            _ => tokio::runtime::Builder::new_multi_thread(),
-        }
-        .enable_all()
-        .build()
-        .unwrap();
+        let second = runtime(flavor);
         second.block_on(async {
             for round in 0..3 {
                 let key = format!("{flavor}{round}");
@@ -823,10 +824,7 @@ fn a_second_runtime_is_bounded_by_the_first_ones_watchdog() {
 #[test]
 fn an_idle_current_thread_runtime_does_not_hold_up_another() {
     let server = RedisServer::start();
-    let first = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let first = runtime("current");
     let a = first.block_on(warm_cache(&server, "rt2:", 1));
     let second = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -872,13 +870,7 @@ fn an_idle_current_thread_runtime_does_not_hold_up_another() {
 fn a_cache_outlives_the_runtime_that_connected_it() {
     let mut server = RedisServer::start();
     for flavor in ["current", "multi"] {
-        let first = match flavor {
-            "current" => tokio::runtime::Builder::new_current_thread(),
-            _ => tokio::runtime::Builder::new_multi_thread(),
-        }
-        .enable_all()
-        .build()
-        .unwrap();
+        let first = runtime(flavor);
         let a = first.block_on(warm_cache(&server, &format!("gone-{flavor}:"), 1));
         // Redis goes: a call on the first runtime finds its connection closed and begins
         // the reconnect there, which fails and waits to retry.
@@ -892,10 +884,7 @@ fn a_cache_outlives_the_runtime_that_connected_it() {
         });
         drop(first);
         server.restart();
-        let second = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let second = runtime("current");
         let written = a.stats().l2_writes;
         second.block_on(async {
             let got = a.get_with("after", || async { Ok("local".to_string()) });
