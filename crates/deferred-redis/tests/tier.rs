@@ -34,6 +34,18 @@ fn cache(server: &RedisServer, prefix: &str, lease: Duration) -> Strings {
         .expect("build inside a runtime")
 }
 
+/// [`cache`], once its backplane is subscribed. The first subscription empties the L1, in-flight
+/// loads included (messages sent before it were missed): a test that counts what its L1
+/// coalesces or keeps must not let that purge land in the middle of it.
+async fn subscribed(server: &RedisServer, prefix: &str, lease: Duration) -> Strings {
+    let cache = cache(server, prefix, lease);
+    assert!(
+        cache.backplane_ready(PATIENCE).await,
+        "the backplane did not subscribe"
+    );
+    cache
+}
+
 /// A runtime of the given flavor (`"current"`, else multi-thread), its I/O and time on.
 fn runtime(flavor: &str) -> tokio::runtime::Runtime {
     let mut builder = if flavor == "current" {
@@ -64,9 +76,10 @@ fn gated(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn caches_with_separate_l1s_share_one_load() {
     let server = RedisServer::start();
-    let caches: Vec<Strings> = (0..4)
-        .map(|_| cache(&server, "sf:", Duration::from_secs(5)))
-        .collect();
+    let mut caches: Vec<Strings> = Vec::new();
+    for _ in 0..4 {
+        caches.push(subscribed(&server, "sf:", Duration::from_secs(5)).await);
+    }
     let runs = Arc::new(AtomicUsize::new(0));
     let gate = Arc::new(Semaphore::new(0));
     // The first cache's load starts and holds the lease...
@@ -109,9 +122,10 @@ async fn caches_with_separate_l1s_share_one_load() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_caches_run_one_load() {
     let server = RedisServer::start();
-    let caches: Vec<Strings> = (0..4)
-        .map(|_| cache(&server, "race:", Duration::from_secs(5)))
-        .collect();
+    let mut caches: Vec<Strings> = Vec::new();
+    for _ in 0..4 {
+        caches.push(subscribed(&server, "race:", Duration::from_secs(5)).await);
+    }
     let runs = Arc::new(AtomicUsize::new(0));
     let start = Arc::new(tokio::sync::Barrier::new(4 * 250));
     let mut tasks = Vec::new();
@@ -138,8 +152,8 @@ async fn racing_caches_run_one_load() {
 async fn a_leader_that_lost_its_lease_cannot_overwrite() {
     let server = RedisServer::start();
     let (a, b) = (
-        cache(&server, "fence:", Duration::from_secs(5)),
-        cache(&server, "fence:", Duration::from_secs(5)),
+        subscribed(&server, "fence:", Duration::from_secs(5)).await,
+        subscribed(&server, "fence:", Duration::from_secs(5)).await,
     );
     let runs = Arc::new(AtomicUsize::new(0));
     let gate = Arc::new(Semaphore::new(0));
@@ -168,9 +182,9 @@ async fn a_stalled_leaders_lease_expires_and_one_waiter_takes_over() {
     let server = RedisServer::start();
     let lease = Duration::from_millis(300);
     let (a, b, c) = (
-        cache(&server, "stall:", lease),
-        cache(&server, "stall:", lease),
-        cache(&server, "stall:", lease),
+        subscribed(&server, "stall:", lease).await,
+        subscribed(&server, "stall:", lease).await,
+        subscribed(&server, "stall:", lease).await,
     );
     let runs = Arc::new(AtomicUsize::new(0));
     let never = Arc::new(Semaphore::new(0));
@@ -211,8 +225,8 @@ async fn a_slow_loader_renews_its_lease_and_nobody_takes_over() {
     let server = RedisServer::start();
     let lease = Duration::from_millis(150);
     let (a, b) = (
-        cache(&server, "slow:", lease),
-        cache(&server, "slow:", lease),
+        subscribed(&server, "slow:", lease).await,
+        subscribed(&server, "slow:", lease).await,
     );
     let runs = Arc::new(AtomicUsize::new(0));
     let gate = Arc::new(Semaphore::new(0));
@@ -242,7 +256,7 @@ async fn a_value_that_does_not_decode_is_a_miss() {
     let _: () = raw
         .set("dec:v:k", framed(&[0xff, 0xfe], Duration::from_secs(60)))
         .unwrap();
-    let a = cache(&server, "dec:", Duration::from_secs(5));
+    let a = subscribed(&server, "dec:", Duration::from_secs(5)).await;
     let got = a.get_with("k", || async { Ok("fresh".to_string()) }).await;
     assert_eq!(got, Ok("fresh".to_string()));
     assert_eq!(a.stats().decode_errors, 1);
@@ -254,8 +268,8 @@ async fn a_value_that_does_not_decode_is_a_miss() {
 async fn prefixes_keep_caches_apart() {
     let server = RedisServer::start();
     let (a, b) = (
-        cache(&server, "one:", Duration::from_secs(5)),
-        cache(&server, "two:", Duration::from_secs(5)),
+        subscribed(&server, "one:", Duration::from_secs(5)).await,
+        subscribed(&server, "two:", Duration::from_secs(5)).await,
     );
     let va = a.get_with("k", || async { Ok("a".to_string()) }).await;
     let vb = b.get_with("k", || async { Ok("b".to_string()) }).await;
@@ -366,8 +380,8 @@ async fn a_paused_server_costs_a_call_no_more_than_the_timeout() {
 async fn errors_are_shared_not_cached_and_a_waiter_elsewhere_loads_next() {
     let server = RedisServer::start();
     let (a, b) = (
-        cache(&server, "err:", Duration::from_secs(5)),
-        cache(&server, "err:", Duration::from_secs(5)),
+        subscribed(&server, "err:", Duration::from_secs(5)).await,
+        subscribed(&server, "err:", Duration::from_secs(5)).await,
     );
     let runs = Arc::new(AtomicUsize::new(0));
     let gate = Arc::new(Semaphore::new(0));
@@ -414,8 +428,8 @@ async fn errors_are_shared_not_cached_and_a_waiter_elsewhere_loads_next() {
 async fn a_panicking_leader_hands_the_lease_back() {
     let server = RedisServer::start();
     let (a, b) = (
-        cache(&server, "panic:", Duration::from_secs(30)),
-        cache(&server, "panic:", Duration::from_secs(30)),
+        subscribed(&server, "panic:", Duration::from_secs(30)).await,
+        subscribed(&server, "panic:", Duration::from_secs(30)).await,
     );
     let leader = {
         let a = a.clone();
@@ -499,8 +513,8 @@ async fn serde_values_cross_the_wire_and_bad_bytes_are_a_miss() {
 async fn a_load_whose_callers_all_went_hands_the_lease_back() {
     let server = RedisServer::start();
     let (a, b) = (
-        cache(&server, "gone:", Duration::from_secs(30)),
-        cache(&server, "gone:", Duration::from_secs(30)),
+        subscribed(&server, "gone:", Duration::from_secs(30)).await,
+        subscribed(&server, "gone:", Duration::from_secs(30)).await,
     );
     let runs = Arc::new(AtomicUsize::new(0));
     let never = Arc::new(Semaphore::new(0));
@@ -634,8 +648,8 @@ async fn without_the_backplane_a_waiter_finds_the_value_by_polling() {
 async fn an_insert_elsewhere_during_a_load_wins_over_the_load() {
     let server = RedisServer::start();
     let (a, b) = (
-        cache(&server, "wins:", Duration::from_secs(5)),
-        cache(&server, "wins:", Duration::from_secs(5)),
+        subscribed(&server, "wins:", Duration::from_secs(5)).await,
+        subscribed(&server, "wins:", Duration::from_secs(5)).await,
     );
     assert!(a.backplane_ready(PATIENCE).await);
     let runs = Arc::new(AtomicUsize::new(0));
@@ -753,7 +767,7 @@ async fn an_expired_or_malformed_header_is_a_miss() {
         .pset_ex("hdrs:v:short", &[0xD1_u8, 0, 0][..], 60_000)
         .unwrap();
     let _: () = raw.pset_ex("hdrs:v:bare", "unframed", 60_000).unwrap();
-    let a = cache(&server, "hdrs:", Duration::from_secs(5));
+    let a = subscribed(&server, "hdrs:", Duration::from_secs(5)).await;
     let fresh = |text: &'static str| move || async move { Ok(text.to_string()) };
     assert_eq!(a.get_with("expired", fresh("e")).await, Ok("e".to_string()));
     let counts = || {
