@@ -7,27 +7,74 @@
 //! [`WriteKey`](crate::WriteKey) writes it (empty for `A`), read back with
 //! [`RedisKey::read_key`].
 
-use std::{pin::Pin, sync::Weak, time::Duration};
+use std::{
+    pin::Pin,
+    sync::{atomic::Ordering, Arc, Weak},
+    time::Duration,
+};
 
 use futures_core::Stream;
-use tokio::sync::oneshot;
+use tokio::{runtime::Handle, sync::watch};
 
 use crate::{hybrid::Inner, stats::bump, Codec, RedisKey};
 
 /// How long the task waits between subscription attempts while Redis is away.
 const RETRY: Duration = Duration::from_millis(100);
 
-/// The backplane task. It ends when the cache is dropped (`stop` closes); until then it
-/// (re)subscribes after every loss, each attempt bounded by the operation timeout and
-/// spaced by `RETRY`. A subscription counts as lost when its connection ends or a PING
-/// (every `backplane_ping`) goes unanswered for the operation timeout.
-pub(crate) async fn run<K, V, E, C>(cache: Weak<Inner<K, V, E, C>>, mut stop: oneshot::Receiver<()>)
+/// Spawns the backplane task of `inner` on `handle`'s runtime. Its caller makes sure no
+/// other task of this cache runs: `build`, or the one caller whose compare-exchange of
+/// `backplane_down` won (`Inner::respawn_backplane`).
+pub(crate) fn spawn<K, V, E, C>(inner: &Arc<Inner<K, V, E, C>>, handle: &Handle)
 where
     K: RedisKey,
     V: Clone + Send + Sync + 'static,
     E: Send + Sync + 'static,
     C: Codec<V>,
 {
+    let running = Running {
+        cache: Arc::downgrade(inner),
+    };
+    handle.spawn(run(running, inner.stop.subscribe()));
+}
+
+/// Owned by the backplane task's future, so dropped when the task ends, however it ends.
+/// The task ends by itself only once the cache is gone; where the cache lives on, it was
+/// dropped with its runtime (tokio drops the futures of a runtime's tasks when the runtime
+/// shuts down, wherever they were in their loop) or it panicked. The backplane is then gone
+/// while the cache is used elsewhere: this says so (`subscribed` false, `backplane_down`
+/// true), and the cache's next operation spawns it again on its caller's runtime
+/// (`Inner::keep_backplane`).
+struct Running<K, V, E, C> {
+    cache: Weak<Inner<K, V, E, C>>,
+}
+
+impl<K, V, E, C> Drop for Running<K, V, E, C> {
+    fn drop(&mut self) {
+        let Some(inner) = self.cache.upgrade() else {
+            return; // the cache is gone: nothing to say, nobody to say it to
+        };
+        // Before `backplane_down`: the task spawned once that is seen sets `subscribed`
+        // after this, never before.
+        inner.subscribed.send_replace(false);
+        // Release: pairs with the Acquire of the compare-exchange in
+        // `Inner::respawn_backplane`, which spawns the next task only after seeing this.
+        inner.backplane_down.store(true, Ordering::Release);
+    }
+}
+
+/// The backplane task. It ends when the cache is dropped (`stop`'s sender, the cache's,
+/// closes); until then it (re)subscribes after every loss, each attempt bounded by the
+/// operation timeout and spaced by `RETRY`. A subscription counts as lost when its
+/// connection ends or a PING (every `backplane_ping`) goes unanswered for the operation
+/// timeout. Nothing is ever sent on `stop`: only its closing is awaited.
+async fn run<K, V, E, C>(running: Running<K, V, E, C>, mut stop: watch::Receiver<()>)
+where
+    K: RedisKey,
+    V: Clone + Send + Sync + 'static,
+    E: Send + Sync + 'static,
+    C: Codec<V>,
+{
+    let cache = &running.cache;
     loop {
         let Some((client, channel, timeout, ping_every)) = cache.upgrade().map(|c| {
             let config = &c.config;
@@ -42,7 +89,7 @@ where
             Ok::<_, redis::RedisError>(pubsub)
         };
         let subscribed = tokio::select! {
-            _ = &mut stop => return,
+            _ = stop.changed() => return,
             attempt = tokio::time::timeout(timeout, subscribe) => attempt,
         };
         if let Ok(Ok(pubsub)) = subscribed {
@@ -70,7 +117,7 @@ where
             loop {
                 let next = core::future::poll_fn(|cx| Pin::new(&mut messages).poll_next(cx));
                 let message = tokio::select! {
-                    _ = &mut stop => return,
+                    _ = stop.changed() => return,
                     message = next => message,
                     () = tokio::time::sleep_until(ping_at) => {
                         // A connection that hangs without closing (a partition, a paused
@@ -91,7 +138,7 @@ where
             inner.subscribed.send_replace(false);
         }
         tokio::select! {
-            _ = &mut stop => return,
+            _ = stop.changed() => return,
             () = tokio::time::sleep(RETRY) => {}
         }
     }

@@ -6,7 +6,10 @@ use std::{
     fmt,
     future::Future,
     hash::{BuildHasher, Hash, Hasher},
-    sync::{atomic::AtomicU64, Arc, Mutex, PoisonError, RwLock},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex, PoisonError, RwLock,
+    },
     time::{Duration, Instant, SystemTime},
 };
 
@@ -331,7 +334,9 @@ where
 
     /// The cache, with its backplane task spawned on the current tokio runtime. Connects to
     /// nothing yet: the first read does (so a cache built while Redis is down works, on its
-    /// L1 and loader alone, until Redis is back).
+    /// L1 and loader alone, until Redis is back). If that runtime shuts down while the
+    /// cache lives on, the task goes with it, and the cache's next operation spawns it again
+    /// on its caller's runtime (see the failure table in the crate docs).
     ///
     /// Fails outside a tokio runtime ([`BuildError::NoRuntime`]), or with a setting out of
     /// range ([`BuildError::Invalid`]: a zero time to live, `op_timeout`, `poll_interval`,
@@ -378,7 +383,7 @@ where
         }
         let l1 = l1.build();
         let origin = format!("{:016x}", random_u64());
-        let (stop_tx, stop_rx) = oneshot::channel();
+        let (stop, _) = watch::channel(());
         let (subscribed, _) = watch::channel(false);
         let channel = format!("{}bp", self.prefix);
         let op_timeout = self.config.op_timeout;
@@ -405,10 +410,11 @@ where
             origin,
             tokens: AtomicU64::new(0),
             subscribed,
-            _stop: stop_tx,
+            backplane_down: AtomicBool::new(false),
+            stop,
         });
         if inner.config.backplane {
-            handle.spawn(backplane::run(Arc::downgrade(&inner), stop_rx));
+            backplane::spawn(&inner, &handle);
         }
         Ok(HybridCache { inner })
     }
@@ -423,7 +429,8 @@ where
 /// See the crate docs for the round trips, the guarantees and the failure table.
 ///
 /// Needs a tokio runtime: reads, writes and the backplane run on it. A cheap `Clone` (an
-/// `Arc` inside); the backplane task ends when the last handle is dropped.
+/// `Arc` inside); the backplane task ends when the last handle is dropped (or with its
+/// runtime, after which the next operation spawns it again on its caller's runtime).
 ///
 /// `HybridCache<K, V, E, C>`: keys `K`, values `V`, loader errors `E`, and the values'
 /// [`Codec`] `C`. A key is any [`RedisKey`] (`String`, `Box<str>`, `Arc<str>`, the integer
@@ -512,8 +519,14 @@ pub(crate) struct Inner<K, V, E, C> {
     tokens: AtomicU64,
     /// Whether the backplane is subscribed now.
     pub(crate) subscribed: watch::Sender<bool>,
-    /// Dropped with the cache, which tells the backplane task to end.
-    _stop: oneshot::Sender<()>,
+    /// Whether the backplane task ended while the cache lives on (it went with its runtime,
+    /// or panicked): set by the task's guard (`backplane::Running`), cleared by the one
+    /// operation that spawns it again (`respawn_backplane`). Never set without the
+    /// backplane (`Builder::backplane(false)`).
+    pub(crate) backplane_down: AtomicBool,
+    /// Dropped with the cache, which closes every backplane task's receiver (each spawn
+    /// subscribes anew): the task ends. Nothing is ever sent on it.
+    pub(crate) stop: watch::Sender<()>,
 }
 
 /// The L1's load future, boxed (see `get_with`): `Result<Tiered<V>, E>` for `get_with`,
@@ -857,6 +870,8 @@ where
         Fut: Future<Output = Result<V, E>> + Send + 'static,
     {
         let inner = &self.inner;
+        // One relaxed load on a hit (see `keep_backplane`).
+        inner.keep_backplane();
         let read = self.inner.l1.get_with_key(key, move |key: &K| {
             // On a miss only: a hit neither clones the key, nor writes its text, nor touches
             // the tier.
@@ -918,6 +933,7 @@ where
         Fut: Future<Output = Option<V>> + Send + 'static,
     {
         let key = key.into();
+        self.inner.keep_backplane();
         // The L1's `optionally_get_with` does not hand its loader the key: one clone per
         // call, hit or miss (nothing for an integer key).
         let (inner, load_key) = (&self.inner, key.clone());
@@ -950,6 +966,7 @@ where
     /// # Ok(()) }
     /// ```
     pub async fn insert(&self, key: impl Into<K>, value: V) -> Result<(), L2Error> {
+        self.inner.keep_backplane();
         let key = key.into();
         // Encoded first: a value that cannot go to Redis does not go into this L1 either,
         // or this process would read it while every other one reads Redis's.
@@ -985,6 +1002,7 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + WriteKey + ?Sized,
     {
+        self.inner.keep_backplane();
         self.inner.l1.invalidate(key);
         let written = self.inner.write(key, None, self.inner.config.ttl).await;
         // A read of this cache that started after the first invalidation may have copied
@@ -1010,6 +1028,7 @@ where
     /// # Ok(()) }
     /// ```
     pub async fn invalidate_all(&self) -> Result<(), L2Error> {
+        self.inner.keep_backplane();
         self.inner.l1.invalidate_all();
         let cleared = self.inner.clear_l2().await;
         // The deletes take several round trips, and a read of this cache in between copies
@@ -1059,6 +1078,7 @@ where
     /// # Ok(()) }
     /// ```
     pub async fn backplane_ready(&self, timeout: Duration) -> bool {
+        self.inner.keep_backplane();
         let mut state = self.inner.subscribed.subscribe();
         let ready = tokio::time::timeout(timeout, state.wait_for(|up| *up)).await;
         matches!(ready, Ok(Ok(_)))
@@ -1866,6 +1886,50 @@ where
             })
             .await?;
         Ok(())
+    }
+
+    /// Spawns the backplane again on the caller's runtime if its task ended while the cache
+    /// lives on (`backplane_down`: its runtime shut down, or it panicked). Called by every
+    /// operation that reads or writes the L1 for a caller (`get_with`, `optionally_get_with`,
+    /// `get_if_present`, `insert`, `invalidate`, `invalidate_all`) and by `backplane_ready`;
+    /// not by `contains_local`, `invalidate_local` and `stats`, which only look or drop.
+    ///
+    /// An L1 hit pays one relaxed load of a flag written only when the task ends or is
+    /// spawned (no contention) and a branch that is never taken while the backplane lives.
+    /// Hits check as well as misses and writes: a process whose reads are all hits (a hot
+    /// set) would otherwise never spawn it again, and serve values other processes replaced
+    /// until `l1_time_to_live`. Nothing here can make the hit that spawns the task, or
+    /// those before its subscription, fresh: the subscription drops the L1 (its values and
+    /// its loads in flight) once made, as after any reconnect, since every message sent while
+    /// no task listened was missed; from then on the L1 holds only what was read after it.
+    #[inline]
+    pub(crate) fn keep_backplane(self: &Arc<Self>) {
+        // Relaxed: a hint; the compare-exchange in `respawn_backplane` decides.
+        if self.backplane_down.load(Ordering::Relaxed) {
+            self.respawn_backplane();
+        }
+    }
+
+    /// `keep_backplane`'s slow path: one caller wins the compare-exchange and spawns the
+    /// task, so racing callers spawn one task, not one each. Outside a runtime nothing is
+    /// spawned: a later operation inside one does it. If the caller's runtime is shutting
+    /// down, tokio drops the new task at once; its guard sets `backplane_down` again, and
+    /// the next operation tries again.
+    #[cold]
+    #[inline(never)]
+    fn respawn_backplane(self: &Arc<Self>) {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        // Acquire: pairs with the Release store in `backplane::Running::drop`, so the old
+        // task's `subscribed = false` comes before anything the new one sets.
+        let won =
+            self.backplane_down
+                .compare_exchange(true, false, Ordering::Acquire, Ordering::Relaxed);
+        if won.is_ok() {
+            bump(&self.counters.backplane_respawns);
+            backplane::spawn(self, &handle);
+        }
     }
 
     /// Wakes this process's loads waiting on `key` (all of them for `None`).

@@ -31,6 +31,8 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
     {
+        // One relaxed load (see `Inner::keep_backplane`): a hit serves the L1 as this does.
+        self.inner.keep_backplane();
         self.inner.l1.get_if_present(key).map(|tiered| tiered.value)
     }
 

@@ -64,6 +64,10 @@ pub struct HybridStats {
     /// Times the backplane subscription was made (the first time, then after each loss).
     /// Each one after the first dropped the whole L1, since messages may have been missed.
     pub backplane_subscriptions: u64,
+    /// Times the backplane task was spawned again, on the runtime of the operation that
+    /// found it gone: it had ended while the cache lived on (the runtime it ran on shut
+    /// down, or it panicked). Its subscription then dropped the L1, as every one does.
+    pub backplane_respawns: u64,
 }
 
 macro_rules! counters {
@@ -103,6 +107,7 @@ counters!(
     wait_timeouts,
     backplane_received,
     backplane_subscriptions,
+    backplane_respawns,
 );
 
 /// Adds one to a counter.

@@ -912,3 +912,91 @@ fn a_cache_outlives_the_runtime_that_connected_it() {
         );
     }
 }
+
+/// How many connections are subscribed to `channel`: `PUBSUB NUMSUB`.
+fn subscribers(raw: &mut redis::Connection, channel: &str) -> i64 {
+    let (_, count): (String, i64) = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(channel)
+        .query(raw)
+        .expect("PUBSUB NUMSUB");
+    count
+}
+
+/// A cache whose backplane task went with the runtime that built it, used from another
+/// runtime: its next operations spawn the backplane again there (one task however many
+/// callers race to it), that subscription drops the L1 (messages were missed meanwhile), and
+/// another cache's writes reach this L1 again; the task spawned there ends with the cache.
+/// Before, the task was gone for good and `subscribed` stayed `true`: `backplane_ready`
+/// said yes and the L1 served a value another cache had replaced until its time to live.
+#[test]
+fn the_backplane_outlives_the_runtime_that_built_the_cache() {
+    let server = RedisServer::start();
+    let mut raw = server.connection();
+    for flavor in ["current", "multi"] {
+        let prefix = format!("bp-gone-{flavor}:");
+        let channel = format!("{prefix}bp");
+        let first = runtime(flavor);
+        let a = first.block_on(async {
+            let a = cache(&server, &prefix, Duration::from_secs(5));
+            assert!(a.backplane_ready(PATIENCE).await, "{flavor}");
+            let got = a.get_with("w", || async { Ok("w".to_string()) });
+            assert_eq!(got.await, Ok("w".to_string()), "{flavor}");
+            a
+        });
+        drop(first);
+        let second = runtime(flavor);
+        second.block_on(async {
+            // Only publishes: `subscribers` then counts `a`'s backplane alone.
+            let b: Strings = HybridCache::builder(server.client(), prefix.as_str(), Utf8)
+                .op_timeout(Duration::from_millis(500))
+                .backplane(false)
+                .build()
+                .unwrap();
+            // `a`'s first operations on this runtime, racing: reads that load keys.
+            let start = Arc::new(tokio::sync::Barrier::new(8));
+            let reads: Vec<_> = (0..8)
+                .map(|i| {
+                    let (a, start) = (a.clone(), Arc::clone(&start));
+                    tokio::spawn(async move {
+                        start.wait().await;
+                        let key = if i == 0 {
+                            "k".to_string()
+                        } else {
+                            format!("r{i}")
+                        };
+                        a.get_with(key, || async { Ok("old".to_string()) }).await
+                    })
+                })
+                .collect();
+            for read in reads {
+                assert_eq!(read.await.unwrap(), Ok("old".to_string()), "{flavor}");
+            }
+            assert!(a.backplane_ready(PATIENCE).await, "{flavor}");
+            // That subscription may have dropped `k` from the L1: read it into the L1 again.
+            let got = a.get_with("k", || async { Ok("old".to_string()) });
+            assert_eq!(got.await, Ok("old".to_string()), "{flavor}");
+            assert!(a.contains_local("k"), "{flavor}");
+            let received = a.stats().backplane_received;
+            b.insert("k", "new".to_string()).await.unwrap();
+            assert!(
+                eventually(PATIENCE, || a.stats().backplane_received > received).await,
+                "{flavor}: b's insert never reached a's backplane: {:?}",
+                a.stats()
+            );
+            assert!(!a.contains_local("k"), "{flavor}");
+            let got = a.get_with("k", || async { Ok("old".to_string()) });
+            assert_eq!(got.await, Ok("new".to_string()), "{flavor}");
+            // One task spawned again, however many callers found it gone.
+            assert_eq!(a.stats().backplane_respawns, 1, "{flavor}");
+            assert_eq!(a.stats().backplane_subscriptions, 2, "{flavor}");
+            assert_eq!(subscribers(&mut raw, &channel), 1, "{flavor}");
+            // The task spawned on this runtime ends with the cache: its subscription goes.
+            drop(a);
+            assert!(
+                eventually(PATIENCE, || subscribers(&mut raw, &channel) == 0).await,
+                "{flavor}"
+            );
+        });
+    }
+}
