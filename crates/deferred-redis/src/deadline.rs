@@ -12,8 +12,10 @@
 //! be used from several, and a task on a current-thread runtime runs only while a thread
 //! drives that runtime. The thread belongs to none; a `Notify` wakes a task on whatever
 //! runtime it runs. It parks when no operation started for two `op_timeout`s (an operation
-//! that finds it parked unparks it) and ends when the cache is dropped. If it cannot be
-//! started, each operation takes a timer of its own runtime, as before.
+//! that finds it parked unparks it; it looks again by itself every `op_timeout`, at least
+//! every 100 ms, a backstop for an unpark that never came) and ends when the cache is
+//! dropped. If it cannot be started, each operation takes a timer of its own runtime, as
+//! before.
 
 use std::{
     future::Future,
@@ -135,8 +137,13 @@ impl Drop for Deadlines {
     }
 }
 
-/// The watchdog: a tick each `tick` while operations start, parked in between; ends with the
-/// cache.
+/// How often a parked watchdog looks again by itself at least (see `watch`): no finer, so
+/// that a short `op_timeout` does not wake an idle cache's thread more than 10 times a
+/// second.
+const BACKSTOP_FLOOR: Duration = Duration::from_millis(100);
+
+/// The watchdog: a tick each `tick` while operations start, parked in between (looking
+/// again every `op_timeout`, at least `BACKSTOP_FLOOR`); ends with the cache.
 fn watch(deadlines: &Weak<Deadlines>) {
     let mut fired = None;
     loop {
@@ -146,8 +153,24 @@ fn watch(deadlines: &Weak<Deadlines>) {
         let now = d.epoch_at(Instant::now());
         d.tick(now, &mut fired);
         if d.epochs.may_park(now) {
+            let backstop = d.op_timeout.max(BACKSTOP_FLOOR);
             drop(d);
-            std::thread::park();
+            // A backstop, not the wake: an operation that finds the watchdog parked unparks
+            // it, and the handshakes that decide it (`epochs`: `start` against `may_park`,
+            // `arm` against `tick`) are loom-checked; an unpark before the park leaves a
+            // token. What they rest on beyond that: a starting operation that read its
+            // clock long before (descheduled) and finds the watchdog not yet parked relies
+            // on reading `published` as recent as real time says it is, to fail at once in
+            // `arm`; sequential consistency alone allows an older value (nothing orders
+            // its load after the watchdog's recent publishes). Should any such unpark be
+            // lost, the operation would wait until another one started. With the timeout,
+            // the next look finds it started (`last_start`) and ticks on until it is past
+            // its time (within `backstop` + `op_timeout`); one whose epoch was already past
+            // is woken within two looks (each fires at least 4 of the 8 slots). The cost:
+            // one look per `backstop` while idle (a clock read, a few atomics, up to 8
+            // `notify_waiters` on empty `Notify`s), at most 10 a second per cache
+            // (`an_operation_whose_unpark_is_lost_still_fails_in_time`).
+            std::thread::park_timeout(backstop);
             continue;
         }
         let next = d.start_of(now + 1);
@@ -183,5 +206,37 @@ mod tests {
             .await
             .is_err());
         assert!(started.elapsed() < Duration::from_secs(1));
+    }
+
+    /// An operation whose unpark of the parked watchdog is lost (emulated: the `parked` flag
+    /// taken, as an operation's `start` takes it, and no unpark) still fails within a few
+    /// `op_timeout`s: the parked watchdog looks again every `op_timeout` (at least
+    /// `BACKSTOP_FLOOR`) on its own.
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_operation_whose_unpark_is_lost_still_fails_in_time() {
+        let deadlines = Deadlines::new(Duration::from_millis(40));
+        assert_eq!(deadlines.bound(async { 7 }).await.ok(), Some(7));
+        // Bounded: the watchdog parks two `op_timeout`s after that operation.
+        let parks = async {
+            while !deadlines.epochs.parked() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), parks)
+            .await
+            .expect("the watchdog parks when idle");
+        // What an operation's `start` does when it finds the watchdog parked, without the
+        // unpark that follows it.
+        let epoch = deadlines.epoch_at(Instant::now());
+        assert!(deadlines.epochs.start(epoch));
+        let started = Instant::now();
+        let out = tokio::time::timeout(
+            Duration::from_secs(5),
+            deadlines.bound(core::future::pending::<()>()),
+        )
+        .await;
+        let took = started.elapsed();
+        assert!(matches!(out, Ok(Err(Elapsed))), "not bounded: {took:?}");
+        assert!(took < Duration::from_secs(2), "{took:?}");
     }
 }

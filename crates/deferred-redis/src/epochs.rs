@@ -101,6 +101,12 @@ impl Epochs {
         false
     }
 
+    /// Whether the watchdog said it parks (for `deadline`'s tests).
+    #[cfg(all(test, not(loom)))]
+    pub(crate) fn parked(&self) -> bool {
+        self.parked.load(SeqCst)
+    }
+
     /// Whether no operation started for two `op_timeout`s before `now`.
     fn idle(&self, now: u64) -> bool {
         self.last_start.load(SeqCst).saturating_add(2 * TICKS) < now
