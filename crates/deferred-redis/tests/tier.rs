@@ -402,7 +402,11 @@ async fn errors_are_shared_not_cached_and_a_waiter_elsewhere_loads_next() {
     // starts a load of its own (the failure is not kept), which is another test. Under load
     // the second task's first poll can come that late (seen once in CI: it then read `b`'s
     // value from Redis).
-    assert!(eventually(PATIENCE, || a.stats().l1.cache.coalesced == 1).await);
+    assert!(
+        eventually(PATIENCE, || a.stats().l1.cache.coalesced == 1).await,
+        "{:?}",
+        a.stats()
+    );
     let waiter = {
         let b = b.clone();
         tokio::spawn(async move { b.get_with("k", || async { Ok("from b".to_string()) }).await })
