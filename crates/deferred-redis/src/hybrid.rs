@@ -411,6 +411,7 @@ where
             tokens: AtomicU64::new(0),
             subscribed,
             backplane_down: AtomicBool::new(false),
+            respawned_at: Mutex::new(None),
             stop,
         });
         if inner.config.backplane {
@@ -419,6 +420,10 @@ where
         Ok(HybridCache { inner })
     }
 }
+
+/// The least time between two spawns of the backplane task after the first
+/// (`Inner::respawn_backplane`).
+const RESPAWN_EVERY: Duration = Duration::from_millis(100);
 
 /// A cache in two tiers with one load per key across processes: this process's
 /// [`ExpiringCache`] (L1) in front of Redis (L2), and a Redis pub/sub channel (the
@@ -524,6 +529,8 @@ pub(crate) struct Inner<K, V, E, C> {
     /// operation that spawns it again (`respawn_backplane`). Never set without the
     /// backplane (`Builder::backplane(false)`).
     pub(crate) backplane_down: AtomicBool,
+    /// When `respawn_backplane` last spawned the task (see `RESPAWN_EVERY`).
+    respawned_at: Mutex<Option<Instant>>,
     /// Dropped with the cache, which closes every backplane task's receiver (each spawn
     /// subscribes anew): the task ends. Nothing is ever sent on it.
     pub(crate) stop: watch::Sender<()>,
@@ -1921,12 +1928,23 @@ where
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        // At most one spawn per `RESPAWN_EVERY`: a task that dies as soon as it runs (on a
+        // runtime without its timer, where it panics) is not spawned, and does not panic,
+        // once per operation. The lock is taken on this slow path only.
+        let mut last = self
+            .respawned_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if last.is_some_and(|at| at.elapsed() < RESPAWN_EVERY) {
+            return;
+        }
         // Acquire: pairs with the Release store in `backplane::Running::drop`, so the old
         // task's `subscribed = false` comes before anything the new one sets.
         let won =
             self.backplane_down
                 .compare_exchange(true, false, Ordering::Acquire, Ordering::Relaxed);
         if won.is_ok() {
+            *last = Some(Instant::now());
             bump(&self.counters.backplane_respawns);
             backplane::spawn(self, &handle);
         }

@@ -933,6 +933,47 @@ fn subscribers(raw: &mut redis::Connection, channel: &str) -> i64 {
 /// another cache's writes reach this L1 again; the task spawned there ends with the cache.
 /// Before, the task was gone for good and `subscribed` stayed `true`: `backplane_ready`
 /// said yes and the L1 served a value another cache had replaced until its time to live.
+/// A backplane spawned again on a runtime without its timer dies as soon as it runs (it
+/// panics in its first timeout): each operation that finds it gone would spawn it again,
+/// and print a panic, once per operation. At most one spawn per 100 ms.
+#[test]
+fn a_backplane_that_dies_at_once_is_not_spawned_again_by_every_operation() {
+    let server = RedisServer::start();
+    let first = runtime("multi");
+    let a = first.block_on(async {
+        let a = cache(&server, "bp-timerless:", Duration::from_secs(5));
+        assert!(a.backplane_ready(PATIENCE).await);
+        let got = a.get_with("w", || async { Ok("w".to_string()) });
+        assert_eq!(got.await, Ok("w".to_string()));
+        a
+    });
+    drop(first);
+    // I/O but no timer: the respawned task panics at its first poll, on a worker thread.
+    let second = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_io()
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let respawns = second.block_on(async {
+        for _ in 0..200 {
+            // Hits only: the L1 still holds `w` (no subscription came to drop it).
+            assert_eq!(a.get_if_present("w").as_deref(), Some("w"));
+            tokio::task::yield_now().await;
+            // Gives the worker time to run (and lose) each task spawned; bounds nothing.
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        a.stats().backplane_respawns
+    });
+    let elapsed = started.elapsed();
+    let bound = 1 + elapsed.as_millis() / 100;
+    assert!(respawns >= 1, "the first operation spawns it");
+    assert!(
+        u128::from(respawns) <= bound,
+        "{respawns} spawns in {elapsed:?} (at most {bound})"
+    );
+}
+
 #[test]
 fn the_backplane_outlives_the_runtime_that_built_the_cache() {
     let server = RedisServer::start();
