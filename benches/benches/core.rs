@@ -14,7 +14,8 @@
 //! * `core/read_completed`: read a completed cell (`get`);
 //! * `core/create_complete_await`: make a cell on the stack, complete it, await it once;
 //! * `core/arc_create_complete_await`: the same with the cell behind an `Arc` and an owned
-//!   (`'static`) waiter, against one-shot channels;
+//!   (`'static`) waiter, and `deferred_pair`, `Deferred::pair`'s completer and awaiter, against
+//!   one-shot channels;
 //! * `core/wake_all/<name>/<N>`: one completer wakes N registered waiters; the estimate is
 //!   the time per waiter (whole round divided by N);
 //! * `core/get_or_init`: `get_or_init` with a ready initializer on a fresh cell.
@@ -152,6 +153,15 @@ fn arc_create_complete_await(c: &mut Criterion) {
             let rx = Deferred::wait_owned(Arc::clone(&tx));
             black_box(&*tx).succeed(black_box(VALUE)).unwrap();
             drop(tx);
+            ready_now(rx).unwrap()
+        })
+    });
+
+    // The owned pair: one allocation whose two handles live in the cell's state word.
+    g.bench_function("deferred_pair", |b| {
+        b.iter(|| {
+            let (tx, rx) = Deferred::<u64>::pair();
+            tx.succeed(black_box(VALUE)).unwrap();
             ready_now(rx).unwrap()
         })
     });

@@ -36,10 +36,23 @@ const LOCKED: usize = 1 << 4;
 const WAITERS: usize = 1 << 5;
 const CLAIMANTS: usize = 1 << 6;
 pub(crate) const CLAIMED: usize = 1 << 7;
+// The two handles of a `Deferred::pair` (`pair.rs`); never set on any other cell. Each is set
+// once, by the one read-modify-write with which its handle lets go of the cell; whoever sets
+// the second frees it (or, seeing the other's already set, frees it without setting its own).
+//
+// COMPLETER_GONE  the completer has published (or cancelled) and touches the cell no more.
+// AWAITER_GONE    the awaiter has been dropped and touches the cell no more.
+// TAKEN           the awaiter moved the payload out: whoever frees the cell must not drop it.
+#[cfg(feature = "alloc")]
+pub(crate) const COMPLETER_GONE: usize = 1 << 8;
+#[cfg(feature = "alloc")]
+pub(crate) const AWAITER_GONE: usize = 1 << 9;
+#[cfg(feature = "alloc")]
+pub(crate) const TAKEN: usize = 1 << 10;
 
-const OK: usize = 0;
-const ERR: usize = 1;
-const CANCELLED: usize = 2;
+pub(crate) const OK: usize = 0;
+pub(crate) const ERR: usize = 1;
+pub(crate) const CANCELLED: usize = 2;
 const PANICKED: usize = 3;
 
 /// Whether a producer's work is wanted by no one now (`Producer::is_closed`): the cell is
@@ -82,7 +95,7 @@ impl Lists {
     }
 }
 
-union Payload<T, E> {
+pub(crate) union Payload<T, E> {
     ok: ManuallyDrop<T>,
     err: ManuallyDrop<E>,
 }
@@ -343,6 +356,202 @@ impl<T, E> Deferred<T, E> {
         debug_assert_eq!(prev & (DONE | KIND_MASK), 0, "published twice");
         if prev & (WAITERS | CLAIMANTS) != 0 {
             self.drain();
+        }
+    }
+
+    // ----- the pair's completer (`pair.rs`) ----------------------------------------------
+
+    /// The payload of a value, for [`pair_complete`](Self::pair_complete).
+    #[cfg(feature = "alloc")]
+    #[inline]
+    pub(crate) fn ok_payload(value: T) -> Payload<T, E> {
+        Payload {
+            ok: ManuallyDrop::new(value),
+        }
+    }
+
+    /// The payload of an error, for [`pair_complete`](Self::pair_complete).
+    #[cfg(feature = "alloc")]
+    #[inline]
+    pub(crate) fn err_payload(error: E) -> Payload<T, E> {
+        Payload {
+            err: ManuallyDrop::new(error),
+        }
+    }
+
+    /// The value of an `ok_payload` that was never published, handed back.
+    ///
+    /// # Safety
+    ///
+    /// `payload` was made by `ok_payload`.
+    #[cfg(feature = "alloc")]
+    #[inline]
+    pub(crate) unsafe fn into_ok(payload: Payload<T, E>) -> T {
+        // SAFETY: made by `ok_payload` (caller), so `ok` is the initialized field.
+        ManuallyDrop::into_inner(unsafe { payload.ok })
+    }
+
+    /// The error of an `err_payload` that was never published, handed back.
+    ///
+    /// # Safety
+    ///
+    /// `payload` was made by `err_payload`.
+    #[cfg(feature = "alloc")]
+    #[inline]
+    pub(crate) unsafe fn into_err(payload: Payload<T, E>) -> E {
+        // SAFETY: made by `err_payload` (caller), so `err` is the initialized field.
+        ManuallyDrop::into_inner(unsafe { payload.err })
+    }
+
+    /// Completes a pair's cell (with `payload`, or as cancelled when it is `None`) and lets
+    /// go of the completer's handle, in one read-modify-write when nothing is linked.
+    ///
+    /// Returns `Err(payload)` (nothing published) if the awaiter is already gone: the caller
+    /// is then the cell's last handle and must free it. Otherwise returns whether the caller
+    /// is the last handle (the awaiter let go while a drain ran) and must free the cell; the
+    /// state word it returns then is the one to free it with.
+    ///
+    /// WON is not taken: the completer is the only handle that completes a pair's cell, and
+    /// it does so once (it is consumed), so no one else ever writes the payload.
+    ///
+    /// # Safety
+    ///
+    /// The cell was made by `Deferred::pair`, the caller is its completer, and calls this at
+    /// most once; `kind` is OK for an `ok_payload`, ERR for an `err_payload`, CANCELLED for
+    /// `None`.
+    #[cfg(feature = "alloc")]
+    #[inline]
+    pub(crate) unsafe fn pair_complete(
+        &self,
+        payload: Option<Payload<T, E>>,
+        kind: usize,
+    ) -> Result<Option<usize>, Option<Payload<T, E>>> {
+        // Acquire: pairs with the awaiter's AcqRel read-modify-write that set AWAITER_GONE,
+        // so that if we see it, all its accesses happen before we free the cell.
+        let mut state = self.state.load(Acquire);
+        if state & AWAITER_GONE != 0 {
+            return Err(payload);
+        }
+        let written = payload.is_some();
+        if let Some(payload) = payload {
+            self.write(payload);
+        }
+        loop {
+            if state & AWAITER_GONE != 0 {
+                // The awaiter let go before we published: no one will read the payload, so
+                // take it back.
+                let back = written.then(|| {
+                    // SAFETY: we wrote it just above and published nothing (DONE is clear),
+                    // and the awaiter is gone: we are the cell's last handle (the Acquire of
+                    // the load or failed exchange that read `state`, as above). Read out
+                    // once; the cell is freed with DONE clear, so it is not dropped again.
+                    self.slot
+                        .with(|slot| unsafe { core::ptr::read((*slot).as_ptr()) })
+                });
+                return Err(back);
+            }
+            if state & (WAITERS | CLAIMANTS) != 0 {
+                break;
+            }
+            // No one is linked: publish and let go in one step. Release: pairs with the
+            // Acquire loads that see DONE (`Waiter::poll`, `lock`), which read the payload, and
+            // with the awaiter's Acquire load (or AcqRel read-modify-write) that sees
+            // COMPLETER_GONE before it frees the cell. Acquire (on failure too): for a state
+            // with AWAITER_GONE, as above. DONE, KIND and WON are clear (only this call sets
+            // them), so the add carries into nothing. A lock holder (the awaiter, linking) may
+            // hold LOCKED: it sees DONE when it unlocks and drains its own node (`owes_drain`).
+            let add = WON | DONE | (kind << KIND_SHIFT) | COMPLETER_GONE;
+            match self
+                .state
+                .compare_exchange_weak(state, state + add, AcqRel, Acquire)
+            {
+                Ok(_) => return Ok(None),
+                Err(actual) => state = actual,
+            }
+        }
+        // Someone is linked: publish, drain, and only then let go (the drain touches the
+        // cell). Release: as in `publish`.
+        let prev = self
+            .state
+            .fetch_add(WON | DONE | (kind << KIND_SHIFT), Release);
+        debug_assert_eq!(prev & (WON | DONE | KIND_MASK), 0, "published twice");
+        if prev & (WAITERS | CLAIMANTS) != 0 {
+            self.drain();
+        }
+        // AcqRel: Release pairs with the awaiter's Acquire that sees COMPLETER_GONE (our
+        // drain's accesses happen before it frees the cell); Acquire pairs with the awaiter's
+        // AcqRel that set AWAITER_GONE (its accesses happen before we free it).
+        let prev = self.state.fetch_or(COMPLETER_GONE, AcqRel);
+        Ok((prev & AWAITER_GONE != 0).then_some(prev | COMPLETER_GONE))
+    }
+
+    /// Whether a pair's awaiter is gone (`Completer::is_closed`).
+    #[cfg(feature = "alloc")]
+    #[inline]
+    pub(crate) fn pair_awaiter_gone(&self) -> bool {
+        // Relaxed: a hint; nothing is read on the strength of it.
+        self.state.load(Relaxed) & AWAITER_GONE != 0
+    }
+
+    /// Lets go of a pair's awaiter handle; `taken` says whether it moved the payload out.
+    /// Returns the state word to free the cell with if the caller is its last handle.
+    ///
+    /// # Safety
+    ///
+    /// The cell was made by `Deferred::pair`, the caller is its awaiter, calls this at most
+    /// once, has unlinked its node, and touches the cell no more unless this returns `Some`.
+    #[cfg(feature = "alloc")]
+    #[inline]
+    pub(crate) unsafe fn pair_awaiter_leave(&self, taken: bool) -> Option<usize> {
+        let taken = if taken { TAKEN } else { 0 };
+        // Acquire: pairs with the Release of the completer's read-modify-write that set
+        // COMPLETER_GONE, its last touch; seeing it, we are the last handle and need no
+        // read-modify-write of our own (the bit is never cleared).
+        let state = self.state.load(Acquire);
+        if state & COMPLETER_GONE != 0 {
+            return Some(state | taken);
+        }
+        // AcqRel: Release pairs with the completer's Acquire that sees AWAITER_GONE (our
+        // accesses, the move of the payload included, happen before it frees the cell);
+        // Acquire pairs with the Release that set COMPLETER_GONE if it came first.
+        let prev = self.state.fetch_or(AWAITER_GONE | taken, AcqRel);
+        (prev & COMPLETER_GONE != 0).then_some(prev | taken)
+    }
+
+    /// Moves the outcome out of a complete pair's cell, for its one awaiter.
+    ///
+    /// # Safety
+    ///
+    /// `state` has DONE and was loaded with Acquire; the caller is the pair's awaiter, calls
+    /// this at most once, and makes sure the cell is freed with TAKEN, so the payload is not
+    /// dropped again.
+    #[cfg(feature = "alloc")]
+    #[inline]
+    pub(crate) unsafe fn pair_take(&self, state: usize) -> Result<T, Error<E>> {
+        match (state & KIND_MASK) >> KIND_SHIFT {
+            // SAFETY: kind OK: `ok` was written before the Release that published DONE, which
+            // the caller's Acquire saw; moved out once (caller), never dropped again (TAKEN).
+            OK => Ok(self.slot.with(|slot| unsafe {
+                ManuallyDrop::into_inner(core::ptr::read(&(*(*slot).as_ptr()).ok))
+            })),
+            // SAFETY: as above, for `err`.
+            ERR => Err(Error::Failed(self.slot.with(|slot| unsafe {
+                ManuallyDrop::into_inner(core::ptr::read(&(*(*slot).as_ptr()).err))
+            }))),
+            CANCELLED => Err(Error::Cancelled),
+            _ => Err(Error::Panicked),
+        }
+    }
+
+    /// Makes the cell forget a payload that was moved out (TAKEN in `state`), before it is
+    /// dropped.
+    #[cfg(feature = "alloc")]
+    #[inline]
+    pub(crate) fn pair_forget_taken(&mut self, state: usize) {
+        if state & TAKEN != 0 {
+            // The payload is gone; the lists are empty (both handles let go, and the awaiter
+            // unlinked before it did). Clearing DONE is all `Drop` reads.
+            self.state.store_mut(0);
         }
     }
 

@@ -16,6 +16,8 @@ mod error;
 mod lazy;
 mod list;
 pub(crate) mod loom;
+#[cfg(feature = "alloc")]
+mod pair;
 pub mod sync;
 mod wait;
 mod waiter;
@@ -30,6 +32,8 @@ pub use claim::{Claim, ClaimWait, Closed, GetOrInit, Producer};
 pub use error::Error;
 #[cfg(feature = "alloc")]
 pub use lazy::{BoxFuture, BoxInit, Lazy, LazyWait, OwnedLazyWait, WeakLazy};
+#[cfg(feature = "alloc")]
+pub use pair::{Awaiter, Completer};
 #[cfg(feature = "alloc")]
 pub use wait::OwnedWait;
 pub use wait::{Wait, WaitCloned};

@@ -438,7 +438,7 @@ impl<H: CellRef> Waiter<H> {
     /// on. After this returns the cell never touches the node again. Out of line: `Drop`
     /// calls it only for a node it knows linked.
     #[inline(never)]
-    fn unlink(&mut self) {
+    pub(crate) fn unlink(&mut self) {
         let Some(which) = self.linked.take() else {
             return;
         };

@@ -9,8 +9,8 @@ use std::future::Ready;
 
 use deferred_core::{
     sync::{SpinMutex, SpinRwLock},
-    CallbackHandle, Claim, ClaimWait, Closed, Deferred, Error, GetOrInit, Lazy, LazyWait,
-    OwnedLazyWait, OwnedWait, Producer, Wait, WaitCloned, WeakLazy,
+    Awaiter, CallbackHandle, Claim, ClaimWait, Closed, Completer, Deferred, Error, GetOrInit, Lazy,
+    LazyWait, OwnedLazyWait, OwnedWait, Producer, Wait, WaitCloned, WeakLazy,
 };
 
 /// The initializer and future types of a `get_or_init` whose future is `Ready<u8>`.
@@ -59,6 +59,13 @@ fn send_and_sync_exactly_when_sound() {
     send::<Error<u8>>();
     sync::<Error<u8>>();
     send::<GetOrInit<'static, u8, u8, Init, Ready<u8>>>();
+    // A pair's handles: `Send` with their values (they move them), and `Sync` (`&self`
+    // reaches nothing but a load of the state word).
+    send::<Completer<u8, u8>>();
+    sync::<Completer<u8, u8>>();
+    unpin::<Completer<u8, u8>>();
+    send::<Awaiter<u8, u8>>();
+    sync::<Awaiter<u8, u8>>();
     // A handle to the shared allocation: movable, shareable, `Unpin`.
     send::<Lazy<u8, u8>>();
     sync::<Lazy<u8, u8>>();
@@ -90,6 +97,9 @@ assert_not_impl!(Deferred<Rc<u8>>, Sync);
 assert_not_impl!(Wait<'static, u8>, Unpin);
 assert_not_impl!(WaitCloned<'static, u8>, Unpin);
 assert_not_impl!(OwnedWait<u8>, Unpin);
+assert_not_impl!(Awaiter<u8>, Unpin);
+assert_not_impl!(Awaiter<Rc<u8>>, Send);
+assert_not_impl!(Completer<Rc<u8>>, Send);
 assert_not_impl!(ClaimWait<'static, u8>, Unpin);
 assert_not_impl!(Closed<'static, u8>, Unpin);
 assert_not_impl!(Closed<'static, Cell<u8>>, Send);

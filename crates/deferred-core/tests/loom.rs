@@ -1589,3 +1589,78 @@ fn relay_wake_vs_the_last_handle_drop() {
         relay.wake();
     });
 }
+
+// ----- `Deferred::pair`: the two handles' liveness in the state word ------------------------
+//
+// The value is a loom `Arc`, so a pair that leaks its cell (or the value) fails the model at
+// its end, and one that drops the value twice fails on the count.
+
+#[test]
+fn pair_completion_vs_the_awaiter_dropped() {
+    // The completer's one exchange (publish + COMPLETER_GONE) vs the awaiter letting go
+    // unpolled: exactly one of them frees the cell, and the value is dropped once (in the
+    // cell, or handed back to the completer).
+    loom::model(|| {
+        let value = Arc::new(0usize);
+        let (completer, awaiter) = Deferred::<Arc<usize>>::pair();
+        let v = value.clone();
+        let t = thread::spawn(move || drop(completer.succeed(v)));
+        drop(awaiter);
+        t.join().unwrap();
+        assert_eq!(Arc::strong_count(&value), 1);
+    });
+}
+
+#[test]
+fn pair_completion_vs_a_polled_awaiter_dropped() {
+    // The awaiter links (or finds the cell complete, or owes a drain), then unlinks and lets
+    // go, while the completer publishes, drains and lets go: the node is never touched after
+    // its drop, the cell is freed once.
+    loom::model(|| {
+        let value = Arc::new(0usize);
+        let (completer, awaiter) = Deferred::<Arc<usize>>::pair();
+        let v = value.clone();
+        let t = thread::spawn(move || drop(completer.succeed(v)));
+        {
+            let mut awaiter = pin!(awaiter);
+            if let Poll::Ready(got) = poll_once(awaiter.as_mut()) {
+                assert!(got.is_ok());
+            }
+        }
+        t.join().unwrap();
+        assert_eq!(Arc::strong_count(&value), 1);
+    });
+}
+
+#[test]
+fn pair_awaiter_taking_the_value_vs_the_completers_drain() {
+    // The awaiter is linked before the completer runs, so the completer publishes, drains
+    // and only then lets go; the woken awaiter may move the value out and let go in between
+    // (TAKEN): the completer then frees the cell without dropping the value again.
+    loom::model(|| {
+        let value = Arc::new(0usize);
+        let (completer, awaiter) = Deferred::<Arc<usize>>::pair();
+        let mut awaiter = Box::pin(awaiter);
+        assert!(poll_once(awaiter.as_mut()).is_pending());
+        let v = value.clone();
+        let t = thread::spawn(move || completer.succeed(v).unwrap());
+        let got = block_on(awaiter.as_mut()).unwrap();
+        drop(awaiter);
+        assert_eq!(Arc::strong_count(&got), 2);
+        drop(got);
+        t.join().unwrap();
+        assert_eq!(Arc::strong_count(&value), 1);
+    });
+}
+
+#[test]
+fn pair_completer_dropped_vs_await() {
+    // A completer dropped without completing cancels the cell, in the same exchange that
+    // lets it go: the awaiter is woken (or finds it at once) and frees the cell.
+    loom::model(|| {
+        let (completer, awaiter) = Deferred::<usize>::pair();
+        let t = thread::spawn(move || drop(completer));
+        assert_eq!(block_on(awaiter), Err(Error::Cancelled));
+        t.join().unwrap();
+    });
+}
