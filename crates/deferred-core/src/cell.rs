@@ -95,6 +95,15 @@ impl Lists {
     }
 }
 
+/// What [`Deferred::pair_complete`] did once it published.
+#[cfg(feature = "alloc")]
+pub(crate) enum PairPublished {
+    /// Published and let go in one exchange (nothing was linked).
+    LetGo,
+    /// Published; the completer still holds the cell, drains it if `drain`, then lets go.
+    Holding { drain: bool },
+}
+
 pub(crate) union Payload<T, E> {
     ok: ManuallyDrop<T>,
     err: ManuallyDrop<E>,
@@ -403,13 +412,15 @@ impl<T, E> Deferred<T, E> {
         ManuallyDrop::into_inner(unsafe { payload.err })
     }
 
-    /// Completes a pair's cell (with `payload`, or as cancelled when it is `None`) and lets
-    /// go of the completer's handle, in one read-modify-write when nothing is linked.
+    /// Completes a pair's cell (with `payload`, or as cancelled when it is `None`), and lets
+    /// go of the completer's handle in the same read-modify-write when nothing is linked.
     ///
     /// Returns `Err(payload)` (nothing published) if the awaiter is already gone: the caller
-    /// is then the cell's last handle and must free it. Otherwise returns whether the caller
-    /// is the last handle (the awaiter let go while a drain ran) and must free the cell; the
-    /// state word it returns then is the one to free it with.
+    /// is then the cell's last handle and must free it. `Ok(PairPublished::LetGo)`: published
+    /// and let go; the caller touches the cell no more. `Ok(PairPublished::Holding { drain })`:
+    /// published, still holding the cell: the caller drains it if `drain`, and then (also if
+    /// a waker of the drain panics) lets go with
+    /// [`pair_completer_leave`](Self::pair_completer_leave).
     ///
     /// WON is not taken: the completer is the only handle that completes a pair's cell, and
     /// it does so once (it is consumed), so no one else ever writes the payload.
@@ -425,7 +436,7 @@ impl<T, E> Deferred<T, E> {
         &self,
         payload: Option<Payload<T, E>>,
         kind: usize,
-    ) -> Result<Option<usize>, Option<Payload<T, E>>> {
+    ) -> Result<PairPublished, Option<Payload<T, E>>> {
         // Acquire: pairs with the awaiter's AcqRel read-modify-write that set AWAITER_GONE,
         // so that if we see it, all its accesses happen before we free the cell.
         let mut state = self.state.load(Acquire);
@@ -465,24 +476,37 @@ impl<T, E> Deferred<T, E> {
                 .state
                 .compare_exchange_weak(state, state + add, AcqRel, Acquire)
             {
-                Ok(_) => return Ok(None),
+                Ok(_) => return Ok(PairPublished::LetGo),
                 Err(actual) => state = actual,
             }
         }
-        // Someone is linked: publish, drain, and only then let go (the drain touches the
-        // cell). Release: as in `publish`.
+        // Someone is linked: publish; the caller drains, and only then lets go (the drain
+        // touches the cell). Release: as in `publish`.
         let prev = self
             .state
             .fetch_add(WON | DONE | (kind << KIND_SHIFT), Release);
         debug_assert_eq!(prev & (WON | DONE | KIND_MASK), 0, "published twice");
-        if prev & (WAITERS | CLAIMANTS) != 0 {
-            self.drain();
-        }
+        Ok(PairPublished::Holding {
+            drain: prev & (WAITERS | CLAIMANTS) != 0,
+        })
+    }
+
+    /// Lets go of a pair's completer handle after a `Holding` publish (and its drain).
+    /// Returns the state word to free the cell with if the caller is its last handle.
+    ///
+    /// # Safety
+    ///
+    /// The cell was made by `Deferred::pair`, the caller is its completer, `pair_complete`
+    /// returned `Holding`, this is called once, and the caller touches the cell no more
+    /// unless this returns `Some`.
+    #[cfg(feature = "alloc")]
+    #[inline]
+    pub(crate) unsafe fn pair_completer_leave(&self) -> Option<usize> {
         // AcqRel: Release pairs with the awaiter's Acquire that sees COMPLETER_GONE (our
         // drain's accesses happen before it frees the cell); Acquire pairs with the awaiter's
         // AcqRel that set AWAITER_GONE (its accesses happen before we free it).
         let prev = self.state.fetch_or(COMPLETER_GONE, AcqRel);
-        Ok((prev & AWAITER_GONE != 0).then_some(prev | COMPLETER_GONE))
+        (prev & AWAITER_GONE != 0).then_some(prev | COMPLETER_GONE)
     }
 
     /// Whether a pair's awaiter is gone (`Completer::is_closed`).

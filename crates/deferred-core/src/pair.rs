@@ -17,7 +17,7 @@ use core::{
 use futures_core::FusedFuture;
 
 use crate::{
-    cell::{CANCELLED, ERR, OK},
+    cell::{PairPublished, Payload, CANCELLED, ERR, OK},
     waiter::{CellRef, Polled, Waiter, WakeBy, Which},
     Deferred, Error,
 };
@@ -34,6 +34,81 @@ unsafe fn free<T, E>(cell: NonNull<Deferred<T, E>>, state: usize) {
     let mut cell = unsafe { Box::from_raw(cell.as_ptr()) };
     cell.pair_forget_taken(state);
     drop(cell);
+}
+
+/// Completes (or cancels, with `None`) and lets go of the completer's share of `cell`; hands
+/// the payload back if the awaiter was gone, having freed the cell.
+///
+/// A waker of the drain may panic: the completer's share still lets go (and frees the cell if
+/// the awaiter went first) as the panic leaves, so nothing leaks and the awaiter, woken or
+/// not, finds the cell complete and frees it when it goes.
+///
+/// # Safety
+///
+/// `cell` is a pair's, alive (the completer's share), and this is its completer's one
+/// completion; the caller touches the cell no more.
+unsafe fn complete<T, E>(
+    cell: NonNull<Deferred<T, E>>,
+    payload: Option<Payload<T, E>>,
+    kind: usize,
+) -> Result<(), Option<Payload<T, E>>> {
+    // SAFETY: the cell is alive (our share); we are its completer, and this is our one
+    // completion (caller).
+    match unsafe { cell.as_ref().pair_complete(payload, kind) } {
+        Ok(PairPublished::LetGo) => Ok(()),
+        Ok(PairPublished::Holding { drain }) => {
+            // Let go as the guard is dropped: after the drain, or while a waker's panic
+            // unwinds out of it.
+            let share = CompleterShare(cell);
+            if drain {
+                // SAFETY: alive: our share is let go only below (or by the guard).
+                unsafe { cell.as_ref() }.drain();
+            }
+            drop(share);
+            Ok(())
+        }
+        Err(back) => {
+            // SAFETY: the awaiter was gone before we published anything: we are the last
+            // handle, and the slot holds nothing (DONE clear, TAKEN irrelevant).
+            unsafe { free(cell, 0) };
+            Err(back)
+        }
+    }
+}
+
+/// The completer's share of a cell it has published to and still holds (to drain it): lets
+/// go when dropped, and frees the cell if the awaiter let go first.
+struct CompleterShare<T, E>(NonNull<Deferred<T, E>>);
+
+impl<T, E> Drop for CompleterShare<T, E> {
+    fn drop(&mut self) {
+        // SAFETY: the cell is alive (our share); `pair_complete` returned `Holding`, and this
+        // guard is made once per completion and dropped once.
+        if let Some(state) = unsafe { self.0.as_ref().pair_completer_leave() } {
+            // SAFETY: we let go last; `state` is the word we saw as we did.
+            unsafe { free(self.0, state) };
+        }
+    }
+}
+
+/// The awaiter's share of its cell, let go when dropped: after its node is unlinked, and
+/// also if dropping the waker the node carried (user code) panics after that.
+struct AwaiterShare<T, E> {
+    cell: NonNull<Deferred<T, E>>,
+    taken: bool,
+}
+
+impl<T, E> Drop for AwaiterShare<T, E> {
+    fn drop(&mut self) {
+        // SAFETY: the cell is alive (our share); we are its awaiter, our node is unlinked
+        // (the guard is dropped after `unlink`, whose only user code runs once the node is
+        // off the list and `linked` is cleared), and we touch the cell no more unless told
+        // we are last.
+        if let Some(state) = unsafe { self.cell.as_ref().pair_awaiter_leave(self.taken) } {
+            // SAFETY: we let go last; `state` is the word we saw as we did.
+            unsafe { free(self.cell, state) };
+        }
+    }
 }
 
 /// The awaiter's way to its cell: a pointer that the awaiter's share keeps valid.
@@ -202,45 +277,23 @@ impl<T, E> Completer<T, E> {
     #[inline]
     fn finish(
         self,
-        payload: Option<crate::cell::Payload<T, E>>,
+        payload: Option<Payload<T, E>>,
         kind: usize,
-    ) -> Result<(), Option<crate::cell::Payload<T, E>>> {
+    ) -> Result<(), Option<Payload<T, E>>> {
         let cell = self.cell;
         core::mem::forget(self);
-        // SAFETY: the cell is alive (our share); we are its completer, and this is our one
-        // completion (the handle is consumed, and its `Drop` does not run).
-        let done = unsafe { cell.as_ref().pair_complete(payload, kind) };
-        match done {
-            Ok(None) => Ok(()),
-            Ok(Some(state)) => {
-                // SAFETY: we let go last; `state` is the word we saw as we did.
-                unsafe { free(cell, state) };
-                Ok(())
-            }
-            Err(back) => {
-                // SAFETY: the awaiter was gone before we published anything: we are the
-                // last handle, and the slot holds nothing (DONE clear, TAKEN irrelevant).
-                unsafe { free(cell, 0) };
-                Err(back)
-            }
-        }
+        // SAFETY: the cell is alive (our share); this is our one completion (the handle is
+        // consumed, and its `Drop` does not run).
+        unsafe { complete(cell, payload, kind) }
     }
 }
 
 impl<T, E> Drop for Completer<T, E> {
     /// Dropped without completing: cancels the cell.
     fn drop(&mut self) {
-        let cell = self.cell;
-        // SAFETY: as in `finish`: our one completion, as the handle goes away.
-        let done = unsafe { cell.as_ref().pair_complete(None, CANCELLED) };
-        let last = match done {
-            Ok(state) => state,
-            Err(_) => Some(0),
-        };
-        if let Some(state) = last {
-            // SAFETY: we let go last; `state` is the word we saw as we did.
-            unsafe { free(cell, state) };
-        }
+        // SAFETY: as in `finish`: our one completion, as the handle goes away. (Nothing to
+        // hand back: `None` was given.)
+        let _ = unsafe { complete(self.cell, None, CANCELLED) };
     }
 }
 
@@ -319,18 +372,18 @@ impl<T, E> FusedFuture for Awaiter<T, E> {
 impl<T, E> Drop for Awaiter<T, E> {
     #[inline]
     fn drop(&mut self) {
-        // The node first: once we let go the completer may free the cell. (`unlink` on a
-        // node that never linked is a branch.) The waiter's own `Drop` then finds it unlinked.
+        // Let go as the guard is dropped, after the node is unlinked: once we let go the
+        // completer may free the cell. A guard, so that the awaiter lets go even if the
+        // waker its node carried panics as `unlink` drops it (the node is off the list by
+        // then). The waiter's own `Drop` then finds it unlinked and touches nothing.
+        let share = AwaiterShare {
+            cell: self.waiter.handle().0,
+            taken: self.done,
+        };
         if self.waiter.is_linked() {
             self.waiter.unlink();
         }
-        let cell = self.waiter.handle().0;
-        // SAFETY: the cell is alive (our share); we are its awaiter, our node is unlinked,
-        // and we touch the cell no more unless told we are last.
-        if let Some(state) = unsafe { cell.as_ref().pair_awaiter_leave(self.done) } {
-            // SAFETY: we let go last; `state` is the word we saw as we did.
-            unsafe { free(cell, state) };
-        }
+        drop(share);
     }
 }
 

@@ -1664,3 +1664,35 @@ fn pair_completer_dropped_vs_await() {
         t.join().unwrap();
     });
 }
+
+/// A waker whose `wake` panics (user code in the completer's drain).
+struct PanicsOnWake;
+
+impl std::task::Wake for PanicsOnWake {
+    fn wake(self: std::sync::Arc<Self>) {
+        panic!("a pair's waker panics in wake");
+    }
+}
+
+#[test]
+fn pair_a_waker_panicking_in_the_drain_vs_the_awaiter_dropped() {
+    // The awaiter is linked with a waker that panics when woken; the completer publishes and
+    // drains (the wake panics, caught) while the awaiter unlinks and lets go. The completer's
+    // share is let go as the panic leaves the drain, so whichever handle goes last frees the
+    // cell and the value is dropped once: none leaks.
+    deferred_test_support::quiet_panics_saying("a pair's waker panics in wake");
+    loom::model(|| {
+        let value = Arc::new(0usize);
+        let (completer, awaiter) = Deferred::<Arc<usize>>::pair();
+        let mut awaiter = Box::pin(awaiter);
+        let waker = Waker::from(std::sync::Arc::new(PanicsOnWake));
+        assert!(poll_with(awaiter.as_mut(), &waker).is_pending());
+        let v = value.clone();
+        let t = thread::spawn(move || {
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| completer.succeed(v)));
+        });
+        drop(awaiter);
+        t.join().unwrap();
+        assert_eq!(Arc::strong_count(&value), 1);
+    });
+}

@@ -2,10 +2,18 @@
 
 #![allow(clippy::std_instead_of_core)] // tests run on std; `core::` paths matter in the library only.
 
-use std::{pin::pin, sync::Arc, task::Poll};
+use std::{
+    panic::{catch_unwind, AssertUnwindSafe},
+    pin::pin,
+    sync::{
+        atomic::{AtomicBool, Ordering::SeqCst},
+        Arc,
+    },
+    task::{Poll, Wake, Waker},
+};
 
 use deferred_core::{Deferred, Error};
-use deferred_test_support::poll_once;
+use deferred_test_support::{poll_once, poll_with, quiet_panics_saying};
 use futures::future::FusedFuture;
 
 #[test]
@@ -128,4 +136,81 @@ fn debug_says_what_it_can() {
         format!("{awaiter:?}"),
         "Awaiter { linked: false, done: false, .. }"
     );
+}
+
+/// A waker whose `wake` panics.
+struct PanicsOnWake;
+
+impl Wake for PanicsOnWake {
+    fn wake(self: Arc<Self>) {
+        panic!("pair waker panics in wake");
+    }
+}
+
+/// A waker whose last `Drop` panics, once armed.
+struct PanicsOnDrop(AtomicBool);
+
+impl Wake for PanicsOnDrop {
+    fn wake(self: Arc<Self>) {}
+}
+
+impl Drop for PanicsOnDrop {
+    fn drop(&mut self) {
+        if self.0.load(SeqCst) {
+            panic!("pair waker panics in drop");
+        }
+    }
+}
+
+#[test]
+fn a_waker_panicking_in_the_completers_drain_does_not_leak_the_cell() {
+    // The completer publishes, drains (the awaiter's waker panics), and must still let go
+    // as the panic leaves it: the awaiter, dropped later, then frees the cell and the value.
+    quiet_panics_saying("pair waker panics in wake");
+    let value = Arc::new(());
+    let (completer, awaiter) = Deferred::<Arc<()>>::pair();
+    let mut awaiter = Box::pin(awaiter);
+    let waker = Waker::from(Arc::new(PanicsOnWake));
+    assert!(poll_with(awaiter.as_mut(), &waker).is_pending());
+    let v = value.clone();
+    assert!(catch_unwind(AssertUnwindSafe(|| completer.succeed(v))).is_err());
+    drop(awaiter);
+    assert_eq!(
+        Arc::strong_count(&value),
+        1,
+        "the cell (and the value) leaked"
+    );
+
+    // The same for a completer dropped without completing (its drain cancels).
+    let (completer, awaiter) = Deferred::<Arc<()>>::pair();
+    let mut awaiter = Box::pin(awaiter);
+    assert!(poll_with(awaiter.as_mut(), &waker).is_pending());
+    assert!(catch_unwind(AssertUnwindSafe(|| drop(completer))).is_err());
+    assert_eq!(
+        poll_once(awaiter.as_mut()),
+        Poll::Ready(Err(Error::Cancelled))
+    );
+    drop(awaiter);
+}
+
+#[test]
+fn a_waker_panicking_in_the_awaiters_unlink_still_lets_the_awaiter_go() {
+    // The awaiter's drop unlinks its node and drops the waker it carried (user code), which
+    // panics: the awaiter must still let go, so the completer sees it closed, gets its value
+    // back, and frees the cell.
+    quiet_panics_saying("pair waker panics in drop");
+    let (completer, awaiter) = Deferred::<Arc<()>>::pair();
+    let mut awaiter = Box::pin(awaiter);
+    let inner = Arc::new(PanicsOnDrop(AtomicBool::new(false)));
+    let waker = Waker::from(inner.clone());
+    assert!(poll_with(awaiter.as_mut(), &waker).is_pending());
+    // The node's clone is now the last one.
+    inner.0.store(true, SeqCst);
+    drop(inner);
+    drop(waker);
+    assert!(catch_unwind(AssertUnwindSafe(|| drop(awaiter))).is_err());
+    assert!(completer.is_closed(), "the awaiter never let go");
+    let value = Arc::new(());
+    assert!(completer.succeed(value.clone()).is_err());
+    assert_eq!(Arc::strong_count(&value), 1);
 }
