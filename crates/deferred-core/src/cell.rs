@@ -552,19 +552,11 @@ impl<T, E> Deferred<T, E> {
     #[cfg(feature = "alloc")]
     #[inline]
     pub(crate) unsafe fn pair_take(&self, state: usize) -> Result<T, Error<E>> {
-        match (state & KIND_MASK) >> KIND_SHIFT {
-            // SAFETY: kind OK: `ok` was written before the Release that published DONE, which
-            // the caller's Acquire saw; moved out once (caller), never dropped again (TAKEN).
-            OK => Ok(self.slot.with(|slot| unsafe {
-                ManuallyDrop::into_inner(core::ptr::read(&(*(*slot).as_ptr()).ok))
-            })),
-            // SAFETY: as above, for `err`.
-            ERR => Err(Error::Failed(self.slot.with(|slot| unsafe {
-                ManuallyDrop::into_inner(core::ptr::read(&(*(*slot).as_ptr()).err))
-            }))),
-            CANCELLED => Err(Error::Cancelled),
-            _ => Err(Error::Panicked),
-        }
+        // SAFETY: the payload `state` names was written before the Release that published
+        // DONE, which the caller's Acquire saw; moved out once (caller), never dropped again
+        // (TAKEN).
+        self.slot
+            .with(|slot| unsafe { Self::read_outcome(slot, state) })
     }
 
     /// Makes the cell forget a payload that was moved out (TAKEN in `state`), before it is
@@ -709,15 +701,31 @@ impl<T, E> Deferred<T, E> {
     /// Exclusive access, `state` has DONE, and the caller makes sure the payload is not
     /// read or dropped again.
     unsafe fn take_payload(&mut self, state: usize) -> Result<T, Error<E>> {
+        // SAFETY: exclusive access, and the payload `state` names is initialized (caller);
+        // moved out once.
+        self.slot
+            .with_mut(|slot| unsafe { Self::read_outcome(slot, state) })
+    }
+
+    /// Reads the outcome that `state` names out of `slot`: the value or the error moved out
+    /// of the payload, or the empty outcomes.
+    ///
+    /// # Safety
+    ///
+    /// `slot` is this cell's, `state` has DONE, the payload of its kind is initialized and
+    /// visible to the caller, and the caller makes sure it is not read or dropped again.
+    #[inline]
+    unsafe fn read_outcome(
+        slot: *const MaybeUninit<Payload<T, E>>,
+        state: usize,
+    ) -> Result<T, Error<E>> {
         match (state & KIND_MASK) >> KIND_SHIFT {
-            // SAFETY: kind OK: `ok` is initialized (caller); moved out once.
-            OK => Ok(self.slot.with_mut(|slot| unsafe {
-                ManuallyDrop::into_inner(core::ptr::read(&(*(*slot).as_ptr()).ok))
-            })),
-            // SAFETY: kind ERR: `err` is initialized (caller); moved out once.
-            ERR => Err(Error::Failed(self.slot.with_mut(|slot| unsafe {
+            // SAFETY: kind OK: `ok` is initialized (caller); read out once.
+            OK => Ok(unsafe { ManuallyDrop::into_inner(core::ptr::read(&(*(*slot).as_ptr()).ok)) }),
+            // SAFETY: kind ERR: `err` is initialized (caller); read out once.
+            ERR => Err(Error::Failed(unsafe {
                 ManuallyDrop::into_inner(core::ptr::read(&(*(*slot).as_ptr()).err))
-            }))),
+            })),
             CANCELLED => Err(Error::Cancelled),
             _ => Err(Error::Panicked),
         }
