@@ -450,14 +450,16 @@ impl<T, E> Deferred<T, E> {
         loop {
             if state & AWAITER_GONE != 0 {
                 // The awaiter let go before we published: no one will read the payload, so
-                // take it back.
+                // take it back. We wrote it just above and published nothing (DONE is clear),
+                // and we are the cell's last handle (the Acquire of the load or failed
+                // exchange that read `state`, as above).
                 let back = written.then(|| {
-                    // SAFETY: we wrote it just above and published nothing (DONE is clear),
-                    // and the awaiter is gone: we are the cell's last handle (the Acquire of
-                    // the load or failed exchange that read `state`, as above). Read out
-                    // once; the cell is freed with DONE clear, so it is not dropped again.
-                    self.slot
-                        .with(|slot| unsafe { core::ptr::read((*slot).as_ptr()) })
+                    // SAFETY: written and not published (above); read out once, and the cell
+                    // is freed with DONE clear, so it is not dropped again.
+                    let read = |slot: *const MaybeUninit<Payload<T, E>>| unsafe {
+                        core::ptr::read((*slot).as_ptr())
+                    };
+                    self.slot.with(read)
                 });
                 return Err(back);
             }
@@ -553,10 +555,9 @@ impl<T, E> Deferred<T, E> {
     #[inline]
     pub(crate) unsafe fn pair_take(&self, state: usize) -> Result<T, Error<E>> {
         // SAFETY: the payload `state` names was written before the Release that published
-        // DONE, which the caller's Acquire saw; moved out once (caller), never dropped again
-        // (TAKEN).
-        self.slot
-            .with(|slot| unsafe { Self::read_outcome(slot, state) })
+        // DONE, which the caller's Acquire saw; moved out once (caller), not dropped again (TAKEN).
+        let read = |slot| unsafe { Self::read_outcome(slot, state) };
+        self.slot.with(read)
     }
 
     /// Makes the cell forget a payload that was moved out (TAKEN in `state`), before it is

@@ -100,10 +100,9 @@ struct AwaiterShare<T, E> {
 
 impl<T, E> Drop for AwaiterShare<T, E> {
     fn drop(&mut self) {
-        // SAFETY: the cell is alive (our share); we are its awaiter, our node is unlinked
-        // (the guard is dropped after `unlink`, whose only user code runs once the node is
-        // off the list and `linked` is cleared), and we touch the cell no more unless told
-        // we are last.
+        // SAFETY: the cell is alive (our share); we are its awaiter, our node is unlinked (the
+        // guard drops after `unlink`, whose only user code runs once the node is off the list
+        // and `linked` is cleared); we touch the cell no more unless told we are last.
         if let Some(state) = unsafe { self.cell.as_ref().pair_awaiter_leave(self.taken) } {
             // SAFETY: we let go last; `state` is the word we saw as we did.
             unsafe { free(self.cell, state) };
